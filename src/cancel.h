@@ -1,0 +1,19 @@
+/*
+ * cancel: forwards a CancelRequest to the server.
+ *
+ * The request arrives on a connection of its own and gets no answer; the
+ * server needs the exact bytes (the key length varies from protocol 3.2 on),
+ * on a new connection of its own. Each forward frees itself once written.
+ */
+#ifndef IDEM_CANCEL_H
+#define IDEM_CANCEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct proxy;
+
+/* Sends the len bytes of pkt, a whole CancelRequest, to the server. */
+void cancel_forward(struct proxy *p, const uint8_t *pkt, size_t len);
+
+#endif

@@ -1,0 +1,685 @@
+#include "config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Keys of [idemproxy], in the order of struct config. */
+enum main_key {
+    KEY_LISTEN_ADDR,
+    KEY_LISTEN_PORT,
+    KEY_SERVER_HOST,
+    KEY_SERVER_PORT,
+    KEY_MAX_CLIENT_CONN,
+    KEY_LOG_LEVEL,
+    KEY_LOG_FILE,
+    KEY_MAX_HELD_MESSAGE,
+    KEY_CLIENT_LOGIN_TIMEOUT,
+    KEY_SERVER_CONNECT_TIMEOUT,
+    KEY_SHUTDOWN_TIMEOUT,
+    MAIN_KEY_COUNT,
+};
+
+static const char *const main_key_names[MAIN_KEY_COUNT] = {
+    [KEY_LISTEN_ADDR] = "listen_addr",
+    [KEY_LISTEN_PORT] = "listen_port",
+    [KEY_SERVER_HOST] = "server_host",
+    [KEY_SERVER_PORT] = "server_port",
+    [KEY_MAX_CLIENT_CONN] = "max_client_conn",
+    [KEY_LOG_LEVEL] = "log_level",
+    [KEY_LOG_FILE] = "log_file",
+    [KEY_MAX_HELD_MESSAGE] = "max_held_message",
+    [KEY_CLIENT_LOGIN_TIMEOUT] = "client_login_timeout",
+    [KEY_SERVER_CONNECT_TIMEOUT] = "server_connect_timeout",
+    [KEY_SHUTDOWN_TIMEOUT] = "shutdown_timeout",
+};
+
+enum table_key {
+    TKEY_CONFLICT,
+    TKEY_ACTION,
+    TKEY_UPDATE_COLUMNS,
+    TKEY_DATABASE,
+    TKEY_MODE,
+    TKEY_SEARCH_PATH,
+    TKEY_TRANSLATE_ERRORS,
+    TABLE_KEY_COUNT,
+};
+
+static const char *const table_key_names[TABLE_KEY_COUNT] = {
+    [TKEY_CONFLICT] = "conflict",
+    [TKEY_ACTION] = "action",
+    [TKEY_UPDATE_COLUMNS] = "update_columns",
+    [TKEY_DATABASE] = "database",
+    [TKEY_MODE] = "mode",
+    [TKEY_SEARCH_PATH] = "search_path",
+    [TKEY_TRANSLATE_ERRORS] = "translate_errors",
+};
+
+static const char *const action_names[] = {
+    [TABLE_ACTION_AUTO] = "auto",
+    [TABLE_ACTION_DO_NOTHING] = "do_nothing",
+    [TABLE_ACTION_RETURN_EXISTING] = "return_existing",
+    [TABLE_ACTION_DO_UPDATE] = "do_update",
+    [TABLE_ACTION_NONE] = "none",
+};
+
+static const char *const mode_names[] = {
+    [TABLE_MODE_ENFORCE] = "enforce",
+    [TABLE_MODE_SHADOW] = "shadow",
+};
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+enum section_kind { SECTION_NONE, SECTION_MAIN, SECTION_TABLE };
+
+struct parser {
+    const char *filename;
+    const char *pos, *end; /* the text not yet handed to inih */
+    int line;              /* the line inih is looking at */
+    struct config *cfg;
+    char *err;
+    bool failed;
+    enum section_kind section;
+    bool saw_main;
+    int main_seen[MAIN_KEY_COUNT];   /* line of each key, 0 when unset */
+    int table_seen[TABLE_KEY_COUNT];
+};
+
+static void fail_at(struct parser *p, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Keeps the first error: later ones are usually its consequences. */
+static void fail_at(struct parser *p, int line, const char *fmt, ...)
+{
+    if (p->failed)
+        return;
+    p->failed = true;
+    int n = line > 0 ? snprintf(p->err, CONFIG_ERR_LEN, "%s:%d: ", p->filename, line)
+                     : snprintf(p->err, CONFIG_ERR_LEN, "%s: ", p->filename);
+    if (n < 0 || n >= CONFIG_ERR_LEN)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err + n, CONFIG_ERR_LEN - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+static char *dup_str(struct parser *p, const char *s)
+{
+    char *d = strdup(s);
+    if (!d)
+        fail_at(p, p->line, "out of memory");
+    return d;
+}
+
+static void name_list_free(struct name_list *l)
+{
+    for (size_t i = 0; i < l->count; i++)
+        free(l->names[i]);
+    free(l->names);
+    l->names = NULL;
+    l->count = 0;
+}
+
+static void table_rule_free(struct table_rule *t)
+{
+    free(t->schema);
+    free(t->name);
+    free(t->database);
+    name_list_free(&t->conflict);
+    name_list_free(&t->update_columns);
+    name_list_free(&t->search_path);
+}
+
+void config_free(struct config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->path);
+    free(cfg->listen_addr);
+    free(cfg->server_host);
+    free(cfg->log_file);
+    for (size_t i = 0; i < cfg->table_count; i++)
+        table_rule_free(&cfg->tables[i]);
+    free(cfg->tables);
+    free(cfg);
+}
+
+const char *table_action_name(enum table_action action)
+{
+    return action_names[action];
+}
+
+const char *table_mode_name(enum table_mode mode)
+{
+    return mode_names[mode];
+}
+
+/* ---- values ------------------------------------------------------------ */
+
+static bool parse_int(struct parser *p, const char *key, const char *value,
+                      long min, long max, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(value, &end, 10);
+    if (errno || end == value || *end || v < min || v > max) {
+        fail_at(p, p->line, "%s: expected an integer from %ld to %ld, got \"%s\"",
+                key, min, max, value);
+        return false;
+    }
+    *out = (int)v;
+    return true;
+}
+
+/* Sizes as PostgreSQL writes them: a number with an optional B, kB, MB or GB. */
+static bool parse_size(struct parser *p, const char *key, const char *value, size_t *out)
+{
+    static const struct { const char *unit; size_t mult; } units[] = {
+        { "", 1 }, { "B", 1 }, { "kB", 1024 }, { "MB", 1024 * 1024 },
+        { "GB", 1024 * 1024 * 1024 },
+    };
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(value, &end, 10);
+    if (!errno && end != value && isdigit((unsigned char)value[0])) {
+        while (*end == ' ')
+            end++;
+        for (size_t i = 0; i < COUNT_OF(units); i++) {
+            if (strcmp(end, units[i].unit) == 0 && v >= 1 && v <= SIZE_MAX / 2 / units[i].mult) {
+                *out = (size_t)v * units[i].mult;
+                return true;
+            }
+        }
+    }
+    fail_at(p, p->line, "%s: expected a size such as 65536, 64kB or 1MB, got \"%s\"", key, value);
+    return false;
+}
+
+static bool parse_bool(struct parser *p, const char *key, const char *value, bool *out)
+{
+    static const char *const yes[] = { "on", "true", "yes", "1" };
+    static const char *const no[] = { "off", "false", "no", "0" };
+    for (size_t i = 0; i < COUNT_OF(yes); i++) {
+        if (strcmp(value, yes[i]) == 0) { *out = true; return true; }
+        if (strcmp(value, no[i]) == 0) { *out = false; return true; }
+    }
+    fail_at(p, p->line, "%s: expected on or off, got \"%s\"", key, value);
+    return false;
+}
+
+static bool parse_enum(struct parser *p, const char *key, const char *value,
+                       const char *const *names, size_t count, int *out)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(value, names[i]) == 0) {
+            *out = (int)i;
+            return true;
+        }
+    }
+    char choices[256] = "";
+    for (size_t i = 0; i < count; i++) {
+        strncat(choices, names[i], sizeof(choices) - strlen(choices) - 1);
+        if (i + 1 < count)
+            strncat(choices, " | ", sizeof(choices) - strlen(choices) - 1);
+    }
+    fail_at(p, p->line, "%s: expected %s, got \"%s\"", key, choices, value);
+    return false;
+}
+
+/* One SQL identifier, as PostgreSQL reads it: "quoted" keeps its case (""
+ * is a quote), unquoted folds ASCII letters to lower case. Advances *s. */
+static char *parse_ident(const char **s, const char **why)
+{
+    const char *c = *s;
+    char *out = malloc(strlen(c) + 1), *o = out;
+
+    if (!out) {
+        *why = "out of memory";
+        return NULL;
+    }
+    if (*c == '"') {
+        for (c++;; c++) {
+            if (*c == '\0') {
+                *why = "unterminated quoted identifier";
+                free(out);
+                return NULL;
+            }
+            if (*c == '"') {
+                if (c[1] != '"')
+                    break;
+                c++;
+            }
+            *o++ = *c;
+        }
+        c++;
+        if (o == out) {
+            *why = "zero-length quoted identifier";
+            free(out);
+            return NULL;
+        }
+    } else {
+        if (!(isalpha((unsigned char)*c) || *c == '_' || (unsigned char)*c >= 0x80)) {
+            *why = "expected an identifier";
+            free(out);
+            return NULL;
+        }
+        while (isalnum((unsigned char)*c) || *c == '_' || *c == '$' || (unsigned char)*c >= 0x80)
+            *o++ = (char)tolower((unsigned char)*c++);
+    }
+    *o = '\0';
+    *s = c;
+    return out;
+}
+
+static const char *skip_spaces(const char *s)
+{
+    while (*s == ' ' || *s == '\t')
+        s++;
+    return s;
+}
+
+/* A comma-separated list of identifiers. */
+static bool parse_name_list(struct parser *p, const char *key, const char *value,
+                            struct name_list *out)
+{
+    const char *s = skip_spaces(value), *why = NULL;
+
+    for (;;) {
+        char *name = parse_ident(&s, &why);
+        if (!name)
+            break;
+        char **names = realloc(out->names, (out->count + 1) * sizeof(*names));
+        if (!names) {
+            free(name);
+            why = "out of memory";
+            break;
+        }
+        out->names = names;
+        out->names[out->count++] = name;
+        s = skip_spaces(s);
+        if (*s == '\0')
+            return true;
+        if (*s != ',') {
+            why = "expected a comma between names";
+            break;
+        }
+        s = skip_spaces(s + 1);
+    }
+    fail_at(p, p->line, "%s: %s in \"%s\"", key, why, value);
+    return false;
+}
+
+/* ---- sections ---------------------------------------------------------- */
+
+static struct table_rule *current_table(struct parser *p)
+{
+    return &p->cfg->tables[p->cfg->table_count - 1];
+}
+
+/* Called for "[table schema.name]"; body is what follows "table". */
+static void begin_table(struct parser *p, const char *body)
+{
+    struct config *cfg = p->cfg;
+    struct table_rule *tables = realloc(cfg->tables, (cfg->table_count + 1) * sizeof(*tables));
+    if (!tables) {
+        fail_at(p, p->line, "out of memory");
+        return;
+    }
+    cfg->tables = tables;
+    struct table_rule *t = &tables[cfg->table_count++];
+    memset(t, 0, sizeof(*t));
+    t->line = p->line;
+    t->translate_errors = true;
+
+    const char *s = skip_spaces(body), *why = NULL;
+    char *first = parse_ident(&s, &why), *second = NULL;
+    if (first && *s == '.') {
+        s++;
+        second = parse_ident(&s, &why);
+        if (!second) {
+            free(first);
+            first = NULL;
+        }
+    }
+    if (first && *skip_spaces(s) != '\0') {
+        why = "unexpected text after the table name";
+        free(first);
+        free(second);
+        first = NULL;
+    }
+    if (!first) {
+        fail_at(p, p->line, "[table %s]: %s; expected [table schema.name]", body, why);
+        return;
+    }
+    if (second) {
+        t->schema = first;
+        t->name = second;
+    } else {
+        t->schema = dup_str(p, "public");
+        t->name = first;
+    }
+}
+
+/* Everything a table section needs that no single key can check. */
+static void end_table(struct parser *p)
+{
+    struct table_rule *t = current_table(p);
+    const char *action = action_names[t->action];
+
+    switch (t->action) {
+    case TABLE_ACTION_AUTO:
+    case TABLE_ACTION_RETURN_EXISTING:
+    case TABLE_ACTION_DO_UPDATE:
+        if (t->conflict.count == 0)
+            fail_at(p, t->line, "[table %s.%s]: action = %s needs conflict = <columns>",
+                    t->schema, t->name, action);
+        break;
+    default:
+        break;
+    }
+    if (t->action == TABLE_ACTION_DO_UPDATE && t->update_columns.count == 0)
+        fail_at(p, t->line, "[table %s.%s]: action = do_update needs update_columns",
+                t->schema, t->name);
+    if (t->action != TABLE_ACTION_DO_UPDATE && t->update_columns.count > 0)
+        fail_at(p, p->table_seen[TKEY_UPDATE_COLUMNS],
+                "update_columns: only used with action = do_update, not %s", action);
+    if (t->search_path.count == 0)
+        parse_name_list(p, "search_path", "public", &t->search_path);
+
+    for (size_t i = 0; i + 1 < p->cfg->table_count; i++) {
+        const struct table_rule *o = &p->cfg->tables[i];
+        bool same_db = (!o->database && !t->database) ||
+                       (o->database && t->database && strcmp(o->database, t->database) == 0);
+        if (same_db && strcmp(o->schema, t->schema) == 0 && strcmp(o->name, t->name) == 0)
+            fail_at(p, t->line, "[table %s.%s] is already registered at line %d",
+                    t->schema, t->name, o->line);
+    }
+}
+
+static void end_section(struct parser *p)
+{
+    if (p->section == SECTION_TABLE && !p->failed)
+        end_table(p);
+    p->section = SECTION_NONE;
+}
+
+/* Section headers are seen here rather than through inih, which reports a
+ * section only when a key follows it: an empty [table x] is still a rule. */
+static void begin_section(struct parser *p, const char *name, size_t len)
+{
+    char buf[256];
+
+    end_section(p);
+    if (len >= sizeof(buf)) {
+        fail_at(p, p->line, "section name too long");
+        return;
+    }
+    memcpy(buf, name, len);
+    buf[len] = '\0';
+    memset(p->table_seen, 0, sizeof(p->table_seen));
+    if (strcmp(buf, "idemproxy") == 0) {
+        p->section = SECTION_MAIN;
+        p->saw_main = true;
+    } else if (strncmp(buf, "table", 5) == 0 && (buf[5] == ' ' || buf[5] == '\t')) {
+        p->section = SECTION_TABLE;
+        begin_table(p, buf + 6);
+    } else {
+        fail_at(p, p->line, "unknown section [%s]; expected [idemproxy] or [table schema.name]", buf);
+    }
+}
+
+/* ---- keys -------------------------------------------------------------- */
+
+static int find_key(const char *const *names, size_t count, const char *key)
+{
+    for (size_t i = 0; i < count; i++)
+        if (strcmp(names[i], key) == 0)
+            return (int)i;
+    return -1;
+}
+
+static bool first_setting(struct parser *p, int *seen, const char *key)
+{
+    if (*seen) {
+        fail_at(p, p->line, "%s is set twice (first at line %d)", key, *seen);
+        return false;
+    }
+    *seen = p->line;
+    return true;
+}
+
+static void set_string(struct parser *p, char **field, const char *key, const char *value)
+{
+    if (*value == '\0') {
+        fail_at(p, p->line, "%s: must not be empty", key);
+        return;
+    }
+    free(*field);
+    *field = dup_str(p, value);
+}
+
+static void set_main_key(struct parser *p, const char *key, const char *value)
+{
+    struct config *c = p->cfg;
+    int k = find_key(main_key_names, MAIN_KEY_COUNT, key);
+
+    if (k < 0) {
+        fail_at(p, p->line, "unknown key \"%s\" in [idemproxy]", key);
+        return;
+    }
+    if (!first_setting(p, &p->main_seen[k], key))
+        return;
+    switch ((enum main_key)k) {
+    case KEY_LISTEN_ADDR: set_string(p, &c->listen_addr, key, value); break;
+    case KEY_LISTEN_PORT: parse_int(p, key, value, 1, 65535, &c->listen_port); break;
+    case KEY_SERVER_HOST: set_string(p, &c->server_host, key, value); break;
+    case KEY_SERVER_PORT: parse_int(p, key, value, 1, 65535, &c->server_port); break;
+    case KEY_MAX_CLIENT_CONN: parse_int(p, key, value, 1, 1000000, &c->max_client_conn); break;
+    case KEY_LOG_LEVEL: {
+        int level;
+        if (parse_enum(p, key, value, (const char *const[]){ "error", "warning", "info", "debug" },
+                       4, &level))
+            c->log_level = (enum log_level)level;
+        break;
+    }
+    case KEY_LOG_FILE: set_string(p, &c->log_file, key, value); break;
+    case KEY_MAX_HELD_MESSAGE: parse_size(p, key, value, &c->max_held_message); break;
+    case KEY_CLIENT_LOGIN_TIMEOUT: parse_int(p, key, value, 1, 86400, &c->client_login_timeout); break;
+    case KEY_SERVER_CONNECT_TIMEOUT: parse_int(p, key, value, 1, 3600, &c->server_connect_timeout); break;
+    case KEY_SHUTDOWN_TIMEOUT: parse_int(p, key, value, 0, 86400, &c->shutdown_timeout); break;
+    case MAIN_KEY_COUNT: break;
+    }
+}
+
+static void set_table_key(struct parser *p, const char *key, const char *value)
+{
+    struct table_rule *t = current_table(p);
+    int k = find_key(table_key_names, TABLE_KEY_COUNT, key);
+    int choice;
+
+    if (k < 0) {
+        fail_at(p, p->line, "unknown key \"%s\" in [table %s.%s]", key, t->schema, t->name);
+        return;
+    }
+    if (!first_setting(p, &p->table_seen[k], key))
+        return;
+    switch ((enum table_key)k) {
+    case TKEY_CONFLICT: parse_name_list(p, key, value, &t->conflict); break;
+    case TKEY_ACTION:
+        if (parse_enum(p, key, value, action_names, COUNT_OF(action_names), &choice))
+            t->action = (enum table_action)choice;
+        break;
+    case TKEY_UPDATE_COLUMNS: parse_name_list(p, key, value, &t->update_columns); break;
+    case TKEY_DATABASE: set_string(p, &t->database, key, value); break;
+    case TKEY_MODE:
+        if (parse_enum(p, key, value, mode_names, COUNT_OF(mode_names), &choice))
+            t->mode = (enum table_mode)choice;
+        break;
+    case TKEY_SEARCH_PATH: parse_name_list(p, key, value, &t->search_path); break;
+    case TKEY_TRANSLATE_ERRORS: parse_bool(p, key, value, &t->translate_errors); break;
+    case TABLE_KEY_COUNT: break;
+    }
+}
+
+static int on_key(void *user, const char *section, const char *key, const char *value)
+{
+    struct parser *p = user;
+    (void)section;
+
+    if (p->failed)
+        return 1;
+    switch (p->section) {
+    case SECTION_MAIN: set_main_key(p, key, value); break;
+    case SECTION_TABLE: set_table_key(p, key, value); break;
+    case SECTION_NONE:
+        fail_at(p, p->line, "\"%s\" is outside any section; put it under [idemproxy]", key);
+        break;
+    }
+    return 1;
+}
+
+/* inih's line source. Counting lines here gives every message its line
+ * number; section headers are taken here too (see begin_section). */
+static char *next_line(char *buf, int size, void *user)
+{
+    struct parser *p = user;
+
+    if (p->pos >= p->end)
+        return NULL;
+    const char *nl = memchr(p->pos, '\n', (size_t)(p->end - p->pos));
+    const char *line_end = nl ? nl + 1 : p->end;
+    size_t len = (size_t)(line_end - p->pos);
+    p->line++;
+
+    if (memchr(p->pos, '\0', len))
+        fail_at(p, p->line, "line contains a NUL byte");
+    if (len > (size_t)size - 1) {
+        fail_at(p, p->line, "line is longer than %d characters", size - 2);
+        len = (size_t)size - 1;
+    }
+    memcpy(buf, p->pos, len);
+    buf[len] = '\0';
+    p->pos = line_end;
+
+    const char *s = skip_spaces(buf);
+    if (*s == '[') {
+        const char *close = strchr(s, ']');
+        if (close && !p->failed)
+            begin_section(p, s + 1, (size_t)(close - s - 1));
+    }
+    return buf;
+}
+
+static struct config *config_defaults(void)
+{
+    struct config *c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->listen_addr = strdup("127.0.0.1");
+    c->listen_port = 6433;
+    c->server_host = strdup("127.0.0.1");
+    c->server_port = 5432;
+    c->max_client_conn = 1000;
+    c->log_level = LOG_INFO;
+    c->max_held_message = 1024 * 1024;
+    c->client_login_timeout = 60;
+    c->server_connect_timeout = 10;
+    c->shutdown_timeout = 30;
+    if (!c->listen_addr || !c->server_host) {
+        config_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+struct config *config_parse(const char *text, size_t len, const char *filename,
+                            char err[CONFIG_ERR_LEN])
+{
+    struct parser p = {
+        .filename = filename,
+        .pos = text,
+        .end = text + len,
+        .err = err,
+    };
+
+    err[0] = '\0';
+    p.cfg = config_defaults();
+    if (!p.cfg) {
+        snprintf(err, CONFIG_ERR_LEN, "%s: out of memory", filename);
+        return NULL;
+    }
+    int bad_line = ini_parse_stream(next_line, &p, on_key, &p);
+    end_section(&p);
+    if (bad_line > 0)
+        fail_at(&p, bad_line, "expected \"key = value\" or a [section] header");
+    else if (bad_line < 0)
+        fail_at(&p, 0, "out of memory");
+    if (!p.saw_main)
+        fail_at(&p, 0, "no [idemproxy] section");
+    if (!p.failed)
+        p.cfg->path = dup_str(&p, filename);
+    if (p.failed) {
+        config_free(p.cfg);
+        return NULL;
+    }
+    return p.cfg;
+}
+
+struct config *config_load(const char *path, char err[CONFIG_ERR_LEN])
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, CONFIG_ERR_LEN, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (cap - len < 4096) {
+            cap = cap ? cap * 2 : 8192;
+            char *grown = realloc(text, cap);
+            if (!grown) {
+                free(text);
+                fclose(f);
+                snprintf(err, CONFIG_ERR_LEN, "%s: out of memory", path);
+                return NULL;
+            }
+            text = grown;
+        }
+        size_t n = fread(text + len, 1, cap - len, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    bool read_failed = ferror(f);
+    fclose(f);
+    if (read_failed) {
+        free(text);
+        snprintf(err, CONFIG_ERR_LEN, "%s: read error", path);
+        return NULL;
+    }
+    struct config *cfg = config_parse(text, len, path, err);
+    free(text);
+    return cfg;
+}
+
+bool config_restart_needed(const struct config *old, const struct config *new_cfg,
+                           char *buf, size_t buflen)
+{
+    buf[0] = '\0';
+    if (strcmp(old->listen_addr, new_cfg->listen_addr) != 0)
+        strncat(buf, "listen_addr", buflen - strlen(buf) - 1);
+    if (old->listen_port != new_cfg->listen_port) {
+        if (buf[0])
+            strncat(buf, ", ", buflen - strlen(buf) - 1);
+        strncat(buf, "listen_port", buflen - strlen(buf) - 1);
+    }
+    return buf[0] != '\0';
+}

@@ -1,0 +1,90 @@
+/*
+ * config: the INI file, parsed into an immutable snapshot.
+ *
+ * config_parse() is pure: it takes the file's text and returns either a
+ * complete snapshot or one "FILE:LINE: why" message, never half a config.
+ * Reload builds a new snapshot and swaps it in; a snapshot is never changed
+ * after it is returned.
+ */
+#ifndef IDEM_CONFIG_H
+#define IDEM_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "log.h"
+
+#define CONFIG_ERR_LEN 512
+
+enum table_action {
+    TABLE_ACTION_AUTO,
+    TABLE_ACTION_DO_NOTHING,
+    TABLE_ACTION_RETURN_EXISTING,
+    TABLE_ACTION_DO_UPDATE,
+    TABLE_ACTION_NONE,
+};
+
+enum table_mode {
+    TABLE_MODE_ENFORCE,
+    TABLE_MODE_SHADOW,
+};
+
+/* A list of identifiers, already folded the way PostgreSQL folds them. */
+struct name_list {
+    char **names;
+    size_t count;
+};
+
+/* One [table schema.name] section. */
+struct table_rule {
+    char *schema; /* folded; "public" when the section name had no schema */
+    char *name;   /* folded */
+    int line;     /* where the section starts, for messages */
+    struct name_list conflict;
+    enum table_action action;
+    struct name_list update_columns;
+    char *database;           /* NULL: every database */
+    enum table_mode mode;
+    struct name_list search_path; /* for unqualified names; default: public */
+    bool translate_errors;
+};
+
+struct config {
+    char *path; /* the file this snapshot came from */
+
+    char *listen_addr;
+    int listen_port;
+    char *server_host; /* a host name, an address, or a socket directory (starts with '/') */
+    int server_port;
+    int max_client_conn;
+    enum log_level log_level;
+    char *log_file; /* NULL: stderr */
+    size_t max_held_message; /* bytes; bigger inspected messages stream through */
+    int client_login_timeout; /* seconds from accept to the first ReadyForQuery */
+    int server_connect_timeout; /* seconds */
+    int shutdown_timeout; /* seconds SIGTERM waits for busy clients */
+
+    struct table_rule *tables;
+    size_t table_count;
+};
+
+/* Parses text (len bytes, need not be NUL-terminated). filename only names
+ * the source in messages. Returns the snapshot, or NULL with err filled as
+ * "FILE:LINE: why" (or "FILE: why" when no line is to blame). */
+struct config *config_parse(const char *text, size_t len, const char *filename,
+                            char err[CONFIG_ERR_LEN]);
+
+/* Reads and parses a file; errors as for config_parse(). */
+struct config *config_load(const char *path, char err[CONFIG_ERR_LEN]);
+
+void config_free(struct config *cfg);
+
+/* Writes "what changed that needs a restart" between two snapshots into buf
+ * (comma-separated key names); returns false when nothing does. */
+bool config_restart_needed(const struct config *old, const struct config *new_cfg,
+                           char *buf, size_t buflen);
+
+const char *table_action_name(enum table_action action);
+const char *table_mode_name(enum table_mode mode);
+
+#endif

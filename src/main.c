@@ -1,0 +1,105 @@
+/*
+ * idemproxy: a PostgreSQL wire-protocol proxy that makes registered INSERTs
+ * idempotent. This file is the command line; proxy.c is the process.
+ */
+#include "config.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <event2/event.h>
+
+#include "proxy.h"
+
+#define DEFAULT_CONFIG SYSCONFDIR "/idemproxy/idemproxy.ini"
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+"Usage: idemproxy [-c FILE] [--check-config]\n"
+"\n"
+"A PostgreSQL wire-protocol proxy: clients connect to it as to PostgreSQL.\n"
+"It runs in the foreground and logs to stderr unless log_file is set.\n"
+"\n"
+"Options:\n"
+"  -c, --config FILE   configuration file (default " DEFAULT_CONFIG ")\n"
+"      --check-config  validate the configuration, print any error as\n"
+"                      FILE:LINE: why, and exit 0 (valid) or 1 (invalid)\n"
+"  -V, --version       print the version and exit\n"
+"  -h, --help          print this help and exit\n"
+"\n"
+"Signals: SIGTERM stops accepting, lets busy clients finish and closes each\n"
+"client when idle (at most shutdown_timeout seconds); SIGINT exits at once;\n"
+"SIGHUP re-reads the configuration file (an invalid one is rejected whole).\n"
+"\n"
+"Configuration, section [idemproxy] (defaults in brackets):\n"
+"  listen_addr             address to listen on, * for all [127.0.0.1]\n"
+"  listen_port             port to listen on [6433]\n"
+"  server_host             PostgreSQL host, address, or socket directory\n"
+"                          (a path starting with /) [127.0.0.1]\n"
+"  server_port             PostgreSQL port [5432]\n"
+"  max_client_conn         clients served at once; more get SQLSTATE 53300 [1000]\n"
+"  log_level               error | warning | info | debug [info]\n"
+"  log_file                append log lines to this file instead of stderr\n"
+"  max_held_message        largest Query/Parse/ErrorResponse/ReadyForQuery/\n"
+"                          CommandComplete read whole; larger ones stream\n"
+"                          through unread (bytes, kB, MB) [1MB]\n"
+"  client_login_timeout    seconds from connect to completed login [60]\n"
+"  server_connect_timeout  seconds to wait for the server's TCP connect [10]\n"
+"  shutdown_timeout        seconds SIGTERM waits for busy clients [30]\n"
+"\n"
+"Section [table schema.name] registers a table; see the README.\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        { "config", required_argument, NULL, 'c' },
+        { "check-config", no_argument, NULL, 'C' },
+        { "version", no_argument, NULL, 'V' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    const char *path = DEFAULT_CONFIG;
+    bool check_only = false;
+    int opt;
+
+    while ((opt = getopt_long(argc, argv, "c:Vh", options, NULL)) != -1) {
+        switch (opt) {
+        case 'c': path = optarg; break;
+        case 'C': check_only = true; break;
+        case 'V': printf("idemproxy %s\n", PACKAGE_VERSION); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    char err[CONFIG_ERR_LEN];
+    struct config *cfg = config_load(path, err);
+    if (!cfg) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    if (check_only) {
+        printf("%s: configuration is valid\n", path);
+        config_free(cfg);
+        return 0;
+    }
+
+    /* A client that vanishes must not kill the process on the next write. */
+    signal(SIGPIPE, SIG_IGN);
+
+    struct proxy proxy;
+    int rc = 1;
+    if (proxy_init(&proxy, cfg))
+        rc = proxy_run(&proxy);
+    proxy_free(&proxy);
+    libevent_global_shutdown();
+    return rc;
+}

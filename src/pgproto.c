@@ -1,0 +1,191 @@
+#include "pgproto.h"
+
+#include <string.h>
+
+enum pg_next pg_msg_head(const uint8_t *buf, size_t len, struct pg_msg_head *head)
+{
+    if (len < PG_HEAD_LEN)
+        return PG_NEXT_MORE;
+    uint32_t msg_len = pg_get_u32(buf + 1);
+    if (msg_len < 4)
+        return PG_NEXT_BAD;
+    head->type = (char)buf[0];
+    head->len = msg_len;
+    return PG_NEXT_OK;
+}
+
+enum pg_next pg_msg_next(const uint8_t *buf, size_t len, struct pg_msg *msg, size_t *used)
+{
+    struct pg_msg_head head;
+    enum pg_next r = pg_msg_head(buf, len, &head);
+
+    *used = 0;
+    if (r != PG_NEXT_OK)
+        return r;
+    size_t total = (size_t)head.len + 1;
+    if (len < total)
+        return PG_NEXT_MORE;
+    msg->type = head.type;
+    msg->body = buf + PG_HEAD_LEN;
+    msg->body_len = head.len - 4;
+    *used = total;
+    return PG_NEXT_OK;
+}
+
+bool pg_client_msg_is_inspected(char type)
+{
+    return type == 'Q' || type == 'P';
+}
+
+bool pg_server_msg_is_inspected(char type)
+{
+    return type == 'E' || type == 'Z' || type == 'C';
+}
+
+bool pg_startup_len_ok(uint32_t len)
+{
+    return len >= PG_STARTUP_MIN_LEN && len <= PG_STARTUP_MAX_LEN;
+}
+
+/* Walks the NUL-terminated name/value pairs of a StartupMessage. */
+static bool parse_startup_params(const uint8_t *p, const uint8_t *end,
+                                 struct pg_startup *out, const char **why)
+{
+    for (;;) {
+        if (p >= end) {
+            *why = "startup packet lacks its final terminator";
+            return false;
+        }
+        if (*p == '\0')
+            break;
+        const uint8_t *name_end = memchr(p, '\0', (size_t)(end - p));
+        if (!name_end || name_end + 1 >= end) {
+            *why = "startup packet has a parameter name without a value";
+            return false;
+        }
+        const uint8_t *value = name_end + 1;
+        const uint8_t *value_end = memchr(value, '\0', (size_t)(end - value));
+        if (!value_end) {
+            *why = "startup packet has an unterminated parameter value";
+            return false;
+        }
+        const char *name = (const char *)p;
+        if (strcmp(name, "user") == 0)
+            out->user = (const char *)value;
+        else if (strcmp(name, "database") == 0)
+            out->database = (const char *)value;
+        else if (strcmp(name, "application_name") == 0)
+            out->application_name = (const char *)value;
+        else if (strcmp(name, "replication") == 0)
+            out->replication = true;
+        p = value_end + 1;
+    }
+    if (p + 1 != end) {
+        *why = "startup packet has bytes after its final terminator";
+        return false;
+    }
+    return true;
+}
+
+enum pg_startup_kind pg_startup_parse(const uint8_t *pkt, size_t len,
+                                      struct pg_startup *out, const char **why)
+{
+    memset(out, 0, sizeof(*out));
+    *why = NULL;
+    if (len < PG_STARTUP_MIN_LEN || !pg_startup_len_ok((uint32_t)len) || pg_get_u32(pkt) != len) {
+        *why = "invalid length of startup packet";
+        return out->kind = PG_STARTUP_INVALID;
+    }
+    uint32_t code = pg_get_u32(pkt + 4);
+    switch (code) {
+    case PG_SSL_REQUEST_CODE:
+    case PG_GSSENC_REQUEST_CODE:
+        if (len != 8) {
+            *why = "invalid length of encryption request";
+            return out->kind = PG_STARTUP_INVALID;
+        }
+        return out->kind = code == PG_SSL_REQUEST_CODE ? PG_STARTUP_SSL_REQUEST
+                                                        : PG_STARTUP_GSSENC_REQUEST;
+    case PG_CANCEL_REQUEST_CODE: {
+        size_t key_len = len - 12;
+        if (len < 12 + 4 || key_len > PG_CANCEL_KEY_MAX) {
+            *why = "invalid length of cancel request";
+            return out->kind = PG_STARTUP_INVALID;
+        }
+        out->cancel_pid = pg_get_u32(pkt + 8);
+        out->cancel_key_len = key_len;
+        return out->kind = PG_STARTUP_CANCEL;
+    }
+    default:
+        break;
+    }
+    if ((code >> 16) != 3) {
+        *why = "unsupported frontend protocol: idemproxy speaks protocol 3";
+        return out->kind = PG_STARTUP_INVALID;
+    }
+    out->protocol = code;
+    if (!parse_startup_params(pkt + 8, pkt + len, out, why))
+        return out->kind = PG_STARTUP_INVALID;
+    return out->kind = PG_STARTUP_MESSAGE;
+}
+
+bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out)
+{
+    const uint8_t *p = body, *end = body + len;
+
+    memset(out, 0, sizeof(*out));
+    while (p < end && *p != '\0') {
+        char field = (char)*p++;
+        const uint8_t *value_end = memchr(p, '\0', (size_t)(end - p));
+        if (!value_end)
+            return false;
+        const char *value = (const char *)p;
+        switch (field) {
+        case 'V': out->severity = value; break;
+        case 'S': if (!out->severity) out->severity = value; break;
+        case 'C': out->code = value; break;
+        case 'M': out->message = value; break;
+        case 's': out->schema = value; break;
+        case 't': out->table = value; break;
+        case 'n': out->constraint = value; break;
+        default: break;
+        }
+        p = value_end + 1;
+    }
+    return p + 1 == end;
+}
+
+char pg_ready_status(const uint8_t *body, size_t len)
+{
+    if (len != 1)
+        return 0;
+    char s = (char)body[0];
+    return (s == 'I' || s == 'T' || s == 'E') ? s : 0;
+}
+
+size_t pg_error_build(uint8_t *buf, size_t cap, const char *severity,
+                      const char *sqlstate, const char *message)
+{
+    const struct { char field; const char *value; } fields[] = {
+        { 'S', severity }, { 'V', severity }, { 'C', sqlstate }, { 'M', message },
+    };
+    size_t need = PG_HEAD_LEN + 1;
+
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++)
+        need += 1 + strlen(fields[i].value) + 1;
+    if (need > cap)
+        return need;
+
+    uint8_t *p = buf;
+    *p++ = 'E';
+    pg_put_u32(p, (uint32_t)(need - 1));
+    p += 4;
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        size_t n = strlen(fields[i].value) + 1;
+        *p++ = (uint8_t)fields[i].field;
+        memcpy(p, fields[i].value, n);
+        p += n;
+    }
+    *p = '\0';
+    return need;
+}

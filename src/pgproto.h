@@ -1,0 +1,127 @@
+/*
+ * pgproto: the PostgreSQL v3 wire format, as pure functions over bytes.
+ *
+ * Nothing here touches a socket. The connection code feeds these functions
+ * the bytes it has and acts on what they return, so the unit tests and the
+ * fuzzers can drive every corner without a server.
+ */
+#ifndef IDEM_PGPROTO_H
+#define IDEM_PGPROTO_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A regular message: one type byte, then a 4-byte big-endian length that
+ * counts itself and the body but not the type byte. */
+#define PG_HEAD_LEN 5
+
+/* The packets a client sends before it has a type byte. */
+#define PG_STARTUP_MIN_LEN 8     /* length + protocol code */
+#define PG_STARTUP_MAX_LEN 10000 /* the server's own limit */
+#define PG_CANCEL_KEY_MAX 256    /* protocol 3.2 keys are 4..256 bytes */
+
+#define PG_PROTOCOL(major, minor) (((uint32_t)(major) << 16) | (uint32_t)(minor))
+#define PG_CANCEL_REQUEST_CODE PG_PROTOCOL(1234, 5678)
+#define PG_SSL_REQUEST_CODE PG_PROTOCOL(1234, 5679)
+#define PG_GSSENC_REQUEST_CODE PG_PROTOCOL(1234, 5680)
+
+struct pg_msg_head {
+    char type;
+    uint32_t len; /* the length field: body + 4 */
+};
+
+enum pg_next {
+    PG_NEXT_MORE, /* not enough bytes yet for a whole head (or message) */
+    PG_NEXT_OK,
+    PG_NEXT_BAD,  /* the length field is below 4: the stream is corrupt */
+};
+
+/* Decodes the head at the start of buf. PG_NEXT_OK fills *head. */
+enum pg_next pg_msg_head(const uint8_t *buf, size_t len, struct pg_msg_head *head);
+
+/* A whole message in contiguous memory. body points into the caller's
+ * buffer and is valid as long as it is. */
+struct pg_msg {
+    char type;
+    const uint8_t *body;
+    size_t body_len;
+};
+
+/* Takes the next whole message from buf; *used is the number of bytes it
+ * spans (0 unless PG_NEXT_OK). */
+enum pg_next pg_msg_next(const uint8_t *buf, size_t len, struct pg_msg *msg, size_t *used);
+
+/* True for the client message types whose content the proxy reads (it holds
+ * them whole, up to a bound) as opposed to streaming them through. */
+bool pg_client_msg_is_inspected(char type);
+/* The same for server messages. */
+bool pg_server_msg_is_inspected(char type);
+
+enum pg_startup_kind {
+    PG_STARTUP_INVALID,
+    PG_STARTUP_SSL_REQUEST,
+    PG_STARTUP_GSSENC_REQUEST,
+    PG_STARTUP_CANCEL,
+    PG_STARTUP_MESSAGE,
+};
+
+/* A parsed startup-phase packet. Strings point into the packet. */
+struct pg_startup {
+    enum pg_startup_kind kind;
+    uint32_t protocol;          /* PG_STARTUP_MESSAGE: the requested version */
+    const char *user;           /* NULL when absent */
+    const char *database;       /* NULL when absent (the server then uses user) */
+    const char *application_name;
+    bool replication;           /* a "replication" parameter was present */
+    uint32_t cancel_pid;        /* PG_STARTUP_CANCEL */
+    size_t cancel_key_len;
+};
+
+/* Length check for the first four bytes of a startup-phase packet, before the
+ * rest has arrived: true when the packet may be read at all. */
+bool pg_startup_len_ok(uint32_t len);
+
+/* Classifies and validates a whole startup-phase packet (length field
+ * included). On PG_STARTUP_INVALID, *why says what is wrong in words fit for
+ * an ErrorResponse. */
+enum pg_startup_kind pg_startup_parse(const uint8_t *pkt, size_t len,
+                                      struct pg_startup *out, const char **why);
+
+/* The fields of an ErrorResponse or NoticeResponse body that the proxy uses.
+ * Strings point into the body; absent fields are NULL. */
+struct pg_error {
+    const char *severity; /* 'V': never translated, unlike 'S' */
+    const char *code;     /* 'C': the SQLSTATE */
+    const char *message;  /* 'M' */
+    const char *schema;   /* 's' */
+    const char *table;    /* 't' */
+    const char *constraint; /* 'n' */
+};
+
+/* Returns false when the body is not a well-formed field list. */
+bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out);
+
+/* Reads ReadyForQuery's transaction status ('I', 'T' or 'E'); 0 if malformed. */
+char pg_ready_status(const uint8_t *body, size_t len);
+
+/* Writes a complete ErrorResponse message (severity both as S and V) into
+ * buf. Returns the number of bytes it needs; when that exceeds cap nothing
+ * is written. */
+size_t pg_error_build(uint8_t *buf, size_t cap, const char *severity,
+                      const char *sqlstate, const char *message);
+
+static inline uint32_t pg_get_u32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static inline void pg_put_u32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+#endif

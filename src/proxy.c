@@ -1,0 +1,257 @@
+#include "proxy.h"
+
+#include <netdb.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+
+#include <event2/dns.h>
+#include <event2/listener.h>
+
+#include "conn.h"
+#include "log.h"
+
+#define LISTEN_BACKLOG 1024
+
+static void apply_logging(const struct config *cfg)
+{
+    log_set_level(cfg->log_level);
+    if (!log_set_file(cfg->log_file))
+        log_error("cannot open log_file %s: keeping the current log destination", cfg->log_file);
+}
+
+const char *proxy_server_name(const struct proxy *p, char *buf, size_t len)
+{
+    if (p->cfg->server_host[0] == '/')
+        snprintf(buf, len, "%s/.s.PGSQL.%d", p->cfg->server_host, p->cfg->server_port);
+    else
+        snprintf(buf, len, "%s:%d", p->cfg->server_host, p->cfg->server_port);
+    return buf;
+}
+
+bool proxy_connect_server(struct proxy *p, struct bufferevent *bev, const char **why)
+{
+    const struct config *cfg = p->cfg;
+
+    if (cfg->server_host[0] == '/') {
+        struct sockaddr_un sun = { .sun_family = AF_UNIX };
+        int n = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/.s.PGSQL.%d",
+                         cfg->server_host, cfg->server_port);
+        if (n < 0 || (size_t)n >= sizeof(sun.sun_path)) {
+            *why = "socket path too long";
+            return false;
+        }
+        if (bufferevent_socket_connect(bev, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+            *why = evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
+            return false;
+        }
+        return true;
+    }
+    if (bufferevent_socket_connect_hostname(bev, p->dns, AF_UNSPEC, cfg->server_host,
+                                            cfg->server_port) != 0) {
+        int dns_err = bufferevent_socket_get_dns_error(bev);
+        *why = dns_err ? evutil_gai_strerror(dns_err)
+                       : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
+        return false;
+    }
+    return true;
+}
+
+void proxy_conn_gone(struct proxy *p)
+{
+    p->conn_count--;
+    if (p->shutting_down && p->conn_count == 0)
+        event_base_loopexit(p->base, NULL);
+}
+
+static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd,
+                      struct sockaddr *addr, int addrlen, void *arg)
+{
+    (void)listener;
+    conn_accept(arg, fd, addr, addrlen);
+}
+
+static void accept_error_cb(struct evconnlistener *listener, void *arg)
+{
+    (void)listener;
+    (void)arg;
+    /* Typically EMFILE: the listener retries on the next event. */
+    log_error("accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static bool open_listener(struct proxy *p)
+{
+    const struct config *cfg = p->cfg;
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE };
+    struct addrinfo *ai = NULL;
+    char port[16];
+    const char *host = strcmp(cfg->listen_addr, "*") == 0 ? NULL : cfg->listen_addr;
+
+    snprintf(port, sizeof(port), "%d", cfg->listen_port);
+    int rc = getaddrinfo(host, port, &hints, &ai);
+    if (rc != 0) {
+        log_error("listen_addr %s: %s", cfg->listen_addr, gai_strerror(rc));
+        return false;
+    }
+    p->listener = evconnlistener_new_bind(p->base, accept_cb, p,
+                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                              LEV_OPT_CLOSE_ON_EXEC,
+                                          LISTEN_BACKLOG, ai->ai_addr, (int)ai->ai_addrlen);
+    freeaddrinfo(ai);
+    if (!p->listener) {
+        log_error("cannot listen on %s:%d: %s", cfg->listen_addr, cfg->listen_port,
+                  evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        return false;
+    }
+    evconnlistener_set_error_cb(p->listener, accept_error_cb);
+    return true;
+}
+
+static void close_listener(struct proxy *p)
+{
+    if (p->listener) {
+        evconnlistener_free(p->listener);
+        p->listener = NULL;
+    }
+}
+
+static void shutdown_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy *p = arg;
+    (void)fd;
+    (void)what;
+    log_warning("shutdown_timeout reached with %d connection(s) still busy: closing them",
+                p->conn_count);
+    for (struct conn *c = p->conns, *next; c; c = next) {
+        next = conn_next(c);
+        conn_terminate(c);
+    }
+    event_base_loopexit(p->base, NULL);
+}
+
+/* SIGTERM: no new clients; each open one is closed once it is idle. */
+static void begin_shutdown(struct proxy *p)
+{
+    if (p->shutting_down)
+        return;
+    p->shutting_down = true;
+    close_listener(p);
+    log_info("shutting down: waiting for %d connection(s) to become idle (at most %d s)",
+             p->conn_count, p->cfg->shutdown_timeout);
+    if (p->conn_count == 0) {
+        event_base_loopexit(p->base, NULL);
+        return;
+    }
+    for (struct conn *c = p->conns, *next; c; c = next) {
+        next = conn_next(c);
+        conn_shutdown(c);
+    }
+    struct timeval timeout = { p->cfg->shutdown_timeout, 0 };
+    p->shutdown_timer = evtimer_new(p->base, shutdown_timeout_cb, p);
+    if (p->shutdown_timer)
+        evtimer_add(p->shutdown_timer, &timeout);
+}
+
+static void reload(struct proxy *p)
+{
+    char err[CONFIG_ERR_LEN], changed[128];
+    struct config *next = config_load(p->cfg->path, err);
+
+    if (!next) {
+        log_error("reload failed, keeping the current configuration: %s", err);
+        return;
+    }
+    if (config_restart_needed(p->cfg, next, changed, sizeof(changed)))
+        log_warning("reload: %s changed but only take effect on restart", changed);
+    apply_logging(next);
+    config_free((struct config *)p->cfg);
+    p->cfg = next;
+    log_info("configuration reloaded from %s", next->path);
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct proxy *p = arg;
+    (void)what;
+
+    switch (sig) {
+    case SIGTERM:
+        log_info("SIGTERM received");
+        begin_shutdown(p);
+        break;
+    case SIGINT:
+        log_info("SIGINT received: exiting at once");
+        event_base_loopexit(p->base, NULL);
+        break;
+    case SIGHUP:
+        reload(p);
+        break;
+    default:
+        break;
+    }
+}
+
+bool proxy_init(struct proxy *p, struct config *cfg)
+{
+    memset(p, 0, sizeof(*p));
+    p->cfg = cfg;
+    apply_logging(cfg);
+    p->base = event_base_new();
+    if (!p->base) {
+        log_error("cannot create the event loop");
+        return false;
+    }
+    p->dns = evdns_base_new(p->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                         EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (!p->dns) {
+        /* No resolv.conf: addresses and /etc/hosts names still work. */
+        p->dns = evdns_base_new(p->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    }
+    p->sig_term = evsignal_new(p->base, SIGTERM, signal_cb, p);
+    p->sig_int = evsignal_new(p->base, SIGINT, signal_cb, p);
+    p->sig_hup = evsignal_new(p->base, SIGHUP, signal_cb, p);
+    if (!p->dns || !p->sig_term || !p->sig_int || !p->sig_hup ||
+        evsignal_add(p->sig_term, NULL) || evsignal_add(p->sig_int, NULL) ||
+        evsignal_add(p->sig_hup, NULL)) {
+        log_error("cannot set up the event loop");
+        return false;
+    }
+    if (!open_listener(p))
+        return false;
+    char name[256];
+    log_info("idemproxy %s listening on %s:%d, server %s", PACKAGE_VERSION, cfg->listen_addr,
+             cfg->listen_port, proxy_server_name(p, name, sizeof(name)));
+    return true;
+}
+
+int proxy_run(struct proxy *p)
+{
+    event_base_dispatch(p->base);
+    log_info("exiting");
+    return 0;
+}
+
+void proxy_free(struct proxy *p)
+{
+    while (p->conns)
+        conn_destroy(p->conns);
+    close_listener(p);
+    if (p->shutdown_timer)
+        event_free(p->shutdown_timer);
+    if (p->sig_term)
+        event_free(p->sig_term);
+    if (p->sig_int)
+        event_free(p->sig_int);
+    if (p->sig_hup)
+        event_free(p->sig_hup);
+    if (p->dns)
+        evdns_base_free(p->dns, 0);
+    if (p->base)
+        event_base_free(p->base);
+    config_free((struct config *)p->cfg);
+    memset(p, 0, sizeof(*p));
+}

@@ -1,0 +1,222 @@
+#include "track.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define TRACK_INITIAL_CAP 16
+
+void track_init(struct track *t)
+{
+    memset(t, 0, sizeof(*t));
+    t->txn_status = 'I';
+}
+
+void track_reset(struct track *t)
+{
+    t->head = 0;
+    t->count = 0;
+    t->txn_status = 'I';
+    t->batch_open = false;
+    t->copy_in = false;
+    t->copy_drain = false;
+}
+
+void track_free(struct track *t)
+{
+    free(t->ring);
+    track_init(t);
+}
+
+static struct track_req *at(const struct track *t, size_t i)
+{
+    return &t->ring[(t->head + i) & (t->cap - 1)];
+}
+
+const struct track_req *track_head(const struct track *t)
+{
+    return t->count ? at(t, 0) : NULL;
+}
+
+static bool grow(struct track *t)
+{
+    size_t cap = t->cap ? t->cap * 2 : TRACK_INITIAL_CAP;
+    struct track_req *ring = malloc(cap * sizeof(*ring));
+
+    if (!ring)
+        return false;
+    for (size_t i = 0; i < t->count; i++)
+        ring[i] = *at(t, i);
+    free(t->ring);
+    t->ring = ring;
+    t->cap = cap;
+    t->head = 0;
+    return true;
+}
+
+static bool push(struct track *t, enum track_kind kind)
+{
+    if (t->count == t->cap && !grow(t))
+        return false;
+    at(t, t->count)->kind = kind;
+    t->count++;
+    return true;
+}
+
+static void pop(struct track *t)
+{
+    t->head = (t->head + 1) & (t->cap - 1);
+    t->count--;
+}
+
+static bool pop_if(struct track *t, enum track_kind kind)
+{
+    if (t->count == 0 || at(t, 0)->kind != kind)
+        return false;
+    pop(t);
+    return true;
+}
+
+static bool ends_with_ready(enum track_kind kind)
+{
+    return kind == TRACK_QUERY || kind == TRACK_SYNC || kind == TRACK_FUNCALL;
+}
+
+static bool is_extended(enum track_kind kind)
+{
+    switch (kind) {
+    case TRACK_PARSE:
+    case TRACK_BIND:
+    case TRACK_DESCRIBE:
+    case TRACK_EXECUTE:
+    case TRACK_CLOSE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Drops the n requests that follow the head. */
+static void drop_after_head(struct track *t, size_t n)
+{
+    for (size_t i = 1; i + n < t->count; i++)
+        *at(t, i) = *at(t, i + n);
+    t->count -= n;
+}
+
+/* COPY FROM STDIN is over. The server ignored every Sync the client sent
+ * while it was reading data, so those get no ReadyForQuery: forget them, and
+ * the CopyDone/CopyFail that closed the stream. If the client has not sent
+ * that yet (the server failed first), forget its Syncs until it does. */
+static void end_copy_in(struct track *t)
+{
+    size_t n = 0;
+
+    t->copy_in = false;
+    while (1 + n < t->count) {
+        enum track_kind kind = at(t, 1 + n)->kind;
+        n++;
+        if (kind == TRACK_COPY_END) {
+            drop_after_head(t, n);
+            return;
+        }
+    }
+    drop_after_head(t, n);
+    t->copy_drain = true;
+}
+
+bool track_client_msg(struct track *t, char type)
+{
+    if (t->copy_drain || t->copy_in) {
+        switch (type) {
+        case 'H':
+            return true;
+        case 'S':
+            if (t->copy_drain)
+                return true;
+            break;
+        case 'c':
+        case 'f':
+            if (t->copy_drain) {
+                t->copy_drain = false;
+                return true;
+            }
+            return push(t, TRACK_COPY_END);
+        default:
+            break;
+        }
+    }
+    switch (type) {
+    case 'Q': return push(t, TRACK_QUERY);
+    case 'F': return push(t, TRACK_FUNCALL);
+    case 'S':
+        t->batch_open = false;
+        return push(t, TRACK_SYNC);
+    case 'P': t->batch_open = true; return push(t, TRACK_PARSE);
+    case 'B': t->batch_open = true; return push(t, TRACK_BIND);
+    case 'D': t->batch_open = true; return push(t, TRACK_DESCRIBE);
+    case 'E': t->batch_open = true; return push(t, TRACK_EXECUTE);
+    case 'C': t->batch_open = true; return push(t, TRACK_CLOSE);
+    case 'H': t->batch_open = true; return true;
+    default:  return true; /* CopyData, Terminate, unknown: no reply */
+    }
+}
+
+/* ReadyForQuery ends the oldest Query, Sync or FunctionCall. Anything still
+ * queued before it was never answered: the queue has slipped. */
+static void ready(struct track *t, char status)
+{
+    bool slipped = false;
+
+    while (t->count && !ends_with_ready(at(t, 0)->kind)) {
+        pop(t);
+        slipped = true;
+    }
+    if (t->count)
+        pop(t);
+    else
+        slipped = true;
+    if (slipped)
+        t->desyncs++;
+    if (status)
+        t->txn_status = status;
+}
+
+void track_server_msg(struct track *t, char type, char status)
+{
+    switch (type) {
+    case '1': pop_if(t, TRACK_PARSE); break;
+    case '2': pop_if(t, TRACK_BIND); break;
+    case '3': pop_if(t, TRACK_CLOSE); break;
+    case 'T':
+    case 'n': pop_if(t, TRACK_DESCRIBE); break;
+    case 'I':
+    case 's': pop_if(t, TRACK_EXECUTE); break;
+    case 'C':
+        if (t->copy_in)
+            end_copy_in(t);
+        pop_if(t, TRACK_EXECUTE);
+        break;
+    case 'G':
+    case 'W':
+        t->copy_in = true;
+        break;
+    case 'E':
+        if (t->copy_in)
+            end_copy_in(t);
+        /* The server now skips every extended message up to Sync. */
+        while (t->count && is_extended(at(t, 0)->kind))
+            pop(t);
+        break;
+    case 'Z':
+        ready(t, status);
+        break;
+    default:
+        break;
+    }
+}
+
+bool track_idle(const struct track *t)
+{
+    return t->count == 0 && !t->batch_open && !t->copy_in && !t->copy_drain &&
+           t->txn_status == 'I';
+}

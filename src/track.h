@@ -1,0 +1,77 @@
+/*
+ * track: the queue of a session's outstanding requests.
+ *
+ * Every client message that the server answers (Query, Parse, Bind,
+ * Describe, Execute, Close, Sync, FunctionCall, and the end of a COPY) is
+ * queued in the order the client sent it; every server message that answers
+ * one takes it off again, following the server's own rules: after an error
+ * in the extended protocol the server skips everything up to Sync, during
+ * COPY FROM STDIN it ignores Sync and Flush, and one ReadyForQuery ends each
+ * Query, Sync and FunctionCall. ReadyForQuery is the ground truth: when the
+ * queue and the server disagree (a client outside the protocol), the queue
+ * is resynchronised there and the slip counted.
+ *
+ * It is pure bookkeeping over message type bytes, so the proxy can later
+ * inject its own requests and recognise their replies. No I/O.
+ */
+#ifndef IDEM_TRACK_H
+#define IDEM_TRACK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum track_kind {
+    TRACK_QUERY,    /* 'Q' */
+    TRACK_PARSE,    /* 'P' */
+    TRACK_BIND,     /* 'B' */
+    TRACK_DESCRIBE, /* 'D' */
+    TRACK_EXECUTE,  /* 'E' */
+    TRACK_CLOSE,    /* 'C' */
+    TRACK_SYNC,     /* 'S' */
+    TRACK_FUNCALL,  /* 'F' */
+    TRACK_COPY_END, /* 'c' CopyDone or 'f' CopyFail */
+};
+
+struct track_req {
+    enum track_kind kind;
+};
+
+struct track {
+    struct track_req *ring;
+    size_t cap;   /* a power of two */
+    size_t head;  /* index of the oldest request */
+    size_t count;
+    char txn_status;   /* from the last ReadyForQuery: 'I', 'T' or 'E' */
+    bool batch_open;   /* extended messages sent since the last Sync */
+    bool copy_in;      /* the server is reading COPY data from the client */
+    bool copy_drain;   /* COPY failed before the client ended it: ignore its
+                          Syncs until its CopyDone/CopyFail */
+    uint64_t desyncs;  /* times ReadyForQuery found the queue wrong */
+};
+
+void track_init(struct track *t);
+void track_reset(struct track *t);
+void track_free(struct track *t);
+
+/* Records a client message by its type byte. Returns false only when memory
+ * for the queue cannot be had. */
+bool track_client_msg(struct track *t, char type);
+
+/* Records a server message by its type byte; for ReadyForQuery, status is
+ * its transaction status byte (ignored otherwise). */
+void track_server_msg(struct track *t, char type, char status);
+
+/* True when nothing is outstanding and no transaction or batch is open: the
+ * client may be disconnected without losing anything. */
+bool track_idle(const struct track *t);
+
+static inline size_t track_pending(const struct track *t)
+{
+    return t->count;
+}
+
+/* The oldest outstanding request, or NULL. */
+const struct track_req *track_head(const struct track *t);
+
+#endif

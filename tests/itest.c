@@ -1,0 +1,1004 @@
+/*
+ * itest: helpers for the integration tests. See itest.h.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "itest.h"
+
+/* A test that runs longer than this has hung: the alarm ends the binary, and
+ * PR_SET_PDEATHSIG takes its proxies along. */
+#define ITEST_TEST_TIMEOUT_S 180
+
+#define MAX_PROXIES 16
+#define MAX_CONNS 512
+#define MAX_FDS 128
+
+static struct itest_proxy g_proxies[MAX_PROXIES];
+static PGconn *g_conns[MAX_CONNS];
+static int g_fds[MAX_FDS];
+static bool g_fds_init;
+static bool g_passed;
+static unsigned g_file_seq;
+
+/* ---- environment ------------------------------------------------------- */
+
+const char *itest_env(const char *name)
+{
+    const char *v = getenv(name);
+    if (v == NULL || *v == '\0')
+        fail_msg("environment variable %s is not set (run tests/integration.sh)", name);
+    return v;
+}
+
+const char *itest_pg_user(void)
+{
+    return itest_env("IDEM_TEST_PGUSER");
+}
+
+int itest_pg_port(void)
+{
+    return atoi(itest_env("IDEM_TEST_PGPORT"));
+}
+
+int64_t itest_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+void itest_sleep_ms(int ms)
+{
+    struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+int itest_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = { 0 };
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = 0;
+    socklen_t alen = sizeof a;
+    int port = -1;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
+        getsockname(fd, (struct sockaddr *)&a, &alen) == 0)
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static bool listening_in(const char *path, int port, bool v6)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return false;
+    char line[512];
+    bool found = false;
+    if (fgets(line, sizeof line, f) == NULL) { /* header */
+        fclose(f);
+        return false;
+    }
+    while (!found && fgets(line, sizeof line, f) != NULL) {
+        char local[64];
+        unsigned lport, st;
+        if (sscanf(line, " %*d: %63[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x", local, &lport, &st) != 3)
+            continue;
+        if (st != 0x0A || (int)lport != port)
+            continue;
+        /* 127.0.0.1 or 0.0.0.0 (little-endian hex in /proc); any v6 address */
+        if (v6 || strcmp(local, "0100007F") == 0 || strcmp(local, "00000000") == 0)
+            found = true;
+    }
+    fclose(f);
+    return found;
+}
+
+bool itest_port_listening(int port)
+{
+    return listening_in("/proc/net/tcp", port, false) ||
+           listening_in("/proc/net/tcp6", port, true);
+}
+
+/* ---- files ------------------------------------------------------------- */
+
+static bool write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return false;
+    bool ok = fputs(text, f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+/* Reads at most the last `max` bytes of a file; malloc'ed, NUL-terminated. */
+static char *read_tail(const char *path, size_t max)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return NULL;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return NULL;
+    }
+    off_t start = st.st_size > (off_t)max ? st.st_size - (off_t)max : 0;
+    size_t want = (size_t)(st.st_size - start);
+    char *buf = malloc(want + 1);
+    size_t got = 0;
+    if (buf != NULL && lseek(fd, start, SEEK_SET) == start) {
+        while (got < want) {
+            ssize_t n = read(fd, buf + got, want - got);
+            if (n <= 0)
+                break;
+            got += (size_t)n;
+        }
+        buf[got] = '\0';
+    }
+    close(fd);
+    return buf;
+}
+
+const char *itest_write_config(const char *name, const char *body)
+{
+    static char path[600];
+    snprintf(path, sizeof path, "%s/%s-%u.ini", itest_env("IDEM_TEST_TMP"), name, ++g_file_seq);
+    size_t len = strlen(body) + 32;
+    char *text = malloc(len);
+    assert_non_null(text);
+    snprintf(text, len, "[idemproxy]\n%s", body);
+    bool ok = write_file(path, text);
+    free(text);
+    if (!ok)
+        fail_msg("cannot write %s: %s", path, strerror(errno));
+    return path;
+}
+
+/* ---- processes --------------------------------------------------------- */
+
+/* In a forked child: die with the test binary, so that no proxy outlives a
+ * crashed or killed test run. */
+static void die_with_parent(pid_t parent)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent)
+        _exit(1);
+}
+
+static void redirect_output(const char *path)
+{
+    int in = open("/dev/null", O_RDONLY);
+    if (in >= 0) {
+        dup2(in, 0);
+        close(in);
+    }
+    if (path == NULL)
+        return;
+    int out = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (out >= 0) {
+        dup2(out, 1);
+        dup2(out, 2);
+        close(out);
+    }
+}
+
+static bool reap(pid_t pid, int *status, int timeout_ms)
+{
+    int64_t deadline = itest_now_ms() + timeout_ms;
+    for (;;) {
+        pid_t r = waitpid(pid, status, WNOHANG);
+        if (r == pid || (r < 0 && errno == ECHILD))
+            return true;
+        if (itest_now_ms() >= deadline)
+            return false;
+        itest_sleep_ms(10);
+    }
+}
+
+int itest_run(char *const argv[], const char *out_path, int timeout_ms)
+{
+    fflush(stdout);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        die_with_parent(parent);
+        redirect_output(out_path);
+        execvp(argv[0], argv);
+        fprintf(stderr, "exec %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    int status = 0;
+    if (!reap(pid, &status, timeout_ms)) {
+        kill(pid, SIGKILL);
+        reap(pid, &status, 5000);
+        return -1;
+    }
+    return status;
+}
+
+bool itest_pg_ctl(const char *const args[])
+{
+    char *argv[32];
+    int n = 0;
+    /* IDEM_TEST_AS is "runuser -u postgres --" when root, else empty. */
+    char as[256];
+    const char *as_env = getenv("IDEM_TEST_AS");
+    snprintf(as, sizeof as, "%s", as_env != NULL ? as_env : "");
+    for (char *save = NULL, *tok = strtok_r(as, " ", &save); tok != NULL && n < 8;
+         tok = strtok_r(NULL, " ", &save))
+        argv[n++] = tok;
+    char pg_ctl[512];
+    snprintf(pg_ctl, sizeof pg_ctl, "%s/pg_ctl", itest_env("IDEM_TEST_PGBIN"));
+    argv[n++] = pg_ctl;
+    for (int i = 0; args[i] != NULL && n < 26; i++)
+        argv[n++] = (char *)args[i];
+    argv[n++] = (char *)"-D";
+    argv[n++] = (char *)itest_env("IDEM_TEST_PGDATA");
+    argv[n] = NULL;
+
+    char out[600];
+    snprintf(out, sizeof out, "%s/pg_ctl-%u.out", itest_env("IDEM_TEST_TMP"), ++g_file_seq);
+    int status = itest_run(argv, out, 120000);
+    bool ok = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+    if (!ok) {
+        char *text = read_tail(out, 8192);
+        printf("pg_ctl %s failed (status %d):\n%s\n", args[0], status, text ? text : "");
+        free(text);
+    }
+    return ok;
+}
+
+/* ---- proxies ----------------------------------------------------------- */
+
+static struct itest_proxy *proxy_slot(void)
+{
+    for (int i = 0; i < MAX_PROXIES; i++)
+        if (!g_proxies[i].in_use) {
+            memset(&g_proxies[i], 0, sizeof g_proxies[i]);
+            g_proxies[i].in_use = true;
+            return &g_proxies[i];
+        }
+    fail_msg("too many proxies in one test");
+    return NULL;
+}
+
+static pid_t spawn_proxy(struct itest_proxy *p, const char *asan_options)
+{
+    const char *bin = itest_env("IDEMPROXY");
+    fflush(stdout);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    die_with_parent(parent);
+    redirect_output(p->log_path);
+    if (asan_options != NULL) {
+        const char *old = getenv("ASAN_OPTIONS");
+        char buf[1024];
+        snprintf(buf, sizeof buf, "%s%s%s", old ? old : "", old && *old ? ":" : "", asan_options);
+        setenv("ASAN_OPTIONS", buf, 1);
+    }
+    execl(bin, bin, "-c", p->conf_path, (char *)NULL);
+    fprintf(stderr, "exec %s: %s\n", bin, strerror(errno));
+    _exit(127);
+}
+
+struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
+{
+    static const struct itest_proxy_opts no_opts;
+    if (opts == NULL)
+        opts = &no_opts;
+    struct itest_proxy *p = proxy_slot();
+    /* Up to three ports: another process may grab a port between our probe
+     * and the proxy's bind. */
+    for (int attempt = 0; attempt < 3; attempt++) {
+        p->port = itest_free_port();
+        assert_true(p->port > 0);
+        char body[4096];
+        snprintf(body, sizeof body,
+                 "listen_addr = 127.0.0.1\n"
+                 "listen_port = %d\n"
+                 "server_host = %s\n"
+                 "server_port = %d\n"
+                 "log_level = %s\n"
+                 "%s",
+                 p->port,
+                 opts->server_host ? opts->server_host : itest_env("IDEM_TEST_PGHOST"),
+                 opts->server_port ? opts->server_port : itest_pg_port(),
+                 opts->log_level ? opts->log_level : "info",
+                 opts->extra ? opts->extra : "");
+        snprintf(p->conf_path, sizeof p->conf_path, "%s", itest_write_config("proxy", body));
+        snprintf(p->log_path, sizeof p->log_path, "%s/proxy-%u.log", itest_env("IDEM_TEST_TMP"),
+                 ++g_file_seq);
+        p->exited = false;
+        p->pid = spawn_proxy(p, opts->asan_options);
+        assert_true(p->pid > 0);
+
+        /* Sanitizer builds start slower; 20 s is far beyond any sane start. */
+        int64_t deadline = itest_now_ms() + 20000;
+        while (itest_proxy_alive(p) && !itest_port_listening(p->port) && itest_now_ms() < deadline)
+            itest_sleep_ms(10);
+        if (itest_proxy_alive(p) && itest_port_listening(p->port))
+            return p;
+        if (itest_proxy_alive(p)) {
+            itest_proxy_dump_log(p, 50);
+            fail_msg("proxy (pid %d) did not listen on port %d within 20 s", (int)p->pid, p->port);
+        }
+        if (!itest_proxy_log_contains(p, "in use"))
+            break;
+    }
+    itest_proxy_dump_log(p, 50);
+    fail_msg("proxy exited at start (status 0x%x); config %s", p->exit_status, p->conf_path);
+    return NULL;
+}
+
+bool itest_proxy_alive(struct itest_proxy *p)
+{
+    if (p->exited)
+        return false;
+    int status;
+    pid_t r = waitpid(p->pid, &status, WNOHANG);
+    if (r == p->pid) {
+        p->exited = true;
+        p->exit_status = status;
+        return false;
+    }
+    return true;
+}
+
+bool itest_proxy_wait_exit(struct itest_proxy *p, int timeout_ms)
+{
+    int64_t deadline = itest_now_ms() + timeout_ms;
+    while (itest_proxy_alive(p)) {
+        if (itest_now_ms() >= deadline)
+            return false;
+        itest_sleep_ms(10);
+    }
+    return true;
+}
+
+bool itest_proxy_signal_wait(struct itest_proxy *p, int sig, int timeout_ms)
+{
+    if (!itest_proxy_alive(p))
+        return true;
+    kill(p->pid, sig);
+    return itest_proxy_wait_exit(p, timeout_ms);
+}
+
+long itest_rss_kb(pid_t pid)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    char line[256];
+    long kb = -1;
+    while (fgets(line, sizeof line, f) != NULL)
+        if (sscanf(line, "VmRSS: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
+}
+
+void itest_proxy_dump_log(const struct itest_proxy *p, int max_lines)
+{
+    char *text = read_tail(p->log_path, 64 * 1024);
+    if (text == NULL) {
+        printf("--- (no log %s)\n", p->log_path);
+        return;
+    }
+    /* Find where the last max_lines lines start. */
+    size_t len = strlen(text);
+    const char *start = text;
+    int lines = 0;
+    for (size_t i = len; i > 0; i--)
+        if (text[i - 1] == '\n' && i != len && ++lines >= max_lines) {
+            start = text + i;
+            break;
+        }
+    printf("--- last lines of proxy log %s (pid %d, port %d):\n%s%s---\n", p->log_path,
+           (int)p->pid, p->port, start, len && text[len - 1] != '\n' ? "\n" : "");
+    free(text);
+}
+
+bool itest_proxy_log_contains(const struct itest_proxy *p, const char *needle)
+{
+    char *text = read_tail(p->log_path, 16 * 1024 * 1024);
+    bool found = text != NULL && strstr(text, needle) != NULL;
+    free(text);
+    return found;
+}
+
+/* ---- libpq ------------------------------------------------------------- */
+
+void itest_track_conn(PGconn *conn)
+{
+    for (int i = 0; i < MAX_CONNS; i++)
+        if (g_conns[i] == NULL) {
+            g_conns[i] = conn;
+            return;
+        }
+    fail_msg("too many tracked connections");
+}
+
+static PGconn *connect_to(const char *host, int port, const char *extra)
+{
+    char conninfo[2048];
+    bool has_user = extra != NULL && strstr(extra, "user=") != NULL;
+    snprintf(conninfo, sizeof conninfo,
+             "host=%s port=%d dbname=%s connect_timeout=10 %s%s %s", host, port, ITEST_DBNAME,
+             has_user ? "" : "user=", has_user ? "" : itest_pg_user(), extra ? extra : "");
+    PGconn *conn = PQconnectdb(conninfo);
+    assert_non_null(conn);
+    itest_track_conn(conn);
+    return conn;
+}
+
+PGconn *itest_connect(int port, const char *extra)
+{
+    return connect_to("127.0.0.1", port, extra);
+}
+
+PGconn *itest_connect_ok(int port, const char *extra)
+{
+    PGconn *conn = itest_connect(port, extra);
+    if (PQstatus(conn) != CONNECTION_OK)
+        fail_msg("connection to port %d (%s) failed: %s", port, extra ? extra : "",
+                 PQerrorMessage(conn));
+    return conn;
+}
+
+PGconn *itest_connect_direct(void)
+{
+    PGconn *conn = connect_to(itest_env("IDEM_TEST_PGHOST"), itest_pg_port(), NULL);
+    if (PQstatus(conn) != CONNECTION_OK)
+        fail_msg("direct connection to the test cluster failed: %s", PQerrorMessage(conn));
+    return conn;
+}
+
+void itest_finish(PGconn *conn)
+{
+    if (conn == NULL)
+        return;
+    for (int i = 0; i < MAX_CONNS; i++)
+        if (g_conns[i] == conn)
+            g_conns[i] = NULL;
+    PQfinish(conn);
+}
+
+PGresult *itest_wait_result(PGconn *conn, int timeout_ms)
+{
+    int64_t deadline = itest_now_ms() + timeout_ms;
+    PGresult *last = NULL;
+    for (;;) {
+        while (PQisBusy(conn)) {
+            int64_t left = deadline - itest_now_ms();
+            if (left <= 0) {
+                PQclear(last);
+                return NULL;
+            }
+            struct pollfd pfd = { PQsocket(conn), POLLIN, 0 };
+            if (pfd.fd < 0)
+                break;
+            poll(&pfd, 1, left > 100 ? 100 : (int)left);
+            if (!PQconsumeInput(conn))
+                break; /* PQgetResult reports the error */
+        }
+        PGresult *r = PQgetResult(conn);
+        if (r == NULL)
+            break;
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_COPY_IN || st == PGRES_COPY_OUT || st == PGRES_COPY_BOTH) {
+            PQclear(last);
+            return r;
+        }
+        /* Keep the first error, like PQexec's error wins over later results. */
+        if (last != NULL && PQresultStatus(last) == PGRES_FATAL_ERROR) {
+            PQclear(r);
+        } else {
+            PQclear(last);
+            last = r;
+        }
+    }
+    return last;
+}
+
+PGresult *itest_exec(PGconn *conn, const char *sql)
+{
+    if (!PQsendQuery(conn, sql)) {
+        printf("PQsendQuery(%s) failed: %s", sql, PQerrorMessage(conn));
+        return NULL;
+    }
+    PGresult *res = itest_wait_result(conn, ITEST_QUERY_TIMEOUT_MS);
+    if (res == NULL)
+        printf("no result for %s within %d ms\n", sql, ITEST_QUERY_TIMEOUT_MS);
+    return res;
+}
+
+void itest_exec_ok(PGconn *conn, const char *sql)
+{
+    PGresult *res = itest_exec(conn, sql);
+    if (res == NULL)
+        fail_msg("%s: no result: %s", sql, PQerrorMessage(conn));
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", PQresultErrorMessage(res));
+        PQclear(res);
+        fail_msg("%s: %s: %s", sql, PQresStatus(st), msg);
+    }
+    PQclear(res);
+}
+
+long long itest_query_ll(PGconn *conn, const char *sql)
+{
+    PGresult *res = itest_exec(conn, sql);
+    if (res == NULL)
+        fail_msg("%s: no result: %s", sql, PQerrorMessage(conn));
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQnfields(res) < 1 ||
+        PQgetisnull(res, 0, 0)) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s (%d rows) %s", PQresStatus(PQresultStatus(res)),
+                 PQntuples(res), PQresultErrorMessage(res));
+        PQclear(res);
+        fail_msg("%s: expected one value, got %s", sql, msg);
+    }
+    long long v = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return v;
+}
+
+long long itest_server_ll(const char *fmt, ...)
+{
+    char sql[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    PGconn *conn = itest_connect_direct();
+    long long v = itest_query_ll(conn, sql);
+    itest_finish(conn);
+    return v;
+}
+
+void itest_server_exec(const char *sql)
+{
+    PGconn *conn = itest_connect_direct();
+    itest_exec_ok(conn, sql);
+    itest_finish(conn);
+}
+
+bool itest_server_wait_ll(long long want, int timeout_ms, const char *fmt, ...)
+{
+    char sql[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(sql, sizeof sql, fmt, ap);
+    va_end(ap);
+    PGconn *conn = itest_connect_direct();
+    int64_t deadline = itest_now_ms() + timeout_ms;
+    long long v;
+    /* Each autocommit statement takes a fresh pg_stat_activity snapshot. */
+    while ((v = itest_query_ll(conn, sql)) != want && itest_now_ms() < deadline)
+        itest_sleep_ms(50);
+    itest_finish(conn);
+    if (v != want)
+        printf("%s: still %lld (want %lld) after %d ms\n", sql, v, want, timeout_ms);
+    return v == want;
+}
+
+/* ---- raw sockets ------------------------------------------------------- */
+
+static void fds_init(void)
+{
+    if (!g_fds_init) {
+        for (int i = 0; i < MAX_FDS; i++)
+            g_fds[i] = -1;
+        g_fds_init = true;
+    }
+}
+
+int itest_raw_connect(int port)
+{
+    fds_init();
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = { 0 };
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((uint16_t)port);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    for (int i = 0; i < MAX_FDS; i++)
+        if (g_fds[i] < 0) {
+            g_fds[i] = fd;
+            break;
+        }
+    return fd;
+}
+
+void itest_raw_close(int fd)
+{
+    if (fd < 0)
+        return;
+    fds_init();
+    for (int i = 0; i < MAX_FDS; i++)
+        if (g_fds[i] == fd)
+            g_fds[i] = -1;
+    close(fd);
+}
+
+bool itest_raw_send(int fd, const void *buf, size_t len)
+{
+    const uint8_t *p = buf;
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return false;
+        p += n;
+        len -= (size_t)n;
+    }
+    return true;
+}
+
+ssize_t itest_raw_recv(int fd, void *buf, size_t len, int timeout_ms)
+{
+    struct pollfd pfd = { fd, POLLIN, 0 };
+    int r;
+    do
+        r = poll(&pfd, 1, timeout_ms);
+    while (r < 0 && errno == EINTR);
+    if (r == 0)
+        return -2;
+    if (r < 0)
+        return -1;
+    ssize_t n;
+    do
+        n = recv(fd, buf, len, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == ECONNRESET || errno == EPIPE))
+        return 0;
+    return n;
+}
+
+static enum itest_read read_exact(int fd, void *buf, size_t len, int64_t deadline)
+{
+    uint8_t *p = buf;
+    while (len > 0) {
+        int64_t left = deadline - itest_now_ms();
+        if (left <= 0)
+            return ITEST_READ_TIMEOUT;
+        ssize_t n = itest_raw_recv(fd, p, len, (int)left);
+        if (n == -2)
+            return ITEST_READ_TIMEOUT;
+        if (n <= 0)
+            return ITEST_READ_EOF;
+        p += n;
+        len -= (size_t)n;
+    }
+    return ITEST_READ_OK;
+}
+
+enum itest_read itest_raw_read_msg(int fd, struct itest_msg *msg, int timeout_ms)
+{
+    int64_t deadline = itest_now_ms() + timeout_ms;
+    uint8_t head[5];
+    memset(msg, 0, sizeof *msg);
+    enum itest_read r = read_exact(fd, head, sizeof head, deadline);
+    if (r != ITEST_READ_OK)
+        return r;
+    uint32_t len = ((uint32_t)head[1] << 24) | ((uint32_t)head[2] << 16) |
+                   ((uint32_t)head[3] << 8) | head[4];
+    if (len < 4 || len > (64u << 20))
+        return ITEST_READ_BAD;
+    msg->type = (char)head[0];
+    msg->len = len - 4;
+    msg->body = malloc(msg->len + 1);
+    assert_non_null(msg->body);
+    r = read_exact(fd, msg->body, msg->len, deadline);
+    msg->body[msg->len] = 0;
+    if (r != ITEST_READ_OK)
+        itest_msg_free(msg);
+    return r;
+}
+
+void itest_msg_free(struct itest_msg *msg)
+{
+    free(msg->body);
+    msg->body = NULL;
+}
+
+int itest_raw_read_byte(int fd, int timeout_ms)
+{
+    uint8_t b;
+    ssize_t n = itest_raw_recv(fd, &b, 1, timeout_ms);
+    if (n == -2)
+        return -2;
+    return n == 1 ? b : -1;
+}
+
+static const char *fields_find(const uint8_t *body, size_t len, char code)
+{
+    static char value[1024];
+    size_t i = 0;
+    while (i < len && body[i] != 0) {
+        char c = (char)body[i++];
+        const char *s = (const char *)body + i;
+        size_t slen = strnlen(s, len - i);
+        if (c == code) {
+            snprintf(value, sizeof value, "%.*s", (int)slen, s);
+            return value;
+        }
+        i += slen + 1;
+    }
+    return NULL;
+}
+
+const char *itest_msg_field(const struct itest_msg *msg, char code)
+{
+    if (msg->body == NULL || (msg->type != 'E' && msg->type != 'N'))
+        return NULL;
+    return fields_find(msg->body, msg->len, code);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+size_t itest_build_startup(uint8_t *buf, size_t cap, const char *user, const char *database,
+                           const char *application_name)
+{
+    size_t n = 8;
+    const char *kv[] = { "user", user, "database", database, "application_name", application_name };
+    for (int i = 0; i < 6; i += 2) {
+        if (kv[i + 1] == NULL)
+            continue;
+        size_t kl = strlen(kv[i]) + 1, vl = strlen(kv[i + 1]) + 1;
+        assert_true(n + kl + vl + 1 <= cap);
+        memcpy(buf + n, kv[i], kl);
+        n += kl;
+        memcpy(buf + n, kv[i + 1], vl);
+        n += vl;
+    }
+    buf[n++] = 0;
+    put32(buf, (uint32_t)n);
+    put32(buf + 4, 196608); /* protocol 3.0 */
+    return n;
+}
+
+size_t itest_build_msg(uint8_t *buf, size_t cap, char type, const void *body, size_t body_len)
+{
+    assert_true(body_len + 5 <= cap);
+    buf[0] = (uint8_t)type;
+    put32(buf + 1, (uint32_t)(body_len + 4));
+    if (body_len > 0)
+        memcpy(buf + 5, body, body_len);
+    return body_len + 5;
+}
+
+void itest_raw_login(int fd, const char *user, const char *application_name)
+{
+    uint8_t pkt[512];
+    size_t n = itest_build_startup(pkt, sizeof pkt, user, ITEST_DBNAME, application_name);
+    assert_true(itest_raw_send(fd, pkt, n));
+    for (int i = 0; i < 200; i++) {
+        struct itest_msg m;
+        enum itest_read r = itest_raw_read_msg(fd, &m, 10000);
+        if (r != ITEST_READ_OK)
+            fail_msg("raw login as %s: read failed (%d) before ReadyForQuery", user, (int)r);
+        char type = m.type;
+        if (type == 'E') {
+            char why[512];
+            const char *mm = itest_msg_field(&m, 'M');
+            snprintf(why, sizeof why, "%s", mm ? mm : "?");
+            itest_msg_free(&m);
+            fail_msg("raw login as %s: ErrorResponse: %s", user, why);
+        }
+        if (type == 'R') {
+            uint32_t code = m.len >= 4 ? ((uint32_t)m.body[0] << 24 | (uint32_t)m.body[1] << 16 |
+                                          (uint32_t)m.body[2] << 8 | m.body[3])
+                                       : 99;
+            itest_msg_free(&m);
+            if (code != 0)
+                fail_msg("raw login as %s: authentication request %u, expected trust", user, code);
+            continue;
+        }
+        itest_msg_free(&m);
+        if (type == 'Z')
+            return;
+    }
+    fail_msg("raw login as %s: no ReadyForQuery", user);
+}
+
+bool itest_raw_wait_closed(int fd, int timeout_ms, char sqlstate[6])
+{
+    int64_t deadline = itest_now_ms() + timeout_ms;
+    uint8_t keep[65536];
+    size_t kept = 0;
+    bool closed = false;
+    sqlstate[0] = '\0';
+    for (;;) {
+        int64_t left = deadline - itest_now_ms();
+        if (left <= 0)
+            break;
+        uint8_t buf[16384];
+        ssize_t n = itest_raw_recv(fd, buf, sizeof buf, (int)left);
+        if (n == -2)
+            break;
+        if (n <= 0) {
+            closed = true;
+            break;
+        }
+        size_t take = (size_t)n < sizeof keep - kept ? (size_t)n : sizeof keep - kept;
+        memcpy(keep + kept, buf, take);
+        kept += take;
+    }
+    /* Walk whatever arrived as backend messages; remember the first error. */
+    size_t off = 0;
+    while (off + 5 <= kept) {
+        uint32_t len = ((uint32_t)keep[off + 1] << 24) | ((uint32_t)keep[off + 2] << 16) |
+                       ((uint32_t)keep[off + 3] << 8) | keep[off + 4];
+        if (len < 4 || off + 1 + len > kept)
+            break;
+        if (keep[off] == 'E' && sqlstate[0] == '\0') {
+            const char *c = fields_find(keep + off + 5, len - 4, 'C');
+            if (c != NULL)
+                snprintf(sqlstate, 6, "%s", c);
+        }
+        off += 1 + len;
+    }
+    return closed;
+}
+
+/* ---- fixtures ---------------------------------------------------------- */
+
+static void write_str(const char *s)
+{
+    ssize_t r = write(1, s, strlen(s));
+    (void)r;
+}
+
+/* The alarm fired: a test hung. Only async-signal-safe calls from here. */
+static void on_alarm(int sig)
+{
+    (void)sig;
+    write_str("\nitest: TEST TIMED OUT (hung); proxy log tails follow\n");
+    for (int i = 0; i < MAX_PROXIES; i++) {
+        if (!g_proxies[i].in_use)
+            continue;
+        write_str("--- ");
+        write_str(g_proxies[i].log_path);
+        write_str(":\n");
+        int fd = open(g_proxies[i].log_path, O_RDONLY);
+        if (fd >= 0) {
+            off_t end = lseek(fd, 0, SEEK_END);
+            lseek(fd, end > 8192 ? end - 8192 : 0, SEEK_SET);
+            char buf[4096];
+            ssize_t n;
+            while ((n = read(fd, buf, sizeof buf)) > 0) {
+                ssize_t w = write(1, buf, (size_t)n);
+                (void)w;
+            }
+            close(fd);
+        }
+        if (!g_proxies[i].exited)
+            kill(g_proxies[i].pid, SIGKILL);
+    }
+    _exit(2);
+}
+
+int itest_setup(void **state)
+{
+    (void)state;
+    g_passed = false;
+    signal(SIGALRM, on_alarm);
+    alarm(ITEST_TEST_TIMEOUT_S);
+    return 0;
+}
+
+void itest_pass(void)
+{
+    g_passed = true;
+}
+
+static const char *const sanitizer_marks[] = {
+    "ERROR: AddressSanitizer",
+    "ERROR: LeakSanitizer",
+    "runtime error:",
+    "ThreadSanitizer",
+};
+
+int itest_teardown(void **state)
+{
+    (void)state;
+    int rc = 0;
+    for (int i = 0; i < MAX_CONNS; i++)
+        if (g_conns[i] != NULL) {
+            PQfinish(g_conns[i]);
+            g_conns[i] = NULL;
+        }
+    fds_init();
+    for (int i = 0; i < MAX_FDS; i++)
+        if (g_fds[i] >= 0) {
+            close(g_fds[i]);
+            g_fds[i] = -1;
+        }
+    for (int i = 0; i < MAX_PROXIES; i++) {
+        struct itest_proxy *p = &g_proxies[i];
+        if (!p->in_use)
+            continue;
+        bool problem = false;
+        bool was_running = !p->exited && itest_proxy_alive(p);
+        if (was_running && !itest_proxy_signal_wait(p, SIGINT, 10000)) {
+            printf("itest: proxy pid %d ignored SIGINT for 10 s; killing it\n", (int)p->pid);
+            kill(p->pid, SIGKILL);
+            itest_proxy_wait_exit(p, 5000);
+            problem = true;
+        }
+        if (p->exited && WIFSIGNALED(p->exit_status)) {
+            int sig = WTERMSIG(p->exit_status);
+            if (!(was_running && (sig == SIGINT || sig == SIGKILL))) {
+                printf("itest: proxy pid %d died of signal %d (%s)\n", (int)p->pid, sig,
+                       strsignal(sig));
+                problem = true;
+            }
+        } else if (p->exited && WIFEXITED(p->exit_status) && WEXITSTATUS(p->exit_status) != 0) {
+            printf("itest: note: proxy pid %d exited with status %d\n", (int)p->pid,
+                   WEXITSTATUS(p->exit_status));
+        }
+        for (size_t k = 0; k < sizeof sanitizer_marks / sizeof sanitizer_marks[0]; k++)
+            if (itest_proxy_log_contains(p, sanitizer_marks[k])) {
+                printf("itest: sanitizer report in %s\n", p->log_path);
+                problem = true;
+            }
+        if (problem || !g_passed)
+            itest_proxy_dump_log(p, problem ? 200 : 60);
+        if (problem)
+            rc = -1;
+        p->in_use = false;
+    }
+    alarm(0);
+    return rc;
+}

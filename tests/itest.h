@@ -1,0 +1,230 @@
+/*
+ * itest: helpers for the integration tests in test_integration.c.
+ *
+ * tests/integration.sh starts a scratch PostgreSQL 15 cluster and exports
+ * where it is (IDEM_TEST_PG*), where the proxy binary is (IDEMPROXY) and a
+ * scratch directory (IDEM_TEST_TMP). These helpers start proxies against that
+ * cluster, talk to them with libpq or raw sockets, and clean up everything a
+ * test leaves behind, also when an assertion fails half-way (cmocka jumps out
+ * of the test; the teardown still runs).
+ *
+ * Every wait here is bounded: a hanging proxy must fail a test, never hang
+ * the suite.
+ */
+#ifndef IDEM_ITEST_H
+#define IDEM_ITEST_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <libpq-fe.h>
+
+/* Passwords of the roles integration.sh creates (it uses the same strings). */
+#define ITEST_MD5_USER "md5_user"
+#define ITEST_MD5_PASSWORD "md5_secret"
+#define ITEST_SCRAM_USER "scram_user"
+#define ITEST_SCRAM_PASSWORD "scram_secret"
+#define ITEST_DBNAME "postgres"
+
+/* Default bound for a single query through the proxy. */
+#define ITEST_QUERY_TIMEOUT_MS 30000
+
+/* ---- environment ------------------------------------------------------- */
+
+/* The value of an environment variable integration.sh must set; fails the
+ * test (with a message naming it) when it is missing. */
+const char *itest_env(const char *name);
+const char *itest_pg_user(void);
+int itest_pg_port(void);
+
+int64_t itest_now_ms(void);
+void itest_sleep_ms(int ms);
+
+/* A TCP port on 127.0.0.1 that nobody listens on right now: bind port 0,
+ * read the port back, close. */
+int itest_free_port(void);
+
+/* True when some socket listens on 127.0.0.1:port (or the wildcard address),
+ * read from /proc/net/tcp. Lets us wait for a proxy without connecting to it
+ * (a probe connection would count as a client). */
+bool itest_port_listening(int port);
+
+/* ---- proxies ----------------------------------------------------------- */
+
+struct itest_proxy_opts {
+    const char *server_host; /* NULL: the test cluster (IDEM_TEST_PGHOST) */
+    int server_port;         /* 0: the test cluster (IDEM_TEST_PGPORT) */
+    const char *log_level;   /* NULL: "info" */
+    const char *extra;       /* more "key = value\n" lines, or NULL */
+    const char *asan_options; /* appended to ASAN_OPTIONS in the proxy's env */
+};
+
+struct itest_proxy {
+    bool in_use;
+    pid_t pid;
+    int port;
+    bool exited;     /* reaped by waitpid */
+    int exit_status; /* its waitpid status, once exited */
+    char conf_path[512];
+    char log_path[512];
+};
+
+/* Writes an INI file into IDEM_TEST_TMP and starts $IDEMPROXY -c on it, its
+ * stderr going to a log file; waits (bounded) until it listens. Fails the
+ * test when it does not come up. The proxy dies with the test binary
+ * (PR_SET_PDEATHSIG), and the teardown stops it. */
+struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts);
+
+/* Writes "[idemproxy]\n" + body to a fresh file in IDEM_TEST_TMP; returns
+ * its path in a static buffer. */
+const char *itest_write_config(const char *name, const char *body);
+
+/* True while the proxy process has not exited. */
+bool itest_proxy_alive(struct itest_proxy *p);
+
+/* Sends sig and waits up to timeout_ms for the process to exit. Returns true
+ * when it exited (status in p->exit_status); false when it is still running
+ * (the caller decides what then; the teardown SIGKILLs it). */
+bool itest_proxy_signal_wait(struct itest_proxy *p, int sig, int timeout_ms);
+
+/* Waits up to timeout_ms for an exit without sending anything. */
+bool itest_proxy_wait_exit(struct itest_proxy *p, int timeout_ms);
+
+/* The VmRSS of a process in kB, or -1. */
+long itest_rss_kb(pid_t pid);
+
+/* Prints the last max_lines lines of the proxy's log to stdout. */
+void itest_proxy_dump_log(const struct itest_proxy *p, int max_lines);
+
+/* True when the log contains needle. */
+bool itest_proxy_log_contains(const struct itest_proxy *p, const char *needle);
+
+/* Runs argv (argv[0] searched in PATH) with stdout+stderr appended to
+ * out_path (or inherited when NULL); returns the waitpid status, or -1 when
+ * it did not finish within timeout_ms (it is then killed). */
+int itest_run(char *const argv[], const char *out_path, int timeout_ms);
+
+/* Runs $IDEM_TEST_PGBIN/pg_ctl with the given arguments as the cluster's
+ * owner (prefix $IDEM_TEST_AS), adding -D $IDEM_TEST_PGDATA. Returns true when
+ * it exited 0. */
+bool itest_pg_ctl(const char *const args[]);
+
+/* ---- libpq ------------------------------------------------------------- */
+
+/* Connects to 127.0.0.1:port as the cluster's superuser to ITEST_DBNAME;
+ * extra is appended to the conninfo ("application_name=x password=y"...).
+ * The connection is tracked and closed by the teardown; may be BAD. */
+PGconn *itest_connect(int port, const char *extra);
+
+/* Same, and fails the test with libpq's message unless it is OK. */
+PGconn *itest_connect_ok(int port, const char *extra);
+
+/* A direct connection to the test cluster, bypassing any proxy. */
+PGconn *itest_connect_direct(void);
+
+/* Closes a connection that itest_connect() made and stops tracking it. */
+void itest_finish(PGconn *conn);
+
+/* Tracks a connection made elsewhere (PQconnectStart) for the teardown. */
+void itest_track_conn(PGconn *conn);
+
+/* Waits (bounded) for the results of a query already sent with PQsend*():
+ * returns the last result like PQexec() does (a COPY result at once), or
+ * NULL on timeout or when the connection produced nothing at all. */
+PGresult *itest_wait_result(PGconn *conn, int timeout_ms);
+
+/* PQsendQuery + itest_wait_result. NULL when sending failed or timed out. */
+PGresult *itest_exec(PGconn *conn, const char *sql);
+
+/* Runs sql and fails the test unless it returns COMMAND_OK or TUPLES_OK. */
+void itest_exec_ok(PGconn *conn, const char *sql);
+
+/* Runs a one-value query and returns the value as a number; fails the test
+ * on error. */
+long long itest_query_ll(PGconn *conn, const char *sql);
+
+/* Runs a one-value query on a fresh direct connection to the cluster. */
+long long itest_server_ll(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Runs a statement on a fresh direct connection; fails the test on error. */
+void itest_server_exec(const char *sql);
+
+/* Polls (every 50 ms, at most timeout_ms) until the direct query returns
+ * want; returns true when it did. For "the backend is gone" checks. */
+bool itest_server_wait_ll(long long want, int timeout_ms, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* ---- raw sockets ------------------------------------------------------- */
+
+/* A blocking TCP socket connected to 127.0.0.1:port, or -1 with errno. It is
+ * tracked and closed by the teardown. */
+int itest_raw_connect(int port);
+void itest_raw_close(int fd);
+
+/* Sends all len bytes (MSG_NOSIGNAL); false when the peer is gone. */
+bool itest_raw_send(int fd, const void *buf, size_t len);
+
+/* Waits up to timeout_ms for data: returns the byte count, 0 on EOF, -1 on
+ * error (ECONNRESET counts as EOF: returns 0), -2 on timeout. */
+ssize_t itest_raw_recv(int fd, void *buf, size_t len, int timeout_ms);
+
+/* A backend message read from a raw socket. body is malloc'ed. */
+struct itest_msg {
+    char type;
+    uint32_t len; /* body length (the length field minus 4) */
+    uint8_t *body;
+};
+
+enum itest_read {
+    ITEST_READ_OK,
+    ITEST_READ_EOF,
+    ITEST_READ_TIMEOUT,
+    ITEST_READ_BAD, /* length field < 4 or absurd */
+};
+
+/* Reads one whole message within timeout_ms. */
+enum itest_read itest_raw_read_msg(int fd, struct itest_msg *msg, int timeout_ms);
+void itest_msg_free(struct itest_msg *msg);
+
+/* Reads exactly one byte (the answer to SSLRequest/GSSENCRequest). Returns
+ * the byte, -1 on EOF/error, -2 on timeout. */
+int itest_raw_read_byte(int fd, int timeout_ms);
+
+/* Field `code` (e.g. 'C' for SQLSTATE) of an ErrorResponse/NoticeResponse,
+ * in a static buffer; NULL when absent. */
+const char *itest_msg_field(const struct itest_msg *msg, char code);
+
+/* Builds a protocol 3.0 StartupMessage; returns its length. */
+size_t itest_build_startup(uint8_t *buf, size_t cap, const char *user,
+                           const char *database, const char *application_name);
+
+/* Builds a regular message of type `type` with the given body. */
+size_t itest_build_msg(uint8_t *buf, size_t cap, char type, const void *body, size_t body_len);
+
+/* Sends a StartupMessage and reads until ReadyForQuery. For users that the
+ * cluster trusts; fails the test on anything else. */
+void itest_raw_login(int fd, const char *user, const char *application_name);
+
+/* Reads until the proxy closes the socket (EOF/reset) or timeout_ms passes.
+ * Returns true when it closed. When the bytes form backend messages and one
+ * of them is an ErrorResponse, its SQLSTATE is copied to sqlstate (6 bytes,
+ * "" when none). */
+bool itest_raw_wait_closed(int fd, int timeout_ms, char sqlstate[6]);
+
+/* ---- fixtures ---------------------------------------------------------- */
+
+/* cmocka setup/teardown: the teardown closes every tracked connection and
+ * socket and stops every proxy (SIGINT), failing the test when a proxy
+ * crashed or a sanitizer reported an error in its log. A per-test alarm
+ * ends the binary (and its proxies) when a test hangs. */
+int itest_setup(void **state);
+int itest_teardown(void **state);
+
+/* Marks the running test as having reached its end; the teardown prints the
+ * proxy logs for tests that did not. */
+void itest_pass(void);
+
+#endif

@@ -1,0 +1,929 @@
+/*
+ * Unit tests for pgproto: message framing, startup-phase packets, and the
+ * ErrorResponse / ReadyForQuery helpers, driven with hand-built bytes.
+ *
+ * Packets under test are kept in heap blocks of exactly their own size, so
+ * that valgrind or AddressSanitizer flags any read past the end.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "pgproto.h"
+
+/* ---- a small byte builder ---------------------------------------------- */
+
+struct pkt {
+    uint8_t *data;
+    size_t len, cap;
+};
+
+static void put(struct pkt *p, const void *bytes, size_t n)
+{
+    if (p->len + n > p->cap) {
+        size_t cap = p->cap ? p->cap : 64;
+        while (cap < p->len + n)
+            cap *= 2;
+        p->data = realloc(p->data, cap);
+        assert_non_null(p->data);
+        p->cap = cap;
+    }
+    if (n)
+        memcpy(p->data + p->len, bytes, n);
+    p->len += n;
+}
+
+static void put_u8(struct pkt *p, uint8_t v)
+{
+    put(p, &v, 1);
+}
+
+static void put_u32(struct pkt *p, uint32_t v)
+{
+    uint8_t b[4];
+    pg_put_u32(b, v);
+    put(p, b, 4);
+}
+
+/* A C string with its terminating NUL. */
+static void put_str(struct pkt *p, const char *s)
+{
+    put(p, s, strlen(s) + 1);
+}
+
+static void put_fill(struct pkt *p, uint8_t byte, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        put_u8(p, byte);
+}
+
+/* Shrinks the block to exactly len bytes: reads past it are then caught. */
+static const uint8_t *exact(struct pkt *p)
+{
+    uint8_t *d = malloc(p->len ? p->len : 1);
+    assert_non_null(d);
+    if (p->len)
+        memcpy(d, p->data, p->len);
+    free(p->data);
+    p->data = d;
+    p->cap = p->len;
+    return d;
+}
+
+static void pkt_free(struct pkt *p)
+{
+    free(p->data);
+    memset(p, 0, sizeof(*p));
+}
+
+/* Regular message: type byte and a length patched in by msg_end(). */
+static size_t msg_begin(struct pkt *p, char type)
+{
+    size_t start = p->len;
+    put_u8(p, (uint8_t)type);
+    put_u32(p, 0);
+    return start;
+}
+
+static void msg_end(struct pkt *p, size_t start)
+{
+    pg_put_u32(p->data + start + 1, (uint32_t)(p->len - start - 1));
+}
+
+/* Startup-phase packet: length (patched by startup_end()) and a code. */
+static void startup_begin(struct pkt *p, uint32_t code)
+{
+    put_u32(p, 0);
+    put_u32(p, code);
+}
+
+static void startup_end(struct pkt *p)
+{
+    pg_put_u32(p->data, (uint32_t)p->len);
+}
+
+static void startup_param(struct pkt *p, const char *key, const char *value)
+{
+    put_str(p, key);
+    put_str(p, value);
+}
+
+/* A CancelRequest carrying a key of key_len bytes. */
+static void cancel_packet(struct pkt *p, uint32_t pid, size_t key_len)
+{
+    startup_begin(p, PG_CANCEL_REQUEST_CODE);
+    put_u32(p, pid);
+    for (size_t i = 0; i < key_len; i++)
+        put_u8(p, (uint8_t)(i * 7 + 1));
+    startup_end(p);
+}
+
+/* Parses p as a whole startup packet from an exact-size block. */
+static enum pg_startup_kind parse_startup(struct pkt *p, struct pg_startup *st,
+                                          const char **why)
+{
+    memset(st, 0, sizeof(*st));
+    *why = NULL;
+    return pg_startup_parse(exact(p), p->len, st, why);
+}
+
+static void assert_invalid(struct pkt *p)
+{
+    struct pg_startup st;
+    const char *why;
+    assert_int_equal(parse_startup(p, &st, &why), PG_STARTUP_INVALID);
+    assert_non_null(why);
+    assert_true(why[0] != '\0');
+}
+
+/* ---- pg_msg_head / pg_msg_next --------------------------------------- */
+
+static void test_head_needs_five_bytes(void **state)
+{
+    (void)state;
+    const uint8_t full[] = { 'Q', 0, 0, 0, 4 };
+    /* Also when the partial length already looks bad. */
+    const uint8_t bad[] = { 'Q', 0, 0, 0, 0 };
+    for (size_t n = 0; n < PG_HEAD_LEN; n++) {
+        struct pg_msg_head head;
+        struct pg_msg msg;
+        size_t used = 99;
+        uint8_t *b = malloc(n ? n : 1);
+        memcpy(b, full, n);
+        assert_int_equal(pg_msg_head(b, n, &head), PG_NEXT_MORE);
+        assert_int_equal(pg_msg_next(b, n, &msg, &used), PG_NEXT_MORE);
+        assert_int_equal(used, 0);
+        memcpy(b, bad, n);
+        assert_int_equal(pg_msg_head(b, n, &head), PG_NEXT_MORE);
+        free(b);
+    }
+}
+
+static void test_head_len_below_four_is_bad(void **state)
+{
+    (void)state;
+    for (uint32_t l = 0; l < 4; l++) {
+        uint8_t b[16] = { 'Q' };
+        struct pg_msg_head head;
+        struct pg_msg msg;
+        size_t used = 99;
+        pg_put_u32(b + 1, l);
+        assert_int_equal(pg_msg_head(b, sizeof(b), &head), PG_NEXT_BAD);
+        assert_int_equal(pg_msg_head(b, PG_HEAD_LEN, &head), PG_NEXT_BAD);
+        assert_int_equal(pg_msg_next(b, sizeof(b), &msg, &used), PG_NEXT_BAD);
+        assert_int_equal(used, 0);
+    }
+}
+
+static void test_head_len_four_is_empty_body(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    msg_end(&p, msg_begin(&p, 'S'));
+    const uint8_t *b = exact(&p);
+    struct pg_msg_head head;
+    struct pg_msg msg;
+    size_t used = 99;
+
+    assert_int_equal(p.len, 5);
+    assert_int_equal(pg_msg_head(b, p.len, &head), PG_NEXT_OK);
+    assert_int_equal(head.type, 'S');
+    assert_int_equal(head.len, 4);
+    assert_int_equal(pg_msg_next(b, p.len, &msg, &used), PG_NEXT_OK);
+    assert_int_equal(msg.type, 'S');
+    assert_int_equal(msg.body_len, 0);
+    assert_int_equal(used, 5);
+    pkt_free(&p);
+}
+
+static void test_head_huge_length(void **state)
+{
+    (void)state;
+    const uint32_t lens[] = { 0xFFFFFFFFu, 0x80000000u, 0x7FFFFFFFu, 0xFFFFFFFBu };
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        uint8_t b[64] = { 'd' };
+        struct pg_msg_head head;
+        struct pg_msg msg;
+        size_t used = 99;
+        pg_put_u32(b + 1, lens[i]);
+        assert_int_equal(pg_msg_head(b, sizeof(b), &head), PG_NEXT_OK);
+        assert_int_equal(head.type, 'd');
+        assert_int_equal(head.len, lens[i]);
+        assert_int_equal(pg_msg_next(b, sizeof(b), &msg, &used), PG_NEXT_MORE);
+        assert_int_equal(used, 0);
+        /* Head alone: the body length must not wrap around to something small. */
+        assert_int_equal(pg_msg_next(b, PG_HEAD_LEN, &msg, &used), PG_NEXT_MORE);
+    }
+}
+
+static void test_next_partial_body(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    size_t s = msg_begin(&p, 'Q');
+    put_str(&p, "SELECT 1");
+    msg_end(&p, s);
+    exact(&p);
+
+    for (size_t n = 0; n < p.len; n++) {
+        uint8_t *b = malloc(n ? n : 1);
+        struct pg_msg msg;
+        size_t used = 99;
+        memcpy(b, p.data, n);
+        assert_int_equal(pg_msg_next(b, n, &msg, &used), PG_NEXT_MORE);
+        assert_int_equal(used, 0);
+        free(b);
+    }
+
+    struct pg_msg msg;
+    size_t used = 0;
+    assert_int_equal(pg_msg_next(p.data, p.len, &msg, &used), PG_NEXT_OK);
+    assert_int_equal(used, p.len);
+    assert_int_equal(msg.type, 'Q');
+    assert_int_equal(msg.body_len, 9);
+    assert_ptr_equal(msg.body, p.data + PG_HEAD_LEN);
+    assert_memory_equal(msg.body, "SELECT 1", 9);
+    pkt_free(&p);
+}
+
+static void test_next_two_messages(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    size_t s = msg_begin(&p, 'P');
+    put_str(&p, "");
+    put_str(&p, "INSERT INTO t VALUES ($1)");
+    put_u8(&p, 0);
+    put_u8(&p, 0);
+    msg_end(&p, s);
+    size_t first_len = p.len;
+    msg_end(&p, msg_begin(&p, 'S'));
+    const uint8_t *b = exact(&p);
+
+    struct pg_msg msg;
+    size_t used;
+    assert_int_equal(pg_msg_next(b, p.len, &msg, &used), PG_NEXT_OK);
+    assert_int_equal(msg.type, 'P');
+    assert_int_equal(used, first_len);
+    assert_int_equal(msg.body_len, first_len - PG_HEAD_LEN);
+    assert_ptr_equal(msg.body, b + PG_HEAD_LEN);
+
+    assert_int_equal(pg_msg_next(b + used, p.len - used, &msg, &used), PG_NEXT_OK);
+    assert_int_equal(msg.type, 'S');
+    assert_int_equal(msg.body_len, 0);
+    assert_int_equal(used, 5);
+    assert_int_equal(first_len + used, p.len);
+    pkt_free(&p);
+}
+
+/* A good message followed by a corrupt head: the first is still whole. */
+static void test_next_good_then_bad(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    msg_end(&p, msg_begin(&p, 'H'));
+    put_u8(&p, 'Q');
+    put_u32(&p, 2);
+    const uint8_t *b = exact(&p);
+    struct pg_msg msg;
+    size_t used;
+
+    assert_int_equal(pg_msg_next(b, p.len, &msg, &used), PG_NEXT_OK);
+    assert_int_equal(msg.type, 'H');
+    assert_int_equal(used, 5);
+    assert_int_equal(pg_msg_next(b + used, p.len - used, &msg, &used), PG_NEXT_BAD);
+    assert_int_equal(used, 0);
+    pkt_free(&p);
+}
+
+/* ---- startup-phase packets --------------------------------------------- */
+
+static void test_startup_len_ok(void **state)
+{
+    (void)state;
+    assert_false(pg_startup_len_ok(0));
+    assert_false(pg_startup_len_ok(4));
+    assert_false(pg_startup_len_ok(7));
+    assert_true(pg_startup_len_ok(8));
+    assert_true(pg_startup_len_ok(9));
+    assert_true(pg_startup_len_ok(16));
+    assert_true(pg_startup_len_ok(PG_STARTUP_MAX_LEN));
+    assert_false(pg_startup_len_ok(PG_STARTUP_MAX_LEN + 1));
+    assert_false(pg_startup_len_ok(0x7FFFFFFFu));
+    assert_false(pg_startup_len_ok(0x80000000u));
+    assert_false(pg_startup_len_ok(0xFFFFFFFFu));
+}
+
+static void test_startup_ssl_request(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_startup st;
+    const char *why;
+    startup_begin(&p, PG_SSL_REQUEST_CODE);
+    startup_end(&p);
+    assert_int_equal(p.len, 8);
+    assert_int_equal(pg_get_u32(p.data + 4), 80877103u);
+    assert_int_equal(parse_startup(&p, &st, &why), PG_STARTUP_SSL_REQUEST);
+    assert_int_equal(st.kind, PG_STARTUP_SSL_REQUEST);
+    pkt_free(&p);
+}
+
+static void test_startup_gssenc_request(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_startup st;
+    const char *why;
+    startup_begin(&p, PG_GSSENC_REQUEST_CODE);
+    startup_end(&p);
+    assert_int_equal(pg_get_u32(p.data + 4), 80877104u);
+    assert_int_equal(parse_startup(&p, &st, &why), PG_STARTUP_GSSENC_REQUEST);
+    assert_int_equal(st.kind, PG_STARTUP_GSSENC_REQUEST);
+    pkt_free(&p);
+}
+
+static void test_startup_cancel_classic(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_startup st;
+    const char *why;
+    cancel_packet(&p, 0x01020304u, 4);
+    assert_int_equal(p.len, 16);
+    assert_int_equal(pg_get_u32(p.data + 4), 80877102u);
+    assert_int_equal(parse_startup(&p, &st, &why), PG_STARTUP_CANCEL);
+    assert_int_equal(st.kind, PG_STARTUP_CANCEL);
+    assert_int_equal(st.cancel_pid, 0x01020304u);
+    assert_int_equal(st.cancel_key_len, 4);
+    pkt_free(&p);
+}
+
+/* Protocol 3.2 lets the server hand out longer keys, up to 256 bytes. */
+static void test_startup_cancel_long_keys(void **state)
+{
+    (void)state;
+    const size_t lens[] = { 32, 100, PG_CANCEL_KEY_MAX };
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        struct pkt p = { 0 };
+        struct pg_startup st;
+        const char *why;
+        cancel_packet(&p, 4242, lens[i]);
+        assert_int_equal(p.len, 12 + lens[i]);
+        assert_int_equal(parse_startup(&p, &st, &why), PG_STARTUP_CANCEL);
+        assert_int_equal(st.cancel_pid, 4242);
+        assert_int_equal(st.cancel_key_len, lens[i]);
+        pkt_free(&p);
+    }
+}
+
+static void test_startup_cancel_bad_keys(void **state)
+{
+    (void)state;
+    const size_t lens[] = { 0, PG_CANCEL_KEY_MAX + 1, 1000 };
+    for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+        struct pkt p = { 0 };
+        cancel_packet(&p, 4242, lens[i]);
+        assert_invalid(&p);
+        pkt_free(&p);
+    }
+    /* Too short to even hold the process ID. */
+    struct pkt p = { 0 };
+    startup_begin(&p, PG_CANCEL_REQUEST_CODE);
+    put_u8(&p, 1);
+    put_u8(&p, 2);
+    startup_end(&p);
+    assert_int_equal(p.len, 10);
+    assert_invalid(&p);
+    pkt_free(&p);
+}
+
+static void test_startup_message_v30(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_startup st;
+    const char *why;
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    startup_param(&p, "user", "alice");
+    startup_param(&p, "database", "shop");
+    startup_param(&p, "application_name", "psql");
+    startup_param(&p, "client_encoding", "UTF8");
+    startup_param(&p, "options", "-c statement_timeout=5s");
+    put_u8(&p, 0);
+    startup_end(&p);
+
+    assert_int_equal(parse_startup(&p, &st, &why), PG_STARTUP_MESSAGE);
+    assert_int_equal(st.kind, PG_STARTUP_MESSAGE);
+    assert_int_equal(st.protocol, PG_PROTOCOL(3, 0));
+    assert_int_equal(st.protocol, 196608);
+    assert_string_equal(st.user, "alice");
+    assert_string_equal(st.database, "shop");
+    assert_string_equal(st.application_name, "psql");
+    assert_false(st.replication);
+    /* The strings point into the packet. */
+    assert_true((const uint8_t *)st.user > p.data && (const uint8_t *)st.user < p.data + p.len);
+    assert_true((const uint8_t *)st.database > p.data &&
+                (const uint8_t *)st.database < p.data + p.len);
+    pkt_free(&p);
+}
+
+static void test_startup_message_replication(void **state)
+{
+    (void)state;
+    const char *values[] = { "database", "true" };
+    for (size_t i = 0; i < 2; i++) {
+        struct pkt p = { 0 };
+        struct pg_startup st;
+        const char *why;
+        startup_begin(&p, PG_PROTOCOL(3, 0));
+        startup_param(&p, "user", "repl");
+        startup_param(&p, "replication", values[i]);
+        put_u8(&p, 0);
+        startup_end(&p);
+        assert_int_equal(parse_startup(&p, &st, &why), PG_STARTUP_MESSAGE);
+        assert_true(st.replication);
+        assert_string_equal(st.user, "repl");
+        assert_null(st.database);
+        assert_null(st.application_name);
+        pkt_free(&p);
+    }
+}
+
+static void test_startup_message_v32(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_startup st;
+    const char *why;
+    startup_begin(&p, PG_PROTOCOL(3, 2));
+    startup_param(&p, "user", "bob");
+    startup_param(&p, "_pq_.some_extension", "on");
+    put_u8(&p, 0);
+    startup_end(&p);
+    assert_int_equal(parse_startup(&p, &st, &why), PG_STARTUP_MESSAGE);
+    assert_int_equal(st.protocol, PG_PROTOCOL(3, 2));
+    assert_string_equal(st.user, "bob");
+    pkt_free(&p);
+}
+
+/* Absent parameters come back NULL, not as garbage from the caller. */
+static void test_startup_message_absent_user(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_startup st;
+    const char *why = NULL;
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    startup_param(&p, "database", "shop");
+    put_u8(&p, 0);
+    startup_end(&p);
+    memset(&st, 0xA5, sizeof(st));
+    assert_int_equal(pg_startup_parse(exact(&p), p.len, &st, &why), PG_STARTUP_MESSAGE);
+    assert_null(st.user);
+    assert_null(st.application_name);
+    assert_false(st.replication);
+    assert_string_equal(st.database, "shop");
+    pkt_free(&p);
+}
+
+static void test_startup_bad_versions(void **state)
+{
+    (void)state;
+    const uint32_t codes[] = {
+        PG_PROTOCOL(2, 0), PG_PROTOCOL(4, 0), PG_PROTOCOL(1, 0), PG_PROTOCOL(0, 0),
+        PG_PROTOCOL(1234, 5681), 0xFFFFFFFFu,
+    };
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        struct pkt p = { 0 };
+        startup_begin(&p, codes[i]);
+        startup_param(&p, "user", "alice");
+        put_u8(&p, 0);
+        startup_end(&p);
+        assert_invalid(&p);
+        pkt_free(&p);
+    }
+}
+
+/* Parameter lists the server rejects as "invalid startup packet layout". */
+static void test_startup_bad_layout(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+
+    /* No final terminator. */
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    startup_param(&p, "user", "alice");
+    startup_end(&p);
+    assert_invalid(&p);
+    pkt_free(&p);
+
+    /* Nothing at all after the version: not even the terminator. */
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    startup_end(&p);
+    assert_int_equal(p.len, 8);
+    assert_invalid(&p);
+    pkt_free(&p);
+
+    /* A key without a value, then the terminator. */
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    startup_param(&p, "user", "alice");
+    put_str(&p, "database");
+    put_u8(&p, 0);
+    startup_end(&p);
+    assert_invalid(&p);
+    pkt_free(&p);
+
+    /* A key without a value at the very end. */
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    startup_param(&p, "user", "alice");
+    put_str(&p, "database");
+    startup_end(&p);
+    assert_invalid(&p);
+    pkt_free(&p);
+
+    /* A value cut off without its NUL: must not read past the packet. */
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    put_str(&p, "user");
+    put(&p, "alice", 5);
+    startup_end(&p);
+    assert_invalid(&p);
+    pkt_free(&p);
+
+    /* A key cut off without its NUL. */
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    put(&p, "user", 4);
+    startup_end(&p);
+    assert_invalid(&p);
+    pkt_free(&p);
+
+    /* Bytes after the terminator. */
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    startup_param(&p, "user", "alice");
+    put_u8(&p, 0);
+    put_u8(&p, 'x');
+    startup_end(&p);
+    assert_invalid(&p);
+    pkt_free(&p);
+}
+
+static void test_startup_bad_lengths(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+
+    /* Fewer than 8 bytes, each with an honest length field. */
+    for (size_t n = 0; n < PG_STARTUP_MIN_LEN; n++) {
+        uint8_t raw[8] = { 0 };
+        uint8_t *b;
+        struct pg_startup st;
+        const char *why = NULL;
+        if (n >= 4)
+            pg_put_u32(raw, (uint32_t)n);
+        b = malloc(n ? n : 1);
+        memcpy(b, raw, n);
+        assert_int_equal(pg_startup_parse(b, n, &st, &why), PG_STARTUP_INVALID);
+        assert_non_null(why);
+        free(b);
+    }
+
+    /* The length field claims one byte more than the buffer holds. */
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    startup_param(&p, "user", "alice");
+    put_u8(&p, 0);
+    startup_end(&p);
+    pg_put_u32(p.data, (uint32_t)p.len + 1);
+    assert_invalid(&p);
+    pkt_free(&p);
+
+    /* ... or one byte less. */
+    startup_begin(&p, PG_PROTOCOL(3, 0));
+    startup_param(&p, "user", "alice");
+    put_u8(&p, 0);
+    startup_end(&p);
+    pg_put_u32(p.data, (uint32_t)p.len - 1);
+    assert_invalid(&p);
+    pkt_free(&p);
+
+    /* An SSLRequest whose length field says 16. */
+    startup_begin(&p, PG_SSL_REQUEST_CODE);
+    startup_end(&p);
+    pg_put_u32(p.data, 16);
+    assert_invalid(&p);
+    pkt_free(&p);
+
+    /* A CancelRequest whose length field disagrees with its size. */
+    cancel_packet(&p, 1, 4);
+    pg_put_u32(p.data, 20);
+    assert_invalid(&p);
+    pkt_free(&p);
+}
+
+/* Exactly the server's limit is fine; one byte more is not. */
+static void test_startup_max_length(void **state)
+{
+    (void)state;
+    for (size_t extra = 0; extra < 2; extra++) {
+        struct pkt p = { 0 };
+        struct pg_startup st;
+        const char *why;
+        const size_t fixed = 8 + strlen("user") + 1 + strlen("alice") + 1 +
+                             strlen("application_name") + 1 + 1 + 1;
+        startup_begin(&p, PG_PROTOCOL(3, 0));
+        startup_param(&p, "user", "alice");
+        put_str(&p, "application_name");
+        put_fill(&p, 'a', PG_STARTUP_MAX_LEN - fixed + extra);
+        put_u8(&p, 0);
+        put_u8(&p, 0);
+        startup_end(&p);
+        assert_int_equal(p.len, PG_STARTUP_MAX_LEN + extra);
+        if (extra) {
+            assert_false(pg_startup_len_ok((uint32_t)p.len));
+            assert_invalid(&p);
+        } else {
+            assert_true(pg_startup_len_ok((uint32_t)p.len));
+            assert_int_equal(parse_startup(&p, &st, &why), PG_STARTUP_MESSAGE);
+            assert_int_equal(strlen(st.application_name), PG_STARTUP_MAX_LEN - fixed);
+        }
+        pkt_free(&p);
+    }
+}
+
+/* ---- ErrorResponse / ReadyForQuery ------------------------------------- */
+
+static void put_field(struct pkt *p, char type, const char *value)
+{
+    put_u8(p, (uint8_t)type);
+    put_str(p, value);
+}
+
+/* The body of a unique violation as PostgreSQL 15 sends it, with a
+ * localized S field to show that V is the one read. */
+static void unique_violation_body(struct pkt *p)
+{
+    put_field(p, 'S', "FEHLER");
+    put_field(p, 'V', "ERROR");
+    put_field(p, 'C', "23505");
+    put_field(p, 'M', "duplicate key value violates unique constraint \"orders_pkey\"");
+    put_field(p, 'D', "Key (id)=(1) already exists.");
+    put_field(p, 's', "public");
+    put_field(p, 't', "orders");
+    put_field(p, 'n', "orders_pkey");
+    put_field(p, 'F', "nbtinsert.c");
+    put_field(p, 'L', "666");
+    put_field(p, 'R', "_bt_check_unique");
+}
+
+/* Fills every field with a dummy pointer so "absent means NULL" is tested. */
+static void dirty_error(struct pg_error *e)
+{
+    static const char dummy[] = "dummy";
+    e->severity = e->code = e->message = dummy;
+    e->schema = e->table = e->constraint = dummy;
+}
+
+static void test_error_parse_full(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_error e;
+    unique_violation_body(&p);
+    put_u8(&p, 0);
+    const uint8_t *b = exact(&p);
+    dirty_error(&e);
+    assert_true(pg_error_parse(b, p.len, &e));
+    assert_string_equal(e.severity, "ERROR");
+    assert_string_equal(e.code, "23505");
+    assert_string_equal(e.message, "duplicate key value violates unique constraint \"orders_pkey\"");
+    assert_string_equal(e.schema, "public");
+    assert_string_equal(e.table, "orders");
+    assert_string_equal(e.constraint, "orders_pkey");
+    assert_true((const uint8_t *)e.code > b && (const uint8_t *)e.code < b + p.len);
+    pkt_free(&p);
+}
+
+static void test_error_parse_absent_fields(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_error e;
+    put_field(&p, 'S', "ERROR");
+    put_field(&p, 'V', "ERROR");
+    put_field(&p, 'C', "42601");
+    put_field(&p, 'M', "syntax error at or near \"SELEC\"");
+    put_field(&p, 'P', "1");
+    put_u8(&p, 0);
+    dirty_error(&e);
+    assert_true(pg_error_parse(exact(&p), p.len, &e));
+    assert_string_equal(e.code, "42601");
+    assert_null(e.schema);
+    assert_null(e.table);
+    assert_null(e.constraint);
+    pkt_free(&p);
+
+    /* Just the terminator: well-formed, and nothing is set. */
+    put_u8(&p, 0);
+    dirty_error(&e);
+    assert_true(pg_error_parse(exact(&p), p.len, &e));
+    assert_null(e.severity);
+    assert_null(e.code);
+    assert_null(e.message);
+    assert_null(e.schema);
+    assert_null(e.table);
+    assert_null(e.constraint);
+    pkt_free(&p);
+}
+
+static void test_error_parse_malformed(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_error e;
+
+    /* Empty body. */
+    assert_false(pg_error_parse(exact(&p), 0, &e));
+    pkt_free(&p);
+
+    /* Every field, but no final terminator. */
+    unique_violation_body(&p);
+    assert_false(pg_error_parse(exact(&p), p.len, &e));
+    pkt_free(&p);
+
+    /* The last field's string is cut off. */
+    put_field(&p, 'V', "ERROR");
+    put_u8(&p, 'C');
+    put(&p, "235", 3);
+    assert_false(pg_error_parse(exact(&p), p.len, &e));
+    pkt_free(&p);
+
+    /* A field type with nothing after it. */
+    put_field(&p, 'V', "ERROR");
+    put_u8(&p, 'M');
+    assert_false(pg_error_parse(exact(&p), p.len, &e));
+    pkt_free(&p);
+}
+
+static void test_ready_status(void **state)
+{
+    (void)state;
+    const uint8_t i = 'I', t = 'T', e = 'E', x = 'X', two[2] = { 'I', 'I' };
+    assert_int_equal(pg_ready_status(&i, 1), 'I');
+    assert_int_equal(pg_ready_status(&t, 1), 'T');
+    assert_int_equal(pg_ready_status(&e, 1), 'E');
+    assert_int_equal(pg_ready_status(&i, 0), 0);
+    assert_int_equal(pg_ready_status(two, 2), 0);
+    assert_int_equal(pg_ready_status(&x, 1), 0);
+}
+
+/* Finds a field's value in an ErrorResponse body, or NULL. */
+static const char *find_field(const uint8_t *body, size_t len, char type)
+{
+    size_t i = 0;
+    while (i < len && body[i] != 0) {
+        char t = (char)body[i++];
+        const char *v = (const char *)body + i;
+        const uint8_t *nul = memchr(body + i, 0, len - i);
+        if (!nul)
+            return NULL;
+        if (t == type)
+            return v;
+        i = (size_t)(nul - body) + 1;
+    }
+    return NULL;
+}
+
+#define CANARY 0xCC
+
+static void assert_untouched(const uint8_t *buf, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i++)
+        assert_int_equal(buf[i], CANARY);
+}
+
+static void test_error_build_round_trip(void **state)
+{
+    (void)state;
+    const char *sev = "FATAL", *code = "08P01", *text = "invalid startup packet layout";
+    uint8_t buf[512];
+    const size_t expect = PG_HEAD_LEN + 2 * (1 + strlen(sev) + 1) + (1 + strlen(code) + 1) +
+                          (1 + strlen(text) + 1) + 1;
+
+    memset(buf, CANARY, sizeof(buf));
+    size_t need = pg_error_build(buf, sizeof(buf), sev, code, text);
+    assert_int_equal(need, expect);
+    assert_untouched(buf, need, sizeof(buf));
+
+    struct pg_msg msg;
+    size_t used;
+    assert_int_equal(pg_msg_next(buf, need, &msg, &used), PG_NEXT_OK);
+    assert_int_equal(used, need);
+    assert_int_equal(msg.type, 'E');
+
+    struct pg_error e;
+    assert_true(pg_error_parse(msg.body, msg.body_len, &e));
+    assert_string_equal(e.severity, "FATAL");
+    assert_string_equal(e.code, "08P01");
+    assert_string_equal(e.message, text);
+    assert_null(e.table);
+    const char *s = find_field(msg.body, msg.body_len, 'S');
+    assert_non_null(s);
+    assert_string_equal(s, "FATAL");
+}
+
+static void test_error_build_empty_message(void **state)
+{
+    (void)state;
+    uint8_t buf[128];
+    size_t need = pg_error_build(buf, sizeof(buf), "ERROR", "XX000", "");
+    struct pg_msg msg;
+    struct pg_error e;
+    size_t used;
+    assert_true(need <= sizeof(buf));
+    assert_int_equal(pg_msg_next(buf, need, &msg, &used), PG_NEXT_OK);
+    assert_int_equal(used, need);
+    assert_true(pg_error_parse(msg.body, msg.body_len, &e));
+    assert_string_equal(e.message, "");
+    assert_string_equal(e.code, "XX000");
+}
+
+static void test_error_build_small_buffer(void **state)
+{
+    (void)state;
+    const char *text = "too many connections for role \"alice\"";
+    uint8_t buf[256];
+
+    memset(buf, CANARY, sizeof(buf));
+    size_t need = pg_error_build(buf, 0, "FATAL", "53300", text);
+    assert_true(need > PG_HEAD_LEN + strlen(text));
+    assert_true(need < sizeof(buf));
+    assert_untouched(buf, 0, sizeof(buf));
+
+    const size_t caps[] = { 1, PG_HEAD_LEN, need / 2, need - 1 };
+    for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+        assert_int_equal(pg_error_build(buf, caps[i], "FATAL", "53300", text), need);
+        assert_untouched(buf, 0, sizeof(buf));
+    }
+
+    /* Exactly enough: written in full, and not a byte more. */
+    assert_int_equal(pg_error_build(buf, need, "FATAL", "53300", text), need);
+    assert_int_equal(buf[0], 'E');
+    assert_int_equal(pg_get_u32(buf + 1), need - 1);
+    assert_int_equal(buf[need - 1], 0);
+    assert_untouched(buf, need, sizeof(buf));
+}
+
+static void test_inspected_types(void **state)
+{
+    (void)state;
+    assert_true(pg_client_msg_is_inspected('Q'));
+    assert_true(pg_client_msg_is_inspected('P'));
+    assert_false(pg_client_msg_is_inspected('d'));
+    assert_false(pg_client_msg_is_inspected('S'));
+
+    assert_true(pg_server_msg_is_inspected('E'));
+    assert_true(pg_server_msg_is_inspected('Z'));
+    assert_true(pg_server_msg_is_inspected('C'));
+    assert_false(pg_server_msg_is_inspected('D'));
+    assert_false(pg_server_msg_is_inspected('d'));
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_head_needs_five_bytes),
+        cmocka_unit_test(test_head_len_below_four_is_bad),
+        cmocka_unit_test(test_head_len_four_is_empty_body),
+        cmocka_unit_test(test_head_huge_length),
+        cmocka_unit_test(test_next_partial_body),
+        cmocka_unit_test(test_next_two_messages),
+        cmocka_unit_test(test_next_good_then_bad),
+        cmocka_unit_test(test_startup_len_ok),
+        cmocka_unit_test(test_startup_ssl_request),
+        cmocka_unit_test(test_startup_gssenc_request),
+        cmocka_unit_test(test_startup_cancel_classic),
+        cmocka_unit_test(test_startup_cancel_long_keys),
+        cmocka_unit_test(test_startup_cancel_bad_keys),
+        cmocka_unit_test(test_startup_message_v30),
+        cmocka_unit_test(test_startup_message_replication),
+        cmocka_unit_test(test_startup_message_v32),
+        cmocka_unit_test(test_startup_message_absent_user),
+        cmocka_unit_test(test_startup_bad_versions),
+        cmocka_unit_test(test_startup_bad_layout),
+        cmocka_unit_test(test_startup_bad_lengths),
+        cmocka_unit_test(test_startup_max_length),
+        cmocka_unit_test(test_error_parse_full),
+        cmocka_unit_test(test_error_parse_absent_fields),
+        cmocka_unit_test(test_error_parse_malformed),
+        cmocka_unit_test(test_ready_status),
+        cmocka_unit_test(test_error_build_round_trip),
+        cmocka_unit_test(test_error_build_empty_message),
+        cmocka_unit_test(test_error_build_small_buffer),
+        cmocka_unit_test(test_inspected_types),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
