@@ -85,6 +85,7 @@ struct parser {
     struct config *cfg;
     char *err;
     bool failed;
+    int err_line;          /* line of the recorded error; 0: none in particular */
     enum section_kind section;
     bool saw_main;
     int main_seen[MAIN_KEY_COUNT];   /* line of each key, 0 when unset */
@@ -94,12 +95,15 @@ struct parser {
 static void fail_at(struct parser *p, int line, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Keeps the first error: later ones are usually its consequences. */
+/* Keeps the error on the earliest line: later ones are usually its
+ * consequences. inih reports its syntax errors only at the end, so an
+ * earlier line may still replace what was recorded. */
 static void fail_at(struct parser *p, int line, const char *fmt, ...)
 {
-    if (p->failed)
+    if (p->failed && !(line > 0 && line < p->err_line))
         return;
     p->failed = true;
+    p->err_line = line;
     int n = line > 0 ? snprintf(p->err, CONFIG_ERR_LEN, "%s:%d: ", p->filename, line)
                      : snprintf(p->err, CONFIG_ERR_LEN, "%s: ", p->filename);
     if (n < 0 || n >= CONFIG_ERR_LEN)
@@ -553,26 +557,35 @@ static char *next_line(char *buf, int size, void *user)
 
     if (p->pos >= p->end)
         return NULL;
-    const char *nl = memchr(p->pos, '\n', (size_t)(p->end - p->pos));
-    const char *line_end = nl ? nl + 1 : p->end;
-    size_t len = (size_t)(line_end - p->pos);
+    const char *from = p->pos;
+    const char *nl = memchr(from, '\n', (size_t)(p->end - from));
+    p->pos = nl ? nl + 1 : p->end;
+    size_t len = (size_t)(p->pos - from);
     p->line++;
 
-    if (memchr(p->pos, '\0', len))
+    /* Leading blanks go: inih would take an indented key for the
+     * continuation of the previous value. A byte order mark goes too. */
+    if (p->line == 1 && len >= 3 && memcmp(from, "\xEF\xBB\xBF", 3) == 0) {
+        from += 3;
+        len -= 3;
+    }
+    while (len > 0 && (*from == ' ' || *from == '\t')) {
+        from++;
+        len--;
+    }
+    if (memchr(from, '\0', len))
         fail_at(p, p->line, "line contains a NUL byte");
     if (len > (size_t)size - 1) {
         fail_at(p, p->line, "line is longer than %d characters", size - 2);
         len = (size_t)size - 1;
     }
-    memcpy(buf, p->pos, len);
+    memcpy(buf, from, len);
     buf[len] = '\0';
-    p->pos = line_end;
 
-    const char *s = skip_spaces(buf);
-    if (*s == '[') {
-        const char *close = strchr(s, ']');
+    if (buf[0] == '[') {
+        const char *close = strchr(buf, ']');
         if (close && !p->failed)
-            begin_section(p, s + 1, (size_t)(close - s - 1));
+            begin_section(p, buf + 1, (size_t)(close - buf - 1));
     }
     return buf;
 }

@@ -22,13 +22,13 @@ enum pg_next pg_msg_next(const uint8_t *buf, size_t len, struct pg_msg *msg, siz
     *used = 0;
     if (r != PG_NEXT_OK)
         return r;
-    size_t total = (size_t)head.len + 1;
-    if (len < total)
+    /* Compared this way round so that no length field can overflow. */
+    if (len - 1 < head.len)
         return PG_NEXT_MORE;
     msg->type = head.type;
     msg->body = buf + PG_HEAD_LEN;
     msg->body_len = head.len - 4;
-    *used = total;
+    *used = (size_t)head.len + 1;
     return PG_NEXT_OK;
 }
 

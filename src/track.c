@@ -18,7 +18,7 @@ void track_reset(struct track *t)
     t->txn_status = 'I';
     t->batch_open = false;
     t->copy_in = false;
-    t->copy_drain = false;
+    t->skip_to_sync = false;
 }
 
 void track_free(struct track *t)
@@ -105,41 +105,35 @@ static void drop_after_head(struct track *t, size_t n)
 
 /* COPY FROM STDIN is over. The server ignored every Sync the client sent
  * while it was reading data, so those get no ReadyForQuery: forget them, and
- * the CopyDone/CopyFail that closed the stream. If the client has not sent
- * that yet (the server failed first), forget its Syncs until it does. */
+ * the CopyDone/CopyFail that closed the stream if it came. (One that comes
+ * after the server failed the COPY is ignored by the server, and not queued
+ * here, since copy_in is off by then.) */
 static void end_copy_in(struct track *t)
 {
     size_t n = 0;
 
     t->copy_in = false;
     while (1 + n < t->count) {
-        enum track_kind kind = at(t, 1 + n)->kind;
-        n++;
-        if (kind == TRACK_COPY_END) {
-            drop_after_head(t, n);
-            return;
-        }
+        if (at(t, 1 + n++)->kind == TRACK_COPY_END)
+            break;
     }
     drop_after_head(t, n);
-    t->copy_drain = true;
 }
 
 bool track_client_msg(struct track *t, char type)
 {
-    if (t->copy_drain || t->copy_in) {
+    if (t->skip_to_sync) {
+        /* The server discards everything but Sync, unanswered. */
+        if (type != 'S')
+            return true;
+        t->skip_to_sync = false;
+    }
+    if (t->copy_in) {
         switch (type) {
         case 'H':
             return true;
-        case 'S':
-            if (t->copy_drain)
-                return true;
-            break;
         case 'c':
         case 'f':
-            if (t->copy_drain) {
-                t->copy_drain = false;
-                return true;
-            }
             return push(t, TRACK_COPY_END);
         default:
             break;
@@ -203,9 +197,14 @@ void track_server_msg(struct track *t, char type, char status)
     case 'E':
         if (t->copy_in)
             end_copy_in(t);
-        /* The server now skips every extended message up to Sync. */
+        if (t->count == 0 || !is_extended(at(t, 0)->kind))
+            break;
+        /* An extended message failed: the server skips every message up to
+         * Sync, those already queued and those still to come. */
         while (t->count && is_extended(at(t, 0)->kind))
             pop(t);
+        if (t->count == 0)
+            t->skip_to_sync = true;
         break;
     case 'Z':
         ready(t, status);
@@ -217,6 +216,5 @@ void track_server_msg(struct track *t, char type, char status)
 
 bool track_idle(const struct track *t)
 {
-    return t->count == 0 && !t->batch_open && !t->copy_in && !t->copy_drain &&
-           t->txn_status == 'I';
+    return t->count == 0 && !t->batch_open && !t->copy_in && t->txn_status == 'I';
 }

@@ -45,8 +45,8 @@ struct track {
     char txn_status;   /* from the last ReadyForQuery: 'I', 'T' or 'E' */
     bool batch_open;   /* extended messages sent since the last Sync */
     bool copy_in;      /* the server is reading COPY data from the client */
-    bool copy_drain;   /* COPY failed before the client ended it: ignore its
-                          Syncs until its CopyDone/CopyFail */
+    bool skip_to_sync; /* an extended message failed and its Sync is still to
+                          come: the server discards everything until then */
     uint64_t desyncs;  /* times ReadyForQuery found the queue wrong */
 };
 

@@ -385,7 +385,7 @@ static void test_startup_cancel_long_keys(void **state)
 static void test_startup_cancel_bad_keys(void **state)
 {
     (void)state;
-    const size_t lens[] = { 0, PG_CANCEL_KEY_MAX + 1, 1000 };
+    const size_t lens[] = { 0, 3, PG_CANCEL_KEY_MAX + 1, 1000 };
     for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
         struct pkt p = { 0 };
         cancel_packet(&p, 4242, lens[i]);
