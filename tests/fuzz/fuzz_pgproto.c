@@ -1,0 +1,26 @@
+/* libFuzzer target: every parser of wire bytes, on arbitrary input. */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "pgproto.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    struct pg_startup su;
+    const char *why;
+    pg_startup_parse(data, size, &su, &why);
+
+    struct pg_msg msg;
+    size_t used, off = 0;
+    while (pg_msg_next(data + off, size - off, &msg, &used) == PG_NEXT_OK) {
+        struct pg_error err;
+        if (msg.type == 'E' || msg.type == 'N')
+            pg_error_parse(msg.body, msg.body_len, &err);
+        else if (msg.type == 'Z')
+            pg_ready_status(msg.body, msg.body_len);
+        off += used;
+    }
+    return 0;
+}
