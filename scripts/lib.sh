@@ -1,0 +1,111 @@
+# Shared by scripts/quickstart, scripts/check, bench/run and the test harness:
+# installing what is missing, building, and running a scratch PostgreSQL.
+# Source it; every function reports its own errors.
+
+IDEM_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+IDEM_PACKAGES=(build-essential autoconf automake libtool pkg-config
+    libevent-dev libssl-dev libpq-dev libpg-query-dev libprotobuf-c-dev
+    libcmocka-dev libinih-dev uthash-dev postgresql-15 postgresql-client-15)
+
+idem_say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
+idem_die() { idem_say "$*"; exit 1; }
+
+# Installs the Debian packages that are missing (as root), or names them.
+idem_need_packages() {
+    local missing=() pkg
+    for pkg in "${IDEM_PACKAGES[@]}" "$@"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' ||
+            missing+=("$pkg")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    if [ "$(id -u)" -ne 0 ]; then
+        idem_die "missing packages; run: sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+    fi
+    idem_say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq >/dev/null || idem_die "apt-get update failed"
+    apt-get install -y -qq "${missing[@]}" >/dev/null || idem_die "apt-get install ${missing[*]} failed"
+}
+
+# idem_build DIR [configure options...]: configures DIR (again only when the
+# options changed) and builds it.
+idem_build() {
+    local dir=$1; shift
+    (cd "$IDEM_TOP" &&
+        { [ -x configure ] && [ configure -nt configure.ac ] && [ Makefile.in -nt Makefile.am ] ||
+            autoreconf -fi >/dev/null 2>&1; }) || idem_die "autoreconf failed"
+    mkdir -p "$dir"
+    local want="$*"
+    if [ ! -f "$dir/Makefile" ] || [ "$(cat "$dir/.configure-args" 2>/dev/null)" != "$want" ]; then
+        (cd "$dir" && "$IDEM_TOP/configure" "$@" >configure.out 2>&1) ||
+            { tail -20 "$dir/configure.out" >&2; idem_die "configure failed (see $dir/config.log)"; }
+        printf '%s' "$want" >"$dir/.configure-args"
+    fi
+    make -C "$dir" -j"$(nproc)" >"$dir/make.out" 2>&1 ||
+        { grep -E 'error|Error' "$dir/make.out" | head -30 >&2; idem_die "build failed (see $dir/make.out)"; }
+}
+
+idem_pg_bindir() {
+    local d
+    for d in /usr/lib/postgresql/15/bin /usr/lib/postgresql/*/bin; do
+        [ -x "$d/initdb" ] && { echo "$d"; return 0; }
+    done
+    idem_die "initdb not found: apt-get install postgresql-15"
+}
+
+# A TCP port on 127.0.0.1 that nothing listens on right now.
+idem_free_port() {
+    local port tries=0
+    while [ $tries -lt 200 ]; do
+        port=$((20000 + RANDOM % 40000))
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            echo "$port"
+            return 0
+        fi
+        tries=$((tries + 1))
+    done
+    idem_die "no free port found"
+}
+
+# Runs a command as the cluster's owner: as root that is "postgres", since
+# PostgreSQL refuses to run as root.
+idem_as_owner() {
+    if [ "$(id -u)" -eq 0 ]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# idem_pg_start DIR PORT [postgresql.conf lines...]: initdb in DIR/data and
+# start a server on 127.0.0.1:PORT with its socket in DIR. Sets PG_SUPERUSER.
+idem_pg_start() {
+    local dir=$1 port=$2; shift 2
+    local bindir; bindir=$(idem_pg_bindir)
+    PG_SUPERUSER=$(id -un)
+    if [ "$(id -u)" -eq 0 ]; then
+        PG_SUPERUSER=postgres
+        chown postgres "$dir"
+    fi
+    idem_as_owner "$bindir/initdb" -D "$dir/data" -U "$PG_SUPERUSER" -A trust -E UTF8 \
+        --no-instructions >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; idem_die "initdb failed"; }
+    {
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $port"
+        echo "unix_socket_directories = '$dir'"
+        echo "fsync = off"
+        echo "synchronous_commit = off"
+        echo "full_page_writes = off"
+        local line
+        for line in "$@"; do echo "$line"; done
+    } | idem_as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
+    idem_as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null ||
+        { tail -20 "$dir/postgres.log" >&2; idem_die "PostgreSQL did not start"; }
+}
+
+idem_pg_stop() {
+    local dir=$1
+    [ -f "$dir/data/postmaster.pid" ] || return 0
+    idem_as_owner "$(idem_pg_bindir)/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+}
