@@ -231,7 +231,12 @@ bool proxy_init(struct proxy *p, struct config *cfg)
 int proxy_run(struct proxy *p)
 {
     event_base_dispatch(p->base);
-    log_info("exiting");
+    log_info("exiting: %llu clients served, %llu oversized messages streamed unread, "
+             "%llu protocol violations, %llu request-queue resyncs",
+             (unsigned long long)p->stats.clients_total,
+             (unsigned long long)p->stats.oversized_inspected,
+             (unsigned long long)p->stats.protocol_violations,
+             (unsigned long long)p->stats.track_desyncs);
     return 0;
 }
 

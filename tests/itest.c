@@ -183,12 +183,20 @@ const char *itest_write_config(const char *name, const char *body)
 /* ---- processes --------------------------------------------------------- */
 
 /* In a forked child: die with the test binary, so that no proxy outlives a
- * crashed or killed test run. */
+ * crashed or killed test run; and start from default signal handling (a
+ * shell runs background jobs with SIGINT ignored, and ignored signals
+ * survive exec; we ignore SIGPIPE ourselves). */
 static void die_with_parent(pid_t parent)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent)
         _exit(1);
+    const int sigs[] = { SIGINT, SIGQUIT, SIGTERM, SIGHUP, SIGPIPE, SIGALRM, SIGCHLD };
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        signal(sigs[i], SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
 }
 
 static void redirect_output(const char *path)
@@ -495,25 +503,36 @@ void itest_finish(PGconn *conn)
     PQfinish(conn);
 }
 
+PGresult *itest_next_result(PGconn *conn, int64_t deadline, bool *timed_out)
+{
+    *timed_out = false;
+    while (PQisBusy(conn)) {
+        int64_t left = deadline - itest_now_ms();
+        if (left <= 0) {
+            *timed_out = true;
+            return NULL;
+        }
+        struct pollfd pfd = { PQsocket(conn), POLLIN, 0 };
+        if (pfd.fd < 0)
+            break;
+        poll(&pfd, 1, left > 100 ? 100 : (int)left);
+        if (!PQconsumeInput(conn))
+            break; /* the connection is gone: PQgetResult reports it */
+    }
+    return PQgetResult(conn);
+}
+
 PGresult *itest_wait_result(PGconn *conn, int timeout_ms)
 {
     int64_t deadline = itest_now_ms() + timeout_ms;
     PGresult *last = NULL;
     for (;;) {
-        while (PQisBusy(conn)) {
-            int64_t left = deadline - itest_now_ms();
-            if (left <= 0) {
-                PQclear(last);
-                return NULL;
-            }
-            struct pollfd pfd = { PQsocket(conn), POLLIN, 0 };
-            if (pfd.fd < 0)
-                break;
-            poll(&pfd, 1, left > 100 ? 100 : (int)left);
-            if (!PQconsumeInput(conn))
-                break; /* PQgetResult reports the error */
+        bool timed_out;
+        PGresult *r = itest_next_result(conn, deadline, &timed_out);
+        if (timed_out) {
+            PQclear(last);
+            return NULL;
         }
-        PGresult *r = PQgetResult(conn);
         if (r == NULL)
             break;
         ExecStatusType st = PQresultStatus(r);
@@ -1001,4 +1020,15 @@ int itest_teardown(void **state)
     }
     alarm(0);
     return rc;
+}
+
+void itest_kill_all(void)
+{
+    for (int i = 0; i < MAX_PROXIES; i++)
+        if (g_proxies[i].in_use && !g_proxies[i].exited) {
+            kill(g_proxies[i].pid, SIGKILL);
+            int status;
+            reap(g_proxies[i].pid, &status, 5000);
+            g_proxies[i].exited = true;
+        }
 }

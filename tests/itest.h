@@ -131,6 +131,11 @@ void itest_finish(PGconn *conn);
 /* Tracks a connection made elsewhere (PQconnectStart) for the teardown. */
 void itest_track_conn(PGconn *conn);
 
+/* Waits until the next result is complete (or the deadline, in
+ * itest_now_ms() time, passes: then *timed_out is set and NULL returned) and
+ * returns PQgetResult(). */
+PGresult *itest_next_result(PGconn *conn, int64_t deadline, bool *timed_out);
+
 /* Waits (bounded) for the results of a query already sent with PQsend*():
  * returns the last result like PQexec() does (a COPY result at once), or
  * NULL on timeout or when the connection produced nothing at all. */
@@ -226,5 +231,8 @@ int itest_teardown(void **state);
 /* Marks the running test as having reached its end; the teardown prints the
  * proxy logs for tests that did not. */
 void itest_pass(void);
+
+/* Kills (SIGKILL) every proxy still running; for atexit. */
+void itest_kill_all(void);
 
 #endif

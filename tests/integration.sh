@@ -1,0 +1,227 @@
+#!/bin/bash
+# Integration tests: a scratch PostgreSQL 15 cluster, the cmocka binary
+# tests/test_integration against it through idemproxy, then a pgbench smoke
+# test through a proxy started here.
+#
+# Run by `make check`, which sets:
+#   IDEMPROXY      the proxy binary
+#   IDEM_TEST_BIN  the compiled tests/test_integration
+#   PG_BINDIR      directory with initdb, pg_ctl, postgres (PostgreSQL 15)
+# Optional: IDEM_TEST_FILTER (a cmocka test name pattern).
+#
+# Everything lives in one mktemp -d directory; the EXIT trap stops PostgreSQL
+# (pg_ctl -m immediate), kills every process started here and removes it.
+set -euo pipefail
+
+: "${IDEMPROXY:?IDEMPROXY must name the proxy binary}"
+: "${IDEM_TEST_BIN:?IDEM_TEST_BIN must name tests/test_integration}"
+PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
+
+for prog in initdb pg_ctl postgres psql; do
+    if [ ! -x "$PG_BINDIR/$prog" ]; then
+        echo "integration.sh: $PG_BINDIR/$prog not found (apt-get install postgresql-15," \
+             "or set PG_BINDIR)" >&2
+        exit 1
+    fi
+done
+PGBENCH=$PG_BINDIR/pgbench
+[ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench || true)
+for f in "$IDEMPROXY" "$IDEM_TEST_BIN"; do
+    [ -x "$f" ] || { echo "integration.sh: $f is not an executable" >&2; exit 1; }
+done
+
+# libpq must not pick up settings from the caller's environment.
+unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE \
+      PGSERVICEFILE PGOPTIONS PGAPPNAME PGSSLMODE PGREQUIRESSL PGGSSENCMODE \
+      PGCONNECT_TIMEOUT PGTARGETSESSIONATTRS PGCLIENTENCODING PGTZ PGDATESTYLE || true
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/idemproxy-itest.XXXXXX")
+PGDATA=$TMP/data
+PGLOG=$TMP/postgres.log
+WORK=$TMP/work
+PROXY_PID=
+TEST_PID=
+PROXY_LOG=$TMP/pgbench-proxy.log
+failed=0
+
+if [ "$(id -u)" = 0 ]; then
+    # PostgreSQL refuses to run as root: the cluster belongs to `postgres`.
+    AS="runuser -u postgres --"
+    PGSUPER=postgres
+    chown postgres: "$TMP"
+else
+    AS=
+    PGSUPER=$(id -un)
+fi
+mkdir -p "$WORK"
+
+# pid: SIGTERM (SIGINT would do nothing: bash starts background jobs with
+# SIGINT ignored), up to 10 s, then SIGKILL.
+kill_wait() {
+    local pid=$1 i
+    kill -TERM "$pid" 2>/dev/null || return 0
+    for i in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+        sleep 0.1
+    done
+    echo "integration.sh: pid $pid ignored SIGTERM for 10 s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    [ -n "$TEST_PID" ] && kill -KILL "$TEST_PID" 2>/dev/null && wait "$TEST_PID" 2>/dev/null
+    [ -n "$PROXY_PID" ] && kill_wait "$PROXY_PID"
+    if [ -f "$PGDATA/postmaster.pid" ]; then
+        $AS "$PG_BINDIR/pg_ctl" stop -D "$PGDATA" -m immediate -w -t 30 >/dev/null 2>&1
+        # If pg_ctl could not stop it, the postmaster's PID is line 1.
+        local pm
+        pm=$(head -n 1 "$PGDATA/postmaster.pid" 2>/dev/null)
+        [ -n "$pm" ] && kill -KILL "$pm" 2>/dev/null
+    fi
+    if [ "$rc" != 0 ] && [ -f "$PGLOG" ]; then
+        echo "--- last lines of the PostgreSQL log:"
+        tail -n 30 "$PGLOG"
+    fi
+    rm -rf "$TMP"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    "$IDEM_TEST_BIN" --free-port
+}
+
+# ---- the scratch cluster --------------------------------------------------
+PGPORT=$(free_port)
+echo "integration.sh: PostgreSQL on 127.0.0.1:$PGPORT in $PGDATA"
+$AS "$PG_BINDIR/initdb" -D "$PGDATA" -U "$PGSUPER" --auth=trust --no-sync \
+    --encoding=UTF8 --locale=C >"$TMP/initdb.log" 2>&1 \
+    || { cat "$TMP/initdb.log"; exit 1; }
+cat >>"$PGDATA/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PGPORT
+unix_socket_directories = '$TMP'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 300
+lc_messages = 'C'
+EOF
+cat >"$PGDATA/pg_hba.conf" <<EOF
+local all all                trust
+host  all md5_user   127.0.0.1/32 md5
+host  all scram_user 127.0.0.1/32 scram-sha-256
+host  all all        127.0.0.1/32 trust
+EOF
+$AS "$PG_BINDIR/pg_ctl" start -D "$PGDATA" -l "$PGLOG" -w -t 60 >/dev/null \
+    || { cat "$PGLOG"; exit 1; }
+
+psql_super() {
+    "$PG_BINDIR/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT" -U "$PGSUPER" \
+        -d postgres "$@"
+}
+# md5_user's password is stored as an MD5 hash, so the server asks for md5.
+psql_super <<'EOF'
+SET password_encryption = 'md5';
+CREATE ROLE md5_user LOGIN PASSWORD 'md5_secret';
+RESET password_encryption;
+CREATE ROLE scram_user LOGIN PASSWORD 'scram_secret';
+EOF
+[ "$(psql_super -At -c "SELECT left(rolpassword, 3) FROM pg_authid WHERE rolname = 'md5_user'")" = md5 ]
+
+export IDEMPROXY
+export IDEM_TEST_PGHOST=127.0.0.1
+export IDEM_TEST_PGPORT=$PGPORT
+export IDEM_TEST_PGDATA=$PGDATA
+export IDEM_TEST_PGLOG=$PGLOG
+export IDEM_TEST_PGBIN=$PG_BINDIR
+export IDEM_TEST_PGUSER=$PGSUPER
+export IDEM_TEST_AS=$AS
+export IDEM_TEST_TMP=$WORK
+
+# ---- the C tests ------------------------------------------------------------
+start=$(date +%s)
+# In the background, so that the EXIT trap can kill it if we are interrupted;
+# its proxies die with it (PR_SET_PDEATHSIG).
+"$IDEM_TEST_BIN" &
+TEST_PID=$!
+rc=0
+wait "$TEST_PID" || rc=$?
+TEST_PID=
+echo "integration.sh: test_integration exited $rc after $(( $(date +%s) - start )) s"
+[ "$rc" = 0 ] || failed=1
+
+# ---- pgbench through a proxy ------------------------------------------------
+if [ -n "${IDEM_TEST_FILTER:-}" ]; then
+    echo "integration.sh: IDEM_TEST_FILTER set, skipping pgbench"
+elif [ -z "$PGBENCH" ]; then
+    echo "integration.sh: pgbench not found" >&2
+    failed=1
+else
+    PROXY_PORT=$(free_port)
+    cat >"$WORK/pgbench.ini" <<EOF
+[idemproxy]
+listen_addr = 127.0.0.1
+listen_port = $PROXY_PORT
+server_host = 127.0.0.1
+server_port = $PGPORT
+max_client_conn = 100
+log_level = info
+EOF
+    "$IDEMPROXY" -c "$WORK/pgbench.ini" </dev/null >"$PROXY_LOG" 2>&1 &
+    PROXY_PID=$!
+    up=0
+    for _ in $(seq 200); do # 20 s
+        kill -0 "$PROXY_PID" 2>/dev/null || break
+        if grep -qi ":$(printf '%04X' "$PROXY_PORT") [0-9A-F]*:[0-9A-F]* 0A" /proc/net/tcp; then
+            up=1
+            break
+        fi
+        sleep 0.1
+    done
+    bench() {
+        echo "integration.sh: pgbench $*"
+        if ! timeout -k 5 120 "$PGBENCH" -h 127.0.0.1 -p "$PROXY_PORT" -U "$PGSUPER" "$@" postgres \
+            >"$WORK/pgbench.out" 2>&1; then
+            cat "$WORK/pgbench.out"
+            echo "integration.sh: FAILED: pgbench $*" >&2
+            failed=1
+            return 1
+        fi
+        grep -E '^(number of (transactions actually processed|failed)|tps)' "$WORK/pgbench.out" || true
+    }
+    if [ "$up" != 1 ]; then
+        echo "integration.sh: FAILED: the pgbench proxy did not start" >&2
+        failed=1
+    elif bench -i -s 1 -q; then
+        bench -S -T 3 -c 4 -j 2 -M simple || true
+        bench -S -T 3 -c 4 -j 2 -M extended || true
+        bench -S -T 3 -c 4 -j 2 -M prepared || true
+    fi
+    if ! kill -0 "$PROXY_PID" 2>/dev/null; then
+        echo "integration.sh: FAILED: the pgbench proxy died" >&2
+        failed=1
+    fi
+    kill_wait "$PROXY_PID"
+    PROXY_PID=
+    if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$PROXY_LOG"; then
+        echo "integration.sh: FAILED: sanitizer report in the pgbench proxy's log" >&2
+        failed=1
+    fi
+    if [ "$failed" != 0 ]; then
+        echo "--- pgbench proxy log ($PROXY_LOG):"
+        tail -n 100 "$PROXY_LOG"
+    fi
+fi
+
+echo "integration.sh: total $(( $(date +%s) - start )) s"
+if [ "$failed" != 0 ]; then
+    echo "integration.sh: FAILED" >&2
+    exit 1
+fi
+echo "integration.sh: all passed"
