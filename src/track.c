@@ -5,14 +5,26 @@
 
 #define TRACK_INITIAL_CAP 16
 
-void track_init(struct track *t)
+void track_init(struct track *t, void (*free_note)(void *note))
 {
     memset(t, 0, sizeof(*t));
     t->txn_status = 'I';
+    t->free_note = free_note;
 }
+
+static void release(struct track *t, struct track_req *r)
+{
+    if (r->note && t->free_note)
+        t->free_note(r->note);
+    r->note = NULL;
+}
+
+static struct track_req *at(const struct track *t, size_t i);
 
 void track_reset(struct track *t)
 {
+    for (size_t i = 0; i < t->count; i++)
+        release(t, at(t, i));
     t->head = 0;
     t->count = 0;
     t->txn_status = 'I';
@@ -23,8 +35,11 @@ void track_reset(struct track *t)
 
 void track_free(struct track *t)
 {
+    void (*free_note)(void *) = t->free_note;
+
+    track_reset(t);
     free(t->ring);
-    track_init(t);
+    track_init(t, free_note);
 }
 
 static struct track_req *at(const struct track *t, size_t i)
@@ -53,17 +68,24 @@ static bool grow(struct track *t)
     return true;
 }
 
-static bool push(struct track *t, enum track_kind kind)
+static bool push_req(struct track *t, enum track_kind kind, bool injected, void *note)
 {
-    if (t->count == t->cap && !grow(t))
+    if (t->count == t->cap && !grow(t)) {
+        struct track_req lost = { .note = note };
+        release(t, &lost);
         return false;
-    at(t, t->count)->kind = kind;
+    }
+    struct track_req *r = at(t, t->count);
+    r->kind = kind;
+    r->injected = injected;
+    r->note = note;
     t->count++;
     return true;
 }
 
 static void pop(struct track *t)
 {
+    release(t, at(t, 0));
     t->head = (t->head + 1) & (t->cap - 1);
     t->count--;
 }
@@ -98,6 +120,8 @@ static bool is_extended(enum track_kind kind)
 /* Drops the n requests that follow the head. */
 static void drop_after_head(struct track *t, size_t n)
 {
+    for (size_t i = 1; i <= n; i++)
+        release(t, at(t, i));
     for (size_t i = 1; i + n < t->count; i++)
         *at(t, i) = *at(t, i + n);
     t->count -= n;
@@ -120,39 +144,67 @@ static void end_copy_in(struct track *t)
     drop_after_head(t, n);
 }
 
-bool track_client_msg(struct track *t, char type)
+/* The request a client message makes, if any. */
+static bool request_kind(struct track *t, char type, enum track_kind *kind)
 {
     if (t->skip_to_sync) {
         /* The server discards everything but Sync, unanswered. */
         if (type != 'S')
-            return true;
+            return false;
         t->skip_to_sync = false;
     }
     if (t->copy_in) {
         switch (type) {
         case 'H':
-            return true;
+            return false;
         case 'c':
         case 'f':
-            return push(t, TRACK_COPY_END);
+            *kind = TRACK_COPY_END;
+            return true;
         default:
             break;
         }
     }
     switch (type) {
-    case 'Q': return push(t, TRACK_QUERY);
-    case 'F': return push(t, TRACK_FUNCALL);
+    case 'Q': *kind = TRACK_QUERY; return true;
+    case 'F': *kind = TRACK_FUNCALL; return true;
     case 'S':
         t->batch_open = false;
-        return push(t, TRACK_SYNC);
-    case 'P': t->batch_open = true; return push(t, TRACK_PARSE);
-    case 'B': t->batch_open = true; return push(t, TRACK_BIND);
-    case 'D': t->batch_open = true; return push(t, TRACK_DESCRIBE);
-    case 'E': t->batch_open = true; return push(t, TRACK_EXECUTE);
-    case 'C': t->batch_open = true; return push(t, TRACK_CLOSE);
-    case 'H': t->batch_open = true; return true;
-    default:  return true; /* CopyData, Terminate, unknown: no reply */
+        *kind = TRACK_SYNC;
+        return true;
+    case 'P': *kind = TRACK_PARSE; break;
+    case 'B': *kind = TRACK_BIND; break;
+    case 'D': *kind = TRACK_DESCRIBE; break;
+    case 'E': *kind = TRACK_EXECUTE; break;
+    case 'C': *kind = TRACK_CLOSE; break;
+    case 'H': t->batch_open = true; return false;
+    default:  return false; /* CopyData, Terminate, unknown: no reply */
     }
+    t->batch_open = true;
+    return true;
+}
+
+bool track_client_msg(struct track *t, char type, void *note)
+{
+    enum track_kind kind;
+
+    if (request_kind(t, type, &kind))
+        return push_req(t, kind, false, note);
+    struct track_req none = { .note = note };
+    release(t, &none);
+    return true;
+}
+
+bool track_inject(struct track *t, char type, void *note)
+{
+    enum track_kind kind;
+
+    if (!request_kind(t, type, &kind)) {
+        struct track_req none = { .note = note };
+        release(t, &none);
+        return true;
+    }
+    return push_req(t, kind, true, note);
 }
 
 /* ReadyForQuery ends the oldest Query, Sync or FunctionCall. Anything still

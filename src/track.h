@@ -11,8 +11,11 @@
  * queue and the server disagree (a client outside the protocol), the queue
  * is resynchronised there and the slip counted.
  *
- * It is pure bookkeeping over message type bytes, so the proxy can later
- * inject its own requests and recognise their replies. No I/O.
+ * The proxy injects requests of its own (track_inject): their replies are
+ * the proxy's, never the client's. Each request may carry a note, owned by
+ * the queue and released with free_note when the request is answered.
+ *
+ * Pure bookkeeping over message type bytes. No I/O.
  */
 #ifndef IDEM_TRACK_H
 #define IDEM_TRACK_H
@@ -35,6 +38,8 @@ enum track_kind {
 
 struct track_req {
     enum track_kind kind;
+    bool injected; /* sent by the proxy, not the client */
+    void *note;    /* the connection's, about this request; may be NULL */
 };
 
 struct track {
@@ -48,15 +53,24 @@ struct track {
     bool skip_to_sync; /* an extended message failed and its Sync is still to
                           come: the server discards everything until then */
     uint64_t desyncs;  /* times ReadyForQuery found the queue wrong */
+    void (*free_note)(void *note);
 };
 
-void track_init(struct track *t);
+/* free_note (may be NULL) releases the notes of answered requests. */
+void track_init(struct track *t, void (*free_note)(void *note));
 void track_reset(struct track *t);
 void track_free(struct track *t);
 
-/* Records a client message by its type byte. Returns false only when memory
- * for the queue cannot be had. */
-bool track_client_msg(struct track *t, char type);
+/* Records a client message by its type byte, with a note for the request
+ * it makes (the queue owns the note from here on, and frees it at once when
+ * the message makes no request). Returns false only when memory for the
+ * queue cannot be had (the note is freed). */
+bool track_client_msg(struct track *t, char type, void *note);
+
+/* Records a Query ('Q') the proxy sends on its own. Only valid when
+ * track_idle() holds: anywhere else it would change what the client's
+ * messages mean. False when memory cannot be had. */
+bool track_inject(struct track *t, char type, void *note);
 
 /* Records a server message by its type byte; for ReadyForQuery, status is
  * its transaction status byte (ignored otherwise). */

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cmocka.h>
 
@@ -22,7 +23,7 @@
 static void client(struct track *t, const char *types)
 {
     for (const char *c = types; *c; c++)
-        assert_true(track_client_msg(t, *c));
+        assert_true(track_client_msg(t, *c, NULL));
 }
 
 static void server(struct track *t, const char *types)
@@ -65,7 +66,7 @@ static int setup(void **state)
     struct track *t = malloc(sizeof(*t));
     if (!t)
         return -1;
-    track_init(t);
+    track_init(t, NULL);
     *state = t;
     return 0;
 }
@@ -767,7 +768,318 @@ static void test_copy_out(void **state)
     expect_clean(t);
 }
 
+/* ---- notes ------------------------------------------------------------ */
+
+/* Notes are bytes of this array, so that count_free can tell which one it
+ * was given; freed[i] counts the calls for note i. */
+#define NNOTES 32
+static char notes[NNOTES];
+static int freed[NNOTES];
+
+static void count_free(void *note)
+{
+    ptrdiff_t i = (char *)note - notes;
+    assert_true(i >= 0 && i < NNOTES);
+    freed[i]++;
+}
+
+static int setup_notes(void **state)
+{
+    memset(freed, 0, sizeof(freed));
+    struct track *t = malloc(sizeof(*t));
+    if (!t)
+        return -1;
+    track_init(t, count_free);
+    *state = t;
+    return 0;
+}
+
+/* Client messages, each carrying the next note. */
+static void client_noted(struct track *t, const char *types, int *next)
+{
+    for (const char *c = types; *c; c++) {
+        assert_true(*next < NNOTES);
+        assert_true(track_client_msg(t, *c, &notes[(*next)++]));
+    }
+}
+
+/* want[i] is how often note i must have been freed so far ('0' or '1');
+ * notes past the end of want must not have been. */
+#define expect_freed(want)                                                      \
+    do {                                                                        \
+        const char *want_ = (want);                                             \
+        for (int i_ = 0; i_ < NNOTES; i_++) {                                   \
+            int expected_ = i_ < (int)strlen(want_) ? want_[i_] - '0' : 0;      \
+            if (freed[i_] != expected_)                                         \
+                fail_msg("note %d freed %d times, expected %d", i_, freed[i_],  \
+                         expected_);                                            \
+        }                                                                       \
+    } while (0)
+
+/* Notes 0..n-1 freed once each, the rest not at all. */
+#define expect_upto(n)                                                          \
+    do {                                                                        \
+        for (int i_ = 0; i_ < NNOTES; i_++) {                                   \
+            if (freed[i_] != (i_ < (n)))                                        \
+                fail_msg("note %d freed %d times, expected %d", i_, freed[i_],  \
+                         i_ < (n));                                             \
+        }                                                                       \
+    } while (0)
+
+/* Each request's note goes when the message that ends it arrives, not
+ * before (RowDescription, DataRow, CommandComplete of a Query end nothing). */
+static void test_notes_freed_when_answered(void **state)
+{
+    struct track *t = *state;
+    int next = 0;
+
+    client_noted(t, "PBDES", &next);
+    expect_upto(0);
+    server(t, "1");
+    expect_upto(1);
+    server(t, "2");
+    expect_upto(2);
+    server(t, "n");
+    expect_upto(3);
+    server(t, "DC");
+    expect_upto(4);
+    server(t, "ZI");
+    expect_upto(5);
+
+    client_noted(t, "Q", &next);
+    server(t, "TDC");
+    expect_upto(5);
+    server(t, "ZI");
+    expect_upto(6);
+
+    /* Describe of a statement: ParameterDescription is not the end. */
+    client_noted(t, "PDCS", &next);
+    server(t, "1t");
+    expect_upto(7);
+    server(t, "T3");
+    expect_upto(9);
+    server(t, "ZI");
+    expect_upto(10);
+
+    client_noted(t, "F", &next);
+    server(t, "VZI");
+    expect_upto(11);
+    expect_clean(t);
+}
+
+/* A message that makes no request has its note freed at once. */
+static void test_notes_freed_without_request(void **state)
+{
+    struct track *t = *state;
+    int next = 0;
+
+    client_noted(t, "dcH", &next); /* stray CopyData and CopyDone, Flush */
+    expect_upto(3);
+    client_noted(t, "Q", &next);
+    client_noted(t, "Z", &next); /* unknown */
+    expect_freed("11101");
+    client_noted(t, "X", &next);
+    expect_freed("111011");
+    server(t, "CZI");
+    expect_upto(6);
+    /* No note at all is fine. */
+    assert_true(track_client_msg(t, 'd', NULL));
+    assert_true(track_client_msg(t, 'Q', NULL));
+    server(t, "CZI");
+    /* Not expect_clean(): whether the Flush left a batch open is not the
+     * point here (see test_unanswered_client_messages). */
+    assert_int_equal(track_pending(t), 0);
+    assert_int_equal(t->desyncs, 0);
+}
+
+/* After an extended error the server discards everything up to Sync: the
+ * queued requests it skips and the messages still to come are freed. */
+static void test_notes_freed_skipping_to_sync(void **state)
+{
+    struct track *t = *state;
+    int next = 0;
+
+    client_noted(t, "PBE", &next);
+    server(t, "1E");
+    expect_upto(3);
+    assert_true(t->skip_to_sync);
+    client_noted(t, "PBEHd", &next);
+    expect_upto(8);
+    client_noted(t, "S", &next);
+    expect_upto(8);
+    server(t, "ZI");
+    expect_upto(9);
+    expect_clean(t);
+
+    /* Errors with the Sync already queued. */
+    client_noted(t, "PBESQ", &next);
+    server(t, "1E");
+    expect_upto(12);
+    server(t, "ZI");
+    expect_upto(13);
+    server(t, "CZI");
+    expect_upto(14);
+    expect_clean(t);
+}
+
+static void test_notes_freed_on_reset_and_free(void **state)
+{
+    struct track *t = *state;
+    int next = 0;
+
+    client_noted(t, "PBESQ", &next);
+    server(t, "1");
+    expect_upto(1);
+    track_reset(t);
+    expect_upto(5);
+    expect_clean(t);
+
+    /* Wrapped round the ring, grown, then freed. */
+    for (int i = 0; i < 20; i++) {
+        client_noted(t, "Q", &next);
+        server(t, "CZI");
+    }
+    expect_upto(25);
+    client_noted(t, "PBDESQ", &next);
+    assert_int_equal(next, 31);
+    track_free(t);
+    expect_upto(31);
+    /* track_free leaves an empty queue that still frees its notes. */
+    expect_clean(t);
+    client_noted(t, "d", &next);
+    expect_upto(32);
+}
+
+/* The requests a COPY FROM STDIN swallows: the Syncs the server ignored
+ * and the CopyDone, when the COPY ends well or badly. */
+static void test_notes_freed_by_copy_in(void **state)
+{
+    struct track *t = *state;
+    int next = 0;
+
+    client_noted(t, "Q", &next);
+    server(t, "G");
+    client_noted(t, "d", &next);
+    expect_freed("01");
+    client_noted(t, "SHdc", &next);
+    expect_freed("01011");
+    server(t, "C");
+    expect_freed("011111");
+    server(t, "ZI");
+    expect_upto(6);
+    expect_clean(t);
+
+    /* The server fails the COPY before the CopyDone (libpq's extended
+     * form): the Execute and the Sync sent with it go at the error, the
+     * late CopyDone at once. */
+    client_noted(t, "PBES", &next);
+    server(t, "12G");
+    expect_upto(8);
+    client_noted(t, "d", &next);
+    server(t, "E");
+    expect_upto(11);
+    client_noted(t, "cS", &next);
+    expect_upto(12);
+    server(t, "ZI");
+    expect_upto(13);
+    expect_clean(t);
+
+    /* The CopyDone passed the error. */
+    client_noted(t, "Q", &next);
+    server(t, "G");
+    client_noted(t, "dc", &next);
+    server(t, "E");
+    expect_freed("1111111111111011");
+    server(t, "ZI");
+    expect_upto(16);
+    expect_clean(t);
+}
+
+/* A ReadyForQuery that finds answers missing drops those requests. */
+static void test_notes_freed_on_slip(void **state)
+{
+    struct track *t = *state;
+    int next = 0;
+
+    client_noted(t, "PBESQ", &next);
+    server(t, "ZI");
+    expect_upto(4);
+    assert_int_equal(t->desyncs, 1);
+    server(t, "ZI");
+    expect_upto(5);
+    expect_state(t, 0, true);
+    assert_int_equal(t->desyncs, 1);
+}
+
+/* ---- injected requests ------------------------------------------------ */
+
+static void test_inject_query(void **state)
+{
+    struct track *t = *state;
+    int next = 0;
+
+    assert_true(track_idle(t));
+    assert_true(track_inject(t, 'Q', &notes[next++]));
+    expect_state(t, 1, false);
+    expect_head(t, TRACK_QUERY);
+    assert_true(track_head(t)->injected);
+    assert_ptr_equal(track_head(t)->note, &notes[0]);
+
+    /* The client goes on meanwhile; its requests queue behind. */
+    client_noted(t, "PBES", &next);
+    expect_head(t, TRACK_QUERY);
+    assert_true(track_head(t)->injected);
+    server(t, "TDDC");
+    expect_upto(0);
+    server(t, "ZI");
+    expect_upto(1);
+    expect_head(t, TRACK_PARSE);
+    assert_false(track_head(t)->injected);
+    server(t, "12");
+    expect_head(t, TRACK_EXECUTE);
+    assert_false(track_head(t)->injected);
+    server(t, "C");
+    expect_head(t, TRACK_SYNC);
+    assert_false(track_head(t)->injected);
+    server(t, "ZI");
+    expect_upto(5);
+    expect_clean(t);
+}
+
+/* An injected Query then the client's: the replies pop in order, and an
+ * error in the proxy's own query does not disturb the client's. */
+static void test_inject_then_client_query(void **state)
+{
+    struct track *t = *state;
+    int next = 0;
+
+    assert_true(track_inject(t, 'Q', &notes[next++]));
+    client_noted(t, "QQ", &next);
+    expect_state(t, 3, false);
+    server(t, "EZI");
+    expect_upto(1);
+    expect_head(t, TRACK_QUERY);
+    assert_false(track_head(t)->injected);
+    server(t, "CZI");
+    expect_upto(2);
+    expect_head(t, TRACK_QUERY);
+    assert_false(track_head(t)->injected);
+    server(t, "CZT");
+    expect_upto(3);
+    expect_state(t, 0, false);
+    assert_int_equal(t->txn_status, 'T');
+
+    /* A new injection after idle again, with no note. */
+    client(t, "Q");
+    server(t, "CZI");
+    assert_true(track_inject(t, 'Q', NULL));
+    assert_true(track_head(t)->injected);
+    server(t, "CZI");
+    expect_clean(t);
+}
+
 #define TRACK_TEST(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+#define NOTES_TEST(f) cmocka_unit_test_setup_teardown(f, setup_notes, teardown)
 
 int main(void)
 {
@@ -810,6 +1122,14 @@ int main(void)
         TRACK_TEST(test_copy_in_error_simple_no_copydone),
         TRACK_TEST(test_copy_fail),
         TRACK_TEST(test_copy_out),
+        NOTES_TEST(test_notes_freed_when_answered),
+        NOTES_TEST(test_notes_freed_without_request),
+        NOTES_TEST(test_notes_freed_skipping_to_sync),
+        NOTES_TEST(test_notes_freed_on_reset_and_free),
+        NOTES_TEST(test_notes_freed_by_copy_in),
+        NOTES_TEST(test_notes_freed_on_slip),
+        NOTES_TEST(test_inject_query),
+        NOTES_TEST(test_inject_then_client_query),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
