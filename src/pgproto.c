@@ -32,14 +32,50 @@ enum pg_next pg_msg_next(const uint8_t *buf, size_t len, struct pg_msg *msg, siz
     return PG_NEXT_OK;
 }
 
-bool pg_client_msg_is_inspected(char type)
+bool pg_statement_text(char type, const uint8_t *body, size_t len, size_t *at, size_t *text_len)
 {
-    return type == 'Q' || type == 'P';
+    size_t start = 0;
+
+    if (type == 'P') {
+        const uint8_t *name_end = memchr(body, '\0', len);
+        if (!name_end)
+            return false;
+        start = (size_t)(name_end - body) + 1;
+    } else if (type != 'Q') {
+        return false;
+    }
+    const uint8_t *text_end = memchr(body + start, '\0', len - start);
+    if (!text_end)
+        return false;
+    size_t end = (size_t)(text_end - body);
+    /* A Query is its text; a Parse goes on with the parameter types. */
+    if (type == 'Q' && end + 1 != len)
+        return false;
+    if (type == 'P') {
+        if (len - end - 1 < 2)
+            return false;
+        size_t nparams = ((size_t)body[end + 1] << 8) | body[end + 2];
+        if (len - end - 3 != nparams * 4)
+            return false;
+    }
+    *at = start;
+    *text_len = end - start;
+    return true;
 }
 
-bool pg_server_msg_is_inspected(char type)
+bool pg_param_status(const uint8_t *body, size_t len, const char **name, const char **value)
 {
-    return type == 'E' || type == 'Z' || type == 'C';
+    const uint8_t *name_end = memchr(body, '\0', len);
+
+    if (!name_end)
+        return false;
+    const uint8_t *v = name_end + 1;
+    const uint8_t *value_end = memchr(v, '\0', (size_t)(body + len - v));
+    if (!value_end || value_end + 1 != body + len)
+        return false;
+    *name = (const char *)body;
+    *value = (const char *)v;
+    return true;
 }
 
 bool pg_startup_len_ok(uint32_t len)
@@ -148,11 +184,48 @@ bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out)
         case 's': out->schema = value; break;
         case 't': out->table = value; break;
         case 'n': out->constraint = value; break;
+        case 'P': out->position = value; break;
         default: break;
         }
         p = value_end + 1;
     }
     return p + 1 == end;
+}
+
+size_t pg_fields_replace(uint8_t *buf, size_t cap, char type, const uint8_t *body, size_t len,
+                         char field, const char *value)
+{
+    size_t value_len = strlen(value), need = PG_HEAD_LEN + len;
+    const uint8_t *old = NULL, *p = body, *end = body + len;
+    size_t old_len = 0;
+
+    while (p < end && *p != '\0') {
+        const uint8_t *v = p + 1;
+        const uint8_t *v_end = memchr(v, '\0', (size_t)(end - v));
+        if (!v_end)
+            return SIZE_MAX;
+        if (*p == (uint8_t)field && !old) {
+            old = v;
+            old_len = (size_t)(v_end - v);
+        }
+        p = v_end + 1;
+    }
+    if (!old || p + 1 != end)
+        return SIZE_MAX;
+    need = need - old_len + value_len;
+    if (need > cap)
+        return need;
+    uint8_t *o = buf;
+    *o++ = (uint8_t)type;
+    pg_put_u32(o, (uint32_t)(need - 1));
+    o += 4;
+    size_t before = (size_t)(old - body), after = len - before - old_len;
+    memcpy(o, body, before);
+    o += before;
+    memcpy(o, value, value_len);
+    o += value_len;
+    memcpy(o, old + old_len, after);
+    return need;
 }
 
 char pg_ready_status(const uint8_t *body, size_t len)

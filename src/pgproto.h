@@ -52,11 +52,14 @@ struct pg_msg {
  * spans (0 unless PG_NEXT_OK). */
 enum pg_next pg_msg_next(const uint8_t *buf, size_t len, struct pg_msg *msg, size_t *used);
 
-/* True for the client message types whose content the proxy reads (it holds
- * them whole, up to a bound) as opposed to streaming them through. */
-bool pg_client_msg_is_inspected(char type);
-/* The same for server messages. */
-bool pg_server_msg_is_inspected(char type);
+/* Where the SQL text of a Query ('Q') or Parse ('P') body is: *at and *len
+ * (the text's own NUL follows it at body[*at + *len]). False when the body is
+ * not a well-formed message of that type. */
+bool pg_statement_text(char type, const uint8_t *body, size_t len, size_t *at, size_t *text_len);
+
+/* Reads a ParameterStatus body: name and value point into it. False when
+ * malformed. */
+bool pg_param_status(const uint8_t *body, size_t len, const char **name, const char **value);
 
 enum pg_startup_kind {
     PG_STARTUP_INVALID,
@@ -97,10 +100,17 @@ struct pg_error {
     const char *schema;   /* 's' */
     const char *table;    /* 't' */
     const char *constraint; /* 'n' */
+    const char *position; /* 'P': 1-based character offset into the statement text */
 };
 
 /* Returns false when the body is not a well-formed field list. */
 bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out);
+
+/* Writes a complete message of the given type whose body is the field list
+ * body with field's value replaced by value (the field must be present).
+ * Returns the bytes it needs; when that exceeds cap nothing is written. */
+size_t pg_fields_replace(uint8_t *buf, size_t cap, char type, const uint8_t *body, size_t len,
+                         char field, const char *value);
 
 /* Reads ReadyForQuery's transaction status ('I', 'T' or 'E'); 0 if malformed. */
 char pg_ready_status(const uint8_t *body, size_t len);

@@ -684,7 +684,7 @@ static void dirty_error(struct pg_error *e)
 {
     static const char dummy[] = "dummy";
     e->severity = e->code = e->message = dummy;
-    e->schema = e->table = e->constraint = dummy;
+    e->schema = e->table = e->constraint = e->position = dummy;
 }
 
 static void test_error_parse_full(void **state)
@@ -877,19 +877,377 @@ static void test_error_build_small_buffer(void **state)
     assert_untouched(buf, need, sizeof(buf));
 }
 
-static void test_inspected_types(void **state)
+
+/* ---- statement texts and ParameterStatus ------------------------------- */
+
+/* A Query body: the text and its NUL. */
+static void query_body(struct pkt *p, const char *text)
+{
+    put_str(p, text);
+}
+
+/* A Parse body: statement name, text, and the parameter type OIDs. */
+static void parse_body(struct pkt *p, const char *name, const char *text, uint16_t nparams,
+                       const uint32_t *oids)
+{
+    put_str(p, name);
+    put_str(p, text);
+    put_u8(p, (uint8_t)(nparams >> 8));
+    put_u8(p, (uint8_t)nparams);
+    for (uint16_t i = 0; i < nparams; i++)
+        put_u32(p, oids[i]);
+}
+
+/* Runs pg_statement_text on an exact copy; on success checks that the text
+ * is where it says, followed by its NUL. */
+static bool statement_text(char type, struct pkt *p, const char *want)
+{
+    size_t at = 12345, len = 67890;
+    const uint8_t *b = exact(p);
+    bool ok = pg_statement_text(type, b, p->len, &at, &len);
+    if (ok) {
+        assert_non_null(want);
+        assert_true(at + len < p->len);
+        assert_int_equal(len, strlen(want));
+        assert_memory_equal(b + at, want, len);
+        assert_int_equal(b[at + len], 0);
+    }
+    pkt_free(p);
+    return ok;
+}
+
+static void test_statement_text_query(void **state)
 {
     (void)state;
-    assert_true(pg_client_msg_is_inspected('Q'));
-    assert_true(pg_client_msg_is_inspected('P'));
-    assert_false(pg_client_msg_is_inspected('d'));
-    assert_false(pg_client_msg_is_inspected('S'));
+    struct pkt p = { 0 };
 
-    assert_true(pg_server_msg_is_inspected('E'));
-    assert_true(pg_server_msg_is_inspected('Z'));
-    assert_true(pg_server_msg_is_inspected('C'));
-    assert_false(pg_server_msg_is_inspected('D'));
-    assert_false(pg_server_msg_is_inspected('d'));
+    query_body(&p, "INSERT INTO t VALUES (1)");
+    assert_true(statement_text('Q', &p, "INSERT INTO t VALUES (1)"));
+    query_body(&p, "");
+    assert_true(statement_text('Q', &p, ""));
+    /* Several statements and non-ASCII bytes are still one text. */
+    query_body(&p, "SELECT 'é'; SELECT 2;");
+    assert_true(statement_text('Q', &p, "SELECT 'é'; SELECT 2;"));
+}
+
+static void test_statement_text_parse(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    const uint32_t oids[] = { 25, 23, 0 };
+
+    parse_body(&p, "", "SELECT 1", 0, NULL);
+    assert_true(statement_text('P', &p, "SELECT 1"));
+    parse_body(&p, "s1", "INSERT INTO t VALUES ($1, $2, $3)", 3, oids);
+    assert_true(statement_text('P', &p, "INSERT INTO t VALUES ($1, $2, $3)"));
+    /* The text's offset follows the name; OIDs may hold NUL bytes. */
+    size_t at = 0, len = 0;
+    parse_body(&p, "stmt_42", "INSERT INTO t VALUES ($1)", 1, oids + 2);
+    const uint8_t *b = exact(&p);
+    assert_true(pg_statement_text('P', b, p.len, &at, &len));
+    assert_int_equal(at, strlen("stmt_42") + 1);
+    assert_int_equal(len, strlen("INSERT INTO t VALUES ($1)"));
+    pkt_free(&p);
+    parse_body(&p, "", "", 0, NULL);
+    assert_true(statement_text('P', &p, ""));
+}
+
+static void test_statement_text_malformed(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    const uint32_t oids[] = { 25, 23 };
+
+    /* Query: empty, no NUL, something after the NUL. */
+    assert_false(statement_text('Q', &p, NULL));
+    put(&p, "SELECT 1", 8);
+    assert_false(statement_text('Q', &p, NULL));
+    query_body(&p, "SELECT 1");
+    put_u8(&p, 0);
+    assert_false(statement_text('Q', &p, NULL));
+    query_body(&p, "SEL");
+    query_body(&p, "ECT 1");
+    assert_false(statement_text('Q', &p, NULL));
+
+    /* Parse: empty, name without NUL, text without NUL. */
+    assert_false(statement_text('P', &p, NULL));
+    put(&p, "s1", 2);
+    assert_false(statement_text('P', &p, NULL));
+    put_str(&p, "s1");
+    put(&p, "SELECT 1", 8);
+    assert_false(statement_text('P', &p, NULL));
+    /* The parameter count missing, or cut in half. */
+    put_str(&p, "s1");
+    put_str(&p, "SELECT 1");
+    assert_false(statement_text('P', &p, NULL));
+    put_str(&p, "s1");
+    put_str(&p, "SELECT 1");
+    put_u8(&p, 0);
+    assert_false(statement_text('P', &p, NULL));
+    /* A count that does not match the OIDs that follow. */
+    parse_body(&p, "s1", "SELECT $1, $2", 2, oids);
+    p.data[p.len - 8 - 1] = 3;
+    assert_false(statement_text('P', &p, NULL));
+    parse_body(&p, "s1", "SELECT $1, $2", 2, oids);
+    p.data[p.len - 8 - 1] = 1;
+    assert_false(statement_text('P', &p, NULL));
+    parse_body(&p, "s1", "SELECT $1, $2", 2, oids);
+    p.len -= 1;
+    assert_false(statement_text('P', &p, NULL));
+    parse_body(&p, "s1", "SELECT $1, $2", 2, oids);
+    put_u8(&p, 0);
+    assert_false(statement_text('P', &p, NULL));
+    /* 65535 parameters announced, none given. */
+    parse_body(&p, "", "SELECT 1", 0, NULL);
+    p.data[p.len - 2] = 0xff;
+    p.data[p.len - 1] = 0xff;
+    assert_false(statement_text('P', &p, NULL));
+
+    /* Other message types carry no statement text. */
+    query_body(&p, "SELECT 1");
+    assert_false(statement_text('B', &p, NULL));
+    query_body(&p, "SELECT 1");
+    assert_false(statement_text('E', &p, NULL));
+}
+
+static void test_param_status(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    const char *name = NULL, *value = NULL;
+
+    put_str(&p, "client_encoding");
+    put_str(&p, "UTF8");
+    const uint8_t *b = exact(&p);
+    assert_true(pg_param_status(b, p.len, &name, &value));
+    assert_string_equal(name, "client_encoding");
+    assert_string_equal(value, "UTF8");
+    assert_ptr_equal(name, (const char *)b);
+    pkt_free(&p);
+
+    put_str(&p, "application_name");
+    put_str(&p, "");
+    assert_true(pg_param_status(exact(&p), p.len, &name, &value));
+    assert_string_equal(name, "application_name");
+    assert_string_equal(value, "");
+    pkt_free(&p);
+}
+
+static void test_param_status_malformed(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    const char *name = "unset", *value = "unset";
+
+    assert_false(pg_param_status(exact(&p), 0, &name, &value));
+    pkt_free(&p);
+    put(&p, "client_encoding", 15);
+    assert_false(pg_param_status(exact(&p), p.len, &name, &value));
+    pkt_free(&p);
+    put_str(&p, "client_encoding");
+    assert_false(pg_param_status(exact(&p), p.len, &name, &value));
+    pkt_free(&p);
+    put_str(&p, "client_encoding");
+    put(&p, "UTF8", 4);
+    assert_false(pg_param_status(exact(&p), p.len, &name, &value));
+    pkt_free(&p);
+    put_str(&p, "client_encoding");
+    put_str(&p, "UTF8");
+    put_u8(&p, 'x');
+    assert_false(pg_param_status(exact(&p), p.len, &name, &value));
+    pkt_free(&p);
+    put_str(&p, "client_encoding");
+    put_str(&p, "UTF8");
+    put_u8(&p, 0);
+    assert_false(pg_param_status(exact(&p), p.len, &name, &value));
+    pkt_free(&p);
+    assert_string_equal(name, "unset");
+    assert_string_equal(value, "unset");
+}
+
+/* ---- error positions ---------------------------------------------------- */
+
+/* A syntax error as PostgreSQL 15 sends it, with position pos; where says
+ * where P goes: 0 first, 1 in the middle, 2 last. */
+static void syntax_error_body(struct pkt *p, const char *pos, int where)
+{
+    if (where == 0)
+        put_field(p, 'P', pos);
+    put_field(p, 'S', "ERROR");
+    put_field(p, 'V', "ERROR");
+    put_field(p, 'C', "42601");
+    put_field(p, 'M', "syntax error at or near \"VALUS\"");
+    if (where == 1)
+        put_field(p, 'P', pos);
+    put_field(p, 'F', "scan.l");
+    put_field(p, 'L', "1188");
+    put_field(p, 'R', "scanner_yyerror");
+    if (where == 2)
+        put_field(p, 'P', pos);
+    put_u8(p, 0);
+}
+
+static void test_error_parse_position(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    struct pg_error e;
+
+    syntax_error_body(&p, "42", 1);
+    dirty_error(&e);
+    assert_true(pg_error_parse(exact(&p), p.len, &e));
+    assert_string_equal(e.position, "42");
+    assert_string_equal(e.code, "42601");
+    pkt_free(&p);
+
+    /* 'p' is the position in an internal query, not in the client's. */
+    put_field(&p, 'S', "ERROR");
+    put_field(&p, 'C', "42601");
+    put_field(&p, 'p', "7");
+    put_field(&p, 'q', "SELECT foo(");
+    put_u8(&p, 0);
+    dirty_error(&e);
+    assert_true(pg_error_parse(exact(&p), p.len, &e));
+    assert_null(e.position);
+    pkt_free(&p);
+
+    unique_violation_body(&p);
+    put_u8(&p, 0);
+    dirty_error(&e);
+    assert_true(pg_error_parse(exact(&p), p.len, &e));
+    assert_null(e.position);
+    pkt_free(&p);
+}
+
+/* Replaces P in a syntax error (P at where) by value and checks the result
+ * byte for byte against the same error built with value in the first place,
+ * and through pg_msg_next and pg_error_parse. */
+static void check_replace(const char *old, const char *value, int where)
+{
+    struct pkt in = { 0 }, want = { 0 };
+    uint8_t buf[512];
+
+    syntax_error_body(&in, old, where);
+    syntax_error_body(&want, value, where);
+    const uint8_t *b = exact(&in);
+    memset(buf, CANARY, sizeof(buf));
+    size_t need = pg_fields_replace(buf, sizeof(buf), 'E', b, in.len, 'P', value);
+    assert_int_equal(need, PG_HEAD_LEN + want.len);
+    assert_int_equal(need, PG_HEAD_LEN + in.len - strlen(old) + strlen(value));
+    assert_untouched(buf, need, sizeof(buf));
+    assert_int_equal(buf[0], 'E');
+    assert_int_equal(pg_get_u32(buf + 1), 4 + want.len);
+    assert_memory_equal(buf + PG_HEAD_LEN, want.data, want.len);
+
+    struct pg_msg msg;
+    struct pg_error e;
+    size_t used;
+    assert_int_equal(pg_msg_next(buf, need, &msg, &used), PG_NEXT_OK);
+    assert_int_equal(used, need);
+    assert_true(pg_error_parse(msg.body, msg.body_len, &e));
+    assert_string_equal(e.position, value);
+    assert_string_equal(e.severity, "ERROR");
+    assert_string_equal(e.code, "42601");
+    assert_string_equal(e.message, "syntax error at or near \"VALUS\"");
+    assert_string_equal(find_field(msg.body, msg.body_len, 'R'), "scanner_yyerror");
+    pkt_free(&in);
+    pkt_free(&want);
+}
+
+static void test_fields_replace(void **state)
+{
+    (void)state;
+    for (int where = 0; where < 3; where++) {
+        check_replace("42", "12345", where); /* longer */
+        check_replace("12345", "7", where);  /* shorter */
+        check_replace("42", "42", where);
+        check_replace("42", "", where);
+    }
+}
+
+/* Another type byte, and only the named field changes. */
+static void test_fields_replace_notice(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    uint8_t buf[256];
+
+    put_field(&p, 'S', "NOTICE");
+    put_field(&p, 'M', "P");
+    put_field(&p, 'P', "3");
+    put_u8(&p, 0);
+    const uint8_t *b = exact(&p);
+    size_t need = pg_fields_replace(buf, sizeof(buf), 'N', b, p.len, 'P', "10");
+    assert_int_equal(need, PG_HEAD_LEN + p.len + 1);
+    assert_int_equal(buf[0], 'N');
+    assert_memory_equal(buf + PG_HEAD_LEN, "SNOTICE\0MP\0P10\0\0", need - PG_HEAD_LEN);
+    pkt_free(&p);
+}
+
+static void test_fields_replace_absent_or_malformed(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    uint8_t buf[512];
+
+    memset(buf, CANARY, sizeof(buf));
+    /* No P field. */
+    unique_violation_body(&p);
+    put_u8(&p, 0);
+    assert_int_equal(pg_fields_replace(buf, sizeof(buf), 'E', exact(&p), p.len, 'P', "1"), SIZE_MAX);
+    pkt_free(&p);
+    /* 'p' is not 'P'. */
+    put_field(&p, 'p', "7");
+    put_u8(&p, 0);
+    assert_int_equal(pg_fields_replace(buf, sizeof(buf), 'E', exact(&p), p.len, 'P', "1"), SIZE_MAX);
+    pkt_free(&p);
+    /* Empty, and only the terminator. */
+    assert_int_equal(pg_fields_replace(buf, sizeof(buf), 'E', exact(&p), 0, 'P', "1"), SIZE_MAX);
+    pkt_free(&p);
+    put_u8(&p, 0);
+    assert_int_equal(pg_fields_replace(buf, sizeof(buf), 'E', exact(&p), p.len, 'P', "1"), SIZE_MAX);
+    pkt_free(&p);
+    /* A value cut off before its NUL, before and after P. */
+    put_field(&p, 'S', "ERROR");
+    put_u8(&p, 'M');
+    put(&p, "syntax", 6);
+    assert_int_equal(pg_fields_replace(buf, sizeof(buf), 'E', exact(&p), p.len, 'P', "1"), SIZE_MAX);
+    pkt_free(&p);
+    put_field(&p, 'P', "12");
+    put_u8(&p, 'M');
+    put(&p, "syntax", 6);
+    assert_int_equal(pg_fields_replace(buf, sizeof(buf), 'E', exact(&p), p.len, 'P', "1"), SIZE_MAX);
+    pkt_free(&p);
+    put_field(&p, 'S', "ERROR");
+    put_u8(&p, 'P');
+    put(&p, "12", 2);
+    assert_int_equal(pg_fields_replace(buf, sizeof(buf), 'E', exact(&p), p.len, 'P', "1"), SIZE_MAX);
+    pkt_free(&p);
+    assert_untouched(buf, 0, sizeof(buf));
+}
+
+static void test_fields_replace_small_buffer(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    uint8_t buf[256];
+
+    syntax_error_body(&p, "42", 1);
+    const uint8_t *b = exact(&p);
+    memset(buf, CANARY, sizeof(buf));
+    size_t need = pg_fields_replace(NULL, 0, 'E', b, p.len, 'P', "123456");
+    assert_int_equal(need, PG_HEAD_LEN + p.len + 4);
+    assert_true(need < sizeof(buf));
+    const size_t caps[] = { 0, 1, PG_HEAD_LEN, need / 2, need - 1 };
+    for (size_t i = 0; i < sizeof(caps) / sizeof(caps[0]); i++) {
+        assert_int_equal(pg_fields_replace(buf, caps[i], 'E', b, p.len, 'P', "123456"), need);
+        assert_untouched(buf, 0, sizeof(buf));
+    }
+    assert_int_equal(pg_fields_replace(buf, need, 'E', b, p.len, 'P', "123456"), need);
+    assert_int_equal(buf[0], 'E');
+    assert_int_equal(buf[need - 1], 0);
+    assert_untouched(buf, need, sizeof(buf));
+    pkt_free(&p);
 }
 
 int main(void)
@@ -923,7 +1281,16 @@ int main(void)
         cmocka_unit_test(test_error_build_round_trip),
         cmocka_unit_test(test_error_build_empty_message),
         cmocka_unit_test(test_error_build_small_buffer),
-        cmocka_unit_test(test_inspected_types),
+        cmocka_unit_test(test_statement_text_query),
+        cmocka_unit_test(test_statement_text_parse),
+        cmocka_unit_test(test_statement_text_malformed),
+        cmocka_unit_test(test_param_status),
+        cmocka_unit_test(test_param_status_malformed),
+        cmocka_unit_test(test_error_parse_position),
+        cmocka_unit_test(test_fields_replace),
+        cmocka_unit_test(test_fields_replace_notice),
+        cmocka_unit_test(test_fields_replace_absent_or_malformed),
+        cmocka_unit_test(test_fields_replace_small_buffer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
