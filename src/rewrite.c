@@ -1,0 +1,616 @@
+#include "rewrite.h"
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const reason_names[RR_COUNT] = {
+    [RR_REWRITTEN] = "rewritten",
+    [RR_SHADOW] = "shadow",
+    [RR_NOT_INSERT] = "not_insert",
+    [RR_OTHER_TABLE] = "other_table",
+    [RR_HAS_ON_CONFLICT] = "has_on_conflict",
+    [RR_NESTED] = "nested",
+    [RR_ACTION_NONE] = "action_none",
+    [RR_FORBIDDEN] = "forbidden",
+    [RR_PARSE_ERROR] = "parse_error",
+    [RR_TOO_LARGE] = "too_large",
+    [RR_SESSION] = "session_settings",
+    [RR_UNVERIFIED] = "unverified",
+};
+
+const char *rewrite_reason_name(enum rewrite_reason reason)
+{
+    return reason < RR_COUNT ? reason_names[reason] : "unknown";
+}
+
+/* ---- the pre-filter ---------------------------------------------------- */
+
+static inline unsigned char fold(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
+}
+
+/* Case-insensitive (ASCII) search for the first n bytes of needle. */
+static bool contains_folded(const char *text, size_t len, const char *needle, size_t n)
+{
+    if (n == 0)
+        return true;
+    unsigned char first = fold((unsigned char)needle[0]);
+    for (size_t i = 0; i + n <= len; i++) {
+        if (fold((unsigned char)text[i]) != first)
+            continue;
+        size_t k = 1;
+        while (k < n && fold((unsigned char)text[i + k]) == fold((unsigned char)needle[k]))
+            k++;
+        if (k == n)
+            return true;
+    }
+    return false;
+}
+
+bool rewrite_prefilter(const struct rewrite_rules *rules, const char *text, size_t len)
+{
+    if (rules->count == 0 || !contains_folded(text, len, "insert", 6))
+        return false;
+    /* A name in U&"..." form may be spelt with escapes: only the parser can
+     * tell, so let it. */
+    if (contains_folded(text, len, "u&\"", 3))
+        return true;
+    for (size_t i = 0; i < rules->count; i++) {
+        /* Folding both sides only widens the net for quoted mixed-case
+         * names. A quote inside a name is written doubled, so only the part
+         * before it is searched for as it stands. */
+        const char *name = rules->targets[i].name;
+        if (contains_folded(text, len, name, strcspn(name, "\"")))
+            return true;
+    }
+    return false;
+}
+
+/* ---- recognising ------------------------------------------------------- */
+
+/* What the walk over the parse tree found, before any text is touched. */
+struct walk {
+    const struct rewrite_rules *rules;
+    struct rewrite_result *out;
+    size_t cap;
+    bool saw_insert;
+    bool oom;
+};
+
+static int find_target(const struct rewrite_rules *rules, const PgQuery__RangeVar *rv)
+{
+    bool qualified = rv->schemaname && rv->schemaname[0];
+
+    for (size_t i = 0; i < rules->count; i++) {
+        const struct rewrite_target *t = &rules->targets[i];
+        if (strcmp(t->name, rv->relname) != 0)
+            continue;
+        if (qualified ? strcmp(t->schema, rv->schemaname) == 0 : t->unqualified_ok)
+            return (int)i;
+    }
+    return -1;
+}
+
+static struct rewrite_stmt *add_stmt(struct walk *w, size_t target, size_t index,
+                                     enum rewrite_reason reason)
+{
+    struct rewrite_result *out = w->out;
+
+    if (out->nstmts == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 4;
+        struct rewrite_stmt *grown = realloc(out->stmts, cap * sizeof(*grown));
+        if (!grown) {
+            w->oom = true;
+            return NULL;
+        }
+        out->stmts = grown;
+        w->cap = cap;
+    }
+    struct rewrite_stmt *s = &out->stmts[out->nstmts++];
+    memset(s, 0, sizeof(*s));
+    s->target = target;
+    s->index = index;
+    s->reason = reason;
+    return s;
+}
+
+/* An INSERT the statement does not run at its own top level: inside a WITH,
+ * an EXPLAIN or a COPY. Rewriting those would need the clause spliced into
+ * the middle of another statement; they are counted and left alone. */
+static void note_nested_insert(struct walk *w, const PgQuery__Node *node, size_t index)
+{
+    if (!node || node->node_case != PG_QUERY__NODE__NODE_INSERT_STMT)
+        return;
+    w->saw_insert = true;
+    int t = find_target(w->rules, node->insert_stmt->relation);
+    if (t >= 0)
+        add_stmt(w, (size_t)t, index, RR_NESTED);
+}
+
+static void note_with_clause(struct walk *w, const PgQuery__WithClause *with, size_t index)
+{
+    if (!with)
+        return;
+    for (size_t i = 0; i < with->n_ctes; i++) {
+        const PgQuery__Node *cte = with->ctes[i];
+        if (cte->node_case == PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR)
+            note_nested_insert(w, cte->common_table_expr->ctequery, index);
+    }
+}
+
+static const PgQuery__WithClause *with_clause_of(const PgQuery__Node *node)
+{
+    switch (node->node_case) {
+    case PG_QUERY__NODE__NODE_SELECT_STMT: return node->select_stmt->with_clause;
+    case PG_QUERY__NODE__NODE_INSERT_STMT: return node->insert_stmt->with_clause;
+    case PG_QUERY__NODE__NODE_UPDATE_STMT: return node->update_stmt->with_clause;
+    case PG_QUERY__NODE__NODE_DELETE_STMT: return node->delete_stmt->with_clause;
+    default: return NULL;
+    }
+}
+
+/* An INSERT that is the statement (or the body of a PREPARE): the kind the
+ * clause can be spliced into. */
+static void note_top_insert(struct walk *w, const PgQuery__InsertStmt *ins, size_t index)
+{
+    w->saw_insert = true;
+    int t = find_target(w->rules, ins->relation);
+    if (t < 0)
+        return;
+
+    const struct rewrite_target *target = &w->rules->targets[t];
+    bool returning = ins->n_returning_list > 0;
+    const char *clause = returning ? target->clause_returning : target->clause_plain;
+    enum rewrite_reason reason;
+
+    if (ins->on_conflict_clause)
+        reason = RR_HAS_ON_CONFLICT;
+    else if (!clause)
+        reason = returning ? target->why_returning : target->why_plain;
+    else if (ins->relation->alias && strcmp(ins->relation->alias->aliasname, "excluded") == 0 &&
+             strstr(clause, "DO UPDATE"))
+        /* EXCLUDED.col would be ambiguous. */
+        reason = RR_FORBIDDEN;
+    else
+        reason = target->shadow ? RR_SHADOW : RR_REWRITTEN;
+
+    struct rewrite_stmt *s = add_stmt(w, (size_t)t, index, reason);
+    if (s)
+        s->returning = returning;
+}
+
+static void walk_statement(struct walk *w, const PgQuery__Node *node, size_t index)
+{
+    note_with_clause(w, with_clause_of(node), index);
+    switch (node->node_case) {
+    case PG_QUERY__NODE__NODE_INSERT_STMT:
+        note_top_insert(w, node->insert_stmt, index);
+        break;
+    case PG_QUERY__NODE__NODE_PREPARE_STMT: {
+        const PgQuery__Node *query = node->prepare_stmt->query;
+        if (query && query->node_case == PG_QUERY__NODE__NODE_INSERT_STMT) {
+            note_with_clause(w, query->insert_stmt->with_clause, index);
+            note_top_insert(w, query->insert_stmt, index);
+        }
+        break;
+    }
+    case PG_QUERY__NODE__NODE_EXPLAIN_STMT:
+        if (node->explain_stmt->query) {
+            note_with_clause(w, with_clause_of(node->explain_stmt->query), index);
+            note_nested_insert(w, node->explain_stmt->query, index);
+        }
+        break;
+    case PG_QUERY__NODE__NODE_COPY_STMT:
+        if (node->copy_stmt->query) {
+            note_with_clause(w, with_clause_of(node->copy_stmt->query), index);
+            note_nested_insert(w, node->copy_stmt->query, index);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+/* The InsertStmt a top-level statement splices into, or NULL. */
+static const PgQuery__InsertStmt *spliceable_insert(const PgQuery__Node *node)
+{
+    if (node->node_case == PG_QUERY__NODE__NODE_INSERT_STMT)
+        return node->insert_stmt;
+    if (node->node_case == PG_QUERY__NODE__NODE_PREPARE_STMT && node->prepare_stmt->query &&
+        node->prepare_stmt->query->node_case == PG_QUERY__NODE__NODE_INSERT_STMT)
+        return node->prepare_stmt->query->insert_stmt;
+    return NULL;
+}
+
+/* ---- where the clause goes --------------------------------------------- */
+
+static bool is_comment(const PgQuery__ScanToken *tok)
+{
+    return tok->token == PG_QUERY__TOKEN__SQL_COMMENT || tok->token == PG_QUERY__TOKEN__C_COMMENT;
+}
+
+/* The end of the last real token that starts in [from, before): where the
+ * clause goes, ahead of whatever comments and blanks follow. 0 if none. */
+static size_t last_token_end(const PgQuery__ScanResult *scan, size_t from, size_t before)
+{
+    size_t end = 0;
+
+    for (size_t i = 0; i < scan->n_tokens; i++) {
+        const PgQuery__ScanToken *tok = scan->tokens[i];
+        if ((size_t)tok->start >= before)
+            break;
+        if ((size_t)tok->start >= from && !is_comment(tok))
+            end = (size_t)tok->end;
+    }
+    return end;
+}
+
+/* The start of the RETURNING keyword that introduces a list whose first
+ * entry begins at first_target: the last real token before it. */
+static bool returning_keyword_at(const PgQuery__ScanResult *scan, size_t from,
+                                 size_t first_target, size_t *at)
+{
+    const PgQuery__ScanToken *last = NULL;
+
+    for (size_t i = 0; i < scan->n_tokens; i++) {
+        const PgQuery__ScanToken *tok = scan->tokens[i];
+        if ((size_t)tok->start >= first_target)
+            break;
+        if ((size_t)tok->start >= from && !is_comment(tok))
+            last = tok;
+    }
+    if (!last || last->token != PG_QUERY__TOKEN__RETURNING)
+        return false;
+    *at = (size_t)last->start;
+    return true;
+}
+
+static size_t utf8_chars(const char *text, size_t len)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < len; i++)
+        n += ((unsigned char)text[i] & 0xC0) != 0x80;
+    return n;
+}
+
+/* Sets offset (and offset_chars) of every statement to be rewritten or
+ * shadowed. False when a position cannot be found, which the grammar rules
+ * out; such statements are marked unverified. */
+static bool place_clauses(struct rewrite_result *out, const PgQuery__ParseResult *tree,
+                          const char *text, size_t len)
+{
+    PgQueryScanResult raw = pg_query_scan(text);
+    PgQuery__ScanResult *scan = NULL;
+    bool ok = !raw.error;
+
+    if (ok) {
+        scan = pg_query__scan_result__unpack(NULL, raw.pbuf.len, (const uint8_t *)raw.pbuf.data);
+        ok = scan != NULL;
+    }
+    for (size_t i = 0; ok && i < out->nstmts; i++) {
+        struct rewrite_stmt *s = &out->stmts[i];
+        if (s->reason != RR_REWRITTEN && s->reason != RR_SHADOW)
+            continue;
+        const PgQuery__RawStmt *rs = tree->stmts[s->index];
+        const PgQuery__InsertStmt *ins = spliceable_insert(rs->stmt);
+        size_t from = (size_t)rs->stmt_location;
+        size_t end = rs->stmt_len ? from + (size_t)rs->stmt_len : len;
+        if (ins->n_returning_list > 0) {
+            const PgQuery__Node *first = ins->returning_list[0];
+            if (first->node_case != PG_QUERY__NODE__NODE_RES_TARGET ||
+                !returning_keyword_at(scan, from, (size_t)first->res_target->location, &end)) {
+                s->reason = RR_UNVERIFIED;
+                continue;
+            }
+        }
+        size_t at = last_token_end(scan, from, end);
+        if (at == 0) {
+            s->reason = RR_UNVERIFIED;
+            continue;
+        }
+        s->offset = at;
+        s->offset_chars = utf8_chars(text, at);
+    }
+    if (scan)
+        pg_query__scan_result__free_unpacked(scan, NULL);
+    pg_query_free_scan_result(raw);
+    return ok;
+}
+
+/* ---- splicing and verifying -------------------------------------------- */
+
+static const char *clause_for(const struct rewrite_rules *rules, const struct rewrite_stmt *s)
+{
+    const struct rewrite_target *t = &rules->targets[s->target];
+    return s->returning ? t->clause_returning : t->clause_plain;
+}
+
+static bool splices(enum rewrite_reason reason, bool with_shadow)
+{
+    return reason == RR_REWRITTEN || (with_shadow && reason == RR_SHADOW);
+}
+
+/* The text with the clauses of rewritten (and, with_shadow, shadowed)
+ * statements spliced in; NULL when out of memory. */
+static char *splice(const struct rewrite_rules *rules, const struct rewrite_result *out,
+                    const char *text, size_t len, bool with_shadow, size_t *new_len)
+{
+    size_t total = len;
+
+    for (size_t i = 0; i < out->nstmts; i++)
+        if (splices(out->stmts[i].reason, with_shadow))
+            total += strlen(clause_for(rules, &out->stmts[i]));
+    char *buf = malloc(total + 1), *p = buf;
+    if (!buf)
+        return NULL;
+    size_t copied = 0;
+    for (size_t i = 0; i < out->nstmts; i++) {
+        const struct rewrite_stmt *s = &out->stmts[i];
+        if (!splices(s->reason, with_shadow))
+            continue;
+        const char *clause = clause_for(rules, s);
+        size_t n = strlen(clause);
+        memcpy(p, text + copied, s->offset - copied);
+        p += s->offset - copied;
+        memcpy(p, clause, n);
+        p += n;
+        copied = s->offset;
+    }
+    memcpy(p, text + copied, len - copied);
+    p += len - copied;
+    *p = '\0';
+    *new_len = total;
+    return buf;
+}
+
+/* Parses the spliced text again: every spliced statement must now carry an
+ * ON CONFLICT clause exactly where it was put, and nothing else may have
+ * moved. Cheap insurance against a grammar corner the splice did not
+ * foresee; it runs once per distinct text, since decisions are cached. */
+static bool verify(const struct rewrite_rules *rules, const struct rewrite_result *out,
+                   const PgQuery__ParseResult *before, const char *spliced, bool with_shadow)
+{
+    PgQueryProtobufParseResult raw = pg_query_parse_protobuf(spliced);
+    PgQuery__ParseResult *after = NULL;
+    bool ok = !raw.error;
+
+    if (ok) {
+        after = pg_query__parse_result__unpack(NULL, raw.parse_tree.len,
+                                               (const uint8_t *)raw.parse_tree.data);
+        ok = after && after->n_stmts == before->n_stmts;
+    }
+    size_t shift = 0;
+    for (size_t i = 0; ok && i < out->nstmts; i++) {
+        const struct rewrite_stmt *s = &out->stmts[i];
+        if (!splices(s->reason, with_shadow))
+            continue;
+        const PgQuery__InsertStmt *ins = spliceable_insert(after->stmts[s->index]->stmt);
+        ok = ins && ins->on_conflict_clause &&
+             (size_t)ins->on_conflict_clause->location == s->offset + shift + 1;
+        shift += strlen(clause_for(rules, s));
+    }
+    if (after)
+        pg_query__parse_result__free_unpacked(after, NULL);
+    pg_query_free_protobuf_parse_result(raw);
+    return ok;
+}
+
+static void set_result_reason(struct rewrite_result *out, bool saw_insert)
+{
+    for (size_t i = 0; i < out->nstmts; i++) {
+        if (out->stmts[i].reason == RR_REWRITTEN) {
+            out->reason = RR_REWRITTEN;
+            return;
+        }
+    }
+    if (out->nstmts > 0)
+        out->reason = out->stmts[0].reason;
+    else
+        out->reason = saw_insert ? RR_OTHER_TABLE : RR_NOT_INSERT;
+}
+
+static void mark_spliced(struct rewrite_result *out, enum rewrite_reason reason)
+{
+    for (size_t i = 0; i < out->nstmts; i++)
+        if (splices(out->stmts[i].reason, true))
+            out->stmts[i].reason = reason;
+}
+
+/* Builds out->text once the positions are known. False on out of memory. */
+static bool apply(const struct rewrite_rules *rules, struct rewrite_result *out,
+                  const PgQuery__ParseResult *tree, const char *text, size_t len)
+{
+    bool any_rewrite = false, any_shadow = false;
+
+    for (size_t i = 0; i < out->nstmts; i++) {
+        any_rewrite |= out->stmts[i].reason == RR_REWRITTEN;
+        any_shadow |= out->stmts[i].reason == RR_SHADOW;
+    }
+    if (!any_rewrite && !any_shadow)
+        return true;
+
+    /* Shadowed statements are verified too, so that shadow mode reports
+     * exactly what enforce mode would do. */
+    size_t checked_len;
+    char *checked = splice(rules, out, text, len, true, &checked_len);
+    if (!checked)
+        return false;
+    if (!verify(rules, out, tree, checked, true)) {
+        free(checked);
+        mark_spliced(out, RR_UNVERIFIED);
+        return true;
+    }
+    if (!any_rewrite) {
+        free(checked);
+        return true;
+    }
+    if (!any_shadow) {
+        out->text = checked;
+        out->text_len = checked_len;
+    } else {
+        free(checked);
+        out->text = splice(rules, out, text, len, false, &out->text_len);
+        if (!out->text)
+            return false;
+    }
+    for (size_t i = 0; i < out->nstmts; i++)
+        if (out->stmts[i].reason == RR_REWRITTEN)
+            out->stmts[i].inserted = strlen(clause_for(rules, &out->stmts[i]));
+    return true;
+}
+
+bool rewrite_insert(const struct rewrite_rules *rules, const char *text, size_t len,
+                    struct rewrite_result *out)
+{
+    memset(out, 0, sizeof(*out));
+    if (!rewrite_prefilter(rules, text, len)) {
+        out->reason = RR_NOT_INSERT;
+        return true;
+    }
+
+    PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
+    if (raw.error) {
+        pg_query_free_protobuf_parse_result(raw);
+        out->reason = RR_PARSE_ERROR;
+        return true;
+    }
+    PgQuery__ParseResult *tree = pg_query__parse_result__unpack(
+        NULL, raw.parse_tree.len, (const uint8_t *)raw.parse_tree.data);
+    pg_query_free_protobuf_parse_result(raw);
+    if (!tree)
+        return false;
+
+    struct walk w = { .rules = rules, .out = out };
+    out->stmt_count = tree->n_stmts;
+    for (size_t i = 0; i < tree->n_stmts && !w.oom; i++)
+        walk_statement(&w, tree->stmts[i]->stmt, i);
+
+    bool ok = !w.oom;
+    if (ok) {
+        bool placed = place_clauses(out, tree, text, len);
+        if (!placed)
+            mark_spliced(out, RR_UNVERIFIED);
+        ok = apply(rules, out, tree, text, len);
+    }
+    pg_query__parse_result__free_unpacked(tree, NULL);
+    if (!ok) {
+        rewrite_result_free(out);
+        return false;
+    }
+    set_result_reason(out, w.saw_insert);
+    return true;
+}
+
+void rewrite_result_free(struct rewrite_result *r)
+{
+    free(r->text);
+    free(r->stmts);
+    memset(r, 0, sizeof(*r));
+}
+
+size_t rewrite_map_position(const struct rewrite_result *r, size_t pos, bool utf8)
+{
+    size_t shift = 0;
+
+    if (!r->text || pos == 0)
+        return pos;
+    for (size_t i = 0; i < r->nstmts; i++) {
+        const struct rewrite_stmt *s = &r->stmts[i];
+        if (s->inserted == 0)
+            continue;
+        size_t origin = utf8 ? s->offset_chars : s->offset;
+        size_t at = origin + shift; /* 0-based, in the rewritten text */
+        if (pos - 1 < at)
+            break;
+        if (pos - 1 < at + s->inserted)
+            return origin + 1;
+        shift += s->inserted;
+    }
+    return pos - shift;
+}
+
+/* ---- sessions ---------------------------------------------------------- */
+
+static bool single_byte(const char *encoding)
+{
+    static const char *const names[] = {
+        "SQL_ASCII", "LATIN1", "LATIN2", "LATIN3", "LATIN4", "LATIN5", "LATIN6", "LATIN7",
+        "LATIN8", "LATIN9", "LATIN10", "ISO_8859_5", "ISO_8859_6", "ISO_8859_7", "ISO_8859_8",
+        "WIN1250", "WIN1251", "WIN1252", "WIN1253", "WIN1254", "WIN1255", "WIN1256", "WIN1257",
+        "WIN1258", "WIN866", "WIN874", "KOI8R", "KOI8U",
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
+        if (strcmp(encoding, names[i]) == 0)
+            return true;
+    return false;
+}
+
+bool rewrite_charset(const char *client_encoding, const char *server_encoding, bool *utf8)
+{
+    if (strcmp(client_encoding, "UTF8") == 0) {
+        *utf8 = true;
+        return true;
+    }
+    if (strcmp(client_encoding, "SQL_ASCII") != 0) {
+        /* Converted to the server encoding character for character. */
+        *utf8 = false;
+        return single_byte(client_encoding);
+    }
+    /* SQL_ASCII is not converted: the server counts the bytes its own way. */
+    *utf8 = strcmp(server_encoding, "UTF8") == 0;
+    return *utf8 || single_byte(server_encoding);
+}
+
+/* ---- the clause -------------------------------------------------------- */
+
+/* Appends s to buf (within cap) and returns the new length. */
+static size_t put(char *buf, size_t cap, size_t at, const char *s)
+{
+    size_t n = strlen(s);
+
+    if (at < cap)
+        memcpy(buf + at, s, at + n <= cap ? n : cap - at);
+    return at + n;
+}
+
+static size_t put_ident(char *buf, size_t cap, size_t at, const char *name)
+{
+    at = put(buf, cap, at, "\"");
+    for (const char *p = name; *p; p++) {
+        char one[2] = { *p, '\0' };
+        at = put(buf, cap, at, *p == '"' ? "\"\"" : one);
+    }
+    return put(buf, cap, at, "\"");
+}
+
+size_t rewrite_build_clause(char *buf, size_t cap, const struct name_list *target,
+                            const struct name_list *set)
+{
+    size_t n = put(buf, cap, 0, " ON CONFLICT");
+
+    if (target->count > 0) {
+        n = put(buf, cap, n, " (");
+        for (size_t i = 0; i < target->count; i++) {
+            if (i)
+                n = put(buf, cap, n, ", ");
+            n = put_ident(buf, cap, n, target->names[i]);
+        }
+        n = put(buf, cap, n, ")");
+    }
+    if (set->count == 0)
+        return put(buf, cap, n, " DO NOTHING");
+    n = put(buf, cap, n, " DO UPDATE SET ");
+    for (size_t i = 0; i < set->count; i++) {
+        if (i)
+            n = put(buf, cap, n, ", ");
+        n = put_ident(buf, cap, n, set->names[i]);
+        n = put(buf, cap, n, " = EXCLUDED.");
+        n = put_ident(buf, cap, n, set->names[i]);
+    }
+    return n;
+}

@@ -1,0 +1,125 @@
+/*
+ * rewrite: recognise INSERTs into registered tables and splice their ON
+ * CONFLICT clause into the statement text.
+ *
+ * PostgreSQL's own grammar (libpg_query) decides what each statement is; its
+ * scanner finds where the clause goes. The clause is spliced into the
+ * client's text at one byte offset per statement, so everything else stays
+ * byte for byte: comments, whitespace, $n parameters, quoting. Nothing is
+ * deparsed.
+ *
+ * Pure: text in, decision out. No sockets, no globals, no catalog access;
+ * what a table's rule allows arrives precomputed in struct rewrite_target.
+ */
+#ifndef IDEM_REWRITE_H
+#define IDEM_REWRITE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+
+/* Why a statement (or a whole text) was or was not rewritten. The names
+ * (rewrite_reason_name) label counters and log lines. */
+enum rewrite_reason {
+    RR_REWRITTEN,       /* the clause was spliced in */
+    RR_SHADOW,          /* would have been rewritten; mode = shadow left it */
+    RR_NOT_INSERT,      /* no INSERT into any registered table's name (pre-filter) */
+    RR_OTHER_TABLE,     /* INSERTs, none into a registered table */
+    RR_HAS_ON_CONFLICT, /* the statement already says what to do on conflict */
+    RR_NESTED,          /* an INSERT inside a WITH or EXPLAIN of another statement */
+    RR_ACTION_NONE,     /* action = none: left for error translation */
+    RR_FORBIDDEN,       /* the table's indexes, rules or privileges forbid this form */
+    RR_PARSE_ERROR,     /* libpg_query rejects it; the server will say why */
+    RR_TOO_LARGE,       /* above max_held_message: streamed through unread */
+    RR_SESSION,         /* client_encoding or standard_conforming_strings make the text unsafe to scan */
+    RR_UNVERIFIED,      /* the spliced text did not re-parse as intended: left alone */
+    RR_COUNT,
+};
+
+const char *rewrite_reason_name(enum rewrite_reason reason);
+
+/* One registered table as the rewriter sees it. */
+struct rewrite_target {
+    const char *schema; /* folded as PostgreSQL stores names */
+    const char *name;
+    /* An unqualified name (no schema) means this table: its schema comes
+     * first on the rule's search_path among the schemas that have a
+     * relation of this name. */
+    bool unqualified_ok;
+    bool shadow;        /* mode = shadow: count and report, change nothing */
+    /* The clause for an INSERT without (plain) and with (returning) a
+     * RETURNING list, beginning with a space: " ON CONFLICT ...". NULL when
+     * the rule leaves that form alone; why_* then says why (RR_ACTION_NONE
+     * or RR_FORBIDDEN). */
+    const char *clause_plain;
+    const char *clause_returning;
+    enum rewrite_reason why_plain;
+    enum rewrite_reason why_returning;
+};
+
+struct rewrite_rules {
+    const struct rewrite_target *targets;
+    size_t count;
+};
+
+/* One statement of the text that is an INSERT into a registered table. */
+struct rewrite_stmt {
+    size_t target;       /* index into rules->targets */
+    size_t index;        /* which statement of the text (0-based) */
+    enum rewrite_reason reason;
+    bool returning;      /* it has a RETURNING list */
+    size_t offset;       /* byte offset in the original text where the clause goes */
+    size_t offset_chars; /* the same offset counted in UTF-8 characters */
+    size_t inserted;     /* bytes spliced in there: 0 unless RR_REWRITTEN */
+};
+
+/* The decision for one text. */
+struct rewrite_result {
+    /* RR_REWRITTEN when any statement was rewritten; otherwise the reason
+     * of the first registered-table statement, or of the whole text. */
+    enum rewrite_reason reason;
+    char *text;          /* the new text, NUL-terminated; NULL when unchanged */
+    size_t text_len;
+    size_t stmt_count;   /* statements in the text; 0 when it was not parsed */
+    struct rewrite_stmt *stmts; /* the INSERTs into registered tables, in order */
+    size_t nstmts;
+};
+
+/* Decides about text (len bytes; text[len] must be '\0', as in Query and
+ * Parse messages). Returns false only when memory ran out (*out is then
+ * empty and the text should pass unchanged). */
+bool rewrite_insert(const struct rewrite_rules *rules, const char *text, size_t len,
+                    struct rewrite_result *out);
+
+void rewrite_result_free(struct rewrite_result *r);
+
+/* True when text may contain an INSERT into one of the targets: the cheap
+ * test that keeps every other statement away from the parser. False
+ * positives are fine, false negatives are not. */
+bool rewrite_prefilter(const struct rewrite_rules *rules, const char *text, size_t len);
+
+/* Maps a 1-based character position in the rewritten text (an
+ * ErrorResponse's P field) back onto the original. A position inside a
+ * spliced clause maps to the point where the clause was inserted. utf8
+ * selects how characters are counted: UTF-8, or one byte each. */
+size_t rewrite_map_position(const struct rewrite_result *r, size_t pos, bool utf8);
+
+/* Whether text in a session with these encodings (PostgreSQL's names, as
+ * ParameterStatus reports them) can be scanned as the parser assumes, and
+ * how the server counts its characters in error positions: *utf8, or one
+ * byte each. False for client encodings whose multibyte characters may hold
+ * ASCII quote or backslash bytes (SJIS, BIG5, GBK, UHC, GB18030, JOHAB) and
+ * for multibyte encodings other than UTF-8. */
+bool rewrite_charset(const char *client_encoding, const char *server_encoding, bool *utf8);
+
+/* Writes " ON CONFLICT ..." for a rule into buf: the clause spliced into
+ * INSERTs. target lists the arbiter columns (may be empty for DO NOTHING);
+ * set lists the columns assigned from EXCLUDED (empty: DO NOTHING).
+ * Identifiers are always double-quoted. Writes at most cap bytes and no
+ * terminating NUL; returns the length of the whole clause, which exceeds cap
+ * when not all of it was written. */
+size_t rewrite_build_clause(char *buf, size_t cap, const struct name_list *target,
+                            const struct name_list *set);
+
+#endif

@@ -1,0 +1,1 @@
+INSERT INTO webhook_events VALUES (1) /* c */ RETURNING id;

@@ -1,0 +1,1 @@
+CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$INSERT INTO webhook_events VALUES ('a')$$; DO $$BEGIN INSERT INTO audit_log VALUES (1); END$$

@@ -1,0 +1,3 @@
+INSERT INTO webhook_events
+	VALUES ('a')
+	RETURNING id;

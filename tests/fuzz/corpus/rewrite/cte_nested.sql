@@ -1,0 +1,1 @@
+WITH x AS (INSERT INTO webhook_events (idempotency_key) VALUES ('a') RETURNING id) SELECT * FROM x

@@ -1,0 +1,1 @@
+WITH o AS (INSERT INTO other (k) VALUES ('z') RETURNING k) INSERT INTO webhook_events (idempotency_key) SELECT k FROM o RETURNING id

@@ -1,0 +1,1 @@
+INSERT INTO webhook_events DEFAULT VALUES RETURNING id

@@ -1,0 +1,1 @@
+INSERT INTO webhook_events (idempotency_key, payload) VALUES ('m', $f$ ; $$ INSERT INTO webhook_events VALUES (1); $f$); INSERT INTO audit_log VALUES ($t$x$t$)

@@ -1,0 +1,1 @@
+INSERT INTO webhook_events AS excluded VALUES ('a') RETURNING excluded.id; INSERT INTO webhook_events AS excluded VALUES ('b')

@@ -1,0 +1,1 @@
+INSERT /* a /* b; RETURNING */ c */ INTO webhook_events VALUES ('x') /* d /* e */ f */;

@@ -1,0 +1,1 @@
+INSERT INTO webhook_events VALUES ('a') ON CONFLICT (idempotency_key) DO UPDATE SET payload = EXCLUDED.payload RETURNING id

@@ -1,0 +1,2 @@
+  -- insert into webhook_events
+/* INSERT INTO audit_log */

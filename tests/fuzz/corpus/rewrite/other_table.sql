@@ -1,0 +1,1 @@
+INSERT INTO public.webhook_events_archive SELECT * FROM webhook_events; INSERT INTO x.webhook_events VALUES (1)

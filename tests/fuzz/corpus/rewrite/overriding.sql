@@ -1,0 +1,1 @@
+INSERT INTO webhook_events (idempotency_key, id) OVERRIDING SYSTEM VALUE VALUES ('a', 7); INSERT INTO webhook_events OVERRIDING USER VALUE VALUES ('b', 8)

@@ -1,0 +1,1 @@
+INSERT INTO BILLING."Payments" AS p (payment_id, amount) VALUES (1, 9.99), (2, 0.01) RETURNING p.id

@@ -1,0 +1,1 @@
+PREPARE ins (text, text) AS INSERT INTO webhook_events (idempotency_key, payload) VALUES ($1, $2) RETURNING id;

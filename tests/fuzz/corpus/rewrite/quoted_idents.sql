@@ -1,0 +1,1 @@
+INSERT INTO "public"."webhook_events" ("a;b", "returning", "x.y z") VALUES (';', 'r', '.') RETURNING "returning"

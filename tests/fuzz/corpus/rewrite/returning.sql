@@ -1,0 +1,1 @@
+INSERT INTO webhook_events (idempotency_key, payload) VALUES ($1, $2) RETURNING id

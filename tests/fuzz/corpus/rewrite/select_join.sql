@@ -1,0 +1,1 @@
+INSERT INTO webhook_events (idempotency_key) SELECT s.k FROM src s JOIN other o ON o.k = s.k WHERE s.v IS NOT NULL ORDER BY 1 LIMIT 10

@@ -1,0 +1,1 @@
+INSERT INTO audit_log (request_id) VALUES ('r1') RETURNING id; INSERT INTO audit_log (request_id) VALUES ('r2')

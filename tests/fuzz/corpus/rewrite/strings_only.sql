@@ -1,0 +1,1 @@
+SELECT 'insert into webhook_events'; /* insert into audit_log */ SELECT $$INSERT INTO webhook_events$$

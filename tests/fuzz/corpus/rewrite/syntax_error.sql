@@ -1,0 +1,1 @@
+INSERT INTO webhook_events VALUES ('a'; INSERT INTO webhook_events VALUES (

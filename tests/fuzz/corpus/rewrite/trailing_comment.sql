@@ -1,0 +1,1 @@
+insert into webhook_events values ($1) -- retry

@@ -1,0 +1,1 @@
+/* ünïcödé */ INSERT INTO webhook_events AS ŵ (idempotency_key, payload) VALUES ('é€', '😀') RETURNING ŵ.id; SELECT 'ü'

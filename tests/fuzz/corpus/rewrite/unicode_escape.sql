@@ -1,0 +1,1 @@
+INSERT INTO U&"webhook\005fevents" VALUES (U&'d\0061t\+000061')

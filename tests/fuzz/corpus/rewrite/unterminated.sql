@@ -1,0 +1,1 @@
+INSERT INTO webhook_events VALUES ('a') /* never closed RETURNING id

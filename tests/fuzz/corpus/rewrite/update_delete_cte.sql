@@ -1,0 +1,1 @@
+WITH x AS (INSERT INTO webhook_events (idempotency_key) VALUES ('a') RETURNING id) UPDATE other SET k = 'b' WHERE id IN (SELECT id FROM x)

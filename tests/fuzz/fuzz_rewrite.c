@@ -1,0 +1,158 @@
+/* libFuzzer target: the INSERT rewriter on arbitrary SQL text. Beyond not
+ * crashing or leaking, what it returns must hang together: the new text is
+ * the old one with each clause spliced in at its offset and nothing else
+ * changed, error positions map back inside the original, and the prefilter
+ * never turns away a text the rewriter would have acted on. */
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "rewrite.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static const struct rewrite_target targets[] = {
+    { "public", "webhook_events", true, false,
+      " ON CONFLICT (\"idempotency_key\") DO NOTHING",
+      " ON CONFLICT (\"idempotency_key\") DO UPDATE SET \"idempotency_key\" = EXCLUDED.\"idempotency_key\"",
+      RR_REWRITTEN, RR_REWRITTEN },
+    { "billing", "Payments", false, false,
+      " ON CONFLICT (\"payment_id\") DO UPDATE SET \"amount\" = EXCLUDED.\"amount\"",
+      NULL, RR_REWRITTEN, RR_FORBIDDEN },
+    { "public", "audit_log", true, true, " ON CONFLICT DO NOTHING", NULL, RR_REWRITTEN, RR_ACTION_NONE },
+};
+
+static const struct rewrite_rules rules = { targets, sizeof(targets) / sizeof(targets[0]) };
+
+/* Positions beyond this many are sampled, not all tried. */
+#define MAP_ALL_BELOW 4096
+
+static void check(bool cond)
+{
+    if (!cond)
+        abort();
+}
+
+static const char *clause_of(const struct rewrite_stmt *st)
+{
+    const struct rewrite_target *t = &targets[st->target];
+    return st->returning ? t->clause_returning : t->clause_plain;
+}
+
+/* What rewrite_map_position must say when characters are bytes. */
+static size_t expected_byte_position(const struct rewrite_result *r, size_t pos)
+{
+    size_t q = pos - 1, shift = 0;
+    for (size_t i = 0; i < r->nstmts; i++) {
+        const struct rewrite_stmt *st = &r->stmts[i];
+        if (st->reason != RR_REWRITTEN)
+            continue;
+        size_t start = st->offset + shift;
+        if (q < start)
+            break;
+        if (q < start + st->inserted)
+            return st->offset + 1;
+        shift += st->inserted;
+    }
+    return pos - shift;
+}
+
+static void check_result(const char *text, size_t len, const struct rewrite_result *r)
+{
+    check(r->reason < RR_COUNT);
+    check(r->nstmts == 0 || r->stmts != NULL);
+    if (r->reason == RR_PARSE_ERROR)
+        check(r->stmt_count == 0 && r->nstmts == 0);
+    check((r->text != NULL) == (r->reason == RR_REWRITTEN));
+
+    size_t last_offset = 0, last_index = 0, rewritten = 0;
+    bool placed = false;
+    for (size_t i = 0; i < r->nstmts; i++) {
+        const struct rewrite_stmt *st = &r->stmts[i];
+        check(st->target < rules.count);
+        check(st->reason < RR_COUNT);
+        check(st->index < r->stmt_count);
+        check(st->index >= last_index);
+        last_index = st->index;
+        check(st->offset <= len);
+        check(st->offset_chars <= st->offset);
+        if (st->reason == RR_REWRITTEN) {
+            const char *clause = clause_of(st);
+            check(clause != NULL);
+            check(st->inserted == strlen(clause));
+            rewritten++;
+        } else {
+            check(st->inserted == 0);
+        }
+        /* Where a clause goes (or would go), one statement after the
+         * other: strictly increasing. */
+        if (st->reason == RR_REWRITTEN || st->reason == RR_SHADOW) {
+            check(!placed || st->offset > last_offset);
+            last_offset = st->offset;
+            placed = true;
+        }
+    }
+    check((rewritten > 0) == (r->reason == RR_REWRITTEN));
+
+    if (r->text) {
+        check(r->text_len == strlen(r->text));
+        /* Take every clause out again: the input must come back. */
+        size_t from = 0, at = 0, shift = 0;
+        for (size_t i = 0; i < r->nstmts; i++) {
+            const struct rewrite_stmt *st = &r->stmts[i];
+            if (st->reason != RR_REWRITTEN)
+                continue;
+            size_t n = st->offset - from;
+            check(at + n + st->inserted <= r->text_len);
+            check(memcmp(r->text + at, text + from, n) == 0);
+            at += n;
+            check(memcmp(r->text + at, clause_of(st), st->inserted) == 0);
+            at += st->inserted;
+            from = st->offset;
+            shift += st->inserted;
+        }
+        check(r->text_len - at == len - from);
+        check(memcmp(r->text + at, text + from, len - from) == 0);
+        check(r->text_len == len + shift);
+    }
+
+    /* Error positions, as the server reports them, land in the original. */
+    size_t top = r->text ? r->text_len + 1 : len + 1;
+    size_t step = top < MAP_ALL_BELOW ? 1 : top / 997 + 1;
+    size_t prev_chars = 0, prev_bytes = 0;
+    for (size_t pos = 1; pos <= top; pos += step) {
+        size_t chars = rewrite_map_position(r, pos, true);
+        size_t bytes = rewrite_map_position(r, pos, false);
+        check(chars >= 1 && chars <= len + 1);
+        check(bytes >= 1 && bytes <= len + 1);
+        check(chars >= prev_chars && bytes >= prev_bytes);
+        check(bytes == expected_byte_position(r, pos));
+        prev_chars = chars;
+        prev_bytes = bytes;
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* Query and Parse carry a NUL-terminated string: stop at the first NUL. */
+    const uint8_t *nul = memchr(data, '\0', size);
+    size_t len = nul ? (size_t)(nul - data) : size;
+    char *text = malloc(len + 1);
+    if (!text)
+        return 0;
+    memcpy(text, data, len);
+    text[len] = '\0';
+
+    struct rewrite_result r;
+    if (rewrite_insert(&rules, text, len, &r)) {
+        check_result(text, len, &r);
+        /* No false negatives: what the prefilter turns away was nothing. */
+        if (!rewrite_prefilter(&rules, text, len))
+            check(r.reason == RR_NOT_INSERT && r.stmt_count == 0);
+        rewrite_result_free(&r);
+    }
+    free(text);
+    return 0;
+}
