@@ -1,0 +1,95 @@
+/*
+ * catalog: what the server's catalogs say about the registered tables, and
+ * therefore what the rewrite may do to each.
+ *
+ * A rewrite must never cause an error the application would not have had:
+ * a conflict target that matches no unique index fails with 42P10, a
+ * DEFERRABLE arbiter with 55000, DO UPDATE without UPDATE privilege with
+ * 42501. The proxy learns the facts with one query of its own per database
+ * and login role (catalog_query), feeds the rows of its answer to
+ * catalog_add_row, and asks catalog_decide for each rule.
+ *
+ * Pure: text and bytes in, decisions out.
+ */
+#ifndef IDEM_CATALOG_H
+#define IDEM_CATALOG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "rewrite.h"
+
+struct catalog_rel {
+    char *schema, *name;
+    char relkind;     /* 'r' table, 'p' partitioned table, ... */
+    bool registered;  /* named by a rule (not just found on a search_path) */
+    bool has_rules;   /* INSERT or UPDATE rules: ON CONFLICT is not supported */
+    bool row_security; /* row-level security applies to the login role */
+};
+
+struct catalog_index {
+    char *schema, *table, *name;
+    bool unique, immediate, partial, valid, ready;
+    bool has_expression; /* some key column is an expression */
+    struct name_list columns; /* key columns, in index order */
+};
+
+struct catalog_attr {
+    char *schema, *table, *name;
+    bool updatable;   /* neither GENERATED ALWAYS AS IDENTITY nor generated */
+    bool can_select, can_update; /* the login role's column privileges */
+};
+
+/* A partition (at any depth) of a registered table. */
+struct catalog_partition {
+    char *schema, *name;
+    char *root_schema, *root_name;
+};
+
+struct catalog {
+    struct catalog_rel *rels;
+    size_t nrels;
+    struct catalog_index *indexes;
+    size_t nindexes;
+    struct catalog_attr *attrs;
+    size_t nattrs;
+    struct catalog_partition *parts;
+    size_t nparts;
+};
+
+/* The query that learns everything about the tables of rules[0..n), as one
+ * simple-protocol statement. Its rows have CATALOG_COLUMNS text columns.
+ * Returns a malloc'ed string, or NULL when out of memory. */
+#define CATALOG_COLUMNS 9
+char *catalog_query(const struct table_rule *const *rules, size_t n);
+
+void catalog_init(struct catalog *cat);
+void catalog_free(struct catalog *cat);
+
+/* Takes one DataRow body of the query's answer. False when the row is
+ * malformed or memory ran out (the caller then trusts nothing). */
+bool catalog_add_row(struct catalog *cat, const uint8_t *body, size_t len);
+
+/* What the rewrite may do to one table. */
+struct table_verdict {
+    bool exists;
+    bool unqualified_ok;
+    char *clause_plain, *clause_returning; /* malloc'ed; NULL when refused */
+    enum rewrite_reason why_plain, why_returning;
+    char problem[256]; /* why a form was refused, for the log; "" when none */
+};
+
+/* Decides for rule from the facts in cat. False only on out of memory. */
+bool catalog_decide(const struct catalog *cat, const struct table_rule *rule,
+                    struct table_verdict *out);
+
+void table_verdict_free(struct table_verdict *v);
+
+/* The registered table a partition belongs to (schema and name of the
+ * root), or false when schema.name is not a partition of one. */
+bool catalog_partition_root(const struct catalog *cat, const char *schema, const char *name,
+                            const char **root_schema, const char **root_name);
+
+#endif
