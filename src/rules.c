@@ -1,0 +1,374 @@
+#include "rules.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <uthash.h>
+
+/* The decision cache of one scope stays within these bounds; the least
+ * recently used decisions go first. Texts longer than CACHE_MAX_TEXT are
+ * decided every time: they are nearly always one-off batches with literal
+ * values, and caching them would only cost memory. */
+#define CACHE_MAX_ENTRIES 4096
+#define CACHE_MAX_BYTES (8u << 20)
+#define CACHE_MAX_TEXT (16u << 10)
+
+struct cache_entry {
+    UT_hash_handle hh;
+    struct decision *decision;
+    size_t len;
+    char text[]; /* the key */
+};
+
+struct scope {
+    UT_hash_handle hh; /* in ruleset->scopes, keyed by "database\0user" */
+    struct ruleset *rs;
+    char *key;
+    size_t key_len;
+    enum scope_state state;
+
+    size_t ntables;
+    size_t *table_ids;     /* indexes into cfg->tables */
+    struct table_verdict *verdicts;
+    struct rewrite_target *targets;
+    struct rewrite_rules rules;
+    struct catalog partitions; /* only the partition map is kept */
+    char *catalog_query;
+
+    struct cache_entry *cache; /* uthash keeps it in least recently used order */
+    size_t cache_bytes;
+};
+
+struct ruleset {
+    unsigned refs;
+    struct config *cfg;
+    struct scope *scopes;
+    uint64_t (*table_counts)[RR_COUNT];
+    uint64_t other_counts[RR_COUNT];
+};
+
+/* ---- rulesets ---------------------------------------------------------- */
+
+struct ruleset *ruleset_new(struct config *cfg)
+{
+    struct ruleset *rs = calloc(1, sizeof(*rs));
+
+    if (rs && cfg->table_count > 0)
+        rs->table_counts = calloc(cfg->table_count, sizeof(*rs->table_counts));
+    if (!rs || (cfg->table_count > 0 && !rs->table_counts)) {
+        free(rs);
+        config_free(cfg);
+        return NULL;
+    }
+    rs->refs = 1;
+    rs->cfg = cfg;
+    return rs;
+}
+
+struct ruleset *ruleset_ref(struct ruleset *rs)
+{
+    rs->refs++;
+    return rs;
+}
+
+static void cache_remove(struct scope *s, struct cache_entry *e)
+{
+    HASH_DELETE(hh, s->cache, e);
+    s->cache_bytes -= e->len;
+    decision_unref(e->decision);
+    free(e);
+}
+
+static void scope_free(struct scope *s)
+{
+    struct cache_entry *e, *tmp;
+
+    HASH_ITER(hh, s->cache, e, tmp)
+        cache_remove(s, e);
+    for (size_t i = 0; i < s->ntables && s->verdicts; i++)
+        table_verdict_free(&s->verdicts[i]);
+    catalog_free(&s->partitions);
+    free(s->verdicts);
+    free(s->targets);
+    free(s->table_ids);
+    free(s->catalog_query);
+    free(s->key);
+    free(s);
+}
+
+void ruleset_unref(struct ruleset *rs)
+{
+    struct scope *s, *tmp;
+
+    if (!rs || --rs->refs > 0)
+        return;
+    HASH_ITER(hh, rs->scopes, s, tmp) {
+        HASH_DELETE(hh, rs->scopes, s);
+        scope_free(s);
+    }
+    free(rs->table_counts);
+    config_free(rs->cfg);
+    free(rs);
+}
+
+const struct config *ruleset_config(const struct ruleset *rs)
+{
+    return rs->cfg;
+}
+
+uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrite_reason reason)
+{
+    return table < rs->cfg->table_count ? rs->table_counts[table][reason] : 0;
+}
+
+uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason)
+{
+    return rs->other_counts[reason];
+}
+
+/* ---- scopes ------------------------------------------------------------ */
+
+static bool applies(const struct table_rule *t, const char *database)
+{
+    return !t->database || strcmp(t->database, database) == 0;
+}
+
+static struct scope *scope_new(struct ruleset *rs, const char *key, size_t key_len,
+                               const char *database)
+{
+    struct scope *s = calloc(1, sizeof(*s));
+
+    if (!s || !(s->key = malloc(key_len)))
+        goto oom;
+    memcpy(s->key, key, key_len);
+    s->key_len = key_len;
+    s->rs = rs;
+    catalog_init(&s->partitions);
+    for (size_t i = 0; i < rs->cfg->table_count; i++)
+        s->ntables += applies(&rs->cfg->tables[i], database);
+    s->state = s->ntables ? SCOPE_UNKNOWN : SCOPE_PASSTHROUGH;
+    if (s->ntables == 0)
+        return s;
+    s->table_ids = calloc(s->ntables, sizeof(*s->table_ids));
+    s->verdicts = calloc(s->ntables, sizeof(*s->verdicts));
+    s->targets = calloc(s->ntables, sizeof(*s->targets));
+    if (!s->table_ids || !s->verdicts || !s->targets)
+        goto oom;
+    for (size_t i = 0, n = 0; i < rs->cfg->table_count; i++)
+        if (applies(&rs->cfg->tables[i], database))
+            s->table_ids[n++] = i;
+    return s;
+oom:
+    if (s)
+        scope_free(s);
+    return NULL;
+}
+
+struct scope *ruleset_scope(struct ruleset *rs, const char *database, const char *user)
+{
+    size_t dlen = strlen(database), ulen = strlen(user);
+    char *key = malloc(dlen + 1 + ulen);
+    struct scope *s = NULL;
+
+    if (!key)
+        return NULL;
+    memcpy(key, database, dlen + 1);
+    memcpy(key + dlen + 1, user, ulen);
+    HASH_FIND(hh, rs->scopes, key, dlen + 1 + ulen, s);
+    if (!s) {
+        s = scope_new(rs, key, dlen + 1 + ulen, database);
+        if (s)
+            HASH_ADD_KEYPTR(hh, rs->scopes, s->key, s->key_len, s);
+    }
+    free(key);
+    return s;
+}
+
+enum scope_state scope_state(const struct scope *s)
+{
+    return s->state;
+}
+
+static const struct table_rule *rule_of(const struct scope *s, size_t i)
+{
+    return &s->rs->cfg->tables[s->table_ids[i]];
+}
+
+const char *scope_catalog_query(struct scope *s)
+{
+    if (!s->catalog_query && s->ntables > 0) {
+        const struct table_rule **rules = calloc(s->ntables, sizeof(*rules));
+        if (!rules)
+            return NULL;
+        for (size_t i = 0; i < s->ntables; i++)
+            rules[i] = rule_of(s, i);
+        s->catalog_query = catalog_query(rules, s->ntables);
+        free(rules);
+    }
+    return s->catalog_query;
+}
+
+/* Keeps only what translating errors on partitions will need. */
+static bool keep_partitions(struct scope *s, const struct catalog *cat)
+{
+    struct catalog *mine = &s->partitions;
+
+    if (cat->nparts == 0)
+        return true;
+    mine->parts = calloc(cat->nparts, sizeof(*mine->parts));
+    if (!mine->parts)
+        return false;
+    for (size_t i = 0; i < cat->nparts; i++) {
+        const struct catalog_partition *from = &cat->parts[i];
+        struct catalog_partition *to = &mine->parts[mine->nparts++];
+        to->schema = strdup(from->schema);
+        to->name = strdup(from->name);
+        to->root_schema = strdup(from->root_schema);
+        to->root_name = strdup(from->root_name);
+        if (!to->schema || !to->name || !to->root_schema || !to->root_name)
+            return false;
+    }
+    return true;
+}
+
+bool scope_learn(struct scope *s, const struct catalog *cat)
+{
+    if (s->state != SCOPE_UNKNOWN)
+        return true;
+    for (size_t i = 0; i < s->ntables; i++) {
+        const struct table_rule *rule = rule_of(s, i);
+        struct table_verdict *v = &s->verdicts[i];
+        if (!catalog_decide(cat, rule, v))
+            goto oom;
+        s->targets[i] = (struct rewrite_target){
+            .schema = rule->schema,
+            .name = rule->name,
+            .unqualified_ok = v->unqualified_ok,
+            .shadow = rule->mode == TABLE_MODE_SHADOW,
+            .clause_plain = v->clause_plain,
+            .clause_returning = v->clause_returning,
+            .why_plain = v->why_plain,
+            .why_returning = v->why_returning,
+        };
+    }
+    if (!keep_partitions(s, cat))
+        goto oom;
+    s->rules.targets = s->targets;
+    s->rules.count = s->ntables;
+    s->state = SCOPE_READY;
+    return true;
+oom:
+    for (size_t i = 0; i < s->ntables; i++)
+        table_verdict_free(&s->verdicts[i]);
+    catalog_free(&s->partitions);
+    return false;
+}
+
+size_t scope_table_count(const struct scope *s)
+{
+    return s->ntables;
+}
+
+const struct table_rule *scope_table(const struct scope *s, size_t i)
+{
+    return rule_of(s, i);
+}
+
+const char *scope_table_problem(const struct scope *s, size_t i)
+{
+    return s->verdicts[i].problem;
+}
+
+int scope_find_table(const struct scope *s, const char *schema, const char *name)
+{
+    const char *root_schema, *root_name;
+
+    if (catalog_partition_root(&s->partitions, schema, name, &root_schema, &root_name)) {
+        schema = root_schema;
+        name = root_name;
+    }
+    for (size_t i = 0; i < s->ntables; i++) {
+        const struct table_rule *rule = rule_of(s, i);
+        if (strcmp(rule->schema, schema) == 0 && strcmp(rule->name, name) == 0)
+            return (int)i;
+    }
+    return -1;
+}
+
+/* ---- decisions --------------------------------------------------------- */
+
+void decision_unref(struct decision *d)
+{
+    if (!d || --d->refs > 0)
+        return;
+    rewrite_result_free(&d->result);
+    free(d);
+}
+
+static void cache_store(struct scope *s, const char *text, size_t len, struct decision *d)
+{
+    if (len > CACHE_MAX_TEXT)
+        return;
+    struct cache_entry *e = malloc(sizeof(*e) + len);
+    if (!e)
+        return;
+    memcpy(e->text, text, len);
+    e->len = len;
+    e->decision = d;
+    d->refs++;
+    HASH_ADD_KEYPTR(hh, s->cache, e->text, e->len, e);
+    s->cache_bytes += len;
+    while (s->cache && (HASH_COUNT(s->cache) > CACHE_MAX_ENTRIES ||
+                        s->cache_bytes > CACHE_MAX_BYTES))
+        cache_remove(s, s->cache);
+}
+
+struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool *fresh)
+{
+    struct cache_entry *e;
+
+    *fresh = false;
+    if (s->state != SCOPE_READY || !rewrite_prefilter(&s->rules, text, len))
+        return NULL;
+    HASH_FIND(hh, s->cache, text, len, e);
+    if (e) {
+        /* Most recently used goes to the end of uthash's order. */
+        HASH_DELETE(hh, s->cache, e);
+        HASH_ADD_KEYPTR(hh, s->cache, e->text, e->len, e);
+        e->decision->refs++;
+        return e->decision;
+    }
+    struct decision *d = calloc(1, sizeof(*d));
+    if (!d)
+        return NULL;
+    if (!rewrite_insert(&s->rules, text, len, &d->result)) {
+        free(d);
+        return NULL;
+    }
+    d->refs = 1;
+    *fresh = true;
+    cache_store(s, text, len, d);
+    return d;
+}
+
+void scope_count(struct scope *s, const struct decision *d)
+{
+    struct ruleset *rs = s->rs;
+
+    if (!d) {
+        rs->other_counts[RR_NOT_INSERT]++;
+        return;
+    }
+    if (d->result.nstmts == 0) {
+        rs->other_counts[d->result.reason]++;
+        return;
+    }
+    for (size_t i = 0; i < d->result.nstmts; i++) {
+        const struct rewrite_stmt *st = &d->result.stmts[i];
+        rs->table_counts[s->table_ids[st->target]][st->reason]++;
+    }
+}
+
+void scope_count_reason(struct scope *s, enum rewrite_reason reason)
+{
+    s->rs->other_counts[reason]++;
+}

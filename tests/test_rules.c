@@ -1,0 +1,607 @@
+/*
+ * Unit tests for rules: rulesets and their lifetime, scopes per database
+ * and login role, the decision cache, and the counters.
+ *
+ * The catalog each scope learns is synthetic, fed in as the DataRows the
+ * catalog query returns (see test_catalog.c for where their shape comes
+ * from). Reference counts are checked by value where the API shows them
+ * and otherwise left to AddressSanitizer: build with --enable-sanitizers to
+ * have a use after the last unref, or a missing unref, fail the test.
+ *
+ * Statement texts are handed over in heap blocks of exactly len + 1 bytes,
+ * as Query and Parse messages carry them.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "catalog.h"
+#include "config.h"
+#include "pgproto.h"
+#include "rewrite.h"
+#include "rules.h"
+
+/* Table 0 applies to another database only, so that in database "app" the
+ * scope's table 0 is the configuration's table 1: the counters must follow
+ * the configuration's numbering. */
+#define CONFIG                                                                   \
+    "[idemproxy]\n"                                                              \
+    "[table public.audit_log]\n"                                                 \
+    "database = other\n"                                                         \
+    "action = do_nothing\n"                                                      \
+    "[table public.webhook_events]\n"                                            \
+    "conflict = idempotency_key\n"                                               \
+    "[table public.orders]\n"                                                    \
+    "conflict = order_ref\n"                                                     \
+    "mode = shadow\n"
+
+enum { CFG_AUDIT, CFG_WE, CFG_ORDERS };
+enum { APP_WE, APP_ORDERS };
+
+/* What the catalog query answers for webhook_events and orders in "app";
+ * events are partitioned by month. */
+static const char *const app_rows[][CATALOG_COLUMNS] = {
+    { "r", "public", "webhook_events", "p", "true", "false", "false" },
+    { "r", "public", "orders", "r", "true", "false", "false" },
+    { "i", "public", "webhook_events", "we_key", "true", "true", "false", "true", "true" },
+    { "k", "public", "webhook_events", "we_key", "1", "idempotency_key" },
+    { "i", "public", "orders", "orders_ref_key", "true", "true", "false", "true", "true" },
+    { "k", "public", "orders", "orders_ref_key", "1", "order_ref" },
+    { "a", "public", "webhook_events", "idempotency_key", "true", "true", "true" },
+    { "a", "public", "webhook_events", "payload", "true", "true", "true" },
+    { "a", "public", "orders", "order_ref", "true", "true", "true" },
+    { "p", "public", "webhook_events_2024_01", "", "public", "webhook_events" },
+    { "p", "archive", "webhook_events_2023", "", "public", "webhook_events" },
+};
+
+#define WE_P " ON CONFLICT (\"idempotency_key\") DO NOTHING"
+
+static struct config *parse_config(const char *text)
+{
+    char err[CONFIG_ERR_LEN];
+    struct config *cfg = config_parse(text, strlen(text), "test.ini", err);
+    if (!cfg)
+        fail_msg("config: %s", err);
+    return cfg;
+}
+
+/* A DataRow body of the catalog query's shape. */
+static size_t data_row(uint8_t *buf, size_t cap, const char *const col[CATALOG_COLUMNS])
+{
+    size_t at = 2;
+    buf[0] = 0;
+    buf[1] = CATALOG_COLUMNS;
+    for (int i = 0; i < CATALOG_COLUMNS; i++) {
+        size_t n = col[i] ? strlen(col[i]) : 0;
+        assert_true(at + 4 + n <= cap);
+        pg_put_u32(buf + at, col[i] ? (uint32_t)n : UINT32_MAX);
+        at += 4;
+        memcpy(buf + at, col[i] ? col[i] : "", n);
+        at += n;
+    }
+    return at;
+}
+
+static void app_catalog(struct catalog *cat)
+{
+    uint8_t buf[512];
+    catalog_init(cat);
+    for (size_t i = 0; i < sizeof(app_rows) / sizeof(app_rows[0]); i++)
+        assert_true(catalog_add_row(cat, buf, data_row(buf, sizeof(buf), app_rows[i])));
+}
+
+/* A ruleset and its READY scope for database "app", user "alice". */
+static struct ruleset *ready_ruleset(struct scope **s)
+{
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG));
+    struct catalog cat;
+
+    assert_non_null(rs);
+    *s = ruleset_scope(rs, "app", "alice");
+    assert_non_null(*s);
+    assert_int_equal(scope_state(*s), SCOPE_UNKNOWN);
+    app_catalog(&cat);
+    assert_true(scope_learn(*s, &cat));
+    /* The scope keeps what it needs: the catalog may go. */
+    catalog_free(&cat);
+    assert_int_equal(scope_state(*s), SCOPE_READY);
+    return rs;
+}
+
+/* scope_decide on a heap copy of exactly len + 1 bytes. */
+static struct decision *decide(struct scope *s, const char *text, bool *fresh)
+{
+    size_t len = strlen(text);
+    char *copy = malloc(len + 1);
+    assert_non_null(copy);
+    memcpy(copy, text, len + 1);
+    *fresh = true; /* scope_decide must clear it when it does not decide anew */
+    struct decision *d = scope_decide(s, copy, len, fresh);
+    free(copy);
+    return d;
+}
+
+/* ---- rulesets and scopes ----------------------------------------------- */
+
+static void test_ruleset_owns_config(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_config(CONFIG);
+    struct ruleset *rs = ruleset_new(cfg);
+
+    assert_non_null(rs);
+    assert_ptr_equal(ruleset_config(rs), cfg);
+    assert_int_equal(ruleset_config(rs)->table_count, 3);
+    ruleset_unref(rs);
+    ruleset_unref(NULL);
+}
+
+/* No tables at all: every scope passes through. */
+static void test_ruleset_without_tables(void **state)
+{
+    (void)state;
+    struct ruleset *rs = ruleset_new(parse_config("[idemproxy]\n"));
+    assert_non_null(rs);
+    struct scope *s = ruleset_scope(rs, "app", "alice");
+    assert_non_null(s);
+    assert_int_equal(scope_state(s), SCOPE_PASSTHROUGH);
+    assert_int_equal(scope_table_count(s), 0);
+    assert_null(scope_catalog_query(s));
+    bool fresh = true;
+    assert_null(scope_decide(s, "INSERT INTO t VALUES (1)", strlen("INSERT INTO t VALUES (1)"), &fresh));
+    assert_false(fresh);
+    ruleset_unref(rs);
+}
+
+static void test_scope_identity(void **state)
+{
+    (void)state;
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG));
+    assert_non_null(rs);
+
+    struct scope *a = ruleset_scope(rs, "app", "alice");
+    assert_non_null(a);
+    assert_ptr_equal(ruleset_scope(rs, "app", "alice"), a);
+    struct scope *b = ruleset_scope(rs, "app", "bob");
+    struct scope *c = ruleset_scope(rs, "other", "alice");
+    assert_non_null(b);
+    assert_non_null(c);
+    assert_ptr_not_equal(b, a);
+    assert_ptr_not_equal(c, a);
+    assert_ptr_not_equal(c, b);
+    /* The key keeps database and user apart. */
+    struct scope *ab_c = ruleset_scope(rs, "ab", "c");
+    struct scope *a_bc = ruleset_scope(rs, "a", "bc");
+    assert_ptr_not_equal(ab_c, a_bc);
+    assert_ptr_equal(ruleset_scope(rs, "ab", "c"), ab_c);
+    assert_ptr_not_equal(ruleset_scope(rs, "", ""), ruleset_scope(rs, "", "x"));
+    assert_ptr_equal(ruleset_scope(rs, "", ""), ruleset_scope(rs, "", ""));
+    /* Learning in one scope leaves the others to learn their own. */
+    struct catalog cat;
+    app_catalog(&cat);
+    assert_true(scope_learn(a, &cat));
+    catalog_free(&cat);
+    assert_int_equal(scope_state(a), SCOPE_READY);
+    assert_int_equal(scope_state(b), SCOPE_UNKNOWN);
+    ruleset_unref(rs);
+}
+
+static void test_scope_tables_by_database(void **state)
+{
+    (void)state;
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG));
+    assert_non_null(rs);
+
+    struct scope *app = ruleset_scope(rs, "app", "alice");
+    assert_int_equal(scope_table_count(app), 2);
+    assert_string_equal(scope_table(app, APP_WE)->name, "webhook_events");
+    assert_string_equal(scope_table(app, APP_ORDERS)->name, "orders");
+    struct scope *other = ruleset_scope(rs, "other", "alice");
+    assert_int_equal(scope_table_count(other), 3);
+    assert_string_equal(scope_table(other, 0)->name, "audit_log");
+
+    /* The catalog query names only the scope's own tables. */
+    const char *q = scope_catalog_query(app);
+    assert_non_null(q);
+    assert_non_null(strstr(q, "'webhook_events'::name"));
+    assert_null(strstr(q, "audit_log"));
+    assert_ptr_equal(scope_catalog_query(app), q);
+    assert_non_null(strstr(scope_catalog_query(other), "'audit_log'::name"));
+    ruleset_unref(rs);
+
+    /* A database with only another database's tables has nothing to do. */
+    rs = ruleset_new(parse_config("[idemproxy]\n[table public.t]\ndatabase = other\n"
+                                  "action = do_nothing\n"));
+    assert_non_null(rs);
+    struct scope *s = ruleset_scope(rs, "app", "alice");
+    assert_int_equal(scope_state(s), SCOPE_PASSTHROUGH);
+    assert_int_equal(scope_table_count(s), 0);
+    assert_null(scope_catalog_query(s));
+    assert_int_equal(scope_state(ruleset_scope(rs, "other", "alice")), SCOPE_UNKNOWN);
+    ruleset_unref(rs);
+}
+
+static void test_scope_learn(void **state)
+{
+    (void)state;
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG));
+    struct scope *s = ruleset_scope(rs, "app", "alice");
+    struct catalog cat;
+    bool fresh = false;
+
+    /* Nothing is decided before the catalog is known. */
+    assert_int_equal(scope_state(s), SCOPE_UNKNOWN);
+    assert_null(decide(s, "INSERT INTO webhook_events VALUES ('a')", &fresh));
+    assert_false(fresh);
+
+    app_catalog(&cat);
+    assert_true(scope_learn(s, &cat));
+    catalog_free(&cat);
+    assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_string_equal(scope_table_problem(s, APP_WE), "");
+
+    /* A READY scope keeps what it has: an empty catalog changes nothing. */
+    catalog_init(&cat);
+    assert_true(scope_learn(s, &cat));
+    assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_string_equal(scope_table_problem(s, APP_WE), "");
+    struct decision *d = decide(s, "INSERT INTO webhook_events VALUES ('a')", &fresh);
+    assert_non_null(d);
+    assert_int_equal(d->result.reason, RR_REWRITTEN);
+    decision_unref(d);
+    ruleset_unref(rs);
+
+    /* An empty catalog: the tables do not exist, and that is said. */
+    rs = ruleset_new(parse_config(CONFIG));
+    s = ruleset_scope(rs, "app", "alice");
+    assert_true(scope_learn(s, &cat));
+    catalog_free(&cat);
+    assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_non_null(strstr(scope_table_problem(s, APP_WE), "does not exist"));
+    d = decide(s, "INSERT INTO webhook_events VALUES ('a')", &fresh);
+    assert_non_null(d);
+    assert_null(d->result.text);
+    assert_int_equal(d->result.reason, RR_OTHER_TABLE);
+    decision_unref(d);
+    ruleset_unref(rs);
+}
+
+/* ---- decisions and the cache ------------------------------------------- */
+
+static void test_decide_prefilter(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    bool fresh = true;
+
+    assert_null(decide(s, "SELECT 1", &fresh));
+    assert_false(fresh);
+    assert_null(decide(s, "INSERT INTO other_table VALUES (1)", &fresh));
+    assert_false(fresh);
+    assert_null(decide(s, "SELECT * FROM webhook_events", &fresh));
+    assert_false(fresh);
+    assert_null(decide(s, "", &fresh));
+    assert_false(fresh);
+    ruleset_unref(rs);
+}
+
+static void test_decide_rewrites(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    const char *text = "INSERT INTO webhook_events (idempotency_key) VALUES ($1)";
+    bool fresh = false;
+
+    struct decision *d = decide(s, text, &fresh);
+    assert_non_null(d);
+    assert_true(fresh);
+    assert_int_equal(d->result.reason, RR_REWRITTEN);
+    assert_string_equal(d->result.text,
+                        "INSERT INTO webhook_events (idempotency_key) VALUES ($1)" WE_P);
+    assert_int_equal(d->result.text_len, strlen(d->result.text));
+    assert_int_equal(d->result.nstmts, 1);
+    assert_int_equal(d->result.stmts[0].target, APP_WE);
+    /* One reference for the caller, one for the cache. */
+    assert_int_equal(d->refs, 2);
+
+    /* The same text again: the same decision, from the cache. */
+    struct decision *again = decide(s, text, &fresh);
+    assert_ptr_equal(again, d);
+    assert_false(fresh);
+    assert_int_equal(d->refs, 3);
+    decision_unref(again);
+    assert_int_equal(d->refs, 2);
+    decision_unref(d);
+    assert_int_equal(d->refs, 1);
+
+    /* A text that passes the pre-filter but is not an INSERT is decided
+     * (and cached) all the same. */
+    d = decide(s, "SELECT 'insert into webhook_events'", &fresh);
+    assert_non_null(d);
+    assert_true(fresh);
+    assert_null(d->result.text);
+    assert_int_equal(d->result.nstmts, 0);
+    decision_unref(d);
+    d = decide(s, "SELECT 'insert into webhook_events'", &fresh);
+    assert_false(fresh);
+    decision_unref(d);
+
+    /* Texts differing in one byte are different keys. */
+    d = decide(s, "INSERT INTO webhook_events (idempotency_key) VALUES ($2)", &fresh);
+    assert_true(fresh);
+    assert_string_equal(d->result.text,
+                        "INSERT INTO webhook_events (idempotency_key) VALUES ($2)" WE_P);
+    decision_unref(d);
+
+    /* shadow mode: decided and counted, never changed. */
+    d = decide(s, "INSERT INTO orders VALUES ('x')", &fresh);
+    assert_non_null(d);
+    assert_null(d->result.text);
+    assert_int_equal(d->result.nstmts, 1);
+    assert_int_equal(d->result.stmts[0].target, APP_ORDERS);
+    assert_int_equal(d->result.stmts[0].reason, RR_SHADOW);
+    decision_unref(d);
+    ruleset_unref(rs);
+}
+
+/* A decision outlives its ruleset and the cache as long as a request holds
+ * it (under the sanitizer a use after free would show). */
+static void test_decision_outlives_ruleset(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    bool fresh = false;
+
+    struct decision *d = decide(s, "INSERT INTO webhook_events VALUES (1)", &fresh);
+    assert_non_null(d);
+    ruleset_unref(rs);
+    assert_int_equal(d->refs, 1);
+    assert_string_equal(d->result.text, "INSERT INTO webhook_events VALUES (1)" WE_P);
+    decision_unref(d);
+}
+
+static char *insert_text(unsigned i, size_t pad)
+{
+    char head[96];
+    int n = snprintf(head, sizeof(head), "INSERT INTO webhook_events VALUES ('%u') /*", i);
+    assert_true(n > 0);
+    char *t = malloc((size_t)n + pad + 3);
+    assert_non_null(t);
+    memcpy(t, head, (size_t)n);
+    memset(t + n, ' ', pad);
+    memcpy(t + (size_t)n + pad, "*/", 3);
+    return t;
+}
+
+/* Decides text i and checks the decision is the right one. */
+static bool decide_insert(struct scope *s, unsigned i, size_t pad)
+{
+    char *text = insert_text(i, pad);
+    bool fresh;
+    struct decision *d = decide(s, text, &fresh);
+    assert_non_null(d);
+    assert_int_equal(d->result.reason, RR_REWRITTEN);
+    size_t len = strlen(text);
+    /* The clause goes after the VALUES list, before the comment. */
+    const char *comment = strstr(text, " /*");
+    size_t at = (size_t)(comment - text);
+    assert_int_equal(d->result.text_len, len + strlen(WE_P));
+    assert_memory_equal(d->result.text, text, at);
+    assert_memory_equal(d->result.text + at, WE_P, strlen(WE_P));
+    assert_string_equal(d->result.text + at + strlen(WE_P), text + at);
+    decision_unref(d);
+    free(text);
+    return fresh;
+}
+
+/* Past 4096 texts the least recently used go; what stays and what comes
+ * back are still decided right. */
+static void test_cache_eviction_by_count(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    bool fresh = false;
+
+    /* Text 0 is held by a request while the cache drops it. */
+    char *t0 = insert_text(0, 0);
+    struct decision *held = decide(s, t0, &fresh);
+    assert_true(fresh);
+    for (unsigned i = 1; i < 4096; i++)
+        assert_true(decide_insert(s, i, 0));
+    /* 4096 in the cache: all still there. Touching 1 makes it the newest. */
+    assert_false(decide_insert(s, 0, 0));
+    assert_false(decide_insert(s, 1, 0));
+    /* One more pushes out the least recently used: 2, not 0 or 1. */
+    assert_true(decide_insert(s, 4096, 0));
+    assert_true(decide_insert(s, 2, 0));
+    assert_false(decide_insert(s, 1, 0));
+    assert_false(decide_insert(s, 0, 0));
+    for (unsigned i = 5000; i < 10000; i++)
+        assert_true(decide_insert(s, i, 0));
+    assert_true(decide_insert(s, 0, 0));
+    assert_int_equal(held->refs, 1);
+    assert_string_equal(held->result.text, "INSERT INTO webhook_events VALUES ('0')" WE_P " /**/");
+    decision_unref(held);
+    free(t0);
+    ruleset_unref(rs);
+}
+
+/* The cache also holds at most 8 MB of text: 600 texts of 15 KB do not all
+ * stay, and those that go are decided again. */
+static void test_cache_eviction_by_size(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    const size_t pad = 15u << 10;
+
+    for (unsigned i = 0; i < 600; i++)
+        assert_true(decide_insert(s, i, pad));
+    assert_false(decide_insert(s, 599, pad));
+    assert_true(decide_insert(s, 0, pad));
+    ruleset_unref(rs);
+}
+
+/* Texts over 16 KB are decided every time and never cached. */
+static void test_cache_skips_large_texts(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    const size_t base = strlen("INSERT INTO webhook_events VALUES ('7') /**/");
+    bool fresh;
+
+    /* Exactly 16 KB is cached; one byte more is not. */
+    assert_true(decide_insert(s, 7, (16u << 10) - base));
+    assert_false(decide_insert(s, 7, (16u << 10) - base));
+    assert_true(decide_insert(s, 7, (16u << 10) - base + 1));
+    assert_true(decide_insert(s, 7, (16u << 10) - base + 1));
+
+    char *big = insert_text(8, 100000);
+    struct decision *a = decide(s, big, &fresh);
+    assert_true(fresh);
+    struct decision *b = decide(s, big, &fresh);
+    assert_true(fresh);
+    assert_ptr_not_equal(a, b);
+    /* Only the caller holds it. */
+    assert_int_equal(a->refs, 1);
+    decision_unref(a);
+    decision_unref(b);
+    free(big);
+    assert_true(decide_insert(s, 8, 100000));
+    ruleset_unref(rs);
+}
+
+/* ---- counters ---------------------------------------------------------- */
+
+static void test_counters(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    bool fresh = false;
+
+    for (int i = 0; i < 3; i++) {
+        struct decision *d = decide(s, "INSERT INTO webhook_events VALUES ('a')", &fresh);
+        scope_count(s, d);
+        decision_unref(d);
+    }
+    /* Two statements, one per table. */
+    struct decision *d = decide(s, "INSERT INTO webhook_events VALUES ('a'); "
+                                   "INSERT INTO orders VALUES ('b')", &fresh);
+    assert_int_equal(d->result.nstmts, 2);
+    scope_count(s, d);
+    decision_unref(d);
+    /* Not an INSERT into a registered table, and not even a candidate. */
+    d = decide(s, "SELECT 'insert into webhook_events'", &fresh);
+    scope_count(s, d);
+    decision_unref(d);
+    d = decide(s, "SELECT 1", &fresh);
+    assert_null(d);
+    scope_count(s, d);
+    scope_count(s, NULL);
+    scope_count_reason(s, RR_SESSION);
+    scope_count_reason(s, RR_TOO_LARGE);
+    scope_count_reason(s, RR_TOO_LARGE);
+
+    /* Per table by the configuration's numbering, not the scope's. */
+    assert_int_equal(ruleset_table_count(rs, CFG_WE, RR_REWRITTEN), 4);
+    assert_int_equal(ruleset_table_count(rs, CFG_ORDERS, RR_SHADOW), 1);
+    assert_int_equal(ruleset_table_count(rs, CFG_ORDERS, RR_REWRITTEN), 0);
+    for (int r = 0; r < RR_COUNT; r++)
+        assert_int_equal(ruleset_table_count(rs, CFG_AUDIT, (enum rewrite_reason)r), 0);
+    /* Out of range is 0, not a crash. */
+    assert_int_equal(ruleset_table_count(rs, 3, RR_REWRITTEN), 0);
+
+    /* The SELECT that passed the pre-filter is no INSERT either. */
+    assert_int_equal(ruleset_other_count(rs, RR_NOT_INSERT), 3);
+    assert_int_equal(ruleset_other_count(rs, RR_SESSION), 1);
+    assert_int_equal(ruleset_other_count(rs, RR_TOO_LARGE), 2);
+    assert_int_equal(ruleset_other_count(rs, RR_REWRITTEN), 0);
+    uint64_t other = 0;
+    for (int r = 0; r < RR_COUNT; r++)
+        other += ruleset_other_count(rs, (enum rewrite_reason)r);
+    assert_int_equal(other, 3 + 1 + 2);
+
+    /* Every scope of a ruleset counts into the same counters. */
+    struct scope *bob = ruleset_scope(rs, "app", "bob");
+    scope_count_reason(bob, RR_SESSION);
+    assert_int_equal(ruleset_other_count(rs, RR_SESSION), 2);
+    ruleset_unref(rs);
+}
+
+/* ---- tables and partitions --------------------------------------------- */
+
+static void test_find_table(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+
+    assert_int_equal(scope_find_table(s, "public", "webhook_events"), APP_WE);
+    assert_int_equal(scope_find_table(s, "public", "orders"), APP_ORDERS);
+    /* A partition, at any depth and in any schema, maps to its root. */
+    assert_int_equal(scope_find_table(s, "public", "webhook_events_2024_01"), APP_WE);
+    assert_int_equal(scope_find_table(s, "archive", "webhook_events_2023"), APP_WE);
+    assert_int_equal(scope_find_table(s, "public", "webhook_events_2023"), -1);
+    assert_int_equal(scope_find_table(s, "archive", "webhook_events"), -1);
+    /* Another database's table is not this scope's. */
+    assert_int_equal(scope_find_table(s, "public", "audit_log"), -1);
+    assert_int_equal(scope_find_table(s, "public", "Orders"), -1);
+    ruleset_unref(rs);
+}
+
+/* ---- lifetime ---------------------------------------------------------- */
+
+/* The proxy drops the ruleset on reload while a connection still runs
+ * under it: its scopes stay usable until the last unref. */
+static void test_ruleset_refs(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    bool fresh = false;
+
+    assert_ptr_equal(ruleset_ref(rs), rs);
+    ruleset_unref(rs); /* the proxy's */
+    struct decision *d = decide(s, "INSERT INTO webhook_events VALUES ('late')", &fresh);
+    assert_non_null(d);
+    assert_true(fresh);
+    scope_count(s, d);
+    assert_int_equal(ruleset_table_count(rs, CFG_WE, RR_REWRITTEN), 1);
+    assert_int_equal(scope_find_table(s, "public", "webhook_events_2024_01"), APP_WE);
+    assert_ptr_equal(ruleset_scope(rs, "app", "alice"), s);
+    decision_unref(d);
+    ruleset_unref(rs); /* the connection's */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ruleset_owns_config),
+        cmocka_unit_test(test_ruleset_without_tables),
+        cmocka_unit_test(test_scope_identity),
+        cmocka_unit_test(test_scope_tables_by_database),
+        cmocka_unit_test(test_scope_learn),
+        cmocka_unit_test(test_decide_prefilter),
+        cmocka_unit_test(test_decide_rewrites),
+        cmocka_unit_test(test_decision_outlives_ruleset),
+        cmocka_unit_test(test_cache_eviction_by_count),
+        cmocka_unit_test(test_cache_eviction_by_size),
+        cmocka_unit_test(test_cache_skips_large_texts),
+        cmocka_unit_test(test_counters),
+        cmocka_unit_test(test_find_table),
+        cmocka_unit_test(test_ruleset_refs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
