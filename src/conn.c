@@ -19,6 +19,7 @@
 #include "log.h"
 #include "pgproto.h"
 #include "proxy.h"
+#include "rules.h"
 #include "track.h"
 
 /* Bytes a side may have queued for writing before the proxy stops reading
@@ -32,6 +33,8 @@
 #define CLOSE_FLUSH_SECONDS 5
 /* SSLRequest and GSSENCRequest may each come once before the startup. */
 #define MAX_NEGOTIATIONS 2
+/* How much of a statement a log line quotes. */
+#define LOG_TEXT_MAX 200
 
 enum conn_state {
     CONN_STARTUP,    /* reading the client's startup-phase packets */
@@ -59,12 +62,29 @@ struct conn {
 
     /* Bytes of the current message still to stream through unread, per
      * direction: messages are streamed, never buffered whole, unless the
-     * proxy must read them. */
+     * proxy must read them. stream_discard: drop them instead (the rest of
+     * an oversized reply to the proxy's own query). */
     size_t stream_left[2];
+    bool stream_discard[2];
     bool paused[2];             /* reading the source of this direction stopped */
     bool holding[2];            /* the source's read limit is raised for a held message */
 
     struct track track;
+    struct ruleset *rules;      /* the rules the session runs under (a reference) */
+    struct scope *scope;        /* its database and role's; NULL: never rewrite */
+    struct catalog *catalog;    /* the proxy's catalog query is under way: client
+                                   input waits until its answer is in */
+    bool catalog_ok;            /* no row of that answer was refused */
+    bool resume_client;         /* the catalog arrived: relay the client's input */
+    bool replication;           /* a replication session: never rewrite */
+
+    /* Session settings that decide whether statement text may be scanned. */
+    char client_encoding[32];
+    char server_encoding[32];
+    bool charset_ok;            /* rewrite_charset() accepts the encodings */
+    bool charset_utf8;          /* the server counts error positions in UTF-8 */
+    bool scs_off;               /* standard_conforming_strings = off */
+
     bool counted;               /* holds a max_client_conn slot */
     bool stop_when_idle;        /* the proxy is shutting down */
     bool server_said_fatal;     /* the server explained its own goodbye */
@@ -193,6 +213,11 @@ static void free_pair(struct conn *c)
         p->client_count--;
     p->stats.track_desyncs += c->track.desyncs;
     track_free(&c->track);
+    if (c->catalog) {
+        catalog_free(c->catalog);
+        free(c->catalog);
+    }
+    ruleset_unref(c->rules);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -298,32 +323,21 @@ static void hold_done(struct conn *c, enum direction d)
     c->holding[d] = false;
 }
 
-static bool severity_is_fatal(const char *severity)
+/* A FATAL or PANIC ends the session; the server explained why, and the
+ * client hears it. Returns whether err is one. */
+static bool note_fatal(struct conn *c, const struct pg_error *err)
 {
-    return severity && (strcmp(severity, "FATAL") == 0 || strcmp(severity, "PANIC") == 0);
+    const char *s = err->severity;
+
+    if (!s || (strcmp(s, "FATAL") != 0 && strcmp(s, "PANIC") != 0))
+        return false;
+    c->server_said_fatal = true;
+    conn_log(LOG_INFO, c, "server: %s %s: %s", s, err->code ? err->code : "?",
+             err->message ? err->message : "");
+    return true;
 }
 
-/* A whole inspected server message at the front of in. */
-static void inspect_server_msg(struct conn *c, struct evbuffer *in, char type, size_t total)
-{
-    if (type == 'E') {
-        const uint8_t *msg = evbuffer_pullup(in, (ev_ssize_t)total);
-        struct pg_error err;
-        if (msg && pg_error_parse(msg + PG_HEAD_LEN, total - PG_HEAD_LEN, &err) &&
-            severity_is_fatal(err.severity)) {
-            c->server_said_fatal = true;
-            conn_log(LOG_INFO, c, "server: %s %s: %s", err.severity,
-                     err.code ? err.code : "?", err.message ? err.message : "");
-        }
-    } else if (type == 'Z' && c->state == CONN_LOGIN) {
-        c->state = CONN_ACTIVE;
-        event_free(c->login_timer);
-        c->login_timer = NULL;
-        conn_log(LOG_DEBUG, c, "logged in");
-    }
-}
-
-/* Reads the status byte of the ReadyForQuery at offset off of in. */
+/* Reads the status byte of the ReadyForQuery at pos in in. */
 static char ready_status_at(struct evbuffer *in, struct evbuffer_ptr *pos)
 {
     struct evbuffer_ptr body = *pos;
@@ -332,6 +346,396 @@ static char ready_status_at(struct evbuffer *in, struct evbuffer_ptr *pos)
     if (evbuffer_ptr_set(in, &body, PG_HEAD_LEN, EVBUFFER_PTR_ADD) == 0)
         evbuffer_copyout_from(in, &body, &status, 1);
     return pg_ready_status(&status, 1);
+}
+
+/* What relay() does with one message. */
+enum handling {
+    HANDLE_STREAM, /* moves on as its bytes arrive, never held */
+    HANDLE_PEEK, /* held whole and read where it lies, then moved on */
+    HANDLE_TAKE, /* held whole at the front of the input: may be replaced or dropped */
+};
+
+/* What a taken message became. */
+enum taken {
+    TAKEN_FORWARD,  /* moves on unchanged */
+    TAKEN_REPLACED, /* something else went out in its place */
+    TAKEN_DROPPED,  /* it was the proxy's: nothing goes out */
+    TAKEN_CLOSED,   /* the pair was closed */
+};
+
+/* Notices, parameter changes and notifications can come at any time and
+ * always belong to the client, even amid the answer to the proxy's query. */
+static bool is_async(char type)
+{
+    return type == 'N' || type == 'S' || type == 'A';
+}
+
+static bool rewriting(const struct conn *c)
+{
+    return c->state == CONN_ACTIVE && c->scope && scope_state(c->scope) == SCOPE_READY;
+}
+
+/* The request the server is answering, when the proxy tracks one. */
+static const struct track_req *answering(const struct conn *c)
+{
+    return c->state == CONN_ACTIVE ? track_head(&c->track) : NULL;
+}
+
+static bool answers_injected(const struct conn *c, char type)
+{
+    const struct track_req *head = answering(c);
+    return head && head->injected && !is_async(type);
+}
+
+static enum handling client_handling(const struct conn *c, char type)
+{
+    if ((type == 'Q' || type == 'P') && rewriting(c))
+        return HANDLE_TAKE;
+    return HANDLE_STREAM;
+}
+
+static enum handling server_handling(const struct conn *c, char type)
+{
+    if (answers_injected(c, type))
+        return HANDLE_TAKE;
+    switch (type) {
+    case 'E':
+    case 'S':
+        return HANDLE_TAKE;
+    case 'Z':
+        return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_PEEK;
+    default:
+        return HANDLE_STREAM;
+    }
+}
+
+/* Records a message the proxy does not take in the request queue. */
+static bool track_plain(struct conn *c, enum direction d, char type, char status)
+{
+    if (c->state != CONN_ACTIVE)
+        return true;
+    if (d == TO_CLIENT) {
+        track_server_msg(&c->track, type, status);
+        return true;
+    }
+    if (track_client_msg(&c->track, type, NULL))
+        return true;
+    fail_client(c, "53200", "out of memory", "out of memory");
+    return false;
+}
+
+/* ---- statements -------------------------------------------------------- */
+
+/* One line per registered table's INSERT in a newly decided text; for a
+ * rewrite it quotes what the server receives. */
+static void log_decision(struct conn *c, const struct decision *d, const char *text, size_t len)
+{
+    const struct rewrite_result *r = &d->result;
+
+    if (r->text) {
+        text = r->text;
+        len = r->text_len;
+    }
+    int shown = len > LOG_TEXT_MAX ? LOG_TEXT_MAX : (int)len;
+
+    for (size_t i = 0; i < r->nstmts; i++) {
+        const struct rewrite_stmt *st = &r->stmts[i];
+        const struct table_rule *rule = scope_table(c->scope, st->target);
+        enum log_level level = st->reason == RR_SHADOW ? LOG_INFO : LOG_DEBUG;
+        if (!log_enabled(level))
+            continue;
+        conn_log(level, c, "%s: INSERT into %s.%s (%s): %.*s%s",
+                 st->reason == RR_SHADOW ? "shadow mode, would rewrite"
+                                         : rewrite_reason_name(st->reason),
+                 rule->schema, rule->name, table_action_name(rule->action), shown, text,
+                 (size_t)shown < len ? "..." : "");
+    }
+}
+
+/* The decision about a Query's or Parse's text; NULL when there is nothing
+ * to do with it. */
+static struct decision *decide_statement(struct conn *c, char type, const uint8_t *body,
+                                         size_t len, size_t *at, size_t *text_len)
+{
+    if (!pg_statement_text(type, body, len, at, text_len))
+        return NULL; /* malformed: the server will say so */
+    if (!c->charset_ok || c->scs_off) {
+        scope_count_reason(c->scope, RR_SESSION);
+        return NULL;
+    }
+    const char *text = (const char *)body + *at;
+    bool fresh;
+    struct decision *d = scope_decide(c->scope, text, *text_len, &fresh);
+    scope_count(c->scope, d);
+    if (d && fresh)
+        log_decision(c, d, text, *text_len);
+    return d;
+}
+
+/* Writes the message with the rewritten text in place of the original's
+ * (a Parse keeps its name and parameter types around it). */
+static void write_rewritten(struct evbuffer *out, char type, const uint8_t *body, size_t len,
+                            size_t at, size_t text_len, const struct rewrite_result *r)
+{
+    size_t rest = len - at - text_len; /* the text's NUL, then a Parse's types */
+    uint8_t head[PG_HEAD_LEN];
+
+    head[0] = (uint8_t)type;
+    pg_put_u32(head + 1, (uint32_t)(4 + at + r->text_len + rest));
+    evbuffer_add(out, head, sizeof(head));
+    evbuffer_add(out, body, at);
+    evbuffer_add(out, r->text, r->text_len);
+    evbuffer_add(out, body + at + text_len, rest);
+}
+
+static void free_note(void *note)
+{
+    decision_unref(note);
+}
+
+static enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
+                                  struct evbuffer *out)
+{
+    char type = (char)msg[0];
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 0, text_len = 0;
+    struct decision *d = decide_statement(c, type, body, len, &at, &text_len);
+    bool replaced = d && d->result.text;
+
+    if (replaced)
+        write_rewritten(out, type, body, len, at, text_len, &d->result);
+    /* The decision stays with the request: an error's position is mapped
+     * back through it. */
+    if (d && !replaced) {
+        decision_unref(d);
+        d = NULL;
+    }
+    if (!track_client_msg(&c->track, type, d)) {
+        fail_client(c, "53200", "out of memory", "out of memory");
+        return TAKEN_CLOSED;
+    }
+    return replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
+}
+
+/* ---- the proxy's catalog query ----------------------------------------- */
+
+/* Asks the server about the registered tables before the session's first
+ * statement; client input waits until the answer is in. Only while the
+ * session is idle: anywhere else the query would join the client's work. */
+static void learn_catalog(struct conn *c)
+{
+    const char *sql = scope_catalog_query(c->scope);
+    struct catalog *cat = malloc(sizeof(*cat));
+
+    if (!sql || !cat || !track_inject(&c->track, 'Q', NULL)) {
+        free(cat);
+        conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
+        return;
+    }
+    size_t len = strlen(sql) + 1;
+    uint8_t head[PG_HEAD_LEN] = { 'Q' };
+    pg_put_u32(head + 1, (uint32_t)(4 + len));
+    bufferevent_write(c->server, head, sizeof(head));
+    bufferevent_write(c->server, sql, len);
+    catalog_init(cat);
+    c->catalog = cat;
+    c->catalog_ok = true;
+    conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
+}
+
+static void catalog_arrived(struct conn *c)
+{
+    bool was_unknown = scope_state(c->scope) == SCOPE_UNKNOWN;
+
+    if (!c->catalog_ok)
+        conn_log(LOG_WARNING, c, "the catalog query failed: INSERTs of this session are not "
+                 "rewritten; the next session tries again");
+    else if (!scope_learn(c->scope, c->catalog))
+        conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
+    else if (was_unknown) {
+        for (size_t i = 0; i < scope_table_count(c->scope); i++) {
+            const struct table_rule *rule = scope_table(c->scope, i);
+            const char *problem = scope_table_problem(c->scope, i);
+            if (problem[0])
+                conn_log(LOG_WARNING, c, "[table %s.%s]: some INSERTs are not rewritten: %s",
+                         rule->schema, rule->name, problem);
+        }
+    }
+    catalog_free(c->catalog);
+    free(c->catalog);
+    c->catalog = NULL;
+    c->resume_client = true;
+}
+
+/* A reply to the proxy's own query: it never reaches the client. */
+static enum taken take_injected_reply(struct conn *c, char type, const uint8_t *body, size_t len)
+{
+    char status = 0;
+
+    switch (type) {
+    case 'D':
+        if (c->catalog && !catalog_add_row(c->catalog, body, len))
+            c->catalog_ok = false;
+        break;
+    case 'E': {
+        struct pg_error err;
+        c->catalog_ok = false;
+        if (!pg_error_parse(body, len, &err))
+            break;
+        if (note_fatal(c, &err)) {
+            track_server_msg(&c->track, type, 0);
+            return TAKEN_FORWARD;
+        }
+        conn_log(LOG_WARNING, c, "catalog query: %s %s", err.code ? err.code : "?",
+                 err.message ? err.message : "");
+        break;
+    }
+    case 'Z':
+        status = pg_ready_status(body, len);
+        break;
+    default:
+        break;
+    }
+    track_server_msg(&c->track, type, status);
+    if (type == 'Z' && c->catalog)
+        catalog_arrived(c);
+    return TAKEN_DROPPED;
+}
+
+/* ---- server messages the proxy reads ----------------------------------- */
+
+static void copy_setting(char *dst, size_t cap, const char *value)
+{
+    snprintf(dst, cap, "%s", value);
+}
+
+/* ParameterStatus: the settings that decide whether text may be scanned. */
+static void note_parameter(struct conn *c, const uint8_t *body, size_t len)
+{
+    const char *name, *value;
+
+    if (!pg_param_status(body, len, &name, &value))
+        return;
+    if (strcmp(name, "client_encoding") == 0)
+        copy_setting(c->client_encoding, sizeof(c->client_encoding), value);
+    else if (strcmp(name, "server_encoding") == 0)
+        copy_setting(c->server_encoding, sizeof(c->server_encoding), value);
+    else if (strcmp(name, "standard_conforming_strings") == 0)
+        c->scs_off = strcmp(value, "on") != 0;
+    else
+        return;
+    c->charset_ok = rewrite_charset(c->client_encoding, c->server_encoding, &c->charset_utf8);
+}
+
+/* An error about a rewritten statement points into the client's text. */
+static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total,
+                             struct evbuffer *out)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN;
+    const struct track_req *head = answering(c);
+    const struct decision *d = head ? head->note : NULL;
+    struct pg_error err;
+    enum taken taken = TAKEN_FORWARD;
+
+    if (!pg_error_parse(body, len, &err))
+        return TAKEN_FORWARD;
+    note_fatal(c, &err);
+    if (d && d->result.text && err.position) {
+        size_t pos = strtoul(err.position, NULL, 10);
+        size_t mapped = rewrite_map_position(&d->result, pos, c->charset_utf8);
+        char value[24];
+        uint8_t buf[1024];
+        snprintf(value, sizeof(value), "%zu", mapped);
+        size_t need = pg_fields_replace(buf, sizeof(buf), 'E', body, len, 'P', value);
+        uint8_t *big = need > sizeof(buf) && need != SIZE_MAX ? malloc(need) : NULL;
+        if (big)
+            pg_fields_replace(big, need, 'E', body, len, 'P', value);
+        if (need <= sizeof(buf) || big) {
+            evbuffer_add(out, big ? big : buf, need);
+            taken = TAKEN_REPLACED;
+        }
+        free(big);
+    }
+    return taken;
+}
+
+static void login_done(struct conn *c)
+{
+    c->state = CONN_ACTIVE;
+    event_free(c->login_timer);
+    c->login_timer = NULL;
+    conn_log(LOG_DEBUG, c, "logged in");
+    if (!c->replication)
+        c->scope = ruleset_scope(c->rules, c->database, c->user ? c->user : "");
+    if (c->scope && scope_state(c->scope) == SCOPE_UNKNOWN)
+        learn_catalog(c);
+}
+
+static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t total,
+                                  struct evbuffer *out)
+{
+    char type = (char)msg[0];
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN;
+    enum taken taken = TAKEN_FORWARD;
+
+    if (answers_injected(c, type))
+        return take_injected_reply(c, type, body, len);
+    switch (type) {
+    case 'S':
+        note_parameter(c, body, len);
+        break;
+    case 'E':
+        taken = take_error(c, msg, total, out);
+        break;
+    case 'Z':
+        if (c->state == CONN_LOGIN) {
+            login_done(c);
+            return TAKEN_FORWARD;
+        }
+        break;
+    default:
+        break;
+    }
+    track_plain(c, TO_CLIENT, type, type == 'Z' ? pg_ready_status(body, len) : 0);
+    return taken;
+}
+
+/* ---- the relay loop ---------------------------------------------------- */
+
+static void note_oversized(struct conn *c, enum direction d, char type, size_t total)
+{
+    c->proxy->stats.oversized_inspected++;
+    if (d == TO_SERVER && rewriting(c))
+        scope_count_reason(c->scope, RR_TOO_LARGE);
+    if (d == TO_CLIENT && answers_injected(c, type))
+        c->catalog_ok = false;
+    conn_log(LOG_DEBUG, c, "'%c' message of %zu bytes streamed unread", type, total);
+}
+
+/* The stream is corrupt: nothing after this can be framed. */
+static void protocol_violation(struct conn *c, enum direction d, const uint8_t *raw)
+{
+    c->proxy->stats.protocol_violations++;
+    conn_log(LOG_WARNING, c, "%s sent a message with length %u (type 0x%02x): closing",
+             d == TO_SERVER ? "client" : "server", pg_get_u32(raw + 1), raw[0]);
+    if (d == TO_SERVER)
+        fail_client(c, "08P01", "invalid message length", "protocol violation by client");
+    else
+        fail_client(c, "08P01", "idemproxy: server sent an invalid message",
+                    "protocol violation by server");
+}
+
+/* Moves the first n bytes of in on, or drops them when they belong to the
+ * proxy. */
+static void pass_bytes(struct conn *c, enum direction d, struct evbuffer *in,
+                       struct evbuffer *out, size_t n)
+{
+    if (c->stream_discard[d])
+        evbuffer_drain(in, n);
+    else
+        evbuffer_remove_buffer(in, out, n);
 }
 
 /* Moves every whole message it can from one side to the other. Messages the
@@ -343,76 +747,87 @@ static bool relay(struct conn *c, enum direction d)
 {
     struct bufferevent *src = source_of(c, d), *dst = sink_of(c, d);
     struct evbuffer *in = bufferevent_get_input(src), *out = bufferevent_get_output(dst);
-    size_t avail = evbuffer_get_length(in);
     size_t max_held = c->proxy->cfg->max_held_message;
     size_t span = 0; /* bytes at the front of in that are ready to move */
     struct evbuffer_ptr pos;
 
     if (c->stream_left[d]) {
-        span = c->stream_left[d] < avail ? c->stream_left[d] : avail;
-        c->stream_left[d] -= span;
+        size_t avail = evbuffer_get_length(in);
+        size_t n = c->stream_left[d] < avail ? c->stream_left[d] : avail;
+        pass_bytes(c, d, in, out, n);
+        c->stream_left[d] -= n;
+        if (c->stream_left[d])
+            goto moved;
+        c->stream_discard[d] = false;
     }
-    evbuffer_ptr_set(in, &pos, span, EVBUFFER_PTR_SET);
+    evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET);
 
-    while (c->stream_left[d] == 0 && avail - span >= PG_HEAD_LEN) {
+    for (;;) {
+        size_t avail = evbuffer_get_length(in);
         uint8_t raw[PG_HEAD_LEN];
         struct pg_msg_head head;
+
+        if (avail - span < PG_HEAD_LEN)
+            break;
         evbuffer_copyout_from(in, &pos, raw, PG_HEAD_LEN);
         if (pg_msg_head(raw, PG_HEAD_LEN, &head) != PG_NEXT_OK) {
             evbuffer_remove_buffer(in, out, span);
-            c->proxy->stats.protocol_violations++;
-            conn_log(LOG_WARNING, c, "%s sent a message with length %u (type 0x%02x): closing",
-                     d == TO_SERVER ? "client" : "server", pg_get_u32(raw + 1), raw[0]);
-            if (d == TO_SERVER)
-                fail_client(c, "08P01", "invalid message length", "protocol violation by client");
-            else
-                fail_client(c, "08P01", "idemproxy: server sent an invalid message",
-                            "protocol violation by server");
+            protocol_violation(c, d, raw);
             return false;
         }
-
         size_t total = (size_t)head.len + 1;
-        bool inspected = d == TO_SERVER ? pg_client_msg_is_inspected(head.type)
-                                        : pg_server_msg_is_inspected(head.type);
-        char status = 0;
-        bool tracking = c->state == CONN_ACTIVE;
-        if (inspected && total <= max_held) {
-            if (avail - span < total) {
-                hold_for(c, d, total);
-                break;
-            }
-            if (head.type == 'Z' && d == TO_CLIENT)
-                status = ready_status_at(in, &pos);
-            if (d == TO_CLIENT && (head.type == 'E' || (head.type == 'Z' && c->state == CONN_LOGIN))) {
-                /* Reading the body needs it at the front, contiguous. */
-                if (span)
-                    evbuffer_remove_buffer(in, out, span);
-                avail -= span;
+        enum handling h = d == TO_SERVER ? client_handling(c, head.type)
+                                         : server_handling(c, head.type);
+        if (h != HANDLE_STREAM && total > max_held) {
+            note_oversized(c, d, head.type, total);
+            /* The proxy's own answer too big to read is dropped unread. */
+            if (d == TO_CLIENT && answers_injected(c, head.type)) {
+                evbuffer_remove_buffer(in, out, span);
                 span = 0;
-                inspect_server_msg(c, in, head.type, total);
-                evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET);
+                c->stream_discard[d] = true;
             }
-        } else if (inspected) {
-            c->proxy->stats.oversized_inspected++;
-            conn_log(LOG_DEBUG, c, "'%c' message of %zu bytes streamed unread", head.type, total);
+            h = HANDLE_STREAM;
         }
-
-        if (tracking) {
-            if (d == TO_SERVER) {
-                if (!track_client_msg(&c->track, head.type)) {
-                    evbuffer_remove_buffer(in, out, span);
-                    fail_client(c, "53200", "out of memory", "out of memory");
-                    return false;
-                }
-            } else {
-                track_server_msg(&c->track, head.type, status);
-            }
-        }
-
-        if (avail - span < total) {
-            c->stream_left[d] = total - (avail - span);
-            span = avail;
+        if (h != HANDLE_STREAM && avail - span < total) {
+            hold_for(c, d, total);
             break;
+        }
+
+        if (h == HANDLE_TAKE) {
+            evbuffer_remove_buffer(in, out, span);
+            span = 0;
+            const uint8_t *msg = evbuffer_pullup(in, (ev_ssize_t)total);
+            if (!msg) {
+                fail_client(c, "53200", "out of memory", "out of memory");
+                return false;
+            }
+            enum taken taken = d == TO_SERVER ? take_client_msg(c, msg, total, out)
+                                              : take_server_msg(c, msg, total, out);
+            if (taken == TAKEN_CLOSED)
+                return false;
+            if (taken == TAKEN_FORWARD)
+                span = total;
+            else
+                evbuffer_drain(in, total);
+            evbuffer_ptr_set(in, &pos, span, EVBUFFER_PTR_SET);
+            continue;
+        }
+
+        char status = h == HANDLE_PEEK && head.type == 'Z' ? ready_status_at(in, &pos) : 0;
+        if (!track_plain(c, d, head.type, status))
+            return false;
+        if (avail - span < total) {
+            /* Streams on as its bytes arrive. */
+            c->stream_left[d] = total - (avail - span);
+            pass_bytes(c, d, in, out, avail);
+            span = 0;
+            goto moved;
+        }
+        if (c->stream_discard[d]) {
+            evbuffer_drain(in, total);
+            c->stream_discard[d] = false;
+            evbuffer_ptr_set(in, &pos, span, EVBUFFER_PTR_SET);
+            continue;
         }
         span += total;
         if (span < avail)
@@ -420,9 +835,9 @@ static bool relay(struct conn *c, enum direction d)
     }
     if (span)
         evbuffer_remove_buffer(in, out, span);
+moved:
     if (evbuffer_get_length(in) < READ_CHUNK)
         hold_done(c, d);
-
     if (evbuffer_get_length(out) >= OUT_HIGH && !c->paused[d]) {
         c->paused[d] = true;
         bufferevent_disable(src, EV_READ);
@@ -514,6 +929,8 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
 
     c->user = su.user ? strdup(su.user) : NULL;
     c->database = strdup(su.database ? su.database : su.user ? su.user : "");
+    c->replication = su.replication;
+    c->rules = ruleset_ref(p->rules);
     if (p->shutting_down) {
         fail_client(c, "57P03", "idemproxy is shutting down", "refused: shutting down");
         return false;
@@ -567,6 +984,24 @@ static void read_startup(struct conn *c)
 
 /* ---- callbacks --------------------------------------------------------- */
 
+/* After a reload, an idle session moves to the new rules; its next
+ * statement is decided by them. */
+static void follow_reload(struct conn *c)
+{
+    struct ruleset *current = c->proxy->rules;
+
+    if (c->rules == current || c->catalog || !track_idle(&c->track) ||
+        c->stream_left[TO_SERVER] || c->stream_left[TO_CLIENT])
+        return;
+    ruleset_unref(c->rules);
+    c->rules = ruleset_ref(current);
+    c->scope = NULL;
+    if (!c->replication)
+        c->scope = ruleset_scope(c->rules, c->database, c->user ? c->user : "");
+    if (c->scope && scope_state(c->scope) == SCOPE_UNKNOWN)
+        learn_catalog(c);
+}
+
 static void client_read_cb(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
@@ -580,8 +1015,15 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
         /* The client has nothing to say before the server asks; what it
          * sends anyway waits in the input buffer, within its limit. */
         break;
-    case CONN_LOGIN:
     case CONN_ACTIVE:
+        follow_reload(c);
+        /* Until the catalog is in, the client's statements cannot be
+         * decided: they wait in the input buffer, within its limit. */
+        if (c->catalog)
+            break;
+        relay(c, TO_SERVER);
+        break;
+    case CONN_LOGIN:
         relay(c, TO_SERVER);
         break;
     case CONN_CLOSING:
@@ -597,8 +1039,14 @@ static void server_read_cb(struct bufferevent *bev, void *arg)
     switch (c->state) {
     case CONN_LOGIN:
     case CONN_ACTIVE:
-        if (relay(c, TO_CLIENT))
-            close_if_idle(c);
+        if (!relay(c, TO_CLIENT))
+            break;
+        if (c->resume_client) {
+            c->resume_client = false;
+            if (!relay(c, TO_SERVER))
+                break;
+        }
+        close_if_idle(c);
         break;
     case CONN_STARTUP:
     case CONN_CONNECTING:
@@ -699,7 +1147,7 @@ struct conn *conn_accept(struct proxy *p, evutil_socket_t fd,
     c->proxy = p;
     c->id = ++p->next_conn_id;
     c->state = CONN_STARTUP;
-    track_init(&c->track);
+    track_init(&c->track, free_note);
     format_peer(c->peer, sizeof(c->peer), addr);
     c->client = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE);
     c->login_timer = evtimer_new(p->base, login_timeout_cb, c);

@@ -50,7 +50,21 @@ static void usage(FILE *out)
 "  server_connect_timeout  seconds to wait for the server's TCP connect [10]\n"
 "  shutdown_timeout        seconds SIGTERM waits for busy clients [30]\n"
 "\n"
-"Section [table schema.name] registers a table; see the README.\n");
+"\n"
+"Section [table schema.name] registers a table whose INSERTs are rewritten\n"
+"to their ON CONFLICT form:\n"
+"  conflict                arbiter columns, comma-separated: exactly the\n"
+"                          columns of a unique index (optional for do_nothing)\n"
+"  action                  auto | do_nothing | return_existing | do_update |\n"
+"                          none [auto: DO NOTHING, or for INSERT ... RETURNING\n"
+"                          DO UPDATE SET <first conflict column> = itself]\n"
+"  update_columns          do_update only: SET c = EXCLUDED.c for these\n"
+"  database                only sessions on this database [all]\n"
+"  mode                    enforce | shadow (count and log, change nothing)\n"
+"                          [enforce]\n"
+"  search_path             schemas in which a name without a schema is looked\n"
+"                          up, in order [public]\n"
+"  translate_errors        on | off [on]\n");
 }
 
 int main(int argc, char **argv)

@@ -156,6 +156,37 @@ static void begin_shutdown(struct proxy *p)
         evtimer_add(p->shutdown_timer, &timeout);
 }
 
+static void log_rule_counters(const struct ruleset *rs)
+{
+    const struct config *cfg = ruleset_config(rs);
+
+    for (size_t i = 0; i < cfg->table_count; i++) {
+        char line[512];
+        size_t at = 0;
+        for (int r = 0; r < RR_COUNT && at < sizeof(line); r++) {
+            uint64_t n = ruleset_table_count(rs, i, (enum rewrite_reason)r);
+            if (n)
+                at += (size_t)snprintf(line + at, sizeof(line) - at, " %s=%llu",
+                                       rewrite_reason_name((enum rewrite_reason)r),
+                                       (unsigned long long)n);
+        }
+        if (at)
+            log_info("[table %s.%s] INSERTs:%s", cfg->tables[i].schema, cfg->tables[i].name,
+                     line);
+    }
+}
+
+/* Makes rs the current rules; connections move over when they are idle. */
+static void install_rules(struct proxy *p, struct ruleset *rs)
+{
+    if (p->rules) {
+        log_rule_counters(p->rules);
+        ruleset_unref(p->rules);
+    }
+    p->rules = rs;
+    p->cfg = ruleset_config(rs);
+}
+
 static void reload(struct proxy *p)
 {
     char err[CONFIG_ERR_LEN], changed[128];
@@ -167,10 +198,14 @@ static void reload(struct proxy *p)
     }
     if (config_restart_needed(p->cfg, next, changed, sizeof(changed)))
         log_warning("reload: %s changed but only take effect on restart", changed);
-    apply_logging(next);
-    config_free((struct config *)p->cfg);
-    p->cfg = next;
-    log_info("configuration reloaded from %s", next->path);
+    struct ruleset *rs = ruleset_new(next);
+    if (!rs) {
+        log_error("reload failed, keeping the current configuration: out of memory");
+        return;
+    }
+    apply_logging(ruleset_config(rs));
+    install_rules(p, rs);
+    log_info("configuration reloaded from %s", p->cfg->path);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -198,7 +233,12 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 bool proxy_init(struct proxy *p, struct config *cfg)
 {
     memset(p, 0, sizeof(*p));
-    p->cfg = cfg;
+    struct ruleset *rs = ruleset_new(cfg);
+    if (!rs) {
+        log_error("out of memory");
+        return false;
+    }
+    install_rules(p, rs);
     apply_logging(cfg);
     p->base = event_base_new();
     if (!p->base) {
@@ -231,6 +271,7 @@ bool proxy_init(struct proxy *p, struct config *cfg)
 int proxy_run(struct proxy *p)
 {
     event_base_dispatch(p->base);
+    log_rule_counters(p->rules);
     log_info("exiting: %llu clients served, %llu oversized messages streamed unread, "
              "%llu protocol violations, %llu request-queue resyncs",
              (unsigned long long)p->stats.clients_total,
@@ -257,6 +298,6 @@ void proxy_free(struct proxy *p)
         evdns_base_free(p->dns, 0);
     if (p->base)
         event_base_free(p->base);
-    config_free((struct config *)p->cfg);
+    ruleset_unref(p->rules);
     memset(p, 0, sizeof(*p));
 }

@@ -1,9 +1,10 @@
 /*
  * proxy: the process around the connections.
  *
- * Owns the event loop, the listener, the current configuration snapshot, the
- * list of connection pairs, the counters and the signals. Connections ask it
- * for the configuration and for a socket to the server; they never see each
+ * Owns the event loop, the listener, the current rules (which own the
+ * configuration snapshot they were built from), the list of connection
+ * pairs, the counters and the signals. Connections ask it for the
+ * configuration, the rules and a socket to the server; they never see each
  * other.
  */
 #ifndef IDEM_PROXY_H
@@ -16,6 +17,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "rules.h"
 
 struct conn;
 
@@ -29,7 +31,8 @@ struct proxy_stats {
 struct proxy {
     struct event_base *base;
     struct evdns_base *dns;
-    const struct config *cfg; /* the current snapshot; replaced whole on reload */
+    struct ruleset *rules;    /* the current rules; replaced whole on reload */
+    const struct config *cfg; /* the snapshot they were built from */
     struct evconnlistener *listener;
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *shutdown_timer;
@@ -43,7 +46,8 @@ struct proxy {
     struct proxy_stats stats;
 };
 
-/* Takes ownership of cfg. Binds the listener; false (logged) on failure. */
+/* Takes ownership of cfg. Binds the listener; false (logged) on failure
+ * (cfg is freed by proxy_free then). */
 bool proxy_init(struct proxy *p, struct config *cfg);
 
 /* Runs until shutdown; returns the process exit code. */

@@ -1,12 +1,13 @@
 #!/bin/bash
-# Integration tests: a scratch PostgreSQL 15 cluster, the cmocka binary
-# tests/test_integration against it through idemproxy, then a pgbench smoke
-# test through a proxy started here.
+# Integration tests: a scratch PostgreSQL 15 cluster, the cmocka binaries
+# (tests/test_integration: the proxy core; tests/test_idempotent: rewriting)
+# against it through idemproxy, then a pgbench smoke test through a proxy
+# started here.
 #
 # Run by `make check`, which sets:
-#   IDEMPROXY      the proxy binary
-#   IDEM_TEST_BIN  the compiled tests/test_integration
-#   PG_BINDIR      directory with initdb, pg_ctl, postgres (PostgreSQL 15)
+#   IDEMPROXY       the proxy binary
+#   IDEM_TEST_BINS  the compiled cmocka binaries, space-separated
+#   PG_BINDIR       directory with initdb, pg_ctl, postgres (PostgreSQL 15)
 # Optional: IDEM_TEST_FILTER (a cmocka test name pattern).
 #
 # Everything lives in one mktemp -d directory; the EXIT trap stops PostgreSQL
@@ -14,7 +15,7 @@
 set -euo pipefail
 
 : "${IDEMPROXY:?IDEMPROXY must name the proxy binary}"
-: "${IDEM_TEST_BIN:?IDEM_TEST_BIN must name tests/test_integration}"
+: "${IDEM_TEST_BINS:?IDEM_TEST_BINS must name the test binaries}"
 PG_BINDIR=${PG_BINDIR:-/usr/lib/postgresql/15/bin}
 
 for prog in initdb pg_ctl postgres psql; do
@@ -26,7 +27,8 @@ for prog in initdb pg_ctl postgres psql; do
 done
 PGBENCH=$PG_BINDIR/pgbench
 [ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench || true)
-for f in "$IDEMPROXY" "$IDEM_TEST_BIN"; do
+read -r -a TEST_BINS <<<"$IDEM_TEST_BINS"
+for f in "$IDEMPROXY" "${TEST_BINS[@]}"; do
     [ -x "$f" ] || { echo "integration.sh: $f is not an executable" >&2; exit 1; }
 done
 
@@ -93,7 +95,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 free_port() {
-    "$IDEM_TEST_BIN" --free-port
+    "${TEST_BINS[0]}" --free-port
 }
 
 # ---- the scratch cluster --------------------------------------------------
@@ -146,15 +148,18 @@ export IDEM_TEST_TMP=$WORK
 
 # ---- the C tests ------------------------------------------------------------
 start=$(date +%s)
-# In the background, so that the EXIT trap can kill it if we are interrupted;
-# its proxies die with it (PR_SET_PDEATHSIG).
-"$IDEM_TEST_BIN" &
-TEST_PID=$!
-rc=0
-wait "$TEST_PID" || rc=$?
-TEST_PID=
-echo "integration.sh: test_integration exited $rc after $(( $(date +%s) - start )) s"
-[ "$rc" = 0 ] || failed=1
+for bin in "${TEST_BINS[@]}"; do
+    t0=$(date +%s)
+    # In the background, so that the EXIT trap can kill it if we are
+    # interrupted; its proxies die with it (PR_SET_PDEATHSIG).
+    "$bin" &
+    TEST_PID=$!
+    rc=0
+    wait "$TEST_PID" || rc=$?
+    TEST_PID=
+    echo "integration.sh: ${bin##*/} exited $rc after $(( $(date +%s) - t0 )) s"
+    [ "$rc" = 0 ] || failed=1
+done
 
 # ---- pgbench through a proxy ------------------------------------------------
 if [ -n "${IDEM_TEST_FILTER:-}" ]; then

@@ -1,0 +1,1187 @@
+/*
+ * Integration tests of the rewrite: INSERTs into registered tables become
+ * their ON CONFLICT form, through a real idemproxy in front of a real
+ * PostgreSQL 15.
+ *
+ * Run by tests/integration.sh after test_integration (same environment,
+ * same scratch cluster). Every test starts its own proxy with the [table]
+ * sections it needs, creates its own tables directly on the server (unique
+ * names per test), and checks afterwards, again directly on the server, that
+ * what the client was told is what the table holds. The teardown
+ * (itest_teardown) stops the proxies and fails the test if one crashed or a
+ * sanitizer complained.
+ *
+ * Run one test: test_idempotent test_idem_reload   (a cmocka filter pattern,
+ * also taken from IDEM_TEST_FILTER; every test here is named test_idem_*).
+ * `test_idempotent --free-port` prints a free TCP port, like test_integration.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "itest.h"
+
+/* ---- small helpers local to the tests --------------------------------- */
+
+/* The assertions below free res before failing, so that a failed test does
+ * not add a leak report to its output; on success res stays the caller's. */
+
+static void assert_result_ok(PGresult *res, const char *what)
+{
+    if (res == NULL)
+        fail_msg("%s: no result (timeout or lost connection)", what);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s %s: %s", PQresStatus(st), code ? code : "",
+                 PQresultErrorMessage(res));
+        PQclear(res);
+        fail_msg("%s: %s", what, msg);
+    }
+}
+
+/* The statement succeeded and its CommandComplete tag is tag. */
+static void assert_tag(PGresult *res, const char *tag, const char *what)
+{
+    assert_result_ok(res, what);
+    if (strcmp(PQcmdStatus(res), tag) != 0) {
+        char got[128];
+        snprintf(got, sizeof got, "%s", PQcmdStatus(res));
+        PQclear(res);
+        fail_msg("%s: command tag \"%s\", want \"%s\"", what, got, tag);
+    }
+}
+
+static void assert_sqlstate(PGresult *res, const char *sqlstate, const char *what)
+{
+    if (res == NULL)
+        fail_msg("%s: no result, expected SQLSTATE %s", what, sqlstate);
+    const char *got = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (PQresultStatus(res) != PGRES_FATAL_ERROR || got == NULL || strcmp(got, sqlstate) != 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s %s: %s", PQresStatus(PQresultStatus(res)),
+                 got ? got : "(no SQLSTATE)", PQresultErrorMessage(res));
+        PQclear(res);
+        fail_msg("%s: expected error %s, got %s", what, sqlstate, msg);
+    }
+}
+
+static void assert_field(PGresult *res, int field, const char *want, const char *name)
+{
+    const char *got = PQresultErrorField(res, field);
+    if (got == NULL)
+        fail_msg("error field %s is missing (want \"%s\")", name, want);
+    if (strcmp(got, want) != 0)
+        fail_msg("error field %s: got \"%s\", want \"%s\"", name, got, want);
+}
+
+/* Runs sql through conn (simple protocol) and checks its tag. */
+static void exec_tag(PGconn *c, const char *sql, const char *tag)
+{
+    PGresult *r = itest_exec(c, sql);
+    assert_tag(r, tag, sql);
+    PQclear(r);
+}
+
+/* Runs sql through conn (simple protocol) and checks it fails with sqlstate. */
+static void exec_sqlstate(PGconn *c, const char *sql, const char *sqlstate)
+{
+    PGresult *r = itest_exec(c, sql);
+    assert_sqlstate(r, sqlstate, sql);
+    PQclear(r);
+}
+
+/* PQexecParams (unnamed statement, text parameters), bounded. */
+static PGresult *exec_params(PGconn *c, const char *sql, int n, const char *const *vals)
+{
+    if (!PQsendQueryParams(c, sql, n, NULL, vals, NULL, NULL, 0))
+        fail_msg("PQsendQueryParams(%s): %s", sql, PQerrorMessage(c));
+    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
+}
+
+/* PQprepare, bounded. */
+static PGresult *prepare(PGconn *c, const char *name, const char *sql, int n)
+{
+    if (!PQsendPrepare(c, name, sql, n, NULL))
+        fail_msg("PQsendPrepare(%s): %s", sql, PQerrorMessage(c));
+    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
+}
+
+/* PQexecPrepared, bounded. */
+static PGresult *exec_prepared(PGconn *c, const char *name, int n, const char *const *vals)
+{
+    if (!PQsendQueryPrepared(c, name, n, vals, NULL, NULL, 0))
+        fail_msg("PQsendQueryPrepared(%s): %s", name, PQerrorMessage(c));
+    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
+}
+
+/* PQdescribePrepared, bounded. */
+static PGresult *describe_prepared(PGconn *c, const char *name)
+{
+    if (!PQsendDescribePrepared(c, name))
+        fail_msg("PQsendDescribePrepared(%s): %s", name, PQerrorMessage(c));
+    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
+}
+
+/* Creates the usual idempotency-key table directly on the server. */
+static void create_key_table(const char *table, const char *key_type)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "DROP TABLE IF EXISTS %s; "
+             "CREATE TABLE %s (id bigserial PRIMARY KEY, "
+             "idempotency_key %s NOT NULL UNIQUE, payload text)",
+             table, table, key_type);
+    itest_server_exec(sql);
+}
+
+/* A proxy whose config ends with extra (main keys first, then sections). */
+static struct itest_proxy *start_proxy(const char *log_level, const char *extra)
+{
+    struct itest_proxy_opts opts = { .log_level = log_level, .extra = extra };
+    return itest_proxy_start(&opts);
+}
+
+/* A proxy with one [table public.<table>] section: conflict = conflict,
+ * plus more_keys ("key = value\n" lines, or ""). */
+static struct itest_proxy *start_proxy_for(const char *log_level, const char *table,
+                                           const char *conflict, const char *more_keys)
+{
+    char extra[1024];
+    snprintf(extra, sizeof extra, "[table public.%s]\nconflict = %s\n%s", table, conflict,
+             more_keys);
+    return start_proxy(log_level, extra);
+}
+
+/* True when a single line of the proxy's log contains a, b and (unless
+ * NULL) c. */
+static bool log_line_has(const struct itest_proxy *p, const char *a, const char *b, const char *c)
+{
+    FILE *f = fopen(p->log_path, "r");
+    if (f == NULL)
+        return false;
+    char *line = NULL;
+    size_t cap = 0;
+    bool found = false;
+    while (!found && getline(&line, &cap, f) >= 0)
+        found = strstr(line, a) != NULL && strstr(line, b) != NULL &&
+                (c == NULL || strstr(line, c) != NULL);
+    free(line);
+    fclose(f);
+    return found;
+}
+
+static void assert_log_line(const struct itest_proxy *p, const char *a, const char *b,
+                            const char *c)
+{
+    if (!log_line_has(p, a, b, c)) {
+        itest_proxy_dump_log(p, 40);
+        fail_msg("no line of the proxy log has \"%s\", \"%s\"%s%s%s", a, b, c ? ", \"" : "",
+                 c ? c : "", c ? "\"" : "");
+    }
+}
+
+/* The whole file, malloc'ed and NUL-terminated ("" when unreadable). */
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    assert_non_null(buf);
+    if (f != NULL) {
+        size_t n;
+        while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
+            len += n;
+            if (cap - len < 2) {
+                cap *= 2;
+                buf = realloc(buf, cap);
+                assert_non_null(buf);
+            }
+        }
+        fclose(f);
+    }
+    buf[len] = '\0';
+    return buf;
+}
+
+/* 1-based position of needle in text, counted in UTF-8 characters, as
+ * PostgreSQL reports a statement position to a UTF8 client. */
+static int utf8_position(const char *text, const char *needle)
+{
+    const char *at = strstr(text, needle);
+    assert_non_null(at);
+    int chars = 0;
+    for (const char *s = text; s < at; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            chars++;
+    return chars + 1;
+}
+
+/* ---- 1. concurrency, per protocol mode --------------------------------- */
+
+#define LOAD_CLIENTS 8
+#define LOAD_INSERTS 2000 /* per client */
+#define LOAD_KEYS 200
+#define LOAD_TIMEOUT_MS 50000 /* per mode */
+
+enum proto_mode { PROTO_SIMPLE, PROTO_EXTENDED, PROTO_PREPARED };
+
+static const char *const proto_names[] = { "simple", "extended", "prepared" };
+
+struct load_client {
+    PGconn *conn;
+    int id;
+    unsigned seed;
+    int sent;       /* INSERTs sent */
+    bool in_flight; /* the last one's results are not all in */
+    bool done;
+    int inserted;   /* "INSERT 0 1" */
+    int skipped;    /* "INSERT 0 0" */
+    int errors;
+    char first_error[512];
+};
+
+static void load_error(struct load_client *lc, const char *what, const char *msg)
+{
+    if (lc->errors++ == 0)
+        snprintf(lc->first_error, sizeof lc->first_error, "client %d: %s: %s", lc->id, what, msg);
+}
+
+/* Sends the client's next INSERT of a random key from the set. */
+static void load_send(struct load_client *lc, enum proto_mode mode, const char *table,
+                      bool key_sent[LOAD_KEYS])
+{
+    int k = (int)(rand_r(&lc->seed) % LOAD_KEYS);
+    char key[16], payload[32], sql[256];
+    snprintf(key, sizeof key, "key-%03d", k);
+    snprintf(payload, sizeof payload, "c%d-%d", lc->id, lc->sent);
+    const char *vals[2] = { key, payload };
+    key_sent[k] = true;
+    int ok = 0;
+    switch (mode) {
+    case PROTO_SIMPLE:
+        snprintf(sql, sizeof sql,
+                 "INSERT INTO %s (idempotency_key, payload) VALUES ('%s', '%s')", table, key,
+                 payload);
+        ok = PQsendQuery(lc->conn, sql);
+        break;
+    case PROTO_EXTENDED:
+        snprintf(sql, sizeof sql, "INSERT INTO %s (idempotency_key, payload) VALUES ($1, $2)",
+                 table);
+        ok = PQsendQueryParams(lc->conn, sql, 2, NULL, vals, NULL, NULL, 0);
+        break;
+    case PROTO_PREPARED:
+        ok = PQsendQueryPrepared(lc->conn, "load_insert", 2, vals, NULL, NULL, 0);
+        break;
+    }
+    lc->sent++;
+    if (ok) {
+        lc->in_flight = true;
+    } else {
+        load_error(lc, "send", PQerrorMessage(lc->conn));
+        lc->done = true;
+    }
+}
+
+/* Takes every result that is complete; sends the next INSERT when the last
+ * one is finished. */
+static void load_collect(struct load_client *lc, enum proto_mode mode, const char *table,
+                         bool key_sent[LOAD_KEYS])
+{
+    if (!PQconsumeInput(lc->conn)) {
+        load_error(lc, "connection", PQerrorMessage(lc->conn));
+        lc->done = true;
+        return;
+    }
+    while (lc->in_flight && !PQisBusy(lc->conn)) {
+        PGresult *r = PQgetResult(lc->conn);
+        if (r == NULL) {
+            lc->in_flight = false;
+            if (lc->sent < LOAD_INSERTS)
+                load_send(lc, mode, table, key_sent);
+            else
+                lc->done = true;
+            return;
+        }
+        if (PQresultStatus(r) != PGRES_COMMAND_OK) {
+            char msg[400];
+            snprintf(msg, sizeof msg, "%s %s", PQresStatus(PQresultStatus(r)),
+                     PQresultErrorMessage(r));
+            load_error(lc, "INSERT", msg);
+        } else if (strcmp(PQcmdStatus(r), "INSERT 0 1") == 0) {
+            lc->inserted++;
+        } else if (strcmp(PQcmdStatus(r), "INSERT 0 0") == 0) {
+            lc->skipped++;
+        } else {
+            load_error(lc, "unexpected tag", PQcmdStatus(r));
+        }
+        PQclear(r);
+    }
+}
+
+static void run_load(struct itest_proxy *p, enum proto_mode mode, const char *table)
+{
+    struct load_client clients[LOAD_CLIENTS];
+    bool key_sent[LOAD_KEYS] = { false };
+    char sql[256];
+
+    memset(clients, 0, sizeof clients);
+    for (int i = 0; i < LOAD_CLIENTS; i++) {
+        struct load_client *lc = &clients[i];
+        lc->id = i;
+        lc->seed = 1000u * (unsigned)mode + (unsigned)i + 1;
+        lc->conn = itest_connect_ok(p->port, "application_name=itest_load");
+        if (mode == PROTO_PREPARED) {
+            snprintf(sql, sizeof sql,
+                     "INSERT INTO %s (idempotency_key, payload) VALUES ($1, $2)", table);
+            PGresult *r = prepare(lc->conn, "load_insert", sql, 2);
+            assert_result_ok(r, "PQprepare load_insert");
+            PQclear(r);
+        }
+        assert_int_equal(PQsetnonblocking(lc->conn, 1), 0);
+    }
+
+    int64_t t0 = itest_now_ms(), deadline = t0 + LOAD_TIMEOUT_MS;
+    for (int i = 0; i < LOAD_CLIENTS; i++)
+        load_send(&clients[i], mode, table, key_sent);
+    for (;;) {
+        struct pollfd pfds[LOAD_CLIENTS];
+        int active = 0;
+        for (int i = 0; i < LOAD_CLIENTS; i++) {
+            struct load_client *lc = &clients[i];
+            pfds[i] = (struct pollfd){ -1, 0, 0 };
+            if (lc->done)
+                continue;
+            active++;
+            int flush = PQflush(lc->conn);
+            if (flush < 0) {
+                load_error(lc, "flush", PQerrorMessage(lc->conn));
+                lc->done = true;
+                continue;
+            }
+            pfds[i].fd = PQsocket(lc->conn);
+            pfds[i].events = (short)(POLLIN | (flush == 1 ? POLLOUT : 0));
+        }
+        if (active == 0)
+            break;
+        if (itest_now_ms() > deadline) {
+            int sent = 0;
+            for (int i = 0; i < LOAD_CLIENTS; i++)
+                sent += clients[i].sent;
+            fail_msg("%s: %d of %d INSERTs sent after %d ms: hung", proto_names[mode], sent,
+                     LOAD_CLIENTS * LOAD_INSERTS, LOAD_TIMEOUT_MS);
+        }
+        poll(pfds, LOAD_CLIENTS, 100);
+        for (int i = 0; i < LOAD_CLIENTS; i++)
+            if (!clients[i].done && pfds[i].revents != 0)
+                load_collect(&clients[i], mode, table, key_sent);
+    }
+
+    int inserted = 0, skipped = 0, errors = 0, keys = 0;
+    for (int i = 0; i < LOAD_CLIENTS; i++) {
+        inserted += clients[i].inserted;
+        skipped += clients[i].skipped;
+        errors += clients[i].errors;
+        if (clients[i].errors)
+            printf("%s: %s\n", proto_names[mode], clients[i].first_error);
+        itest_finish(clients[i].conn);
+    }
+    for (int k = 0; k < LOAD_KEYS; k++)
+        keys += key_sent[k];
+    long long rows = itest_server_ll("SELECT count(*) FROM %s", table);
+    long long distinct = itest_server_ll("SELECT count(DISTINCT idempotency_key) FROM %s", table);
+    printf("%s: %d INSERTs in %lld ms: %d inserted, %d skipped, %d errors; %d keys sent, "
+           "%lld rows, %lld distinct\n",
+           proto_names[mode], LOAD_CLIENTS * LOAD_INSERTS, (long long)(itest_now_ms() - t0),
+           inserted, skipped, errors, keys, rows, distinct);
+    assert_int_equal(errors, 0);
+    assert_int_equal(inserted + skipped, LOAD_CLIENTS * LOAD_INSERTS);
+    assert_true(keys <= LOAD_KEYS);
+    assert_int_equal(rows, keys);
+    assert_int_equal(distinct, keys);
+    /* Each key was reported inserted exactly once. */
+    assert_int_equal(inserted, keys);
+}
+
+static void test_idem_concurrency(void **state)
+{
+    (void)state;
+    static const char *const tables[] = { "idem_load_simple", "idem_load_extended",
+                                          "idem_load_prepared" };
+    for (int m = 0; m < 3; m++)
+        create_key_table(tables[m], "text");
+    struct itest_proxy *p = start_proxy("warning",
+                                        "[table public.idem_load_simple]\n"
+                                        "conflict = idempotency_key\n"
+                                        "[table public.idem_load_extended]\n"
+                                        "conflict = idempotency_key\n"
+                                        "[table public.idem_load_prepared]\n"
+                                        "conflict = idempotency_key\n");
+    for (int m = 0; m < 3; m++)
+        run_load(p, (enum proto_mode)m, tables[m]);
+    assert_true(itest_proxy_alive(p));
+    itest_pass();
+}
+
+/* ---- 2. INSERT ... RETURNING of an existing key ------------------------ */
+
+static void test_idem_returning(void **state)
+{
+    (void)state;
+    create_key_table("idem_ret", "text");
+    long long id1 = itest_server_ll("INSERT INTO idem_ret (idempotency_key, payload) "
+                                    "VALUES ('k1', 'p1') RETURNING id");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_ret", "idempotency_key", "");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    /* The existing key, simple protocol: its id, "INSERT 0 1". */
+    PGresult *r = itest_exec(c, "INSERT INTO idem_ret (idempotency_key, payload) "
+                                "VALUES ('k1', 'again') RETURNING id");
+    assert_tag(r, "INSERT 0 1", "RETURNING id of k1 (simple)");
+    assert_int_equal(PQntuples(r), 1);
+    assert_int_equal(strtoll(PQgetvalue(r, 0, 0), NULL, 10), id1);
+    PQclear(r);
+
+    /* The existing key, extended protocol. */
+    const char *sql = "INSERT INTO idem_ret (idempotency_key, payload) VALUES ($1, $2) "
+                      "RETURNING id";
+    const char *k1[2] = { "k1", "again2" };
+    r = exec_params(c, sql, 2, k1);
+    assert_tag(r, "INSERT 0 1", "RETURNING id of k1 (extended)");
+    assert_int_equal(PQntuples(r), 1);
+    assert_int_equal(strtoll(PQgetvalue(r, 0, 0), NULL, 10), id1);
+    PQclear(r);
+
+    /* New keys get new ids, both ways. */
+    r = itest_exec(c, "INSERT INTO idem_ret (idempotency_key, payload) "
+                      "VALUES ('k2', 'p2') RETURNING id");
+    assert_tag(r, "INSERT 0 1", "RETURNING id of new k2 (simple)");
+    assert_int_equal(PQntuples(r), 1);
+    long long id2 = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    const char *k3[2] = { "k3", "p3" };
+    r = exec_params(c, sql, 2, k3);
+    assert_tag(r, "INSERT 0 1", "RETURNING id of new k3 (extended)");
+    assert_int_equal(PQntuples(r), 1);
+    long long id3 = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
+    PQclear(r);
+    assert_true(id2 != id1 && id3 != id1 && id3 != id2);
+
+    /* And a second RETURNING of k2 gives k2's id. */
+    const char *k2[2] = { "k2", "p2 again" };
+    r = exec_params(c, sql, 2, k2);
+    assert_tag(r, "INSERT 0 1", "RETURNING id of k2 again");
+    assert_int_equal(strtoll(PQgetvalue(r, 0, 0), NULL, 10), id2);
+    PQclear(r);
+
+    /* The table holds what the client was told, payloads untouched. */
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_ret"), 3);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_ret WHERE idempotency_key = 'k1' "
+                                     "AND id = %lld AND payload = 'p1'", id1), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_ret WHERE idempotency_key = 'k2' "
+                                     "AND id = %lld AND payload = 'p2'", id2), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_ret WHERE idempotency_key = 'k3' "
+                                     "AND id = %lld AND payload = 'p3'", id3), 1);
+    itest_pass();
+}
+
+/* ---- 3. multi-row INSERT with one duplicate ---------------------------- */
+
+static void test_idem_multirow(void **state)
+{
+    (void)state;
+    create_key_table("idem_multi", "text");
+    itest_server_exec("INSERT INTO idem_multi (idempotency_key, payload) VALUES ('m2', 'old')");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_multi", "idempotency_key", "");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    exec_tag(c, "INSERT INTO idem_multi (idempotency_key, payload) "
+                "VALUES ('m1', 'a'), ('m2', 'b'), ('m3', 'c')", "INSERT 0 2");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_multi"), 3);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_multi WHERE "
+                                     "(idempotency_key, payload) IN "
+                                     "(('m1', 'a'), ('m2', 'old'), ('m3', 'c'))"), 3);
+    itest_pass();
+}
+
+/* ---- 4. a DEFERRABLE unique constraint is left alone ------------------- */
+
+static void test_idem_deferrable(void **state)
+{
+    (void)state;
+    itest_server_exec("DROP TABLE IF EXISTS idem_defer; "
+                      "CREATE TABLE idem_defer (id bigserial PRIMARY KEY, k text NOT NULL, "
+                      "payload text, UNIQUE (k) DEFERRABLE INITIALLY IMMEDIATE)");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_defer", "k", "");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    exec_tag(c, "INSERT INTO idem_defer (k, payload) VALUES ('d1', 'first')", "INSERT 0 1");
+    /* Never 55000 (ON CONFLICT on a deferrable arbiter) or 42P10. */
+    exec_sqlstate(c, "INSERT INTO idem_defer (k, payload) VALUES ('d1', 'again')", "23505");
+    exec_sqlstate(c, "INSERT INTO idem_defer (k, payload) VALUES ('d1', 'again') RETURNING id",
+                  "23505");
+    const char *vals[1] = { "d1" };
+    PGresult *r = exec_params(c, "INSERT INTO idem_defer (k, payload) VALUES ($1, 'x')", 1, vals);
+    assert_sqlstate(r, "23505", "duplicate into idem_defer (extended)");
+    PQclear(r);
+
+    assert_log_line(p, "warning", "public.idem_defer", "DEFERRABLE");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_defer"), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_defer WHERE payload = 'first'"), 1);
+    itest_pass();
+}
+
+/* ---- 5. conflict columns that match no unique index -------------------- */
+
+static void test_idem_no_unique_index(void **state)
+{
+    (void)state;
+    create_key_table("idem_nouniq", "text");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_nouniq", "payload", "");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    exec_tag(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u1', 'same')",
+             "INSERT 0 1");
+    /* Duplicate payload: no unique index, so a second row, as without the proxy. */
+    exec_tag(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u2', 'same')",
+             "INSERT 0 1");
+    /* Duplicate real key: 23505, never 42P10. */
+    exec_sqlstate(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u1', 'x')",
+                  "23505");
+    exec_sqlstate(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u1', 'same') "
+                     "RETURNING id", "23505");
+
+    assert_log_line(p, "warning", "public.idem_nouniq", NULL);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_nouniq"), 2);
+    itest_pass();
+}
+
+/* ---- 6. shadow mode ---------------------------------------------------- */
+
+static void test_idem_shadow(void **state)
+{
+    (void)state;
+    /* Not "shadow" in the name: the log check below must find the mode. */
+    create_key_table("idem_observed", "text");
+    itest_server_exec("INSERT INTO idem_observed (idempotency_key, payload) VALUES ('s1', 'orig')");
+    struct itest_proxy *p = start_proxy_for("info", "idem_observed", "idempotency_key",
+                                            "mode = shadow\n");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    exec_sqlstate(c, "INSERT INTO idem_observed (idempotency_key, payload) VALUES ('s1', 'dup')",
+                  "23505");
+    /* The line about this statement says shadow. */
+    assert_log_line(p, "shadow", "public.idem_observed", "'s1', 'dup'");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_observed"), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_observed WHERE payload = 'orig'"),
+                     1);
+    itest_pass();
+}
+
+/* ---- 7. pgbench with a custom script ----------------------------------- */
+
+#define BENCH_TIMEOUT_MS 60000
+
+/* Runs pgbench with the script against port; returns its waitpid status
+ * (-1: timed out) and its output in *out (malloc'ed). */
+static int run_pgbench(const char *script, int port, const char *mode, char **out)
+{
+    char pgbench[512], out_path[600], port_s[16];
+    snprintf(pgbench, sizeof pgbench, "%s/pgbench", itest_env("IDEM_TEST_PGBIN"));
+    snprintf(out_path, sizeof out_path, "%s/pgbench-%s-%d-%lld.out", itest_env("IDEM_TEST_TMP"),
+             mode, port, (long long)itest_now_ms());
+    snprintf(port_s, sizeof port_s, "%d", port);
+    char *argv[] = { pgbench, (char *)"-n", (char *)"-f", (char *)script, (char *)"-c",
+                     (char *)"4", (char *)"-j", (char *)"2", (char *)"-t", (char *)"300",
+                     (char *)"-M", (char *)mode, (char *)"-h", (char *)"127.0.0.1",
+                     (char *)"-p", port_s, (char *)"-U", (char *)itest_pg_user(),
+                     (char *)ITEST_DBNAME, NULL };
+    int status = itest_run(argv, out_path, BENCH_TIMEOUT_MS);
+    *out = slurp(out_path);
+    return status;
+}
+
+static void test_idem_pgbench(void **state)
+{
+    (void)state;
+    create_key_table("idem_bench", "bigint");
+    char script[600];
+    snprintf(script, sizeof script, "%s/idem_bench.sql", itest_env("IDEM_TEST_TMP"));
+    FILE *f = fopen(script, "w");
+    assert_non_null(f);
+    fputs("\\set k random(1, 500)\n"
+          "INSERT INTO idem_bench (idempotency_key, payload) VALUES (:k, 'x');\n", f);
+    assert_int_equal(fclose(f), 0);
+    struct itest_proxy *p = start_proxy_for("warning", "idem_bench", "idempotency_key", "");
+
+    static const char *const modes[] = { "simple", "extended", "prepared" };
+    for (int m = 0; m < 3; m++) {
+        char *out = NULL;
+        int st = run_pgbench(script, p->port, modes[m], &out);
+        bool ok = st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
+                  strstr(out, "number of failed transactions: 0 (") != NULL &&
+                  strstr(out, "number of transactions actually processed: 1200/1200") != NULL &&
+                  strstr(out, "aborted") == NULL;
+        if (!ok) {
+            printf("pgbench -M %s through the proxy (status 0x%x):\n%s\n", modes[m], st, out);
+            free(out);
+            fail_msg("pgbench -M %s through the proxy failed", modes[m]);
+        }
+        free(out);
+        printf("pgbench -M %s through the proxy: ok\n", modes[m]);
+    }
+    long long rows = itest_server_ll("SELECT count(*) FROM idem_bench");
+    assert_int_equal(itest_server_ll("SELECT count(DISTINCT idempotency_key) FROM idem_bench"), rows);
+    assert_true(rows > 0 && rows <= 500);
+
+    /* The same script directly on the server hits duplicates: it must fail,
+     * or this test could not. */
+    char *out = NULL;
+    int st = run_pgbench(script, itest_pg_port(), "simple", &out);
+    bool failed = st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || strstr(out, "aborted") != NULL;
+    printf("pgbench directly on the server: status 0x%x, %s\n", st,
+           failed ? "failed as it must" : "SUCCEEDED");
+    if (!failed)
+        printf("%s\n", out);
+    free(out);
+    assert_true(failed);
+    assert_int_equal(itest_server_ll("SELECT count(DISTINCT idempotency_key) FROM idem_bench"),
+                     itest_server_ll("SELECT count(*) FROM idem_bench"));
+    itest_pass();
+}
+
+/* ---- 8. error positions in the client's text --------------------------- */
+
+static void check_position(PGresult *r, const char *sql, const char *needle, const char *what)
+{
+    assert_sqlstate(r, "42703", what);
+    const char *pos = PQresultErrorField(r, PG_DIAG_STATEMENT_POSITION);
+    if (pos == NULL)
+        fail_msg("%s: no statement position", what);
+    int want = utf8_position(sql, needle);
+    if (atoi(pos) != want)
+        fail_msg("%s: position %s, want %d (the \"%s\" of: %s)", what, pos, want, needle, sql);
+}
+
+static void test_idem_error_position(void **state)
+{
+    (void)state;
+    create_key_table("idem_pos", "text");
+    struct itest_proxy *p = start_proxy_for("debug", "idem_pos", "idempotency_key", "");
+    PGconn *c = itest_connect_ok(p->port, "client_encoding=UTF8");
+    PGconn *direct = itest_connect_direct();
+
+    /* "é€" is 2 characters in 5 bytes: a byte count would be 3 too far. */
+    const char *after = "INSERT INTO idem_pos (idempotency_key, payload) "
+                        "VALUES ('\xc3\xa9\xe2\x82\xac', 'b') RETURNING id, nosuchcol";
+    const char *before = "INSERT INTO idem_pos (idempotency_key, nosuchcol) "
+                         "VALUES ('\xc3\xa9\xe2\x82\xac', 'b') RETURNING id";
+
+    /* The computation agrees with the server on the original text. */
+    PGresult *r = itest_exec(direct, after);
+    check_position(r, after, "nosuchcol", "directly");
+    PQclear(r);
+
+    /* Simple protocol, after the splice point and before it. */
+    r = itest_exec(c, after);
+    check_position(r, after, "nosuchcol", "Query, after the clause");
+    PQclear(r);
+    r = itest_exec(c, before);
+    check_position(r, before, "nosuchcol", "Query, before the clause");
+    PQclear(r);
+
+    /* Extended protocol: the error comes from Parse. */
+    r = prepare(c, "pos_after", after, 0);
+    check_position(r, after, "nosuchcol", "Parse, after the clause");
+    PQclear(r);
+    r = prepare(c, "pos_before", before, 0);
+    check_position(r, before, "nosuchcol", "Parse, before the clause");
+    PQclear(r);
+
+    /* The statement really was rewritten (the mapping was exercised). */
+    assert_log_line(p, "rewritten", "public.idem_pos", "nosuchcol");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_pos"), 0);
+    /* The session goes on. */
+    exec_tag(c, "INSERT INTO idem_pos (idempotency_key, payload) VALUES ('\xc3\xa9', 'b')",
+             "INSERT 0 1");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_pos"), 1);
+    itest_pass();
+}
+
+/* ---- 9. Describe of a rewritten statement ------------------------------ */
+
+static void test_idem_describe(void **state)
+{
+    (void)state;
+    create_key_table("idem_desc", "text");
+    struct itest_proxy *p = start_proxy_for("debug", "idem_desc", "idempotency_key", "");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    PGconn *direct = itest_connect_direct();
+    const char *sql = "INSERT INTO idem_desc (idempotency_key, payload) VALUES ($1, $2) "
+                      "RETURNING id, payload";
+
+    PGresult *r = prepare(c, "desc_ins", sql, 0);
+    assert_result_ok(r, "PQprepare through the proxy");
+    PQclear(r);
+    r = prepare(direct, "desc_ins", sql, 0);
+    assert_result_ok(r, "PQprepare directly");
+    PQclear(r);
+
+    PGresult *via = describe_prepared(c, "desc_ins");
+    assert_result_ok(via, "PQdescribePrepared through the proxy");
+    PGresult *want = describe_prepared(direct, "desc_ins");
+    assert_result_ok(want, "PQdescribePrepared directly");
+    assert_int_equal(PQnparams(via), PQnparams(want));
+    assert_int_equal(PQnparams(via), 2);
+    for (int i = 0; i < PQnparams(want); i++)
+        assert_int_equal(PQparamtype(via, i), PQparamtype(want, i));
+    assert_int_equal(PQnfields(via), PQnfields(want));
+    assert_int_equal(PQnfields(via), 2);
+    for (int i = 0; i < PQnfields(want); i++) {
+        assert_string_equal(PQfname(via, i), PQfname(want, i));
+        assert_int_equal(PQftype(via, i), PQftype(want, i));
+        assert_int_equal(PQftable(via, i), PQftable(want, i));
+        assert_int_equal(PQftablecol(via, i), PQftablecol(want, i));
+    }
+    PQclear(via);
+    PQclear(want);
+
+    /* It was rewritten, and it runs idempotently. */
+    assert_log_line(p, "rewritten", "public.idem_desc", NULL);
+    const char *vals[2] = { "dk", "dp" };
+    r = exec_prepared(c, "desc_ins", 2, vals);
+    assert_tag(r, "INSERT 0 1", "desc_ins first");
+    assert_int_equal(PQntuples(r), 1);
+    char id[32];
+    snprintf(id, sizeof id, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    r = exec_prepared(c, "desc_ins", 2, vals);
+    assert_tag(r, "INSERT 0 1", "desc_ins again");
+    assert_int_equal(PQntuples(r), 1);
+    assert_string_equal(PQgetvalue(r, 0, 0), id);
+    assert_string_equal(PQgetvalue(r, 0, 1), "dp");
+    PQclear(r);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_desc"), 1);
+    itest_pass();
+}
+
+/* ---- 10. a named prepared statement used many times --------------------- */
+
+#define REUSE_EXECS 100
+#define REUSE_KEYS 40
+#define REUSE_PRESET 10 /* keys 0..9 exist before the test */
+
+static void test_idem_prepared_reuse(void **state)
+{
+    (void)state;
+    create_key_table("idem_reuse", "text");
+    itest_server_exec("INSERT INTO idem_reuse (idempotency_key, payload) "
+                      "SELECT 'r-' || g, 'preset' FROM generate_series(0, 9) g");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_reuse", "idempotency_key", "");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    PGresult *r = prepare(c, "reuse_ins",
+                          "INSERT INTO idem_reuse (idempotency_key, payload) VALUES ($1, $2)", 2);
+    assert_result_ok(r, "PQprepare reuse_ins");
+    PQclear(r);
+    bool seen[REUSE_KEYS] = { false };
+    for (int k = 0; k < REUSE_PRESET; k++)
+        seen[k] = true;
+    int inserted = 0;
+    for (int i = 0; i < REUSE_EXECS; i++) {
+        int k = (i * 7) % REUSE_KEYS;
+        char key[16], payload[16], what[64];
+        snprintf(key, sizeof key, "r-%d", k);
+        snprintf(payload, sizeof payload, "exec %d", i);
+        snprintf(what, sizeof what, "execution %d (key %s)", i, key);
+        const char *vals[2] = { key, payload };
+        r = exec_prepared(c, "reuse_ins", 2, vals);
+        assert_tag(r, seen[k] ? "INSERT 0 0" : "INSERT 0 1", what);
+        PQclear(r);
+        inserted += !seen[k];
+        seen[k] = true;
+    }
+    assert_int_equal(inserted, REUSE_KEYS - REUSE_PRESET);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_reuse"), REUSE_KEYS);
+    assert_int_equal(itest_server_ll("SELECT count(DISTINCT idempotency_key) FROM idem_reuse"),
+                     REUSE_KEYS);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_reuse WHERE payload = 'preset'"),
+                     REUSE_PRESET);
+    itest_pass();
+}
+
+/* ---- 11. sessions whose settings make scanning unsafe ------------------ */
+
+static void test_idem_unsafe_session(void **state)
+{
+    (void)state;
+    create_key_table("idem_unsafe", "text");
+    itest_server_exec("INSERT INTO idem_unsafe (idempotency_key, payload) VALUES ('x1', 'orig')");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_unsafe", "idempotency_key", "");
+    const char *dup = "INSERT INTO idem_unsafe (idempotency_key, payload) VALUES ('x1', 'dup')";
+
+    /* standard_conforming_strings = off: passed unchanged. */
+    PGconn *scs = itest_connect_ok(p->port, "options='-c standard_conforming_strings=off'");
+    assert_string_equal(PQparameterStatus(scs, "standard_conforming_strings"), "off");
+    exec_sqlstate(scs, dup, "23505");
+    itest_finish(scs);
+
+    /* client_encoding = SJIS: passed unchanged. */
+    PGconn *sjis = itest_connect_ok(p->port, "client_encoding=SJIS");
+    assert_string_equal(PQparameterStatus(sjis, "client_encoding"), "SJIS");
+    exec_sqlstate(sjis, dup, "23505");
+    itest_finish(sjis);
+
+    /* An ordinary session on the same proxy is rewritten. */
+    PGconn *c = itest_connect_ok(p->port, "client_encoding=UTF8");
+    exec_tag(c, dup, "INSERT 0 0");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_unsafe"), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_unsafe WHERE payload = 'orig'"), 1);
+    itest_pass();
+}
+
+/* ---- 12. database = other_db ------------------------------------------- */
+
+static void test_idem_other_database(void **state)
+{
+    (void)state;
+    create_key_table("idem_otherdb", "text");
+    itest_server_exec("INSERT INTO idem_otherdb (idempotency_key, payload) VALUES ('o1', 'orig')");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_otherdb", "idempotency_key",
+                                            "database = other_db\n");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    exec_sqlstate(c, "INSERT INTO idem_otherdb (idempotency_key, payload) VALUES ('o1', 'dup')",
+                  "23505");
+    exec_tag(c, "INSERT INTO idem_otherdb (idempotency_key, payload) VALUES ('o2', 'new')",
+             "INSERT 0 1");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_otherdb"), 2);
+    itest_pass();
+}
+
+/* ---- 13. an unregistered table is untouched ----------------------------- */
+
+static void test_idem_unregistered_table(void **state)
+{
+    (void)state;
+    create_key_table("idem_reg", "text");
+    create_key_table("idem_unreg", "text");
+    itest_server_exec("INSERT INTO idem_reg (idempotency_key, payload) VALUES ('a', 'orig'); "
+                      "INSERT INTO idem_unreg (idempotency_key, payload) VALUES ('a', 'orig')");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_reg", "idempotency_key", "");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    PGresult *r = itest_exec(c, "INSERT INTO idem_unreg (idempotency_key, payload) "
+                                "VALUES ('a', 'dup')");
+    assert_sqlstate(r, "23505", "duplicate into the unregistered table");
+    assert_field(r, PG_DIAG_SCHEMA_NAME, "public", "SCHEMA_NAME");
+    assert_field(r, PG_DIAG_TABLE_NAME, "idem_unreg", "TABLE_NAME");
+    assert_field(r, PG_DIAG_CONSTRAINT_NAME, "idem_unreg_idempotency_key_key", "CONSTRAINT_NAME");
+    assert_non_null(PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL));
+    PQclear(r);
+
+    /* Extended protocol too. */
+    const char *vals[1] = { "a" };
+    r = exec_params(c, "INSERT INTO idem_unreg (idempotency_key, payload) VALUES ($1, 'dup')", 1,
+                    vals);
+    assert_sqlstate(r, "23505", "duplicate into the unregistered table (extended)");
+    assert_field(r, PG_DIAG_TABLE_NAME, "idem_unreg", "TABLE_NAME");
+    assert_field(r, PG_DIAG_CONSTRAINT_NAME, "idem_unreg_idempotency_key_key", "CONSTRAINT_NAME");
+    PQclear(r);
+
+    /* The registered one, on the same session, is rewritten. */
+    exec_tag(c, "INSERT INTO idem_reg (idempotency_key, payload) VALUES ('a', 'dup')",
+             "INSERT 0 0");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_unreg"), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_reg"), 1);
+    itest_pass();
+}
+
+/* ---- 14. reload adds a table ------------------------------------------- */
+
+/* Appends text to the proxy's config file, replacing it atomically. */
+static void append_config(const struct itest_proxy *p, const char *text)
+{
+    char *old = slurp(p->conf_path);
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.new", p->conf_path);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs(old, f);
+    if (old[0] && old[strlen(old) - 1] != '\n')
+        fputc('\n', f);
+    fputs(text, f);
+    free(old);
+    assert_int_equal(fclose(f), 0);
+    if (rename(tmp, p->conf_path) != 0)
+        fail_msg("rename %s: %s", tmp, strerror(errno));
+}
+
+static void test_idem_reload(void **state)
+{
+    (void)state;
+    create_key_table("idem_reload", "text");
+    struct itest_proxy *p = start_proxy(NULL, NULL);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *dup = "INSERT INTO idem_reload (idempotency_key, payload) VALUES ('r1', 'x')";
+
+    exec_tag(c, dup, "INSERT 0 1");
+    exec_sqlstate(c, dup, "23505");
+
+    append_config(p, "[table public.idem_reload]\nconflict = idempotency_key\n");
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    itest_sleep_ms(300);
+    /* On a loaded machine the reload may take longer: wait (bounded) for its
+     * log line; what counts is the behaviour below. */
+    int64_t deadline = itest_now_ms() + 10000;
+    while (!itest_proxy_log_contains(p, "configuration reloaded") && itest_now_ms() < deadline)
+        itest_sleep_ms(50);
+    assert_true(itest_proxy_alive(p));
+
+    /* The same, idle session follows the new rules. */
+    exec_tag(c, dup, "INSERT 0 0");
+    /* And a new one. */
+    PGconn *n = itest_connect_ok(p->port, NULL);
+    exec_tag(n, dup, "INSERT 0 0");
+    assert_int_equal(itest_query_ll(c, "SELECT 5"), 5);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_reload"), 1);
+    itest_pass();
+}
+
+/* ---- 15. several statements in one Query ------------------------------- */
+
+static void test_idem_multi_statement(void **state)
+{
+    (void)state;
+    create_key_table("idem_multistmt", "text");
+    itest_server_exec("INSERT INTO idem_multistmt (idempotency_key, payload) "
+                      "VALUES ('dup', 'orig')");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_multistmt", "idempotency_key", "");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    const char *sql = "INSERT INTO idem_multistmt (idempotency_key, payload) VALUES ('dup', 'a'); "
+                      "INSERT INTO idem_multistmt (idempotency_key, payload) VALUES ('new', 'b'); "
+                      "SELECT 1";
+    assert_int_equal(PQsendQuery(c, sql), 1);
+    int64_t deadline = itest_now_ms() + ITEST_QUERY_TIMEOUT_MS;
+    const char *tags[3] = { "INSERT 0 0", "INSERT 0 1", "SELECT 1" };
+    int n = 0;
+    for (;;) {
+        bool timed_out;
+        PGresult *r = itest_next_result(c, deadline, &timed_out);
+        if (timed_out)
+            fail_msg("multi-statement Query: no result %d within %d ms", n, ITEST_QUERY_TIMEOUT_MS);
+        if (r == NULL)
+            break;
+        char what[64];
+        snprintf(what, sizeof what, "statement %d of the Query", n + 1);
+        if (n < 3)
+            assert_tag(r, tags[n], what);
+        else
+            fail_msg("more than 3 results: %s", PQcmdStatus(r));
+        if (n == 2)
+            assert_string_equal(PQgetvalue(r, 0, 0), "1");
+        PQclear(r);
+        n++;
+    }
+    assert_int_equal(n, 3);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_multistmt"), 2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_multistmt WHERE "
+                                     "(idempotency_key, payload) IN (('dup', 'orig'), ('new', 'b'))"),
+                     2);
+    itest_pass();
+}
+
+/* ---- 16. a quoted, mixed-case table name ------------------------------- */
+
+static void test_idem_quoted_table(void **state)
+{
+    (void)state;
+    itest_server_exec("DROP SCHEMA IF EXISTS \"Billing\" CASCADE; "
+                      "CREATE SCHEMA \"Billing\"; "
+                      "CREATE TABLE \"Billing\".\"Payments\" (id bigserial PRIMARY KEY, "
+                      "idempotency_key text NOT NULL UNIQUE, payload text)");
+    struct itest_proxy *p = start_proxy("debug", "[table \"Billing\".\"Payments\"]\n"
+                                              "conflict = idempotency_key\n");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    exec_tag(c, "INSERT INTO \"Billing\".\"Payments\" (idempotency_key, payload) "
+                "VALUES ('b1', 'first')", "INSERT 0 1");
+    exec_tag(c, "INSERT INTO \"Billing\".\"Payments\" (idempotency_key, payload) "
+                "VALUES ('b1', 'again')", "INSERT 0 0");
+    /* The folded name is another relation, which does not exist. */
+    exec_sqlstate(c, "INSERT INTO billing.payments (idempotency_key, payload) VALUES ('b1', 'x')",
+                  "42P01");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM \"Billing\".\"Payments\""), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM \"Billing\".\"Payments\" "
+                                     "WHERE payload = 'first'"), 1);
+    itest_pass();
+}
+
+/* ---- 17. the proxy's catalog query never reaches the client ------------- */
+
+static int g_notices;
+
+static void count_notice(void *arg, const char *message)
+{
+    (void)arg;
+    g_notices++;
+    printf("unexpected notice: %s", message);
+}
+
+/* Collects the next result of a pipeline and the NULL that ends it. */
+static PGresult *pipeline_result(PGconn *c, int64_t deadline)
+{
+    bool timed_out;
+    PGresult *r = itest_next_result(c, deadline, &timed_out);
+    if (timed_out || r == NULL)
+        fail_msg("pipeline: %s", timed_out ? "timed out" : "no result");
+    return r;
+}
+
+static void pipeline_end(PGconn *c, int64_t deadline)
+{
+    bool timed_out;
+    PGresult *r = itest_next_result(c, deadline, &timed_out);
+    if (timed_out)
+        fail_msg("pipeline: timed out");
+    if (r != NULL)
+        fail_msg("pipeline: an extra result %s", PQresStatus(PQresultStatus(r)));
+}
+
+static void test_idem_catalog_query_hidden(void **state)
+{
+    (void)state;
+    create_key_table("idem_hidden", "text");
+    itest_server_exec("INSERT INTO idem_hidden (idempotency_key, payload) VALUES ('h1', 'orig')");
+    struct itest_proxy *p = start_proxy_for(NULL, "idem_hidden", "idempotency_key", "");
+
+    /* libpq: the first result is the client's own, and nothing else came. */
+    g_notices = 0;
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    PQsetNoticeProcessor(c, count_notice, NULL);
+    assert_int_equal(itest_query_ll(c, "SELECT 42"), 42);
+    assert_null(PQnotifies(c));
+    exec_tag(c, "INSERT INTO idem_hidden (idempotency_key, payload) VALUES ('h1', 'dup')",
+             "INSERT 0 0");
+    assert_int_equal(itest_query_ll(c, "SELECT 43"), 43);
+    assert_null(PQnotifies(c));
+    assert_int_equal(g_notices, 0);
+
+    /* Pipelined first queries, sent before the catalog can have arrived. */
+    PGconn *pc = itest_connect_ok(p->port, NULL);
+    PQsetNoticeProcessor(pc, count_notice, NULL);
+    assert_int_equal(PQenterPipelineMode(pc), 1);
+    const char *one[1] = { "1" };
+    const char *key[1] = { "h1" };
+    assert_int_equal(PQsendQueryParams(pc, "SELECT $1::int", 1, NULL, one, NULL, NULL, 0), 1);
+    assert_int_equal(PQsendQueryParams(pc, "INSERT INTO idem_hidden (idempotency_key, payload) "
+                                           "VALUES ($1, 'dup')", 1, NULL, key, NULL, NULL, 0), 1);
+    assert_int_equal(PQsendQueryParams(pc, "SELECT 3", 0, NULL, NULL, NULL, NULL, 0), 1);
+    assert_int_equal(PQpipelineSync(pc), 1);
+    assert_int_equal(PQflush(pc), 0);
+    int64_t deadline = itest_now_ms() + ITEST_QUERY_TIMEOUT_MS;
+
+    PGresult *r = pipeline_result(pc, deadline);
+    assert_result_ok(r, "pipelined SELECT $1");
+    assert_string_equal(PQgetvalue(r, 0, 0), "1");
+    PQclear(r);
+    pipeline_end(pc, deadline);
+    r = pipeline_result(pc, deadline);
+    assert_tag(r, "INSERT 0 0", "pipelined duplicate INSERT");
+    PQclear(r);
+    pipeline_end(pc, deadline);
+    r = pipeline_result(pc, deadline);
+    assert_result_ok(r, "pipelined SELECT 3");
+    assert_string_equal(PQgetvalue(r, 0, 0), "3");
+    PQclear(r);
+    pipeline_end(pc, deadline);
+    r = pipeline_result(pc, deadline);
+    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_SYNC);
+    PQclear(r);
+    assert_int_equal(PQexitPipelineMode(pc), 1);
+    assert_int_equal(itest_query_ll(pc, "SELECT 44"), 44);
+    assert_null(PQnotifies(pc));
+    assert_int_equal(g_notices, 0);
+
+    /* Raw protocol: after login, a Query gets exactly its own answer. */
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_hidden_raw");
+    uint8_t msg[64];
+    static const char q[] = "SELECT 42";
+    size_t n = itest_build_msg(msg, sizeof msg, 'Q', q, sizeof q);
+    assert_true(itest_raw_send(fd, msg, n));
+    const char want[] = "TDCZ";
+    for (int i = 0; i < 4; i++) {
+        struct itest_msg m;
+        assert_int_equal(itest_raw_read_msg(fd, &m, ITEST_QUERY_TIMEOUT_MS), ITEST_READ_OK);
+        if (m.type != want[i]) {
+            char t = m.type;
+            itest_msg_free(&m);
+            fail_msg("raw: message %d is '%c', want '%c'", i, t, want[i]);
+        }
+        if (m.type == 'D') /* one column, length 2, "42" */
+            assert_memory_equal(m.body, "\0\1\0\0\0\2" "42", 8);
+        itest_msg_free(&m);
+    }
+    uint8_t extra[16];
+    assert_int_equal(itest_raw_recv(fd, extra, sizeof extra, 300), -2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_hidden"), 1);
+    itest_pass();
+}
+
+/* ---- main ----------------------------------------------------------------- */
+
+#define T(f) cmocka_unit_test_setup_teardown(f, itest_setup, itest_teardown)
+
+int main(int argc, char **argv)
+{
+    /* Line-buffered, so a hung or crashed test's last words reach the log. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && strcmp(argv[1], "--free-port") == 0) {
+        int port = itest_free_port();
+        printf("%d\n", port);
+        return port > 0 ? 0 : 1;
+    }
+    atexit(itest_kill_all);
+    const char *filter = argc > 1 ? argv[1] : getenv("IDEM_TEST_FILTER");
+    if (filter != NULL && *filter != '\0')
+        cmocka_set_test_filter(filter);
+
+    const struct CMUnitTest tests[] = {
+        T(test_idem_concurrency),
+        T(test_idem_returning),
+        T(test_idem_multirow),
+        T(test_idem_deferrable),
+        T(test_idem_no_unique_index),
+        T(test_idem_shadow),
+        T(test_idem_pgbench),
+        T(test_idem_error_position),
+        T(test_idem_describe),
+        T(test_idem_prepared_reuse),
+        T(test_idem_unsafe_session),
+        T(test_idem_other_database),
+        T(test_idem_unregistered_table),
+        T(test_idem_reload),
+        T(test_idem_multi_statement),
+        T(test_idem_quoted_table),
+        T(test_idem_catalog_query_hidden),
+    };
+    return cmocka_run_group_tests_name("idemproxy idempotent inserts", tests, NULL, NULL);
+}
