@@ -1,0 +1,48 @@
+/*
+ * session: the prepared statements and portals a client created, as far as
+ * translating errors needs them.
+ *
+ * An Execute names a portal, a Bind names the statement a portal runs, and
+ * a Parse says what a statement is: to know whether an Execute runs a
+ * recognised INSERT, the proxy follows those names. Only statements whose
+ * text is one INSERT into a registered table are kept (with the table's
+ * schema and name, so that a reload's new rules can look them up); every
+ * other name is forgotten, so a stale name can only make the proxy
+ * translate less, never more. The unnamed statement and portal are "".
+ *
+ * Pure bookkeeping: no I/O.
+ */
+#ifndef IDEM_SESSION_H
+#define IDEM_SESSION_H
+
+#include <stdbool.h>
+
+struct session_entry;
+
+struct session {
+    struct session_entry *statements;
+    struct session_entry *portals;
+};
+
+void session_init(struct session *s);
+void session_free(struct session *s);
+
+/* Forgets every name: after SQL that may drop or redefine statements
+ * (DEALLOCATE, DISCARD, PREPARE), or when the rules change. */
+void session_clear(struct session *s);
+
+/* Statement name now holds an INSERT into schema.table, or (schema NULL)
+ * something else. False when out of memory (the name is then forgotten). */
+bool session_parse(struct session *s, const char *name, const char *schema, const char *table);
+
+/* Portal name now runs statement. False when out of memory (forgotten). */
+bool session_bind(struct session *s, const char *portal, const char *statement);
+
+/* Close of a statement ('S') or portal ('P'). */
+void session_close(struct session *s, char kind, const char *name);
+
+/* The table an Execute of portal inserts into; false when none is known. */
+bool session_portal(const struct session *s, const char *portal, const char **schema,
+                    const char **table);
+
+#endif
