@@ -185,6 +185,7 @@ bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out)
         case 't': out->table = value; break;
         case 'n': out->constraint = value; break;
         case 'P': out->position = value; break;
+        case 'W': out->where = value; break;
         default: break;
         }
         p = value_end + 1;
@@ -261,4 +262,93 @@ size_t pg_error_build(uint8_t *buf, size_t cap, const char *severity,
     }
     *p = '\0';
     return need;
+}
+
+/* Appends one message of type with its body parts to buf (when it fits) and
+ * returns the new length. */
+static size_t put_msg(uint8_t *buf, size_t cap, size_t at, char type,
+                      const void *const parts[], const size_t lens[], size_t n)
+{
+    size_t len = 4;
+
+    for (size_t i = 0; i < n; i++)
+        len += lens[i];
+    if (at + 1 + len <= cap) {
+        uint8_t *p = buf + at;
+        *p++ = (uint8_t)type;
+        pg_put_u32(p, (uint32_t)len);
+        p += 4;
+        for (size_t i = 0; i < n; i++) {
+            memcpy(p, parts[i], lens[i]);
+            p += lens[i];
+        }
+    }
+    return at + 1 + len;
+}
+
+/* Writes buf only when the whole of it fits: the builders' contract. */
+static size_t all_or_nothing(uint8_t *buf, size_t cap, size_t need,
+                             size_t (*build)(uint8_t *, size_t, const void *), const void *arg)
+{
+    if (need <= cap)
+        build(buf, cap, arg);
+    return need;
+}
+
+static size_t build_query(uint8_t *buf, size_t cap, const void *sql)
+{
+    const void *parts[] = { sql };
+    const size_t lens[] = { strlen(sql) + 1 };
+    return put_msg(buf, cap, 0, 'Q', parts, lens, 1);
+}
+
+size_t pg_build_query(uint8_t *buf, size_t cap, const char *sql)
+{
+    return all_or_nothing(buf, cap, build_query(NULL, 0, sql), build_query, sql);
+}
+
+static size_t build_command_complete(uint8_t *buf, size_t cap, const void *tag)
+{
+    const void *parts[] = { tag };
+    const size_t lens[] = { strlen(tag) + 1 };
+    return put_msg(buf, cap, 0, 'C', parts, lens, 1);
+}
+
+size_t pg_build_command_complete(uint8_t *buf, size_t cap, const char *tag)
+{
+    return all_or_nothing(buf, cap, build_command_complete(NULL, 0, tag),
+                          build_command_complete, tag);
+}
+
+struct extended_run {
+    const char *name, *sql;
+};
+
+static size_t build_extended_run(uint8_t *buf, size_t cap, const void *arg)
+{
+    const struct extended_run *run = arg;
+    static const uint8_t no_params[2] = { 0, 0 }, all_rows[4] = { 0, 0, 0, 0 };
+    size_t name_len = strlen(run->name) + 1, at = 0;
+
+    /* Parse: name, text, no parameter types. */
+    at = put_msg(buf, cap, at, 'P',
+                 (const void *const[]){ run->name, run->sql, no_params },
+                 (const size_t[]){ name_len, strlen(run->sql) + 1, 2 }, 3);
+    /* Bind: portal, statement, no parameter formats, parameters or result
+     * formats. */
+    at = put_msg(buf, cap, at, 'B',
+                 (const void *const[]){ run->name, run->name, no_params, no_params, no_params },
+                 (const size_t[]){ name_len, name_len, 2, 2, 2 }, 5);
+    at = put_msg(buf, cap, at, 'E', (const void *const[]){ run->name, all_rows },
+                 (const size_t[]){ name_len, 4 }, 2);
+    at = put_msg(buf, cap, at, 'C', (const void *const[]){ "P", run->name },
+                 (const size_t[]){ 1, name_len }, 2);
+    return put_msg(buf, cap, at, 'C', (const void *const[]){ "S", run->name },
+                   (const size_t[]){ 1, name_len }, 2);
+}
+
+size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const char *sql)
+{
+    struct extended_run run = { name, sql };
+    return all_or_nothing(buf, cap, build_extended_run(NULL, 0, &run), build_extended_run, &run);
 }

@@ -101,6 +101,7 @@ struct pg_error {
     const char *table;    /* 't' */
     const char *constraint; /* 'n' */
     const char *position; /* 'P': 1-based character offset into the statement text */
+    const char *where;    /* 'W': the context, when raised inside a function or trigger */
 };
 
 /* Returns false when the body is not a well-formed field list. */
@@ -111,6 +112,23 @@ bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out);
  * Returns the bytes it needs; when that exceeds cap nothing is written. */
 size_t pg_fields_replace(uint8_t *buf, size_t cap, char type, const uint8_t *body, size_t len,
                          char field, const char *value);
+
+/* Builders of messages the proxy sends on its own. Each writes a complete
+ * message (or sequence) into buf and returns the bytes it needs; when that
+ * exceeds cap nothing is written. */
+
+/* A Query ('Q'). */
+size_t pg_build_query(uint8_t *buf, size_t cap, const char *sql);
+
+/* A CommandComplete ('C') with the given tag, such as "INSERT 0 0". */
+size_t pg_build_command_complete(uint8_t *buf, size_t cap, const char *tag);
+
+/* Runs sql inside the client's extended batch without touching its unnamed
+ * statement or portal: Parse, Bind and Execute on name (used for both the
+ * statement and the portal), then Close of both. Its replies are
+ * ParseComplete, BindComplete, CommandComplete, CloseComplete twice. */
+#define PG_EXTENDED_RUN_REPLIES "12C33"
+size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const char *sql);
 
 /* Reads ReadyForQuery's transaction status ('I', 'T' or 'E'); 0 if malformed. */
 char pg_ready_status(const uint8_t *body, size_t len);

@@ -534,6 +534,35 @@ size_t rewrite_map_position(const struct rewrite_result *r, size_t pos, bool utf
     return pos - shift;
 }
 
+bool rewrite_redefines_statements(const char *text, size_t len)
+{
+    if (!contains_folded(text, len, "prepare", 7) && !contains_folded(text, len, "deallocate", 10) &&
+        !contains_folded(text, len, "discard", 7))
+        return false;
+    PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
+    PgQuery__ParseResult *tree = raw.error ? NULL
+                                           : pg_query__parse_result__unpack(
+                                                 NULL, raw.parse_tree.len,
+                                                 (const uint8_t *)raw.parse_tree.data);
+    /* What the parser cannot read may still run on the server. */
+    bool found = tree == NULL;
+    for (size_t i = 0; tree && i < tree->n_stmts && !found; i++) {
+        switch (tree->stmts[i]->stmt->node_case) {
+        case PG_QUERY__NODE__NODE_PREPARE_STMT:
+        case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+        case PG_QUERY__NODE__NODE_DISCARD_STMT:
+            found = true;
+            break;
+        default:
+            break;
+        }
+    }
+    if (tree)
+        pg_query__parse_result__free_unpacked(tree, NULL);
+    pg_query_free_protobuf_parse_result(raw);
+    return found;
+}
+
 /* ---- sessions ---------------------------------------------------------- */
 
 static bool single_byte(const char *encoding)

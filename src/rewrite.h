@@ -99,6 +99,11 @@ void rewrite_result_free(struct rewrite_result *r);
  * positives are fine, false negatives are not. */
 bool rewrite_prefilter(const struct rewrite_rules *rules, const char *text, size_t len);
 
+/* True when text may define, drop or redefine prepared statements
+ * (PREPARE, DEALLOCATE, DISCARD), as PostgreSQL's parser reads it; also
+ * when the parser cannot read a text that mentions one of them. */
+bool rewrite_redefines_statements(const char *text, size_t len);
+
 /* Maps a 1-based character position in the rewritten text (an
  * ErrorResponse's P field) back onto the original. A position inside a
  * spliced clause maps to the point where the clause was inserted. utf8

@@ -43,6 +43,7 @@ struct ruleset {
     struct config *cfg;
     struct scope *scopes;
     uint64_t (*table_counts)[RR_COUNT];
+    uint64_t (*translation_counts)[TR_COUNT];
     uint64_t other_counts[RR_COUNT];
 };
 
@@ -52,9 +53,15 @@ struct ruleset *ruleset_new(struct config *cfg)
 {
     struct ruleset *rs = calloc(1, sizeof(*rs));
 
-    if (rs && cfg->table_count > 0)
+    if (rs && cfg->table_count > 0) {
         rs->table_counts = calloc(cfg->table_count, sizeof(*rs->table_counts));
-    if (!rs || (cfg->table_count > 0 && !rs->table_counts)) {
+        rs->translation_counts = calloc(cfg->table_count, sizeof(*rs->translation_counts));
+    }
+    if (!rs || (cfg->table_count > 0 && (!rs->table_counts || !rs->translation_counts))) {
+        if (rs) {
+            free(rs->table_counts);
+            free(rs->translation_counts);
+        }
         free(rs);
         config_free(cfg);
         return NULL;
@@ -106,6 +113,7 @@ void ruleset_unref(struct ruleset *rs)
         scope_free(s);
     }
     free(rs->table_counts);
+    free(rs->translation_counts);
     config_free(rs->cfg);
     free(rs);
 }
@@ -371,4 +379,21 @@ void scope_count(struct scope *s, const struct decision *d)
 void scope_count_reason(struct scope *s, enum rewrite_reason reason)
 {
     s->rs->other_counts[reason]++;
+}
+
+void scope_count_translation(struct scope *s, size_t i, enum translate_reason reason)
+{
+    s->rs->translation_counts[s->table_ids[i]][reason]++;
+}
+
+uint64_t ruleset_translation_count(const struct ruleset *rs, size_t table,
+                                   enum translate_reason reason)
+{
+    return table < rs->cfg->table_count ? rs->translation_counts[table][reason] : 0;
+}
+
+bool scope_translates(const struct scope *s, size_t i)
+{
+    const struct table_rule *rule = rule_of(s, i);
+    return rule->translate_errors && rule->mode == TABLE_MODE_ENFORCE;
 }

@@ -25,6 +25,7 @@
 #include "catalog.h"
 #include "config.h"
 #include "rewrite.h"
+#include "translate.h"
 
 struct ruleset;
 struct scope;
@@ -88,6 +89,16 @@ void scope_count_reason(struct scope *s, enum rewrite_reason reason);
  * texts that concern no registered table. */
 uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrite_reason reason);
 uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason);
+
+/* Counts what happened to a unique violation on the scope's i-th table. */
+void scope_count_translation(struct scope *s, size_t i, enum translate_reason reason);
+uint64_t ruleset_translation_count(const struct ruleset *rs, size_t table,
+                                   enum translate_reason reason);
+
+/* Whether errors on the scope's i-th table may be reported as success:
+ * translate_errors is on and the rule is not in shadow mode (which changes
+ * nothing the client sees). */
+bool scope_translates(const struct scope *s, size_t i);
 
 /* Which registered table of the scope schema.name is, directly or as one of
  * its partitions; -1 when none. */

@@ -52,6 +52,11 @@ const struct track_req *track_head(const struct track *t)
     return t->count ? at(t, 0) : NULL;
 }
 
+const struct track_req *track_at(const struct track *t, size_t i)
+{
+    return i < t->count ? at(t, i) : NULL;
+}
+
 static bool grow(struct track *t)
 {
     size_t cap = t->cap ? t->cap * 2 : TRACK_INITIAL_CAP;
@@ -68,7 +73,8 @@ static bool grow(struct track *t)
     return true;
 }
 
-static bool push_req(struct track *t, enum track_kind kind, bool injected, void *note)
+static bool push_req(struct track *t, enum track_kind kind, bool injected, uint8_t tag,
+                     void *note)
 {
     if (t->count == t->cap && !grow(t)) {
         struct track_req lost = { .note = note };
@@ -78,6 +84,7 @@ static bool push_req(struct track *t, enum track_kind kind, bool injected, void 
     struct track_req *r = at(t, t->count);
     r->kind = kind;
     r->injected = injected;
+    r->tag = tag;
     r->note = note;
     t->count++;
     return true;
@@ -189,22 +196,19 @@ bool track_client_msg(struct track *t, char type, void *note)
     enum track_kind kind;
 
     if (request_kind(t, type, &kind))
-        return push_req(t, kind, false, note);
+        return push_req(t, kind, false, 0, note);
     struct track_req none = { .note = note };
     release(t, &none);
     return true;
 }
 
-bool track_inject(struct track *t, char type, void *note)
+bool track_inject(struct track *t, char type, uint8_t tag)
 {
     enum track_kind kind;
 
-    if (!request_kind(t, type, &kind)) {
-        struct track_req none = { .note = note };
-        release(t, &none);
+    if (!request_kind(t, type, &kind))
         return true;
-    }
-    return push_req(t, kind, true, note);
+    return push_req(t, kind, true, tag, NULL);
 }
 
 /* ReadyForQuery ends the oldest Query, Sync or FunctionCall. Anything still

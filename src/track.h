@@ -12,8 +12,9 @@
  * is resynchronised there and the slip counted.
  *
  * The proxy injects requests of its own (track_inject): their replies are
- * the proxy's, never the client's. Each request may carry a note, owned by
- * the queue and released with free_note when the request is answered.
+ * the proxy's, never the client's, and a tag says what each was for. A
+ * client's request may carry a note, owned by the queue and released with
+ * free_note when the request is answered.
  *
  * Pure bookkeeping over message type bytes. No I/O.
  */
@@ -39,7 +40,8 @@ enum track_kind {
 struct track_req {
     enum track_kind kind;
     bool injected; /* sent by the proxy, not the client */
-    void *note;    /* the connection's, about this request; may be NULL */
+    uint8_t tag;   /* injected: what the proxy sent it for (its own labels) */
+    void *note;    /* the connection's, about a client's request; may be NULL */
 };
 
 struct track {
@@ -67,10 +69,11 @@ void track_free(struct track *t);
  * queue cannot be had (the note is freed). */
 bool track_client_msg(struct track *t, char type, void *note);
 
-/* Records a Query ('Q') the proxy sends on its own. Only valid when
- * track_idle() holds: anywhere else it would change what the client's
- * messages mean. False when memory cannot be had. */
-bool track_inject(struct track *t, char type, void *note);
+/* Records a message the proxy sends on its own, labelled with tag. The
+ * proxy must only send what cannot change what the client's messages mean:
+ * a Query when track_idle() holds, extended messages on names of its own.
+ * False when memory cannot be had. */
+bool track_inject(struct track *t, char type, uint8_t tag);
 
 /* Records a server message by its type byte; for ReadyForQuery, status is
  * its transaction status byte (ignored otherwise). */
@@ -87,5 +90,8 @@ static inline size_t track_pending(const struct track *t)
 
 /* The oldest outstanding request, or NULL. */
 const struct track_req *track_head(const struct track *t);
+
+/* The i-th outstanding request (0 is the head), or NULL. */
+const struct track_req *track_at(const struct track *t, size_t i);
 
 #endif

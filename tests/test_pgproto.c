@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1250,6 +1251,372 @@ static void test_fields_replace_small_buffer(void **state)
     pkt_free(&p);
 }
 
+/* ---- messages the proxy builds ------------------------------------------ */
+
+/* These go to the server in the middle of the client's stream: a wrong
+ * length or a missing NUL would desynchronise the whole connection, so the
+ * bytes are compared exactly. Mismatches are counted and all reported. */
+
+static int build_failures;
+
+#define build_mismatch(...)                                                    \
+    do {                                                                        \
+        print_error(__VA_ARGS__);                                               \
+        print_error("\n");                                                      \
+        build_failures++;                                                       \
+    } while (0)
+
+/* Compares what a builder wrote with the bytes expected, byte by byte. */
+static void expect_bytes(const char *what, const uint8_t *got, size_t got_len,
+                         const uint8_t *want, size_t want_len)
+{
+    if (got_len != want_len)
+        build_mismatch("%s: %zu bytes, expected %zu", what, got_len, want_len);
+    size_t n = got_len < want_len ? got_len : want_len;
+    for (size_t i = 0; i < n; i++)
+        if (got[i] != want[i]) {
+            build_mismatch("%s: byte %zu is 0x%02x, expected 0x%02x", what, i, got[i], want[i]);
+            break;
+        }
+}
+
+/* The builders behind one signature, for the checks below. */
+typedef size_t (*builder)(uint8_t *buf, size_t cap, const void *arg);
+
+static size_t build_query(uint8_t *buf, size_t cap, const void *arg)
+{
+    return pg_build_query(buf, cap, arg);
+}
+
+static size_t build_complete(uint8_t *buf, size_t cap, const void *arg)
+{
+    return pg_build_command_complete(buf, cap, arg);
+}
+
+struct run_args {
+    const char *name, *sql;
+};
+
+static size_t build_run(uint8_t *buf, size_t cap, const void *arg)
+{
+    const struct run_args *run = arg;
+    return pg_build_extended_run(buf, cap, run->name, run->sql);
+}
+
+/* For every cap below need (for long output, the first and last 256): the
+ * builder returns need and writes nothing, not even the part that would
+ * fit. One line per kind of problem, with the first cap that shows it. */
+static void check_small_caps(const char *what, builder build, const void *arg, size_t need)
+{
+    const size_t slack = 64;
+    uint8_t *buf = malloc(need + slack);
+    size_t bad_return = 0, bad_write = 0, first_return = 0, first_write = 0, first_byte = 0;
+    size_t first_got = 0;
+
+    assert_non_null(buf);
+    for (size_t cap = 0; cap < need; cap++) {
+        if (cap == 256 && need > 512)
+            cap = need - 256;
+        memset(buf, CANARY, need + slack);
+        size_t got = build(buf, cap, arg);
+        if (got != need && !bad_return++) {
+            first_return = cap;
+            first_got = got;
+        }
+        for (size_t i = 0; i < need + slack; i++)
+            if (buf[i] != CANARY) {
+                if (!bad_write++) {
+                    first_write = cap;
+                    first_byte = i;
+                }
+                break;
+            }
+    }
+    if (bad_return)
+        build_mismatch("%s: %zu caps below %zu return another size (cap %zu: %zu)", what,
+                       bad_return, need, first_return, first_got);
+    if (bad_write)
+        build_mismatch("%s: %zu caps below %zu write (cap %zu: byte %zu)", what, bad_write, need,
+                       first_write, first_byte);
+    free(buf);
+}
+
+/* Writes with a cap of exactly the size the builder asks for, and with room
+ * to spare: the same bytes, and nothing after them. A size other than need
+ * is reported, but the bytes are still returned (in a block of exactly
+ * *len bytes, for the caller to free) so that the caller can show what is
+ * in them. */
+static uint8_t *build_exact(const char *what, builder build, const void *arg, size_t need,
+                            size_t *len)
+{
+    const size_t slack = 64;
+    size_t asked = build(NULL, 0, arg);
+
+    if (asked != need)
+        build_mismatch("%s: needs %zu, expected %zu", what, asked, need);
+    assert_true(asked > 0 && asked < (1u << 24));
+    uint8_t *buf = malloc(asked + slack), *first = malloc(asked);
+    assert_non_null(buf);
+    assert_non_null(first);
+    for (int spare = 0; spare < 2; spare++) {
+        memset(buf, CANARY, asked + slack);
+        size_t got = build(buf, spare ? asked + slack : asked, arg);
+        if (got != asked)
+            build_mismatch("%s: returned %zu, then %zu", what, asked, got);
+        for (size_t i = asked; i < asked + slack; i++)
+            if (buf[i] != CANARY) {
+                build_mismatch("%s: wrote byte %zu past its %zu", what, i, asked);
+                break;
+            }
+        if (!spare)
+            memcpy(first, buf, asked);
+        else if (memcmp(first, buf, asked) != 0)
+            build_mismatch("%s: other bytes with room to spare", what);
+    }
+    free(buf);
+    *len = asked;
+    return first;
+}
+
+/* A builder with one text: exactly type, length, text and NUL. */
+static void check_one_text(const char *fn, builder build, char type, const char *text)
+{
+    char what[96];
+    struct pkt want = { 0 };
+    size_t start = msg_begin(&want, type);
+    put_str(&want, text);
+    msg_end(&want, start);
+
+    snprintf(what, sizeof(what), "%s(\"%.40s\")", fn, text);
+    check_small_caps(what, build, text, want.len);
+    size_t len;
+    uint8_t *got = build_exact(what, build, text, want.len, &len);
+    expect_bytes(what, got, len, want.data, want.len);
+    free(got);
+    pkt_free(&want);
+}
+
+static void test_build_query(void **state)
+{
+    (void)state;
+    uint8_t buf[64];
+
+    /* Spelled out once: 'Q', length 4 + 9 = 13, the text, its NUL. */
+    static const uint8_t select1[] = { 'Q', 0, 0, 0, 13, 'S', 'E', 'L',
+                                       'E', 'C', 'T', ' ', '1', 0 };
+    memset(buf, CANARY, sizeof(buf));
+    assert_int_equal(pg_build_query(buf, sizeof(buf), "SELECT 1"), sizeof(select1));
+    assert_memory_equal(buf, select1, sizeof(select1));
+    assert_untouched(buf, sizeof(select1), sizeof(buf));
+
+    /* The empty query is a Query too (the server answers EmptyQueryResponse). */
+    static const uint8_t empty[] = { 'Q', 0, 0, 0, 5, 0 };
+    memset(buf, CANARY, sizeof(buf));
+    assert_int_equal(pg_build_query(buf, sizeof(buf), ""), sizeof(empty));
+    assert_memory_equal(buf, empty, sizeof(empty));
+    assert_untouched(buf, sizeof(empty), sizeof(buf));
+
+    char *big = malloc(70000);
+    assert_non_null(big);
+    memset(big, 'x', 69999);
+    big[69999] = '\0';
+
+    build_failures = 0;
+    check_one_text("pg_build_query", build_query, 'Q', "SELECT 1");
+    check_one_text("pg_build_query", build_query, 'Q', "");
+    check_one_text("pg_build_query", build_query, 'Q', "SAVEPOINT idemproxy_guard");
+    check_one_text("pg_build_query", build_query, 'Q',
+                   "ROLLBACK TO SAVEPOINT idemproxy_guard; RELEASE SAVEPOINT idemproxy_guard");
+    check_one_text("pg_build_query", build_query, 'Q', "SELECT '\xc3\xa9t\xc3\xa9'");
+    /* Longer than 65535: the length field's upper bytes count too. */
+    check_one_text("pg_build_query", build_query, 'Q', big);
+    free(big);
+    if (build_failures)
+        fail_msg("%d mismatches", build_failures);
+}
+
+static void test_build_command_complete(void **state)
+{
+    (void)state;
+    uint8_t buf[64];
+
+    /* What the client is told instead of a 23505: 'C', 4 + 11 = 15. */
+    static const uint8_t insert00[] = { 'C', 0, 0, 0, 15, 'I', 'N', 'S', 'E', 'R', 'T',
+                                        ' ', '0', ' ', '0', 0 };
+    memset(buf, CANARY, sizeof(buf));
+    assert_int_equal(pg_build_command_complete(buf, sizeof(buf), "INSERT 0 0"), sizeof(insert00));
+    assert_memory_equal(buf, insert00, sizeof(insert00));
+    assert_untouched(buf, sizeof(insert00), sizeof(buf));
+
+    /* And it reads back as a message of its own. */
+    struct pg_msg msg;
+    size_t used;
+    assert_int_equal(pg_msg_next(buf, sizeof(insert00), &msg, &used), PG_NEXT_OK);
+    assert_int_equal(used, sizeof(insert00));
+    assert_int_equal(msg.type, 'C');
+    assert_int_equal(msg.body_len, strlen("INSERT 0 0") + 1);
+    assert_string_equal((const char *)msg.body, "INSERT 0 0");
+
+    build_failures = 0;
+    check_one_text("pg_build_command_complete", build_complete, 'C', "INSERT 0 0");
+    check_one_text("pg_build_command_complete", build_complete, 'C', "INSERT 0 1");
+    check_one_text("pg_build_command_complete", build_complete, 'C', "");
+    check_one_text("pg_build_command_complete", build_complete, 'C', "SAVEPOINT");
+    if (build_failures)
+        fail_msg("%d mismatches", build_failures);
+}
+
+/* Reads a message body field by field, reporting each mismatch. */
+struct body_reader {
+    const char *what;
+    const uint8_t *body;
+    size_t len, at;
+};
+
+static void read_str(struct body_reader *r, const char *field, const char *want)
+{
+    const uint8_t *nul = r->at < r->len ? memchr(r->body + r->at, 0, r->len - r->at) : NULL;
+    if (!nul) {
+        build_mismatch("%s: %s: no NUL-terminated string at %zu", r->what, field, r->at);
+        r->at = r->len;
+        return;
+    }
+    const char *got = (const char *)r->body + r->at;
+    if (strcmp(got, want) != 0)
+        build_mismatch("%s: %s is \"%s\", expected \"%s\"", r->what, field, got, want);
+    r->at = (size_t)(nul - r->body) + 1;
+}
+
+static void read_int(struct body_reader *r, const char *field, size_t width, uint32_t want)
+{
+    if (r->len - r->at < width) {
+        build_mismatch("%s: %s: %zu bytes left, expected %zu", r->what, field, r->len - r->at,
+                       width);
+        r->at = r->len;
+        return;
+    }
+    uint32_t got = 0;
+    for (size_t i = 0; i < width; i++)
+        got = (got << 8) | r->body[r->at + i];
+    if (got != want)
+        build_mismatch("%s: %s is %u, expected %u", r->what, field, got, want);
+    r->at += width;
+}
+
+static void read_end(struct body_reader *r)
+{
+    if (r->at != r->len)
+        build_mismatch("%s: %zu bytes after the last field", r->what, r->len - r->at);
+}
+
+/* The reply the server sends to one message of the run (the statement run
+ * being a utility statement: no RowDescription, no DataRow). */
+static char reply_for(char type, const uint8_t *body, size_t len)
+{
+    switch (type) {
+    case 'P': return '1'; /* ParseComplete */
+    case 'B': return '2'; /* BindComplete */
+    case 'E': return 'C'; /* CommandComplete */
+    case 'C': return len > 0 && (body[0] == 'P' || body[0] == 'S') ? '3' : '?'; /* CloseComplete */
+    }
+    return '?';
+}
+
+static void check_extended_run(const char *name, const char *sql)
+{
+    static const char types[] = { 'P', 'B', 'E', 'C', 'C' };
+    const size_t nmsgs = sizeof(types);
+    const size_t name_len = strlen(name) + 1, sql_len = strlen(sql) + 1;
+    /* Each message: type and length, then its body. */
+    const size_t need = 5 * PG_HEAD_LEN + (name_len + sql_len + 2) + (2 * name_len + 6) +
+                        (name_len + 4) + 2 * (1 + name_len);
+    const struct run_args run = { name, sql };
+    char what[96];
+
+    snprintf(what, sizeof(what), "pg_build_extended_run(\"%s\", \"%.40s\")", name, sql);
+    /* Too small by any amount, even with room for its first messages:
+     * nothing at all, since half a sequence would leave the server waiting
+     * for the rest of a message. */
+    check_small_caps(what, build_run, &run, need);
+    size_t len;
+    uint8_t *buf = build_exact(what, build_run, &run, need, &len);
+
+    if (strlen(PG_EXTENDED_RUN_REPLIES) != nmsgs)
+        build_mismatch("PG_EXTENDED_RUN_REPLIES \"%s\" has %zu replies for %zu messages",
+                       PG_EXTENDED_RUN_REPLIES, strlen(PG_EXTENDED_RUN_REPLIES), nmsgs);
+
+    size_t at = 0, count = 0;
+    while (at < len) {
+        struct pg_msg msg;
+        size_t used = 0;
+        if (pg_msg_next(buf + at, len - at, &msg, &used) != PG_NEXT_OK) {
+            build_mismatch("%s: no whole message at byte %zu", what, at);
+            break;
+        }
+        char label[160];
+        snprintf(label, sizeof(label), "%s: message %zu '%c'", what, count + 1, msg.type);
+        struct body_reader r = { label, msg.body, msg.body_len, 0 };
+        if (count >= nmsgs) {
+            build_mismatch("%s: extra", label);
+        } else if (msg.type != types[count]) {
+            build_mismatch("%s: expected '%c'", label, types[count]);
+        } else {
+            switch (count) {
+            case 0: /* Parse */
+                read_str(&r, "statement name", name);
+                read_str(&r, "query text", sql);
+                read_int(&r, "parameter types", 2, 0);
+                break;
+            case 1: /* Bind */
+                read_str(&r, "portal name", name);
+                read_str(&r, "statement name", name);
+                read_int(&r, "parameter formats", 2, 0);
+                read_int(&r, "parameters", 2, 0);
+                read_int(&r, "result formats", 2, 0);
+                break;
+            case 2: /* Execute: all rows */
+                read_str(&r, "portal name", name);
+                read_int(&r, "row limit", 4, 0);
+                break;
+            case 3: /* Close the portal */
+                read_int(&r, "kind", 1, 'P');
+                read_str(&r, "portal name", name);
+                break;
+            case 4: /* Close the statement */
+                read_int(&r, "kind", 1, 'S');
+                read_str(&r, "statement name", name);
+                break;
+            }
+            read_end(&r);
+            char reply = reply_for(msg.type, msg.body, msg.body_len);
+            if (count < strlen(PG_EXTENDED_RUN_REPLIES) && PG_EXTENDED_RUN_REPLIES[count] != reply)
+                build_mismatch("%s is answered by '%c', PG_EXTENDED_RUN_REPLIES expects '%c'",
+                               label, reply, PG_EXTENDED_RUN_REPLIES[count]);
+        }
+        at += used;
+        count++;
+    }
+    if (at != len)
+        build_mismatch("%s: messages span %zu bytes of %zu", what, at, len);
+    if (count != nmsgs)
+        build_mismatch("%s: %zu messages, expected %zu", what, count, nmsgs);
+    free(buf);
+}
+
+static void test_build_extended_run(void **state)
+{
+    (void)state;
+    build_failures = 0;
+    assert_string_equal(PG_EXTENDED_RUN_REPLIES, "12C33");
+    check_extended_run("idemproxy_guard", "SAVEPOINT idemproxy_guard");
+    check_extended_run("idemproxy_guard", "RELEASE SAVEPOINT idemproxy_guard");
+    /* The name is used for both the statement and the portal, whatever its
+     * length. */
+    check_extended_run("n", "SELECT 1");
+    if (build_failures)
+        fail_msg("%d mismatches", build_failures);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1291,6 +1658,9 @@ int main(void)
         cmocka_unit_test(test_fields_replace_notice),
         cmocka_unit_test(test_fields_replace_absent_or_malformed),
         cmocka_unit_test(test_fields_replace_small_buffer),
+        cmocka_unit_test(test_build_query),
+        cmocka_unit_test(test_build_command_complete),
+        cmocka_unit_test(test_build_extended_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1019,11 +1019,12 @@ static void test_inject_query(void **state)
     int next = 0;
 
     assert_true(track_idle(t));
-    assert_true(track_inject(t, 'Q', &notes[next++]));
+    assert_true(track_inject(t, 'Q', 7));
     expect_state(t, 1, false);
     expect_head(t, TRACK_QUERY);
     assert_true(track_head(t)->injected);
-    assert_ptr_equal(track_head(t)->note, &notes[0]);
+    assert_int_equal(track_head(t)->tag, 7);
+    assert_null(track_head(t)->note);
 
     /* The client goes on meanwhile; its requests queue behind. */
     client_noted(t, "PBES", &next);
@@ -1032,7 +1033,7 @@ static void test_inject_query(void **state)
     server(t, "TDDC");
     expect_upto(0);
     server(t, "ZI");
-    expect_upto(1);
+    expect_upto(0);
     expect_head(t, TRACK_PARSE);
     assert_false(track_head(t)->injected);
     server(t, "12");
@@ -1042,7 +1043,7 @@ static void test_inject_query(void **state)
     expect_head(t, TRACK_SYNC);
     assert_false(track_head(t)->injected);
     server(t, "ZI");
-    expect_upto(5);
+    expect_upto(4);
     expect_clean(t);
 }
 
@@ -1053,28 +1054,56 @@ static void test_inject_then_client_query(void **state)
     struct track *t = *state;
     int next = 0;
 
-    assert_true(track_inject(t, 'Q', &notes[next++]));
+    assert_true(track_inject(t, 'Q', 1));
     client_noted(t, "QQ", &next);
     expect_state(t, 3, false);
     server(t, "EZI");
+    expect_upto(0);
+    expect_head(t, TRACK_QUERY);
+    assert_false(track_head(t)->injected);
+    server(t, "CZI");
     expect_upto(1);
     expect_head(t, TRACK_QUERY);
     assert_false(track_head(t)->injected);
-    server(t, "CZI");
-    expect_upto(2);
-    expect_head(t, TRACK_QUERY);
-    assert_false(track_head(t)->injected);
     server(t, "CZT");
-    expect_upto(3);
+    expect_upto(2);
     expect_state(t, 0, false);
     assert_int_equal(t->txn_status, 'T');
 
-    /* A new injection after idle again, with no note. */
+    /* A new injection after idle again. */
     client(t, "Q");
     server(t, "CZI");
-    assert_true(track_inject(t, 'Q', NULL));
+    assert_true(track_inject(t, 'Q', 2));
     assert_true(track_head(t)->injected);
+    assert_int_equal(track_head(t)->tag, 2);
     server(t, "CZI");
+    expect_clean(t);
+}
+
+/* The proxy's own extended messages mid-batch: each carries its tag and
+ * pops with its reply, between the client's. */
+static void test_inject_extended_midbatch(void **state)
+{
+    struct track *t = *state;
+    int next = 0;
+
+    client_noted(t, "PB", &next);
+    const char *mine = "PBECC";
+    for (const char *m = mine; *m; m++)
+        assert_true(track_inject(t, *m, 3));
+    client_noted(t, "ES", &next);
+    server(t, "12");
+    expect_upto(2);
+    for (const char *r = "12C33"; *r; r++) {
+        assert_true(track_head(t)->injected);
+        assert_int_equal(track_head(t)->tag, 3);
+        server(t, (char[]){ *r, '\0' });
+    }
+    expect_head(t, TRACK_EXECUTE);
+    assert_false(track_head(t)->injected);
+    server(t, "C");
+    server(t, "ZI");
+    expect_upto(4);
     expect_clean(t);
 }
 
@@ -1130,6 +1159,7 @@ int main(void)
         NOTES_TEST(test_notes_freed_on_slip),
         NOTES_TEST(test_inject_query),
         NOTES_TEST(test_inject_then_client_query),
+        NOTES_TEST(test_inject_extended_midbatch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
