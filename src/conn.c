@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
@@ -20,7 +21,9 @@
 #include "pgproto.h"
 #include "proxy.h"
 #include "rules.h"
+#include "session.h"
 #include "track.h"
+#include "translate.h"
 
 /* Bytes a side may have queued for writing before the proxy stops reading
  * from the other side; reading resumes when half of it has drained. */
@@ -48,6 +51,37 @@ enum direction {
     TO_SERVER,
     TO_CLIENT,
 };
+
+/* What the proxy sent a request of its own for (track_req.tag). */
+enum inject {
+    INJECT_CATALOG = 1, /* the catalog query after login or reload */
+    INJECT_SAVEPOINT,   /* opens the guard ahead of the client's INSERT */
+    INJECT_RELEASE,     /* closes it after the INSERT succeeded */
+    INJECT_ROLLBACK,    /* rolls back to it after a 23505 */
+};
+
+/* The proxy's savepoint around one INSERT in a transaction block (see
+ * translate.h). While it is held the client's input waits, so that nothing
+ * the client sends can run under it. */
+enum guard {
+    GUARD_NONE,
+    GUARD_OPEN,         /* SAVEPOINT went ahead of the statement, which runs under it */
+    GUARD_BROKEN,       /* simple: the SAVEPOINT failed and the client heard why;
+                           the statement's own error adds nothing */
+    GUARD_RELEASING,    /* simple: the statement succeeded, RELEASE went; the
+                           client's ReadyForQuery is RELEASE's */
+    GUARD_FAILED,       /* simple: a 23505 is held; after the statement's
+                           ReadyForQuery the rollback goes */
+    GUARD_FAILED_OTHER, /* simple: the statement failed otherwise; its
+                           ReadyForQuery ends the guard */
+    GUARD_AWAIT_SYNC,   /* extended: a 23505 is held; the client's next message
+                           must be Sync for the rollback to be honest */
+    GUARD_SYNCED,       /* extended: that Sync went; its ReadyForQuery is the cue */
+    GUARD_ROLLBACK,     /* ROLLBACK TO and RELEASE went; the client's answer waits */
+};
+
+/* The statement and portal name of the proxy's own extended statements. */
+#define GUARD_NAME "idemproxy_guard"
 
 struct conn {
     struct conn *prev, *next; /* the proxy's list */
@@ -77,6 +111,19 @@ struct conn {
     bool catalog_ok;            /* no row of that answer was refused */
     bool resume_client;         /* the catalog arrived: relay the client's input */
     bool replication;           /* a replication session: never rewrite */
+
+    /* Translating unique violations. */
+    struct session session;     /* the client's statements and portals */
+    bool batch_open;            /* extended messages since the last Sync */
+    bool batch_certain;         /* the block's status was known as the batch began,
+                                   and everything it ran so far is known */
+    size_t batch_executes;      /* Executes since the last Sync */
+    enum guard guard;
+    uint8_t *held_error;        /* a 23505 waiting to be sent or replaced */
+    size_t held_error_len;
+    int held_table;             /* the scope table it is about */
+    bool await_next;            /* held_error waits for the client's next message */
+    bool rollback_failed;       /* the rollback to the savepoint failed (a cancel) */
 
     /* Session settings that decide whether statement text may be scanned. */
     char client_encoding[32];
@@ -213,6 +260,8 @@ static void free_pair(struct conn *c)
         p->client_count--;
     p->stats.track_desyncs += c->track.desyncs;
     track_free(&c->track);
+    session_free(&c->session);
+    free(c->held_error);
     if (c->catalog) {
         catalog_free(c->catalog);
         free(c->catalog);
@@ -351,17 +400,43 @@ static char ready_status_at(struct evbuffer *in, struct evbuffer_ptr *pos)
 /* What relay() does with one message. */
 enum handling {
     HANDLE_STREAM, /* moves on as its bytes arrive, never held */
-    HANDLE_PEEK, /* held whole and read where it lies, then moved on */
-    HANDLE_TAKE, /* held whole at the front of the input: may be replaced or dropped */
+    HANDLE_PEEK,   /* held whole and read where it lies, then moved on */
+    HANDLE_TAKE,   /* held whole and handed to a handler: may be replaced or dropped */
 };
 
 /* What a taken message became. */
 enum taken {
     TAKEN_FORWARD,  /* moves on unchanged */
-    TAKEN_REPLACED, /* something else went out in its place */
-    TAKEN_DROPPED,  /* it was the proxy's: nothing goes out */
+    TAKEN_REPLACED, /* the handler wrote something else in its place */
+    TAKEN_DROPPED,  /* it goes nowhere */
     TAKEN_CLOSED,   /* the pair was closed */
 };
+
+/* Messages up to this size are copied out to be read; longer ones are made
+ * contiguous in place. */
+#define SMALL_MSG 512
+
+/* Where a relay pass puts bytes. The messages it has passed over but not
+ * moved yet (span, at the front of in) go out before anything a handler
+ * writes, so that order is kept without moving every message on its own. */
+struct sink {
+    struct evbuffer *in, *out;
+    size_t span;
+};
+
+static void sink_flush(struct sink *k)
+{
+    if (k->span) {
+        evbuffer_remove_buffer(k->in, k->out, k->span);
+        k->span = 0;
+    }
+}
+
+static void sink_write(struct sink *k, const void *data, size_t len)
+{
+    sink_flush(k);
+    evbuffer_add(k->out, data, len);
+}
 
 /* Notices, parameter changes and notifications can come at any time and
  * always belong to the client, even amid the answer to the proxy's query. */
@@ -387,16 +462,36 @@ static bool answers_injected(const struct conn *c, char type)
     return head && head->injected && !is_async(type);
 }
 
+/* While the proxy holds a savepoint or an error, it follows every reply. */
+static bool translating(const struct conn *c)
+{
+    return c->guard != GUARD_NONE || c->held_error;
+}
+
 static enum handling client_handling(const struct conn *c, char type)
 {
-    if ((type == 'Q' || type == 'P') && rewriting(c))
+    if (!rewriting(c))
+        return HANDLE_STREAM;
+    switch (type) {
+    case 'Q': /* Query */
+    case 'P': /* Parse */
+    case 'B': /* Bind */
+    case 'E': /* Execute */
+    case 'C': /* Close */
+    case 'S': /* Sync */
+    case 'H': /* Flush */
         return HANDLE_TAKE;
-    return HANDLE_STREAM;
+    default:
+        return HANDLE_STREAM;
+    }
 }
 
 static enum handling server_handling(const struct conn *c, char type)
 {
     if (answers_injected(c, type))
+        return HANDLE_TAKE;
+    /* How the client's statement ended decides what the proxy does next. */
+    if (translating(c) && (type == 'C' || type == 's' || type == 'Z'))
         return HANDLE_TAKE;
     switch (type) {
     case 'E':
@@ -409,19 +504,76 @@ static enum handling server_handling(const struct conn *c, char type)
     }
 }
 
-/* Records a message the proxy does not take in the request queue. */
+/* Client input waits while the proxy needs to see what the server says
+ * before the client's next message may go: the catalog, or a savepoint's
+ * fate. */
+static bool client_held(const struct conn *c)
+{
+    return c->catalog || c->guard != GUARD_NONE;
+}
+
+static void fail_oom(struct conn *c)
+{
+    fail_client(c, "53200", "out of memory", "out of memory");
+}
+
+struct note;
+
+/* Records a client message in the request queue. */
+static bool track_client(struct conn *c, char type, struct note *note)
+{
+    if (track_client_msg(&c->track, type, note))
+        return true;
+    fail_oom(c);
+    return false;
+}
+
+/* Records a message the proxy does not take. */
 static bool track_plain(struct conn *c, enum direction d, char type, char status)
 {
     if (c->state != CONN_ACTIVE)
         return true;
-    if (d == TO_CLIENT) {
-        track_server_msg(&c->track, type, status);
-        return true;
+    if (d == TO_SERVER)
+        return track_client(c, type, NULL);
+    track_server_msg(&c->track, type, status);
+    return true;
+}
+
+/* ---- notes on requests ------------------------------------------------- */
+
+/* What the proxy knows about one of the client's requests. */
+struct note {
+    struct decision *decision;   /* a rewritten text: error positions map through it */
+    struct translate_request req; /* a Query or Execute of a recognised INSERT */
+    char *defines;               /* a Parse's statement or a Bind's portal name */
+    bool flushed;                /* an Execute the client sent a Flush after */
+};
+
+static void free_note(void *arg)
+{
+    struct note *n = arg;
+
+    decision_unref(n->decision);
+    free(n->defines);
+    free(n);
+}
+
+static struct note *note_new(struct decision *d)
+{
+    struct note *n = calloc(1, sizeof(*n));
+
+    if (!n) {
+        decision_unref(d);
+        return NULL;
     }
-    if (track_client_msg(&c->track, type, NULL))
-        return true;
-    fail_client(c, "53200", "out of memory", "out of memory");
-    return false;
+    n->decision = d;
+    n->req.table = -1;
+    return n;
+}
+
+static const struct note *note_of(const struct track_req *r)
+{
+    return r && !r->injected ? r->note : NULL;
 }
 
 /* ---- statements -------------------------------------------------------- */
@@ -437,7 +589,6 @@ static void log_decision(struct conn *c, const struct decision *d, const char *t
         len = r->text_len;
     }
     int shown = len > LOG_TEXT_MAX ? LOG_TEXT_MAX : (int)len;
-
     for (size_t i = 0; i < r->nstmts; i++) {
         const struct rewrite_stmt *st = &r->stmts[i];
         const struct table_rule *rule = scope_table(c->scope, st->target);
@@ -472,9 +623,19 @@ static struct decision *decide_statement(struct conn *c, char type, const uint8_
     return d;
 }
 
+/* A decided text's own INSERT into a registered table (not one nested in
+ * another statement), or NULL. */
+static const struct rewrite_stmt *inserted_stmt(const struct decision *d)
+{
+    for (size_t i = 0; d && i < d->result.nstmts; i++)
+        if (d->result.stmts[i].reason != RR_NESTED)
+            return &d->result.stmts[i];
+    return NULL;
+}
+
 /* Writes the message with the rewritten text in place of the original's
  * (a Parse keeps its name and parameter types around it). */
-static void write_rewritten(struct evbuffer *out, char type, const uint8_t *body, size_t len,
+static void write_rewritten(struct sink *k, char type, const uint8_t *body, size_t len,
                             size_t at, size_t text_len, const struct rewrite_result *r)
 {
     size_t rest = len - at - text_len; /* the text's NUL, then a Parse's types */
@@ -482,42 +643,49 @@ static void write_rewritten(struct evbuffer *out, char type, const uint8_t *body
 
     head[0] = (uint8_t)type;
     pg_put_u32(head + 1, (uint32_t)(4 + at + r->text_len + rest));
-    evbuffer_add(out, head, sizeof(head));
-    evbuffer_add(out, body, at);
-    evbuffer_add(out, r->text, r->text_len);
-    evbuffer_add(out, body + at + text_len, rest);
+    sink_write(k, head, sizeof(head));
+    evbuffer_add(k->out, body, at);
+    evbuffer_add(k->out, r->text, r->text_len);
+    evbuffer_add(k->out, body + at + text_len, rest);
 }
 
-static void free_note(void *note)
+/* ---- the proxy's own statements ---------------------------------------- */
+
+/* Sends sql as a Query of the proxy's own. Only between the client's
+ * requests at the simple-protocol level; k (when given) keeps the order of
+ * what the relay pass has not moved yet. */
+static bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject tag)
 {
-    decision_unref(note);
+    uint8_t buf[256];
+    size_t need = pg_build_query(buf, sizeof(buf), sql);
+
+    if (need > sizeof(buf) || !track_inject(&c->track, 'Q', tag))
+        return false;
+    if (k)
+        sink_write(k, buf, need);
+    else
+        bufferevent_write(c->server, buf, need);
+    return true;
 }
 
-static enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
-                                  struct evbuffer *out)
+/* Runs sql inside the client's extended batch, on the proxy's own statement
+ * and portal names. */
+static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enum inject tag)
 {
-    char type = (char)msg[0];
-    const uint8_t *body = msg + PG_HEAD_LEN;
-    size_t len = total - PG_HEAD_LEN, at = 0, text_len = 0;
-    struct decision *d = decide_statement(c, type, body, len, &at, &text_len);
-    bool replaced = d && d->result.text;
+    uint8_t buf[512];
+    size_t need = pg_build_extended_run(buf, sizeof(buf), GUARD_NAME, sql);
 
-    if (replaced)
-        write_rewritten(out, type, body, len, at, text_len, &d->result);
-    /* The decision stays with the request: an error's position is mapped
-     * back through it. */
-    if (d && !replaced) {
-        decision_unref(d);
-        d = NULL;
-    }
-    if (!track_client_msg(&c->track, type, d)) {
-        fail_client(c, "53200", "out of memory", "out of memory");
-        return TAKEN_CLOSED;
-    }
-    return replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
+    if (need > sizeof(buf))
+        return false;
+    for (const char *m = "PBECC"; *m; m++)
+        if (!track_inject(&c->track, *m, tag))
+            return false;
+    if (k)
+        sink_write(k, buf, need);
+    else
+        bufferevent_write(c->server, buf, need);
+    return true;
 }
-
-/* ---- the proxy's catalog query ----------------------------------------- */
 
 /* Asks the server about the registered tables before the session's first
  * statement; client input waits until the answer is in. Only while the
@@ -527,7 +695,7 @@ static void learn_catalog(struct conn *c)
     const char *sql = scope_catalog_query(c->scope);
     struct catalog *cat = malloc(sizeof(*cat));
 
-    if (!sql || !cat || !track_inject(&c->track, 'Q', NULL)) {
+    if (!sql || !cat || !track_inject(&c->track, 'Q', INJECT_CATALOG)) {
         free(cat);
         conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
         return;
@@ -567,39 +735,551 @@ static void catalog_arrived(struct conn *c)
     c->resume_client = true;
 }
 
-/* A reply to the proxy's own query: it never reaches the client. */
-static enum taken take_injected_reply(struct conn *c, char type, const uint8_t *body, size_t len)
-{
-    char status = 0;
+/* ---- client messages the proxy reads ----------------------------------- */
 
-    switch (type) {
-    case 'D':
-        if (c->catalog && !catalog_add_row(c->catalog, body, len))
-            c->catalog_ok = false;
-        break;
-    case 'E': {
-        struct pg_error err;
-        c->catalog_ok = false;
-        if (!pg_error_parse(body, len, &err))
-            break;
-        if (note_fatal(c, &err)) {
-            track_server_msg(&c->track, type, 0);
-            return TAKEN_FORWARD;
+/* The extended batch begins with its first message after a Sync: what the
+ * session's transaction status is then is only certain when nothing is
+ * outstanding. */
+static void batch_message(struct conn *c)
+{
+    if (!c->batch_open) {
+        c->batch_open = true;
+        c->batch_certain = track_pending(&c->track) == 0;
+        c->batch_executes = 0;
+    }
+}
+
+static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 0, text_len = 0;
+    struct decision *d = decide_statement(c, 'Q', body, len, &at, &text_len);
+    const struct rewrite_stmt *insert = inserted_stmt(d);
+    int table = insert ? (int)insert->target : -1;
+    bool replaced = d && d->result.text;
+    struct note *note = NULL;
+
+    if (text_len && rewrite_redefines_statements((const char *)body + at, text_len))
+        session_clear(&c->session);
+    /* A Query in the middle of a batch ends its implicit transaction. */
+    c->batch_certain = false;
+    if (table >= 0 || replaced) {
+        note = note_new(d);
+        if (!note) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
         }
-        conn_log(LOG_WARNING, c, "catalog query: %s %s", err.code ? err.code : "?",
-                 err.message ? err.message : "");
+        note->req = (struct translate_request){
+            .table = table,
+            .enabled = table >= 0 && scope_translates(c->scope, (size_t)table),
+            .statements = d->result.stmt_count,
+            .txn_status = c->track.txn_status,
+            .returning = insert && insert->returning,
+        };
+        /* The status is certain when nothing is outstanding. */
+        if (translate_guard(&note->req, track_pending(&c->track) == 0)) {
+            if (!inject_query(c, k, TRANSLATE_SQL_SAVEPOINT, INJECT_SAVEPOINT)) {
+                free_note(note);
+                fail_oom(c);
+                return TAKEN_CLOSED;
+            }
+            note->req.guarded = true;
+            c->guard = GUARD_OPEN;
+        }
+    } else {
+        decision_unref(d);
+    }
+    if (replaced)
+        write_rewritten(k, 'Q', body, len, at, text_len, &note->decision->result);
+    if (!track_client(c, 'Q', note))
+        return TAKEN_CLOSED;
+    return replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
+}
+
+static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 0, text_len = 0;
+    struct decision *d = decide_statement(c, 'P', body, len, &at, &text_len);
+    const struct rewrite_stmt *insert = inserted_stmt(d);
+    int table = insert ? (int)insert->target : -1;
+    bool replaced = d && d->result.text;
+    /* Only a single INSERT can be prepared: the name now means it, unless
+     * the server refuses the Parse (see forget_refused) or is skipping
+     * everything to the next Sync anyway. */
+    const struct table_rule *rule = table >= 0 && d->result.stmt_count == 1 &&
+                                            !c->track.skip_to_sync
+                                        ? scope_table(c->scope, (size_t)table)
+                                        : NULL;
+
+    batch_message(c);
+    if (text_len && rewrite_redefines_statements((const char *)body + at, text_len))
+        session_clear(&c->session);
+    if (replaced)
+        write_rewritten(k, 'P', body, len, at, text_len, &d->result);
+    /* A rewritten text's decision stays with the request: an error's
+     * position is mapped back through it. */
+    struct note *note = note_new(replaced ? d : NULL);
+    if (!replaced)
+        decision_unref(d);
+    bool ok = note != NULL;
+    if (ok && at > 0)
+        ok = session_parse(&c->session, (const char *)body, rule ? rule->schema : NULL,
+                           rule ? rule->name : NULL) &&
+             (note->defines = strdup((const char *)body)) != NULL;
+    if (!ok) {
+        if (note)
+            free_note(note);
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    if (!track_client(c, 'P', note))
+        return TAKEN_CLOSED;
+    return replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
+}
+
+/* Reads the NUL-terminated name at *at in body; advances *at past it. */
+static const char *read_name(const uint8_t *body, size_t len, size_t *at)
+{
+    const uint8_t *end = *at < len ? memchr(body + *at, '\0', len - *at) : NULL;
+
+    if (!end)
+        return NULL;
+    const char *name = (const char *)body + *at;
+    *at = (size_t)(end - body) + 1;
+    return name;
+}
+
+static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 0;
+    const char *portal = read_name(body, len, &at);
+    const char *statement = portal ? read_name(body, len, &at) : NULL;
+
+    batch_message(c);
+    if (!statement)
+        return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    /* A Bind the server skips (it is skipping to Sync after an error)
+     * leaves the portal as it was, which the proxy cannot know. */
+    if (c->track.skip_to_sync) {
+        session_close(&c->session, 'P', portal);
+        return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+    struct note *note = note_new(NULL);
+    if (!note || !session_bind(&c->session, portal, statement) ||
+        !(note->defines = strdup(portal))) {
+        if (note)
+            free_note(note);
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    return track_client(c, 'B', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
+static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 1;
+    const char *name = len > 1 ? read_name(body, len, &at) : NULL;
+
+    batch_message(c);
+    if (name)
+        session_close(&c->session, (char)body[0], name);
+    return track_client(c, 'C', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
+/* An Execute of a recognised INSERT carries what translation needs; in a
+ * transaction block it runs under the proxy's savepoint, and a Flush after
+ * it makes the server say at once how it went. */
+static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 0;
+    const char *portal = read_name(body, len, &at);
+    const char *schema, *name;
+    int table = -1;
+
+    batch_message(c);
+    c->batch_executes++;
+    if (portal && session_portal(&c->session, portal, &schema, &name))
+        table = scope_find_table(c->scope, schema, name);
+    if (table < 0) {
+        /* What it runs is unknown: later Executes of the batch cannot know
+         * whether the transaction block is still open. */
+        c->batch_certain = false;
+        return track_client(c, 'E', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+    struct note *note = note_new(NULL);
+    if (!note) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    note->req = (struct translate_request){
+        .extended = true,
+        .table = table,
+        .enabled = scope_translates(c->scope, (size_t)table),
+        .statements = c->batch_executes,
+        .txn_status = c->track.txn_status,
+    };
+    if (!translate_guard(&note->req, c->batch_certain))
+        return track_client(c, 'E', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
+
+    static const uint8_t flush[PG_HEAD_LEN] = { 'H', 0, 0, 0, 4 };
+    note->req.guarded = true;
+    if (!inject_extended(c, k, TRANSLATE_SQL_SAVEPOINT, INJECT_SAVEPOINT)) {
+        free_note(note);
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    sink_write(k, msg, total);
+    evbuffer_add(k->out, flush, sizeof(flush));
+    c->guard = GUARD_OPEN;
+    return track_client(c, 'E', note) ? TAKEN_REPLACED : TAKEN_CLOSED;
+}
+
+static enum taken take_sync(struct conn *c)
+{
+    c->batch_open = false;
+    if (c->guard == GUARD_AWAIT_SYNC)
+        c->guard = GUARD_SYNCED;
+    return track_client(c, 'S', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
+/* A Flush after an Execute: the client may wait for its outcome before it
+ * sends anything more, so an error must not wait for its next message. */
+static enum taken take_flush(struct conn *c)
+{
+    size_t n = track_pending(&c->track);
+    const struct track_req *last = n ? track_at(&c->track, n - 1) : NULL;
+    struct note *note = last && !last->injected ? last->note : NULL;
+
+    if (note && last->kind == TRACK_EXECUTE)
+        note->flushed = true;
+    return track_client(c, 'H', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
+static enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
+                                  struct sink *k)
+{
+    switch ((char)msg[0]) {
+    case 'Q': return take_query(c, msg, total, k);
+    case 'P': return take_parse(c, msg, total, k);
+    case 'B': return take_bind(c, msg, total);
+    case 'E': return take_execute(c, msg, total, k);
+    case 'C': return take_close(c, msg, total);
+    case 'S': return take_sync(c);
+    case 'H': return take_flush(c);
+    default:
+        return track_client(c, (char)msg[0], NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+}
+
+/* ---- translating unique violations ------------------------------------- */
+
+static void send_complete(struct sink *k)
+{
+    uint8_t buf[32];
+    size_t need = pg_build_command_complete(buf, sizeof(buf), TRANSLATE_TAG);
+    sink_write(k, buf, need);
+}
+
+static void count_translation(struct conn *c, int table, enum translate_reason why)
+{
+    const struct table_rule *rule = scope_table(c->scope, (size_t)table);
+
+    scope_count_translation(c->scope, (size_t)table, why);
+    conn_log(LOG_DEBUG, c, "unique violation on %s.%s: %s", rule->schema, rule->name,
+             why == TR_TRANSLATED ? "reported as INSERT 0 0" : translate_reason_name(why));
+}
+
+/* Keeps an error to send (or replace) once the proxy knows which. */
+static bool hold_error(struct conn *c, const uint8_t *msg, size_t total, int table)
+{
+    c->held_error = malloc(total);
+    if (!c->held_error)
+        return false;
+    memcpy(c->held_error, msg, total);
+    c->held_error_len = total;
+    c->held_table = table;
+    return true;
+}
+
+/* Sends the held error on (translated or not), and forgets it. */
+static void release_error(struct conn *c, struct sink *k, bool translated, enum translate_reason why)
+{
+    if (translated)
+        send_complete(k);
+    else
+        sink_write(k, c->held_error, c->held_error_len);
+    count_translation(c, c->held_table, why);
+    free(c->held_error);
+    c->held_error = NULL;
+    c->await_next = false;
+}
+
+/* The client's next message after an Execute whose 23505 waits: a Sync
+ * means nothing else shared the failed implicit transaction. Anything else
+ * settles it too: a Flush says the client may be waiting for the outcome.
+ * The held error goes to the client before anything the server says next. */
+static void settle_await(struct conn *c, char type)
+{
+    enum translate_reason why;
+    bool translated = translate_await(type, &why) == TRANSLATE_COMPLETE;
+    struct sink k = { NULL, bufferevent_get_output(c->client), 0 };
+    release_error(c, &k, translated, why);
+}
+
+/* The client's next message after an Execute whose 23505 waits under the
+ * proxy's savepoint: only a Sync lets the rollback happen honestly. Anything
+ * else is skipped by the server, and a Flush says the client may be waiting
+ * for the outcome: the client hears the error as it is. */
+static void guard_next(struct conn *c, char type)
+{
+    if (type == 'S')
+        return;
+    struct sink k = { NULL, bufferevent_get_output(c->client), 0 };
+    release_error(c, &k, false, TR_NOT_SYNC);
+    c->guard = GUARD_NONE;
+}
+
+/* The server refused an extended message and skips the rest up to Sync:
+ * what the Parses and Binds among them defined never came to be, so their
+ * names are forgotten (the server may still hold an older meaning, which
+ * the proxy does not know). */
+static void forget_refused(struct conn *c)
+{
+    const struct track_req *r;
+
+    for (size_t i = 0; (r = track_at(&c->track, i)) && r->kind != TRACK_SYNC; i++) {
+        const struct note *n = note_of(r);
+        if (r->kind == TRACK_QUERY || r->kind == TRACK_FUNCALL || r->kind == TRACK_COPY_END)
+            break;
+        if (n && n->defines)
+            session_close(&c->session, r->kind == TRACK_PARSE ? 'S' : 'P', n->defines);
+    }
+}
+
+/* An error about one of the client's requests: its position is mapped back
+ * onto the client's text, and a unique violation on a registered table may
+ * be reported as success. */
+static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN;
+    const struct note *note = note_of(answering(c));
+    struct pg_error err;
+
+    if (!pg_error_parse(body, len, &err))
+        return TAKEN_FORWARD;
+    note_fatal(c, &err);
+    forget_refused(c);
+    if (c->guard == GUARD_BROKEN) {
+        /* The proxy's savepoint failed and said so; this is the client's
+         * statement failing in the aborted block, which adds nothing. */
+        return TAKEN_DROPPED;
+    }
+
+    int error_table = -1;
+    if (c->scope && err.schema && err.table)
+        error_table = scope_find_table(c->scope, err.schema, err.table);
+    if (error_table >= 0 && err.code && strcmp(err.code, "23505") == 0) {
+        struct translate_request req = { .table = -1 };
+        if (note)
+            req = note->req;
+        /* What the block was when this request began is what the last
+         * ReadyForQuery said; a savepoint was placed knowing it already. */
+        if (!req.guarded)
+            req.txn_status = c->track.txn_status;
+        struct translate_error error = { err.code, error_table, err.where != NULL };
+        enum translate_reason why;
+        enum translate_verdict verdict = translate_decide(&req, &error, &why);
+        const struct track_req *next = track_at(&c->track, 1);
+        switch (verdict) {
+        case TRANSLATE_COMPLETE:
+            count_translation(c, error_table, why);
+            send_complete(k);
+            return TAKEN_REPLACED;
+        case TRANSLATE_AWAIT:
+            /* What the client sent after the Execute settles it now, if it
+             * sent anything: the next request the proxy tracks, else a
+             * Flush, after which the client may be waiting for the outcome. */
+            if ((next && !next->injected) || note->flushed) {
+                char next_type = next && !next->injected
+                                     ? (next->kind == TRACK_SYNC ? 'S' : '?')
+                                     : 'H';
+                verdict = translate_await(next_type, &why);
+                count_translation(c, error_table, why);
+                if (verdict == TRANSLATE_COMPLETE) {
+                    send_complete(k);
+                    return TAKEN_REPLACED;
+                }
+                return TAKEN_FORWARD;
+            }
+            if (!hold_error(c, msg, total, error_table)) {
+                fail_oom(c);
+                return TAKEN_CLOSED;
+            }
+            c->await_next = true;
+            return TAKEN_DROPPED;
+        case TRANSLATE_ROLLBACK:
+            if (!hold_error(c, msg, total, error_table)) {
+                fail_oom(c);
+                return TAKEN_CLOSED;
+            }
+            /* Simple: the rollback follows the statement's ReadyForQuery.
+             * Extended: the server now skips to the client's Sync, which
+             * must come next for the rollback to be honest. */
+            c->guard = req.extended ? GUARD_AWAIT_SYNC : GUARD_FAILED;
+            return TAKEN_DROPPED;
+        case TRANSLATE_PASS:
+            count_translation(c, error_table, why);
+            break;
+        }
+    }
+    if (c->guard == GUARD_OPEN && note && note->req.guarded) {
+        /* The statement failed otherwise: the block is aborted as the
+         * client will see; the savepoint goes with whatever it does next. */
+        c->guard = note->req.extended ? GUARD_NONE : GUARD_FAILED_OTHER;
+    }
+
+    if (note && note->decision && note->decision->result.text && err.position) {
+        size_t pos = strtoul(err.position, NULL, 10);
+        size_t mapped = rewrite_map_position(&note->decision->result, pos, c->charset_utf8);
+        char value[24];
+        uint8_t buf[1024];
+        snprintf(value, sizeof(value), "%zu", mapped);
+        size_t need = pg_fields_replace(buf, sizeof(buf), 'E', body, len, 'P', value);
+        uint8_t *big = need > sizeof(buf) && need != SIZE_MAX ? malloc(need) : NULL;
+        if (big)
+            pg_fields_replace(big, need, 'E', body, len, 'P', value);
+        if (need <= sizeof(buf) || big) {
+            sink_write(k, big ? big : buf, need);
+            free(big);
+            return TAKEN_REPLACED;
+        }
+    }
+    return TAKEN_FORWARD;
+}
+
+/* A reply to the proxy's own request. The client never sees it, except an
+ * error that stands for the client's statement or ends the session. */
+static enum taken take_injected_reply(struct conn *c, enum inject tag, char type,
+                                      const uint8_t *msg, size_t total, struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN;
+    enum taken taken = TAKEN_DROPPED;
+    struct pg_error err;
+    bool error = type == 'E' && pg_error_parse(body, len, &err);
+    char status = type == 'Z' ? pg_ready_status(body, len) : 0;
+
+    if (error && note_fatal(c, &err))
+        taken = TAKEN_FORWARD;
+    if (type == 'E')
+        forget_refused(c);
+    switch (tag) {
+    case INJECT_CATALOG:
+        if (type == 'D' && c->catalog && !catalog_add_row(c->catalog, body, len))
+            c->catalog_ok = false;
+        if (type == 'E') {
+            c->catalog_ok = false;
+            if (error)
+                conn_log(LOG_WARNING, c, "catalog query: %s %s", err.code ? err.code : "?",
+                         err.message ? err.message : "");
+        }
+        break;
+    case INJECT_SAVEPOINT:
+        if (type == 'E') {
+            /* The statement cannot run as planned (a cancel, say): the
+             * client hears this error for it. */
+            taken = TAKEN_FORWARD;
+            c->guard = track_head(&c->track)->kind == TRACK_QUERY ? GUARD_BROKEN : GUARD_NONE;
+        }
+        break;
+    case INJECT_RELEASE:
+        /* After the client was told its INSERT succeeded: if the block
+         * failed now, the client must hear it and see the real status. */
+        if (type == 'E' || (type == 'Z' && c->guard == GUARD_RELEASING))
+            taken = TAKEN_FORWARD;
+        if (type == 'Z' && c->guard == GUARD_RELEASING)
+            c->guard = GUARD_NONE;
+        break;
+    case INJECT_ROLLBACK:
+        if (type == 'E')
+            c->rollback_failed = true;
+        if (type == 'Z') {
+            /* The client's answer: the INSERT changed nothing, the block
+             * goes on; or, if a cancel stopped the rollback, its error. */
+            release_error(c, k, !c->rollback_failed,
+                          c->rollback_failed ? TR_ROLLBACK_FAILED : TR_TRANSLATED);
+            if (c->rollback_failed)
+                conn_log(LOG_INFO, c, "the rollback to the proxy's savepoint failed: the "
+                         "unique violation is reported as it was");
+            c->rollback_failed = false;
+            c->guard = GUARD_NONE;
+            taken = TAKEN_FORWARD;
+        }
         break;
     }
-    case 'Z':
-        status = pg_ready_status(body, len);
+    track_server_msg(&c->track, type, status);
+    if (type == 'Z' && tag == INJECT_CATALOG && c->catalog)
+        catalog_arrived(c);
+    if (!c->catalog && (c->guard == GUARD_NONE || c->guard == GUARD_AWAIT_SYNC))
+        c->resume_client = true;
+    return taken;
+}
+
+/* A reply to the client's statement while the proxy holds a savepoint. */
+static void guard_reply(struct conn *c, char type, const struct note *note)
+{
+    bool guarded = note && note->req.guarded;
+
+    switch (c->guard) {
+    case GUARD_OPEN:
+        if (!guarded || (type != 'C' && type != 's'))
+            break;
+        /* It succeeded: the savepoint goes. Simple protocol: the client's
+         * ReadyForQuery waits for RELEASE's, which tells the truth. */
+        if (note->req.extended) {
+            if (!inject_extended(c, NULL, TRANSLATE_SQL_RELEASE, INJECT_RELEASE))
+                fail_oom(c);
+            c->guard = GUARD_NONE;
+        } else if (inject_query(c, NULL, TRANSLATE_SQL_RELEASE, INJECT_RELEASE)) {
+            c->guard = GUARD_RELEASING;
+        } else {
+            fail_oom(c);
+        }
         break;
     default:
         break;
     }
-    track_server_msg(&c->track, type, status);
-    if (type == 'Z' && c->catalog)
-        catalog_arrived(c);
-    return TAKEN_DROPPED;
+}
+
+/* ReadyForQuery for the client's request while the proxy translates. */
+static enum taken guard_ready(struct conn *c)
+{
+    switch (c->guard) {
+    case GUARD_RELEASING:
+        /* RELEASE's own ReadyForQuery stands for this one. */
+        return TAKEN_DROPPED;
+    case GUARD_FAILED:
+    case GUARD_SYNCED:
+        /* The statement's 23505 aborted the block: roll back to the
+         * savepoint, then tell the client. */
+        if (!inject_query(c, NULL, TRANSLATE_SQL_ROLLBACK, INJECT_ROLLBACK)) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
+        c->guard = GUARD_ROLLBACK;
+        return TAKEN_DROPPED;
+    case GUARD_BROKEN:
+    case GUARD_FAILED_OTHER:
+        c->guard = GUARD_NONE;
+        return TAKEN_FORWARD;
+    default:
+        return TAKEN_FORWARD;
+    }
 }
 
 /* ---- server messages the proxy reads ----------------------------------- */
@@ -627,39 +1307,6 @@ static void note_parameter(struct conn *c, const uint8_t *body, size_t len)
     c->charset_ok = rewrite_charset(c->client_encoding, c->server_encoding, &c->charset_utf8);
 }
 
-/* An error about a rewritten statement points into the client's text. */
-static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total,
-                             struct evbuffer *out)
-{
-    const uint8_t *body = msg + PG_HEAD_LEN;
-    size_t len = total - PG_HEAD_LEN;
-    const struct track_req *head = answering(c);
-    const struct decision *d = head ? head->note : NULL;
-    struct pg_error err;
-    enum taken taken = TAKEN_FORWARD;
-
-    if (!pg_error_parse(body, len, &err))
-        return TAKEN_FORWARD;
-    note_fatal(c, &err);
-    if (d && d->result.text && err.position) {
-        size_t pos = strtoul(err.position, NULL, 10);
-        size_t mapped = rewrite_map_position(&d->result, pos, c->charset_utf8);
-        char value[24];
-        uint8_t buf[1024];
-        snprintf(value, sizeof(value), "%zu", mapped);
-        size_t need = pg_fields_replace(buf, sizeof(buf), 'E', body, len, 'P', value);
-        uint8_t *big = need > sizeof(buf) && need != SIZE_MAX ? malloc(need) : NULL;
-        if (big)
-            pg_fields_replace(big, need, 'E', body, len, 'P', value);
-        if (need <= sizeof(buf) || big) {
-            evbuffer_add(out, big ? big : buf, need);
-            taken = TAKEN_REPLACED;
-        }
-        free(big);
-    }
-    return taken;
-}
-
 static void login_done(struct conn *c)
 {
     c->state = CONN_ACTIVE;
@@ -673,32 +1320,40 @@ static void login_done(struct conn *c)
 }
 
 static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t total,
-                                  struct evbuffer *out)
+                                  struct sink *k)
 {
     char type = (char)msg[0];
     const uint8_t *body = msg + PG_HEAD_LEN;
     size_t len = total - PG_HEAD_LEN;
+    const struct track_req *head = answering(c);
     enum taken taken = TAKEN_FORWARD;
 
     if (answers_injected(c, type))
-        return take_injected_reply(c, type, body, len);
+        return take_injected_reply(c, (enum inject)head->tag, type, msg, total, k);
     switch (type) {
     case 'S':
         note_parameter(c, body, len);
         break;
     case 'E':
-        taken = take_error(c, msg, total, out);
+        taken = take_error(c, msg, total, k);
         break;
     case 'Z':
         if (c->state == CONN_LOGIN) {
             login_done(c);
             return TAKEN_FORWARD;
         }
+        if (translating(c))
+            taken = guard_ready(c);
         break;
     default:
+        if (translating(c))
+            guard_reply(c, type, note_of(head));
         break;
     }
-    track_plain(c, TO_CLIENT, type, type == 'Z' ? pg_ready_status(body, len) : 0);
+    if (taken != TAKEN_CLOSED)
+        track_plain(c, TO_CLIENT, type, type == 'Z' ? pg_ready_status(body, len) : 0);
+    if (!c->catalog && (c->guard == GUARD_NONE || c->guard == GUARD_AWAIT_SYNC))
+        c->resume_client = true;
     return taken;
 }
 
@@ -707,8 +1362,12 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
 static void note_oversized(struct conn *c, enum direction d, char type, size_t total)
 {
     c->proxy->stats.oversized_inspected++;
-    if (d == TO_SERVER && rewriting(c))
+    if (d == TO_SERVER && rewriting(c)) {
         scope_count_reason(c->scope, RR_TOO_LARGE);
+        /* Its names cannot be read: they are forgotten. */
+        if (type == 'P' || type == 'B')
+            session_clear(&c->session);
+    }
     if (d == TO_CLIENT && answers_injected(c, type))
         c->catalog_ok = false;
     conn_log(LOG_DEBUG, c, "'%c' message of %zu bytes streamed unread", type, total);
@@ -738,6 +1397,26 @@ static void pass_bytes(struct conn *c, enum direction d, struct evbuffer *in,
         evbuffer_remove_buffer(in, out, n);
 }
 
+/* Hands one whole message at pos to its handler. */
+static enum taken take(struct conn *c, enum direction d, struct sink *k,
+                       struct evbuffer_ptr *pos, size_t total)
+{
+    uint8_t small[SMALL_MSG];
+    const uint8_t *msg = small;
+
+    if (total <= sizeof(small)) {
+        evbuffer_copyout_from(k->in, pos, small, total);
+    } else {
+        sink_flush(k);
+        msg = evbuffer_pullup(k->in, (ev_ssize_t)total);
+        if (!msg) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
+    }
+    return d == TO_SERVER ? take_client_msg(c, msg, total, k) : take_server_msg(c, msg, total, k);
+}
+
 /* Moves every whole message it can from one side to the other. Messages the
  * proxy needs to read are held until whole (up to max_held_message); all
  * others stream through as their bytes arrive. Consecutive messages move in
@@ -746,34 +1425,43 @@ static void pass_bytes(struct conn *c, enum direction d, struct evbuffer *in,
 static bool relay(struct conn *c, enum direction d)
 {
     struct bufferevent *src = source_of(c, d), *dst = sink_of(c, d);
-    struct evbuffer *in = bufferevent_get_input(src), *out = bufferevent_get_output(dst);
+    struct sink k = { bufferevent_get_input(src), bufferevent_get_output(dst), 0 };
     size_t max_held = c->proxy->cfg->max_held_message;
-    size_t span = 0; /* bytes at the front of in that are ready to move */
     struct evbuffer_ptr pos;
 
     if (c->stream_left[d]) {
-        size_t avail = evbuffer_get_length(in);
+        size_t avail = evbuffer_get_length(k.in);
         size_t n = c->stream_left[d] < avail ? c->stream_left[d] : avail;
-        pass_bytes(c, d, in, out, n);
+        pass_bytes(c, d, k.in, k.out, n);
         c->stream_left[d] -= n;
         if (c->stream_left[d])
             goto moved;
         c->stream_discard[d] = false;
     }
-    evbuffer_ptr_set(in, &pos, 0, EVBUFFER_PTR_SET);
+    evbuffer_ptr_set(k.in, &pos, 0, EVBUFFER_PTR_SET);
 
     for (;;) {
-        size_t avail = evbuffer_get_length(in);
+        size_t avail = evbuffer_get_length(k.in);
         uint8_t raw[PG_HEAD_LEN];
         struct pg_msg_head head;
 
-        if (avail - span < PG_HEAD_LEN)
+        if (avail - k.span < PG_HEAD_LEN)
             break;
-        evbuffer_copyout_from(in, &pos, raw, PG_HEAD_LEN);
+        evbuffer_copyout_from(k.in, &pos, raw, PG_HEAD_LEN);
         if (pg_msg_head(raw, PG_HEAD_LEN, &head) != PG_NEXT_OK) {
-            evbuffer_remove_buffer(in, out, span);
+            sink_flush(&k);
             protocol_violation(c, d, raw);
             return false;
+        }
+        if (d == TO_SERVER) {
+            if (c->await_next)
+                settle_await(c, head.type);
+            if (c->guard == GUARD_AWAIT_SYNC)
+                guard_next(c, head.type);
+            /* In a guard, the client's messages wait; only the Sync that
+             * lets a rollback happen may pass. */
+            if (client_held(c) && !(c->guard == GUARD_AWAIT_SYNC && head.type == 'S'))
+                break;
         }
         size_t total = (size_t)head.len + 1;
         enum handling h = d == TO_SERVER ? client_handling(c, head.type)
@@ -782,63 +1470,55 @@ static bool relay(struct conn *c, enum direction d)
             note_oversized(c, d, head.type, total);
             /* The proxy's own answer too big to read is dropped unread. */
             if (d == TO_CLIENT && answers_injected(c, head.type)) {
-                evbuffer_remove_buffer(in, out, span);
-                span = 0;
+                sink_flush(&k);
                 c->stream_discard[d] = true;
             }
             h = HANDLE_STREAM;
         }
-        if (h != HANDLE_STREAM && avail - span < total) {
+        if (h != HANDLE_STREAM && avail - k.span < total) {
             hold_for(c, d, total);
             break;
         }
 
         if (h == HANDLE_TAKE) {
-            evbuffer_remove_buffer(in, out, span);
-            span = 0;
-            const uint8_t *msg = evbuffer_pullup(in, (ev_ssize_t)total);
-            if (!msg) {
-                fail_client(c, "53200", "out of memory", "out of memory");
-                return false;
-            }
-            enum taken taken = d == TO_SERVER ? take_client_msg(c, msg, total, out)
-                                              : take_server_msg(c, msg, total, out);
+            enum taken taken = take(c, d, &k, &pos, total);
             if (taken == TAKEN_CLOSED)
                 return false;
-            if (taken == TAKEN_FORWARD)
-                span = total;
-            else
-                evbuffer_drain(in, total);
-            evbuffer_ptr_set(in, &pos, span, EVBUFFER_PTR_SET);
+            if (taken == TAKEN_FORWARD) {
+                k.span += total;
+            } else {
+                sink_flush(&k);
+                evbuffer_drain(k.in, total);
+            }
+            evbuffer_ptr_set(k.in, &pos, k.span, EVBUFFER_PTR_SET);
             continue;
         }
 
-        char status = h == HANDLE_PEEK && head.type == 'Z' ? ready_status_at(in, &pos) : 0;
+        char status = h == HANDLE_PEEK && head.type == 'Z' ? ready_status_at(k.in, &pos) : 0;
         if (!track_plain(c, d, head.type, status))
             return false;
-        if (avail - span < total) {
+        if (avail - k.span < total) {
             /* Streams on as its bytes arrive. */
-            c->stream_left[d] = total - (avail - span);
-            pass_bytes(c, d, in, out, avail);
-            span = 0;
+            c->stream_left[d] = total - (avail - k.span);
+            sink_flush(&k);
+            pass_bytes(c, d, k.in, k.out, evbuffer_get_length(k.in));
             goto moved;
         }
         if (c->stream_discard[d]) {
-            evbuffer_drain(in, total);
+            evbuffer_drain(k.in, total);
             c->stream_discard[d] = false;
-            evbuffer_ptr_set(in, &pos, span, EVBUFFER_PTR_SET);
+            evbuffer_ptr_set(k.in, &pos, k.span, EVBUFFER_PTR_SET);
             continue;
         }
-        span += total;
-        if (span < avail)
-            evbuffer_ptr_set(in, &pos, total, EVBUFFER_PTR_ADD);
+        k.span += total;
+        if (k.span < avail)
+            evbuffer_ptr_set(k.in, &pos, total, EVBUFFER_PTR_ADD);
     }
-    if (span)
-        evbuffer_remove_buffer(in, out, span);
+    sink_flush(&k);
 moved:
-    if (evbuffer_get_length(in) < READ_CHUNK)
+    if (evbuffer_get_length(k.in) < READ_CHUNK)
         hold_done(c, d);
-    if (evbuffer_get_length(out) >= OUT_HIGH && !c->paused[d]) {
+    if (evbuffer_get_length(k.out) >= OUT_HIGH && !c->paused[d]) {
         c->paused[d] = true;
         bufferevent_disable(src, EV_READ);
     }
@@ -1148,6 +1828,7 @@ struct conn *conn_accept(struct proxy *p, evutil_socket_t fd,
     c->id = ++p->next_conn_id;
     c->state = CONN_STARTUP;
     track_init(&c->track, free_note);
+    session_init(&c->session);
     format_peer(c->peer, sizeof(c->peer), addr);
     c->client = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE);
     c->login_timer = evtimer_new(p->base, login_timeout_cb, c);

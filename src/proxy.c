@@ -173,6 +173,17 @@ static void log_rule_counters(const struct ruleset *rs)
         if (at)
             log_info("[table %s.%s] INSERTs:%s", cfg->tables[i].schema, cfg->tables[i].name,
                      line);
+        at = 0;
+        for (int r = 0; r < TR_COUNT && at < sizeof(line); r++) {
+            uint64_t n = ruleset_translation_count(rs, i, (enum translate_reason)r);
+            if (n)
+                at += (size_t)snprintf(line + at, sizeof(line) - at, " %s=%llu",
+                                       translate_reason_name((enum translate_reason)r),
+                                       (unsigned long long)n);
+        }
+        if (at)
+            log_info("[table %s.%s] unique violations:%s", cfg->tables[i].schema,
+                     cfg->tables[i].name, line);
     }
 }
 
