@@ -180,6 +180,25 @@ const char *itest_write_config(const char *name, const char *body)
     return path;
 }
 
+const char *itest_write_file(const char *name, const char *text)
+{
+    static char path[600];
+    snprintf(path, sizeof path, "%s/%s", itest_env("IDEM_TEST_TMP"), name);
+    if (!write_file(path, text))
+        fail_msg("cannot write %s: %s", path, strerror(errno));
+    return path;
+}
+
+char *itest_read_file(const char *path)
+{
+    /* Far more than any config file or program output a test reads. */
+    char *text = read_tail(path, 64u << 20);
+    if (text == NULL)
+        text = strdup("");
+    assert_non_null(text);
+    return text;
+}
+
 /* ---- processes --------------------------------------------------------- */
 
 /* In a forked child: die with the test binary, so that no proxy outlives a
@@ -284,6 +303,62 @@ bool itest_pg_ctl(const char *const args[])
     return ok;
 }
 
+#define PGBENCH_TIMEOUT_MS 60000
+
+/* Runs pgbench (see itest_pgbench_ok); returns its waitpid status (-1: timed
+ * out) and its output in *out (malloc'ed). */
+static int pgbench(const char *script, int port, const char *mode, int transactions, char **out)
+{
+    char bin[512], out_path[600], port_s[16], count[16];
+    snprintf(bin, sizeof bin, "%s/pgbench", itest_env("IDEM_TEST_PGBIN"));
+    /* The binaries share IDEM_TEST_TMP, and itest_run appends. */
+    snprintf(out_path, sizeof out_path, "%s/pgbench-%d-%u-%s-%d.out", itest_env("IDEM_TEST_TMP"),
+             (int)getpid(), ++g_file_seq, mode, port);
+    snprintf(port_s, sizeof port_s, "%d", port);
+    snprintf(count, sizeof count, "%d", transactions);
+    char *argv[] = { bin, (char *)"-n", (char *)"-f", (char *)script, (char *)"-c",
+                     (char *)"4", (char *)"-j", (char *)"2", (char *)"-t", count,
+                     (char *)"-M", (char *)mode, (char *)"-h", (char *)"127.0.0.1",
+                     (char *)"-p", port_s, (char *)"-U", (char *)itest_pg_user(),
+                     (char *)ITEST_DBNAME, NULL };
+    int status = itest_run(argv, out_path, PGBENCH_TIMEOUT_MS);
+    *out = itest_read_file(out_path);
+    return status;
+}
+
+void itest_pgbench_ok(const char *script, int port, const char *mode, int transactions)
+{
+    char *out = NULL;
+    int st = pgbench(script, port, mode, transactions, &out);
+    char processed[96];
+    snprintf(processed, sizeof processed, "number of transactions actually processed: %d/%d",
+             4 * transactions, 4 * transactions);
+    bool ok = st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
+              strstr(out, "number of failed transactions: 0 (") != NULL &&
+              strstr(out, processed) != NULL && strstr(out, "aborted") == NULL;
+    if (!ok) {
+        printf("pgbench -M %s through the proxy (status 0x%x):\n%s\n", mode, st, out);
+        free(out);
+        fail_msg("pgbench -M %s through the proxy failed", mode);
+    }
+    free(out);
+    printf("pgbench -M %s through the proxy: ok\n", mode);
+}
+
+void itest_pgbench_fails_directly(const char *script, const char *mode, int transactions)
+{
+    char *out = NULL;
+    int st = pgbench(script, itest_pg_port(), mode, transactions, &out);
+    bool failed = st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 ||
+                  strstr(out, "aborted") != NULL;
+    printf("pgbench directly on the server: status 0x%x, %s\n", st,
+           failed ? "failed as it must" : "SUCCEEDED");
+    if (!failed)
+        printf("%s\n", out);
+    free(out);
+    assert_true(failed);
+}
+
 /* ---- proxies ----------------------------------------------------------- */
 
 static struct itest_proxy *proxy_slot(void)
@@ -368,6 +443,21 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
     return NULL;
 }
 
+struct itest_proxy *itest_proxy_start_with(const char *log_level, const char *extra)
+{
+    struct itest_proxy_opts opts = { .log_level = log_level, .extra = extra };
+    return itest_proxy_start(&opts);
+}
+
+struct itest_proxy *itest_proxy_start_table(const char *log_level, const char *table,
+                                            const char *conflict, const char *more_keys)
+{
+    char extra[1024];
+    snprintf(extra, sizeof extra, "[table public.%s]\nconflict = %s\n%s", table, conflict,
+             more_keys);
+    return itest_proxy_start_with(log_level, extra);
+}
+
 bool itest_proxy_alive(struct itest_proxy *p)
 {
     if (p->exited)
@@ -444,6 +534,31 @@ bool itest_proxy_log_contains(const struct itest_proxy *p, const char *needle)
     bool found = text != NULL && strstr(text, needle) != NULL;
     free(text);
     return found;
+}
+
+bool itest_proxy_log_line_has(const struct itest_proxy *p, const char *a, const char *b,
+                              const char *c)
+{
+    FILE *f = fopen(p->log_path, "r");
+    if (f == NULL)
+        return false;
+    char *line = NULL;
+    size_t cap = 0;
+    bool found = false;
+    while (!found && getline(&line, &cap, f) >= 0)
+        found = strstr(line, a) != NULL && strstr(line, b) != NULL &&
+                (c == NULL || strstr(line, c) != NULL);
+    free(line);
+    fclose(f);
+    return found;
+}
+
+void itest_assert_log_line(const struct itest_proxy *p, const char *a, const char *b,
+                           const char *c)
+{
+    if (!itest_proxy_log_line_has(p, a, b, c))
+        fail_msg("no line of the proxy log has \"%s\", \"%s\"%s%s%s", a, b, c ? ", \"" : "",
+                 c ? c : "", c ? "\"" : "");
 }
 
 /* ---- libpq ------------------------------------------------------------- */
@@ -633,6 +748,127 @@ bool itest_server_wait_ll(long long want, int timeout_ms, const char *fmt, ...)
     if (v != want)
         printf("%s: still %lld (want %lld) after %d ms\n", sql, v, want, timeout_ms);
     return v == want;
+}
+
+PGresult *itest_exec_params(PGconn *conn, const char *sql, int n, const char *const *vals)
+{
+    if (!PQsendQueryParams(conn, sql, n, NULL, vals, NULL, NULL, 0))
+        fail_msg("PQsendQueryParams(%s): %s", sql, PQerrorMessage(conn));
+    return itest_wait_result(conn, ITEST_QUERY_TIMEOUT_MS);
+}
+
+PGresult *itest_prepare(PGconn *conn, const char *name, const char *sql, int n)
+{
+    if (!PQsendPrepare(conn, name, sql, n, NULL))
+        fail_msg("PQsendPrepare(%s): %s", sql, PQerrorMessage(conn));
+    return itest_wait_result(conn, ITEST_QUERY_TIMEOUT_MS);
+}
+
+PGresult *itest_exec_prepared(PGconn *conn, const char *name, int n, const char *const *vals)
+{
+    if (!PQsendQueryPrepared(conn, name, n, vals, NULL, NULL, 0))
+        fail_msg("PQsendQueryPrepared(%s): %s", name, PQerrorMessage(conn));
+    return itest_wait_result(conn, ITEST_QUERY_TIMEOUT_MS);
+}
+
+PGresult *itest_describe_prepared(PGconn *conn, const char *name)
+{
+    if (!PQsendDescribePrepared(conn, name))
+        fail_msg("PQsendDescribePrepared(%s): %s", name, PQerrorMessage(conn));
+    return itest_wait_result(conn, ITEST_QUERY_TIMEOUT_MS);
+}
+
+PGresult *itest_pipeline_result(PGconn *conn, int64_t deadline)
+{
+    bool timed_out;
+    PGresult *r = itest_next_result(conn, deadline, &timed_out);
+    if (timed_out || r == NULL)
+        fail_msg("pipeline: %s", timed_out ? "timed out (hang)" : "no result");
+    return r;
+}
+
+void itest_pipeline_end(PGconn *conn, int64_t deadline)
+{
+    bool timed_out;
+    PGresult *r = itest_next_result(conn, deadline, &timed_out);
+    if (timed_out)
+        fail_msg("pipeline: timed out (hang)");
+    if (r != NULL) {
+        char st[64];
+        snprintf(st, sizeof st, "%s", PQresStatus(PQresultStatus(r)));
+        PQclear(r);
+        fail_msg("pipeline: an extra result %s", st);
+    }
+}
+
+/* ---- assertions on results --------------------------------------------- */
+
+void itest_assert_result_ok(PGresult *res, const char *what)
+{
+    if (res == NULL)
+        fail_msg("%s: no result (timeout or lost connection)", what);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+        const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s %s: %s", PQresStatus(st), code ? code : "",
+                 PQresultErrorMessage(res));
+        PQclear(res);
+        fail_msg("%s: %s", what, msg);
+    }
+}
+
+void itest_assert_tag(PGresult *res, const char *tag, const char *what)
+{
+    itest_assert_result_ok(res, what);
+    if (strcmp(PQcmdStatus(res), tag) != 0) {
+        char got[128];
+        snprintf(got, sizeof got, "%s", PQcmdStatus(res));
+        PQclear(res);
+        fail_msg("%s: command tag \"%s\", want \"%s\"", what, got, tag);
+    }
+}
+
+void itest_assert_sqlstate(PGresult *res, const char *sqlstate, const char *what)
+{
+    if (res == NULL)
+        fail_msg("%s: no result, expected SQLSTATE %s", what, sqlstate);
+    const char *got = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (PQresultStatus(res) != PGRES_FATAL_ERROR || got == NULL || strcmp(got, sqlstate) != 0) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s %s: %s (tag \"%s\")", PQresStatus(PQresultStatus(res)),
+                 got ? got : "(no SQLSTATE)", PQresultErrorMessage(res), PQcmdStatus(res));
+        PQclear(res);
+        fail_msg("%s: expected error %s, got %s", what, sqlstate, msg);
+    }
+}
+
+void itest_assert_field(PGresult *res, int field, const char *want, const char *name)
+{
+    const char *got = PQresultErrorField(res, field);
+    if (got != NULL && strcmp(got, want) == 0)
+        return;
+    char msg[1024];
+    if (got == NULL)
+        snprintf(msg, sizeof msg, "error field %s is missing (want \"%s\")", name, want);
+    else
+        snprintf(msg, sizeof msg, "error field %s: got \"%s\", want \"%s\"", name, got, want);
+    PQclear(res);
+    fail_msg("%s", msg);
+}
+
+void itest_exec_tag(PGconn *conn, const char *sql, const char *tag)
+{
+    PGresult *r = itest_exec(conn, sql);
+    itest_assert_tag(r, tag, sql);
+    PQclear(r);
+}
+
+void itest_exec_sqlstate(PGconn *conn, const char *sql, const char *sqlstate)
+{
+    PGresult *r = itest_exec(conn, sql);
+    itest_assert_sqlstate(r, sqlstate, sql);
+    PQclear(r);
 }
 
 /* ---- raw sockets ------------------------------------------------------- */
@@ -1020,6 +1256,25 @@ int itest_teardown(void **state)
     }
     alarm(0);
     return rc;
+}
+
+int itest_main(int argc, char **argv, const char *group, const struct CMUnitTest *tests,
+               size_t count)
+{
+    /* Line-buffered, so a hung or crashed test's last words reach the log. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && strcmp(argv[1], "--free-port") == 0) {
+        int port = itest_free_port();
+        printf("%d\n", port);
+        return port > 0 ? 0 : 1;
+    }
+    atexit(itest_kill_all);
+    const char *filter = argc > 1 ? argv[1] : getenv("IDEM_TEST_FILTER");
+    if (filter != NULL && *filter != '\0')
+        cmocka_set_test_filter(filter);
+    /* What cmocka_run_group_tests_name() expands to, for an array passed in. */
+    return _cmocka_run_group_tests(group, tests, count, NULL, NULL);
 }
 
 void itest_kill_all(void)

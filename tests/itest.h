@@ -1,5 +1,6 @@
 /*
- * itest: helpers for the integration tests in test_integration.c.
+ * itest: the harness of the integration tests (test_integration.c,
+ * test_idempotent.c, test_translation.c).
  *
  * tests/integration.sh starts a scratch PostgreSQL 15 cluster and exports
  * where it is (IDEM_TEST_PG*), where the proxy binary is (IDEMPROXY) and a
@@ -78,9 +79,25 @@ struct itest_proxy {
  * (PR_SET_PDEATHSIG), and the teardown stops it. */
 struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts);
 
+/* itest_proxy_start with a log level (NULL: "info") and extra config (main
+ * keys first, then sections; or NULL). */
+struct itest_proxy *itest_proxy_start_with(const char *log_level, const char *extra);
+
+/* A proxy with one section [table public.<table>], conflict = conflict, plus
+ * more_keys ("key = value\n" lines, or "") in it. */
+struct itest_proxy *itest_proxy_start_table(const char *log_level, const char *table,
+                                            const char *conflict, const char *more_keys);
+
 /* Writes "[idemproxy]\n" + body to a fresh file in IDEM_TEST_TMP; returns
  * its path in a static buffer. */
 const char *itest_write_config(const char *name, const char *body);
+
+/* Writes text to IDEM_TEST_TMP/name; returns the path in a static buffer
+ * (valid until the next call). Fails the test when it cannot. */
+const char *itest_write_file(const char *name, const char *text);
+
+/* The whole file, malloc'ed and NUL-terminated ("" when unreadable). */
+char *itest_read_file(const char *path);
 
 /* True while the proxy process has not exited. */
 bool itest_proxy_alive(struct itest_proxy *p);
@@ -102,6 +119,15 @@ void itest_proxy_dump_log(const struct itest_proxy *p, int max_lines);
 /* True when the log contains needle. */
 bool itest_proxy_log_contains(const struct itest_proxy *p, const char *needle);
 
+/* True when a single line of the log contains a, b and (unless NULL) c. */
+bool itest_proxy_log_line_has(const struct itest_proxy *p, const char *a, const char *b,
+                              const char *c);
+
+/* Fails the test unless a single line of the log contains a, b and (unless
+ * NULL) c. (The teardown shows the log's tail for a failed test.) */
+void itest_assert_log_line(const struct itest_proxy *p, const char *a, const char *b,
+                           const char *c);
+
 /* Runs argv (argv[0] searched in PATH) with stdout+stderr appended to
  * out_path (or inherited when NULL); returns the waitpid status, or -1 when
  * it did not finish within timeout_ms (it is then killed). */
@@ -111,6 +137,17 @@ int itest_run(char *const argv[], const char *out_path, int timeout_ms);
  * owner (prefix $IDEM_TEST_AS), adding -D $IDEM_TEST_PGDATA. Returns true when
  * it exited 0. */
 bool itest_pg_ctl(const char *const args[]);
+
+/* Runs $IDEM_TEST_PGBIN/pgbench -n -f script -c 4 -j 2 -t transactions
+ * -M mode against 127.0.0.1:port, bounded; fails the test (showing pgbench's
+ * output) unless it exited 0 having processed all 4 * transactions, none
+ * failed or aborted. */
+void itest_pgbench_ok(const char *script, int port, const char *mode, int transactions);
+
+/* The same run directly on the test cluster, where the script's duplicates
+ * must make it fail (exit non-zero or abort a client): else a run through
+ * the proxy could not fail either. Fails the test when it succeeds. */
+void itest_pgbench_fails_directly(const char *script, const char *mode, int transactions);
 
 /* ---- libpq ------------------------------------------------------------- */
 
@@ -161,6 +198,47 @@ void itest_server_exec(const char *sql);
  * want; returns true when it did. For "the backend is gone" checks. */
 bool itest_server_wait_ll(long long want, int timeout_ms, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+
+/* The extended protocol, bounded like itest_exec (NULL on timeout); text
+ * parameters and results. Fail the test when libpq cannot send. */
+PGresult *itest_exec_params(PGconn *conn, const char *sql, int n, const char *const *vals);
+PGresult *itest_prepare(PGconn *conn, const char *name, const char *sql, int n);
+PGresult *itest_exec_prepared(PGconn *conn, const char *name, int n, const char *const *vals);
+PGresult *itest_describe_prepared(PGconn *conn, const char *name);
+
+/* The next result of a pipeline; fails the test when none comes before the
+ * deadline (itest_now_ms() time: a hang) or there is none. */
+PGresult *itest_pipeline_result(PGconn *conn, int64_t deadline);
+
+/* Takes the NULL that ends one pipelined query's results; fails the test on
+ * a timeout or an extra result. */
+void itest_pipeline_end(PGconn *conn, int64_t deadline);
+
+/* ---- assertions on results --------------------------------------------- */
+
+/* These fail the test naming `what` and what came instead. res may be NULL
+ * (no result: a timeout or a lost connection), which fails them. They free
+ * res before failing, so that a failed test does not add a leak report to
+ * its output; on success res stays the caller's. */
+
+/* res is COMMAND_OK or TUPLES_OK. */
+void itest_assert_result_ok(PGresult *res, const char *what);
+
+/* res succeeded and its CommandComplete tag is tag. */
+void itest_assert_tag(PGresult *res, const char *tag, const char *what);
+
+/* res is an error with SQLSTATE sqlstate. */
+void itest_assert_sqlstate(PGresult *res, const char *sqlstate, const char *what);
+
+/* The error field `field` (PG_DIAG_*) of res is want; name is the field's
+ * name for the message. */
+void itest_assert_field(PGresult *res, int field, const char *want, const char *name);
+
+/* Runs sql (simple protocol, itest_exec) and checks its tag. */
+void itest_exec_tag(PGconn *conn, const char *sql, const char *tag);
+
+/* Runs sql (simple protocol, itest_exec) and checks it fails with sqlstate. */
+void itest_exec_sqlstate(PGconn *conn, const char *sql, const char *sqlstate);
 
 /* ---- raw sockets ------------------------------------------------------- */
 
@@ -234,5 +312,17 @@ void itest_pass(void);
 
 /* Kills (SIGKILL) every proxy still running; for atexit. */
 void itest_kill_all(void);
+
+/* An entry of a test binary's test array. */
+#define ITEST(f) cmocka_unit_test_setup_teardown(f, itest_setup, itest_teardown)
+
+struct CMUnitTest;
+
+/* main() of a test binary: `--free-port` prints a free TCP port (for
+ * integration.sh) and exits; otherwise runs the count tests as the cmocka
+ * group `group`, those matching the filter argv[1] (or IDEM_TEST_FILTER)
+ * when one is given, and kills any proxy left at exit. */
+int itest_main(int argc, char **argv, const char *group, const struct CMUnitTest *tests,
+               size_t count);
 
 #endif

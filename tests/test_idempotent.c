@@ -28,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <libpq-fe.h>
@@ -36,107 +35,6 @@
 #include "itest.h"
 
 /* ---- small helpers local to the tests --------------------------------- */
-
-/* The assertions below free res before failing, so that a failed test does
- * not add a leak report to its output; on success res stays the caller's. */
-
-static void assert_result_ok(PGresult *res, const char *what)
-{
-    if (res == NULL)
-        fail_msg("%s: no result (timeout or lost connection)", what);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s %s: %s", PQresStatus(st), code ? code : "",
-                 PQresultErrorMessage(res));
-        PQclear(res);
-        fail_msg("%s: %s", what, msg);
-    }
-}
-
-/* The statement succeeded and its CommandComplete tag is tag. */
-static void assert_tag(PGresult *res, const char *tag, const char *what)
-{
-    assert_result_ok(res, what);
-    if (strcmp(PQcmdStatus(res), tag) != 0) {
-        char got[128];
-        snprintf(got, sizeof got, "%s", PQcmdStatus(res));
-        PQclear(res);
-        fail_msg("%s: command tag \"%s\", want \"%s\"", what, got, tag);
-    }
-}
-
-static void assert_sqlstate(PGresult *res, const char *sqlstate, const char *what)
-{
-    if (res == NULL)
-        fail_msg("%s: no result, expected SQLSTATE %s", what, sqlstate);
-    const char *got = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    if (PQresultStatus(res) != PGRES_FATAL_ERROR || got == NULL || strcmp(got, sqlstate) != 0) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s %s: %s", PQresStatus(PQresultStatus(res)),
-                 got ? got : "(no SQLSTATE)", PQresultErrorMessage(res));
-        PQclear(res);
-        fail_msg("%s: expected error %s, got %s", what, sqlstate, msg);
-    }
-}
-
-static void assert_field(PGresult *res, int field, const char *want, const char *name)
-{
-    const char *got = PQresultErrorField(res, field);
-    if (got == NULL)
-        fail_msg("error field %s is missing (want \"%s\")", name, want);
-    if (strcmp(got, want) != 0)
-        fail_msg("error field %s: got \"%s\", want \"%s\"", name, got, want);
-}
-
-/* Runs sql through conn (simple protocol) and checks its tag. */
-static void exec_tag(PGconn *c, const char *sql, const char *tag)
-{
-    PGresult *r = itest_exec(c, sql);
-    assert_tag(r, tag, sql);
-    PQclear(r);
-}
-
-/* Runs sql through conn (simple protocol) and checks it fails with sqlstate. */
-static void exec_sqlstate(PGconn *c, const char *sql, const char *sqlstate)
-{
-    PGresult *r = itest_exec(c, sql);
-    assert_sqlstate(r, sqlstate, sql);
-    PQclear(r);
-}
-
-/* PQexecParams (unnamed statement, text parameters), bounded. */
-static PGresult *exec_params(PGconn *c, const char *sql, int n, const char *const *vals)
-{
-    if (!PQsendQueryParams(c, sql, n, NULL, vals, NULL, NULL, 0))
-        fail_msg("PQsendQueryParams(%s): %s", sql, PQerrorMessage(c));
-    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-}
-
-/* PQprepare, bounded. */
-static PGresult *prepare(PGconn *c, const char *name, const char *sql, int n)
-{
-    if (!PQsendPrepare(c, name, sql, n, NULL))
-        fail_msg("PQsendPrepare(%s): %s", sql, PQerrorMessage(c));
-    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-}
-
-/* PQexecPrepared, bounded. */
-static PGresult *exec_prepared(PGconn *c, const char *name, int n, const char *const *vals)
-{
-    if (!PQsendQueryPrepared(c, name, n, vals, NULL, NULL, 0))
-        fail_msg("PQsendQueryPrepared(%s): %s", name, PQerrorMessage(c));
-    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-}
-
-/* PQdescribePrepared, bounded. */
-static PGresult *describe_prepared(PGconn *c, const char *name)
-{
-    if (!PQsendDescribePrepared(c, name))
-        fail_msg("PQsendDescribePrepared(%s): %s", name, PQerrorMessage(c));
-    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-}
 
 /* Creates the usual idempotency-key table directly on the server. */
 static void create_key_table(const char *table, const char *key_type)
@@ -148,75 +46,6 @@ static void create_key_table(const char *table, const char *key_type)
              "idempotency_key %s NOT NULL UNIQUE, payload text)",
              table, table, key_type);
     itest_server_exec(sql);
-}
-
-/* A proxy whose config ends with extra (main keys first, then sections). */
-static struct itest_proxy *start_proxy(const char *log_level, const char *extra)
-{
-    struct itest_proxy_opts opts = { .log_level = log_level, .extra = extra };
-    return itest_proxy_start(&opts);
-}
-
-/* A proxy with one [table public.<table>] section: conflict = conflict,
- * plus more_keys ("key = value\n" lines, or ""). */
-static struct itest_proxy *start_proxy_for(const char *log_level, const char *table,
-                                           const char *conflict, const char *more_keys)
-{
-    char extra[1024];
-    snprintf(extra, sizeof extra, "[table public.%s]\nconflict = %s\n%s", table, conflict,
-             more_keys);
-    return start_proxy(log_level, extra);
-}
-
-/* True when a single line of the proxy's log contains a, b and (unless
- * NULL) c. */
-static bool log_line_has(const struct itest_proxy *p, const char *a, const char *b, const char *c)
-{
-    FILE *f = fopen(p->log_path, "r");
-    if (f == NULL)
-        return false;
-    char *line = NULL;
-    size_t cap = 0;
-    bool found = false;
-    while (!found && getline(&line, &cap, f) >= 0)
-        found = strstr(line, a) != NULL && strstr(line, b) != NULL &&
-                (c == NULL || strstr(line, c) != NULL);
-    free(line);
-    fclose(f);
-    return found;
-}
-
-static void assert_log_line(const struct itest_proxy *p, const char *a, const char *b,
-                            const char *c)
-{
-    if (!log_line_has(p, a, b, c)) {
-        itest_proxy_dump_log(p, 40);
-        fail_msg("no line of the proxy log has \"%s\", \"%s\"%s%s%s", a, b, c ? ", \"" : "",
-                 c ? c : "", c ? "\"" : "");
-    }
-}
-
-/* The whole file, malloc'ed and NUL-terminated ("" when unreadable). */
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    size_t len = 0, cap = 4096;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    if (f != NULL) {
-        size_t n;
-        while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-            len += n;
-            if (cap - len < 2) {
-                cap *= 2;
-                buf = realloc(buf, cap);
-                assert_non_null(buf);
-            }
-        }
-        fclose(f);
-    }
-    buf[len] = '\0';
-    return buf;
 }
 
 /* 1-based position of needle in text, counted in UTF-8 characters, as
@@ -349,8 +178,8 @@ static void run_load(struct itest_proxy *p, enum proto_mode mode, const char *ta
         if (mode == PROTO_PREPARED) {
             snprintf(sql, sizeof sql,
                      "INSERT INTO %s (idempotency_key, payload) VALUES ($1, $2)", table);
-            PGresult *r = prepare(lc->conn, "load_insert", sql, 2);
-            assert_result_ok(r, "PQprepare load_insert");
+            PGresult *r = itest_prepare(lc->conn, "load_insert", sql, 2);
+            itest_assert_result_ok(r, "PQprepare load_insert");
             PQclear(r);
         }
         assert_int_equal(PQsetnonblocking(lc->conn, 1), 0);
@@ -425,13 +254,13 @@ static void test_idem_concurrency(void **state)
                                           "idem_load_prepared" };
     for (int m = 0; m < 3; m++)
         create_key_table(tables[m], "text");
-    struct itest_proxy *p = start_proxy("warning",
-                                        "[table public.idem_load_simple]\n"
-                                        "conflict = idempotency_key\n"
-                                        "[table public.idem_load_extended]\n"
-                                        "conflict = idempotency_key\n"
-                                        "[table public.idem_load_prepared]\n"
-                                        "conflict = idempotency_key\n");
+    struct itest_proxy *p = itest_proxy_start_with("warning",
+                                                   "[table public.idem_load_simple]\n"
+                                                   "conflict = idempotency_key\n"
+                                                   "[table public.idem_load_extended]\n"
+                                                   "conflict = idempotency_key\n"
+                                                   "[table public.idem_load_prepared]\n"
+                                                   "conflict = idempotency_key\n");
     for (int m = 0; m < 3; m++)
         run_load(p, (enum proto_mode)m, tables[m]);
     assert_true(itest_proxy_alive(p));
@@ -446,13 +275,13 @@ static void test_idem_returning(void **state)
     create_key_table("idem_ret", "text");
     long long id1 = itest_server_ll("INSERT INTO idem_ret (idempotency_key, payload) "
                                     "VALUES ('k1', 'p1') RETURNING id");
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_ret", "idempotency_key", "");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_ret", "idempotency_key", "");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     /* The existing key, simple protocol: its id, "INSERT 0 1". */
     PGresult *r = itest_exec(c, "INSERT INTO idem_ret (idempotency_key, payload) "
                                 "VALUES ('k1', 'again') RETURNING id");
-    assert_tag(r, "INSERT 0 1", "RETURNING id of k1 (simple)");
+    itest_assert_tag(r, "INSERT 0 1", "RETURNING id of k1 (simple)");
     assert_int_equal(PQntuples(r), 1);
     assert_int_equal(strtoll(PQgetvalue(r, 0, 0), NULL, 10), id1);
     PQclear(r);
@@ -461,8 +290,8 @@ static void test_idem_returning(void **state)
     const char *sql = "INSERT INTO idem_ret (idempotency_key, payload) VALUES ($1, $2) "
                       "RETURNING id";
     const char *k1[2] = { "k1", "again2" };
-    r = exec_params(c, sql, 2, k1);
-    assert_tag(r, "INSERT 0 1", "RETURNING id of k1 (extended)");
+    r = itest_exec_params(c, sql, 2, k1);
+    itest_assert_tag(r, "INSERT 0 1", "RETURNING id of k1 (extended)");
     assert_int_equal(PQntuples(r), 1);
     assert_int_equal(strtoll(PQgetvalue(r, 0, 0), NULL, 10), id1);
     PQclear(r);
@@ -470,13 +299,13 @@ static void test_idem_returning(void **state)
     /* New keys get new ids, both ways. */
     r = itest_exec(c, "INSERT INTO idem_ret (idempotency_key, payload) "
                       "VALUES ('k2', 'p2') RETURNING id");
-    assert_tag(r, "INSERT 0 1", "RETURNING id of new k2 (simple)");
+    itest_assert_tag(r, "INSERT 0 1", "RETURNING id of new k2 (simple)");
     assert_int_equal(PQntuples(r), 1);
     long long id2 = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
     const char *k3[2] = { "k3", "p3" };
-    r = exec_params(c, sql, 2, k3);
-    assert_tag(r, "INSERT 0 1", "RETURNING id of new k3 (extended)");
+    r = itest_exec_params(c, sql, 2, k3);
+    itest_assert_tag(r, "INSERT 0 1", "RETURNING id of new k3 (extended)");
     assert_int_equal(PQntuples(r), 1);
     long long id3 = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
@@ -484,8 +313,8 @@ static void test_idem_returning(void **state)
 
     /* And a second RETURNING of k2 gives k2's id. */
     const char *k2[2] = { "k2", "p2 again" };
-    r = exec_params(c, sql, 2, k2);
-    assert_tag(r, "INSERT 0 1", "RETURNING id of k2 again");
+    r = itest_exec_params(c, sql, 2, k2);
+    itest_assert_tag(r, "INSERT 0 1", "RETURNING id of k2 again");
     assert_int_equal(strtoll(PQgetvalue(r, 0, 0), NULL, 10), id2);
     PQclear(r);
 
@@ -507,11 +336,11 @@ static void test_idem_multirow(void **state)
     (void)state;
     create_key_table("idem_multi", "text");
     itest_server_exec("INSERT INTO idem_multi (idempotency_key, payload) VALUES ('m2', 'old')");
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_multi", "idempotency_key", "");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_multi", "idempotency_key", "");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
-    exec_tag(c, "INSERT INTO idem_multi (idempotency_key, payload) "
-                "VALUES ('m1', 'a'), ('m2', 'b'), ('m3', 'c')", "INSERT 0 2");
+    itest_exec_tag(c, "INSERT INTO idem_multi (idempotency_key, payload) "
+                      "VALUES ('m1', 'a'), ('m2', 'b'), ('m3', 'c')", "INSERT 0 2");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_multi"), 3);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_multi WHERE "
                                      "(idempotency_key, payload) IN "
@@ -528,20 +357,22 @@ static void test_idem_deferrable(void **state)
                       "CREATE TABLE idem_defer (id bigserial PRIMARY KEY, k text NOT NULL, "
                       "payload text, UNIQUE (k) DEFERRABLE INITIALLY IMMEDIATE)");
     /* The rewrite leaves it alone; translation is off to see that. */
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_defer", "k", "translate_errors = off\n");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_defer", "k",
+                                                    "translate_errors = off\n");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
-    exec_tag(c, "INSERT INTO idem_defer (k, payload) VALUES ('d1', 'first')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO idem_defer (k, payload) VALUES ('d1', 'first')", "INSERT 0 1");
     /* Never 55000 (ON CONFLICT on a deferrable arbiter) or 42P10. */
-    exec_sqlstate(c, "INSERT INTO idem_defer (k, payload) VALUES ('d1', 'again')", "23505");
-    exec_sqlstate(c, "INSERT INTO idem_defer (k, payload) VALUES ('d1', 'again') RETURNING id",
-                  "23505");
+    itest_exec_sqlstate(c, "INSERT INTO idem_defer (k, payload) VALUES ('d1', 'again')", "23505");
+    itest_exec_sqlstate(c, "INSERT INTO idem_defer (k, payload) VALUES ('d1', 'again') "
+                           "RETURNING id", "23505");
     const char *vals[1] = { "d1" };
-    PGresult *r = exec_params(c, "INSERT INTO idem_defer (k, payload) VALUES ($1, 'x')", 1, vals);
-    assert_sqlstate(r, "23505", "duplicate into idem_defer (extended)");
+    PGresult *r = itest_exec_params(c, "INSERT INTO idem_defer (k, payload) VALUES ($1, 'x')", 1,
+                                    vals);
+    itest_assert_sqlstate(r, "23505", "duplicate into idem_defer (extended)");
     PQclear(r);
 
-    assert_log_line(p, "warning", "public.idem_defer", "DEFERRABLE");
+    itest_assert_log_line(p, "warning", "public.idem_defer", "DEFERRABLE");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_defer"), 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_defer WHERE payload = 'first'"), 1);
     itest_pass();
@@ -553,22 +384,22 @@ static void test_idem_no_unique_index(void **state)
 {
     (void)state;
     create_key_table("idem_nouniq", "text");
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_nouniq", "payload",
-                                            "translate_errors = off\n");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_nouniq", "payload",
+                                                    "translate_errors = off\n");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
-    exec_tag(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u1', 'same')",
-             "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u1', 'same')",
+                   "INSERT 0 1");
     /* Duplicate payload: no unique index, so a second row, as without the proxy. */
-    exec_tag(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u2', 'same')",
-             "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u2', 'same')",
+                   "INSERT 0 1");
     /* Duplicate real key: 23505, never 42P10. */
-    exec_sqlstate(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u1', 'x')",
-                  "23505");
-    exec_sqlstate(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u1', 'same') "
-                     "RETURNING id", "23505");
+    itest_exec_sqlstate(c, "INSERT INTO idem_nouniq (idempotency_key, payload) VALUES ('u1', 'x')",
+                        "23505");
+    itest_exec_sqlstate(c, "INSERT INTO idem_nouniq (idempotency_key, payload) "
+                           "VALUES ('u1', 'same') RETURNING id", "23505");
 
-    assert_log_line(p, "warning", "public.idem_nouniq", NULL);
+    itest_assert_log_line(p, "warning", "public.idem_nouniq", NULL);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_nouniq"), 2);
     itest_pass();
 }
@@ -581,14 +412,14 @@ static void test_idem_shadow(void **state)
     /* Not "shadow" in the name: the log check below must find the mode. */
     create_key_table("idem_observed", "text");
     itest_server_exec("INSERT INTO idem_observed (idempotency_key, payload) VALUES ('s1', 'orig')");
-    struct itest_proxy *p = start_proxy_for("info", "idem_observed", "idempotency_key",
-                                            "mode = shadow\n");
+    struct itest_proxy *p = itest_proxy_start_table("info", "idem_observed", "idempotency_key",
+                                                    "mode = shadow\n");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
-    exec_sqlstate(c, "INSERT INTO idem_observed (idempotency_key, payload) VALUES ('s1', 'dup')",
-                  "23505");
+    itest_exec_sqlstate(c, "INSERT INTO idem_observed (idempotency_key, payload) "
+                           "VALUES ('s1', 'dup')", "23505");
     /* The line about this statement says shadow. */
-    assert_log_line(p, "shadow", "public.idem_observed", "'s1', 'dup'");
+    itest_assert_log_line(p, "shadow", "public.idem_observed", "'s1', 'dup'");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_observed"), 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_observed WHERE payload = 'orig'"),
                      1);
@@ -597,71 +428,27 @@ static void test_idem_shadow(void **state)
 
 /* ---- 7. pgbench with a custom script ----------------------------------- */
 
-#define BENCH_TIMEOUT_MS 60000
-
-/* Runs pgbench with the script against port; returns its waitpid status
- * (-1: timed out) and its output in *out (malloc'ed). */
-static int run_pgbench(const char *script, int port, const char *mode, char **out)
-{
-    char pgbench[512], out_path[600], port_s[16];
-    snprintf(pgbench, sizeof pgbench, "%s/pgbench", itest_env("IDEM_TEST_PGBIN"));
-    snprintf(out_path, sizeof out_path, "%s/pgbench-%s-%d-%lld.out", itest_env("IDEM_TEST_TMP"),
-             mode, port, (long long)itest_now_ms());
-    snprintf(port_s, sizeof port_s, "%d", port);
-    char *argv[] = { pgbench, (char *)"-n", (char *)"-f", (char *)script, (char *)"-c",
-                     (char *)"4", (char *)"-j", (char *)"2", (char *)"-t", (char *)"300",
-                     (char *)"-M", (char *)mode, (char *)"-h", (char *)"127.0.0.1",
-                     (char *)"-p", port_s, (char *)"-U", (char *)itest_pg_user(),
-                     (char *)ITEST_DBNAME, NULL };
-    int status = itest_run(argv, out_path, BENCH_TIMEOUT_MS);
-    *out = slurp(out_path);
-    return status;
-}
+#define BENCH_TRANSACTIONS 300 /* per client */
 
 static void test_idem_pgbench(void **state)
 {
     (void)state;
     create_key_table("idem_bench", "bigint");
-    char script[600];
-    snprintf(script, sizeof script, "%s/idem_bench.sql", itest_env("IDEM_TEST_TMP"));
-    FILE *f = fopen(script, "w");
-    assert_non_null(f);
-    fputs("\\set k random(1, 500)\n"
-          "INSERT INTO idem_bench (idempotency_key, payload) VALUES (:k, 'x');\n", f);
-    assert_int_equal(fclose(f), 0);
-    struct itest_proxy *p = start_proxy_for("warning", "idem_bench", "idempotency_key", "");
+    const char *script = itest_write_file(
+        "idem_bench.sql", "\\set k random(1, 500)\n"
+                          "INSERT INTO idem_bench (idempotency_key, payload) VALUES (:k, 'x');\n");
+    struct itest_proxy *p = itest_proxy_start_table("warning", "idem_bench", "idempotency_key", "");
 
     static const char *const modes[] = { "simple", "extended", "prepared" };
-    for (int m = 0; m < 3; m++) {
-        char *out = NULL;
-        int st = run_pgbench(script, p->port, modes[m], &out);
-        bool ok = st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
-                  strstr(out, "number of failed transactions: 0 (") != NULL &&
-                  strstr(out, "number of transactions actually processed: 1200/1200") != NULL &&
-                  strstr(out, "aborted") == NULL;
-        if (!ok) {
-            printf("pgbench -M %s through the proxy (status 0x%x):\n%s\n", modes[m], st, out);
-            free(out);
-            fail_msg("pgbench -M %s through the proxy failed", modes[m]);
-        }
-        free(out);
-        printf("pgbench -M %s through the proxy: ok\n", modes[m]);
-    }
+    for (int m = 0; m < 3; m++)
+        itest_pgbench_ok(script, p->port, modes[m], BENCH_TRANSACTIONS);
     long long rows = itest_server_ll("SELECT count(*) FROM idem_bench");
     assert_int_equal(itest_server_ll("SELECT count(DISTINCT idempotency_key) FROM idem_bench"), rows);
     assert_true(rows > 0 && rows <= 500);
 
     /* The same script directly on the server hits duplicates: it must fail,
      * or this test could not. */
-    char *out = NULL;
-    int st = run_pgbench(script, itest_pg_port(), "simple", &out);
-    bool failed = st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || strstr(out, "aborted") != NULL;
-    printf("pgbench directly on the server: status 0x%x, %s\n", st,
-           failed ? "failed as it must" : "SUCCEEDED");
-    if (!failed)
-        printf("%s\n", out);
-    free(out);
-    assert_true(failed);
+    itest_pgbench_fails_directly(script, "simple", BENCH_TRANSACTIONS);
     assert_int_equal(itest_server_ll("SELECT count(DISTINCT idempotency_key) FROM idem_bench"),
                      itest_server_ll("SELECT count(*) FROM idem_bench"));
     itest_pass();
@@ -671,7 +458,7 @@ static void test_idem_pgbench(void **state)
 
 static void check_position(PGresult *r, const char *sql, const char *needle, const char *what)
 {
-    assert_sqlstate(r, "42703", what);
+    itest_assert_sqlstate(r, "42703", what);
     const char *pos = PQresultErrorField(r, PG_DIAG_STATEMENT_POSITION);
     if (pos == NULL)
         fail_msg("%s: no statement position", what);
@@ -684,7 +471,7 @@ static void test_idem_error_position(void **state)
 {
     (void)state;
     create_key_table("idem_pos", "text");
-    struct itest_proxy *p = start_proxy_for("debug", "idem_pos", "idempotency_key", "");
+    struct itest_proxy *p = itest_proxy_start_table("debug", "idem_pos", "idempotency_key", "");
     PGconn *c = itest_connect_ok(p->port, "client_encoding=UTF8");
     PGconn *direct = itest_connect_direct();
 
@@ -708,19 +495,19 @@ static void test_idem_error_position(void **state)
     PQclear(r);
 
     /* Extended protocol: the error comes from Parse. */
-    r = prepare(c, "pos_after", after, 0);
+    r = itest_prepare(c, "pos_after", after, 0);
     check_position(r, after, "nosuchcol", "Parse, after the clause");
     PQclear(r);
-    r = prepare(c, "pos_before", before, 0);
+    r = itest_prepare(c, "pos_before", before, 0);
     check_position(r, before, "nosuchcol", "Parse, before the clause");
     PQclear(r);
 
     /* The statement really was rewritten (the mapping was exercised). */
-    assert_log_line(p, "rewritten", "public.idem_pos", "nosuchcol");
+    itest_assert_log_line(p, "rewritten", "public.idem_pos", "nosuchcol");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_pos"), 0);
     /* The session goes on. */
-    exec_tag(c, "INSERT INTO idem_pos (idempotency_key, payload) VALUES ('\xc3\xa9', 'b')",
-             "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO idem_pos (idempotency_key, payload) VALUES ('\xc3\xa9', 'b')",
+                   "INSERT 0 1");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_pos"), 1);
     itest_pass();
 }
@@ -731,23 +518,23 @@ static void test_idem_describe(void **state)
 {
     (void)state;
     create_key_table("idem_desc", "text");
-    struct itest_proxy *p = start_proxy_for("debug", "idem_desc", "idempotency_key", "");
+    struct itest_proxy *p = itest_proxy_start_table("debug", "idem_desc", "idempotency_key", "");
     PGconn *c = itest_connect_ok(p->port, NULL);
     PGconn *direct = itest_connect_direct();
     const char *sql = "INSERT INTO idem_desc (idempotency_key, payload) VALUES ($1, $2) "
                       "RETURNING id, payload";
 
-    PGresult *r = prepare(c, "desc_ins", sql, 0);
-    assert_result_ok(r, "PQprepare through the proxy");
+    PGresult *r = itest_prepare(c, "desc_ins", sql, 0);
+    itest_assert_result_ok(r, "PQprepare through the proxy");
     PQclear(r);
-    r = prepare(direct, "desc_ins", sql, 0);
-    assert_result_ok(r, "PQprepare directly");
+    r = itest_prepare(direct, "desc_ins", sql, 0);
+    itest_assert_result_ok(r, "PQprepare directly");
     PQclear(r);
 
-    PGresult *via = describe_prepared(c, "desc_ins");
-    assert_result_ok(via, "PQdescribePrepared through the proxy");
-    PGresult *want = describe_prepared(direct, "desc_ins");
-    assert_result_ok(want, "PQdescribePrepared directly");
+    PGresult *via = itest_describe_prepared(c, "desc_ins");
+    itest_assert_result_ok(via, "PQdescribePrepared through the proxy");
+    PGresult *want = itest_describe_prepared(direct, "desc_ins");
+    itest_assert_result_ok(want, "PQdescribePrepared directly");
     assert_int_equal(PQnparams(via), PQnparams(want));
     assert_int_equal(PQnparams(via), 2);
     for (int i = 0; i < PQnparams(want); i++)
@@ -764,16 +551,16 @@ static void test_idem_describe(void **state)
     PQclear(want);
 
     /* It was rewritten, and it runs idempotently. */
-    assert_log_line(p, "rewritten", "public.idem_desc", NULL);
+    itest_assert_log_line(p, "rewritten", "public.idem_desc", NULL);
     const char *vals[2] = { "dk", "dp" };
-    r = exec_prepared(c, "desc_ins", 2, vals);
-    assert_tag(r, "INSERT 0 1", "desc_ins first");
+    r = itest_exec_prepared(c, "desc_ins", 2, vals);
+    itest_assert_tag(r, "INSERT 0 1", "desc_ins first");
     assert_int_equal(PQntuples(r), 1);
     char id[32];
     snprintf(id, sizeof id, "%s", PQgetvalue(r, 0, 0));
     PQclear(r);
-    r = exec_prepared(c, "desc_ins", 2, vals);
-    assert_tag(r, "INSERT 0 1", "desc_ins again");
+    r = itest_exec_prepared(c, "desc_ins", 2, vals);
+    itest_assert_tag(r, "INSERT 0 1", "desc_ins again");
     assert_int_equal(PQntuples(r), 1);
     assert_string_equal(PQgetvalue(r, 0, 0), id);
     assert_string_equal(PQgetvalue(r, 0, 1), "dp");
@@ -794,12 +581,12 @@ static void test_idem_prepared_reuse(void **state)
     create_key_table("idem_reuse", "text");
     itest_server_exec("INSERT INTO idem_reuse (idempotency_key, payload) "
                       "SELECT 'r-' || g, 'preset' FROM generate_series(0, 9) g");
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_reuse", "idempotency_key", "");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_reuse", "idempotency_key", "");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
-    PGresult *r = prepare(c, "reuse_ins",
-                          "INSERT INTO idem_reuse (idempotency_key, payload) VALUES ($1, $2)", 2);
-    assert_result_ok(r, "PQprepare reuse_ins");
+    PGresult *r = itest_prepare(
+        c, "reuse_ins", "INSERT INTO idem_reuse (idempotency_key, payload) VALUES ($1, $2)", 2);
+    itest_assert_result_ok(r, "PQprepare reuse_ins");
     PQclear(r);
     bool seen[REUSE_KEYS] = { false };
     for (int k = 0; k < REUSE_PRESET; k++)
@@ -812,8 +599,8 @@ static void test_idem_prepared_reuse(void **state)
         snprintf(payload, sizeof payload, "exec %d", i);
         snprintf(what, sizeof what, "execution %d (key %s)", i, key);
         const char *vals[2] = { key, payload };
-        r = exec_prepared(c, "reuse_ins", 2, vals);
-        assert_tag(r, seen[k] ? "INSERT 0 0" : "INSERT 0 1", what);
+        r = itest_exec_prepared(c, "reuse_ins", 2, vals);
+        itest_assert_tag(r, seen[k] ? "INSERT 0 0" : "INSERT 0 1", what);
         PQclear(r);
         inserted += !seen[k];
         seen[k] = true;
@@ -834,24 +621,24 @@ static void test_idem_unsafe_session(void **state)
     (void)state;
     create_key_table("idem_unsafe", "text");
     itest_server_exec("INSERT INTO idem_unsafe (idempotency_key, payload) VALUES ('x1', 'orig')");
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_unsafe", "idempotency_key", "");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_unsafe", "idempotency_key", "");
     const char *dup = "INSERT INTO idem_unsafe (idempotency_key, payload) VALUES ('x1', 'dup')";
 
     /* standard_conforming_strings = off: passed unchanged. */
     PGconn *scs = itest_connect_ok(p->port, "options='-c standard_conforming_strings=off'");
     assert_string_equal(PQparameterStatus(scs, "standard_conforming_strings"), "off");
-    exec_sqlstate(scs, dup, "23505");
+    itest_exec_sqlstate(scs, dup, "23505");
     itest_finish(scs);
 
     /* client_encoding = SJIS: passed unchanged. */
     PGconn *sjis = itest_connect_ok(p->port, "client_encoding=SJIS");
     assert_string_equal(PQparameterStatus(sjis, "client_encoding"), "SJIS");
-    exec_sqlstate(sjis, dup, "23505");
+    itest_exec_sqlstate(sjis, dup, "23505");
     itest_finish(sjis);
 
     /* An ordinary session on the same proxy is rewritten. */
     PGconn *c = itest_connect_ok(p->port, "client_encoding=UTF8");
-    exec_tag(c, dup, "INSERT 0 0");
+    itest_exec_tag(c, dup, "INSERT 0 0");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_unsafe"), 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_unsafe WHERE payload = 'orig'"), 1);
     itest_pass();
@@ -864,13 +651,13 @@ static void test_idem_other_database(void **state)
     (void)state;
     create_key_table("idem_otherdb", "text");
     itest_server_exec("INSERT INTO idem_otherdb (idempotency_key, payload) VALUES ('o1', 'orig')");
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_otherdb", "idempotency_key",
-                                            "database = other_db\n");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_otherdb", "idempotency_key",
+                                                    "database = other_db\n");
     PGconn *c = itest_connect_ok(p->port, NULL);
-    exec_sqlstate(c, "INSERT INTO idem_otherdb (idempotency_key, payload) VALUES ('o1', 'dup')",
-                  "23505");
-    exec_tag(c, "INSERT INTO idem_otherdb (idempotency_key, payload) VALUES ('o2', 'new')",
-             "INSERT 0 1");
+    itest_exec_sqlstate(c, "INSERT INTO idem_otherdb (idempotency_key, payload) "
+                           "VALUES ('o1', 'dup')", "23505");
+    itest_exec_tag(c, "INSERT INTO idem_otherdb (idempotency_key, payload) VALUES ('o2', 'new')",
+                   "INSERT 0 1");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_otherdb"), 2);
     itest_pass();
 }
@@ -884,30 +671,32 @@ static void test_idem_unregistered_table(void **state)
     create_key_table("idem_unreg", "text");
     itest_server_exec("INSERT INTO idem_reg (idempotency_key, payload) VALUES ('a', 'orig'); "
                       "INSERT INTO idem_unreg (idempotency_key, payload) VALUES ('a', 'orig')");
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_reg", "idempotency_key", "");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_reg", "idempotency_key", "");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     PGresult *r = itest_exec(c, "INSERT INTO idem_unreg (idempotency_key, payload) "
                                 "VALUES ('a', 'dup')");
-    assert_sqlstate(r, "23505", "duplicate into the unregistered table");
-    assert_field(r, PG_DIAG_SCHEMA_NAME, "public", "SCHEMA_NAME");
-    assert_field(r, PG_DIAG_TABLE_NAME, "idem_unreg", "TABLE_NAME");
-    assert_field(r, PG_DIAG_CONSTRAINT_NAME, "idem_unreg_idempotency_key_key", "CONSTRAINT_NAME");
+    itest_assert_sqlstate(r, "23505", "duplicate into the unregistered table");
+    itest_assert_field(r, PG_DIAG_SCHEMA_NAME, "public", "SCHEMA_NAME");
+    itest_assert_field(r, PG_DIAG_TABLE_NAME, "idem_unreg", "TABLE_NAME");
+    itest_assert_field(r, PG_DIAG_CONSTRAINT_NAME, "idem_unreg_idempotency_key_key",
+                       "CONSTRAINT_NAME");
     assert_non_null(PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL));
     PQclear(r);
 
     /* Extended protocol too. */
     const char *vals[1] = { "a" };
-    r = exec_params(c, "INSERT INTO idem_unreg (idempotency_key, payload) VALUES ($1, 'dup')", 1,
-                    vals);
-    assert_sqlstate(r, "23505", "duplicate into the unregistered table (extended)");
-    assert_field(r, PG_DIAG_TABLE_NAME, "idem_unreg", "TABLE_NAME");
-    assert_field(r, PG_DIAG_CONSTRAINT_NAME, "idem_unreg_idempotency_key_key", "CONSTRAINT_NAME");
+    r = itest_exec_params(c, "INSERT INTO idem_unreg (idempotency_key, payload) VALUES ($1, 'dup')",
+                          1, vals);
+    itest_assert_sqlstate(r, "23505", "duplicate into the unregistered table (extended)");
+    itest_assert_field(r, PG_DIAG_TABLE_NAME, "idem_unreg", "TABLE_NAME");
+    itest_assert_field(r, PG_DIAG_CONSTRAINT_NAME, "idem_unreg_idempotency_key_key",
+                       "CONSTRAINT_NAME");
     PQclear(r);
 
     /* The registered one, on the same session, is rewritten. */
-    exec_tag(c, "INSERT INTO idem_reg (idempotency_key, payload) VALUES ('a', 'dup')",
-             "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO idem_reg (idempotency_key, payload) VALUES ('a', 'dup')",
+                   "INSERT 0 0");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_unreg"), 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_reg"), 1);
     itest_pass();
@@ -918,7 +707,7 @@ static void test_idem_unregistered_table(void **state)
 /* Appends text to the proxy's config file, replacing it atomically. */
 static void append_config(const struct itest_proxy *p, const char *text)
 {
-    char *old = slurp(p->conf_path);
+    char *old = itest_read_file(p->conf_path);
     char tmp[600];
     snprintf(tmp, sizeof tmp, "%s.new", p->conf_path);
     FILE *f = fopen(tmp, "w");
@@ -937,12 +726,12 @@ static void test_idem_reload(void **state)
 {
     (void)state;
     create_key_table("idem_reload", "text");
-    struct itest_proxy *p = start_proxy(NULL, NULL);
+    struct itest_proxy *p = itest_proxy_start_with(NULL, NULL);
     PGconn *c = itest_connect_ok(p->port, NULL);
     const char *dup = "INSERT INTO idem_reload (idempotency_key, payload) VALUES ('r1', 'x')";
 
-    exec_tag(c, dup, "INSERT 0 1");
-    exec_sqlstate(c, dup, "23505");
+    itest_exec_tag(c, dup, "INSERT 0 1");
+    itest_exec_sqlstate(c, dup, "23505");
 
     append_config(p, "[table public.idem_reload]\nconflict = idempotency_key\n");
     assert_int_equal(kill(p->pid, SIGHUP), 0);
@@ -955,10 +744,10 @@ static void test_idem_reload(void **state)
     assert_true(itest_proxy_alive(p));
 
     /* The same, idle session follows the new rules. */
-    exec_tag(c, dup, "INSERT 0 0");
+    itest_exec_tag(c, dup, "INSERT 0 0");
     /* And a new one. */
     PGconn *n = itest_connect_ok(p->port, NULL);
-    exec_tag(n, dup, "INSERT 0 0");
+    itest_exec_tag(n, dup, "INSERT 0 0");
     assert_int_equal(itest_query_ll(c, "SELECT 5"), 5);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_reload"), 1);
     itest_pass();
@@ -972,7 +761,7 @@ static void test_idem_multi_statement(void **state)
     create_key_table("idem_multistmt", "text");
     itest_server_exec("INSERT INTO idem_multistmt (idempotency_key, payload) "
                       "VALUES ('dup', 'orig')");
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_multistmt", "idempotency_key", "");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_multistmt", "idempotency_key", "");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     const char *sql = "INSERT INTO idem_multistmt (idempotency_key, payload) VALUES ('dup', 'a'); "
@@ -992,7 +781,7 @@ static void test_idem_multi_statement(void **state)
         char what[64];
         snprintf(what, sizeof what, "statement %d of the Query", n + 1);
         if (n < 3)
-            assert_tag(r, tags[n], what);
+            itest_assert_tag(r, tags[n], what);
         else
             fail_msg("more than 3 results: %s", PQcmdStatus(r));
         if (n == 2)
@@ -1017,17 +806,17 @@ static void test_idem_quoted_table(void **state)
                       "CREATE SCHEMA \"Billing\"; "
                       "CREATE TABLE \"Billing\".\"Payments\" (id bigserial PRIMARY KEY, "
                       "idempotency_key text NOT NULL UNIQUE, payload text)");
-    struct itest_proxy *p = start_proxy("debug", "[table \"Billing\".\"Payments\"]\n"
-                                              "conflict = idempotency_key\n");
+    struct itest_proxy *p = itest_proxy_start_with("debug", "[table \"Billing\".\"Payments\"]\n"
+                                                         "conflict = idempotency_key\n");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
-    exec_tag(c, "INSERT INTO \"Billing\".\"Payments\" (idempotency_key, payload) "
-                "VALUES ('b1', 'first')", "INSERT 0 1");
-    exec_tag(c, "INSERT INTO \"Billing\".\"Payments\" (idempotency_key, payload) "
-                "VALUES ('b1', 'again')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO \"Billing\".\"Payments\" (idempotency_key, payload) "
+                      "VALUES ('b1', 'first')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO \"Billing\".\"Payments\" (idempotency_key, payload) "
+                      "VALUES ('b1', 'again')", "INSERT 0 0");
     /* The folded name is another relation, which does not exist. */
-    exec_sqlstate(c, "INSERT INTO billing.payments (idempotency_key, payload) VALUES ('b1', 'x')",
-                  "42P01");
+    itest_exec_sqlstate(c, "INSERT INTO billing.payments (idempotency_key, payload) "
+                           "VALUES ('b1', 'x')", "42P01");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM \"Billing\".\"Payments\""), 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM \"Billing\".\"Payments\" "
                                      "WHERE payload = 'first'"), 1);
@@ -1045,32 +834,12 @@ static void count_notice(void *arg, const char *message)
     printf("unexpected notice: %s", message);
 }
 
-/* Collects the next result of a pipeline and the NULL that ends it. */
-static PGresult *pipeline_result(PGconn *c, int64_t deadline)
-{
-    bool timed_out;
-    PGresult *r = itest_next_result(c, deadline, &timed_out);
-    if (timed_out || r == NULL)
-        fail_msg("pipeline: %s", timed_out ? "timed out" : "no result");
-    return r;
-}
-
-static void pipeline_end(PGconn *c, int64_t deadline)
-{
-    bool timed_out;
-    PGresult *r = itest_next_result(c, deadline, &timed_out);
-    if (timed_out)
-        fail_msg("pipeline: timed out");
-    if (r != NULL)
-        fail_msg("pipeline: an extra result %s", PQresStatus(PQresultStatus(r)));
-}
-
 static void test_idem_catalog_query_hidden(void **state)
 {
     (void)state;
     create_key_table("idem_hidden", "text");
     itest_server_exec("INSERT INTO idem_hidden (idempotency_key, payload) VALUES ('h1', 'orig')");
-    struct itest_proxy *p = start_proxy_for(NULL, "idem_hidden", "idempotency_key", "");
+    struct itest_proxy *p = itest_proxy_start_table(NULL, "idem_hidden", "idempotency_key", "");
 
     /* libpq: the first result is the client's own, and nothing else came. */
     g_notices = 0;
@@ -1078,8 +847,8 @@ static void test_idem_catalog_query_hidden(void **state)
     PQsetNoticeProcessor(c, count_notice, NULL);
     assert_int_equal(itest_query_ll(c, "SELECT 42"), 42);
     assert_null(PQnotifies(c));
-    exec_tag(c, "INSERT INTO idem_hidden (idempotency_key, payload) VALUES ('h1', 'dup')",
-             "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO idem_hidden (idempotency_key, payload) VALUES ('h1', 'dup')",
+                   "INSERT 0 0");
     assert_int_equal(itest_query_ll(c, "SELECT 43"), 43);
     assert_null(PQnotifies(c));
     assert_int_equal(g_notices, 0);
@@ -1098,21 +867,21 @@ static void test_idem_catalog_query_hidden(void **state)
     assert_int_equal(PQflush(pc), 0);
     int64_t deadline = itest_now_ms() + ITEST_QUERY_TIMEOUT_MS;
 
-    PGresult *r = pipeline_result(pc, deadline);
-    assert_result_ok(r, "pipelined SELECT $1");
+    PGresult *r = itest_pipeline_result(pc, deadline);
+    itest_assert_result_ok(r, "pipelined SELECT $1");
     assert_string_equal(PQgetvalue(r, 0, 0), "1");
     PQclear(r);
-    pipeline_end(pc, deadline);
-    r = pipeline_result(pc, deadline);
-    assert_tag(r, "INSERT 0 0", "pipelined duplicate INSERT");
+    itest_pipeline_end(pc, deadline);
+    r = itest_pipeline_result(pc, deadline);
+    itest_assert_tag(r, "INSERT 0 0", "pipelined duplicate INSERT");
     PQclear(r);
-    pipeline_end(pc, deadline);
-    r = pipeline_result(pc, deadline);
-    assert_result_ok(r, "pipelined SELECT 3");
+    itest_pipeline_end(pc, deadline);
+    r = itest_pipeline_result(pc, deadline);
+    itest_assert_result_ok(r, "pipelined SELECT 3");
     assert_string_equal(PQgetvalue(r, 0, 0), "3");
     PQclear(r);
-    pipeline_end(pc, deadline);
-    r = pipeline_result(pc, deadline);
+    itest_pipeline_end(pc, deadline);
+    r = itest_pipeline_result(pc, deadline);
     assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_SYNC);
     PQclear(r);
     assert_int_equal(PQexitPipelineMode(pc), 1);
@@ -1149,41 +918,27 @@ static void test_idem_catalog_query_hidden(void **state)
 
 /* ---- main ----------------------------------------------------------------- */
 
-#define T(f) cmocka_unit_test_setup_teardown(f, itest_setup, itest_teardown)
-
 int main(int argc, char **argv)
 {
-    /* Line-buffered, so a hung or crashed test's last words reach the log. */
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    signal(SIGPIPE, SIG_IGN);
-    if (argc > 1 && strcmp(argv[1], "--free-port") == 0) {
-        int port = itest_free_port();
-        printf("%d\n", port);
-        return port > 0 ? 0 : 1;
-    }
-    atexit(itest_kill_all);
-    const char *filter = argc > 1 ? argv[1] : getenv("IDEM_TEST_FILTER");
-    if (filter != NULL && *filter != '\0')
-        cmocka_set_test_filter(filter);
-
     const struct CMUnitTest tests[] = {
-        T(test_idem_concurrency),
-        T(test_idem_returning),
-        T(test_idem_multirow),
-        T(test_idem_deferrable),
-        T(test_idem_no_unique_index),
-        T(test_idem_shadow),
-        T(test_idem_pgbench),
-        T(test_idem_error_position),
-        T(test_idem_describe),
-        T(test_idem_prepared_reuse),
-        T(test_idem_unsafe_session),
-        T(test_idem_other_database),
-        T(test_idem_unregistered_table),
-        T(test_idem_reload),
-        T(test_idem_multi_statement),
-        T(test_idem_quoted_table),
-        T(test_idem_catalog_query_hidden),
+        ITEST(test_idem_concurrency),
+        ITEST(test_idem_returning),
+        ITEST(test_idem_multirow),
+        ITEST(test_idem_deferrable),
+        ITEST(test_idem_no_unique_index),
+        ITEST(test_idem_shadow),
+        ITEST(test_idem_pgbench),
+        ITEST(test_idem_error_position),
+        ITEST(test_idem_describe),
+        ITEST(test_idem_prepared_reuse),
+        ITEST(test_idem_unsafe_session),
+        ITEST(test_idem_other_database),
+        ITEST(test_idem_unregistered_table),
+        ITEST(test_idem_reload),
+        ITEST(test_idem_multi_statement),
+        ITEST(test_idem_quoted_table),
+        ITEST(test_idem_catalog_query_hidden),
     };
-    return cmocka_run_group_tests_name("idemproxy idempotent inserts", tests, NULL, NULL);
+    return itest_main(argc, argv, "idemproxy idempotent inserts", tests,
+                      sizeof tests / sizeof tests[0]);
 }

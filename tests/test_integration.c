@@ -36,35 +36,6 @@
 
 /* ---- small helpers local to the tests --------------------------------- */
 
-static void assert_result_ok(PGresult *res, const char *what)
-{
-    if (res == NULL)
-        fail_msg("%s: no result (timeout or lost connection)", what);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-        fail_msg("%s: %s: %s", what, PQresStatus(st), PQresultErrorMessage(res));
-}
-
-static void assert_sqlstate(PGresult *res, const char *sqlstate, const char *what)
-{
-    if (res == NULL)
-        fail_msg("%s: no result, expected SQLSTATE %s", what, sqlstate);
-    const char *got = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    if (PQresultStatus(res) != PGRES_FATAL_ERROR || got == NULL || strcmp(got, sqlstate) != 0)
-        fail_msg("%s: expected error %s, got %s %s: %s", what, sqlstate,
-                 PQresStatus(PQresultStatus(res)), got ? got : "(no SQLSTATE)",
-                 PQresultErrorMessage(res));
-}
-
-static void assert_field(PGresult *res, int field, const char *want, const char *name)
-{
-    const char *got = PQresultErrorField(res, field);
-    if (got == NULL)
-        fail_msg("error field %s is missing (want \"%s\")", name, want);
-    if (strcmp(got, want) != 0)
-        fail_msg("error field %s: got \"%s\", want \"%s\"", name, got, want);
-}
-
 /* A new libpq connection through the proxy runs SELECT 1, and the proxy
  * process is still there: the check after every abuse. */
 static void assert_proxy_serves(struct itest_proxy *p, const char *after)
@@ -110,7 +81,7 @@ static void test_simple_and_extended_query(void **state)
 
     /* Simple query: values, text with UTF-8, NULL. */
     PGresult *r = itest_exec(c, "SELECT 1 + 1 AS two, 'h\xc3\xa9llo'::text AS t, NULL::int AS n");
-    assert_result_ok(r, "simple SELECT");
+    itest_assert_result_ok(r, "simple SELECT");
     assert_int_equal(PQntuples(r), 1);
     assert_int_equal(PQnfields(r), 3);
     assert_string_equal(PQfname(r, 0), "two");
@@ -121,7 +92,7 @@ static void test_simple_and_extended_query(void **state)
 
     /* Several statements in one Query message: the last result counts. */
     r = itest_exec(c, "SELECT 1; SELECT 2 AS second");
-    assert_result_ok(r, "two statements");
+    itest_assert_result_ok(r, "two statements");
     assert_string_equal(PQgetvalue(r, 0, 0), "2");
     PQclear(r);
 
@@ -130,7 +101,7 @@ static void test_simple_and_extended_query(void **state)
     assert_int_equal(PQsendQueryParams(c, "SELECT $1::int + $2::int, $1::text || '-' || $2::text", 2,
                                        NULL, vals, NULL, NULL, 0), 1);
     r = itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-    assert_result_ok(r, "PQexecParams");
+    itest_assert_result_ok(r, "PQexecParams");
     assert_string_equal(PQgetvalue(r, 0, 0), "42");
     assert_string_equal(PQgetvalue(r, 0, 1), "40-2");
     PQclear(r);
@@ -139,7 +110,7 @@ static void test_simple_and_extended_query(void **state)
     const char *big[1] = { "305419896" }; /* 0x12345678 */
     assert_int_equal(PQsendQueryParams(c, "SELECT $1::int4", 1, NULL, big, NULL, NULL, 1), 1);
     r = itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-    assert_result_ok(r, "binary result");
+    itest_assert_result_ok(r, "binary result");
     assert_int_equal(PQgetlength(r, 0, 0), 4);
     assert_memory_equal(PQgetvalue(r, 0, 0), "\x12\x34\x56\x78", 4);
     PQclear(r);
@@ -147,7 +118,7 @@ static void test_simple_and_extended_query(void **state)
     /* Named prepared statement, executed several times, and described. */
     assert_int_equal(PQsendPrepare(c, "itest_double", "SELECT $1::bigint * 2", 1, NULL), 1);
     r = itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-    assert_result_ok(r, "PQprepare");
+    itest_assert_result_ok(r, "PQprepare");
     PQclear(r);
     const char *inputs[] = { "0", "21", "-5", "1099511627776" };
     const char *outputs[] = { "0", "42", "-10", "2199023255552" };
@@ -155,13 +126,13 @@ static void test_simple_and_extended_query(void **state)
         const char *v[1] = { inputs[i] };
         assert_int_equal(PQsendQueryPrepared(c, "itest_double", 1, v, NULL, NULL, 0), 1);
         r = itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-        assert_result_ok(r, "PQexecPrepared");
+        itest_assert_result_ok(r, "PQexecPrepared");
         assert_string_equal(PQgetvalue(r, 0, 0), outputs[i]);
         PQclear(r);
     }
     assert_int_equal(PQsendDescribePrepared(c, "itest_double"), 1);
     r = itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-    assert_result_ok(r, "PQdescribePrepared");
+    itest_assert_result_ok(r, "PQdescribePrepared");
     assert_int_equal(PQnparams(r), 1);
     assert_int_equal(PQnfields(r), 1);
     assert_int_equal(PQftype(r, 0), 20); /* int8 */
@@ -171,7 +142,7 @@ static void test_simple_and_extended_query(void **state)
     const char *bad[1] = { "not a number" };
     assert_int_equal(PQsendQueryParams(c, "SELECT $1::int", 1, NULL, bad, NULL, NULL, 0), 1);
     r = itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-    assert_sqlstate(r, "22P02", "bad integer parameter");
+    itest_assert_sqlstate(r, "22P02", "bad integer parameter");
     PQclear(r);
     assert_int_equal(itest_query_ll(c, "SELECT 7"), 7);
     itest_pass();
@@ -358,7 +329,7 @@ static void test_copy_in_out_50mb(void **state)
     free(data);
     assert_int_equal(PQputCopyEnd(c, NULL), 1);
     r = itest_wait_result(c, 120000);
-    assert_result_ok(r, "COPY FROM STDIN");
+    itest_assert_result_ok(r, "COPY FROM STDIN");
     assert_string_equal(PQcmdTuples(r), "51200");
     PQclear(r);
 
@@ -398,7 +369,7 @@ static void test_copy_in_out_50mb(void **state)
             fail_msg("COPY OUT: %s", PQerrorMessage(c));
     }
     r = itest_wait_result(c, 30000);
-    assert_result_ok(r, "COPY TO STDOUT");
+    itest_assert_result_ok(r, "COPY TO STDOUT");
     assert_string_equal(PQcmdTuples(r), "51200");
     PQclear(r);
     assert_int_equal(got, total);
@@ -559,7 +530,7 @@ static void test_notice_and_parameter_status(void **state)
     assert_int_equal(PQsendQueryParams(c, "SET application_name = 'itest_ext'", 0, NULL, NULL,
                                        NULL, NULL, 0), 1);
     PGresult *r = itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-    assert_result_ok(r, "SET via extended protocol");
+    itest_assert_result_ok(r, "SET via extended protocol");
     PQclear(r);
     assert_string_equal(PQparameterStatus(c, "application_name"), "itest_ext");
     itest_pass();
@@ -588,7 +559,7 @@ static void test_cancel(void **state)
     PGresult *r = itest_wait_result(c, 15000);
     int64_t elapsed = itest_now_ms() - t0;
     printf("cancel: result after %lld ms\n", (long long)elapsed);
-    assert_sqlstate(r, "57014", "cancelled pg_sleep");
+    itest_assert_sqlstate(r, "57014", "cancelled pg_sleep");
     PQclear(r);
     assert_true(elapsed < 5000);
     /* The connection survives its cancelled query. */
@@ -640,7 +611,7 @@ static void test_md5_and_scram_login(void **state)
     PGconn *c = itest_connect_ok(p->port, "user=" ITEST_MD5_USER " password=" ITEST_MD5_PASSWORD);
     assert_true(PQconnectionUsedPassword(c));
     PGresult *r = itest_exec(c, "SELECT current_user");
-    assert_result_ok(r, "current_user (md5)");
+    itest_assert_result_ok(r, "current_user (md5)");
     assert_string_equal(PQgetvalue(r, 0, 0), ITEST_MD5_USER);
     PQclear(r);
     itest_finish(c);
@@ -648,7 +619,7 @@ static void test_md5_and_scram_login(void **state)
     c = itest_connect_ok(p->port, "user=" ITEST_SCRAM_USER " password=" ITEST_SCRAM_PASSWORD);
     assert_true(PQconnectionUsedPassword(c));
     r = itest_exec(c, "SELECT current_user");
-    assert_result_ok(r, "current_user (scram)");
+    itest_assert_result_ok(r, "current_user (scram)");
     assert_string_equal(PQgetvalue(r, 0, 0), ITEST_SCRAM_USER);
     PQclear(r);
     itest_finish(c);
@@ -778,7 +749,7 @@ static void test_200_concurrent_connections(void **state)
         assert_int_equal(PQsendQuery(conns[i], "SELECT 1"), 1);
     for (int i = 0; i < MANY; i++) {
         PGresult *r = itest_wait_result(conns[i], ITEST_QUERY_TIMEOUT_MS);
-        assert_result_ok(r, "SELECT 1 on one of 200");
+        itest_assert_result_ok(r, "SELECT 1 on one of 200");
         assert_string_equal(PQgetvalue(r, 0, 0), "1");
         PQclear(r);
     }
@@ -887,18 +858,18 @@ static void test_server_restart(void **state)
 
 static void check_23505(PGresult *r)
 {
-    assert_sqlstate(r, "23505", "duplicate insert");
-    assert_field(r, PG_DIAG_SEVERITY, "ERROR", "SEVERITY");
-    assert_field(r, PG_DIAG_SEVERITY_NONLOCALIZED, "ERROR", "SEVERITY_NONLOCALIZED");
-    assert_field(r, PG_DIAG_MESSAGE_PRIMARY,
-                 "duplicate key value violates unique constraint \"itest_unique_id_key\"",
-                 "MESSAGE");
-    assert_field(r, PG_DIAG_MESSAGE_DETAIL, "Key (id)=(1) already exists.", "DETAIL");
-    assert_field(r, PG_DIAG_SCHEMA_NAME, "public", "SCHEMA_NAME");
-    assert_field(r, PG_DIAG_TABLE_NAME, "itest_unique", "TABLE_NAME");
-    assert_field(r, PG_DIAG_CONSTRAINT_NAME, "itest_unique_id_key", "CONSTRAINT_NAME");
-    assert_field(r, PG_DIAG_SOURCE_FILE, "nbtinsert.c", "SOURCE_FILE");
-    assert_field(r, PG_DIAG_SOURCE_FUNCTION, "_bt_check_unique", "SOURCE_FUNCTION");
+    itest_assert_sqlstate(r, "23505", "duplicate insert");
+    itest_assert_field(r, PG_DIAG_SEVERITY, "ERROR", "SEVERITY");
+    itest_assert_field(r, PG_DIAG_SEVERITY_NONLOCALIZED, "ERROR", "SEVERITY_NONLOCALIZED");
+    itest_assert_field(r, PG_DIAG_MESSAGE_PRIMARY,
+                       "duplicate key value violates unique constraint \"itest_unique_id_key\"",
+                       "MESSAGE");
+    itest_assert_field(r, PG_DIAG_MESSAGE_DETAIL, "Key (id)=(1) already exists.", "DETAIL");
+    itest_assert_field(r, PG_DIAG_SCHEMA_NAME, "public", "SCHEMA_NAME");
+    itest_assert_field(r, PG_DIAG_TABLE_NAME, "itest_unique", "TABLE_NAME");
+    itest_assert_field(r, PG_DIAG_CONSTRAINT_NAME, "itest_unique_id_key", "CONSTRAINT_NAME");
+    itest_assert_field(r, PG_DIAG_SOURCE_FILE, "nbtinsert.c", "SOURCE_FILE");
+    itest_assert_field(r, PG_DIAG_SOURCE_FUNCTION, "_bt_check_unique", "SOURCE_FUNCTION");
     assert_non_null(PQresultErrorField(r, PG_DIAG_SOURCE_LINE));
     assert_true(atoi(PQresultErrorField(r, PG_DIAG_SOURCE_LINE)) > 0);
 }
@@ -1332,7 +1303,7 @@ static void test_sigterm_graceful(void **state)
 
     /* The busy one gets its result. */
     PGresult *r = itest_wait_result(busy, 15000);
-    assert_result_ok(r, "pg_sleep(2) across SIGTERM");
+    itest_assert_result_ok(r, "pg_sleep(2) across SIGTERM");
     assert_int_equal(PQntuples(r), 1);
     PQclear(r);
     int64_t t_result = itest_now_ms();
@@ -1433,45 +1404,30 @@ static void test_sighup_reload_keeps_serving(void **state)
 
 /* ---- main ----------------------------------------------------------------- */
 
-#define T(f) cmocka_unit_test_setup_teardown(f, itest_setup, itest_teardown)
-
 int main(int argc, char **argv)
 {
-    /* Line-buffered, so a hung or crashed test's last words reach the log. */
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    signal(SIGPIPE, SIG_IGN);
-    if (argc > 1 && strcmp(argv[1], "--free-port") == 0) {
-        int port = itest_free_port();
-        printf("%d\n", port);
-        return port > 0 ? 0 : 1;
-    }
-    atexit(itest_kill_all);
-    const char *filter = argc > 1 ? argv[1] : getenv("IDEM_TEST_FILTER");
-    if (filter != NULL && *filter != '\0')
-        cmocka_set_test_filter(filter);
-
     const struct CMUnitTest tests[] = {
-        T(test_simple_and_extended_query),
-        T(test_pipeline_with_error),
-        T(test_single_row_mode),
-        T(test_copy_in_out_50mb),
-        T(test_large_objects),
-        T(test_listen_notify),
-        T(test_notice_and_parameter_status),
-        T(test_cancel),
-        T(test_md5_and_scram_login),
-        T(test_200_concurrent_connections),
-        T(test_client_killed_mid_query),
-        T(test_server_restart),
-        T(test_unique_violation_fields),
-        T(test_server_unreachable),
-        T(test_max_client_conn),
-        T(test_malformed_input),
-        T(test_ssl_and_gssenc_request),
-        T(test_backpressure),
-        T(test_sigterm_graceful),
-        T(test_check_config),
-        T(test_sighup_reload_keeps_serving),
+        ITEST(test_simple_and_extended_query),
+        ITEST(test_pipeline_with_error),
+        ITEST(test_single_row_mode),
+        ITEST(test_copy_in_out_50mb),
+        ITEST(test_large_objects),
+        ITEST(test_listen_notify),
+        ITEST(test_notice_and_parameter_status),
+        ITEST(test_cancel),
+        ITEST(test_md5_and_scram_login),
+        ITEST(test_200_concurrent_connections),
+        ITEST(test_client_killed_mid_query),
+        ITEST(test_server_restart),
+        ITEST(test_unique_violation_fields),
+        ITEST(test_server_unreachable),
+        ITEST(test_max_client_conn),
+        ITEST(test_malformed_input),
+        ITEST(test_ssl_and_gssenc_request),
+        ITEST(test_backpressure),
+        ITEST(test_sigterm_graceful),
+        ITEST(test_check_config),
+        ITEST(test_sighup_reload_keeps_serving),
     };
-    return cmocka_run_group_tests_name("idemproxy integration", tests, NULL, NULL);
+    return itest_main(argc, argv, "idemproxy integration", tests, sizeof tests / sizeof tests[0]);
 }
