@@ -60,24 +60,27 @@ enum inject {
     INJECT_ROLLBACK,    /* rolls back to it after a 23505 */
 };
 
-/* The proxy's savepoint around one INSERT in a transaction block (see
- * translate.h). While it is held the client's input waits, so that nothing
- * the client sends can run under it. */
+/* The proxy's savepoint around an INSERT in a transaction block (see
+ * translate.h). SAVEPOINT, the statement and RELEASE go to the server
+ * together, so a success costs no wait. An extended Execute needs no state
+ * here until it fails; a simple Query holds the client's input until its
+ * answer is settled, since a rollback may have to come before anything
+ * else of the client's. */
 enum guard {
     GUARD_NONE,
-    GUARD_OPEN,         /* SAVEPOINT went ahead of the statement, which runs under it */
-    GUARD_BROKEN,       /* simple: the SAVEPOINT failed and the client heard why;
-                           the statement's own error adds nothing */
-    GUARD_RELEASING,    /* simple: the statement succeeded, RELEASE went; the
-                           client's ReadyForQuery is RELEASE's */
-    GUARD_FAILED,       /* simple: a 23505 is held; after the statement's
-                           ReadyForQuery the rollback goes */
-    GUARD_FAILED_OTHER, /* simple: the statement failed otherwise; its
-                           ReadyForQuery ends the guard */
-    GUARD_AWAIT_SYNC,   /* extended: a 23505 is held; the client's next message
-                           must be Sync for the rollback to be honest */
-    GUARD_SYNCED,       /* extended: that Sync went; its ReadyForQuery is the cue */
-    GUARD_ROLLBACK,     /* ROLLBACK TO and RELEASE went; the client's answer waits */
+    GUARD_OPEN,       /* simple: the Query's outcome is awaited */
+    GUARD_BROKEN,     /* simple: the SAVEPOINT failed and the client heard why;
+                         the Query's own error adds nothing */
+    GUARD_RELEASING,  /* simple: the Query succeeded; RELEASE's ReadyForQuery is
+                         the client's, and so is RELEASE's error (a cancel) */
+    GUARD_SPENT,      /* simple: the Query failed otherwise; RELEASE fails in the
+                         aborted block, unheard; its ReadyForQuery is the client's */
+    GUARD_FAILED,     /* simple: a 23505 is held; once RELEASE has failed in the
+                         aborted block, the rollback goes */
+    GUARD_AWAIT_SYNC, /* extended: a 23505 is held; the client's next message
+                         must be Sync for the rollback to be honest */
+    GUARD_SYNCED,     /* extended: that Sync went; its ReadyForQuery is the cue */
+    GUARD_ROLLBACK,   /* ROLLBACK TO and RELEASE went; the client's answer waits */
 };
 
 /* The statement and portal name of the proxy's own extended statements. */
@@ -118,6 +121,10 @@ struct conn {
     bool batch_certain;         /* the block's status was known as the batch began,
                                    and everything it ran so far is known */
     size_t batch_executes;      /* Executes since the last Sync */
+    bool batch_guarded;         /* a guarded Execute is in the batch */
+    bool batch_ending;          /* a guarded batch's Sync went: the client's next
+                                   messages wait for its ReadyForQuery, since a
+                                   rollback may have to come first */
     enum guard guard;
     uint8_t *held_error;        /* a 23505 waiting to be sent or replaced */
     size_t held_error_len;
@@ -491,7 +498,8 @@ static enum handling server_handling(const struct conn *c, char type)
     if (answers_injected(c, type))
         return HANDLE_TAKE;
     /* How the client's statement ended decides what the proxy does next. */
-    if (translating(c) && (type == 'C' || type == 's' || type == 'Z'))
+    if ((translating(c) && (type == 'C' || type == 's')) ||
+        ((translating(c) || c->batch_ending) && type == 'Z'))
         return HANDLE_TAKE;
     switch (type) {
     case 'E':
@@ -505,11 +513,13 @@ static enum handling server_handling(const struct conn *c, char type)
 }
 
 /* Client input waits while the proxy needs to see what the server says
- * before the client's next message may go: the catalog, or a savepoint's
- * fate. */
+ * before the client's next message may go: the catalog, or how a guarded
+ * Query ended, or a rollback to come. (While a 23505 awaits the client's
+ * next message, that message is what settles it.) */
 static bool client_held(const struct conn *c)
 {
-    return c->catalog || c->guard != GUARD_NONE;
+    return c->catalog || c->batch_ending ||
+           (c->guard != GUARD_NONE && c->guard != GUARD_AWAIT_SYNC);
 }
 
 static void fail_oom(struct conn *c)
@@ -623,30 +633,53 @@ static struct decision *decide_statement(struct conn *c, char type, const uint8_
     return d;
 }
 
-/* A decided text's own INSERT into a registered table (not one nested in
- * another statement), or NULL. */
-static const struct rewrite_stmt *inserted_stmt(const struct decision *d)
+/* A Query's or Parse's text and what was decided about it. */
+struct statement {
+    const uint8_t *body;
+    size_t len;
+    size_t at, text_len;  /* where the text is in body */
+    struct decision *d;   /* a reference, or NULL */
+    const struct rewrite_stmt *insert; /* its own INSERT into a registered
+                                          table (not one nested in another
+                                          statement), or NULL */
+    int table;            /* that INSERT's scope table, or -1 */
+    bool replaced;        /* the text was rewritten */
+};
+
+static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
+                           struct statement *st)
 {
-    for (size_t i = 0; d && i < d->result.nstmts; i++)
-        if (d->result.stmts[i].reason != RR_NESTED)
-            return &d->result.stmts[i];
-    return NULL;
+    memset(st, 0, sizeof(*st));
+    st->body = msg + PG_HEAD_LEN;
+    st->len = total - PG_HEAD_LEN;
+    st->d = decide_statement(c, (char)msg[0], st->body, st->len, &st->at, &st->text_len);
+    st->table = -1;
+    for (size_t i = 0; st->d && i < st->d->result.nstmts && !st->insert; i++) {
+        if (st->d->result.stmts[i].reason != RR_NESTED) {
+            st->insert = &st->d->result.stmts[i];
+            st->table = (int)st->insert->target;
+        }
+    }
+    st->replaced = st->d && st->d->result.text;
+    if (st->text_len &&
+        rewrite_redefines_statements((const char *)st->body + st->at, st->text_len))
+        session_clear(&c->session);
 }
 
 /* Writes the message with the rewritten text in place of the original's
  * (a Parse keeps its name and parameter types around it). */
-static void write_rewritten(struct sink *k, char type, const uint8_t *body, size_t len,
-                            size_t at, size_t text_len, const struct rewrite_result *r)
+static void write_rewritten(struct sink *k, char type, const struct statement *st)
 {
-    size_t rest = len - at - text_len; /* the text's NUL, then a Parse's types */
+    const struct rewrite_result *r = &st->d->result;
+    size_t rest = st->len - st->at - st->text_len; /* the text's NUL, a Parse's types */
     uint8_t head[PG_HEAD_LEN];
 
     head[0] = (uint8_t)type;
-    pg_put_u32(head + 1, (uint32_t)(4 + at + r->text_len + rest));
+    pg_put_u32(head + 1, (uint32_t)(4 + st->at + r->text_len + rest));
     sink_write(k, head, sizeof(head));
-    evbuffer_add(k->out, body, at);
+    evbuffer_add(k->out, st->body, st->at);
     evbuffer_add(k->out, r->text, r->text_len);
-    evbuffer_add(k->out, body + at + text_len, rest);
+    evbuffer_add(k->out, st->body + st->at + st->text_len, rest);
 }
 
 /* ---- the proxy's own statements ---------------------------------------- */
@@ -749,84 +782,95 @@ static void batch_message(struct conn *c)
     }
 }
 
+/* Writes a guarded request: the proxy's SAVEPOINT, the client's message
+ * (msg, or the rewritten one), the proxy's RELEASE. */
+static bool write_guarded(struct conn *c, struct sink *k, const uint8_t *msg, size_t total,
+                          const struct statement *st, struct note *note)
+{
+    char type = (char)msg[0];
+    bool (*inject)(struct conn *, struct sink *, const char *, enum inject) =
+        type == 'Q' ? inject_query : inject_extended;
+
+    if (!inject(c, k, TRANSLATE_SQL_SAVEPOINT, INJECT_SAVEPOINT)) {
+        free_note(note);
+        return false;
+    }
+    if (st && st->replaced)
+        write_rewritten(k, type, st);
+    else
+        sink_write(k, msg, total);
+    return track_client_msg(&c->track, type, note) &&
+           inject(c, k, TRANSLATE_SQL_RELEASE, INJECT_RELEASE);
+}
+
 static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
-    const uint8_t *body = msg + PG_HEAD_LEN;
-    size_t len = total - PG_HEAD_LEN, at = 0, text_len = 0;
-    struct decision *d = decide_statement(c, 'Q', body, len, &at, &text_len);
-    const struct rewrite_stmt *insert = inserted_stmt(d);
-    int table = insert ? (int)insert->target : -1;
-    bool replaced = d && d->result.text;
+    struct statement st;
     struct note *note = NULL;
 
-    if (text_len && rewrite_redefines_statements((const char *)body + at, text_len))
-        session_clear(&c->session);
+    decide_message(c, msg, total, &st);
     /* A Query in the middle of a batch ends its implicit transaction. */
     c->batch_certain = false;
-    if (table >= 0 || replaced) {
-        note = note_new(d);
-        if (!note) {
+    if (st.table < 0 && !st.replaced) {
+        decision_unref(st.d);
+        return track_client(c, 'Q', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+    note = note_new(st.d);
+    if (!note) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    note->req = (struct translate_request){
+        .table = st.table,
+        .enabled = st.table >= 0 && scope_translates(c->scope, (size_t)st.table),
+        .statements = st.d->result.stmt_count,
+        .txn_status = c->track.txn_status,
+        .returning = st.insert && st.insert->returning,
+    };
+    /* The status is certain when nothing is outstanding. */
+    if (translate_guard(&note->req, track_pending(&c->track) == 0)) {
+        note->req.guarded = true;
+        if (!write_guarded(c, k, msg, total, &st, note)) {
             fail_oom(c);
             return TAKEN_CLOSED;
         }
-        note->req = (struct translate_request){
-            .table = table,
-            .enabled = table >= 0 && scope_translates(c->scope, (size_t)table),
-            .statements = d->result.stmt_count,
-            .txn_status = c->track.txn_status,
-            .returning = insert && insert->returning,
-        };
-        /* The status is certain when nothing is outstanding. */
-        if (translate_guard(&note->req, track_pending(&c->track) == 0)) {
-            if (!inject_query(c, k, TRANSLATE_SQL_SAVEPOINT, INJECT_SAVEPOINT)) {
-                free_note(note);
-                fail_oom(c);
-                return TAKEN_CLOSED;
-            }
-            note->req.guarded = true;
-            c->guard = GUARD_OPEN;
-        }
-    } else {
-        decision_unref(d);
+        c->guard = GUARD_OPEN;
+        return TAKEN_REPLACED;
     }
-    if (replaced)
-        write_rewritten(k, 'Q', body, len, at, text_len, &note->decision->result);
+    if (st.replaced)
+        write_rewritten(k, 'Q', &st);
     if (!track_client(c, 'Q', note))
         return TAKEN_CLOSED;
-    return replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
+    return st.replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
 }
 
 static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
-    const uint8_t *body = msg + PG_HEAD_LEN;
-    size_t len = total - PG_HEAD_LEN, at = 0, text_len = 0;
-    struct decision *d = decide_statement(c, 'P', body, len, &at, &text_len);
-    const struct rewrite_stmt *insert = inserted_stmt(d);
-    int table = insert ? (int)insert->target : -1;
-    bool replaced = d && d->result.text;
+    struct statement st;
+
+    decide_message(c, msg, total, &st);
+    batch_message(c);
     /* Only a single INSERT can be prepared: the name now means it, unless
      * the server refuses the Parse (see forget_refused) or is skipping
      * everything to the next Sync anyway. */
-    const struct table_rule *rule = table >= 0 && d->result.stmt_count == 1 &&
+    const struct table_rule *rule = st.table >= 0 && st.d->result.stmt_count == 1 &&
                                             !c->track.skip_to_sync
-                                        ? scope_table(c->scope, (size_t)table)
+                                        ? scope_table(c->scope, (size_t)st.table)
                                         : NULL;
-
-    batch_message(c);
-    if (text_len && rewrite_redefines_statements((const char *)body + at, text_len))
-        session_clear(&c->session);
-    if (replaced)
-        write_rewritten(k, 'P', body, len, at, text_len, &d->result);
+    if (st.replaced)
+        write_rewritten(k, 'P', &st);
     /* A rewritten text's decision stays with the request: an error's
      * position is mapped back through it. */
-    struct note *note = note_new(replaced ? d : NULL);
-    if (!replaced)
-        decision_unref(d);
+    struct note *note = note_new(st.replaced ? st.d : NULL);
+    if (!st.replaced)
+        decision_unref(st.d);
     bool ok = note != NULL;
-    if (ok && at > 0)
-        ok = session_parse(&c->session, (const char *)body, rule ? rule->schema : NULL,
+    if (ok && st.at > 0) {
+        const char *name = (const char *)st.body;
+        ok = session_parse(&c->session, name, rule ? rule->schema : NULL,
                            rule ? rule->name : NULL) &&
-             (note->defines = strdup((const char *)body)) != NULL;
+             (note->defines = strdup(name)) != NULL;
+    }
     if (!ok) {
         if (note)
             free_note(note);
@@ -835,7 +879,7 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
     }
     if (!track_client(c, 'P', note))
         return TAKEN_CLOSED;
-    return replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
+    return st.replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
 }
 
 /* Reads the NUL-terminated name at *at in body; advances *at past it. */
@@ -890,8 +934,7 @@ static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
 }
 
 /* An Execute of a recognised INSERT carries what translation needs; in a
- * transaction block it runs under the proxy's savepoint, and a Flush after
- * it makes the server say at once how it went. */
+ * transaction block it runs under the proxy's savepoint. */
 static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;
@@ -924,23 +967,20 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
     };
     if (!translate_guard(&note->req, c->batch_certain))
         return track_client(c, 'E', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
-
-    static const uint8_t flush[PG_HEAD_LEN] = { 'H', 0, 0, 0, 4 };
     note->req.guarded = true;
-    if (!inject_extended(c, k, TRANSLATE_SQL_SAVEPOINT, INJECT_SAVEPOINT)) {
-        free_note(note);
+    if (!write_guarded(c, k, msg, total, NULL, note)) {
         fail_oom(c);
         return TAKEN_CLOSED;
     }
-    sink_write(k, msg, total);
-    evbuffer_add(k->out, flush, sizeof(flush));
-    c->guard = GUARD_OPEN;
-    return track_client(c, 'E', note) ? TAKEN_REPLACED : TAKEN_CLOSED;
+    c->batch_guarded = true;
+    return TAKEN_REPLACED;
 }
 
 static enum taken take_sync(struct conn *c)
 {
     c->batch_open = false;
+    c->batch_ending = c->batch_guarded;
+    c->batch_guarded = false;
     if (c->guard == GUARD_AWAIT_SYNC)
         c->guard = GUARD_SYNCED;
     return track_client(c, 'S', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
@@ -950,12 +990,16 @@ static enum taken take_sync(struct conn *c)
  * sends anything more, so an error must not wait for its next message. */
 static enum taken take_flush(struct conn *c)
 {
-    size_t n = track_pending(&c->track);
-    const struct track_req *last = n ? track_at(&c->track, n - 1) : NULL;
-    struct note *note = last && !last->injected ? last->note : NULL;
+    const struct track_req *last = NULL;
 
-    if (note && last->kind == TRACK_EXECUTE)
-        note->flushed = true;
+    /* The client's last request; the proxy's RELEASE may follow it. */
+    for (size_t n = track_pending(&c->track); n > 0 && !last; n--) {
+        const struct track_req *r = track_at(&c->track, n - 1);
+        if (!r->injected)
+            last = r;
+    }
+    if (last && last->kind == TRACK_EXECUTE && last->note)
+        ((struct note *)last->note)->flushed = true;
     return track_client(c, 'H', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
@@ -1043,6 +1087,29 @@ static void guard_next(struct conn *c, char type)
     c->guard = GUARD_NONE;
 }
 
+/* The client's next message after a guarded Execute that failed, as far
+ * as it was sent: 'S' for Sync, 'H' for anything else (a Flush too, after
+ * which the client may be waiting), 0 when nothing came yet. The proxy's
+ * own RELEASE behind the Execute does not count. */
+static char guarded_next(const struct conn *c, const struct note *note)
+{
+    const struct track_req *r;
+    size_t i = 1;
+
+    while ((r = track_at(&c->track, i)) && r->injected)
+        i++;
+    if (!r)
+        return note && note->flushed ? 'H' : 0;
+    if (r->kind != TRACK_SYNC)
+        return 'H';
+    /* The rollback must reach the server before anything the client sent
+     * after the Sync. */
+    while ((r = track_at(&c->track, ++i)))
+        if (!r->injected)
+            return 'H';
+    return 'S';
+}
+
 /* The server refused an extended message and skips the rest up to Sync:
  * what the Parses and Binds among them defined never came to be, so their
  * names are forgotten (the server may still hold an older meaning, which
@@ -1077,6 +1144,7 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
     if (c->guard == GUARD_BROKEN) {
         /* The proxy's savepoint failed and said so; this is the client's
          * statement failing in the aborted block, which adds nothing. */
+        c->guard = GUARD_SPENT;
         return TAKEN_DROPPED;
     }
 
@@ -1122,25 +1190,34 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
             }
             c->await_next = true;
             return TAKEN_DROPPED;
-        case TRANSLATE_ROLLBACK:
+        case TRANSLATE_ROLLBACK: {
+            /* Extended: the server now skips to the client's Sync, which
+             * must be the client's next message for the rollback to be
+             * honest; anything else it sent is lost, so the error stands. */
+            char after = req.extended ? guarded_next(c, note) : 0;
+            if (after == 'H') {
+                count_translation(c, error_table, TR_NOT_SYNC);
+                return TAKEN_FORWARD;
+            }
             if (!hold_error(c, msg, total, error_table)) {
                 fail_oom(c);
                 return TAKEN_CLOSED;
             }
-            /* Simple: the rollback follows the statement's ReadyForQuery.
-             * Extended: the server now skips to the client's Sync, which
-             * must come next for the rollback to be honest. */
-            c->guard = req.extended ? GUARD_AWAIT_SYNC : GUARD_FAILED;
+            /* Simple: the rollback follows RELEASE's failure in the aborted
+             * block. Extended: it follows the Sync's ReadyForQuery. */
+            c->guard = !req.extended ? GUARD_FAILED
+                                     : after == 'S' ? GUARD_SYNCED : GUARD_AWAIT_SYNC;
             return TAKEN_DROPPED;
+        }
         case TRANSLATE_PASS:
             count_translation(c, error_table, why);
             break;
         }
     }
-    if (c->guard == GUARD_OPEN && note && note->req.guarded) {
-        /* The statement failed otherwise: the block is aborted as the
+    if (c->guard == GUARD_OPEN) {
+        /* The guarded Query failed otherwise: the block is aborted as the
          * client will see; the savepoint goes with whatever it does next. */
-        c->guard = note->req.extended ? GUARD_NONE : GUARD_FAILED_OTHER;
+        c->guard = GUARD_SPENT;
     }
 
     if (note && note->decision && note->decision->result.text && err.position) {
@@ -1192,18 +1269,34 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     case INJECT_SAVEPOINT:
         if (type == 'E') {
             /* The statement cannot run as planned (a cancel, say): the
-             * client hears this error for it. */
+             * client hears this error for it. A Query's own error then adds
+             * nothing; an Execute is skipped by the server anyway. */
             taken = TAKEN_FORWARD;
-            c->guard = track_head(&c->track)->kind == TRACK_QUERY ? GUARD_BROKEN : GUARD_NONE;
+            if (c->guard == GUARD_OPEN)
+                c->guard = GUARD_BROKEN;
         }
         break;
     case INJECT_RELEASE:
-        /* After the client was told its INSERT succeeded: if the block
-         * failed now, the client must hear it and see the real status. */
-        if (type == 'E' || (type == 'Z' && c->guard == GUARD_RELEASING))
+        if (type == 'E' && (c->guard == GUARD_RELEASING || c->guard == GUARD_NONE)) {
+            /* After the client was told its INSERT succeeded: the block
+             * failed now (a cancel), which the client must hear. */
             taken = TAKEN_FORWARD;
-        if (type == 'Z' && c->guard == GUARD_RELEASING)
-            c->guard = GUARD_NONE;
+        }
+        if (type == 'Z') {
+            if (c->guard == GUARD_FAILED) {
+                /* The 23505 aborted the block: roll back to the savepoint,
+                 * then tell the client. */
+                if (!inject_query(c, NULL, TRANSLATE_SQL_ROLLBACK, INJECT_ROLLBACK)) {
+                    fail_oom(c);
+                    return TAKEN_CLOSED;
+                }
+                c->guard = GUARD_ROLLBACK;
+            } else {
+                /* It tells the truth about the block: the client's. */
+                taken = TAKEN_FORWARD;
+                c->guard = GUARD_NONE;
+            }
+        }
         break;
     case INJECT_ROLLBACK:
         if (type == 'E')
@@ -1225,35 +1318,16 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     track_server_msg(&c->track, type, status);
     if (type == 'Z' && tag == INJECT_CATALOG && c->catalog)
         catalog_arrived(c);
-    if (!c->catalog && (c->guard == GUARD_NONE || c->guard == GUARD_AWAIT_SYNC))
+    if (!client_held(c))
         c->resume_client = true;
     return taken;
 }
 
-/* A reply to the client's statement while the proxy holds a savepoint. */
+/* CommandComplete of a guarded Query: it succeeded. */
 static void guard_reply(struct conn *c, char type, const struct note *note)
 {
-    bool guarded = note && note->req.guarded;
-
-    switch (c->guard) {
-    case GUARD_OPEN:
-        if (!guarded || (type != 'C' && type != 's'))
-            break;
-        /* It succeeded: the savepoint goes. Simple protocol: the client's
-         * ReadyForQuery waits for RELEASE's, which tells the truth. */
-        if (note->req.extended) {
-            if (!inject_extended(c, NULL, TRANSLATE_SQL_RELEASE, INJECT_RELEASE))
-                fail_oom(c);
-            c->guard = GUARD_NONE;
-        } else if (inject_query(c, NULL, TRANSLATE_SQL_RELEASE, INJECT_RELEASE)) {
-            c->guard = GUARD_RELEASING;
-        } else {
-            fail_oom(c);
-        }
-        break;
-    default:
-        break;
-    }
+    if (c->guard == GUARD_OPEN && note && note->req.guarded && type == 'C')
+        c->guard = GUARD_RELEASING;
 }
 
 /* ReadyForQuery for the client's request while the proxy translates. */
@@ -1261,22 +1335,19 @@ static enum taken guard_ready(struct conn *c)
 {
     switch (c->guard) {
     case GUARD_RELEASING:
-        /* RELEASE's own ReadyForQuery stands for this one. */
-        return TAKEN_DROPPED;
+    case GUARD_SPENT:
     case GUARD_FAILED:
+        /* RELEASE's own ReadyForQuery comes next and tells the truth. */
+        return TAKEN_DROPPED;
     case GUARD_SYNCED:
-        /* The statement's 23505 aborted the block: roll back to the
-         * savepoint, then tell the client. */
+        /* The Execute's 23505 aborted the block and the batch is over:
+         * roll back to the savepoint, then tell the client. */
         if (!inject_query(c, NULL, TRANSLATE_SQL_ROLLBACK, INJECT_ROLLBACK)) {
             fail_oom(c);
             return TAKEN_CLOSED;
         }
         c->guard = GUARD_ROLLBACK;
         return TAKEN_DROPPED;
-    case GUARD_BROKEN:
-    case GUARD_FAILED_OTHER:
-        c->guard = GUARD_NONE;
-        return TAKEN_FORWARD;
     default:
         return TAKEN_FORWARD;
     }
@@ -1342,6 +1413,8 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
             login_done(c);
             return TAKEN_FORWARD;
         }
+        if (head && head->kind == TRACK_SYNC)
+            c->batch_ending = false;
         if (translating(c))
             taken = guard_ready(c);
         break;
@@ -1352,7 +1425,7 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
     }
     if (taken != TAKEN_CLOSED)
         track_plain(c, TO_CLIENT, type, type == 'Z' ? pg_ready_status(body, len) : 0);
-    if (!c->catalog && (c->guard == GUARD_NONE || c->guard == GUARD_AWAIT_SYNC))
+    if (!client_held(c))
         c->resume_client = true;
     return taken;
 }

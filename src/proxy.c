@@ -156,34 +156,54 @@ static void begin_shutdown(struct proxy *p)
         evtimer_add(p->shutdown_timer, &timeout);
 }
 
+/* " name=count" for each non-zero count(rs, table, reason), into line. */
+static size_t format_counts(char *line, size_t cap, const struct ruleset *rs, size_t table,
+                            int reasons, uint64_t (*count)(const struct ruleset *, size_t, int),
+                            const char *(*name)(int))
+{
+    size_t at = 0;
+
+    for (int r = 0; r < reasons && at < cap; r++) {
+        uint64_t n = count(rs, table, r);
+        if (n)
+            at += (size_t)snprintf(line + at, cap - at, " %s=%llu", name(r),
+                                   (unsigned long long)n);
+    }
+    return at;
+}
+
+static uint64_t rewrite_count(const struct ruleset *rs, size_t table, int reason)
+{
+    return ruleset_table_count(rs, table, (enum rewrite_reason)reason);
+}
+
+static const char *rewrite_name(int reason)
+{
+    return rewrite_reason_name((enum rewrite_reason)reason);
+}
+
+static uint64_t translation_count(const struct ruleset *rs, size_t table, int reason)
+{
+    return ruleset_translation_count(rs, table, (enum translate_reason)reason);
+}
+
+static const char *translation_name(int reason)
+{
+    return translate_reason_name((enum translate_reason)reason);
+}
+
 static void log_rule_counters(const struct ruleset *rs)
 {
     const struct config *cfg = ruleset_config(rs);
+    char line[512];
 
     for (size_t i = 0; i < cfg->table_count; i++) {
-        char line[512];
-        size_t at = 0;
-        for (int r = 0; r < RR_COUNT && at < sizeof(line); r++) {
-            uint64_t n = ruleset_table_count(rs, i, (enum rewrite_reason)r);
-            if (n)
-                at += (size_t)snprintf(line + at, sizeof(line) - at, " %s=%llu",
-                                       rewrite_reason_name((enum rewrite_reason)r),
-                                       (unsigned long long)n);
-        }
-        if (at)
-            log_info("[table %s.%s] INSERTs:%s", cfg->tables[i].schema, cfg->tables[i].name,
-                     line);
-        at = 0;
-        for (int r = 0; r < TR_COUNT && at < sizeof(line); r++) {
-            uint64_t n = ruleset_translation_count(rs, i, (enum translate_reason)r);
-            if (n)
-                at += (size_t)snprintf(line + at, sizeof(line) - at, " %s=%llu",
-                                       translate_reason_name((enum translate_reason)r),
-                                       (unsigned long long)n);
-        }
-        if (at)
-            log_info("[table %s.%s] unique violations:%s", cfg->tables[i].schema,
-                     cfg->tables[i].name, line);
+        const struct table_rule *t = &cfg->tables[i];
+        if (format_counts(line, sizeof(line), rs, i, RR_COUNT, rewrite_count, rewrite_name))
+            log_info("[table %s.%s] INSERTs:%s", t->schema, t->name, line);
+        if (format_counts(line, sizeof(line), rs, i, TR_COUNT, translation_count,
+                          translation_name))
+            log_info("[table %s.%s] unique violations:%s", t->schema, t->name, line);
     }
 }
 

@@ -617,6 +617,22 @@ static size_t put_ident(char *buf, size_t cap, size_t at, const char *name)
     return put(buf, cap, at, "\"");
 }
 
+/* Appends "a, b" or, with excluded, "a = EXCLUDED.a, b = EXCLUDED.b". */
+static size_t put_columns(char *buf, size_t cap, size_t at, const struct name_list *l,
+                          bool excluded)
+{
+    for (size_t i = 0; i < l->count; i++) {
+        if (i)
+            at = put(buf, cap, at, ", ");
+        at = put_ident(buf, cap, at, l->names[i]);
+        if (excluded) {
+            at = put(buf, cap, at, " = EXCLUDED.");
+            at = put_ident(buf, cap, at, l->names[i]);
+        }
+    }
+    return at;
+}
+
 size_t rewrite_build_clause(char *buf, size_t cap, const struct name_list *target,
                             const struct name_list *set)
 {
@@ -624,22 +640,11 @@ size_t rewrite_build_clause(char *buf, size_t cap, const struct name_list *targe
 
     if (target->count > 0) {
         n = put(buf, cap, n, " (");
-        for (size_t i = 0; i < target->count; i++) {
-            if (i)
-                n = put(buf, cap, n, ", ");
-            n = put_ident(buf, cap, n, target->names[i]);
-        }
+        n = put_columns(buf, cap, n, target, false);
         n = put(buf, cap, n, ")");
     }
     if (set->count == 0)
         return put(buf, cap, n, " DO NOTHING");
     n = put(buf, cap, n, " DO UPDATE SET ");
-    for (size_t i = 0; i < set->count; i++) {
-        if (i)
-            n = put(buf, cap, n, ", ");
-        n = put_ident(buf, cap, n, set->names[i]);
-        n = put(buf, cap, n, " = EXCLUDED.");
-        n = put_ident(buf, cap, n, set->names[i]);
-    }
-    return n;
+    return put_columns(buf, cap, n, set, true);
 }

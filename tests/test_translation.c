@@ -36,59 +36,6 @@
 
 /* ---- small helpers local to the tests --------------------------------- */
 
-/* The assertions below free res before failing, so that a failed test does
- * not add a leak report to its output; on success res stays the caller's. */
-
-static void assert_result_ok(PGresult *res, const char *what)
-{
-    if (res == NULL)
-        fail_msg("%s: no result (timeout or lost connection)", what);
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-        const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s %s: %s", PQresStatus(st), code ? code : "",
-                 PQresultErrorMessage(res));
-        PQclear(res);
-        fail_msg("%s: %s", what, msg);
-    }
-}
-
-/* The statement succeeded and its CommandComplete tag is tag. */
-static void assert_tag(PGresult *res, const char *tag, const char *what)
-{
-    assert_result_ok(res, what);
-    if (strcmp(PQcmdStatus(res), tag) != 0) {
-        char got[128];
-        snprintf(got, sizeof got, "%s", PQcmdStatus(res));
-        PQclear(res);
-        fail_msg("%s: command tag \"%s\", want \"%s\"", what, got, tag);
-    }
-}
-
-static void assert_sqlstate(PGresult *res, const char *sqlstate, const char *what)
-{
-    if (res == NULL)
-        fail_msg("%s: no result, expected SQLSTATE %s", what, sqlstate);
-    const char *got = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-    if (PQresultStatus(res) != PGRES_FATAL_ERROR || got == NULL || strcmp(got, sqlstate) != 0) {
-        char msg[1024];
-        snprintf(msg, sizeof msg, "%s %s: %s (tag \"%s\")", PQresStatus(PQresultStatus(res)),
-                 got ? got : "(no SQLSTATE)", PQresultErrorMessage(res), PQcmdStatus(res));
-        PQclear(res);
-        fail_msg("%s: expected error %s, got %s", what, sqlstate, msg);
-    }
-}
-
-static void assert_field(PGresult *res, int field, const char *want, const char *name)
-{
-    const char *got = PQresultErrorField(res, field);
-    if (got == NULL)
-        fail_msg("error field %s is missing (want \"%s\")", name, want);
-    if (strcmp(got, want) != 0)
-        fail_msg("error field %s: got \"%s\", want \"%s\"", name, got, want);
-}
-
 static const char *txn_name(PGTransactionStatusType s)
 {
     switch (s) {
@@ -107,63 +54,49 @@ static void assert_txn(PGconn *c, PGTransactionStatusType want, const char *what
         fail_msg("%s: transaction status %s, want %s", what, txn_name(got), txn_name(want));
 }
 
-/* Runs sql through conn (simple protocol) and checks its tag. */
-static void exec_tag(PGconn *c, const char *sql, const char *tag)
+/* In a transaction block, sql (simple protocol) fails with sqlstate and the
+ * block is failed, as the server says; then ROLLBACK. */
+static void fails_in_block(PGconn *c, const char *sql, const char *sqlstate)
 {
+    char what[600];
+    snprintf(what, sizeof what, "%s (in a transaction block)", sql);
+    itest_exec_tag(c, "BEGIN", "BEGIN");
     PGresult *r = itest_exec(c, sql);
-    assert_tag(r, tag, sql);
+    itest_assert_sqlstate(r, sqlstate, what);
     PQclear(r);
+    assert_txn(c, PQTRANS_INERROR, what);
+    itest_exec_tag(c, "ROLLBACK", "ROLLBACK");
 }
 
-/* Runs sql through conn (simple protocol) and checks it fails with sqlstate. */
-static void exec_sqlstate(PGconn *c, const char *sql, const char *sqlstate)
+/* Status, SQLSTATE and tag of r, for the test's output (a static buffer). */
+static const char *result_text(PGresult *r)
 {
-    PGresult *r = itest_exec(c, sql);
-    assert_sqlstate(r, sqlstate, sql);
-    PQclear(r);
-}
-
-/* PQexecParams (unnamed statement, text parameters), bounded. */
-static PGresult *exec_params(PGconn *c, const char *sql, int n, const char *const *vals)
-{
-    if (!PQsendQueryParams(c, sql, n, NULL, vals, NULL, NULL, 0))
-        fail_msg("PQsendQueryParams(%s): %s", sql, PQerrorMessage(c));
-    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-}
-
-/* PQprepare, bounded. */
-static PGresult *prepare(PGconn *c, const char *name, const char *sql, int n)
-{
-    if (!PQsendPrepare(c, name, sql, n, NULL))
-        fail_msg("PQsendPrepare(%s): %s", sql, PQerrorMessage(c));
-    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-}
-
-/* PQexecPrepared, bounded. */
-static PGresult *exec_prepared(PGconn *c, const char *name, int n, const char *const *vals)
-{
-    if (!PQsendQueryPrepared(c, name, n, vals, NULL, NULL, 0))
-        fail_msg("PQsendQueryPrepared(%s): %s", name, PQerrorMessage(c));
-    return itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
+    static char text[160];
+    if (r == NULL)
+        return "(no result)";
+    const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    snprintf(text, sizeof text, "%s %s \"%s\"", PQresStatus(PQresultStatus(r)), code ? code : "",
+             PQcmdStatus(r));
+    return text;
 }
 
 static void params_tag(PGconn *c, const char *sql, const char *val, const char *tag)
 {
     const char *vals[1] = { val };
-    PGresult *r = exec_params(c, sql, val ? 1 : 0, vals);
+    PGresult *r = itest_exec_params(c, sql, val ? 1 : 0, vals);
     char what[600];
     snprintf(what, sizeof what, "%s [$1 = %s] (extended)", sql, val ? val : "-");
-    assert_tag(r, tag, what);
+    itest_assert_tag(r, tag, what);
     PQclear(r);
 }
 
 static void params_sqlstate(PGconn *c, const char *sql, const char *val, const char *sqlstate)
 {
     const char *vals[1] = { val };
-    PGresult *r = exec_params(c, sql, val ? 1 : 0, vals);
+    PGresult *r = itest_exec_params(c, sql, val ? 1 : 0, vals);
     char what[600];
     snprintf(what, sizeof what, "%s [$1 = %s] (extended)", sql, val ? val : "-");
-    assert_sqlstate(r, sqlstate, what);
+    itest_assert_sqlstate(r, sqlstate, what);
     PQclear(r);
 }
 
@@ -199,71 +132,20 @@ static long long all_rows(const char *table)
     return itest_server_ll("SELECT count(*) FROM %s", table);
 }
 
-/* A proxy whose config ends with extra (main keys first, then sections). */
-static struct itest_proxy *start_proxy(const char *log_level, const char *extra)
+/* A proxy (logging at debug level) with one section [table public.<table>],
+ * conflict = k. */
+static struct itest_proxy *start_proxy_for(const char *table)
 {
-    struct itest_proxy_opts opts = { .log_level = log_level, .extra = extra };
-    return itest_proxy_start(&opts);
+    return itest_proxy_start_table("debug", table, "k", "");
 }
 
-/* A proxy with one [table public.<table>] section: conflict = k, plus
- * more_keys ("key = value\n" lines, or ""). */
-static struct itest_proxy *start_proxy_for(const char *table, const char *more_keys)
+/* The usual setting: table t (see create_defer_table) holding the row
+ * ('dup', 'orig'), and a proxy that registers it. */
+static struct itest_proxy *start_with_dup(const char *t)
 {
-    char extra[1024];
-    snprintf(extra, sizeof extra, "[table public.%s]\nconflict = k\n%s", table, more_keys);
-    return start_proxy("debug", extra);
-}
-
-/* The whole file, malloc'ed and NUL-terminated ("" when unreadable). */
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    size_t len = 0, cap = 4096;
-    char *buf = malloc(cap);
-    assert_non_null(buf);
-    if (f != NULL) {
-        size_t n;
-        while ((n = fread(buf + len, 1, cap - len - 1, f)) > 0) {
-            len += n;
-            if (cap - len < 2) {
-                cap *= 2;
-                buf = realloc(buf, cap);
-                assert_non_null(buf);
-            }
-        }
-        fclose(f);
-    }
-    buf[len] = '\0';
-    return buf;
-}
-
-/* True when a single line of the proxy's log contains a, b and (unless
- * NULL) c. */
-static bool log_line_has(const struct itest_proxy *p, const char *a, const char *b, const char *c)
-{
-    FILE *f = fopen(p->log_path, "r");
-    if (f == NULL)
-        return false;
-    char *line = NULL;
-    size_t cap = 0;
-    bool found = false;
-    while (!found && getline(&line, &cap, f) >= 0)
-        found = strstr(line, a) != NULL && strstr(line, b) != NULL &&
-                (c == NULL || strstr(line, c) != NULL);
-    free(line);
-    fclose(f);
-    return found;
-}
-
-static void assert_log_line(const struct itest_proxy *p, const char *a, const char *b,
-                            const char *c)
-{
-    if (!log_line_has(p, a, b, c)) {
-        itest_proxy_dump_log(p, 60);
-        fail_msg("no line of the proxy log has \"%s\", \"%s\"%s%s%s", a, b, c ? ", \"" : "",
-                 c ? c : "", c ? "\"" : "");
-    }
+    create_defer_table(t);
+    server_insert(t, "dup", "orig");
+    return start_proxy_for(t);
 }
 
 /* Waits (bounded) for a line with a, b and c to appear in the log. */
@@ -271,9 +153,9 @@ static void wait_log_line(const struct itest_proxy *p, const char *a, const char
                           const char *c, int timeout_ms)
 {
     int64_t deadline = itest_now_ms() + timeout_ms;
-    while (!log_line_has(p, a, b, c) && itest_now_ms() < deadline)
+    while (!itest_proxy_log_line_has(p, a, b, c) && itest_now_ms() < deadline)
         itest_sleep_ms(50);
-    assert_log_line(p, a, b, c);
+    itest_assert_log_line(p, a, b, c);
 }
 
 /* ---- INSERTs in the three protocol flavours ---------------------------- */
@@ -288,12 +170,12 @@ static void prepare_inserts(PGconn *c, const char *table)
 {
     char sql[256];
     snprintf(sql, sizeof sql, "INSERT INTO %s (k, payload) VALUES ($1, $2)", table);
-    PGresult *r = prepare(c, "ins", sql, 2);
-    assert_result_ok(r, "PQprepare ins");
+    PGresult *r = itest_prepare(c, "ins", sql, 2);
+    itest_assert_result_ok(r, "PQprepare ins");
     PQclear(r);
     snprintf(sql, sizeof sql, "INSERT INTO %s (k, payload) VALUES ($1, $2) RETURNING id", table);
-    r = prepare(c, "ins_ret", sql, 2);
-    assert_result_ok(r, "PQprepare ins_ret");
+    r = itest_prepare(c, "ins_ret", sql, 2);
+    itest_assert_result_ok(r, "PQprepare ins_ret");
     PQclear(r);
 }
 
@@ -311,9 +193,9 @@ static PGresult *insert_row(PGconn *c, enum proto mode, const char *table, const
     case P_EXTENDED:
         snprintf(sql, sizeof sql, "INSERT INTO %s (k, payload) VALUES ($1, $2)%s", table,
                  returning ? " RETURNING id" : "");
-        return exec_params(c, sql, 2, vals);
+        return itest_exec_params(c, sql, 2, vals);
     case P_PREPARED:
-        return exec_prepared(c, returning ? "ins_ret" : "ins", 2, vals);
+        return itest_exec_prepared(c, returning ? "ins_ret" : "ins", 2, vals);
     }
     return NULL;
 }
@@ -324,7 +206,7 @@ static void insert_tag(PGconn *c, enum proto mode, const char *table, const char
     char what[256];
     snprintf(what, sizeof what, "INSERT '%s' into %s (%s)", key, table, proto_names[mode]);
     PGresult *r = insert_row(c, mode, table, key, false);
-    assert_tag(r, tag, what);
+    itest_assert_tag(r, tag, what);
     PQclear(r);
 }
 
@@ -334,7 +216,7 @@ static void insert_sqlstate(PGconn *c, enum proto mode, const char *table, const
     char what[256];
     snprintf(what, sizeof what, "INSERT '%s' into %s (%s)", key, table, proto_names[mode]);
     PGresult *r = insert_row(c, mode, table, key, false);
-    assert_sqlstate(r, sqlstate, what);
+    itest_assert_sqlstate(r, sqlstate, what);
     PQclear(r);
 }
 
@@ -342,7 +224,7 @@ static void insert_sqlstate(PGconn *c, enum proto mode, const char *table, const
 static void cmd_tag(PGconn *c, enum proto mode, const char *sql, const char *tag)
 {
     if (mode == P_SIMPLE)
-        exec_tag(c, sql, tag);
+        itest_exec_tag(c, sql, tag);
     else
         params_tag(c, sql, NULL, tag);
 }
@@ -353,9 +235,7 @@ static void test_tr_autocommit(void **state)
 {
     (void)state;
     const char *t = "tr_auto";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_with_dup(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     prepare_inserts(c, t);
 
@@ -372,7 +252,8 @@ static void test_tr_autocommit(void **state)
     }
     /* A multi-row INSERT with one duplicate: the whole statement failed, so
      * none of its rows is there, which is what "INSERT 0 0" says. */
-    exec_tag(c, "INSERT INTO tr_auto (k, payload) VALUES ('m1', 'x'), ('dup', 'x')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_auto (k, payload) VALUES ('m1', 'x'), ('dup', 'x')",
+                   "INSERT 0 0");
     assert_txn(c, PQTRANS_IDLE, "after a translated multi-row duplicate");
     assert_int_equal(key_rows(t, "m1"), 0);
 
@@ -380,7 +261,7 @@ static void test_tr_autocommit(void **state)
     assert_int_equal(all_rows(t), 4);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM tr_auto WHERE k = 'dup' AND "
                                      "payload = 'orig'"), 1);
-    assert_log_line(p, "public.tr_auto", "reported as INSERT 0 0", NULL);
+    itest_assert_log_line(p, "public.tr_auto", "reported as INSERT 0 0", NULL);
     itest_pass();
 }
 
@@ -388,11 +269,7 @@ static void test_tr_autocommit(void **state)
 
 static void txn_scenarios(enum proto m, const char *t)
 {
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    char extra[256];
-    snprintf(extra, sizeof extra, "[table public.%s]\nconflict = k\n", t);
-    struct itest_proxy *p = start_proxy("debug", extra);
+    struct itest_proxy *p = start_with_dup(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     if (m == P_PREPARED)
         prepare_inserts(c, t);
@@ -451,14 +328,14 @@ static void txn_scenarios(enum proto m, const char *t)
     PGresult *r;
     if (m != P_SIMPLE) {
         r = insert_row(c, m, t, "dup", true);
-        assert_tag(r, "INSERT 0 0", "duplicate INSERT ... RETURNING id in a transaction");
+        itest_assert_tag(r, "INSERT 0 0", "duplicate INSERT ... RETURNING id in a transaction");
         assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
         assert_int_equal(PQntuples(r), 0);
         PQclear(r);
         assert_txn(c, PQTRANS_INTRANS, "after a translated duplicate RETURNING");
     }
     r = insert_row(c, m, t, "f1", true);
-    assert_tag(r, "INSERT 0 1", "new INSERT ... RETURNING id in a transaction");
+    itest_assert_tag(r, "INSERT 0 1", "new INSERT ... RETURNING id in a transaction");
     assert_int_equal(PQntuples(r), 1);
     long long f1_id = strtoll(PQgetvalue(r, 0, 0), NULL, 10);
     PQclear(r);
@@ -473,7 +350,7 @@ static void txn_scenarios(enum proto m, const char *t)
     /* No savepoint of the proxy's is left in any session. */
     assert_int_equal(itest_query_ll(c, "SELECT 1"), 1);
     assert_txn(c, PQTRANS_IDLE, "at the end");
-    assert_log_line(p, t, "reported as INSERT 0 0", NULL);
+    itest_assert_log_line(p, t, "reported as INSERT 0 0", NULL);
 }
 
 static void test_tr_txn_simple(void **state)
@@ -505,7 +382,7 @@ static void check_returning_dup(PGconn *c, enum proto m, const char *t, const ch
     PGresult *r = insert_row(c, m, t, "dup", true);
     char w[256];
     snprintf(w, sizeof w, "duplicate INSERT ... RETURNING id, %s (%s)", what, proto_names[m]);
-    assert_tag(r, "INSERT 0 0", w);
+    itest_assert_tag(r, "INSERT 0 0", w);
     if (PQresultStatus(r) != PGRES_TUPLES_OK || PQnfields(r) != 1 || PQntuples(r) != 0) {
         char got[128];
         snprintf(got, sizeof got, "%s with %d fields, %d tuples", PQresStatus(PQresultStatus(r)),
@@ -529,14 +406,14 @@ static void test_tr_returning(void **state)
     PGconn *d = itest_connect_direct();
     PGresult *r = itest_exec(d, "INSERT INTO tr_ret_ref (k) VALUES ('dup') "
                                 "ON CONFLICT DO NOTHING RETURNING id");
-    assert_tag(r, "INSERT 0 0", "reference: DO NOTHING RETURNING directly");
+    itest_assert_tag(r, "INSERT 0 0", "reference: DO NOTHING RETURNING directly");
     assert_int_equal(PQresultStatus(r), PGRES_TUPLES_OK);
     assert_int_equal(PQnfields(r), 1);
     assert_int_equal(PQntuples(r), 0);
     PQclear(r);
     itest_finish(d);
 
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     prepare_inserts(c, t);
     /* Extended clients have the RowDescription from their Describe: the
@@ -544,25 +421,19 @@ static void test_tr_returning(void **state)
     for (enum proto m = P_EXTENDED; m <= P_PREPARED; m++) {
         check_returning_dup(c, m, t, "autocommit");
         assert_txn(c, PQTRANS_IDLE, "after a translated duplicate RETURNING");
-        exec_tag(c, "BEGIN", "BEGIN");
+        itest_exec_tag(c, "BEGIN", "BEGIN");
         check_returning_dup(c, m, t, "in a transaction");
         assert_txn(c, PQTRANS_INTRANS, "after a translated duplicate RETURNING");
-        exec_tag(c, "COMMIT", "COMMIT");
+        itest_exec_tag(c, "COMMIT", "COMMIT");
     }
     /* In the simple protocol the server sends the RowDescription only after
      * the statement ran, so none came before the error and only the server
      * could give one: the error stays as it is, honestly. */
-    r = itest_exec(c, "INSERT INTO tr_ret (k, payload) VALUES ('dup', 'p') RETURNING id");
-    assert_sqlstate(r, "23505", "simple INSERT ... RETURNING of a duplicate (autocommit)");
-    PQclear(r);
+    const char *ret = "INSERT INTO tr_ret (k, payload) VALUES ('dup', 'p') RETURNING id";
+    itest_exec_sqlstate(c, ret, "23505");
     assert_txn(c, PQTRANS_IDLE, "after the simple RETURNING duplicate");
-    exec_tag(c, "BEGIN", "BEGIN");
-    r = itest_exec(c, "INSERT INTO tr_ret (k, payload) VALUES ('dup', 'p') RETURNING id");
-    assert_sqlstate(r, "23505", "simple INSERT ... RETURNING of a duplicate (in a transaction)");
-    PQclear(r);
-    assert_txn(c, PQTRANS_INERROR, "after the simple RETURNING duplicate in a transaction");
-    exec_tag(c, "ROLLBACK", "ROLLBACK");
-    assert_log_line(p, "public.tr_ret", "returning", NULL);
+    fails_in_block(c, ret, "23505");
+    itest_assert_log_line(p, "public.tr_ret", "returning", NULL);
     assert_int_equal(all_rows(t), 1);
     itest_pass();
 }
@@ -580,25 +451,25 @@ static void test_tr_prepared_words(void **state)
                       "payload text, prepared_at timestamptz NOT NULL DEFAULT now(), "
                       "UNIQUE (k) DEFERRABLE INITIALLY IMMEDIATE); "
                       "INSERT INTO tr_words (k, payload) VALUES ('dup', 'orig')");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     prepare_inserts(c, t);
 
-    exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
     insert_tag(c, P_PREPARED, t, "dup", "INSERT 0 0");
     assert_txn(c, PQTRANS_INTRANS, "after the duplicate");
     /* A statement that reads the column prepared_at. */
-    PGresult *r = prepare(c, "recent", "SELECT count(*) FROM tr_words WHERE prepared_at <= now()",
-                          0);
-    assert_result_ok(r, "PQprepare recent");
+    PGresult *r = itest_prepare(c, "recent",
+                                "SELECT count(*) FROM tr_words WHERE prepared_at <= now()", 0);
+    itest_assert_result_ok(r, "PQprepare recent");
     PQclear(r);
     insert_tag(c, P_PREPARED, t, "dup", "INSERT 0 0");
     assert_txn(c, PQTRANS_INTRANS, "after a duplicate after PQprepare(... prepared_at ...)");
     /* A simple Query with the word in a literal. */
-    exec_tag(c, "SELECT 'discard the draft' AS note", "SELECT 1");
+    itest_exec_tag(c, "SELECT 'discard the draft' AS note", "SELECT 1");
     insert_tag(c, P_PREPARED, t, "dup", "INSERT 0 0");
     assert_txn(c, PQTRANS_INTRANS, "after a duplicate after a literal 'discard ...'");
-    exec_tag(c, "COMMIT", "COMMIT");
+    itest_exec_tag(c, "COMMIT", "COMMIT");
     assert_int_equal(all_rows(t), 1);
     itest_pass();
 }
@@ -608,16 +479,14 @@ static void test_tr_prepared_words(void **state)
 /* Runs a multi-statement Query expected to fail with 23505 as a whole. */
 static void multi_fails(PGconn *c, const char *sql)
 {
-    exec_sqlstate(c, sql, "23505");
+    itest_exec_sqlstate(c, sql, "23505");
 }
 
 static void test_tr_multi_statement(void **state)
 {
     (void)state;
     const char *t = "tr_multi";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_with_dup(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
 
 #define INS(key) "INSERT INTO tr_multi (k, payload) VALUES ('" key "', 'p')"
@@ -637,26 +506,26 @@ static void test_tr_multi_statement(void **state)
     /* BEGIN in the same Query: the block is open and failed. */
     multi_fails(c, "BEGIN; " INS("b1") "; " INS("dup"));
     assert_txn(c, PQTRANS_INERROR, "after BEGIN; INSERT; INSERT dup");
-    exec_tag(c, "COMMIT", "ROLLBACK");
+    itest_exec_tag(c, "COMMIT", "ROLLBACK");
     multi_fails(c, "BEGIN; " INS("b2") "; " INS("dup") "; COMMIT");
     assert_txn(c, PQTRANS_INERROR, "after BEGIN; INSERT; INSERT dup; COMMIT");
-    exec_tag(c, "ROLLBACK", "ROLLBACK");
+    itest_exec_tag(c, "ROLLBACK", "ROLLBACK");
 
     /* Two INSERTs in one Query inside a transaction: the block fails, as the
      * server says. */
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_tag(c, INS("t1"), "INSERT 0 1");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, INS("t1"), "INSERT 0 1");
     multi_fails(c, INS("t2") "; " INS("dup"));
     assert_txn(c, PQTRANS_INERROR, "after a multi-statement Query failed in a transaction");
-    exec_tag(c, "COMMIT", "ROLLBACK");
+    itest_exec_tag(c, "COMMIT", "ROLLBACK");
     assert_txn(c, PQTRANS_IDLE, "after COMMIT of a failed block");
 #undef INS
 
     /* Single statements still translate on this session. */
-    exec_tag(c, "INSERT INTO tr_multi (k, payload) VALUES ('dup', 'p')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_multi (k, payload) VALUES ('dup', 'p')", "INSERT 0 0");
     assert_int_equal(all_rows(t), 1);
     assert_int_equal(key_rows(t, "dup"), 1);
-    assert_log_line(p, "public.tr_multi", "not_alone", NULL);
+    itest_assert_log_line(p, "public.tr_multi", "not_alone", NULL);
     itest_pass();
 }
 
@@ -664,31 +533,6 @@ static void test_tr_multi_statement(void **state)
 
 /* A pipeline's results arrive in well under this, or never: a hang. */
 #define PIPE_TIMEOUT_MS 10000
-
-/* The next result of a pipeline (failing on timeout or none). */
-static PGresult *pipeline_result(PGconn *c, int64_t deadline)
-{
-    bool timed_out;
-    PGresult *r = itest_next_result(c, deadline, &timed_out);
-    if (timed_out || r == NULL)
-        fail_msg("pipeline: %s", timed_out ? "timed out (hang)" : "no result");
-    return r;
-}
-
-/* The NULL that ends one query's results. */
-static void pipeline_end(PGconn *c, int64_t deadline)
-{
-    bool timed_out;
-    PGresult *r = itest_next_result(c, deadline, &timed_out);
-    if (timed_out)
-        fail_msg("pipeline: timed out (hang)");
-    if (r != NULL) {
-        char st[64];
-        snprintf(st, sizeof st, "%s", PQresStatus(PQresultStatus(r)));
-        PQclear(r);
-        fail_msg("pipeline: an extra result %s", st);
-    }
-}
 
 /* What one pipelined query got. */
 struct piped {
@@ -712,11 +556,24 @@ static void send_piped_cmd(PGconn *c, const char *sql)
         fail_msg("PQsendQueryParams in a pipeline: %s", PQerrorMessage(c));
 }
 
+/* The same, each followed by a Sync of its own: alone in its batch. */
+static void send_synced_insert(PGconn *c, const char *table, const char *key)
+{
+    send_piped_insert(c, table, key);
+    assert_int_equal(PQpipelineSync(c), 1);
+}
+
+static void send_synced_cmd(PGconn *c, const char *sql)
+{
+    send_piped_cmd(c, sql);
+    assert_int_equal(PQpipelineSync(c), 1);
+}
+
 /* Collects n query results, then the sync's. */
 static void collect_piped(PGconn *c, struct piped *out, int n, int64_t deadline)
 {
     for (int i = 0; i < n; i++) {
-        PGresult *r = pipeline_result(c, deadline);
+        PGresult *r = itest_pipeline_result(c, deadline);
         out[i].status = PQresultStatus(r);
         const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
         snprintf(out[i].sqlstate, sizeof out[i].sqlstate, "%s", code ? code : "");
@@ -724,13 +581,23 @@ static void collect_piped(PGconn *c, struct piped *out, int n, int64_t deadline)
         printf("  pipelined query %d: %s %s %s\n", i + 1, PQresStatus(out[i].status),
                out[i].sqlstate, out[i].tag);
         PQclear(r);
-        pipeline_end(c, deadline);
+        itest_pipeline_end(c, deadline);
     }
-    PGresult *r = pipeline_result(c, deadline);
+    PGresult *r = itest_pipeline_result(c, deadline);
     ExecStatusType st = PQresultStatus(r);
     PQclear(r);
     if (st != PGRES_PIPELINE_SYNC)
         fail_msg("pipeline: %s where the sync's result was due", PQresStatus(st));
+}
+
+/* Collects the results of n queries sent with send_synced_*() (each query's,
+ * then its Sync's) and leaves pipeline mode. */
+static void collect_synced(PGconn *c, struct piped *out, int n)
+{
+    int64_t deadline = itest_now_ms() + PIPE_TIMEOUT_MS;
+    for (int i = 0; i < n; i++)
+        collect_piped(c, &out[i], 1, deadline);
+    assert_int_equal(PQexitPipelineMode(c), 1);
 }
 
 /* Sends the INSERTs of keys (one Sync after them), collects the results. */
@@ -762,9 +629,7 @@ static void test_tr_pipeline(void **state)
 {
     (void)state;
     const char *t = "tr_pipe";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_with_dup(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     struct piped r[3];
 
@@ -805,17 +670,10 @@ static void test_tr_pipeline(void **state)
     /* Each alone before its own Sync: translated, the next one runs. */
     printf("pipeline [dup] sync [s1] sync [dup] sync\n");
     assert_int_equal(PQenterPipelineMode(c), 1);
-    int64_t deadline = itest_now_ms() + PIPE_TIMEOUT_MS;
-    send_piped_insert(c, t, "dup");
-    assert_int_equal(PQpipelineSync(c), 1);
-    send_piped_insert(c, t, "s1");
-    assert_int_equal(PQpipelineSync(c), 1);
-    send_piped_insert(c, t, "dup");
-    assert_int_equal(PQpipelineSync(c), 1);
-    collect_piped(c, &r[0], 1, deadline);
-    collect_piped(c, &r[1], 1, deadline);
-    collect_piped(c, &r[2], 1, deadline);
-    assert_int_equal(PQexitPipelineMode(c), 1);
+    send_synced_insert(c, t, "dup");
+    send_synced_insert(c, t, "s1");
+    send_synced_insert(c, t, "dup");
+    collect_synced(c, r, 3);
     expect_piped(&r[0], PGRES_COMMAND_OK, "INSERT 0 0", "the 1st sync's duplicate");
     expect_piped(&r[1], PGRES_COMMAND_OK, "INSERT 0 1", "the 2nd sync's new row");
     expect_piped(&r[2], PGRES_COMMAND_OK, "INSERT 0 0", "the 3rd sync's duplicate");
@@ -833,28 +691,19 @@ static void test_tr_pipeline_in_txn(void **state)
 {
     (void)state;
     const char *t = "tr_pipe_txn";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_with_dup(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     struct piped r[3];
 
     /* BEGIN known; [dup] sync [a1] sync [COMMIT] sync: the duplicate is
      * alone in its batch, under the proxy's savepoint. */
     printf("BEGIN; pipeline [dup] sync [a1] sync [COMMIT] sync\n");
-    exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
     assert_int_equal(PQenterPipelineMode(c), 1);
-    int64_t deadline = itest_now_ms() + PIPE_TIMEOUT_MS;
-    send_piped_insert(c, t, "dup");
-    assert_int_equal(PQpipelineSync(c), 1);
-    send_piped_insert(c, t, "a1");
-    assert_int_equal(PQpipelineSync(c), 1);
-    send_piped_cmd(c, "COMMIT");
-    assert_int_equal(PQpipelineSync(c), 1);
-    collect_piped(c, &r[0], 1, deadline);
-    collect_piped(c, &r[1], 1, deadline);
-    collect_piped(c, &r[2], 1, deadline);
-    assert_int_equal(PQexitPipelineMode(c), 1);
+    send_synced_insert(c, t, "dup");
+    send_synced_insert(c, t, "a1");
+    send_synced_cmd(c, "COMMIT");
+    collect_synced(c, r, 3);
     expect_piped(&r[0], PGRES_COMMAND_OK, "INSERT 0 0", "the guarded duplicate");
     expect_piped(&r[1], PGRES_COMMAND_OK, "INSERT 0 1", "a1");
     expect_piped(&r[2], PGRES_COMMAND_OK, "COMMIT", "COMMIT");
@@ -865,19 +714,12 @@ static void test_tr_pipeline_in_txn(void **state)
      * cannot know the block is open when the duplicate runs. */
     printf("pipeline [BEGIN] sync [dup] sync [b1] sync [COMMIT] sync\n");
     assert_int_equal(PQenterPipelineMode(c), 1);
-    deadline = itest_now_ms() + PIPE_TIMEOUT_MS;
     struct piped q[4];
-    send_piped_cmd(c, "BEGIN");
-    assert_int_equal(PQpipelineSync(c), 1);
-    send_piped_insert(c, t, "dup");
-    assert_int_equal(PQpipelineSync(c), 1);
-    send_piped_insert(c, t, "b1");
-    assert_int_equal(PQpipelineSync(c), 1);
-    send_piped_cmd(c, "COMMIT");
-    assert_int_equal(PQpipelineSync(c), 1);
-    for (int i = 0; i < 4; i++)
-        collect_piped(c, &q[i], 1, deadline);
-    assert_int_equal(PQexitPipelineMode(c), 1);
+    send_synced_cmd(c, "BEGIN");
+    send_synced_insert(c, t, "dup");
+    send_synced_insert(c, t, "b1");
+    send_synced_cmd(c, "COMMIT");
+    collect_synced(c, q, 4);
     expect_piped(&q[0], PGRES_COMMAND_OK, "BEGIN", "BEGIN");
     if (q[1].status == PGRES_COMMAND_OK) {
         expect_piped(&q[1], PGRES_COMMAND_OK, "INSERT 0 0", "the duplicate");
@@ -904,14 +746,12 @@ static void test_tr_pipeline_txn_dup(void **state)
 {
     (void)state;
     const char *t = "tr_pipe_txn_dup";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_with_dup(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     struct piped r[3];
 
     printf("BEGIN; pipeline [n1, dup, n2] sync; COMMIT\n");
-    exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
     const char *three[] = { "n1", "dup", "n2" };
     run_pipeline(c, t, three, 3, r);
     expect_piped(&r[0], PGRES_COMMAND_OK, "INSERT 0 1", "n1");
@@ -920,14 +760,14 @@ static void test_tr_pipeline_txn_dup(void **state)
         expect_piped(&r[1], PGRES_COMMAND_OK, "INSERT 0 0", "the duplicate");
         expect_piped(&r[2], PGRES_COMMAND_OK, "INSERT 0 1", "n2 after a translated duplicate");
         assert_txn(c, PQTRANS_INTRANS, "after a translated duplicate in a pipeline");
-        exec_tag(c, "COMMIT", "COMMIT");
+        itest_exec_tag(c, "COMMIT", "COMMIT");
         assert_int_equal(key_rows(t, "n1"), 1);
         assert_int_equal(key_rows(t, "n2"), 1);
     } else {
         expect_piped(&r[1], PGRES_FATAL_ERROR, "23505", "the duplicate");
         expect_piped(&r[2], PGRES_PIPELINE_ABORTED, NULL, "n2 after the error");
         assert_txn(c, PQTRANS_INERROR, "after the error in a pipeline");
-        exec_tag(c, "COMMIT", "ROLLBACK");
+        itest_exec_tag(c, "COMMIT", "ROLLBACK");
         assert_int_equal(key_rows(t, "n1"), 0);
         assert_int_equal(key_rows(t, "n2"), 0);
     }
@@ -942,12 +782,12 @@ static void test_tr_pipeline_txn_error(void **state)
     (void)state;
     const char *t = "tr_pipe_txn_err";
     create_defer_table(t);
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     struct piped r[2];
 
     printf("BEGIN; pipeline [INSERT NULL key, n1] sync; ROLLBACK\n");
-    exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
     assert_int_equal(PQenterPipelineMode(c), 1);
     send_piped_cmd(c, "INSERT INTO tr_pipe_txn_err (k, payload) VALUES (NULL, 'p')");
     send_piped_insert(c, t, "n1");
@@ -957,7 +797,7 @@ static void test_tr_pipeline_txn_error(void **state)
     expect_piped(&r[0], PGRES_FATAL_ERROR, "23502", "the NULL key");
     expect_piped(&r[1], PGRES_PIPELINE_ABORTED, NULL, "n1 after the error");
     assert_txn(c, PQTRANS_INERROR, "after the error in a pipeline");
-    exec_tag(c, "ROLLBACK", "ROLLBACK");
+    itest_exec_tag(c, "ROLLBACK", "ROLLBACK");
     assert_int_equal(all_rows(t), 0);
     itest_pass();
 }
@@ -968,39 +808,34 @@ static void test_tr_pipeline_flush(void **state)
 {
     (void)state;
     const char *t = "tr_pipe_flush";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_with_dup(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     for (int in_txn = 1; in_txn >= 0; in_txn--) {
         printf("%spipeline [dup] flush ... sync\n", in_txn ? "BEGIN; " : "");
         if (in_txn)
-            exec_tag(c, "BEGIN", "BEGIN");
+            itest_exec_tag(c, "BEGIN", "BEGIN");
         assert_int_equal(PQenterPipelineMode(c), 1);
         send_piped_insert(c, t, "dup");
         assert_int_equal(PQsendFlushRequest(c), 1);
         assert_int_equal(PQflush(c), 0);
         int64_t deadline = itest_now_ms() + PIPE_TIMEOUT_MS;
-        PGresult *r = pipeline_result(c, deadline);
-        ExecStatusType st = PQresultStatus(r);
-        const char *code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-        printf("  result before the sync: %s %s \"%s\"\n", PQresStatus(st), code ? code : "",
-               PQcmdStatus(r));
+        PGresult *r = itest_pipeline_result(c, deadline);
+        printf("  result before the sync: %s\n", result_text(r));
         /* After a Flush the client may act on the outcome before it sends
          * Sync: the error must pass as it is. */
-        assert_sqlstate(r, "23505", "a duplicate followed by a flush request");
+        itest_assert_sqlstate(r, "23505", "a duplicate followed by a flush request");
         PQclear(r);
-        pipeline_end(c, deadline);
+        itest_pipeline_end(c, deadline);
         assert_int_equal(PQpipelineSync(c), 1);
-        r = pipeline_result(c, deadline);
-        st = PQresultStatus(r);
+        r = itest_pipeline_result(c, deadline);
+        ExecStatusType st = PQresultStatus(r);
         PQclear(r);
         assert_int_equal(st, PGRES_PIPELINE_SYNC);
         assert_int_equal(PQexitPipelineMode(c), 1);
         if (in_txn) {
             assert_txn(c, PQTRANS_INERROR, "after the error in a transaction");
-            exec_tag(c, "COMMIT", "ROLLBACK");
+            itest_exec_tag(c, "COMMIT", "ROLLBACK");
         }
         assert_txn(c, PQTRANS_IDLE, "after the pipeline");
     }
@@ -1011,26 +846,7 @@ static void test_tr_pipeline_flush(void **state)
 
 /* ---- 5. pgbench ------------------------------------------------------------ */
 
-#define BENCH_TIMEOUT_MS 60000
-
-/* Runs pgbench with the script against port; returns its waitpid status
- * (-1: timed out) and its output in *out (malloc'ed). */
-static int run_pgbench(const char *script, int port, const char *mode, char **out)
-{
-    char pgbench[512], out_path[600], port_s[16];
-    snprintf(pgbench, sizeof pgbench, "%s/pgbench", itest_env("IDEM_TEST_PGBIN"));
-    snprintf(out_path, sizeof out_path, "%s/pgbench-tr-%s-%d-%lld.out",
-             itest_env("IDEM_TEST_TMP"), mode, port, (long long)itest_now_ms());
-    snprintf(port_s, sizeof port_s, "%d", port);
-    char *argv[] = { pgbench, (char *)"-n", (char *)"-f", (char *)script, (char *)"-c",
-                     (char *)"4", (char *)"-j", (char *)"2", (char *)"-t", (char *)"200",
-                     (char *)"-M", (char *)mode, (char *)"-h", (char *)"127.0.0.1",
-                     (char *)"-p", port_s, (char *)"-U", (char *)itest_pg_user(),
-                     (char *)ITEST_DBNAME, NULL };
-    int status = itest_run(argv, out_path, BENCH_TIMEOUT_MS);
-    *out = slurp(out_path);
-    return status;
-}
+#define BENCH_TRANSACTIONS 200 /* per client */
 
 static void test_tr_pgbench(void **state)
 {
@@ -1038,31 +854,14 @@ static void test_tr_pgbench(void **state)
     itest_server_exec("DROP TABLE IF EXISTS tr_bench; "
                       "CREATE TABLE tr_bench (id bigserial PRIMARY KEY, k int NOT NULL, "
                       "UNIQUE (k) DEFERRABLE INITIALLY IMMEDIATE)");
-    char script[600];
-    snprintf(script, sizeof script, "%s/tr_bench.sql", itest_env("IDEM_TEST_TMP"));
-    FILE *f = fopen(script, "w");
-    assert_non_null(f);
-    fputs("\\set k random(1, 50)\n"
-          "INSERT INTO tr_bench (k) VALUES (:k);\n", f);
-    assert_int_equal(fclose(f), 0);
-    struct itest_proxy *p = start_proxy("info", "[table public.tr_bench]\nconflict = k\n");
+    const char *script = itest_write_file("tr_bench.sql", "\\set k random(1, 50)\n"
+                                                          "INSERT INTO tr_bench (k) "
+                                                          "VALUES (:k);\n");
+    struct itest_proxy *p = itest_proxy_start_table("info", "tr_bench", "k", "");
 
     static const char *const modes[] = { "simple", "extended", "prepared" };
     for (int m = 0; m < 3; m++) {
-        char *out = NULL;
-        int st = run_pgbench(script, p->port, modes[m], &out);
-        bool ok = st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0 &&
-                  strstr(out, "number of failed transactions: 0 (") != NULL &&
-                  strstr(out, "number of transactions actually processed: 800/800") != NULL &&
-                  strstr(out, "aborted") == NULL;
-        if (!ok) {
-            printf("pgbench -M %s through the proxy (status 0x%x):\n%s\n", modes[m], st, out);
-            free(out);
-            itest_proxy_dump_log(p, 40);
-            fail_msg("pgbench -M %s through the proxy failed", modes[m]);
-        }
-        free(out);
-        printf("pgbench -M %s through the proxy: ok\n", modes[m]);
+        itest_pgbench_ok(script, p->port, modes[m], BENCH_TRANSACTIONS);
         long long rows = all_rows("tr_bench");
         assert_int_equal(itest_server_ll("SELECT count(DISTINCT k) FROM tr_bench"), rows);
         assert_true(rows > 0 && rows <= 50);
@@ -1072,15 +871,7 @@ static void test_tr_pgbench(void **state)
 
     /* The same script directly on the server hits the duplicates: it must
      * fail, or this test could not. */
-    char *out = NULL;
-    int st = run_pgbench(script, itest_pg_port(), "extended", &out);
-    bool failed = st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 || strstr(out, "aborted") != NULL;
-    printf("pgbench directly on the server: status 0x%x, %s\n", st,
-           failed ? "failed as it must" : "SUCCEEDED");
-    if (!failed)
-        printf("%s\n", out);
-    free(out);
-    assert_true(failed);
+    itest_pgbench_fails_directly(script, "extended", BENCH_TRANSACTIONS);
     assert_int_equal(all_rows("tr_bench"), 50);
     assert_true(itest_proxy_alive(p));
     itest_pass();
@@ -1106,37 +897,37 @@ static void test_tr_partitioned(void **state)
     /* Directly, the error names the leaf partition: what the proxy maps. */
     PGconn *d = itest_connect_direct();
     PGresult *r = itest_exec(d, "INSERT INTO tr_part VALUES ('a', 'eu', 'x')");
-    assert_sqlstate(r, "23505", "duplicate into tr_part directly");
-    assert_field(r, PG_DIAG_TABLE_NAME, "tr_part_eu", "TABLE_NAME");
+    itest_assert_sqlstate(r, "23505", "duplicate into tr_part directly");
+    itest_assert_field(r, PG_DIAG_TABLE_NAME, "tr_part_eu", "TABLE_NAME");
     PQclear(r);
     itest_finish(d);
 
-    struct itest_proxy *p = start_proxy("debug", "[table public.tr_part]\n"
-                                                 "conflict = k, region\n"
-                                                 "action = none\n");
+    struct itest_proxy *p = itest_proxy_start_with("debug", "[table public.tr_part]\n"
+                                                            "conflict = k, region\n"
+                                                            "action = none\n");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
-    exec_tag(c, "INSERT INTO tr_part VALUES ('a', 'eu', 'x')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_part VALUES ('a', 'eu', 'x')", "INSERT 0 0");
     assert_txn(c, PQTRANS_IDLE, "after a translated duplicate into a partition");
-    exec_tag(c, "INSERT INTO tr_part VALUES ('a', 'as', 'x')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_part VALUES ('a', 'as', 'x')", "INSERT 0 0");
     params_tag(c, "INSERT INTO tr_part VALUES ($1, 'eu', 'x')", "a", "INSERT 0 0");
-    exec_tag(c, "INSERT INTO tr_part VALUES ('a', 'us', 'new')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO tr_part VALUES ('a', 'us', 'new')", "INSERT 0 1");
 
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_tag(c, "INSERT INTO tr_part VALUES ('b', 'eu', 'new')", "INSERT 0 1");
-    exec_tag(c, "INSERT INTO tr_part VALUES ('a', 'eu', 'x')", "INSERT 0 0");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "INSERT INTO tr_part VALUES ('b', 'eu', 'new')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO tr_part VALUES ('a', 'eu', 'x')", "INSERT 0 0");
     assert_txn(c, PQTRANS_INTRANS, "after a translated duplicate into a partition");
     params_tag(c, "INSERT INTO tr_part VALUES ($1, 'as', 'x')", "a", "INSERT 0 0");
     assert_txn(c, PQTRANS_INTRANS, "after a translated duplicate into a sub-partition");
-    exec_tag(c, "INSERT INTO tr_part VALUES ('b', 'eu', 'x')", "INSERT 0 0");
-    exec_tag(c, "INSERT INTO tr_part VALUES ('c', 'as', 'new')", "INSERT 0 1");
-    exec_tag(c, "COMMIT", "COMMIT");
+    itest_exec_tag(c, "INSERT INTO tr_part VALUES ('b', 'eu', 'x')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_part VALUES ('c', 'as', 'new')", "INSERT 0 1");
+    itest_exec_tag(c, "COMMIT", "COMMIT");
 
     /* a/eu, a/as, a/us, b/eu, c/as; the originals untouched. */
     assert_int_equal(all_rows("tr_part"), 5);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM tr_part WHERE payload = 'orig'"), 2);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM tr_part WHERE payload = 'new'"), 3);
-    assert_log_line(p, "public.tr_part", "reported as INSERT 0 0", NULL);
+    itest_assert_log_line(p, "public.tr_part", "reported as INSERT 0 0", NULL);
     itest_pass();
 }
 
@@ -1149,15 +940,15 @@ static void test_tr_unregistered(void **state)
     create_defer_table("tr_unreg");
     server_insert("tr_reg", "a", "orig");
     server_insert("tr_unreg", "a", "orig");
-    struct itest_proxy *p = start_proxy_for("tr_reg", "");
+    struct itest_proxy *p = start_proxy_for("tr_reg");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     for (int m = P_SIMPLE; m <= P_EXTENDED; m++) {
         PGresult *r = insert_row(c, (enum proto)m, "tr_unreg", "a", false);
-        assert_sqlstate(r, "23505", "duplicate into the unregistered table");
-        assert_field(r, PG_DIAG_SCHEMA_NAME, "public", "SCHEMA_NAME");
-        assert_field(r, PG_DIAG_TABLE_NAME, "tr_unreg", "TABLE_NAME");
-        assert_field(r, PG_DIAG_CONSTRAINT_NAME, "tr_unreg_k_key", "CONSTRAINT_NAME");
+        itest_assert_sqlstate(r, "23505", "duplicate into the unregistered table");
+        itest_assert_field(r, PG_DIAG_SCHEMA_NAME, "public", "SCHEMA_NAME");
+        itest_assert_field(r, PG_DIAG_TABLE_NAME, "tr_unreg", "TABLE_NAME");
+        itest_assert_field(r, PG_DIAG_CONSTRAINT_NAME, "tr_unreg_k_key", "CONSTRAINT_NAME");
         assert_non_null(PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL));
         PQclear(r);
         assert_txn(c, PQTRANS_IDLE, "after the error");
@@ -1166,15 +957,15 @@ static void test_tr_unregistered(void **state)
         cmd_tag(c, (enum proto)m, "BEGIN", "BEGIN");
         insert_tag(c, (enum proto)m, "tr_reg", "r1", "INSERT 0 1");
         r = insert_row(c, (enum proto)m, "tr_unreg", "a", false);
-        assert_sqlstate(r, "23505", "duplicate into the unregistered table in a transaction");
-        assert_field(r, PG_DIAG_TABLE_NAME, "tr_unreg", "TABLE_NAME");
-        assert_field(r, PG_DIAG_CONSTRAINT_NAME, "tr_unreg_k_key", "CONSTRAINT_NAME");
+        itest_assert_sqlstate(r, "23505", "duplicate into the unregistered table in a transaction");
+        itest_assert_field(r, PG_DIAG_TABLE_NAME, "tr_unreg", "TABLE_NAME");
+        itest_assert_field(r, PG_DIAG_CONSTRAINT_NAME, "tr_unreg_k_key", "CONSTRAINT_NAME");
         PQclear(r);
         assert_txn(c, PQTRANS_INERROR, "after the error in a transaction");
         cmd_tag(c, (enum proto)m, "COMMIT", "ROLLBACK");
     }
     /* The registered table on the same session translates. */
-    exec_tag(c, "INSERT INTO tr_reg (k, payload) VALUES ('a', 'dup')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_reg (k, payload) VALUES ('a', 'dup')", "INSERT 0 0");
     assert_int_equal(all_rows("tr_unreg"), 1);
     assert_int_equal(all_rows("tr_reg"), 1);
     itest_pass();
@@ -1192,44 +983,38 @@ static void test_tr_not_insert(void **state)
     itest_server_exec("CREATE OR REPLACE FUNCTION tr_upd_ins(key text) RETURNS int "
                       "LANGUAGE plpgsql AS $$ BEGIN "
                       "INSERT INTO tr_upd (k, payload) VALUES (key, 'fn'); RETURN 1; END $$");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     const char *upd = "UPDATE tr_upd SET k = 'existing' WHERE k = 'other'";
 
     /* UPDATE, autocommit, both protocols. */
-    exec_sqlstate(c, upd, "23505");
+    itest_exec_sqlstate(c, upd, "23505");
     assert_txn(c, PQTRANS_IDLE, "after a failed UPDATE");
     params_sqlstate(c, upd, NULL, "23505");
     /* In a transaction: INERROR, as the server says. */
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_tag(c, "INSERT INTO tr_upd (k, payload) VALUES ('t1', 'p')", "INSERT 0 1");
-    exec_sqlstate(c, upd, "23505");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "INSERT INTO tr_upd (k, payload) VALUES ('t1', 'p')", "INSERT 0 1");
+    itest_exec_sqlstate(c, upd, "23505");
     assert_txn(c, PQTRANS_INERROR, "after a failed UPDATE in a transaction");
-    exec_tag(c, "COMMIT", "ROLLBACK");
+    itest_exec_tag(c, "COMMIT", "ROLLBACK");
     params_tag(c, "BEGIN", NULL, "BEGIN");
     params_sqlstate(c, upd, NULL, "23505");
     assert_txn(c, PQTRANS_INERROR, "after a failed UPDATE in a transaction (extended)");
     params_tag(c, "ROLLBACK", NULL, "ROLLBACK");
 
     /* A function's INSERT. */
-    exec_sqlstate(c, "SELECT tr_upd_ins('existing')", "23505");
+    itest_exec_sqlstate(c, "SELECT tr_upd_ins('existing')", "23505");
     params_sqlstate(c, "SELECT tr_upd_ins($1)", "existing", "23505");
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_sqlstate(c, "SELECT tr_upd_ins('existing')", "23505");
-    assert_txn(c, PQTRANS_INERROR, "after a function's duplicate in a transaction");
-    exec_tag(c, "ROLLBACK", "ROLLBACK");
+    fails_in_block(c, "SELECT tr_upd_ins('existing')", "23505");
 
     /* An INSERT inside another statement: a data-modifying WITH, EXPLAIN
      * ANALYZE. The client did not ask for an INSERT's tag. */
-    exec_sqlstate(c, "WITH x AS (INSERT INTO tr_upd (k, payload) VALUES ('existing', 'w') "
-                     "RETURNING id) SELECT count(*) FROM x", "23505");
-    exec_sqlstate(c, "EXPLAIN ANALYZE INSERT INTO tr_upd (k, payload) VALUES ('existing', 'e')",
-                  "23505");
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_sqlstate(c, "WITH x AS (INSERT INTO tr_upd (k, payload) VALUES ('existing', 'w') "
-                     "RETURNING id) SELECT count(*) FROM x", "23505");
-    assert_txn(c, PQTRANS_INERROR, "after a nested INSERT's duplicate in a transaction");
-    exec_tag(c, "ROLLBACK", "ROLLBACK");
+    const char *with = "WITH x AS (INSERT INTO tr_upd (k, payload) VALUES ('existing', 'w') "
+                       "RETURNING id) SELECT count(*) FROM x";
+    itest_exec_sqlstate(c, with, "23505");
+    itest_exec_sqlstate(c, "EXPLAIN ANALYZE INSERT INTO tr_upd (k, payload) "
+                           "VALUES ('existing', 'e')", "23505");
+    fails_in_block(c, with, "23505");
 
     /* COPY. */
     PGresult *r = itest_exec(c, "COPY tr_upd (k, payload) FROM STDIN");
@@ -1240,16 +1025,16 @@ static void test_tr_not_insert(void **state)
     assert_int_equal(PQputCopyData(c, rows, (int)strlen(rows)), 1);
     assert_int_equal(PQputCopyEnd(c, NULL), 1);
     r = itest_wait_result(c, ITEST_QUERY_TIMEOUT_MS);
-    assert_sqlstate(r, "23505", "COPY with a duplicate");
+    itest_assert_sqlstate(r, "23505", "COPY with a duplicate");
     PQclear(r);
     assert_txn(c, PQTRANS_IDLE, "after a failed COPY");
 
     /* The session still translates its own INSERTs. */
-    exec_tag(c, "INSERT INTO tr_upd (k, payload) VALUES ('existing', 'p')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_upd (k, payload) VALUES ('existing', 'p')", "INSERT 0 0");
     assert_int_equal(all_rows(t), 2);
     assert_int_equal(key_rows(t, "existing"), 1);
     assert_int_equal(key_rows(t, "other"), 1);
-    assert_log_line(p, "public.tr_upd", "not_recognised", NULL);
+    itest_assert_log_line(p, "public.tr_upd", "not_recognised", NULL);
     itest_pass();
 }
 
@@ -1262,12 +1047,12 @@ static void test_tr_disabled(void **state)
     create_defer_table("tr_shadowed");
     server_insert("tr_off", "dup", "orig");
     server_insert("tr_shadowed", "dup", "orig");
-    struct itest_proxy *p = start_proxy("debug", "[table public.tr_off]\n"
-                                                 "conflict = k\n"
-                                                 "translate_errors = off\n"
-                                                 "[table public.tr_shadowed]\n"
-                                                 "conflict = k\n"
-                                                 "mode = shadow\n");
+    struct itest_proxy *p = itest_proxy_start_with("debug", "[table public.tr_off]\n"
+                                                            "conflict = k\n"
+                                                            "translate_errors = off\n"
+                                                            "[table public.tr_shadowed]\n"
+                                                            "conflict = k\n"
+                                                            "mode = shadow\n");
     PGconn *c = itest_connect_ok(p->port, NULL);
     prepare_inserts(c, "tr_off");
 
@@ -1285,7 +1070,7 @@ static void test_tr_disabled(void **state)
     insert_sqlstate(c, P_PREPARED, "tr_off", "dup", "23505");
     assert_int_equal(all_rows("tr_off"), 1);
     assert_int_equal(all_rows("tr_shadowed"), 1);
-    assert_log_line(p, "public.tr_off", "disabled", NULL);
+    itest_assert_log_line(p, "public.tr_off", "disabled", NULL);
     itest_pass();
 }
 
@@ -1303,24 +1088,24 @@ static void test_tr_trigger(void **state)
                       "CREATE TRIGGER tr_trig_copy AFTER INSERT ON tr_trig_a "
                       "FOR EACH ROW EXECUTE FUNCTION tr_trig_copy(); "
                       "INSERT INTO tr_trig_b (k, payload) VALUES ('x', 'orig'), ('y', 'orig')");
-    struct itest_proxy *p = start_proxy("debug", "[table public.tr_trig_a]\n"
-                                                 "conflict = k\n"
-                                                 "[table public.tr_trig_b]\n"
-                                                 "conflict = k\n");
+    struct itest_proxy *p = itest_proxy_start_with("debug", "[table public.tr_trig_a]\n"
+                                                            "conflict = k\n"
+                                                            "[table public.tr_trig_b]\n"
+                                                            "conflict = k\n");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     for (int m = P_SIMPLE; m <= P_EXTENDED; m++) {
         PGresult *r = insert_row(c, (enum proto)m, "tr_trig_a", "x", false);
-        assert_sqlstate(r, "23505", "a trigger's duplicate (autocommit)");
-        assert_field(r, PG_DIAG_TABLE_NAME, "tr_trig_b", "TABLE_NAME");
+        itest_assert_sqlstate(r, "23505", "a trigger's duplicate (autocommit)");
+        itest_assert_field(r, PG_DIAG_TABLE_NAME, "tr_trig_b", "TABLE_NAME");
         PQclear(r);
         assert_txn(c, PQTRANS_IDLE, "after a trigger's duplicate");
 
         cmd_tag(c, (enum proto)m, "BEGIN", "BEGIN");
         insert_tag(c, (enum proto)m, "tr_trig_a", m == P_SIMPLE ? "n1" : "n2", "INSERT 0 1");
         r = insert_row(c, (enum proto)m, "tr_trig_a", "y", false);
-        assert_sqlstate(r, "23505", "a trigger's duplicate (in a transaction)");
-        assert_field(r, PG_DIAG_TABLE_NAME, "tr_trig_b", "TABLE_NAME");
+        itest_assert_sqlstate(r, "23505", "a trigger's duplicate (in a transaction)");
+        itest_assert_field(r, PG_DIAG_TABLE_NAME, "tr_trig_b", "TABLE_NAME");
         PQclear(r);
         assert_txn(c, PQTRANS_INERROR, "after a trigger's duplicate in a transaction");
         cmd_tag(c, (enum proto)m, "COMMIT", "ROLLBACK");
@@ -1328,7 +1113,7 @@ static void test_tr_trigger(void **state)
     assert_int_equal(all_rows("tr_trig_a"), 0);
     assert_int_equal(all_rows("tr_trig_b"), 2);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM tr_trig_b WHERE payload = 'orig'"), 2);
-    assert_log_line(p, "public.tr_trig_b", "in_function_or_trigger", NULL);
+    itest_assert_log_line(p, "public.tr_trig_b", "in_function_or_trigger", NULL);
     itest_pass();
 }
 
@@ -1353,7 +1138,7 @@ static void test_tr_trigger_same_table(void **state)
     const char *sql = "INSERT INTO tr_trig_self (k, payload) VALUES ('fresh', 'trig')";
     PGconn *d = itest_connect_direct();
     PGresult *r = itest_exec(d, sql);
-    assert_sqlstate(r, "23505", "the trigger's duplicate, directly");
+    itest_assert_sqlstate(r, "23505", "the trigger's duplicate, directly");
     const char *ctx = PQresultErrorField(r, PG_DIAG_CONTEXT);
     printf("directly: 23505 on %s, context: %s\n", PQresultErrorField(r, PG_DIAG_TABLE_NAME),
            ctx ? ctx : "(none)");
@@ -1361,21 +1146,13 @@ static void test_tr_trigger_same_table(void **state)
     PQclear(r);
     itest_finish(d);
 
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     r = itest_exec(c, sql);
-    printf("through the proxy (autocommit): %s %s \"%s\"\n",
-           r ? PQresStatus(PQresultStatus(r)) : "(none)",
-           r && PQresultErrorField(r, PG_DIAG_SQLSTATE) ? PQresultErrorField(r, PG_DIAG_SQLSTATE)
-                                                        : "", r ? PQcmdStatus(r) : "");
-    assert_sqlstate(r, "23505", "a trigger's duplicate on the statement's own table");
+    printf("through the proxy (autocommit): %s\n", result_text(r));
+    itest_assert_sqlstate(r, "23505", "a trigger's duplicate on the statement's own table");
     PQclear(r);
-    exec_tag(c, "BEGIN", "BEGIN");
-    r = itest_exec(c, sql);
-    assert_sqlstate(r, "23505", "a trigger's duplicate on the statement's own table (block)");
-    PQclear(r);
-    assert_txn(c, PQTRANS_INERROR, "after the trigger's duplicate");
-    exec_tag(c, "ROLLBACK", "ROLLBACK");
+    fails_in_block(c, sql, "23505");
     assert_int_equal(key_rows(t, "fresh"), 0);
     assert_int_equal(all_rows(t), 1);
     itest_pass();
@@ -1390,21 +1167,21 @@ static void test_tr_second_constraint(void **state)
                       "CREATE TABLE tr_second (id bigserial PRIMARY KEY, k text NOT NULL UNIQUE, "
                       "payload text UNIQUE); "
                       "INSERT INTO tr_second (k, payload) VALUES ('k1', 'taken')");
-    struct itest_proxy *p = start_proxy_for("tr_second", "");
+    struct itest_proxy *p = start_proxy_for("tr_second");
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     /* The target's duplicate: the rewrite skips it. */
-    exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k1', 'x')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k1', 'x')", "INSERT 0 0");
     /* The other constraint's: translated. */
-    exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k2', 'taken')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k2', 'taken')", "INSERT 0 0");
     params_tag(c, "INSERT INTO tr_second (k, payload) VALUES ($1, 'taken')", "k3", "INSERT 0 0");
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k4', 'new')", "INSERT 0 1");
-    exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k5', 'taken')", "INSERT 0 0");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k4', 'new')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k5', 'taken')", "INSERT 0 0");
     params_tag(c, "INSERT INTO tr_second (k, payload) VALUES ($1, 'taken')", "k6", "INSERT 0 0");
     assert_txn(c, PQTRANS_INTRANS, "after translated duplicates of the second constraint");
-    exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k7', 'new2')", "INSERT 0 1");
-    exec_tag(c, "COMMIT", "COMMIT");
+    itest_exec_tag(c, "INSERT INTO tr_second (k, payload) VALUES ('k7', 'new2')", "INSERT 0 1");
+    itest_exec_tag(c, "COMMIT", "COMMIT");
     assert_int_equal(all_rows("tr_second"), 3);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM tr_second WHERE k IN ('k1', 'k4', 'k7')"),
                      3);
@@ -1419,7 +1196,7 @@ static void test_tr_concurrent_txn(void **state)
     (void)state;
     const char *t = "tr_conc";
     create_defer_table(t);
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *a = itest_connect_ok(p->port, NULL);
     PGconn *b = itest_connect_ok(p->port, NULL);
 
@@ -1427,31 +1204,32 @@ static void test_tr_concurrent_txn(void **state)
         const char *key = commit ? "c1" : "c2";
         char sql[256];
         snprintf(sql, sizeof sql, "INSERT INTO tr_conc (k, payload) VALUES ('%s', 'p')", key);
-        exec_tag(a, "BEGIN", "BEGIN");
-        exec_tag(b, "BEGIN", "BEGIN");
-        exec_tag(a, sql, "INSERT 0 1");
+        itest_exec_tag(a, "BEGIN", "BEGIN");
+        itest_exec_tag(b, "BEGIN", "BEGIN");
+        itest_exec_tag(a, sql, "INSERT 0 1");
         assert_int_equal(PQsendQuery(b, sql), 1);
         /* b waits for a's row lock. */
         itest_sleep_ms(300);
         assert_int_equal(PQconsumeInput(b), 1);
         assert_int_equal(PQisBusy(b), 1);
-        exec_tag(a, commit ? "COMMIT" : "ROLLBACK", commit ? "COMMIT" : "ROLLBACK");
+        itest_exec_tag(a, commit ? "COMMIT" : "ROLLBACK", commit ? "COMMIT" : "ROLLBACK");
         PGresult *r = itest_wait_result(b, ITEST_QUERY_TIMEOUT_MS);
-        assert_tag(r, commit ? "INSERT 0 0" : "INSERT 0 1", "the waiting INSERT");
+        itest_assert_tag(r, commit ? "INSERT 0 0" : "INSERT 0 1", "the waiting INSERT");
         PQclear(r);
         assert_txn(b, PQTRANS_INTRANS, "after the waiting INSERT");
-        exec_tag(b, "INSERT INTO tr_conc (k, payload) VALUES ('dup-check', 'p') ", "INSERT 0 1");
-        exec_tag(b, "ROLLBACK", "ROLLBACK");
-        exec_tag(b, "BEGIN", "BEGIN");
+        itest_exec_tag(b, "INSERT INTO tr_conc (k, payload) VALUES ('dup-check', 'p') ",
+                       "INSERT 0 1");
+        itest_exec_tag(b, "ROLLBACK", "ROLLBACK");
+        itest_exec_tag(b, "BEGIN", "BEGIN");
         r = itest_exec(b, sql);
         if (commit) {
-            assert_tag(r, "INSERT 0 0", "the key again");
+            itest_assert_tag(r, "INSERT 0 0", "the key again");
         } else {
             /* a rolled back, b's own insert was rolled back too. */
-            assert_tag(r, "INSERT 0 1", "the key again");
+            itest_assert_tag(r, "INSERT 0 1", "the key again");
         }
         PQclear(r);
-        exec_tag(b, "COMMIT", "COMMIT");
+        itest_exec_tag(b, "COMMIT", "COMMIT");
     }
     assert_int_equal(all_rows(t), 2);
     assert_int_equal(key_rows(t, "c1"), 1);
@@ -1493,58 +1271,52 @@ static void test_tr_cancel(void **state)
                       "CREATE TRIGGER tr_cancel_slow BEFORE INSERT ON tr_cancel "
                       "FOR EACH ROW EXECUTE FUNCTION tr_cancel_slow(); "
                       "INSERT INTO tr_cancel (k, payload) VALUES ('slowdup', 'orig')");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     /* A guarded INSERT that is slow, cancelled. */
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_tag(c, "INSERT INTO tr_cancel (k, payload) VALUES ('before', 'p')", "INSERT 0 1");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "INSERT INTO tr_cancel (k, payload) VALUES ('before', 'p')", "INSERT 0 1");
     int64_t elapsed;
     PGresult *r = send_and_cancel(c, "INSERT INTO tr_cancel (k, payload) VALUES ('slow', 'sleep')",
                                   300, &elapsed);
-    printf("cancelled slow INSERT: %s %s after %lld ms\n",
-           r ? PQresStatus(PQresultStatus(r)) : "(no result)",
-           r && PQresultErrorField(r, PG_DIAG_SQLSTATE) ? PQresultErrorField(r, PG_DIAG_SQLSTATE)
-                                                        : "", (long long)elapsed);
-    assert_sqlstate(r, "57014", "cancelled slow INSERT in a transaction");
+    printf("cancelled slow INSERT: %s after %lld ms\n", result_text(r), (long long)elapsed);
+    itest_assert_sqlstate(r, "57014", "cancelled slow INSERT in a transaction");
     PQclear(r);
     assert_true(elapsed < 1800);
     assert_txn(c, PQTRANS_INERROR, "after the cancel");
     /* The proxy serves a new connection meanwhile. */
     PGconn *n = itest_connect_ok(p->port, NULL);
     assert_int_equal(itest_query_ll(n, "SELECT 11"), 11);
-    exec_tag(c, "ROLLBACK", "ROLLBACK");
+    itest_exec_tag(c, "ROLLBACK", "ROLLBACK");
     assert_txn(c, PQTRANS_IDLE, "after ROLLBACK");
     assert_int_equal(itest_query_ll(c, "SELECT 12"), 12);
 
     /* A duplicate that is slow: the cancel lands during the sleep, before
      * the unique check: 57014, never INSERT 0 0. */
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_tag(c, "INSERT INTO tr_cancel (k, payload) VALUES ('before2', 'p')", "INSERT 0 1");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "INSERT INTO tr_cancel (k, payload) VALUES ('before2', 'p')", "INSERT 0 1");
     r = send_and_cancel(c, "INSERT INTO tr_cancel (k, payload) VALUES ('slowdup', 'sleep')", 300,
                         &elapsed);
-    printf("cancelled slow duplicate: %s %s \"%s\" after %lld ms\n",
-           r ? PQresStatus(PQresultStatus(r)) : "(no result)",
-           r && PQresultErrorField(r, PG_DIAG_SQLSTATE) ? PQresultErrorField(r, PG_DIAG_SQLSTATE)
-                                                        : "", r ? PQcmdStatus(r) : "",
-           (long long)elapsed);
-    assert_sqlstate(r, "57014", "cancelled slow duplicate in a transaction");
+    printf("cancelled slow duplicate: %s after %lld ms\n", result_text(r), (long long)elapsed);
+    itest_assert_sqlstate(r, "57014", "cancelled slow duplicate in a transaction");
     PQclear(r);
     assert_txn(c, PQTRANS_INERROR, "after the cancel of a duplicate");
-    exec_tag(c, "COMMIT", "ROLLBACK");
+    itest_exec_tag(c, "COMMIT", "ROLLBACK");
     assert_txn(c, PQTRANS_IDLE, "after COMMIT of the failed block");
 
     /* The same slow duplicate, not cancelled: translated after the sleep. */
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_tag(c, "INSERT INTO tr_cancel (k, payload) VALUES ('slowdup', 'sleep')", "INSERT 0 0");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "INSERT INTO tr_cancel (k, payload) VALUES ('slowdup', 'sleep')",
+                   "INSERT 0 0");
     assert_txn(c, PQTRANS_INTRANS, "after a slow translated duplicate");
-    exec_tag(c, "INSERT INTO tr_cancel (k, payload) VALUES ('after', 'p')", "INSERT 0 1");
-    exec_tag(c, "COMMIT", "COMMIT");
+    itest_exec_tag(c, "INSERT INTO tr_cancel (k, payload) VALUES ('after', 'p')", "INSERT 0 1");
+    itest_exec_tag(c, "COMMIT", "COMMIT");
 
     /* Autocommit, cancelled slow duplicate: 57014 too. */
     r = send_and_cancel(c, "INSERT INTO tr_cancel (k, payload) VALUES ('slowdup', 'sleep')", 300,
                         &elapsed);
-    assert_sqlstate(r, "57014", "cancelled slow duplicate in autocommit");
+    itest_assert_sqlstate(r, "57014", "cancelled slow duplicate in autocommit");
     PQclear(r);
     assert_txn(c, PQTRANS_IDLE, "after the cancel in autocommit");
 
@@ -1582,13 +1354,13 @@ static void test_tr_notices(void **state)
                       "LANGUAGE plpgsql AS $$ BEGIN RAISE NOTICE 'hello'; RETURN NEW; END $$; "
                       "CREATE TRIGGER tr_notice_hello BEFORE INSERT ON tr_notice "
                       "FOR EACH ROW EXECUTE FUNCTION tr_notice_hello()");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     struct notices got = { 0, 0 };
     PQsetNoticeReceiver(c, on_notice, &got);
 
     for (int m = P_SIMPLE; m <= P_EXTENDED; m++) {
-        exec_tag(c, "BEGIN", "BEGIN");
+        itest_exec_tag(c, "BEGIN", "BEGIN");
         int before = got.hello;
         insert_tag(c, (enum proto)m, t, "dup", "INSERT 0 0");
         assert_int_equal(got.hello, before + 1);
@@ -1596,7 +1368,7 @@ static void test_tr_notices(void **state)
         before = got.hello;
         insert_tag(c, (enum proto)m, t, m == P_SIMPLE ? "n1" : "n2", "INSERT 0 1");
         assert_int_equal(got.hello, before + 1);
-        exec_tag(c, "COMMIT", "COMMIT");
+        itest_exec_tag(c, "COMMIT", "COMMIT");
         /* Autocommit too. */
         before = got.hello;
         insert_tag(c, (enum proto)m, t, "dup", "INSERT 0 0");
@@ -1613,9 +1385,7 @@ static void test_tr_session_usable(void **state)
 {
     (void)state;
     const char *t = "tr_usable";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_with_dup(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     for (int m = P_SIMPLE; m <= P_EXTENDED; m++) {
@@ -1641,7 +1411,7 @@ static void test_tr_session_usable(void **state)
         /* No savepoint of the proxy's is left open in the block. */
         cmd_tag(c, mode, "SAVEPOINT probe", "SAVEPOINT");
         PGresult *r = itest_exec(c, "RELEASE SAVEPOINT idemproxy_guard");
-        assert_sqlstate(r, "3B001", "RELEASE of a leaked proxy savepoint");
+        itest_assert_sqlstate(r, "3B001", "RELEASE of a leaked proxy savepoint");
         PQclear(r);
         cmd_tag(c, mode, "ROLLBACK TO SAVEPOINT probe", "ROLLBACK");
         assert_txn(c, PQTRANS_INTRANS, "after the probe");
@@ -1668,11 +1438,11 @@ static void test_tr_many_in_txn(void **state)
     create_defer_table(t);
     server_insert(t, "dup", "orig");
     server_insert(t, "dup2", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     int64_t t0 = itest_now_ms();
-    exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
     int fresh = 0;
     for (int i = 0; i < MANY_SIMPLE; i++) {
         char key[32];
@@ -1697,7 +1467,7 @@ static void test_tr_many_in_txn(void **state)
     }
     assert_txn(c, PQTRANS_INTRANS, "after the extended duplicates");
     assert_int_equal(itest_query_ll(c, "SELECT count(*) FROM tr_many"), fresh + 2);
-    exec_tag(c, "COMMIT", "COMMIT");
+    itest_exec_tag(c, "COMMIT", "COMMIT");
     printf("%d INSERTs in one transaction through the proxy: %lld ms\n",
            MANY_SIMPLE + MANY_EXTENDED, (long long)(itest_now_ms() - t0));
     assert_txn(c, PQTRANS_IDLE, "after COMMIT");
@@ -1715,43 +1485,45 @@ static void test_tr_counters(void **state)
     create_defer_table(t);
     server_insert(t, "dup", "orig");
     server_insert(t, "other", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     /* translated: 3 */
-    exec_tag(c, "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p')", "INSERT 0 0");
+    itest_exec_tag(c, "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p')", "INSERT 0 0");
     params_tag(c, "INSERT INTO tr_count (k, payload) VALUES ($1, 'p')", "dup", "INSERT 0 0");
-    exec_tag(c, "BEGIN", "BEGIN");
-    exec_tag(c, "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p')", "INSERT 0 0");
-    exec_tag(c, "COMMIT", "COMMIT");
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    itest_exec_tag(c, "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p')", "INSERT 0 0");
+    itest_exec_tag(c, "COMMIT", "COMMIT");
     /* not_alone: 2 */
-    exec_sqlstate(c, "INSERT INTO tr_count (k, payload) VALUES ('n1', 'p'); "
-                     "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p')", "23505");
-    exec_sqlstate(c, "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p'); SELECT 1", "23505");
+    itest_exec_sqlstate(c, "INSERT INTO tr_count (k, payload) VALUES ('n1', 'p'); "
+                           "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p')", "23505");
+    itest_exec_sqlstate(c, "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p'); SELECT 1",
+                        "23505");
     /* not_recognised: 1 */
-    exec_sqlstate(c, "UPDATE tr_count SET k = 'dup' WHERE k = 'other'", "23505");
-    assert_log_line(p, "public.tr_count", "reported as INSERT 0 0", NULL);
-    assert_log_line(p, "public.tr_count", "not_alone", NULL);
-    assert_log_line(p, "public.tr_count", "not_recognised", NULL);
+    itest_exec_sqlstate(c, "UPDATE tr_count SET k = 'dup' WHERE k = 'other'", "23505");
+    itest_assert_log_line(p, "public.tr_count", "reported as INSERT 0 0", NULL);
+    itest_assert_log_line(p, "public.tr_count", "not_alone", NULL);
+    itest_assert_log_line(p, "public.tr_count", "not_recognised", NULL);
 
     /* A reload logs the counts so far. */
     assert_int_equal(kill(p->pid, SIGHUP), 0);
     wait_log_line(p, "[table public.tr_count] unique violations:", "translated=3",
                   "not_alone=2", 10000);
-    assert_log_line(p, "[table public.tr_count] unique violations:", "not_recognised=1", NULL);
+    itest_assert_log_line(p, "[table public.tr_count] unique violations:", "not_recognised=1",
+                          NULL);
     assert_true(itest_proxy_alive(p));
 
     /* The exit logs the counts since the reload. */
     PGconn *n = itest_connect_ok(p->port, NULL);
-    exec_tag(n, "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p')", "INSERT 0 0");
-    exec_tag(n, "BEGIN", "BEGIN");
+    itest_exec_tag(n, "INSERT INTO tr_count (k, payload) VALUES ('dup', 'p')", "INSERT 0 0");
+    itest_exec_tag(n, "BEGIN", "BEGIN");
     params_tag(n, "INSERT INTO tr_count (k, payload) VALUES ($1, 'p')", "dup", "INSERT 0 0");
-    exec_tag(n, "ROLLBACK", "ROLLBACK");
+    itest_exec_tag(n, "ROLLBACK", "ROLLBACK");
     itest_finish(n);
     itest_finish(c);
     assert_true(itest_proxy_signal_wait(p, SIGINT, 10000));
     assert_true(WIFEXITED(p->exit_status) && WEXITSTATUS(p->exit_status) == 0);
-    assert_log_line(p, "[table public.tr_count] unique violations: translated=2", "\n", NULL);
+    itest_assert_log_line(p, "[table public.tr_count] unique violations: translated=2", "\n", NULL);
     assert_int_equal(all_rows(t), 2);
     itest_pass();
 }
@@ -1763,9 +1535,7 @@ static void test_tr_deferred_commit(void **state)
 {
     (void)state;
     const char *t = "tr_deferred";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_with_dup(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
 
     for (int m = P_SIMPLE; m <= P_EXTENDED; m++) {
@@ -1775,7 +1545,7 @@ static void test_tr_deferred_commit(void **state)
         insert_tag(c, (enum proto)m, t, "dup", "INSERT 0 1");
         assert_txn(c, PQTRANS_INTRANS, "after a deferred duplicate");
         if (m == P_SIMPLE)
-            exec_sqlstate(c, "COMMIT", "23505");
+            itest_exec_sqlstate(c, "COMMIT", "23505");
         else
             params_sqlstate(c, "COMMIT", NULL, "23505");
         assert_txn(c, PQTRANS_IDLE, "after the failed COMMIT");
@@ -1792,9 +1562,9 @@ static size_t put_msg(uint8_t *buf, size_t at, size_t cap, char type, const void
     return at + itest_build_msg(buf + at, cap - at, type, body, len);
 }
 
-static size_t build_pbe(uint8_t *buf, size_t cap, const char *sql)
+static void raw_send_pbe(int fd, const char *sql)
 {
-    uint8_t body[512];
+    uint8_t body[512], buf[1024];
     size_t n = 0, at = 0;
     body[n++] = 0; /* unnamed statement */
     size_t l = strlen(sql) + 1;
@@ -1803,12 +1573,12 @@ static size_t build_pbe(uint8_t *buf, size_t cap, const char *sql)
     n += l;
     body[n++] = 0; /* no parameter types */
     body[n++] = 0;
-    at = put_msg(buf, at, cap, 'P', body, n);
+    at = put_msg(buf, at, sizeof buf, 'P', body, n);
     static const uint8_t bind[] = { 0, 0, 0, 0, 0, 0, 0, 0 }; /* portal, statement, 0, 0, 0 */
-    at = put_msg(buf, at, cap, 'B', bind, sizeof bind);
+    at = put_msg(buf, at, sizeof buf, 'B', bind, sizeof bind);
     static const uint8_t exec[] = { 0, 0, 0, 0, 0 }; /* portal, no row limit */
-    at = put_msg(buf, at, cap, 'E', exec, sizeof exec);
-    return at;
+    at = put_msg(buf, at, sizeof buf, 'E', exec, sizeof exec);
+    assert_true(itest_raw_send(fd, buf, at));
 }
 
 static void raw_send_msg(int fd, char type)
@@ -1857,28 +1627,44 @@ static void raw_expect_nothing(int fd, int ms)
                  n > 0 ? (char)b[0] : '?');
 }
 
-/* Autocommit: P/B/E, then Flush: the client may be waiting for the outcome
- * before it sends Sync, so the error must pass, and at once. */
-static void test_tr_raw_flush(void **state)
+/* P/B/E of a duplicate INSERT, a pause, then Sync: translated. The server
+ * flushes an error at once (and what came before it); the proxy holds the
+ * error until it knows the client's next message. status: the
+ * ReadyForQuery's. */
+static void raw_dup_then_sync(int fd, const char *sql, const char *status)
 {
-    (void)state;
-    const char *t = "tr_raw_flush";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
-    int fd = itest_raw_connect(p->port);
-    assert_true(fd >= 0);
-    itest_raw_login(fd, itest_pg_user(), "itest_tr_raw_flush");
-    uint8_t buf[1024];
-    size_t n = build_pbe(buf, sizeof buf,
-                         "INSERT INTO tr_raw_flush (k, payload) VALUES ('dup', 'raw1')");
-    assert_true(itest_raw_send(fd, buf, n));
+    raw_send_pbe(fd, sql);
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect_nothing(fd, 300);
+    raw_send_msg(fd, 'S');
+    raw_expect(fd, 'C', "INSERT 0 0");
+    raw_expect(fd, 'Z', status);
+}
+
+/* P/B/E of a duplicate INSERT, then Flush: the client may be waiting for the
+ * outcome before it sends Sync, so the error must pass, and at once. */
+static void raw_dup_then_flush(int fd, const char *sql, const char *status)
+{
+    raw_send_pbe(fd, sql);
     raw_send_msg(fd, 'H');
     raw_expect(fd, '1', NULL);
     raw_expect(fd, '2', NULL);
     raw_expect(fd, 'E', "23505");
     raw_send_msg(fd, 'S');
-    raw_expect(fd, 'Z', "I");
+    raw_expect(fd, 'Z', status);
+}
+
+/* Autocommit: P/B/E, then Flush. */
+static void test_tr_raw_flush(void **state)
+{
+    (void)state;
+    const char *t = "tr_raw_flush";
+    struct itest_proxy *p = start_with_dup(t);
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_tr_raw_flush");
+    raw_dup_then_flush(fd, "INSERT INTO tr_raw_flush (k, payload) VALUES ('dup', 'raw1')", "I");
     raw_expect_nothing(fd, 200);
     assert_int_equal(all_rows(t), 1);
     itest_pass();
@@ -1888,41 +1674,20 @@ static void test_tr_raw_extended(void **state)
 {
     (void)state;
     const char *t = "tr_raw";
-    create_defer_table(t);
-    server_insert(t, "dup", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_with_dup(t);
     int fd = itest_raw_connect(p->port);
     assert_true(fd >= 0);
     itest_raw_login(fd, itest_pg_user(), "itest_tr_raw");
-    uint8_t buf[1024];
-    size_t n;
 
-    /* Autocommit: P/B/E, a pause, then Sync: translated. The server flushes
-     * an error at once (and what came before it); the proxy holds the
-     * error until it knows the client's next message. */
-    n = build_pbe(buf, sizeof buf, "INSERT INTO tr_raw (k, payload) VALUES ('dup', 'raw2')");
-    assert_true(itest_raw_send(fd, buf, n));
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect_nothing(fd, 300);
-    raw_send_msg(fd, 'S');
-    raw_expect(fd, 'C', "INSERT 0 0");
-    raw_expect(fd, 'Z', "I");
+    /* Autocommit: P/B/E, a pause, then Sync: translated. */
+    raw_dup_then_sync(fd, "INSERT INTO tr_raw (k, payload) VALUES ('dup', 'raw2')", "I");
 
     /* In a block: P/B/E, a pause, then Sync: the proxy's savepoint. */
     raw_query(fd, "BEGIN");
     raw_expect(fd, 'C', "BEGIN");
     raw_expect(fd, 'Z', "T");
-    n = build_pbe(buf, sizeof buf, "INSERT INTO tr_raw (k, payload) VALUES ('dup', 'raw3')");
-    assert_true(itest_raw_send(fd, buf, n));
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect_nothing(fd, 300);
-    raw_send_msg(fd, 'S');
-    raw_expect(fd, 'C', "INSERT 0 0");
-    raw_expect(fd, 'Z', "T");
-    n = build_pbe(buf, sizeof buf, "INSERT INTO tr_raw (k, payload) VALUES ('r1', 'raw4')");
-    assert_true(itest_raw_send(fd, buf, n));
+    raw_dup_then_sync(fd, "INSERT INTO tr_raw (k, payload) VALUES ('dup', 'raw3')", "T");
+    raw_send_pbe(fd, "INSERT INTO tr_raw (k, payload) VALUES ('r1', 'raw4')");
     raw_send_msg(fd, 'S');
     raw_expect(fd, '1', NULL);
     raw_expect(fd, '2', NULL);
@@ -1930,14 +1695,7 @@ static void test_tr_raw_extended(void **state)
     raw_expect(fd, 'Z', "T");
 
     /* In a block: P/B/E then Flush: the error as it is, the block failed. */
-    n = build_pbe(buf, sizeof buf, "INSERT INTO tr_raw (k, payload) VALUES ('dup', 'raw5')");
-    assert_true(itest_raw_send(fd, buf, n));
-    raw_send_msg(fd, 'H');
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect(fd, 'E', "23505");
-    raw_send_msg(fd, 'S');
-    raw_expect(fd, 'Z', "E");
+    raw_dup_then_flush(fd, "INSERT INTO tr_raw (k, payload) VALUES ('dup', 'raw5')", "E");
     raw_query(fd, "COMMIT");
     raw_expect(fd, 'C', "ROLLBACK");
     raw_expect(fd, 'Z', "I");
@@ -1963,8 +1721,8 @@ static void test_tr_raw_extended(void **state)
  * registered table) must pass unchanged. */
 static void expect_update_violation(PGconn *c, const char *name, const char *what)
 {
-    PGresult *r = exec_prepared(c, name, 0, NULL);
-    assert_sqlstate(r, "23505", what);
+    PGresult *r = itest_exec_prepared(c, name, 0, NULL);
+    itest_assert_sqlstate(r, "23505", what);
     PQclear(r);
 }
 
@@ -1975,18 +1733,18 @@ static void test_tr_stale_names(void **state)
     create_defer_table(t);
     server_insert(t, "dup", "orig");
     server_insert(t, "other", "orig");
-    struct itest_proxy *p = start_proxy_for(t, "");
+    struct itest_proxy *p = start_proxy_for(t);
     PGconn *c = itest_connect_ok(p->port, NULL);
     const char *update = "UPDATE tr_stale SET k = 'dup' WHERE k = 'other'";
     const char *insert = "INSERT INTO tr_stale (k) VALUES ('dup')";
     PGresult *r;
 
     /* A re-Parse the server refuses (42P05) leaves the old statement. */
-    r = prepare(c, "a1", update, 0);
-    assert_result_ok(r, "prepare a1 as the UPDATE");
+    r = itest_prepare(c, "a1", update, 0);
+    itest_assert_result_ok(r, "prepare a1 as the UPDATE");
     PQclear(r);
-    r = prepare(c, "a1", insert, 0);
-    assert_sqlstate(r, "42P05", "prepare a1 again as the INSERT");
+    r = itest_prepare(c, "a1", insert, 0);
+    itest_assert_sqlstate(r, "42P05", "prepare a1 again as the INSERT");
     PQclear(r);
     expect_update_violation(c, "a1", "a1 after a refused re-Parse");
 
@@ -1994,39 +1752,39 @@ static void test_tr_stale_names(void **state)
     for (int extended = 0; extended < 2; extended++) {
         const char *name = extended ? "b2" : "b1";
         char sql[256];
-        r = prepare(c, name, insert, 0);
-        assert_result_ok(r, "prepare the INSERT");
+        r = itest_prepare(c, name, insert, 0);
+        itest_assert_result_ok(r, "prepare the INSERT");
         PQclear(r);
         snprintf(sql, sizeof sql, "DEALLOCATE %s", name);
-        r = extended ? exec_params(c, sql, 0, NULL) : itest_exec(c, sql);
-        assert_result_ok(r, sql);
+        r = extended ? itest_exec_params(c, sql, 0, NULL) : itest_exec(c, sql);
+        itest_assert_result_ok(r, sql);
         PQclear(r);
         snprintf(sql, sizeof sql, "PREPARE %s AS %s", name, update);
-        r = extended ? exec_params(c, sql, 0, NULL) : itest_exec(c, sql);
-        assert_result_ok(r, sql);
+        r = extended ? itest_exec_params(c, sql, 0, NULL) : itest_exec(c, sql);
+        itest_assert_result_ok(r, sql);
         PQclear(r);
         expect_update_violation(c, name, extended ? "b2 redefined through Parse"
                                                   : "b1 redefined through Query");
     }
 
     /* A Parse the server skips after an earlier error of its pipeline. */
-    r = prepare(c, "c1", update, 0);
-    assert_result_ok(r, "prepare c1 as the UPDATE");
+    r = itest_prepare(c, "c1", update, 0);
+    itest_assert_result_ok(r, "prepare c1 as the UPDATE");
     PQclear(r);
     assert_int_equal(PQenterPipelineMode(c), 1);
     assert_int_equal(PQsendQueryParams(c, "SELECT 1/0", 0, NULL, NULL, NULL, NULL, 0), 1);
     assert_int_equal(PQsendPrepare(c, "c1", insert, 0, NULL), 1);
     assert_int_equal(PQpipelineSync(c), 1);
     int64_t deadline = itest_now_ms() + PIPE_TIMEOUT_MS;
-    r = pipeline_result(c, deadline);
-    assert_sqlstate(r, "22012", "the pipeline's failing query");
+    r = itest_pipeline_result(c, deadline);
+    itest_assert_sqlstate(r, "22012", "the pipeline's failing query");
     PQclear(r);
-    pipeline_end(c, deadline);
-    r = pipeline_result(c, deadline);
+    itest_pipeline_end(c, deadline);
+    r = itest_pipeline_result(c, deadline);
     assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_ABORTED);
     PQclear(r);
-    pipeline_end(c, deadline);
-    r = pipeline_result(c, deadline);
+    itest_pipeline_end(c, deadline);
+    r = itest_pipeline_result(c, deadline);
     assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_SYNC);
     PQclear(r);
     assert_int_equal(PQexitPipelineMode(c), 1);
@@ -2036,56 +1794,119 @@ static void test_tr_stale_names(void **state)
     itest_pass();
 }
 
-/* ---- main ------------------------------------------------------------------- */
+/* ---- a batch that fails before its guarded Execute ------------------------ */
 
-#define T(f) cmocka_unit_test_setup_teardown(f, itest_setup, itest_teardown)
+/* Inside a block the proxy holds the client's Sync until the guarded
+ * Execute's outcome is in. When an earlier message of the same batch fails
+ * (here the Bind, with a parameter its type cannot take), the server skips
+ * the savepoint and the Execute: the client must get the Bind's error at
+ * once, not wait for an outcome that never comes. */
+static void test_tr_guarded_batch_fails_early(void **state)
+{
+    (void)state;
+    const char *t = "tr_early";
+    struct itest_proxy *p = start_with_dup(t);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *bad[1] = { "not a number" };
+
+    for (int round = 0; round < 2; round++) {
+        itest_exec_tag(c, "BEGIN", "BEGIN");
+        PGresult *r = itest_exec_params(c, "INSERT INTO tr_early (k, payload) "
+                                           "VALUES ('dup', ($1::int)::text)", 1, bad);
+        itest_assert_sqlstate(r, "22P02", "a guarded INSERT whose Bind fails");
+        PQclear(r);
+        assert_txn(c, PQTRANS_INERROR, "after the Bind failed");
+        itest_exec_tag(c, "ROLLBACK", "ROLLBACK");
+    }
+    /* The session goes on, and a duplicate in a block is still translated. */
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    const char *dup[1] = { "dup" };
+    PGresult *r = itest_exec_params(c, "INSERT INTO tr_early (k, payload) VALUES ($1, 'x')", 1,
+                                    dup);
+    itest_assert_tag(r, "INSERT 0 0", "a duplicate after the failed batches");
+    PQclear(r);
+    assert_txn(c, PQTRANS_INTRANS, "after the translated duplicate");
+    itest_exec_tag(c, "COMMIT", "COMMIT");
+    assert_int_equal(all_rows(t), 1);
+    itest_pass();
+}
+
+/* ---- several guarded INSERTs in one batch --------------------------------- */
+
+/* Inside a block, each INSERT of a batch runs under a savepoint of its own
+ * (what a JDBC batch sends: Bind/Execute after Bind/Execute, one Sync). A
+ * duplicate last in the batch is rolled back alone and the rest commits; a
+ * duplicate in the middle makes the server skip the rest, so its error
+ * stands and the block is aborted, as the client then sees. */
+static void test_tr_batch_in_txn(void **state)
+{
+    (void)state;
+    const char *t = "tr_batch";
+    struct itest_proxy *p = start_with_dup(t);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    struct piped r[3];
+
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    const char *last[] = { "n1", "n2", "dup" };
+    run_pipeline(c, t, last, 3, r);
+    expect_piped(&r[0], PGRES_COMMAND_OK, "INSERT 0 1", "n1");
+    expect_piped(&r[1], PGRES_COMMAND_OK, "INSERT 0 1", "n2");
+    expect_piped(&r[2], PGRES_COMMAND_OK, "INSERT 0 0", "the duplicate last in the batch");
+    assert_txn(c, PQTRANS_INTRANS, "after the batch");
+    itest_exec_tag(c, "COMMIT", "COMMIT");
+    assert_int_equal(key_rows(t, "n1") + key_rows(t, "n2"), 2);
+
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    const char *middle[] = { "m1", "dup", "m2" };
+    run_pipeline(c, t, middle, 3, r);
+    expect_piped(&r[0], PGRES_COMMAND_OK, "INSERT 0 1", "m1");
+    expect_piped(&r[1], PGRES_FATAL_ERROR, "23505", "the duplicate in the middle");
+    expect_piped(&r[2], PGRES_PIPELINE_ABORTED, NULL, "m2, skipped by the server");
+    assert_txn(c, PQTRANS_INERROR, "after the batch");
+    itest_exec_tag(c, "COMMIT", "ROLLBACK");
+    assert_int_equal(key_rows(t, "m1") + key_rows(t, "m2"), 0);
+    assert_int_equal(all_rows(t), 3);
+    itest_pass();
+}
+
+/* ---- main ------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
-    /* Line-buffered, so a hung or crashed test's last words reach the log. */
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    signal(SIGPIPE, SIG_IGN);
-    if (argc > 1 && strcmp(argv[1], "--free-port") == 0) {
-        int port = itest_free_port();
-        printf("%d\n", port);
-        return port > 0 ? 0 : 1;
-    }
-    atexit(itest_kill_all);
-    const char *filter = argc > 1 ? argv[1] : getenv("IDEM_TEST_FILTER");
-    if (filter != NULL && *filter != '\0')
-        cmocka_set_test_filter(filter);
-
     const struct CMUnitTest tests[] = {
-        T(test_tr_autocommit),
-        T(test_tr_txn_simple),
-        T(test_tr_txn_extended),
-        T(test_tr_txn_prepared),
-        T(test_tr_returning),
-        T(test_tr_prepared_words),
-        T(test_tr_multi_statement),
-        T(test_tr_pipeline),
-        T(test_tr_pipeline_in_txn),
-        T(test_tr_pipeline_txn_dup),
-        T(test_tr_pipeline_txn_error),
-        T(test_tr_pipeline_flush),
-        T(test_tr_pgbench),
-        T(test_tr_partitioned),
-        T(test_tr_unregistered),
-        T(test_tr_not_insert),
-        T(test_tr_disabled),
-        T(test_tr_trigger),
-        T(test_tr_trigger_same_table),
-        T(test_tr_second_constraint),
-        T(test_tr_concurrent_txn),
-        T(test_tr_cancel),
-        T(test_tr_notices),
-        T(test_tr_session_usable),
-        T(test_tr_many_in_txn),
-        T(test_tr_counters),
-        T(test_tr_deferred_commit),
-        T(test_tr_raw_flush),
-        T(test_tr_raw_extended),
-        T(test_tr_stale_names),
+        ITEST(test_tr_autocommit),
+        ITEST(test_tr_txn_simple),
+        ITEST(test_tr_txn_extended),
+        ITEST(test_tr_txn_prepared),
+        ITEST(test_tr_returning),
+        ITEST(test_tr_prepared_words),
+        ITEST(test_tr_multi_statement),
+        ITEST(test_tr_pipeline),
+        ITEST(test_tr_pipeline_in_txn),
+        ITEST(test_tr_pipeline_txn_dup),
+        ITEST(test_tr_pipeline_txn_error),
+        ITEST(test_tr_pipeline_flush),
+        ITEST(test_tr_pgbench),
+        ITEST(test_tr_partitioned),
+        ITEST(test_tr_unregistered),
+        ITEST(test_tr_not_insert),
+        ITEST(test_tr_disabled),
+        ITEST(test_tr_trigger),
+        ITEST(test_tr_trigger_same_table),
+        ITEST(test_tr_second_constraint),
+        ITEST(test_tr_concurrent_txn),
+        ITEST(test_tr_cancel),
+        ITEST(test_tr_notices),
+        ITEST(test_tr_session_usable),
+        ITEST(test_tr_many_in_txn),
+        ITEST(test_tr_counters),
+        ITEST(test_tr_deferred_commit),
+        ITEST(test_tr_raw_flush),
+        ITEST(test_tr_raw_extended),
+        ITEST(test_tr_stale_names),
+        ITEST(test_tr_guarded_batch_fails_early),
+        ITEST(test_tr_batch_in_txn),
     };
-    return cmocka_run_group_tests_name("idemproxy error translation", tests, NULL, NULL);
+    return itest_main(argc, argv, "idemproxy error translation", tests,
+                      sizeof tests / sizeof tests[0]);
 }
