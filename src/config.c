@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 /* Keys of [idemproxy], in the order of struct config. */
 enum main_key {
@@ -23,6 +24,22 @@ enum main_key {
     KEY_CLIENT_LOGIN_TIMEOUT,
     KEY_SERVER_CONNECT_TIMEOUT,
     KEY_SHUTDOWN_TIMEOUT,
+    KEY_CLIENT_TLS_SSLMODE,
+    KEY_CLIENT_TLS_CERT_FILE,
+    KEY_CLIENT_TLS_KEY_FILE,
+    KEY_CLIENT_TLS_CA_FILE,
+    KEY_CLIENT_TLS_PROTOCOLS,
+    KEY_CLIENT_TLS_CIPHERS,
+    KEY_SERVER_TLS_SSLMODE,
+    KEY_SERVER_TLS_CERT_FILE,
+    KEY_SERVER_TLS_KEY_FILE,
+    KEY_SERVER_TLS_CA_FILE,
+    KEY_SERVER_TLS_PROTOCOLS,
+    KEY_SERVER_TLS_CIPHERS,
+    KEY_AUTH_TYPE,
+    KEY_AUTH_FILE,
+    KEY_AUTH_QUERY,
+    KEY_AUTH_USER,
     MAIN_KEY_COUNT,
 };
 
@@ -38,7 +55,39 @@ static const char *const main_key_names[MAIN_KEY_COUNT] = {
     [KEY_CLIENT_LOGIN_TIMEOUT] = "client_login_timeout",
     [KEY_SERVER_CONNECT_TIMEOUT] = "server_connect_timeout",
     [KEY_SHUTDOWN_TIMEOUT] = "shutdown_timeout",
+    [KEY_CLIENT_TLS_SSLMODE] = "client_tls_sslmode",
+    [KEY_CLIENT_TLS_CERT_FILE] = "client_tls_cert_file",
+    [KEY_CLIENT_TLS_KEY_FILE] = "client_tls_key_file",
+    [KEY_CLIENT_TLS_CA_FILE] = "client_tls_ca_file",
+    [KEY_CLIENT_TLS_PROTOCOLS] = "client_tls_protocols",
+    [KEY_CLIENT_TLS_CIPHERS] = "client_tls_ciphers",
+    [KEY_SERVER_TLS_SSLMODE] = "server_tls_sslmode",
+    [KEY_SERVER_TLS_CERT_FILE] = "server_tls_cert_file",
+    [KEY_SERVER_TLS_KEY_FILE] = "server_tls_key_file",
+    [KEY_SERVER_TLS_CA_FILE] = "server_tls_ca_file",
+    [KEY_SERVER_TLS_PROTOCOLS] = "server_tls_protocols",
+    [KEY_SERVER_TLS_CIPHERS] = "server_tls_ciphers",
+    [KEY_AUTH_TYPE] = "auth_type",
+    [KEY_AUTH_FILE] = "auth_file",
+    [KEY_AUTH_QUERY] = "auth_query",
+    [KEY_AUTH_USER] = "auth_user",
 };
+
+static const char *const tls_mode_names[] = {
+    [TLS_DISABLE] = "disable",
+    [TLS_ALLOW] = "allow",
+    [TLS_PREFER] = "prefer",
+    [TLS_REQUIRE] = "require",
+    [TLS_VERIFY_CA] = "verify-ca",
+    [TLS_VERIFY_FULL] = "verify-full",
+};
+
+static const char *const auth_type_names[] = {
+    [AUTH_PASSTHROUGH] = "passthrough",
+    [AUTH_SCRAM] = "scram-sha-256",
+};
+
+#define DEFAULT_AUTH_QUERY "SELECT usename, passwd FROM pg_shadow WHERE usename = $1"
 
 enum table_key {
     TKEY_CONFLICT,
@@ -141,10 +190,23 @@ static void table_rule_free(struct table_rule *t)
     name_list_free(&t->search_path);
 }
 
+static void tls_config_free(struct tls_config *t)
+{
+    free(t->cert_file);
+    free(t->key_file);
+    free(t->ca_file);
+    free(t->ciphers);
+}
+
 void config_free(struct config *cfg)
 {
     if (!cfg)
         return;
+    tls_config_free(&cfg->client_tls);
+    tls_config_free(&cfg->server_tls);
+    free(cfg->auth_file);
+    free(cfg->auth_query);
+    free(cfg->auth_user);
     free(cfg->path);
     free(cfg->listen_addr);
     free(cfg->server_host);
@@ -163,6 +225,11 @@ const char *table_action_name(enum table_action action)
 const char *table_mode_name(enum table_mode mode)
 {
     return mode_names[mode];
+}
+
+const char *tls_mode_name(enum tls_mode mode)
+{
+    return tls_mode_names[mode];
 }
 
 /* ---- values ------------------------------------------------------------ */
@@ -235,6 +302,38 @@ static bool parse_enum(struct parser *p, const char *key, const char *value,
     }
     fail_at(p, p->line, "%s: expected %s, got \"%s\"", key, choices, value);
     return false;
+}
+
+/* TLS versions as PgBouncer writes them: "secure" (1.2 and 1.3), "all", or
+ * a comma-separated list of tlsv1.2 and tlsv1.3. Older versions are not
+ * offered at all. */
+static bool parse_protocols(struct parser *p, const char *key, const char *value,
+                            unsigned *out)
+{
+    char buf[128];
+    unsigned set = 0;
+
+    snprintf(buf, sizeof(buf), "%s", value);
+    for (char *save = NULL, *tok = strtok_r(buf, ", \t", &save); tok;
+         tok = strtok_r(NULL, ", \t", &save)) {
+        if (strcasecmp(tok, "secure") == 0 || strcasecmp(tok, "all") == 0)
+            set |= TLS_PROTO_V1_2 | TLS_PROTO_V1_3;
+        else if (strcasecmp(tok, "tlsv1.2") == 0)
+            set |= TLS_PROTO_V1_2;
+        else if (strcasecmp(tok, "tlsv1.3") == 0)
+            set |= TLS_PROTO_V1_3;
+        else {
+            fail_at(p, p->line, "%s: expected secure, all, tlsv1.2 or tlsv1.3, got \"%s\"",
+                    key, tok);
+            return false;
+        }
+    }
+    if (!set) {
+        fail_at(p, p->line, "%s: must not be empty", key);
+        return false;
+    }
+    *out = set;
+    return true;
 }
 
 /* One SQL identifier, as PostgreSQL reads it: "quoted" keeps its case (""
@@ -498,6 +597,37 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_CLIENT_LOGIN_TIMEOUT: parse_int(p, key, value, 1, 86400, &c->client_login_timeout); break;
     case KEY_SERVER_CONNECT_TIMEOUT: parse_int(p, key, value, 1, 3600, &c->server_connect_timeout); break;
     case KEY_SHUTDOWN_TIMEOUT: parse_int(p, key, value, 0, 86400, &c->shutdown_timeout); break;
+    case KEY_CLIENT_TLS_SSLMODE:
+    case KEY_SERVER_TLS_SSLMODE: {
+        int mode;
+        if (parse_enum(p, key, value, tls_mode_names, COUNT_OF(tls_mode_names), &mode)) {
+            if (k == KEY_SERVER_TLS_SSLMODE && mode == TLS_ALLOW)
+                fail_at(p, p->line, "%s: allow is for clients; expected disable, prefer, "
+                        "require, verify-ca or verify-full", key);
+            (k == KEY_CLIENT_TLS_SSLMODE ? &c->client_tls : &c->server_tls)->mode =
+                (enum tls_mode)mode;
+        }
+        break;
+    }
+    case KEY_CLIENT_TLS_CERT_FILE: set_string(p, &c->client_tls.cert_file, key, value); break;
+    case KEY_CLIENT_TLS_KEY_FILE: set_string(p, &c->client_tls.key_file, key, value); break;
+    case KEY_CLIENT_TLS_CA_FILE: set_string(p, &c->client_tls.ca_file, key, value); break;
+    case KEY_CLIENT_TLS_PROTOCOLS: parse_protocols(p, key, value, &c->client_tls.protocols); break;
+    case KEY_CLIENT_TLS_CIPHERS: set_string(p, &c->client_tls.ciphers, key, value); break;
+    case KEY_SERVER_TLS_CERT_FILE: set_string(p, &c->server_tls.cert_file, key, value); break;
+    case KEY_SERVER_TLS_KEY_FILE: set_string(p, &c->server_tls.key_file, key, value); break;
+    case KEY_SERVER_TLS_CA_FILE: set_string(p, &c->server_tls.ca_file, key, value); break;
+    case KEY_SERVER_TLS_PROTOCOLS: parse_protocols(p, key, value, &c->server_tls.protocols); break;
+    case KEY_SERVER_TLS_CIPHERS: set_string(p, &c->server_tls.ciphers, key, value); break;
+    case KEY_AUTH_TYPE: {
+        int type;
+        if (parse_enum(p, key, value, auth_type_names, COUNT_OF(auth_type_names), &type))
+            c->auth_type = (enum auth_type)type;
+        break;
+    }
+    case KEY_AUTH_FILE: set_string(p, &c->auth_file, key, value); break;
+    case KEY_AUTH_QUERY: set_string(p, &c->auth_query, key, value); break;
+    case KEY_AUTH_USER: set_string(p, &c->auth_user, key, value); break;
     case MAIN_KEY_COUNT: break;
     }
 }
@@ -605,11 +735,39 @@ static struct config *config_defaults(void)
     c->client_login_timeout = 60;
     c->server_connect_timeout = 10;
     c->shutdown_timeout = 30;
-    if (!c->listen_addr || !c->server_host) {
+    c->client_tls.protocols = c->server_tls.protocols = TLS_PROTO_V1_2 | TLS_PROTO_V1_3;
+    c->auth_query = strdup(DEFAULT_AUTH_QUERY);
+    if (!c->listen_addr || !c->server_host || !c->auth_query) {
         config_free(c);
         return NULL;
     }
     return c;
+}
+
+/* What [idemproxy] needs that no single key can check; errors name the line
+ * of the key that asks for more. */
+static void check_main(struct parser *p)
+{
+    const struct config *c = p->cfg;
+    const struct tls_config *ct = &c->client_tls, *st = &c->server_tls;
+
+    if (ct->mode != TLS_DISABLE && (!ct->cert_file || !ct->key_file))
+        fail_at(p, p->main_seen[KEY_CLIENT_TLS_SSLMODE],
+                "client_tls_sslmode = %s needs client_tls_cert_file and client_tls_key_file",
+                tls_mode_names[ct->mode]);
+    if (ct->mode >= TLS_VERIFY_CA && !ct->ca_file)
+        fail_at(p, p->main_seen[KEY_CLIENT_TLS_SSLMODE],
+                "client_tls_sslmode = %s needs client_tls_ca_file to check client certificates",
+                tls_mode_names[ct->mode]);
+    if (st->mode >= TLS_VERIFY_CA && !st->ca_file)
+        fail_at(p, p->main_seen[KEY_SERVER_TLS_SSLMODE],
+                "server_tls_sslmode = %s needs server_tls_ca_file", tls_mode_names[st->mode]);
+    if (!st->cert_file != !st->key_file)
+        fail_at(p, p->main_seen[st->cert_file ? KEY_SERVER_TLS_CERT_FILE : KEY_SERVER_TLS_KEY_FILE],
+                "server_tls_cert_file and server_tls_key_file go together");
+    if (c->auth_type == AUTH_SCRAM && !c->auth_file && !c->auth_user)
+        fail_at(p, p->main_seen[KEY_AUTH_TYPE],
+                "auth_type = scram-sha-256 needs auth_file or auth_user (for auth_query)");
 }
 
 struct config *config_parse(const char *text, size_t len, const char *filename,
@@ -636,6 +794,7 @@ struct config *config_parse(const char *text, size_t len, const char *filename,
         fail_at(&p, 0, "out of memory");
     if (!p.saw_main)
         fail_at(&p, 0, "no [idemproxy] section");
+    check_main(&p);
     if (!p.failed)
         p.cfg->path = dup_str(&p, filename);
     if (p.failed) {

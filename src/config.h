@@ -29,6 +29,34 @@ enum table_mode {
     TABLE_MODE_SHADOW,
 };
 
+/* TLS on one leg, named as PgBouncer and libpq name them. The client leg
+ * knows all six; the server leg has no "allow". */
+enum tls_mode {
+    TLS_DISABLE,
+    TLS_ALLOW,
+    TLS_PREFER,
+    TLS_REQUIRE,
+    TLS_VERIFY_CA,
+    TLS_VERIFY_FULL,
+};
+
+/* TLS protocol versions, as a bit set. */
+#define TLS_PROTO_V1_2 1u
+#define TLS_PROTO_V1_3 2u
+
+enum auth_type {
+    AUTH_PASSTHROUGH, /* the server authenticates; the proxy relays */
+    AUTH_SCRAM,       /* the proxy authenticates clients with SCRAM-SHA-256 */
+};
+
+/* The settings of one TLS leg. */
+struct tls_config {
+    enum tls_mode mode;
+    char *cert_file, *key_file, *ca_file; /* NULL when unset */
+    unsigned protocols;                   /* TLS_PROTO_* */
+    char *ciphers;                        /* NULL: OpenSSL's defaults */
+};
+
 /* A list of identifiers, already folded the way PostgreSQL folds them. */
 struct name_list {
     char **names;
@@ -64,6 +92,14 @@ struct config {
     int server_connect_timeout; /* seconds */
     int shutdown_timeout; /* seconds SIGTERM waits for busy clients */
 
+    struct tls_config client_tls; /* clients connecting to the proxy */
+    struct tls_config server_tls; /* the proxy connecting to PostgreSQL */
+
+    enum auth_type auth_type;
+    char *auth_file;  /* PgBouncer's userlist format; NULL when unset */
+    char *auth_query; /* run as auth_user to find a user's secret */
+    char *auth_user;  /* NULL: auth_query is not used */
+
     struct table_rule *tables;
     size_t table_count;
 };
@@ -85,6 +121,7 @@ bool config_restart_needed(const struct config *old, const struct config *new_cf
                            char *buf, size_t buflen);
 
 const char *table_action_name(enum table_action action);
+const char *tls_mode_name(enum tls_mode mode);
 const char *table_mode_name(enum table_mode mode);
 
 #endif

@@ -532,6 +532,70 @@ static void test_table_duplicates(void **state)
                 5, NULL);
 }
 
+/* ---- TLS and authentication ------------------------------------------- */
+
+static void test_tls_and_auth(void **state)
+{
+    (void)state;
+    struct config *c = parse_ok("[idemproxy]\n"
+                                "client_tls_sslmode = verify-full\n"
+                                "client_tls_cert_file = /etc/p.crt\n"
+                                "client_tls_key_file = /etc/p.key\n"
+                                "client_tls_ca_file = /etc/ca.crt\n"
+                                "client_tls_protocols = tlsv1.3\n"
+                                "client_tls_ciphers = HIGH:!aNULL\n"
+                                "server_tls_sslmode = prefer\n"
+                                "server_tls_protocols = TLSv1.2, tlsv1.3\n"
+                                "auth_type = scram-sha-256\n"
+                                "auth_file = /etc/userlist.txt\n"
+                                "auth_user = auth\n"
+                                "auth_query = SELECT u, p FROM secrets WHERE u = $1\n");
+    assert_int_equal(c->client_tls.mode, TLS_VERIFY_FULL);
+    assert_string_equal(c->client_tls.cert_file, "/etc/p.crt");
+    assert_string_equal(c->client_tls.key_file, "/etc/p.key");
+    assert_string_equal(c->client_tls.ca_file, "/etc/ca.crt");
+    assert_int_equal(c->client_tls.protocols, TLS_PROTO_V1_3);
+    assert_string_equal(c->client_tls.ciphers, "HIGH:!aNULL");
+    assert_int_equal(c->server_tls.mode, TLS_PREFER);
+    assert_int_equal(c->server_tls.protocols, TLS_PROTO_V1_2 | TLS_PROTO_V1_3);
+    assert_int_equal(c->auth_type, AUTH_SCRAM);
+    assert_string_equal(c->auth_file, "/etc/userlist.txt");
+    assert_string_equal(c->auth_user, "auth");
+    assert_string_equal(c->auth_query, "SELECT u, p FROM secrets WHERE u = $1");
+    config_free(c);
+
+    /* The defaults: no TLS, passthrough, PgBouncer's query, TLS 1.2 and 1.3. */
+    c = parse_ok("[idemproxy]\n");
+    assert_int_equal(c->client_tls.mode, TLS_DISABLE);
+    assert_int_equal(c->server_tls.mode, TLS_DISABLE);
+    assert_int_equal(c->client_tls.protocols, TLS_PROTO_V1_2 | TLS_PROTO_V1_3);
+    assert_int_equal(c->auth_type, AUTH_PASSTHROUGH);
+    assert_string_equal(c->auth_query, "SELECT usename, passwd FROM pg_shadow WHERE usename = $1");
+    assert_null(c->client_tls.cert_file);
+    config_free(c);
+    assert_string_equal(tls_mode_name(TLS_VERIFY_CA), "verify-ca");
+}
+
+static void test_tls_and_auth_errors(void **state)
+{
+    (void)state;
+    /* What a mode needs is named on the mode's line. */
+    parse_fails("[idemproxy]\nlisten_port = 1\nclient_tls_sslmode = require\n", 3,
+                "client_tls_cert_file");
+    parse_fails("[idemproxy]\nclient_tls_sslmode = verify-ca\nclient_tls_cert_file = a\n"
+                "client_tls_key_file = b\n", 2, "client_tls_ca_file");
+    parse_fails("[idemproxy]\nserver_tls_sslmode = verify-full\n", 2, "server_tls_ca_file");
+    parse_fails("[idemproxy]\nserver_tls_cert_file = a\n", 2, "server_tls_key_file");
+    parse_fails("[idemproxy]\nauth_type = scram-sha-256\n", 2, "auth_file");
+    /* Bad values. */
+    parse_fails("[idemproxy]\nserver_tls_sslmode = allow\n", 2, "allow");
+    parse_fails("[idemproxy]\nclient_tls_sslmode = always\n", 2, "always");
+    parse_fails("[idemproxy]\nclient_tls_protocols = tlsv1.1\n", 2, "tlsv1.1");
+    parse_fails("[idemproxy]\nclient_tls_protocols = ,\n", 2, "client_tls_protocols");
+    parse_fails("[idemproxy]\nauth_type = md5\n", 2, "md5");
+    parse_fails("[idemproxy]\nauth_file =\n", 2, "auth_file");
+}
+
 /* ---- config_load ------------------------------------------------------------ */
 
 static void test_load(void **state)
@@ -631,6 +695,8 @@ int main(void)
         cmocka_unit_test(test_several_tables),
         cmocka_unit_test(test_table_errors),
         cmocka_unit_test(test_table_duplicates),
+        cmocka_unit_test(test_tls_and_auth),
+        cmocka_unit_test(test_tls_and_auth_errors),
         cmocka_unit_test(test_load),
         cmocka_unit_test(test_restart_needed),
     };
