@@ -352,3 +352,73 @@ size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const c
     struct extended_run run = { name, sql };
     return all_or_nothing(buf, cap, build_extended_run(NULL, 0, &run), build_extended_run, &run);
 }
+
+size_t pg_build_auth(uint8_t *buf, size_t cap, uint32_t code, const void *data, size_t len)
+{
+    uint8_t code_be[4];
+
+    pg_put_u32(code_be, code);
+    const void *parts[] = { code_be, data };
+    const size_t lens[] = { 4, len };
+    size_t need = put_msg(NULL, 0, 0, 'R', parts, lens, len ? 2 : 1);
+    if (need <= cap)
+        put_msg(buf, cap, 0, 'R', parts, lens, len ? 2 : 1);
+    return need;
+}
+
+size_t pg_build_sasl_initial(uint8_t *buf, size_t cap, const char *mechanism, const void *data,
+                             size_t len)
+{
+    uint8_t len_be[4];
+
+    pg_put_u32(len_be, (uint32_t)len);
+    const void *parts[] = { mechanism, len_be, data };
+    const size_t lens[] = { strlen(mechanism) + 1, 4, len };
+    size_t need = put_msg(NULL, 0, 0, 'p', parts, lens, 3);
+    if (need <= cap)
+        put_msg(buf, cap, 0, 'p', parts, lens, 3);
+    return need;
+}
+
+size_t pg_build_sasl_response(uint8_t *buf, size_t cap, const void *data, size_t len)
+{
+    const void *parts[] = { data };
+    const size_t lens[] = { len };
+    size_t need = put_msg(NULL, 0, 0, 'p', parts, lens, 1);
+    if (need <= cap)
+        put_msg(buf, cap, 0, 'p', parts, lens, 1);
+    return need;
+}
+
+bool pg_auth_request(const uint8_t *body, size_t len, uint32_t *code, const uint8_t **data,
+                     size_t *data_len)
+{
+    if (len < 4)
+        return false;
+    *code = pg_get_u32(body);
+    *data = body + 4;
+    *data_len = len - 4;
+    return true;
+}
+
+bool pg_sasl_initial(const uint8_t *body, size_t len, const char **mechanism,
+                     const uint8_t **data, size_t *data_len)
+{
+    const uint8_t *end = memchr(body, '\0', len);
+
+    if (!end || (size_t)(body + len - end) < 5)
+        return false;
+    uint32_t n = pg_get_u32(end + 1);
+    size_t rest = (size_t)(body + len - end) - 5;
+    *mechanism = (const char *)body;
+    if (n == UINT32_MAX) {
+        *data = NULL;
+        *data_len = 0;
+        return rest == 0;
+    }
+    if (n != rest)
+        return false;
+    *data = end + 5;
+    *data_len = n;
+    return true;
+}

@@ -130,6 +130,34 @@ size_t pg_build_command_complete(uint8_t *buf, size_t cap, const char *tag);
 #define PG_EXTENDED_RUN_REPLIES "12C33"
 size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const char *sql);
 
+/* Authentication request codes (the first int32 of an 'R' body). */
+#define PG_AUTH_OK 0
+#define PG_AUTH_CLEARTEXT 3
+#define PG_AUTH_MD5 5
+#define PG_AUTH_SASL 10
+#define PG_AUTH_SASL_CONTINUE 11
+#define PG_AUTH_SASL_FINAL 12
+
+/* An Authentication ('R') message with code and data after it (for SASL:
+ * the mechanism list, or the server's SCRAM message). */
+size_t pg_build_auth(uint8_t *buf, size_t cap, uint32_t code, const void *data, size_t len);
+
+/* The client's SASLInitialResponse ('p'): mechanism, then data. */
+size_t pg_build_sasl_initial(uint8_t *buf, size_t cap, const char *mechanism, const void *data,
+                             size_t len);
+
+/* The client's SASLResponse ('p'): data. */
+size_t pg_build_sasl_response(uint8_t *buf, size_t cap, const void *data, size_t len);
+
+/* Reads an 'R' body: its code, and the data after it. */
+bool pg_auth_request(const uint8_t *body, size_t len, uint32_t *code, const uint8_t **data,
+                     size_t *data_len);
+
+/* Reads a SASLInitialResponse body: the mechanism and the client's data
+ * (*data is NULL when the client sent none). */
+bool pg_sasl_initial(const uint8_t *body, size_t len, const char **mechanism,
+                     const uint8_t **data, size_t *data_len);
+
 /* Reads ReadyForQuery's transaction status ('I', 'T' or 'E'); 0 if malformed. */
 char pg_ready_status(const uint8_t *body, size_t len);
 
