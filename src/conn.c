@@ -13,15 +13,22 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
+#include "authfile.h"
+#include "authquery.h"
 #include "cancel.h"
 #include "log.h"
+#include "login.h"
 #include "pgproto.h"
 #include "proxy.h"
 #include "rules.h"
 #include "session.h"
+#include "tls.h"
 #include "track.h"
 #include "translate.h"
 
@@ -41,7 +48,9 @@
 
 enum conn_state {
     CONN_STARTUP,    /* reading the client's startup-phase packets */
-    CONN_CONNECTING, /* StartupMessage read; connecting to the server */
+    CONN_AUTH,       /* auth_type = scram-sha-256: the proxy authenticates the client */
+    CONN_CONNECTING, /* the client may log in; connecting to the server */
+    CONN_SERVER_TLS, /* SSLRequest sent to the server, or the handshake under way */
     CONN_LOGIN,      /* relaying authentication until the first ReadyForQuery */
     CONN_ACTIVE,     /* relaying the session, tracking its requests */
     CONN_CLOSING,    /* flushing what each side still has to read */
@@ -139,6 +148,14 @@ struct conn {
     bool charset_utf8;          /* the server counts error positions in UTF-8 */
     bool scs_off;               /* standard_conforming_strings = off */
 
+    /* TLS and authentication. */
+    bool client_tls;            /* the client connection is TLS */
+    bool server_tls;            /* the server connection is TLS */
+    uint8_t server_cb[EVP_MAX_MD_SIZE]; /* the server certificate's binding data */
+    size_t server_cb_len;
+    struct login *login;        /* the proxy's part of the login (auth_type = scram-sha-256) */
+    struct authquery *lookup;   /* auth_query under way */
+
     bool counted;               /* holds a max_client_conn slot */
     bool stop_when_idle;        /* the proxy is shutting down */
     bool server_said_fatal;     /* the server explained its own goodbye */
@@ -163,6 +180,10 @@ static void write_cb(struct bufferevent *bev, void *arg);
 static void client_event_cb(struct bufferevent *bev, short what, void *arg);
 static void server_event_cb(struct bufferevent *bev, short what, void *arg);
 static void close_pair(struct conn *c, const char *reason);
+struct sink;
+enum taken;
+static enum taken take_auth_request(struct conn *c, const uint8_t *msg, size_t total,
+                                    struct sink *k);
 
 struct conn *conn_next(struct conn *c)
 {
@@ -268,6 +289,11 @@ static void free_pair(struct conn *c)
     p->stats.track_desyncs += c->track.desyncs;
     track_free(&c->track);
     session_free(&c->session);
+    authquery_cancel(c->lookup);
+    if (c->login) {
+        login_free(c->login);
+        free(c->login);
+    }
     free(c->held_error);
     if (c->catalog) {
         catalog_free(c->catalog);
@@ -505,6 +531,8 @@ static enum handling server_handling(const struct conn *c, char type)
     case 'E':
     case 'S':
         return HANDLE_TAKE;
+    case 'R':
+        return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_STREAM;
     case 'Z':
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_PEEK;
     default:
@@ -1402,6 +1430,8 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
     if (answers_injected(c, type))
         return take_injected_reply(c, (enum inject)head->tag, type, msg, total, k);
     switch (type) {
+    case 'R':
+        return take_auth_request(c, msg, total, k);
     case 'S':
         note_parameter(c, body, len);
         break;
@@ -1616,6 +1646,73 @@ static void login_timeout_cb(evutil_socket_t fd, short what, void *arg)
                 "login timeout");
 }
 
+/* The socket of a plaintext bufferevent goes on under TLS: the plain one is
+ * freed without closing it. NULL when that cannot be had (the socket is
+ * then closed and ssl freed). */
+static struct bufferevent *swap_to_tls(struct conn *c, struct bufferevent *plain, SSL *ssl,
+                                       enum bufferevent_ssl_state role,
+                                       bufferevent_data_cb read_cb,
+                                       bufferevent_event_cb event_cb)
+{
+    evutil_socket_t fd = bufferevent_getfd(plain);
+    struct bufferevent *bev;
+
+    bufferevent_setfd(plain, -1);
+    bufferevent_free(plain);
+    bev = bufferevent_openssl_socket_new(c->proxy->base, fd, ssl, role, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev) {
+        SSL_free(ssl);
+        evutil_closesocket(fd);
+        return NULL;
+    }
+    /* A peer that closes without close_notify ends the stream, nothing worse. */
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    setup_bufferevent(bev, c, read_cb, event_cb);
+    bufferevent_enable(bev, EV_READ | EV_WRITE);
+    return bev;
+}
+
+/* SSLRequest answered 'S': the rest of the connection is TLS. */
+static bool accept_tls(struct conn *c)
+{
+    SSL *ssl = SSL_new(c->proxy->client_ssl_ctx);
+    evutil_socket_t fd = bufferevent_getfd(c->client);
+
+    /* Anything already here came in plaintext after the SSLRequest, where
+     * only the TLS handshake may follow: someone is injecting. */
+    if (evbuffer_get_length(bufferevent_get_input(c->client)) > 0) {
+        SSL_free(ssl);
+        c->proxy->stats.protocol_violations++;
+        close_pair(c, "unencrypted data after SSLRequest");
+        return false;
+    }
+    /* 'S' must be on the wire before the handshake: one byte on a fresh
+     * socket, written at once. */
+    if (!ssl || send(fd, "S", 1, MSG_NOSIGNAL) != 1) {
+        SSL_free(ssl);
+        close_pair(c, "cannot start TLS");
+        return false;
+    }
+    c->client = swap_to_tls(c, c->client, ssl, BUFFEREVENT_SSL_ACCEPTING, client_read_cb,
+                            client_event_cb);
+    if (!c->client) {
+        close_pair(c, "out of memory starting TLS");
+        return false;
+    }
+    c->client_tls = true;
+    return true;
+}
+
+static void send_startup(struct conn *c)
+{
+    c->state = CONN_LOGIN;
+    bufferevent_set_timeouts(c->server, NULL, NULL);
+    bufferevent_write_buffer(c->server, c->startup);
+    evbuffer_free(c->startup);
+    c->startup = NULL;
+    relay(c, TO_SERVER);
+}
+
 static void connect_server(struct conn *c)
 {
     struct proxy *p = c->proxy;
@@ -1628,7 +1725,7 @@ static void connect_server(struct conn *c)
     }
     setup_bufferevent(c->server, c, server_read_cb, server_event_cb);
     struct timeval timeout = { p->cfg->server_connect_timeout, 0 };
-    bufferevent_set_timeouts(c->server, NULL, &timeout);
+    bufferevent_set_timeouts(c->server, &timeout, &timeout);
     c->state = CONN_CONNECTING;
     if (!proxy_connect_server(p, c->server, &why)) {
         char name[256], msg[512];
@@ -1636,6 +1733,271 @@ static void connect_server(struct conn *c)
                  proxy_server_name(p, name, sizeof(name)), why);
         fail_client(c, "08001", msg, "server unreachable");
     }
+}
+
+/* The server's answer to the proxy's SSLRequest. */
+static void read_tls_answer(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->server);
+    enum tls_mode mode = c->proxy->cfg->server_tls.mode;
+    char name[256], msg[512];
+    uint8_t answer;
+
+    if (evbuffer_remove(in, &answer, 1) != 1)
+        return;
+    if (answer == 'N' && mode == TLS_PREFER) {
+        send_startup(c);
+        return;
+    }
+    proxy_server_name(c->proxy, name, sizeof(name));
+    if (answer == 'N') {
+        snprintf(msg, sizeof(msg), "idemproxy: the server at %s does not accept TLS, and "
+                 "server_tls_sslmode = %s", name, tls_mode_name(mode));
+        fail_client(c, "08001", msg, "server refused TLS");
+        return;
+    }
+    /* Bytes after 'S' would have come in plaintext: not from a server. */
+    if (answer != 'S' || evbuffer_get_length(in) > 0) {
+        snprintf(msg, sizeof(msg), "idemproxy: the server at %s gave an invalid answer to "
+                 "SSLRequest", name);
+        fail_client(c, "08P01", msg, "protocol violation by server");
+        return;
+    }
+    SSL *ssl = SSL_new(c->proxy->server_ssl_ctx);
+    if (!ssl || !tls_server_ssl_setup(ssl, mode, c->proxy->cfg->server_host)) {
+        SSL_free(ssl);
+        fail_client(c, "53200", "out of memory", "out of memory");
+        return;
+    }
+    c->server = swap_to_tls(c, c->server, ssl, BUFFEREVENT_SSL_CONNECTING, server_read_cb,
+                            server_event_cb);
+    if (!c->server) {
+        fail_client(c, "53200", "out of memory", "out of memory");
+        return;
+    }
+    struct timeval timeout = { c->proxy->cfg->server_connect_timeout, 0 };
+    bufferevent_set_timeouts(c->server, &timeout, &timeout);
+    c->server_tls = true;
+}
+
+/* The handshake with the server is done (and its certificate checked as
+ * server_tls_sslmode asks, by OpenSSL during it). */
+static void server_tls_ready(struct conn *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->server);
+    X509 *cert = SSL_get1_peer_certificate(ssl);
+
+    c->server_cb_len = cert ? tls_server_end_point(cert, c->server_cb) : 0;
+    X509_free(cert);
+    conn_log(LOG_DEBUG, c, "TLS to the server: %s %s", SSL_get_version(ssl),
+             SSL_get_cipher_name(ssl));
+    send_startup(c);
+}
+
+/* Why the TLS handshake with the server failed, for the client. */
+static void server_tls_failed(struct conn *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->server);
+    const char *refused = ssl ? tls_verify_error(ssl) : NULL;
+    unsigned long ssl_err = bufferevent_get_openssl_error(c->server);
+    char name[256], msg[512], err[256] = "the handshake failed";
+
+    /* libevent has taken OpenSSL's error off its queue already. */
+    if (refused)
+        snprintf(err, sizeof(err), "certificate verify failed: %s", refused);
+    else if (ssl_err)
+        ERR_error_string_n(ssl_err, err, sizeof(err));
+    snprintf(msg, sizeof(msg), "idemproxy: TLS with the server at %s failed (server_tls_sslmode "
+             "= %s): %s", proxy_server_name(c->proxy, name, sizeof(name)),
+             tls_mode_name(c->proxy->cfg->server_tls.mode), err);
+    conn_log(LOG_WARNING, c, "%s", msg + strlen("idemproxy: "));
+    fail_client(c, "08001", msg, "server TLS failed");
+}
+
+/* ---- the proxy authenticating the client -------------------------------- */
+
+static void auth_failed(struct conn *c, const char *why)
+{
+    char msg[256];
+
+    conn_log(LOG_INFO, c, "authentication failed: %s", why);
+    snprintf(msg, sizeof(msg), "password authentication failed for user \"%s\"",
+             c->user ? c->user : "");
+    fail_client(c, "28P01", msg, "authentication failed");
+}
+
+/* Starts SCRAM with the client against secret_text (NULL: no such user). */
+static void start_sasl(struct conn *c, const char *secret_text)
+{
+    struct proxy *p = c->proxy;
+    struct scram_secret secret;
+    bool known = secret_text && scram_secret_parse(secret_text, &secret);
+    uint8_t out[LOGIN_MSG_MAX];
+    size_t len;
+
+    if (secret_text && !known)
+        conn_log(LOG_WARNING, c, "the stored secret of this user is not a SCRAM-SHA-256 "
+                 "secret, so SCRAM cannot check it");
+    c->login = malloc(sizeof(*c->login));
+    if (!c->login) {
+        fail_client(c, "53200", "out of memory", "out of memory");
+        return;
+    }
+    login_start(c->login, known ? &secret : NULL, c->user ? c->user : "", p->mock_key,
+                c->client_tls, p->client_cb, p->client_cb_len, out, &len);
+    OPENSSL_cleanse(&secret, sizeof(secret));
+    bufferevent_write(c->client, out, len);
+}
+
+static void lookup_done(void *arg, const char *secret, const char *error)
+{
+    struct conn *c = arg;
+
+    c->lookup = NULL;
+    if (error) {
+        conn_log(LOG_WARNING, c, "%s", error);
+        fail_client(c, "28000", "idemproxy: cannot look the user up (auth_query failed; "
+                    "see idemproxy's log)", "auth_query failed");
+        return;
+    }
+    start_sasl(c, secret);
+    client_read_cb(c->client, c);
+}
+
+/* auth_type = scram-sha-256: the secret comes from auth_file, else from
+ * auth_query; a user found nowhere goes through a mock exchange. */
+static void begin_auth(struct conn *c)
+{
+    struct proxy *p = c->proxy;
+    const struct config *cfg = p->cfg;
+    const char *user = c->user ? c->user : "";
+    enum auth_secret_kind kind;
+    const char *secret = p->auth_file ? authfile_secret(p->auth_file, user, &kind) : NULL;
+
+    c->state = CONN_AUTH;
+    if (secret || !cfg->auth_user) {
+        start_sasl(c, secret);
+        return;
+    }
+    const char *auth_password =
+        p->auth_file ? authfile_secret(p->auth_file, cfg->auth_user, &kind) : NULL;
+    if (auth_password && kind != AUTH_SECRET_PLAIN)
+        auth_password = NULL;
+    c->lookup = authquery_start(p->base, cfg, auth_password, c->database, user, lookup_done, c);
+    if (!c->lookup)
+        fail_client(c, "53200", "out of memory", "out of memory");
+}
+
+/* The client's SASL messages while the proxy authenticates it. */
+static void read_auth(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->client);
+    uint8_t raw[PG_HEAD_LEN], out[LOGIN_MSG_MAX];
+    struct pg_msg_head head;
+    const char *why = NULL;
+    size_t len;
+
+    while (c->state == CONN_AUTH && c->login &&
+           evbuffer_copyout(in, raw, sizeof(raw)) == (ev_ssize_t)sizeof(raw)) {
+        if (pg_msg_head(raw, sizeof(raw), &head) != PG_NEXT_OK || head.len > LOGIN_MSG_MAX ||
+            (head.type != 'p' && head.type != 'X')) {
+            fail_client(c, "08P01", "invalid authentication message",
+                        "protocol violation by client");
+            return;
+        }
+        if (head.type == 'X') {
+            close_pair(c, "client left during authentication");
+            return;
+        }
+        if (evbuffer_get_length(in) < (size_t)head.len + 1)
+            return;
+        const uint8_t *msg = evbuffer_pullup(in, (ev_ssize_t)head.len + 1);
+        enum login_step step = login_client_msg(c->login, msg + PG_HEAD_LEN, head.len - 4, out,
+                                                &len, &why);
+        evbuffer_drain(in, (size_t)head.len + 1);
+        switch (step) {
+        case LOGIN_SEND:
+            bufferevent_write(c->client, out, len);
+            break;
+        case LOGIN_CLIENT_OK:
+            bufferevent_write(c->client, out, len);
+            conn_log(LOG_DEBUG, c, "client authenticated%s",
+                     c->login->with_client.plus ? " with channel binding" : "");
+            connect_server(c);
+            return;
+        default:
+            auth_failed(c, why);
+            return;
+        }
+    }
+}
+
+/* An Authentication request from the server during login. With
+ * auth_type = scram-sha-256 the proxy answers it with the client's
+ * ClientKey; when relaying, it keeps SCRAM relayable. */
+static enum taken take_auth_request(struct conn *c, const uint8_t *msg, size_t total,
+                                    struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, out_len = 0;
+    uint8_t out[LOGIN_MSG_MAX];
+    const char *why = NULL;
+
+    if (c->login) {
+        switch (login_server_msg(c->login, body, len, c->server_tls, c->server_cb,
+                                 c->server_cb_len, out, &out_len, &why)) {
+        case LOGIN_SERVER_SEND:
+            bufferevent_write(c->server, out, out_len);
+            return TAKEN_DROPPED;
+        case LOGIN_WAIT:
+            return TAKEN_DROPPED;
+        case LOGIN_SERVER_OK:
+            login_free(c->login);
+            free(c->login);
+            c->login = NULL;
+            return TAKEN_FORWARD;
+        default: {
+            char text[512];
+            snprintf(text, sizeof(text), "idemproxy: could not log in to the server as \"%s\": %s",
+                     c->user ? c->user : "", why);
+            conn_log(LOG_WARNING, c, "%s", text + strlen("idemproxy: "));
+            fail_client(c, "28000", text, "server login failed");
+            return TAKEN_CLOSED;
+        }
+        }
+    }
+    uint32_t code;
+    const uint8_t *data;
+    size_t data_len;
+    if (!pg_auth_request(body, len, &code, &data, &data_len) || code != PG_AUTH_SASL ||
+        !c->server_tls)
+        return TAKEN_FORWARD;
+    /* SCRAM over the proxy's TLS to the server: a client binding to its
+     * own TLS would bind to the proxy's certificate, not the server's. */
+    if (c->client_tls) {
+        fail_client(c, "28000", "idemproxy cannot relay SCRAM authentication when both the "
+                    "client's and the server's connections to it use TLS (channel binding ties "
+                    "SCRAM to one TLS connection): set auth_type = scram-sha-256 in idemproxy's "
+                    "configuration, or turn TLS off on one of the two legs",
+                    "SCRAM not relayable over TLS on both legs");
+        return TAKEN_CLOSED;
+    }
+    /* A plaintext client cannot bind: it must not be offered PLUS. */
+    out_len = login_relayable_mechanisms(data, data_len, out);
+    if (!out_len)
+        return TAKEN_FORWARD;
+    sink_write(k, out, out_len);
+    return TAKEN_REPLACED;
+}
+
+/* The client's certificate must name the user under verify-full. */
+static bool client_cert_matches(struct conn *c)
+{
+    char cn[256];
+    SSL *ssl = bufferevent_openssl_get_ssl(c->client);
+
+    return ssl && tls_peer_common_name(ssl, cn, sizeof(cn)) && c->user &&
+           strcmp(cn, c->user) == 0;
 }
 
 /* Handles one whole startup-phase packet (len bytes at the front of in).
@@ -1659,8 +2021,10 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
             return false;
         }
         evbuffer_drain(in, len);
-        /* Neither TLS nor GSS encryption here: the client may go on in
-         * plaintext on the same connection. */
+        if (su.kind == PG_STARTUP_SSL_REQUEST && p->client_ssl_ctx && !c->client_tls)
+            return accept_tls(c);
+        /* No GSS encryption, and TLS only once: the client may go on in
+         * plaintext (or as it is) on the same connection. */
         bufferevent_write(c->client, "N", 1);
         return true;
 
@@ -1688,6 +2052,17 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
         fail_client(c, "57P03", "idemproxy is shutting down", "refused: shutting down");
         return false;
     }
+    enum tls_mode tls = p->cfg->client_tls.mode;
+    if (tls >= TLS_REQUIRE && !c->client_tls) {
+        fail_client(c, "28000", "idemproxy: TLS is required (client_tls_sslmode = require): "
+                    "connect with sslmode=require", "refused: plaintext");
+        return false;
+    }
+    if (tls == TLS_VERIFY_FULL && c->client_tls && !client_cert_matches(c)) {
+        fail_client(c, "28000", "idemproxy: the client certificate does not name this user "
+                    "(client_tls_sslmode = verify-full)", "refused: certificate user");
+        return false;
+    }
     if (p->client_count >= p->cfg->max_client_conn) {
         char msg[128];
         snprintf(msg, sizeof(msg), "sorry, too many clients already (max_client_conn = %d)",
@@ -1698,7 +2073,8 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
     c->counted = true;
     p->client_count++;
     p->stats.clients_total++;
-    conn_log(LOG_DEBUG, c, "login%s%s", su.application_name ? " application_name=" : "",
+    conn_log(LOG_DEBUG, c, "login%s%s%s", c->client_tls ? " over TLS" : "",
+             su.application_name ? " application_name=" : "",
              su.application_name ? su.application_name : "");
 
     c->startup = evbuffer_new();
@@ -1706,15 +2082,18 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
         fail_client(c, "53200", "out of memory", "out of memory");
         return false;
     }
-    connect_server(c);
-    return c->state == CONN_CONNECTING;
+    if (p->cfg->auth_type == AUTH_SCRAM)
+        begin_auth(c);
+    else
+        connect_server(c);
+    return c->state == CONN_CONNECTING || c->state == CONN_AUTH;
 }
 
 static void read_startup(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->client);
-
     while (c->state == CONN_STARTUP) {
+        /* The buffer changes when the connection turns to TLS. */
+        struct evbuffer *in = bufferevent_get_input(c->client);
         uint8_t raw[4];
         if (evbuffer_copyout(in, raw, sizeof(raw)) < (ev_ssize_t)sizeof(raw))
             return;
@@ -1733,6 +2112,8 @@ static void read_startup(struct conn *c)
             return;
         hold_done(c, TO_SERVER);
     }
+    if (c->state == CONN_AUTH)
+        read_auth(c);
 }
 
 /* ---- callbacks --------------------------------------------------------- */
@@ -1764,7 +2145,11 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
     case CONN_STARTUP:
         read_startup(c);
         break;
+    case CONN_AUTH:
+        read_auth(c);
+        break;
     case CONN_CONNECTING:
+    case CONN_SERVER_TLS:
         /* The client has nothing to say before the server asks; what it
          * sends anyway waits in the input buffer, within its limit. */
         break;
@@ -1801,7 +2186,12 @@ static void server_read_cb(struct bufferevent *bev, void *arg)
         }
         close_if_idle(c);
         break;
+    case CONN_SERVER_TLS:
+        if (!c->server_tls)
+            read_tls_answer(c);
+        break;
     case CONN_STARTUP:
+    case CONN_AUTH:
     case CONN_CONNECTING:
     case CONN_CLOSING:
         break;
@@ -1810,12 +2200,19 @@ static void server_read_cb(struct bufferevent *bev, void *arg)
 
 static const char *socket_error_text(struct bufferevent *bev, short what)
 {
+    static char tls[256];
     int dns_err = bufferevent_socket_get_dns_error(bev);
+    unsigned long ssl_err = bufferevent_openssl_get_ssl(bev) ? bufferevent_get_openssl_error(bev)
+                                                             : 0;
 
     if (dns_err)
         return evutil_gai_strerror(dns_err);
     if (what & BEV_EVENT_TIMEOUT)
         return "timed out";
+    if (ssl_err) {
+        ERR_error_string_n(ssl_err, tls, sizeof(tls));
+        return tls;
+    }
     int err = EVUTIL_SOCKET_ERROR();
     return err ? evutil_socket_error_to_string(err) : "connection closed";
 }
@@ -1824,6 +2221,12 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
 
+    if (what & BEV_EVENT_CONNECTED) {
+        SSL *ssl = bufferevent_openssl_get_ssl(bev);
+        conn_log(LOG_DEBUG, c, "TLS with the client: %s %s", SSL_get_version(ssl),
+                 SSL_get_cipher_name(ssl));
+        return;
+    }
     if (c->state == CONN_CLOSING) {
         bufferevent_free(c->client);
         c->client = NULL;
@@ -1848,15 +2251,20 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
 
     if (what & BEV_EVENT_CONNECTED) {
-        bufferevent_set_timeouts(bev, NULL, NULL);
+        if (c->state == CONN_SERVER_TLS) {
+            server_tls_ready(c);
+            return;
+        }
         set_nodelay(bev);
-        c->state = CONN_LOGIN;
-        bufferevent_write_buffer(bev, c->startup);
-        evbuffer_free(c->startup);
-        c->startup = NULL;
         bufferevent_enable(bev, EV_READ | EV_WRITE);
         conn_log(LOG_DEBUG, c, "server connected");
-        relay(c, TO_SERVER);
+        if (!c->proxy->server_ssl_ctx) {
+            send_startup(c);
+            return;
+        }
+        static const uint8_t ssl_request[8] = { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f };
+        c->state = CONN_SERVER_TLS;
+        bufferevent_write(bev, ssl_request, sizeof(ssl_request));
         return;
     }
     if (c->state == CONN_CLOSING) {
@@ -1865,7 +2273,11 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
         maybe_free(c);
         return;
     }
-    if (c->state == CONN_CONNECTING) {
+    if (c->state == CONN_SERVER_TLS && c->server_tls) {
+        server_tls_failed(c);
+        return;
+    }
+    if (c->state == CONN_CONNECTING || c->state == CONN_SERVER_TLS) {
         char name[256], msg[512];
         snprintf(msg, sizeof(msg), "idemproxy: could not connect to server at %s: %s",
                  proxy_server_name(c->proxy, name, sizeof(name)), socket_error_text(bev, what));
@@ -1952,7 +2364,7 @@ void conn_terminate(struct conn *c)
 void conn_shutdown(struct conn *c)
 {
     c->stop_when_idle = true;
-    if (c->state == CONN_STARTUP)
+    if (c->state == CONN_STARTUP || c->state == CONN_AUTH)
         close_pair(c, "proxy shutdown before login");
     else
         close_if_idle(c);

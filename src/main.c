@@ -11,7 +11,9 @@
 
 #include <event2/event.h>
 
+#include "authfile.h"
 #include "proxy.h"
+#include "tls.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/idemproxy/idemproxy.ini"
 
@@ -50,6 +52,34 @@ static void usage(FILE *out)
 "  server_connect_timeout  seconds to wait for the server's TCP connect [10]\n"
 "  shutdown_timeout        seconds SIGTERM waits for busy clients [30]\n"
 "\n"
+"TLS (keys as PgBouncer names them):\n"
+"  client_tls_sslmode      disable | allow | prefer | require | verify-ca |\n"
+"                          verify-full: TLS for clients; require refuses\n"
+"                          plaintext, verify-* demand a client certificate\n"
+"                          signed by client_tls_ca_file (verify-full: its CN\n"
+"                          is the user name) [disable]\n"
+"  client_tls_cert_file    the proxy's certificate (chain) for clients\n"
+"  client_tls_key_file     its private key\n"
+"  client_tls_ca_file      CA for client certificates\n"
+"  client_tls_protocols    secure | all | tlsv1.2,tlsv1.3 [secure: 1.2 and 1.3]\n"
+"  client_tls_ciphers      OpenSSL cipher list for TLS 1.2 [OpenSSL's]\n"
+"  server_tls_sslmode      disable | prefer | require | verify-ca | verify-full:\n"
+"                          TLS to PostgreSQL; verify-full also checks the\n"
+"                          certificate names server_host [disable]\n"
+"  server_tls_ca_file      CA for the server's certificate\n"
+"  server_tls_cert_file    a client certificate for the server, with\n"
+"  server_tls_key_file     its key\n"
+"  server_tls_protocols, server_tls_ciphers   as for clients\n"
+"\n"
+"Authentication:\n"
+"  auth_type               passthrough (the server authenticates) |\n"
+"                          scram-sha-256 (idemproxy does, then logs in to the\n"
+"                          server with the client's SCRAM key) [passthrough]\n"
+"  auth_file               secrets, PgBouncer's userlist.txt format\n"
+"  auth_user               role that runs auth_query for users not in auth_file\n"
+"  auth_query              [SELECT usename, passwd FROM pg_shadow WHERE\n"
+"                          usename = $1]\n"
+"\n"
 "\n"
 "Section [table schema.name] registers a table whose INSERTs are rewritten\n"
 "to their ON CONFLICT form:\n"
@@ -65,6 +95,34 @@ static void usage(FILE *out)
 "  search_path             schemas in which a name without a schema is looked\n"
 "                          up, in order [public]\n"
 "  translate_errors        on | off [on]\n");
+}
+
+/* What the proxy would load besides the file itself: certificates, keys,
+ * the auth_file. Says what is wrong on stderr. */
+static bool credentials_usable(const struct config *cfg)
+{
+    char why[512], err[CONFIG_ERR_LEN];
+    bool ok = true;
+    SSL_CTX *ctx = tls_client_context(cfg, why, sizeof(why));
+
+    if (!ctx && cfg->client_tls.mode != TLS_DISABLE) {
+        fprintf(stderr, "%s: client TLS: %s\n", cfg->path, why);
+        ok = false;
+    }
+    SSL_CTX_free(ctx);
+    ctx = tls_server_context(cfg, why, sizeof(why));
+    if (!ctx && cfg->server_tls.mode != TLS_DISABLE) {
+        fprintf(stderr, "%s: server TLS: %s\n", cfg->path, why);
+        ok = false;
+    }
+    SSL_CTX_free(ctx);
+    struct auth_file *auth = cfg->auth_file ? authfile_load(cfg->auth_file, err) : NULL;
+    if (cfg->auth_file && !auth) {
+        fprintf(stderr, "%s\n", err);
+        ok = false;
+    }
+    authfile_free(auth);
+    return ok;
 }
 
 int main(int argc, char **argv)
@@ -101,9 +159,11 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
-        printf("%s: configuration is valid\n", path);
+        bool usable = credentials_usable(cfg);
+        if (usable)
+            printf("%s: configuration is valid\n", path);
         config_free(cfg);
-        return 0;
+        return usable ? 0 : 1;
     }
 
     /* A client that vanishes must not kill the process on the next write. */

@@ -11,8 +11,11 @@
 #include <event2/dns.h>
 #include <event2/listener.h>
 
+#include <openssl/rand.h>
+
 #include "conn.h"
 #include "log.h"
+#include "tls.h"
 
 #define LISTEN_BACKLOG 1024
 
@@ -207,6 +210,52 @@ static void log_rule_counters(const struct ruleset *rs)
     }
 }
 
+/* Builds the TLS contexts and loads auth_file for cfg. At start a failure
+ * stops the proxy; on reload it keeps what it had, so that open and new
+ * connections go on, and says why. */
+static bool load_credentials(struct proxy *p, const struct config *cfg, bool starting)
+{
+    char why[512], err[CONFIG_ERR_LEN];
+    SSL_CTX *client = tls_client_context(cfg, why, sizeof(why));
+    bool ok = true;
+
+    if (!client && cfg->client_tls.mode != TLS_DISABLE) {
+        log_error("client TLS: %s%s", why, starting ? "" : "; keeping the current context");
+        ok = false;
+    }
+    SSL_CTX *server = tls_server_context(cfg, why, sizeof(why));
+    if (!server && cfg->server_tls.mode != TLS_DISABLE) {
+        log_error("server TLS: %s%s", why, starting ? "" : "; keeping the current context");
+        ok = false;
+    }
+    struct auth_file *auth = NULL;
+    if (cfg->auth_file && !(auth = authfile_load(cfg->auth_file, err))) {
+        log_error("%s%s", err, starting ? "" : "; keeping the current auth_file");
+        ok = false;
+    }
+    if (!ok && starting) {
+        SSL_CTX_free(client);
+        SSL_CTX_free(server);
+        authfile_free(auth);
+        return false;
+    }
+    if (client || cfg->client_tls.mode == TLS_DISABLE) {
+        X509 *cert = client ? SSL_CTX_get0_certificate(client) : NULL;
+        SSL_CTX_free(p->client_ssl_ctx);
+        p->client_ssl_ctx = client;
+        p->client_cb_len = cert ? tls_server_end_point(cert, p->client_cb) : 0;
+    }
+    if (server || cfg->server_tls.mode == TLS_DISABLE) {
+        SSL_CTX_free(p->server_ssl_ctx);
+        p->server_ssl_ctx = server;
+    }
+    if (auth || !cfg->auth_file) {
+        authfile_free(p->auth_file);
+        p->auth_file = auth;
+    }
+    return ok;
+}
+
 /* Makes rs the current rules; connections move over when they are idle. */
 static void install_rules(struct proxy *p, struct ruleset *rs)
 {
@@ -236,6 +285,7 @@ static void reload(struct proxy *p)
     }
     apply_logging(ruleset_config(rs));
     install_rules(p, rs);
+    load_credentials(p, p->cfg, false);
     log_info("configuration reloaded from %s", p->cfg->path);
 }
 
@@ -271,6 +321,8 @@ bool proxy_init(struct proxy *p, struct config *cfg)
     }
     install_rules(p, rs);
     apply_logging(cfg);
+    if (RAND_bytes(p->mock_key, sizeof(p->mock_key)) != 1 || !load_credentials(p, cfg, true))
+        return false;
     p->base = event_base_new();
     if (!p->base) {
         log_error("cannot create the event loop");
@@ -330,5 +382,8 @@ void proxy_free(struct proxy *p)
     if (p->base)
         event_base_free(p->base);
     ruleset_unref(p->rules);
+    SSL_CTX_free(p->client_ssl_ctx);
+    SSL_CTX_free(p->server_ssl_ctx);
+    authfile_free(p->auth_file);
     memset(p, 0, sizeof(*p));
 }

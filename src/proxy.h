@@ -15,9 +15,12 @@
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <openssl/ssl.h>
 
+#include "authfile.h"
 #include "config.h"
 #include "rules.h"
+#include "scram.h"
 
 struct conn;
 
@@ -33,6 +36,14 @@ struct proxy {
     struct evdns_base *dns;
     struct ruleset *rules;    /* the current rules; replaced whole on reload */
     const struct config *cfg; /* the snapshot they were built from */
+
+    /* Credentials, rebuilt on reload; a broken new one leaves the old. */
+    SSL_CTX *client_ssl_ctx;  /* NULL: clients are refused TLS */
+    SSL_CTX *server_ssl_ctx;  /* NULL: plaintext to the server */
+    uint8_t client_cb[EVP_MAX_MD_SIZE]; /* the proxy certificate's channel binding data */
+    size_t client_cb_len;
+    struct auth_file *auth_file;
+    uint8_t mock_key[SCRAM_KEY_LEN]; /* for the mock secrets of unknown users */
     struct evconnlistener *listener;
     struct event *sig_term, *sig_int, *sig_hup;
     struct event *shutdown_timer;

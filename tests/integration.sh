@@ -98,6 +98,18 @@ free_port() {
     "${TEST_BINS[0]}" --free-port
 }
 
+# ---- certificates ---------------------------------------------------------
+# A test CA, the server's certificate (for localhost only), the proxy's and
+# a client's, for the TLS tests; PostgreSQL runs with TLS on.
+CERTS=$TMP/certs
+bash "$(dirname "$0")/tls/make-certs.sh" "$CERTS" "$PGSUPER" >"$TMP/certs.log" 2>&1 \
+    || { cat "$TMP/certs.log"; exit 1; }
+PGSSL=$TMP/pgssl
+mkdir -p "$PGSSL"
+cp "$CERTS/server.crt" "$CERTS/server.key" "$CERTS/ca.crt" "$PGSSL/"
+[ -n "$AS" ] && chown -R postgres: "$PGSSL"
+chmod 600 "$PGSSL/server.key"
+
 # ---- the scratch cluster --------------------------------------------------
 PGPORT=$(free_port)
 echo "integration.sh: PostgreSQL on 127.0.0.1:$PGPORT in $PGDATA"
@@ -113,6 +125,10 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 300
 lc_messages = 'C'
+ssl = on
+ssl_cert_file = '$PGSSL/server.crt'
+ssl_key_file = '$PGSSL/server.key'
+ssl_ca_file = '$PGSSL/ca.crt'
 EOF
 cat >"$PGDATA/pg_hba.conf" <<EOF
 local all all                trust
@@ -145,6 +161,7 @@ export IDEM_TEST_PGBIN=$PG_BINDIR
 export IDEM_TEST_PGUSER=$PGSUPER
 export IDEM_TEST_AS=$AS
 export IDEM_TEST_TMP=$WORK
+export IDEM_TEST_CERTS=$CERTS
 
 # ---- the C tests ------------------------------------------------------------
 start=$(date +%s)
