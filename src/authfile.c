@@ -223,51 +223,14 @@ struct auth_file *authfile_parse(const char *text, size_t len, const char *filen
     return p.file;
 }
 
-/* Grows buf to cap bytes, wiping the old copy: the text holds secrets. */
-static char *grow(char *buf, size_t len, size_t cap)
-{
-    char *grown = malloc(cap);
-
-    if (grown && len > 0)
-        memcpy(grown, buf, len);
-    if (buf) {
-        OPENSSL_cleanse(buf, len);
-        free(buf);
-    }
-    return grown;
-}
-
 struct auth_file *authfile_load(const char *path, char err[CONFIG_ERR_LEN])
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, CONFIG_ERR_LEN, "%s: cannot open: %s", path, strerror(errno));
+    size_t len;
+    char *text = config_read_file(path, &len, true, err);
+
+    if (!text)
         return NULL;
-    }
-    char *text = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (cap - len < 4096) {
-            cap = cap ? cap * 2 : 8192;
-            text = grow(text, len, cap);
-            if (!text) {
-                fclose(f);
-                snprintf(err, CONFIG_ERR_LEN, "%s: out of memory", path);
-                return NULL;
-            }
-        }
-        size_t n = fread(text + len, 1, cap - len, f);
-        len += n;
-        if (n == 0)
-            break;
-    }
-    bool read_failed = ferror(f);
-    fclose(f);
-    struct auth_file *af = NULL;
-    if (read_failed)
-        snprintf(err, CONFIG_ERR_LEN, "%s: read error", path);
-    else
-        af = authfile_parse(text, len, path, err);
+    struct auth_file *af = authfile_parse(text, len, path, err);
     OPENSSL_cleanse(text, len);
     free(text);
     return af;

@@ -3,6 +3,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <ini.h>
+#include <openssl/crypto.h>
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -804,7 +805,20 @@ struct config *config_parse(const char *text, size_t len, const char *filename,
     return p.cfg;
 }
 
-struct config *config_load(const char *path, char err[CONFIG_ERR_LEN])
+/* Grows buf to cap bytes; with wipe, the old copy is cleansed first. */
+static char *grow(char *buf, size_t len, size_t cap, bool wipe)
+{
+    char *grown = malloc(cap);
+
+    if (grown && len > 0)
+        memcpy(grown, buf, len);
+    if (buf && wipe)
+        OPENSSL_cleanse(buf, len);
+    free(buf);
+    return grown;
+}
+
+char *config_read_file(const char *path, size_t *len, bool wipe, char err[CONFIG_ERR_LEN])
 {
     FILE *f = fopen(path, "rb");
     if (!f) {
@@ -812,31 +826,42 @@ struct config *config_load(const char *path, char err[CONFIG_ERR_LEN])
         return NULL;
     }
     char *text = NULL;
-    size_t len = 0, cap = 0;
+    size_t cap = 0;
+    *len = 0;
     for (;;) {
-        if (cap - len < 4096) {
+        if (cap - *len < 4096) {
             cap = cap ? cap * 2 : 8192;
-            char *grown = realloc(text, cap);
-            if (!grown) {
-                free(text);
+            text = grow(text, *len, cap, wipe);
+            if (!text) {
                 fclose(f);
                 snprintf(err, CONFIG_ERR_LEN, "%s: out of memory", path);
                 return NULL;
             }
-            text = grown;
         }
-        size_t n = fread(text + len, 1, cap - len, f);
-        len += n;
+        size_t n = fread(text + *len, 1, cap - *len, f);
+        *len += n;
         if (n == 0)
             break;
     }
     bool read_failed = ferror(f);
     fclose(f);
     if (read_failed) {
+        if (wipe)
+            OPENSSL_cleanse(text, *len);
         free(text);
         snprintf(err, CONFIG_ERR_LEN, "%s: read error", path);
         return NULL;
     }
+    return text;
+}
+
+struct config *config_load(const char *path, char err[CONFIG_ERR_LEN])
+{
+    size_t len;
+    char *text = config_read_file(path, &len, false, err);
+
+    if (!text)
+        return NULL;
     struct config *cfg = config_parse(text, len, path, err);
     free(text);
     return cfg;

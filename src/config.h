@@ -110,6 +110,11 @@ struct config {
 struct config *config_parse(const char *text, size_t len, const char *filename,
                             char err[CONFIG_ERR_LEN]);
 
+/* Reads a whole file into a malloc'ed buffer of *len bytes, or NULL with
+ * err "FILE: why". With wipe, every copy left behind on the way is
+ * cleansed: the text holds secrets. */
+char *config_read_file(const char *path, size_t *len, bool wipe, char err[CONFIG_ERR_LEN]);
+
 /* Reads and parses a file; errors as for config_parse(). */
 struct config *config_load(const char *path, char err[CONFIG_ERR_LEN]);
 
