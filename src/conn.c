@@ -7,16 +7,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 
 #include <event2/buffer.h>
-#include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/dns.h>
 #include <event2/event.h>
-#include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "authfile.h"
@@ -28,6 +24,7 @@
 #include "proxy.h"
 #include "rules.h"
 #include "session.h"
+#include "sock.h"
 #include "tls.h"
 #include "track.h"
 #include "translate.h"
@@ -36,8 +33,7 @@
  * from the other side; reading resumes when half of it has drained. */
 #define OUT_HIGH (256 * 1024)
 #define OUT_LOW (OUT_HIGH / 2)
-/* Bytes read from a socket at once, and the input kept unless a held
- * message needs more. */
+/* The input a side keeps unless a held message needs more. */
 #define READ_CHUNK (64 * 1024)
 /* How long a closing side may take to read what is left for it. */
 #define CLOSE_FLUSH_SECONDS 5
@@ -101,8 +97,12 @@ struct conn {
     uint64_t id;
     enum conn_state state;
 
-    struct bufferevent *client;
-    struct bufferevent *server;
+    struct sock *client;
+    struct sock *server;
+    struct evdns_getaddrinfo_request *resolving; /* the server's name, being looked up */
+    bool resolved_early;        /* the lookup ended inside evdns_getaddrinfo */
+    int resolve_result;
+    struct evutil_addrinfo *resolve_ai;
     struct evbuffer *startup;   /* the StartupMessage, until the server is there */
     struct event *login_timer;
 
@@ -174,11 +174,10 @@ struct conn {
                     (c)->database ? (c)->database : "-", ##__VA_ARGS__);            \
     } while (0)
 
-static void client_read_cb(struct bufferevent *bev, void *arg);
-static void server_read_cb(struct bufferevent *bev, void *arg);
-static void write_cb(struct bufferevent *bev, void *arg);
-static void client_event_cb(struct bufferevent *bev, short what, void *arg);
-static void server_event_cb(struct bufferevent *bev, short what, void *arg);
+static void client_read(struct conn *c);
+static void server_read(struct conn *c);
+static void client_sock_cb(struct sock *s, enum sock_event event, void *arg);
+static void server_sock_cb(struct sock *s, enum sock_event event, void *arg);
 static void close_pair(struct conn *c, const char *reason);
 struct sink;
 enum taken;
@@ -190,14 +189,21 @@ struct conn *conn_next(struct conn *c)
     return c->next;
 }
 
-static struct bufferevent *source_of(struct conn *c, enum direction d)
+static struct sock *source_of(struct conn *c, enum direction d)
 {
     return d == TO_SERVER ? c->client : c->server;
 }
 
-static struct bufferevent *sink_of(struct conn *c, enum direction d)
+static struct sock *sink_of(struct conn *c, enum direction d)
 {
     return d == TO_SERVER ? c->server : c->client;
+}
+
+/* Sends bytes the proxy writes itself, at once. */
+static void send_to(struct sock *s, const void *data, size_t len)
+{
+    evbuffer_add(sock_output(s), data, len);
+    sock_flush(s);
 }
 
 static void format_peer(char *buf, size_t len, const struct sockaddr *addr)
@@ -223,22 +229,12 @@ static void format_peer(char *buf, size_t len, const struct sockaddr *addr)
     }
 }
 
-static void set_nodelay(struct bufferevent *bev)
+static void set_nodelay(struct sock *s)
 {
     int one = 1;
-    evutil_socket_t fd = bufferevent_getfd(bev);
 
     /* Fails harmlessly on Unix sockets, which have no Nagle delay. */
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-}
-
-static void setup_bufferevent(struct bufferevent *bev, struct conn *c,
-                              bufferevent_data_cb read_cb, bufferevent_event_cb event_cb)
-{
-    bufferevent_setcb(bev, read_cb, write_cb, event_cb, c);
-    bufferevent_setwatermark(bev, EV_READ, 0, READ_CHUNK);
-    bufferevent_setwatermark(bev, EV_WRITE, OUT_LOW, 0);
-    bufferevent_set_max_single_read(bev, READ_CHUNK);
+    setsockopt(sock_fd(s), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 /* ---- messages the proxy writes itself ---------------------------------- */
@@ -254,12 +250,12 @@ static void send_client_error(struct conn *c, const char *severity,
     if (!c->client || c->stream_left[TO_CLIENT] != 0)
         return;
     if (need <= sizeof(buf)) {
-        bufferevent_write(c->client, buf, need);
+        send_to(c->client, buf, need);
         return;
     }
     uint8_t *big = malloc(need);
     if (big && pg_error_build(big, need, severity, sqlstate, message) == need)
-        bufferevent_write(c->client, big, need);
+        send_to(c->client, big, need);
     free(big);
 }
 
@@ -276,10 +272,10 @@ static void free_pair(struct conn *c)
 {
     struct proxy *p = c->proxy;
 
-    if (c->client)
-        bufferevent_free(c->client);
-    if (c->server)
-        bufferevent_free(c->server);
+    sock_free(c->client);
+    sock_free(c->server);
+    if (c->resolving)
+        evdns_getaddrinfo_cancel(c->resolving);
     if (c->startup)
         evbuffer_free(c->startup);
     if (c->login_timer)
@@ -313,24 +309,19 @@ static void free_pair(struct conn *c)
 }
 
 /* Frees one side now if it has nothing left to write, else once it has
- * written it (or after CLOSE_FLUSH_SECONDS). */
-static void close_side(struct bufferevent **side)
+ * written it (or after CLOSE_FLUSH_SECONDS): SOCK_CLOSED. */
+static void close_side(struct sock **side)
 {
-    struct bufferevent *bev = *side;
+    struct sock *s = *side;
 
-    if (!bev)
+    if (!s)
         return;
-    bufferevent_disable(bev, EV_READ);
-    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0 ||
-        bufferevent_getfd(bev) < 0) {
-        bufferevent_free(bev);
+    if (evbuffer_get_length(sock_output(s)) == 0 || sock_fd(s) < 0) {
+        sock_free(s);
         *side = NULL;
         return;
     }
-    struct timeval flush = { CLOSE_FLUSH_SECONDS, 0 };
-    bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
-    bufferevent_set_timeouts(bev, NULL, &flush);
-    bufferevent_enable(bev, EV_WRITE);
+    sock_close_flushed(s, CLOSE_FLUSH_SECONDS);
 }
 
 static void maybe_free(struct conn *c)
@@ -356,33 +347,32 @@ static void close_pair(struct conn *c, const char *reason)
     maybe_free(c);
 }
 
-/* A side's output drained. While closing, that side is done; otherwise the
- * other side may be read again. */
-static void write_cb(struct bufferevent *bev, void *arg)
+/* A side's output drained below its low mark: the other side, paused for
+ * it, may be read again. */
+static void drained(struct conn *c, struct sock *s)
 {
-    struct conn *c = arg;
+    enum direction d = s == c->server ? TO_SERVER : TO_CLIENT;
 
-    if (c->state == CONN_CLOSING) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) != 0)
-            return;
-        bufferevent_free(bev);
-        if (bev == c->client)
-            c->client = NULL;
-        else
-            c->server = NULL;
-        maybe_free(c);
+    if (!c->paused[d] || c->state == CONN_CLOSING)
         return;
-    }
-    enum direction d = bev == c->server ? TO_SERVER : TO_CLIENT;
-    if (c->paused[d]) {
-        c->paused[d] = false;
-        bufferevent_enable(source_of(c, d), EV_READ);
-        /* Input may have waited while paused: relay it now. */
-        if (d == TO_SERVER)
-            client_read_cb(c->client, c);
-        else
-            server_read_cb(c->server, c);
-    }
+    c->paused[d] = false;
+    sock_pause_reading(source_of(c, d), false);
+    /* Input may have waited while paused: relay it now. */
+    if (d == TO_SERVER)
+        client_read(c);
+    else
+        server_read(c);
+}
+
+/* A side finished closing: it goes, and the pair with the last one. */
+static void side_closed(struct conn *c, struct sock *s)
+{
+    sock_free(s);
+    if (s == c->client)
+        c->client = NULL;
+    else
+        c->server = NULL;
+    maybe_free(c);
 }
 
 /* ---- relaying ---------------------------------------------------------- */
@@ -393,7 +383,7 @@ static void hold_for(struct conn *c, enum direction d, size_t total)
 {
     if (total <= READ_CHUNK)
         return;
-    bufferevent_setwatermark(source_of(c, d), EV_READ, 0, total);
+    sock_set_read_limit(source_of(c, d), total);
     c->holding[d] = true;
 }
 
@@ -401,7 +391,7 @@ static void hold_done(struct conn *c, enum direction d)
 {
     if (!c->holding[d])
         return;
-    bufferevent_setwatermark(source_of(c, d), EV_READ, 0, READ_CHUNK);
+    sock_set_read_limit(source_of(c, d), READ_CHUNK);
     c->holding[d] = false;
 }
 
@@ -725,7 +715,7 @@ static bool inject_query(struct conn *c, struct sink *k, const char *sql, enum i
     if (k)
         sink_write(k, buf, need);
     else
-        bufferevent_write(c->server, buf, need);
+        send_to(c->server, buf, need);
     return true;
 }
 
@@ -744,7 +734,7 @@ static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enu
     if (k)
         sink_write(k, buf, need);
     else
-        bufferevent_write(c->server, buf, need);
+        send_to(c->server, buf, need);
     return true;
 }
 
@@ -764,8 +754,8 @@ static void learn_catalog(struct conn *c)
     size_t len = strlen(sql) + 1;
     uint8_t head[PG_HEAD_LEN] = { 'Q' };
     pg_put_u32(head + 1, (uint32_t)(4 + len));
-    bufferevent_write(c->server, head, sizeof(head));
-    bufferevent_write(c->server, sql, len);
+    evbuffer_add(sock_output(c->server), head, sizeof(head));
+    send_to(c->server, sql, len);
     catalog_init(cat);
     c->catalog = cat;
     c->catalog_ok = true;
@@ -1098,8 +1088,9 @@ static void settle_await(struct conn *c, char type)
 {
     enum translate_reason why;
     bool translated = translate_await(type, &why) == TRANSLATE_COMPLETE;
-    struct sink k = { NULL, bufferevent_get_output(c->client), 0 };
+    struct sink k = { NULL, sock_output(c->client), 0 };
     release_error(c, &k, translated, why);
+    sock_flush(c->client);
 }
 
 /* The client's next message after an Execute whose 23505 waits under the
@@ -1110,8 +1101,9 @@ static void guard_next(struct conn *c, char type)
 {
     if (type == 'S')
         return;
-    struct sink k = { NULL, bufferevent_get_output(c->client), 0 };
+    struct sink k = { NULL, sock_output(c->client), 0 };
     release_error(c, &k, false, TR_NOT_SYNC);
+    sock_flush(c->client);
     c->guard = GUARD_NONE;
 }
 
@@ -1527,8 +1519,8 @@ static enum taken take(struct conn *c, enum direction d, struct sink *k,
  * Returns false when the pair was closed. */
 static bool relay(struct conn *c, enum direction d)
 {
-    struct bufferevent *src = source_of(c, d), *dst = sink_of(c, d);
-    struct sink k = { bufferevent_get_input(src), bufferevent_get_output(dst), 0 };
+    struct sock *src = source_of(c, d), *dst = sink_of(c, d);
+    struct sink k = { sock_input(src), sock_output(dst), 0 };
     size_t max_held = c->proxy->cfg->max_held_message;
     struct evbuffer_ptr pos;
 
@@ -1621,9 +1613,13 @@ static bool relay(struct conn *c, enum direction d)
 moved:
     if (evbuffer_get_length(k.in) < READ_CHUNK)
         hold_done(c, d);
-    if (evbuffer_get_length(k.out) >= OUT_HIGH && !c->paused[d]) {
+    /* One write for all that this pass moved, and whatever the proxy wrote
+     * to either side on the way; then what is still queued decides. */
+    sock_flush(dst);
+    sock_flush(src);
+    if (!c->paused[d] && sock_output_full(dst)) {
         c->paused[d] = true;
-        bufferevent_disable(src, EV_READ);
+        sock_pause_reading(src, true);
     }
     return true;
 }
@@ -1646,57 +1642,25 @@ static void login_timeout_cb(evutil_socket_t fd, short what, void *arg)
                 "login timeout");
 }
 
-/* The socket of a plaintext bufferevent goes on under TLS: the plain one is
- * freed without closing it. NULL when that cannot be had (the socket is
- * then closed and ssl freed). */
-static struct bufferevent *swap_to_tls(struct conn *c, struct bufferevent *plain, SSL *ssl,
-                                       enum bufferevent_ssl_state role,
-                                       bufferevent_data_cb read_cb,
-                                       bufferevent_event_cb event_cb)
-{
-    evutil_socket_t fd = bufferevent_getfd(plain);
-    struct bufferevent *bev;
-
-    bufferevent_setfd(plain, -1);
-    bufferevent_free(plain);
-    bev = bufferevent_openssl_socket_new(c->proxy->base, fd, ssl, role, BEV_OPT_CLOSE_ON_FREE);
-    if (!bev) {
-        SSL_free(ssl);
-        evutil_closesocket(fd);
-        return NULL;
-    }
-    /* A peer that closes without close_notify ends the stream, nothing worse. */
-    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-    setup_bufferevent(bev, c, read_cb, event_cb);
-    bufferevent_enable(bev, EV_READ | EV_WRITE);
-    return bev;
-}
-
 /* SSLRequest answered 'S': the rest of the connection is TLS. */
 static bool accept_tls(struct conn *c)
 {
     SSL *ssl = SSL_new(c->proxy->client_ssl_ctx);
-    evutil_socket_t fd = bufferevent_getfd(c->client);
 
     /* Anything already here came in plaintext after the SSLRequest, where
      * only the TLS handshake may follow: someone is injecting. */
-    if (evbuffer_get_length(bufferevent_get_input(c->client)) > 0) {
+    if (evbuffer_get_length(sock_input(c->client)) > 0) {
         SSL_free(ssl);
         c->proxy->stats.protocol_violations++;
         close_pair(c, "unencrypted data after SSLRequest");
         return false;
     }
     /* 'S' must be on the wire before the handshake: one byte on a fresh
-     * socket, written at once. */
-    if (!ssl || send(fd, "S", 1, MSG_NOSIGNAL) != 1) {
-        SSL_free(ssl);
+     * socket goes at once. */
+    send_to(c->client, "S", 1);
+    if (!ssl || evbuffer_get_length(sock_output(c->client)) > 0 ||
+        !sock_start_tls(c->client, ssl, true)) {
         close_pair(c, "cannot start TLS");
-        return false;
-    }
-    c->client = swap_to_tls(c, c->client, ssl, BUFFEREVENT_SSL_ACCEPTING, client_read_cb,
-                            client_event_cb);
-    if (!c->client) {
-        close_pair(c, "out of memory starting TLS");
         return false;
     }
     c->client_tls = true;
@@ -1706,39 +1670,98 @@ static bool accept_tls(struct conn *c)
 static void send_startup(struct conn *c)
 {
     c->state = CONN_LOGIN;
-    bufferevent_set_timeouts(c->server, NULL, NULL);
-    bufferevent_write_buffer(c->server, c->startup);
+    sock_set_timeout(c->server, 0);
+    evbuffer_add_buffer(sock_output(c->server), c->startup);
     evbuffer_free(c->startup);
     c->startup = NULL;
+    sock_flush(c->server);
     relay(c, TO_SERVER);
+}
+
+static void cannot_connect(struct conn *c, const char *why)
+{
+    char name[256], msg[512];
+
+    snprintf(msg, sizeof(msg), "idemproxy: could not connect to server at %s: %s",
+             proxy_server_name(c->proxy, name, sizeof(name)), why);
+    fail_client(c, "08001", msg, "server unreachable");
+}
+
+static void connect_to(struct conn *c, const struct sockaddr *addr, int len)
+{
+    if (!sock_connect(c->server, addr, len))
+        cannot_connect(c, strerror(errno));
+}
+
+/* The lookup of server_host ended (result, ai); ai is freed here. */
+static void resolve_done(struct conn *c, int result, struct evutil_addrinfo *ai)
+{
+    if (result)
+        cannot_connect(c, evutil_gai_strerror(result));
+    else
+        connect_to(c, ai->ai_addr, (int)ai->ai_addrlen);
+    if (ai)
+        evutil_freeaddrinfo(ai);
+}
+
+static void resolved(int result, struct evutil_addrinfo *ai, void *arg)
+{
+    struct conn *c = arg;
+
+    if (result == EVUTIL_EAI_CANCEL)
+        return;
+    if (!c->resolving) {
+        /* Still inside evdns_getaddrinfo: connect_server takes it from
+         * here, once the call has returned. */
+        c->resolve_result = result;
+        c->resolve_ai = ai;
+        c->resolved_early = true;
+        return;
+    }
+    c->resolving = NULL;
+    resolve_done(c, result, ai);
 }
 
 static void connect_server(struct conn *c)
 {
     struct proxy *p = c->proxy;
-    const char *why = NULL;
+    const struct config *cfg = p->cfg;
 
-    c->server = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    c->server = sock_new(p->base, -1, server_sock_cb, c);
     if (!c->server) {
         fail_client(c, "53200", "out of memory", "out of memory");
         return;
     }
-    setup_bufferevent(c->server, c, server_read_cb, server_event_cb);
-    struct timeval timeout = { p->cfg->server_connect_timeout, 0 };
-    bufferevent_set_timeouts(c->server, &timeout, &timeout);
+    sock_set_write_marks(c->server, OUT_LOW, OUT_HIGH);
+    sock_set_timeout(c->server, cfg->server_connect_timeout);
     c->state = CONN_CONNECTING;
-    if (!proxy_connect_server(p, c->server, &why)) {
-        char name[256], msg[512];
-        snprintf(msg, sizeof(msg), "idemproxy: could not connect to server at %s: %s",
-                 proxy_server_name(p, name, sizeof(name)), why);
-        fail_client(c, "08001", msg, "server unreachable");
+    if (cfg->server_host[0] == '/') {
+        struct sockaddr_un sun = { .sun_family = AF_UNIX };
+        int n = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/.s.PGSQL.%d", cfg->server_host,
+                         cfg->server_port);
+        if (n < 0 || (size_t)n >= sizeof(sun.sun_path))
+            cannot_connect(c, "socket path too long");
+        else
+            connect_to(c, (struct sockaddr *)&sun, sizeof(sun));
+        return;
     }
+    struct evutil_addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                     .ai_protocol = IPPROTO_TCP };
+    char port[16];
+    snprintf(port, sizeof(port), "%d", cfg->server_port);
+    c->resolved_early = false;
+    struct evdns_getaddrinfo_request *req =
+        evdns_getaddrinfo(p->dns, cfg->server_host, port, &hints, resolved, c);
+    if (c->resolved_early)
+        resolve_done(c, c->resolve_result, c->resolve_ai);
+    else
+        c->resolving = req;
 }
 
 /* The server's answer to the proxy's SSLRequest. */
 static void read_tls_answer(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->server);
+    struct evbuffer *in = sock_input(c->server);
     enum tls_mode mode = c->proxy->cfg->server_tls.mode;
     char name[256], msg[512];
     uint8_t answer;
@@ -1769,14 +1792,10 @@ static void read_tls_answer(struct conn *c)
         fail_client(c, "53200", "out of memory", "out of memory");
         return;
     }
-    c->server = swap_to_tls(c, c->server, ssl, BUFFEREVENT_SSL_CONNECTING, server_read_cb,
-                            server_event_cb);
-    if (!c->server) {
-        fail_client(c, "53200", "out of memory", "out of memory");
+    if (!sock_start_tls(c->server, ssl, false)) {
+        fail_client(c, "53200", "cannot start TLS with the server", "server TLS failed");
         return;
     }
-    struct timeval timeout = { c->proxy->cfg->server_connect_timeout, 0 };
-    bufferevent_set_timeouts(c->server, &timeout, &timeout);
     c->server_tls = true;
 }
 
@@ -1784,7 +1803,7 @@ static void read_tls_answer(struct conn *c)
  * server_tls_sslmode asks, by OpenSSL during it). */
 static void server_tls_ready(struct conn *c)
 {
-    SSL *ssl = bufferevent_openssl_get_ssl(c->server);
+    SSL *ssl = sock_ssl(c->server);
     X509 *cert = SSL_get1_peer_certificate(ssl);
 
     c->server_cb_len = cert ? tls_server_end_point(cert, c->server_cb) : 0;
@@ -1797,16 +1816,14 @@ static void server_tls_ready(struct conn *c)
 /* Why the TLS handshake with the server failed, for the client. */
 static void server_tls_failed(struct conn *c)
 {
-    SSL *ssl = bufferevent_openssl_get_ssl(c->server);
+    SSL *ssl = sock_ssl(c->server);
     const char *refused = ssl ? tls_verify_error(ssl) : NULL;
-    unsigned long ssl_err = bufferevent_get_openssl_error(c->server);
-    char name[256], msg[512], err[256] = "the handshake failed";
+    char name[256], msg[512], err[256];
 
-    /* libevent has taken OpenSSL's error off its queue already. */
     if (refused)
         snprintf(err, sizeof(err), "certificate verify failed: %s", refused);
-    else if (ssl_err)
-        ERR_error_string_n(ssl_err, err, sizeof(err));
+    else
+        snprintf(err, sizeof(err), "%s", sock_error(c->server));
     snprintf(msg, sizeof(msg), "idemproxy: TLS with the server at %s failed (server_tls_sslmode "
              "= %s): %s", proxy_server_name(c->proxy, name, sizeof(name)),
              tls_mode_name(c->proxy->cfg->server_tls.mode), err);
@@ -1846,7 +1863,7 @@ static void start_sasl(struct conn *c, const char *secret_text)
     login_start(c->login, known ? &secret : NULL, c->user ? c->user : "", p->mock_key,
                 c->client_tls, p->client_cb, p->client_cb_len, out, &len);
     OPENSSL_cleanse(&secret, sizeof(secret));
-    bufferevent_write(c->client, out, len);
+    send_to(c->client, out, len);
 }
 
 static void lookup_done(void *arg, const char *secret, const char *error)
@@ -1861,7 +1878,7 @@ static void lookup_done(void *arg, const char *secret, const char *error)
         return;
     }
     start_sasl(c, secret);
-    client_read_cb(c->client, c);
+    client_read(c);
 }
 
 /* auth_type = scram-sha-256: the secret comes from auth_file, else from
@@ -1891,7 +1908,7 @@ static void begin_auth(struct conn *c)
 /* The client's SASL messages while the proxy authenticates it. */
 static void read_auth(struct conn *c)
 {
-    struct evbuffer *in = bufferevent_get_input(c->client);
+    struct evbuffer *in = sock_input(c->client);
     uint8_t raw[PG_HEAD_LEN], out[LOGIN_MSG_MAX];
     struct pg_msg_head head;
     const char *why = NULL;
@@ -1917,10 +1934,10 @@ static void read_auth(struct conn *c)
         evbuffer_drain(in, (size_t)head.len + 1);
         switch (step) {
         case LOGIN_SEND:
-            bufferevent_write(c->client, out, len);
+            send_to(c->client, out, len);
             break;
         case LOGIN_CLIENT_OK:
-            bufferevent_write(c->client, out, len);
+            send_to(c->client, out, len);
             conn_log(LOG_DEBUG, c, "client authenticated%s",
                      c->login->with_client.plus ? " with channel binding" : "");
             connect_server(c);
@@ -1947,7 +1964,7 @@ static enum taken take_auth_request(struct conn *c, const uint8_t *msg, size_t t
         switch (login_server_msg(c->login, body, len, c->server_tls, c->server_cb,
                                  c->server_cb_len, out, &out_len, &why)) {
         case LOGIN_SERVER_SEND:
-            bufferevent_write(c->server, out, out_len);
+            send_to(c->server, out, out_len);
             return TAKEN_DROPPED;
         case LOGIN_WAIT:
             return TAKEN_DROPPED;
@@ -1994,7 +2011,7 @@ static enum taken take_auth_request(struct conn *c, const uint8_t *msg, size_t t
 static bool client_cert_matches(struct conn *c)
 {
     char cn[256];
-    SSL *ssl = bufferevent_openssl_get_ssl(c->client);
+    SSL *ssl = sock_ssl(c->client);
 
     return ssl && tls_peer_common_name(ssl, cn, sizeof(cn)) && c->user &&
            strcmp(cn, c->user) == 0;
@@ -2025,7 +2042,7 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
             return accept_tls(c);
         /* No GSS encryption, and TLS only once: the client may go on in
          * plaintext (or as it is) on the same connection. */
-        bufferevent_write(c->client, "N", 1);
+        send_to(c->client, "N", 1);
         return true;
 
     case PG_STARTUP_CANCEL:
@@ -2093,7 +2110,7 @@ static void read_startup(struct conn *c)
 {
     while (c->state == CONN_STARTUP) {
         /* The buffer changes when the connection turns to TLS. */
-        struct evbuffer *in = bufferevent_get_input(c->client);
+        struct evbuffer *in = sock_input(c->client);
         uint8_t raw[4];
         if (evbuffer_copyout(in, raw, sizeof(raw)) < (ev_ssize_t)sizeof(raw))
             return;
@@ -2136,11 +2153,8 @@ static void follow_reload(struct conn *c)
         learn_catalog(c);
 }
 
-static void client_read_cb(struct bufferevent *bev, void *arg)
+static void client_read(struct conn *c)
 {
-    struct conn *c = arg;
-    (void)bev;
-
     switch (c->state) {
     case CONN_STARTUP:
         read_startup(c);
@@ -2169,11 +2183,8 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
     }
 }
 
-static void server_read_cb(struct bufferevent *bev, void *arg)
+static void server_read(struct conn *c)
 {
-    struct conn *c = arg;
-    (void)bev;
-
     switch (c->state) {
     case CONN_LOGIN:
     case CONN_ACTIVE:
@@ -2198,65 +2209,74 @@ static void server_read_cb(struct bufferevent *bev, void *arg)
     }
 }
 
-static const char *socket_error_text(struct bufferevent *bev, short what)
-{
-    static char tls[256];
-    int dns_err = bufferevent_socket_get_dns_error(bev);
-    unsigned long ssl_err = bufferevent_openssl_get_ssl(bev) ? bufferevent_get_openssl_error(bev)
-                                                             : 0;
-
-    if (dns_err)
-        return evutil_gai_strerror(dns_err);
-    if (what & BEV_EVENT_TIMEOUT)
-        return "timed out";
-    if (ssl_err) {
-        ERR_error_string_n(ssl_err, tls, sizeof(tls));
-        return tls;
-    }
-    int err = EVUTIL_SOCKET_ERROR();
-    return err ? evutil_socket_error_to_string(err) : "connection closed";
-}
-
-static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+static void client_sock_cb(struct sock *s, enum sock_event event, void *arg)
 {
     struct conn *c = arg;
 
-    if (what & BEV_EVENT_CONNECTED) {
-        SSL *ssl = bufferevent_openssl_get_ssl(bev);
-        conn_log(LOG_DEBUG, c, "TLS with the client: %s %s", SSL_get_version(ssl),
-                 SSL_get_cipher_name(ssl));
+    switch (event) {
+    case SOCK_READ:
+        client_read(c);
         return;
-    }
-    if (c->state == CONN_CLOSING) {
-        bufferevent_free(c->client);
-        c->client = NULL;
-        maybe_free(c);
+    case SOCK_DRAINED:
+        drained(c, s);
         return;
-    }
-    if (what & BEV_EVENT_EOF) {
-        /* Relay whatever whole messages arrived with the goodbye. */
-        client_read_cb(bev, c);
-        if (c->stream_left[TO_SERVER] || evbuffer_get_length(bufferevent_get_input(bev)))
+    case SOCK_CLOSED:
+        side_closed(c, s);
+        return;
+    case SOCK_CONNECTED:
+        conn_log(LOG_DEBUG, c, "TLS with the client: %s %s", SSL_get_version(sock_ssl(s)),
+                 SSL_get_cipher_name(sock_ssl(s)));
+        return;
+    case SOCK_EOF:
+        if (c->state == CONN_CLOSING)
+            return;
+        if (c->stream_left[TO_SERVER] || evbuffer_get_length(sock_input(s)))
             close_pair(c, "client vanished mid-message");
         else
             close_pair(c, "client disconnected");
-    } else if (what & (BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT)) {
-        conn_log(LOG_DEBUG, c, "client socket: %s", socket_error_text(bev, what));
+        return;
+    case SOCK_ERROR:
+    case SOCK_TIMEOUT:
+        if (c->state == CONN_CLOSING)
+            return;
+        conn_log(LOG_DEBUG, c, "client socket: %s",
+                 event == SOCK_TIMEOUT ? "timed out" : sock_error(s));
         close_pair(c, "client connection error");
+        return;
     }
 }
 
-static void server_event_cb(struct bufferevent *bev, short what, void *arg)
+/* The server went away without explaining itself first. */
+static void server_lost(struct conn *c, const char *why)
+{
+    if (!c->server_said_fatal) {
+        conn_log(LOG_WARNING, c, "server connection lost: %s", why);
+        send_client_error(c, "FATAL", "08006",
+                          "idemproxy: server closed the connection unexpectedly");
+    }
+    close_pair(c, "server disconnected");
+}
+
+static void server_sock_cb(struct sock *s, enum sock_event event, void *arg)
 {
     struct conn *c = arg;
 
-    if (what & BEV_EVENT_CONNECTED) {
+    switch (event) {
+    case SOCK_READ:
+        server_read(c);
+        return;
+    case SOCK_DRAINED:
+        drained(c, s);
+        return;
+    case SOCK_CLOSED:
+        side_closed(c, s);
+        return;
+    case SOCK_CONNECTED:
         if (c->state == CONN_SERVER_TLS) {
             server_tls_ready(c);
             return;
         }
-        set_nodelay(bev);
-        bufferevent_enable(bev, EV_READ | EV_WRITE);
+        set_nodelay(s);
         conn_log(LOG_DEBUG, c, "server connected");
         if (!c->proxy->server_ssl_ctx) {
             send_startup(c);
@@ -2264,36 +2284,37 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
         }
         static const uint8_t ssl_request[8] = { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f };
         c->state = CONN_SERVER_TLS;
-        bufferevent_write(bev, ssl_request, sizeof(ssl_request));
+        send_to(s, ssl_request, sizeof(ssl_request));
+        return;
+    case SOCK_EOF:
+    case SOCK_ERROR:
+    case SOCK_TIMEOUT:
+        break;
+    }
+    const char *why = event == SOCK_TIMEOUT ? "timed out"
+                      : event == SOCK_EOF   ? "connection closed"
+                                            : sock_error(s);
+    switch (c->state) {
+    case CONN_CLOSING:
+        return;
+    case CONN_SERVER_TLS:
+        if (c->server_tls && event != SOCK_EOF) {
+            server_tls_failed(c);
+            return;
+        }
+        cannot_connect(c, why);
+        return;
+    case CONN_CONNECTING:
+        cannot_connect(c, why);
+        return;
+    default:
+        /* Whatever whole messages came with the goodbye go on first. */
+        if (event == SOCK_EOF)
+            server_read(c);
+        if (c->state != CONN_CLOSING)
+            server_lost(c, why);
         return;
     }
-    if (c->state == CONN_CLOSING) {
-        bufferevent_free(c->server);
-        c->server = NULL;
-        maybe_free(c);
-        return;
-    }
-    if (c->state == CONN_SERVER_TLS && c->server_tls) {
-        server_tls_failed(c);
-        return;
-    }
-    if (c->state == CONN_CONNECTING || c->state == CONN_SERVER_TLS) {
-        char name[256], msg[512];
-        snprintf(msg, sizeof(msg), "idemproxy: could not connect to server at %s: %s",
-                 proxy_server_name(c->proxy, name, sizeof(name)), socket_error_text(bev, what));
-        fail_client(c, "08001", msg, "server unreachable");
-        return;
-    }
-    if (what & BEV_EVENT_EOF)
-        server_read_cb(bev, c);
-    if (c->state == CONN_CLOSING)
-        return;
-    if (!c->server_said_fatal) {
-        conn_log(LOG_WARNING, c, "server connection lost: %s", socket_error_text(bev, what));
-        send_client_error(c, "FATAL", "08006",
-                          "idemproxy: server closed the connection unexpectedly");
-    }
-    close_pair(c, "server disconnected");
 }
 
 /* ---- public ------------------------------------------------------------ */
@@ -2315,13 +2336,10 @@ struct conn *conn_accept(struct proxy *p, evutil_socket_t fd,
     track_init(&c->track, free_note);
     session_init(&c->session);
     format_peer(c->peer, sizeof(c->peer), addr);
-    c->client = bufferevent_socket_new(p->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    c->client = sock_new(p->base, fd, client_sock_cb, c);
     c->login_timer = evtimer_new(p->base, login_timeout_cb, c);
     if (!c->client || !c->login_timer) {
-        if (c->client)
-            bufferevent_free(c->client);
-        else
-            evutil_closesocket(fd);
+        sock_free(c->client);
         if (c->login_timer)
             event_free(c->login_timer);
         free(c);
@@ -2334,11 +2352,10 @@ struct conn *conn_accept(struct proxy *p, evutil_socket_t fd,
     p->conns = c;
     p->conn_count++;
 
-    setup_bufferevent(c->client, c, client_read_cb, client_event_cb);
+    sock_set_write_marks(c->client, OUT_LOW, OUT_HIGH);
     set_nodelay(c->client);
     struct timeval login = { p->cfg->client_login_timeout, 0 };
     evtimer_add(c->login_timer, &login);
-    bufferevent_enable(c->client, EV_READ | EV_WRITE);
     conn_log(LOG_INFO, c, "accepted");
     return c;
 }
@@ -2355,7 +2372,7 @@ void conn_terminate(struct conn *c)
     /* Leave the server as a client would, so the backend ends cleanly. */
     if (c->server && c->state == CONN_ACTIVE && c->stream_left[TO_SERVER] == 0) {
         static const uint8_t terminate[] = { 'X', 0, 0, 0, 4 };
-        bufferevent_write(c->server, terminate, sizeof(terminate));
+        send_to(c->server, terminate, sizeof(terminate));
     }
     fail_client(c, "57P01", "terminating connection because idemproxy is shutting down",
                 "proxy shutdown");

@@ -1,0 +1,676 @@
+#include "sock.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+
+/* Bytes taken from the socket at once, and the input kept unless the
+ * caller raises the limit for a message it must hold whole. */
+#define READ_CHUNK (64 * 1024)
+/* The largest TLS record: what one SSL_write sends at most. */
+#define TLS_RECORD 16384
+
+enum sock_state {
+    SOCK_OPEN,
+    SOCK_CONNECTING, /* the TCP connect is under way */
+    SOCK_HANDSHAKE,  /* the TLS handshake is under way */
+    SOCK_CLOSING,    /* writing out what is left, then SOCK_CLOSED */
+    SOCK_DEAD,       /* EOF, an error, or closed: nothing more moves */
+};
+
+struct sock {
+    struct event_base *base;
+    evutil_socket_t fd;
+    struct event *rev, *wev, *timer;
+    struct event *notify;  /* reports what a caller's call caused */
+    unsigned pending;      /* those reports: bits by enum sock_event */
+    struct evbuffer *in, *out;
+    SSL *ssl;
+    enum sock_state state;
+    sock_cb cb;
+    void *arg;
+
+    bool paused;           /* the caller stopped reading */
+    bool reading, writing; /* rev and wev are added */
+    bool read_wants_write; /* TLS: SSL_read waits for writability */
+    bool write_wants_read; /* TLS: SSL_write waits for readability */
+    size_t read_limit;
+    size_t low, high;
+    bool above_high;
+    int timeout;
+    unsigned busy;         /* callbacks under way */
+    bool dying;            /* sock_free came during a callback */
+    char error[256];
+};
+
+static void really_free(struct sock *s)
+{
+    if (s->ssl) {
+        /* A best-effort close_notify; the peer may be gone. */
+        if (s->state == SOCK_OPEN || s->state == SOCK_CLOSING)
+            SSL_shutdown(s->ssl);
+        SSL_free(s->ssl);
+    }
+    if (s->rev)
+        event_free(s->rev);
+    if (s->wev)
+        event_free(s->wev);
+    if (s->timer)
+        event_free(s->timer);
+    if (s->notify)
+        event_free(s->notify);
+    if (s->in)
+        evbuffer_free(s->in);
+    if (s->out)
+        evbuffer_free(s->out);
+    if (s->fd >= 0)
+        evutil_closesocket(s->fd);
+    free(s);
+}
+
+/* Calls back; false when the callback freed the sock. */
+static bool report(struct sock *s, enum sock_event event)
+{
+    s->busy++;
+    s->cb(s, event, s->arg);
+    s->busy--;
+    if (s->dying && s->busy == 0) {
+        really_free(s);
+        return false;
+    }
+    return !s->dying;
+}
+
+/* A report caused by a call from the connection code waits for the loop:
+ * callers never see their own callback run under them. */
+static bool emit(struct sock *s, enum sock_event event, bool from_loop)
+{
+    if (from_loop)
+        return report(s, event);
+    s->pending |= 1u << event;
+    event_active(s->notify, EV_TIMEOUT, 0);
+    return true;
+}
+
+static void on_notify(evutil_socket_t fd, short what, void *arg)
+{
+    struct sock *s = arg;
+    (void)fd;
+    (void)what;
+
+    for (unsigned e = 0; s->pending; e++) {
+        if (!(s->pending & (1u << e)))
+            continue;
+        s->pending &= ~(1u << e);
+        if (!report(s, (enum sock_event)e))
+            return;
+    }
+}
+
+static void set_interest(struct event *ev, bool *added, bool want)
+{
+    if (want == *added)
+        return;
+    if (want)
+        event_add(ev, NULL);
+    else
+        event_del(ev);
+    *added = want;
+}
+
+/* The read event is registered while reading can make progress; leaving
+ * it registered otherwise would spin a level-triggered loop. */
+static void update_reading(struct sock *s)
+{
+    bool want;
+
+    switch (s->state) {
+    case SOCK_OPEN:
+        want = (!s->paused && evbuffer_get_length(s->in) < s->read_limit) ||
+               s->write_wants_read;
+        break;
+    case SOCK_HANDSHAKE:
+        want = true;
+        break;
+    default:
+        want = false;
+        break;
+    }
+    set_interest(s->rev, &s->reading, want);
+}
+
+/* Nothing moves any more, and no timeout follows. */
+static void die(struct sock *s)
+{
+    s->state = SOCK_DEAD;
+    set_interest(s->wev, &s->writing, false);
+    update_reading(s);
+    event_del(s->timer);
+}
+
+static bool fail_from(struct sock *s, bool from_loop, const char *prefix, const char *detail)
+{
+    snprintf(s->error, sizeof(s->error), "%s%s", prefix, detail);
+    die(s);
+    return emit(s, SOCK_ERROR, from_loop);
+}
+
+static bool fail(struct sock *s, const char *prefix, const char *detail)
+{
+    return fail_from(s, true, prefix, detail);
+}
+
+static void progress(struct sock *s)
+{
+    if (s->timeout > 0) {
+        struct timeval tv = { s->timeout, 0 };
+        event_add(s->timer, &tv);
+    }
+}
+
+/* The text of the OpenSSL error queue (cleared), or of errno. */
+static const char *tls_failure(char *buf, size_t cap, int saved_errno)
+{
+    unsigned long e = ERR_get_error();
+
+    if (e)
+        ERR_error_string_n(e, buf, cap);
+    else
+        snprintf(buf, cap, "%s", saved_errno ? strerror(saved_errno) : "connection closed");
+    ERR_clear_error();
+    return buf;
+}
+
+/* ---- reading ----------------------------------------------------------- */
+
+/* One read into the input. Returns false when the sock is gone. */
+static bool read_plain(struct sock *s, size_t room)
+{
+    struct evbuffer_iovec v[2];
+    int n = evbuffer_reserve_space(s->in, (ev_ssize_t)room, v, 2);
+    ssize_t got;
+
+    if (n <= 0)
+        return fail(s, "out of memory", "");
+    if (v[0].iov_len > room)
+        v[0].iov_len = room;
+    if (n == 2 && v[0].iov_len + v[1].iov_len > room)
+        v[1].iov_len = room - v[0].iov_len;
+    do
+        got = readv(s->fd, (struct iovec *)v, n);
+    while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        evbuffer_commit_space(s->in, v, 0);
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return true;
+        return fail(s, "", strerror(errno));
+    }
+    if (got == 0) {
+        evbuffer_commit_space(s->in, v, 0);
+        die(s);
+        return report(s, SOCK_EOF);
+    }
+    for (int i = 0; i < n; i++) {
+        size_t take = (size_t)got < v[i].iov_len ? (size_t)got : v[i].iov_len;
+        v[i].iov_len = take;
+        got -= (ssize_t)take;
+    }
+    evbuffer_commit_space(s->in, v, n);
+    progress(s);
+    return report(s, SOCK_READ);
+}
+
+/* Reads what TLS has, up to room: OpenSSL may hold decrypted bytes the
+ * socket will never signal again, so it reads until it would block. */
+static bool read_tls(struct sock *s, size_t room)
+{
+    size_t before = evbuffer_get_length(s->in);
+
+    while (room > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_reserve_space(s->in, (ev_ssize_t)room, &v, 1) != 1)
+            return fail(s, "out of memory", "");
+        int want = v.iov_len > room ? (int)room : (int)v.iov_len;
+        ERR_clear_error();
+        int got = SSL_read(s->ssl, v.iov_base, want);
+        if (got > 0) {
+            v.iov_len = (size_t)got;
+            evbuffer_commit_space(s->in, &v, 1);
+            room -= (size_t)got;
+            continue;
+        }
+        int saved = errno;
+        evbuffer_commit_space(s->in, &v, 0);
+        switch (SSL_get_error(s->ssl, got)) {
+        case SSL_ERROR_WANT_READ:
+            break;
+        case SSL_ERROR_WANT_WRITE:
+            s->read_wants_write = true;
+            set_interest(s->wev, &s->writing, true);
+            break;
+        case SSL_ERROR_ZERO_RETURN:
+            die(s);
+            if (evbuffer_get_length(s->in) > before && !report(s, SOCK_READ))
+                return false;
+            return report(s, SOCK_EOF);
+        default: {
+            char buf[256];
+            return fail(s, "", tls_failure(buf, sizeof(buf), saved));
+        }
+        }
+        break;
+    }
+    if (evbuffer_get_length(s->in) == before)
+        return true;
+    progress(s);
+    return report(s, SOCK_READ);
+}
+
+static bool read_some(struct sock *s)
+{
+    size_t have = evbuffer_get_length(s->in);
+    size_t room = have < s->read_limit ? s->read_limit - have : 0;
+
+    if (room > READ_CHUNK)
+        room = READ_CHUNK;
+    if (room == 0 || s->paused)
+        return true;
+    return s->ssl ? read_tls(s, room) : read_plain(s, room);
+}
+
+/* ---- writing ----------------------------------------------------------- */
+
+static bool write_plain(struct sock *s, bool from_loop)
+{
+    while (evbuffer_get_length(s->out) > 0) {
+        int n = evbuffer_write(s->out, s->fd);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return true;
+            if (errno == EINTR)
+                continue;
+            return fail_from(s, from_loop, "", strerror(errno));
+        }
+        progress(s);
+    }
+    return true;
+}
+
+static bool write_tls(struct sock *s, bool from_loop)
+{
+    while (evbuffer_get_length(s->out) > 0) {
+        /* One record per write: chains of a few bytes each would each
+         * become a record and a system call of their own. */
+        size_t len = evbuffer_get_length(s->out);
+        if (len > TLS_RECORD)
+            len = TLS_RECORD;
+        const unsigned char *data = evbuffer_pullup(s->out, (ev_ssize_t)len);
+        if (!data)
+            return fail_from(s, from_loop, "out of memory", "");
+        ERR_clear_error();
+        int n = SSL_write(s->ssl, data, (int)len);
+        if (n > 0) {
+            evbuffer_drain(s->out, (size_t)n);
+            progress(s);
+            continue;
+        }
+        int saved = errno;
+        switch (SSL_get_error(s->ssl, n)) {
+        case SSL_ERROR_WANT_WRITE:
+            return true;
+        case SSL_ERROR_WANT_READ:
+            s->write_wants_read = true;
+            update_reading(s);
+            return true;
+        default: {
+            char buf[256];
+            return fail_from(s, from_loop, "", tls_failure(buf, sizeof(buf), saved));
+        }
+        }
+    }
+    return true;
+}
+
+/* Writes what it can; waits for writability for the rest. Reports
+ * SOCK_DRAINED and SOCK_CLOSED as the output empties. */
+static bool write_some(struct sock *s, bool from_loop)
+{
+    if (!(s->ssl ? write_tls(s, from_loop) : write_plain(s, from_loop)))
+        return false;
+    if (s->state == SOCK_DEAD)
+        return true;
+    size_t left = evbuffer_get_length(s->out);
+    set_interest(s->wev, &s->writing, left > 0 || s->read_wants_write);
+    if (s->above_high && left <= s->low) {
+        s->above_high = false;
+        if (!emit(s, SOCK_DRAINED, from_loop))
+            return false;
+    }
+    if (s->state == SOCK_CLOSING && evbuffer_get_length(s->out) == 0) {
+        die(s);
+        return emit(s, SOCK_CLOSED, from_loop);
+    }
+    return true;
+}
+
+/* ---- the handshake ----------------------------------------------------- */
+
+static bool handshake(struct sock *s)
+{
+    ERR_clear_error();
+    int r = SSL_do_handshake(s->ssl);
+
+    if (r == 1) {
+        s->state = SOCK_OPEN;
+        set_interest(s->wev, &s->writing, false);
+        update_reading(s);
+        progress(s);
+        if (!report(s, SOCK_CONNECTED))
+            return false;
+        /* The peer may have sent data with its last handshake flight. */
+        if (s->state == SOCK_OPEN && !read_some(s))
+            return false;
+        return s->state != SOCK_OPEN || evbuffer_get_length(s->out) == 0 || write_some(s, true);
+    }
+    int saved = errno;
+    switch (SSL_get_error(s->ssl, r)) {
+    case SSL_ERROR_WANT_READ:
+        set_interest(s->wev, &s->writing, false);
+        return true;
+    case SSL_ERROR_WANT_WRITE:
+        set_interest(s->wev, &s->writing, true);
+        return true;
+    default: {
+        char buf[256];
+        return fail(s, "TLS handshake failed: ", tls_failure(buf, sizeof(buf), saved));
+    }
+    }
+}
+
+/* ---- events ------------------------------------------------------------ */
+
+static void on_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct sock *s = arg;
+    (void)fd;
+    (void)what;
+
+    switch (s->state) {
+    case SOCK_HANDSHAKE:
+        handshake(s);
+        return;
+    case SOCK_OPEN:
+        if (s->write_wants_read) {
+            s->write_wants_read = false;
+            if (!write_some(s, true))
+                return;
+        }
+        if (!read_some(s))
+            return;
+        break;
+    default:
+        break;
+    }
+    /* A TLS record may hold more than fit: read on once there is room. */
+    if (s->state == SOCK_OPEN && s->ssl && SSL_pending(s->ssl) > 0 && !s->paused &&
+        evbuffer_get_length(s->in) < s->read_limit)
+        event_active(s->rev, EV_READ, 0);
+    else
+        update_reading(s);
+}
+
+static void on_writable(evutil_socket_t fd, short what, void *arg)
+{
+    struct sock *s = arg;
+    (void)what;
+
+    switch (s->state) {
+    case SOCK_CONNECTING: {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+            err = errno;
+        if (err) {
+            fail(s, "", strerror(err));
+            return;
+        }
+        s->state = SOCK_OPEN;
+        set_interest(s->wev, &s->writing, false);
+        update_reading(s);
+        progress(s);
+        report(s, SOCK_CONNECTED);
+        return;
+    }
+    case SOCK_HANDSHAKE:
+        handshake(s);
+        return;
+    case SOCK_OPEN:
+    case SOCK_CLOSING:
+        if (s->read_wants_write) {
+            s->read_wants_write = false;
+            if (!read_some(s))
+                return;
+        }
+        write_some(s, true);
+        return;
+    case SOCK_DEAD:
+        set_interest(s->wev, &s->writing, false);
+        return;
+    }
+}
+
+static void on_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    struct sock *s = arg;
+    (void)fd;
+    (void)what;
+
+    if (s->state == SOCK_CLOSING) {
+        die(s);
+        report(s, SOCK_CLOSED);
+        return;
+    }
+    report(s, SOCK_TIMEOUT);
+}
+
+/* ---- the interface ----------------------------------------------------- */
+
+static bool make_events(struct sock *s)
+{
+    if (s->rev)
+        event_free(s->rev);
+    if (s->wev)
+        event_free(s->wev);
+    s->reading = s->writing = false;
+    s->rev = event_new(s->base, s->fd, EV_READ | EV_PERSIST, on_readable, s);
+    s->wev = event_new(s->base, s->fd, EV_WRITE | EV_PERSIST, on_writable, s);
+    return s->rev && s->wev;
+}
+
+struct sock *sock_new(struct event_base *base, evutil_socket_t fd, sock_cb cb, void *arg)
+{
+    struct sock *s = calloc(1, sizeof(*s));
+
+    if (!s) {
+        if (fd >= 0)
+            evutil_closesocket(fd);
+        return NULL;
+    }
+    s->base = base;
+    s->fd = fd;
+    s->cb = cb;
+    s->arg = arg;
+    s->read_limit = READ_CHUNK;
+    s->high = SIZE_MAX;
+    s->state = fd >= 0 ? SOCK_OPEN : SOCK_DEAD;
+    s->in = evbuffer_new();
+    s->out = evbuffer_new();
+    s->timer = evtimer_new(base, on_timeout, s);
+    s->notify = event_new(base, -1, 0, on_notify, s);
+    if (!s->in || !s->out || !s->timer || !s->notify || (fd >= 0 && !make_events(s))) {
+        really_free(s);
+        return NULL;
+    }
+    update_reading(s);
+    return s;
+}
+
+bool sock_connect(struct sock *s, const struct sockaddr *addr, int addrlen)
+{
+    int fd = socket(addr->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    if (fd < 0)
+        return false;
+    if (connect(fd, addr, (socklen_t)addrlen) != 0 && errno != EINPROGRESS) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return false;
+    }
+    if (s->fd >= 0)
+        evutil_closesocket(s->fd);
+    s->fd = fd;
+    if (!make_events(s)) {
+        errno = ENOMEM;
+        return false;
+    }
+    /* Writable means connected, or failed: on_writable tells which. */
+    s->state = SOCK_CONNECTING;
+    set_interest(s->wev, &s->writing, true);
+    progress(s);
+    return true;
+}
+
+bool sock_start_tls(struct sock *s, SSL *ssl, bool accept)
+{
+    if (s->ssl || s->state != SOCK_OPEN || !SSL_set_fd(ssl, (int)s->fd)) {
+        SSL_free(ssl);
+        return false;
+    }
+    s->ssl = ssl;
+    SSL_set_mode(ssl, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    /* A peer that closes without close_notify ends the stream, nothing worse. */
+    SSL_set_options(ssl, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    if (accept)
+        SSL_set_accept_state(ssl);
+    else
+        SSL_set_connect_state(ssl);
+    s->state = SOCK_HANDSHAKE;
+    update_reading(s);
+    /* The first step from the loop, not from under the caller. */
+    event_active(accept ? s->rev : s->wev, accept ? EV_READ : EV_WRITE, 0);
+    progress(s);
+    return true;
+}
+
+SSL *sock_ssl(const struct sock *s)
+{
+    return s->ssl;
+}
+
+struct evbuffer *sock_input(struct sock *s)
+{
+    return s->in;
+}
+
+struct evbuffer *sock_output(struct sock *s)
+{
+    return s->out;
+}
+
+evutil_socket_t sock_fd(const struct sock *s)
+{
+    return s->fd;
+}
+
+void sock_flush(struct sock *s)
+{
+    /* Blocked: the write event carries on. Connecting or handshaking: the
+     * output waits for the end of it. */
+    if (!s->writing && (s->state == SOCK_OPEN || s->state == SOCK_CLOSING))
+        write_some(s, false);
+}
+
+void sock_set_read_limit(struct sock *s, size_t limit)
+{
+    s->read_limit = limit < READ_CHUNK ? READ_CHUNK : limit;
+    update_reading(s);
+    /* Bytes TLS already holds will not wake the read event. */
+    if (s->ssl && s->state == SOCK_OPEN && SSL_pending(s->ssl) > 0 && !s->paused)
+        event_active(s->rev, EV_READ, 0);
+}
+
+void sock_pause_reading(struct sock *s, bool paused)
+{
+    s->paused = paused;
+    update_reading(s);
+    if (!paused && s->ssl && s->state == SOCK_OPEN && SSL_pending(s->ssl) > 0)
+        event_active(s->rev, EV_READ, 0);
+}
+
+void sock_set_write_marks(struct sock *s, size_t low, size_t high)
+{
+    s->low = low;
+    s->high = high;
+}
+
+bool sock_output_full(struct sock *s)
+{
+    if (evbuffer_get_length(s->out) < s->high)
+        return false;
+    s->above_high = true;
+    return true;
+}
+
+void sock_set_timeout(struct sock *s, int seconds)
+{
+    s->timeout = seconds;
+    if (seconds > 0)
+        progress(s);
+    else
+        event_del(s->timer);
+}
+
+const char *sock_error(const struct sock *s)
+{
+    return s->error[0] ? s->error : "connection closed";
+}
+
+void sock_close_flushed(struct sock *s, int seconds)
+{
+    s->paused = true;
+    if (s->state == SOCK_OPEN)
+        s->state = SOCK_CLOSING;
+    update_reading(s);
+    s->timeout = seconds;
+    progress(s);
+    if (s->state != SOCK_CLOSING || evbuffer_get_length(s->out) == 0) {
+        die(s);
+        emit(s, SOCK_CLOSED, false);
+        return;
+    }
+    write_some(s, false);
+}
+
+void sock_free(struct sock *s)
+{
+    if (!s)
+        return;
+    if (s->busy) {
+        s->dying = true;
+        if (s->rev)
+            event_del(s->rev);
+        if (s->wev)
+            event_del(s->wev);
+        event_del(s->timer);
+        event_del(s->notify);
+        return;
+    }
+    really_free(s);
+}

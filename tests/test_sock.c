@@ -1,0 +1,462 @@
+/*
+ * Unit tests for sock, over socket pairs in this process: a sock on one
+ * end, the other end a plain descriptor the test reads and writes itself,
+ * or a second sock for the TLS tests (a key and certificate made here).
+ *
+ * What the connection code relies on: a flush writes at once, reading
+ * stops at the limit and while paused, a full output always reports
+ * SOCK_DRAINED once it empties, a close writes out everything first, and
+ * no callback ever runs under the call that caused it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "sock.h"
+
+struct seen {
+    int count[SOCK_CLOSED + 1];
+    bool in_call;         /* the test is inside a sock_ call */
+    bool called_under;    /* a callback ran while it was */
+    bool free_on_eof;
+    struct sock *s;
+};
+
+static void record(struct sock *s, enum sock_event event, void *arg)
+{
+    struct seen *seen = arg;
+
+    seen->count[event]++;
+    if (seen->in_call)
+        seen->called_under = true;
+    if (event == SOCK_EOF && seen->free_on_eof) {
+        sock_free(s);
+        seen->s = NULL;
+    }
+}
+
+struct pair {
+    struct event_base *base;
+    struct sock *s;
+    int peer;
+    struct seen seen;
+};
+
+static int pair_up(void **state)
+{
+    struct pair *p = calloc(1, sizeof(*p));
+    int fds[2];
+
+    if (!p || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+        return -1;
+    p->base = event_base_new();
+    p->s = sock_new(p->base, fds[0], record, &p->seen);
+    p->seen.s = p->s;
+    p->peer = fds[1];
+    *state = p;
+    return p->base && p->s ? 0 : -1;
+}
+
+static int pair_down(void **state)
+{
+    struct pair *p = *state;
+
+    sock_free(p->seen.s);
+    if (p->peer >= 0)
+        close(p->peer);
+    event_base_free(p->base);
+    free(p);
+    return 0;
+}
+
+static void turn(struct pair *p)
+{
+    event_base_loop(p->base, EVLOOP_NONBLOCK);
+}
+
+/* Byte i of a long test stream, so order and loss both show. */
+static unsigned char pattern(size_t i)
+{
+    return (unsigned char)(i * 7 + i / 251);
+}
+
+static void add_pattern(struct evbuffer *b, size_t from, size_t len)
+{
+    unsigned char chunk[4096];
+
+    while (len > 0) {
+        size_t n = len < sizeof(chunk) ? len : sizeof(chunk);
+        for (size_t i = 0; i < n; i++)
+            chunk[i] = pattern(from + i);
+        evbuffer_add(b, chunk, n);
+        from += n;
+        len -= n;
+    }
+}
+
+/* Reads what the peer end has; checks it against the pattern from *at. */
+static size_t drain_peer(int fd, size_t *at)
+{
+    unsigned char buf[65536];
+    size_t total = 0;
+    ssize_t n;
+
+    while ((n = read(fd, buf, sizeof(buf))) > 0) {
+        for (ssize_t i = 0; i < n; i++)
+            assert_int_equal(buf[i], pattern(*at + (size_t)i));
+        *at += (size_t)n;
+        total += (size_t)n;
+    }
+    return total;
+}
+
+static void test_flush_writes_at_once(void **state)
+{
+    struct pair *p = *state;
+    char buf[16];
+
+    evbuffer_add(sock_output(p->s), "hello", 5);
+    p->seen.in_call = true;
+    sock_flush(p->s);
+    p->seen.in_call = false;
+    /* No turn of the loop: the bytes are in the kernel already. */
+    assert_int_equal(read(p->peer, buf, sizeof(buf)), 5);
+    assert_memory_equal(buf, "hello", 5);
+    assert_int_equal(evbuffer_get_length(sock_output(p->s)), 0);
+    assert_false(p->seen.called_under);
+}
+
+static void test_read_reports(void **state)
+{
+    struct pair *p = *state;
+
+    assert_int_equal(write(p->peer, "abc", 3), 3);
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_READ], 1);
+    assert_int_equal(evbuffer_get_length(sock_input(p->s)), 3);
+    /* Nothing new: no second report. */
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_READ], 1);
+}
+
+static void test_pause_holds_input(void **state)
+{
+    struct pair *p = *state;
+
+    sock_pause_reading(p->s, true);
+    assert_int_equal(write(p->peer, "abc", 3), 3);
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_READ], 0);
+    sock_pause_reading(p->s, false);
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_READ], 1);
+    assert_int_equal(evbuffer_get_length(sock_input(p->s)), 3);
+}
+
+/* Reading stops at the limit while the caller leaves the input alone; a
+ * higher limit (a message the caller must hold whole) lets more in. */
+static void test_read_limit(void **state)
+{
+    struct pair *p = *state;
+    struct evbuffer *out = evbuffer_new();
+    size_t limit = 64 * 1024, total = 160 * 1024, at = 0;
+
+    add_pattern(out, 0, total);
+    for (int i = 0; i < 50; i++) {
+        evbuffer_write(out, p->peer);
+        turn(p);
+    }
+    assert_int_equal(evbuffer_get_length(sock_input(p->s)), limit);
+    sock_set_read_limit(p->s, 4 * limit);
+    for (int i = 0; i < 50; i++) {
+        evbuffer_write(out, p->peer);
+        turn(p);
+    }
+    assert_int_equal(evbuffer_get_length(sock_input(p->s)), total);
+    unsigned char *all = evbuffer_pullup(sock_input(p->s), -1);
+    for (size_t i = 0; i < total; i++, at++)
+        assert_int_equal(all[i], pattern(at));
+    evbuffer_free(out);
+}
+
+/* A caller that pauses when sock_output_full says so is told when to
+ * resume, however the output empties: here the kernel takes all of it in
+ * the flush itself, with no write event ever needed. */
+static void test_drained_after_full_flush(void **state)
+{
+    struct pair *p = *state;
+    size_t at = 0;
+
+    sock_set_write_marks(p->s, 1024, 16 * 1024);
+    add_pattern(sock_output(p->s), 0, 32 * 1024);
+    assert_true(sock_output_full(p->s));
+    p->seen.in_call = true;
+    sock_flush(p->s);
+    p->seen.in_call = false;
+    assert_int_equal(evbuffer_get_length(sock_output(p->s)), 0);
+    assert_int_equal(p->seen.count[SOCK_DRAINED], 0);
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_DRAINED], 1);
+    assert_int_equal(drain_peer(p->peer, &at), 32 * 1024);
+    assert_false(p->seen.called_under);
+}
+
+/* The output grows past high while a write is blocked; the peer's reads
+ * let it go out through write events, and SOCK_DRAINED comes once. */
+static void test_drained_after_blocked_writes(void **state)
+{
+    struct pair *p = *state;
+    size_t total = 4 * 1024 * 1024, at = 0;
+
+    sock_set_write_marks(p->s, 64 * 1024, 256 * 1024);
+    add_pattern(sock_output(p->s), 0, total / 2);
+    sock_flush(p->s);
+    assert_true(evbuffer_get_length(sock_output(p->s)) > 0);
+    add_pattern(sock_output(p->s), total / 2, total / 2);
+    sock_flush(p->s);
+    assert_true(sock_output_full(p->s));
+    for (int i = 0; i < 10000 && at < total; i++) {
+        drain_peer(p->peer, &at);
+        turn(p);
+    }
+    assert_int_equal(at, total);
+    assert_int_equal(p->seen.count[SOCK_DRAINED], 1);
+    assert_false(sock_output_full(p->s));
+}
+
+static void test_eof(void **state)
+{
+    struct pair *p = *state;
+
+    assert_int_equal(write(p->peer, "xy", 2), 2);
+    close(p->peer);
+    p->peer = -1;
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_READ], 1);
+    assert_int_equal(p->seen.count[SOCK_EOF], 1);
+    assert_int_equal(evbuffer_get_length(sock_input(p->s)), 2);
+}
+
+/* Freeing the sock from its own callback is safe (the sanitizer build
+ * would see a use after free). */
+static void test_free_in_callback(void **state)
+{
+    struct pair *p = *state;
+
+    p->seen.free_on_eof = true;
+    close(p->peer);
+    p->peer = -1;
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_EOF], 1);
+    assert_null(p->seen.s);
+}
+
+/* A close writes out all that is queued before SOCK_CLOSED, and never
+ * reports under the caller, even with nothing left to write. */
+static void test_close_flushed(void **state)
+{
+    struct pair *p = *state;
+    size_t total = 2 * 1024 * 1024, at = 0;
+
+    add_pattern(sock_output(p->s), 0, total);
+    p->seen.in_call = true;
+    sock_close_flushed(p->s, 10);
+    p->seen.in_call = false;
+    for (int i = 0; i < 10000 && !p->seen.count[SOCK_CLOSED]; i++) {
+        drain_peer(p->peer, &at);
+        turn(p);
+    }
+    drain_peer(p->peer, &at);
+    assert_int_equal(at, total);
+    assert_int_equal(p->seen.count[SOCK_CLOSED], 1);
+    assert_false(p->seen.called_under);
+}
+
+static void test_close_with_nothing_left(void **state)
+{
+    struct pair *p = *state;
+
+    p->seen.in_call = true;
+    sock_close_flushed(p->s, 10);
+    p->seen.in_call = false;
+    assert_int_equal(p->seen.count[SOCK_CLOSED], 0);
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_CLOSED], 1);
+    assert_false(p->seen.called_under);
+}
+
+/* A write to a peer that is gone fails from the loop, not in the flush. */
+static void test_write_error_reported_from_loop(void **state)
+{
+    struct pair *p = *state;
+
+    close(p->peer);
+    p->peer = -1;
+    sock_pause_reading(p->s, true);
+    evbuffer_add(sock_output(p->s), "lost", 4);
+    p->seen.in_call = true;
+    sock_flush(p->s);
+    p->seen.in_call = false;
+    assert_int_equal(p->seen.count[SOCK_ERROR], 0);
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_ERROR], 1);
+    assert_false(p->seen.called_under);
+    assert_non_null(strstr(sock_error(p->s), "pipe"));
+}
+
+/* ---- TLS -------------------------------------------------------------- */
+
+struct tls_pair {
+    struct event_base *base;
+    struct sock *server, *client;
+    struct seen server_seen, client_seen;
+    SSL_CTX *server_ctx, *client_ctx;
+};
+
+static SSL_CTX *server_context(void)
+{
+    EVP_PKEY *key = EVP_EC_gen("P-256");
+    X509 *cert = X509_new();
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+
+    if (!key || !cert || !ctx)
+        return NULL;
+    ASN1_INTEGER_set(X509_get_serialNumber(cert), 1);
+    X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+    X509_gmtime_adj(X509_getm_notAfter(cert), 3600);
+    X509_set_pubkey(cert, key);
+    X509_NAME_add_entry_by_txt(X509_get_subject_name(cert), "CN", MBSTRING_ASC,
+                               (const unsigned char *)"localhost", -1, -1, 0);
+    X509_set_issuer_name(cert, X509_get_subject_name(cert));
+    if (!X509_sign(cert, key, EVP_sha256()) || SSL_CTX_use_certificate(ctx, cert) != 1 ||
+        SSL_CTX_use_PrivateKey(ctx, key) != 1)
+        return NULL;
+    X509_free(cert);
+    EVP_PKEY_free(key);
+    return ctx;
+}
+
+static int tls_pair_up(void **state)
+{
+    struct tls_pair *t = calloc(1, sizeof(*t));
+    int fds[2];
+
+    if (!t || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+        return -1;
+    t->base = event_base_new();
+    t->server_ctx = server_context();
+    t->client_ctx = SSL_CTX_new(TLS_client_method());
+    t->server = sock_new(t->base, fds[0], record, &t->server_seen);
+    t->client = sock_new(t->base, fds[1], record, &t->client_seen);
+    if (!t->base || !t->server_ctx || !t->client_ctx || !t->server || !t->client)
+        return -1;
+    *state = t;
+    if (!sock_start_tls(t->server, SSL_new(t->server_ctx), true) ||
+        !sock_start_tls(t->client, SSL_new(t->client_ctx), false))
+        return -1;
+    for (int i = 0; i < 100000 && (!t->server_seen.count[SOCK_CONNECTED] ||
+                                 !t->client_seen.count[SOCK_CONNECTED]); i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    return t->server_seen.count[SOCK_CONNECTED] == 1 && t->client_seen.count[SOCK_CONNECTED] == 1
+               ? 0
+               : -1;
+}
+
+static int tls_pair_down(void **state)
+{
+    struct tls_pair *t = *state;
+
+    sock_free(t->server);
+    sock_free(t->client);
+    SSL_CTX_free(t->server_ctx);
+    SSL_CTX_free(t->client_ctx);
+    event_base_free(t->base);
+    free(t);
+    return 0;
+}
+
+/* Megabytes both ways at once through TLS, each side reading at its own
+ * limit: everything arrives, in order. */
+static void test_tls_both_ways(void **state)
+{
+    struct tls_pair *t = *state;
+    size_t total = 3 * 1024 * 1024;
+
+    assert_non_null(sock_ssl(t->server));
+    add_pattern(sock_output(t->server), 0, total);
+    add_pattern(sock_output(t->client), 0, total);
+    sock_flush(t->server);
+    sock_flush(t->client);
+    for (int i = 0; i < 100000 && (evbuffer_get_length(sock_input(t->server)) < total ||
+                                   evbuffer_get_length(sock_input(t->client)) < total); i++) {
+        sock_set_read_limit(t->server, evbuffer_get_length(sock_input(t->server)) + 65536);
+        sock_set_read_limit(t->client, evbuffer_get_length(sock_input(t->client)) + 65536);
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    }
+    struct sock *ends[2] = { t->server, t->client };
+    for (int e = 0; e < 2; e++) {
+        struct evbuffer *in = sock_input(ends[e]);
+        assert_int_equal(evbuffer_get_length(in), total);
+        unsigned char *all = evbuffer_pullup(in, -1);
+        for (size_t i = 0; i < total; i++)
+            if (all[i] != pattern(i))
+                fail_msg("byte %zu differs on end %d", i, e);
+    }
+}
+
+/* A TLS close writes out what is queued; once the sock is freed the peer
+ * sees SOCK_EOF after those bytes. */
+static void test_tls_close(void **state)
+{
+    struct tls_pair *t = *state;
+
+    evbuffer_add(sock_output(t->client), "bye", 3);
+    sock_close_flushed(t->client, 10);
+    for (int i = 0; i < 100000 && !t->client_seen.count[SOCK_CLOSED]; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    assert_int_equal(t->client_seen.count[SOCK_CLOSED], 1);
+    sock_free(t->client);
+    t->client = NULL;
+    for (int i = 0; i < 100000 && !t->server_seen.count[SOCK_EOF]; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    assert_int_equal(t->server_seen.count[SOCK_EOF], 1);
+    assert_int_equal(evbuffer_get_length(sock_input(t->server)), 3);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_flush_writes_at_once, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_read_reports, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_pause_holds_input, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_read_limit, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_drained_after_full_flush, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_drained_after_blocked_writes, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_eof, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_free_in_callback, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_close_flushed, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_close_with_nothing_left, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_write_error_reported_from_loop, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_both_ways, tls_pair_up, tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_close, tls_pair_up, tls_pair_down),
+    };
+
+    signal(SIGPIPE, SIG_IGN);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
