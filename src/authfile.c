@@ -1,6 +1,7 @@
 #include "authfile.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,7 @@ struct auth_entry {
 };
 
 struct auth_file {
+    atomic_uint refs;
     struct auth_entry *users;
 };
 
@@ -42,11 +44,17 @@ static void entry_free(struct auth_entry *e)
     free(e);
 }
 
-void authfile_free(struct auth_file *f)
+struct auth_file *authfile_ref(struct auth_file *f)
+{
+    atomic_fetch_add_explicit(&f->refs, 1, memory_order_relaxed);
+    return f;
+}
+
+void authfile_unref(struct auth_file *f)
 {
     struct auth_entry *e, *tmp;
 
-    if (!f)
+    if (!f || atomic_fetch_sub_explicit(&f->refs, 1, memory_order_acq_rel) != 1)
         return;
     HASH_ITER(hh, f->users, e, tmp) {
         HASH_DEL(f->users, e);
@@ -206,6 +214,7 @@ struct auth_file *authfile_parse(const char *text, size_t len, const char *filen
         snprintf(err, CONFIG_ERR_LEN, "%s: out of memory", filename);
         return NULL;
     }
+    atomic_init(&p.file->refs, 1);
     /* A byte order mark, as editors on Windows write one. */
     if (len >= 3 && memcmp(pos, "\xEF\xBB\xBF", 3) == 0)
         pos += 3;
@@ -214,7 +223,7 @@ struct auth_file *authfile_parse(const char *text, size_t len, const char *filen
         const char *line_end = nl ? nl : end;
         p.line++;
         if (!parse_line(&p, pos, line_end)) {
-            authfile_free(p.file);
+            authfile_unref(p.file);
             return NULL;
         }
         pos = nl ? nl + 1 : end;

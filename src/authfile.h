@@ -39,6 +39,9 @@ const char *authfile_secret(const struct auth_file *f, const char *user,
 
 size_t authfile_count(const struct auth_file *f);
 
-void authfile_free(struct auth_file *f);
+/* Shared read-only by every worker thread: authfile_ref() adds a
+ * reference, authfile_unref() drops one and frees with the last. */
+struct auth_file *authfile_ref(struct auth_file *f);
+void authfile_unref(struct auth_file *f);
 
 #endif

@@ -10,8 +10,9 @@
 
 #include "log.h"
 #include "pgproto.h"
-#include "proxy.h"
+#include "settings.h"
 #include "tls.h"
+#include "worker.h"
 
 #define CANCEL_TIMEOUT_SECONDS 10
 
@@ -19,7 +20,8 @@
  * server: the key must not cross the network in clear where the session
  * did not. */
 struct cancel {
-    struct proxy *proxy;
+    struct event_base *base;
+    struct settings *settings; /* those it started under, whatever a reload does */
     struct bufferevent *bev;
     uint8_t pkt[12 + PG_CANCEL_KEY_MAX];
     size_t len;
@@ -30,6 +32,7 @@ static void cancel_free(struct cancel *k)
 {
     if (k->bev)
         bufferevent_free(k->bev);
+    settings_unref(k->settings);
     free(k);
 }
 
@@ -63,7 +66,7 @@ static void send_request(struct cancel *k)
 static void answer_cb(struct bufferevent *bev, void *arg)
 {
     struct cancel *k = arg;
-    const struct config *cfg = k->proxy->cfg;
+    const struct config *cfg = k->settings->cfg;
     uint8_t answer;
 
     if (!k->asked_tls || evbuffer_remove(bufferevent_get_input(bev), &answer, 1) != 1)
@@ -73,7 +76,7 @@ static void answer_cb(struct bufferevent *bev, void *arg)
         send_request(k);
         return;
     }
-    SSL *ssl = answer == 'S' ? SSL_new(k->proxy->server_ssl_ctx) : NULL;
+    SSL *ssl = answer == 'S' ? SSL_new(k->settings->server_ssl_ctx) : NULL;
     if (!ssl || !tls_server_ssl_setup(ssl, cfg->server_tls.mode, cfg->server_host)) {
         SSL_free(ssl);
         give_up(k, answer == 'S' ? "out of memory" : "the server does not accept TLS");
@@ -82,7 +85,7 @@ static void answer_cb(struct bufferevent *bev, void *arg)
     evutil_socket_t fd = bufferevent_getfd(bev);
     bufferevent_setfd(bev, -1);
     bufferevent_free(bev);
-    k->bev = bufferevent_openssl_socket_new(k->proxy->base, fd, ssl,
+    k->bev = bufferevent_openssl_socket_new(k->base, fd, ssl,
                                             BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
     if (!k->bev) {
         SSL_free(ssl);
@@ -104,7 +107,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         if (bufferevent_openssl_get_ssl(bev)) {
             send_request(k);
-        } else if (k->proxy->server_ssl_ctx) {
+        } else if (k->settings->server_ssl_ctx) {
             static const uint8_t ssl_request[8] = { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f };
             k->asked_tls = true;
             bufferevent_setcb(bev, answer_cb, NULL, event_cb, k);
@@ -119,7 +122,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
                                           : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
 }
 
-void cancel_forward(struct proxy *p, const uint8_t *pkt, size_t len)
+void cancel_forward(struct worker *w, const uint8_t *pkt, size_t len)
 {
     struct cancel *k = calloc(1, sizeof(*k));
     const char *why = NULL;
@@ -129,10 +132,11 @@ void cancel_forward(struct proxy *p, const uint8_t *pkt, size_t len)
         log_error("cancel request not delivered: out of memory");
         return;
     }
-    k->proxy = p;
+    k->base = w->base;
+    k->settings = settings_ref(w->settings);
     memcpy(k->pkt, pkt, len);
     k->len = len;
-    k->bev = bufferevent_socket_new(p->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    k->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (!k->bev) {
         give_up(k, "out of memory");
         return;
@@ -140,7 +144,7 @@ void cancel_forward(struct proxy *p, const uint8_t *pkt, size_t len)
     struct timeval timeout = { CANCEL_TIMEOUT_SECONDS, 0 };
     bufferevent_set_timeouts(k->bev, &timeout, &timeout);
     bufferevent_setcb(k->bev, NULL, NULL, event_cb, k);
-    if (!proxy_connect_server(p, k->bev, &why)) {
+    if (!worker_connect_server(w, k->bev, &why)) {
         give_up(k, why ? why : "cannot connect");
         return;
     }

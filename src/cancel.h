@@ -11,9 +11,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-struct proxy;
+struct worker;
 
 /* Sends the len bytes of pkt, a whole CancelRequest, to the server. */
-void cancel_forward(struct proxy *p, const uint8_t *pkt, size_t len);
+void cancel_forward(struct worker *w, const uint8_t *pkt, size_t len);
 
 #endif

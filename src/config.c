@@ -41,6 +41,8 @@ enum main_key {
     KEY_AUTH_FILE,
     KEY_AUTH_QUERY,
     KEY_AUTH_USER,
+    KEY_WORKERS,
+    KEY_SO_REUSEPORT,
     MAIN_KEY_COUNT,
 };
 
@@ -72,6 +74,8 @@ static const char *const main_key_names[MAIN_KEY_COUNT] = {
     [KEY_AUTH_FILE] = "auth_file",
     [KEY_AUTH_QUERY] = "auth_query",
     [KEY_AUTH_USER] = "auth_user",
+    [KEY_WORKERS] = "workers",
+    [KEY_SO_REUSEPORT] = "so_reuseport",
 };
 
 static const char *const tls_mode_names[] = {
@@ -199,9 +203,15 @@ static void tls_config_free(struct tls_config *t)
     free(t->ciphers);
 }
 
-void config_free(struct config *cfg)
+struct config *config_ref(struct config *cfg)
 {
-    if (!cfg)
+    atomic_fetch_add_explicit(&cfg->refs, 1, memory_order_relaxed);
+    return cfg;
+}
+
+void config_unref(struct config *cfg)
+{
+    if (!cfg || atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel) != 1)
         return;
     tls_config_free(&cfg->client_tls);
     tls_config_free(&cfg->server_tls);
@@ -598,6 +608,8 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_CLIENT_LOGIN_TIMEOUT: parse_int(p, key, value, 1, 86400, &c->client_login_timeout); break;
     case KEY_SERVER_CONNECT_TIMEOUT: parse_int(p, key, value, 1, 3600, &c->server_connect_timeout); break;
     case KEY_SHUTDOWN_TIMEOUT: parse_int(p, key, value, 0, 86400, &c->shutdown_timeout); break;
+    case KEY_WORKERS: parse_int(p, key, value, 0, CONFIG_MAX_WORKERS, &c->workers); break;
+    case KEY_SO_REUSEPORT: parse_bool(p, key, value, &c->so_reuseport); break;
     case KEY_CLIENT_TLS_SSLMODE:
     case KEY_SERVER_TLS_SSLMODE: {
         int mode;
@@ -726,6 +738,7 @@ static struct config *config_defaults(void)
     struct config *c = calloc(1, sizeof(*c));
     if (!c)
         return NULL;
+    atomic_init(&c->refs, 1);
     c->listen_addr = strdup("127.0.0.1");
     c->listen_port = 6433;
     c->server_host = strdup("127.0.0.1");
@@ -739,7 +752,7 @@ static struct config *config_defaults(void)
     c->client_tls.protocols = c->server_tls.protocols = TLS_PROTO_V1_2 | TLS_PROTO_V1_3;
     c->auth_query = strdup(DEFAULT_AUTH_QUERY);
     if (!c->listen_addr || !c->server_host || !c->auth_query) {
-        config_free(c);
+        config_unref(c);
         return NULL;
     }
     return c;
@@ -799,7 +812,7 @@ struct config *config_parse(const char *text, size_t len, const char *filename,
     if (!p.failed)
         p.cfg->path = dup_str(&p, filename);
     if (p.failed) {
-        config_free(p.cfg);
+        config_unref(p.cfg);
         return NULL;
     }
     return p.cfg;
@@ -870,13 +883,23 @@ struct config *config_load(const char *path, char err[CONFIG_ERR_LEN])
 bool config_restart_needed(const struct config *old, const struct config *new_cfg,
                            char *buf, size_t buflen)
 {
+    const struct {
+        const char *key;
+        bool changed;
+    } fixed[] = {
+        { "listen_addr", strcmp(old->listen_addr, new_cfg->listen_addr) != 0 },
+        { "listen_port", old->listen_port != new_cfg->listen_port },
+        { "workers", old->workers != new_cfg->workers },
+        { "so_reuseport", old->so_reuseport != new_cfg->so_reuseport },
+    };
+
     buf[0] = '\0';
-    if (strcmp(old->listen_addr, new_cfg->listen_addr) != 0)
-        strncat(buf, "listen_addr", buflen - strlen(buf) - 1);
-    if (old->listen_port != new_cfg->listen_port) {
+    for (size_t i = 0; i < COUNT_OF(fixed); i++) {
+        if (!fixed[i].changed)
+            continue;
         if (buf[0])
             strncat(buf, ", ", buflen - strlen(buf) - 1);
-        strncat(buf, "listen_port", buflen - strlen(buf) - 1);
+        strncat(buf, fixed[i].key, buflen - strlen(buf) - 1);
     }
     return buf[0] != '\0';
 }

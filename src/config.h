@@ -9,12 +9,14 @@
 #ifndef IDEM_CONFIG_H
 #define IDEM_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 
 #include "log.h"
 
 #define CONFIG_ERR_LEN 512
+#define CONFIG_MAX_WORKERS 256
 
 enum table_action {
     TABLE_ACTION_AUTO,
@@ -78,6 +80,7 @@ struct table_rule {
 };
 
 struct config {
+    atomic_uint refs; /* shared read-only by every worker thread */
     char *path; /* the file this snapshot came from */
 
     char *listen_addr;
@@ -91,6 +94,8 @@ struct config {
     int client_login_timeout; /* seconds from accept to the first ReadyForQuery */
     int server_connect_timeout; /* seconds */
     int shutdown_timeout; /* seconds SIGTERM waits for busy clients */
+    int workers;          /* event-loop threads; 0: one per online core */
+    bool so_reuseport;    /* each worker its own SO_REUSEPORT listener */
 
     struct tls_config client_tls; /* clients connecting to the proxy */
     struct tls_config server_tls; /* the proxy connecting to PostgreSQL */
@@ -118,7 +123,11 @@ char *config_read_file(const char *path, size_t *len, bool wipe, char err[CONFIG
 /* Reads and parses a file; errors as for config_parse(). */
 struct config *config_load(const char *path, char err[CONFIG_ERR_LEN]);
 
-void config_free(struct config *cfg);
+/* A snapshot is shared by reference: config_ref() adds one, config_unref()
+ * drops one and frees the snapshot with the last. Both are thread-safe;
+ * nothing else ever changes a snapshot. */
+struct config *config_ref(struct config *cfg);
+void config_unref(struct config *cfg);
 
 /* Writes "what changed that needs a restart" between two snapshots into buf
  * (comma-separated key names); returns false when nothing does. */

@@ -22,6 +22,7 @@
 #include "login.h"
 #include "pgproto.h"
 #include "proxy.h"
+#include "worker.h"
 #include "rules.h"
 #include "session.h"
 #include "sock.h"
@@ -93,7 +94,7 @@ enum guard {
 
 struct conn {
     struct conn *prev, *next; /* the proxy's list */
-    struct proxy *proxy;
+    struct worker *worker;
     uint64_t id;
     enum conn_state state;
 
@@ -270,7 +271,7 @@ static void fail_client(struct conn *c, const char *sqlstate, const char *messag
 
 static void free_pair(struct conn *c)
 {
-    struct proxy *p = c->proxy;
+    struct worker *w = c->worker;
 
     sock_free(c->client);
     sock_free(c->server);
@@ -281,8 +282,8 @@ static void free_pair(struct conn *c)
     if (c->login_timer)
         event_free(c->login_timer);
     if (c->counted)
-        p->client_count--;
-    p->stats.track_desyncs += c->track.desyncs;
+        proxy_client_leave(w->proxy);
+    w->stats.track_desyncs += c->track.desyncs;
     track_free(&c->track);
     session_free(&c->session);
     authquery_cancel(c->lookup);
@@ -299,13 +300,13 @@ static void free_pair(struct conn *c)
     if (c->prev)
         c->prev->next = c->next;
     else
-        p->conns = c->next;
+        w->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
     free(c->user);
     free(c->database);
     free(c);
-    proxy_conn_gone(p);
+    worker_conn_gone(w);
 }
 
 /* Frees one side now if it has nothing left to write, else once it has
@@ -1456,7 +1457,7 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
 
 static void note_oversized(struct conn *c, enum direction d, char type, size_t total)
 {
-    c->proxy->stats.oversized_inspected++;
+    c->worker->stats.oversized_inspected++;
     if (d == TO_SERVER && rewriting(c)) {
         scope_count_reason(c->scope, RR_TOO_LARGE);
         /* Its names cannot be read: they are forgotten. */
@@ -1471,7 +1472,7 @@ static void note_oversized(struct conn *c, enum direction d, char type, size_t t
 /* The stream is corrupt: nothing after this can be framed. */
 static void protocol_violation(struct conn *c, enum direction d, const uint8_t *raw)
 {
-    c->proxy->stats.protocol_violations++;
+    c->worker->stats.protocol_violations++;
     conn_log(LOG_WARNING, c, "%s sent a message with length %u (type 0x%02x): closing",
              d == TO_SERVER ? "client" : "server", pg_get_u32(raw + 1), raw[0]);
     if (d == TO_SERVER)
@@ -1521,7 +1522,7 @@ static bool relay(struct conn *c, enum direction d)
 {
     struct sock *src = source_of(c, d), *dst = sink_of(c, d);
     struct sink k = { sock_input(src), sock_output(dst), 0 };
-    size_t max_held = c->proxy->cfg->max_held_message;
+    size_t max_held = c->worker->cfg->max_held_message;
     struct evbuffer_ptr pos;
 
     if (c->stream_left[d]) {
@@ -1645,13 +1646,13 @@ static void login_timeout_cb(evutil_socket_t fd, short what, void *arg)
 /* SSLRequest answered 'S': the rest of the connection is TLS. */
 static bool accept_tls(struct conn *c)
 {
-    SSL *ssl = SSL_new(c->proxy->client_ssl_ctx);
+    SSL *ssl = SSL_new(c->worker->settings->client_ssl_ctx);
 
     /* Anything already here came in plaintext after the SSLRequest, where
      * only the TLS handshake may follow: someone is injecting. */
     if (evbuffer_get_length(sock_input(c->client)) > 0) {
         SSL_free(ssl);
-        c->proxy->stats.protocol_violations++;
+        c->worker->stats.protocol_violations++;
         close_pair(c, "unencrypted data after SSLRequest");
         return false;
     }
@@ -1683,7 +1684,7 @@ static void cannot_connect(struct conn *c, const char *why)
     char name[256], msg[512];
 
     snprintf(msg, sizeof(msg), "idemproxy: could not connect to server at %s: %s",
-             proxy_server_name(c->proxy, name, sizeof(name)), why);
+             server_name(c->worker->cfg, name, sizeof(name)), why);
     fail_client(c, "08001", msg, "server unreachable");
 }
 
@@ -1724,10 +1725,10 @@ static void resolved(int result, struct evutil_addrinfo *ai, void *arg)
 
 static void connect_server(struct conn *c)
 {
-    struct proxy *p = c->proxy;
-    const struct config *cfg = p->cfg;
+    struct worker *w = c->worker;
+    const struct config *cfg = w->cfg;
 
-    c->server = sock_new(p->base, -1, server_sock_cb, c);
+    c->server = sock_new(w->base, -1, server_sock_cb, c);
     if (!c->server) {
         fail_client(c, "53200", "out of memory", "out of memory");
         return;
@@ -1751,7 +1752,7 @@ static void connect_server(struct conn *c)
     snprintf(port, sizeof(port), "%d", cfg->server_port);
     c->resolved_early = false;
     struct evdns_getaddrinfo_request *req =
-        evdns_getaddrinfo(p->dns, cfg->server_host, port, &hints, resolved, c);
+        evdns_getaddrinfo(w->dns, cfg->server_host, port, &hints, resolved, c);
     if (c->resolved_early)
         resolve_done(c, c->resolve_result, c->resolve_ai);
     else
@@ -1762,7 +1763,7 @@ static void connect_server(struct conn *c)
 static void read_tls_answer(struct conn *c)
 {
     struct evbuffer *in = sock_input(c->server);
-    enum tls_mode mode = c->proxy->cfg->server_tls.mode;
+    enum tls_mode mode = c->worker->cfg->server_tls.mode;
     char name[256], msg[512];
     uint8_t answer;
 
@@ -1772,7 +1773,7 @@ static void read_tls_answer(struct conn *c)
         send_startup(c);
         return;
     }
-    proxy_server_name(c->proxy, name, sizeof(name));
+    server_name(c->worker->cfg, name, sizeof(name));
     if (answer == 'N') {
         snprintf(msg, sizeof(msg), "idemproxy: the server at %s does not accept TLS, and "
                  "server_tls_sslmode = %s", name, tls_mode_name(mode));
@@ -1786,8 +1787,8 @@ static void read_tls_answer(struct conn *c)
         fail_client(c, "08P01", msg, "protocol violation by server");
         return;
     }
-    SSL *ssl = SSL_new(c->proxy->server_ssl_ctx);
-    if (!ssl || !tls_server_ssl_setup(ssl, mode, c->proxy->cfg->server_host)) {
+    SSL *ssl = SSL_new(c->worker->settings->server_ssl_ctx);
+    if (!ssl || !tls_server_ssl_setup(ssl, mode, c->worker->cfg->server_host)) {
         SSL_free(ssl);
         fail_client(c, "53200", "out of memory", "out of memory");
         return;
@@ -1825,8 +1826,8 @@ static void server_tls_failed(struct conn *c)
     else
         snprintf(err, sizeof(err), "%s", sock_error(c->server));
     snprintf(msg, sizeof(msg), "idemproxy: TLS with the server at %s failed (server_tls_sslmode "
-             "= %s): %s", proxy_server_name(c->proxy, name, sizeof(name)),
-             tls_mode_name(c->proxy->cfg->server_tls.mode), err);
+             "= %s): %s", server_name(c->worker->cfg, name, sizeof(name)),
+             tls_mode_name(c->worker->cfg->server_tls.mode), err);
     conn_log(LOG_WARNING, c, "%s", msg + strlen("idemproxy: "));
     fail_client(c, "08001", msg, "server TLS failed");
 }
@@ -1846,7 +1847,7 @@ static void auth_failed(struct conn *c, const char *why)
 /* Starts SCRAM with the client against secret_text (NULL: no such user). */
 static void start_sasl(struct conn *c, const char *secret_text)
 {
-    struct proxy *p = c->proxy;
+    struct worker *w = c->worker;
     struct scram_secret secret;
     bool known = secret_text && scram_secret_parse(secret_text, &secret);
     uint8_t out[LOGIN_MSG_MAX];
@@ -1860,8 +1861,8 @@ static void start_sasl(struct conn *c, const char *secret_text)
         fail_client(c, "53200", "out of memory", "out of memory");
         return;
     }
-    login_start(c->login, known ? &secret : NULL, c->user ? c->user : "", p->mock_key,
-                c->client_tls, p->client_cb, p->client_cb_len, out, &len);
+    login_start(c->login, known ? &secret : NULL, c->user ? c->user : "", w->proxy->mock_key,
+                c->client_tls, w->settings->client_cb, w->settings->client_cb_len, out, &len);
     OPENSSL_cleanse(&secret, sizeof(secret));
     send_to(c->client, out, len);
 }
@@ -1885,11 +1886,11 @@ static void lookup_done(void *arg, const char *secret, const char *error)
  * auth_query; a user found nowhere goes through a mock exchange. */
 static void begin_auth(struct conn *c)
 {
-    struct proxy *p = c->proxy;
-    const struct config *cfg = p->cfg;
+    struct worker *w = c->worker;
+    const struct config *cfg = w->cfg;
     const char *user = c->user ? c->user : "";
     enum auth_secret_kind kind;
-    const char *secret = p->auth_file ? authfile_secret(p->auth_file, user, &kind) : NULL;
+    const char *secret = w->settings->auth_file ? authfile_secret(w->settings->auth_file, user, &kind) : NULL;
 
     c->state = CONN_AUTH;
     if (secret || !cfg->auth_user) {
@@ -1897,10 +1898,10 @@ static void begin_auth(struct conn *c)
         return;
     }
     const char *auth_password =
-        p->auth_file ? authfile_secret(p->auth_file, cfg->auth_user, &kind) : NULL;
+        w->settings->auth_file ? authfile_secret(w->settings->auth_file, cfg->auth_user, &kind) : NULL;
     if (auth_password && kind != AUTH_SECRET_PLAIN)
         auth_password = NULL;
-    c->lookup = authquery_start(p->base, cfg, auth_password, c->database, user, lookup_done, c);
+    c->lookup = authquery_start(w->base, cfg, auth_password, c->database, user, lookup_done, c);
     if (!c->lookup)
         fail_client(c, "53200", "out of memory", "out of memory");
 }
@@ -2021,7 +2022,7 @@ static bool client_cert_matches(struct conn *c)
  * Returns false when the client connection is finished with. */
 static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t len)
 {
-    struct proxy *p = c->proxy;
+    struct worker *w = c->worker;
     const uint8_t *pkt = evbuffer_pullup(in, (ev_ssize_t)len);
     struct pg_startup su;
     const char *why;
@@ -2038,7 +2039,7 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
             return false;
         }
         evbuffer_drain(in, len);
-        if (su.kind == PG_STARTUP_SSL_REQUEST && p->client_ssl_ctx && !c->client_tls)
+        if (su.kind == PG_STARTUP_SSL_REQUEST && w->settings->client_ssl_ctx && !c->client_tls)
             return accept_tls(c);
         /* No GSS encryption, and TLS only once: the client may go on in
          * plaintext (or as it is) on the same connection. */
@@ -2047,12 +2048,12 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
 
     case PG_STARTUP_CANCEL:
         conn_log(LOG_DEBUG, c, "cancel request for backend %u", su.cancel_pid);
-        cancel_forward(p, pkt, len);
+        cancel_forward(w, pkt, len);
         close_pair(c, "cancel request forwarded");
         return false;
 
     case PG_STARTUP_INVALID:
-        p->stats.protocol_violations++;
+        w->stats.protocol_violations++;
         conn_log(LOG_WARNING, c, "invalid startup packet: %s", why);
         fail_client(c, "08P01", why, "invalid startup packet");
         return false;
@@ -2064,12 +2065,12 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
     c->user = su.user ? strdup(su.user) : NULL;
     c->database = strdup(su.database ? su.database : su.user ? su.user : "");
     c->replication = su.replication;
-    c->rules = ruleset_ref(p->rules);
-    if (p->shutting_down) {
+    c->rules = ruleset_ref(w->rules);
+    if (w->shutting_down) {
         fail_client(c, "57P03", "idemproxy is shutting down", "refused: shutting down");
         return false;
     }
-    enum tls_mode tls = p->cfg->client_tls.mode;
+    enum tls_mode tls = w->cfg->client_tls.mode;
     if (tls >= TLS_REQUIRE && !c->client_tls) {
         fail_client(c, "28000", "idemproxy: TLS is required (client_tls_sslmode = require): "
                     "connect with sslmode=require", "refused: plaintext");
@@ -2080,16 +2081,15 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
                     "(client_tls_sslmode = verify-full)", "refused: certificate user");
         return false;
     }
-    if (p->client_count >= p->cfg->max_client_conn) {
+    if (!proxy_client_enter(w->proxy, w->cfg->max_client_conn)) {
         char msg[128];
         snprintf(msg, sizeof(msg), "sorry, too many clients already (max_client_conn = %d)",
-                 p->cfg->max_client_conn);
+                 w->cfg->max_client_conn);
         fail_client(c, "53300", msg, "refused: max_client_conn reached");
         return false;
     }
     c->counted = true;
-    p->client_count++;
-    p->stats.clients_total++;
+    w->stats.clients_total++;
     conn_log(LOG_DEBUG, c, "login%s%s%s", c->client_tls ? " over TLS" : "",
              su.application_name ? " application_name=" : "",
              su.application_name ? su.application_name : "");
@@ -2099,7 +2099,7 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
         fail_client(c, "53200", "out of memory", "out of memory");
         return false;
     }
-    if (p->cfg->auth_type == AUTH_SCRAM)
+    if (w->cfg->auth_type == AUTH_SCRAM)
         begin_auth(c);
     else
         connect_server(c);
@@ -2116,7 +2116,7 @@ static void read_startup(struct conn *c)
             return;
         uint32_t len = pg_get_u32(raw);
         if (!pg_startup_len_ok(len)) {
-            c->proxy->stats.protocol_violations++;
+            c->worker->stats.protocol_violations++;
             conn_log(LOG_WARNING, c, "invalid startup packet length %u", len);
             fail_client(c, "08P01", "invalid length of startup packet", "invalid startup packet");
             return;
@@ -2139,7 +2139,8 @@ static void read_startup(struct conn *c)
  * statement is decided by them. */
 static void follow_reload(struct conn *c)
 {
-    struct ruleset *current = c->proxy->rules;
+    worker_refresh(c->worker);
+    struct ruleset *current = c->worker->rules;
 
     if (c->rules == current || c->catalog || !track_idle(&c->track) ||
         c->stream_left[TO_SERVER] || c->stream_left[TO_CLIENT])
@@ -2278,7 +2279,7 @@ static void server_sock_cb(struct sock *s, enum sock_event event, void *arg)
         }
         set_nodelay(s);
         conn_log(LOG_DEBUG, c, "server connected");
-        if (!c->proxy->server_ssl_ctx) {
+        if (!c->worker->settings->server_ssl_ctx) {
             send_startup(c);
             return;
         }
@@ -2319,7 +2320,7 @@ static void server_sock_cb(struct sock *s, enum sock_event event, void *arg)
 
 /* ---- public ------------------------------------------------------------ */
 
-struct conn *conn_accept(struct proxy *p, evutil_socket_t fd,
+struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
                          const struct sockaddr *addr, int addrlen)
 {
     struct conn *c = calloc(1, sizeof(*c));
@@ -2330,14 +2331,14 @@ struct conn *conn_accept(struct proxy *p, evutil_socket_t fd,
         log_error("out of memory accepting a client");
         return NULL;
     }
-    c->proxy = p;
-    c->id = ++p->next_conn_id;
+    c->worker = w;
+    c->id = proxy_next_conn_id(w->proxy);
     c->state = CONN_STARTUP;
     track_init(&c->track, free_note);
     session_init(&c->session);
     format_peer(c->peer, sizeof(c->peer), addr);
-    c->client = sock_new(p->base, fd, client_sock_cb, c);
-    c->login_timer = evtimer_new(p->base, login_timeout_cb, c);
+    c->client = sock_new(w->base, fd, client_sock_cb, c);
+    c->login_timer = evtimer_new(w->base, login_timeout_cb, c);
     if (!c->client || !c->login_timer) {
         sock_free(c->client);
         if (c->login_timer)
@@ -2346,15 +2347,15 @@ struct conn *conn_accept(struct proxy *p, evutil_socket_t fd,
         log_error("out of memory accepting a client");
         return NULL;
     }
-    c->next = p->conns;
-    if (p->conns)
-        p->conns->prev = c;
-    p->conns = c;
-    p->conn_count++;
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->conn_count++;
 
     sock_set_write_marks(c->client, OUT_LOW, OUT_HIGH);
     set_nodelay(c->client);
-    struct timeval login = { p->cfg->client_login_timeout, 0 };
+    struct timeval login = { w->cfg->client_login_timeout, 0 };
     evtimer_add(c->login_timer, &login);
     conn_log(LOG_INFO, c, "accepted");
     return c;

@@ -1,27 +1,28 @@
 /*
  * conn: one client connection and its server connection.
  *
- * A struct conn owns both bufferevents, the queue of the session's
- * outstanding requests and the connection's state; nothing outside conn.c
- * reaches into it. It moves bytes with libevent and asks the pure core
- * (pgproto, track) what they mean.
+ * A struct conn owns both socks, the queue of the session's outstanding
+ * requests and the connection's state; nothing outside conn.c reaches into
+ * it. It moves bytes with libevent and asks the pure core (pgproto, track)
+ * what they mean. It lives and dies on the thread of the worker that
+ * accepted it.
  *
  * Life: conn_accept() -> startup packets -> connect to the server -> relay
  * authentication -> relay the session -> close. A conn frees itself when
  * either side goes away, after flushing what the other side still has to
- * read, and then tells the proxy (proxy_conn_gone).
+ * read, and then tells its worker (worker_conn_gone).
  */
 #ifndef IDEM_CONN_H
 #define IDEM_CONN_H
 
 #include <event2/util.h>
 
-struct proxy;
+struct worker;
 struct conn;
 
 /* Adopts an accepted client socket. Returns NULL (socket closed, logged)
  * when memory runs out. */
-struct conn *conn_accept(struct proxy *p, evutil_socket_t fd,
+struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
                          const struct sockaddr *addr, int addrlen);
 
 /* The proxy is stopping: close the pair as soon as the session is idle

@@ -1,14 +1,19 @@
 #include "log.h"
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
 
-/* The one process-wide log destination: every module writes through it. */
-static enum log_level current_level = LOG_INFO;
+/* The one process-wide log destination: every module, on every thread,
+ * writes through it. The lock keeps lines whole and a reload's new file
+ * from closing under a writer. */
+static atomic_int current_level = LOG_INFO;
 static FILE *log_out;
+static pthread_mutex_t log_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *const level_names[] = {
     [LOG_ERROR] = "error",
@@ -35,12 +40,12 @@ const char *log_level_name(enum log_level level)
 
 void log_set_level(enum log_level level)
 {
-    current_level = level;
+    atomic_store_explicit(&current_level, (int)level, memory_order_relaxed);
 }
 
 bool log_enabled(enum log_level level)
 {
-    return level <= current_level;
+    return (int)level <= atomic_load_explicit(&current_level, memory_order_relaxed);
 }
 
 bool log_set_file(const char *path)
@@ -53,9 +58,12 @@ bool log_set_file(const char *path)
             return false;
         setvbuf(f, NULL, _IOLBF, 0);
     }
-    if (log_out)
-        fclose(log_out);
+    pthread_mutex_lock(&log_lock);
+    FILE *old = log_out;
     log_out = f;
+    pthread_mutex_unlock(&log_lock);
+    if (old)
+        fclose(old);
     return true;
 }
 
@@ -82,6 +90,7 @@ void log_msg(enum log_level level, const char *fmt, ...)
         len = sizeof(line) - 2;
     line[len++] = '\n';
 
-    /* One write per line keeps lines whole when several threads log. */
+    pthread_mutex_lock(&log_lock);
     fwrite(line, 1, len, log_out ? log_out : stderr);
+    pthread_mutex_unlock(&log_lock);
 }

@@ -11,9 +11,8 @@
 
 #include <event2/event.h>
 
-#include "authfile.h"
 #include "proxy.h"
-#include "tls.h"
+#include "settings.h"
 
 #define DEFAULT_CONFIG SYSCONFDIR "/idemproxy/idemproxy.ini"
 
@@ -97,34 +96,6 @@ static void usage(FILE *out)
 "  translate_errors        on | off [on]\n");
 }
 
-/* What the proxy would load besides the file itself: certificates, keys,
- * the auth_file. Says what is wrong on stderr. */
-static bool credentials_usable(const struct config *cfg)
-{
-    char why[512], err[CONFIG_ERR_LEN];
-    bool ok = true;
-    SSL_CTX *ctx = tls_client_context(cfg, why, sizeof(why));
-
-    if (!ctx && cfg->client_tls.mode != TLS_DISABLE) {
-        fprintf(stderr, "%s: client TLS: %s\n", cfg->path, why);
-        ok = false;
-    }
-    SSL_CTX_free(ctx);
-    ctx = tls_server_context(cfg, why, sizeof(why));
-    if (!ctx && cfg->server_tls.mode != TLS_DISABLE) {
-        fprintf(stderr, "%s: server TLS: %s\n", cfg->path, why);
-        ok = false;
-    }
-    SSL_CTX_free(ctx);
-    struct auth_file *auth = cfg->auth_file ? authfile_load(cfg->auth_file, err) : NULL;
-    if (cfg->auth_file && !auth) {
-        fprintf(stderr, "%s\n", err);
-        ok = false;
-    }
-    authfile_free(auth);
-    return ok;
-}
-
 int main(int argc, char **argv)
 {
     static const struct option options[] = {
@@ -159,11 +130,14 @@ int main(int argc, char **argv)
         return 1;
     }
     if (check_only) {
-        bool usable = credentials_usable(cfg);
-        if (usable)
-            printf("%s: configuration is valid\n", path);
-        config_free(cfg);
-        return usable ? 0 : 1;
+        /* What the proxy would load besides the file: certificates, keys,
+         * the auth_file; each failure is logged on stderr. */
+        struct settings *built = settings_build(cfg, NULL);
+        if (!built)
+            return 1;
+        printf("%s: configuration is valid\n", path);
+        settings_unref(built);
+        return 0;
     }
 
     /* A client that vanishes must not kill the process on the next write. */

@@ -1,21 +1,20 @@
 #include "proxy.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-
-#include <event2/dns.h>
-#include <event2/listener.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
-#include "conn.h"
 #include "log.h"
-#include "tls.h"
+#include "worker.h"
 
 #define LISTEN_BACKLOG 1024
 
@@ -26,68 +25,82 @@ static void apply_logging(const struct config *cfg)
         log_error("cannot open log_file %s: keeping the current log destination", cfg->log_file);
 }
 
-const char *proxy_server_name(const struct proxy *p, char *buf, size_t len)
+/* ---- what workers ask ---------------------------------------------------- */
+
+struct settings *proxy_settings_newer(struct proxy *p, const struct settings *have)
 {
-    if (p->cfg->server_host[0] == '/')
-        snprintf(buf, len, "%s/.s.PGSQL.%d", p->cfg->server_host, p->cfg->server_port);
-    else
-        snprintf(buf, len, "%s:%d", p->cfg->server_host, p->cfg->server_port);
-    return buf;
+    /* Comparing needs no lock: have stays allocated while the caller holds
+     * it, so the current one can only equal it by being it. */
+    if (atomic_load_explicit(&p->current, memory_order_acquire) == have)
+        return NULL;
+    pthread_mutex_lock(&p->settings_lock);
+    struct settings *s = settings_ref(atomic_load_explicit(&p->current, memory_order_relaxed));
+    pthread_mutex_unlock(&p->settings_lock);
+    return s;
 }
 
-bool proxy_connect_server(struct proxy *p, struct bufferevent *bev, const char **why)
+bool proxy_client_enter(struct proxy *p, int max)
 {
-    const struct config *cfg = p->cfg;
+    int n = atomic_load_explicit(&p->client_count, memory_order_relaxed);
 
-    if (cfg->server_host[0] == '/') {
-        struct sockaddr_un sun = { .sun_family = AF_UNIX };
-        int n = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/.s.PGSQL.%d",
-                         cfg->server_host, cfg->server_port);
-        if (n < 0 || (size_t)n >= sizeof(sun.sun_path)) {
-            *why = "socket path too long";
+    do {
+        if (n >= max)
             return false;
-        }
-        if (bufferevent_socket_connect(bev, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
-            *why = evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
-            return false;
-        }
-        return true;
-    }
-    if (bufferevent_socket_connect_hostname(bev, p->dns, AF_UNSPEC, cfg->server_host,
-                                            cfg->server_port) != 0) {
-        int dns_err = bufferevent_socket_get_dns_error(bev);
-        *why = dns_err ? evutil_gai_strerror(dns_err)
-                       : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
-        return false;
-    }
+    } while (!atomic_compare_exchange_weak_explicit(&p->client_count, &n, n + 1,
+                                                    memory_order_relaxed, memory_order_relaxed));
     return true;
 }
 
-void proxy_conn_gone(struct proxy *p)
+void proxy_client_leave(struct proxy *p)
 {
-    p->conn_count--;
-    if (p->shutting_down && p->conn_count == 0)
-        event_base_loopexit(p->base, NULL);
+    atomic_fetch_sub_explicit(&p->client_count, 1, memory_order_relaxed);
 }
 
-static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd,
-                      struct sockaddr *addr, int addrlen, void *arg)
+uint64_t proxy_next_conn_id(struct proxy *p)
 {
-    (void)listener;
-    conn_accept(arg, fd, addr, addrlen);
+    return atomic_fetch_add_explicit(&p->next_conn_id, 1, memory_order_relaxed) + 1;
 }
 
-static void accept_error_cb(struct evconnlistener *listener, void *arg)
+enum proxy_stop proxy_stop_request(const struct proxy *p)
 {
-    (void)listener;
-    (void)arg;
-    /* Typically EMFILE: the listener retries on the next event. */
-    log_error("accept failed: %s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    return (enum proxy_stop)atomic_load_explicit(&p->stop, memory_order_acquire);
 }
 
-static bool open_listener(struct proxy *p)
+void proxy_worker_ended(struct proxy *p)
 {
-    const struct config *cfg = p->cfg;
+    uint64_t one = 1;
+
+    if (write(p->exit_fd, &one, sizeof(one)) < 0)
+        log_error("cannot report a worker's end: %s", strerror(errno));
+}
+
+/* ---- listening ----------------------------------------------------------- */
+
+static int listen_socket(const struct addrinfo *ai, bool reuseport)
+{
+    int one = 1;
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
+                    ai->ai_protocol);
+
+    if (fd < 0)
+        return -1;
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return -1;
+    }
+    return fd;
+}
+
+/* One socket per worker: with so_reuseport each is its own, and the kernel
+ * spreads new connections over them (and over another idemproxy on the
+ * same port, for a rolling restart); without, they share one socket and
+ * whichever worker is free first accepts. */
+static bool open_listen_sockets(const struct config *cfg, int count, int fds[])
+{
     struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                               .ai_flags = AI_PASSIVE };
     struct addrinfo *ai = NULL;
@@ -100,193 +113,60 @@ static bool open_listener(struct proxy *p)
         log_error("listen_addr %s: %s", cfg->listen_addr, gai_strerror(rc));
         return false;
     }
-    p->listener = evconnlistener_new_bind(p->base, accept_cb, p,
-                                          LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                              LEV_OPT_CLOSE_ON_EXEC,
-                                          LISTEN_BACKLOG, ai->ai_addr, (int)ai->ai_addrlen);
-    freeaddrinfo(ai);
-    if (!p->listener) {
-        log_error("cannot listen on %s:%d: %s", cfg->listen_addr, cfg->listen_port,
-                  evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-        return false;
+    for (int i = 0; i < count; i++) {
+        if (i == 0 || cfg->so_reuseport)
+            fds[i] = listen_socket(ai, cfg->so_reuseport);
+        else
+            fds[i] = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
+        if (fds[i] < 0) {
+            log_error("cannot listen on %s:%d: %s", cfg->listen_addr, cfg->listen_port,
+                      strerror(errno));
+            while (i-- > 0)
+                close(fds[i]);
+            freeaddrinfo(ai);
+            return false;
+        }
     }
-    evconnlistener_set_error_cb(p->listener, accept_error_cb);
+    freeaddrinfo(ai);
     return true;
 }
 
-static void close_listener(struct proxy *p)
+/* ---- signals ------------------------------------------------------------- */
+
+static void stop_workers(struct proxy *p, enum proxy_stop how)
 {
-    if (p->listener) {
-        evconnlistener_free(p->listener);
-        p->listener = NULL;
-    }
-}
-
-static void shutdown_timeout_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct proxy *p = arg;
-    (void)fd;
-    (void)what;
-    log_warning("shutdown_timeout reached with %d connection(s) still busy: closing them",
-                p->conn_count);
-    for (struct conn *c = p->conns, *next; c; c = next) {
-        next = conn_next(c);
-        conn_terminate(c);
-    }
-    event_base_loopexit(p->base, NULL);
-}
-
-/* SIGTERM: no new clients; each open one is closed once it is idle. */
-static void begin_shutdown(struct proxy *p)
-{
-    if (p->shutting_down)
-        return;
-    p->shutting_down = true;
-    close_listener(p);
-    log_info("shutting down: waiting for %d connection(s) to become idle (at most %d s)",
-             p->conn_count, p->cfg->shutdown_timeout);
-    if (p->conn_count == 0) {
-        event_base_loopexit(p->base, NULL);
-        return;
-    }
-    for (struct conn *c = p->conns, *next; c; c = next) {
-        next = conn_next(c);
-        conn_shutdown(c);
-    }
-    struct timeval timeout = { p->cfg->shutdown_timeout, 0 };
-    p->shutdown_timer = evtimer_new(p->base, shutdown_timeout_cb, p);
-    if (p->shutdown_timer)
-        evtimer_add(p->shutdown_timer, &timeout);
-}
-
-/* " name=count" for each non-zero count(rs, table, reason), into line. */
-static size_t format_counts(char *line, size_t cap, const struct ruleset *rs, size_t table,
-                            int reasons, uint64_t (*count)(const struct ruleset *, size_t, int),
-                            const char *(*name)(int))
-{
-    size_t at = 0;
-
-    for (int r = 0; r < reasons && at < cap; r++) {
-        uint64_t n = count(rs, table, r);
-        if (n)
-            at += (size_t)snprintf(line + at, cap - at, " %s=%llu", name(r),
-                                   (unsigned long long)n);
-    }
-    return at;
-}
-
-static uint64_t rewrite_count(const struct ruleset *rs, size_t table, int reason)
-{
-    return ruleset_table_count(rs, table, (enum rewrite_reason)reason);
-}
-
-static const char *rewrite_name(int reason)
-{
-    return rewrite_reason_name((enum rewrite_reason)reason);
-}
-
-static uint64_t translation_count(const struct ruleset *rs, size_t table, int reason)
-{
-    return ruleset_translation_count(rs, table, (enum translate_reason)reason);
-}
-
-static const char *translation_name(int reason)
-{
-    return translate_reason_name((enum translate_reason)reason);
-}
-
-static void log_rule_counters(const struct ruleset *rs)
-{
-    const struct config *cfg = ruleset_config(rs);
-    char line[512];
-
-    for (size_t i = 0; i < cfg->table_count; i++) {
-        const struct table_rule *t = &cfg->tables[i];
-        if (format_counts(line, sizeof(line), rs, i, RR_COUNT, rewrite_count, rewrite_name))
-            log_info("[table %s.%s] INSERTs:%s", t->schema, t->name, line);
-        if (format_counts(line, sizeof(line), rs, i, TR_COUNT, translation_count,
-                          translation_name))
-            log_info("[table %s.%s] unique violations:%s", t->schema, t->name, line);
-    }
-}
-
-/* Builds the TLS contexts and loads auth_file for cfg. At start a failure
- * stops the proxy; on reload it keeps what it had, so that open and new
- * connections go on, and says why. */
-static bool load_credentials(struct proxy *p, const struct config *cfg, bool starting)
-{
-    char why[512], err[CONFIG_ERR_LEN];
-    SSL_CTX *client = tls_client_context(cfg, why, sizeof(why));
-    bool ok = true;
-
-    if (!client && cfg->client_tls.mode != TLS_DISABLE) {
-        log_error("client TLS: %s%s", why, starting ? "" : "; keeping the current context");
-        ok = false;
-    }
-    SSL_CTX *server = tls_server_context(cfg, why, sizeof(why));
-    if (!server && cfg->server_tls.mode != TLS_DISABLE) {
-        log_error("server TLS: %s%s", why, starting ? "" : "; keeping the current context");
-        ok = false;
-    }
-    struct auth_file *auth = NULL;
-    if (cfg->auth_file && !(auth = authfile_load(cfg->auth_file, err))) {
-        log_error("%s%s", err, starting ? "" : "; keeping the current auth_file");
-        ok = false;
-    }
-    if (!ok && starting) {
-        SSL_CTX_free(client);
-        SSL_CTX_free(server);
-        authfile_free(auth);
-        return false;
-    }
-    if (client || cfg->client_tls.mode == TLS_DISABLE) {
-        X509 *cert = client ? SSL_CTX_get0_certificate(client) : NULL;
-        SSL_CTX_free(p->client_ssl_ctx);
-        p->client_ssl_ctx = client;
-        p->client_cb_len = cert ? tls_server_end_point(cert, p->client_cb) : 0;
-    }
-    if (server || cfg->server_tls.mode == TLS_DISABLE) {
-        SSL_CTX_free(p->server_ssl_ctx);
-        p->server_ssl_ctx = server;
-    }
-    if (auth || !cfg->auth_file) {
-        authfile_free(p->auth_file);
-        p->auth_file = auth;
-    }
-    return ok;
-}
-
-/* Makes rs the current rules; connections move over when they are idle. */
-static void install_rules(struct proxy *p, struct ruleset *rs)
-{
-    if (p->rules) {
-        log_rule_counters(p->rules);
-        ruleset_unref(p->rules);
-    }
-    p->rules = rs;
-    p->cfg = ruleset_config(rs);
+    atomic_store_explicit(&p->stop, how, memory_order_release);
+    for (int i = 0; i < p->worker_count; i++)
+        worker_wake(&p->workers[i]);
 }
 
 static void reload(struct proxy *p)
 {
     char err[CONFIG_ERR_LEN], changed[128];
-    struct config *next = config_load(p->cfg->path, err);
+    struct settings *old = atomic_load_explicit(&p->current, memory_order_relaxed);
+    struct config *cfg = config_load(old->cfg->path, err);
 
-    if (!next) {
+    if (!cfg) {
         log_error("reload failed, keeping the current configuration: %s", err);
         return;
     }
-    if (config_restart_needed(p->cfg, next, changed, sizeof(changed)))
+    if (config_restart_needed(old->cfg, cfg, changed, sizeof(changed)))
         log_warning("reload: %s changed but only take effect on restart", changed);
-    struct ruleset *rs = ruleset_new(next);
-    if (!rs) {
+    apply_logging(cfg);
+    struct settings *next = settings_build(cfg, old);
+    if (!next) {
         log_error("reload failed, keeping the current configuration: out of memory");
         return;
     }
-    apply_logging(ruleset_config(rs));
-    install_rules(p, rs);
-    load_credentials(p, p->cfg, false);
-    log_info("configuration reloaded from %s", p->cfg->path);
+    pthread_mutex_lock(&p->settings_lock);
+    atomic_store_explicit(&p->current, next, memory_order_release);
+    pthread_mutex_unlock(&p->settings_lock);
+    settings_unref(old);
+    log_info("configuration reloaded from %s", next->cfg->path);
+    /* Each worker moves over now rather than at its next connection, and
+     * logs the counters of the rules it leaves. */
+    for (int i = 0; i < p->worker_count; i++)
+        worker_wake(&p->workers[i]);
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -296,12 +176,13 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 
     switch (sig) {
     case SIGTERM:
-        log_info("SIGTERM received");
-        begin_shutdown(p);
+        log_info("SIGTERM received: no new clients; each open one is closed when idle "
+                 "(at most shutdown_timeout)");
+        stop_workers(p, PROXY_STOP_GRACEFUL);
         break;
     case SIGINT:
         log_info("SIGINT received: exiting at once");
-        event_base_loopexit(p->base, NULL);
+        stop_workers(p, PROXY_STOP_NOW);
         break;
     case SIGHUP:
         reload(p);
@@ -311,79 +192,165 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+static void worker_exit_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy *p = arg;
+    uint64_t n = 0;
+    (void)what;
+
+    if (read(fd, &n, sizeof(n)) != sizeof(n))
+        return;
+    p->workers_running -= (int)n;
+    if (p->workers_running <= 0)
+        event_base_loopexit(p->base, NULL);
+}
+
+/* ---- life ---------------------------------------------------------------- */
+
+static int worker_count(const struct config *cfg)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+
+    if (cfg->workers > 0)
+        return cfg->workers;
+    if (cores < 1)
+        return 1;
+    return cores > CONFIG_MAX_WORKERS ? CONFIG_MAX_WORKERS : (int)cores;
+}
+
+/* Workers run with the process signals blocked, so that the kernel
+ * delivers them to the main thread's loop. */
+static bool start_workers(struct proxy *p)
+{
+    sigset_t all, old;
+
+    sigemptyset(&all);
+    sigaddset(&all, SIGTERM);
+    sigaddset(&all, SIGINT);
+    sigaddset(&all, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    bool ok = true;
+    for (int i = 0; i < p->worker_count && ok; i++) {
+        ok = worker_start(&p->workers[i]);
+        if (ok)
+            p->workers_running++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return ok;
+}
+
 bool proxy_init(struct proxy *p, struct config *cfg)
 {
     memset(p, 0, sizeof(*p));
-    struct ruleset *rs = ruleset_new(cfg);
-    if (!rs) {
-        log_error("out of memory");
+    p->exit_fd = -1;
+    pthread_mutex_init(&p->settings_lock, NULL);
+    apply_logging(cfg);
+    struct settings *s = settings_build(cfg, NULL);
+    if (!s)
+        return false;
+    atomic_store(&p->current, s);
+    if (RAND_bytes(p->mock_key, sizeof(p->mock_key)) != 1) {
+        log_error("no random bytes for the mock secrets");
         return false;
     }
-    install_rules(p, rs);
-    apply_logging(cfg);
-    if (RAND_bytes(p->mock_key, sizeof(p->mock_key)) != 1 || !load_credentials(p, cfg, true))
-        return false;
     p->base = event_base_new();
-    if (!p->base) {
+    p->exit_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (!p->base || p->exit_fd < 0) {
         log_error("cannot create the event loop");
         return false;
-    }
-    p->dns = evdns_base_new(p->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
-                                         EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-    if (!p->dns) {
-        /* No resolv.conf: addresses and /etc/hosts names still work. */
-        p->dns = evdns_base_new(p->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     }
     p->sig_term = evsignal_new(p->base, SIGTERM, signal_cb, p);
     p->sig_int = evsignal_new(p->base, SIGINT, signal_cb, p);
     p->sig_hup = evsignal_new(p->base, SIGHUP, signal_cb, p);
-    if (!p->dns || !p->sig_term || !p->sig_int || !p->sig_hup ||
+    p->worker_exit = event_new(p->base, p->exit_fd, EV_READ | EV_PERSIST, worker_exit_cb, p);
+    if (!p->sig_term || !p->sig_int || !p->sig_hup || !p->worker_exit ||
         evsignal_add(p->sig_term, NULL) || evsignal_add(p->sig_int, NULL) ||
-        evsignal_add(p->sig_hup, NULL)) {
+        evsignal_add(p->sig_hup, NULL) || event_add(p->worker_exit, NULL)) {
         log_error("cannot set up the event loop");
         return false;
     }
-    if (!open_listener(p))
+
+    int count = worker_count(cfg);
+    int fds[CONFIG_MAX_WORKERS];
+    p->workers = calloc((size_t)count, sizeof(*p->workers));
+    if (!p->workers) {
+        log_error("out of memory");
         return false;
+    }
+    if (!open_listen_sockets(cfg, count, fds))
+        return false;
+    for (int i = 0; i < count; i++) {
+        p->worker_count++;
+        if (!worker_init(&p->workers[i], p, i + 1, s, fds[i])) {
+            while (++i < count)
+                close(fds[i]);
+            return false;
+        }
+    }
+    if (!start_workers(p)) {
+        stop_workers(p, PROXY_STOP_NOW);
+        return false;
+    }
     char name[256];
-    log_info("idemproxy %s listening on %s:%d, server %s", PACKAGE_VERSION, cfg->listen_addr,
-             cfg->listen_port, proxy_server_name(p, name, sizeof(name)));
+    log_info("idemproxy %s listening on %s:%d (%d worker%s%s), server %s", PACKAGE_VERSION,
+             cfg->listen_addr, cfg->listen_port, count, count == 1 ? "" : "s",
+             cfg->so_reuseport ? ", so_reuseport" : "", server_name(cfg, name, sizeof(name)));
     return true;
+}
+
+/* The rule counters of every worker, summed per table; the workers have
+ * ended and moved to the current settings, so their tables line up. */
+static void log_rule_totals(const struct proxy *p)
+{
+    const struct ruleset *sets[CONFIG_MAX_WORKERS];
+
+    for (int i = 0; i < p->worker_count; i++)
+        sets[i] = p->workers[i].rules;
+    ruleset_log_counters(sets, (size_t)p->worker_count, "");
 }
 
 int proxy_run(struct proxy *p)
 {
+    struct worker_stats total = { 0 };
+
     event_base_dispatch(p->base);
-    log_rule_counters(p->rules);
+    for (int i = 0; i < p->worker_count; i++) {
+        const struct worker_stats *s = &p->workers[i].stats;
+        worker_join(&p->workers[i]);
+        worker_refresh(&p->workers[i]);
+        total.clients_total += s->clients_total;
+        total.oversized_inspected += s->oversized_inspected;
+        total.protocol_violations += s->protocol_violations;
+        total.track_desyncs += s->track_desyncs;
+    }
+    log_rule_totals(p);
     log_info("exiting: %llu clients served, %llu oversized messages streamed unread, "
              "%llu protocol violations, %llu request-queue resyncs",
-             (unsigned long long)p->stats.clients_total,
-             (unsigned long long)p->stats.oversized_inspected,
-             (unsigned long long)p->stats.protocol_violations,
-             (unsigned long long)p->stats.track_desyncs);
+             (unsigned long long)total.clients_total,
+             (unsigned long long)total.oversized_inspected,
+             (unsigned long long)total.protocol_violations,
+             (unsigned long long)total.track_desyncs);
     return 0;
 }
 
 void proxy_free(struct proxy *p)
 {
-    while (p->conns)
-        conn_destroy(p->conns);
-    close_listener(p);
-    if (p->shutdown_timer)
-        event_free(p->shutdown_timer);
+    for (int i = 0; i < p->worker_count; i++)
+        worker_free(&p->workers[i]);
+    free(p->workers);
     if (p->sig_term)
         event_free(p->sig_term);
     if (p->sig_int)
         event_free(p->sig_int);
     if (p->sig_hup)
         event_free(p->sig_hup);
-    if (p->dns)
-        evdns_base_free(p->dns, 0);
+    if (p->worker_exit)
+        event_free(p->worker_exit);
+    if (p->exit_fd >= 0)
+        close(p->exit_fd);
     if (p->base)
         event_base_free(p->base);
-    ruleset_unref(p->rules);
-    SSL_CTX_free(p->client_ssl_ctx);
-    SSL_CTX_free(p->server_ssl_ctx);
-    authfile_free(p->auth_file);
+    settings_unref(atomic_load(&p->current));
+    pthread_mutex_destroy(&p->settings_lock);
     memset(p, 0, sizeof(*p));
 }

@@ -1,80 +1,79 @@
 /*
- * proxy: the process around the connections.
+ * proxy: the process around the workers.
  *
- * Owns the event loop, the listener, the current rules (which own the
- * configuration snapshot they were built from), the list of connection
- * pairs, the counters and the signals. Connections ask it for the
- * configuration, the rules and a socket to the server; they never see each
- * other.
+ * The main thread owns the signals, the current settings (swapped whole on
+ * reload), the listening sockets it hands to the workers, and the workers
+ * themselves. It serves no connection: workers do, each on its own thread
+ * and event loop (see worker.h). What workers share lives here and is
+ * either immutable after start or atomic: the current settings pointer,
+ * the count of clients for max_client_conn, connection ids, and what the
+ * process wants of them (stop gracefully, stop now).
  */
 #ifndef IDEM_PROXY_H
 #define IDEM_PROXY_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <event2/bufferevent.h>
 #include <event2/event.h>
-#include <openssl/ssl.h>
 
-#include "authfile.h"
 #include "config.h"
-#include "rules.h"
 #include "scram.h"
+#include "settings.h"
 
-struct conn;
+struct worker;
 
-struct proxy_stats {
-    uint64_t clients_total;
-    uint64_t oversized_inspected; /* inspected messages over max_held_message, streamed */
-    uint64_t protocol_violations;
-    uint64_t track_desyncs;
+enum proxy_stop {
+    PROXY_RUNNING,
+    PROXY_STOP_GRACEFUL, /* SIGTERM: no new clients, close each when idle */
+    PROXY_STOP_NOW,      /* SIGINT, or shutdown_timeout reached */
 };
 
 struct proxy {
-    struct event_base *base;
-    struct evdns_base *dns;
-    struct ruleset *rules;    /* the current rules; replaced whole on reload */
-    const struct config *cfg; /* the snapshot they were built from */
-
-    /* Credentials, rebuilt on reload; a broken new one leaves the old. */
-    SSL_CTX *client_ssl_ctx;  /* NULL: clients are refused TLS */
-    SSL_CTX *server_ssl_ctx;  /* NULL: plaintext to the server */
-    uint8_t client_cb[EVP_MAX_MD_SIZE]; /* the proxy certificate's channel binding data */
-    size_t client_cb_len;
-    struct auth_file *auth_file;
-    uint8_t mock_key[SCRAM_KEY_LEN]; /* for the mock secrets of unknown users */
-    struct evconnlistener *listener;
+    struct event_base *base; /* the main thread's: signals and worker exits */
     struct event *sig_term, *sig_int, *sig_hup;
-    struct event *shutdown_timer;
+    int exit_fd;             /* eventfd: each worker adds 1 when its loop ends */
+    struct event *worker_exit;
 
-    struct conn *conns;   /* every open connection pair */
-    int conn_count;
-    int client_count;     /* pairs past their StartupMessage: max_client_conn counts these */
-    uint64_t next_conn_id;
-    bool shutting_down;
+    pthread_mutex_t settings_lock;   /* held while swapping or taking current */
+    struct settings *_Atomic current;
 
-    struct proxy_stats stats;
+    struct worker *workers;
+    int worker_count;
+    int workers_running;
+
+    atomic_int stop;                  /* enum proxy_stop */
+    atomic_int client_count;          /* across workers, for max_client_conn */
+    atomic_uint_fast64_t next_conn_id;
+    uint8_t mock_key[SCRAM_KEY_LEN];  /* for the mock secrets of unknown users */
 };
 
-/* Takes ownership of cfg. Binds the listener; false (logged) on failure
- * (cfg is freed by proxy_free then). */
+/* Takes ownership of cfg. Builds the settings, binds the listening
+ * sockets and starts the workers; false (logged) on failure, after which
+ * proxy_free() still cleans up. */
 bool proxy_init(struct proxy *p, struct config *cfg);
 
-/* Runs until shutdown; returns the process exit code. */
+/* Runs the main thread's loop until every worker has ended; returns the
+ * process exit code. */
 int proxy_run(struct proxy *p);
 
 void proxy_free(struct proxy *p);
 
-/* Starts connecting bev (created without a socket) to the configured server.
- * Completion or failure arrives through bev's event callback. False when
- * the attempt could not even start; *why then says why. */
-bool proxy_connect_server(struct proxy *p, struct bufferevent *bev, const char **why);
+/* For workers. A new reference to the current settings when they are not
+ * have, else NULL. */
+struct settings *proxy_settings_newer(struct proxy *p, const struct settings *have);
 
-/* "host:port" or the socket path, for messages. */
-const char *proxy_server_name(const struct proxy *p, char *buf, size_t len);
+/* Counts a client in if fewer than max are in; false when full. */
+bool proxy_client_enter(struct proxy *p, int max);
+void proxy_client_leave(struct proxy *p);
 
-/* A connection pair has been freed. */
-void proxy_conn_gone(struct proxy *p);
+uint64_t proxy_next_conn_id(struct proxy *p);
+
+enum proxy_stop proxy_stop_request(const struct proxy *p);
+
+/* A worker's loop has ended (called on its thread, last thing). */
+void proxy_worker_ended(struct proxy *p);
 
 #endif

@@ -1,8 +1,11 @@
 #include "rules.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uthash.h>
+
+#include "log.h"
 
 /* The decision cache of one scope stays within these bounds; the least
  * recently used decisions go first. Texts longer than CACHE_MAX_TEXT are
@@ -63,7 +66,7 @@ struct ruleset *ruleset_new(struct config *cfg)
             free(rs->translation_counts);
         }
         free(rs);
-        config_free(cfg);
+        config_unref(cfg);
         return NULL;
     }
     rs->refs = 1;
@@ -114,7 +117,7 @@ void ruleset_unref(struct ruleset *rs)
     }
     free(rs->table_counts);
     free(rs->translation_counts);
-    config_free(rs->cfg);
+    config_unref(rs->cfg);
     free(rs);
 }
 
@@ -390,6 +393,45 @@ uint64_t ruleset_translation_count(const struct ruleset *rs, size_t table,
                                    enum translate_reason reason)
 {
     return table < rs->cfg->table_count ? rs->translation_counts[table][reason] : 0;
+}
+
+/* " reason=count" for each reason with a non-zero sum, into line. */
+static size_t format_sums(char *line, size_t cap, const struct ruleset *const *sets, size_t n,
+                          size_t table, bool translations)
+{
+    int reasons = translations ? TR_COUNT : RR_COUNT;
+    size_t at = 0;
+
+    for (int r = 0; r < reasons && at < cap; r++) {
+        uint64_t sum = 0;
+        for (size_t i = 0; i < n; i++)
+            sum += translations
+                       ? ruleset_translation_count(sets[i], table, (enum translate_reason)r)
+                       : ruleset_table_count(sets[i], table, (enum rewrite_reason)r);
+        if (sum)
+            at += (size_t)snprintf(line + at, cap - at, " %s=%llu",
+                                   translations ? translate_reason_name((enum translate_reason)r)
+                                                : rewrite_reason_name((enum rewrite_reason)r),
+                                   (unsigned long long)sum);
+    }
+    return at;
+}
+
+void ruleset_log_counters(const struct ruleset *const *sets, size_t n, const char *prefix)
+{
+    if (n == 0)
+        return;
+    const struct config *cfg = sets[0]->cfg;
+    char line[512];
+
+    for (size_t t = 0; t < cfg->table_count; t++) {
+        const struct table_rule *rule = &cfg->tables[t];
+        if (format_sums(line, sizeof(line), sets, n, t, false))
+            log_info("%s[table %s.%s] INSERTs:%s", prefix, rule->schema, rule->name, line);
+        if (format_sums(line, sizeof(line), sets, n, t, true))
+            log_info("%s[table %s.%s] unique violations:%s", prefix, rule->schema, rule->name,
+                     line);
+    }
 }
 
 bool scope_translates(const struct scope *s, size_t i)

@@ -90,6 +90,11 @@ void scope_count_reason(struct scope *s, enum rewrite_reason reason);
 uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrite_reason reason);
 uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason);
 
+/* Logs one line per table and kind of counter, each count summed over the
+ * n rulesets (built from one configuration snapshot, as the workers'
+ * are), prefix first; tables with nothing counted are left out. */
+void ruleset_log_counters(const struct ruleset *const *sets, size_t n, const char *prefix);
+
 /* Counts what happened to a unique violation on the scope's i-th table. */
 void scope_count_translation(struct scope *s, size_t i, enum translate_reason reason);
 uint64_t ruleset_translation_count(const struct ruleset *rs, size_t table,

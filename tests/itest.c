@@ -394,6 +394,15 @@ static pid_t spawn_proxy(struct itest_proxy *p, const char *asan_options)
     _exit(127);
 }
 
+/* On a port another process may already listen on, only the proxy's own
+ * log tells that it is up. */
+static bool proxy_listening(struct itest_proxy *p, const struct itest_proxy_opts *opts)
+{
+    if (opts->listen_port)
+        return itest_proxy_log_contains(p, " listening on ");
+    return itest_port_listening(p->port);
+}
+
 struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
 {
     static const struct itest_proxy_opts no_opts;
@@ -403,7 +412,7 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
     /* Up to three ports: another process may grab a port between our probe
      * and the proxy's bind. */
     for (int attempt = 0; attempt < 3; attempt++) {
-        p->port = itest_free_port();
+        p->port = opts->listen_port ? opts->listen_port : itest_free_port();
         assert_true(p->port > 0);
         char body[4096];
         snprintf(body, sizeof body,
@@ -427,15 +436,15 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
 
         /* Sanitizer builds start slower; 20 s is far beyond any sane start. */
         int64_t deadline = itest_now_ms() + 20000;
-        while (itest_proxy_alive(p) && !itest_port_listening(p->port) && itest_now_ms() < deadline)
+        while (itest_proxy_alive(p) && !proxy_listening(p, opts) && itest_now_ms() < deadline)
             itest_sleep_ms(10);
-        if (itest_proxy_alive(p) && itest_port_listening(p->port))
+        if (itest_proxy_alive(p) && proxy_listening(p, opts))
             return p;
         if (itest_proxy_alive(p)) {
             itest_proxy_dump_log(p, 50);
             fail_msg("proxy (pid %d) did not listen on port %d within 20 s", (int)p->pid, p->port);
         }
-        if (!itest_proxy_log_contains(p, "in use"))
+        if (opts->listen_port || !itest_proxy_log_contains(p, "in use"))
             break;
     }
     itest_proxy_dump_log(p, 50);

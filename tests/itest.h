@@ -61,6 +61,8 @@ struct itest_proxy_opts {
     const char *log_level;   /* NULL: "info" */
     const char *extra;       /* more "key = value\n" lines, or NULL */
     const char *asan_options; /* appended to ASAN_OPTIONS in the proxy's env */
+    int listen_port;          /* 0: a free port; else this one, which another
+                               * proxy may already listen on (so_reuseport) */
 };
 
 struct itest_proxy {

@@ -62,7 +62,7 @@ static void parse_fails_len(const char *text, size_t len, int line, const char *
     char err[CONFIG_ERR_LEN], prefix[64];
     struct auth_file *f = parse_len(text, len, err);
     if (f) {
-        authfile_free(f);
+        authfile_unref(f);
         fail_msg("parsed, expected an error at line %d\n--- text ---\n%s", line, text);
     }
     snprintf(prefix, sizeof(prefix), "%s:%d: ", FILENAME, line);
@@ -113,7 +113,7 @@ static void test_good_file(void **state)
     expect_missing(f, "alice ");
     expect_missing(f, "carol");
     expect_missing(f, "");
-    authfile_free(f);
+    authfile_unref(f);
 }
 
 static void test_empty(void **state)
@@ -126,7 +126,7 @@ static void test_empty(void **state)
         struct auth_file *f = parse_ok(texts[i]);
         assert_int_equal(authfile_count(f), 0);
         expect_missing(f, "alice");
-        authfile_free(f);
+        authfile_unref(f);
     }
 }
 
@@ -156,7 +156,7 @@ static void test_classify(void **state)
     /* An empty secret is PgBouncer's too; what it allows is the caller's. */
     expect_secret(f, "i", "", AUTH_SECRET_PLAIN);
     assert_int_equal(authfile_count(f), 9);
-    authfile_free(f);
+    authfile_unref(f);
 }
 
 /* A doubled quote inside quotes is a quote, in either field. */
@@ -172,7 +172,7 @@ static void test_quotes(void **state)
     /* Backslashes are nothing special. */
     expect_secret(f, "sp ace", "a;b \\", AUTH_SECRET_PLAIN);
     assert_int_equal(authfile_count(f), 3);
-    authfile_free(f);
+    authfile_unref(f);
 
     /* Fields next to each other with no blank between: "x""pw" is one
      * field, x"pw, with no secret after it. */
@@ -197,7 +197,7 @@ static void test_layout(void **state)
     expect_secret(f, "carol", "pw3", AUTH_SECRET_PLAIN);
     expect_secret(f, "dave", "pw4", AUTH_SECRET_PLAIN);
     expect_missing(f, "; an indented comment");
-    authfile_free(f);
+    authfile_unref(f);
 }
 
 static void test_crlf_and_bom(void **state)
@@ -211,7 +211,7 @@ static void test_crlf_and_bom(void **state)
     assert_int_equal(authfile_count(f), 2);
     expect_secret(f, "alice", PG15_SECRET, AUTH_SECRET_SCRAM);
     expect_secret(f, "bob", "pw", AUTH_SECRET_PLAIN);
-    authfile_free(f);
+    authfile_unref(f);
 
     /* A BOM anywhere but at the start is no blank. */
     parse_fails("\"bob\" \"pw\"\n\xEF\xBB\xBF\"alice\" \"pw\"\n", 2, "double quotes");
@@ -234,7 +234,7 @@ static void test_duplicates(void **state)
     /* Different case: different users. */
     struct auth_file *f = parse_ok("\"alice\" \"1\"\n\"Alice\" \"2\"\n");
     assert_int_equal(authfile_count(f), 2);
-    authfile_free(f);
+    authfile_unref(f);
 }
 
 static void test_malformed(void **state)
@@ -295,7 +295,7 @@ static void test_load(void **state)
     assert_non_null(f);
     assert_int_equal(authfile_count(f), 2);
     expect_secret(f, "alice", PG15_SECRET, AUTH_SECRET_SCRAM);
-    authfile_free(f);
+    authfile_unref(f);
 
     /* A bigger file than one read takes. */
     FILE *out = fopen(path, "w");
@@ -307,7 +307,7 @@ static void test_load(void **state)
     assert_non_null(f);
     assert_int_equal(authfile_count(f), 2000);
     expect_secret(f, "user1999", "password number 1999", AUTH_SECRET_PLAIN);
-    authfile_free(f);
+    authfile_unref(f);
 
     /* A bad file names itself and the line. */
     out = fopen(path, "w");

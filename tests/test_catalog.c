@@ -174,7 +174,7 @@ static void test_query_one_table(void **state)
     /* One simple-protocol statement: nothing after the last row source. */
     assert_null(strchr(sql, ';'));
     free(sql);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 /* Whatever standard_conforming_strings says, '' is a quote, and inside E''
@@ -198,7 +198,7 @@ static void test_query_quotes_names(void **state)
     assert_null(strstr(sql, "'o'b"));
     assert_null(strstr(sql, "'back\\slash'"));
     free(sql);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 /* ---- catalog_add_row --------------------------------------------------- */
@@ -663,7 +663,7 @@ static void check_decide(const struct decide_case *c)
     assert_null(v.clause_plain);
     assert_null(v.clause_returning);
     catalog_free(&cat);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 static void test_decide_table(void **state)
@@ -714,7 +714,7 @@ static void test_decide_long_names(void **state)
     assert_non_null(strstr(v.problem, "its unique index xxx"));
     table_verdict_free(&v);
     catalog_free(&cat);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 /* Several rules decided from one catalog, as scope_learn does. */
@@ -741,7 +741,7 @@ static void test_decide_shared_catalog(void **state)
     assert_false(v.unqualified_ok);
     table_verdict_free(&v);
     catalog_free(&cat);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 /* ---- catalog_partition_root -------------------------------------------- */

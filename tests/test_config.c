@@ -60,7 +60,7 @@ static void parse_fails_len(const char *text, size_t len, int line, const char *
     char err[CONFIG_ERR_LEN], prefix[64];
     struct config *cfg = parse_as(text, len, FILENAME, err);
     if (cfg) {
-        config_free(cfg);
+        config_unref(cfg);
         fail_msg("parsed, expected an error at line %d\n--- text ---\n%s", line, text);
     }
     if (line > 0)
@@ -110,7 +110,9 @@ static void test_full_main_section(void **state)
         "max_held_message = 64kB\n"
         "client_login_timeout = 15\n"
         "server_connect_timeout = 5 ; seconds\n"
-        "shutdown_timeout = 120\n");
+        "shutdown_timeout = 120\n"
+        "workers = 4\n"
+        "so_reuseport = on\n");
     assert_string_equal(cfg->listen_addr, "0.0.0.0");
     assert_int_equal(cfg->listen_port, 6500);
     assert_string_equal(cfg->server_host, "/var/run/postgresql");
@@ -122,8 +124,10 @@ static void test_full_main_section(void **state)
     assert_int_equal(cfg->client_login_timeout, 15);
     assert_int_equal(cfg->server_connect_timeout, 5);
     assert_int_equal(cfg->shutdown_timeout, 120);
+    assert_int_equal(cfg->workers, 4);
+    assert_true(cfg->so_reuseport);
     assert_int_equal(cfg->table_count, 0);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 /* The defaults, as config.c sets them (and the documentation states). */
@@ -142,9 +146,11 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->client_login_timeout, 60);
     assert_int_equal(cfg->server_connect_timeout, 10);
     assert_int_equal(cfg->shutdown_timeout, 30);
+    assert_int_equal(cfg->workers, 0);
+    assert_false(cfg->so_reuseport);
     assert_int_equal(cfg->table_count, 0);
     assert_null(cfg->tables);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 static void test_sizes(void **state)
@@ -165,7 +171,7 @@ static void test_sizes(void **state)
         snprintf(text, sizeof(text), "[idemproxy]\nmax_held_message = %s\n", good[i].text);
         struct config *cfg = parse_ok(text);
         assert_int_equal(cfg->max_held_message, good[i].bytes);
-        config_free(cfg);
+        config_unref(cfg);
     }
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         snprintf(text, sizeof(text), "[idemproxy]\nmax_held_message = %s\n", bad[i]);
@@ -179,7 +185,7 @@ static void test_port_ranges(void **state)
     struct config *cfg = parse_ok("[idemproxy]\nlisten_port = 1\nserver_port = 65535\n");
     assert_int_equal(cfg->listen_port, 1);
     assert_int_equal(cfg->server_port, 65535);
-    config_free(cfg);
+    config_unref(cfg);
 
     static const char *const bad[] = {
         "abc", "70000", "65536", "-1", "0", "6432abc", "64 32", "99999999999999999999", "",
@@ -195,6 +201,9 @@ static void test_port_ranges(void **state)
     parse_fails("[idemproxy]\nclient_login_timeout = soon\n", 2, "client_login_timeout");
     parse_fails("[idemproxy]\nserver_connect_timeout = -5\n", 2, "server_connect_timeout");
     parse_fails("[idemproxy]\nshutdown_timeout = 1e3\n", 2, "shutdown_timeout");
+    parse_fails("[idemproxy]\nworkers = -1\n", 2, "workers");
+    parse_fails("[idemproxy]\nworkers = 257\n", 2, "workers");
+    parse_fails("[idemproxy]\nso_reuseport = maybe\n", 2, "so_reuseport");
 }
 
 static void test_log_levels(void **state)
@@ -209,7 +218,7 @@ static void test_log_levels(void **state)
         snprintf(text, sizeof(text), "[idemproxy]\nlog_level = %s\n", levels[i].name);
         struct config *cfg = parse_ok(text);
         assert_int_equal(cfg->log_level, levels[i].level);
-        config_free(cfg);
+        config_unref(cfg);
 
         enum log_level parsed = LOG_ERROR;
         assert_true(log_level_parse(levels[i].name, &parsed));
@@ -281,7 +290,7 @@ static void test_indented_keys(void **state)
     assert_int_equal(cfg->table_count, 1);
     assert_int_equal(cfg->tables[0].action, TABLE_ACTION_DO_NOTHING);
     assert_names(&cfg->tables[0].conflict, 1, "id");
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 static void test_no_main_section(void **state)
@@ -305,11 +314,11 @@ static void test_line_endings(void **state)
     struct config *cfg = parse_ok("[idemproxy]\r\nlisten_port = 7000\r\nlog_level = debug\r\n");
     assert_int_equal(cfg->listen_port, 7000);
     assert_int_equal(cfg->log_level, LOG_DEBUG);
-    config_free(cfg);
+    config_unref(cfg);
 
     cfg = parse_ok("[idemproxy]\nlisten_port = 7001");
     assert_int_equal(cfg->listen_port, 7001);
-    config_free(cfg);
+    config_unref(cfg);
 
     parse_fails("[idemproxy]\r\n\r\nlisten_port = 0\r\n", 3, "listen_port");
 }
@@ -320,7 +329,7 @@ static void test_byte_order_mark(void **state)
     (void)state;
     struct config *cfg = parse_ok("\xEF\xBB\xBF[idemproxy]\nlisten_port = 7002\n");
     assert_int_equal(cfg->listen_port, 7002);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 static void test_long_filename(void **state)
@@ -364,7 +373,7 @@ static void test_table_full(void **state)
     assert_int_equal(t->mode, TABLE_MODE_SHADOW);
     assert_names(&t->search_path, 2, "app", "public");
     assert_false(t->translate_errors);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 static void test_table_defaults(void **state)
@@ -383,7 +392,7 @@ static void test_table_defaults(void **state)
     assert_int_equal(t->mode, TABLE_MODE_ENFORCE);
     assert_names(&t->search_path, 1, "public");
     assert_true(t->translate_errors);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 /* Names fold as in PostgreSQL: unquoted to lower case, quoted kept as is. */
@@ -410,7 +419,7 @@ static void test_table_name_folding(void **state)
         assert_string_equal(cfg->tables[0].schema, cases[i].schema);
         assert_string_equal(cfg->tables[0].name, cases[i].name);
         assert_names(&cfg->tables[0].conflict, 2, "Id", "email");
-        config_free(cfg);
+        config_unref(cfg);
     }
 }
 
@@ -431,7 +440,7 @@ static void test_table_actions(void **state)
         struct config *cfg = parse_ok(text);
         assert_int_equal(cfg->tables[0].action, cases[i].action);
         assert_string_equal(table_action_name(cases[i].action), cases[i].name);
-        config_free(cfg);
+        config_unref(cfg);
     }
     assert_string_equal(table_mode_name(TABLE_MODE_ENFORCE), "enforce");
     assert_string_equal(table_mode_name(TABLE_MODE_SHADOW), "shadow");
@@ -449,7 +458,7 @@ static void test_table_translate_errors(void **state)
                  cases[i].text);
         struct config *cfg = parse_ok(text);
         assert_int_equal(cfg->tables[0].translate_errors, cases[i].value);
-        config_free(cfg);
+        config_unref(cfg);
     }
     parse_fails("[idemproxy]\n[table t]\nconflict = id\ntranslate_errors = maybe\n", 4,
                 "translate_errors");
@@ -483,7 +492,7 @@ static void test_several_tables(void **state)
     assert_int_equal(cfg->tables[3].line, 10);
     assert_string_equal(cfg->tables[3].database, "other");
     assert_int_equal(cfg->log_level, LOG_WARNING);
-    config_free(cfg);
+    config_unref(cfg);
 }
 
 static void test_table_errors(void **state)
@@ -562,7 +571,7 @@ static void test_tls_and_auth(void **state)
     assert_string_equal(c->auth_file, "/etc/userlist.txt");
     assert_string_equal(c->auth_user, "auth");
     assert_string_equal(c->auth_query, "SELECT u, p FROM secrets WHERE u = $1");
-    config_free(c);
+    config_unref(c);
 
     /* The defaults: no TLS, passthrough, PgBouncer's query, TLS 1.2 and 1.3. */
     c = parse_ok("[idemproxy]\n");
@@ -572,7 +581,7 @@ static void test_tls_and_auth(void **state)
     assert_int_equal(c->auth_type, AUTH_PASSTHROUGH);
     assert_string_equal(c->auth_query, "SELECT usename, passwd FROM pg_shadow WHERE usename = $1");
     assert_null(c->client_tls.cert_file);
-    config_free(c);
+    config_unref(c);
     assert_string_equal(tls_mode_name(TLS_VERIFY_CA), "verify-ca");
 }
 
@@ -614,7 +623,7 @@ static void test_load(void **state)
     assert_string_equal(cfg->path, path);
     assert_int_equal(cfg->listen_port, 7100);
     assert_int_equal(cfg->table_count, 1);
-    config_free(cfg);
+    config_unref(cfg);
 
     /* A bad file names itself in the message. */
     FILE *f = fopen(path, "w");
@@ -656,6 +665,12 @@ static void test_restart_needed(void **state)
     assert_non_null(strstr(buf, "listen_port"));
     assert_non_null(strchr(buf, ','));
 
+    struct config *threads = parse_ok("[idemproxy]\nlisten_addr = 127.0.0.1\n"
+                                      "listen_port = 6433\nworkers = 3\nso_reuseport = on\n");
+    assert_true(config_restart_needed(base, threads, buf, sizeof(buf)));
+    assert_string_equal(buf, "workers, so_reuseport");
+    config_unref(threads);
+
     /* A small buffer is filled, terminated, and not overrun. */
     memset(buf, 'x', sizeof(buf));
     assert_true(config_restart_needed(base, both, buf, 8));
@@ -663,11 +678,11 @@ static void test_restart_needed(void **state)
     for (size_t i = 8; i < sizeof(buf); i++)
         assert_int_equal(buf[i], 'x');
 
-    config_free(base);
-    config_free(same);
-    config_free(port);
-    config_free(both);
-    config_free(NULL);
+    config_unref(base);
+    config_unref(same);
+    config_unref(port);
+    config_unref(both);
+    config_unref(NULL);
 }
 
 int main(void)

@@ -1402,6 +1402,63 @@ static void test_sighup_reload_keeps_serving(void **state)
     itest_pass();
 }
 
+/* ---- workers: threads, and processes, sharing one port ------------------- */
+
+/* Connects n clients one after the other, each running a query, and keeps
+ * them open (so that the kernel spreads them over the listeners). */
+static void connect_many(int port, PGconn **conns, int n)
+{
+    for (int i = 0; i < n; i++) {
+        conns[i] = itest_connect_ok(port, "application_name=itest_workers");
+        assert_int_equal(itest_query_ll(conns[i], "SELECT 7"), 7);
+    }
+}
+
+static void test_workers_and_reuseport(void **state)
+{
+    (void)state;
+    enum { N = 40 };
+    PGconn *conns[N];
+    struct itest_proxy_opts a_opts = { .extra = "workers = 3\nso_reuseport = on\n" };
+    struct itest_proxy *a = itest_proxy_start(&a_opts);
+    itest_assert_log_line(a, "listening on", "(3 workers, so_reuseport)", NULL);
+    connect_many(a->port, conns, N);
+    for (int i = 0; i < N; i++)
+        itest_finish(conns[i]);
+
+    /* A second process on the same port, as in a rolling restart: the
+     * kernel sends new clients to both. */
+    struct itest_proxy_opts b_opts = { .extra = "workers = 1\nso_reuseport = on\n",
+                                       .listen_port = a->port };
+    struct itest_proxy *b = itest_proxy_start(&b_opts);
+    connect_many(a->port, conns, N);
+    if (!itest_proxy_log_contains(b, "accepted"))
+        fail_msg("%d clients on the shared port and none reached the second process", N);
+    for (int i = 0; i < N; i++)
+        itest_finish(conns[i]);
+
+    /* The old one leaves; the port goes on serving through the new one. */
+    assert_true(itest_proxy_signal_wait(a, SIGTERM, 20000));
+    assert_proxy_serves(b, "the first process exited");
+
+    /* Without so_reuseport the port is not shared: a third process is
+     * refused the port and says so. */
+    char conf[256];
+    snprintf(conf, sizeof conf, "listen_addr = 127.0.0.1\nlisten_port = %d\n", b->port);
+    const char *path = itest_write_config("no-reuseport", conf);
+    char *const argv[] = { (char *)itest_env("IDEMPROXY"), "-c", (char *)path, NULL };
+    char out[600];
+    snprintf(out, sizeof out, "%s/no-reuseport.out", itest_env("IDEM_TEST_TMP"));
+    int status = itest_run(argv, out, 20000);
+    assert_true(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 1);
+    char *text = itest_read_file(out);
+    if (!strstr(text, "cannot listen on") || !strstr(text, "in use"))
+        fail_msg("a second process without so_reuseport: %s", text);
+    free(text);
+    assert_proxy_serves(b, "a refused third process");
+    itest_pass();
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -1428,6 +1485,7 @@ int main(int argc, char **argv)
         ITEST(test_sigterm_graceful),
         ITEST(test_check_config),
         ITEST(test_sighup_reload_keeps_serving),
+        ITEST(test_workers_and_reuseport),
     };
     return itest_main(argc, argv, "idemproxy integration", tests, sizeof tests / sizeof tests[0]);
 }

@@ -14,6 +14,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (f)
         (void)authfile_secret(f, "postgres", &kind);
-    authfile_free(f);
+    authfile_unref(f);
     return 0;
 }

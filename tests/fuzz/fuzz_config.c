@@ -10,6 +10,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char err[CONFIG_ERR_LEN];
     struct config *cfg = config_parse((const char *)data, size, "fuzz.ini", err);
-    config_free(cfg);
+    config_unref(cfg);
     return 0;
 }

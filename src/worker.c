@@ -1,0 +1,292 @@
+#include "worker.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/dns.h>
+#include <event2/listener.h>
+
+#include "conn.h"
+#include "log.h"
+#include "proxy.h"
+
+const char *server_name(const struct config *cfg, char *buf, size_t len)
+{
+    if (cfg->server_host[0] == '/')
+        snprintf(buf, len, "%s/.s.PGSQL.%d", cfg->server_host, cfg->server_port);
+    else
+        snprintf(buf, len, "%s:%d", cfg->server_host, cfg->server_port);
+    return buf;
+}
+
+bool worker_connect_server(struct worker *w, struct bufferevent *bev, const char **why)
+{
+    const struct config *cfg = w->cfg;
+
+    if (cfg->server_host[0] == '/') {
+        struct sockaddr_un sun = { .sun_family = AF_UNIX };
+        int n = snprintf(sun.sun_path, sizeof(sun.sun_path), "%s/.s.PGSQL.%d",
+                         cfg->server_host, cfg->server_port);
+        if (n < 0 || (size_t)n >= sizeof(sun.sun_path)) {
+            *why = "socket path too long";
+            return false;
+        }
+        if (bufferevent_socket_connect(bev, (struct sockaddr *)&sun, sizeof(sun)) != 0) {
+            *why = evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
+            return false;
+        }
+        return true;
+    }
+    if (bufferevent_socket_connect_hostname(bev, w->dns, AF_UNSPEC, cfg->server_host,
+                                            cfg->server_port) != 0) {
+        int dns_err = bufferevent_socket_get_dns_error(bev);
+        *why = dns_err ? evutil_gai_strerror(dns_err)
+                       : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR());
+        return false;
+    }
+    return true;
+}
+
+/* ---- rules and settings ------------------------------------------------ */
+
+/* Makes s (a reference the worker takes over) the worker's settings, with
+ * rules of its own. Connections move to the new rules when they are idle;
+ * until then they keep a reference to the old ones. */
+static bool adopt_settings(struct worker *w, struct settings *s)
+{
+    struct ruleset *rs = ruleset_new(config_ref(s->cfg));
+
+    if (!rs) {
+        log_error("[worker %d] out of memory applying the new configuration", w->index);
+        settings_unref(s);
+        return false;
+    }
+    if (w->rules) {
+        char prefix[32];
+        snprintf(prefix, sizeof(prefix), "[worker %d] ", w->index);
+        ruleset_log_counters((const struct ruleset *const[]){ w->rules }, 1, prefix);
+        ruleset_unref(w->rules);
+    }
+    settings_unref(w->settings);
+    w->settings = s;
+    w->cfg = s->cfg;
+    w->rules = rs;
+    return true;
+}
+
+void worker_refresh(struct worker *w)
+{
+    struct settings *newer = proxy_settings_newer(w->proxy, w->settings);
+
+    if (newer)
+        adopt_settings(w, newer);
+}
+
+/* ---- accepting --------------------------------------------------------- */
+
+static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd,
+                      struct sockaddr *addr, int addrlen, void *arg)
+{
+    struct worker *w = arg;
+    (void)listener;
+
+    worker_refresh(w);
+    conn_accept(w, fd, addr, addrlen);
+}
+
+static void accept_error_cb(struct evconnlistener *listener, void *arg)
+{
+    struct worker *w = arg;
+    (void)listener;
+    /* Typically EMFILE: the listener retries on the next event. */
+    log_error("[worker %d] accept failed: %s", w->index,
+              evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+static void close_listener(struct worker *w)
+{
+    if (w->listener) {
+        evconnlistener_free(w->listener);
+        w->listener = NULL;
+    }
+}
+
+/* ---- stopping ---------------------------------------------------------- */
+
+static void stop_now(struct worker *w)
+{
+    if (w->conn_count)
+        log_warning("[worker %d] closing %d connection(s) still busy", w->index, w->conn_count);
+    for (struct conn *c = w->conns, *next; c; c = next) {
+        next = conn_next(c);
+        conn_terminate(c);
+    }
+    event_base_loopexit(w->base, NULL);
+}
+
+static void shutdown_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)fd;
+    (void)what;
+    log_warning("[worker %d] shutdown_timeout reached", w->index);
+    stop_now(w);
+}
+
+/* SIGTERM: no new clients; each open one is closed once it is idle. */
+static void begin_shutdown(struct worker *w)
+{
+    if (w->shutting_down)
+        return;
+    w->shutting_down = true;
+    close_listener(w);
+    if (w->conn_count == 0) {
+        event_base_loopexit(w->base, NULL);
+        return;
+    }
+    log_info("[worker %d] waiting for %d connection(s) to become idle (at most %d s)", w->index,
+             w->conn_count, w->cfg->shutdown_timeout);
+    for (struct conn *c = w->conns, *next; c; c = next) {
+        next = conn_next(c);
+        conn_shutdown(c);
+    }
+    struct timeval timeout = { w->cfg->shutdown_timeout, 0 };
+    w->shutdown_timer = evtimer_new(w->base, shutdown_timeout_cb, w);
+    if (w->shutdown_timer)
+        evtimer_add(w->shutdown_timer, &timeout);
+}
+
+void worker_conn_gone(struct worker *w)
+{
+    w->conn_count--;
+    if (w->shutting_down && w->conn_count == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+static void wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    uint64_t n;
+    (void)what;
+
+    if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
+        log_error("[worker %d] wake-up read failed: %s", w->index, strerror(errno));
+    worker_refresh(w);
+    switch (proxy_stop_request(w->proxy)) {
+    case PROXY_RUNNING:
+        break;
+    case PROXY_STOP_GRACEFUL:
+        begin_shutdown(w);
+        break;
+    case PROXY_STOP_NOW:
+        stop_now(w);
+        break;
+    }
+}
+
+void worker_wake(struct worker *w)
+{
+    uint64_t one = 1;
+
+    /* Fails only when the counter is saturated: the worker is awake anyway. */
+    if (write(w->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        log_error("[worker %d] cannot wake: %s", w->index, strerror(errno));
+}
+
+/* ---- the thread -------------------------------------------------------- */
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+
+    event_base_dispatch(w->base);
+    proxy_worker_ended(w->proxy);
+    return NULL;
+}
+
+bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *settings,
+                 int listen_fd)
+{
+    memset(w, 0, sizeof(*w));
+    w->proxy = p;
+    w->index = index;
+    w->wake_fd = -1;
+    if (!adopt_settings(w, settings_ref(settings))) {
+        close(listen_fd);
+        return false;
+    }
+    w->base = event_base_new();
+    if (!w->base) {
+        close(listen_fd);
+        log_error("[worker %d] cannot create an event loop", index);
+        return false;
+    }
+    w->listener = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, listen_fd);
+    if (!w->listener) {
+        close(listen_fd);
+        log_error("[worker %d] cannot accept: %s", index, strerror(errno));
+        return false;
+    }
+    evconnlistener_set_error_cb(w->listener, accept_error_cb);
+    w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
+                                         EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    if (!w->dns) {
+        /* No resolv.conf: addresses and /etc/hosts names still work. */
+        w->dns = evdns_base_new(w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    }
+    w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (w->wake_fd >= 0)
+        w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
+    if (!w->dns || !w->wake || event_add(w->wake, NULL) != 0) {
+        log_error("[worker %d] cannot set up its event loop", index);
+        return false;
+    }
+    return true;
+}
+
+bool worker_start(struct worker *w)
+{
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+
+    if (rc != 0) {
+        log_error("[worker %d] cannot start its thread: %s", w->index, strerror(rc));
+        return false;
+    }
+    w->running = true;
+    return true;
+}
+
+void worker_join(struct worker *w)
+{
+    if (w->running)
+        pthread_join(w->thread, NULL);
+    w->running = false;
+}
+
+void worker_free(struct worker *w)
+{
+    worker_join(w);
+    while (w->conns)
+        conn_destroy(w->conns);
+    close_listener(w);
+    if (w->shutdown_timer)
+        event_free(w->shutdown_timer);
+    if (w->wake)
+        event_free(w->wake);
+    if (w->wake_fd >= 0)
+        close(w->wake_fd);
+    if (w->dns)
+        evdns_base_free(w->dns, 0);
+    if (w->base)
+        event_base_free(w->base);
+    ruleset_unref(w->rules);
+    settings_unref(w->settings);
+    memset(w, 0, sizeof(*w));
+}

@@ -1,0 +1,99 @@
+/*
+ * worker: one event-loop thread and the connections it serves.
+ *
+ * A worker owns its event_base, its DNS resolver, its listener (its own
+ * SO_REUSEPORT socket, or a share of the proxy's one), the connection
+ * pairs it accepted and their counters, and its own rules built from the
+ * current settings (so that decision caches and catalog scopes need no
+ * lock). A connection lives and dies on the worker that accepted it; no
+ * two workers touch the same object except the proxy's few atomics and
+ * the immutable settings they both hold a reference to.
+ *
+ * The main thread talks to a worker only through worker_wake(), after
+ * changing what the proxy wants (new settings, or proxy_stop_request); the
+ * worker looks at it on its own thread.
+ */
+#ifndef IDEM_WORKER_H
+#define IDEM_WORKER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+
+#include "rules.h"
+#include "settings.h"
+
+struct proxy;
+struct conn;
+
+/* Counters only the worker's thread writes; read after it has ended. */
+struct worker_stats {
+    uint64_t clients_total;
+    uint64_t oversized_inspected; /* inspected messages over max_held_message, streamed */
+    uint64_t protocol_violations;
+    uint64_t track_desyncs;
+};
+
+struct worker {
+    struct proxy *proxy;
+    int index;                 /* 1-based, for log lines */
+    pthread_t thread;
+    bool running;              /* the thread was started and not yet joined */
+
+    struct event_base *base;
+    struct evdns_base *dns;
+    struct evconnlistener *listener;
+    int wake_fd;               /* eventfd the main thread writes to */
+    struct event *wake;
+
+    struct settings *settings; /* the snapshot this worker runs on */
+    const struct config *cfg;  /* settings->cfg */
+    struct ruleset *rules;     /* this worker's rules for settings->cfg */
+
+    struct conn *conns;        /* every open connection pair of this worker */
+    int conn_count;
+    bool shutting_down;
+    struct event *shutdown_timer;
+
+    struct worker_stats stats;
+};
+
+/* Sets w up to accept on listen_fd (it takes the descriptor) under
+ * settings (it takes a reference). False, logged, when it cannot; then
+ * worker_free() still cleans up. */
+bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *settings,
+                 int listen_fd);
+
+/* Starts the thread. False, logged, when it cannot. */
+bool worker_start(struct worker *w);
+
+/* Tells the worker to look at what the proxy wants (from any thread). */
+void worker_wake(struct worker *w);
+
+/* Waits for the thread to end (after the proxy asked it to stop). */
+void worker_join(struct worker *w);
+
+/* Frees everything, joining first; connections still open are dropped
+ * without a word: the process is exiting. */
+void worker_free(struct worker *w);
+
+/* Moves the worker to the proxy's current settings if a reload changed
+ * them; cheap when nothing changed. New connections and idle sessions call
+ * it before they decide anything; on the worker's thread, or on the main
+ * thread once the worker has ended. */
+void worker_refresh(struct worker *w);
+
+/* Starts connecting bev (created without a socket) to the configured
+ * server. False when the attempt could not even start; *why says why. */
+bool worker_connect_server(struct worker *w, struct bufferevent *bev, const char **why);
+
+/* "host:port" or the socket path, for messages. */
+const char *server_name(const struct config *cfg, char *buf, size_t len);
+
+/* A connection pair of w has been freed. */
+void worker_conn_gone(struct worker *w);
+
+#endif
