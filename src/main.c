@@ -8,9 +8,11 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include <event2/event.h>
 
+#include "log.h"
 #include "proxy.h"
 #include "settings.h"
 
@@ -96,6 +98,23 @@ static void usage(FILE *out)
 "  translate_errors        on | off [on]\n");
 }
 
+/* Each client costs two descriptors (client and server): the usual soft
+ * limit of 1024 would stop the proxy near 500 clients, far below
+ * max_client_conn. Raise it as far as the hard limit allows. */
+static void raise_fd_limit(const struct config *cfg)
+{
+    struct rlimit lim;
+    rlim_t want = (rlim_t)cfg->max_client_conn * 2 + 64;
+
+    if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur >= want)
+        return;
+    lim.rlim_cur = lim.rlim_max == RLIM_INFINITY || lim.rlim_max > want ? want : lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur < want)
+        log_warning("open files limited to %llu: fewer than the %llu that max_client_conn = %d "
+                    "needs", (unsigned long long)lim.rlim_cur,
+                    (unsigned long long)want, cfg->max_client_conn);
+}
+
 int main(int argc, char **argv)
 {
     static const struct option options[] = {
@@ -140,6 +159,7 @@ int main(int argc, char **argv)
         return 0;
     }
 
+    raise_fd_limit(cfg);
     /* A client that vanishes must not kill the process on the next write. */
     signal(SIGPIPE, SIG_IGN);
 
