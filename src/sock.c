@@ -202,8 +202,11 @@ static bool read_plain(struct sock *s, size_t room)
         v[0].iov_len = room;
     if (n == 2 && v[0].iov_len + v[1].iov_len > room)
         v[1].iov_len = room - v[0].iov_len;
+    /* recv when one extent will do: the kernel then has no iovec to
+     * import, which is most of what a small read costs beyond the copy. */
     do
-        got = readv(s->fd, (struct iovec *)v, n);
+        got = n == 1 ? recv(s->fd, v[0].iov_base, v[0].iov_len, 0)
+                     : readv(s->fd, (struct iovec *)v, n);
     while (got < 0 && errno == EINTR);
     if (got < 0) {
         evbuffer_commit_space(s->in, v, 0);
@@ -286,10 +289,25 @@ static bool read_some(struct sock *s)
 
 /* ---- writing ----------------------------------------------------------- */
 
+/* One send when the output is one extent (the usual case: the kernel
+ * then has no iovec to import), else one writev of as many extents as
+ * libevent passes at once. */
+static ssize_t send_out(struct sock *s)
+{
+    struct evbuffer_iovec v;
+
+    if (evbuffer_peek(s->out, -1, NULL, &v, 1) != 1)
+        return evbuffer_write(s->out, s->fd);
+    ssize_t n = send(s->fd, v.iov_base, v.iov_len, MSG_NOSIGNAL);
+    if (n > 0)
+        evbuffer_drain(s->out, (size_t)n);
+    return n;
+}
+
 static bool write_plain(struct sock *s, bool from_loop)
 {
     while (evbuffer_get_length(s->out) > 0) {
-        int n = evbuffer_write(s->out, s->fd);
+        ssize_t n = send_out(s);
         if (n < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return true;
