@@ -43,6 +43,9 @@ enum main_key {
     KEY_AUTH_USER,
     KEY_WORKERS,
     KEY_SO_REUSEPORT,
+    KEY_METRICS_ADDR,
+    KEY_METRICS_PORT,
+    KEY_LOG_STATS_INTERVAL,
     MAIN_KEY_COUNT,
 };
 
@@ -76,6 +79,9 @@ static const char *const main_key_names[MAIN_KEY_COUNT] = {
     [KEY_AUTH_USER] = "auth_user",
     [KEY_WORKERS] = "workers",
     [KEY_SO_REUSEPORT] = "so_reuseport",
+    [KEY_METRICS_ADDR] = "metrics_addr",
+    [KEY_METRICS_PORT] = "metrics_port",
+    [KEY_LOG_STATS_INTERVAL] = "log_stats_interval",
 };
 
 static const char *const tls_mode_names[] = {
@@ -220,6 +226,7 @@ void config_unref(struct config *cfg)
     free(cfg->auth_user);
     free(cfg->path);
     free(cfg->listen_addr);
+    free(cfg->metrics_addr);
     free(cfg->server_host);
     free(cfg->log_file);
     for (size_t i = 0; i < cfg->table_count; i++)
@@ -610,6 +617,9 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_SHUTDOWN_TIMEOUT: parse_int(p, key, value, 0, 86400, &c->shutdown_timeout); break;
     case KEY_WORKERS: parse_int(p, key, value, 0, CONFIG_MAX_WORKERS, &c->workers); break;
     case KEY_SO_REUSEPORT: parse_bool(p, key, value, &c->so_reuseport); break;
+    case KEY_METRICS_ADDR: set_string(p, &c->metrics_addr, key, value); break;
+    case KEY_METRICS_PORT: parse_int(p, key, value, 0, 65535, &c->metrics_port); break;
+    case KEY_LOG_STATS_INTERVAL: parse_int(p, key, value, 0, 86400, &c->log_stats_interval); break;
     case KEY_CLIENT_TLS_SSLMODE:
     case KEY_SERVER_TLS_SSLMODE: {
         int mode;
@@ -749,9 +759,11 @@ static struct config *config_defaults(void)
     c->client_login_timeout = 60;
     c->server_connect_timeout = 10;
     c->shutdown_timeout = 30;
+    c->log_stats_interval = 60;
+    c->metrics_addr = strdup("127.0.0.1");
     c->client_tls.protocols = c->server_tls.protocols = TLS_PROTO_V1_2 | TLS_PROTO_V1_3;
     c->auth_query = strdup(DEFAULT_AUTH_QUERY);
-    if (!c->listen_addr || !c->server_host || !c->auth_query) {
+    if (!c->listen_addr || !c->server_host || !c->auth_query || !c->metrics_addr) {
         config_unref(c);
         return NULL;
     }
@@ -891,6 +903,8 @@ bool config_restart_needed(const struct config *old, const struct config *new_cf
         { "listen_port", old->listen_port != new_cfg->listen_port },
         { "workers", old->workers != new_cfg->workers },
         { "so_reuseport", old->so_reuseport != new_cfg->so_reuseport },
+        { "metrics_addr", strcmp(old->metrics_addr, new_cfg->metrics_addr) != 0 },
+        { "metrics_port", old->metrics_port != new_cfg->metrics_port },
     };
 
     buf[0] = '\0';

@@ -96,6 +96,9 @@ struct config {
     int shutdown_timeout; /* seconds SIGTERM waits for busy clients */
     int workers;          /* event-loop threads; 0: one per online core */
     bool so_reuseport;    /* each worker its own SO_REUSEPORT listener */
+    char *metrics_addr;   /* the HTTP endpoint of /metrics and /healthz */
+    int metrics_port;     /* 0: no endpoint */
+    int log_stats_interval; /* seconds between summary log lines; 0: none */
 
     struct tls_config client_tls; /* clients connecting to the proxy */
     struct tls_config server_tls; /* the proxy connecting to PostgreSQL */

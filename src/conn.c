@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <time.h>
 
 #include <event2/buffer.h>
 #include <event2/dns.h>
@@ -22,13 +23,13 @@
 #include "login.h"
 #include "pgproto.h"
 #include "proxy.h"
-#include "worker.h"
 #include "rules.h"
 #include "session.h"
 #include "sock.h"
 #include "tls.h"
 #include "track.h"
 #include "translate.h"
+#include "worker.h"
 
 /* Bytes a side may have queued for writing before the proxy stops reading
  * from the other side; reading resumes when half of it has drained. */
@@ -51,11 +52,6 @@ enum conn_state {
     CONN_LOGIN,      /* relaying authentication until the first ReadyForQuery */
     CONN_ACTIVE,     /* relaying the session, tracking its requests */
     CONN_CLOSING,    /* flushing what each side still has to read */
-};
-
-enum direction {
-    TO_SERVER,
-    TO_CLIENT,
 };
 
 /* What the proxy sent a request of its own for (track_req.tag). */
@@ -111,10 +107,10 @@ struct conn {
      * direction: messages are streamed, never buffered whole, unless the
      * proxy must read them. stream_discard: drop them instead (the rest of
      * an oversized reply to the proxy's own query). */
-    size_t stream_left[2];
-    bool stream_discard[2];
-    bool paused[2];             /* reading the source of this direction stopped */
-    bool holding[2];            /* the source's read limit is raised for a held message */
+    size_t stream_left[FLOW_COUNT];
+    bool stream_discard[FLOW_COUNT];
+    bool paused[FLOW_COUNT];             /* reading the source of this direction stopped */
+    bool holding[FLOW_COUNT];            /* the source's read limit is raised for a held message */
 
     struct track track;
     struct ruleset *rules;      /* the rules the session runs under (a reference) */
@@ -190,14 +186,14 @@ struct conn *conn_next(struct conn *c)
     return c->next;
 }
 
-static struct sock *source_of(struct conn *c, enum direction d)
+static struct sock *source_of(struct conn *c, enum flow d)
 {
-    return d == TO_SERVER ? c->client : c->server;
+    return d == FLOW_TO_SERVER ? c->client : c->server;
 }
 
-static struct sock *sink_of(struct conn *c, enum direction d)
+static struct sock *sink_of(struct conn *c, enum flow d)
 {
-    return d == TO_SERVER ? c->server : c->client;
+    return d == FLOW_TO_SERVER ? c->server : c->client;
 }
 
 /* Sends bytes the proxy writes itself, at once. */
@@ -248,7 +244,7 @@ static void send_client_error(struct conn *c, const char *severity,
     uint8_t buf[512];
     size_t need = pg_error_build(buf, sizeof(buf), severity, sqlstate, message);
 
-    if (!c->client || c->stream_left[TO_CLIENT] != 0)
+    if (!c->client || c->stream_left[FLOW_TO_CLIENT] != 0)
         return;
     if (need <= sizeof(buf)) {
         send_to(c->client, buf, need);
@@ -269,12 +265,29 @@ static void fail_client(struct conn *c, const char *sqlstate, const char *messag
 
 /* ---- closing ----------------------------------------------------------- */
 
+/* Frees one side's sock (NULL: gone already) and takes it off the gauges. */
+static void drop_sock(struct conn *c, struct sock *s)
+{
+    struct worker_counters *counters = &c->worker->counters;
+
+    if (!s)
+        return;
+    sock_free(s);
+    if (s == c->client) {
+        c->client = NULL;
+        counter_sub(&counters->client_connections, 1);
+    } else {
+        c->server = NULL;
+        counter_sub(&counters->server_connections, 1);
+    }
+}
+
 static void free_pair(struct conn *c)
 {
     struct worker *w = c->worker;
 
-    sock_free(c->client);
-    sock_free(c->server);
+    drop_sock(c, c->client);
+    drop_sock(c, c->server);
     if (c->resolving)
         evdns_getaddrinfo_cancel(c->resolving);
     if (c->startup)
@@ -283,7 +296,7 @@ static void free_pair(struct conn *c)
         event_free(c->login_timer);
     if (c->counted)
         proxy_client_leave(w->proxy);
-    w->stats.track_desyncs += c->track.desyncs;
+    counter_add(&w->counters.track_desyncs, c->track.desyncs);
     track_free(&c->track);
     session_free(&c->session);
     authquery_cancel(c->lookup);
@@ -311,15 +324,12 @@ static void free_pair(struct conn *c)
 
 /* Frees one side now if it has nothing left to write, else once it has
  * written it (or after CLOSE_FLUSH_SECONDS): SOCK_CLOSED. */
-static void close_side(struct sock **side)
+static void close_side(struct conn *c, struct sock *s)
 {
-    struct sock *s = *side;
-
     if (!s)
         return;
     if (evbuffer_get_length(sock_output(s)) == 0 || sock_fd(s) < 0) {
-        sock_free(s);
-        *side = NULL;
+        drop_sock(c, s);
         return;
     }
     sock_close_flushed(s, CLOSE_FLUSH_SECONDS);
@@ -343,8 +353,8 @@ static void close_pair(struct conn *c, const char *reason)
         event_free(c->login_timer);
         c->login_timer = NULL;
     }
-    close_side(&c->client);
-    close_side(&c->server);
+    close_side(c, c->client);
+    close_side(c, c->server);
     maybe_free(c);
 }
 
@@ -352,14 +362,14 @@ static void close_pair(struct conn *c, const char *reason)
  * it, may be read again. */
 static void drained(struct conn *c, struct sock *s)
 {
-    enum direction d = s == c->server ? TO_SERVER : TO_CLIENT;
+    enum flow d = s == c->server ? FLOW_TO_SERVER : FLOW_TO_CLIENT;
 
     if (!c->paused[d] || c->state == CONN_CLOSING)
         return;
     c->paused[d] = false;
     sock_pause_reading(source_of(c, d), false);
     /* Input may have waited while paused: relay it now. */
-    if (d == TO_SERVER)
+    if (d == FLOW_TO_SERVER)
         client_read(c);
     else
         server_read(c);
@@ -368,11 +378,7 @@ static void drained(struct conn *c, struct sock *s)
 /* A side finished closing: it goes, and the pair with the last one. */
 static void side_closed(struct conn *c, struct sock *s)
 {
-    sock_free(s);
-    if (s == c->client)
-        c->client = NULL;
-    else
-        c->server = NULL;
+    drop_sock(c, s);
     maybe_free(c);
 }
 
@@ -380,7 +386,7 @@ static void side_closed(struct conn *c, struct sock *s)
 
 /* Raises the source's read limit so that a held message of total bytes fits
  * whole into its input buffer. */
-static void hold_for(struct conn *c, enum direction d, size_t total)
+static void hold_for(struct conn *c, enum flow d, size_t total)
 {
     if (total <= READ_CHUNK)
         return;
@@ -388,7 +394,7 @@ static void hold_for(struct conn *c, enum direction d, size_t total)
     c->holding[d] = true;
 }
 
-static void hold_done(struct conn *c, enum direction d)
+static void hold_done(struct conn *c, enum flow d)
 {
     if (!c->holding[d])
         return;
@@ -558,11 +564,11 @@ static bool track_client(struct conn *c, char type, struct note *note)
 }
 
 /* Records a message the proxy does not take. */
-static bool track_plain(struct conn *c, enum direction d, char type, char status)
+static bool track_plain(struct conn *c, enum flow d, char type, char status)
 {
     if (c->state != CONN_ACTIVE)
         return true;
-    if (d == TO_SERVER)
+    if (d == FLOW_TO_SERVER)
         return track_client(c, type, NULL);
     track_server_msg(&c->track, type, status);
     return true;
@@ -1069,7 +1075,8 @@ static bool hold_error(struct conn *c, const uint8_t *msg, size_t total, int tab
 }
 
 /* Sends the held error on (translated or not), and forgets it. */
-static void release_error(struct conn *c, struct sink *k, bool translated, enum translate_reason why)
+static void release_error(struct conn *c, struct sink *k, bool translated,
+                          enum translate_reason why)
 {
     if (translated)
         send_complete(k);
@@ -1447,7 +1454,7 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
         break;
     }
     if (taken != TAKEN_CLOSED)
-        track_plain(c, TO_CLIENT, type, type == 'Z' ? pg_ready_status(body, len) : 0);
+        track_plain(c, FLOW_TO_CLIENT, type, type == 'Z' ? pg_ready_status(body, len) : 0);
     if (!client_held(c))
         c->resume_client = true;
     return taken;
@@ -1455,27 +1462,27 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
 
 /* ---- the relay loop ---------------------------------------------------- */
 
-static void note_oversized(struct conn *c, enum direction d, char type, size_t total)
+static void note_oversized(struct conn *c, enum flow d, char type, size_t total)
 {
-    c->worker->stats.oversized_inspected++;
-    if (d == TO_SERVER && rewriting(c)) {
+    counter_add(&c->worker->counters.oversized_inspected, 1);
+    if (d == FLOW_TO_SERVER && rewriting(c)) {
         scope_count_reason(c->scope, RR_TOO_LARGE);
         /* Its names cannot be read: they are forgotten. */
         if (type == 'P' || type == 'B')
             session_clear(&c->session);
     }
-    if (d == TO_CLIENT && answers_injected(c, type))
+    if (d == FLOW_TO_CLIENT && answers_injected(c, type))
         c->catalog_ok = false;
     conn_log(LOG_DEBUG, c, "'%c' message of %zu bytes streamed unread", type, total);
 }
 
 /* The stream is corrupt: nothing after this can be framed. */
-static void protocol_violation(struct conn *c, enum direction d, const uint8_t *raw)
+static void protocol_violation(struct conn *c, enum flow d, const uint8_t *raw)
 {
-    c->worker->stats.protocol_violations++;
+    counter_add(&c->worker->counters.protocol_violations, 1);
     conn_log(LOG_WARNING, c, "%s sent a message with length %u (type 0x%02x): closing",
-             d == TO_SERVER ? "client" : "server", pg_get_u32(raw + 1), raw[0]);
-    if (d == TO_SERVER)
+             d == FLOW_TO_SERVER ? "client" : "server", pg_get_u32(raw + 1), raw[0]);
+    if (d == FLOW_TO_SERVER)
         fail_client(c, "08P01", "invalid message length", "protocol violation by client");
     else
         fail_client(c, "08P01", "idemproxy: server sent an invalid message",
@@ -1484,7 +1491,7 @@ static void protocol_violation(struct conn *c, enum direction d, const uint8_t *
 
 /* Moves the first n bytes of in on, or drops them when they belong to the
  * proxy. */
-static void pass_bytes(struct conn *c, enum direction d, struct evbuffer *in,
+static void pass_bytes(struct conn *c, enum flow d, struct evbuffer *in,
                        struct evbuffer *out, size_t n)
 {
     if (c->stream_discard[d])
@@ -1493,8 +1500,24 @@ static void pass_bytes(struct conn *c, enum direction d, struct evbuffer *in,
         evbuffer_remove_buffer(in, out, n);
 }
 
+/* A client's Query or Execute, once, as the relay passes it on. */
+static void count_statement(struct conn *c, enum flow d, char type)
+{
+    if (d == FLOW_TO_SERVER && (type == 'Q' || type == 'E'))
+        counter_add(&c->worker->counters.statements[type == 'Q' ? PROTOCOL_SIMPLE
+                                                                : PROTOCOL_EXTENDED], 1);
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* Hands one whole message at pos to its handler. */
-static enum taken take(struct conn *c, enum direction d, struct sink *k,
+static enum taken take(struct conn *c, enum flow d, struct sink *k,
                        struct evbuffer_ptr *pos, size_t total)
 {
     uint8_t small[SMALL_MSG];
@@ -1510,7 +1533,8 @@ static enum taken take(struct conn *c, enum direction d, struct sink *k,
             return TAKEN_CLOSED;
         }
     }
-    return d == TO_SERVER ? take_client_msg(c, msg, total, k) : take_server_msg(c, msg, total, k);
+    return d == FLOW_TO_SERVER ? take_client_msg(c, msg, total, k)
+                               : take_server_msg(c, msg, total, k);
 }
 
 /* Moves every whole message it can from one side to the other. Messages the
@@ -1518,11 +1542,13 @@ static enum taken take(struct conn *c, enum direction d, struct sink *k,
  * others stream through as their bytes arrive. Consecutive messages move in
  * one evbuffer_remove_buffer, which hands over whole chains without copying.
  * Returns false when the pair was closed. */
-static bool relay(struct conn *c, enum direction d)
+static bool relay(struct conn *c, enum flow d)
 {
     struct sock *src = source_of(c, d), *dst = sink_of(c, d);
     struct sink k = { sock_input(src), sock_output(dst), 0 };
     size_t max_held = c->worker->cfg->max_held_message;
+    size_t had = evbuffer_get_length(k.in);
+    uint64_t start = now_ns();
     struct evbuffer_ptr pos;
 
     if (c->stream_left[d]) {
@@ -1549,7 +1575,7 @@ static bool relay(struct conn *c, enum direction d)
             protocol_violation(c, d, raw);
             return false;
         }
-        if (d == TO_SERVER) {
+        if (d == FLOW_TO_SERVER) {
             if (c->await_next)
                 settle_await(c, head.type);
             if (c->guard == GUARD_AWAIT_SYNC)
@@ -1560,12 +1586,12 @@ static bool relay(struct conn *c, enum direction d)
                 break;
         }
         size_t total = (size_t)head.len + 1;
-        enum handling h = d == TO_SERVER ? client_handling(c, head.type)
+        enum handling h = d == FLOW_TO_SERVER ? client_handling(c, head.type)
                                          : server_handling(c, head.type);
         if (h != HANDLE_STREAM && total > max_held) {
             note_oversized(c, d, head.type, total);
             /* The proxy's own answer too big to read is dropped unread. */
-            if (d == TO_CLIENT && answers_injected(c, head.type)) {
+            if (d == FLOW_TO_CLIENT && answers_injected(c, head.type)) {
                 sink_flush(&k);
                 c->stream_discard[d] = true;
             }
@@ -1580,6 +1606,7 @@ static bool relay(struct conn *c, enum direction d)
             enum taken taken = take(c, d, &k, &pos, total);
             if (taken == TAKEN_CLOSED)
                 return false;
+            count_statement(c, d, head.type);
             if (taken == TAKEN_FORWARD) {
                 k.span += total;
             } else {
@@ -1593,6 +1620,7 @@ static bool relay(struct conn *c, enum direction d)
         char status = h == HANDLE_PEEK && head.type == 'Z' ? ready_status_at(k.in, &pos) : 0;
         if (!track_plain(c, d, head.type, status))
             return false;
+        count_statement(c, d, head.type);
         if (avail - k.span < total) {
             /* Streams on as its bytes arrive. */
             c->stream_left[d] = total - (avail - k.span);
@@ -1618,6 +1646,11 @@ moved:
      * to either side on the way; then what is still queued decides. */
     sock_flush(dst);
     sock_flush(src);
+    size_t moved = had - evbuffer_get_length(k.in);
+    if (moved) {
+        counter_add(&c->worker->counters.bytes[d], moved);
+        worker_observe_latency(c->worker, d, now_ns() - start);
+    }
     if (!c->paused[d] && sock_output_full(dst)) {
         c->paused[d] = true;
         sock_pause_reading(src, true);
@@ -1628,7 +1661,7 @@ moved:
 static void close_if_idle(struct conn *c)
 {
     if (c->stop_when_idle && c->state == CONN_ACTIVE && track_idle(&c->track) &&
-        c->stream_left[TO_CLIENT] == 0 && c->stream_left[TO_SERVER] == 0)
+        c->stream_left[FLOW_TO_CLIENT] == 0 && c->stream_left[FLOW_TO_SERVER] == 0)
         conn_terminate(c);
 }
 
@@ -1652,7 +1685,7 @@ static bool accept_tls(struct conn *c)
      * only the TLS handshake may follow: someone is injecting. */
     if (evbuffer_get_length(sock_input(c->client)) > 0) {
         SSL_free(ssl);
-        c->worker->stats.protocol_violations++;
+        counter_add(&c->worker->counters.protocol_violations, 1);
         close_pair(c, "unencrypted data after SSLRequest");
         return false;
     }
@@ -1676,7 +1709,7 @@ static void send_startup(struct conn *c)
     evbuffer_free(c->startup);
     c->startup = NULL;
     sock_flush(c->server);
-    relay(c, TO_SERVER);
+    relay(c, FLOW_TO_SERVER);
 }
 
 static void cannot_connect(struct conn *c, const char *why)
@@ -1733,6 +1766,7 @@ static void connect_server(struct conn *c)
         fail_client(c, "53200", "out of memory", "out of memory");
         return;
     }
+    counter_add(&w->counters.server_connections, 1);
     sock_set_write_marks(c->server, OUT_LOW, OUT_HIGH);
     sock_set_timeout(c->server, cfg->server_connect_timeout);
     c->state = CONN_CONNECTING;
@@ -1889,16 +1923,16 @@ static void begin_auth(struct conn *c)
     struct worker *w = c->worker;
     const struct config *cfg = w->cfg;
     const char *user = c->user ? c->user : "";
+    const struct auth_file *file = w->settings->auth_file;
     enum auth_secret_kind kind;
-    const char *secret = w->settings->auth_file ? authfile_secret(w->settings->auth_file, user, &kind) : NULL;
+    const char *secret = file ? authfile_secret(file, user, &kind) : NULL;
 
     c->state = CONN_AUTH;
     if (secret || !cfg->auth_user) {
         start_sasl(c, secret);
         return;
     }
-    const char *auth_password =
-        w->settings->auth_file ? authfile_secret(w->settings->auth_file, cfg->auth_user, &kind) : NULL;
+    const char *auth_password = file ? authfile_secret(file, cfg->auth_user, &kind) : NULL;
     if (auth_password && kind != AUTH_SECRET_PLAIN)
         auth_password = NULL;
     c->lookup = authquery_start(w->base, cfg, auth_password, c->database, user, lookup_done, c);
@@ -2053,7 +2087,7 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
         return false;
 
     case PG_STARTUP_INVALID:
-        w->stats.protocol_violations++;
+        counter_add(&w->counters.protocol_violations, 1);
         conn_log(LOG_WARNING, c, "invalid startup packet: %s", why);
         fail_client(c, "08P01", why, "invalid startup packet");
         return false;
@@ -2089,7 +2123,7 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
         return false;
     }
     c->counted = true;
-    w->stats.clients_total++;
+    counter_add(&w->counters.clients_total, 1);
     conn_log(LOG_DEBUG, c, "login%s%s%s", c->client_tls ? " over TLS" : "",
              su.application_name ? " application_name=" : "",
              su.application_name ? su.application_name : "");
@@ -2116,18 +2150,18 @@ static void read_startup(struct conn *c)
             return;
         uint32_t len = pg_get_u32(raw);
         if (!pg_startup_len_ok(len)) {
-            c->worker->stats.protocol_violations++;
+            counter_add(&c->worker->counters.protocol_violations, 1);
             conn_log(LOG_WARNING, c, "invalid startup packet length %u", len);
             fail_client(c, "08P01", "invalid length of startup packet", "invalid startup packet");
             return;
         }
         if (evbuffer_get_length(in) < len) {
-            hold_for(c, TO_SERVER, len);
+            hold_for(c, FLOW_TO_SERVER, len);
             return;
         }
         if (!handle_startup_packet(c, in, len))
             return;
-        hold_done(c, TO_SERVER);
+        hold_done(c, FLOW_TO_SERVER);
     }
     if (c->state == CONN_AUTH)
         read_auth(c);
@@ -2143,7 +2177,7 @@ static void follow_reload(struct conn *c)
     struct ruleset *current = c->worker->rules;
 
     if (c->rules == current || c->catalog || !track_idle(&c->track) ||
-        c->stream_left[TO_SERVER] || c->stream_left[TO_CLIENT])
+        c->stream_left[FLOW_TO_SERVER] || c->stream_left[FLOW_TO_CLIENT])
         return;
     ruleset_unref(c->rules);
     c->rules = ruleset_ref(current);
@@ -2174,10 +2208,10 @@ static void client_read(struct conn *c)
          * decided: they wait in the input buffer, within its limit. */
         if (c->catalog)
             break;
-        relay(c, TO_SERVER);
+        relay(c, FLOW_TO_SERVER);
         break;
     case CONN_LOGIN:
-        relay(c, TO_SERVER);
+        relay(c, FLOW_TO_SERVER);
         break;
     case CONN_CLOSING:
         break;
@@ -2189,11 +2223,11 @@ static void server_read(struct conn *c)
     switch (c->state) {
     case CONN_LOGIN:
     case CONN_ACTIVE:
-        if (!relay(c, TO_CLIENT))
+        if (!relay(c, FLOW_TO_CLIENT))
             break;
         if (c->resume_client) {
             c->resume_client = false;
-            if (!relay(c, TO_SERVER))
+            if (!relay(c, FLOW_TO_SERVER))
                 break;
         }
         close_if_idle(c);
@@ -2231,7 +2265,7 @@ static void client_sock_cb(struct sock *s, enum sock_event event, void *arg)
     case SOCK_EOF:
         if (c->state == CONN_CLOSING)
             return;
-        if (c->stream_left[TO_SERVER] || evbuffer_get_length(sock_input(s)))
+        if (c->stream_left[FLOW_TO_SERVER] || evbuffer_get_length(sock_input(s)))
             close_pair(c, "client vanished mid-message");
         else
             close_pair(c, "client disconnected");
@@ -2352,6 +2386,7 @@ struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
         w->conns->prev = c;
     w->conns = c;
     w->conn_count++;
+    counter_add(&w->counters.client_connections, 1);
 
     sock_set_write_marks(c->client, OUT_LOW, OUT_HIGH);
     set_nodelay(c->client);
@@ -2371,7 +2406,7 @@ void conn_terminate(struct conn *c)
     if (c->state == CONN_CLOSING)
         return;
     /* Leave the server as a client would, so the backend ends cleanly. */
-    if (c->server && c->state == CONN_ACTIVE && c->stream_left[TO_SERVER] == 0) {
+    if (c->server && c->state == CONN_ACTIVE && c->stream_left[FLOW_TO_SERVER] == 0) {
         static const uint8_t terminate[] = { 'X', 0, 0, 0, 4 };
         send_to(c->server, terminate, sizeof(terminate));
     }

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <openssl/rand.h>
@@ -140,6 +141,17 @@ static void stop_workers(struct proxy *p, enum proxy_stop how)
         worker_wake(&p->workers[i]);
 }
 
+/* The per-table lines, summed over the workers: the counts so far. */
+static void log_table_totals(struct proxy *p)
+{
+    struct totals t;
+
+    if (!metrics_sum(p, &t))
+        return;
+    metrics_log_tables(&t);
+    metrics_totals_free(&t);
+}
+
 static void reload(struct proxy *p)
 {
     char err[CONFIG_ERR_LEN], changed[128];
@@ -147,6 +159,7 @@ static void reload(struct proxy *p)
     struct config *cfg = config_load(old->cfg->path, err);
 
     if (!cfg) {
+        p->reloads_failed++;
         log_error("reload failed, keeping the current configuration: %s", err);
         return;
     }
@@ -155,16 +168,18 @@ static void reload(struct proxy *p)
     apply_logging(cfg);
     struct settings *next = settings_build(cfg, old);
     if (!next) {
+        p->reloads_failed++;
         log_error("reload failed, keeping the current configuration: out of memory");
         return;
     }
+    log_table_totals(p);
     pthread_mutex_lock(&p->settings_lock);
     atomic_store_explicit(&p->current, next, memory_order_release);
     pthread_mutex_unlock(&p->settings_lock);
     settings_unref(old);
+    p->reloads_ok++;
     log_info("configuration reloaded from %s", next->cfg->path);
-    /* Each worker moves over now rather than at its next connection, and
-     * logs the counters of the rules it leaves. */
+    /* Each worker moves over now rather than at its next connection. */
     for (int i = 0; i < p->worker_count; i++)
         worker_wake(&p->workers[i]);
 }
@@ -190,6 +205,35 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     default:
         break;
     }
+}
+
+static void stats_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct proxy *p = arg;
+    struct totals now;
+    struct timeval at, elapsed;
+    (void)fd;
+    (void)what;
+
+    gettimeofday(&at, NULL);
+    if (!metrics_sum(p, &now))
+        return;
+    timersub(&at, &p->stats_at, &elapsed);
+    metrics_log_summary(&now, &p->stats_before, (double)elapsed.tv_sec + elapsed.tv_usec / 1e6);
+    metrics_totals_free(&p->stats_before);
+    p->stats_before = now;
+    p->stats_at = at;
+}
+
+static bool start_stats_timer(struct proxy *p, int seconds)
+{
+    struct timeval every = { seconds, 0 };
+
+    if (seconds == 0)
+        return true;
+    gettimeofday(&p->stats_at, NULL);
+    p->stats_timer = event_new(p->base, -1, EV_PERSIST, stats_cb, p);
+    return p->stats_timer && event_add(p->stats_timer, &every) == 0;
 }
 
 static void worker_exit_cb(evutil_socket_t fd, short what, void *arg)
@@ -291,6 +335,10 @@ bool proxy_init(struct proxy *p, struct config *cfg)
         stop_workers(p, PROXY_STOP_NOW);
         return false;
     }
+    if (!metrics_http_start(p) || !start_stats_timer(p, cfg->log_stats_interval)) {
+        stop_workers(p, PROXY_STOP_NOW);
+        return false;
+    }
     char name[256];
     log_info("idemproxy %s listening on %s:%d (%d worker%s%s), server %s", PACKAGE_VERSION,
              cfg->listen_addr, cfg->listen_port, count, count == 1 ? "" : "s",
@@ -298,43 +346,32 @@ bool proxy_init(struct proxy *p, struct config *cfg)
     return true;
 }
 
-/* The rule counters of every worker, summed per table; the workers have
- * ended and moved to the current settings, so their tables line up. */
-static void log_rule_totals(const struct proxy *p)
-{
-    const struct ruleset *sets[CONFIG_MAX_WORKERS];
-
-    for (int i = 0; i < p->worker_count; i++)
-        sets[i] = p->workers[i].rules;
-    ruleset_log_counters(sets, (size_t)p->worker_count, "");
-}
-
 int proxy_run(struct proxy *p)
 {
-    struct worker_stats total = { 0 };
+    struct totals t;
 
     event_base_dispatch(p->base);
-    for (int i = 0; i < p->worker_count; i++) {
-        const struct worker_stats *s = &p->workers[i].stats;
+    for (int i = 0; i < p->worker_count; i++)
         worker_join(&p->workers[i]);
-        worker_refresh(&p->workers[i]);
-        total.clients_total += s->clients_total;
-        total.oversized_inspected += s->oversized_inspected;
-        total.protocol_violations += s->protocol_violations;
-        total.track_desyncs += s->track_desyncs;
+    if (!metrics_sum(p, &t)) {
+        log_info("exiting");
+        return 0;
     }
-    log_rule_totals(p);
+    metrics_log_tables(&t);
     log_info("exiting: %llu clients served, %llu oversized messages streamed unread, "
              "%llu protocol violations, %llu request-queue resyncs",
-             (unsigned long long)total.clients_total,
-             (unsigned long long)total.oversized_inspected,
-             (unsigned long long)total.protocol_violations,
-             (unsigned long long)total.track_desyncs);
+             (unsigned long long)t.clients_total, (unsigned long long)t.oversized_inspected,
+             (unsigned long long)t.protocol_violations, (unsigned long long)t.track_desyncs);
+    metrics_totals_free(&t);
     return 0;
 }
 
 void proxy_free(struct proxy *p)
 {
+    metrics_http_free(p);
+    if (p->stats_timer)
+        event_free(p->stats_timer);
+    metrics_totals_free(&p->stats_before);
     for (int i = 0; i < p->worker_count; i++)
         worker_free(&p->workers[i]);
     free(p->workers);

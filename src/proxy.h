@@ -20,6 +20,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "metrics.h"
 #include "scram.h"
 #include "settings.h"
 
@@ -43,6 +44,13 @@ struct proxy {
     struct worker *workers;
     int worker_count;
     int workers_running;
+
+    /* Main thread only. */
+    struct evhttp *http;             /* metrics_port: /metrics and /healthz */
+    uint64_t reloads_ok, reloads_failed;
+    struct event *stats_timer;       /* log_stats_interval */
+    struct totals stats_before;      /* the sums at the last stats line */
+    struct timeval stats_at;
 
     atomic_int stop;                  /* enum proxy_stop */
     atomic_int client_count;          /* across workers, for max_client_conn */

@@ -1,11 +1,8 @@
 #include "rules.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <uthash.h>
-
-#include "log.h"
 
 /* The decision cache of one scope stays within these bounds; the least
  * recently used decisions go first. Texts longer than CACHE_MAX_TEXT are
@@ -45,30 +42,34 @@ struct ruleset {
     unsigned refs;
     struct config *cfg;
     struct scope *scopes;
-    uint64_t (*table_counts)[RR_COUNT];
-    uint64_t (*translation_counts)[TR_COUNT];
-    uint64_t other_counts[RR_COUNT];
+    struct table_counters **counts; /* per table: the caller's, or own */
+    struct table_counters *own;      /* when the caller gave none */
+    struct counter other_counts[RR_COUNT];
 };
 
 /* ---- rulesets ---------------------------------------------------------- */
 
-struct ruleset *ruleset_new(struct config *cfg)
+struct ruleset *ruleset_new(struct config *cfg, struct table_counters *const *counters)
 {
     struct ruleset *rs = calloc(1, sizeof(*rs));
+    size_t n = cfg->table_count;
 
-    if (rs && cfg->table_count > 0) {
-        rs->table_counts = calloc(cfg->table_count, sizeof(*rs->table_counts));
-        rs->translation_counts = calloc(cfg->table_count, sizeof(*rs->translation_counts));
+    if (rs && n > 0) {
+        rs->counts = calloc(n, sizeof(*rs->counts));
+        if (rs->counts && !counters)
+            rs->own = calloc(n, sizeof(*rs->own));
     }
-    if (!rs || (cfg->table_count > 0 && (!rs->table_counts || !rs->translation_counts))) {
+    if (!rs || (n > 0 && (!rs->counts || (!counters && !rs->own)))) {
         if (rs) {
-            free(rs->table_counts);
-            free(rs->translation_counts);
+            free(rs->counts);
+            free(rs->own);
         }
         free(rs);
         config_unref(cfg);
         return NULL;
     }
+    for (size_t i = 0; i < n; i++)
+        rs->counts[i] = counters ? counters[i] : &rs->own[i];
     rs->refs = 1;
     rs->cfg = cfg;
     return rs;
@@ -115,8 +116,8 @@ void ruleset_unref(struct ruleset *rs)
         HASH_DELETE(hh, rs->scopes, s);
         scope_free(s);
     }
-    free(rs->table_counts);
-    free(rs->translation_counts);
+    free(rs->counts);
+    free(rs->own);
     config_unref(rs->cfg);
     free(rs);
 }
@@ -128,12 +129,12 @@ const struct config *ruleset_config(const struct ruleset *rs)
 
 uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrite_reason reason)
 {
-    return table < rs->cfg->table_count ? rs->table_counts[table][reason] : 0;
+    return table < rs->cfg->table_count ? counter_get(&rs->counts[table]->rewrite[reason]) : 0;
 }
 
 uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason)
 {
-    return rs->other_counts[reason];
+    return counter_get(&rs->other_counts[reason]);
 }
 
 /* ---- scopes ------------------------------------------------------------ */
@@ -366,72 +367,34 @@ void scope_count(struct scope *s, const struct decision *d)
     struct ruleset *rs = s->rs;
 
     if (!d) {
-        rs->other_counts[RR_NOT_INSERT]++;
+        counter_add(&rs->other_counts[RR_NOT_INSERT], 1);
         return;
     }
     if (d->result.nstmts == 0) {
-        rs->other_counts[d->result.reason]++;
+        counter_add(&rs->other_counts[d->result.reason], 1);
         return;
     }
     for (size_t i = 0; i < d->result.nstmts; i++) {
         const struct rewrite_stmt *st = &d->result.stmts[i];
-        rs->table_counts[s->table_ids[st->target]][st->reason]++;
+        counter_add(&rs->counts[s->table_ids[st->target]]->rewrite[st->reason], 1);
     }
 }
 
 void scope_count_reason(struct scope *s, enum rewrite_reason reason)
 {
-    s->rs->other_counts[reason]++;
+    counter_add(&s->rs->other_counts[reason], 1);
 }
 
 void scope_count_translation(struct scope *s, size_t i, enum translate_reason reason)
 {
-    s->rs->translation_counts[s->table_ids[i]][reason]++;
+    counter_add(&s->rs->counts[s->table_ids[i]]->translation[reason], 1);
 }
 
 uint64_t ruleset_translation_count(const struct ruleset *rs, size_t table,
                                    enum translate_reason reason)
 {
-    return table < rs->cfg->table_count ? rs->translation_counts[table][reason] : 0;
-}
-
-/* " reason=count" for each reason with a non-zero sum, into line. */
-static size_t format_sums(char *line, size_t cap, const struct ruleset *const *sets, size_t n,
-                          size_t table, bool translations)
-{
-    int reasons = translations ? TR_COUNT : RR_COUNT;
-    size_t at = 0;
-
-    for (int r = 0; r < reasons && at < cap; r++) {
-        uint64_t sum = 0;
-        for (size_t i = 0; i < n; i++)
-            sum += translations
-                       ? ruleset_translation_count(sets[i], table, (enum translate_reason)r)
-                       : ruleset_table_count(sets[i], table, (enum rewrite_reason)r);
-        if (sum)
-            at += (size_t)snprintf(line + at, cap - at, " %s=%llu",
-                                   translations ? translate_reason_name((enum translate_reason)r)
-                                                : rewrite_reason_name((enum rewrite_reason)r),
-                                   (unsigned long long)sum);
-    }
-    return at;
-}
-
-void ruleset_log_counters(const struct ruleset *const *sets, size_t n, const char *prefix)
-{
-    if (n == 0)
-        return;
-    const struct config *cfg = sets[0]->cfg;
-    char line[512];
-
-    for (size_t t = 0; t < cfg->table_count; t++) {
-        const struct table_rule *rule = &cfg->tables[t];
-        if (format_sums(line, sizeof(line), sets, n, t, false))
-            log_info("%s[table %s.%s] INSERTs:%s", prefix, rule->schema, rule->name, line);
-        if (format_sums(line, sizeof(line), sets, n, t, true))
-            log_info("%s[table %s.%s] unique violations:%s", prefix, rule->schema, rule->name,
-                     line);
-    }
+    return table < rs->cfg->table_count ? counter_get(&rs->counts[table]->translation[reason])
+                                        : 0;
 }
 
 bool scope_translates(const struct scope *s, size_t i)

@@ -2,9 +2,11 @@
  * rules: the registered tables at run time.
  *
  * A ruleset is built from one configuration snapshot, owns it, and lives as
- * long as someone uses it: it is reference counted, the proxy holding the
+ * long as someone uses it: it is reference counted, its worker holding the
  * current one and each connection the one its session runs under. Reload
- * builds a new ruleset; connections move to it when they are idle.
+ * builds a new ruleset; connections move to it when they are idle. A
+ * ruleset belongs to one thread: the counters are the only part another
+ * thread may read.
  *
  * A scope is what applies to one database and login role: the tables whose
  * rules cover that database, what the catalog check allows for each (the
@@ -24,14 +26,25 @@
 
 #include "catalog.h"
 #include "config.h"
+#include "counter.h"
 #include "rewrite.h"
 #include "translate.h"
 
 struct ruleset;
 struct scope;
 
-/* Takes ownership of cfg. NULL when out of memory (cfg is then freed). */
-struct ruleset *ruleset_new(struct config *cfg);
+/* What happened to the INSERTs into one registered table and to the unique
+ * violations on it. */
+struct table_counters {
+    struct counter rewrite[RR_COUNT];
+    struct counter translation[TR_COUNT];
+};
+
+/* Takes ownership of cfg. counters, when not NULL, gives for each table of
+ * cfg the counters to count in: the caller's, so that counts outlive the
+ * ruleset (they must outlive it too). With NULL the ruleset counts in its
+ * own. NULL when out of memory (cfg is then freed). */
+struct ruleset *ruleset_new(struct config *cfg, struct table_counters *const *counters);
 struct ruleset *ruleset_ref(struct ruleset *rs);
 void ruleset_unref(struct ruleset *rs);
 const struct config *ruleset_config(const struct ruleset *rs);
@@ -89,11 +102,6 @@ void scope_count_reason(struct scope *s, enum rewrite_reason reason);
  * texts that concern no registered table. */
 uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrite_reason reason);
 uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason);
-
-/* Logs one line per table and kind of counter, each count summed over the
- * n rulesets (built from one configuration snapshot, as the workers'
- * are), prefix first; tables with nothing counted are left out. */
-void ruleset_log_counters(const struct ruleset *const *sets, size_t n, const char *prefix);
 
 /* Counts what happened to a unique violation on the scope's i-th table. */
 void scope_count_translation(struct scope *s, size_t i, enum translate_reason reason);

@@ -56,24 +56,75 @@ bool worker_connect_server(struct worker *w, struct bufferevent *bev, const char
 
 /* ---- rules and settings ------------------------------------------------ */
 
+const double latency_bucket_us[LATENCY_BUCKETS - 1] = {
+    5, 10, 25, 50, 100, 250, 500, 1000, 2500, 10000, 100000,
+};
+
+void worker_observe_latency(struct worker *w, enum flow flow, uint64_t ns)
+{
+    struct latency_histogram *h = &w->counters.latency[flow];
+    double us = (double)ns / 1000.0;
+    int b = 0;
+
+    while (b < LATENCY_BUCKETS - 1 && us > latency_bucket_us[b])
+        b++;
+    counter_add(&h->bucket[b], 1);
+    counter_add(&h->sum_ns, ns);
+    counter_add(&h->count, 1);
+}
+
+/* The worker's counters for table t, made on first use. NULL when out of
+ * memory. */
+static struct table_counters *counters_for(struct worker *w, const struct table_rule *t)
+{
+    struct table_stats *head = atomic_load_explicit(&w->tables, memory_order_relaxed);
+
+    for (struct table_stats *ts = head; ts; ts = ts->next) {
+        if (strcmp(ts->schema, t->schema) == 0 && strcmp(ts->name, t->name) == 0)
+            return &ts->counters;
+    }
+    struct table_stats *ts = calloc(1, sizeof(*ts));
+    if (!ts || !(ts->schema = strdup(t->schema)) || !(ts->name = strdup(t->name))) {
+        if (ts)
+            free(ts->schema);
+        free(ts);
+        return NULL;
+    }
+    ts->next = head;
+    atomic_store_explicit(&w->tables, ts, memory_order_release);
+    return &ts->counters;
+}
+
+/* Rules for cfg counting in the worker's own per-table counters. */
+static struct ruleset *worker_rules_for(struct worker *w, struct config *cfg)
+{
+    struct table_counters **counters = calloc(cfg->table_count + 1, sizeof(*counters));
+    struct ruleset *rs = NULL;
+    size_t i = 0;
+
+    if (counters) {
+        while (i < cfg->table_count && (counters[i] = counters_for(w, &cfg->tables[i])))
+            i++;
+        if (i == cfg->table_count)
+            rs = ruleset_new(config_ref(cfg), counters);
+    }
+    free(counters);
+    return rs;
+}
+
 /* Makes s (a reference the worker takes over) the worker's settings, with
  * rules of its own. Connections move to the new rules when they are idle;
  * until then they keep a reference to the old ones. */
 static bool adopt_settings(struct worker *w, struct settings *s)
 {
-    struct ruleset *rs = ruleset_new(config_ref(s->cfg));
+    struct ruleset *rs = worker_rules_for(w, s->cfg);
 
     if (!rs) {
         log_error("[worker %d] out of memory applying the new configuration", w->index);
         settings_unref(s);
         return false;
     }
-    if (w->rules) {
-        char prefix[32];
-        snprintf(prefix, sizeof(prefix), "[worker %d] ", w->index);
-        ruleset_log_counters((const struct ruleset *const[]){ w->rules }, 1, prefix);
-        ruleset_unref(w->rules);
-    }
+    ruleset_unref(w->rules);
     settings_unref(w->settings);
     w->settings = s;
     w->cfg = s->cfg;
@@ -288,5 +339,11 @@ void worker_free(struct worker *w)
         event_base_free(w->base);
     ruleset_unref(w->rules);
     settings_unref(w->settings);
+    for (struct table_stats *ts = atomic_load(&w->tables), *next; ts; ts = next) {
+        next = ts->next;
+        free(ts->schema);
+        free(ts->name);
+        free(ts);
+    }
     memset(w, 0, sizeof(*w));
 }

@@ -23,18 +23,61 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "counter.h"
 #include "rules.h"
 #include "settings.h"
 
 struct proxy;
 struct conn;
 
-/* Counters only the worker's thread writes; read after it has ended. */
-struct worker_stats {
-    uint64_t clients_total;
-    uint64_t oversized_inspected; /* inspected messages over max_held_message, streamed */
-    uint64_t protocol_violations;
-    uint64_t track_desyncs;
+/* The bounds, in microseconds, of the latency histogram's buckets; the
+ * last bucket takes everything above. */
+#define LATENCY_BUCKETS 12
+extern const double latency_bucket_us[LATENCY_BUCKETS - 1];
+
+/* How long the proxy held bytes it had read before writing them on. */
+struct latency_histogram {
+    struct counter bucket[LATENCY_BUCKETS]; /* per bucket, not cumulative */
+    struct counter sum_ns;
+    struct counter count;
+};
+
+/* Which way bytes go. */
+enum flow {
+    FLOW_TO_SERVER,
+    FLOW_TO_CLIENT,
+    FLOW_COUNT,
+};
+
+/* Statements by protocol: a Query message, or an Execute. */
+enum protocol {
+    PROTOCOL_SIMPLE,
+    PROTOCOL_EXTENDED,
+    PROTOCOL_COUNT,
+};
+
+/* Counters only the worker's thread writes and any thread may read (see
+ * counter.h). The connection gauges go up and down. */
+struct worker_counters {
+    struct counter clients_total;       /* clients past their StartupMessage */
+    struct counter client_connections;  /* open client sockets, logged in or not */
+    struct counter server_connections;  /* open server sockets */
+    struct counter bytes[FLOW_COUNT];
+    struct counter statements[PROTOCOL_COUNT];
+    struct counter oversized_inspected; /* inspected messages over max_held_message, streamed */
+    struct counter protocol_violations;
+    struct counter track_desyncs;
+    struct latency_histogram latency[FLOW_COUNT];
+};
+
+/* One registered table's counters on one worker, kept across reloads (a
+ * table that leaves the configuration keeps its counts). The list only
+ * grows, and only at its head, published with a release store, so another
+ * thread may walk it while the worker adds. */
+struct table_stats {
+    struct table_stats *next;
+    char *schema, *name;
+    struct table_counters counters;
 };
 
 struct worker {
@@ -58,8 +101,12 @@ struct worker {
     bool shutting_down;
     struct event *shutdown_timer;
 
-    struct worker_stats stats;
+    struct worker_counters counters;
+    struct table_stats *_Atomic tables;
 };
+
+/* Adds how long (ns) the proxy held bytes flowing one way. */
+void worker_observe_latency(struct worker *w, enum flow flow, uint64_t ns);
 
 /* Sets w up to accept on listen_fd (it takes the descriptor) under
  * settings (it takes a reference). False, logged, when it cannot; then

@@ -112,7 +112,10 @@ static void test_full_main_section(void **state)
         "server_connect_timeout = 5 ; seconds\n"
         "shutdown_timeout = 120\n"
         "workers = 4\n"
-        "so_reuseport = on\n");
+        "so_reuseport = on\n"
+        "metrics_addr = 0.0.0.0\n"
+        "metrics_port = 9127\n"
+        "log_stats_interval = 0\n");
     assert_string_equal(cfg->listen_addr, "0.0.0.0");
     assert_int_equal(cfg->listen_port, 6500);
     assert_string_equal(cfg->server_host, "/var/run/postgresql");
@@ -126,6 +129,9 @@ static void test_full_main_section(void **state)
     assert_int_equal(cfg->shutdown_timeout, 120);
     assert_int_equal(cfg->workers, 4);
     assert_true(cfg->so_reuseport);
+    assert_string_equal(cfg->metrics_addr, "0.0.0.0");
+    assert_int_equal(cfg->metrics_port, 9127);
+    assert_int_equal(cfg->log_stats_interval, 0);
     assert_int_equal(cfg->table_count, 0);
     config_unref(cfg);
 }
@@ -148,6 +154,9 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->shutdown_timeout, 30);
     assert_int_equal(cfg->workers, 0);
     assert_false(cfg->so_reuseport);
+    assert_string_equal(cfg->metrics_addr, "127.0.0.1");
+    assert_int_equal(cfg->metrics_port, 0);
+    assert_int_equal(cfg->log_stats_interval, 60);
     assert_int_equal(cfg->table_count, 0);
     assert_null(cfg->tables);
     config_unref(cfg);
@@ -204,6 +213,8 @@ static void test_port_ranges(void **state)
     parse_fails("[idemproxy]\nworkers = -1\n", 2, "workers");
     parse_fails("[idemproxy]\nworkers = 257\n", 2, "workers");
     parse_fails("[idemproxy]\nso_reuseport = maybe\n", 2, "so_reuseport");
+    parse_fails("[idemproxy]\nmetrics_port = 65536\n", 2, "metrics_port");
+    parse_fails("[idemproxy]\nlog_stats_interval = -1\n", 2, "log_stats_interval");
 }
 
 static void test_log_levels(void **state)

@@ -99,7 +99,7 @@ static void app_catalog(struct catalog *cat)
 /* A ruleset and its READY scope for database "app", user "alice". */
 static struct ruleset *ready_ruleset(struct scope **s)
 {
-    struct ruleset *rs = ruleset_new(parse_config(CONFIG));
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG), NULL);
     struct catalog cat;
 
     assert_non_null(rs);
@@ -133,7 +133,7 @@ static void test_ruleset_owns_config(void **state)
 {
     (void)state;
     struct config *cfg = parse_config(CONFIG);
-    struct ruleset *rs = ruleset_new(cfg);
+    struct ruleset *rs = ruleset_new(cfg, NULL);
 
     assert_non_null(rs);
     assert_ptr_equal(ruleset_config(rs), cfg);
@@ -146,7 +146,7 @@ static void test_ruleset_owns_config(void **state)
 static void test_ruleset_without_tables(void **state)
 {
     (void)state;
-    struct ruleset *rs = ruleset_new(parse_config("[idemproxy]\n"));
+    struct ruleset *rs = ruleset_new(parse_config("[idemproxy]\n"), NULL);
     assert_non_null(rs);
     struct scope *s = ruleset_scope(rs, "app", "alice");
     assert_non_null(s);
@@ -162,7 +162,7 @@ static void test_ruleset_without_tables(void **state)
 static void test_scope_identity(void **state)
 {
     (void)state;
-    struct ruleset *rs = ruleset_new(parse_config(CONFIG));
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG), NULL);
     assert_non_null(rs);
 
     struct scope *a = ruleset_scope(rs, "app", "alice");
@@ -195,7 +195,7 @@ static void test_scope_identity(void **state)
 static void test_scope_tables_by_database(void **state)
 {
     (void)state;
-    struct ruleset *rs = ruleset_new(parse_config(CONFIG));
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG), NULL);
     assert_non_null(rs);
 
     struct scope *app = ruleset_scope(rs, "app", "alice");
@@ -217,7 +217,7 @@ static void test_scope_tables_by_database(void **state)
 
     /* A database with only another database's tables has nothing to do. */
     rs = ruleset_new(parse_config("[idemproxy]\n[table public.t]\ndatabase = other\n"
-                                  "action = do_nothing\n"));
+                                  "action = do_nothing\n"), NULL);
     assert_non_null(rs);
     struct scope *s = ruleset_scope(rs, "app", "alice");
     assert_int_equal(scope_state(s), SCOPE_PASSTHROUGH);
@@ -230,7 +230,7 @@ static void test_scope_tables_by_database(void **state)
 static void test_scope_learn(void **state)
 {
     (void)state;
-    struct ruleset *rs = ruleset_new(parse_config(CONFIG));
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG), NULL);
     struct scope *s = ruleset_scope(rs, "app", "alice");
     struct catalog cat;
     bool fresh = false;
@@ -258,7 +258,7 @@ static void test_scope_learn(void **state)
     ruleset_unref(rs);
 
     /* An empty catalog: the tables do not exist, and that is said. */
-    rs = ruleset_new(parse_config(CONFIG));
+    rs = ruleset_new(parse_config(CONFIG), NULL);
     s = ruleset_scope(rs, "app", "alice");
     assert_true(scope_learn(s, &cat));
     catalog_free(&cat);

@@ -1,0 +1,287 @@
+/*
+ * Integration tests of running idemproxy: the Prometheus endpoint and its
+ * exact counts after a known workload, /healthz, reloads that add and
+ * remove a table rule under an open connection, a broken config on reload,
+ * and the periodic stats line.
+ *
+ * Run by tests/integration.sh (same scratch cluster as the other suites).
+ * Every test starts its own proxy and creates its own tables. Run one:
+ * test_operations test_ops_metrics   (a cmocka filter, or IDEM_TEST_FILTER).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <libpq-fe.h>
+
+#include "itest.h"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* GET path from 127.0.0.1:port over HTTP/1.0; returns the whole response
+ * (status line, headers, body), malloc'ed. Fails the test when it cannot. */
+static char *http_get(int port, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    char req[256];
+    size_t len = 0, cap = 65536;
+    char *buf = malloc(cap);
+
+    assert_true(fd >= 0);
+    assert_non_null(buf);
+    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0)
+        fail_msg("connect to the metrics port %d: %s", port, strerror(errno));
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    for (;;) {
+        if (len + 1 == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+        ssize_t got = read(fd, buf + len, cap - len - 1);
+        if (got < 0 && errno == EINTR)
+            continue;
+        assert_true(got >= 0);
+        if (got == 0)
+            break;
+        len += (size_t)got;
+    }
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}
+
+/* The value of the sample whose line starts with series (name and labels
+ * exactly as rendered); fails the test when there is none. */
+static unsigned long long metric(const char *text, const char *series)
+{
+    char needle[512];
+    snprintf(needle, sizeof needle, "\n%s ", series);
+    const char *at = strstr(text, needle);
+    if (!at)
+        fail_msg("no sample %s in:\n%s", series, text);
+    return strtoull(at + strlen(needle), NULL, 10);
+}
+
+static void assert_metric(const char *text, const char *series, unsigned long long want)
+{
+    unsigned long long got = metric(text, series);
+    if (got != want)
+        fail_msg("%s is %llu, expected %llu", series, got, want);
+}
+
+static void create_key_table(const char *table)
+{
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "DROP TABLE IF EXISTS %s; CREATE TABLE %s (id bigserial PRIMARY KEY, "
+             "k text NOT NULL UNIQUE, payload text)",
+             table, table);
+    itest_server_exec(sql);
+}
+
+/* Replaces the proxy's config file with text, atomically. */
+static void rewrite_config(const struct itest_proxy *p, const char *text)
+{
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.new", p->conf_path);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    assert_int_equal(fclose(f), 0);
+    if (rename(tmp, p->conf_path) != 0)
+        fail_msg("rename %s: %s", tmp, strerror(errno));
+}
+
+/* Sends SIGHUP and waits (bounded) for the n-th log line having what. */
+static void reload_and_wait(struct itest_proxy *p, const char *what, int n)
+{
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    int64_t deadline = itest_now_ms() + 10000;
+    for (;;) {
+        char *log = itest_read_file(p->log_path);
+        int seen = 0;
+        for (const char *at = log; (at = strstr(at, what)); at++)
+            seen++;
+        free(log);
+        if (seen >= n)
+            return;
+        if (itest_now_ms() > deadline)
+            fail_msg("no %d-th \"%s\" in the log within 10 s", n, what);
+        itest_sleep_ms(50);
+    }
+}
+
+/* ---- the metrics endpoint ----------------------------------------------- */
+
+static void test_ops_metrics(void **state)
+{
+    (void)state;
+    create_key_table("ops_events");
+    int mport = itest_free_port();
+    char extra[256];
+    snprintf(extra, sizeof extra,
+             "metrics_port = %d\nworkers = 2\n[table public.ops_events]\nconflict = k\n", mport);
+    struct itest_proxy *p = itest_proxy_start_with(NULL, extra);
+    PGconn *c = itest_connect_ok(p->port, "application_name=itest_metrics");
+
+    /* Known work: 3 Query messages, 2 Executes, 2 INSERTs by Query (both
+     * rewritten, the second a duplicate skipped by ON CONFLICT). */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(itest_query_ll(c, "SELECT 1"), 1);
+    for (int i = 0; i < 2; i++) {
+        PGresult *r = PQexecParams(c, "SELECT $1::int", 1, NULL, (const char *[]){ "4" }, NULL,
+                                   NULL, 0);
+        itest_assert_result_ok(r, "extended SELECT");
+        PQclear(r);
+    }
+    itest_exec_tag(c, "INSERT INTO ops_events (k, payload) VALUES ('a', 'x')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO ops_events (k, payload) VALUES ('a', 'y')", "INSERT 0 0");
+
+    char *text = http_get(mport, "/metrics");
+    if (!strstr(text, "HTTP/1.0 200") && !strstr(text, "HTTP/1.1 200"))
+        fail_msg("/metrics: %s", text);
+    assert_non_null(strstr(text, "Content-Type: text/plain; version=0.0.4"));
+    assert_non_null(strstr(text, "# TYPE idemproxy_statements_total counter"));
+    assert_metric(text, "idemproxy_statements_total{protocol=\"simple\"}", 5);
+    assert_metric(text, "idemproxy_statements_total{protocol=\"extended\"}", 2);
+    assert_metric(text, "idemproxy_client_connections", 1);
+    assert_metric(text, "idemproxy_server_connections", 1);
+    assert_metric(text, "idemproxy_client_connections_total", 1);
+    assert_metric(text,
+                  "idemproxy_statements_rewritten_total{table=\"public.ops_events\",action=\"auto\"}",
+                  2);
+    assert_metric(text,
+                  "idemproxy_statements_skipped_total{table=\"public.ops_events\","
+                  "reason=\"has_on_conflict\"}",
+                  0);
+    assert_metric(text, "idemproxy_shadow_matches_total{table=\"public.ops_events\"}", 0);
+    assert_metric(text, "idemproxy_errors_translated_total{table=\"public.ops_events\"}", 0);
+    assert_metric(text, "idemproxy_build_info{version=\"" PACKAGE_VERSION "\"}", 1);
+    assert_metric(text, "idemproxy_config_reloads_total{result=\"ok\"}", 0);
+    assert_true(metric(text, "idemproxy_bytes_total{direction=\"to_server\"}") > 0);
+    assert_true(metric(text, "idemproxy_bytes_total{direction=\"to_client\"}") > 0);
+    /* Every pass that moved bytes is in the histogram; +Inf holds them all. */
+    unsigned long long n = metric(text, "idemproxy_proxy_latency_seconds_count{direction=\"to_server\"}");
+    assert_true(n >= 7);
+    assert_metric(text,
+                  "idemproxy_proxy_latency_seconds_bucket{direction=\"to_server\",le=\"+Inf\"}", n);
+    free(text);
+
+    text = http_get(mport, "/healthz");
+    assert_non_null(strstr(text, " 200 "));
+    assert_non_null(strstr(text, "\r\n\r\nok\n"));
+    free(text);
+
+    /* The connection gone, the gauges come down; the totals stay. */
+    itest_finish(c);
+    int64_t deadline = itest_now_ms() + 5000;
+    for (;;) {
+        text = http_get(mport, "/metrics");
+        if (metric(text, "idemproxy_client_connections") == 0 || itest_now_ms() > deadline)
+            break;
+        free(text);
+        itest_sleep_ms(20);
+    }
+    assert_metric(text, "idemproxy_client_connections", 0);
+    assert_metric(text, "idemproxy_server_connections", 0);
+    assert_metric(text, "idemproxy_client_connections_total", 1);
+    free(text);
+    itest_pass();
+}
+
+/* ---- reloads -------------------------------------------------------------- */
+
+/* A rule added, then removed, under one open connection; then a broken file
+ * that changes nothing and is counted as a failed reload. */
+static void test_ops_reload_live(void **state)
+{
+    (void)state;
+    create_key_table("ops_live");
+    int mport = itest_free_port();
+    char base[512];
+    struct itest_proxy *p;
+    {
+        char extra[128];
+        snprintf(extra, sizeof extra, "metrics_port = %d\n", mport);
+        p = itest_proxy_start_with(NULL, extra);
+    }
+    char *original = itest_read_file(p->conf_path);
+    snprintf(base, sizeof base, "%s", original);
+    free(original);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *dup = "INSERT INTO ops_live (k, payload) VALUES ('r', 'x')";
+    itest_exec_tag(c, dup, "INSERT 0 1");
+    itest_exec_sqlstate(c, dup, "23505");
+
+    char with_rule[700];
+    snprintf(with_rule, sizeof with_rule, "%s[table public.ops_live]\nconflict = k\n", base);
+    rewrite_config(p, with_rule);
+    reload_and_wait(p, "configuration reloaded", 1);
+    itest_exec_tag(c, dup, "INSERT 0 0");
+
+    rewrite_config(p, base);
+    reload_and_wait(p, "configuration reloaded", 2);
+    itest_exec_sqlstate(c, dup, "23505");
+
+    /* A broken file: rejected whole, FILE:LINE in the log, nothing changes. */
+    char broken[700];
+    snprintf(broken, sizeof broken, "%s[table public.ops_live]\nconflict = k\nactoin = do_nothing\n",
+             base);
+    rewrite_config(p, broken);
+    reload_and_wait(p, "reload failed", 1);
+    char where[600];
+    snprintf(where, sizeof where, "%s:", p->conf_path);
+    itest_assert_log_line(p, "reload failed", where, "actoin");
+    itest_exec_sqlstate(c, dup, "23505");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM ops_live"), 1);
+
+    char *text = http_get(mport, "/metrics");
+    assert_metric(text, "idemproxy_config_reloads_total{result=\"ok\"}", 2);
+    assert_metric(text, "idemproxy_config_reloads_total{result=\"failed\"}", 1);
+    free(text);
+    itest_pass();
+}
+
+/* ---- the stats line --------------------------------------------------------- */
+
+static void test_ops_stats_line(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = itest_proxy_start_with(NULL, "log_stats_interval = 1\n");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(itest_query_ll(c, "SELECT 1"), 1);
+    int64_t deadline = itest_now_ms() + 10000;
+    while (!itest_proxy_log_line_has(p, "stats:", "statements/s", "proxy latency avg") &&
+           itest_now_ms() < deadline)
+        itest_sleep_ms(100);
+    itest_assert_log_line(p, "stats: 1 clients open", "statements/s", "proxy latency avg");
+    itest_pass();
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        ITEST(test_ops_metrics),
+        ITEST(test_ops_reload_live),
+        ITEST(test_ops_stats_line),
+    };
+    return itest_main(argc, argv, "idemproxy operations", tests, sizeof tests / sizeof tests[0]);
+}
