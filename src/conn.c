@@ -155,6 +155,7 @@ struct conn {
 
     bool counted;               /* holds a max_client_conn slot */
     bool stop_when_idle;        /* the proxy is shutting down */
+    bool spoke;                 /* the client sent a message since its login */
     bool server_said_fatal;     /* the server explained its own goodbye */
     uint8_t negotiations;
 
@@ -1576,6 +1577,7 @@ static bool relay(struct conn *c, enum flow d)
             return false;
         }
         if (d == FLOW_TO_SERVER) {
+            c->spoke = c->state == CONN_ACTIVE;
             if (c->await_next)
                 settle_await(c, head.type);
             if (c->guard == GUARD_AWAIT_SYNC)
@@ -1658,9 +1660,12 @@ moved:
     return true;
 }
 
+/* During a shutdown a session goes once it is idle; one that logged in
+ * as the shutdown began first gets its first request served, since closing
+ * it then would be refusing it in all but name. */
 static void close_if_idle(struct conn *c)
 {
-    if (c->stop_when_idle && c->state == CONN_ACTIVE && track_idle(&c->track) &&
+    if (c->stop_when_idle && c->spoke && c->state == CONN_ACTIVE && track_idle(&c->track) &&
         c->stream_left[FLOW_TO_CLIENT] == 0 && c->stream_left[FLOW_TO_SERVER] == 0)
         conn_terminate(c);
 }
@@ -2100,10 +2105,6 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
     c->database = strdup(su.database ? su.database : su.user ? su.user : "");
     c->replication = su.replication;
     c->rules = ruleset_ref(w->rules);
-    if (w->shutting_down) {
-        fail_client(c, "57P03", "idemproxy is shutting down", "refused: shutting down");
-        return false;
-    }
     enum tls_mode tls = w->cfg->client_tls.mode;
     if (tls >= TLS_REQUIRE && !c->client_tls) {
         fail_client(c, "28000", "idemproxy: TLS is required (client_tls_sslmode = require): "
@@ -2368,6 +2369,7 @@ struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
     c->worker = w;
     c->id = proxy_next_conn_id(w->proxy);
     c->state = CONN_STARTUP;
+    c->stop_when_idle = w->shutting_down;
     track_init(&c->track, free_note);
     session_init(&c->session);
     format_peer(c->peer, sizeof(c->peer), addr);
@@ -2417,8 +2419,10 @@ void conn_terminate(struct conn *c)
 void conn_shutdown(struct conn *c)
 {
     c->stop_when_idle = true;
-    if (c->state == CONN_STARTUP || c->state == CONN_AUTH)
-        close_pair(c, "proxy shutdown before login");
-    else
+    /* A session already open goes when idle, now if it is; one still
+     * logging in finishes that and one request first. */
+    if (c->state == CONN_ACTIVE) {
+        c->spoke = true;
         close_if_idle(c);
+    }
 }

@@ -26,7 +26,9 @@ struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
                          const struct sockaddr *addr, int addrlen);
 
 /* The proxy is stopping: close the pair as soon as the session is idle
- * (nothing outstanding, no transaction open), at once if it already is. */
+ * (nothing outstanding), at once if it already is. A client still logging
+ * in finishes its login and its first request first; conn_accept() applies
+ * the same to a client accepted during the shutdown. */
 void conn_shutdown(struct conn *c);
 
 /* Closes the pair now, telling the client why with a FATAL 57P01. */

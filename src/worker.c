@@ -191,12 +191,34 @@ static void shutdown_timeout_cb(evutil_socket_t fd, short what, void *arg)
     stop_now(w);
 }
 
+/* Takes in every connection the kernel has queued on the listener before
+ * it closes: closing would reset them, and with so_reuseport they came to
+ * this process rather than to the one that goes on. */
+static void drain_accept_queue(struct worker *w)
+{
+    evutil_socket_t lfd = evconnlistener_get_fd(w->listener);
+
+    for (;;) {
+        struct sockaddr_storage addr;
+        socklen_t len = sizeof(addr);
+        int fd = accept4(lfd, (struct sockaddr *)&addr, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            return;
+        }
+        conn_accept(w, fd, (struct sockaddr *)&addr, (int)len);
+    }
+}
+
 /* SIGTERM: no new clients; each open one is closed once it is idle. */
 static void begin_shutdown(struct worker *w)
 {
     if (w->shutting_down)
         return;
     w->shutting_down = true;
+    if (w->listener)
+        drain_accept_queue(w);
     close_listener(w);
     if (w->conn_count == 0) {
         event_base_loopexit(w->base, NULL);

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <libpq-fe.h>
@@ -126,6 +127,13 @@ static void reload_and_wait(struct itest_proxy *p, const char *what, int n)
             fail_msg("no %d-th \"%s\" in the log within 10 s", n, what);
         itest_sleep_ms(50);
     }
+}
+
+static void assert_proxy_serves_port(int port)
+{
+    PGconn *c = itest_connect_ok(port, NULL);
+    assert_int_equal(itest_query_ll(c, "SELECT 3"), 3);
+    itest_finish(c);
 }
 
 /* ---- the metrics endpoint ----------------------------------------------- */
@@ -276,12 +284,63 @@ static void test_ops_stats_line(void **state)
     itest_pass();
 }
 
+/* ---- rolling restart ----------------------------------------------------- */
+
+/* pgbench reconnecting for every transaction (-C) runs against the port
+ * while a second idemproxy starts on it and the first gets SIGTERM: not one
+ * connection may be refused and not one transaction fail. */
+static void test_ops_rolling_restart(void **state)
+{
+    (void)state;
+    struct itest_proxy_opts a_opts = { .extra = "so_reuseport = on\nworkers = 2\n" };
+    struct itest_proxy *a = itest_proxy_start(&a_opts);
+    const char *script = itest_write_file("rolling.sql", "SELECT 1;\n");
+    char script_path[600], out_path[600], bin[512], port_s[16];
+    snprintf(script_path, sizeof script_path, "%s", script);
+    snprintf(out_path, sizeof out_path, "%s/rolling-%d.out", itest_env("IDEM_TEST_TMP"),
+             (int)getpid());
+    snprintf(bin, sizeof bin, "%s/pgbench", itest_env("IDEM_TEST_PGBIN"));
+    snprintf(port_s, sizeof port_s, "%d", a->port);
+
+    pid_t bench = fork();
+    assert_true(bench >= 0);
+    if (bench == 0) {
+        FILE *out = freopen(out_path, "w", stdout);
+        if (!out || dup2(fileno(stdout), 2) < 0)
+            _exit(127);
+        execl(bin, bin, "-n", "-C", "-f", script_path, "-c", "4", "-j", "2", "-T", "6", "-h",
+              "127.0.0.1", "-p", port_s, "-U", itest_pg_user(), ITEST_DBNAME, (char *)NULL);
+        _exit(127);
+    }
+    itest_sleep_ms(1500);
+    struct itest_proxy_opts b_opts = { .extra = "so_reuseport = on\nworkers = 2\n",
+                                       .listen_port = a->port };
+    struct itest_proxy *b = itest_proxy_start(&b_opts);
+    itest_sleep_ms(1000);
+    assert_true(itest_proxy_signal_wait(a, SIGTERM, 15000));
+    assert_true(WIFEXITED(a->exit_status) && WEXITSTATUS(a->exit_status) == 0);
+
+    int status;
+    assert_int_equal(waitpid(bench, &status, 0), bench);
+    char *out = itest_read_file(out_path);
+    printf("%s", out);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0 ||
+        !strstr(out, "number of failed transactions: 0 (") || strstr(out, "aborted"))
+        fail_msg("pgbench across the rolling restart (status 0x%x):\n%s", status, out);
+    free(out);
+    /* Both processes served clients. */
+    assert_true(itest_proxy_log_contains(b, "accepted"));
+    assert_proxy_serves_port(b->port);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         ITEST(test_ops_metrics),
         ITEST(test_ops_reload_live),
         ITEST(test_ops_stats_line),
+        ITEST(test_ops_rolling_restart),
     };
     return itest_main(argc, argv, "idemproxy operations", tests, sizeof tests / sizeof tests[0]);
 }
