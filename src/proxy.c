@@ -10,9 +10,13 @@
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/rand.h>
+#ifdef HAVE_SYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 #include "log.h"
 #include "worker.h"
@@ -24,6 +28,17 @@ static void apply_logging(const struct config *cfg)
     log_set_level(cfg->log_level);
     if (!log_set_file(cfg->log_file))
         log_error("cannot open log_file %s: keeping the current log destination", cfg->log_file);
+}
+
+/* Tells systemd (Type=notify) what the process is doing; nothing when
+ * built without libsystemd or not started by it. */
+static void notify_service(const char *state)
+{
+#ifdef HAVE_SYSTEMD
+    sd_notify(0, state);
+#else
+    (void)state;
+#endif
 }
 
 /* ---- what workers ask ---------------------------------------------------- */
@@ -136,6 +151,7 @@ static bool open_listen_sockets(const struct config *cfg, int count, int fds[])
 
 static void stop_workers(struct proxy *p, enum proxy_stop how)
 {
+    notify_service("STOPPING=1");
     atomic_store_explicit(&p->stop, how, memory_order_release);
     for (int i = 0; i < p->worker_count; i++)
         worker_wake(&p->workers[i]);
@@ -152,7 +168,7 @@ static void log_table_totals(struct proxy *p)
     metrics_totals_free(&t);
 }
 
-static void reload(struct proxy *p)
+static void reload_settings(struct proxy *p)
 {
     char err[CONFIG_ERR_LEN], changed[128];
     struct settings *old = atomic_load_explicit(&p->current, memory_order_relaxed);
@@ -182,6 +198,19 @@ static void reload(struct proxy *p)
     /* Each worker moves over now rather than at its next connection. */
     for (int i = 0; i < p->worker_count; i++)
         worker_wake(&p->workers[i]);
+}
+
+static void reload(struct proxy *p)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    char state[64];
+    snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+             (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000);
+    notify_service(state);
+    reload_settings(p);
+    notify_service("READY=1");
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -339,6 +368,7 @@ bool proxy_init(struct proxy *p, struct config *cfg)
         stop_workers(p, PROXY_STOP_NOW);
         return false;
     }
+    notify_service("READY=1");
     char name[256];
     log_info("idemproxy %s listening on %s:%d (%d worker%s%s), server %s", PACKAGE_VERSION,
              cfg->listen_addr, cfg->listen_port, count, count == 1 ? "" : "s",

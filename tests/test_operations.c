@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -334,6 +335,55 @@ static void test_ops_rolling_restart(void **state)
     itest_pass();
 }
 
+/* ---- systemd notifications ------------------------------------------------ */
+
+/* The next datagram on fd within 20 s, into buf; fails the test without. */
+static void next_notification(int fd, char *buf, size_t cap, const char *waiting_for)
+{
+    struct timeval tv = { 20, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ssize_t n = recv(fd, buf, cap - 1, 0);
+    if (n < 0)
+        fail_msg("no notification (waiting for %s): %s", waiting_for, strerror(errno));
+    buf[n] = '\0';
+}
+
+static void test_ops_sd_notify(void **state)
+{
+    (void)state;
+#ifdef HAVE_SYSTEMD
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s/notify-%d.sock", itest_env("IDEM_TEST_TMP"),
+             (int)getpid());
+    unlink(sun.sun_path);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sun, sizeof sun), 0);
+    setenv("NOTIFY_SOCKET", sun.sun_path, 1);
+    struct itest_proxy *p = itest_proxy_start(NULL);
+    unsetenv("NOTIFY_SOCKET");
+    char msg[256];
+
+    next_notification(fd, msg, sizeof msg, "READY=1");
+    assert_string_equal(msg, "READY=1");
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    next_notification(fd, msg, sizeof msg, "RELOADING=1");
+    if (strncmp(msg, "RELOADING=1\nMONOTONIC_USEC=", 27) != 0)
+        fail_msg("on reload: %s", msg);
+    next_notification(fd, msg, sizeof msg, "READY=1 after the reload");
+    assert_string_equal(msg, "READY=1");
+    assert_int_equal(kill(p->pid, SIGTERM), 0);
+    next_notification(fd, msg, sizeof msg, "STOPPING=1");
+    assert_string_equal(msg, "STOPPING=1");
+    assert_true(itest_proxy_wait_exit(p, 15000));
+    close(fd);
+    unlink(sun.sun_path);
+#else
+    printf("built without libsystemd: no notifications to test\n");
+#endif
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -341,6 +391,7 @@ int main(int argc, char **argv)
         ITEST(test_ops_reload_live),
         ITEST(test_ops_stats_line),
         ITEST(test_ops_rolling_restart),
+        ITEST(test_ops_sd_notify),
     };
     return itest_main(argc, argv, "idemproxy operations", tests, sizeof tests / sizeof tests[0]);
 }
