@@ -46,6 +46,7 @@ enum main_key {
     KEY_METRICS_ADDR,
     KEY_METRICS_PORT,
     KEY_LOG_STATS_INTERVAL,
+    KEY_ADMIN_USERS,
     MAIN_KEY_COUNT,
 };
 
@@ -82,6 +83,7 @@ static const char *const main_key_names[MAIN_KEY_COUNT] = {
     [KEY_METRICS_ADDR] = "metrics_addr",
     [KEY_METRICS_PORT] = "metrics_port",
     [KEY_LOG_STATS_INTERVAL] = "log_stats_interval",
+    [KEY_ADMIN_USERS] = "admin_users",
 };
 
 static const char *const tls_mode_names[] = {
@@ -227,6 +229,7 @@ void config_unref(struct config *cfg)
     free(cfg->path);
     free(cfg->listen_addr);
     free(cfg->metrics_addr);
+    name_list_free(&cfg->admin_users);
     free(cfg->server_host);
     free(cfg->log_file);
     for (size_t i = 0; i < cfg->table_count; i++)
@@ -620,6 +623,7 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_METRICS_ADDR: set_string(p, &c->metrics_addr, key, value); break;
     case KEY_METRICS_PORT: parse_int(p, key, value, 0, 65535, &c->metrics_port); break;
     case KEY_LOG_STATS_INTERVAL: parse_int(p, key, value, 0, 86400, &c->log_stats_interval); break;
+    case KEY_ADMIN_USERS: parse_name_list(p, key, value, &c->admin_users); break;
     case KEY_CLIENT_TLS_SSLMODE:
     case KEY_SERVER_TLS_SSLMODE: {
         int mode;

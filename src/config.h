@@ -99,6 +99,7 @@ struct config {
     char *metrics_addr;   /* the HTTP endpoint of /metrics and /healthz */
     int metrics_port;     /* 0: no endpoint */
     int log_stats_interval; /* seconds between summary log lines; 0: none */
+    struct name_list admin_users; /* who may use the admin console */
 
     struct tls_config client_tls; /* clients connecting to the proxy */
     struct tls_config server_tls; /* the proxy connecting to PostgreSQL */

@@ -17,6 +17,7 @@
 #include <openssl/ssl.h>
 
 #include "authfile.h"
+#include "admin.h"
 #include "authquery.h"
 #include "cancel.h"
 #include "log.h"
@@ -51,6 +52,7 @@ enum conn_state {
     CONN_SERVER_TLS, /* SSLRequest sent to the server, or the handshake under way */
     CONN_LOGIN,      /* relaying authentication until the first ReadyForQuery */
     CONN_ACTIVE,     /* relaying the session, tracking its requests */
+    CONN_ADMIN,      /* the admin console: the proxy answers, no server */
     CONN_CLOSING,    /* flushing what each side still has to read */
 };
 
@@ -92,6 +94,8 @@ struct conn {
     struct conn *prev, *next; /* the proxy's list */
     struct worker *worker;
     uint64_t id;
+    time_t since;               /* accepted at */
+    bool admin;                 /* logging in to the admin console */
     enum conn_state state;
 
     struct sock *client;
@@ -311,12 +315,14 @@ static void free_pair(struct conn *c)
         free(c->catalog);
     }
     ruleset_unref(c->rules);
+    pthread_mutex_lock(&w->conns_lock);
     if (c->prev)
         c->prev->next = c->next;
     else
         w->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
+    pthread_mutex_unlock(&w->conns_lock);
     free(c->user);
     free(c->database);
     free(c);
@@ -1945,6 +1951,90 @@ static void begin_auth(struct conn *c)
         fail_client(c, "53200", "out of memory", "out of memory");
 }
 
+/* ---- the admin console ------------------------------------------------- */
+
+/* The largest command the console reads. */
+#define ADMIN_QUERY_MAX (64 * 1024)
+
+/* The client authenticated to the admin console: the proxy finishes the
+ * login itself, with what a PostgreSQL client expects to be told. */
+static void admin_begin(struct conn *c)
+{
+    static const char *const params[][2] = {
+        { "server_version", "15.0 (idemproxy " PACKAGE_VERSION ")" },
+        { "server_encoding", "UTF8" },
+        { "client_encoding", "UTF8" },
+        { "DateStyle", "ISO, MDY" },
+        { "integer_datetimes", "on" },
+        { "standard_conforming_strings", "on" },
+        { "application_name", "" },
+    };
+    struct evbuffer *out = sock_output(c->client);
+    uint8_t msg[128];
+
+    evbuffer_add(out, msg, pg_build_auth(msg, sizeof(msg), 0, NULL, 0));
+    for (size_t i = 0; i < sizeof(params) / sizeof(params[0]); i++) {
+        size_t body = strlen(params[i][0]) + strlen(params[i][1]) + 2;
+        uint8_t head[PG_HEAD_LEN] = { 'S' };
+        pg_put_u32(head + 1, (uint32_t)body + 4);
+        evbuffer_add(out, head, sizeof(head));
+        evbuffer_add(out, params[i][0], strlen(params[i][0]) + 1);
+        evbuffer_add(out, params[i][1], strlen(params[i][1]) + 1);
+    }
+    evbuffer_add(out, "Z\0\0\0\5I", 6);
+    sock_flush(c->client);
+    c->state = CONN_ADMIN;
+    if (c->login_timer) {
+        event_free(c->login_timer);
+        c->login_timer = NULL;
+    }
+    conn_log(LOG_INFO, c, "admin console");
+}
+
+/* Commands to the console, each answered before the next is read. */
+static void admin_read(struct conn *c)
+{
+    struct evbuffer *in = sock_input(c->client);
+    uint8_t raw[PG_HEAD_LEN];
+    struct pg_msg_head head;
+
+    while (c->state == CONN_ADMIN &&
+           evbuffer_copyout(in, raw, sizeof(raw)) == (ev_ssize_t)sizeof(raw)) {
+        if (pg_msg_head(raw, sizeof(raw), &head) != PG_NEXT_OK || head.len > ADMIN_QUERY_MAX) {
+            fail_client(c, "08P01", "invalid message to the admin console",
+                        "protocol violation by client");
+            return;
+        }
+        if (head.type == 'X') {
+            close_pair(c, "client disconnected");
+            return;
+        }
+        if (head.type != 'Q') {
+            fail_client(c, "08P01", "the admin console speaks the simple query protocol only",
+                        "protocol violation by client");
+            return;
+        }
+        if (evbuffer_get_length(in) < (size_t)head.len + 1) {
+            hold_for(c, FLOW_TO_SERVER, (size_t)head.len + 1);
+            return;
+        }
+        const uint8_t *msg = evbuffer_pullup(in, (ev_ssize_t)head.len + 1);
+        size_t at = 0, len = 0;
+        enum admin_cmd cmd = ADMIN_UNKNOWN;
+        if (msg && pg_statement_text('Q', msg + PG_HEAD_LEN, head.len - 4, &at, &len)) {
+            const char *text = (const char *)msg + PG_HEAD_LEN + at;
+            cmd = admin_parse(text, len);
+            conn_log(LOG_INFO, c, "admin: %.*s", len > LOG_TEXT_MAX ? LOG_TEXT_MAX : (int)len,
+                     text);
+        }
+        evbuffer_drain(in, (size_t)head.len + 1);
+        hold_done(c, FLOW_TO_SERVER);
+        admin_run(c->worker, cmd, sock_output(c->client));
+        evbuffer_add(sock_output(c->client), "Z\0\0\0\5I", 6);
+        sock_flush(c->client);
+    }
+}
+
 /* The client's SASL messages while the proxy authenticates it. */
 static void read_auth(struct conn *c)
 {
@@ -1980,7 +2070,10 @@ static void read_auth(struct conn *c)
             send_to(c->client, out, len);
             conn_log(LOG_DEBUG, c, "client authenticated%s",
                      c->login->with_client.plus ? " with channel binding" : "");
-            connect_server(c);
+            if (c->admin)
+                admin_begin(c);
+            else
+                connect_server(c);
             return;
         default:
             auth_failed(c, why);
@@ -2101,8 +2194,10 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
         break;
     }
 
+    pthread_mutex_lock(&w->conns_lock);
     c->user = su.user ? strdup(su.user) : NULL;
     c->database = strdup(su.database ? su.database : su.user ? su.user : "");
+    pthread_mutex_unlock(&w->conns_lock);
     c->replication = su.replication;
     c->rules = ruleset_ref(w->rules);
     enum tls_mode tls = w->cfg->client_tls.mode;
@@ -2134,7 +2229,15 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
         fail_client(c, "53200", "out of memory", "out of memory");
         return false;
     }
-    if (w->cfg->auth_type == AUTH_SCRAM)
+    c->admin = !c->replication && c->database && strcmp(c->database, ADMIN_DATABASE) == 0;
+    if (c->admin && !admin_user_allowed(w->cfg, c->user ? c->user : "")) {
+        char msg[200];
+        snprintf(msg, sizeof(msg), "idemproxy: user \"%.64s\" may not use the admin console "
+                 "(admin_users)", c->user ? c->user : "");
+        fail_client(c, "42501", msg, "refused: not in admin_users");
+        return false;
+    }
+    if (w->cfg->auth_type == AUTH_SCRAM || c->admin)
         begin_auth(c);
     else
         connect_server(c);
@@ -2214,6 +2317,9 @@ static void client_read(struct conn *c)
     case CONN_LOGIN:
         relay(c, FLOW_TO_SERVER);
         break;
+    case CONN_ADMIN:
+        admin_read(c);
+        break;
     case CONN_CLOSING:
         break;
     }
@@ -2240,6 +2346,7 @@ static void server_read(struct conn *c)
     case CONN_STARTUP:
     case CONN_AUTH:
     case CONN_CONNECTING:
+    case CONN_ADMIN:
     case CONN_CLOSING:
         break;
     }
@@ -2383,10 +2490,13 @@ struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
         log_error("out of memory accepting a client");
         return NULL;
     }
+    c->since = time(NULL);
+    pthread_mutex_lock(&w->conns_lock);
     c->next = w->conns;
     if (w->conns)
         w->conns->prev = c;
     w->conns = c;
+    pthread_mutex_unlock(&w->conns_lock);
     w->conn_count++;
     counter_add(&w->counters.client_connections, 1);
 
@@ -2416,9 +2526,22 @@ void conn_terminate(struct conn *c)
                 "proxy shutdown");
 }
 
+void conn_describe(const struct conn *c, struct conn_info *out)
+{
+    out->id = c->id;
+    out->since = c->since;
+    snprintf(out->peer, sizeof(out->peer), "%s", c->peer);
+    snprintf(out->user, sizeof(out->user), "%s", c->user ? c->user : "");
+    snprintf(out->database, sizeof(out->database), "%s", c->database ? c->database : "");
+}
+
 void conn_shutdown(struct conn *c)
 {
     c->stop_when_idle = true;
+    if (c->state == CONN_ADMIN) {
+        close_pair(c, "proxy shutdown");
+        return;
+    }
     /* A session already open goes when idle, now if it is; one still
      * logging in finishes that and one request first. */
     if (c->state == CONN_ACTIVE) {

@@ -15,6 +15,9 @@
 #ifndef IDEM_CONN_H
 #define IDEM_CONN_H
 
+#include <stdint.h>
+#include <time.h>
+
 #include <event2/util.h>
 
 struct worker;
@@ -37,7 +40,20 @@ void conn_terminate(struct conn *c);
 /* Frees the pair at once, flushing nothing: for process exit. */
 void conn_destroy(struct conn *c);
 
-/* The next pair in the proxy's list, for walking it. */
+/* The next pair in the worker's list, for walking it. */
 struct conn *conn_next(struct conn *c);
+
+/* What SHOW CLIENTS shows of a pair. */
+struct conn_info {
+    uint64_t id;
+    char peer[64];
+    char user[64];     /* "" before the StartupMessage */
+    char database[64];
+    time_t since;      /* when it was accepted */
+};
+
+/* Fills out; another thread may call it while holding the worker's
+ * conns_lock. */
+void conn_describe(const struct conn *c, struct conn_info *out);
 
 #endif

@@ -295,10 +295,10 @@ static bool render(struct proxy *p, struct evbuffer *out)
     render_latency(out, &t);
     prom_family(out, "idemproxy_config_reloads_total", "counter", "reloads, by result");
     prom_sample(out, "idemproxy_config_reloads_total", (const char *[]){ "result", "ok", NULL },
-                p->reloads_ok);
+                atomic_load(&p->reloads_ok));
     prom_sample(out, "idemproxy_config_reloads_total",
                 (const char *[]){ "result", "failed", NULL },
-                p->reloads_failed);
+                atomic_load(&p->reloads_failed));
     prom_family(out, "idemproxy_protocol_violations_total", "counter",
                 "connections closed for an invalid message");
     prom_sample(out, "idemproxy_protocol_violations_total", NULL, t.protocol_violations);

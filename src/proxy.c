@@ -149,7 +149,7 @@ static bool open_listen_sockets(const struct config *cfg, int count, int fds[])
 
 /* ---- signals ------------------------------------------------------------- */
 
-static void stop_workers(struct proxy *p, enum proxy_stop how)
+void proxy_request_stop(struct proxy *p, enum proxy_stop how)
 {
     notify_service("STOPPING=1");
     atomic_store_explicit(&p->stop, how, memory_order_release);
@@ -168,49 +168,48 @@ static void log_table_totals(struct proxy *p)
     metrics_totals_free(&t);
 }
 
-static void reload_settings(struct proxy *p)
+bool proxy_reload(struct proxy *p, char *why, size_t cap)
 {
     char err[CONFIG_ERR_LEN], changed[128];
-    struct settings *old = atomic_load_explicit(&p->current, memory_order_relaxed);
-    struct config *cfg = config_load(old->cfg->path, err);
-
-    if (!cfg) {
-        p->reloads_failed++;
-        log_error("reload failed, keeping the current configuration: %s", err);
-        return;
-    }
-    if (config_restart_needed(old->cfg, cfg, changed, sizeof(changed)))
-        log_warning("reload: %s changed but only take effect on restart", changed);
-    apply_logging(cfg);
-    struct settings *next = settings_build(cfg, old);
-    if (!next) {
-        p->reloads_failed++;
-        log_error("reload failed, keeping the current configuration: out of memory");
-        return;
-    }
-    log_table_totals(p);
-    pthread_mutex_lock(&p->settings_lock);
-    atomic_store_explicit(&p->current, next, memory_order_release);
-    pthread_mutex_unlock(&p->settings_lock);
-    settings_unref(old);
-    p->reloads_ok++;
-    log_info("configuration reloaded from %s", next->cfg->path);
-    /* Each worker moves over now rather than at its next connection. */
-    for (int i = 0; i < p->worker_count; i++)
-        worker_wake(&p->workers[i]);
-}
-
-static void reload(struct proxy *p)
-{
     struct timespec now;
 
+    pthread_mutex_lock(&p->reload_lock);
     clock_gettime(CLOCK_MONOTONIC, &now);
     char state[64];
     snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
              (unsigned long long)now.tv_sec * 1000000ull + (unsigned long long)now.tv_nsec / 1000);
     notify_service(state);
-    reload_settings(p);
+
+    struct settings *old = atomic_load_explicit(&p->current, memory_order_relaxed);
+    struct config *cfg = config_load(old->cfg->path, err);
+    struct settings *next = NULL;
+    if (cfg) {
+        if (config_restart_needed(old->cfg, cfg, changed, sizeof(changed)))
+            log_warning("reload: %s changed but only take effect on restart", changed);
+        apply_logging(cfg);
+        next = settings_build(cfg, old);
+        if (!next)
+            snprintf(err, sizeof(err), "out of memory");
+    }
+    if (!next) {
+        atomic_fetch_add(&p->reloads_failed, 1);
+        log_error("reload failed, keeping the current configuration: %s", err);
+        snprintf(why, cap, "%s", err);
+    } else {
+        log_table_totals(p);
+        pthread_mutex_lock(&p->settings_lock);
+        atomic_store_explicit(&p->current, next, memory_order_release);
+        pthread_mutex_unlock(&p->settings_lock);
+        settings_unref(old);
+        atomic_fetch_add(&p->reloads_ok, 1);
+        log_info("configuration reloaded from %s", next->cfg->path);
+        /* Each worker moves over now rather than at its next connection. */
+        for (int i = 0; i < p->worker_count; i++)
+            worker_wake(&p->workers[i]);
+    }
     notify_service("READY=1");
+    pthread_mutex_unlock(&p->reload_lock);
+    return next != NULL;
 }
 
 static void signal_cb(evutil_socket_t sig, short what, void *arg)
@@ -222,15 +221,17 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
     case SIGTERM:
         log_info("SIGTERM received: no new clients; each open one is closed when idle "
                  "(at most shutdown_timeout)");
-        stop_workers(p, PROXY_STOP_GRACEFUL);
+        proxy_request_stop(p, PROXY_STOP_GRACEFUL);
         break;
     case SIGINT:
         log_info("SIGINT received: exiting at once");
-        stop_workers(p, PROXY_STOP_NOW);
+        proxy_request_stop(p, PROXY_STOP_NOW);
         break;
-    case SIGHUP:
-        reload(p);
+    case SIGHUP: {
+        char why[CONFIG_ERR_LEN];
+        proxy_reload(p, why, sizeof(why));
         break;
+    }
     default:
         break;
     }
@@ -317,6 +318,7 @@ bool proxy_init(struct proxy *p, struct config *cfg)
     memset(p, 0, sizeof(*p));
     p->exit_fd = -1;
     pthread_mutex_init(&p->settings_lock, NULL);
+    pthread_mutex_init(&p->reload_lock, NULL);
     apply_logging(cfg);
     struct settings *s = settings_build(cfg, NULL);
     if (!s)
@@ -361,11 +363,11 @@ bool proxy_init(struct proxy *p, struct config *cfg)
         }
     }
     if (!start_workers(p)) {
-        stop_workers(p, PROXY_STOP_NOW);
+        proxy_request_stop(p, PROXY_STOP_NOW);
         return false;
     }
     if (!metrics_http_start(p) || !start_stats_timer(p, cfg->log_stats_interval)) {
-        stop_workers(p, PROXY_STOP_NOW);
+        proxy_request_stop(p, PROXY_STOP_NOW);
         return false;
     }
     notify_service("READY=1");
@@ -419,5 +421,6 @@ void proxy_free(struct proxy *p)
         event_base_free(p->base);
     settings_unref(atomic_load(&p->current));
     pthread_mutex_destroy(&p->settings_lock);
+    pthread_mutex_destroy(&p->reload_lock);
     memset(p, 0, sizeof(*p));
 }

@@ -45,9 +45,11 @@ struct proxy {
     int worker_count;
     int workers_running;
 
+    pthread_mutex_t reload_lock;      /* one reload at a time: SIGHUP or RELOAD */
+    atomic_uint_fast64_t reloads_ok, reloads_failed;
+
     /* Main thread only. */
     struct evhttp *http;             /* metrics_port: /metrics and /healthz */
-    uint64_t reloads_ok, reloads_failed;
     struct event *stats_timer;       /* log_stats_interval */
     struct totals stats_before;      /* the sums at the last stats line */
     struct timeval stats_at;
@@ -83,5 +85,14 @@ enum proxy_stop proxy_stop_request(const struct proxy *p);
 
 /* A worker's loop has ended (called on its thread, last thing). */
 void proxy_worker_ended(struct proxy *p);
+
+/* Re-reads the configuration file (SIGHUP, or the console's RELOAD; from
+ * any thread). False when the new file is rejected: why then says why
+ * ("FILE:LINE: why"), and the current configuration stays. */
+bool proxy_reload(struct proxy *p, char *why, size_t cap);
+
+/* Stops the process as SIGTERM (PROXY_STOP_GRACEFUL) or SIGINT does; from
+ * any thread. */
+void proxy_request_stop(struct proxy *p, enum proxy_stop how);
 
 #endif

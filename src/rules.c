@@ -290,6 +290,25 @@ const char *scope_table_problem(const struct scope *s, size_t i)
     return s->verdicts[i].problem;
 }
 
+const char *ruleset_table_check(const struct ruleset *rs, size_t table)
+{
+    const char *verdict = NULL;
+    const struct scope *s, *tmp;
+
+    HASH_ITER(hh, rs->scopes, s, tmp) {
+        if (s->state != SCOPE_READY)
+            continue;
+        for (size_t i = 0; i < s->ntables; i++) {
+            if (s->table_ids[i] != table)
+                continue;
+            if (s->verdicts[i].problem[0])
+                return s->verdicts[i].problem;
+            verdict = "";
+        }
+    }
+    return verdict;
+}
+
 int scope_find_table(const struct scope *s, const char *schema, const char *name)
 {
     const char *root_schema, *root_name;

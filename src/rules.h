@@ -103,6 +103,12 @@ void scope_count_reason(struct scope *s, enum rewrite_reason reason);
 uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrite_reason reason);
 uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason);
 
+/* What the catalog check said about the table-th table of rs's
+ * configuration, over the scopes learnt so far: "" when it allowed the
+ * rewrite in every one, the first problem found otherwise, NULL when no
+ * scope that covers the table has been learnt yet. */
+const char *ruleset_table_check(const struct ruleset *rs, size_t table);
+
 /* Counts what happened to a unique violation on the scope's i-th table. */
 void scope_count_translation(struct scope *s, size_t i, enum translate_reason reason);
 uint64_t ruleset_translation_count(const struct ruleset *rs, size_t table,

@@ -291,6 +291,7 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
     w->proxy = p;
     w->index = index;
     w->wake_fd = -1;
+    pthread_mutex_init(&w->conns_lock, NULL);
     if (!adopt_settings(w, settings_ref(settings))) {
         close(listen_fd);
         return false;
@@ -361,6 +362,7 @@ void worker_free(struct worker *w)
         event_base_free(w->base);
     ruleset_unref(w->rules);
     settings_unref(w->settings);
+    pthread_mutex_destroy(&w->conns_lock);
     for (struct table_stats *ts = atomic_load(&w->tables), *next; ts; ts = next) {
         next = ts->next;
         free(ts->schema);

@@ -96,6 +96,8 @@ struct worker {
     const struct config *cfg;  /* settings->cfg */
     struct ruleset *rules;     /* this worker's rules for settings->cfg */
 
+    pthread_mutex_t conns_lock; /* the list, and what SHOW CLIENTS reads of a pair,
+                                 * for readers on other threads */
     struct conn *conns;        /* every open connection pair of this worker */
     int conn_count;
     bool shutting_down;

@@ -335,6 +335,137 @@ static void test_ops_rolling_restart(void **state)
     itest_pass();
 }
 
+/* ---- the admin console ----------------------------------------------------- */
+
+/* Creates role (LOGIN, password) on the server and returns its SCRAM secret
+ * as auth_file wants it (static buffer). */
+static const char *scram_role(const char *role, const char *password)
+{
+    static char secret[512];
+    char sql[512];
+    snprintf(sql, sizeof sql,
+             "SET password_encryption = 'scram-sha-256'; DROP ROLE IF EXISTS %s; "
+             "CREATE ROLE %s LOGIN PASSWORD '%s'",
+             role, role, password);
+    itest_server_exec(sql);
+    PGconn *c = itest_connect_ok(itest_pg_port(), NULL);
+    snprintf(sql, sizeof sql, "SELECT rolpassword FROM pg_authid WHERE rolname = '%s'", role);
+    PGresult *r = PQexec(c, sql);
+    itest_assert_result_ok(r, "the role's secret");
+    snprintf(secret, sizeof secret, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    itest_finish(c);
+    return secret;
+}
+
+/* Runs sql on the console and returns its result (the caller clears it). */
+static PGresult *console(PGconn *c, const char *sql)
+{
+    PGresult *r = PQexec(c, sql);
+    assert_non_null(r);
+    return r;
+}
+
+/* The value in the row whose first column is key, column col; NULL when no row has it. */
+static const char *row_value(PGresult *r, const char *key, int col)
+{
+    for (int i = 0; i < PQntuples(r); i++)
+        if (strcmp(PQgetvalue(r, i, 0), key) == 0)
+            return PQgetvalue(r, i, col);
+    return NULL;
+}
+
+static void test_ops_admin_console(void **state)
+{
+    (void)state;
+    char auth[1200], extra[1600];
+    snprintf(auth, sizeof auth, "\"ops_admin\" \"%s\"\n", scram_role("ops_admin", "adminpw"));
+    snprintf(auth + strlen(auth), sizeof auth - strlen(auth), "\"ops_other\" \"%s\"\n",
+             scram_role("ops_other", "otherpw"));
+    const char *auth_path = itest_write_file("ops-userlist.txt", auth);
+    snprintf(extra, sizeof extra,
+             "admin_users = ops_admin\nauth_file = %s\n"
+             "[table public.ops_console]\nconflict = k\naction = do_nothing\n",
+             auth_path);
+    struct itest_proxy *p = itest_proxy_start_with(NULL, extra);
+    PGconn *app = itest_connect_ok(p->port, "application_name=itest_app");
+    assert_int_equal(itest_query_ll(app, "SELECT 1"), 1);
+
+    PGconn *c = itest_connect_ok(p->port, "user=ops_admin password=adminpw dbname=idemproxy");
+    PGresult *r = console(c, "SHOW VERSION");
+    itest_assert_result_ok(r, "SHOW VERSION");
+    assert_string_equal(PQgetvalue(r, 0, 0), "idemproxy " PACKAGE_VERSION);
+    PQclear(r);
+
+    r = console(c, "show stats;");
+    itest_assert_result_ok(r, "SHOW STATS");
+    assert_string_equal(row_value(r, "client_connections", 1), "2");
+    assert_string_equal(row_value(r, "statements_simple", 1), "1");
+    PQclear(r);
+
+    r = console(c, "SHOW CLIENTS");
+    itest_assert_result_ok(r, "SHOW CLIENTS");
+    assert_int_equal(PQntuples(r), 2);
+    bool saw_admin = false, saw_app = false;
+    for (int i = 0; i < PQntuples(r); i++) {
+        saw_admin |= strcmp(PQgetvalue(r, i, 3), "ops_admin") == 0 &&
+                     strcmp(PQgetvalue(r, i, 4), "idemproxy") == 0;
+        saw_app |= strcmp(PQgetvalue(r, i, 4), ITEST_DBNAME) == 0;
+    }
+    assert_true(saw_admin && saw_app);
+    PQclear(r);
+
+    r = console(c, "SHOW TABLES");
+    itest_assert_result_ok(r, "SHOW TABLES");
+    assert_int_equal(PQntuples(r), 1);
+    assert_string_equal(PQgetvalue(r, 0, 0), "public.ops_console");
+    assert_string_equal(PQgetvalue(r, 0, 2), "do_nothing");
+    PQclear(r);
+
+    r = console(c, "SHOW CONFIG");
+    itest_assert_result_ok(r, "SHOW CONFIG");
+    assert_string_equal(row_value(r, "admin_users", 1), "ops_admin");
+    PQclear(r);
+
+    r = console(c, "DROP TABLE ops_console");
+    assert_int_equal(PQresultStatus(r), PGRES_FATAL_ERROR);
+    assert_string_equal(PQresultErrorField(r, PG_DIAG_SQLSTATE), "42601");
+    PQclear(r);
+
+    r = console(c, "RELOAD");
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    itest_assert_log_line(p, "configuration reloaded", "from", NULL);
+
+    /* Not in admin_users: 42501, whatever the password. */
+    PGconn *other = itest_connect(p->port, "user=ops_other password=otherpw dbname=idemproxy");
+    assert_int_equal(PQstatus(other), CONNECTION_BAD);
+    if (!strstr(PQerrorMessage(other), "admin_users"))
+        fail_msg("ops_other on the console: %s", PQerrorMessage(other));
+    itest_finish(other);
+    /* A wrong password: 28P01. */
+    PGconn *wrong = itest_connect(p->port, "user=ops_admin password=nope dbname=idemproxy");
+    assert_int_equal(PQstatus(wrong), CONNECTION_BAD);
+    assert_non_null(strstr(PQerrorMessage(wrong), "password authentication failed"));
+    itest_finish(wrong);
+    /* The extended protocol is refused with a clear message. */
+    PGconn *ext = itest_connect_ok(p->port, "user=ops_admin password=adminpw dbname=idemproxy");
+    r = PQexecParams(ext, "SHOW VERSION", 0, NULL, NULL, NULL, NULL, 0);
+    assert_int_not_equal(PQresultStatus(r), PGRES_TUPLES_OK);
+    assert_non_null(strstr(PQerrorMessage(ext), "simple query protocol"));
+    PQclear(r);
+    itest_finish(ext);
+
+    /* SHUTDOWN: as SIGTERM, the busy-free application client is closed
+     * and the process exits 0. */
+    r = console(c, "SHUTDOWN");
+    assert_int_equal(PQresultStatus(r), PGRES_COMMAND_OK);
+    PQclear(r);
+    assert_true(itest_proxy_wait_exit(p, 15000));
+    assert_true(WIFEXITED(p->exit_status) && WEXITSTATUS(p->exit_status) == 0);
+    itest_pass();
+}
+
 /* ---- systemd notifications ------------------------------------------------ */
 
 /* The next datagram on fd within 20 s, into buf; fails the test without. */
@@ -392,6 +523,7 @@ int main(int argc, char **argv)
         ITEST(test_ops_stats_line),
         ITEST(test_ops_rolling_restart),
         ITEST(test_ops_sd_notify),
+        ITEST(test_ops_admin_console),
     };
     return itest_main(argc, argv, "idemproxy operations", tests, sizeof tests / sizeof tests[0]);
 }

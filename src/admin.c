@@ -1,0 +1,367 @@
+#include "admin.h"
+
+#include <ctype.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "conn.h"
+#include "metrics.h"
+#include "pgproto.h"
+#include "proxy.h"
+#include "worker.h"
+
+/* ---- parsing (pure) ------------------------------------------------------ */
+
+/* The next word of text (letters only), upper-cased into word. */
+static const char *next_word(const char *p, const char *end, char *word, size_t cap)
+{
+    size_t n = 0;
+
+    while (p < end && (isspace((unsigned char)*p) || *p == ';'))
+        p++;
+    while (p < end && isalpha((unsigned char)*p)) {
+        if (n + 1 < cap)
+            word[n++] = (char)toupper((unsigned char)*p);
+        p++;
+    }
+    word[n] = '\0';
+    return p;
+}
+
+enum admin_cmd admin_parse(const char *text, size_t len)
+{
+    static const struct {
+        const char *first, *second;
+        enum admin_cmd cmd;
+    } commands[] = {
+        { "SHOW", "STATS", ADMIN_SHOW_STATS },     { "SHOW", "TABLES", ADMIN_SHOW_TABLES },
+        { "SHOW", "CLIENTS", ADMIN_SHOW_CLIENTS }, { "SHOW", "CONFIG", ADMIN_SHOW_CONFIG },
+        { "SHOW", "VERSION", ADMIN_SHOW_VERSION }, { "RELOAD", "", ADMIN_RELOAD },
+        { "SHUTDOWN", "", ADMIN_SHUTDOWN },
+    };
+    const char *end = text + len;
+    char first[16], second[16], third[16];
+    const char *p = next_word(text, end, first, sizeof(first));
+
+    p = next_word(p, end, second, sizeof(second));
+    p = next_word(p, end, third, sizeof(third));
+    /* Anything left that is not a letter (a digit, a quote) is not ours. */
+    while (p < end && (isspace((unsigned char)*p) || *p == ';'))
+        p++;
+    if (!first[0] && p == end)
+        return ADMIN_EMPTY;
+    if (third[0] || p != end)
+        return ADMIN_UNKNOWN;
+    for (size_t i = 0; i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(first, commands[i].first) == 0 && strcmp(second, commands[i].second) == 0)
+            return commands[i].cmd;
+    }
+    return ADMIN_UNKNOWN;
+}
+
+bool admin_user_allowed(const struct config *cfg, const char *user)
+{
+    for (size_t i = 0; i < cfg->admin_users.count; i++) {
+        if (strcmp(cfg->admin_users.names[i], user) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* ---- result sets --------------------------------------------------------- */
+
+#define TEXT_OID 25
+
+static void put_u16(struct evbuffer *out, uint16_t v)
+{
+    uint8_t b[2] = { (uint8_t)(v >> 8), (uint8_t)v };
+    evbuffer_add(out, b, 2);
+}
+
+static void put_u32(struct evbuffer *out, uint32_t v)
+{
+    uint8_t b[4];
+    pg_put_u32(b, v);
+    evbuffer_add(out, b, 4);
+}
+
+/* A RowDescription of n text columns. */
+static void columns(struct evbuffer *out, const char *const *names, int n)
+{
+    size_t len = 4 + 2;
+    for (int i = 0; i < n; i++)
+        len += strlen(names[i]) + 1 + 18;
+    evbuffer_add(out, "T", 1);
+    put_u32(out, (uint32_t)len);
+    put_u16(out, (uint16_t)n);
+    for (int i = 0; i < n; i++) {
+        evbuffer_add(out, names[i], strlen(names[i]) + 1);
+        put_u32(out, 0);           /* table OID */
+        put_u16(out, 0);           /* column number */
+        put_u32(out, TEXT_OID);
+        put_u16(out, 0xffff);      /* typlen -1 */
+        put_u32(out, 0xffffffff);  /* typmod -1 */
+        put_u16(out, 0);           /* text format */
+    }
+}
+
+/* A DataRow; a NULL value is SQL NULL. */
+static void row(struct evbuffer *out, const char *const *values, int n)
+{
+    size_t len = 4 + 2;
+    for (int i = 0; i < n; i++)
+        len += 4 + (values[i] ? strlen(values[i]) : 0);
+    evbuffer_add(out, "D", 1);
+    put_u32(out, (uint32_t)len);
+    put_u16(out, (uint16_t)n);
+    for (int i = 0; i < n; i++) {
+        if (!values[i]) {
+            put_u32(out, 0xffffffff);
+            continue;
+        }
+        put_u32(out, (uint32_t)strlen(values[i]));
+        evbuffer_add(out, values[i], strlen(values[i]));
+    }
+}
+
+static void complete(struct evbuffer *out, const char *tag)
+{
+    uint8_t buf[64];
+    evbuffer_add(out, buf, pg_build_command_complete(buf, sizeof(buf), tag));
+}
+
+static void error(struct evbuffer *out, const char *sqlstate, const char *message)
+{
+    uint8_t buf[1024];
+    size_t n = pg_error_build(buf, sizeof(buf), "ERROR", sqlstate, message);
+    if (n <= sizeof(buf))
+        evbuffer_add(out, buf, n);
+}
+
+/* A two-column (name, value) row with a number. */
+static void stat_row(struct evbuffer *out, const char *name, uint64_t value)
+{
+    char v[32];
+    snprintf(v, sizeof(v), "%" PRIu64, value);
+    row(out, (const char *[]){ name, v }, 2);
+}
+
+/* ---- commands ------------------------------------------------------------ */
+
+static void show_stats(struct worker *w, struct evbuffer *out)
+{
+    struct proxy *p = w->proxy;
+    struct totals t;
+    uint64_t rewritten = 0, translated = 0, latency_ns = 0, latency_n = 0;
+
+    if (!metrics_sum(p, &t)) {
+        error(out, "53200", "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < t.table_count; i++) {
+        rewritten += t.tables[i].rewrite[RR_REWRITTEN];
+        translated += t.tables[i].translation[TR_TRANSLATED];
+    }
+    for (int f = 0; f < FLOW_COUNT; f++) {
+        latency_ns += t.latency[f].sum_ns;
+        latency_n += t.latency[f].count;
+    }
+    columns(out, (const char *[]){ "name", "value" }, 2);
+    stat_row(out, "client_connections", t.client_connections);
+    stat_row(out, "server_connections", t.server_connections);
+    stat_row(out, "clients_total", t.clients_total);
+    stat_row(out, "statements_simple", t.statements[PROTOCOL_SIMPLE]);
+    stat_row(out, "statements_extended", t.statements[PROTOCOL_EXTENDED]);
+    stat_row(out, "bytes_to_server", t.bytes[FLOW_TO_SERVER]);
+    stat_row(out, "bytes_to_client", t.bytes[FLOW_TO_CLIENT]);
+    stat_row(out, "proxy_latency_avg_ns", latency_n ? latency_ns / latency_n : 0);
+    stat_row(out, "inserts_rewritten", rewritten);
+    stat_row(out, "errors_translated", translated);
+    stat_row(out, "protocol_violations", t.protocol_violations);
+    stat_row(out, "config_reloads_ok", atomic_load(&p->reloads_ok));
+    stat_row(out, "config_reloads_failed", atomic_load(&p->reloads_failed));
+    stat_row(out, "workers", (uint64_t)p->worker_count);
+    complete(out, "SHOW");
+    metrics_totals_free(&t);
+}
+
+static const struct table_total *total_of(const struct totals *t, const struct table_rule *rule)
+{
+    for (size_t i = 0; i < t->table_count; i++) {
+        if (strcmp(t->tables[i].schema, rule->schema) == 0 &&
+            strcmp(t->tables[i].name, rule->name) == 0)
+            return &t->tables[i];
+    }
+    return NULL;
+}
+
+static void show_tables(struct worker *w, struct evbuffer *out)
+{
+    static const char *const names[] = {
+        "table", "database", "action", "mode", "translate_errors", "rewrite_check",
+        "rewritten", "skipped", "shadow", "translated", "violations_passed",
+    };
+    const struct config *cfg = w->cfg;
+    struct totals t;
+
+    if (!metrics_sum(w->proxy, &t)) {
+        error(out, "53200", "out of memory");
+        return;
+    }
+    columns(out, names, 11);
+    for (size_t i = 0; i < cfg->table_count; i++) {
+        const struct table_rule *rule = &cfg->tables[i];
+        const struct table_total *tt = total_of(&t, rule);
+        uint64_t skipped = 0, passed = 0;
+        char table[200], counts[5][24], check[300];
+        const char *problem = ruleset_table_check(w->rules, i);
+
+        for (int r = 0; tt && r < RR_COUNT; r++)
+            skipped += r == RR_REWRITTEN || r == RR_SHADOW ? 0 : tt->rewrite[r];
+        for (int r = 0; tt && r < TR_COUNT; r++)
+            passed += r == TR_TRANSLATED || r == TR_NOT_UNIQUE ? 0 : tt->translation[r];
+        snprintf(table, sizeof(table), "%s.%s", rule->schema, rule->name);
+        if (!problem)
+            snprintf(check, sizeof(check), "not checked yet");
+        else if (!*problem)
+            snprintf(check, sizeof(check), "allowed");
+        else
+            snprintf(check, sizeof(check), "refused: %s", problem);
+        snprintf(counts[0], sizeof(counts[0]), "%" PRIu64, tt ? tt->rewrite[RR_REWRITTEN] : 0);
+        snprintf(counts[1], sizeof(counts[1]), "%" PRIu64, skipped);
+        snprintf(counts[2], sizeof(counts[2]), "%" PRIu64, tt ? tt->rewrite[RR_SHADOW] : 0);
+        snprintf(counts[3], sizeof(counts[3]), "%" PRIu64,
+                 tt ? tt->translation[TR_TRANSLATED] : 0);
+        snprintf(counts[4], sizeof(counts[4]), "%" PRIu64, passed);
+        row(out,
+            (const char *[]){ table, rule->database ? rule->database : "(all)",
+                              table_action_name(rule->action), table_mode_name(rule->mode),
+                              rule->translate_errors ? "on" : "off", check, counts[0], counts[1],
+                              counts[2], counts[3], counts[4] },
+            11);
+    }
+    complete(out, "SHOW");
+    metrics_totals_free(&t);
+}
+
+static void show_clients(struct worker *w, struct evbuffer *out)
+{
+    struct proxy *p = w->proxy;
+    time_t now = time(NULL);
+
+    columns(out, (const char *[]){ "id", "worker", "address", "user", "database", "seconds" }, 6);
+    for (int i = 0; i < p->worker_count; i++) {
+        struct worker *other = &p->workers[i];
+        pthread_mutex_lock(&other->conns_lock);
+        for (struct conn *c = other->conns; c; c = conn_next(c)) {
+            struct conn_info info;
+            char id[24], worker[12], seconds[24];
+            conn_describe(c, &info);
+            snprintf(id, sizeof(id), "%" PRIu64, info.id);
+            snprintf(worker, sizeof(worker), "%d", other->index);
+            snprintf(seconds, sizeof(seconds), "%lld", (long long)(now - info.since));
+            row(out, (const char *[]){ id, worker, info.peer, info.user, info.database, seconds },
+                6);
+        }
+        pthread_mutex_unlock(&other->conns_lock);
+    }
+    complete(out, "SHOW");
+}
+
+static void show_config(struct worker *w, struct evbuffer *out)
+{
+    const struct config *cfg = w->cfg;
+    char n[9][24];
+    char admins[512] = "";
+
+    for (size_t i = 0, at = 0; i < cfg->admin_users.count && at < sizeof(admins); i++)
+        at += (size_t)snprintf(admins + at, sizeof(admins) - at, "%s%s", i ? ", " : "",
+                               cfg->admin_users.names[i]);
+    snprintf(n[0], sizeof(n[0]), "%d", cfg->listen_port);
+    snprintf(n[1], sizeof(n[1]), "%d", cfg->server_port);
+    snprintf(n[2], sizeof(n[2]), "%d", cfg->max_client_conn);
+    snprintf(n[3], sizeof(n[3]), "%zu", cfg->max_held_message);
+    snprintf(n[4], sizeof(n[4]), "%d", cfg->client_login_timeout);
+    snprintf(n[5], sizeof(n[5]), "%d", cfg->shutdown_timeout);
+    snprintf(n[6], sizeof(n[6]), "%d", w->proxy->worker_count);
+    snprintf(n[7], sizeof(n[7]), "%d", cfg->metrics_port);
+    snprintf(n[8], sizeof(n[8]), "%d", cfg->log_stats_interval);
+    const char *const pairs[][2] = {
+        { "config_file", cfg->path },
+        { "listen_addr", cfg->listen_addr },
+        { "listen_port", n[0] },
+        { "server_host", cfg->server_host },
+        { "server_port", n[1] },
+        { "max_client_conn", n[2] },
+        { "log_level", log_level_name(cfg->log_level) },
+        { "log_file", cfg->log_file ? cfg->log_file : "(stderr)" },
+        { "max_held_message", n[3] },
+        { "client_login_timeout", n[4] },
+        { "shutdown_timeout", n[5] },
+        { "workers", n[6] },
+        { "so_reuseport", cfg->so_reuseport ? "on" : "off" },
+        { "metrics_addr", cfg->metrics_addr },
+        { "metrics_port", n[7] },
+        { "log_stats_interval", n[8] },
+        { "client_tls_sslmode", tls_mode_name(cfg->client_tls.mode) },
+        { "server_tls_sslmode", tls_mode_name(cfg->server_tls.mode) },
+        { "auth_type", cfg->auth_type == AUTH_SCRAM ? "scram-sha-256" : "passthrough" },
+        { "auth_file", cfg->auth_file ? cfg->auth_file : "" },
+        { "admin_users", admins },
+    };
+    columns(out, (const char *[]){ "key", "value" }, 2);
+    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
+        row(out, pairs[i], 2);
+    complete(out, "SHOW");
+}
+
+void admin_run(struct worker *w, enum admin_cmd cmd, struct evbuffer *out)
+{
+    char why[CONFIG_ERR_LEN + 32];
+
+    worker_refresh(w);
+    switch (cmd) {
+    case ADMIN_EMPTY:
+        evbuffer_add(out, "I\0\0\0\4", 5); /* EmptyQueryResponse */
+        return;
+    case ADMIN_SHOW_STATS:
+        show_stats(w, out);
+        return;
+    case ADMIN_SHOW_TABLES:
+        show_tables(w, out);
+        return;
+    case ADMIN_SHOW_CLIENTS:
+        show_clients(w, out);
+        return;
+    case ADMIN_SHOW_CONFIG:
+        show_config(w, out);
+        return;
+    case ADMIN_SHOW_VERSION:
+        columns(out, (const char *[]){ "version" }, 1);
+        row(out, (const char *[]){ "idemproxy " PACKAGE_VERSION }, 1);
+        complete(out, "SHOW");
+        return;
+    case ADMIN_RELOAD: {
+        char err[CONFIG_ERR_LEN];
+        if (proxy_reload(w->proxy, err, sizeof(err))) {
+            complete(out, "RELOAD");
+        } else {
+            snprintf(why, sizeof(why), "reload failed: %s", err);
+            error(out, "F0000", why);
+        }
+        return;
+    }
+    case ADMIN_SHUTDOWN:
+        complete(out, "SHUTDOWN");
+        proxy_request_stop(w->proxy, PROXY_STOP_GRACEFUL);
+        return;
+    case ADMIN_UNKNOWN:
+        error(out, "42601", "idemproxy admin console: unknown command; try SHOW STATS, "
+                            "SHOW TABLES, SHOW CLIENTS, SHOW CONFIG, SHOW VERSION, RELOAD or "
+                            "SHUTDOWN");
+        return;
+    }
+}
