@@ -212,6 +212,25 @@ static void test_ops_metrics(void **state)
     assert_metric(text, "idemproxy_server_connections", 0);
     assert_metric(text, "idemproxy_client_connections_total", 1);
     free(text);
+
+    /* During a shutdown the endpoint still answers: /healthz says 503 so
+     * that a load balancer looks elsewhere, /metrics goes on. */
+    PGconn *busy = itest_connect_ok(p->port, NULL);
+    assert_int_equal(PQsendQuery(busy, "SELECT pg_sleep(1.5)"), 1);
+    itest_sleep_ms(300);
+    assert_int_equal(kill(p->pid, SIGTERM), 0);
+    itest_sleep_ms(300);
+    text = http_get(mport, "/healthz");
+    if (!strstr(text, " 503 ") || !strstr(text, "stopping"))
+        fail_msg("/healthz during the shutdown: %s", text);
+    free(text);
+    text = http_get(mport, "/metrics");
+    assert_metric(text, "idemproxy_client_connections", 1);
+    free(text);
+    PGresult *r = itest_wait_result(busy, 10000);
+    itest_assert_result_ok(r, "pg_sleep across SIGTERM");
+    PQclear(r);
+    assert_true(itest_proxy_wait_exit(p, 15000));
     itest_pass();
 }
 
