@@ -55,16 +55,22 @@ idem_pg_bindir() {
     idem_die "initdb not found: apt-get install postgresql-15"
 }
 
-# A TCP port on 127.0.0.1 that nothing listens on right now.
+# A TCP port on 127.0.0.1 that nothing uses right now, below the ephemeral
+# range: a port that some client connection happens to hold locally would
+# make a listener fail with "Address already in use".
 idem_free_port() {
-    local port tries=0
+    local port tries=0 lo
+    lo=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    [ "$lo" -gt 21000 ] || lo=61000
     while [ $tries -lt 200 ]; do
-        port=$((20000 + RANDOM % 40000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            echo "$port"
-            return 0
-        fi
+        port=$((20000 + RANDOM % (lo - 20000)))
         tries=$((tries + 1))
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
+        if command -v ss >/dev/null && [ -n "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ]; then
+            continue
+        fi
+        echo "$port"
+        return 0
     done
     idem_die "no free port found"
 }
