@@ -1953,8 +1953,34 @@ static void begin_auth(struct conn *c)
 
 /* ---- the admin console ------------------------------------------------- */
 
-/* The largest command the console reads. */
-#define ADMIN_QUERY_MAX (64 * 1024)
+/* The largest command the console reads: within the usual read limit. */
+#define ADMIN_QUERY_MAX READ_CHUNK
+
+enum own_msg {
+    OWN_MSG_NONE,  /* not all of it is in yet */
+    OWN_MSG_READY, /* whole */
+    OWN_MSG_BAD,   /* invalid header, longer than allowed, or no memory */
+};
+
+/* The client's next whole message while the proxy answers the client
+ * itself (its authentication, the admin console), at most max bytes (no
+ * more than READ_CHUNK, so it always fits the read limit). READY: *msg
+ * points at it, type byte first; the caller drains head->len + 1 bytes. */
+static enum own_msg next_own_msg(struct conn *c, size_t max, struct pg_msg_head *head,
+                                 const uint8_t **msg)
+{
+    struct evbuffer *in = sock_input(c->client);
+    uint8_t raw[PG_HEAD_LEN];
+
+    if (evbuffer_copyout(in, raw, sizeof(raw)) != (ev_ssize_t)sizeof(raw))
+        return OWN_MSG_NONE;
+    if (pg_msg_head(raw, sizeof(raw), head) != PG_NEXT_OK || (size_t)head->len + 1 > max)
+        return OWN_MSG_BAD;
+    if (evbuffer_get_length(in) < (size_t)head->len + 1)
+        return OWN_MSG_NONE;
+    *msg = evbuffer_pullup(in, (ev_ssize_t)head->len + 1);
+    return *msg ? OWN_MSG_READY : OWN_MSG_BAD;
+}
 
 /* The client authenticated to the admin console: the proxy finishes the
  * login itself, with what a PostgreSQL client expects to be told. */
@@ -1994,13 +2020,14 @@ static void admin_begin(struct conn *c)
 /* Commands to the console, each answered before the next is read. */
 static void admin_read(struct conn *c)
 {
-    struct evbuffer *in = sock_input(c->client);
-    uint8_t raw[PG_HEAD_LEN];
     struct pg_msg_head head;
+    const uint8_t *msg;
 
-    while (c->state == CONN_ADMIN &&
-           evbuffer_copyout(in, raw, sizeof(raw)) == (ev_ssize_t)sizeof(raw)) {
-        if (pg_msg_head(raw, sizeof(raw), &head) != PG_NEXT_OK || head.len > ADMIN_QUERY_MAX) {
+    while (c->state == CONN_ADMIN) {
+        enum own_msg got = next_own_msg(c, ADMIN_QUERY_MAX, &head, &msg);
+        if (got == OWN_MSG_NONE)
+            return;
+        if (got == OWN_MSG_BAD) {
             fail_client(c, "08P01", "invalid message to the admin console",
                         "protocol violation by client");
             return;
@@ -2014,21 +2041,15 @@ static void admin_read(struct conn *c)
                         "protocol violation by client");
             return;
         }
-        if (evbuffer_get_length(in) < (size_t)head.len + 1) {
-            hold_for(c, FLOW_TO_SERVER, (size_t)head.len + 1);
-            return;
-        }
-        const uint8_t *msg = evbuffer_pullup(in, (ev_ssize_t)head.len + 1);
         size_t at = 0, len = 0;
         enum admin_cmd cmd = ADMIN_UNKNOWN;
-        if (msg && pg_statement_text('Q', msg + PG_HEAD_LEN, head.len - 4, &at, &len)) {
+        if (pg_statement_text('Q', msg + PG_HEAD_LEN, head.len - 4, &at, &len)) {
             const char *text = (const char *)msg + PG_HEAD_LEN + at;
             cmd = admin_parse(text, len);
             conn_log(LOG_INFO, c, "admin: %.*s", len > LOG_TEXT_MAX ? LOG_TEXT_MAX : (int)len,
                      text);
         }
-        evbuffer_drain(in, (size_t)head.len + 1);
-        hold_done(c, FLOW_TO_SERVER);
+        evbuffer_drain(sock_input(c->client), (size_t)head.len + 1);
         admin_run(c->worker, cmd, sock_output(c->client));
         evbuffer_add(sock_output(c->client), "Z\0\0\0\5I", 6);
         sock_flush(c->client);
@@ -2038,16 +2059,17 @@ static void admin_read(struct conn *c)
 /* The client's SASL messages while the proxy authenticates it. */
 static void read_auth(struct conn *c)
 {
-    struct evbuffer *in = sock_input(c->client);
-    uint8_t raw[PG_HEAD_LEN], out[LOGIN_MSG_MAX];
+    uint8_t out[LOGIN_MSG_MAX];
     struct pg_msg_head head;
+    const uint8_t *msg;
     const char *why = NULL;
     size_t len;
 
-    while (c->state == CONN_AUTH && c->login &&
-           evbuffer_copyout(in, raw, sizeof(raw)) == (ev_ssize_t)sizeof(raw)) {
-        if (pg_msg_head(raw, sizeof(raw), &head) != PG_NEXT_OK || head.len > LOGIN_MSG_MAX ||
-            (head.type != 'p' && head.type != 'X')) {
+    while (c->state == CONN_AUTH && c->login) {
+        enum own_msg got = next_own_msg(c, LOGIN_MSG_MAX + 1, &head, &msg);
+        if (got == OWN_MSG_NONE)
+            return;
+        if (got == OWN_MSG_BAD || (head.type != 'p' && head.type != 'X')) {
             fail_client(c, "08P01", "invalid authentication message",
                         "protocol violation by client");
             return;
@@ -2056,12 +2078,9 @@ static void read_auth(struct conn *c)
             close_pair(c, "client left during authentication");
             return;
         }
-        if (evbuffer_get_length(in) < (size_t)head.len + 1)
-            return;
-        const uint8_t *msg = evbuffer_pullup(in, (ev_ssize_t)head.len + 1);
         enum login_step step = login_client_msg(c->login, msg + PG_HEAD_LEN, head.len - 4, out,
                                                 &len, &why);
-        evbuffer_drain(in, (size_t)head.len + 1);
+        evbuffer_drain(sock_input(c->client), (size_t)head.len + 1);
         switch (step) {
         case LOGIN_SEND:
             send_to(c->client, out, len);
