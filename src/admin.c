@@ -155,20 +155,13 @@ static void show_stats(struct worker *w, struct evbuffer *out)
 {
     struct proxy *p = w->proxy;
     struct totals t;
-    uint64_t rewritten = 0, translated = 0, latency_ns = 0, latency_n = 0;
+    uint64_t latency_ns, latency_n;
 
     if (!metrics_sum(p, &t)) {
         error(out, "53200", "out of memory");
         return;
     }
-    for (size_t i = 0; i < t.table_count; i++) {
-        rewritten += t.tables[i].rewrite[RR_REWRITTEN];
-        translated += t.tables[i].translation[TR_TRANSLATED];
-    }
-    for (int f = 0; f < FLOW_COUNT; f++) {
-        latency_ns += t.latency[f].sum_ns;
-        latency_n += t.latency[f].count;
-    }
+    metrics_latency(&t, &latency_ns, &latency_n);
     columns(out, (const char *[]){ "name", "value" }, 2);
     stat_row(out, "client_connections", t.client_connections);
     stat_row(out, "server_connections", t.server_connections);
@@ -178,8 +171,8 @@ static void show_stats(struct worker *w, struct evbuffer *out)
     stat_row(out, "bytes_to_server", t.bytes[FLOW_TO_SERVER]);
     stat_row(out, "bytes_to_client", t.bytes[FLOW_TO_CLIENT]);
     stat_row(out, "proxy_latency_avg_ns", latency_n ? latency_ns / latency_n : 0);
-    stat_row(out, "inserts_rewritten", rewritten);
-    stat_row(out, "errors_translated", translated);
+    stat_row(out, "inserts_rewritten", metrics_rewritten(&t));
+    stat_row(out, "errors_translated", metrics_translated(&t));
     stat_row(out, "protocol_violations", t.protocol_violations);
     stat_row(out, "config_reloads_ok", atomic_load(&p->reloads_ok));
     stat_row(out, "config_reloads_failed", atomic_load(&p->reloads_failed));

@@ -123,7 +123,7 @@ void metrics_log_tables(const struct totals *t)
     }
 }
 
-static uint64_t rewritten(const struct totals *t)
+uint64_t metrics_rewritten(const struct totals *t)
 {
     uint64_t sum = 0;
 
@@ -132,7 +132,7 @@ static uint64_t rewritten(const struct totals *t)
     return sum;
 }
 
-static uint64_t translated(const struct totals *t)
+uint64_t metrics_translated(const struct totals *t)
 {
     uint64_t sum = 0;
 
@@ -141,16 +141,24 @@ static uint64_t translated(const struct totals *t)
     return sum;
 }
 
+void metrics_latency(const struct totals *t, uint64_t *sum_ns, uint64_t *count)
+{
+    *sum_ns = *count = 0;
+    for (int f = 0; f < FLOW_COUNT; f++) {
+        *sum_ns += t->latency[f].sum_ns;
+        *count += t->latency[f].count;
+    }
+}
+
 void metrics_log_summary(const struct totals *now, const struct totals *before, double seconds)
 {
-    uint64_t statements = 0, latency_ns = 0, latency_n = 0;
+    uint64_t statements = 0, ns_now, n_now, ns_before, n_before;
 
     for (int pr = 0; pr < PROTOCOL_COUNT; pr++)
         statements += now->statements[pr] - before->statements[pr];
-    for (int f = 0; f < FLOW_COUNT; f++) {
-        latency_ns += now->latency[f].sum_ns - before->latency[f].sum_ns;
-        latency_n += now->latency[f].count - before->latency[f].count;
-    }
+    metrics_latency(now, &ns_now, &n_now);
+    metrics_latency(before, &ns_before, &n_before);
+    uint64_t latency_ns = ns_now - ns_before, latency_n = n_now - n_before;
     if (seconds <= 0)
         seconds = 1;
     log_info("stats: %llu clients open, %llu new; %.0f statements/s; in %.0f B/s, out %.0f B/s; "
@@ -162,8 +170,8 @@ void metrics_log_summary(const struct totals *now, const struct totals *before, 
              (double)(now->bytes[FLOW_TO_SERVER] - before->bytes[FLOW_TO_SERVER]) / seconds,
              (double)(now->bytes[FLOW_TO_CLIENT] - before->bytes[FLOW_TO_CLIENT]) / seconds,
              latency_n ? (double)latency_ns / (double)latency_n / 1000.0 : 0.0,
-             (unsigned long long)(rewritten(now) - rewritten(before)),
-             (unsigned long long)(translated(now) - translated(before)));
+             (unsigned long long)(metrics_rewritten(now) - metrics_rewritten(before)),
+             (unsigned long long)(metrics_translated(now) - metrics_translated(before)));
 }
 
 /* ---- /metrics ------------------------------------------------------------ */

@@ -46,6 +46,11 @@ struct totals {
 bool metrics_sum(struct proxy *p, struct totals *t);
 void metrics_totals_free(struct totals *t);
 
+/* Sums over every table, and over both directions of the latency. */
+uint64_t metrics_rewritten(const struct totals *t);
+uint64_t metrics_translated(const struct totals *t);
+void metrics_latency(const struct totals *t, uint64_t *sum_ns, uint64_t *count);
+
 /* One log line per table with anything counted, by outcome. */
 void metrics_log_tables(const struct totals *t);
 
