@@ -213,9 +213,9 @@ static void show_tables(struct worker *w, struct evbuffer *out)
         const char *problem = ruleset_table_check(w->rules, i);
 
         for (int r = 0; tt && r < RR_COUNT; r++)
-            skipped += r == RR_REWRITTEN || r == RR_SHADOW ? 0 : tt->rewrite[r];
+            skipped += metrics_is_skipped((enum rewrite_reason)r) ? tt->rewrite[r] : 0;
         for (int r = 0; tt && r < TR_COUNT; r++)
-            passed += r == TR_TRANSLATED || r == TR_NOT_UNIQUE ? 0 : tt->translation[r];
+            passed += metrics_is_passed((enum translate_reason)r) ? tt->translation[r] : 0;
         snprintf(table, sizeof(table), "%s.%s", rule->schema, rule->name);
         if (!problem)
             snprintf(check, sizeof(check), "not checked yet");

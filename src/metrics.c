@@ -123,6 +123,16 @@ void metrics_log_tables(const struct totals *t)
     }
 }
 
+bool metrics_is_skipped(enum rewrite_reason reason)
+{
+    return reason != RR_REWRITTEN && reason != RR_SHADOW;
+}
+
+bool metrics_is_passed(enum translate_reason reason)
+{
+    return reason != TR_TRANSLATED && reason != TR_NOT_UNIQUE;
+}
+
 uint64_t metrics_rewritten(const struct totals *t)
 {
     uint64_t sum = 0;
@@ -209,7 +219,7 @@ static void render_tables(struct evbuffer *out, const struct totals *t, const st
         const struct table_total *tt = &t->tables[i];
         snprintf(table, sizeof(table), "%s.%s", tt->schema, tt->name);
         for (int r = 0; r < RR_COUNT; r++) {
-            if (r == RR_REWRITTEN || r == RR_SHADOW)
+            if (!metrics_is_skipped((enum rewrite_reason)r))
                 continue;
             prom_sample(out, "idemproxy_statements_skipped_total",
                         (const char *[]){ "table", table, "reason", rewrite_name(r), NULL },
@@ -238,7 +248,7 @@ static void render_tables(struct evbuffer *out, const struct totals *t, const st
         const struct table_total *tt = &t->tables[i];
         snprintf(table, sizeof(table), "%s.%s", tt->schema, tt->name);
         for (int r = 0; r < TR_COUNT; r++) {
-            if (r == TR_TRANSLATED || r == TR_NOT_UNIQUE)
+            if (!metrics_is_passed((enum translate_reason)r))
                 continue;
             prom_sample(out, "idemproxy_unique_violations_passed_total",
                         (const char *[]){ "table", table, "reason", translation_name(r), NULL },

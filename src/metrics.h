@@ -46,6 +46,12 @@ struct totals {
 bool metrics_sum(struct proxy *p, struct totals *t);
 void metrics_totals_free(struct totals *t);
 
+/* Which outcomes are "skipped" INSERTs (neither rewritten nor shadow) and
+ * which unique violations were "passed" on as errors (not translated, and
+ * a unique violation at all): what /metrics and SHOW TABLES count. */
+bool metrics_is_skipped(enum rewrite_reason reason);
+bool metrics_is_passed(enum translate_reason reason);
+
 /* Sums over every table, and over both directions of the latency. */
 uint64_t metrics_rewritten(const struct totals *t);
 uint64_t metrics_translated(const struct totals *t);
