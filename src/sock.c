@@ -15,6 +15,9 @@
 #define READ_CHUNK (64 * 1024)
 /* The largest TLS record: what one SSL_write sends at most. */
 #define TLS_RECORD 16384
+/* Extents one sendmsg carries; write_plain sends any more with the next
+ * (a relay pass rarely leaves more than a few). */
+#define SEND_EXTENTS 64
 
 enum sock_state {
     SOCK_OPEN,
@@ -289,19 +292,27 @@ static bool read_some(struct sock *s)
 
 /* ---- writing ----------------------------------------------------------- */
 
-/* One send when the output is one extent (the usual case: the kernel
- * then has no iovec to import), else one writev of as many extents as
- * libevent passes at once. */
+/* One send for all the output: send when it is one extent (the kernel
+ * then has no iovec to import), sendmsg over its extents when it is more,
+ * as a rewritten message followed by the rest of the client's batch is.
+ * evbuffer_iovec has struct iovec's layout on every Unix. */
 static ssize_t send_out(struct sock *s)
 {
-    struct evbuffer_iovec v;
+    struct evbuffer_iovec v[SEND_EXTENTS];
+    size_t len = evbuffer_get_length(s->out);
+    int n = evbuffer_peek(s->out, (ev_ssize_t)len, NULL, v, SEND_EXTENTS);
+    ssize_t sent;
 
-    if (evbuffer_peek(s->out, -1, NULL, &v, 1) != 1)
-        return evbuffer_write(s->out, s->fd);
-    ssize_t n = send(s->fd, v.iov_base, v.iov_len, MSG_NOSIGNAL);
-    if (n > 0)
-        evbuffer_drain(s->out, (size_t)n);
-    return n;
+    if (n == 1) {
+        sent = send(s->fd, v[0].iov_base, v[0].iov_len, MSG_NOSIGNAL);
+    } else {
+        struct msghdr m = { .msg_iov = (struct iovec *)v,
+                            .msg_iovlen = (size_t)(n < SEND_EXTENTS ? n : SEND_EXTENTS) };
+        sent = sendmsg(s->fd, &m, MSG_NOSIGNAL);
+    }
+    if (sent > 0)
+        evbuffer_drain(s->out, (size_t)sent);
+    return sent;
 }
 
 static bool write_plain(struct sock *s, bool from_loop)

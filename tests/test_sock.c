@@ -142,6 +142,65 @@ static void test_flush_writes_at_once(void **state)
     assert_false(p->seen.called_under);
 }
 
+/* A datagram-like pair shows each send as one record: an output of many
+ * extents (a rewritten message and the rest of a batch) must leave in one
+ * system call, and past the extents one call carries, in order. */
+static int seqpacket_up(void **state)
+{
+    struct pair *p = calloc(1, sizeof(*p));
+    int fds[2];
+
+    if (!p || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+        return -1;
+    p->base = event_base_new();
+    p->s = sock_new(p->base, fds[0], record, &p->seen);
+    p->seen.s = p->s;
+    p->peer = fds[1];
+    *state = p;
+    return p->base && p->s ? 0 : -1;
+}
+
+static void test_extents_go_in_one_send(void **state)
+{
+    struct pair *p = *state;
+    static const char *const parts[] = { "Parse", "+Bind", "+Execute", "+Sync" };
+    char buf[64];
+
+    for (size_t i = 0; i < 4; i++)
+        evbuffer_add_reference(sock_output(p->s), parts[i], strlen(parts[i]), NULL, NULL);
+    assert_int_equal(evbuffer_peek(sock_output(p->s), -1, NULL, NULL, 0), 4);
+    sock_flush(p->s);
+    ssize_t n = recv(p->peer, buf, sizeof(buf), 0);
+    assert_int_equal(n, 23);
+    assert_memory_equal(buf, "Parse+Bind+Execute+Sync", 23);
+    assert_int_equal(recv(p->peer, buf, sizeof(buf), 0), -1);
+}
+
+static void test_many_extents_all_go(void **state)
+{
+    struct pair *p = *state;
+    static char bytes[200];
+    char buf[256];
+    size_t at = 0;
+    int records = 0;
+
+    for (size_t i = 0; i < sizeof(bytes); i++) {
+        bytes[i] = (char)pattern(i);
+        evbuffer_add_reference(sock_output(p->s), bytes + i, 1, NULL, NULL);
+    }
+    sock_flush(p->s);
+    assert_int_equal(evbuffer_get_length(sock_output(p->s)), 0);
+    ssize_t n;
+    while ((n = recv(p->peer, buf, sizeof(buf), 0)) > 0) {
+        assert_memory_equal(buf, bytes + at, (size_t)n);
+        at += (size_t)n;
+        records++;
+    }
+    assert_int_equal(at, sizeof(bytes));
+    /* 64 extents a call: 200 one-byte extents take four. */
+    assert_int_equal(records, 4);
+}
+
 static void test_read_reports(void **state)
 {
     struct pair *p = *state;
@@ -443,6 +502,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_flush_writes_at_once, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_extents_go_in_one_send, seqpacket_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_many_extents_all_go, seqpacket_up, pair_down),
         cmocka_unit_test_setup_teardown(test_read_reports, pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_pause_holds_input, pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_read_limit, pair_up, pair_down),
