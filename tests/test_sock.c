@@ -58,12 +58,12 @@ struct pair {
     struct seen seen;
 };
 
-static int pair_up(void **state)
+static int pair_of(int type, void **state)
 {
     struct pair *p = calloc(1, sizeof(*p));
     int fds[2];
 
-    if (!p || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+    if (!p || socketpair(AF_UNIX, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
         return -1;
     p->base = event_base_new();
     p->s = sock_new(p->base, fds[0], record, &p->seen);
@@ -71,6 +71,11 @@ static int pair_up(void **state)
     p->peer = fds[1];
     *state = p;
     return p->base && p->s ? 0 : -1;
+}
+
+static int pair_up(void **state)
+{
+    return pair_of(SOCK_STREAM, state);
 }
 
 static int pair_down(void **state)
@@ -147,17 +152,7 @@ static void test_flush_writes_at_once(void **state)
  * system call, and past the extents one call carries, in order. */
 static int seqpacket_up(void **state)
 {
-    struct pair *p = calloc(1, sizeof(*p));
-    int fds[2];
-
-    if (!p || socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
-        return -1;
-    p->base = event_base_new();
-    p->s = sock_new(p->base, fds[0], record, &p->seen);
-    p->seen.s = p->s;
-    p->peer = fds[1];
-    *state = p;
-    return p->base && p->s ? 0 : -1;
+    return pair_of(SOCK_SEQPACKET, state);
 }
 
 static void test_extents_go_in_one_send(void **state)
