@@ -400,7 +400,11 @@ static bool proxy_listening(struct itest_proxy *p, const struct itest_proxy_opts
 {
     if (opts->listen_port)
         return itest_proxy_log_contains(p, " listening on ");
-    return itest_port_listening(p->port);
+    /* The port takes connections once the first worker listens; the line
+     * comes when all do, at the levels that show it. */
+    bool says = !opts->log_level || strcmp(opts->log_level, "info") == 0 ||
+                strcmp(opts->log_level, "debug") == 0;
+    return itest_port_listening(p->port) && (!says || itest_proxy_log_contains(p, " listening on "));
 }
 
 struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
