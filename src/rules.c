@@ -4,17 +4,22 @@
 #include <string.h>
 #include <uthash.h>
 
+#include "shape.h"
+
 /* The decision cache of one scope stays within these bounds; the least
- * recently used decisions go first. Texts longer than CACHE_MAX_TEXT are
- * decided every time: they are nearly always one-off batches with literal
- * values, and caching them would only cost memory. */
+ * recently used decisions go first. A text with constants is cached by its
+ * shape (shape.h), so that an application that writes its values into the
+ * text has its INSERTs decided once. Texts longer than CACHE_MAX_TEXT are
+ * decided every time: they are nearly always one-off batches, and caching
+ * them would only cost memory. */
 #define CACHE_MAX_ENTRIES 4096
 #define CACHE_MAX_BYTES (8u << 20)
 #define CACHE_MAX_TEXT (16u << 10)
 
 struct cache_entry {
     UT_hash_handle hh;
-    struct decision *decision;
+    struct decision *decision; /* in the key's coordinates when general */
+    bool general;              /* the key is a shape, not a text */
     size_t len;
     char text[]; /* the key */
 };
@@ -335,15 +340,17 @@ void decision_unref(struct decision *d)
     free(d);
 }
 
-static void cache_store(struct scope *s, const char *text, size_t len, struct decision *d)
+static void cache_store(struct scope *s, const char *key, size_t len, bool general,
+                        struct decision *d)
 {
     if (len > CACHE_MAX_TEXT)
         return;
     struct cache_entry *e = malloc(sizeof(*e) + len);
     if (!e)
         return;
-    memcpy(e->text, text, len);
+    memcpy(e->text, key, len);
     e->len = len;
+    e->general = general;
     e->decision = d;
     d->refs++;
     HASH_ADD_KEYPTR(hh, s->cache, e->text, e->len, e);
@@ -353,31 +360,86 @@ static void cache_store(struct scope *s, const char *text, size_t len, struct de
         cache_remove(s, s->cache);
 }
 
-struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool *fresh)
+static struct cache_entry *cache_find(struct scope *s, const char *key, size_t len)
 {
     struct cache_entry *e;
 
-    *fresh = false;
-    if (s->state != SCOPE_READY || !rewrite_prefilter(&s->rules, text, len))
-        return NULL;
-    HASH_FIND(hh, s->cache, text, len, e);
+    HASH_FIND(hh, s->cache, key, len, e);
     if (e) {
         /* Most recently used goes to the end of uthash's order. */
         HASH_DELETE(hh, s->cache, e);
         HASH_ADD_KEYPTR(hh, s->cache, e->text, e->len, e);
-        e->decision->refs++;
-        return e->decision;
     }
+    return e;
+}
+
+static struct decision *decision_new(void)
+{
     struct decision *d = calloc(1, sizeof(*d));
-    if (!d)
-        return NULL;
-    if (!rewrite_insert(&s->rules, text, len, &d->result)) {
+
+    if (d)
+        d->refs = 1;
+    return d;
+}
+
+/* The decision about a text whose shape is cached. */
+static struct decision *decide_from_shape(const struct shape *sh, const struct decision *general,
+                                          const char *text, size_t len)
+{
+    struct decision *d = decision_new();
+
+    if (d && !shape_apply(sh, &general->result, text, len, &d->result)) {
         free(d);
         return NULL;
     }
-    d->refs = 1;
-    *fresh = true;
-    cache_store(s, text, len, d);
+    return d;
+}
+
+/* Caches the decision about a text as its shape's. */
+static void cache_shape(struct scope *s, const struct shape *sh, const struct decision *d)
+{
+    struct decision *general = decision_new();
+
+    if (general && shape_generalise(sh, &d->result, &general->result))
+        cache_store(s, sh->key, sh->key_len, true, general);
+    decision_unref(general);
+}
+
+struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool *fresh)
+{
+    struct shape sh;
+    struct decision *d;
+
+    *fresh = false;
+    if (s->state != SCOPE_READY || !rewrite_prefilter(&s->rules, text, len))
+        return NULL;
+    bool shaped = len <= CACHE_MAX_TEXT && shape_of(text, len, &sh);
+    struct cache_entry *e = shaped ? cache_find(s, sh.key, sh.key_len) : cache_find(s, text, len);
+    if (e && e->general == shaped) {
+        if (!shaped) {
+            e->decision->refs++;
+            return e->decision;
+        }
+        d = decide_from_shape(&sh, e->decision, text, len);
+        if (d) {
+            shape_free(&sh);
+            return d;
+        }
+    }
+    d = decision_new();
+    if (d && !rewrite_insert(&s->rules, text, len, &d->result)) {
+        free(d);
+        d = NULL;
+    }
+    if (d) {
+        *fresh = true;
+        if (!e && shaped)
+            cache_shape(s, &sh, d);
+        else if (!e)
+            cache_store(s, text, len, false, d);
+    }
+    if (shaped)
+        shape_free(&sh);
     return d;
 }
 

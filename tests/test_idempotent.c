@@ -502,12 +502,24 @@ static void test_idem_error_position(void **state)
     check_position(r, before, "nosuchcol", "Parse, before the clause");
     PQclear(r);
 
+    /* The same statement with other values has the same shape: its
+     * decision is the first one's, the clause's offset carried across
+     * constants of other lengths, and it is not decided (nor logged) anew. */
+    const char *longer = "INSERT INTO idem_pos (idempotency_key, payload) "
+                         "VALUES ('\xc3\xa9\xe2\x82\xac\xc3\xa9-longer', 'bbbb') RETURNING id, nosuchcol";
+    r = itest_exec(c, longer);
+    check_position(r, longer, "nosuchcol", "Query of the same shape, after the clause");
+    PQclear(r);
+    assert_false(itest_proxy_log_line_has(p, "rewritten", "-longer", NULL));
+
     /* The statement really was rewritten (the mapping was exercised). */
     itest_assert_log_line(p, "rewritten", "public.idem_pos", "nosuchcol");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_pos"), 0);
-    /* The session goes on. */
+    /* The session goes on; a duplicate of the same shape is rewritten too. */
     itest_exec_tag(c, "INSERT INTO idem_pos (idempotency_key, payload) VALUES ('\xc3\xa9', 'b')",
                    "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO idem_pos (idempotency_key, payload) VALUES ('\xc3\xa9', 'other')",
+                   "INSERT 0 0");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_pos"), 1);
     itest_pass();
 }

@@ -1,8 +1,10 @@
 /* libFuzzer target: the INSERT rewriter on arbitrary SQL text. Beyond not
  * crashing or leaking, what it returns must hang together: the new text is
  * the old one with each clause spliced in at its offset and nothing else
- * changed, error positions map back inside the original, and the prefilter
- * never turns away a text the rewriter would have acted on. */
+ * changed, error positions map back inside the original, the prefilter
+ * never turns away a text the rewriter would have acted on, and a decision
+ * carried through the text's shape (the decision cache's path) is the
+ * decision itself. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 
 #include "rewrite.h"
+#include "shape.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -134,6 +137,38 @@ static void check_result(const char *text, size_t len, const struct rewrite_resu
     }
 }
 
+static void check_same(const struct rewrite_result *a, const struct rewrite_result *b)
+{
+    check(a->reason == b->reason && a->stmt_count == b->stmt_count && a->nstmts == b->nstmts);
+    check((a->text == NULL) == (b->text == NULL));
+    check(!a->text || (a->text_len == b->text_len && memcmp(a->text, b->text, a->text_len) == 0));
+    for (size_t i = 0; i < a->nstmts; i++) {
+        const struct rewrite_stmt *x = &a->stmts[i], *y = &b->stmts[i];
+        check(x->target == y->target && x->index == y->index && x->reason == y->reason &&
+              x->returning == y->returning && x->offset == y->offset &&
+              x->offset_chars == y->offset_chars && x->inserted == y->inserted);
+    }
+}
+
+/* Generalised to its shape and applied back, the decision is unchanged. */
+static void check_shape_round_trip(const char *text, size_t len, const struct rewrite_result *r)
+{
+    struct shape sh;
+    struct rewrite_result general, back;
+
+    if (!shape_of(text, len, &sh))
+        return;
+    check(sh.key_len <= 2 * len && sh.key[sh.key_len] == '\0');
+    if (shape_generalise(&sh, r, &general)) {
+        if (shape_apply(&sh, &general, text, len, &back)) {
+            check_same(&back, r);
+            rewrite_result_free(&back);
+        }
+        rewrite_result_free(&general);
+    }
+    shape_free(&sh);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* Query and Parse carry a NUL-terminated string: stop at the first NUL. */
@@ -151,6 +186,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* No false negatives: what the prefilter turns away was nothing. */
         if (!rewrite_prefilter(&rules, text, len))
             check(r.reason == RR_NOT_INSERT && r.stmt_count == 0);
+        check_shape_round_trip(text, len, &r);
         rewrite_result_free(&r);
     }
     free(text);
