@@ -33,20 +33,34 @@ static inline unsigned char fold(unsigned char c)
     return (c >= 'A' && c <= 'Z') ? (unsigned char)(c | 0x20) : c;
 }
 
-/* Case-insensitive (ASCII) search for the first n bytes of needle. */
+/* Case-insensitive (ASCII) search for the first n bytes of needle. Every
+ * Query and Parse passes here several times, so the candidates are found
+ * with memchr, one case of the first byte at a time. */
 static bool contains_folded(const char *text, size_t len, const char *needle, size_t n)
 {
     if (n == 0)
         return true;
-    unsigned char first = fold((unsigned char)needle[0]);
-    for (size_t i = 0; i + n <= len; i++) {
-        if (fold((unsigned char)text[i]) != first)
-            continue;
+    if (n > len)
+        return false;
+    unsigned char lower = fold((unsigned char)needle[0]);
+    unsigned char upper = lower >= 'a' && lower <= 'z' ? (unsigned char)(lower - 0x20) : lower;
+    const char *p = text, *end = text + len - n + 1; /* the last start + 1 */
+
+    while (p < end) {
+        const char *at = memchr(p, lower, (size_t)(end - p));
+        if (upper != lower) {
+            const char *up = memchr(p, upper, (size_t)((at ? at : end) - p));
+            if (up)
+                at = up;
+        }
+        if (!at)
+            return false;
         size_t k = 1;
-        while (k < n && fold((unsigned char)text[i + k]) == fold((unsigned char)needle[k]))
+        while (k < n && fold((unsigned char)at[k]) == fold((unsigned char)needle[k]))
             k++;
         if (k == n)
             return true;
+        p = at + 1;
     }
     return false;
 }
