@@ -41,6 +41,7 @@ struct scope {
 
     struct cache_entry *cache; /* uthash keeps it in least recently used order */
     size_t cache_bytes;
+    struct shape shape; /* scope_decide's, its buffers kept between texts */
 };
 
 struct ruleset {
@@ -107,6 +108,7 @@ static void scope_free(struct scope *s)
     free(s->targets);
     free(s->table_ids);
     free(s->catalog_query);
+    shape_free(&s->shape);
     free(s->key);
     free(s);
 }
@@ -407,24 +409,22 @@ static void cache_shape(struct scope *s, const struct shape *sh, const struct de
 
 struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool *fresh)
 {
-    struct shape sh;
+    struct shape *sh = &s->shape;
     struct decision *d;
 
     *fresh = false;
     if (s->state != SCOPE_READY || !rewrite_prefilter(&s->rules, text, len))
         return NULL;
-    bool shaped = len <= CACHE_MAX_TEXT && shape_of(text, len, &sh);
-    struct cache_entry *e = shaped ? cache_find(s, sh.key, sh.key_len) : cache_find(s, text, len);
+    bool shaped = len <= CACHE_MAX_TEXT && shape_of(text, len, sh);
+    struct cache_entry *e = shaped ? cache_find(s, sh->key, sh->key_len) : cache_find(s, text, len);
     if (e && e->general == shaped) {
         if (!shaped) {
             e->decision->refs++;
             return e->decision;
         }
-        d = decide_from_shape(&sh, e->decision, text, len);
-        if (d) {
-            shape_free(&sh);
+        d = decide_from_shape(sh, e->decision, text, len);
+        if (d)
             return d;
-        }
     }
     d = decision_new();
     if (d && !rewrite_insert(&s->rules, text, len, &d->result)) {
@@ -434,12 +434,10 @@ struct decision *scope_decide(struct scope *s, const char *text, size_t len, boo
     if (d) {
         *fresh = true;
         if (!e && shaped)
-            cache_shape(s, &sh, d);
+            cache_shape(s, sh, d);
         else if (!e)
             cache_store(s, text, len, false, d);
     }
-    if (shaped)
-        shape_free(&sh);
     return d;
 }
 

@@ -100,15 +100,15 @@ static size_t run_end(const char *text, size_t len, size_t i, bool (*in_run)(uns
     return i;
 }
 
-static bool add_const(struct shape *sh, size_t *cap, const char *text, size_t at, size_t end)
+static bool add_const(struct shape *sh, const char *text, size_t at, size_t end)
 {
-    if (sh->nconsts == *cap) {
-        size_t n = *cap ? *cap * 2 : 8;
+    if (sh->nconsts == sh->consts_cap) {
+        size_t n = sh->consts_cap ? sh->consts_cap * 2 : 8;
         struct shape_const *c = realloc(sh->consts, n * sizeof(*c));
         if (!c)
             return false;
         sh->consts = c;
-        *cap = n;
+        sh->consts_cap = n;
     }
     sh->consts[sh->nconsts++] = (struct shape_const){ at, end - at, utf8_chars(text + at, end - at) };
     return true;
@@ -116,13 +116,18 @@ static bool add_const(struct shape *sh, size_t *cap, const char *text, size_t at
 
 bool shape_of(const char *text, size_t len, struct shape *sh)
 {
-    size_t cap = 0, k = 0, i = 0;
+    size_t k = 0, i = 0;
 
-    memset(sh, 0, sizeof(*sh));
+    sh->key_len = 0;
+    sh->nconsts = 0;
     /* A one-digit number becomes two bytes: twice the text is the most. */
-    sh->key = malloc(2 * len + 1);
-    if (!sh->key)
-        return false;
+    if (sh->key_cap < 2 * len + 1) {
+        char *key = realloc(sh->key, 2 * len + 1);
+        if (!key)
+            return false;
+        sh->key = key;
+        sh->key_cap = 2 * len + 1;
+    }
     while (i < len) {
         unsigned char c = (unsigned char)text[i];
         size_t end;
@@ -160,7 +165,7 @@ bool shape_of(const char *text, size_t len, struct shape *sh)
             end = i + 1;
         }
         if (masked) {
-            if (!add_const(sh, &cap, text, i, end))
+            if (!add_const(sh, text, i, end))
                 goto none;
             sh->key[k++] = MARK;
             sh->key[k++] = kind;
@@ -176,7 +181,8 @@ bool shape_of(const char *text, size_t len, struct shape *sh)
     sh->key_len = k;
     return true;
 none:
-    shape_free(sh);
+    sh->key_len = 0;
+    sh->nconsts = 0;
     return false;
 }
 

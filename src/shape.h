@@ -36,18 +36,23 @@ struct shape_const {
     size_t at, len, chars;
 };
 
+/* Zeroed before first use. Its buffers are kept from one shape_of to the
+ * next, so that a caller who masks every statement does not allocate for
+ * each. */
 struct shape {
     char *key;          /* NUL-terminated */
     size_t key_len;
     struct shape_const *consts;
     size_t nconsts;
+    size_t key_cap, consts_cap;
 };
 
-/* Masks the constants of text (len bytes). False when it has none, has
- * something the masking does not read as the scanner would, or memory ran
- * out: *sh is then empty and the text is its own key. */
+/* Masks the constants of text (len bytes) into sh. False when it has none,
+ * has something the masking does not read as the scanner would, or memory
+ * ran out: the text is then its own key. */
 bool shape_of(const char *text, size_t len, struct shape *sh);
 
+/* Frees the buffers; sh is zeroed again. */
 void shape_free(struct shape *sh);
 
 /* The decision about a text of shape sh (decided) as the decision about

@@ -31,10 +31,12 @@ static const struct rewrite_rules rules = { targets, sizeof(targets) / sizeof(ta
 /* The key of text, with the marker shown as '#'. */
 static char *key_of(const char *text)
 {
-    struct shape sh;
+    struct shape sh = { 0 };
 
-    if (!shape_of(text, strlen(text), &sh))
+    if (!shape_of(text, strlen(text), &sh)) {
+        shape_free(&sh);
         return NULL;
+    }
     char *key = strdup(sh.key);
     assert_non_null(key);
     for (char *p = key; *p; p++)
@@ -104,7 +106,7 @@ static void test_positions(void **state)
 {
     (void)state;
     const char *text = "VALUES ('ü', 10)";
-    struct shape sh;
+    struct shape sh = { 0 };
 
     assert_true(shape_of(text, strlen(text), &sh));
     assert_int_equal(sh.nconsts, 2);
@@ -144,7 +146,7 @@ static void assert_same_result(const struct rewrite_result *a, const struct rewr
  * deciding second outright. */
 static void check_carried(const char *first, const char *second)
 {
-    struct shape a, b;
+    struct shape a = { 0 }, b = { 0 };
     struct rewrite_result decided, general, carried, direct;
 
     assert_true(shape_of(first, strlen(first), &a));
@@ -210,7 +212,7 @@ static void test_offset_inside_a_constant_is_refused(void **state)
 {
     (void)state;
     const char *text = "VALUES ('abc')";
-    struct shape sh;
+    struct shape sh = { 0 };
     struct rewrite_stmt st = { .reason = RR_SHADOW, .offset = 10, .offset_chars = 10 };
     struct rewrite_result r = { .reason = RR_SHADOW, .stmt_count = 1, .stmts = &st, .nstmts = 1 };
     struct rewrite_result out;

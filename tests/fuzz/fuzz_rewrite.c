@@ -153,11 +153,13 @@ static void check_same(const struct rewrite_result *a, const struct rewrite_resu
 /* Generalised to its shape and applied back, the decision is unchanged. */
 static void check_shape_round_trip(const char *text, size_t len, const struct rewrite_result *r)
 {
-    struct shape sh;
+    struct shape sh = { 0 };
     struct rewrite_result general, back;
 
-    if (!shape_of(text, len, &sh))
+    if (!shape_of(text, len, &sh)) {
+        shape_free(&sh);
         return;
+    }
     check(sh.key_len <= 2 * len && sh.key[sh.key_len] == '\0');
     if (shape_generalise(&sh, r, &general)) {
         if (shape_apply(&sh, &general, text, len, &back)) {
