@@ -111,6 +111,12 @@ idem_pg_start() {
         { tail -20 "$dir/postgres.log" >&2; idem_die "PostgreSQL did not start"; }
 }
 
+# The transactions a pgbench run reports in its log file LOG (empty when
+# it reports none).
+idem_pgbench_txns() {
+    awk -F': *' '/^number of transactions actually processed/ { split($2, a, "/"); print a[1]; exit }' "$1"
+}
+
 idem_pg_stop() {
     local dir=$1
     [ -f "$dir/data/postmaster.pid" ] || return 0
