@@ -415,17 +415,17 @@ struct decision *scope_decide(struct scope *s, const char *text, size_t len, boo
     *fresh = false;
     if (s->state != SCOPE_READY || !rewrite_prefilter(&s->rules, text, len))
         return NULL;
-    bool shaped = len <= CACHE_MAX_TEXT && shape_of(text, len, sh);
-    struct cache_entry *e = shaped ? cache_find(s, sh->key, sh->key_len) : cache_find(s, text, len);
-    if (e && e->general == shaped) {
-        if (!shaped) {
-            e->decision->refs++;
-            return e->decision;
-        }
-        d = decide_from_shape(sh, e->decision, text, len);
-        if (d)
-            return d;
+    /* A text without constants (parameters only) is found as it is,
+     * without masking it first. */
+    struct cache_entry *as_is = cache_find(s, text, len);
+    if (as_is && !as_is->general) {
+        as_is->decision->refs++;
+        return as_is->decision;
     }
+    bool shaped = len <= CACHE_MAX_TEXT && shape_of(text, len, sh);
+    struct cache_entry *by_shape = shaped ? cache_find(s, sh->key, sh->key_len) : NULL;
+    if (by_shape && by_shape->general && (d = decide_from_shape(sh, by_shape->decision, text, len)))
+        return d;
     d = decision_new();
     if (d && !rewrite_insert(&s->rules, text, len, &d->result)) {
         free(d);
@@ -433,9 +433,9 @@ struct decision *scope_decide(struct scope *s, const char *text, size_t len, boo
     }
     if (d) {
         *fresh = true;
-        if (!e && shaped)
+        if (shaped && !by_shape)
             cache_shape(s, sh, d);
-        else if (!e)
+        else if (!shaped && !as_is)
             cache_store(s, text, len, false, d);
     }
     return d;
