@@ -165,6 +165,8 @@ static void show_stats(struct worker *w, struct evbuffer *out)
     columns(out, (const char *[]){ "name", "value" }, 2);
     stat_row(out, "client_connections", t.client_connections);
     stat_row(out, "server_connections", t.server_connections);
+    stat_row(out, "server_connections_idle", t.servers_idle);
+    stat_row(out, "server_reuses", t.servers_reused);
     stat_row(out, "clients_total", t.clients_total);
     stat_row(out, "statements_simple", t.statements[PROTOCOL_SIMPLE]);
     stat_row(out, "statements_extended", t.statements[PROTOCOL_EXTENDED]);

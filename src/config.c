@@ -47,6 +47,9 @@ enum main_key {
     KEY_METRICS_PORT,
     KEY_LOG_STATS_INTERVAL,
     KEY_ADMIN_USERS,
+    KEY_SERVER_REUSE,
+    KEY_SERVER_IDLE_TIMEOUT,
+    KEY_MAX_IDLE_SERVERS,
     MAIN_KEY_COUNT,
 };
 
@@ -84,6 +87,9 @@ static const char *const main_key_names[MAIN_KEY_COUNT] = {
     [KEY_METRICS_PORT] = "metrics_port",
     [KEY_LOG_STATS_INTERVAL] = "log_stats_interval",
     [KEY_ADMIN_USERS] = "admin_users",
+    [KEY_SERVER_REUSE] = "server_reuse",
+    [KEY_SERVER_IDLE_TIMEOUT] = "server_idle_timeout",
+    [KEY_MAX_IDLE_SERVERS] = "max_idle_servers",
 };
 
 static const char *const tls_mode_names[] = {
@@ -624,6 +630,9 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_METRICS_PORT: parse_int(p, key, value, 0, 65535, &c->metrics_port); break;
     case KEY_LOG_STATS_INTERVAL: parse_int(p, key, value, 0, 86400, &c->log_stats_interval); break;
     case KEY_ADMIN_USERS: parse_name_list(p, key, value, &c->admin_users); break;
+    case KEY_SERVER_REUSE: parse_bool(p, key, value, &c->server_reuse); break;
+    case KEY_SERVER_IDLE_TIMEOUT: parse_int(p, key, value, 1, 86400, &c->server_idle_timeout); break;
+    case KEY_MAX_IDLE_SERVERS: parse_int(p, key, value, 0, 1000000, &c->max_idle_servers); break;
     case KEY_CLIENT_TLS_SSLMODE:
     case KEY_SERVER_TLS_SSLMODE: {
         int mode;
@@ -764,6 +773,8 @@ static struct config *config_defaults(void)
     c->server_connect_timeout = 10;
     c->shutdown_timeout = 30;
     c->log_stats_interval = 60;
+    c->server_idle_timeout = 600;
+    c->max_idle_servers = 100;
     c->metrics_addr = strdup("127.0.0.1");
     c->client_tls.protocols = c->server_tls.protocols = TLS_PROTO_V1_2 | TLS_PROTO_V1_3;
     c->auth_query = strdup(DEFAULT_AUTH_QUERY);
@@ -798,6 +809,10 @@ static void check_main(struct parser *p)
     if (c->auth_type == AUTH_SCRAM && !c->auth_file && !c->auth_user)
         fail_at(p, p->main_seen[KEY_AUTH_TYPE],
                 "auth_type = scram-sha-256 needs auth_file or auth_user (for auth_query)");
+    if (c->server_reuse && c->auth_type != AUTH_SCRAM)
+        fail_at(p, p->main_seen[KEY_SERVER_REUSE],
+                "server_reuse = on needs auth_type = scram-sha-256: when the server checks "
+                "each client's password, a server connection cannot serve another client");
 }
 
 struct config *config_parse(const char *text, size_t len, const char *filename,

@@ -109,6 +109,10 @@ struct config {
     char *auth_query; /* run as auth_user to find a user's secret */
     char *auth_user;  /* NULL: auth_query is not used */
 
+    bool server_reuse;       /* keep a server for the next client with the same login */
+    int server_idle_timeout; /* seconds a kept server waits for that client */
+    int max_idle_servers;    /* kept servers in all, split between the workers */
+
     struct table_rule *tables;
     size_t table_count;
 };

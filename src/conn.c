@@ -23,6 +23,7 @@
 #include "log.h"
 #include "login.h"
 #include "pgproto.h"
+#include "pool.h"
 #include "proxy.h"
 #include "rules.h"
 #include "session.h"
@@ -30,6 +31,7 @@
 #include "tls.h"
 #include "track.h"
 #include "translate.h"
+#include "welcome.h"
 #include "worker.h"
 
 /* Bytes a side may have queued for writing before the proxy stops reading
@@ -156,6 +158,14 @@ struct conn {
     size_t server_cb_len;
     struct login *login;        /* the proxy's part of the login (auth_type = scram-sha-256) */
     struct authquery *lookup;   /* auth_query under way */
+
+    /* server_reuse: the StartupMessage a kept server must have logged in
+     * with, and what the server's login said, as the next client must
+     * hear it. login_key is NULL when the server is never kept. */
+    uint8_t *login_key;
+    size_t login_key_len;
+    struct welcome welcome;
+    uint64_t generation;        /* the worker's settings when the server came */
 
     bool counted;               /* holds a max_client_conn slot */
     bool stop_when_idle;        /* the proxy is shutting down */
@@ -310,6 +320,8 @@ static void free_pair(struct conn *c)
         free(c->login);
     }
     free(c->held_error);
+    free(c->login_key);
+    welcome_free(&c->welcome);
     if (c->catalog) {
         catalog_free(c->catalog);
         free(c->catalog);
@@ -507,6 +519,8 @@ static bool translating(const struct conn *c)
 
 static enum handling client_handling(const struct conn *c, char type)
 {
+    if (type == 'X' && c->login_key)
+        return HANDLE_TAKE;
     if (!rewriting(c))
         return HANDLE_STREAM;
     switch (type) {
@@ -537,6 +551,8 @@ static enum handling server_handling(const struct conn *c, char type)
         return HANDLE_TAKE;
     case 'R':
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_STREAM;
+    case 'K':
+        return c->state == CONN_LOGIN && c->login_key ? HANDLE_TAKE : HANDLE_STREAM;
     case 'Z':
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_PEEK;
     default:
@@ -1035,6 +1051,42 @@ static enum taken take_flush(struct conn *c)
     return track_client(c, 'H', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
+/* server_reuse: the client left an idle session, so its server can serve
+ * the next client with the same login; it goes to the worker's pool
+ * instead of closing. True when it did. */
+static bool keep_server(struct conn *c)
+{
+    struct worker *w = c->worker;
+
+    worker_refresh(w);
+    if (!c->login_key || !w->cfg->server_reuse || w->shutting_down ||
+        c->generation != w->generation || c->state != CONN_ACTIVE || !c->server ||
+        !track_idle(&c->track) || c->catalog || c->guard != GUARD_NONE || c->held_error ||
+        c->stream_left[FLOW_TO_SERVER] || c->stream_left[FLOW_TO_CLIENT] ||
+        evbuffer_get_length(sock_input(c->server)) > 0 ||
+        evbuffer_get_length(sock_output(c->server)) > 0)
+        return false;
+    struct pool_server kept = { .sock = c->server, .welcome = c->welcome };
+    if (!pool_park(w->pool, c->login_key, c->login_key_len, &kept, worker_pool_max(w),
+                   w->cfg->server_idle_timeout))
+        return false;
+    welcome_init(&c->welcome);
+    c->server = NULL;
+    counter_sub(&w->counters.server_connections, 1);
+    return true;
+}
+
+/* Terminate: the server goes on to the next client when it can (nothing
+ * of this pass may be on its way to it), else hears the goodbye. */
+static enum taken take_terminate(struct conn *c, struct sink *k)
+{
+    if (k->span == 0 && keep_server(c)) {
+        close_pair(c, "client left; server kept for reuse");
+        return TAKEN_CLOSED;
+    }
+    return track_client(c, 'X', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
 static enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
                                   struct sink *k)
 {
@@ -1046,6 +1098,7 @@ static enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t tot
     case 'C': return take_close(c, msg, total);
     case 'S': return take_sync(c);
     case 'H': return take_flush(c);
+    case 'X': return take_terminate(c, k);
     default:
         return track_client(c, (char)msg[0], NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
@@ -1395,13 +1448,9 @@ static void copy_setting(char *dst, size_t cap, const char *value)
     snprintf(dst, cap, "%s", value);
 }
 
-/* ParameterStatus: the settings that decide whether text may be scanned. */
-static void note_parameter(struct conn *c, const uint8_t *body, size_t len)
+/* The settings that decide whether text may be scanned. */
+static void note_setting(struct conn *c, const char *name, const char *value)
 {
-    const char *name, *value;
-
-    if (!pg_param_status(body, len, &name, &value))
-        return;
     if (strcmp(name, "client_encoding") == 0)
         copy_setting(c->client_encoding, sizeof(c->client_encoding), value);
     else if (strcmp(name, "server_encoding") == 0)
@@ -1411,6 +1460,16 @@ static void note_parameter(struct conn *c, const uint8_t *body, size_t len)
     else
         return;
     c->charset_ok = rewrite_charset(c->client_encoding, c->server_encoding, &c->charset_utf8);
+}
+
+static void note_parameter(struct conn *c, const uint8_t *body, size_t len)
+{
+    const char *name, *value;
+
+    if (c->login_key)
+        welcome_note(&c->welcome, 'S', body, len);
+    if (pg_param_status(body, len, &name, &value))
+        note_setting(c, name, value);
 }
 
 static void login_done(struct conn *c)
@@ -1441,6 +1500,9 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
         return take_auth_request(c, msg, total, k);
     case 'S':
         note_parameter(c, body, len);
+        break;
+    case 'K':
+        welcome_note(&c->welcome, 'K', body, len);
         break;
     case 'E':
         taken = take_error(c, msg, total, k);
@@ -1778,6 +1840,7 @@ static void connect_server(struct conn *c)
         return;
     }
     counter_add(&w->counters.server_connections, 1);
+    c->generation = w->generation;
     sock_set_write_marks(c->server, OUT_LOW, OUT_HIGH);
     sock_set_timeout(c->server, cfg->server_connect_timeout);
     c->state = CONN_CONNECTING;
@@ -2057,6 +2120,50 @@ static void admin_read(struct conn *c)
 }
 
 /* The client's SASL messages while the proxy authenticates it. */
+/* server_reuse: a kept server logged in with the same StartupMessage
+ * serves the client; the client hears the end of that login as if it
+ * had just happened. False when there is none. */
+static bool reuse_server(struct conn *c)
+{
+    static const char *const scanning[] = { "client_encoding", "server_encoding",
+                                            "standard_conforming_strings" };
+    struct worker *w = c->worker;
+    struct pool_server kept;
+
+    if (!c->login_key || !pool_take(w->pool, c->login_key, c->login_key_len, &kept))
+        return false;
+    size_t len = welcome_build(&kept.welcome, NULL, 0);
+    uint8_t *said = malloc(len);
+    if (!said) {
+        sock_free(kept.sock);
+        welcome_free(&kept.welcome);
+        return false;
+    }
+    welcome_build(&kept.welcome, said, len);
+    c->server = kept.sock;
+    sock_set_callback(c->server, server_sock_cb, c);
+    c->welcome = kept.welcome;
+    c->generation = w->generation;
+    counter_add(&w->counters.server_connections, 1);
+    counter_add(&w->counters.servers_reused, 1);
+    for (size_t i = 0; i < sizeof(scanning) / sizeof(scanning[0]); i++) {
+        const char *value = welcome_value(&c->welcome, scanning[i]);
+        if (value)
+            note_setting(c, scanning[i], value);
+    }
+    login_free(c->login);
+    free(c->login);
+    c->login = NULL;
+    evbuffer_free(c->startup);
+    c->startup = NULL;
+    send_to(c->client, said, len);
+    free(said);
+    conn_log(LOG_DEBUG, c, "logged in on a kept server");
+    login_done(c);
+    client_read(c);
+    return true;
+}
+
 static void read_auth(struct conn *c)
 {
     uint8_t out[LOGIN_MSG_MAX];
@@ -2091,7 +2198,7 @@ static void read_auth(struct conn *c)
                      c->login->with_client.plus ? " with channel binding" : "");
             if (c->admin)
                 admin_begin(c);
-            else
+            else if (!reuse_server(c))
                 connect_server(c);
             return;
         default:
@@ -2243,12 +2350,21 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
              su.application_name ? " application_name=" : "",
              su.application_name ? su.application_name : "");
 
+    c->admin = !c->replication && c->database && strcmp(c->database, ADMIN_DATABASE) == 0;
+    if (w->cfg->server_reuse && !c->replication && !c->admin) {
+        c->login_key = malloc(len);
+        if (!c->login_key) {
+            fail_client(c, "53200", "out of memory", "out of memory");
+            return false;
+        }
+        memcpy(c->login_key, pkt, len);
+        c->login_key_len = len;
+    }
     c->startup = evbuffer_new();
     if (!c->startup || evbuffer_remove_buffer(in, c->startup, len) != (int)len) {
         fail_client(c, "53200", "out of memory", "out of memory");
         return false;
     }
-    c->admin = !c->replication && c->database && strcmp(c->database, ADMIN_DATABASE) == 0;
     if (c->admin && !admin_user_allowed(w->cfg, c->user ? c->user : "")) {
         char msg[200];
         snprintf(msg, sizeof(msg), "idemproxy: user \"%.64s\" may not use the admin console "
@@ -2394,6 +2510,8 @@ static void client_sock_cb(struct sock *s, enum sock_event event, void *arg)
             return;
         if (c->stream_left[FLOW_TO_SERVER] || evbuffer_get_length(sock_input(s)))
             close_pair(c, "client vanished mid-message");
+        else if (keep_server(c))
+            close_pair(c, "client disconnected; server kept for reuse");
         else
             close_pair(c, "client disconnected");
         return;
@@ -2498,6 +2616,7 @@ struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
     c->stop_when_idle = w->shutting_down;
     track_init(&c->track, free_note);
     session_init(&c->session);
+    welcome_init(&c->welcome);
     format_peer(c->peer, sizeof(c->peer), addr);
     c->client = sock_new(w->base, fd, client_sock_cb, c);
     c->login_timer = evtimer_new(w->base, login_timeout_cb, c);

@@ -48,6 +48,8 @@ bool metrics_sum(struct proxy *p, struct totals *t)
         t->clients_total += counter_get(&c->clients_total);
         t->client_connections += counter_get(&c->client_connections);
         t->server_connections += counter_get(&c->server_connections);
+        t->servers_idle += counter_get(&c->servers_idle);
+        t->servers_reused += counter_get(&c->servers_reused);
         t->oversized_inspected += counter_get(&c->oversized_inspected);
         t->protocol_violations += counter_get(&c->protocol_violations);
         t->track_desyncs += counter_get(&c->track_desyncs);
@@ -295,8 +297,15 @@ static bool render(struct proxy *p, struct evbuffer *out)
                 1);
     prom_family(out, "idemproxy_client_connections", "gauge", "client connections open now");
     prom_sample(out, "idemproxy_client_connections", NULL, t.client_connections);
-    prom_family(out, "idemproxy_server_connections", "gauge", "server connections open now");
+    prom_family(out, "idemproxy_server_connections", "gauge",
+                "server connections serving a client now");
     prom_sample(out, "idemproxy_server_connections", NULL, t.server_connections);
+    prom_family(out, "idemproxy_server_connections_idle", "gauge",
+                "server connections kept for the next client (server_reuse)");
+    prom_sample(out, "idemproxy_server_connections_idle", NULL, t.servers_idle);
+    prom_family(out, "idemproxy_server_reuses_total", "counter",
+                "logins served by a kept server connection");
+    prom_sample(out, "idemproxy_server_reuses_total", NULL, t.servers_reused);
     prom_family(out, "idemproxy_client_connections_total", "counter",
                 "clients that sent a StartupMessage");
     prom_sample(out, "idemproxy_client_connections_total", NULL, t.clients_total);

@@ -30,6 +30,7 @@ struct table_total {
 
 struct totals {
     uint64_t clients_total, client_connections, server_connections;
+    uint64_t servers_idle, servers_reused;
     uint64_t bytes[FLOW_COUNT];
     uint64_t statements[PROTOCOL_COUNT];
     uint64_t oversized_inspected, protocol_violations, track_desyncs;

@@ -687,6 +687,12 @@ void sock_close_flushed(struct sock *s, int seconds)
     write_some(s, false);
 }
 
+void sock_set_callback(struct sock *s, sock_cb cb, void *arg)
+{
+    s->cb = cb;
+    s->arg = arg;
+}
+
 void sock_free(struct sock *s)
 {
     if (!s)

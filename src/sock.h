@@ -45,6 +45,10 @@ typedef void (*sock_cb)(struct sock *s, enum sock_event event, void *arg);
 /* Takes fd (nonblocking; the sock closes it), or -1 for sock_connect. */
 struct sock *sock_new(struct event_base *base, evutil_socket_t fd, sock_cb cb, void *arg);
 
+/* Hands the sock to a new owner: reports go to cb with arg from now on,
+ * including any not yet delivered. */
+void sock_set_callback(struct sock *s, sock_cb cb, void *arg);
+
 /* Starts a nonblocking connect; SOCK_CONNECTED or SOCK_ERROR follows.
  * False (with errno) when it cannot even start. */
 bool sock_connect(struct sock *s, const struct sockaddr *addr, int addrlen);

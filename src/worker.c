@@ -15,6 +15,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "pool.h"
 #include "proxy.h"
 
 const char *server_name(const struct config *cfg, char *buf, size_t len)
@@ -129,6 +130,11 @@ static bool adopt_settings(struct worker *w, struct settings *s)
     w->settings = s;
     w->cfg = s->cfg;
     w->rules = rs;
+    w->generation++;
+    /* The servers kept may be another server's, or logged in under rules
+     * that changed. */
+    if (w->pool)
+        pool_close_all(w->pool);
     return true;
 }
 
@@ -173,6 +179,7 @@ static void close_listener(struct worker *w)
 
 static void stop_now(struct worker *w)
 {
+    pool_close_all(w->pool);
     if (w->conn_count)
         log_warning("[worker %d] closing %d connection(s) still busy", w->index, w->conn_count);
     for (struct conn *c = w->conns, *next; c; c = next) {
@@ -217,6 +224,7 @@ static void begin_shutdown(struct worker *w)
     if (w->shutting_down)
         return;
     w->shutting_down = true;
+    pool_close_all(w->pool);
     if (w->listener)
         drain_accept_queue(w);
     close_listener(w);
@@ -234,6 +242,14 @@ static void begin_shutdown(struct worker *w)
     w->shutdown_timer = evtimer_new(w->base, shutdown_timeout_cb, w);
     if (w->shutdown_timer)
         evtimer_add(w->shutdown_timer, &timeout);
+}
+
+size_t worker_pool_max(const struct worker *w)
+{
+    size_t workers = (size_t)w->proxy->worker_count;
+    size_t max = (size_t)w->cfg->max_idle_servers;
+
+    return workers ? (max + workers - 1) / workers : max;
 }
 
 void worker_conn_gone(struct worker *w)
@@ -315,10 +331,11 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
         /* No resolv.conf: addresses and /etc/hosts names still work. */
         w->dns = evdns_base_new(w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     }
+    w->pool = pool_new(w->base, &w->counters.servers_idle);
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->wake_fd >= 0)
         w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
-    if (!w->dns || !w->wake || event_add(w->wake, NULL) != 0) {
+    if (!w->dns || !w->pool || !w->wake || event_add(w->wake, NULL) != 0) {
         log_error("[worker %d] cannot set up its event loop", index);
         return false;
     }
@@ -350,6 +367,7 @@ void worker_free(struct worker *w)
     while (w->conns)
         conn_destroy(w->conns);
     close_listener(w);
+    pool_free(w->pool);
     if (w->shutdown_timer)
         event_free(w->shutdown_timer);
     if (w->wake)

@@ -29,6 +29,7 @@
 
 struct proxy;
 struct conn;
+struct pool;
 
 /* The bounds, in microseconds, of the latency histogram's buckets; the
  * last bucket takes everything above. */
@@ -61,7 +62,9 @@ enum protocol {
 struct worker_counters {
     struct counter clients_total;       /* clients past their StartupMessage */
     struct counter client_connections;  /* open client sockets, logged in or not */
-    struct counter server_connections;  /* open server sockets */
+    struct counter server_connections;  /* open server sockets serving a client */
+    struct counter servers_idle;        /* server sockets kept for the next client */
+    struct counter servers_reused;      /* logins served by a kept server */
     struct counter bytes[FLOW_COUNT];
     struct counter statements[PROTOCOL_COUNT];
     struct counter oversized_inspected; /* inspected messages over max_held_message, streamed */
@@ -95,6 +98,9 @@ struct worker {
     struct settings *settings; /* the snapshot this worker runs on */
     const struct config *cfg;  /* settings->cfg */
     struct ruleset *rules;     /* this worker's rules for settings->cfg */
+    uint64_t generation;       /* counts the settings adopted: a server connected
+                                * under older ones is not kept */
+    struct pool *pool;         /* servers kept for reuse */
 
     pthread_mutex_t conns_lock; /* the list, and what SHOW CLIENTS reads of a pair,
                                  * for readers on other threads */
@@ -141,6 +147,10 @@ bool worker_connect_server(struct worker *w, struct bufferevent *bev, const char
 
 /* "host:port" or the socket path, for messages. */
 const char *server_name(const struct config *cfg, char *buf, size_t len);
+
+/* How many kept servers this worker may hold: its share of
+ * max_idle_servers. */
+size_t worker_pool_max(const struct worker *w);
 
 /* A connection pair of w has been freed. */
 void worker_conn_gone(struct worker *w);

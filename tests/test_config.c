@@ -569,7 +569,13 @@ static void test_tls_and_auth(void **state)
                                 "auth_type = scram-sha-256\n"
                                 "auth_file = /etc/userlist.txt\n"
                                 "auth_user = auth\n"
-                                "auth_query = SELECT u, p FROM secrets WHERE u = $1\n");
+                                "auth_query = SELECT u, p FROM secrets WHERE u = $1\n"
+                                "server_reuse = on\n"
+                                "server_idle_timeout = 30\n"
+                                "max_idle_servers = 0\n");
+    assert_true(c->server_reuse);
+    assert_int_equal(c->server_idle_timeout, 30);
+    assert_int_equal(c->max_idle_servers, 0);
     assert_int_equal(c->client_tls.mode, TLS_VERIFY_FULL);
     assert_string_equal(c->client_tls.cert_file, "/etc/p.crt");
     assert_string_equal(c->client_tls.key_file, "/etc/p.key");
@@ -592,6 +598,9 @@ static void test_tls_and_auth(void **state)
     assert_int_equal(c->auth_type, AUTH_PASSTHROUGH);
     assert_string_equal(c->auth_query, "SELECT usename, passwd FROM pg_shadow WHERE usename = $1");
     assert_null(c->client_tls.cert_file);
+    assert_false(c->server_reuse);
+    assert_int_equal(c->server_idle_timeout, 600);
+    assert_int_equal(c->max_idle_servers, 100);
     config_unref(c);
     assert_string_equal(tls_mode_name(TLS_VERIFY_CA), "verify-ca");
 }
@@ -607,7 +616,13 @@ static void test_tls_and_auth_errors(void **state)
     parse_fails("[idemproxy]\nserver_tls_sslmode = verify-full\n", 2, "server_tls_ca_file");
     parse_fails("[idemproxy]\nserver_tls_cert_file = a\n", 2, "server_tls_key_file");
     parse_fails("[idemproxy]\nauth_type = scram-sha-256\n", 2, "auth_file");
+    /* Reuse only where the proxy checks passwords itself. */
+    parse_fails("[idemproxy]\nlog_level = info\nserver_reuse = on\n", 3, "auth_type = scram-sha-256");
+    parse_fails("[idemproxy]\nauth_type = passthrough\nserver_reuse = yes\n", 3, "server_reuse");
     /* Bad values. */
+    parse_fails("[idemproxy]\nserver_idle_timeout = 0\n", 2, "server_idle_timeout");
+    parse_fails("[idemproxy]\nmax_idle_servers = -1\n", 2, "max_idle_servers");
+    parse_fails("[idemproxy]\nserver_reuse = sometimes\n", 2, "server_reuse");
     parse_fails("[idemproxy]\nserver_tls_sslmode = allow\n", 2, "allow");
     parse_fails("[idemproxy]\nclient_tls_sslmode = always\n", 2, "always");
     parse_fails("[idemproxy]\nclient_tls_protocols = tlsv1.1\n", 2, "tlsv1.1");

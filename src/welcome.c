@@ -1,0 +1,164 @@
+#include "welcome.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "pgproto.h"
+
+struct welcome_param {
+    char *name;
+    char *value;
+};
+
+void welcome_init(struct welcome *w)
+{
+    memset(w, 0, sizeof(*w));
+}
+
+void welcome_free(struct welcome *w)
+{
+    for (size_t i = 0; i < w->count; i++) {
+        free(w->params[i].name);
+        free(w->params[i].value);
+    }
+    free(w->params);
+    free(w->key);
+    welcome_init(w);
+}
+
+static struct welcome_param *find(const struct welcome *w, const char *name)
+{
+    for (size_t i = 0; i < w->count; i++)
+        if (strcmp(w->params[i].name, name) == 0)
+            return &w->params[i];
+    return NULL;
+}
+
+/* A new slot for name (its value still NULL), or NULL when out of memory. */
+static struct welcome_param *add(struct welcome *w, const char *name)
+{
+    if (w->count == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 16;
+        struct welcome_param *grown = realloc(w->params, cap * sizeof(*grown));
+        if (!grown)
+            return NULL;
+        w->params = grown;
+        w->cap = cap;
+    }
+    struct welcome_param *p = &w->params[w->count];
+    p->name = strdup(name);
+    p->value = NULL;
+    if (!p->name)
+        return NULL;
+    w->count++;
+    return p;
+}
+
+static void note_param(struct welcome *w, const uint8_t *body, size_t len)
+{
+    const char *name, *value;
+
+    if (!pg_param_status(body, len, &name, &value)) {
+        w->broken = true;
+        return;
+    }
+    struct welcome_param *p = find(w, name);
+    if (!p && !(p = add(w, name))) {
+        w->broken = true;
+        return;
+    }
+    char *copy = strdup(value);
+    if (!copy) {
+        w->broken = true;
+        return;
+    }
+    free(p->value);
+    p->value = copy;
+}
+
+static void note_key(struct welcome *w, const uint8_t *body, size_t len)
+{
+    /* A process ID and a key of 4 to 256 bytes (protocol 3.2). */
+    if (len < 8 || len > 4 + PG_CANCEL_KEY_MAX) {
+        w->broken = true;
+        return;
+    }
+    uint8_t *copy = malloc(len);
+    if (!copy) {
+        w->broken = true;
+        return;
+    }
+    memcpy(copy, body, len);
+    free(w->key);
+    w->key = copy;
+    w->key_len = len;
+}
+
+void welcome_note(struct welcome *w, char type, const uint8_t *body, size_t len)
+{
+    if (type == 'S')
+        note_param(w, body, len);
+    else if (type == 'K')
+        note_key(w, body, len);
+}
+
+bool welcome_complete(const struct welcome *w)
+{
+    return w->key && !w->broken;
+}
+
+const char *welcome_value(const struct welcome *w, const char *name)
+{
+    const struct welcome_param *p = find(w, name);
+
+    return p ? p->value : NULL;
+}
+
+/* Appends a message of type with a body of parts to buf when it fits;
+ * returns its size. */
+static size_t put(uint8_t *buf, size_t cap, size_t at, char type, const void *const *parts,
+                  const size_t *lens, size_t n)
+{
+    size_t body = 0;
+
+    for (size_t i = 0; i < n; i++)
+        body += lens[i];
+    size_t need = PG_HEAD_LEN + body;
+    if (at + need <= cap) {
+        uint8_t *p = buf + at;
+        p[0] = (uint8_t)type;
+        pg_put_u32(p + 1, (uint32_t)(body + 4));
+        p += PG_HEAD_LEN;
+        for (size_t i = 0; i < n; i++) {
+            memcpy(p, parts[i], lens[i]);
+            p += lens[i];
+        }
+    }
+    return need;
+}
+
+static size_t build(const struct welcome *w, uint8_t *buf, size_t cap)
+{
+    static const uint8_t auth_ok[4] = { 0, 0, 0, 0 };
+    static const char idle = 'I';
+    size_t at = 0;
+
+    at += put(buf, cap, at, 'R', (const void *[]){ auth_ok }, (size_t[]){ 4 }, 1);
+    for (size_t i = 0; i < w->count; i++) {
+        const struct welcome_param *p = &w->params[i];
+        at += put(buf, cap, at, 'S', (const void *[]){ p->name, p->value },
+                  (size_t[]){ strlen(p->name) + 1, strlen(p->value) + 1 }, 2);
+    }
+    at += put(buf, cap, at, 'K', (const void *[]){ w->key }, (size_t[]){ w->key_len }, 1);
+    at += put(buf, cap, at, 'Z', (const void *[]){ &idle }, (size_t[]){ 1 }, 1);
+    return at;
+}
+
+size_t welcome_build(const struct welcome *w, uint8_t *buf, size_t cap)
+{
+    size_t need = build(w, NULL, 0);
+
+    if (need <= cap)
+        build(w, buf, cap);
+    return need;
+}

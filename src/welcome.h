@@ -1,0 +1,49 @@
+/*
+ * welcome: what a server told its client at the end of a login, kept so
+ * that a server connection handed to another client (server_reuse) can
+ * tell it again.
+ *
+ * A login ends with a ParameterStatus for every reported setting, then
+ * BackendKeyData and ReadyForQuery. Reported settings change during a
+ * session (SET, and the reset before reuse reports the old values back),
+ * so every ParameterStatus of the session is noted, the last value of a
+ * name replacing the one before.
+ *
+ * Pure bookkeeping: no I/O.
+ */
+#ifndef IDEM_WELCOME_H
+#define IDEM_WELCOME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct welcome_param;
+
+struct welcome {
+    struct welcome_param *params;
+    size_t count, cap;
+    uint8_t *key;    /* the BackendKeyData body, NULL until it came */
+    size_t key_len;
+    bool broken;     /* a note was lost (no memory, or malformed): never replay */
+};
+
+void welcome_init(struct welcome *w);
+void welcome_free(struct welcome *w);
+
+/* Notes a server message of type with its body: ParameterStatus ('S') and
+ * BackendKeyData ('K'); other types are ignored. */
+void welcome_note(struct welcome *w, char type, const uint8_t *body, size_t len);
+
+/* Whether it can be replayed: a whole login was noted, nothing lost. */
+bool welcome_complete(const struct welcome *w);
+
+/* The end of a login as a client hears it: AuthenticationOk, every noted
+ * ParameterStatus, BackendKeyData and ReadyForQuery 'I'. Returns the bytes
+ * it needs; when that exceeds cap nothing is written. */
+size_t welcome_build(const struct welcome *w, uint8_t *buf, size_t cap);
+
+/* The value noted for name, or NULL. */
+const char *welcome_value(const struct welcome *w, const char *name);
+
+#endif

@@ -1,0 +1,327 @@
+/*
+ * Integration tests of server_reuse: a client that leaves an idle session
+ * leaves its server to the next client with the same login.
+ *
+ * What must hold: the next client gets the same backend only after the
+ * reset, and finds nothing of the session before it (settings, prepared
+ * statements, temporary tables, advisory locks, LISTEN), hears the
+ * server's real settings and key (so PQparameterStatus and cancel work);
+ * a server is never shared across users or startup options, never kept
+ * when its client left with work under way or a transaction open, and a
+ * kept server that dies, times out or outlives a reload is not handed
+ * out.
+ *
+ * Run by tests/integration.sh (same scratch cluster as the other suites).
+ * Every test starts its own proxy. Run one:
+ * test_reuse test_reuse_reset   (a cmocka filter, or IDEM_TEST_FILTER).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "itest.h"
+
+#define READY "reset: ready for the next client"
+
+/* ---- helpers ------------------------------------------------------------ */
+
+/* A proxy that authenticates clients itself (auth_query as the trusted
+ * superuser) and keeps their servers; more: further "key = value" lines.
+ * One worker: each worker keeps its own servers, and with two a client
+ * may land on the other one. */
+static struct itest_proxy *reuse_proxy(const char *more)
+{
+    char extra[1024];
+
+    snprintf(extra, sizeof extra,
+             "auth_type = scram-sha-256\nauth_user = %s\nserver_reuse = on\n"
+             "workers = 1\n%s", itest_pg_user(),
+             more ? more : "");
+    return itest_proxy_start_with("debug", extra);
+}
+
+static PGconn *login_as(int port, const char *user, const char *password, const char *app)
+{
+    char extra[256];
+
+    snprintf(extra, sizeof extra, "user=%s password=%s application_name=%s sslmode=disable", user,
+             password, app);
+    return itest_connect_ok(port, extra);
+}
+
+static PGconn *scram_login(int port, const char *app)
+{
+    return login_as(port, ITEST_SCRAM_USER, ITEST_SCRAM_PASSWORD, app);
+}
+
+static long long backend_pid(PGconn *conn)
+{
+    return itest_query_ll(conn, "SELECT pg_backend_pid()");
+}
+
+/* How many lines of the proxy's log contain needle. */
+static int log_count(const struct itest_proxy *p, const char *needle)
+{
+    char *text = itest_read_file(p->log_path);
+    int n = 0;
+
+    for (const char *at = text; (at = strstr(at, needle)) != NULL; at += strlen(needle))
+        n++;
+    free(text);
+    return n;
+}
+
+/* Waits (bounded) until the log holds want lines with needle. */
+static void wait_log_count(const struct itest_proxy *p, const char *needle, int want)
+{
+    int64_t deadline = itest_now_ms() + 10000;
+
+    while (log_count(p, needle) < want) {
+        if (itest_now_ms() > deadline)
+            fail_msg("waited 10 s for %d log lines with \"%s\", saw %d", want, needle,
+                     log_count(p, needle));
+        itest_sleep_ms(20);
+    }
+}
+
+static void query_text(PGconn *conn, const char *sql, char *buf, size_t cap)
+{
+    PGresult *res = itest_exec(conn, sql);
+
+    itest_assert_result_ok(res, sql);
+    snprintf(buf, cap, "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+}
+
+/* ---- tests -------------------------------------------------------------- */
+
+/* The same backend, and nothing of the session before it. */
+static void test_reuse_reset(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = reuse_proxy(NULL);
+    char text[128];
+
+    PGconn *a = scram_login(p->port, "reuse_reset");
+    long long pid = backend_pid(a);
+    itest_exec_ok(a, "SET work_mem = '7MB'");
+    itest_exec_ok(a, "SET application_name = 'reuse_changed'");
+    itest_exec_ok(a, "PREPARE reuse_stmt AS SELECT 1");
+    itest_exec_ok(a, "CREATE TEMP TABLE reuse_tmp (x int)");
+    itest_exec_ok(a, "SELECT pg_advisory_lock(4242)");
+    itest_exec_ok(a, "LISTEN reuse_channel");
+    assert_string_equal(PQparameterStatus(a, "application_name"), "reuse_changed");
+    itest_finish(a);
+    wait_log_count(p, READY, 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
+                     0);
+
+    PGconn *b = scram_login(p->port, "reuse_reset");
+    assert_int_equal(backend_pid(b), pid);
+    /* The key the client holds is the server's, and names this backend. */
+    assert_int_equal(PQbackendPID(b), pid);
+    itest_assert_log_line(p, "logged in on a kept server", "scram_user", NULL);
+    query_text(b, "SHOW work_mem", text, sizeof text);
+    assert_string_equal(text, "4MB");
+    query_text(b, "SHOW application_name", text, sizeof text);
+    assert_string_equal(text, "reuse_reset");
+    /* What the client heard at login is what the server holds now. */
+    assert_string_equal(PQparameterStatus(b, "application_name"), "reuse_reset");
+    PGconn *direct = itest_connect_direct();
+    assert_string_equal(PQparameterStatus(b, "client_encoding"),
+                        PQparameterStatus(direct, "client_encoding"));
+    assert_string_equal(PQparameterStatus(b, "TimeZone"), PQparameterStatus(direct, "TimeZone"));
+    assert_non_null(PQparameterStatus(b, "server_version"));
+    assert_int_equal(itest_query_ll(b, "SELECT count(*) FROM pg_prepared_statements"), 0);
+    assert_int_equal(itest_query_ll(b, "SELECT count(*) FROM pg_listening_channels()"), 0);
+    assert_int_equal(itest_query_ll(b, "SELECT count(*) FROM pg_class "
+                                       "WHERE relname = 'reuse_tmp'"), 0);
+    itest_exec_ok(b, "PREPARE reuse_stmt AS SELECT 2");
+
+    /* A cancel with the replayed key reaches this backend. */
+    assert_int_equal(PQsendQuery(b, "SELECT pg_sleep(30)"), 1);
+    itest_sleep_ms(200);
+    PGcancel *cancel = PQgetCancel(b);
+    char err[256];
+    assert_int_equal(PQcancel(cancel, err, sizeof err), 1);
+    PQfreeCancel(cancel);
+    PGresult *res = itest_wait_result(b, 10000);
+    itest_assert_sqlstate(res, "57014", "pg_sleep cancelled on a kept server");
+    PQclear(res);
+    assert_int_equal(itest_query_ll(b, "SELECT 5"), 5);
+    itest_pass();
+}
+
+/* Another user, or other startup options: never the same server. */
+static void test_reuse_not_shared(void **state)
+{
+    (void)state;
+    itest_server_exec("DROP ROLE IF EXISTS reuse_other");
+    itest_server_exec("CREATE ROLE reuse_other LOGIN PASSWORD 'reuse_other_pw'");
+    struct itest_proxy *p = reuse_proxy(NULL);
+
+    PGconn *a = scram_login(p->port, "reuse_shared");
+    long long pid = backend_pid(a);
+    itest_finish(a);
+    wait_log_count(p, READY, 1);
+
+    PGconn *other_user = login_as(p->port, "reuse_other", "reuse_other_pw", "reuse_shared");
+    assert_true(backend_pid(other_user) != pid);
+    char who[64];
+    query_text(other_user, "SELECT current_user", who, sizeof who);
+    assert_string_equal(who, "reuse_other");
+    PGconn *other_app = scram_login(p->port, "reuse_shared_too");
+    assert_true(backend_pid(other_app) != pid);
+    /* A wrong password gets nothing, kept server or not. */
+    PGconn *wrong = itest_connect(p->port, "user=scram_user password=wrong "
+                                           "application_name=reuse_shared sslmode=disable");
+    assert_int_equal(PQstatus(wrong), CONNECTION_BAD);
+    assert_non_null(strstr(PQerrorMessage(wrong), "password authentication failed"));
+    /* The right login still finds it. */
+    PGconn *same = scram_login(p->port, "reuse_shared");
+    assert_int_equal(backend_pid(same), pid);
+    itest_finish(other_user);
+    itest_finish(other_app);
+    itest_finish(same);
+    itest_server_exec("DROP ROLE reuse_other");
+    itest_pass();
+}
+
+/* A client that leaves with a transaction open or a request under way
+ * takes its backend with it: what it did is rolled back, as without the
+ * proxy. */
+static void test_reuse_not_when_busy(void **state)
+{
+    (void)state;
+    itest_server_exec("DROP TABLE IF EXISTS reuse_busy");
+    itest_server_exec("CREATE TABLE reuse_busy (x int)");
+    itest_server_exec("GRANT ALL ON reuse_busy TO scram_user");
+    struct itest_proxy *p = reuse_proxy(NULL);
+
+    PGconn *a = scram_login(p->port, "reuse_busy");
+    long long in_txn = backend_pid(a);
+    itest_exec_ok(a, "BEGIN");
+    itest_exec_ok(a, "INSERT INTO reuse_busy VALUES (1)");
+    itest_finish(a);
+    assert_true(itest_server_wait_ll(0, 10000, "SELECT count(*) FROM pg_stat_activity "
+                                               "WHERE pid = %lld", in_txn));
+
+    PGconn *b = scram_login(p->port, "reuse_busy");
+    long long mid_query = backend_pid(b);
+    assert_int_equal(PQsendQuery(b, "SELECT pg_sleep(1)"), 1);
+    itest_finish(b);
+    assert_true(itest_server_wait_ll(0, 10000, "SELECT count(*) FROM pg_stat_activity "
+                                               "WHERE pid = %lld", mid_query));
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM reuse_busy"), 0);
+    assert_int_equal(log_count(p, READY), 0);
+    assert_int_equal(log_count(p, "server kept for reuse"), 0);
+
+    /* An idle session after a committed transaction is kept. */
+    PGconn *c = scram_login(p->port, "reuse_busy");
+    long long committed = backend_pid(c);
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "INSERT INTO reuse_busy VALUES (2)");
+    itest_exec_ok(c, "COMMIT");
+    itest_finish(c);
+    wait_log_count(p, READY, 1);
+    PGconn *d = scram_login(p->port, "reuse_busy");
+    assert_int_equal(backend_pid(d), committed);
+    assert_int_equal(itest_query_ll(d, "SELECT count(*) FROM reuse_busy"), 1);
+    itest_finish(d);
+    itest_server_exec("DROP TABLE reuse_busy");
+    itest_pass();
+}
+
+/* A kept server that dies, outlives server_idle_timeout or a reload is
+ * closed, and the next client gets a fresh one without noticing. */
+static void test_reuse_kept_server_goes(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = reuse_proxy("server_idle_timeout = 2\n");
+
+    /* Killed while kept. */
+    PGconn *a = scram_login(p->port, "reuse_goes");
+    long long killed = backend_pid(a);
+    itest_finish(a);
+    wait_log_count(p, READY, 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM pg_terminate_backend(%lld) AS t "
+                                     "WHERE t", killed), 1);
+    char gone[64];
+    snprintf(gone, sizeof gone, "(backend %lld) closed", killed);
+    wait_log_count(p, gone, 1);
+    PGconn *b = scram_login(p->port, "reuse_goes");
+    long long fresh = backend_pid(b);
+    assert_true(fresh != killed);
+    assert_int_equal(itest_query_ll(b, "SELECT 1"), 1);
+
+    /* Timed out: the backend ends cleanly, after a Terminate. */
+    itest_finish(b);
+    wait_log_count(p, READY, 2);
+    wait_log_count(p, "closed: server_idle_timeout reached", 1);
+    assert_true(itest_server_wait_ll(0, 5000, "SELECT count(*) FROM pg_stat_activity "
+                                              "WHERE pid = %lld", fresh));
+
+    /* A reload closes what is kept: it may name another server now. */
+    PGconn *c = scram_login(p->port, "reuse_goes");
+    long long before_reload = backend_pid(c);
+    itest_finish(c);
+    wait_log_count(p, READY, 3);
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    wait_log_count(p, "closed: closing every kept server", 1);
+    PGconn *d = scram_login(p->port, "reuse_goes");
+    assert_true(backend_pid(d) != before_reload);
+    itest_pass();
+}
+
+/* max_idle_servers bounds what is kept; a loop of short sessions runs on
+ * the servers kept. */
+static void test_reuse_bounds(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = reuse_proxy("max_idle_servers = 1\n");
+
+    PGconn *a = scram_login(p->port, "reuse_bounds");
+    PGconn *b = scram_login(p->port, "reuse_bounds");
+    long long pa = backend_pid(a), pb = backend_pid(b);
+    itest_finish(a);
+    wait_log_count(p, READY, 1);
+    itest_finish(b);
+    /* Only one is kept: the other backend ends. */
+    assert_true(itest_server_wait_ll(1, 10000, "SELECT count(*) FROM pg_stat_activity "
+                                               "WHERE pid IN (%lld, %lld)", pa, pb));
+
+    long long pids[20];
+    for (int i = 0; i < 20; i++) {
+        PGconn *c = scram_login(p->port, "reuse_bounds");
+        pids[i] = backend_pid(c);
+        itest_finish(c);
+        wait_log_count(p, READY, i + 2);
+    }
+    for (int i = 1; i < 20; i++)
+        assert_int_equal(pids[i], pids[0]);
+    assert_int_equal(pids[0], pa);
+    assert_int_equal(log_count(p, "logged in on a kept server"), 20);
+    itest_pass();
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        ITEST(test_reuse_reset),
+        ITEST(test_reuse_not_shared),
+        ITEST(test_reuse_not_when_busy),
+        ITEST(test_reuse_kept_server_goes),
+        ITEST(test_reuse_bounds),
+    };
+    return itest_main(argc, argv, "idemproxy server reuse", tests, sizeof tests / sizeof tests[0]);
+}
