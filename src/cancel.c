@@ -8,8 +8,10 @@
 #include <event2/bufferevent_ssl.h>
 #include <openssl/ssl.h>
 
+#include "cancelkeys.h"
 #include "log.h"
 #include "pgproto.h"
+#include "proxy.h"
 #include "settings.h"
 #include "tls.h"
 #include "worker.h"
@@ -136,6 +138,9 @@ void cancel_forward(struct worker *w, const uint8_t *pkt, size_t len)
     k->settings = settings_ref(w->settings);
     memcpy(k->pkt, pkt, len);
     k->len = len;
+    /* A key the proxy gave out stands for its server's real one. */
+    cancel_keys_translate(w->proxy->cancel_keys, k->pkt + PG_STARTUP_MIN_LEN,
+                          len - PG_STARTUP_MIN_LEN);
     k->bev = bufferevent_socket_new(w->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (!k->bev) {
         give_up(k, "out of memory");

@@ -3,7 +3,9 @@
  *
  * The request arrives on a connection of its own and gets no answer; the
  * server needs the exact bytes (the key length varies from protocol 3.2 on),
- * on a new connection of its own. Each forward frees itself once written.
+ * on a new connection of its own, with the server's real key where the
+ * client holds one the proxy gave it (see cancelkeys.h). Each forward frees
+ * itself once written.
  */
 #ifndef IDEM_CANCEL_H
 #define IDEM_CANCEL_H

@@ -20,6 +20,7 @@
 #include "admin.h"
 #include "authquery.h"
 #include "cancel.h"
+#include "cancelkeys.h"
 #include "log.h"
 #include "login.h"
 #include "pgproto.h"
@@ -166,6 +167,8 @@ struct conn {
     size_t login_key_len;
     struct welcome welcome;
     uint64_t generation;        /* the worker's settings when the server came */
+    uint8_t given_key[CANCEL_KEY_MAX]; /* the BackendKeyData body the client got, */
+    size_t given_key_len;       /* when it is the proxy's (0: none) */
 
     bool counted;               /* holds a max_client_conn slot */
     bool stop_when_idle;        /* the proxy is shutting down */
@@ -278,6 +281,27 @@ static void fail_client(struct conn *c, const char *sqlstate, const char *messag
     close_pair(c, reason);
 }
 
+/* ---- cancel keys ------------------------------------------------------- */
+
+/* server_reuse: a key of its own for the client, standing for the server's
+ * real one (a BackendKeyData body); false when none could be made. */
+static bool give_key(struct conn *c, const uint8_t *real, size_t len)
+{
+    if (!cancel_keys_add(c->worker->proxy->cancel_keys, real, len, c->given_key))
+        return false;
+    c->given_key_len = len;
+    return true;
+}
+
+/* The client's key stops cancelling anything: it left, or its server did. */
+static void forget_key(struct conn *c)
+{
+    if (!c->given_key_len)
+        return;
+    cancel_keys_remove(c->worker->proxy->cancel_keys, c->given_key, c->given_key_len);
+    c->given_key_len = 0;
+}
+
 /* ---- closing ----------------------------------------------------------- */
 
 /* Frees one side's sock (NULL: gone already) and takes it off the gauges. */
@@ -320,6 +344,7 @@ static void free_pair(struct conn *c)
         free(c->login);
     }
     free(c->held_error);
+    forget_key(c);
     free(c->login_key);
     welcome_free(&c->welcome);
     if (c->catalog) {
@@ -1066,6 +1091,7 @@ static bool keep_server(struct conn *c)
         evbuffer_get_length(sock_input(c->server)) > 0 ||
         evbuffer_get_length(sock_output(c->server)) > 0)
         return false;
+    forget_key(c);
     struct pool_server kept = { .sock = c->server, .welcome = c->welcome };
     if (!pool_park(w->pool, c->login_key, c->login_key_len, &kept, worker_pool_max(w),
                    w->cfg->server_idle_timeout))
@@ -1503,6 +1529,11 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
         break;
     case 'K':
         welcome_note(&c->welcome, 'K', body, len);
+        if (give_key(c, body, len)) {
+            sink_write(k, msg, PG_HEAD_LEN);
+            sink_write(k, c->given_key, c->given_key_len);
+            taken = TAKEN_REPLACED;
+        }
         break;
     case 'E':
         taken = take_error(c, msg, total, k);
@@ -2132,14 +2163,16 @@ static bool reuse_server(struct conn *c)
 
     if (!c->login_key || !pool_take(w->pool, c->login_key, c->login_key_len, &kept))
         return false;
-    size_t len = welcome_build(&kept.welcome, NULL, 0);
+    const uint8_t *key = give_key(c, kept.welcome.key, kept.welcome.key_len) ? c->given_key : NULL;
+    size_t len = welcome_build(&kept.welcome, key, NULL, 0);
     uint8_t *said = malloc(len);
     if (!said) {
+        forget_key(c);
         sock_free(kept.sock);
         welcome_free(&kept.welcome);
         return false;
     }
-    welcome_build(&kept.welcome, said, len);
+    welcome_build(&kept.welcome, key, said, len);
     c->server = kept.sock;
     sock_set_callback(c->server, server_sock_cb, c);
     c->welcome = kept.welcome;

@@ -18,6 +18,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "cancelkeys.h"
 #include "log.h"
 #include "worker.h"
 
@@ -324,6 +325,11 @@ bool proxy_init(struct proxy *p, struct config *cfg)
     if (!s)
         return false;
     atomic_store(&p->current, s);
+    p->cancel_keys = cancel_keys_new();
+    if (!p->cancel_keys) {
+        log_error("out of memory");
+        return false;
+    }
     if (RAND_bytes(p->mock_key, sizeof(p->mock_key)) != 1) {
         log_error("no random bytes for the mock secrets");
         return false;
@@ -420,6 +426,7 @@ void proxy_free(struct proxy *p)
     if (p->base)
         event_base_free(p->base);
     settings_unref(atomic_load(&p->current));
+    cancel_keys_free(p->cancel_keys);
     pthread_mutex_destroy(&p->settings_lock);
     pthread_mutex_destroy(&p->reload_lock);
     memset(p, 0, sizeof(*p));

@@ -58,6 +58,7 @@ struct proxy {
     atomic_int client_count;          /* across workers, for max_client_conn */
     atomic_uint_fast64_t next_conn_id;
     uint8_t mock_key[SCRAM_KEY_LEN];  /* for the mock secrets of unknown users */
+    struct cancel_keys *cancel_keys;  /* the keys given to clients of kept servers */
 };
 
 /* Takes ownership of cfg. Builds the settings, binds the listening

@@ -137,7 +137,7 @@ static size_t put(uint8_t *buf, size_t cap, size_t at, char type, const void *co
     return need;
 }
 
-static size_t build(const struct welcome *w, uint8_t *buf, size_t cap)
+static size_t build(const struct welcome *w, const uint8_t *key, uint8_t *buf, size_t cap)
 {
     static const uint8_t auth_ok[4] = { 0, 0, 0, 0 };
     static const char idle = 'I';
@@ -149,16 +149,16 @@ static size_t build(const struct welcome *w, uint8_t *buf, size_t cap)
         at += put(buf, cap, at, 'S', (const void *[]){ p->name, p->value },
                   (size_t[]){ strlen(p->name) + 1, strlen(p->value) + 1 }, 2);
     }
-    at += put(buf, cap, at, 'K', (const void *[]){ w->key }, (size_t[]){ w->key_len }, 1);
+    at += put(buf, cap, at, 'K', (const void *[]){ key ? key : w->key }, (size_t[]){ w->key_len }, 1);
     at += put(buf, cap, at, 'Z', (const void *[]){ &idle }, (size_t[]){ 1 }, 1);
     return at;
 }
 
-size_t welcome_build(const struct welcome *w, uint8_t *buf, size_t cap)
+size_t welcome_build(const struct welcome *w, const uint8_t *key, uint8_t *buf, size_t cap)
 {
-    size_t need = build(w, NULL, 0);
+    size_t need = build(w, key, NULL, 0);
 
     if (need <= cap)
-        build(w, buf, cap);
+        build(w, key, buf, cap);
     return need;
 }

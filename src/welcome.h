@@ -39,9 +39,10 @@ void welcome_note(struct welcome *w, char type, const uint8_t *body, size_t len)
 bool welcome_complete(const struct welcome *w);
 
 /* The end of a login as a client hears it: AuthenticationOk, every noted
- * ParameterStatus, BackendKeyData and ReadyForQuery 'I'. Returns the bytes
- * it needs; when that exceeds cap nothing is written. */
-size_t welcome_build(const struct welcome *w, uint8_t *buf, size_t cap);
+ * ParameterStatus, BackendKeyData (with key as its body, of the noted one's
+ * length, or the noted one when key is NULL) and ReadyForQuery 'I'.
+ * Returns the bytes it needs; when that exceeds cap nothing is written. */
+size_t welcome_build(const struct welcome *w, const uint8_t *key, uint8_t *buf, size_t cap);
 
 /* The value noted for name, or NULL. */
 const char *welcome_value(const struct welcome *w, const char *name);

@@ -5,7 +5,8 @@
  * What must hold: the next client gets the same backend only after the
  * reset, and finds nothing of the session before it (settings, prepared
  * statements, temporary tables, advisory locks, LISTEN), hears the
- * server's real settings and key (so PQparameterStatus and cancel work);
+ * server's real settings (so PQparameterStatus is right) and a cancel key
+ * of its own that cancels its queries and no one else's;
  * a server is never shared across users or startup options, never kept
  * when its client left with work under way or a transaction open, and a
  * kept server that dies, times out or outlives a reload is not handed
@@ -128,7 +129,7 @@ static void test_reuse_reset(void **state)
 
     PGconn *b = scram_login(p->port, "reuse_reset");
     assert_int_equal(backend_pid(b), pid);
-    /* The key the client holds is the server's, and names this backend. */
+    /* The key the client holds names this backend. */
     assert_int_equal(PQbackendPID(b), pid);
     itest_assert_log_line(p, "logged in on a kept server", "scram_user", NULL);
     query_text(b, "SHOW work_mem", text, sizeof text);
@@ -148,7 +149,7 @@ static void test_reuse_reset(void **state)
                                        "WHERE relname = 'reuse_tmp'"), 0);
     itest_exec_ok(b, "PREPARE reuse_stmt AS SELECT 2");
 
-    /* A cancel with the replayed key reaches this backend. */
+    /* A cancel with the key the client got reaches this backend. */
     assert_int_equal(PQsendQuery(b, "SELECT pg_sleep(30)"), 1);
     itest_sleep_ms(200);
     PGcancel *cancel = PQgetCancel(b);
@@ -159,6 +160,44 @@ static void test_reuse_reset(void **state)
     itest_assert_sqlstate(res, "57014", "pg_sleep cancelled on a kept server");
     PQclear(res);
     assert_int_equal(itest_query_ll(b, "SELECT 5"), 5);
+    itest_pass();
+}
+
+/* A client's cancel key is its own: once it has left, a CancelRequest
+ * with it cancels nothing of the next client on the same backend, and the
+ * next client's own key works. */
+static void test_reuse_cancel_keys(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = reuse_proxy(NULL);
+    char err[256];
+
+    PGconn *a = scram_login(p->port, "reuse_cancel");
+    long long pid = backend_pid(a);
+    assert_int_equal(PQbackendPID(a), pid);
+    PGcancel *stale = PQgetCancel(a);
+    assert_non_null(stale);
+    itest_finish(a);
+    wait_log_count(p, READY, 1);
+
+    PGconn *b = scram_login(p->port, "reuse_cancel");
+    assert_int_equal(backend_pid(b), pid);
+    assert_int_equal(PQsendQuery(b, "SELECT pg_sleep(1.5)"), 1);
+    itest_sleep_ms(200);
+    assert_int_equal(PQcancel(stale, err, sizeof err), 1);
+    PQfreeCancel(stale);
+    PGresult *res = itest_wait_result(b, 10000);
+    itest_assert_result_ok(res, "pg_sleep after a stale cancel request");
+    PQclear(res);
+
+    PGcancel *own = PQgetCancel(b);
+    assert_int_equal(PQsendQuery(b, "SELECT pg_sleep(30)"), 1);
+    itest_sleep_ms(200);
+    assert_int_equal(PQcancel(own, err, sizeof err), 1);
+    PQfreeCancel(own);
+    res = itest_wait_result(b, 10000);
+    itest_assert_sqlstate(res, "57014", "pg_sleep cancelled with the client's own key");
+    PQclear(res);
     itest_pass();
 }
 
@@ -318,6 +357,7 @@ int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         ITEST(test_reuse_reset),
+        ITEST(test_reuse_cancel_keys),
         ITEST(test_reuse_not_shared),
         ITEST(test_reuse_not_when_busy),
         ITEST(test_reuse_kept_server_goes),

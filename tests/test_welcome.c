@@ -72,7 +72,7 @@ static void test_replays_latest_values(void **state)
     assert_null(welcome_value(&w, "DateStyle"));
 
     uint8_t buf[512];
-    size_t len = welcome_build(&w, buf, sizeof(buf));
+    size_t len = welcome_build(&w, NULL, buf, sizeof(buf));
     assert_true(len <= sizeof(buf));
     struct pg_msg m[6];
     expect_types(buf, len, "RSSSKZ", m);
@@ -94,7 +94,7 @@ static void test_replays_latest_values(void **state)
     /* Too small a buffer: the size it needs, nothing written. */
     uint8_t small[16];
     memset(small, 0xaa, sizeof(small));
-    assert_int_equal(welcome_build(&w, small, sizeof(small)), len);
+    assert_int_equal(welcome_build(&w, NULL, small, sizeof(small)), len);
     assert_int_equal(small[0], 0xaa);
     welcome_free(&w);
 }
@@ -125,9 +125,15 @@ static void test_incomplete_or_broken(void **state)
     assert_true(welcome_complete(&w));
     uint8_t buf[128];
     struct pg_msg m[3];
-    size_t len = welcome_build(&w, buf, sizeof(buf));
+    size_t len = welcome_build(&w, NULL, buf, sizeof(buf));
     expect_types(buf, len, "RKZ", m);
     assert_int_equal(m[1].body_len, sizeof(long_key));
+    /* Another key in its place, as the client's own. */
+    uint8_t other[sizeof(long_key)];
+    memset(other, 9, sizeof(other));
+    assert_int_equal(welcome_build(&w, other, buf, sizeof(buf)), len);
+    expect_types(buf, len, "RKZ", m);
+    assert_memory_equal(m[1].body, other, sizeof(other));
     welcome_note(&w, 'K', long_key, 6);
     assert_false(welcome_complete(&w));
     welcome_free(&w);
