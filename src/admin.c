@@ -269,7 +269,7 @@ static void show_clients(struct worker *w, struct evbuffer *out)
 static void show_config(struct worker *w, struct evbuffer *out)
 {
     const struct config *cfg = w->cfg;
-    char n[9][24];
+    char n[11][24];
     char admins[512] = "";
 
     for (size_t i = 0, at = 0; i < cfg->admin_users.count && at < sizeof(admins); i++)
@@ -284,6 +284,8 @@ static void show_config(struct worker *w, struct evbuffer *out)
     snprintf(n[6], sizeof(n[6]), "%d", w->proxy->worker_count);
     snprintf(n[7], sizeof(n[7]), "%d", cfg->metrics_port);
     snprintf(n[8], sizeof(n[8]), "%d", cfg->log_stats_interval);
+    snprintf(n[9], sizeof(n[9]), "%d", cfg->server_idle_timeout);
+    snprintf(n[10], sizeof(n[10]), "%d", cfg->max_idle_servers);
     const char *const pairs[][2] = {
         { "config_file", cfg->path },
         { "listen_addr", cfg->listen_addr },
@@ -305,6 +307,9 @@ static void show_config(struct worker *w, struct evbuffer *out)
         { "server_tls_sslmode", tls_mode_name(cfg->server_tls.mode) },
         { "auth_type", cfg->auth_type == AUTH_SCRAM ? "scram-sha-256" : "passthrough" },
         { "auth_file", cfg->auth_file ? cfg->auth_file : "" },
+        { "server_reuse", cfg->server_reuse ? "on" : "off" },
+        { "server_idle_timeout", n[9] },
+        { "max_idle_servers", n[10] },
         { "admin_users", admins },
     };
     columns(out, (const char *[]){ "key", "value" }, 2);

@@ -60,11 +60,6 @@ struct pool *pool_new(struct event_base *base, struct counter *idle)
     return p;
 }
 
-size_t pool_size(const struct pool *p)
-{
-    return p->size;
-}
-
 /* Takes k out of its bucket (and the bucket out of the pool once empty). */
 static void unlink_kept(struct kept *k)
 {

@@ -59,7 +59,4 @@ bool pool_park(struct pool *p, const uint8_t *startup, size_t len, struct pool_s
  * itself). False when there is none. */
 bool pool_take(struct pool *p, const uint8_t *startup, size_t len, struct pool_server *out);
 
-/* Servers held now, resetting ones included. */
-size_t pool_size(const struct pool *p);
-
 #endif

@@ -42,7 +42,7 @@
  * may land on the other one. */
 static struct itest_proxy *reuse_proxy(const char *more)
 {
-    char extra[1024];
+    char extra[2048];
 
     snprintf(extra, sizeof extra,
              "auth_type = scram-sha-256\nauth_user = %s\nserver_reuse = on\n"
@@ -102,6 +102,26 @@ static void query_text(PGconn *conn, const char *sql, char *buf, size_t cap)
     itest_assert_result_ok(res, sql);
     snprintf(buf, cap, "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
+}
+
+/* The value in the name/value row called name of an admin console
+ * command's answer (in a static buffer). */
+static const char *console_value(PGconn *admin, const char *command, const char *name)
+{
+    static char value[64];
+    PGresult *res = PQexec(admin, command);
+
+    itest_assert_result_ok(res, command);
+    for (int i = 0; i < PQntuples(res); i++) {
+        if (strcmp(PQgetvalue(res, i, 0), name) == 0) {
+            snprintf(value, sizeof value, "%s", PQgetvalue(res, i, 1));
+            PQclear(res);
+            return value;
+        }
+    }
+    PQclear(res);
+    fail_msg("%s has no row %s", command, name);
+    return NULL;
 }
 
 /* ---- tests -------------------------------------------------------------- */
@@ -327,7 +347,16 @@ static void test_reuse_kept_server_goes(void **state)
 static void test_reuse_bounds(void **state)
 {
     (void)state;
-    struct itest_proxy *p = reuse_proxy("max_idle_servers = 1\n");
+    /* The console's users need their secret in auth_file. */
+    char secret[512], line[700], more[1024];
+    PGconn *direct = itest_connect_direct();
+    query_text(direct, "SELECT rolpassword FROM pg_authid WHERE rolname = 'scram_user'", secret,
+               sizeof secret);
+    itest_finish(direct);
+    snprintf(line, sizeof line, "\"%s\" \"%s\"\n", ITEST_SCRAM_USER, secret);
+    snprintf(more, sizeof more, "max_idle_servers = 1\nadmin_users = scram_user\nauth_file = %s\n",
+             itest_write_file("reuse-userlist.txt", line));
+    struct itest_proxy *p = reuse_proxy(more);
 
     PGconn *a = scram_login(p->port, "reuse_bounds");
     PGconn *b = scram_login(p->port, "reuse_bounds");
@@ -350,6 +379,15 @@ static void test_reuse_bounds(void **state)
         assert_int_equal(pids[i], pids[0]);
     assert_int_equal(pids[0], pa);
     assert_int_equal(log_count(p, "logged in on a kept server"), 20);
+
+    /* The console counts them. */
+    PGconn *admin = login_as(p->port, ITEST_SCRAM_USER, ITEST_SCRAM_PASSWORD,
+                             "reuse_admin dbname=idemproxy");
+    assert_string_equal(console_value(admin, "SHOW STATS", "server_reuses"), "20");
+    assert_string_equal(console_value(admin, "SHOW STATS", "server_connections_idle"), "1");
+    assert_string_equal(console_value(admin, "SHOW STATS", "server_connections"), "0");
+    assert_string_equal(console_value(admin, "SHOW CONFIG", "server_reuse"), "on");
+    assert_string_equal(console_value(admin, "SHOW CONFIG", "max_idle_servers"), "1");
     itest_pass();
 }
 
