@@ -549,6 +549,29 @@ bool itest_proxy_log_contains(const struct itest_proxy *p, const char *needle)
     return found;
 }
 
+int itest_proxy_log_count(const struct itest_proxy *p, const char *needle)
+{
+    char *text = itest_read_file(p->log_path);
+    int n = 0;
+
+    for (const char *at = text; (at = strstr(at, needle)) != NULL; at += strlen(needle))
+        n++;
+    free(text);
+    return n;
+}
+
+void itest_proxy_wait_log_count(const struct itest_proxy *p, const char *needle, int n)
+{
+    int64_t deadline = itest_now_ms() + 15000;
+
+    while (itest_proxy_log_count(p, needle) < n) {
+        if (itest_now_ms() >= deadline)
+            fail_msg("the proxy log has %d \"%s\", want %d within 15 s",
+                     itest_proxy_log_count(p, needle), needle, n);
+        itest_sleep_ms(20);
+    }
+}
+
 bool itest_proxy_log_line_has(const struct itest_proxy *p, const char *a, const char *b,
                               const char *c)
 {

@@ -121,6 +121,13 @@ void itest_proxy_dump_log(const struct itest_proxy *p, int max_lines);
 /* True when the log contains needle. */
 bool itest_proxy_log_contains(const struct itest_proxy *p, const char *needle);
 
+/* How many times needle occurs in the proxy's log. */
+int itest_proxy_log_count(const struct itest_proxy *p, const char *needle);
+
+/* Waits (15 s at most; fails the test after that) until needle occurs at
+ * least n times in the proxy's log. */
+void itest_proxy_wait_log_count(const struct itest_proxy *p, const char *needle, int n);
+
 /* True when a single line of the log contains a, b and (unless NULL) c. */
 bool itest_proxy_log_line_has(const struct itest_proxy *p, const char *a, const char *b,
                               const char *c);

@@ -70,31 +70,6 @@ static long long backend_pid(PGconn *conn)
     return itest_query_ll(conn, "SELECT pg_backend_pid()");
 }
 
-/* How many lines of the proxy's log contain needle. */
-static int log_count(const struct itest_proxy *p, const char *needle)
-{
-    char *text = itest_read_file(p->log_path);
-    int n = 0;
-
-    for (const char *at = text; (at = strstr(at, needle)) != NULL; at += strlen(needle))
-        n++;
-    free(text);
-    return n;
-}
-
-/* Waits (bounded) until the log holds want lines with needle. */
-static void wait_log_count(const struct itest_proxy *p, const char *needle, int want)
-{
-    int64_t deadline = itest_now_ms() + 10000;
-
-    while (log_count(p, needle) < want) {
-        if (itest_now_ms() > deadline)
-            fail_msg("waited 10 s for %d log lines with \"%s\", saw %d", want, needle,
-                     log_count(p, needle));
-        itest_sleep_ms(20);
-    }
-}
-
 static void query_text(PGconn *conn, const char *sql, char *buf, size_t cap)
 {
     PGresult *res = itest_exec(conn, sql);
@@ -143,7 +118,7 @@ static void test_reuse_reset(void **state)
     itest_exec_ok(a, "LISTEN reuse_channel");
     assert_string_equal(PQparameterStatus(a, "application_name"), "reuse_changed");
     itest_finish(a);
-    wait_log_count(p, READY, 1);
+    itest_proxy_wait_log_count(p, READY, 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
                      0);
 
@@ -198,7 +173,7 @@ static void test_reuse_cancel_keys(void **state)
     PGcancel *stale = PQgetCancel(a);
     assert_non_null(stale);
     itest_finish(a);
-    wait_log_count(p, READY, 1);
+    itest_proxy_wait_log_count(p, READY, 1);
 
     PGconn *b = scram_login(p->port, "reuse_cancel");
     assert_int_equal(backend_pid(b), pid);
@@ -232,7 +207,7 @@ static void test_reuse_not_shared(void **state)
     PGconn *a = scram_login(p->port, "reuse_shared");
     long long pid = backend_pid(a);
     itest_finish(a);
-    wait_log_count(p, READY, 1);
+    itest_proxy_wait_log_count(p, READY, 1);
 
     PGconn *other_user = login_as(p->port, "reuse_other", "reuse_other_pw", "reuse_shared");
     assert_true(backend_pid(other_user) != pid);
@@ -282,8 +257,8 @@ static void test_reuse_not_when_busy(void **state)
     assert_true(itest_server_wait_ll(0, 10000, "SELECT count(*) FROM pg_stat_activity "
                                                "WHERE pid = %lld", mid_query));
     assert_int_equal(itest_server_ll("SELECT count(*) FROM reuse_busy"), 0);
-    assert_int_equal(log_count(p, READY), 0);
-    assert_int_equal(log_count(p, "server kept for reuse"), 0);
+    assert_int_equal(itest_proxy_log_count(p, READY), 0);
+    assert_int_equal(itest_proxy_log_count(p, "server kept for reuse"), 0);
 
     /* An idle session after a committed transaction is kept. */
     PGconn *c = scram_login(p->port, "reuse_busy");
@@ -292,7 +267,7 @@ static void test_reuse_not_when_busy(void **state)
     itest_exec_ok(c, "INSERT INTO reuse_busy VALUES (2)");
     itest_exec_ok(c, "COMMIT");
     itest_finish(c);
-    wait_log_count(p, READY, 1);
+    itest_proxy_wait_log_count(p, READY, 1);
     PGconn *d = scram_login(p->port, "reuse_busy");
     assert_int_equal(backend_pid(d), committed);
     assert_int_equal(itest_query_ll(d, "SELECT count(*) FROM reuse_busy"), 1);
@@ -312,12 +287,12 @@ static void test_reuse_kept_server_goes(void **state)
     PGconn *a = scram_login(p->port, "reuse_goes");
     long long killed = backend_pid(a);
     itest_finish(a);
-    wait_log_count(p, READY, 1);
+    itest_proxy_wait_log_count(p, READY, 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM pg_terminate_backend(%lld) AS t "
                                      "WHERE t", killed), 1);
     char gone[64];
     snprintf(gone, sizeof gone, "(backend %lld) closed", killed);
-    wait_log_count(p, gone, 1);
+    itest_proxy_wait_log_count(p, gone, 1);
     PGconn *b = scram_login(p->port, "reuse_goes");
     long long fresh = backend_pid(b);
     assert_true(fresh != killed);
@@ -325,8 +300,8 @@ static void test_reuse_kept_server_goes(void **state)
 
     /* Timed out: the backend ends cleanly, after a Terminate. */
     itest_finish(b);
-    wait_log_count(p, READY, 2);
-    wait_log_count(p, "closed: server_idle_timeout reached", 1);
+    itest_proxy_wait_log_count(p, READY, 2);
+    itest_proxy_wait_log_count(p, "closed: server_idle_timeout reached", 1);
     assert_true(itest_server_wait_ll(0, 5000, "SELECT count(*) FROM pg_stat_activity "
                                               "WHERE pid = %lld", fresh));
 
@@ -334,9 +309,9 @@ static void test_reuse_kept_server_goes(void **state)
     PGconn *c = scram_login(p->port, "reuse_goes");
     long long before_reload = backend_pid(c);
     itest_finish(c);
-    wait_log_count(p, READY, 3);
+    itest_proxy_wait_log_count(p, READY, 3);
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log_count(p, "closed: closing every kept server", 1);
+    itest_proxy_wait_log_count(p, "closed: closing every kept server", 1);
     PGconn *d = scram_login(p->port, "reuse_goes");
     assert_true(backend_pid(d) != before_reload);
     itest_pass();
@@ -362,7 +337,7 @@ static void test_reuse_bounds(void **state)
     PGconn *b = scram_login(p->port, "reuse_bounds");
     long long pa = backend_pid(a), pb = backend_pid(b);
     itest_finish(a);
-    wait_log_count(p, READY, 1);
+    itest_proxy_wait_log_count(p, READY, 1);
     itest_finish(b);
     /* Only one is kept: the other backend ends. */
     assert_true(itest_server_wait_ll(1, 10000, "SELECT count(*) FROM pg_stat_activity "
@@ -373,12 +348,12 @@ static void test_reuse_bounds(void **state)
         PGconn *c = scram_login(p->port, "reuse_bounds");
         pids[i] = backend_pid(c);
         itest_finish(c);
-        wait_log_count(p, READY, i + 2);
+        itest_proxy_wait_log_count(p, READY, i + 2);
     }
     for (int i = 1; i < 20; i++)
         assert_int_equal(pids[i], pids[0]);
     assert_int_equal(pids[0], pa);
-    assert_int_equal(log_count(p, "logged in on a kept server"), 20);
+    assert_int_equal(itest_proxy_log_count(p, "logged in on a kept server"), 20);
 
     /* The console counts them. */
     PGconn *admin = login_as(p->port, ITEST_SCRAM_USER, ITEST_SCRAM_PASSWORD,

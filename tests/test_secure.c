@@ -223,29 +223,6 @@ static void select_n(PGconn *conn, int n)
     assert_int_equal(itest_query_ll(conn, sql), n);
 }
 
-/* How many times needle occurs in the proxy's log. */
-static int log_count(const struct itest_proxy *p, const char *needle)
-{
-    char *text = itest_read_file(p->log_path);
-    int n = 0;
-    for (const char *s = text; (s = strstr(s, needle)) != NULL; s += strlen(needle))
-        n++;
-    free(text);
-    return n;
-}
-
-/* Waits (bounded) until needle occurs at least n times in the log. */
-static void wait_log_count(const struct itest_proxy *p, const char *needle, int n)
-{
-    int64_t deadline = itest_now_ms() + 15000;
-    while (log_count(p, needle) < n) {
-        if (itest_now_ms() >= deadline)
-            fail_msg("the proxy log has %d \"%s\", want %d within 15 s", log_count(p, needle),
-                     needle, n);
-        itest_sleep_ms(50);
-    }
-}
-
 /* SSLRequest and GSSENCRequest packets. */
 static const uint8_t SSL_REQUEST[8] = { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f };
 static const uint8_t GSSENC_REQUEST[8] = { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x30 };
@@ -1031,7 +1008,7 @@ static void test_sec_reload_certificates(void **state)
     copy_file(cert("rogue.crt"), crt);
     copy_file(cert("rogue.key"), key);
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log_count(p, "configuration reloaded", 1);
+    itest_proxy_wait_log_count(p, "configuration reloaded", 1);
     assert_false(itest_proxy_log_contains(p, "client TLS:"));
 
     select_n(a, 2);
@@ -1048,7 +1025,7 @@ static void test_sec_reload_certificates(void **state)
     fputs("-----BEGIN PRIVATE KEY-----\nthis is no key\n-----END PRIVATE KEY-----\n", f);
     assert_int_equal(fclose(f), 0);
     assert_int_equal(kill(p->pid, SIGHUP), 0);
-    wait_log_count(p, "configuration reloaded", 2);
+    itest_proxy_wait_log_count(p, "configuration reloaded", 2);
     itest_assert_log_line(p, "client TLS:", "keeping the current context", NULL);
     itest_assert_log_line(p, "client TLS:", key, NULL);
     assert_true(itest_proxy_alive(p));
