@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <libpq-fe.h>
 
@@ -193,6 +194,29 @@ static void test_reuse_cancel_keys(void **state)
     res = itest_wait_result(b, 10000);
     itest_assert_sqlstate(res, "57014", "pg_sleep cancelled with the client's own key");
     PQclear(res);
+    itest_pass();
+}
+
+/* A server on TLS is kept and handed on as well, and a client that just
+ * closes its socket (no Terminate) leaves its server too. */
+static void test_reuse_tls_and_eof(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = reuse_proxy("server_tls_sslmode = require\n");
+    const char *on_tls = "SELECT count(*) FROM pg_stat_ssl WHERE pid = pg_backend_pid() AND ssl";
+
+    PGconn *a = scram_login(p->port, "reuse_tls");
+    long long pid = backend_pid(a);
+    assert_int_equal(itest_query_ll(a, on_tls), 1);
+    assert_int_equal(shutdown(PQsocket(a), SHUT_RDWR), 0);
+    itest_finish(a);
+    itest_proxy_wait_log_count(p, READY, 1);
+    itest_assert_log_line(p, "client disconnected; server kept for reuse", "reuse", NULL);
+
+    PGconn *b = scram_login(p->port, "reuse_tls");
+    assert_int_equal(backend_pid(b), pid);
+    assert_int_equal(itest_query_ll(b, on_tls), 1);
+    assert_int_equal(itest_query_ll(b, "SELECT 7"), 7);
     itest_pass();
 }
 
@@ -371,6 +395,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         ITEST(test_reuse_reset),
         ITEST(test_reuse_cancel_keys),
+        ITEST(test_reuse_tls_and_eof),
         ITEST(test_reuse_not_shared),
         ITEST(test_reuse_not_when_busy),
         ITEST(test_reuse_kept_server_goes),
