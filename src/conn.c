@@ -107,7 +107,8 @@ struct conn {
     bool resolved_early;        /* the lookup ended inside evdns_getaddrinfo */
     int resolve_result;
     struct evutil_addrinfo *resolve_ai;
-    struct evbuffer *startup;   /* the StartupMessage, until the server is there */
+    uint8_t *startup;           /* the StartupMessage, as the server gets it */
+    size_t startup_len;
     struct event *login_timer;
 
     /* Bytes of the current message still to stream through unread, per
@@ -160,11 +161,10 @@ struct conn {
     struct login *login;        /* the proxy's part of the login (auth_type = scram-sha-256) */
     struct authquery *lookup;   /* auth_query under way */
 
-    /* server_reuse: the StartupMessage a kept server must have logged in
-     * with, and what the server's login said, as the next client must
-     * hear it. login_key is NULL when the server is never kept. */
-    uint8_t *login_key;
-    size_t login_key_len;
+    /* server_reuse: the server may be kept for, or come from, a session
+     * with the same StartupMessage; what its login said, as the next
+     * client must hear it. */
+    bool reusable;
     struct welcome welcome;
     uint64_t generation;        /* the worker's settings when the server came */
     uint8_t given_key[CANCEL_KEY_MAX]; /* the BackendKeyData body the client got, */
@@ -329,8 +329,7 @@ static void free_pair(struct conn *c)
     drop_sock(c, c->server);
     if (c->resolving)
         evdns_getaddrinfo_cancel(c->resolving);
-    if (c->startup)
-        evbuffer_free(c->startup);
+    free(c->startup);
     if (c->login_timer)
         event_free(c->login_timer);
     if (c->counted)
@@ -345,7 +344,6 @@ static void free_pair(struct conn *c)
     }
     free(c->held_error);
     forget_key(c);
-    free(c->login_key);
     welcome_free(&c->welcome);
     if (c->catalog) {
         catalog_free(c->catalog);
@@ -544,7 +542,7 @@ static bool translating(const struct conn *c)
 
 static enum handling client_handling(const struct conn *c, char type)
 {
-    if (type == 'X' && c->login_key)
+    if (type == 'X' && c->reusable)
         return HANDLE_TAKE;
     if (!rewriting(c))
         return HANDLE_STREAM;
@@ -577,7 +575,7 @@ static enum handling server_handling(const struct conn *c, char type)
     case 'R':
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_STREAM;
     case 'K':
-        return c->state == CONN_LOGIN && c->login_key ? HANDLE_TAKE : HANDLE_STREAM;
+        return c->state == CONN_LOGIN && c->reusable ? HANDLE_TAKE : HANDLE_STREAM;
     case 'Z':
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_PEEK;
     default:
@@ -1084,7 +1082,7 @@ static bool keep_server(struct conn *c)
     struct worker *w = c->worker;
 
     worker_refresh(w);
-    if (!c->login_key || !w->cfg->server_reuse || w->shutting_down ||
+    if (!c->reusable || !w->cfg->server_reuse || w->shutting_down ||
         c->generation != w->generation || c->state != CONN_ACTIVE || !c->server ||
         !track_idle(&c->track) || c->catalog || c->guard != GUARD_NONE || c->held_error ||
         c->stream_left[FLOW_TO_SERVER] || c->stream_left[FLOW_TO_CLIENT] ||
@@ -1093,7 +1091,7 @@ static bool keep_server(struct conn *c)
         return false;
     forget_key(c);
     struct pool_server kept = { .sock = c->server, .welcome = c->welcome };
-    if (!pool_park(w->pool, c->login_key, c->login_key_len, &kept, worker_pool_max(w),
+    if (!pool_park(w->pool, c->startup, c->startup_len, &kept, worker_pool_max(w),
                    w->cfg->server_idle_timeout))
         return false;
     welcome_init(&c->welcome);
@@ -1492,7 +1490,7 @@ static void note_parameter(struct conn *c, const uint8_t *body, size_t len)
 {
     const char *name, *value;
 
-    if (c->login_key)
+    if (c->reusable)
         welcome_note(&c->welcome, 'S', body, len);
     if (pg_param_status(body, len, &name, &value))
         note_setting(c, name, value);
@@ -1809,9 +1807,7 @@ static void send_startup(struct conn *c)
 {
     c->state = CONN_LOGIN;
     sock_set_timeout(c->server, 0);
-    evbuffer_add_buffer(sock_output(c->server), c->startup);
-    evbuffer_free(c->startup);
-    c->startup = NULL;
+    evbuffer_add(sock_output(c->server), c->startup, c->startup_len);
     sock_flush(c->server);
     relay(c, FLOW_TO_SERVER);
 }
@@ -2150,7 +2146,6 @@ static void admin_read(struct conn *c)
     }
 }
 
-/* The client's SASL messages while the proxy authenticates it. */
 /* server_reuse: a kept server logged in with the same StartupMessage
  * serves the client; the client hears the end of that login as if it
  * had just happened. False when there is none. */
@@ -2161,7 +2156,7 @@ static bool reuse_server(struct conn *c)
     struct worker *w = c->worker;
     struct pool_server kept;
 
-    if (!c->login_key || !pool_take(w->pool, c->login_key, c->login_key_len, &kept))
+    if (!c->reusable || !pool_take(w->pool, c->startup, c->startup_len, &kept))
         return false;
     const uint8_t *key = give_key(c, kept.welcome.key, kept.welcome.key_len) ? c->given_key : NULL;
     size_t len = welcome_build(&kept.welcome, key, NULL, 0);
@@ -2187,8 +2182,6 @@ static bool reuse_server(struct conn *c)
     login_free(c->login);
     free(c->login);
     c->login = NULL;
-    evbuffer_free(c->startup);
-    c->startup = NULL;
     send_to(c->client, said, len);
     free(said);
     conn_log(LOG_DEBUG, c, "logged in on a kept server");
@@ -2197,6 +2190,7 @@ static bool reuse_server(struct conn *c)
     return true;
 }
 
+/* The client's SASL messages while the proxy authenticates it. */
 static void read_auth(struct conn *c)
 {
     uint8_t out[LOGIN_MSG_MAX];
@@ -2383,21 +2377,16 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
              su.application_name ? " application_name=" : "",
              su.application_name ? su.application_name : "");
 
-    c->admin = !c->replication && c->database && strcmp(c->database, ADMIN_DATABASE) == 0;
-    if (w->cfg->server_reuse && !c->replication && !c->admin) {
-        c->login_key = malloc(len);
-        if (!c->login_key) {
-            fail_client(c, "53200", "out of memory", "out of memory");
-            return false;
-        }
-        memcpy(c->login_key, pkt, len);
-        c->login_key_len = len;
-    }
-    c->startup = evbuffer_new();
-    if (!c->startup || evbuffer_remove_buffer(in, c->startup, len) != (int)len) {
+    c->startup = malloc(len);
+    if (!c->startup) {
         fail_client(c, "53200", "out of memory", "out of memory");
         return false;
     }
+    memcpy(c->startup, pkt, len);
+    c->startup_len = len;
+    evbuffer_drain(in, len);
+    c->admin = !c->replication && c->database && strcmp(c->database, ADMIN_DATABASE) == 0;
+    c->reusable = w->cfg->server_reuse && !c->replication && !c->admin;
     if (c->admin && !admin_user_allowed(w->cfg, c->user ? c->user : "")) {
         char msg[200];
         snprintf(msg, sizeof(msg), "idemproxy: user \"%.64s\" may not use the admin console "
