@@ -44,7 +44,8 @@ struct pool *pool_new(struct event_base *base, struct counter *idle);
 /* Closes every kept server and frees the pool. */
 void pool_free(struct pool *p);
 
-/* Closes every kept server: after a reload, or on shutdown. */
+/* Closes every kept server (of none when p is NULL, as before the worker
+ * made its pool): after a reload, or on shutdown. */
 void pool_close_all(struct pool *p);
 
 /* Keeps server, logged in with the len bytes of startup, for at most

@@ -133,8 +133,7 @@ static bool adopt_settings(struct worker *w, struct settings *s)
     w->generation++;
     /* The servers kept may be another server's, or logged in under rules
      * that changed. */
-    if (w->pool)
-        pool_close_all(w->pool);
+    pool_close_all(w->pool);
     return true;
 }
 
