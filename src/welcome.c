@@ -2,12 +2,14 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <uthash.h>
 
 #include "pgproto.h"
 
 struct welcome_param {
-    char *name;
+    UT_hash_handle hh;
     char *value;
+    char name[]; /* the key */
 };
 
 void welcome_init(struct welcome *w)
@@ -17,40 +19,36 @@ void welcome_init(struct welcome *w)
 
 void welcome_free(struct welcome *w)
 {
-    for (size_t i = 0; i < w->count; i++) {
-        free(w->params[i].name);
-        free(w->params[i].value);
+    struct welcome_param *p, *tmp;
+
+    HASH_ITER(hh, w->params, p, tmp) {
+        HASH_DELETE(hh, w->params, p);
+        free(p->value);
+        free(p);
     }
-    free(w->params);
     free(w->key);
     welcome_init(w);
 }
 
 static struct welcome_param *find(const struct welcome *w, const char *name)
 {
-    for (size_t i = 0; i < w->count; i++)
-        if (strcmp(w->params[i].name, name) == 0)
-            return &w->params[i];
-    return NULL;
+    struct welcome_param *p;
+
+    HASH_FIND_STR(w->params, name, p);
+    return p;
 }
 
-/* A new slot for name (its value still NULL), or NULL when out of memory. */
+/* A new entry for name (its value still NULL), or NULL when out of memory. */
 static struct welcome_param *add(struct welcome *w, const char *name)
 {
-    if (w->count == w->cap) {
-        size_t cap = w->cap ? w->cap * 2 : 16;
-        struct welcome_param *grown = realloc(w->params, cap * sizeof(*grown));
-        if (!grown)
-            return NULL;
-        w->params = grown;
-        w->cap = cap;
-    }
-    struct welcome_param *p = &w->params[w->count];
-    p->name = strdup(name);
-    p->value = NULL;
-    if (!p->name)
+    size_t len = strlen(name) + 1;
+    struct welcome_param *p = malloc(sizeof(*p) + len);
+
+    if (!p)
         return NULL;
-    w->count++;
+    memcpy(p->name, name, len);
+    p->value = NULL;
+    HASH_ADD(hh, w->params, name, len - 1, p);
     return p;
 }
 
@@ -144,8 +142,7 @@ static size_t build(const struct welcome *w, const uint8_t *key, uint8_t *buf, s
     size_t at = 0;
 
     at += put(buf, cap, at, 'R', (const void *[]){ auth_ok }, (size_t[]){ 4 }, 1);
-    for (size_t i = 0; i < w->count; i++) {
-        const struct welcome_param *p = &w->params[i];
+    for (const struct welcome_param *p = w->params; p; p = p->hh.next) {
         at += put(buf, cap, at, 'S', (const void *[]){ p->name, p->value },
                   (size_t[]){ strlen(p->name) + 1, strlen(p->value) + 1 }, 2);
     }

@@ -21,8 +21,7 @@
 struct welcome_param;
 
 struct welcome {
-    struct welcome_param *params;
-    size_t count, cap;
+    struct welcome_param *params; /* by name, in the order first noted */
     uint8_t *key;    /* the BackendKeyData body, NULL until it came */
     size_t key_len;
     bool broken;     /* a note was lost (no memory, or malformed): never replay */
