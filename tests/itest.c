@@ -747,6 +747,29 @@ long long itest_query_ll(PGconn *conn, const char *sql)
     return v;
 }
 
+const char *itest_query_text(PGconn *conn, const char *sql, char *buf, size_t cap)
+{
+    PGresult *r = itest_exec(conn, sql);
+
+    itest_assert_result_ok(r, sql);
+    if (PQntuples(r) != 1 || PQnfields(r) != 1) {
+        int rows = PQntuples(r);
+        PQclear(r);
+        fail_msg("%s: %d rows, want 1", sql, rows);
+    }
+    snprintf(buf, cap, "%s", PQgetvalue(r, 0, 0));
+    PQclear(r);
+    return buf;
+}
+
+const char *itest_row_value(PGresult *r, const char *key, int col)
+{
+    for (int i = 0; i < PQntuples(r); i++)
+        if (strcmp(PQgetvalue(r, i, 0), key) == 0)
+            return PQgetvalue(r, i, col);
+    return NULL;
+}
+
 long long itest_server_ll(const char *fmt, ...)
 {
     char sql[2048];

@@ -197,6 +197,15 @@ void itest_exec_ok(PGconn *conn, const char *sql);
  * on error. */
 long long itest_query_ll(PGconn *conn, const char *sql);
 
+/* The value of a one-row, one-column query, copied into buf (and
+ * returned); fails the test on error or another shape. */
+const char *itest_query_text(PGconn *conn, const char *sql, char *buf, size_t cap);
+
+/* In a result of name/value rows (the admin console's SHOW answers): the
+ * value in column col of the row whose first column is key; NULL when no
+ * row has it. */
+const char *itest_row_value(PGresult *r, const char *key, int col);
+
 /* Runs a one-value query on a fresh direct connection to the cluster. */
 long long itest_server_ll(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

@@ -385,15 +385,6 @@ static PGresult *console(PGconn *c, const char *sql)
     return r;
 }
 
-/* The value in the row whose first column is key, column col; NULL when no row has it. */
-static const char *row_value(PGresult *r, const char *key, int col)
-{
-    for (int i = 0; i < PQntuples(r); i++)
-        if (strcmp(PQgetvalue(r, i, 0), key) == 0)
-            return PQgetvalue(r, i, col);
-    return NULL;
-}
-
 static void test_ops_admin_console(void **state)
 {
     (void)state;
@@ -418,8 +409,8 @@ static void test_ops_admin_console(void **state)
 
     r = console(c, "show stats;");
     itest_assert_result_ok(r, "SHOW STATS");
-    assert_string_equal(row_value(r, "client_connections", 1), "2");
-    assert_string_equal(row_value(r, "statements_simple", 1), "1");
+    assert_string_equal(itest_row_value(r, "client_connections", 1), "2");
+    assert_string_equal(itest_row_value(r, "statements_simple", 1), "1");
     PQclear(r);
 
     r = console(c, "SHOW CLIENTS");
@@ -443,7 +434,7 @@ static void test_ops_admin_console(void **state)
 
     r = console(c, "SHOW CONFIG");
     itest_assert_result_ok(r, "SHOW CONFIG");
-    assert_string_equal(row_value(r, "admin_users", 1), "ops_admin");
+    assert_string_equal(itest_row_value(r, "admin_users", 1), "ops_admin");
     PQclear(r);
 
     r = console(c, "DROP TABLE ops_console");

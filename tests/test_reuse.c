@@ -71,15 +71,6 @@ static long long backend_pid(PGconn *conn)
     return itest_query_ll(conn, "SELECT pg_backend_pid()");
 }
 
-static void query_text(PGconn *conn, const char *sql, char *buf, size_t cap)
-{
-    PGresult *res = itest_exec(conn, sql);
-
-    itest_assert_result_ok(res, sql);
-    snprintf(buf, cap, "%s", PQgetvalue(res, 0, 0));
-    PQclear(res);
-}
-
 /* The value in the name/value row called name of an admin console
  * command's answer (in a static buffer). */
 static const char *console_value(PGconn *admin, const char *command, const char *name)
@@ -88,16 +79,14 @@ static const char *console_value(PGconn *admin, const char *command, const char 
     PGresult *res = PQexec(admin, command);
 
     itest_assert_result_ok(res, command);
-    for (int i = 0; i < PQntuples(res); i++) {
-        if (strcmp(PQgetvalue(res, i, 0), name) == 0) {
-            snprintf(value, sizeof value, "%s", PQgetvalue(res, i, 1));
-            PQclear(res);
-            return value;
-        }
+    const char *found = itest_row_value(res, name, 1);
+    if (!found) {
+        PQclear(res);
+        fail_msg("%s has no row %s", command, name);
     }
+    snprintf(value, sizeof value, "%s", found);
     PQclear(res);
-    fail_msg("%s has no row %s", command, name);
-    return NULL;
+    return value;
 }
 
 /* ---- tests -------------------------------------------------------------- */
@@ -128,9 +117,9 @@ static void test_reuse_reset(void **state)
     /* The key the client holds names this backend. */
     assert_int_equal(PQbackendPID(b), pid);
     itest_assert_log_line(p, "logged in on a kept server", "scram_user", NULL);
-    query_text(b, "SHOW work_mem", text, sizeof text);
+    itest_query_text(b, "SHOW work_mem", text, sizeof text);
     assert_string_equal(text, "4MB");
-    query_text(b, "SHOW application_name", text, sizeof text);
+    itest_query_text(b, "SHOW application_name", text, sizeof text);
     assert_string_equal(text, "reuse_reset");
     /* What the client heard at login is what the server holds now. */
     assert_string_equal(PQparameterStatus(b, "application_name"), "reuse_reset");
@@ -236,7 +225,7 @@ static void test_reuse_not_shared(void **state)
     PGconn *other_user = login_as(p->port, "reuse_other", "reuse_other_pw", "reuse_shared");
     assert_true(backend_pid(other_user) != pid);
     char who[64];
-    query_text(other_user, "SELECT current_user", who, sizeof who);
+    itest_query_text(other_user, "SELECT current_user", who, sizeof who);
     assert_string_equal(who, "reuse_other");
     PGconn *other_app = scram_login(p->port, "reuse_shared_too");
     assert_true(backend_pid(other_app) != pid);
@@ -349,7 +338,7 @@ static void test_reuse_bounds(void **state)
     /* The console's users need their secret in auth_file. */
     char secret[512], line[700], more[1024];
     PGconn *direct = itest_connect_direct();
-    query_text(direct, "SELECT rolpassword FROM pg_authid WHERE rolname = 'scram_user'", secret,
+    itest_query_text(direct, "SELECT rolpassword FROM pg_authid WHERE rolname = 'scram_user'", secret,
                sizeof secret);
     itest_finish(direct);
     snprintf(line, sizeof line, "\"%s\" \"%s\"\n", ITEST_SCRAM_USER, secret);

@@ -179,26 +179,11 @@ static void sec_assert_fails(PGconn *conn, const char *sqlstate, const char *nee
     printf("%s: refused as expected: %s", what, msg);
 }
 
-/* The value of a one-row, one-column query, copied into buf. */
-static const char *query_text(PGconn *conn, const char *sql, char *buf, size_t cap)
-{
-    PGresult *r = itest_exec(conn, sql);
-    itest_assert_result_ok(r, sql);
-    if (PQntuples(r) != 1 || PQnfields(r) != 1) {
-        int rows = PQntuples(r);
-        PQclear(r);
-        fail_msg("%s: %d rows, want 1", sql, rows);
-    }
-    snprintf(buf, cap, "%s", PQgetvalue(r, 0, 0));
-    PQclear(r);
-    return buf;
-}
-
 /* Whether the backend serving conn sees TLS (the proxy's leg to it). */
 static bool backend_ssl(PGconn *conn)
 {
     char v[16];
-    query_text(conn, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", v, sizeof v);
+    itest_query_text(conn, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", v, sizeof v);
     assert_true(strcmp(v, "t") == 0 || strcmp(v, "f") == 0);
     return strcmp(v, "t") == 0;
 }
@@ -541,7 +526,7 @@ static void test_sec_client_certificates(void **state)
     PGconn *qc = sec_connect(q->port, ITEST_MD5_USER, good_md5);
     sec_assert_ok(qc, "verify-ca, client.crt as md5_user");
     char who[64];
-    assert_string_equal(query_text(qc, "SELECT current_user", who, sizeof who), ITEST_MD5_USER);
+    assert_string_equal(itest_query_text(qc, "SELECT current_user", who, sizeof who), ITEST_MD5_USER);
     PGconn *qs = sec_connect(q->port, NULL, good);
     sec_assert_ok(qs, "verify-ca, client.crt as its CN");
     PGconn *qn = sec_connect(q->port, NULL, none);
@@ -721,7 +706,7 @@ static void test_sec_cancel(void **state)
 static void scram_secret(char *buf, size_t cap)
 {
     PGconn *d = itest_connect_direct();
-    query_text(d, "SELECT rolpassword FROM pg_authid WHERE rolname = 'scram_user'", buf, cap);
+    itest_query_text(d, "SELECT rolpassword FROM pg_authid WHERE rolname = 'scram_user'", buf, cap);
     itest_finish(d);
     assert_true(strncmp(buf, "SCRAM-SHA-256$", 14) == 0);
 }
@@ -776,7 +761,7 @@ static void test_sec_scram_auth_file(void **state)
     sec_assert_ok(pref, "scram_user, channel_binding=prefer");
     assert_int_equal(PQsslInUse(pref), 1);
     char who[64];
-    assert_string_equal(query_text(pref, "SELECT current_user", who, sizeof who),
+    assert_string_equal(itest_query_text(pref, "SELECT current_user", who, sizeof who),
                         ITEST_SCRAM_USER);
     assert_true(backend_ssl(pref));
     assert_server_saw("sec_scram_prefer", true);
@@ -827,7 +812,7 @@ static void test_sec_scram_auth_query(void **state)
                             " application_name=sec_aq_ok");
     sec_assert_ok(c, "scram_user through auth_query");
     char who[64];
-    assert_string_equal(query_text(c, "SELECT current_user", who, sizeof who), ITEST_SCRAM_USER);
+    assert_string_equal(itest_query_text(c, "SELECT current_user", who, sizeof who), ITEST_SCRAM_USER);
     assert_false(backend_ssl(c));
 
     PGconn *wrong = sec_connect(p->port, ITEST_SCRAM_USER,
@@ -892,7 +877,7 @@ static void passthrough_login(int port, const char *user, const char *password,
     sec_assert_ok(c, what);
     assert_int_equal(PQsslInUse(c), strcmp(sslmode, "disable") != 0);
     char who[64];
-    assert_string_equal(query_text(c, "SELECT current_user", who, sizeof who), user);
+    assert_string_equal(itest_query_text(c, "SELECT current_user", who, sizeof who), user);
     assert_int_equal(backend_ssl(c), server_ssl);
     itest_finish(c);
 }
