@@ -269,7 +269,7 @@ static void show_clients(struct worker *w, struct evbuffer *out)
 static void show_config(struct worker *w, struct evbuffer *out)
 {
     const struct config *cfg = w->cfg;
-    char n[11][24];
+    char n[12][24];
     char admins[512] = "";
 
     for (size_t i = 0, at = 0; i < cfg->admin_users.count && at < sizeof(admins); i++)
@@ -286,6 +286,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
     snprintf(n[8], sizeof(n[8]), "%d", cfg->log_stats_interval);
     snprintf(n[9], sizeof(n[9]), "%d", cfg->server_idle_timeout);
     snprintf(n[10], sizeof(n[10]), "%d", cfg->max_idle_servers);
+    snprintf(n[11], sizeof(n[11]), "%d", cfg->max_cached_statements);
     const char *const pairs[][2] = {
         { "config_file", cfg->path },
         { "listen_addr", cfg->listen_addr },
@@ -310,6 +311,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
         { "server_reuse", cfg->server_reuse ? "on" : "off" },
         { "server_idle_timeout", n[9] },
         { "max_idle_servers", n[10] },
+        { "max_cached_statements", n[11] },
         { "admin_users", admins },
     };
     columns(out, (const char *[]){ "key", "value" }, 2);

@@ -50,6 +50,7 @@ enum main_key {
     KEY_SERVER_REUSE,
     KEY_SERVER_IDLE_TIMEOUT,
     KEY_MAX_IDLE_SERVERS,
+    KEY_MAX_CACHED_STATEMENTS,
     MAIN_KEY_COUNT,
 };
 
@@ -90,6 +91,7 @@ static const char *const main_key_names[MAIN_KEY_COUNT] = {
     [KEY_SERVER_REUSE] = "server_reuse",
     [KEY_SERVER_IDLE_TIMEOUT] = "server_idle_timeout",
     [KEY_MAX_IDLE_SERVERS] = "max_idle_servers",
+    [KEY_MAX_CACHED_STATEMENTS] = "max_cached_statements",
 };
 
 static const char *const tls_mode_names[] = {
@@ -633,6 +635,9 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_SERVER_REUSE: parse_bool(p, key, value, &c->server_reuse); break;
     case KEY_SERVER_IDLE_TIMEOUT: parse_int(p, key, value, 1, 86400, &c->server_idle_timeout); break;
     case KEY_MAX_IDLE_SERVERS: parse_int(p, key, value, 0, 1000000, &c->max_idle_servers); break;
+    case KEY_MAX_CACHED_STATEMENTS:
+        parse_int(p, key, value, 0, 100000, &c->max_cached_statements);
+        break;
     case KEY_CLIENT_TLS_SSLMODE:
     case KEY_SERVER_TLS_SSLMODE: {
         int mode;
@@ -775,6 +780,7 @@ static struct config *config_defaults(void)
     c->log_stats_interval = 60;
     c->server_idle_timeout = 600;
     c->max_idle_servers = 100;
+    c->max_cached_statements = 100;
     c->metrics_addr = strdup("127.0.0.1");
     c->client_tls.protocols = c->server_tls.protocols = TLS_PROTO_V1_2 | TLS_PROTO_V1_3;
     c->auth_query = strdup(DEFAULT_AUTH_QUERY);

@@ -112,6 +112,7 @@ struct config {
     bool server_reuse;       /* keep a server for the next client with the same login */
     int server_idle_timeout; /* seconds a kept server waits for that client */
     int max_idle_servers;    /* kept servers in all, split between the workers */
+    int max_cached_statements; /* per session, for rewritten unnamed Parses; 0: none */
 
     struct table_rule *tables;
     size_t table_count;

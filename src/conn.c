@@ -29,6 +29,7 @@
 #include "rules.h"
 #include "session.h"
 #include "sock.h"
+#include "stmtcache.h"
 #include "tls.h"
 #include "track.h"
 #include "translate.h"
@@ -65,6 +66,8 @@ enum inject {
     INJECT_SAVEPOINT,   /* opens the guard ahead of the client's INSERT */
     INJECT_RELEASE,     /* closes it after the INSERT succeeded */
     INJECT_ROLLBACK,    /* rolls back to it after a 23505 */
+    INJECT_UNNAMED,     /* gives the server's unnamed statement the cached text,
+                           ahead of a message the proxy cannot rename */
 };
 
 /* The proxy's savepoint around an INSERT in a transaction block (see
@@ -131,6 +134,7 @@ struct conn {
 
     /* Translating unique violations. */
     struct session session;     /* the client's statements and portals */
+    struct stmtcache stmts;     /* the proxy's prepared rewritten INSERTs */
     bool batch_open;            /* extended messages since the last Sync */
     bool batch_certain;         /* the block's status was known as the batch began,
                                    and everything it ran so far is known */
@@ -335,7 +339,8 @@ static void free_pair(struct conn *c)
     if (c->counted)
         proxy_client_leave(w->proxy);
     counter_add(&w->counters.track_desyncs, c->track.desyncs);
-    track_free(&c->track);
+    track_free(&c->track); /* before the statements its notes point to */
+    stmtcache_free(&c->stmts);
     session_free(&c->session);
     authquery_cancel(c->lookup);
     if (c->login) {
@@ -540,12 +545,20 @@ static bool translating(const struct conn *c)
     return c->guard != GUARD_NONE || c->held_error;
 }
 
+/* Messages that name or redefine the unnamed statement. */
+static bool names_statements(char type)
+{
+    return type == 'Q' || type == 'P' || type == 'B' || type == 'D' || type == 'C';
+}
+
 static enum handling client_handling(const struct conn *c, char type)
 {
     if (type == 'X' && c->reusable)
         return HANDLE_TAKE;
+    /* While the unnamed statement stands for a cached one, every message
+     * naming it is read, rules or not. */
     if (!rewriting(c))
-        return HANDLE_STREAM;
+        return c->stmts.unnamed && names_statements(type) ? HANDLE_TAKE : HANDLE_STREAM;
     switch (type) {
     case 'Q': /* Query */
     case 'P': /* Parse */
@@ -555,10 +568,14 @@ static enum handling client_handling(const struct conn *c, char type)
     case 'S': /* Sync */
     case 'H': /* Flush */
         return HANDLE_TAKE;
+    case 'D': /* Describe */
+        return c->stmts.unnamed ? HANDLE_TAKE : HANDLE_STREAM;
     default:
         return HANDLE_STREAM;
     }
 }
+
+static bool answers_creation(const struct conn *c);
 
 static enum handling server_handling(const struct conn *c, char type)
 {
@@ -572,6 +589,8 @@ static enum handling server_handling(const struct conn *c, char type)
     case 'E':
     case 'S':
         return HANDLE_TAKE;
+    case '1':
+        return answers_creation(c) ? HANDLE_TAKE : HANDLE_STREAM;
     case 'R':
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_STREAM;
     case 'K':
@@ -628,12 +647,19 @@ struct note {
     struct translate_request req; /* a Query or Execute of a recognised INSERT */
     char *defines;               /* a Parse's statement or a Bind's portal name */
     bool flushed;                /* an Execute the client sent a Flush after */
+    struct stmt_entry *maps;     /* a Parse that made the unnamed statement stand for
+                                    this cached one */
+    struct stmt_entry *creates;  /* ... and created it on the server, */
+    uint64_t number;             /* under this number */
 };
 
 static void free_note(void *arg)
 {
     struct note *n = arg;
 
+    /* Gone from the queue without ParseComplete: nothing was created. */
+    if (n->creates)
+        stmtcache_created(n->creates, n->number, false);
     decision_unref(n->decision);
     free(n->defines);
     free(n);
@@ -655,6 +681,13 @@ static struct note *note_new(struct decision *d)
 static const struct note *note_of(const struct track_req *r)
 {
     return r && !r->injected ? r->note : NULL;
+}
+
+/* The server answers a Parse that created a cached statement. */
+static bool answers_creation(const struct conn *c)
+{
+    const struct note *n = note_of(answering(c));
+    return n && n->creates;
 }
 
 /* ---- statements -------------------------------------------------------- */
@@ -733,8 +766,10 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
     }
     st->replaced = st->d && st->d->result.text;
     if (st->text_len &&
-        rewrite_redefines_statements((const char *)st->body + st->at, st->text_len))
+        rewrite_redefines_statements((const char *)st->body + st->at, st->text_len)) {
         session_clear(&c->session);
+        stmtcache_forget_all(&c->stmts);
+    }
 }
 
 /* Writes the message with the rewritten text in place of the original's
@@ -751,6 +786,88 @@ static void write_rewritten(struct sink *k, char type, const struct statement *s
     evbuffer_add(k->out, st->body, st->at);
     evbuffer_add(k->out, r->text, r->text_len);
     evbuffer_add(k->out, st->body + st->at + st->text_len, rest);
+}
+
+/* ---- cached statements (stmtcache.h) ----------------------------------- */
+
+/* Parse of the cached text under name. */
+static void write_parse(struct sink *k, const char *name, const struct stmt_entry *e)
+{
+    size_t name_len = strlen(name) + 1, text_len, types_len;
+    const char *text = stmtcache_text(e, &text_len);
+    const uint8_t *types = stmtcache_types(e, &types_len);
+    uint8_t head[PG_HEAD_LEN] = { 'P' };
+
+    pg_put_u32(head + 1, (uint32_t)(4 + name_len + text_len + 1 + types_len));
+    sink_write(k, head, sizeof(head));
+    evbuffer_add(k->out, name, name_len);
+    evbuffer_add(k->out, text, text_len + 1);
+    evbuffer_add(k->out, types, types_len);
+}
+
+/* Writes the client's message with the cached statement's name in place
+ * of the unnamed statement's "" at body offset at. */
+static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, size_t total,
+                          size_t at)
+{
+    char name[STMTCACHE_NAME_MAX];
+    uint8_t head[PG_HEAD_LEN] = { msg[0] };
+
+    stmtcache_name(c->stmts.unnamed, name);
+    size_t name_len = strlen(name);
+    pg_put_u32(head + 1, (uint32_t)(total - 1 + name_len));
+    sink_write(k, head, sizeof(head));
+    evbuffer_add(k->out, msg + PG_HEAD_LEN, at);
+    evbuffer_add(k->out, name, name_len);
+    evbuffer_add(k->out, msg + PG_HEAD_LEN + at, total - PG_HEAD_LEN - at);
+}
+
+/* The client parses a rewritten INSERT as its unnamed statement. Once the
+ * server holds the cached copy, the Parse that goes is of the empty text:
+ * its ParseComplete, or its silence after an error earlier in the batch,
+ * is what the client's own would have been, and the client's Binds name
+ * the copy. False when the Parse must go as it is. */
+static bool parse_cached(struct conn *c, struct sink *k, const struct statement *st,
+                         struct note *note)
+{
+    static const uint8_t empty_parse[] = { 'P', 0, 0, 0, 8, 0, 0, 0, 0 };
+    const struct rewrite_result *r = &st->d->result;
+    size_t types_at = st->at + st->text_len + 1;
+    struct stmt_entry *e = stmtcache_get(&c->stmts, r->text, r->text_len,
+                                         st->body + types_at, st->len - types_at);
+    char name[STMTCACHE_NAME_MAX];
+
+    if (!e)
+        return false;
+    switch (stmtcache_state(e)) {
+    case STMT_READY:
+        sink_write(k, empty_parse, sizeof(empty_parse));
+        break;
+    case STMT_ABSENT:
+        note->number = stmtcache_create(&c->stmts, e);
+        note->creates = e;
+        stmtcache_name(e, name);
+        write_parse(k, name, e);
+        break;
+    case STMT_PENDING:
+        return false; /* until its ParseComplete, it may never come to be */
+    }
+    note->maps = e;
+    c->stmts.unnamed = e;
+    return true;
+}
+
+/* The server is to read a message the proxy cannot rename (too large to
+ * hold): its unnamed statement gets the cached text first, so that the
+ * message means what the client meant either way. */
+static void restore_unnamed(struct conn *c, struct sink *k)
+{
+    if (!c->track.copy_in && track_inject(&c->track, 'P', INJECT_UNNAMED))
+        write_parse(k, "", c->stmts.unnamed);
+    else
+        conn_log(LOG_ERROR, c, "could not restore the unnamed statement before an unread "
+                 "message");
+    c->stmts.unnamed = NULL;
 }
 
 /* ---- the proxy's own statements ---------------------------------------- */
@@ -880,8 +997,11 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
     struct note *note = NULL;
 
     decide_message(c, msg, total, &st);
-    /* A Query in the middle of a batch ends its implicit transaction. */
+    /* A Query in the middle of a batch ends its implicit transaction, and
+     * drops the unnamed statement. */
     c->batch_certain = false;
+    if (!c->track.skip_to_sync)
+        c->stmts.unnamed = NULL;
     if (st.table < 0 && !st.replaced) {
         decision_unref(st.d);
         return track_client(c, 'Q', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
@@ -928,8 +1048,6 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
                                             !c->track.skip_to_sync
                                         ? scope_table(c->scope, (size_t)st.table)
                                         : NULL;
-    if (st.replaced)
-        write_rewritten(k, 'P', &st);
     /* A rewritten text's decision stays with the request: an error's
      * position is mapped back through it. */
     struct note *note = note_new(st.replaced ? st.d : NULL);
@@ -948,6 +1066,11 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
         fail_oom(c);
         return TAKEN_CLOSED;
     }
+    bool unnamed = st.at > 0 && st.body[0] == '\0';
+    if (unnamed && !c->track.skip_to_sync)
+        c->stmts.unnamed = NULL;
+    if (st.replaced && !(unnamed && rule && parse_cached(c, k, &st, note)))
+        write_rewritten(k, 'P', &st);
     if (!track_client(c, 'P', note))
         return TAKEN_CLOSED;
     return st.replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
@@ -965,11 +1088,12 @@ static const char *read_name(const uint8_t *body, size_t len, size_t *at)
     return name;
 }
 
-static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total)
+static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;
     size_t len = total - PG_HEAD_LEN, at = 0;
     const char *portal = read_name(body, len, &at);
+    size_t statement_at = at;
     const char *statement = portal ? read_name(body, len, &at) : NULL;
 
     batch_message(c);
@@ -989,7 +1113,27 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total)
         fail_oom(c);
         return TAKEN_CLOSED;
     }
-    return track_client(c, 'B', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    bool renamed = statement[0] == '\0' && c->stmts.unnamed;
+    if (renamed)
+        write_renamed(c, k, msg, total, statement_at);
+    if (!track_client(c, 'B', note))
+        return TAKEN_CLOSED;
+    return renamed ? TAKEN_REPLACED : TAKEN_FORWARD;
+}
+
+/* Taken only while the unnamed statement stands for a cached one. */
+static enum taken take_describe(struct conn *c, const uint8_t *msg, size_t total,
+                                struct sink *k)
+{
+    bool renamed = total >= PG_HEAD_LEN + 2 && msg[PG_HEAD_LEN] == 'S' &&
+                   msg[PG_HEAD_LEN + 1] == '\0' && c->stmts.unnamed;
+
+    batch_message(c);
+    if (renamed)
+        write_renamed(c, k, msg, total, 1);
+    if (!track_client(c, 'D', NULL))
+        return TAKEN_CLOSED;
+    return renamed ? TAKEN_REPLACED : TAKEN_FORWARD;
 }
 
 static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
@@ -1001,6 +1145,9 @@ static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
     batch_message(c);
     if (name)
         session_close(&c->session, (char)body[0], name);
+    /* It closes the server's own unnamed statement, as the client meant. */
+    if (name && body[0] == 'S' && name[0] == '\0' && !c->track.skip_to_sync)
+        c->stmts.unnamed = NULL;
     return track_client(c, 'C', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
@@ -1111,20 +1258,45 @@ static enum taken take_terminate(struct conn *c, struct sink *k)
     return track_client(c, 'X', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
+/* The session's rules went (a reload) while its unnamed statement stood
+ * for a cached one: its names are followed until the client redefines it. */
+static enum taken take_named(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    char type = (char)msg[0];
+
+    switch (type) {
+    case 'B': return take_bind(c, msg, total, k);
+    case 'D': return take_describe(c, msg, total, k);
+    case 'C': return take_close(c, msg, total);
+    default:
+        /* A Query, or a Parse of the unnamed statement, redefines it. */
+        if ((type == 'Q' || (total > PG_HEAD_LEN && msg[PG_HEAD_LEN] == '\0')) &&
+            !c->track.skip_to_sync)
+            c->stmts.unnamed = NULL;
+        return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+}
+
 static enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
                                   struct sink *k)
 {
-    switch ((char)msg[0]) {
+    char type = (char)msg[0];
+
+    if (type == 'X')
+        return take_terminate(c, k);
+    if (!rewriting(c))
+        return take_named(c, msg, total, k);
+    switch (type) {
     case 'Q': return take_query(c, msg, total, k);
     case 'P': return take_parse(c, msg, total, k);
-    case 'B': return take_bind(c, msg, total);
+    case 'B': return take_bind(c, msg, total, k);
+    case 'D': return take_describe(c, msg, total, k);
     case 'E': return take_execute(c, msg, total, k);
     case 'C': return take_close(c, msg, total);
     case 'S': return take_sync(c);
     case 'H': return take_flush(c);
-    case 'X': return take_terminate(c, k);
     default:
-        return track_client(c, (char)msg[0], NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+        return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
 }
 
@@ -1236,6 +1408,9 @@ static void forget_refused(struct conn *c)
             break;
         if (n && n->defines)
             session_close(&c->session, r->kind == TRACK_PARSE ? 'S' : 'P', n->defines);
+        /* Skipped, so the unnamed statement is what it was before. */
+        if (i > 0 && n && n->maps && c->stmts.unnamed == n->maps)
+            c->stmts.unnamed = NULL;
     }
 }
 
@@ -1252,6 +1427,14 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
     if (!pg_error_parse(body, len, &err))
         return TAKEN_FORWARD;
     note_fatal(c, &err);
+    /* A cached statement the server refused does not exist; the unnamed
+     * statement still stands for it, so a Bind of it fails as it would
+     * have. One the server says does not exist (the client's SQL dropped
+     * it where the proxy could not see) is created again. */
+    if (note && note->creates)
+        stmtcache_created(note->creates, note->number, false);
+    if (err.code && strcmp(err.code, "26000") == 0)
+        stmtcache_forget_all(&c->stmts);
     forget_refused(c);
     if (c->guard == GUARD_BROKEN) {
         /* The proxy's savepoint failed and said so; this is the client's
@@ -1410,6 +1593,11 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
             }
         }
         break;
+    case INJECT_UNNAMED:
+        /* Why the client's message is skipped. */
+        if (type == 'E')
+            taken = TAKEN_FORWARD;
+        break;
     case INJECT_ROLLBACK:
         if (type == 'E')
             c->rollback_failed = true;
@@ -1536,6 +1724,12 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
     case 'E':
         taken = take_error(c, msg, total, k);
         break;
+    case '1':
+        if (note_of(head) && note_of(head)->creates)
+            stmtcache_created(note_of(head)->creates, note_of(head)->number, true);
+        if (translating(c))
+            guard_reply(c, type, note_of(head));
+        break;
     case 'Z':
         if (c->state == CONN_LOGIN) {
             login_done(c);
@@ -1560,7 +1754,8 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
 
 /* ---- the relay loop ---------------------------------------------------- */
 
-static void note_oversized(struct conn *c, enum flow d, char type, size_t total)
+static void note_oversized(struct conn *c, enum flow d, char type, size_t total,
+                           struct sink *k)
 {
     counter_add(&c->worker->counters.oversized_inspected, 1);
     if (d == FLOW_TO_SERVER && rewriting(c)) {
@@ -1568,6 +1763,15 @@ static void note_oversized(struct conn *c, enum flow d, char type, size_t total)
         /* Its names cannot be read: they are forgotten. */
         if (type == 'P' || type == 'B')
             session_clear(&c->session);
+        /* Nor its text: it may drop statements. */
+        if (type == 'P' || type == 'Q')
+            stmtcache_forget_all(&c->stmts);
+    }
+    if (d == FLOW_TO_SERVER && c->stmts.unnamed) {
+        if (type == 'B' || type == 'D' || type == 'C')
+            restore_unnamed(c, k);
+        else if (type == 'Q' || type == 'P')
+            c->stmts.unnamed = NULL;
     }
     if (d == FLOW_TO_CLIENT && answers_injected(c, type))
         c->catalog_ok = false;
@@ -1688,7 +1892,7 @@ static bool relay(struct conn *c, enum flow d)
         enum handling h = d == FLOW_TO_SERVER ? client_handling(c, head.type)
                                          : server_handling(c, head.type);
         if (h != HANDLE_STREAM && total > max_held) {
-            note_oversized(c, d, head.type, total);
+            note_oversized(c, d, head.type, total, &k);
             /* The proxy's own answer too big to read is dropped unread. */
             if (d == FLOW_TO_CLIENT && answers_injected(c, head.type)) {
                 sink_flush(&k);
@@ -2445,6 +2649,9 @@ static void follow_reload(struct conn *c)
     c->scope = NULL;
     if (!c->replication)
         c->scope = ruleset_scope(c->rules, c->database, c->user ? c->user : "");
+    /* Without rules no text is read: a DEALLOCATE would go unseen. */
+    if (!c->scope)
+        stmtcache_forget_all(&c->stmts);
     if (c->scope && scope_state(c->scope) == SCOPE_UNKNOWN)
         learn_catalog(c);
 }
@@ -2638,6 +2845,7 @@ struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
     c->stop_when_idle = w->shutting_down;
     track_init(&c->track, free_note);
     session_init(&c->session);
+    stmtcache_init(&c->stmts, (size_t)w->cfg->max_cached_statements);
     welcome_init(&c->welcome);
     format_peer(c->peer, sizeof(c->peer), addr);
     c->client = sock_new(w->base, fd, client_sock_cb, c);

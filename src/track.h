@@ -71,7 +71,8 @@ bool track_client_msg(struct track *t, char type, void *note);
 
 /* Records a message the proxy sends on its own, labelled with tag. The
  * proxy must only send what cannot change what the client's messages mean:
- * a Query when track_idle() holds, extended messages on names of its own.
+ * a Query when track_idle() holds, extended messages on names of its own,
+ * or a Parse that gives the unnamed statement the text the client gave it.
  * False when memory cannot be had. */
 bool track_inject(struct track *t, char type, uint8_t tag);
 

@@ -572,8 +572,10 @@ static void test_tls_and_auth(void **state)
                                 "auth_query = SELECT u, p FROM secrets WHERE u = $1\n"
                                 "server_reuse = on\n"
                                 "server_idle_timeout = 30\n"
-                                "max_idle_servers = 0\n");
+                                "max_idle_servers = 0\n"
+                                "max_cached_statements = 0\n");
     assert_true(c->server_reuse);
+    assert_int_equal(c->max_cached_statements, 0);
     assert_int_equal(c->server_idle_timeout, 30);
     assert_int_equal(c->max_idle_servers, 0);
     assert_int_equal(c->client_tls.mode, TLS_VERIFY_FULL);
@@ -601,6 +603,7 @@ static void test_tls_and_auth(void **state)
     assert_false(c->server_reuse);
     assert_int_equal(c->server_idle_timeout, 600);
     assert_int_equal(c->max_idle_servers, 100);
+    assert_int_equal(c->max_cached_statements, 100);
     config_unref(c);
     assert_string_equal(tls_mode_name(TLS_VERIFY_CA), "verify-ca");
 }
@@ -622,6 +625,8 @@ static void test_tls_and_auth_errors(void **state)
     /* Bad values. */
     parse_fails("[idemproxy]\nserver_idle_timeout = 0\n", 2, "server_idle_timeout");
     parse_fails("[idemproxy]\nmax_idle_servers = -1\n", 2, "max_idle_servers");
+    parse_fails("[idemproxy]\n\nmax_cached_statements = many\n", 3, "max_cached_statements");
+    parse_fails("[idemproxy]\nmax_cached_statements = 100001\n", 2, "max_cached_statements");
     parse_fails("[idemproxy]\nserver_reuse = sometimes\n", 2, "server_reuse");
     parse_fails("[idemproxy]\nserver_tls_sslmode = allow\n", 2, "allow");
     parse_fails("[idemproxy]\nclient_tls_sslmode = always\n", 2, "always");

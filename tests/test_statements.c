@@ -1,0 +1,326 @@
+/*
+ * Integration tests of max_cached_statements: a rewritten INSERT that the
+ * client parses as its unnamed statement is prepared once on the server,
+ * as idemproxy_s<n>, and bound from then on.
+ *
+ * What must hold: the client cannot tell, except by speed. Its unnamed
+ * statement means what it parsed last, across Syncs and Describes; a
+ * Query drops it, as on the server; an error before the Parse in the same
+ * pipeline leaves no stray answer; a refused Parse leaves nothing to bind;
+ * the client's DEALLOCATE ALL or DISCARD ALL cannot leave the proxy binding
+ * a statement that is gone; a Bind too large for the proxy to hold, or a
+ * reload that drops the table's rule, still runs the statement the client
+ * parsed. Where the answer is an error, it is the one PostgreSQL gives
+ * directly.
+ *
+ * Run by tests/integration.sh (same scratch cluster as the other suites).
+ * Every test starts its own proxy. Run one:
+ * test_statements test_stmt_cached   (a cmocka filter, or IDEM_TEST_FILTER).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "itest.h"
+
+static const char INSERT[] = "INSERT INTO stmt_t (k, payload) VALUES ($1, $2)";
+
+/* ---- helpers ------------------------------------------------------------ */
+
+static void create_table(void)
+{
+    itest_server_exec("DROP TABLE IF EXISTS stmt_t; "
+                      "CREATE TABLE stmt_t (id bigserial PRIMARY KEY, k bigint NOT NULL UNIQUE, "
+                      "payload text)");
+}
+
+static struct itest_proxy *proxy(const char *more_keys)
+{
+    return itest_proxy_start_table("debug", "stmt_t", "k", more_keys);
+}
+
+static void insert_tag(PGconn *c, const char *k, const char *payload, const char *tag)
+{
+    const char *vals[2] = { k, payload };
+    PGresult *r = itest_exec_params(c, INSERT, 2, vals);
+    itest_assert_tag(r, tag, "INSERT through the extended protocol");
+    PQclear(r);
+}
+
+/* The session's statements named by the proxy. */
+static long long cached_count(PGconn *c)
+{
+    return itest_query_ll(c, "SELECT count(*) FROM pg_prepared_statements "
+                             "WHERE name LIKE 'idemproxy_s%'");
+}
+
+static const char *state_of(PGresult *r)
+{
+    static char buf[16];
+    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    snprintf(buf, sizeof buf, "%s", s ? s : "(none)");
+    PQclear(r);
+    return buf;
+}
+
+/* ---- tests --------------------------------------------------------------- */
+
+/* Repeated INSERTs of one text run on one prepared statement, and do what
+ * they did before: new keys insert, a repeated key is skipped. */
+static void test_stmt_cached(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    insert_tag(c, "1", "one", "INSERT 0 1");
+    insert_tag(c, "2", "two", "INSERT 0 1");
+    insert_tag(c, "1", "again", "INSERT 0 0");
+    assert_int_equal(cached_count(c), 1);
+    char text[512];
+    itest_query_text(c, "SELECT statement FROM pg_prepared_statements "
+                        "WHERE name = 'idemproxy_s1'", text, sizeof text);
+    assert_non_null(strstr(text, "ON CONFLICT"));
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE k = 1 AND "
+                                     "payload = 'one'"), 1);
+
+    /* With max_cached_statements = 0 the server parses each time. */
+    create_table();
+    struct itest_proxy *off = itest_proxy_start_with("debug", "max_cached_statements = 0\n"
+                                          "[table public.stmt_t]\nconflict = k\n");
+    PGconn *d = itest_connect_ok(off->port, NULL);
+    insert_tag(d, "1", "one", "INSERT 0 1");
+    insert_tag(d, "1", "one", "INSERT 0 0");
+    assert_int_equal(cached_count(d), 0);
+    itest_pass();
+}
+
+/* The unnamed statement keeps its meaning across Syncs and Describes,
+ * until the client parses another or sends a Query. */
+static void test_stmt_unnamed_semantics(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    PGconn *direct = itest_connect_direct();
+    const char *vals[2] = { "10", "ten" };
+
+    PGresult *r = itest_prepare(c, "", INSERT, 2);
+    itest_assert_result_ok(r, "PQprepare of the unnamed statement");
+    PQclear(r);
+    r = itest_describe_prepared(c, "");
+    itest_assert_result_ok(r, "Describe of the unnamed statement");
+    assert_int_equal(PQnparams(r), 2);
+    assert_int_equal(PQparamtype(r, 0), 20); /* bigint */
+    PQclear(r);
+    for (int i = 0; i < 2; i++) {
+        r = itest_exec_prepared(c, "", 2, vals);
+        itest_assert_tag(r, i == 0 ? "INSERT 0 1" : "INSERT 0 0", "Bind of the unnamed statement");
+        PQclear(r);
+    }
+
+    /* Another text replaces it. */
+    r = itest_prepare(c, "", "SELECT $1::int + 1", 1);
+    itest_assert_result_ok(r, "PQprepare of a SELECT");
+    PQclear(r);
+    const char *seven[1] = { "7" };
+    r = itest_exec_prepared(c, "", 1, seven);
+    itest_assert_result_ok(r, "the SELECT");
+    assert_string_equal(PQgetvalue(r, 0, 0), "8");
+    PQclear(r);
+
+    /* A Query drops it: the Bind fails as it does on the server. */
+    r = itest_prepare(c, "", INSERT, 2);
+    PQclear(r);
+    itest_exec_ok(c, "SELECT 1");
+    r = itest_prepare(direct, "", INSERT, 2);
+    PQclear(r);
+    itest_exec_ok(direct, "SELECT 1");
+    char want[16];
+    snprintf(want, sizeof want, "%s", state_of(itest_exec_prepared(direct, "", 2, vals)));
+    assert_string_equal(want, "26000");
+    assert_string_equal(state_of(itest_exec_prepared(c, "", 2, vals)), want);
+
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 1);
+    itest_pass();
+}
+
+/* DEALLOCATE ALL and DISCARD ALL drop the proxy's statements too: the next
+ * INSERT prepares it again, under a new name. */
+static void test_stmt_deallocate(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    insert_tag(c, "1", "one", "INSERT 0 1");
+    itest_exec_ok(c, "DEALLOCATE ALL");
+    assert_int_equal(cached_count(c), 0);
+    insert_tag(c, "2", "two", "INSERT 0 1");
+    assert_int_equal(itest_query_ll(c, "SELECT count(*) FROM pg_prepared_statements "
+                                       "WHERE name = 'idemproxy_s2'"), 1);
+    itest_exec_ok(c, "DISCARD ALL");
+    insert_tag(c, "2", "two", "INSERT 0 0");
+    insert_tag(c, "3", "three", "INSERT 0 1");
+    assert_int_equal(itest_query_ll(c, "SELECT count(*) FROM pg_prepared_statements "
+                                       "WHERE name = 'idemproxy_s3'"), 1);
+
+    /* Dropped where the proxy cannot read it: the INSERT after it fails
+     * once, as a missing prepared statement, and the next one prepares
+     * it again. */
+    itest_exec_ok(c, "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$");
+    const char *vals[2] = { "4", "four" };
+    assert_string_equal(state_of(itest_exec_params(c, INSERT, 2, vals)), "26000");
+    insert_tag(c, "4", "four", "INSERT 0 1");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 4);
+    itest_pass();
+}
+
+/* Errors: a refused Parse, an aborted transaction block, and an error
+ * earlier in the same pipeline. */
+static void test_stmt_errors(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    PGconn *direct = itest_connect_direct();
+    const char *vals[2] = { "1", "one" };
+    const char *bad = "INSERT INTO stmt_t (k, no_such_column) VALUES ($1, $2)";
+
+    /* Refused: nothing is left to bind. */
+    assert_string_equal(state_of(itest_exec_params(c, bad, 2, vals)), "42703");
+    char want[16];
+    assert_string_equal(state_of(itest_exec_params(direct, bad, 2, vals)), "42703");
+    snprintf(want, sizeof want, "%s", state_of(itest_exec_prepared(direct, "", 2, vals)));
+    assert_string_equal(state_of(itest_exec_prepared(c, "", 2, vals)), want);
+
+    /* In a failed block: 25P02, then the block rolls back. */
+    insert_tag(c, "1", "one", "INSERT 0 1");
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_sqlstate(c, "SELECT 1/0", "22012");
+    const char *two[2] = { "2", "two" };
+    assert_string_equal(state_of(itest_exec_params(c, INSERT, 2, two)), "25P02");
+    itest_exec_tag(c, "ROLLBACK", "ROLLBACK");
+    insert_tag(c, "2", "two", "INSERT 0 1");
+
+    /* An error ahead of the cached INSERT in one pipeline: the server skips
+     * it, and the client hears nothing of it but that. */
+    assert_int_equal(PQenterPipelineMode(c), 1);
+    const char *three[2] = { "3", "three" };
+    assert_int_equal(PQsendQueryParams(c, "SELECT 1/0", 0, NULL, NULL, NULL, NULL, 0), 1);
+    assert_int_equal(PQsendQueryParams(c, INSERT, 2, NULL, three, NULL, NULL, 0), 1);
+    assert_int_equal(PQpipelineSync(c), 1);
+    int64_t deadline = itest_now_ms() + 10000;
+    PGresult *r = itest_pipeline_result(c, deadline);
+    itest_assert_sqlstate(r, "22012", "first in the pipeline");
+    PQclear(r);
+    itest_pipeline_end(c, deadline);
+    r = itest_pipeline_result(c, deadline);
+    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_ABORTED);
+    PQclear(r);
+    itest_pipeline_end(c, deadline);
+    r = itest_pipeline_result(c, deadline);
+    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_SYNC);
+    PQclear(r);
+    assert_int_equal(PQexitPipelineMode(c), 1);
+    insert_tag(c, "4", "four", "INSERT 0 1");
+
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 3);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE k = 3"), 0);
+    itest_pass();
+}
+
+/* A Bind larger than max_held_message streams through unread, so it keeps
+ * the unnamed statement's name: the server's unnamed statement gets the
+ * INSERT first. */
+static void test_stmt_large_bind(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = itest_proxy_start_with("debug", "max_held_message = 1kB\n"
+                                                            "[table public.stmt_t]\nconflict = k\n");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    /* The server's own unnamed statement is a SELECT meanwhile. */
+    PGresult *r = itest_exec_params(c, "SELECT 1", 0, NULL);
+    PQclear(r);
+    insert_tag(c, "1", "small", "INSERT 0 1");
+
+    char *big = malloc(8192);
+    assert_non_null(big);
+    memset(big, 'x', 8191);
+    big[8191] = '\0';
+    insert_tag(c, "2", big, "INSERT 0 1");
+    insert_tag(c, "2", big, "INSERT 0 0");
+    free(big);
+    insert_tag(c, "3", "small", "INSERT 0 1");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE k = 2 AND "
+                                     "length(payload) = 8191"), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 3);
+    itest_pass();
+}
+
+/* A reload that drops the table's rule while the unnamed statement stands
+ * for the cached INSERT: a Bind of it still runs that INSERT. */
+static void test_stmt_reload(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *vals[2] = { "1", "one" };
+
+    PGresult *r = itest_exec_params(c, "SELECT 1", 0, NULL);
+    PQclear(r);
+    r = itest_prepare(c, "", INSERT, 2);
+    itest_assert_result_ok(r, "PQprepare of the INSERT");
+    PQclear(r);
+
+    FILE *f = fopen(p->conf_path, "w");
+    assert_non_null(f);
+    fprintf(f, "[idemproxy]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nserver_host = %s\n"
+               "server_port = %d\nlog_level = debug\n",
+            p->port, itest_env("IDEM_TEST_PGHOST"), itest_pg_port());
+    fclose(f);
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    itest_proxy_wait_log_count(p, "configuration reloaded", 1);
+
+    r = itest_exec_prepared(c, "", 2, vals);
+    itest_assert_tag(r, "INSERT 0 1", "the INSERT after the reload");
+    PQclear(r);
+    r = itest_exec_prepared(c, "", 2, vals);
+    itest_assert_tag(r, "INSERT 0 0", "prepared with ON CONFLICT, before the reload");
+    PQclear(r);
+    /* A new Parse is the client's own again. */
+    assert_string_equal(state_of(itest_exec_params(c, INSERT, 2, vals)), "23505");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 1);
+    itest_pass();
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        ITEST(test_stmt_cached),
+        ITEST(test_stmt_unnamed_semantics),
+        ITEST(test_stmt_deallocate),
+        ITEST(test_stmt_errors),
+        ITEST(test_stmt_large_bind),
+        ITEST(test_stmt_reload),
+    };
+    return itest_main(argc, argv, "idemproxy cached statements", tests,
+                      sizeof tests / sizeof tests[0]);
+}
