@@ -860,6 +860,21 @@ void itest_pipeline_end(PGconn *conn, int64_t deadline)
     }
 }
 
+void itest_pipeline_after_error(PGconn *conn, const char *sqlstate, int64_t deadline)
+{
+    PGresult *r = itest_pipeline_result(conn, deadline);
+    itest_assert_sqlstate(r, sqlstate, "the pipeline's failing query");
+    PQclear(r);
+    itest_pipeline_end(conn, deadline);
+    r = itest_pipeline_result(conn, deadline);
+    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_ABORTED);
+    PQclear(r);
+    itest_pipeline_end(conn, deadline);
+    r = itest_pipeline_result(conn, deadline);
+    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_SYNC);
+    PQclear(r);
+}
+
 /* ---- assertions on results --------------------------------------------- */
 
 void itest_assert_result_ok(PGresult *res, const char *what)

@@ -232,6 +232,11 @@ PGresult *itest_pipeline_result(PGconn *conn, int64_t deadline);
  * a timeout or an extra result. */
 void itest_pipeline_end(PGconn *conn, int64_t deadline);
 
+/* Reads the answers to a pipeline of [a query that fails, one more query,
+ * Sync]: the failure with sqlstate, the next query skipped
+ * (PGRES_PIPELINE_ABORTED), then the Sync; fails the test otherwise. */
+void itest_pipeline_after_error(PGconn *conn, const char *sqlstate, int64_t deadline);
+
 /* ---- assertions on results --------------------------------------------- */
 
 /* These fail the test naming `what` and what came instead. res may be NULL

@@ -225,18 +225,7 @@ static void test_stmt_errors(void **state)
     assert_int_equal(PQsendQueryParams(c, "SELECT 1/0", 0, NULL, NULL, NULL, NULL, 0), 1);
     assert_int_equal(PQsendQueryParams(c, INSERT, 2, NULL, three, NULL, NULL, 0), 1);
     assert_int_equal(PQpipelineSync(c), 1);
-    int64_t deadline = itest_now_ms() + 10000;
-    PGresult *r = itest_pipeline_result(c, deadline);
-    itest_assert_sqlstate(r, "22012", "first in the pipeline");
-    PQclear(r);
-    itest_pipeline_end(c, deadline);
-    r = itest_pipeline_result(c, deadline);
-    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_ABORTED);
-    PQclear(r);
-    itest_pipeline_end(c, deadline);
-    r = itest_pipeline_result(c, deadline);
-    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_SYNC);
-    PQclear(r);
+    itest_pipeline_after_error(c, "22012", itest_now_ms() + 10000);
     assert_int_equal(PQexitPipelineMode(c), 1);
     insert_tag(c, "4", "four", "INSERT 0 1");
 

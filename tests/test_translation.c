@@ -1776,18 +1776,7 @@ static void test_tr_stale_names(void **state)
     assert_int_equal(PQsendQueryParams(c, "SELECT 1/0", 0, NULL, NULL, NULL, NULL, 0), 1);
     assert_int_equal(PQsendPrepare(c, "c1", insert, 0, NULL), 1);
     assert_int_equal(PQpipelineSync(c), 1);
-    int64_t deadline = itest_now_ms() + PIPE_TIMEOUT_MS;
-    r = itest_pipeline_result(c, deadline);
-    itest_assert_sqlstate(r, "22012", "the pipeline's failing query");
-    PQclear(r);
-    itest_pipeline_end(c, deadline);
-    r = itest_pipeline_result(c, deadline);
-    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_ABORTED);
-    PQclear(r);
-    itest_pipeline_end(c, deadline);
-    r = itest_pipeline_result(c, deadline);
-    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_SYNC);
-    PQclear(r);
+    itest_pipeline_after_error(c, "22012", itest_now_ms() + PIPE_TIMEOUT_MS);
     assert_int_equal(PQexitPipelineMode(c), 1);
     expect_update_violation(c, "c1", "c1 after its re-Parse was skipped");
 
