@@ -10,7 +10,7 @@
 struct cancel_key {
     UT_hash_handle hh;
     size_t len;
-    uint8_t real[CANCEL_KEY_MAX];
+    uint8_t real[PG_BACKEND_KEY_MAX];
     uint8_t given[]; /* the hash key */
 };
 
@@ -44,7 +44,7 @@ void cancel_keys_free(struct cancel_keys *m)
 
 bool cancel_keys_add(struct cancel_keys *m, const uint8_t *real, size_t len, uint8_t *given)
 {
-    if (len < CANCEL_KEY_MIN || len > CANCEL_KEY_MAX)
+    if (len < PG_BACKEND_KEY_MIN || len > PG_BACKEND_KEY_MAX)
         return false;
     struct cancel_key *k = malloc(sizeof(*k) + len);
     if (!k)

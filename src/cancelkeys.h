@@ -21,10 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* A BackendKeyData body: process ID, then a secret (4 bytes, or up to 256
- * from protocol 3.2 on). */
-#define CANCEL_KEY_MIN 8
-#define CANCEL_KEY_MAX (4 + 256)
+#include "pgproto.h"
 
 struct cancel_keys;
 

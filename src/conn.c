@@ -171,7 +171,7 @@ struct conn {
     bool reusable;
     struct welcome welcome;
     uint64_t generation;        /* the worker's settings when the server came */
-    uint8_t given_key[CANCEL_KEY_MAX]; /* the BackendKeyData body the client got, */
+    uint8_t given_key[PG_BACKEND_KEY_MAX]; /* the BackendKeyData body the client got, */
     size_t given_key_len;       /* when it is the proxy's (0: none) */
 
     bool counted;               /* holds a max_client_conn slot */
@@ -2887,8 +2887,7 @@ void conn_terminate(struct conn *c)
         return;
     /* Leave the server as a client would, so the backend ends cleanly. */
     if (c->server && c->state == CONN_ACTIVE && c->stream_left[FLOW_TO_SERVER] == 0) {
-        static const uint8_t terminate[] = { 'X', 0, 0, 0, 4 };
-        send_to(c->server, terminate, sizeof(terminate));
+        send_to(c->server, PG_TERMINATE, sizeof(PG_TERMINATE));
     }
     fail_client(c, "57P01", "terminating connection because idemproxy is shutting down",
                 "proxy shutdown");

@@ -266,8 +266,10 @@ size_t pg_error_build(uint8_t *buf, size_t cap, const char *severity,
 
 /* Appends one message of type with its body parts to buf (when it fits) and
  * returns the new length. */
-static size_t put_msg(uint8_t *buf, size_t cap, size_t at, char type,
-                      const void *const parts[], const size_t lens[], size_t n)
+const uint8_t PG_TERMINATE[5] = { 'X', 0, 0, 0, 4 };
+
+size_t pg_put_msg(uint8_t *buf, size_t cap, size_t at, char type, const void *const parts[],
+                  const size_t lens[], size_t n)
 {
     size_t len = 4;
 
@@ -299,7 +301,7 @@ static size_t build_query(uint8_t *buf, size_t cap, const void *sql)
 {
     const void *parts[] = { sql };
     const size_t lens[] = { strlen(sql) + 1 };
-    return put_msg(buf, cap, 0, 'Q', parts, lens, 1);
+    return pg_put_msg(buf, cap, 0, 'Q', parts, lens, 1);
 }
 
 size_t pg_build_query(uint8_t *buf, size_t cap, const char *sql)
@@ -311,7 +313,7 @@ static size_t build_command_complete(uint8_t *buf, size_t cap, const void *tag)
 {
     const void *parts[] = { tag };
     const size_t lens[] = { strlen(tag) + 1 };
-    return put_msg(buf, cap, 0, 'C', parts, lens, 1);
+    return pg_put_msg(buf, cap, 0, 'C', parts, lens, 1);
 }
 
 size_t pg_build_command_complete(uint8_t *buf, size_t cap, const char *tag)
@@ -331,19 +333,19 @@ static size_t build_extended_run(uint8_t *buf, size_t cap, const void *arg)
     size_t name_len = strlen(run->name) + 1, at = 0;
 
     /* Parse: name, text, no parameter types. */
-    at = put_msg(buf, cap, at, 'P',
+    at = pg_put_msg(buf, cap, at, 'P',
                  (const void *const[]){ run->name, run->sql, no_params },
                  (const size_t[]){ name_len, strlen(run->sql) + 1, 2 }, 3);
     /* Bind: portal, statement, no parameter formats, parameters or result
      * formats. */
-    at = put_msg(buf, cap, at, 'B',
+    at = pg_put_msg(buf, cap, at, 'B',
                  (const void *const[]){ run->name, run->name, no_params, no_params, no_params },
                  (const size_t[]){ name_len, name_len, 2, 2, 2 }, 5);
-    at = put_msg(buf, cap, at, 'E', (const void *const[]){ run->name, all_rows },
+    at = pg_put_msg(buf, cap, at, 'E', (const void *const[]){ run->name, all_rows },
                  (const size_t[]){ name_len, 4 }, 2);
-    at = put_msg(buf, cap, at, 'C', (const void *const[]){ "P", run->name },
+    at = pg_put_msg(buf, cap, at, 'C', (const void *const[]){ "P", run->name },
                  (const size_t[]){ 1, name_len }, 2);
-    return put_msg(buf, cap, at, 'C', (const void *const[]){ "S", run->name },
+    return pg_put_msg(buf, cap, at, 'C', (const void *const[]){ "S", run->name },
                    (const size_t[]){ 1, name_len }, 2);
 }
 
@@ -360,9 +362,9 @@ size_t pg_build_auth(uint8_t *buf, size_t cap, uint32_t code, const void *data, 
     pg_put_u32(code_be, code);
     const void *parts[] = { code_be, data };
     const size_t lens[] = { 4, len };
-    size_t need = put_msg(NULL, 0, 0, 'R', parts, lens, len ? 2 : 1);
+    size_t need = pg_put_msg(NULL, 0, 0, 'R', parts, lens, len ? 2 : 1);
     if (need <= cap)
-        put_msg(buf, cap, 0, 'R', parts, lens, len ? 2 : 1);
+        pg_put_msg(buf, cap, 0, 'R', parts, lens, len ? 2 : 1);
     return need;
 }
 
@@ -374,9 +376,9 @@ size_t pg_build_sasl_initial(uint8_t *buf, size_t cap, const char *mechanism, co
     pg_put_u32(len_be, (uint32_t)len);
     const void *parts[] = { mechanism, len_be, data };
     const size_t lens[] = { strlen(mechanism) + 1, 4, len };
-    size_t need = put_msg(NULL, 0, 0, 'p', parts, lens, 3);
+    size_t need = pg_put_msg(NULL, 0, 0, 'p', parts, lens, 3);
     if (need <= cap)
-        put_msg(buf, cap, 0, 'p', parts, lens, 3);
+        pg_put_msg(buf, cap, 0, 'p', parts, lens, 3);
     return need;
 }
 
@@ -384,9 +386,9 @@ size_t pg_build_sasl_response(uint8_t *buf, size_t cap, const void *data, size_t
 {
     const void *parts[] = { data };
     const size_t lens[] = { len };
-    size_t need = put_msg(NULL, 0, 0, 'p', parts, lens, 1);
+    size_t need = pg_put_msg(NULL, 0, 0, 'p', parts, lens, 1);
     if (need <= cap)
-        put_msg(buf, cap, 0, 'p', parts, lens, 1);
+        pg_put_msg(buf, cap, 0, 'p', parts, lens, 1);
     return need;
 }
 

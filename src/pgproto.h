@@ -20,6 +20,9 @@
 #define PG_STARTUP_MIN_LEN 8     /* length + protocol code */
 #define PG_STARTUP_MAX_LEN 10000 /* the server's own limit */
 #define PG_CANCEL_KEY_MAX 256    /* protocol 3.2 keys are 4..256 bytes */
+/* A BackendKeyData body: the backend's process ID, then its key. */
+#define PG_BACKEND_KEY_MIN (4 + 4)
+#define PG_BACKEND_KEY_MAX (4 + PG_CANCEL_KEY_MAX)
 
 #define PG_PROTOCOL(major, minor) (((uint32_t)(major) << 16) | (uint32_t)(minor))
 #define PG_CANCEL_REQUEST_CODE PG_PROTOCOL(1234, 5678)
@@ -112,6 +115,15 @@ bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out);
  * Returns the bytes it needs; when that exceeds cap nothing is written. */
 size_t pg_fields_replace(uint8_t *buf, size_t cap, char type, const uint8_t *body, size_t len,
                          char field, const char *value);
+
+/* Terminate ('X'), whole. */
+extern const uint8_t PG_TERMINATE[5];
+
+/* A message of type whose body is the n parts, written at buf + at when it
+ * fits in cap (buf may be NULL with cap 0 to measure). Returns at plus the
+ * message's size. */
+size_t pg_put_msg(uint8_t *buf, size_t cap, size_t at, char type, const void *const parts[],
+                  const size_t lens[], size_t n);
 
 /* Builders of messages the proxy sends on its own. Each writes a complete
  * message (or sequence) into buf and returns the bytes it needs; when that

@@ -96,8 +96,7 @@ static void close_kept(struct kept *k, bool terminate, const char *why)
 
     log_debug("kept server (backend %u) closed: %s", kept_pid(k), why);
     if (terminate) {
-        static const uint8_t goodbye[] = { 'X', 0, 0, 0, 4 };
-        evbuffer_add(sock_output(s), goodbye, sizeof(goodbye));
+        evbuffer_add(sock_output(s), PG_TERMINATE, sizeof(PG_TERMINATE));
         sock_flush(s);
     }
     sock_free(s);

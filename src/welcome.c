@@ -77,7 +77,7 @@ static void note_param(struct welcome *w, const uint8_t *body, size_t len)
 static void note_key(struct welcome *w, const uint8_t *body, size_t len)
 {
     /* A process ID and a key of 4 to 256 bytes (protocol 3.2). */
-    if (len < 8 || len > 4 + PG_CANCEL_KEY_MAX) {
+    if (len < PG_BACKEND_KEY_MIN || len > PG_BACKEND_KEY_MAX) {
         w->broken = true;
         return;
     }
@@ -112,43 +112,20 @@ const char *welcome_value(const struct welcome *w, const char *name)
     return p ? p->value : NULL;
 }
 
-/* Appends a message of type with a body of parts to buf when it fits;
- * returns its size. */
-static size_t put(uint8_t *buf, size_t cap, size_t at, char type, const void *const *parts,
-                  const size_t *lens, size_t n)
-{
-    size_t body = 0;
-
-    for (size_t i = 0; i < n; i++)
-        body += lens[i];
-    size_t need = PG_HEAD_LEN + body;
-    if (at + need <= cap) {
-        uint8_t *p = buf + at;
-        p[0] = (uint8_t)type;
-        pg_put_u32(p + 1, (uint32_t)(body + 4));
-        p += PG_HEAD_LEN;
-        for (size_t i = 0; i < n; i++) {
-            memcpy(p, parts[i], lens[i]);
-            p += lens[i];
-        }
-    }
-    return need;
-}
-
 static size_t build(const struct welcome *w, const uint8_t *key, uint8_t *buf, size_t cap)
 {
     static const uint8_t auth_ok[4] = { 0, 0, 0, 0 };
     static const char idle = 'I';
     size_t at = 0;
 
-    at += put(buf, cap, at, 'R', (const void *[]){ auth_ok }, (size_t[]){ 4 }, 1);
+    at = pg_put_msg(buf, cap, at, 'R', (const void *[]){ auth_ok }, (size_t[]){ 4 }, 1);
     for (const struct welcome_param *p = w->params; p; p = p->hh.next) {
-        at += put(buf, cap, at, 'S', (const void *[]){ p->name, p->value },
-                  (size_t[]){ strlen(p->name) + 1, strlen(p->value) + 1 }, 2);
+        at = pg_put_msg(buf, cap, at, 'S', (const void *[]){ p->name, p->value },
+                        (size_t[]){ strlen(p->name) + 1, strlen(p->value) + 1 }, 2);
     }
-    at += put(buf, cap, at, 'K', (const void *[]){ key ? key : w->key }, (size_t[]){ w->key_len }, 1);
-    at += put(buf, cap, at, 'Z', (const void *[]){ &idle }, (size_t[]){ 1 }, 1);
-    return at;
+    at = pg_put_msg(buf, cap, at, 'K', (const void *[]){ key ? key : w->key },
+                    (size_t[]){ w->key_len }, 1);
+    return pg_put_msg(buf, cap, at, 'Z', (const void *[]){ &idle }, (size_t[]){ 1 }, 1);
 }
 
 size_t welcome_build(const struct welcome *w, const uint8_t *key, uint8_t *buf, size_t cap)

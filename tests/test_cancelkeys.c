@@ -58,14 +58,14 @@ static void test_key_lengths(void **state)
 {
     (void)state;
     struct cancel_keys *m = cancel_keys_new();
-    uint8_t long_real[CANCEL_KEY_MAX + 1], given[CANCEL_KEY_MAX], request[CANCEL_KEY_MAX];
+    uint8_t long_real[PG_BACKEND_KEY_MAX + 1], given[PG_BACKEND_KEY_MAX], request[PG_BACKEND_KEY_MAX];
 
     memset(long_real, 0x5a, sizeof(long_real));
     /* Protocol 3.2's longest key is kept whole. */
-    assert_true(cancel_keys_add(m, long_real, CANCEL_KEY_MAX, given));
+    assert_true(cancel_keys_add(m, long_real, PG_BACKEND_KEY_MAX, given));
     memcpy(request, given, sizeof(request));
     assert_true(cancel_keys_translate(m, request, sizeof(request)));
-    assert_memory_equal(request, long_real, CANCEL_KEY_MAX);
+    assert_memory_equal(request, long_real, PG_BACKEND_KEY_MAX);
     /* The same bytes at another length are another key. */
     assert_false(cancel_keys_translate(m, request, 8));
     /* Out of bounds: nothing is given. */
