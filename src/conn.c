@@ -657,7 +657,9 @@ static void free_note(void *arg)
 {
     struct note *n = arg;
 
-    /* Gone from the queue without ParseComplete: nothing was created. */
+    /* Gone from the queue without ParseComplete (refused, or skipped after
+     * an error): nothing was created. The unnamed statement may still
+     * stand for it, so that a Bind of it fails as it would have. */
     if (n->creates)
         stmtcache_created(n->creates, n->number, false);
     decision_unref(n->decision);
@@ -857,6 +859,14 @@ static bool parse_cached(struct conn *c, struct sink *k, const struct statement 
     return true;
 }
 
+/* A Query, a Parse or a Close of the unnamed statement: it is the server's
+ * own again (unless the server skips the message). */
+static void unnamed_redefined(struct conn *c)
+{
+    if (!c->track.skip_to_sync)
+        c->stmts.unnamed = NULL;
+}
+
 /* The server is to read a message the proxy cannot rename (too large to
  * hold): its unnamed statement gets the cached text first, so that the
  * message means what the client meant either way. */
@@ -1000,8 +1010,7 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
     /* A Query in the middle of a batch ends its implicit transaction, and
      * drops the unnamed statement. */
     c->batch_certain = false;
-    if (!c->track.skip_to_sync)
-        c->stmts.unnamed = NULL;
+    unnamed_redefined(c);
     if (st.table < 0 && !st.replaced) {
         decision_unref(st.d);
         return track_client(c, 'Q', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
@@ -1067,8 +1076,8 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
         return TAKEN_CLOSED;
     }
     bool unnamed = st.at > 0 && st.body[0] == '\0';
-    if (unnamed && !c->track.skip_to_sync)
-        c->stmts.unnamed = NULL;
+    if (unnamed)
+        unnamed_redefined(c);
     if (st.replaced && !(unnamed && rule && parse_cached(c, k, &st, note)))
         write_rewritten(k, 'P', &st);
     if (!track_client(c, 'P', note))
@@ -1146,8 +1155,8 @@ static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
     if (name)
         session_close(&c->session, (char)body[0], name);
     /* It closes the server's own unnamed statement, as the client meant. */
-    if (name && body[0] == 'S' && name[0] == '\0' && !c->track.skip_to_sync)
-        c->stmts.unnamed = NULL;
+    if (name && body[0] == 'S' && name[0] == '\0')
+        unnamed_redefined(c);
     return track_client(c, 'C', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
@@ -1269,10 +1278,8 @@ static enum taken take_named(struct conn *c, const uint8_t *msg, size_t total, s
     case 'D': return take_describe(c, msg, total, k);
     case 'C': return take_close(c, msg, total);
     default:
-        /* A Query, or a Parse of the unnamed statement, redefines it. */
-        if ((type == 'Q' || (total > PG_HEAD_LEN && msg[PG_HEAD_LEN] == '\0')) &&
-            !c->track.skip_to_sync)
-            c->stmts.unnamed = NULL;
+        if (type == 'Q' || (total > PG_HEAD_LEN && msg[PG_HEAD_LEN] == '\0'))
+            unnamed_redefined(c);
         return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
 }
@@ -1427,12 +1434,8 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
     if (!pg_error_parse(body, len, &err))
         return TAKEN_FORWARD;
     note_fatal(c, &err);
-    /* A cached statement the server refused does not exist; the unnamed
-     * statement still stands for it, so a Bind of it fails as it would
-     * have. One the server says does not exist (the client's SQL dropped
-     * it where the proxy could not see) is created again. */
-    if (note && note->creates)
-        stmtcache_created(note->creates, note->number, false);
+    /* A statement the server says does not exist (the client's SQL
+     * dropped it where the proxy could not see) is created again. */
     if (err.code && strcmp(err.code, "26000") == 0)
         stmtcache_forget_all(&c->stmts);
     forget_refused(c);
@@ -1724,11 +1727,8 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
     case 'E':
         taken = take_error(c, msg, total, k);
         break;
-    case '1':
-        if (note_of(head) && note_of(head)->creates)
-            stmtcache_created(note_of(head)->creates, note_of(head)->number, true);
-        if (translating(c))
-            guard_reply(c, type, note_of(head));
+    case '1': /* taken only when it confirms a cached statement */
+        stmtcache_created(note_of(head)->creates, note_of(head)->number, true);
         break;
     case 'Z':
         if (c->state == CONN_LOGIN) {
