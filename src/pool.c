@@ -289,11 +289,12 @@ void pool_close_all(struct pool *p)
 
     if (!p)
         return;
+    /* Closing a bucket's last server frees the bucket. */
     HASH_ITER(hh, p->buckets, b, tmp) {
-        /* The last server of a bucket frees the bucket. */
-        while (b->servers && b->servers->next)
-            close_kept(b->servers, true, "closing every kept server");
-        close_kept(b->servers, true, "closing every kept server");
+        for (struct kept *k = b->servers, *next; k; k = next) {
+            next = k->next;
+            close_kept(k, true, "closing every kept server");
+        }
     }
 }
 
