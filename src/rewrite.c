@@ -283,7 +283,7 @@ static bool returning_keyword_at(const PgQuery__ScanResult *scan, size_t from,
     return true;
 }
 
-static size_t utf8_chars(const char *text, size_t len)
+size_t rewrite_utf8_chars(const char *text, size_t len)
 {
     size_t n = 0;
 
@@ -328,7 +328,7 @@ static bool place_clauses(struct rewrite_result *out, const PgQuery__ParseResult
             continue;
         }
         s->offset = at;
-        s->offset_chars = utf8_chars(text, at);
+        s->offset_chars = rewrite_utf8_chars(text, at);
     }
     if (scan)
         pg_query__scan_result__free_unpacked(scan, NULL);

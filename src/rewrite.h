@@ -104,6 +104,10 @@ bool rewrite_prefilter(const struct rewrite_rules *rules, const char *text, size
  * when the parser cannot read a text that mentions one of them. */
 bool rewrite_redefines_statements(const char *text, size_t len);
 
+/* The characters of UTF-8 text (len bytes): how PostgreSQL counts a
+ * position in it. */
+size_t rewrite_utf8_chars(const char *text, size_t len);
+
 /* Maps a 1-based character position in the rewritten text (an
  * ErrorResponse's P field) back onto the original. A position inside a
  * spliced clause maps to the point where the clause was inserted. utf8

@@ -23,15 +23,6 @@ static bool ident_char(unsigned char c)
     return ident_start(c) || is_digit(c) || c == '$';
 }
 
-static size_t utf8_chars(const char *s, size_t len)
-{
-    size_t n = 0;
-
-    for (size_t i = 0; i < len; i++)
-        n += ((unsigned char)s[i] & 0xC0) != 0x80;
-    return n;
-}
-
 /* Just past the quote that closes the quoted run opening at text[i] (a
  * doubled quote is one quote inside); 0 when it does not close. */
 static size_t quoted_end(const char *text, size_t len, size_t i)
@@ -110,7 +101,8 @@ static bool add_const(struct shape *sh, const char *text, size_t at, size_t end)
         sh->consts = c;
         sh->consts_cap = n;
     }
-    sh->consts[sh->nconsts++] = (struct shape_const){ at, end - at, utf8_chars(text + at, end - at) };
+    sh->consts[sh->nconsts++] =
+        (struct shape_const){ at, end - at, rewrite_utf8_chars(text + at, end - at) };
     return true;
 }
 
