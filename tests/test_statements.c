@@ -64,13 +64,10 @@ static long long cached_count(PGconn *c)
                              "WHERE name LIKE 'idemproxy_s%'");
 }
 
-static const char *state_of(PGresult *r)
+static void fails_with(PGresult *r, const char *sqlstate, const char *what)
 {
-    static char buf[16];
-    const char *s = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
-    snprintf(buf, sizeof buf, "%s", s ? s : "(none)");
+    itest_assert_sqlstate(r, sqlstate, what);
     PQclear(r);
-    return buf;
 }
 
 /* ---- tests --------------------------------------------------------------- */
@@ -149,10 +146,8 @@ static void test_stmt_unnamed_semantics(void **state)
     r = itest_prepare(direct, "", INSERT, 2);
     PQclear(r);
     itest_exec_ok(direct, "SELECT 1");
-    char want[16];
-    snprintf(want, sizeof want, "%s", state_of(itest_exec_prepared(direct, "", 2, vals)));
-    assert_string_equal(want, "26000");
-    assert_string_equal(state_of(itest_exec_prepared(c, "", 2, vals)), want);
+    fails_with(itest_exec_prepared(direct, "", 2, vals), "26000", "Bind after a Query, directly");
+    fails_with(itest_exec_prepared(c, "", 2, vals), "26000", "Bind after a Query");
 
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 1);
     itest_pass();
@@ -184,7 +179,7 @@ static void test_stmt_deallocate(void **state)
      * it again. */
     itest_exec_ok(c, "DO $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$");
     const char *vals[2] = { "4", "four" };
-    assert_string_equal(state_of(itest_exec_params(c, INSERT, 2, vals)), "26000");
+    fails_with(itest_exec_params(c, INSERT, 2, vals), "26000", "the INSERT after it");
     insert_tag(c, "4", "four", "INSERT 0 1");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 4);
     itest_pass();
@@ -203,18 +198,17 @@ static void test_stmt_errors(void **state)
     const char *bad = "INSERT INTO stmt_t (k, no_such_column) VALUES ($1, $2)";
 
     /* Refused: nothing is left to bind. */
-    assert_string_equal(state_of(itest_exec_params(c, bad, 2, vals)), "42703");
-    char want[16];
-    assert_string_equal(state_of(itest_exec_params(direct, bad, 2, vals)), "42703");
-    snprintf(want, sizeof want, "%s", state_of(itest_exec_prepared(direct, "", 2, vals)));
-    assert_string_equal(state_of(itest_exec_prepared(c, "", 2, vals)), want);
+    fails_with(itest_exec_params(c, bad, 2, vals), "42703", "a Parse the server refuses");
+    fails_with(itest_exec_params(direct, bad, 2, vals), "42703", "the same, directly");
+    fails_with(itest_exec_prepared(direct, "", 2, vals), "26000", "its Bind, directly");
+    fails_with(itest_exec_prepared(c, "", 2, vals), "26000", "its Bind");
 
     /* In a failed block: 25P02, then the block rolls back. */
     insert_tag(c, "1", "one", "INSERT 0 1");
     itest_exec_ok(c, "BEGIN");
     itest_exec_sqlstate(c, "SELECT 1/0", "22012");
     const char *two[2] = { "2", "two" };
-    assert_string_equal(state_of(itest_exec_params(c, INSERT, 2, two)), "25P02");
+    fails_with(itest_exec_params(c, INSERT, 2, two), "25P02", "the INSERT in a failed block");
     itest_exec_tag(c, "ROLLBACK", "ROLLBACK");
     insert_tag(c, "2", "two", "INSERT 0 1");
 
@@ -295,7 +289,7 @@ static void test_stmt_reload(void **state)
     itest_assert_tag(r, "INSERT 0 0", "prepared with ON CONFLICT, before the reload");
     PQclear(r);
     /* A new Parse is the client's own again. */
-    assert_string_equal(state_of(itest_exec_params(c, INSERT, 2, vals)), "23505");
+    fails_with(itest_exec_params(c, INSERT, 2, vals), "23505", "the client's own Parse");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 1);
     itest_pass();
 }
