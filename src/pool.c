@@ -60,6 +60,15 @@ struct pool *pool_new(struct event_base *base, struct counter *idle)
     return p;
 }
 
+/* A bucket goes once it keeps no server. */
+static void drop_if_empty(struct pool *p, struct bucket *b)
+{
+    if (!b->servers) {
+        HASH_DELETE(hh, p->buckets, b);
+        free(b);
+    }
+}
+
 /* Takes k out of its bucket (and the bucket out of the pool once empty). */
 static void unlink_kept(struct kept *k)
 {
@@ -72,10 +81,7 @@ static void unlink_kept(struct kept *k)
         b->servers = k->next;
     if (k->next)
         k->next->prev = k->prev;
-    if (!b->servers) {
-        HASH_DELETE(hh, p->buckets, b);
-        free(b);
-    }
+    drop_if_empty(p, b);
     event_free(k->timer);
     p->size--;
     counter_sub(p->idle, 1);
@@ -239,10 +245,8 @@ bool pool_park(struct pool *p, const uint8_t *startup, size_t len, struct pool_s
     if (k && b)
         k->timer = evtimer_new(p->base, kept_timer_cb, k);
     if (!k || !b || !k->timer) {
-        if (b && !b->servers) {
-            HASH_DELETE(hh, p->buckets, b);
-            free(b);
-        }
+        if (b)
+            drop_if_empty(p, b);
         free(k);
         return false;
     }
