@@ -645,12 +645,13 @@ static bool track_plain(struct conn *c, enum flow d, char type, char status)
 struct note {
     struct decision *decision;   /* a rewritten text: error positions map through it */
     struct translate_request req; /* a Query or Execute of a recognised INSERT */
-    char *defines;               /* a Parse's statement or a Bind's portal name */
+    const char *defines;         /* a Parse's statement or a Bind's portal name */
     bool flushed;                /* an Execute the client sent a Flush after */
     struct stmt_entry *maps;     /* a Parse that made the unnamed statement stand for
                                     this cached one */
     struct stmt_entry *creates;  /* ... and created it on the server, */
     uint64_t number;             /* under this number */
+    char defined[];              /* where defines points */
 };
 
 static void free_note(void *arg)
@@ -663,13 +664,15 @@ static void free_note(void *arg)
     if (n->creates)
         stmtcache_created(n->creates, n->number, false);
     decision_unref(n->decision);
-    free(n->defines);
     free(n);
 }
 
-static struct note *note_new(struct decision *d)
+/* A note taking over a reference to d (which may be NULL), for a message
+ * that defines a name (or NULL). */
+static struct note *note_new(struct decision *d, const char *defines)
 {
-    struct note *n = calloc(1, sizeof(*n));
+    size_t len = defines ? strlen(defines) + 1 : 0;
+    struct note *n = calloc(1, sizeof(*n) + len);
 
     if (!n) {
         decision_unref(d);
@@ -677,6 +680,8 @@ static struct note *note_new(struct decision *d)
     }
     n->decision = d;
     n->req.table = -1;
+    if (defines)
+        n->defines = memcpy(n->defined, defines, len);
     return n;
 }
 
@@ -732,7 +737,7 @@ static struct decision *decide_statement(struct conn *c, char type, const uint8_
     }
     const char *text = (const char *)body + *at;
     bool fresh;
-    struct decision *d = scope_decide(c->scope, text, *text_len, &fresh);
+    struct decision *d = scope_decide(c->scope, text, *text_len, type == 'P', &fresh);
     scope_count(c->scope, d);
     if (d && fresh)
         log_decision(c, d, text, *text_len);
@@ -1015,7 +1020,7 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
         decision_unref(st.d);
         return track_client(c, 'Q', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
-    note = note_new(st.d);
+    note = note_new(st.d, NULL);
     if (!note) {
         fail_oom(c);
         return TAKEN_CLOSED;
@@ -1059,17 +1064,12 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
                                         : NULL;
     /* A rewritten text's decision stays with the request: an error's
      * position is mapped back through it. */
-    struct note *note = note_new(st.replaced ? st.d : NULL);
+    const char *name = st.at > 0 ? (const char *)st.body : NULL;
+    struct note *note = note_new(st.replaced ? st.d : NULL, name);
     if (!st.replaced)
         decision_unref(st.d);
-    bool ok = note != NULL;
-    if (ok && st.at > 0) {
-        const char *name = (const char *)st.body;
-        ok = session_parse(&c->session, name, rule ? rule->schema : NULL,
-                           rule ? rule->name : NULL) &&
-             (note->defines = strdup(name)) != NULL;
-    }
-    if (!ok) {
+    if (!note || (name && !session_parse(&c->session, name, rule ? rule->schema : NULL,
+                                         rule ? rule->name : NULL))) {
         if (note)
             free_note(note);
         fail_oom(c);
@@ -1114,9 +1114,8 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
         session_close(&c->session, 'P', portal);
         return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
-    struct note *note = note_new(NULL);
-    if (!note || !session_bind(&c->session, portal, statement) ||
-        !(note->defines = strdup(portal))) {
+    struct note *note = note_new(NULL, portal);
+    if (!note || !session_bind(&c->session, portal, statement)) {
         if (note)
             free_note(note);
         fail_oom(c);
@@ -1180,7 +1179,7 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
         c->batch_certain = false;
         return track_client(c, 'E', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
-    struct note *note = note_new(NULL);
+    struct note *note = note_new(NULL, NULL);
     if (!note) {
         fail_oom(c);
         return TAKEN_CLOSED;

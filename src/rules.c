@@ -9,9 +9,10 @@
 /* The decision cache of one scope stays within these bounds; the least
  * recently used decisions go first. A text with constants is cached by its
  * shape (shape.h), so that an application that writes its values into the
- * text has its INSERTs decided once. Texts longer than CACHE_MAX_TEXT are
- * decided every time: they are nearly always one-off batches, and caching
- * them would only cost memory. */
+ * text has its INSERTs decided once; a text that is to come again (a
+ * Parse's) is also kept as it is, so that its repetitions skip masking it.
+ * Texts longer than CACHE_MAX_TEXT are decided every time: they are nearly
+ * always one-off batches, and caching them would only cost memory. */
 #define CACHE_MAX_ENTRIES 4096
 #define CACHE_MAX_BYTES (8u << 20)
 #define CACHE_MAX_TEXT (16u << 10)
@@ -368,9 +369,11 @@ static struct cache_entry *cache_find(struct scope *s, const char *key, size_t l
 
     HASH_FIND(hh, s->cache, key, len, e);
     if (e) {
-        /* Most recently used goes to the end of uthash's order. */
+        /* Most recently used goes to the end of uthash's order; its hash
+         * is known. */
+        unsigned hashv = e->hh.hashv;
         HASH_DELETE(hh, s->cache, e);
-        HASH_ADD_KEYPTR(hh, s->cache, e->text, e->len, e);
+        HASH_ADD_KEYPTR_BYHASHVALUE(hh, s->cache, e->text, e->len, hashv, e);
     }
     return e;
 }
@@ -407,7 +410,8 @@ static void cache_shape(struct scope *s, const struct shape *sh, const struct de
     decision_unref(general);
 }
 
-struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool *fresh)
+struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool repeats,
+                              bool *fresh)
 {
     struct shape *sh = &s->shape;
     struct decision *d;
@@ -415,8 +419,8 @@ struct decision *scope_decide(struct scope *s, const char *text, size_t len, boo
     *fresh = false;
     if (s->state != SCOPE_READY || !rewrite_prefilter(&s->rules, text, len))
         return NULL;
-    /* A text without constants (parameters only) is found as it is,
-     * without masking it first. */
+    /* A text without constants (parameters only), or a Parse's seen
+     * before, is found as it is, without masking it first. */
     struct cache_entry *as_is = cache_find(s, text, len);
     if (as_is && !as_is->general) {
         as_is->decision->refs++;
@@ -424,8 +428,12 @@ struct decision *scope_decide(struct scope *s, const char *text, size_t len, boo
     }
     bool shaped = len <= CACHE_MAX_TEXT && shape_of(text, len, sh);
     struct cache_entry *by_shape = shaped ? cache_find(s, sh->key, sh->key_len) : NULL;
-    if (by_shape && by_shape->general && (d = decide_from_shape(sh, by_shape->decision, text, len)))
+    if (by_shape && by_shape->general &&
+        (d = decide_from_shape(sh, by_shape->decision, text, len))) {
+        if (repeats && !as_is)
+            cache_store(s, text, len, false, d);
         return d;
+    }
     d = decision_new();
     if (d && !rewrite_insert(&s->rules, text, len, &d->result)) {
         free(d);
@@ -435,7 +443,7 @@ struct decision *scope_decide(struct scope *s, const char *text, size_t len, boo
         *fresh = true;
         if (shaped && !by_shape)
             cache_shape(s, sh, d);
-        else if (!shaped && !as_is)
+        if ((!shaped || repeats) && !as_is)
             cache_store(s, text, len, false, d);
     }
     return d;

@@ -87,9 +87,12 @@ void decision_unref(struct decision *d);
 /* Decides about text (len bytes, NUL at text[len]) in a READY scope, from
  * the cache when it can. Returns a reference the caller must drop, or NULL
  * when the text is of no interest (the pre-filter said so, or memory ran
- * out: either way it passes unchanged). *fresh says the decision was made
- * just now rather than found in the cache. */
-struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool *fresh);
+ * out: either way it passes unchanged). repeats says the same text is
+ * likely to come again (a Parse's, whose values come as parameters).
+ * *fresh says the decision was made just now rather than found in the
+ * cache. */
+struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool repeats,
+                              bool *fresh);
 
 /* Counts a decision (or, for NULL, a text the pre-filter let pass) in the
  * ruleset's counters. */

@@ -6,8 +6,8 @@
 
 struct session_entry {
     UT_hash_handle hh;
-    char *schema, *table;
-    char name[]; /* the key */
+    const char *schema, *table; /* in names, after the key */
+    char names[];               /* the name (the key), the schema, the table */
 };
 
 void session_init(struct session *s)
@@ -19,8 +19,6 @@ void session_init(struct session *s)
 static void drop(struct session_entry **map, struct session_entry *e)
 {
     HASH_DELETE(hh, *map, e);
-    free(e->schema);
-    free(e->table);
     free(e);
 }
 
@@ -59,27 +57,30 @@ static void forget(struct session_entry **map, const char *name)
         drop(map, e);
 }
 
-/* Sets name to schema.table in map, or forgets it when schema is NULL. */
+/* Sets name to schema.table in map, or forgets it when schema is NULL. A
+ * driver that does not prepare redefines the same unnamed statement and
+ * portal with every execution: an entry that already says the same stays. */
 static bool set(struct session_entry **map, const char *name, const char *schema,
                 const char *table)
 {
-    forget(map, name);
+    struct session_entry *e = find(*map, name);
+
+    if (e && schema && strcmp(e->schema, schema) == 0 && strcmp(e->table, table) == 0)
+        return true;
+    if (e)
+        drop(map, e);
     if (!schema)
         return true;
-    size_t len = strlen(name) + 1;
-    struct session_entry *e = malloc(sizeof(*e) + len);
+    size_t name_len = strlen(name) + 1, schema_len = strlen(schema) + 1;
+    size_t table_len = strlen(table) + 1;
+    e = malloc(sizeof(*e) + name_len + schema_len + table_len);
     if (!e)
         return false;
-    memcpy(e->name, name, len);
-    e->schema = strdup(schema);
-    e->table = strdup(table);
-    if (!e->schema || !e->table) {
-        free(e->schema);
-        free(e->table);
-        free(e);
-        return false;
-    }
-    HASH_ADD_STR(*map, name, e);
+    char *at = e->names;
+    memcpy(at, name, name_len);
+    e->schema = memcpy(at += name_len, schema, schema_len);
+    e->table = memcpy(at += schema_len, table, table_len);
+    HASH_ADD_KEYPTR(hh, *map, e->names, name_len - 1, e);
     return true;
 }
 

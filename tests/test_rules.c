@@ -115,16 +115,22 @@ static struct ruleset *ready_ruleset(struct scope **s)
 }
 
 /* scope_decide on a heap copy of exactly len + 1 bytes. */
-static struct decision *decide(struct scope *s, const char *text, bool *fresh)
+static struct decision *decide_as(struct scope *s, const char *text, bool repeats, bool *fresh)
 {
     size_t len = strlen(text);
     char *copy = malloc(len + 1);
     assert_non_null(copy);
     memcpy(copy, text, len + 1);
     *fresh = true; /* scope_decide must clear it when it does not decide anew */
-    struct decision *d = scope_decide(s, copy, len, fresh);
+    struct decision *d = scope_decide(s, copy, len, repeats, fresh);
     free(copy);
     return d;
+}
+
+/* A Query's text. */
+static struct decision *decide(struct scope *s, const char *text, bool *fresh)
+{
+    return decide_as(s, text, false, fresh);
 }
 
 /* ---- rulesets and scopes ----------------------------------------------- */
@@ -154,7 +160,8 @@ static void test_ruleset_without_tables(void **state)
     assert_int_equal(scope_table_count(s), 0);
     assert_null(scope_catalog_query(s));
     bool fresh = true;
-    assert_null(scope_decide(s, "INSERT INTO t VALUES (1)", strlen("INSERT INTO t VALUES (1)"), &fresh));
+    assert_null(
+        scope_decide(s, "INSERT INTO t VALUES (1)", strlen("INSERT INTO t VALUES (1)"), false, &fresh));
     assert_false(fresh);
     ruleset_unref(rs);
 }
@@ -349,6 +356,55 @@ static void test_decide_rewrites(void **state)
     assert_int_equal(d->result.stmts[0].target, APP_ORDERS);
     assert_int_equal(d->result.stmts[0].reason, RR_SHADOW);
     decision_unref(d);
+    ruleset_unref(rs);
+}
+
+/* A text with constants is decided from its shape each time it comes in a
+ * Query (the values differ from one to the next), but a Parse's text is
+ * kept as it is: its repetitions get the cached decision itself. */
+static void test_decide_parse_text_kept(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    const char *text = "INSERT INTO webhook_events (idempotency_key, payload) VALUES ($1, 'x')";
+    bool fresh = false;
+
+    struct decision *q1 = decide(s, text, &fresh);
+    assert_true(fresh);
+    struct decision *q2 = decide(s, text, &fresh);
+    assert_false(fresh);
+    assert_ptr_not_equal(q2, q1);
+    assert_int_equal(q2->refs, 1);
+    assert_string_equal(q2->result.text, q1->result.text);
+
+    /* From the shape the first time, then kept. */
+    struct decision *p1 = decide_as(s, text, true, &fresh);
+    assert_false(fresh);
+    assert_string_equal(p1->result.text, q1->result.text);
+    struct decision *p2 = decide_as(s, text, true, &fresh);
+    assert_false(fresh);
+    assert_ptr_equal(p2, p1);
+    assert_int_equal(p1->refs, 3);
+    /* A Query of the same text now finds it too. */
+    struct decision *q3 = decide(s, text, &fresh);
+    assert_ptr_equal(q3, p1);
+
+    /* New to the proxy in a Parse: decided, then kept as it is. */
+    const char *other = "INSERT INTO webhook_events (idempotency_key) VALUES (7)";
+    struct decision *o1 = decide_as(s, other, true, &fresh);
+    assert_true(fresh);
+    struct decision *o2 = decide_as(s, other, true, &fresh);
+    assert_false(fresh);
+    assert_ptr_equal(o2, o1);
+
+    decision_unref(q1);
+    decision_unref(q2);
+    decision_unref(q3);
+    decision_unref(p1);
+    decision_unref(p2);
+    decision_unref(o1);
+    decision_unref(o2);
     ruleset_unref(rs);
 }
 
@@ -595,6 +651,7 @@ int main(void)
         cmocka_unit_test(test_scope_learn),
         cmocka_unit_test(test_decide_prefilter),
         cmocka_unit_test(test_decide_rewrites),
+        cmocka_unit_test(test_decide_parse_text_kept),
         cmocka_unit_test(test_decision_outlives_ruleset),
         cmocka_unit_test(test_cache_eviction_by_count),
         cmocka_unit_test(test_cache_eviction_by_size),
