@@ -148,6 +148,17 @@ static void update_reading(struct sock *s)
     set_interest(s->rev, &s->reading, want);
 }
 
+/* Reading goes on where it can make progress. Bytes TLS already holds
+ * will not wake the read event, so they are read on the next turn of the
+ * loop. */
+static void resume_reading(struct sock *s)
+{
+    update_reading(s);
+    if (s->state == SOCK_OPEN && s->ssl && SSL_pending(s->ssl) > 0 && !s->paused &&
+        evbuffer_get_length(s->in) < s->read_limit)
+        event_active(s->rev, EV_READ, 0);
+}
+
 /* Nothing moves any more, and no timeout follows. */
 static void die(struct sock *s)
 {
@@ -447,11 +458,7 @@ static void on_readable(evutil_socket_t fd, short what, void *arg)
         break;
     }
     /* A TLS record may hold more than fit: read on once there is room. */
-    if (s->state == SOCK_OPEN && s->ssl && SSL_pending(s->ssl) > 0 && !s->paused &&
-        evbuffer_get_length(s->in) < s->read_limit)
-        event_active(s->rev, EV_READ, 0);
-    else
-        update_reading(s);
+    resume_reading(s);
 }
 
 static void on_writable(evutil_socket_t fd, short what, void *arg)
@@ -629,18 +636,18 @@ void sock_flush(struct sock *s)
 void sock_set_read_limit(struct sock *s, size_t limit)
 {
     s->read_limit = limit < READ_CHUNK ? READ_CHUNK : limit;
-    update_reading(s);
-    /* Bytes TLS already holds will not wake the read event. */
-    if (s->ssl && s->state == SOCK_OPEN && SSL_pending(s->ssl) > 0 && !s->paused)
-        event_active(s->rev, EV_READ, 0);
+    resume_reading(s);
 }
 
 void sock_pause_reading(struct sock *s, bool paused)
 {
     s->paused = paused;
-    update_reading(s);
-    if (!paused && s->ssl && s->state == SOCK_OPEN && SSL_pending(s->ssl) > 0)
-        event_active(s->rev, EV_READ, 0);
+    resume_reading(s);
+}
+
+void sock_input_taken(struct sock *s)
+{
+    resume_reading(s);
 }
 
 void sock_set_write_marks(struct sock *s, size_t low, size_t high)

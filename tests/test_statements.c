@@ -294,6 +294,103 @@ static void test_stmt_reload(void **state)
     itest_pass();
 }
 
+/* Appends one Parse of the unnamed statement, Bind, Execute and Sync that
+ * insert (k, payload) with text. */
+static size_t put_insert(uint8_t *buf, size_t cap, size_t at, const char *text, const char *k,
+                         const char *payload)
+{
+    uint8_t body[16384];
+    size_t n = 0, text_len = strlen(text) + 1;
+
+    assert_true(text_len + 3 <= sizeof body);
+
+    /* Parse: "", the text, no parameter types. */
+    body[n++] = '\0';
+    memcpy(body + n, text, text_len);
+    n += text_len;
+    body[n++] = 0;
+    body[n++] = 0;
+    at += itest_build_msg(buf + at, cap - at, 'P', body, n);
+    /* Bind: "", "", text formats, two values, text results. */
+    n = 0;
+    body[n++] = '\0';
+    body[n++] = '\0';
+    body[n++] = 0;
+    body[n++] = 0;
+    body[n++] = 0;
+    body[n++] = 2;
+    const char *values[2] = { k, payload };
+    for (int i = 0; i < 2; i++) {
+        size_t len = strlen(values[i]);
+        body[n++] = 0;
+        body[n++] = 0;
+        body[n++] = 0;
+        body[n++] = (uint8_t)len;
+        memcpy(body + n, values[i], len);
+        n += len;
+    }
+    body[n++] = 0;
+    body[n++] = 0;
+    at += itest_build_msg(buf + at, cap - at, 'B', body, n);
+    static const uint8_t execute[] = { '\0', 0, 0, 0, 0 };
+    at += itest_build_msg(buf + at, cap - at, 'E', execute, sizeof execute);
+    return at + itest_build_msg(buf + at, cap - at, 'S', NULL, 0);
+}
+
+/* Sends count INSERTs of text in one pipeline, keys first_k.., and reads
+ * their answers: each is ParseComplete, BindComplete, tag, ReadyForQuery. */
+static void pipeline_inserts(int fd, const char *text, int first_k, int count, const char *tag)
+{
+    size_t cap = (size_t)count * (strlen(text) + 64), n = 0;
+    uint8_t *pipeline = malloc(cap);
+    assert_non_null(pipeline);
+    for (int i = 0; i < count; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "%d", first_k + i);
+        n = put_insert(pipeline, cap, n, text, k, "split");
+    }
+    assert_true(itest_raw_send(fd, pipeline, n));
+    free(pipeline);
+    for (int i = 0; i < 4 * count; i++) {
+        struct itest_msg m;
+        assert_int_equal(itest_raw_read_msg(fd, &m, ITEST_QUERY_TIMEOUT_MS), ITEST_READ_OK);
+        char type = m.type, want = "12CZ"[i % 4];
+        if (type == 'C')
+            assert_string_equal((const char *)m.body, tag);
+        itest_msg_free(&m);
+        if (type != want)
+            fail_msg("message %d is '%c', want '%c'", i, type, want);
+    }
+}
+
+/* A pipeline larger than the proxy reads at once: 1000 small INSERTs,
+ * then 40 whose Parse is 8 kB, so that messages are cut where one read's
+ * buffer ends (the large ones are joined from two buffers), and the client's
+ * messages wait while a batch ends with the input at its limit. Every
+ * INSERT is answered as it would be when sent alone. */
+static void test_stmt_split_reads(void **state)
+{
+    (void)state;
+    create_table();
+    /* Without translation, a duplicate the proxy failed to rewrite would
+     * come back as 23505. */
+    struct itest_proxy *p = proxy("translate_errors = off\n");
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_split_reads");
+
+    pipeline_inserts(fd, INSERT, 1, 1000, "INSERT 0 1");
+    char text[8000];
+    int len = snprintf(text, sizeof text, "%s /* ", INSERT);
+    memset(text + len, 'x', sizeof text - (size_t)len - 4);
+    memcpy(text + sizeof text - 4, " */", 4);
+    pipeline_inserts(fd, text, 1, 40, "INSERT 0 0");
+    itest_raw_close(fd);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE payload = 'split'"),
+                     1000);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -303,6 +400,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_errors),
         ITEST(test_stmt_large_bind),
         ITEST(test_stmt_reload),
+        ITEST(test_stmt_split_reads),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
                       sizeof tests / sizeof tests[0]);
