@@ -1817,16 +1817,29 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* The len bytes at pos where they lie when one chain of the buffer holds
+ * them all, as it does for most of what one read brought; otherwise copied
+ * into copy (len bytes of room), or NULL when copy is NULL. */
+static const uint8_t *bytes_at(struct evbuffer *in, struct evbuffer_ptr *pos, size_t len,
+                               uint8_t *copy)
+{
+    struct evbuffer_iovec v;
+
+    if (evbuffer_peek(in, (ev_ssize_t)len, pos, &v, 1) >= 1 && v.iov_len >= len)
+        return v.iov_base;
+    if (copy)
+        evbuffer_copyout_from(in, pos, copy, len);
+    return copy;
+}
+
 /* Hands one whole message at pos to its handler. */
 static enum taken take(struct conn *c, enum flow d, struct sink *k,
                        struct evbuffer_ptr *pos, size_t total)
 {
     uint8_t small[SMALL_MSG];
-    const uint8_t *msg = small;
+    const uint8_t *msg = bytes_at(k->in, pos, total, total <= sizeof(small) ? small : NULL);
 
-    if (total <= sizeof(small)) {
-        evbuffer_copyout_from(k->in, pos, small, total);
-    } else {
+    if (!msg) {
         sink_flush(k);
         msg = evbuffer_pullup(k->in, (ev_ssize_t)total);
         if (!msg) {
@@ -1865,12 +1878,12 @@ static bool relay(struct conn *c, enum flow d)
 
     for (;;) {
         size_t avail = evbuffer_get_length(k.in);
-        uint8_t raw[PG_HEAD_LEN];
+        uint8_t copy[PG_HEAD_LEN];
         struct pg_msg_head head;
 
         if (avail - k.span < PG_HEAD_LEN)
             break;
-        evbuffer_copyout_from(k.in, &pos, raw, PG_HEAD_LEN);
+        const uint8_t *raw = bytes_at(k.in, &pos, PG_HEAD_LEN, copy);
         if (pg_msg_head(raw, PG_HEAD_LEN, &head) != PG_NEXT_OK) {
             sink_flush(&k);
             protocol_violation(c, d, raw);
