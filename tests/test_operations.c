@@ -198,12 +198,16 @@ static void test_ops_metrics(void **state)
     assert_non_null(strstr(text, "\r\n\r\nok\n"));
     free(text);
 
-    /* The connection gone, the gauges come down; the totals stay. */
+    /* The connection gone, the gauges come down; the totals stay. The
+     * worker drops the client's side and then the server's (which may
+     * still be sending its Terminate), and the endpoint can read between. */
     itest_finish(c);
     int64_t deadline = itest_now_ms() + 5000;
     for (;;) {
         text = http_get(mport, "/metrics");
-        if (metric(text, "idemproxy_client_connections") == 0 || itest_now_ms() > deadline)
+        if ((metric(text, "idemproxy_client_connections") == 0 &&
+             metric(text, "idemproxy_server_connections") == 0) ||
+            itest_now_ms() > deadline)
             break;
         free(text);
         itest_sleep_ms(20);
