@@ -138,7 +138,9 @@ bool shape_of(const char *text, size_t len, struct shape *sh)
                 goto none;
             masked = true;
         } else if (c == '"') {
-            if (!(end = quoted_end(text, len, i)))
+            /* A name is copied into the key: the marker in it would pass
+             * for a mask. */
+            if (!(end = quoted_end(text, len, i)) || memchr(text + i, MARK, end - i))
                 goto none;
         } else if (c == '$') {
             /* $n is a parameter; $tag$ would open a dollar quote. */

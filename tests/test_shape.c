@@ -94,6 +94,7 @@ static void test_no_shape(void **state)
         "INSERT INTO t VALUES ('open",             /* unterminated */
         "INSERT INTO \"open VALUES (1)",
         "INSERT INTO t VALUES (1) \x01",           /* the marker itself */
+        "INSERT INTO \"a\x01i\" VALUES (1)",        /* ... in a name */
     };
     for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
         char *key = key_of(none[i]);
