@@ -77,7 +77,8 @@ bool admin_user_allowed(const struct config *cfg, const char *user)
 
 static void put_u16(struct evbuffer *out, uint16_t v)
 {
-    uint8_t b[2] = { (uint8_t)(v >> 8), (uint8_t)v };
+    uint8_t b[2];
+    pg_put_u16(b, v);
     evbuffer_add(out, b, 2);
 }
 
