@@ -817,10 +817,8 @@ static void write_parse(struct sink *k, const char *name, const struct stmt_entr
 static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, size_t total,
                           size_t at)
 {
-    char name[STMTCACHE_NAME_MAX];
+    const char *name = stmtcache_name(c->stmts.unnamed);
     uint8_t head[PG_HEAD_LEN] = { msg[0] };
-
-    stmtcache_name(c->stmts.unnamed, name);
     size_t name_len = strlen(name);
     pg_put_u32(head + 1, (uint32_t)(total - 1 + name_len));
     sink_write(k, head, sizeof(head));
@@ -842,7 +840,6 @@ static bool parse_cached(struct conn *c, struct sink *k, const struct statement 
     size_t types_at = st->at + st->text_len + 1;
     struct stmt_entry *e = stmtcache_get(&c->stmts, r->text, r->text_len,
                                          st->body + types_at, st->len - types_at);
-    char name[STMTCACHE_NAME_MAX];
 
     if (!e)
         return false;
@@ -853,8 +850,7 @@ static bool parse_cached(struct conn *c, struct sink *k, const struct statement 
     case STMT_ABSENT:
         note->number = stmtcache_create(&c->stmts, e);
         note->creates = e;
-        stmtcache_name(e, name);
-        write_parse(k, name, e);
+        write_parse(k, stmtcache_name(e), e);
         break;
     case STMT_PENDING:
         return false; /* until its ParseComplete, it may never come to be */

@@ -10,6 +10,7 @@ struct stmt_entry {
     UT_hash_handle hh;
     enum stmt_state state;
     uint64_t number;   /* of the name the server knows it by (0: never created) */
+    char name[STMTCACHE_NAME_MAX]; /* that name, written once per number */
     uint8_t *types;    /* the Parse's parameter count and types, as sent */
     size_t types_len;
     size_t text_len;
@@ -69,6 +70,7 @@ uint64_t stmtcache_create(struct stmtcache *sc, struct stmt_entry *e)
 {
     e->state = STMT_PENDING;
     e->number = ++sc->last_number;
+    snprintf(e->name, sizeof(e->name), "idemproxy_s%" PRIu64, e->number);
     return e->number;
 }
 
@@ -91,9 +93,9 @@ enum stmt_state stmtcache_state(const struct stmt_entry *e)
     return e->state;
 }
 
-void stmtcache_name(const struct stmt_entry *e, char *buf)
+const char *stmtcache_name(const struct stmt_entry *e)
 {
-    snprintf(buf, STMTCACHE_NAME_MAX, "idemproxy_s%" PRIu64, e->number);
+    return e->name;
 }
 
 const char *stmtcache_text(const struct stmt_entry *e, size_t *text_len)

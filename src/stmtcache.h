@@ -73,8 +73,8 @@ void stmtcache_forget_all(struct stmtcache *sc);
 
 enum stmt_state stmtcache_state(const struct stmt_entry *e);
 
-/* Writes the entry's server-side name (STMTCACHE_NAME_MAX bytes). */
-void stmtcache_name(const struct stmt_entry *e, char *buf);
+/* The entry's server-side name, as of its last stmtcache_create. */
+const char *stmtcache_name(const struct stmt_entry *e);
 
 /* The rewritten text (NUL-terminated, text_len bytes before the NUL) and
  * the parameter types, for a Parse of the entry. */

@@ -37,7 +37,6 @@ static void test_created_then_ready(void **state)
 {
     (void)state;
     struct stmtcache sc;
-    char name[STMTCACHE_NAME_MAX];
     size_t len;
 
     stmtcache_init(&sc, 10);
@@ -47,8 +46,7 @@ static void test_created_then_ready(void **state)
     assert_ptr_equal(get(&sc, INSERT, ONE_BIGINT, sizeof(ONE_BIGINT)), e);
 
     uint64_t n = stmtcache_create(&sc, e);
-    stmtcache_name(e, name);
-    assert_string_equal(name, "idemproxy_s1");
+    assert_string_equal(stmtcache_name(e), "idemproxy_s1");
     assert_int_equal(stmtcache_state(e), STMT_PENDING);
     stmtcache_created(e, n, true);
     assert_int_equal(stmtcache_state(e), STMT_READY);
@@ -68,7 +66,6 @@ static void test_refused_or_skipped_is_absent(void **state)
 {
     (void)state;
     struct stmtcache sc;
-    char name[STMTCACHE_NAME_MAX];
 
     stmtcache_init(&sc, 10);
     struct stmt_entry *e = get(&sc, INSERT, NO_TYPES, sizeof(NO_TYPES));
@@ -79,8 +76,7 @@ static void test_refused_or_skipped_is_absent(void **state)
     /* Created again, under a new name. */
     uint64_t m = stmtcache_create(&sc, e);
     assert_true(m != n);
-    stmtcache_name(e, name);
-    assert_string_equal(name, "idemproxy_s2");
+    assert_string_equal(stmtcache_name(e), "idemproxy_s2");
     /* A late answer about the first name does not confirm the second. */
     stmtcache_created(e, n, true);
     assert_int_equal(stmtcache_state(e), STMT_PENDING);
@@ -93,7 +89,6 @@ static void test_forget_all_renames(void **state)
 {
     (void)state;
     struct stmtcache sc;
-    char name[STMTCACHE_NAME_MAX];
 
     stmtcache_init(&sc, 10);
     struct stmt_entry *a = get(&sc, INSERT, NO_TYPES, sizeof(NO_TYPES));
@@ -111,8 +106,7 @@ static void test_forget_all_renames(void **state)
     assert_int_equal(stmtcache_state(b), STMT_ABSENT);
 
     stmtcache_create(&sc, a);
-    stmtcache_name(a, name);
-    assert_string_equal(name, "idemproxy_s3");
+    assert_string_equal(stmtcache_name(a), "idemproxy_s3");
     stmtcache_free(&sc);
 }
 
