@@ -2,15 +2,18 @@
  * crashing or leaking, what it returns must hang together: the new text is
  * the old one with each clause spliced in at its offset and nothing else
  * changed, error positions map back inside the original, the prefilter
- * never turns away a text the rewriter would have acted on, and a decision
+ * never turns away a text the rewriter would have acted on, a decision
  * carried through the text's shape (the decision cache's path) is the
- * decision itself. */
+ * decision itself, and a rewritten text run as a statement with parameters
+ * is that text again once its values are put back. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "params.h"
+#include "pgproto.h"
 #include "rewrite.h"
 #include "shape.h"
 
@@ -171,6 +174,55 @@ static void check_shape_round_trip(const char *text, size_t len, const struct re
     shape_free(&sh);
 }
 
+/* Where the key has a mask, the statement has the next "$k", and the k-th
+ * value (a string quoted again) is the constant's text; everywhere else
+ * the statement is the key. Every position maps inside the text. */
+static void check_params(const char *text, size_t len)
+{
+    struct shape sh = { 0 };
+    struct params p = { 0 };
+
+    if (shape_of(text, len, &sh) && params_of(&sh, text, len, &p)) {
+        check(p.text[p.text_len] == '\0' && (size_t)(p.types[0] << 8 | p.types[1]) == sh.nconsts);
+        const uint8_t *value = p.values + 2;
+        size_t s = 0, k = 0;
+        for (size_t i = 0; i < sh.key_len;) {
+            if (sh.key[i] != '\x01') {
+                check(s < p.text_len && p.text[s++] == sh.key[i++]);
+                continue;
+            }
+            check(p.text[s++] == '$');
+            size_t number = 0;
+            while (s < p.text_len && p.text[s] >= '0' && p.text[s] <= '9')
+                number = number * 10 + (size_t)(p.text[s++] - '0');
+            check(number == ++k);
+            const struct shape_const *c = &sh.consts[k - 1];
+            uint32_t n = pg_get_u32(value);
+            const char *v = (const char *)value + 4, *orig = text + c->at;
+            if (sh.key[i + 1] == 's') {
+                size_t at = 1;
+                for (uint32_t j = 0; j < n; j++) {
+                    check(orig[at++] == v[j]);
+                    if (v[j] == '\'')
+                        check(orig[at++] == '\'');
+                }
+                check(at + 1 == c->len && orig[at] == '\'');
+            } else {
+                check(n == c->len && memcmp(v, orig, n) == 0);
+            }
+            value += 4 + n;
+            i += 2;
+        }
+        check(s == p.text_len && k == sh.nconsts && value == p.values + p.values_len);
+        for (size_t pos = 1; pos <= p.text_len + 1 && pos < MAP_ALL_BELOW; pos++) {
+            size_t back = params_position(text, len, pos, true);
+            check(back >= 1 && back <= len + 1);
+        }
+    }
+    params_free(&p);
+    shape_free(&sh);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* Query and Parse carry a NUL-terminated string: stop at the first NUL. */
@@ -189,6 +241,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (!rewrite_prefilter(&rules, text, len))
             check(r.reason == RR_NOT_INSERT && r.stmt_count == 0);
         check_shape_round_trip(text, len, &r);
+        if (r.text)
+            check_params(r.text, r.text_len);
         rewrite_result_free(&r);
     }
     free(text);

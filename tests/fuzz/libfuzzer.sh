@@ -17,7 +17,7 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/idemproxy-fuzz.XXXXXX")
 keep=no
 trap '[ $keep = yes ] || rm -rf "$work"' EXIT
 
-core=(pgproto track config rewrite shape catalog rules translate session scram authfile tls login log)
+core=(pgproto track config rewrite shape params catalog rules translate session scram authfile tls login log)
 flags=(-g -O1 -std=gnu11 -D_GNU_SOURCE -I"$SRCDIR/src" -fsanitize=fuzzer-no-link,address,undefined
        -fno-sanitize-recover=undefined)
 objs=()

@@ -1,0 +1,1 @@
+INSERT INTO webhook_events (idempotency_key, payload) VALUES (42, 'it''s'), (-7, 3000000000.5)

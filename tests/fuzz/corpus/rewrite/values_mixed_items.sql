@@ -1,0 +1,1 @@
+insert into audit_log values (1, 'a', DEFAULT, - 12, '')
