@@ -23,6 +23,7 @@
 #include "cancelkeys.h"
 #include "log.h"
 #include "login.h"
+#include "params.h"
 #include "pgproto.h"
 #include "pool.h"
 #include "proxy.h"
@@ -68,6 +69,8 @@ enum inject {
     INJECT_ROLLBACK,    /* rolls back to it after a 23505 */
     INJECT_UNNAMED,     /* gives the server's unnamed statement the cached text,
                            ahead of a message the proxy cannot rename */
+    INJECT_PREPARED,    /* the Close and Bind that run a Query's INSERT as a
+                           cached statement (prepare_query) */
 };
 
 /* The proxy's savepoint around an INSERT in a transaction block (see
@@ -651,6 +654,9 @@ struct note {
                                     this cached one */
     struct stmt_entry *creates;  /* ... and created it on the server, */
     uint64_t number;             /* under this number */
+    bool silent;                 /* the proxy's Parse for a Query: its
+                                    ParseComplete is the proxy's, and
+                                    its text has parameters (params.h) */
     char defined[];              /* where defines points */
 };
 
@@ -1002,6 +1008,90 @@ static bool write_guarded(struct conn *c, struct sink *k, const uint8_t *msg, si
            inject(c, k, TRANSLATE_SQL_RELEASE, INJECT_RELEASE);
 }
 
+enum prepared {
+    PREPARED_NOT,    /* nothing written: the Query goes as it is */
+    PREPARED_SENT,   /* the note is the queue's */
+    PREPARED_FAILED, /* out of memory: the pair is failing, the note freed */
+};
+
+/* Runs a Query's rewritten INSERT as the cached statement of its text
+ * with the constants as parameters (params.h), bound to this Query's
+ * values: the server parses and plans it once per session, not at every
+ * Query. The server's answer reads as the Query's: the proxy drops the
+ * replies to its own Close, Parse and Bind (and forwards their errors,
+ * which stand for the client's statement), and the client's request is
+ * the Execute and the Sync. The Close drops the unnamed statement, as the
+ * Query would have. Only for one INSERT without RETURNING outside a
+ * transaction block, with nothing outstanding: the Sync then commits as
+ * the Query would have, and the unnamed portal goes with the commit. */
+static enum prepared prepare_query(struct conn *c, struct sink *k, const struct statement *st,
+                                   struct note *note)
+{
+    static const uint8_t close_unnamed[] = { 'C', 0, 0, 0, 6, 'S', 0 };
+    static const uint8_t execute_sync[] = { 'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, 'S', 0, 0, 0, 4 };
+    const struct rewrite_result *r = &st->d->result;
+    struct shape *sh = &c->worker->query_shape;
+    struct params *p = &c->worker->query_params;
+
+    if (c->stmts.max == 0 || r->stmt_count != 1 || !st->insert || st->insert->returning ||
+        c->track.txn_status != 'I' || track_pending(&c->track) != 0 ||
+        !shape_of(r->text, r->text_len, sh) || !params_of(sh, r->text, r->text_len, p))
+        return PREPARED_NOT;
+    struct stmt_entry *e = stmtcache_get(&c->stmts, p->text, p->text_len, p->types,
+                                         p->types_len);
+    if (!e || stmtcache_state(e) == STMT_PENDING)
+        return PREPARED_NOT;
+
+    struct note *creating = NULL;
+    if (stmtcache_state(e) == STMT_ABSENT) {
+        /* Its errors' positions are mapped back through the decision. */
+        st->d->refs++;
+        creating = note_new(st->d, NULL);
+        if (!creating)
+            goto failed;
+        creating->silent = true;
+        creating->creates = e;
+        creating->number = stmtcache_create(&c->stmts, e);
+    }
+    if (!track_inject(&c->track, 'C', INJECT_PREPARED)) {
+        if (creating)
+            free_note(creating);
+        goto failed;
+    }
+    sink_write(k, close_unnamed, sizeof(close_unnamed));
+    const char *name = stmtcache_name(e);
+    if (creating) {
+        write_parse(k, name, e);
+        if (!track_client_msg(&c->track, 'P', creating))
+            goto failed;
+    }
+    size_t name_len = strlen(name) + 1;
+    uint8_t head[PG_HEAD_LEN + 1] = { 'B' }; /* and the unnamed portal */
+    uint8_t no_formats[2] = { 0, 0 };
+    pg_put_u32(head + 1, (uint32_t)(4 + 1 + name_len + 2 + p->values_len + 2));
+    sink_write(k, head, sizeof(head));
+    evbuffer_add(k->out, name, name_len);
+    evbuffer_add(k->out, no_formats, sizeof(no_formats));
+    evbuffer_add(k->out, p->values, p->values_len);
+    evbuffer_add(k->out, no_formats, sizeof(no_formats));
+    if (!track_inject(&c->track, 'B', INJECT_PREPARED))
+        goto failed;
+    sink_write(k, execute_sync, sizeof(execute_sync));
+    /* Positions in the server's errors are in the statement's text now. */
+    decision_unref(note->decision);
+    note->decision = NULL;
+    note->req.extended = true;
+    if (!track_client_msg(&c->track, 'E', note) || !track_client_msg(&c->track, 'S', NULL)) {
+        fail_oom(c);
+        return PREPARED_FAILED;
+    }
+    return PREPARED_SENT;
+failed:
+    free_note(note);
+    fail_oom(c);
+    return PREPARED_FAILED;
+}
+
 static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     struct statement st;
@@ -1038,8 +1128,17 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
         c->guard = GUARD_OPEN;
         return TAKEN_REPLACED;
     }
-    if (st.replaced)
-        write_rewritten(k, 'Q', &st);
+    if (st.replaced) {
+        switch (prepare_query(c, k, &st, note)) {
+        case PREPARED_SENT:
+            return TAKEN_REPLACED;
+        case PREPARED_FAILED:
+            return TAKEN_CLOSED;
+        case PREPARED_NOT:
+            write_rewritten(k, 'Q', &st);
+            break;
+        }
+    }
     if (!track_client(c, 'Q', note))
         return TAKEN_CLOSED;
     return st.replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
@@ -1514,8 +1613,13 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
     }
 
     if (note && note->decision && note->decision->result.text && err.position) {
+        const struct rewrite_result *r = &note->decision->result;
         size_t pos = strtoul(err.position, NULL, 10);
-        size_t mapped = rewrite_map_position(&note->decision->result, pos, c->charset_utf8);
+        /* The proxy's Parse for a Query: first from its statement onto the
+         * rewritten text. */
+        if (note->silent)
+            pos = params_position(r->text, r->text_len, pos, c->charset_utf8);
+        size_t mapped = rewrite_map_position(r, pos, c->charset_utf8);
         char value[24];
         uint8_t buf[1024];
         snprintf(value, sizeof(value), "%zu", mapped);
@@ -1592,6 +1696,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         }
         break;
     case INJECT_UNNAMED:
+    case INJECT_PREPARED:
         /* Why the client's message is skipped. */
         if (type == 'E')
             taken = TAKEN_FORWARD;
@@ -1724,6 +1829,8 @@ static enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t tot
         break;
     case '1': /* taken only when it confirms a cached statement */
         stmtcache_created(note_of(head)->creates, note_of(head)->number, true);
+        if (note_of(head)->silent)
+            taken = TAKEN_DROPPED;
         break;
     case 'Z':
         if (c->state == CONN_LOGIN) {

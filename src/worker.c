@@ -379,6 +379,8 @@ void worker_free(struct worker *w)
         event_base_free(w->base);
     ruleset_unref(w->rules);
     settings_unref(w->settings);
+    shape_free(&w->query_shape);
+    params_free(&w->query_params);
     pthread_mutex_destroy(&w->conns_lock);
     for (struct table_stats *ts = atomic_load(&w->tables), *next; ts; ts = next) {
         next = ts->next;

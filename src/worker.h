@@ -24,6 +24,7 @@
 #include <event2/event.h>
 
 #include "counter.h"
+#include "params.h"
 #include "rules.h"
 #include "settings.h"
 
@@ -111,6 +112,11 @@ struct worker {
 
     struct worker_counters counters;
     struct table_stats *_Atomic tables;
+
+    /* What prepare_query (conn.c) masks and builds a Query's INSERT in,
+     * kept from one Query of this thread to the next. */
+    struct shape query_shape;
+    struct params query_params;
 };
 
 /* Adds how long (ns) the proxy held bytes flowing one way. */

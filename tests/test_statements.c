@@ -294,6 +294,101 @@ static void test_stmt_reload(void **state)
     itest_pass();
 }
 
+/* A simple-protocol INSERT with its values in the text runs as one
+ * prepared statement per shape, each Query binding its own values; what
+ * the client sees is what a Query gets. */
+static void test_stmt_query_prepared(void **state)
+{
+    (void)state;
+    create_table();
+    itest_server_exec("DROP TABLE IF EXISTS stmt_direct; "
+                      "CREATE TABLE stmt_direct (id bigserial PRIMARY KEY, "
+                      "k bigint NOT NULL UNIQUE, payload text)");
+    struct itest_proxy *p = proxy("");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (1, 'one')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (2, 'it''s')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (1, 'again')", "INSERT 0 0");
+    assert_int_equal(cached_count(c), 1);
+    char text[512];
+    itest_query_text(c, "SELECT statement FROM pg_prepared_statements "
+                        "WHERE name LIKE 'idemproxy_s%'", text, sizeof text);
+    assert_string_equal(text, "INSERT INTO stmt_t (k, payload) VALUES ($1, $2) "
+                              "ON CONFLICT (\"k\") DO NOTHING");
+    /* A minus sign is part of another statement's text. */
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (-5, '')", "INSERT 0 1");
+    assert_int_equal(cached_count(c), 2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE (k, payload) IN "
+                                     "((1, 'one'), (2, 'it''s'), (-5, ''))"), 3);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 3);
+
+    /* Other types of the same shape (a number past int4, a fraction into
+     * bigint) run as they are; a typed literal keeps its text. */
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (3000000000, 'big')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (6.5, 'round')", "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (8, text 'typed')", "INSERT 0 1");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE (k, payload) IN "
+                                     "((3000000000, 'big'), (7, 'round'), (8, 'typed'))"), 3);
+
+    /* Errors are the Query's: bad input, a null into NOT NULL, a wrong
+     * column count (each compared with a direct connection, where the
+     * table has the same columns and no proxy). */
+    PGconn *direct = itest_connect_direct();
+    static const char *const bad[] = {
+        "('x', 'bad input')",
+        "(99999999999999999999, 'too big')",
+        "(1, 'a', 'extra')",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char via[256], straight[256];
+        snprintf(via, sizeof via, "INSERT INTO stmt_t (k, payload) VALUES %s", bad[i]);
+        snprintf(straight, sizeof straight, "INSERT INTO stmt_direct (k, payload) VALUES %s",
+                 bad[i]);
+        PGresult *a = PQexec(c, via), *b = PQexec(direct, straight);
+        const char *sa = PQresultErrorField(a, PG_DIAG_SQLSTATE);
+        const char *sb = PQresultErrorField(b, PG_DIAG_SQLSTATE);
+        if (!sa || !sb || strcmp(sa, sb) != 0)
+            fail_msg("%s: %s through the proxy, %s directly", via, sa ? sa : "ok", sb ? sb : "ok");
+        PQclear(a);
+        PQclear(b);
+    }
+
+    /* An error the server places in the statement's text is placed in the
+     * client's: the position of the unknown column, past constants that
+     * are parameters on the server. */
+    const char *unknown = "INSERT INTO stmt_t (k, payload) VALUES (123456, nosuchcol)";
+    PGresult *e = PQexec(c, unknown);
+    itest_assert_sqlstate(e, "42703", "an unknown column");
+    const char *pos = PQresultErrorField(e, PG_DIAG_STATEMENT_POSITION);
+    assert_non_null(pos);
+    assert_int_equal(atoi(pos), (int)(strstr(unknown, "nosuchcol") - unknown) + 1);
+    PQclear(e);
+
+    /* The Query drops the unnamed statement, as it does on the server. */
+    const char *vals[2] = { "40", "forty" };
+    PGresult *r = itest_prepare(c, "", INSERT, 2);
+    PQclear(r);
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (41, 'x')", "INSERT 0 1");
+    fails_with(itest_exec_prepared(c, "", 2, vals), "26000", "Bind after a prepared Query");
+
+    /* In a transaction block the Query goes as it is, and commits with it. */
+    long long before = cached_count(c);
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (50, 'block')", "INSERT 0 1");
+    itest_exec_ok(c, "ROLLBACK");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE k = 50"), 0);
+    assert_int_equal(cached_count(c), before);
+
+    /* DISCARD ALL drops the statement; the next Query prepares it again. */
+    itest_exec_ok(c, "DISCARD ALL");
+    assert_int_equal(cached_count(c), 0);
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (60, 'after discard')", "INSERT 0 1");
+    assert_int_equal(cached_count(c), 1);
+    itest_finish(direct);
+    itest_pass();
+}
+
 /* Appends one Parse of the unnamed statement, Bind, Execute and Sync that
  * insert (k, payload) with text. */
 static size_t put_insert(uint8_t *buf, size_t cap, size_t at, const char *text, const char *k,
@@ -401,6 +496,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_large_bind),
         ITEST(test_stmt_reload),
         ITEST(test_stmt_split_reads),
+        ITEST(test_stmt_query_prepared),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
                       sizeof tests / sizeof tests[0]);
