@@ -288,10 +288,14 @@ bool params_of(const struct shape *sh, const char *text, size_t len, struct para
     pg_put_u16(out->values, (uint16_t)nconsts);
     size_t c = 0;
     for (size_t i = 0; i < sh->key_len;) {
-        if (sh->key[i] != MARK) {
-            out->text[out->text_len++] = sh->key[i++];
-            continue;
-        }
+        /* The key's markers are its masks and nothing else (shape.h). */
+        const char *mark = memchr(sh->key + i, MARK, sh->key_len - i);
+        size_t run = (mark ? (size_t)(mark - sh->key) : sh->key_len) - i;
+        memcpy(out->text + out->text_len, sh->key + i, run);
+        out->text_len += run;
+        i += run;
+        if (!mark)
+            break;
         char kind = sh->key[i + 1];
         const char *value = text + sh->consts[c].at;
         size_t value_len = sh->consts[c].len;

@@ -16,9 +16,10 @@
  * and unsigned decimal numbers, with the token kind kept in the key (a
  * number that fits int4 is another token than one that does not). Texts
  * with comments, dollar quotes, E'', U&'', B'' or X'' strings, or a byte
- * 0x01 (the mask's marker) outside a string have no shape: they are their
- * own key. Everything but the constants' values stays byte for byte in the
- * key, so two texts of one shape are one token sequence.
+ * 0x01 (the mask's marker) outside a string, a quoted name included, have
+ * no shape: they are their own key, and every 0x01 in a key is a mask.
+ * Everything but the constants' values stays byte for byte in the key, so
+ * two texts of one shape are one token sequence.
  *
  * Pure: no globals, no I/O.
  */
