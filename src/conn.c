@@ -138,6 +138,8 @@ struct conn {
     /* Translating unique violations. */
     struct session session;     /* the client's statements and portals */
     struct stmtcache stmts;     /* the proxy's prepared rewritten INSERTs */
+    bool unnamed_closed;        /* the server holds no unnamed statement: the proxy
+                                   closed it, and the client sent no Parse since */
     bool batch_open;            /* extended messages since the last Sync */
     bool batch_certain;         /* the block's status was known as the batch began,
                                    and everything it ran so far is known */
@@ -1021,7 +1023,7 @@ enum prepared {
  * replies to its own Close, Parse and Bind (and forwards their errors,
  * which stand for the client's statement), and the client's request is
  * the Execute and the Sync. The Close drops the unnamed statement, as the
- * Query would have. Only for one INSERT without RETURNING outside a
+ * Query would have (once, until the client parses again). Only for one INSERT without RETURNING outside a
  * transaction block, with nothing outstanding: the Sync then commits as
  * the Query would have, and the unnamed portal goes with the commit. */
 static enum prepared prepare_query(struct conn *c, struct sink *k, const struct statement *st,
@@ -1053,12 +1055,15 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
         creating->creates = e;
         creating->number = stmtcache_create(&c->stmts, e);
     }
-    if (!track_inject(&c->track, 'C', INJECT_PREPARED)) {
-        if (creating)
-            free_note(creating);
-        goto failed;
+    if (!c->unnamed_closed) {
+        if (!track_inject(&c->track, 'C', INJECT_PREPARED)) {
+            if (creating)
+                free_note(creating);
+            goto failed;
+        }
+        sink_write(k, close_unnamed, sizeof(close_unnamed));
+        c->unnamed_closed = true;
     }
-    sink_write(k, close_unnamed, sizeof(close_unnamed));
     const char *name = stmtcache_name(e);
     if (creating) {
         write_parse(k, name, e);
@@ -1994,6 +1999,8 @@ static bool relay(struct conn *c, enum flow d)
         }
         if (d == FLOW_TO_SERVER) {
             c->spoke = c->state == CONN_ACTIVE;
+            if (head.type == 'P')
+                c->unnamed_closed = false;
             if (c->await_next)
                 settle_await(c, head.type);
             if (c->guard == GUARD_AWAIT_SYNC)
