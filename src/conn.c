@@ -1523,6 +1523,14 @@ static void forget_refused(struct conn *c)
 /* An error about one of the client's requests: its position is mapped back
  * onto the client's text, and a unique violation on a registered table may
  * be reported as success. */
+/* A statement the server says does not exist (the client's SQL dropped it
+ * where the proxy could not see) is created again next time. */
+static void note_statement_gone(struct conn *c, const struct pg_error *err)
+{
+    if (err->code && strcmp(err->code, "26000") == 0)
+        stmtcache_forget_all(&c->stmts);
+}
+
 static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;
@@ -1533,10 +1541,7 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
     if (!pg_error_parse(body, len, &err))
         return TAKEN_FORWARD;
     note_fatal(c, &err);
-    /* A statement the server says does not exist (the client's SQL
-     * dropped it where the proxy could not see) is created again. */
-    if (err.code && strcmp(err.code, "26000") == 0)
-        stmtcache_forget_all(&c->stmts);
+    note_statement_gone(c, &err);
     forget_refused(c);
     if (c->guard == GUARD_BROKEN) {
         /* The proxy's savepoint failed and said so; this is the client's
@@ -1655,6 +1660,8 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
 
     if (error && note_fatal(c, &err))
         taken = TAKEN_FORWARD;
+    if (error)
+        note_statement_gone(c, &err);
     if (type == 'E')
         forget_refused(c);
     switch (tag) {

@@ -380,6 +380,16 @@ static void test_stmt_query_prepared(void **state)
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE k = 50"), 0);
     assert_int_equal(cached_count(c), before);
 
+    /* Dropped where the proxy cannot read it: the Query after it fails
+     * once, as a missing prepared statement, and the next one prepares it
+     * again. */
+    itest_server_exec("CREATE OR REPLACE FUNCTION stmt_drop_all() RETURNS void "
+                      "LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'DEALLOCATE ALL'; END $$");
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (69, 'x')", "INSERT 0 1");
+    itest_exec_ok(c, "SELECT stmt_drop_all()");
+    itest_exec_sqlstate(c, "INSERT INTO stmt_t (k, payload) VALUES (70, 'x')", "26000");
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (70, 'x')", "INSERT 0 1");
+
     /* DISCARD ALL drops the statement; the next Query prepares it again. */
     itest_exec_ok(c, "DISCARD ALL");
     assert_int_equal(cached_count(c), 0);
