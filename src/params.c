@@ -213,32 +213,15 @@ static size_t put_dollar(char *out, size_t n)
     return len;
 }
 
-/* Digits only, and a value int8 holds. */
-static bool fits_int8(const char *d, size_t n)
-{
-    uint64_t v = 0;
-
-    while (n > 0 && *d == '0') {
-        d++;
-        n--;
-    }
-    if (n > 19)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        if (d[i] < '0' || d[i] > '9')
-            return false;
-        v = v * 10 + (uint64_t)(d[i] - '0');
-    }
-    return v <= INT64_MAX;
-}
-
 static uint32_t type_of(char kind, const char *value, size_t n)
 {
     switch (kind) {
     case 'i':
         return OID_INT4;
     case 'n':
-        return fits_int8(value, n) ? OID_INT8 : OID_NUMERIC;
+        /* A number is digits, or digits.digits (shape.h). */
+        return !memchr(value, '.', n) && shape_digits_within(value, n, INT64_MAX) ? OID_INT8
+                                                                                   : OID_NUMERIC;
     default:
         return OID_UNSPECIFIED;
     }

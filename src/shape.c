@@ -41,9 +41,7 @@ static size_t quoted_end(const char *text, size_t len, size_t i)
     return 0;
 }
 
-/* Whether the digits are a value int4 holds: the scanner makes such a
- * number an integer constant and any other one a numeric. */
-static bool fits_int4(const char *d, size_t n)
+bool shape_digits_within(const char *d, size_t n, uint64_t max)
 {
     uint64_t v = 0;
 
@@ -51,11 +49,12 @@ static bool fits_int4(const char *d, size_t n)
         d++;
         n--;
     }
-    if (n > 10)
+    /* Twenty digits or more exceed any int64. */
+    if (n > 19)
         return false;
     for (size_t i = 0; i < n; i++)
         v = v * 10 + (uint64_t)(d[i] - '0');
-    return v <= INT32_MAX;
+    return v <= max;
 }
 
 /* The end of the number at text[i] and its kind ('i' int4, 'n' numeric),
@@ -80,7 +79,9 @@ static size_t number_end(const char *text, size_t len, size_t i, char *kind)
     }
     if (j < len && ident_char((unsigned char)text[j]))
         return 0;
-    *kind = fits_int4(text + i, j - i) ? 'i' : 'n';
+    /* The scanner makes a number int4 holds an integer constant and any
+     * other one a numeric. */
+    *kind = shape_digits_within(text + i, j - i, INT32_MAX) ? 'i' : 'n';
     return j;
 }
 

@@ -28,6 +28,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "rewrite.h"
 
@@ -52,6 +53,10 @@ struct shape {
  * has something the masking does not read as the scanner would, or memory
  * ran out: the text is then its own key. */
 bool shape_of(const char *text, size_t len, struct shape *sh);
+
+/* Whether the decimal digits d (n of them, digits only) are a value no
+ * greater than max (at most INT64_MAX). */
+bool shape_digits_within(const char *d, size_t n, uint64_t max);
 
 /* Frees the buffers; sh is zeroed again. */
 void shape_free(struct shape *sh);
