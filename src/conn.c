@@ -1023,9 +1023,10 @@ enum prepared {
  * replies to its own Close, Parse and Bind (and forwards their errors,
  * which stand for the client's statement), and the client's request is
  * the Execute and the Sync. The Close drops the unnamed statement, as the
- * Query would have (once, until the client parses again). Only for one INSERT without RETURNING outside a
- * transaction block, with nothing outstanding: the Sync then commits as
- * the Query would have, and the unnamed portal goes with the commit. */
+ * Query would have (once, until the client parses again). Only for one
+ * INSERT without RETURNING outside a transaction block, with nothing
+ * outstanding: the Sync then commits as the Query would have, and the
+ * unnamed portal goes with the commit. */
 static enum prepared prepare_query(struct conn *c, struct sink *k, const struct statement *st,
                                    struct note *note)
 {
