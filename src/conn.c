@@ -828,6 +828,7 @@ static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, si
     const char *name = stmtcache_name(c->stmts.unnamed);
     uint8_t head[PG_HEAD_LEN] = { msg[0] };
     size_t name_len = strlen(name);
+
     pg_put_u32(head + 1, (uint32_t)(total - 1 + name_len));
     sink_write(k, head, sizeof(head));
     evbuffer_add(k->out, msg + PG_HEAD_LEN, at);
@@ -1176,7 +1177,7 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
         fail_oom(c);
         return TAKEN_CLOSED;
     }
-    bool unnamed = st.at > 0 && st.body[0] == '\0';
+    bool unnamed = name && name[0] == '\0';
     if (unnamed)
         unnamed_redefined(c);
     if (st.replaced && !(unnamed && rule && parse_cached(c, k, &st, note)))
@@ -1521,9 +1522,6 @@ static void forget_refused(struct conn *c)
     }
 }
 
-/* An error about one of the client's requests: its position is mapped back
- * onto the client's text, and a unique violation on a registered table may
- * be reported as success. */
 /* A statement the server says does not exist (the client's SQL dropped it
  * where the proxy could not see) is created again next time. */
 static void note_statement_gone(struct conn *c, const struct pg_error *err)
@@ -1532,6 +1530,9 @@ static void note_statement_gone(struct conn *c, const struct pg_error *err)
         stmtcache_forget_all(&c->stmts);
 }
 
+/* An error about one of the client's requests: its position is mapped back
+ * onto the client's text, and a unique violation on a registered table may
+ * be reported as success. */
 static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;
@@ -1659,10 +1660,11 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     bool error = type == 'E' && pg_error_parse(body, len, &err);
     char status = type == 'Z' ? pg_ready_status(body, len) : 0;
 
-    if (error && note_fatal(c, &err))
-        taken = TAKEN_FORWARD;
-    if (error)
+    if (error) {
+        if (note_fatal(c, &err))
+            taken = TAKEN_FORWARD;
         note_statement_gone(c, &err);
+    }
     if (type == 'E')
         forget_refused(c);
     switch (tag) {
