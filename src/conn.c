@@ -1046,32 +1046,26 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
     if (!e || stmtcache_state(e) == STMT_PENDING)
         return PREPARED_NOT;
 
-    struct note *creating = NULL;
+    if (!c->unnamed_closed) {
+        if (!track_inject(&c->track, 'C', INJECT_PREPARED))
+            goto failed;
+        sink_write(k, close_unnamed, sizeof(close_unnamed));
+        c->unnamed_closed = true;
+    }
     if (stmtcache_state(e) == STMT_ABSENT) {
         /* Its errors' positions are mapped back through the decision. */
         st->d->refs++;
-        creating = note_new(st->d, NULL);
+        struct note *creating = note_new(st->d, NULL);
         if (!creating)
             goto failed;
         creating->silent = true;
         creating->creates = e;
         creating->number = stmtcache_create(&c->stmts, e);
-    }
-    if (!c->unnamed_closed) {
-        if (!track_inject(&c->track, 'C', INJECT_PREPARED)) {
-            if (creating)
-                free_note(creating);
-            goto failed;
-        }
-        sink_write(k, close_unnamed, sizeof(close_unnamed));
-        c->unnamed_closed = true;
-    }
-    const char *name = stmtcache_name(e);
-    if (creating) {
-        write_parse(k, name, e);
+        write_parse(k, stmtcache_name(e), e);
         if (!track_client_msg(&c->track, 'P', creating))
             goto failed;
     }
+    const char *name = stmtcache_name(e);
     size_t name_len = strlen(name) + 1;
     uint8_t head[PG_HEAD_LEN + 1] = { 'B' }; /* and the unnamed portal */
     uint8_t no_formats[2] = { 0, 0 };
