@@ -173,21 +173,20 @@ static bool masks_are_items(const char *key, size_t len)
 
 /* ---- the statement and its values -------------------------------------- */
 
-static bool reserve(void *buf, size_t *cap, size_t need)
+/* The buffer p (cap bytes) with room for need; NULL, and p freed, when
+ * memory ran out. */
+static void *grown(void *p, size_t *cap, size_t need)
 {
-    void **p = buf;
-
     if (need <= *cap)
-        return true;
+        return p;
     size_t n = *cap ? *cap : 64;
     while (n < need)
         n *= 2;
-    void *grown = realloc(*p, n);
-    if (!grown)
-        return false;
-    *p = grown;
-    *cap = n;
-    return true;
+    void *q = realloc(p, n);
+    if (!q)
+        free(p);
+    *cap = q ? n : 0;
+    return q;
 }
 
 /* The length of "$n". */
@@ -260,9 +259,9 @@ bool params_of(const struct shape *sh, const char *text, size_t len, struct para
         consts_len += sh->consts[i].len;
     }
     /* "$256" is four bytes where a mask is two. */
-    if (!reserve(&out->text, &out->text_cap, sh->key_len + 2 * nconsts + 1) ||
-        !reserve(&out->types, &out->types_cap, 2 + 4 * nconsts) ||
-        !reserve(&out->values, &out->values_cap, 2 + 4 * nconsts + consts_len))
+    if (!(out->text = grown(out->text, &out->text_cap, sh->key_len + 2 * nconsts + 1)) ||
+        !(out->types = grown(out->types, &out->types_cap, 2 + 4 * nconsts)) ||
+        !(out->values = grown(out->values, &out->values_cap, 2 + 4 * nconsts + consts_len)))
         return false;
     out->text_len = 0;
     out->types_len = 2;
