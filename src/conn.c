@@ -2077,7 +2077,6 @@ moved:
     sock_flush(src);
     size_t moved = had - evbuffer_get_length(k.in);
     if (moved) {
-        sock_input_taken(src);
         counter_add(&c->worker->counters.bytes[d], moved);
         worker_observe_latency(c->worker, d, now_ns() - start);
     }

@@ -34,6 +34,7 @@ struct sock {
     struct event *notify;  /* reports what a caller's call caused */
     unsigned pending;      /* those reports: bits by enum sock_event */
     struct evbuffer *in, *out;
+    struct evbuffer_cb_entry *drained; /* watches the input while it is full */
     SSL *ssl;
     enum sock_state state;
     sock_cb cb;
@@ -127,16 +128,29 @@ static void set_interest(struct event *ev, bool *added, bool want)
     *added = want;
 }
 
+static void resume_reading(struct sock *s);
+
+/* The caller took bytes from an input that was at its limit: reading goes
+ * on, whichever event the caller was serving. */
+static void input_drained(struct evbuffer *in, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct sock *s = arg;
+
+    if (info->n_deleted > 0 && evbuffer_get_length(in) < s->read_limit)
+        resume_reading(s);
+}
+
 /* The read event is registered while reading can make progress; leaving
- * it registered otherwise would spin a level-triggered loop. */
+ * it registered otherwise would spin a level-triggered loop. While only a
+ * full input stops it, draining the input starts it again. */
 static void update_reading(struct sock *s)
 {
-    bool want;
+    bool want, full = false;
 
     switch (s->state) {
     case SOCK_OPEN:
-        want = (!s->paused && evbuffer_get_length(s->in) < s->read_limit) ||
-               s->write_wants_read;
+        full = !s->paused && evbuffer_get_length(s->in) >= s->read_limit;
+        want = (!s->paused && !full) || s->write_wants_read;
         break;
     case SOCK_HANDSHAKE:
         want = true;
@@ -146,6 +160,10 @@ static void update_reading(struct sock *s)
         break;
     }
     set_interest(s->rev, &s->reading, want);
+    if (full)
+        evbuffer_cb_set_flags(s->in, s->drained, EVBUFFER_CB_ENABLED);
+    else
+        evbuffer_cb_clear_flags(s->in, s->drained, EVBUFFER_CB_ENABLED);
 }
 
 /* Reading goes on where it can make progress. Bytes TLS already holds
@@ -549,7 +567,8 @@ struct sock *sock_new(struct event_base *base, evutil_socket_t fd, sock_cb cb, v
     s->out = evbuffer_new();
     s->timer = evtimer_new(base, on_timeout, s);
     s->notify = event_new(base, -1, 0, on_notify, s);
-    if (!s->in || !s->out || !s->timer || !s->notify || (fd >= 0 && !make_events(s))) {
+    s->drained = s->in ? evbuffer_add_cb(s->in, input_drained, s) : NULL;
+    if (!s->drained || !s->out || !s->timer || !s->notify || (fd >= 0 && !make_events(s))) {
         really_free(s);
         return NULL;
     }
@@ -642,11 +661,6 @@ void sock_set_read_limit(struct sock *s, size_t limit)
 void sock_pause_reading(struct sock *s, bool paused)
 {
     s->paused = paused;
-    resume_reading(s);
-}
-
-void sock_input_taken(struct sock *s)
-{
     resume_reading(s);
 }
 

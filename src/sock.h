@@ -70,16 +70,12 @@ evutil_socket_t sock_fd(const struct sock *s);
 void sock_flush(struct sock *s);
 
 /* Reading stops while the input holds limit bytes or more (a held message
- * may need more than the usual chunk). */
+ * may need more than the usual chunk), and goes on as soon as the caller
+ * takes bytes from it, from whichever callback. */
 void sock_set_read_limit(struct sock *s, size_t limit);
 
 /* Stops or resumes reading (backpressure from the other socket). */
 void sock_pause_reading(struct sock *s, bool paused);
-
-/* Bytes were taken from the input outside this sock's callback (while
- * the other socket's event was served): reading, stopped at the limit,
- * goes on. */
-void sock_input_taken(struct sock *s);
 
 /* The marks for sock_output_full and SOCK_DRAINED. */
 void sock_set_write_marks(struct sock *s, size_t low, size_t high);
