@@ -10,6 +10,8 @@
 
 #include <openssl/err.h>
 
+#include "ring.h"
+
 /* Bytes taken from the socket at once, and the input kept unless the
  * caller raises the limit for a message it must hold whole. */
 #define READ_CHUNK (64 * 1024)
@@ -51,10 +53,39 @@ struct sock {
     unsigned busy;         /* callbacks under way */
     bool dying;            /* sock_free came during a callback */
     char error[256];
+
+    /* Through the worker's ring (sock_use_ring): */
+    struct ring *ring;
+    struct ring_op recv_op, send_op;
+    bool receiving, sending; /* the operation is in flight */
+    bool unreported;         /* input arrived while reading was paused */
+    bool orphaned;           /* freed while operations were in flight */
+    struct evbuffer *flight; /* what the send in flight carries: the output
+                              * may move its own bytes as it grows */
+    struct iovec iov[SEND_EXTENTS];
+    struct msghdr msg;
 };
+
+#define SOCK_OF(op, member) ((struct sock *)((char *)(op) - offsetof(struct sock, member)))
 
 static void really_free(struct sock *s)
 {
+    if (s->receiving || s->sending) {
+        /* The ring still holds them, and the memory they use: the sock
+         * goes when they end, cancelled, and reports nothing more. */
+        s->orphaned = true;
+        if (s->receiving)
+            ring_cancel(s->ring, &s->recv_op);
+        if (s->sending)
+            ring_cancel(s->ring, &s->send_op);
+        if (s->rev)
+            event_del(s->rev);
+        if (s->wev)
+            event_del(s->wev);
+        event_del(s->timer);
+        event_del(s->notify);
+        return;
+    }
     if (s->ssl) {
         /* A best-effort close_notify; the peer may be gone. */
         if (s->state == SOCK_OPEN || s->state == SOCK_CLOSING)
@@ -73,6 +104,8 @@ static void really_free(struct sock *s)
         evbuffer_free(s->in);
     if (s->out)
         evbuffer_free(s->out);
+    if (s->flight)
+        evbuffer_free(s->flight);
     if (s->fd >= 0)
         evutil_closesocket(s->fd);
     free(s);
@@ -129,6 +162,7 @@ static void set_interest(struct event *ev, bool *added, bool want)
 }
 
 static void resume_reading(struct sock *s);
+static void receive(struct sock *s);
 
 /* The caller took bytes from an input that was at its limit: reading goes
  * on, whichever event the caller was serving. */
@@ -159,7 +193,12 @@ static void update_reading(struct sock *s)
         want = false;
         break;
     }
-    set_interest(s->rev, &s->reading, want);
+    if (s->ring) {
+        if (want && !s->receiving)
+            receive(s);
+    } else {
+        set_interest(s->rev, &s->reading, want);
+    }
     if (full)
         evbuffer_cb_set_flags(s->in, s->drained, EVBUFFER_CB_ENABLED);
     else
@@ -172,6 +211,10 @@ static void update_reading(struct sock *s)
 static void resume_reading(struct sock *s)
 {
     update_reading(s);
+    if (s->unreported && !s->paused && s->state == SOCK_OPEN) {
+        s->unreported = false;
+        emit(s, SOCK_READ, false);
+    }
     if (s->state == SOCK_OPEN && s->ssl && SSL_pending(s->ssl) > 0 && !s->paused &&
         evbuffer_get_length(s->in) < s->read_limit)
         event_active(s->rev, EV_READ, 0);
@@ -395,26 +438,142 @@ static bool write_tls(struct sock *s, bool from_loop)
     return true;
 }
 
-/* Writes what it can; waits for writability for the rest. Reports
- * SOCK_DRAINED and SOCK_CLOSED as the output empties. */
-static bool write_some(struct sock *s, bool from_loop)
+/* Reports SOCK_DRAINED and SOCK_CLOSED as the output empties. */
+static bool written(struct sock *s, bool from_loop)
 {
-    if (!(s->ssl ? write_tls(s, from_loop) : write_plain(s, from_loop)))
-        return false;
-    if (s->state == SOCK_DEAD)
-        return true;
-    size_t left = evbuffer_get_length(s->out);
-    set_interest(s->wev, &s->writing, left > 0 || s->read_wants_write);
+    size_t left = sock_unsent(s);
+
     if (s->above_high && left <= s->low) {
         s->above_high = false;
         if (!emit(s, SOCK_DRAINED, from_loop))
             return false;
     }
-    if (s->state == SOCK_CLOSING && evbuffer_get_length(s->out) == 0) {
+    if (s->state == SOCK_CLOSING && left == 0) {
         die(s);
         return emit(s, SOCK_CLOSED, from_loop);
     }
     return true;
+}
+
+static void send_output(struct sock *s);
+
+/* Writes what it can; waits for writability for the rest. Through the
+ * ring, the send goes with the loop's next submit. */
+static bool write_some(struct sock *s, bool from_loop)
+{
+    if (s->ring) {
+        send_output(s);
+        return true;
+    }
+    if (!(s->ssl ? write_tls(s, from_loop) : write_plain(s, from_loop)))
+        return false;
+    if (s->state == SOCK_DEAD)
+        return true;
+    set_interest(s->wev, &s->writing, evbuffer_get_length(s->out) > 0 || s->read_wants_write);
+    return written(s, from_loop);
+}
+
+/* ---- through the ring -------------------------------------------------- */
+
+/* A sock freed with operations in flight goes when the last one ends. */
+static bool orphan_done(struct sock *s)
+{
+    if (!s->orphaned)
+        return false;
+    if (!s->receiving && !s->sending)
+        really_free(s);
+    return true;
+}
+
+static void receive(struct sock *s)
+{
+    struct io_uring_sqe *sqe = ring_sqe(s->ring, &s->recv_op);
+
+    ring_prep_recv(s->ring, sqe, s->fd);
+    s->receiving = true;
+}
+
+static void received(struct ring_op *op, int res, unsigned flags)
+{
+    struct sock *s = SOCK_OF(op, recv_op);
+    bool added = false;
+
+    s->receiving = false;
+    if (flags & IORING_CQE_F_BUFFER) {
+        if (s->state == SOCK_OPEN && !s->orphaned && res > 0)
+            added = evbuffer_add(s->in, ring_received(s->ring, flags), (size_t)res) == 0;
+        ring_recycle(s->ring, flags);
+    }
+    if (orphan_done(s) || s->state != SOCK_OPEN)
+        return;
+    if (res == -ENOBUFS) {
+        /* Every buffer was taken in this turn; they are back now. */
+        update_reading(s);
+        return;
+    }
+    if (res < 0) {
+        fail(s, "", strerror(-res));
+        return;
+    }
+    if (res == 0) {
+        die(s);
+        report(s, SOCK_EOF);
+        return;
+    }
+    if (!added) {
+        fail(s, "out of memory", "");
+        return;
+    }
+    progress(s);
+    if (s->paused) {
+        s->unreported = true;
+        return;
+    }
+    if (report(s, SOCK_READ))
+        update_reading(s);
+}
+
+/* Sends the output, unless a send is in flight: its completion sends on. */
+static void send_output(struct sock *s)
+{
+    if (s->sending || (s->state != SOCK_OPEN && s->state != SOCK_CLOSING))
+        return;
+    if (evbuffer_get_length(s->flight) == 0 && evbuffer_add_buffer(s->flight, s->out) != 0) {
+        fail_from(s, false, "out of memory", "");
+        return;
+    }
+    size_t len = evbuffer_get_length(s->flight);
+    if (len == 0)
+        return;
+    struct evbuffer_iovec *v = (struct evbuffer_iovec *)s->iov;
+    int n = evbuffer_peek(s->flight, (ev_ssize_t)len, NULL, v, SEND_EXTENTS);
+    struct io_uring_sqe *sqe = ring_sqe(s->ring, &s->send_op);
+    if (n == 1) {
+        io_uring_prep_send(sqe, s->fd, s->iov[0].iov_base, s->iov[0].iov_len, MSG_NOSIGNAL);
+    } else {
+        s->msg = (struct msghdr){ .msg_iov = s->iov,
+                                  .msg_iovlen = (size_t)(n < SEND_EXTENTS ? n : SEND_EXTENTS) };
+        io_uring_prep_sendmsg(sqe, s->fd, &s->msg, MSG_NOSIGNAL);
+    }
+    s->sending = true;
+}
+
+static void sent(struct ring_op *op, int res, unsigned flags)
+{
+    struct sock *s = SOCK_OF(op, send_op);
+    (void)flags;
+
+    s->sending = false;
+    if (orphan_done(s) || s->state == SOCK_DEAD)
+        return;
+    if (res < 0) {
+        fail(s, "", strerror(-res));
+        return;
+    }
+    evbuffer_drain(s->flight, (size_t)res);
+    progress(s);
+    send_output(s);
+    written(s, true);
 }
 
 /* ---- the handshake ----------------------------------------------------- */
@@ -567,8 +726,11 @@ struct sock *sock_new(struct event_base *base, evutil_socket_t fd, sock_cb cb, v
     s->out = evbuffer_new();
     s->timer = evtimer_new(base, on_timeout, s);
     s->notify = event_new(base, -1, 0, on_notify, s);
+    s->flight = evbuffer_new();
+    s->recv_op.done = received;
+    s->send_op.done = sent;
     s->drained = s->in ? evbuffer_add_cb(s->in, input_drained, s) : NULL;
-    if (!s->drained || !s->out || !s->timer || !s->notify || (fd >= 0 && !make_events(s))) {
+    if (!s->drained || !s->out || !s->flight || !s->timer || !s->notify || (fd >= 0 && !make_events(s))) {
         really_free(s);
         return NULL;
     }
@@ -602,9 +764,22 @@ bool sock_connect(struct sock *s, const struct sockaddr *addr, int addrlen)
     return true;
 }
 
+bool sock_use_ring(struct sock *s, struct ring *r)
+{
+    if (s->ring)
+        return true;
+    if (!r || s->ssl || s->state != SOCK_OPEN || s->writing)
+        return false;
+    set_interest(s->rev, &s->reading, false);
+    s->ring = r;
+    update_reading(s);
+    send_output(s);
+    return true;
+}
+
 bool sock_start_tls(struct sock *s, SSL *ssl, bool accept)
 {
-    if (s->ssl || s->state != SOCK_OPEN || !SSL_set_fd(ssl, (int)s->fd)) {
+    if (s->ring || s->ssl || s->state != SOCK_OPEN || !SSL_set_fd(ssl, (int)s->fd)) {
         SSL_free(ssl);
         return false;
     }
@@ -644,6 +819,11 @@ evutil_socket_t sock_fd(const struct sock *s)
     return s->fd;
 }
 
+size_t sock_unsent(const struct sock *s)
+{
+    return evbuffer_get_length(s->out) + evbuffer_get_length(s->flight);
+}
+
 void sock_flush(struct sock *s)
 {
     /* Blocked: the write event carries on. Connecting or handshaking: the
@@ -672,7 +852,7 @@ void sock_set_write_marks(struct sock *s, size_t low, size_t high)
 
 bool sock_output_full(struct sock *s)
 {
-    if (evbuffer_get_length(s->out) < s->high)
+    if (sock_unsent(s) < s->high)
         return false;
     s->above_high = true;
     return true;
@@ -700,7 +880,7 @@ void sock_close_flushed(struct sock *s, int seconds)
     update_reading(s);
     s->timeout = seconds;
     progress(s);
-    if (s->state != SOCK_CLOSING || evbuffer_get_length(s->out) == 0) {
+    if (s->state != SOCK_CLOSING || sock_unsent(s) == 0) {
         die(s);
         emit(s, SOCK_CLOSED, false);
         return;

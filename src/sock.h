@@ -10,6 +10,10 @@
  * waits for a write event. The read event stays registered unless reading
  * is paused for backpressure.
  *
+ * A plaintext sock of a logged-in session can move to the worker's
+ * io_uring instead (sock_use_ring): its reads and writes are then queued
+ * and submitted in one batch per turn of the loop.
+ *
  * TLS runs over the same socket with OpenSSL directly (SSL_read into the
  * input, SSL_write from the output), so both kinds of socket behave the
  * same to the connection code.
@@ -64,6 +68,16 @@ SSL *sock_ssl(const struct sock *s);
 struct evbuffer *sock_input(struct sock *s);
 struct evbuffer *sock_output(struct sock *s);
 evutil_socket_t sock_fd(const struct sock *s);
+
+/* The bytes given to the output and not yet taken by the kernel. */
+size_t sock_unsent(const struct sock *s);
+
+struct ring;
+
+/* From now on the sock reads and writes through the worker's ring
+ * (ring.h), for good: only a plaintext socket, open, with no write
+ * waiting for writability. False, and nothing changes, otherwise. */
+bool sock_use_ring(struct sock *s, struct ring *r);
 
 /* Writes what the output holds, as much as the socket takes now; the rest
  * goes when it becomes writable. Call it after adding to the output. */

@@ -1,0 +1,238 @@
+#include "ring.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#define RING_ENTRIES 4096
+/* The receive buffers: one each for this many receives completing in one
+ * turn (a receive that finds none is simply queued again), of the size one
+ * read takes at most. */
+#define RING_BUFFERS 64
+#define RING_BUFFER_SIZE (32 * 1024)
+#define RING_GROUP 0
+
+struct ring {
+    struct io_uring uring;
+    struct event_base *base;
+    int event_fd;
+    struct event *ready;    /* the eventfd: completions are waiting */
+    struct event *submit;   /* queued from outside a turn: submit soon */
+    bool in_turn;
+    bool submit_pending;
+    unsigned inflight;
+    struct io_uring_buf_ring *bufs;
+    size_t bufs_len;
+    unsigned char *memory; /* RING_BUFFERS of RING_BUFFER_SIZE */
+};
+
+/* Submits what is queued and runs what completed, until neither is left.
+ * A completion's callback may queue more; those go in the same turn. */
+static void turn(struct ring *r)
+{
+    r->in_turn = true;
+    r->submit_pending = false;
+    for (;;) {
+        int rc;
+        do
+            rc = io_uring_submit_and_get_events(&r->uring);
+        while (rc == -EINTR);
+        unsigned seen = 0;
+        struct io_uring_cqe *cqe;
+        while (io_uring_peek_cqe(&r->uring, &cqe) == 0) {
+            struct ring_op *op = io_uring_cqe_get_data(cqe);
+            int res = cqe->res;
+            unsigned flags = cqe->flags;
+            io_uring_cqe_seen(&r->uring, cqe);
+            seen++;
+            if (!op)
+                continue;
+            r->inflight--;
+            op->done(op, res, flags);
+        }
+        if (seen == 0 && io_uring_sq_ready(&r->uring) == 0)
+            break;
+    }
+    r->in_turn = false;
+}
+
+static void on_ready(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    turn(arg);
+}
+
+/* A turn submits what is queued; outside one, a turn follows soon. */
+static void schedule(struct ring *r)
+{
+    if (!r->in_turn && !r->submit_pending) {
+        r->submit_pending = true;
+        event_active(r->submit, EV_TIMEOUT, 0);
+    }
+}
+
+struct io_uring_sqe *ring_sqe(struct ring *r, struct ring_op *op)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
+
+    if (!sqe) {
+        /* Full: what is queued goes now, and makes room. */
+        io_uring_submit(&r->uring);
+        sqe = io_uring_get_sqe(&r->uring);
+    }
+    if (!sqe)
+        abort(); /* a submit always empties the queue */
+    io_uring_sqe_set_data(sqe, op);
+    r->inflight++;
+    schedule(r);
+    return sqe;
+}
+
+void ring_cancel(struct ring *r, struct ring_op *op)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
+
+    if (!sqe) {
+        io_uring_submit(&r->uring);
+        sqe = io_uring_get_sqe(&r->uring);
+    }
+    if (!sqe)
+        abort();
+    io_uring_prep_cancel(sqe, op, 0);
+    /* Its own completion says only whether it found op: nothing to run. */
+    io_uring_sqe_set_data(sqe, NULL);
+    schedule(r);
+}
+
+void ring_prep_recv(struct ring *r, struct io_uring_sqe *sqe, int fd)
+{
+    (void)r;
+    io_uring_prep_recv(sqe, fd, NULL, RING_BUFFER_SIZE, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = RING_GROUP;
+}
+
+const void *ring_received(struct ring *r, unsigned flags)
+{
+    return r->memory + (size_t)(flags >> IORING_CQE_BUFFER_SHIFT) * RING_BUFFER_SIZE;
+}
+
+void ring_recycle(struct ring *r, unsigned flags)
+{
+    unsigned id = flags >> IORING_CQE_BUFFER_SHIFT;
+
+    io_uring_buf_ring_add(r->bufs, r->memory + (size_t)id * RING_BUFFER_SIZE, RING_BUFFER_SIZE,
+                          (unsigned short)id, io_uring_buf_ring_mask(RING_BUFFERS), 0);
+    io_uring_buf_ring_advance(r->bufs, 1);
+}
+
+static bool setup_buffers(struct ring *r)
+{
+    r->bufs_len = RING_BUFFERS * sizeof(struct io_uring_buf);
+    void *bufs = NULL;
+    if (posix_memalign(&bufs, (size_t)sysconf(_SC_PAGESIZE), r->bufs_len) != 0)
+        return false;
+    r->bufs = bufs;
+    r->memory = malloc((size_t)RING_BUFFERS * RING_BUFFER_SIZE);
+    if (!r->memory)
+        return false;
+    io_uring_buf_ring_init(r->bufs);
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (uintptr_t)r->bufs,
+        .ring_entries = RING_BUFFERS,
+        .bgid = RING_GROUP,
+    };
+    if (io_uring_register_buf_ring(&r->uring, &reg, 0) != 0)
+        return false;
+    for (unsigned i = 0; i < RING_BUFFERS; i++)
+        io_uring_buf_ring_add(r->bufs, r->memory + (size_t)i * RING_BUFFER_SIZE,
+                              RING_BUFFER_SIZE, (unsigned short)i,
+                              io_uring_buf_ring_mask(RING_BUFFERS), (int)i);
+    io_uring_buf_ring_advance(r->bufs, RING_BUFFERS);
+    return true;
+}
+
+struct ring *ring_new(struct event_base *base, char *why, size_t why_len)
+{
+    struct ring *r = calloc(1, sizeof(*r));
+    int rc;
+
+    if (!r) {
+        snprintf(why, why_len, "out of memory");
+        return NULL;
+    }
+    r->base = base;
+    r->event_fd = -1;
+    if (!(event_base_get_features(base) & EV_FEATURE_ET)) {
+        snprintf(why, why_len, "the event loop has no edge-triggered events");
+        free(r);
+        return NULL;
+    }
+    rc = io_uring_queue_init(RING_ENTRIES, &r->uring,
+                             IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+    if (rc < 0) {
+        snprintf(why, why_len, "io_uring_setup: %s", strerror(-rc));
+        free(r);
+        return NULL;
+    }
+    r->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    /* Edge-triggered: every completion signals anew, so the counter is
+     * never read back. */
+    if (r->event_fd < 0 || io_uring_register_eventfd(&r->uring, r->event_fd) != 0 ||
+        !setup_buffers(r) ||
+        !(r->ready = event_new(base, r->event_fd, EV_READ | EV_PERSIST | EV_ET, on_ready, r)) ||
+        !(r->submit = event_new(base, -1, 0, on_ready, r)) || event_add(r->ready, NULL) != 0) {
+        snprintf(why, why_len, "cannot set up io_uring: %s", strerror(errno));
+        ring_free(r);
+        return NULL;
+    }
+    return r;
+}
+
+void ring_free(struct ring *r)
+{
+    if (!r)
+        return;
+    if (r->inflight > 0) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
+        if (!sqe) {
+            io_uring_submit(&r->uring);
+            sqe = io_uring_get_sqe(&r->uring);
+        }
+        if (sqe) {
+            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+            io_uring_sqe_set_data(sqe, NULL);
+        }
+        while (r->inflight > 0) {
+            struct io_uring_cqe *cqe;
+            int rc = io_uring_submit_and_wait(&r->uring, 1);
+            if (rc < 0 && rc != -EINTR)
+                break;
+            while (io_uring_peek_cqe(&r->uring, &cqe) == 0) {
+                struct ring_op *op = io_uring_cqe_get_data(cqe);
+                int res = cqe->res;
+                unsigned flags = cqe->flags;
+                io_uring_cqe_seen(&r->uring, cqe);
+                if (!op)
+                    continue;
+                r->inflight--;
+                op->done(op, res, flags);
+            }
+        }
+    }
+    if (r->ready)
+        event_free(r->ready);
+    if (r->submit)
+        event_free(r->submit);
+    io_uring_queue_exit(&r->uring);
+    if (r->event_fd >= 0)
+        close(r->event_fd);
+    free(r->bufs);
+    free(r->memory);
+    free(r);
+}

@@ -1,0 +1,65 @@
+/*
+ * ring: one worker's io_uring, driven from its event loop.
+ *
+ * A proxy that forwards each message with a recv and a send of its own
+ * spends much of its CPU entering and leaving the kernel: on a virtual
+ * machine a system call costs about a microsecond before it does anything.
+ * The ring batches those calls: the socks of logged-in sessions queue their
+ * receives and sends here, and one io_uring_enter per turn of the loop
+ * submits them all and collects what completed. The ring's eventfd is one
+ * edge-triggered event of the worker's libevent loop, so listeners, timers,
+ * TLS sockets and the login phases stay on plain events.
+ *
+ * The ring runs completions only when its thread asks for them
+ * (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, Linux 6.1), so
+ * they come in batches at a submit rather than as interruptions. It must
+ * be created, used and freed by one thread. Receives take their memory
+ * from the ring's shared buffers only when data arrives, so an idle
+ * session holds none.
+ *
+ * Where io_uring is not available (an older kernel, a container profile
+ * that blocks it, kernel.io_uring_disabled), ring_new fails and the socks
+ * use plain system calls.
+ */
+#ifndef IDEM_RING_H
+#define IDEM_RING_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <event2/event.h>
+#include <liburing.h>
+
+struct ring;
+
+/* One operation in flight; embedded in its owner, which must stay
+ * allocated until done has run. res is the completion's result (a byte
+ * count or -errno), flags its CQE flags. */
+struct ring_op {
+    void (*done)(struct ring_op *op, int res, unsigned flags);
+};
+
+/* NULL, with why filled in, when io_uring cannot be used here. */
+struct ring *ring_new(struct event_base *base, char *why, size_t why_len);
+
+/* A submission entry whose completion calls op->done. Everything queued
+ * is submitted before the loop waits again. */
+struct io_uring_sqe *ring_sqe(struct ring *r, struct ring_op *op);
+
+/* Cancels op's operation: its completion comes soon, with -ECANCELED
+ * unless it had already ended. */
+void ring_cancel(struct ring *r, struct ring_op *op);
+
+/* Prepares sqe as a receive into one of the ring's buffers. */
+void ring_prep_recv(struct ring *r, struct io_uring_sqe *sqe, int fd);
+
+/* The data of a completed receive (res bytes, flags from the completion),
+ * valid until ring_recycle(r, flags), which must follow. */
+const void *ring_received(struct ring *r, unsigned flags);
+void ring_recycle(struct ring *r, unsigned flags);
+
+/* Cancels what is still in flight and waits for it to end (its done
+ * callbacks run), then frees the ring. */
+void ring_free(struct ring *r);
+
+#endif
