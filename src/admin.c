@@ -302,6 +302,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
         { "shutdown_timeout", n[5] },
         { "workers", n[6] },
         { "so_reuseport", cfg->so_reuseport ? "on" : "off" },
+        { "io_uring", cfg->io_uring ? "on" : "off" },
         { "metrics_addr", cfg->metrics_addr },
         { "metrics_port", n[7] },
         { "log_stats_interval", n[8] },

@@ -43,6 +43,7 @@ enum main_key {
     KEY_AUTH_USER,
     KEY_WORKERS,
     KEY_SO_REUSEPORT,
+    KEY_IO_URING,
     KEY_METRICS_ADDR,
     KEY_METRICS_PORT,
     KEY_LOG_STATS_INTERVAL,
@@ -84,6 +85,7 @@ static const char *const main_key_names[MAIN_KEY_COUNT] = {
     [KEY_AUTH_USER] = "auth_user",
     [KEY_WORKERS] = "workers",
     [KEY_SO_REUSEPORT] = "so_reuseport",
+    [KEY_IO_URING] = "io_uring",
     [KEY_METRICS_ADDR] = "metrics_addr",
     [KEY_METRICS_PORT] = "metrics_port",
     [KEY_LOG_STATS_INTERVAL] = "log_stats_interval",
@@ -628,6 +630,7 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_SHUTDOWN_TIMEOUT: parse_int(p, key, value, 0, 86400, &c->shutdown_timeout); break;
     case KEY_WORKERS: parse_int(p, key, value, 0, CONFIG_MAX_WORKERS, &c->workers); break;
     case KEY_SO_REUSEPORT: parse_bool(p, key, value, &c->so_reuseport); break;
+    case KEY_IO_URING: parse_bool(p, key, value, &c->io_uring); break;
     case KEY_METRICS_ADDR: set_string(p, &c->metrics_addr, key, value); break;
     case KEY_METRICS_PORT: parse_int(p, key, value, 0, 65535, &c->metrics_port); break;
     case KEY_LOG_STATS_INTERVAL: parse_int(p, key, value, 0, 86400, &c->log_stats_interval); break;
@@ -781,6 +784,7 @@ static struct config *config_defaults(void)
     c->server_idle_timeout = 600;
     c->max_idle_servers = 100;
     c->max_cached_statements = 100;
+    c->io_uring = true;
     c->metrics_addr = strdup("127.0.0.1");
     c->client_tls.protocols = c->server_tls.protocols = TLS_PROTO_V1_2 | TLS_PROTO_V1_3;
     c->auth_query = strdup(DEFAULT_AUTH_QUERY);
@@ -928,6 +932,7 @@ bool config_restart_needed(const struct config *old, const struct config *new_cf
         { "listen_port", old->listen_port != new_cfg->listen_port },
         { "workers", old->workers != new_cfg->workers },
         { "so_reuseport", old->so_reuseport != new_cfg->so_reuseport },
+        { "io_uring", old->io_uring != new_cfg->io_uring },
         { "metrics_addr", strcmp(old->metrics_addr, new_cfg->metrics_addr) != 0 },
         { "metrics_port", old->metrics_port != new_cfg->metrics_port },
     };

@@ -96,6 +96,7 @@ struct config {
     int shutdown_timeout; /* seconds SIGTERM waits for busy clients */
     int workers;          /* event-loop threads; 0: one per online core */
     bool so_reuseport;    /* each worker its own SO_REUSEPORT listener */
+    bool io_uring;        /* logged-in sessions' plaintext I/O through io_uring */
     char *metrics_addr;   /* the HTTP endpoint of /metrics and /healthz */
     int metrics_port;     /* 0: no endpoint */
     int log_stats_interval; /* seconds between summary log lines; 0: none */

@@ -380,7 +380,7 @@ static void close_side(struct conn *c, struct sock *s)
 {
     if (!s)
         return;
-    if (evbuffer_get_length(sock_output(s)) == 0 || sock_fd(s) < 0) {
+    if (sock_unsent(s) == 0 || sock_fd(s) < 0) {
         drop_sock(c, s);
         return;
     }
@@ -1338,7 +1338,7 @@ static bool keep_server(struct conn *c)
         !track_idle(&c->track) || c->catalog || c->guard != GUARD_NONE || c->held_error ||
         c->stream_left[FLOW_TO_SERVER] || c->stream_left[FLOW_TO_CLIENT] ||
         evbuffer_get_length(sock_input(c->server)) > 0 ||
-        evbuffer_get_length(sock_output(c->server)) > 0)
+        sock_unsent(c->server) > 0)
         return false;
     forget_key(c);
     struct pool_server kept = { .sock = c->server, .welcome = c->welcome };
@@ -1802,6 +1802,11 @@ static void login_done(struct conn *c)
     event_free(c->login_timer);
     c->login_timer = NULL;
     conn_log(LOG_DEBUG, c, "logged in");
+    /* From here on the traffic is the session's: batched through the ring
+     * where the socket is plaintext. */
+    sock_use_ring(c->client, c->worker->ring);
+    if (c->server)
+        sock_use_ring(c->server, c->worker->ring);
     if (!c->replication)
         c->scope = ruleset_scope(c->rules, c->database, c->user ? c->user : "");
     if (c->scope && scope_state(c->scope) == SCOPE_UNKNOWN)
@@ -2124,7 +2129,7 @@ static bool accept_tls(struct conn *c)
     /* 'S' must be on the wire before the handshake: one byte on a fresh
      * socket goes at once. */
     send_to(c->client, "S", 1);
-    if (!ssl || evbuffer_get_length(sock_output(c->client)) > 0 ||
+    if (!ssl || sock_unsent(c->client) > 0 ||
         !sock_start_tls(c->client, ssl, true)) {
         close_pair(c, "cannot start TLS");
         return false;

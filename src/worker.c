@@ -17,6 +17,7 @@
 #include "log.h"
 #include "pool.h"
 #include "proxy.h"
+#include "ring.h"
 
 const char *server_name(const struct config *cfg, char *buf, size_t len)
 {
@@ -293,8 +294,19 @@ void worker_wake(struct worker *w)
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
+    char why[160];
 
+    /* The ring belongs to the thread that submits to it. */
+    if (w->cfg->io_uring && !(w->ring = ring_new(w->base, why, sizeof(why))))
+        log_info("[worker %d] io_uring not in use, plain system calls instead: %s", w->index,
+                 why);
     event_base_dispatch(w->base);
+    /* The sockets that use the ring go before it. */
+    while (w->conns)
+        conn_destroy(w->conns);
+    pool_close_all(w->pool);
+    ring_free(w->ring);
+    w->ring = NULL;
     proxy_worker_ended(w->proxy);
     return NULL;
 }

@@ -28,6 +28,8 @@
 #include "rules.h"
 #include "settings.h"
 
+struct ring;
+
 struct proxy;
 struct conn;
 struct pool;
@@ -102,6 +104,7 @@ struct worker {
     uint64_t generation;       /* counts the settings adopted: a server connected
                                 * under older ones is not kept */
     struct pool *pool;         /* servers kept for reuse */
+    struct ring *ring;         /* io_uring of the thread; NULL: plain system calls */
 
     pthread_mutex_t conns_lock; /* the list, and what SHOW CLIENTS reads of a pair,
                                  * for readers on other threads */
