@@ -68,6 +68,17 @@ struct sock {
 
 #define SOCK_OF(op, member) ((struct sock *)((char *)(op) - offsetof(struct sock, member)))
 
+/* None of the sock's events calls back any more. */
+static void silence(struct sock *s)
+{
+    if (s->rev)
+        event_del(s->rev);
+    if (s->wev)
+        event_del(s->wev);
+    event_del(s->timer);
+    event_del(s->notify);
+}
+
 static void really_free(struct sock *s)
 {
     if (s->receiving || s->sending) {
@@ -78,12 +89,7 @@ static void really_free(struct sock *s)
             ring_cancel(s->ring, &s->recv_op);
         if (s->sending)
             ring_cancel(s->ring, &s->send_op);
-        if (s->rev)
-            event_del(s->rev);
-        if (s->wev)
-            event_del(s->wev);
-        event_del(s->timer);
-        event_del(s->notify);
+        silence(s);
         return;
     }
     if (s->ssl) {
@@ -900,12 +906,7 @@ void sock_free(struct sock *s)
         return;
     if (s->busy) {
         s->dying = true;
-        if (s->rev)
-            event_del(s->rev);
-        if (s->wev)
-            event_del(s->wev);
-        event_del(s->timer);
-        event_del(s->notify);
+        silence(s);
         return;
     }
     really_free(s);
