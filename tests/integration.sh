@@ -165,17 +165,26 @@ export IDEM_TEST_CERTS=$CERTS
 
 # ---- the C tests ------------------------------------------------------------
 start=$(date +%s)
-for bin in "${TEST_BINS[@]}"; do
+# run_test BIN [SETTINGS]: SETTINGS go into every proxy's [idemproxy].
+run_test() {
+    local t0 rc=0
     t0=$(date +%s)
     # In the background, so that the EXIT trap can kill it if we are
     # interrupted; its proxies die with it (PR_SET_PDEATHSIG).
-    "$bin" &
+    IDEM_TEST_PROXY_SETTINGS=${2:-} "$1" &
     TEST_PID=$!
-    rc=0
     wait "$TEST_PID" || rc=$?
     TEST_PID=
-    echo "integration.sh: ${bin##*/} exited $rc after $(( $(date +%s) - t0 )) s"
+    echo "integration.sh: ${1##*/}${2:+ with $2} exited $rc after $(( $(date +%s) - t0 )) s"
     [ "$rc" = 0 ] || failed=1
+}
+for bin in "${TEST_BINS[@]}"; do
+    run_test "$bin"
+done
+# The core tests once more with plain system calls, the path taken where
+# the kernel refuses io_uring.
+for bin in "${TEST_BINS[@]}"; do
+    [ "${bin##*/}" != test_integration ] || run_test "$bin" "io_uring = off"
 done
 
 # ---- pgbench through a proxy ------------------------------------------------

@@ -425,11 +425,13 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
                  "server_host = %s\n"
                  "server_port = %d\n"
                  "log_level = %s\n"
+                 "%s\n"
                  "%s",
                  p->port,
                  opts->server_host ? opts->server_host : itest_env("IDEM_TEST_PGHOST"),
                  opts->server_port ? opts->server_port : itest_pg_port(),
                  opts->log_level ? opts->log_level : "info",
+                 getenv("IDEM_TEST_PROXY_SETTINGS") ? getenv("IDEM_TEST_PROXY_SETTINGS") : "",
                  opts->extra ? opts->extra : "");
         snprintf(p->conf_path, sizeof p->conf_path, "%s", itest_write_config("proxy", body));
         snprintf(p->log_path, sizeof p->log_path, "%s/proxy-%u.log", itest_env("IDEM_TEST_TMP"),

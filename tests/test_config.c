@@ -113,6 +113,7 @@ static void test_full_main_section(void **state)
         "shutdown_timeout = 120\n"
         "workers = 4\n"
         "so_reuseport = on\n"
+        "io_uring = off\n"
         "metrics_addr = 0.0.0.0\n"
         "metrics_port = 9127\n"
         "log_stats_interval = 0\n");
@@ -129,6 +130,7 @@ static void test_full_main_section(void **state)
     assert_int_equal(cfg->shutdown_timeout, 120);
     assert_int_equal(cfg->workers, 4);
     assert_true(cfg->so_reuseport);
+    assert_false(cfg->io_uring);
     assert_string_equal(cfg->metrics_addr, "0.0.0.0");
     assert_int_equal(cfg->metrics_port, 9127);
     assert_int_equal(cfg->log_stats_interval, 0);
@@ -154,6 +156,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->shutdown_timeout, 30);
     assert_int_equal(cfg->workers, 0);
     assert_false(cfg->so_reuseport);
+    assert_true(cfg->io_uring);
     assert_string_equal(cfg->metrics_addr, "127.0.0.1");
     assert_int_equal(cfg->metrics_port, 0);
     assert_int_equal(cfg->log_stats_interval, 60);
@@ -213,6 +216,7 @@ static void test_port_ranges(void **state)
     parse_fails("[idemproxy]\nworkers = -1\n", 2, "workers");
     parse_fails("[idemproxy]\nworkers = 257\n", 2, "workers");
     parse_fails("[idemproxy]\nso_reuseport = maybe\n", 2, "so_reuseport");
+    parse_fails("[idemproxy]\n\nio_uring = 1.5\n", 3, "io_uring");
     parse_fails("[idemproxy]\nmetrics_port = 65536\n", 2, "metrics_port");
     parse_fails("[idemproxy]\nlog_stats_interval = -1\n", 2, "log_stats_interval");
 }
@@ -697,9 +701,10 @@ static void test_restart_needed(void **state)
     assert_non_null(strchr(buf, ','));
 
     struct config *threads = parse_ok("[idemproxy]\nlisten_addr = 127.0.0.1\n"
-                                      "listen_port = 6433\nworkers = 3\nso_reuseport = on\n");
+                                      "listen_port = 6433\nworkers = 3\nso_reuseport = on\n"
+                                      "io_uring = off\n");
     assert_true(config_restart_needed(base, threads, buf, sizeof(buf)));
-    assert_string_equal(buf, "workers, so_reuseport");
+    assert_string_equal(buf, "workers, so_reuseport, io_uring");
     config_unref(threads);
 
     /* A small buffer is filled, terminated, and not overrun. */
