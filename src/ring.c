@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define RING_ENTRIES 4096
@@ -24,38 +25,76 @@ struct ring {
     struct event *submit;   /* queued from outside a turn: submit soon */
     bool in_turn;
     bool submit_pending;
+    bool quiet_turns;       /* the kernel flags work held for this thread */
     unsigned inflight;
     struct io_uring_buf_ring *bufs;
     size_t bufs_len;
     unsigned char *memory; /* RING_BUFFERS of RING_BUFFER_SIZE */
 };
 
+/* Runs the completions there are; with the TASKRUN flag, peeking also
+ * runs the work the kernel holds for this thread. Returns how many. */
+static unsigned run_completions(struct ring *r)
+{
+    unsigned seen = 0;
+    struct io_uring_cqe *cqe;
+
+    while (io_uring_peek_cqe(&r->uring, &cqe) == 0) {
+        struct ring_op *op = io_uring_cqe_get_data(cqe);
+        int res = cqe->res;
+        unsigned flags = cqe->flags;
+        io_uring_cqe_seen(&r->uring, cqe);
+        seen++;
+        if (!op)
+            continue;
+        if (!(flags & IORING_CQE_F_MORE))
+            r->inflight--;
+        op->done(op, res, flags);
+    }
+    return seen;
+}
+
+/* Whether an enter now would bring completions. */
+static bool work_waiting(struct ring *r)
+{
+    unsigned sq_flags = __atomic_load_n(r->uring.sq.kflags, __ATOMIC_ACQUIRE);
+
+    return (sq_flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW)) ||
+           io_uring_cq_ready(&r->uring) > 0;
+}
+
 /* Submits what is queued and runs what completed, until neither is left.
- * A completion's callback may queue more; those go in the same turn. */
+ * A completion's callback may queue more; those go in the same turn.
+ *
+ * The eventfd is off meanwhile: the sends a submit completes at once
+ * would otherwise wake the loop again for a turn with nothing to do. The
+ * kernel raises IORING_SQ_TASKRUN for work that arrives while it is off,
+ * and the turn looks at that flag after turning the eventfd back on:
+ * either the kernel sees it on, or the turn sees the flag. */
 static void turn(struct ring *r)
 {
     r->in_turn = true;
     r->submit_pending = false;
+    if (r->quiet_turns)
+        io_uring_cq_eventfd_toggle(&r->uring, false);
     for (;;) {
         int rc;
         do
             rc = io_uring_submit_and_get_events(&r->uring);
         while (rc == -EINTR);
-        unsigned seen = 0;
-        struct io_uring_cqe *cqe;
-        while (io_uring_peek_cqe(&r->uring, &cqe) == 0) {
-            struct ring_op *op = io_uring_cqe_get_data(cqe);
-            int res = cqe->res;
-            unsigned flags = cqe->flags;
-            io_uring_cqe_seen(&r->uring, cqe);
-            seen++;
-            if (!op)
-                continue;
-            r->inflight--;
-            op->done(op, res, flags);
+        unsigned seen = run_completions(r);
+        if (io_uring_sq_ready(&r->uring) > 0)
+            continue;
+        if (!r->quiet_turns) {
+            if (seen == 0)
+                break;
+            continue;
         }
-        if (seen == 0 && io_uring_sq_ready(&r->uring) == 0)
+        io_uring_cq_eventfd_toggle(&r->uring, true);
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (!work_waiting(r))
             break;
+        io_uring_cq_eventfd_toggle(&r->uring, false);
     }
     r->in_turn = false;
 }
@@ -76,17 +115,24 @@ static void schedule(struct ring *r)
     }
 }
 
-struct io_uring_sqe *ring_sqe(struct ring *r, struct ring_op *op)
+/* A free entry, made by submitting what is queued when there is none. */
+static struct io_uring_sqe *take_sqe(struct ring *r)
 {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
 
     if (!sqe) {
-        /* Full: what is queued goes now, and makes room. */
         io_uring_submit(&r->uring);
         sqe = io_uring_get_sqe(&r->uring);
     }
     if (!sqe)
         abort(); /* a submit always empties the queue */
+    return sqe;
+}
+
+struct io_uring_sqe *ring_sqe(struct ring *r, struct ring_op *op)
+{
+    struct io_uring_sqe *sqe = take_sqe(r);
+
     io_uring_sqe_set_data(sqe, op);
     r->inflight++;
     schedule(r);
@@ -95,14 +141,8 @@ struct io_uring_sqe *ring_sqe(struct ring *r, struct ring_op *op)
 
 void ring_cancel(struct ring *r, struct ring_op *op)
 {
-    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
+    struct io_uring_sqe *sqe = take_sqe(r);
 
-    if (!sqe) {
-        io_uring_submit(&r->uring);
-        sqe = io_uring_get_sqe(&r->uring);
-    }
-    if (!sqe)
-        abort();
     io_uring_prep_cancel(sqe, op, 0);
     /* Its own completion says only whether it found op: nothing to run. */
     io_uring_sqe_set_data(sqe, NULL);
@@ -112,7 +152,10 @@ void ring_cancel(struct ring *r, struct ring_op *op)
 void ring_prep_recv(struct ring *r, struct io_uring_sqe *sqe, int fd)
 {
     (void)r;
-    io_uring_prep_recv(sqe, fd, NULL, RING_BUFFER_SIZE, 0);
+    /* Multishot: one entry receives every message until it is cancelled,
+     * or ends for want of a buffer. Not IORING_RECVSEND_POLL_FIRST: data
+     * already waiting when it is armed would then wait for more. */
+    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = RING_GROUP;
 }
@@ -157,6 +200,68 @@ static bool setup_buffers(struct ring *r)
     return true;
 }
 
+/* Whether work the kernel defers to this thread signals the eventfd when
+ * it arrives. Linux 6.1 did; recent kernels (6.18 here) signal only once
+ * the work has run, and an event loop waiting on the eventfd would then
+ * wait for ever. A receive the thread's own write completes tells. */
+static bool deferred_work_signals(struct ring *r)
+{
+    int pair[2];
+    char byte;
+    uint64_t count = 0;
+    bool signals = false;
+
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0)
+        return false;
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
+    io_uring_prep_recv(sqe, pair[0], &byte, 1, 0);
+    io_uring_sqe_set_data(sqe, NULL);
+    if (io_uring_submit(&r->uring) == 1 && write(pair[1], "x", 1) == 1) {
+        signals = read(r->event_fd, &count, sizeof(count)) == sizeof(count) && count > 0;
+        struct io_uring_cqe *cqe;
+        if (io_uring_wait_cqe(&r->uring, &cqe) == 0)
+            io_uring_cqe_seen(&r->uring, cqe);
+    }
+    close(pair[0]);
+    close(pair[1]);
+    while (read(r->event_fd, &count, sizeof(count)) > 0)
+        ;
+    return signals;
+}
+
+/* Sets the ring up in the cheapest mode that wakes the event loop:
+ * completions run only when this thread asks (DEFER_TASKRUN) where the
+ * kernel signals the eventfd for them, else run at its next system call
+ * without interrupting it (COOP_TASKRUN); with the TASKRUN flag either
+ * way, for quiet turns, where the kernel has it. */
+static int setup_uring(struct ring *r)
+{
+    static const unsigned modes[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+        0,
+    };
+    int rc = -EINVAL;
+
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        rc = io_uring_queue_init(RING_ENTRIES, &r->uring, modes[i]);
+        if (rc == -EINVAL)
+            continue;
+        if (rc < 0)
+            return rc;
+        rc = io_uring_register_eventfd(&r->uring, r->event_fd);
+        if (rc == 0 && (!(modes[i] & IORING_SETUP_DEFER_TASKRUN) || deferred_work_signals(r))) {
+            r->quiet_turns = modes[i] & IORING_SETUP_TASKRUN_FLAG;
+            return 0;
+        }
+        io_uring_queue_exit(&r->uring);
+        if (rc < 0)
+            return rc;
+        rc = -EINVAL;
+    }
+    return rc;
+}
+
 struct ring *ring_new(struct event_base *base, char *why, size_t why_len)
 {
     struct ring *r = calloc(1, sizeof(*r));
@@ -167,24 +272,27 @@ struct ring *ring_new(struct event_base *base, char *why, size_t why_len)
         return NULL;
     }
     r->base = base;
-    r->event_fd = -1;
     if (!(event_base_get_features(base) & EV_FEATURE_ET)) {
         snprintf(why, why_len, "the event loop has no edge-triggered events");
         free(r);
         return NULL;
     }
-    rc = io_uring_queue_init(RING_ENTRIES, &r->uring,
-                             IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
-    if (rc < 0) {
-        snprintf(why, why_len, "io_uring_setup: %s", strerror(-rc));
+    r->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->event_fd < 0) {
+        snprintf(why, why_len, "eventfd: %s", strerror(errno));
         free(r);
         return NULL;
     }
-    r->event_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    rc = setup_uring(r);
+    if (rc < 0) {
+        snprintf(why, why_len, "io_uring_setup: %s", strerror(-rc));
+        close(r->event_fd);
+        free(r);
+        return NULL;
+    }
     /* Edge-triggered: every completion signals anew, so the counter is
      * never read back. */
-    if (r->event_fd < 0 || io_uring_register_eventfd(&r->uring, r->event_fd) != 0 ||
-        !setup_buffers(r) ||
+    if (!setup_buffers(r) ||
         !(r->ready = event_new(base, r->event_fd, EV_READ | EV_PERSIST | EV_ET, on_ready, r)) ||
         !(r->submit = event_new(base, -1, 0, on_ready, r)) || event_add(r->ready, NULL) != 0) {
         snprintf(why, why_len, "cannot set up io_uring: %s", strerror(errno));
@@ -199,30 +307,15 @@ void ring_free(struct ring *r)
     if (!r)
         return;
     if (r->inflight > 0) {
-        struct io_uring_sqe *sqe = io_uring_get_sqe(&r->uring);
-        if (!sqe) {
-            io_uring_submit(&r->uring);
-            sqe = io_uring_get_sqe(&r->uring);
-        }
-        if (sqe) {
-            io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
-            io_uring_sqe_set_data(sqe, NULL);
-        }
+        struct io_uring_sqe *sqe = take_sqe(r);
+        io_uring_prep_cancel64(sqe, 0, IORING_ASYNC_CANCEL_ANY);
+        io_uring_sqe_set_data(sqe, NULL);
+        r->in_turn = true; /* no turn scheduled from here on */
         while (r->inflight > 0) {
-            struct io_uring_cqe *cqe;
             int rc = io_uring_submit_and_wait(&r->uring, 1);
             if (rc < 0 && rc != -EINTR)
                 break;
-            while (io_uring_peek_cqe(&r->uring, &cqe) == 0) {
-                struct ring_op *op = io_uring_cqe_get_data(cqe);
-                int res = cqe->res;
-                unsigned flags = cqe->flags;
-                io_uring_cqe_seen(&r->uring, cqe);
-                if (!op)
-                    continue;
-                r->inflight--;
-                op->done(op, res, flags);
-            }
+            run_completions(r);
         }
     }
     if (r->ready)

@@ -10,10 +10,12 @@
  * edge-triggered event of the worker's libevent loop, so listeners, timers,
  * TLS sockets and the login phases stay on plain events.
  *
- * The ring runs completions only when its thread asks for them
- * (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, Linux 6.1), so
- * they come in batches at a submit rather than as interruptions. It must
- * be created, used and freed by one thread. Receives take their memory
+ * Where the kernel lets it, the ring runs completions only when its thread
+ * asks for them (IORING_SETUP_DEFER_TASKRUN), so they come in batches at a
+ * submit rather than as interruptions. Recent kernels no longer signal the
+ * eventfd for such work; there, found by a probe at setup, the kernel runs
+ * them at the thread's next system call instead (COOP_TASKRUN). It
+ * must be created, used and freed by one thread. Receives take their memory
  * from the ring's shared buffers only when data arrives, so an idle
  * session holds none.
  *
@@ -33,8 +35,9 @@
 struct ring;
 
 /* One operation in flight; embedded in its owner, which must stay
- * allocated until done has run. res is the completion's result (a byte
- * count or -errno), flags its CQE flags. */
+ * allocated until done has run for the last time: a multishot operation
+ * calls it for each completion, with IORING_CQE_F_MORE in flags on all but
+ * the last. res is the completion's result (a byte count or -errno). */
 struct ring_op {
     void (*done)(struct ring_op *op, int res, unsigned flags);
 };
@@ -50,7 +53,9 @@ struct io_uring_sqe *ring_sqe(struct ring *r, struct ring_op *op);
  * unless it had already ended. */
 void ring_cancel(struct ring *r, struct ring_op *op);
 
-/* Prepares sqe as a receive into one of the ring's buffers. */
+/* Prepares sqe as a multishot receive: each message that arrives lands in
+ * one of the ring's buffers, until the receive is cancelled, meets the
+ * end of the stream or an error, or finds every buffer taken (-ENOBUFS). */
 void ring_prep_recv(struct ring *r, struct io_uring_sqe *sqe, int fd);
 
 /* The data of a completed receive (res bytes, flags from the completion),

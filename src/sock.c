@@ -58,6 +58,7 @@ struct sock {
     struct ring *ring;
     struct ring_op recv_op, send_op;
     bool receiving, sending; /* the operation is in flight */
+    bool stopping;           /* the receive is being cancelled */
     bool unreported;         /* input arrived while reading was paused */
     bool orphaned;           /* freed while operations were in flight */
     struct evbuffer *flight; /* what the send in flight carries: the output
@@ -200,8 +201,13 @@ static void update_reading(struct sock *s)
         break;
     }
     if (s->ring) {
-        if (want && !s->receiving)
+        /* The receive stays armed for every message until cancelled. */
+        if (want && !s->receiving) {
             receive(s);
+        } else if (!want && s->receiving && !s->stopping) {
+            ring_cancel(s->ring, &s->recv_op);
+            s->stopping = true;
+        }
     } else {
         set_interest(s->rev, &s->reading, want);
     }
@@ -504,7 +510,10 @@ static void received(struct ring_op *op, int res, unsigned flags)
     struct sock *s = SOCK_OF(op, recv_op);
     bool added = false;
 
-    s->receiving = false;
+    if (!(flags & IORING_CQE_F_MORE)) {
+        s->receiving = false;
+        s->stopping = false;
+    }
     if (flags & IORING_CQE_F_BUFFER) {
         if (s->state == SOCK_OPEN && !s->orphaned && res > 0)
             added = evbuffer_add(s->in, ring_received(s->ring, flags), (size_t)res) == 0;
@@ -512,8 +521,9 @@ static void received(struct ring_op *op, int res, unsigned flags)
     }
     if (orphan_done(s) || s->state != SOCK_OPEN)
         return;
-    if (res == -ENOBUFS) {
-        /* Every buffer was taken in this turn; they are back now. */
+    if (res == -ENOBUFS || res == -ECANCELED) {
+        /* Every buffer was taken in this turn (they are back now), or
+         * reading stopped for a while: it goes on if it should. */
         update_reading(s);
         return;
     }
@@ -533,6 +543,7 @@ static void received(struct ring_op *op, int res, unsigned flags)
     progress(s);
     if (s->paused) {
         s->unreported = true;
+        update_reading(s);
         return;
     }
     if (report(s, SOCK_READ))

@@ -85,7 +85,8 @@ void sock_flush(struct sock *s);
 
 /* Reading stops while the input holds limit bytes or more (a held message
  * may need more than the usual chunk), and goes on as soon as the caller
- * takes bytes from it, from whichever callback. */
+ * takes bytes from it, from whichever callback. Through a ring the input
+ * may pass the limit by what arrives before the receive is cancelled. */
 void sock_set_read_limit(struct sock *s, size_t limit);
 
 /* Stops or resumes reading (backpressure from the other socket). */
