@@ -25,18 +25,16 @@ struct ring {
     struct event *submit;   /* queued from outside a turn: submit soon */
     bool in_turn;
     bool submit_pending;
-    bool quiet_turns;       /* the kernel flags work held for this thread */
     unsigned inflight;
     struct io_uring_buf_ring *bufs;
     size_t bufs_len;
     unsigned char *memory; /* RING_BUFFERS of RING_BUFFER_SIZE */
 };
 
-/* Runs the completions there are; with the TASKRUN flag, peeking also
- * runs the work the kernel holds for this thread. Returns how many. */
-static unsigned run_completions(struct ring *r)
+/* Runs the completions there are; peeking also enters the kernel to run
+ * the work it holds for this thread when the TASKRUN flag says so. */
+static void run_completions(struct ring *r)
 {
-    unsigned seen = 0;
     struct io_uring_cqe *cqe;
 
     while (io_uring_peek_cqe(&r->uring, &cqe) == 0) {
@@ -44,14 +42,12 @@ static unsigned run_completions(struct ring *r)
         int res = cqe->res;
         unsigned flags = cqe->flags;
         io_uring_cqe_seen(&r->uring, cqe);
-        seen++;
         if (!op)
             continue;
         if (!(flags & IORING_CQE_F_MORE))
             r->inflight--;
         op->done(op, res, flags);
     }
-    return seen;
 }
 
 /* Whether an enter now would bring completions. */
@@ -75,21 +71,15 @@ static void turn(struct ring *r)
 {
     r->in_turn = true;
     r->submit_pending = false;
-    if (r->quiet_turns)
-        io_uring_cq_eventfd_toggle(&r->uring, false);
+    io_uring_cq_eventfd_toggle(&r->uring, false);
     for (;;) {
         int rc;
         do
             rc = io_uring_submit_and_get_events(&r->uring);
         while (rc == -EINTR);
-        unsigned seen = run_completions(r);
+        run_completions(r);
         if (io_uring_sq_ready(&r->uring) > 0)
             continue;
-        if (!r->quiet_turns) {
-            if (seen == 0)
-                break;
-            continue;
-        }
         io_uring_cq_eventfd_toggle(&r->uring, true);
         __atomic_thread_fence(__ATOMIC_SEQ_CST);
         if (!work_waiting(r))
@@ -230,16 +220,16 @@ static bool deferred_work_signals(struct ring *r)
 }
 
 /* Sets the ring up in the cheapest mode that wakes the event loop:
- * completions run only when this thread asks (DEFER_TASKRUN) where the
- * kernel signals the eventfd for them, else run at its next system call
- * without interrupting it (COOP_TASKRUN); with the TASKRUN flag either
- * way, for quiet turns, where the kernel has it. */
+ * completions run only when this thread asks (DEFER_TASKRUN, Linux 6.1)
+ * where the kernel signals the eventfd for them, else at its next system
+ * call without interrupting it (COOP_TASKRUN). SINGLE_ISSUER in both makes
+ * Linux 6.0 the oldest kernel that takes either, which is also the oldest
+ * with the multishot receives the socks rely on. */
 static int setup_uring(struct ring *r)
 {
     static const unsigned modes[] = {
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
-        IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
-        0,
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
     };
     int rc = -EINVAL;
 
@@ -250,10 +240,8 @@ static int setup_uring(struct ring *r)
         if (rc < 0)
             return rc;
         rc = io_uring_register_eventfd(&r->uring, r->event_fd);
-        if (rc == 0 && (!(modes[i] & IORING_SETUP_DEFER_TASKRUN) || deferred_work_signals(r))) {
-            r->quiet_turns = modes[i] & IORING_SETUP_TASKRUN_FLAG;
+        if (rc == 0 && (!(modes[i] & IORING_SETUP_DEFER_TASKRUN) || deferred_work_signals(r)))
             return 0;
-        }
         io_uring_queue_exit(&r->uring);
         if (rc < 0)
             return rc;
