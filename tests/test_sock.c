@@ -466,6 +466,50 @@ static void test_ring_read_limit(void **state)
     evbuffer_free(out);
 }
 
+/* More sockets than the ring has receive buffers, all with data waiting:
+ * the receives that find no buffer end and are armed again, so every sock
+ * reads all its peer sent, in that turn and in the next round. */
+static void test_ring_more_sockets_than_buffers(void **state)
+{
+    struct pair *p = *state;
+    enum { SOCKS = 200, CHUNK = 1000 };
+    struct sock *socks[SOCKS];
+    struct seen seen[SOCKS];
+    int peers[SOCKS];
+    unsigned char chunk[CHUNK];
+
+    NEED_RING(p);
+    memset(seen, 0, sizeof(seen));
+    for (int i = 0; i < SOCKS; i++) {
+        int fds[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds), 0);
+        socks[i] = sock_new(p->base, fds[0], record, &seen[i]);
+        assert_non_null(socks[i]);
+        assert_true(sock_use_ring(socks[i], p->ring));
+        peers[i] = fds[1];
+    }
+    turn(p);
+    for (int round = 1; round <= 2; round++) {
+        for (int i = 0; i < SOCKS; i++) {
+            memset(chunk, i + round, sizeof(chunk));
+            assert_int_equal(write(peers[i], chunk, sizeof(chunk)), CHUNK);
+        }
+        for (int t = 0; t < 20; t++)
+            turn(p);
+        for (int i = 0; i < SOCKS; i++) {
+            struct evbuffer *in = sock_input(socks[i]);
+            assert_int_equal(evbuffer_get_length(in), CHUNK);
+            assert_int_equal(evbuffer_pullup(in, -1)[CHUNK - 1], (unsigned char)(i + round));
+            assert_true(seen[i].count[SOCK_READ] >= round);
+            evbuffer_drain(in, CHUNK);
+        }
+    }
+    for (int i = 0; i < SOCKS; i++) {
+        sock_free(socks[i]);
+        close(peers[i]);
+    }
+}
+
 /* Freed with a receive and a blocked send in flight: both are cancelled,
  * the peer sees the socket close, and the memory goes with the last
  * completion. */
@@ -632,6 +676,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_free_in_callback, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_close_flushed, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_close_with_nothing_left, ring_pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_ring_more_sockets_than_buffers, ring_pair_up,
+                                        pair_down),
         cmocka_unit_test_setup_teardown(test_ring_free_in_flight, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_tls_both_ways, tls_pair_up, tls_pair_down),
         cmocka_unit_test_setup_teardown(test_tls_close, tls_pair_up, tls_pair_down),
