@@ -24,6 +24,7 @@ struct ring {
     struct event *ready;    /* the eventfd: completions are waiting */
     struct event *submit;   /* queued from outside a turn: submit soon */
     bool in_turn;
+    bool deferred;          /* DEFER_TASKRUN: completions run when asked */
     bool submit_pending;
     unsigned inflight;
     struct io_uring_buf_ring *bufs;
@@ -240,7 +241,8 @@ static int setup_uring(struct ring *r)
         if (rc < 0)
             return rc;
         rc = io_uring_register_eventfd(&r->uring, r->event_fd);
-        if (rc == 0 && (!(modes[i] & IORING_SETUP_DEFER_TASKRUN) || deferred_work_signals(r)))
+        r->deferred = modes[i] & IORING_SETUP_DEFER_TASKRUN;
+        if (rc == 0 && (!r->deferred || deferred_work_signals(r)))
             return 0;
         io_uring_queue_exit(&r->uring);
         if (rc < 0)
@@ -288,6 +290,12 @@ struct ring *ring_new(struct event_base *base, char *why, size_t why_len)
         return NULL;
     }
     return r;
+}
+
+const char *ring_mode(const struct ring *r)
+{
+    return r->deferred ? "completions run when the worker asks (DEFER_TASKRUN)"
+                       : "completions run at the worker's next system call (COOP_TASKRUN)";
 }
 
 void ring_free(struct ring *r)

@@ -45,6 +45,10 @@ struct ring_op {
 /* NULL, with why filled in, when io_uring cannot be used here. */
 struct ring *ring_new(struct event_base *base, char *why, size_t why_len);
 
+/* How the kernel runs this ring's completions, in words for the log: the
+ * setup probe's choice, which differs between kernels. */
+const char *ring_mode(const struct ring *r);
+
 /* A submission entry whose completion calls op->done. Everything queued
  * is submitted before the loop waits again. */
 struct io_uring_sqe *ring_sqe(struct ring *r, struct ring_op *op);

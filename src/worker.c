@@ -297,9 +297,14 @@ static void *worker_main(void *arg)
     char why[160];
 
     /* The ring belongs to the thread that submits to it. */
-    if (w->cfg->io_uring && !(w->ring = ring_new(w->base, why, sizeof(why))))
-        log_info("[worker %d] io_uring not in use, plain system calls instead: %s", w->index,
-                 why);
+    if (w->cfg->io_uring) {
+        w->ring = ring_new(w->base, why, sizeof(why));
+        if (w->ring)
+            log_info("[worker %d] io_uring in use: %s", w->index, ring_mode(w->ring));
+        else
+            log_info("[worker %d] io_uring not in use, plain system calls instead: %s",
+                     w->index, why);
+    }
     event_base_dispatch(w->base);
     /* The sockets that use the ring go before it. */
     while (w->conns)
