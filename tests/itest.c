@@ -675,6 +675,16 @@ PGresult *itest_next_result(PGconn *conn, int64_t deadline, bool *timed_out)
     return PQgetResult(conn);
 }
 
+/* PostgreSQL signals a cancelled backend twice, the process and then its
+ * process group, and the process that sends them may be preempted between
+ * the two by the very backend the first one woke. A second signal that
+ * lands while the backend waits for a command is ignored; one that lands
+ * in the next statement cancels it too. */
+void itest_cancel_settle(void)
+{
+    itest_sleep_ms(300);
+}
+
 PGresult *itest_wait_result(PGconn *conn, int timeout_ms)
 {
     int64_t deadline = itest_now_ms() + timeout_ms;

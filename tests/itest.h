@@ -187,6 +187,11 @@ PGresult *itest_next_result(PGconn *conn, int64_t deadline, bool *timed_out);
  * NULL on timeout or when the connection produced nothing at all. */
 PGresult *itest_wait_result(PGconn *conn, int timeout_ms);
 
+/* Call once a statement has ended cancelled (57014), before the session
+ * runs another: waits until PostgreSQL's second signal for that cancel has
+ * surely landed, so that it cannot cancel the next statement too. */
+void itest_cancel_settle(void);
+
 /* PQsendQuery + itest_wait_result. NULL when sending failed or timed out. */
 PGresult *itest_exec(PGconn *conn, const char *sql);
 

@@ -563,6 +563,7 @@ static void test_cancel(void **state)
     PQclear(r);
     assert_true(elapsed < 5000);
     /* The connection survives its cancelled query. */
+    itest_cancel_settle();
     assert_int_equal(itest_query_ll(c, "SELECT 9"), 9);
     itest_pass();
 }

@@ -144,6 +144,7 @@ static void test_reuse_reset(void **state)
     PGresult *res = itest_wait_result(b, 10000);
     itest_assert_sqlstate(res, "57014", "pg_sleep cancelled on a kept server");
     PQclear(res);
+    itest_cancel_settle();
     assert_int_equal(itest_query_ll(b, "SELECT 5"), 5);
     itest_pass();
 }

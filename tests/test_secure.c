@@ -664,6 +664,7 @@ static void cancel_sleep(PGconn *conn, const char *app)
     PQclear(r);
     printf("%s: cancelled after %lld ms\n", app, (long long)took);
     assert_true(took < 10000);
+    itest_cancel_settle();
     select_n(conn, 7);
 }
 

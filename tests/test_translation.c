@@ -1240,14 +1240,8 @@ static void test_tr_concurrent_txn(void **state)
 /* ---- 11. cancel ------------------------------------------------------------- */
 
 /* Sends sql, cancels it after delay_ms, returns its result (bounded) and the
- * time from sending to the result in *elapsed_ms.
- *
- * PostgreSQL signals a cancelled backend twice, the process and then its
- * process group, and the process that sends them may be preempted between
- * the two by the very backend the first one woke. A second signal that
- * lands while the backend waits for a command is ignored, one that lands
- * in the next statement cancels it too: so the next statement waits until
- * the second signal has surely landed. */
+ * time from sending to the result in *elapsed_ms, ready for the next
+ * statement (itest_cancel_settle). */
 static PGresult *send_and_cancel(PGconn *c, const char *sql, int delay_ms, int64_t *elapsed_ms)
 {
     int64_t t0 = itest_now_ms();
@@ -1263,7 +1257,7 @@ static PGresult *send_and_cancel(PGconn *c, const char *sql, int delay_ms, int64
         fail_msg("PQcancel: %s", err);
     PGresult *r = itest_wait_result(c, 15000);
     *elapsed_ms = itest_now_ms() - t0;
-    itest_sleep_ms(300);
+    itest_cancel_settle();
     return r;
 }
 
