@@ -215,8 +215,6 @@ static bool deferred_work_signals(struct ring *r)
     }
     close(pair[0]);
     close(pair[1]);
-    while (read(r->event_fd, &count, sizeof(count)) > 0)
-        ;
     return signals;
 }
 
@@ -232,24 +230,24 @@ static int setup_uring(struct ring *r)
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
         IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
     };
-    int rc = -EINVAL;
 
     for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
-        rc = io_uring_queue_init(RING_ENTRIES, &r->uring, modes[i]);
+        int rc = io_uring_queue_init(RING_ENTRIES, &r->uring, modes[i]);
         if (rc == -EINVAL)
-            continue;
+            continue; /* a flag this kernel does not know */
         if (rc < 0)
             return rc;
         rc = io_uring_register_eventfd(&r->uring, r->event_fd);
+        if (rc < 0) {
+            io_uring_queue_exit(&r->uring);
+            return rc;
+        }
         r->deferred = modes[i] & IORING_SETUP_DEFER_TASKRUN;
-        if (rc == 0 && (!r->deferred || deferred_work_signals(r)))
+        if (!r->deferred || deferred_work_signals(r))
             return 0;
         io_uring_queue_exit(&r->uring);
-        if (rc < 0)
-            return rc;
-        rc = -EINVAL;
     }
-    return rc;
+    return -EINVAL;
 }
 
 struct ring *ring_new(struct event_base *base, char *why, size_t why_len)
