@@ -543,7 +543,6 @@ static void received(struct ring_op *op, int res, unsigned flags)
     progress(s);
     if (s->paused) {
         s->unreported = true;
-        update_reading(s);
         return;
     }
     if (report(s, SOCK_READ))
