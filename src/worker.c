@@ -146,7 +146,101 @@ void worker_refresh(struct worker *w)
         adopt_settings(w, newer);
 }
 
-/* ---- accepting --------------------------------------------------------- */
+/* ---- accepting and placing clients ------------------------------------- */
+
+/* Starts serving a client whose place on w is already in w->load. */
+static void serve_client(struct worker *w, evutil_socket_t fd, const struct sockaddr *addr,
+                         int addrlen)
+{
+    if (!conn_accept(w, fd, addr, addrlen))
+        atomic_fetch_sub_explicit(&w->load, 1, memory_order_relaxed);
+}
+
+/* The worker with the fewest clients; w itself on a tie, which saves a
+ * hand-over. Two workers placing at once may pick the same one: the next
+ * placements even it out. */
+static struct worker *least_loaded(struct worker *w)
+{
+    struct proxy *p = w->proxy;
+    struct worker *best = w;
+    int best_load = atomic_load_explicit(&w->load, memory_order_relaxed);
+
+    for (int i = 0; i < p->worker_count; i++) {
+        int load = atomic_load_explicit(&p->workers[i].load, memory_order_relaxed);
+        if (load < best_load) {
+            best = &p->workers[i];
+            best_load = load;
+        }
+    }
+    return best;
+}
+
+/* Queues the client in to's inbox and wakes it. False when to takes no
+ * more (it is stopping) or memory ran out: the caller keeps the client. */
+static bool hand_over(struct worker *to, evutil_socket_t fd, const struct sockaddr *addr,
+                      int addrlen)
+{
+    struct handover *h = malloc(sizeof(*h));
+
+    if (!h || addrlen < 0 || (size_t)addrlen > sizeof(h->addr)) {
+        free(h);
+        return false;
+    }
+    h->next = NULL;
+    h->fd = fd;
+    memcpy(&h->addr, addr, (size_t)addrlen);
+    h->addrlen = addrlen;
+    pthread_mutex_lock(&to->inbox_lock);
+    bool open = !to->inbox_closed;
+    if (open) {
+        *to->inbox_tail = h;
+        to->inbox_tail = &h->next;
+    }
+    pthread_mutex_unlock(&to->inbox_lock);
+    if (!open) {
+        free(h);
+        return false;
+    }
+    worker_wake(to);
+    return true;
+}
+
+/* A client w accepted goes to the worker with the fewest clients. While w
+ * shuts down it keeps what it accepts: those clients only get to finish. */
+static void place_client(struct worker *w, evutil_socket_t fd, const struct sockaddr *addr,
+                         int addrlen)
+{
+    struct worker *to = w->shutting_down ? w : least_loaded(w);
+
+    atomic_fetch_add_explicit(&to->load, 1, memory_order_relaxed);
+    if (to != w && hand_over(to, fd, addr, addrlen)) {
+        log_debug("[worker %d] client handed to worker %d", w->index, to->index);
+        return;
+    }
+    if (to != w) {
+        atomic_fetch_sub_explicit(&to->load, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&w->load, 1, memory_order_relaxed);
+    }
+    serve_client(w, fd, addr, addrlen);
+}
+
+/* Serves the clients other workers placed here. With close_inbox none
+ * come after: the worker is stopping. */
+static void take_inbox(struct worker *w, bool close_inbox)
+{
+    pthread_mutex_lock(&w->inbox_lock);
+    struct handover *h = w->inbox;
+    w->inbox = NULL;
+    w->inbox_tail = &w->inbox;
+    if (close_inbox)
+        w->inbox_closed = true;
+    pthread_mutex_unlock(&w->inbox_lock);
+    for (struct handover *next; h; h = next) {
+        next = h->next;
+        serve_client(w, h->fd, (struct sockaddr *)&h->addr, h->addrlen);
+        free(h);
+    }
+}
 
 static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd,
                       struct sockaddr *addr, int addrlen, void *arg)
@@ -155,7 +249,7 @@ static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd,
     (void)listener;
 
     worker_refresh(w);
-    conn_accept(w, fd, addr, addrlen);
+    place_client(w, fd, addr, addrlen);
 }
 
 static void accept_error_cb(struct evconnlistener *listener, void *arg)
@@ -179,6 +273,7 @@ static void close_listener(struct worker *w)
 
 static void stop_now(struct worker *w)
 {
+    take_inbox(w, true);
     pool_close_all(w->pool);
     if (w->conn_count)
         log_warning("[worker %d] closing %d connection(s) still busy", w->index, w->conn_count);
@@ -214,7 +309,7 @@ static void drain_accept_queue(struct worker *w)
                 continue;
             return;
         }
-        conn_accept(w, fd, (struct sockaddr *)&addr, (int)len);
+        place_client(w, fd, (struct sockaddr *)&addr, (int)len);
     }
 }
 
@@ -225,6 +320,7 @@ static void begin_shutdown(struct worker *w)
         return;
     w->shutting_down = true;
     pool_close_all(w->pool);
+    take_inbox(w, true);
     if (w->listener)
         drain_accept_queue(w);
     close_listener(w);
@@ -255,6 +351,7 @@ size_t worker_pool_max(const struct worker *w)
 void worker_conn_gone(struct worker *w)
 {
     w->conn_count--;
+    atomic_fetch_sub_explicit(&w->load, 1, memory_order_relaxed);
     if (w->shutting_down && w->conn_count == 0)
         event_base_loopexit(w->base, NULL);
 }
@@ -268,6 +365,7 @@ static void wake_cb(evutil_socket_t fd, short what, void *arg)
     if (read(fd, &n, sizeof(n)) < 0 && errno != EAGAIN)
         log_error("[worker %d] wake-up read failed: %s", w->index, strerror(errno));
     worker_refresh(w);
+    take_inbox(w, false);
     switch (proxy_stop_request(w->proxy)) {
     case PROXY_RUNNING:
         break;
@@ -324,6 +422,8 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
     w->index = index;
     w->wake_fd = -1;
     pthread_mutex_init(&w->conns_lock, NULL);
+    pthread_mutex_init(&w->inbox_lock, NULL);
+    w->inbox_tail = &w->inbox;
     if (!adopt_settings(w, settings_ref(settings))) {
         close(listen_fd);
         return false;
@@ -382,6 +482,12 @@ void worker_free(struct worker *w)
     worker_join(w);
     while (w->conns)
         conn_destroy(w->conns);
+    /* Placed here by a worker that ran on after this one failed to start. */
+    for (struct handover *h = w->inbox, *next; h; h = next) {
+        next = h->next;
+        evutil_closesocket(h->fd);
+        free(h);
+    }
     close_listener(w);
     pool_free(w->pool);
     if (w->shutdown_timer)
@@ -399,6 +505,7 @@ void worker_free(struct worker *w)
     shape_free(&w->query_shape);
     params_free(&w->query_params);
     pthread_mutex_destroy(&w->conns_lock);
+    pthread_mutex_destroy(&w->inbox_lock);
     for (struct table_stats *ts = atomic_load(&w->tables), *next; ts; ts = next) {
         next = ts->next;
         free(ts->schema);

@@ -3,11 +3,17 @@
  *
  * A worker owns its event_base, its DNS resolver, its listener (its own
  * SO_REUSEPORT socket, or a share of the proxy's one), the connection
- * pairs it accepted and their counters, and its own rules built from the
+ * pairs it serves and their counters, and its own rules built from the
  * current settings (so that decision caches and catalog scopes need no
- * lock). A connection lives and dies on the worker that accepted it; no
- * two workers touch the same object except the proxy's few atomics and
- * the immutable settings they both hold a reference to.
+ * lock). A connection lives and dies on one worker; no two workers touch
+ * the same object except the proxy's few atomics, the immutable settings
+ * they both hold a reference to, and each other's load and inbox.
+ *
+ * Placement: whichever worker accepts a client, the client is served by
+ * the worker with the fewest clients (the acceptor on a tie), handed over
+ * through that worker's inbox. The kernel's spread of connections over
+ * listeners, or over the workers woken on a shared one, is by chance: 8
+ * clients could land 6 and 2, and the busier worker then limits them all.
  *
  * The main thread talks to a worker only through worker_wake(), after
  * changing what the proxy wants (new settings, or proxy_stop_request); the
@@ -17,8 +23,10 @@
 #define IDEM_WORKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -86,6 +94,14 @@ struct table_stats {
     struct table_counters counters;
 };
 
+/* A client accepted by one worker for another to serve. */
+struct handover {
+    struct handover *next;
+    evutil_socket_t fd;
+    struct sockaddr_storage addr;
+    int addrlen;
+};
+
 struct worker {
     struct proxy *proxy;
     int index;                 /* 1-based, for log lines */
@@ -110,6 +126,12 @@ struct worker {
                                  * for readers on other threads */
     struct conn *conns;        /* every open connection pair of this worker */
     int conn_count;
+    atomic_int load;           /* clients placed here and not yet gone, those still
+                                * in the inbox too; any thread adds when it places
+                                * one, the worker takes away */
+    pthread_mutex_t inbox_lock;
+    struct handover *inbox, **inbox_tail; /* placed here by other workers */
+    bool inbox_closed;         /* stopping: acceptors keep their clients */
     bool shutting_down;
     struct event *shutdown_timer;
 
@@ -134,7 +156,8 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
 /* Starts the thread. False, logged, when it cannot. */
 bool worker_start(struct worker *w);
 
-/* Tells the worker to look at what the proxy wants (from any thread). */
+/* Tells the worker to look at what the proxy wants, and at its inbox (from
+ * any thread). */
 void worker_wake(struct worker *w);
 
 /* Waits for the thread to end (after the proxy asked it to stop). */

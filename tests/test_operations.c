@@ -2,7 +2,7 @@
  * Integration tests of running idemproxy: the Prometheus endpoint and its
  * exact counts after a known workload, /healthz, reloads that add and
  * remove a table rule under an open connection, a broken config on reload,
- * and the periodic stats line.
+ * the periodic stats line, and which worker serves a new client.
  *
  * Run by tests/integration.sh (same scratch cluster as the other suites).
  * Every test starts its own proxy and creates its own tables. Run one:
@@ -480,6 +480,104 @@ static void test_ops_admin_console(void **state)
     itest_pass();
 }
 
+/* ---- placing clients on workers -------------------------------------------- */
+
+/* The worker SHOW CLIENTS gives for the client whose socket is c's; 0 when
+ * it is not listed. */
+static int worker_of(PGresult *clients, PGconn *c)
+{
+    struct sockaddr_in local;
+    socklen_t len = sizeof local;
+    char peer[64];
+
+    assert_int_equal(getsockname(PQsocket(c), (struct sockaddr *)&local, &len), 0);
+    snprintf(peer, sizeof peer, "127.0.0.1:%u", ntohs(local.sin_port));
+    for (int i = 0; i < PQntuples(clients); i++) {
+        if (strcmp(PQgetvalue(clients, i, 2), peer) == 0)
+            return atoi(PQgetvalue(clients, i, 1));
+    }
+    return 0;
+}
+
+/* How many of the listed clients worker serves. */
+static int clients_on(PGresult *clients, int worker)
+{
+    int n = 0;
+    for (int i = 0; i < PQntuples(clients); i++)
+        n += atoi(PQgetvalue(clients, i, 1)) == worker;
+    return n;
+}
+
+#define PLACED_APPS 9
+
+/* Whichever worker the kernel gives a connection to, the worker with the
+ * fewest clients serves it: 10 clients sit 5 and 5, and after three of one
+ * worker's leave, the next three all go to that worker. */
+static void test_ops_workers_balanced(void **state)
+{
+    (void)state;
+    char auth[600], extra[900];
+    snprintf(auth, sizeof auth, "\"ops_admin\" \"%s\"\n", scram_role("ops_admin", "adminpw"));
+    snprintf(extra, sizeof extra, "workers = 2\nadmin_users = ops_admin\nauth_file = %s\n",
+             itest_write_file("ops-placed.txt", auth));
+    struct itest_proxy *p = itest_proxy_start_with(NULL, extra);
+    PGconn *console_conn =
+        itest_connect_ok(p->port, "user=ops_admin password=adminpw dbname=idemproxy");
+    PGconn *apps[PLACED_APPS];
+    for (int i = 0; i < PLACED_APPS; i++)
+        apps[i] = itest_connect_ok(p->port, NULL);
+
+    PGresult *r = console(console_conn, "SHOW CLIENTS");
+    itest_assert_result_ok(r, "SHOW CLIENTS");
+    assert_int_equal(PQntuples(r), PLACED_APPS + 1);
+    assert_int_equal(clients_on(r, 1), 5);
+    assert_int_equal(clients_on(r, 2), 5);
+    int left = 0, on[PLACED_APPS];
+    for (int i = 0; i < PLACED_APPS; i++) {
+        on[i] = worker_of(r, apps[i]);
+        assert_true(on[i] == 1 || on[i] == 2);
+    }
+    PQclear(r);
+
+    /* Three clients of worker 1 leave. */
+    for (int i = 0; i < PLACED_APPS && left < 3; i++) {
+        if (on[i] == 1) {
+            itest_finish(apps[i]);
+            apps[i] = NULL;
+            left++;
+        }
+    }
+    int64_t deadline = itest_now_ms() + 5000;
+    for (;;) {
+        r = console(console_conn, "SHOW CLIENTS");
+        itest_assert_result_ok(r, "SHOW CLIENTS");
+        if (PQntuples(r) == PLACED_APPS + 1 - 3)
+            break;
+        assert_true(itest_now_ms() < deadline);
+        PQclear(r);
+        itest_sleep_ms(20);
+    }
+    PQclear(r);
+
+    PGconn *later[3];
+    for (int i = 0; i < 3; i++) {
+        later[i] = itest_connect_ok(p->port, NULL);
+        assert_int_equal(itest_query_ll(later[i], "SELECT 7"), 7);
+    }
+    r = console(console_conn, "SHOW CLIENTS");
+    itest_assert_result_ok(r, "SHOW CLIENTS");
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(worker_of(r, later[i]), 1);
+    assert_int_equal(clients_on(r, 1), 5);
+    assert_int_equal(clients_on(r, 2), 5);
+    PQclear(r);
+    for (int i = 0; i < PLACED_APPS; i++) {
+        if (apps[i])
+            assert_int_equal(itest_query_ll(apps[i], "SELECT 1"), 1);
+    }
+    itest_pass();
+}
+
 /* ---- systemd notifications ------------------------------------------------ */
 
 /* The next datagram on fd within 20 s, into buf; fails the test without. */
@@ -538,6 +636,7 @@ int main(int argc, char **argv)
         ITEST(test_ops_rolling_restart),
         ITEST(test_ops_sd_notify),
         ITEST(test_ops_admin_console),
+        ITEST(test_ops_workers_balanced),
     };
     return itest_main(argc, argv, "idemproxy operations", tests, sizeof tests / sizeof tests[0]);
 }
