@@ -74,10 +74,15 @@ static void turn(struct ring *r)
     r->submit_pending = false;
     io_uring_cq_eventfd_toggle(&r->uring, false);
     for (;;) {
-        int rc;
-        do
-            rc = io_uring_submit_and_get_events(&r->uring);
-        while (rc == -EINTR);
+        /* With nothing to submit, the peeks in run_completions enter the
+         * kernel only if it holds work for this thread: a wake-up whose
+         * completions are already posted costs no system call. */
+        if (io_uring_sq_ready(&r->uring) > 0) {
+            int rc;
+            do
+                rc = io_uring_submit_and_get_events(&r->uring);
+            while (rc == -EINTR);
+        }
         run_completions(r);
         if (io_uring_sq_ready(&r->uring) > 0)
             continue;
