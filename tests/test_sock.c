@@ -632,6 +632,41 @@ static void test_tls_both_ways(void **state)
     }
 }
 
+/* Reading through TLS stops with the input at its limit and goes on once
+ * the caller takes from it, whether what follows waits in the socket or
+ * was read ahead by OpenSSL, where no read event would report it. */
+static void test_tls_read_limit_resumes(void **state)
+{
+    struct tls_pair *t = *state;
+    struct evbuffer *in = sock_input(t->server);
+    size_t limit = 64 * 1024, record = 512, total = limit + 6 * record, at = 0;
+
+    /* Records that end where the limit does: what follows is whole
+     * records, none of it decrypted yet. */
+    for (size_t from = 0; from < total; from += record) {
+        add_pattern(sock_output(t->client), from, record);
+        sock_flush(t->client);
+    }
+    for (int i = 0; i < 1000 && evbuffer_get_length(in) < limit; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    for (int i = 0; i < 100; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    assert_int_equal(evbuffer_get_length(sock_output(t->client)), 0);
+    assert_int_equal(evbuffer_get_length(in), limit);
+    while (at < total) {
+        size_t n = evbuffer_get_length(in);
+        unsigned char *bytes = evbuffer_pullup(in, -1);
+        for (size_t i = 0; i < n; i++, at++)
+            if (bytes[i] != pattern(at))
+                fail_msg("byte %zu differs", at);
+        evbuffer_drain(in, n);
+        for (int i = 0; i < 10 && evbuffer_get_length(in) == 0; i++)
+            event_base_loop(t->base, EVLOOP_NONBLOCK);
+        if (at < total && evbuffer_get_length(in) == 0)
+            fail_msg("%zu of %zu bytes arrived", at, total);
+    }
+}
+
 /* A TLS close writes out what is queued; once the sock is freed the peer
  * sees SOCK_EOF after those bytes. */
 static void test_tls_close(void **state)
@@ -680,6 +715,8 @@ int main(void)
                                         pair_down),
         cmocka_unit_test_setup_teardown(test_ring_free_in_flight, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_tls_both_ways, tls_pair_up, tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_read_limit_resumes, tls_pair_up,
+                                        tls_pair_down),
         cmocka_unit_test_setup_teardown(test_tls_close, tls_pair_up, tls_pair_down),
     };
 
