@@ -15,9 +15,8 @@
 /* Bytes taken from the socket at once, and the input kept unless the
  * caller raises the limit for a message it must hold whole. */
 #define READ_CHUNK (64 * 1024)
-/* The most data one TLS record carries. */
-#define TLS_RECORD_MAX (16 * 1024)
-/* The largest TLS record: what one SSL_write sends at most. */
+/* The most data one TLS record carries: what one SSL_write sends and one
+ * SSL_read returns at most. */
 #define TLS_RECORD 16384
 /* Extents one sendmsg carries; write_plain sends any more with the next
  * (a relay pass rarely leaves more than a few). */
@@ -329,7 +328,7 @@ static bool read_plain(struct sock *s, size_t room)
  * faults per transaction of pgbench -S. */
 static bool read_tls(struct sock *s, size_t room)
 {
-    static _Thread_local unsigned char scratch[TLS_RECORD_MAX];
+    static _Thread_local unsigned char scratch[TLS_RECORD];
     size_t before = evbuffer_get_length(s->in);
 
     while (room > 0) {
