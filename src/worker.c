@@ -148,6 +148,13 @@ void worker_refresh(struct worker *w)
 
 /* ---- accepting and placing clients ------------------------------------- */
 
+struct handover {
+    struct handover *next;
+    evutil_socket_t fd;
+    struct sockaddr_storage addr;
+    int addrlen;
+};
+
 /* Starts serving a client whose place on w is already in w->load. */
 static void serve_client(struct worker *w, evutil_socket_t fd, const struct sockaddr *addr,
                          int addrlen)

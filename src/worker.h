@@ -26,7 +26,6 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
-#include <sys/socket.h>
 
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -37,6 +36,7 @@
 #include "settings.h"
 
 struct ring;
+struct handover; /* a client accepted by one worker for another to serve */
 
 struct proxy;
 struct conn;
@@ -92,14 +92,6 @@ struct table_stats {
     struct table_stats *next;
     char *schema, *name;
     struct table_counters counters;
-};
-
-/* A client accepted by one worker for another to serve. */
-struct handover {
-    struct handover *next;
-    evutil_socket_t fd;
-    struct sockaddr_storage addr;
-    int addrlen;
 };
 
 struct worker {
