@@ -307,16 +307,18 @@ bool itest_pg_ctl(const char *const args[])
 
 /* Runs pgbench (see itest_pgbench_ok); returns its waitpid status (-1: timed
  * out) and its output in *out (malloc'ed). */
-static int pgbench(const char *script, int port, const char *mode, int transactions, char **out)
+static int pgbench(const char *script, int port, const char *mode, int transactions, int tries,
+                   char **out)
 {
-    char bin[512], out_path[600], port_s[16], count[16];
+    char bin[512], out_path[600], port_s[16], count[16], max_tries[32];
     snprintf(bin, sizeof bin, "%s/pgbench", itest_env("IDEM_TEST_PGBIN"));
     /* The binaries share IDEM_TEST_TMP, and itest_run appends. */
     snprintf(out_path, sizeof out_path, "%s/pgbench-%d-%u-%s-%d.out", itest_env("IDEM_TEST_TMP"),
              (int)getpid(), ++g_file_seq, mode, port);
     snprintf(port_s, sizeof port_s, "%d", port);
     snprintf(count, sizeof count, "%d", transactions);
-    char *argv[] = { bin, (char *)"-n", (char *)"-f", (char *)script, (char *)"-c",
+    snprintf(max_tries, sizeof max_tries, "--max-tries=%d", tries);
+    char *argv[] = { bin, (char *)"-n", max_tries, (char *)"-f", (char *)script, (char *)"-c",
                      (char *)"4", (char *)"-j", (char *)"2", (char *)"-t", count,
                      (char *)"-M", (char *)mode, (char *)"-h", (char *)"127.0.0.1",
                      (char *)"-p", port_s, (char *)"-U", (char *)itest_pg_user(),
@@ -326,10 +328,11 @@ static int pgbench(const char *script, int port, const char *mode, int transacti
     return status;
 }
 
-void itest_pgbench_ok(const char *script, int port, const char *mode, int transactions)
+void itest_pgbench_ok(const char *script, int port, const char *mode, int transactions,
+                      int tries)
 {
     char *out = NULL;
-    int st = pgbench(script, port, mode, transactions, &out);
+    int st = pgbench(script, port, mode, transactions, tries, &out);
     char processed[96];
     snprintf(processed, sizeof processed, "number of transactions actually processed: %d/%d",
              4 * transactions, 4 * transactions);
@@ -348,7 +351,7 @@ void itest_pgbench_ok(const char *script, int port, const char *mode, int transa
 void itest_pgbench_fails_directly(const char *script, const char *mode, int transactions)
 {
     char *out = NULL;
-    int st = pgbench(script, itest_pg_port(), mode, transactions, &out);
+    int st = pgbench(script, itest_pg_port(), mode, transactions, 1, &out);
     bool failed = st < 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0 ||
                   strstr(out, "aborted") != NULL;
     printf("pgbench directly on the server: status 0x%x, %s\n", st,

@@ -148,10 +148,12 @@ int itest_run(char *const argv[], const char *out_path, int timeout_ms);
 bool itest_pg_ctl(const char *const args[]);
 
 /* Runs $IDEM_TEST_PGBIN/pgbench -n -f script -c 4 -j 2 -t transactions
- * -M mode against 127.0.0.1:port, bounded; fails the test (showing pgbench's
- * output) unless it exited 0 having processed all 4 * transactions, none
- * failed or aborted. */
-void itest_pgbench_ok(const char *script, int port, const char *mode, int transactions);
+ * -M mode --max-tries=tries against 127.0.0.1:port, bounded; fails the test
+ * (showing pgbench's output) unless it exited 0 having processed all
+ * 4 * transactions, none failed or aborted. pgbench tries a transaction
+ * again only after a deadlock or a serialization failure. */
+void itest_pgbench_ok(const char *script, int port, const char *mode, int transactions,
+                      int tries);
 
 /* The same run directly on the test cluster, where the script's duplicates
  * must make it fail (exit non-zero or abort a client): else a run through

@@ -441,7 +441,7 @@ static void test_idem_pgbench(void **state)
 
     static const char *const modes[] = { "simple", "extended", "prepared" };
     for (int m = 0; m < 3; m++)
-        itest_pgbench_ok(script, p->port, modes[m], BENCH_TRANSACTIONS);
+        itest_pgbench_ok(script, p->port, modes[m], BENCH_TRANSACTIONS, 1);
     long long rows = itest_server_ll("SELECT count(*) FROM idem_bench");
     assert_int_equal(itest_server_ll("SELECT count(DISTINCT idempotency_key) FROM idem_bench"), rows);
     assert_true(rows > 0 && rows <= 500);
