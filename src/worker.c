@@ -219,15 +219,16 @@ static void place_client(struct worker *w, evutil_socket_t fd, const struct sock
 {
     struct worker *to = w->shutting_down ? w : least_loaded(w);
 
-    atomic_fetch_add_explicit(&to->load, 1, memory_order_relaxed);
-    if (to != w && hand_over(to, fd, addr, addrlen)) {
-        log_debug("[worker %d] client handed to worker %d", w->index, to->index);
-        return;
-    }
     if (to != w) {
+        /* Counted before it is queued, so the next placement sees it. */
+        atomic_fetch_add_explicit(&to->load, 1, memory_order_relaxed);
+        if (hand_over(to, fd, addr, addrlen)) {
+            log_debug("[worker %d] client handed to worker %d", w->index, to->index);
+            return;
+        }
         atomic_fetch_sub_explicit(&to->load, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&w->load, 1, memory_order_relaxed);
     }
+    atomic_fetch_add_explicit(&w->load, 1, memory_order_relaxed);
     serve_client(w, fd, addr, addrlen);
 }
 
