@@ -47,6 +47,9 @@
 #define CLOSE_FLUSH_SECONDS 5
 /* SSLRequest and GSSENCRequest may each come once before the startup. */
 #define MAX_NEGOTIATIONS 2
+/* A session that logged in this recently and has not spoken when the
+ * shutdown begins gets its first request served. */
+#define FIRST_REQUEST_GRACE_NS 1000000000u
 /* How much of a statement a log line quotes. */
 #define LOG_TEXT_MAX 200
 
@@ -182,6 +185,7 @@ struct conn {
     bool counted;               /* holds a max_client_conn slot */
     bool stop_when_idle;        /* the proxy is shutting down */
     bool spoke;                 /* the client sent a message since its login */
+    uint64_t logged_in_ns;      /* when, on the monotonic clock */
     bool server_said_fatal;     /* the server explained its own goodbye */
     uint8_t negotiations;
 
@@ -642,6 +646,14 @@ static bool track_plain(struct conn *c, enum flow d, char type, char status)
         return track_client(c, type, NULL);
     track_server_msg(&c->track, type, status);
     return true;
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- notes on requests ------------------------------------------------- */
@@ -1799,6 +1811,7 @@ static void note_parameter(struct conn *c, const uint8_t *body, size_t len)
 static void login_done(struct conn *c)
 {
     c->state = CONN_ACTIVE;
+    c->logged_in_ns = now_ns();
     event_free(c->login_timer);
     c->login_timer = NULL;
     conn_log(LOG_DEBUG, c, "logged in");
@@ -1924,14 +1937,6 @@ static void count_statement(struct conn *c, enum flow d, char type)
     if (d == FLOW_TO_SERVER && (type == 'Q' || type == 'E'))
         counter_add(&c->worker->counters.statements[type == 'Q' ? PROTOCOL_SIMPLE
                                                                 : PROTOCOL_EXTENDED], 1);
-}
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
 /* The len bytes at pos where they lie when one chain of the buffer holds
@@ -3041,9 +3046,12 @@ void conn_shutdown(struct conn *c)
         return;
     }
     /* A session already open goes when idle, now if it is; one still
-     * logging in finishes that and one request first. */
+     * logging in finishes that and one request first. So does one that
+     * logged in a moment ago and has not spoken: its first request may be
+     * on the wire, and closing it would refuse it as surely. */
     if (c->state == CONN_ACTIVE) {
-        c->spoke = true;
+        if (now_ns() - c->logged_in_ns >= FIRST_REQUEST_GRACE_NS)
+            c->spoke = true;
         close_if_idle(c);
     }
 }

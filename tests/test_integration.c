@@ -1258,6 +1258,20 @@ static void test_backpressure(void **state)
 
 /* ---- 19. SIGTERM -------------------------------------------------------- */
 
+/* Whether the proxy closes conn within timeout_ms. */
+static bool closed_within(PGconn *conn, int timeout_ms)
+{
+    int64_t deadline = itest_now_ms() + timeout_ms;
+
+    while (itest_now_ms() < deadline) {
+        struct pollfd pfd = { PQsocket(conn), POLLIN, 0 };
+        poll(&pfd, 1, 100);
+        if ((pfd.revents != 0 && !PQconsumeInput(conn)) || PQstatus(conn) == CONNECTION_BAD)
+            return true;
+    }
+    return false;
+}
+
 static void test_sigterm_graceful(void **state)
 {
     (void)state;
@@ -1289,15 +1303,7 @@ static void test_sigterm_graceful(void **state)
     itest_finish(late);
 
     /* The idle client is closed. */
-    bool idle_closed = false;
-    while (!idle_closed && itest_now_ms() - t0 < 10000) {
-        struct pollfd pfd = { PQsocket(idle), POLLIN, 0 };
-        poll(&pfd, 1, 100);
-        if (pfd.revents != 0 && !PQconsumeInput(idle))
-            idle_closed = true;
-        if (PQstatus(idle) == CONNECTION_BAD)
-            idle_closed = true;
-    }
+    bool idle_closed = closed_within(idle, 10000 - (int)(itest_now_ms() - t0));
     printf("SIGTERM: idle client closed after %lld ms (%s)\n", (long long)(itest_now_ms() - t0),
            PQerrorMessage(idle));
     assert_true(idle_closed);
@@ -1320,6 +1326,31 @@ static void test_sigterm_graceful(void **state)
     PGresult *after = itest_exec(busy, "SELECT 1");
     assert_true(after == NULL || PQresultStatus(after) != PGRES_TUPLES_OK);
     PQclear(after);
+    itest_pass();
+}
+
+/* A client that logged in a moment before SIGTERM and has not sent its
+ * first request yet, which may be on the wire, gets it served and is
+ * closed after; one that has sat silent for longer goes at once, as an
+ * idle client does. */
+static void test_sigterm_first_request(void **state)
+{
+    (void)state;
+    struct itest_proxy_opts opts = { .extra = "shutdown_timeout = 30\n" };
+    struct itest_proxy *p = itest_proxy_start(&opts);
+    PGconn *silent = itest_connect_ok(p->port, "application_name=itest_term_silent");
+    itest_sleep_ms(1500);
+    PGconn *fresh = itest_connect_ok(p->port, "application_name=itest_term_fresh");
+    assert_int_equal(kill(p->pid, SIGTERM), 0);
+
+    assert_true(closed_within(silent, 5000));
+    assert_int_equal(itest_query_ll(fresh, "SELECT 4"), 4);
+    assert_true(closed_within(fresh, 5000));
+    assert_true(itest_proxy_wait_exit(p, 10000));
+    assert_true(WIFEXITED(p->exit_status));
+    assert_int_equal(WEXITSTATUS(p->exit_status), 0);
+    itest_finish(silent);
+    itest_finish(fresh);
     itest_pass();
 }
 
@@ -1484,6 +1515,7 @@ int main(int argc, char **argv)
         ITEST(test_ssl_and_gssenc_request),
         ITEST(test_backpressure),
         ITEST(test_sigterm_graceful),
+        ITEST(test_sigterm_first_request),
         ITEST(test_check_config),
         ITEST(test_sighup_reload_keeps_serving),
         ITEST(test_workers_and_reuseport),
