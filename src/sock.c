@@ -45,6 +45,8 @@ struct sock {
 
     bool paused;           /* the caller stopped reading */
     bool reading, writing; /* rev and wev are added */
+    bool tls_held;         /* TLS: reading stopped with whole records in
+                            * OpenSSL, which no read event will report */
     bool read_wants_write; /* TLS: SSL_read waits for writability */
     bool write_wants_read; /* TLS: SSL_write waits for readability */
     size_t read_limit;
@@ -218,9 +220,11 @@ static void update_reading(struct sock *s)
         evbuffer_cb_clear_flags(s->in, s->drained, EVBUFFER_CB_ENABLED);
 }
 
-/* Reading goes on where it can make progress. Bytes TLS already holds,
+/* Reading goes on where it can make progress. Records TLS already holds,
  * decrypted or read ahead, will not wake the read event, so they are read
- * on the next turn of the loop. */
+ * on the next turn of the loop. Part of a record is not enough: only more
+ * bytes from the socket can complete it, and reading for it again at once
+ * would spin the loop until they come. */
 static void resume_reading(struct sock *s)
 {
     update_reading(s);
@@ -228,7 +232,7 @@ static void resume_reading(struct sock *s)
         s->unreported = false;
         emit(s, SOCK_READ, false);
     }
-    if (s->state == SOCK_OPEN && s->ssl && SSL_has_pending(s->ssl) && !s->paused &&
+    if (s->state == SOCK_OPEN && s->tls_held && !s->paused &&
         evbuffer_get_length(s->in) < s->read_limit)
         event_active(s->rev, EV_READ, 0);
 }
@@ -319,7 +323,9 @@ static bool read_plain(struct sock *s, size_t room)
 
 /* Reads what TLS has, up to room. OpenSSL may hold decrypted bytes the
  * socket will never signal again, so it reads on while OpenSSL holds any;
- * what is still in the socket, the read event reports again.
+ * what is still in the socket, the read event reports again. Stopped by
+ * room, it leaves tls_held set for resume_reading; stopped for want of
+ * bytes, whatever OpenSSL holds is part of a record.
  *
  * Records are decrypted into the thread's scratch and added to the input
  * at their size. Reserving room in the input instead allocated a chain of
@@ -339,11 +345,13 @@ static bool read_tls(struct sock *s, size_t room)
             if (evbuffer_add(s->in, scratch, (size_t)got) != 0)
                 return fail(s, "out of memory", "");
             room -= (size_t)got;
-            if (!SSL_has_pending(s->ssl))
+            s->tls_held = SSL_has_pending(s->ssl);
+            if (!s->tls_held)
                 break;
             continue;
         }
         int saved = errno;
+        s->tls_held = false;
         switch (SSL_get_error(s->ssl, got)) {
         case SSL_ERROR_WANT_READ:
             break;

@@ -541,6 +541,20 @@ struct tls_pair {
     SSL_CTX *server_ctx, *client_ctx;
 };
 
+/* A loop that runs a few callbacks per pass: an event that keeps making
+ * itself active shows as still active after the pass, instead of keeping
+ * the pass from ever ending. */
+static struct event_base *limited_base(void)
+{
+    struct event_config *cfg = event_config_new();
+    struct event_base *base = NULL;
+
+    if (cfg && event_config_set_max_dispatch_interval(cfg, NULL, 16, 0) == 0)
+        base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    return base;
+}
+
 static SSL_CTX *server_context(void)
 {
     EVP_PKEY *key = EVP_EC_gen("P-256");
@@ -571,7 +585,7 @@ static int tls_pair_up(void **state)
 
     if (!t || socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
         return -1;
-    t->base = event_base_new();
+    t->base = limited_base();
     t->server_ctx = server_context();
     t->client_ctx = SSL_CTX_new(TLS_client_method());
     t->server = sock_new(t->base, fds[0], record, &t->server_seen);
@@ -668,6 +682,26 @@ static void test_tls_read_limit_resumes(void **state)
     }
 }
 
+/* A header and part of a body, and nothing more for a while: the sock
+ * waits for the rest without spinning. OpenSSL counts the part as pending,
+ * yet no read can make progress until more arrives; a spinning sock would
+ * keep its event active, and keep its whole worker from every other. */
+static void test_tls_partial_record_waits(void **state)
+{
+    struct tls_pair *t = *state;
+    const unsigned char header[] = { 0x17, 0x03, 0x03, 0x00, 0x40, 1, 2, 3, 4, 5, 6, 7, 8 };
+
+    assert_int_equal(write(sock_fd(t->client), header, sizeof(header)), (ssize_t)sizeof(header));
+    for (int i = 0; i < 100; i++) {
+        /* A pass that ends even while an event keeps itself active. */
+        event_base_loopexit(t->base, &(struct timeval){ 0, 0 });
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    }
+    assert_int_equal(event_base_get_num_events(t->base, EVENT_BASE_COUNT_ACTIVE), 0);
+    assert_int_equal(evbuffer_get_length(sock_input(t->server)), 0);
+    assert_int_equal(t->server_seen.count[SOCK_ERROR], 0);
+}
+
 /* A TLS close writes out what is queued; once the sock is freed the peer
  * sees SOCK_EOF after those bytes. */
 static void test_tls_close(void **state)
@@ -717,6 +751,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ring_free_in_flight, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_tls_both_ways, tls_pair_up, tls_pair_down),
         cmocka_unit_test_setup_teardown(test_tls_read_limit_resumes, tls_pair_up,
+                                        tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_partial_record_waits, tls_pair_up,
                                         tls_pair_down),
         cmocka_unit_test_setup_teardown(test_tls_close, tls_pair_up, tls_pair_down),
     };
