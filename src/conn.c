@@ -1815,8 +1815,7 @@ static void login_done(struct conn *c)
     event_free(c->login_timer);
     c->login_timer = NULL;
     conn_log(LOG_DEBUG, c, "logged in");
-    /* From here on the traffic is the session's: batched through the ring
-     * where the socket is plaintext. */
+    /* From here on the traffic is the session's: batched through the ring. */
     sock_use_ring(c->client, c->worker->ring);
     if (c->server)
         sock_use_ring(c->server, c->worker->ring);

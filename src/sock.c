@@ -47,6 +47,7 @@ struct sock {
     bool reading, writing; /* rev and wev are added */
     bool tls_held;         /* TLS: reading stopped with whole records in
                             * OpenSSL, which no read event will report */
+    bool tls_ended;        /* TLS through the ring: the peer's stream ended */
     bool read_wants_write; /* TLS: SSL_read waits for writability */
     bool write_wants_read; /* TLS: SSL_write waits for readability */
     size_t read_limit;
@@ -83,6 +84,18 @@ static void silence(struct sock *s)
     event_del(s->notify);
 }
 
+/* Through the ring, what OpenSSL wrote last (a close_notify, or the alert
+ * that says why it failed) goes with one plain send, best effort: nothing
+ * is in flight any more, and nothing half-sent that it would follow. */
+static void send_sealed_now(struct sock *s)
+{
+    char *data;
+    long len = BIO_get_mem_data(SSL_get_wbio(s->ssl), &data);
+
+    if (len > 0 && s->fd >= 0 && evbuffer_get_length(s->flight) == 0)
+        (void)send(s->fd, data, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+}
+
 static void really_free(struct sock *s)
 {
     if (s->receiving || s->sending) {
@@ -100,6 +113,8 @@ static void really_free(struct sock *s)
         /* A best-effort close_notify; the peer may be gone. */
         if (s->state == SOCK_OPEN || s->state == SOCK_CLOSING)
             SSL_shutdown(s->ssl);
+        if (s->ring)
+            send_sealed_now(s);
         SSL_free(s->ssl);
     }
     if (s->rev)
@@ -218,6 +233,15 @@ static void update_reading(struct sock *s)
         evbuffer_cb_set_flags(s->in, s->drained, EVBUFFER_CB_ENABLED);
     else
         evbuffer_cb_clear_flags(s->in, s->drained, EVBUFFER_CB_ENABLED);
+}
+
+/* Whether OpenSSL may give more without new bytes from the socket: records
+ * it read ahead, or, through the ring, what was received for it (the end
+ * of the stream included). */
+static bool tls_has_more(struct sock *s)
+{
+    return SSL_has_pending(s->ssl) ||
+           (s->ring && (s->tls_ended || BIO_ctrl_pending(SSL_get_rbio(s->ssl)) > 0));
 }
 
 /* Reading goes on where it can make progress. Records TLS already holds,
@@ -345,7 +369,7 @@ static bool read_tls(struct sock *s, size_t room)
             if (evbuffer_add(s->in, scratch, (size_t)got) != 0)
                 return fail(s, "out of memory", "");
             room -= (size_t)got;
-            s->tls_held = SSL_has_pending(s->ssl);
+            s->tls_held = tls_has_more(s);
             if (!s->tls_held)
                 break;
             continue;
@@ -520,6 +544,25 @@ static void receive(struct sock *s)
     s->receiving = true;
 }
 
+/* Received bytes go to the input, or under TLS to OpenSSL's read BIO. */
+static bool take_received(struct sock *s, const void *data, size_t len)
+{
+    if (!s->ssl)
+        return evbuffer_add(s->in, data, len) == 0;
+    s->tls_held = true;
+    return BIO_write(SSL_get_rbio(s->ssl), data, (int)len) == (int)len;
+}
+
+/* TLS through the ring: decrypts what arrived, as far as the input has
+ * room (the rest waits in OpenSSL, tls_held set). The end of the stream is
+ * reported once everything before it has been read. */
+static void open_received(struct sock *s)
+{
+    if (!s->paused && !read_some(s))
+        return;
+    resume_reading(s);
+}
+
 static void received(struct ring_op *op, int res, unsigned flags)
 {
     struct sock *s = SOCK_OF(op, recv_op);
@@ -531,7 +574,7 @@ static void received(struct ring_op *op, int res, unsigned flags)
     }
     if (flags & IORING_CQE_F_BUFFER) {
         if (s->state == SOCK_OPEN && !s->orphaned && res > 0)
-            added = evbuffer_add(s->in, ring_received(s->ring, flags), (size_t)res) == 0;
+            added = take_received(s, ring_received(s->ring, flags), (size_t)res);
         ring_recycle(s->ring, flags);
     }
     if (orphan_done(s) || s->state != SOCK_OPEN)
@@ -546,6 +589,13 @@ static void received(struct ring_op *op, int res, unsigned flags)
         fail(s, "", strerror(-res));
         return;
     }
+    if (res == 0 && s->ssl) {
+        /* OpenSSL reports the end after the records before it. */
+        s->tls_ended = s->tls_held = true;
+        BIO_set_mem_eof_return(SSL_get_rbio(s->ssl), 0);
+        open_received(s);
+        return;
+    }
     if (res == 0) {
         die(s);
         report(s, SOCK_EOF);
@@ -556,6 +606,10 @@ static void received(struct ring_op *op, int res, unsigned flags)
         return;
     }
     progress(s);
+    if (s->ssl) {
+        open_received(s);
+        return;
+    }
     if (s->paused) {
         s->unreported = true;
         return;
@@ -564,14 +618,39 @@ static void received(struct ring_op *op, int res, unsigned flags)
         update_reading(s);
 }
 
+/* TLS through the ring: the output becomes records in OpenSSL's write
+ * BIO, which never blocks, and those move to flight in one extent. */
+static bool seal_output(struct sock *s)
+{
+    if (!write_tls(s, false) || s->state == SOCK_DEAD)
+        return false;
+    BIO *sealed = SSL_get_wbio(s->ssl);
+    size_t len = BIO_ctrl_pending(sealed);
+    struct evbuffer_iovec v;
+    if (len == 0)
+        return true;
+    if (evbuffer_reserve_space(s->flight, (ev_ssize_t)len, &v, 1) != 1) {
+        fail_from(s, false, "out of memory", "");
+        return false;
+    }
+    v.iov_len = (size_t)BIO_read(sealed, v.iov_base, (int)len);
+    evbuffer_commit_space(s->flight, &v, 1);
+    return true;
+}
+
 /* Sends the output, unless a send is in flight: its completion sends on. */
 static void send_output(struct sock *s)
 {
     if (s->sending || (s->state != SOCK_OPEN && s->state != SOCK_CLOSING))
         return;
-    if (evbuffer_get_length(s->flight) == 0 && evbuffer_add_buffer(s->flight, s->out) != 0) {
-        fail_from(s, false, "out of memory", "");
-        return;
+    if (evbuffer_get_length(s->flight) == 0) {
+        if (s->ssl) {
+            if (!seal_output(s))
+                return;
+        } else if (evbuffer_add_buffer(s->flight, s->out) != 0) {
+            fail_from(s, false, "out of memory", "");
+            return;
+        }
     }
     size_t len = evbuffer_get_length(s->flight);
     if (len == 0)
@@ -795,15 +874,37 @@ bool sock_connect(struct sock *s, const struct sockaddr *addr, int addrlen)
     return true;
 }
 
+/* TLS moves to memory BIOs, which the ring's receives fill and its sends
+ * empty. What OpenSSL read ahead stays in OpenSSL, not in the BIO it
+ * replaces, and is read on the next turn of the loop. */
+static bool tls_to_memory(struct sock *s)
+{
+    BIO *in = BIO_new(BIO_s_mem());
+    BIO *out = BIO_new(BIO_s_mem());
+
+    if (!in || !out) {
+        BIO_free(in);
+        BIO_free(out);
+        return false;
+    }
+    /* Empty is "not yet", not the end: the end is set when it comes. */
+    BIO_set_mem_eof_return(in, -1);
+    SSL_set_bio(s->ssl, in, out);
+    s->tls_held = SSL_has_pending(s->ssl);
+    return true;
+}
+
 bool sock_use_ring(struct sock *s, struct ring *r)
 {
     if (s->ring)
         return true;
-    if (!r || s->ssl || s->state != SOCK_OPEN || s->writing)
+    if (!r || s->state != SOCK_OPEN || s->writing || s->write_wants_read)
+        return false;
+    if (s->ssl && !tls_to_memory(s))
         return false;
     set_interest(s->rev, &s->reading, false);
     s->ring = r;
-    update_reading(s);
+    resume_reading(s);
     send_output(s);
     return true;
 }
@@ -855,7 +956,9 @@ evutil_socket_t sock_fd(const struct sock *s)
 
 size_t sock_unsent(const struct sock *s)
 {
-    return evbuffer_get_length(s->out) + evbuffer_get_length(s->flight);
+    size_t sealed = s->ring && s->ssl ? BIO_ctrl_pending(SSL_get_wbio(s->ssl)) : 0;
+
+    return evbuffer_get_length(s->out) + evbuffer_get_length(s->flight) + sealed;
 }
 
 void sock_flush(struct sock *s)

@@ -10,13 +10,15 @@
  * waits for a write event. The read event stays registered unless reading
  * is paused for backpressure.
  *
- * A plaintext sock of a logged-in session can move to the worker's
- * io_uring instead (sock_use_ring): its reads and writes are then queued
- * and submitted in one batch per turn of the loop.
+ * The sock of a logged-in session can move to the worker's io_uring
+ * instead (sock_use_ring): its reads and writes are then queued and
+ * submitted in one batch per turn of the loop.
  *
- * TLS runs over the same socket with OpenSSL directly (SSL_read into the
- * input, SSL_write from the output), so both kinds of socket behave the
- * same to the connection code.
+ * TLS runs over the same socket with OpenSSL (SSL_read into the input,
+ * SSL_write from the output), so both kinds of socket behave the same to
+ * the connection code. The handshake reads and writes the socket itself;
+ * through the ring, OpenSSL reads what the receives bring and writes
+ * records for the sends, through memory BIOs.
  *
  * A sock reports to one callback, and only from the event loop: no call
  * runs the callback under its caller. It never frees itself.
@@ -75,8 +77,9 @@ size_t sock_unsent(const struct sock *s);
 struct ring;
 
 /* From now on the sock reads and writes through the worker's ring
- * (ring.h), for good: only a plaintext socket, open, with no write
- * waiting for writability. False, and nothing changes, otherwise. */
+ * (ring.h), for good: only an open socket (under TLS, after the
+ * handshake) with no write waiting for writability. False, and nothing
+ * changes, otherwise. */
 bool sock_use_ring(struct sock *s, struct ring *r);
 
 /* Writes what the output holds, as much as the socket takes now; the rest

@@ -536,6 +536,7 @@ static void test_ring_free_in_flight(void **state)
 
 struct tls_pair {
     struct event_base *base;
+    struct ring *ring;
     struct sock *server, *client;
     struct seen server_seen, client_seen;
     SSL_CTX *server_ctx, *client_ctx;
@@ -604,12 +605,30 @@ static int tls_pair_up(void **state)
                : -1;
 }
 
+/* Both ends go on through a ring once the handshake is done, as a
+ * session's do once it has logged in. */
+static int tls_ring_pair_up(void **state)
+{
+    char why[160];
+
+    if (tls_pair_up(state) != 0)
+        return -1;
+    struct tls_pair *t = *state;
+    t->ring = ring_new(t->base, why, sizeof(why));
+    if (!t->ring) {
+        print_message("io_uring not available: %s\n", why);
+        return 0;
+    }
+    return sock_use_ring(t->server, t->ring) && sock_use_ring(t->client, t->ring) ? 0 : -1;
+}
+
 static int tls_pair_down(void **state)
 {
     struct tls_pair *t = *state;
 
     sock_free(t->server);
     sock_free(t->client);
+    ring_free(t->ring);
     SSL_CTX_free(t->server_ctx);
     SSL_CTX_free(t->client_ctx);
     event_base_free(t->base);
@@ -724,6 +743,56 @@ static void test_tls_close(void **state)
     assert_int_equal(evbuffer_get_length(sock_input(t->server)), 3);
 }
 
+/* The peer's last words and the end of its stream, while reading is
+ * paused: nothing is reported until reading resumes, then the words, then
+ * the end. */
+static void test_tls_end_after_data_while_paused(void **state)
+{
+    struct tls_pair *t = *state;
+
+    sock_pause_reading(t->server, true);
+    evbuffer_add(sock_output(t->client), "last words", 10);
+    sock_close_flushed(t->client, 10);
+    for (int i = 0; i < 100000 && !t->client_seen.count[SOCK_CLOSED]; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    sock_free(t->client);
+    t->client = NULL;
+    for (int i = 0; i < 100; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    assert_int_equal(t->server_seen.count[SOCK_READ], 0);
+    assert_int_equal(t->server_seen.count[SOCK_EOF], 0);
+    sock_pause_reading(t->server, false);
+    for (int i = 0; i < 100000 && !t->server_seen.count[SOCK_EOF]; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    assert_int_equal(t->server_seen.count[SOCK_EOF], 1);
+    assert_int_equal(t->server_seen.count[SOCK_ERROR], 0);
+    assert_int_equal(evbuffer_get_length(sock_input(t->server)), 10);
+    assert_memory_equal(evbuffer_pullup(sock_input(t->server), -1), "last words", 10);
+}
+
+/* After a TLS 1.3 key update that asks the other end for one too, both
+ * directions go on under new keys. */
+static void test_tls_key_update(void **state)
+{
+    struct tls_pair *t = *state;
+
+    assert_int_equal(SSL_version(sock_ssl(t->client)), TLS1_3_VERSION);
+    assert_int_equal(SSL_key_update(sock_ssl(t->client), SSL_KEY_UPDATE_REQUESTED), 1);
+    evbuffer_add(sock_output(t->client), "ping", 4);
+    sock_flush(t->client);
+    for (int i = 0; i < 100000 && evbuffer_get_length(sock_input(t->server)) < 4; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    for (int i = 0; i < 100; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    assert_int_equal(evbuffer_get_length(sock_input(t->server)), 4);
+    evbuffer_add(sock_output(t->server), "pong", 4);
+    sock_flush(t->server);
+    for (int i = 0; i < 100000 && evbuffer_get_length(sock_input(t->client)) < 4; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    assert_memory_equal(evbuffer_pullup(sock_input(t->client), -1), "pong", 4);
+    assert_int_equal(t->server_seen.count[SOCK_ERROR] + t->client_seen.count[SOCK_ERROR], 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -758,6 +827,20 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_tls_partial_record_waits, tls_pair_up,
                                         tls_pair_down),
         cmocka_unit_test_setup_teardown(test_tls_close, tls_pair_up, tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_end_after_data_while_paused, tls_pair_up,
+                                        tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_key_update, tls_pair_up,
+                                        tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_both_ways, tls_ring_pair_up, tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_read_limit_resumes, tls_ring_pair_up,
+                                        tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_partial_record_waits, tls_ring_pair_up,
+                                        tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_close, tls_ring_pair_up, tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_end_after_data_while_paused, tls_ring_pair_up,
+                                        tls_pair_down),
+        cmocka_unit_test_setup_teardown(test_tls_key_update, tls_ring_pair_up,
+                                        tls_pair_down),
     };
 
     signal(SIGPIPE, SIG_IGN);
