@@ -8,6 +8,8 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <openssl/err.h>
 
 #include "ring.h"
@@ -67,6 +69,8 @@ struct sock {
     bool orphaned;           /* freed while operations were in flight */
     struct evbuffer *flight; /* what the send in flight carries: the output
                               * may move its own bytes as it grows */
+    struct evbuffer *sealed_in, *sealed_out; /* TLS: records received for
+                              * OpenSSL, and records it wrote to send */
     struct iovec iov[SEND_EXTENTS];
     struct msghdr msg;
 };
@@ -89,11 +93,11 @@ static void silence(struct sock *s)
  * is in flight any more, and nothing half-sent that it would follow. */
 static void send_sealed_now(struct sock *s)
 {
-    char *data;
-    long len = BIO_get_mem_data(SSL_get_wbio(s->ssl), &data);
+    size_t len = evbuffer_get_length(s->sealed_out);
+    const unsigned char *data = evbuffer_pullup(s->sealed_out, -1);
 
-    if (len > 0 && s->fd >= 0 && evbuffer_get_length(s->flight) == 0)
-        (void)send(s->fd, data, (size_t)len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (len > 0 && data && s->fd >= 0 && evbuffer_get_length(s->flight) == 0)
+        (void)send(s->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
 }
 
 static void really_free(struct sock *s)
@@ -131,6 +135,10 @@ static void really_free(struct sock *s)
         evbuffer_free(s->out);
     if (s->flight)
         evbuffer_free(s->flight);
+    if (s->sealed_in)
+        evbuffer_free(s->sealed_in);
+    if (s->sealed_out)
+        evbuffer_free(s->sealed_out);
     if (s->fd >= 0)
         evutil_closesocket(s->fd);
     free(s);
@@ -241,7 +249,7 @@ static void update_reading(struct sock *s)
 static bool tls_has_more(struct sock *s)
 {
     return SSL_has_pending(s->ssl) ||
-           (s->ring && (s->tls_ended || BIO_ctrl_pending(SSL_get_rbio(s->ssl)) > 0));
+           (s->ring && (s->tls_ended || evbuffer_get_length(s->sealed_in) > 0));
 }
 
 /* Reading goes on where it can make progress. Records TLS already holds,
@@ -544,13 +552,13 @@ static void receive(struct sock *s)
     s->receiving = true;
 }
 
-/* Received bytes go to the input, or under TLS to OpenSSL's read BIO. */
+/* Received bytes go to the input, or under TLS to OpenSSL. */
 static bool take_received(struct sock *s, const void *data, size_t len)
 {
     if (!s->ssl)
         return evbuffer_add(s->in, data, len) == 0;
     s->tls_held = true;
-    return BIO_write(SSL_get_rbio(s->ssl), data, (int)len) == (int)len;
+    return evbuffer_add(s->sealed_in, data, len) == 0;
 }
 
 /* TLS through the ring: decrypts what arrived, as far as the input has
@@ -592,7 +600,6 @@ static void received(struct ring_op *op, int res, unsigned flags)
     if (res == 0 && s->ssl) {
         /* OpenSSL reports the end after the records before it. */
         s->tls_ended = s->tls_held = true;
-        BIO_set_mem_eof_return(SSL_get_rbio(s->ssl), 0);
         open_received(s);
         return;
     }
@@ -618,23 +625,16 @@ static void received(struct ring_op *op, int res, unsigned flags)
         update_reading(s);
 }
 
-/* TLS through the ring: the output becomes records in OpenSSL's write
- * BIO, which never blocks, and those move to flight in one extent. */
+/* TLS through the ring: the output becomes records, which never block,
+ * and they go to flight with whatever OpenSSL wrote before them. */
 static bool seal_output(struct sock *s)
 {
     if (!write_tls(s, false) || s->state == SOCK_DEAD)
         return false;
-    BIO *sealed = SSL_get_wbio(s->ssl);
-    size_t len = BIO_ctrl_pending(sealed);
-    struct evbuffer_iovec v;
-    if (len == 0)
-        return true;
-    if (evbuffer_reserve_space(s->flight, (ev_ssize_t)len, &v, 1) != 1) {
+    if (evbuffer_add_buffer(s->flight, s->sealed_out) != 0) {
         fail_from(s, false, "out of memory", "");
         return false;
     }
-    v.iov_len = (size_t)BIO_read(sealed, v.iov_base, (int)len);
-    evbuffer_commit_space(s->flight, &v, 1);
     return true;
 }
 
@@ -874,22 +874,86 @@ bool sock_connect(struct sock *s, const struct sockaddr *addr, int addrlen)
     return true;
 }
 
-/* TLS moves to memory BIOs, which the ring's receives fill and its sends
- * empty. What OpenSSL read ahead stays in OpenSSL, not in the BIO it
- * replaces, and is read on the next turn of the loop. */
-static bool tls_to_memory(struct sock *s)
-{
-    BIO *in = BIO_new(BIO_s_mem());
-    BIO *out = BIO_new(BIO_s_mem());
+/* ---- TLS through the ring ---------------------------------------------- */
 
-    if (!in || !out) {
-        BIO_free(in);
-        BIO_free(out);
+/* OpenSSL's side of a sock's TLS through the ring: it reads the records
+ * the receives brought (sealed_in) and writes records to send (sealed_out).
+ * Evbuffers rather than memory BIOs: their chains are freed as they are
+ * drained, where a memory BIO keeps the size of the largest burst for the
+ * rest of the session, and a record moves to flight without a copy. */
+static int sealed_read(BIO *bio, char *data, int cap)
+{
+    struct sock *s = BIO_get_data(bio);
+    int got = evbuffer_remove(s->sealed_in, data, (size_t)cap);
+
+    BIO_clear_retry_flags(bio);
+    if (got > 0 || s->tls_ended)
+        return got > 0 ? got : 0;
+    BIO_set_retry_read(bio);
+    return -1;
+}
+
+static int sealed_write(BIO *bio, const char *data, int len)
+{
+    struct sock *s = BIO_get_data(bio);
+
+    BIO_clear_retry_flags(bio);
+    return evbuffer_add(s->sealed_out, data, (size_t)len) == 0 ? len : -1;
+}
+
+static long sealed_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    struct sock *s = BIO_get_data(bio);
+    (void)num;
+    (void)ptr;
+
+    switch (cmd) {
+    case BIO_CTRL_FLUSH:
+        return 1;
+    case BIO_CTRL_PENDING:
+        return (long)evbuffer_get_length(s->sealed_in);
+    case BIO_CTRL_WPENDING:
+        return (long)evbuffer_get_length(s->sealed_out);
+    case BIO_CTRL_EOF:
+        return s->tls_ended && evbuffer_get_length(s->sealed_in) == 0;
+    default:
+        return 0;
+    }
+}
+
+static BIO_METHOD *sealed_method;
+
+static void make_sealed_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "idemproxy ring");
+
+    if (m && BIO_meth_set_read(m, sealed_read) && BIO_meth_set_write(m, sealed_write) &&
+        BIO_meth_set_ctrl(m, sealed_ctrl)) {
+        sealed_method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
+/* OpenSSL goes on through the sealed buffers. What it read ahead stays in
+ * OpenSSL, not in the BIO it replaces, and is read on the next turn. */
+static bool tls_to_ring(struct sock *s)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    BIO *bio;
+
+    pthread_once(&once, make_sealed_method);
+    if (!sealed_method || !(bio = BIO_new(sealed_method)))
+        return false;
+    s->sealed_in = evbuffer_new();
+    s->sealed_out = evbuffer_new();
+    if (!s->sealed_in || !s->sealed_out) {
+        BIO_free(bio);
         return false;
     }
-    /* Empty is "not yet", not the end: the end is set when it comes. */
-    BIO_set_mem_eof_return(in, -1);
-    SSL_set_bio(s->ssl, in, out);
+    BIO_set_data(bio, s);
+    BIO_set_init(bio, 1);
+    SSL_set_bio(s->ssl, bio, bio);
     s->tls_held = SSL_has_pending(s->ssl);
     return true;
 }
@@ -900,7 +964,7 @@ bool sock_use_ring(struct sock *s, struct ring *r)
         return true;
     if (!r || s->state != SOCK_OPEN || s->writing || s->write_wants_read)
         return false;
-    if (s->ssl && !tls_to_memory(s))
+    if (s->ssl && !tls_to_ring(s))
         return false;
     set_interest(s->rev, &s->reading, false);
     s->ring = r;
@@ -956,7 +1020,7 @@ evutil_socket_t sock_fd(const struct sock *s)
 
 size_t sock_unsent(const struct sock *s)
 {
-    size_t sealed = s->ring && s->ssl ? BIO_ctrl_pending(SSL_get_wbio(s->ssl)) : 0;
+    size_t sealed = s->sealed_out ? evbuffer_get_length(s->sealed_out) : 0;
 
     return evbuffer_get_length(s->out) + evbuffer_get_length(s->flight) + sealed;
 }

@@ -1376,3 +1376,86 @@ void itest_kill_all(void)
             g_proxies[i].exited = true;
         }
 }
+
+#define COPY_LINE 1024 /* 1023 characters and a newline */
+
+void itest_copy_round_trip(PGconn *c, int rows)
+{
+    itest_exec_ok(c, "CREATE TEMP TABLE itest_copy (payload text)");
+
+    size_t total = (size_t)rows * COPY_LINE;
+    char *data = malloc(total);
+    assert_non_null(data);
+    uint64_t byte_sum = 0;
+    long long ascii_sum = 0;
+    for (int i = 0; i < rows; i++) {
+        char ch = (char)('a' + i % 26);
+        memset(data + (size_t)i * COPY_LINE, ch, COPY_LINE - 1);
+        data[(size_t)i * COPY_LINE + COPY_LINE - 1] = '\n';
+        ascii_sum += ch;
+    }
+    for (size_t i = 0; i < total; i++)
+        byte_sum += (uint8_t)data[i];
+
+    PGresult *r = itest_exec(c, "COPY itest_copy FROM STDIN");
+    assert_non_null(r);
+    assert_int_equal(PQresultStatus(r), PGRES_COPY_IN);
+    PQclear(r);
+    /* Odd chunk size: CopyData boundaries do not match lines. */
+    const size_t chunk = 65521;
+    for (size_t off = 0; off < total; off += chunk) {
+        size_t n = total - off < chunk ? total - off : chunk;
+        if (PQputCopyData(c, data + off, (int)n) != 1)
+            fail_msg("PQputCopyData at %zu: %s", off, PQerrorMessage(c));
+    }
+    free(data);
+    assert_int_equal(PQputCopyEnd(c, NULL), 1);
+    r = itest_wait_result(c, 120000);
+    itest_assert_result_ok(r, "COPY FROM STDIN");
+    assert_int_equal(atoi(PQcmdTuples(r)), rows);
+    PQclear(r);
+
+    assert_int_equal(itest_query_ll(c, "SELECT count(*) FROM itest_copy"), rows);
+    assert_int_equal(itest_query_ll(c, "SELECT sum(length(payload)) FROM itest_copy"),
+                     (long long)rows * (COPY_LINE - 1));
+    assert_int_equal(itest_query_ll(c, "SELECT sum(ascii(payload)) FROM itest_copy"), ascii_sum);
+
+    r = itest_exec(c, "COPY itest_copy TO STDOUT");
+    assert_non_null(r);
+    assert_int_equal(PQresultStatus(r), PGRES_COPY_OUT);
+    PQclear(r);
+    size_t got = 0;
+    uint64_t got_sum = 0;
+    long copied_rows = 0;
+    int64_t deadline = itest_now_ms() + 120000;
+    for (;;) {
+        char *buf = NULL;
+        int n = PQgetCopyData(c, &buf, 1);
+        if (n > 0) {
+            got += (size_t)n;
+            copied_rows++;
+            for (int i = 0; i < n; i++)
+                got_sum += (uint8_t)buf[i];
+            PQfreemem(buf);
+            continue;
+        }
+        if (n == -1)
+            break;
+        if (n == -2)
+            fail_msg("PQgetCopyData: %s", PQerrorMessage(c));
+        if (itest_now_ms() > deadline)
+            fail_msg("COPY OUT timed out after %zu bytes", got);
+        struct pollfd pfd = { PQsocket(c), POLLIN, 0 };
+        poll(&pfd, 1, 100);
+        if (!PQconsumeInput(c))
+            fail_msg("COPY OUT: %s", PQerrorMessage(c));
+    }
+    r = itest_wait_result(c, 30000);
+    itest_assert_result_ok(r, "COPY TO STDOUT");
+    assert_int_equal(atoi(PQcmdTuples(r)), rows);
+    PQclear(r);
+    assert_int_equal(got, total);
+    assert_int_equal(copied_rows, rows);
+    assert_true(got_sum == byte_sum);
+    itest_exec_ok(c, "DROP TABLE itest_copy");
+}

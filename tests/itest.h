@@ -251,6 +251,11 @@ void itest_pipeline_after_error(PGconn *conn, const char *sqlstate, int64_t dead
  * res before failing, so that a failed test does not add a leak report to
  * its output; on success res stays the caller's. */
 
+/* COPY FROM STDIN of rows lines of 1 kB into a temporary table, in chunks
+ * that do not match the lines, then COPY TO STDOUT: every row and byte
+ * must come back. Fails the test otherwise. */
+void itest_copy_round_trip(PGconn *c, int rows);
+
 /* res is COMMAND_OK or TUPLES_OK. */
 void itest_assert_result_ok(PGresult *res, const char *what);
 

@@ -291,90 +291,12 @@ static void test_single_row_mode(void **state)
 
 /* ---- 4. COPY IN and COPY OUT of 50 MB ---------------------------------- */
 
-#define COPY_ROWS 51200
-#define COPY_LINE 1024 /* 1023 characters + newline: 50 MB in all */
-
 static void test_copy_in_out_50mb(void **state)
 {
     (void)state;
     struct itest_proxy *p = itest_proxy_start(NULL);
     PGconn *c = itest_connect_ok(p->port, NULL);
-    itest_exec_ok(c, "CREATE TEMP TABLE itest_copy (payload text)");
-
-    size_t total = (size_t)COPY_ROWS * COPY_LINE;
-    char *data = malloc(total);
-    assert_non_null(data);
-    uint64_t byte_sum = 0;
-    long long ascii_sum = 0;
-    for (int i = 0; i < COPY_ROWS; i++) {
-        char ch = (char)('a' + i % 26);
-        memset(data + (size_t)i * COPY_LINE, ch, COPY_LINE - 1);
-        data[(size_t)i * COPY_LINE + COPY_LINE - 1] = '\n';
-        ascii_sum += ch;
-    }
-    for (size_t i = 0; i < total; i++)
-        byte_sum += (uint8_t)data[i];
-
-    PGresult *r = itest_exec(c, "COPY itest_copy FROM STDIN");
-    assert_non_null(r);
-    assert_int_equal(PQresultStatus(r), PGRES_COPY_IN);
-    PQclear(r);
-    /* Odd chunk size: CopyData boundaries do not match lines. */
-    const size_t chunk = 65521;
-    for (size_t off = 0; off < total; off += chunk) {
-        size_t n = total - off < chunk ? total - off : chunk;
-        if (PQputCopyData(c, data + off, (int)n) != 1)
-            fail_msg("PQputCopyData at %zu: %s", off, PQerrorMessage(c));
-    }
-    free(data);
-    assert_int_equal(PQputCopyEnd(c, NULL), 1);
-    r = itest_wait_result(c, 120000);
-    itest_assert_result_ok(r, "COPY FROM STDIN");
-    assert_string_equal(PQcmdTuples(r), "51200");
-    PQclear(r);
-
-    assert_int_equal(itest_query_ll(c, "SELECT count(*) FROM itest_copy"), COPY_ROWS);
-    assert_int_equal(itest_query_ll(c, "SELECT sum(length(payload)) FROM itest_copy"),
-                     (long long)COPY_ROWS * (COPY_LINE - 1));
-    assert_int_equal(itest_query_ll(c, "SELECT sum(ascii(payload)) FROM itest_copy"), ascii_sum);
-
-    r = itest_exec(c, "COPY itest_copy TO STDOUT");
-    assert_non_null(r);
-    assert_int_equal(PQresultStatus(r), PGRES_COPY_OUT);
-    PQclear(r);
-    size_t got = 0;
-    uint64_t got_sum = 0;
-    long rows = 0;
-    int64_t deadline = itest_now_ms() + 120000;
-    for (;;) {
-        char *buf = NULL;
-        int n = PQgetCopyData(c, &buf, 1);
-        if (n > 0) {
-            got += (size_t)n;
-            rows++;
-            for (int i = 0; i < n; i++)
-                got_sum += (uint8_t)buf[i];
-            PQfreemem(buf);
-            continue;
-        }
-        if (n == -1)
-            break;
-        if (n == -2)
-            fail_msg("PQgetCopyData: %s", PQerrorMessage(c));
-        if (itest_now_ms() > deadline)
-            fail_msg("COPY OUT timed out after %zu bytes", got);
-        struct pollfd pfd = { PQsocket(c), POLLIN, 0 };
-        poll(&pfd, 1, 100);
-        if (!PQconsumeInput(c))
-            fail_msg("COPY OUT: %s", PQerrorMessage(c));
-    }
-    r = itest_wait_result(c, 30000);
-    itest_assert_result_ok(r, "COPY TO STDOUT");
-    assert_string_equal(PQcmdTuples(r), "51200");
-    PQclear(r);
-    assert_int_equal(got, total);
-    assert_int_equal(rows, COPY_ROWS);
-    assert_true(got_sum == byte_sum);
+    itest_copy_round_trip(c, 51200);
     itest_pass();
 }
 

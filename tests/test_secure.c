@@ -1118,6 +1118,23 @@ static void test_sec_check_config(void **state)
 
 /* ---- main ----------------------------------------------------------------- */
 
+/* ---- bulk data through TLS on both legs --------------------------------- */
+
+/* Megabytes each way through TLS sessions on the ring, where a record can
+ * span receives and the output outgrows the write marks. */
+static void test_sec_tls_copy(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = sec_proxy(NULL, NULL, "%s%s", client_tls("require", NULL),
+                                      server_tls("require", NULL));
+    PGconn *c = sec_connect(p->port, NULL, "sslmode=require");
+    sec_assert_ok(c, "sslmode=require, server_tls_sslmode=require");
+    assert_true(backend_ssl(c));
+    itest_copy_round_trip(c, 10240);
+    select_n(c, 1);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1134,6 +1151,7 @@ int main(int argc, char **argv)
         ITEST(test_sec_server_verify_full),
         ITEST(test_sec_reload_certificates),
         ITEST(test_sec_check_config),
+        ITEST(test_sec_tls_copy),
     };
     return itest_main(argc, argv, "idemproxy TLS and authentication", tests,
                       sizeof tests / sizeof tests[0]);
