@@ -96,21 +96,26 @@ static int pair_down(void **state)
     return 0;
 }
 
-/* The sock reads and writes through a ring; the tests that need one skip
- * where io_uring is not allowed. */
-static int ring_pair_up(void **state)
+/* A ring on base, or NULL (and why on the output) where io_uring is not
+ * allowed: the ring variants of the tests then run without one, or skip. */
+static struct ring *try_ring(struct event_base *base)
 {
     char why[160];
+    struct ring *r = ring_new(base, why, sizeof(why));
 
+    if (!r)
+        print_message("io_uring not available: %s\n", why);
+    return r;
+}
+
+/* The sock reads and writes through a ring. */
+static int ring_pair_up(void **state)
+{
     if (pair_up(state) != 0)
         return -1;
     struct pair *p = *state;
-    p->ring = ring_new(p->base, why, sizeof(why));
-    if (!p->ring) {
-        print_message("io_uring not available: %s\n", why);
-        return 0;
-    }
-    return sock_use_ring(p->s, p->ring) ? 0 : -1;
+    p->ring = try_ring(p->base);
+    return !p->ring || sock_use_ring(p->s, p->ring) ? 0 : -1;
 }
 
 #define NEED_RING(p)      \
@@ -609,17 +614,13 @@ static int tls_pair_up(void **state)
  * session's do once it has logged in. */
 static int tls_ring_pair_up(void **state)
 {
-    char why[160];
-
     if (tls_pair_up(state) != 0)
         return -1;
     struct tls_pair *t = *state;
-    t->ring = ring_new(t->base, why, sizeof(why));
-    if (!t->ring) {
-        print_message("io_uring not available: %s\n", why);
-        return 0;
-    }
-    return sock_use_ring(t->server, t->ring) && sock_use_ring(t->client, t->ring) ? 0 : -1;
+    t->ring = try_ring(t->base);
+    return !t->ring || (sock_use_ring(t->server, t->ring) && sock_use_ring(t->client, t->ring))
+               ? 0
+               : -1;
 }
 
 static int tls_pair_down(void **state)
@@ -793,6 +794,16 @@ static void test_tls_key_update(void **state)
     assert_int_equal(t->server_seen.count[SOCK_ERROR] + t->client_seen.count[SOCK_ERROR], 0);
 }
 
+/* Each TLS test over the socket, and again through a ring. */
+#define TLS_TESTS(setup)                                                                      \
+    cmocka_unit_test_setup_teardown(test_tls_both_ways, setup, tls_pair_down),                \
+        cmocka_unit_test_setup_teardown(test_tls_read_limit_resumes, setup, tls_pair_down),   \
+        cmocka_unit_test_setup_teardown(test_tls_partial_record_waits, setup, tls_pair_down), \
+        cmocka_unit_test_setup_teardown(test_tls_close, setup, tls_pair_down),                \
+        cmocka_unit_test_setup_teardown(test_tls_end_after_data_while_paused, setup,          \
+                                        tls_pair_down),                                       \
+        cmocka_unit_test_setup_teardown(test_tls_key_update, setup, tls_pair_down)
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -821,26 +832,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ring_more_sockets_than_buffers, ring_pair_up,
                                         pair_down),
         cmocka_unit_test_setup_teardown(test_ring_free_in_flight, ring_pair_up, pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_both_ways, tls_pair_up, tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_read_limit_resumes, tls_pair_up,
-                                        tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_partial_record_waits, tls_pair_up,
-                                        tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_close, tls_pair_up, tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_end_after_data_while_paused, tls_pair_up,
-                                        tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_key_update, tls_pair_up,
-                                        tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_both_ways, tls_ring_pair_up, tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_read_limit_resumes, tls_ring_pair_up,
-                                        tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_partial_record_waits, tls_ring_pair_up,
-                                        tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_close, tls_ring_pair_up, tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_end_after_data_while_paused, tls_ring_pair_up,
-                                        tls_pair_down),
-        cmocka_unit_test_setup_teardown(test_tls_key_update, tls_ring_pair_up,
-                                        tls_pair_down),
+        TLS_TESTS(tls_pair_up),
+        TLS_TESTS(tls_ring_pair_up),
     };
 
     signal(SIGPIPE, SIG_IGN);
