@@ -209,14 +209,17 @@ static void input_drained(struct evbuffer *in, const struct evbuffer_cb_info *in
 
 /* The read event is registered while reading can make progress; leaving
  * it registered otherwise would spin a level-triggered loop. While only a
- * full input stops it, draining the input starts it again. */
+ * full input stops it, draining the input starts it again. Under TLS
+ * through the ring, records received and not yet decrypted count too:
+ * receiving more while they wait would only pile them up. */
 static void update_reading(struct sock *s)
 {
     bool want, full = false;
+    size_t have = evbuffer_get_length(s->in) + (s->sealed_in ? evbuffer_get_length(s->sealed_in) : 0);
 
     switch (s->state) {
     case SOCK_OPEN:
-        full = !s->paused && evbuffer_get_length(s->in) >= s->read_limit;
+        full = !s->paused && have >= s->read_limit;
         want = (!s->paused && !full) || s->write_wants_read;
         break;
     case SOCK_HANDSHAKE:

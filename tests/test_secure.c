@@ -1135,6 +1135,62 @@ static void test_sec_tls_copy(void **state)
     itest_pass();
 }
 
+/* A client over TLS that stops reading a large result: the proxy stops
+ * reading the server (TLS too) instead of buffering the result, and all of
+ * it arrives once the client reads again. */
+static void test_sec_tls_backpressure(void **state)
+{
+    (void)state;
+    char extra[4096];
+    snprintf(extra, sizeof extra, "%s%s", client_tls("require", NULL), server_tls("require", NULL));
+    /* Under AddressSanitizer freed memory stays resident in its quarantine. */
+    struct itest_proxy_opts opts = { .extra = extra, .asan_options = "quarantine_size_mb=0" };
+    struct itest_proxy *p = itest_proxy_start(&opts);
+    PGconn *c = sec_connect(p->port, NULL, "sslmode=require");
+    sec_assert_ok(c, "sslmode=require, server_tls_sslmode=require");
+    long base = itest_rss_kb(p->pid);
+    assert_true(base > 0);
+
+    const int rows = 300, width = 1000000; /* 300 MB */
+    assert_int_equal(PQsendQuery(c, "SELECT repeat('x', 1000000) FROM generate_series(1, 300)"), 1);
+    assert_int_equal(PQsetSingleRowMode(c), 1);
+    long peak = base;
+    for (int i = 0; i < 40; i++) {
+        itest_sleep_ms(50);
+        long rss = itest_rss_kb(p->pid);
+        peak = rss > peak ? rss : peak;
+    }
+    printf("TLS backpressure: RSS %ld kB, peak while the client stalls %ld kB\n", base, peak);
+    if (peak >= base + 16 * 1024)
+        fail_msg("proxy RSS grew by %ld kB while the client did not read", peak - base);
+
+    int got = 0;
+    bool timed_out = false;
+    int64_t deadline = itest_now_ms() + 120000;
+    PGresult *r;
+    while ((r = itest_next_result(c, deadline, &timed_out)) != NULL) {
+        ExecStatusType st = PQresultStatus(r);
+        if (st == PGRES_SINGLE_TUPLE) {
+            assert_int_equal(PQgetlength(r, 0, 0), width);
+            got++;
+            if (got % 50 == 0) {
+                long rss = itest_rss_kb(p->pid);
+                peak = rss > peak ? rss : peak;
+            }
+        } else {
+            itest_assert_result_ok(r, "the large result");
+        }
+        PQclear(r);
+    }
+    assert_false(timed_out);
+    printf("TLS backpressure: %d rows, peak RSS %ld kB\n", got, peak);
+    assert_int_equal(got, rows);
+    if (peak >= base + 16 * 1024)
+        fail_msg("proxy RSS grew by %ld kB while streaming", peak - base);
+    select_n(c, 1);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1152,6 +1208,7 @@ int main(int argc, char **argv)
         ITEST(test_sec_reload_certificates),
         ITEST(test_sec_check_config),
         ITEST(test_sec_tls_copy),
+        ITEST(test_sec_tls_backpressure),
     };
     return itest_main(argc, argv, "idemproxy TLS and authentication", tests,
                       sizeof tests / sizeof tests[0]);
