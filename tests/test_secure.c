@@ -1135,6 +1135,25 @@ static void test_sec_tls_copy(void **state)
     itest_pass();
 }
 
+/* A TLS client that vanishes without a word (no Terminate, no
+ * close_notify): the end of its stream comes through the ring and OpenSSL,
+ * and the proxy ends the session; the next client is served as usual. */
+static void test_sec_tls_client_vanishes(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = sec_proxy(NULL, "info", "%s%s", client_tls("require", NULL),
+                                      server_tls("require", NULL));
+    PGconn *c = sec_connect(p->port, NULL, "sslmode=require");
+    sec_assert_ok(c, "sslmode=require, server_tls_sslmode=require");
+    select_n(c, 1);
+    assert_int_equal(shutdown(PQsocket(c), SHUT_RDWR), 0);
+    itest_proxy_wait_log_count(p, "closed: client disconnected", 1);
+    PGconn *next = sec_connect(p->port, NULL, "sslmode=require");
+    sec_assert_ok(next, "the next client");
+    select_n(next, 2);
+    itest_pass();
+}
+
 /* A client over TLS that stops reading a large result: the proxy stops
  * reading the server (TLS too) instead of buffering the result, and all of
  * it arrives once the client reads again. */
@@ -1209,6 +1228,7 @@ int main(int argc, char **argv)
         ITEST(test_sec_check_config),
         ITEST(test_sec_tls_copy),
         ITEST(test_sec_tls_backpressure),
+        ITEST(test_sec_tls_client_vanishes),
     };
     return itest_main(argc, argv, "idemproxy TLS and authentication", tests,
                       sizeof tests / sizeof tests[0]);
