@@ -210,16 +210,19 @@ static void input_drained(struct evbuffer *in, const struct evbuffer_cb_info *in
 /* The read event is registered while reading can make progress; leaving
  * it registered otherwise would spin a level-triggered loop. While only a
  * full input stops it, draining the input starts it again. Under TLS
- * through the ring, records received and not yet decrypted count too:
- * receiving more while they wait would only pile them up. */
+ * through the ring, a limit's worth of records received and not yet
+ * decrypted stops it too: receiving more while they wait would only pile
+ * them up. Not their sum with the input: part of a record that waits for
+ * its rest must not stop the receive that brings it. */
 static void update_reading(struct sock *s)
 {
     bool want, full = false;
-    size_t have = evbuffer_get_length(s->in) + (s->sealed_in ? evbuffer_get_length(s->sealed_in) : 0);
+    size_t sealed = s->sealed_in ? evbuffer_get_length(s->sealed_in) : 0;
 
     switch (s->state) {
     case SOCK_OPEN:
-        full = !s->paused && have >= s->read_limit;
+        full = !s->paused &&
+               (evbuffer_get_length(s->in) >= s->read_limit || sealed >= s->read_limit);
         want = (!s->paused && !full) || s->write_wants_read;
         break;
     case SOCK_HANDSHAKE:
