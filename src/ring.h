@@ -8,7 +8,7 @@
  * receives and sends here, and one io_uring_enter per turn of the loop
  * submits them all and collects what completed. The ring's eventfd is one
  * edge-triggered event of the worker's libevent loop, so listeners, timers,
- * TLS sockets and the login phases stay on plain events.
+ * TLS handshakes and the login phases stay on plain events.
  *
  * Where the kernel lets it, the ring runs completions only when its thread
  * asks for them (IORING_SETUP_DEFER_TASKRUN), so they come in batches at a
