@@ -907,6 +907,9 @@ static int sealed_write(BIO *bio, const char *data, int len)
     return evbuffer_add(s->sealed_out, data, (size_t)len) == 0 ? len : -1;
 }
 
+/* Of the controls, TLS over a stream asks for a flush after its writes,
+ * which have all gone to sealed_out already, and whether a read of nothing
+ * is the end of the stream (else it is an error). */
 static long sealed_ctrl(BIO *bio, int cmd, long num, void *ptr)
 {
     struct sock *s = BIO_get_data(bio);
@@ -916,10 +919,6 @@ static long sealed_ctrl(BIO *bio, int cmd, long num, void *ptr)
     switch (cmd) {
     case BIO_CTRL_FLUSH:
         return 1;
-    case BIO_CTRL_PENDING:
-        return (long)evbuffer_get_length(s->sealed_in);
-    case BIO_CTRL_WPENDING:
-        return (long)evbuffer_get_length(s->sealed_out);
     case BIO_CTRL_EOF:
         return s->tls_ended && evbuffer_get_length(s->sealed_in) == 0;
     default:
@@ -955,6 +954,11 @@ static bool tls_to_ring(struct sock *s)
     s->sealed_out = evbuffer_new();
     if (!s->sealed_in || !s->sealed_out) {
         BIO_free(bio);
+        if (s->sealed_in)
+            evbuffer_free(s->sealed_in);
+        if (s->sealed_out)
+            evbuffer_free(s->sealed_out);
+        s->sealed_in = s->sealed_out = NULL;
         return false;
     }
     BIO_set_data(bio, s);
