@@ -188,6 +188,25 @@ static bool backend_ssl(PGconn *conn)
     return strcmp(v, "t") == 0;
 }
 
+/* Configuration lines for TLS required on both legs. */
+static const char *both_legs_tls(void)
+{
+    static char buf[4096];
+    snprintf(buf, sizeof buf, "%s%s", client_tls("require", NULL), server_tls("require", NULL));
+    return buf;
+}
+
+/* A client on TLS through a proxy with both_legs_tls(), conninfo added;
+ * fails the test unless it logs in. */
+static PGconn *connect_both_legs(int port, const char *conninfo)
+{
+    char all[512];
+    snprintf(all, sizeof all, "sslmode=require %s", conninfo);
+    PGconn *c = sec_connect(port, NULL, all);
+    sec_assert_ok(c, "sslmode=require, server_tls_sslmode=require");
+    return c;
+}
+
 /* Checks, on a direct connection, that exactly one backend has
  * application_name app and that its connection's TLS is ssl. */
 static void assert_server_saw(const char *app, bool ssl)
@@ -407,10 +426,8 @@ static void test_sec_client_tls_require(void **state)
     assert_int_equal(PQsslInUse(pref), 1);
 
     /* Both legs. */
-    struct itest_proxy *q = sec_proxy(NULL, NULL, "%s%s", client_tls("require", NULL),
-                                      server_tls("require", NULL));
-    PGconn *b = sec_connect(q->port, NULL, "sslmode=require application_name=sec_req_tls");
-    sec_assert_ok(b, "sslmode=require, server_tls_sslmode=require");
+    struct itest_proxy *q = sec_proxy(NULL, NULL, "%s", both_legs_tls());
+    PGconn *b = connect_both_legs(q->port, "application_name=sec_req_tls");
     assert_int_equal(PQsslInUse(b), 1);
     assert_true(backend_ssl(b));
     assert_server_saw("sec_req_tls", true);
@@ -680,10 +697,8 @@ static void test_sec_cancel(void **state)
     itest_assert_log_line(p, "cancel request for backend", "", NULL);
 
     /* Both legs TLS: the proxy forwards the cancel over TLS. */
-    struct itest_proxy *q = sec_proxy(NULL, "debug", "%s%s", client_tls("require", NULL),
-                                      server_tls("require", NULL));
-    PGconn *b = sec_connect(q->port, NULL, "sslmode=require application_name=sec_cancel_tls");
-    sec_assert_ok(b, "sslmode=require, server_tls_sslmode=require");
+    struct itest_proxy *q = sec_proxy(NULL, "debug", "%s", both_legs_tls());
+    PGconn *b = connect_both_legs(q->port, "application_name=sec_cancel_tls");
     assert_true(backend_ssl(b));
     cancel_sleep(b, "sec_cancel_tls");
 
@@ -906,8 +921,7 @@ static void test_sec_passthrough_legs(void **state)
     assert_string_equal(sf.mechanisms, "SCRAM-SHA-256");
 
     /* TLS on both legs: SCRAM cannot be relayed; md5 can. */
-    struct itest_proxy *r = sec_proxy(NULL, NULL, "%s%s", client_tls("require", NULL),
-                                      server_tls("require", NULL));
+    struct itest_proxy *r = sec_proxy(NULL, NULL, "%s", both_legs_tls());
     PGconn *s = sec_connect(r->port, ITEST_SCRAM_USER,
                             "sslmode=require password=" ITEST_SCRAM_PASSWORD);
     sec_assert_fails(s, "28000", "auth_type = scram-sha-256",
@@ -1125,10 +1139,8 @@ static void test_sec_check_config(void **state)
 static void test_sec_tls_copy(void **state)
 {
     (void)state;
-    struct itest_proxy *p = sec_proxy(NULL, NULL, "%s%s", client_tls("require", NULL),
-                                      server_tls("require", NULL));
-    PGconn *c = sec_connect(p->port, NULL, "sslmode=require");
-    sec_assert_ok(c, "sslmode=require, server_tls_sslmode=require");
+    struct itest_proxy *p = sec_proxy(NULL, NULL, "%s", both_legs_tls());
+    PGconn *c = connect_both_legs(p->port, "");
     assert_true(backend_ssl(c));
     itest_copy_round_trip(c, 10240);
     select_n(c, 1);
@@ -1141,10 +1153,8 @@ static void test_sec_tls_copy(void **state)
 static void test_sec_tls_client_vanishes(void **state)
 {
     (void)state;
-    struct itest_proxy *p = sec_proxy(NULL, "info", "%s%s", client_tls("require", NULL),
-                                      server_tls("require", NULL));
-    PGconn *c = sec_connect(p->port, NULL, "sslmode=require");
-    sec_assert_ok(c, "sslmode=require, server_tls_sslmode=require");
+    struct itest_proxy *p = sec_proxy(NULL, "info", "%s", both_legs_tls());
+    PGconn *c = connect_both_legs(p->port, "");
     select_n(c, 1);
     assert_int_equal(shutdown(PQsocket(c), SHUT_RDWR), 0);
     itest_proxy_wait_log_count(p, "closed: client disconnected", 1);
@@ -1160,13 +1170,11 @@ static void test_sec_tls_client_vanishes(void **state)
 static void test_sec_tls_backpressure(void **state)
 {
     (void)state;
-    char extra[4096];
-    snprintf(extra, sizeof extra, "%s%s", client_tls("require", NULL), server_tls("require", NULL));
     /* Under AddressSanitizer freed memory stays resident in its quarantine. */
-    struct itest_proxy_opts opts = { .extra = extra, .asan_options = "quarantine_size_mb=0" };
+    struct itest_proxy_opts opts = { .extra = both_legs_tls(),
+                                     .asan_options = "quarantine_size_mb=0" };
     struct itest_proxy *p = itest_proxy_start(&opts);
-    PGconn *c = sec_connect(p->port, NULL, "sslmode=require");
-    sec_assert_ok(c, "sslmode=require, server_tls_sslmode=require");
+    PGconn *c = connect_both_legs(p->port, "");
     long base = itest_rss_kb(p->pid);
     assert_true(base > 0);
 
