@@ -102,6 +102,21 @@ static void on_ready(evutil_socket_t fd, short what, void *arg)
     turn(arg);
 }
 
+bool ring_holds_data(struct ring *r, const struct ring_op *op)
+{
+    unsigned sq_flags = __atomic_load_n(r->uring.sq.kflags, __ATOMIC_ACQUIRE);
+    struct io_uring_cqe *cqe;
+    unsigned head;
+
+    if (sq_flags & (IORING_SQ_TASKRUN | IORING_SQ_CQ_OVERFLOW))
+        io_uring_get_events(&r->uring);
+    io_uring_for_each_cqe(&r->uring, head, cqe) {
+        if (io_uring_cqe_get_data(cqe) == op && cqe->res > 0)
+            return true;
+    }
+    return false;
+}
+
 /* A turn submits what is queued; outside one, a turn follows soon. */
 static void schedule(struct ring *r)
 {

@@ -57,6 +57,11 @@ struct io_uring_sqe *ring_sqe(struct ring *r, struct ring_op *op);
  * unless it had already ended. */
 void ring_cancel(struct ring *r, struct ring_op *op);
 
+/* Whether a completion of op with data (a positive result) waits to be
+ * run: what a receive has brought and its owner has not seen yet. Asks the
+ * kernel to post the completions it holds for this thread first. */
+bool ring_holds_data(struct ring *r, const struct ring_op *op);
+
 /* Prepares sqe as a multishot receive: each message that arrives lands in
  * one of the ring's buffers, until the receive is cancelled, meets the
  * end of the stream or an error, or finds every buffer taken (-ENOBUFS). */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -1033,6 +1034,18 @@ size_t sock_unsent(const struct sock *s)
     size_t sealed = s->sealed_out ? evbuffer_get_length(s->sealed_out) : 0;
 
     return evbuffer_get_length(s->out) + evbuffer_get_length(s->flight) + sealed;
+}
+
+bool sock_has_arrived(const struct sock *s)
+{
+    size_t sealed = s->sealed_in ? evbuffer_get_length(s->sealed_in) : 0;
+    int queued = 0;
+
+    if (evbuffer_get_length(s->in) > 0 || sealed > 0 || (s->ssl && SSL_has_pending(s->ssl)))
+        return true;
+    if (s->ring && s->receiving && ring_holds_data(s->ring, &s->recv_op))
+        return true;
+    return s->fd >= 0 && ioctl(s->fd, FIONREAD, &queued) == 0 && queued > 0;
 }
 
 void sock_flush(struct sock *s)

@@ -86,6 +86,11 @@ bool sock_use_ring(struct sock *s, struct ring *r);
  * goes when it becomes writable. Call it after adding to the output. */
 void sock_flush(struct sock *s);
 
+/* Whether the peer has sent bytes the caller has not taken, wherever they
+ * wait: in the input, held for TLS, in a receive's completion not yet run,
+ * or still in the socket. */
+bool sock_has_arrived(const struct sock *s);
+
 /* Reading stops while the input holds limit bytes or more (a held message
  * may need more than the usual chunk), and goes on as soon as the caller
  * takes bytes from it, from whichever callback. Through a ring the input

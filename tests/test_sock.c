@@ -246,6 +246,24 @@ static void test_read_reports(void **state)
     assert_int_equal(p->seen.count[SOCK_READ], 1);
 }
 
+/* Bytes the peer sent count as arrived wherever they wait: in the socket,
+ * in a receive's completion not yet run, in the input; and no longer once
+ * the caller has taken them. */
+static void test_has_arrived(void **state)
+{
+    struct pair *p = *state;
+
+    turn(p);
+    assert_false(sock_has_arrived(p->s));
+    assert_int_equal(write(p->peer, "abc", 3), 3);
+    assert_true(sock_has_arrived(p->s));
+    turn(p);
+    assert_int_equal(evbuffer_get_length(sock_input(p->s)), 3);
+    assert_true(sock_has_arrived(p->s));
+    evbuffer_drain(sock_input(p->s), 3);
+    assert_false(sock_has_arrived(p->s));
+}
+
 static void test_pause_holds_input(void **state)
 {
     struct pair *p = *state;
@@ -725,6 +743,20 @@ static void test_tls_partial_record_waits(void **state)
     assert_int_equal(t->server_seen.count[SOCK_ERROR], 0);
 }
 
+/* Part of a record has arrived too: whether it waits in the socket or, through
+ * the ring, for OpenSSL, a request is under way. */
+static void test_tls_has_arrived(void **state)
+{
+    struct tls_pair *t = *state;
+    const unsigned char header[] = { 0x17, 0x03, 0x03, 0x00, 0x40, 1, 2, 3, 4, 5, 6, 7, 8 };
+
+    event_base_loop(t->base, EVLOOP_NONBLOCK);
+    assert_false(sock_has_arrived(t->server));
+    assert_int_equal(write(sock_fd(t->client), header, sizeof(header)), (ssize_t)sizeof(header));
+    assert_true(sock_has_arrived(t->server));
+    assert_int_equal(evbuffer_get_length(sock_input(t->server)), 0);
+}
+
 /* A TLS close writes out what is queued; once the sock is freed the peer
  * sees SOCK_EOF after those bytes. */
 static void test_tls_close(void **state)
@@ -802,7 +834,8 @@ static void test_tls_key_update(void **state)
         cmocka_unit_test_setup_teardown(test_tls_close, setup, tls_pair_down),                \
         cmocka_unit_test_setup_teardown(test_tls_end_after_data_while_paused, setup,          \
                                         tls_pair_down),                                       \
-        cmocka_unit_test_setup_teardown(test_tls_key_update, setup, tls_pair_down)
+        cmocka_unit_test_setup_teardown(test_tls_key_update, setup, tls_pair_down),           \
+        cmocka_unit_test_setup_teardown(test_tls_has_arrived, setup, tls_pair_down)
 
 int main(void)
 {
@@ -811,6 +844,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_extents_go_in_one_send, seqpacket_up, pair_down),
         cmocka_unit_test_setup_teardown(test_many_extents_all_go, seqpacket_up, pair_down),
         cmocka_unit_test_setup_teardown(test_read_reports, pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_has_arrived, pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_pause_holds_input, pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_read_limit, pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_drained_after_full_flush, pair_up, pair_down),
@@ -821,6 +855,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_close_with_nothing_left, pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_write_error_reported_from_loop, pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_ring_both_ways, ring_pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_has_arrived, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_pause_holds_input, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_ring_read_limit, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_drained_after_blocked_writes, ring_pair_up,
