@@ -2098,11 +2098,14 @@ moved:
 
 /* During a shutdown a session goes once it is idle; one that logged in
  * as the shutdown began first gets its first request served, since closing
- * it then would be refusing it in all but name. */
+ * it then would be refusing it in all but name. Idle means the client's
+ * next request has not reached the proxy either: closing then would refuse
+ * a request the client sent before it could know. */
 static void close_if_idle(struct conn *c)
 {
     if (c->stop_when_idle && c->spoke && c->state == CONN_ACTIVE && track_idle(&c->track) &&
-        c->stream_left[FLOW_TO_CLIENT] == 0 && c->stream_left[FLOW_TO_SERVER] == 0)
+        c->stream_left[FLOW_TO_CLIENT] == 0 && c->stream_left[FLOW_TO_SERVER] == 0 &&
+        !sock_has_arrived(c->client))
         conn_terminate(c);
 }
 

@@ -24,8 +24,10 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <dirent.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1276,6 +1278,134 @@ static void test_sigterm_first_request(void **state)
     itest_pass();
 }
 
+/* Stops every thread of pid but its main one (the workers) with ptrace, so
+ * that what reaches them meanwhile waits in the kernel; returns how many
+ * tids it stopped. */
+static int hold_workers(pid_t pid, pid_t *tids, int cap)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *dir = opendir(path);
+    int n = 0;
+
+    assert_non_null(dir);
+    for (struct dirent *e; (e = readdir(dir)) != NULL && n < cap;) {
+        pid_t tid = (pid_t)atoi(e->d_name);
+        if (tid <= 0 || tid == pid)
+            continue;
+        if (ptrace(PTRACE_SEIZE, tid, NULL, NULL) != 0 ||
+            ptrace(PTRACE_INTERRUPT, tid, NULL, NULL) != 0)
+            fail_msg("ptrace thread %d: %s", (int)tid, strerror(errno));
+        int status;
+        if (waitpid(tid, &status, __WALL) != tid || !WIFSTOPPED(status))
+            fail_msg("thread %d did not stop", (int)tid);
+        tids[n++] = tid;
+    }
+    closedir(dir);
+    assert_true(n > 0);
+    return n;
+}
+
+static void release_workers(const pid_t *tids, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (ptrace(PTRACE_DETACH, tids[i], NULL, NULL) != 0)
+            fail_msg("ptrace detach %d: %s", (int)tids[i], strerror(errno));
+}
+
+/* The value of the next row a pipelined query returns, past the ends of
+ * results and the pipeline's syncs; -1 for an error, or for nothing within
+ * 10 s. */
+static int next_piped_value(PGconn *c)
+{
+    int64_t deadline = itest_now_ms() + 10000;
+
+    for (int nulls = 0; nulls < 3;) {
+        bool timed_out;
+        PGresult *r = itest_next_result(c, deadline, &timed_out);
+        if (timed_out)
+            return -1;
+        if (r == NULL) {
+            nulls++;
+            continue;
+        }
+        ExecStatusType st = PQresultStatus(r);
+        int value = st == PGRES_TUPLES_OK ? atoi(PQgetvalue(r, 0, 0)) : -1;
+        PQclear(r);
+        if (st != PGRES_PIPELINE_SYNC)
+            return value;
+    }
+    return -1;
+}
+
+static void send_piped(PGconn *c, const char *sql)
+{
+    assert_int_equal(PQsendQueryParams(c, sql, 0, NULL, NULL, NULL, NULL, 0), 1);
+    assert_int_equal(PQpipelineSync(c), 1);
+}
+
+/* A request that has reached the proxy when its worker would close the
+ * session as idle is served, not answered with 57P01: the client sent it
+ * before it could know. The worker is held with ptrace while SIGTERM
+ * reaches the main thread and the requests arrive, so that when it runs
+ * again the wake-up that begins the shutdown comes first, before the
+ * ring's receives or the sockets' read events. Four idle sessions have a
+ * request waiting when the shutdown begins; a fifth, pipelining, has its
+ * next request waiting behind the answer that makes it idle. Through the
+ * ring and (in the suite's second pass) with plain system calls. */
+static void test_sigterm_request_in_kernel(void **state)
+{
+    (void)state;
+    struct itest_proxy_opts opts = { .extra = "shutdown_timeout = 30\nworkers = 1\n" };
+    struct itest_proxy *p = itest_proxy_start(&opts);
+    PGconn *c[4];
+    for (int i = 0; i < 4; i++) {
+        c[i] = itest_connect_ok(p->port, NULL);
+        assert_int_equal(itest_query_ll(c[i], "SELECT 1"), 1);
+    }
+    PGconn *piped = itest_connect_ok(p->port, "application_name=itest_term_piped");
+    assert_int_equal(itest_query_ll(piped, "SELECT 1"), 1);
+    assert_int_equal(PQenterPipelineMode(piped), 1);
+    send_piped(piped, "SELECT 20 FROM pg_sleep(0.5)");
+    assert_true(itest_server_wait_ll(1, 10000, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                               "application_name = 'itest_term_piped' AND "
+                                               "state = 'active'"));
+
+    pid_t tids[16];
+    int held = hold_workers(p->pid, tids, 16);
+    assert_int_equal(kill(p->pid, SIGTERM), 0);
+    itest_proxy_wait_log_count(p, "SIGTERM received", 1);
+    itest_sleep_ms(100); /* the main thread wakes the workers right after */
+    for (int i = 0; i < 4; i++) {
+        char sql[32];
+        snprintf(sql, sizeof sql, "SELECT %d", 10 + i);
+        assert_int_equal(PQsendQuery(c[i], sql), 1);
+    }
+    /* The sleep ends while the worker is held: its answer waits, and the
+     * next request arrives behind it. */
+    itest_sleep_ms(800);
+    send_piped(piped, "SELECT 21");
+    itest_sleep_ms(100);
+    release_workers(tids, held);
+
+    for (int i = 0; i < 4; i++) {
+        PGresult *r = itest_wait_result(c[i], 10000);
+        itest_assert_result_ok(r, "a request sent before the worker saw SIGTERM");
+        assert_int_equal(atoi(PQgetvalue(r, 0, 0)), 10 + i);
+        PQclear(r);
+        assert_true(closed_within(c[i], 5000));
+        itest_finish(c[i]);
+    }
+    assert_int_equal(next_piped_value(piped), 20);
+    assert_int_equal(next_piped_value(piped), 21);
+    assert_true(closed_within(piped, 5000));
+    itest_finish(piped);
+    assert_true(itest_proxy_wait_exit(p, 10000));
+    assert_true(WIFEXITED(p->exit_status));
+    assert_int_equal(WEXITSTATUS(p->exit_status), 0);
+    itest_pass();
+}
+
 /* ---- 20. --check-config and --version ----------------------------------- */
 
 static int run_proxy_cmd(const char *arg1, const char *conf, char *out_text, size_t out_cap)
@@ -1438,6 +1568,7 @@ int main(int argc, char **argv)
         ITEST(test_backpressure),
         ITEST(test_sigterm_graceful),
         ITEST(test_sigterm_first_request),
+        ITEST(test_sigterm_request_in_kernel),
         ITEST(test_check_config),
         ITEST(test_sighup_reload_keeps_serving),
         ITEST(test_workers_and_reuseport),
