@@ -253,7 +253,7 @@ static void update_reading(struct sock *s)
 /* Whether OpenSSL may give more without new bytes from the socket: records
  * it read ahead, or, through the ring, what was received for it (the end
  * of the stream included). */
-static bool tls_has_more(struct sock *s)
+static bool tls_has_more(const struct sock *s)
 {
     return SSL_has_pending(s->ssl) ||
            (s->ring && (s->tls_ended || evbuffer_get_length(s->sealed_in) > 0));
@@ -632,17 +632,22 @@ static void received(struct ring_op *op, int res, unsigned flags)
         update_reading(s);
 }
 
-/* TLS through the ring: the output becomes records, which never block,
- * and they go to flight with whatever OpenSSL wrote before them. */
-static bool seal_output(struct sock *s)
+/* Moves what the next send carries to flight: the output, or under TLS
+ * the records it becomes (which never block here) after whatever OpenSSL
+ * wrote before them. */
+static bool fill_flight(struct sock *s)
 {
-    if (!write_tls(s, false) || s->state == SOCK_DEAD)
-        return false;
-    if (evbuffer_add_buffer(s->flight, s->sealed_out) != 0) {
-        fail_from(s, false, "out of memory", "");
-        return false;
+    struct evbuffer *from = s->out;
+
+    if (s->ssl) {
+        if (!write_tls(s, false) || s->state == SOCK_DEAD)
+            return false;
+        from = s->sealed_out;
     }
-    return true;
+    if (evbuffer_add_buffer(s->flight, from) == 0)
+        return true;
+    fail_from(s, false, "out of memory", "");
+    return false;
 }
 
 /* Sends the output, unless a send is in flight: its completion sends on. */
@@ -650,15 +655,8 @@ static void send_output(struct sock *s)
 {
     if (s->sending || (s->state != SOCK_OPEN && s->state != SOCK_CLOSING))
         return;
-    if (evbuffer_get_length(s->flight) == 0) {
-        if (s->ssl) {
-            if (!seal_output(s))
-                return;
-        } else if (evbuffer_add_buffer(s->flight, s->out) != 0) {
-            fail_from(s, false, "out of memory", "");
-            return;
-        }
-    }
+    if (evbuffer_get_length(s->flight) == 0 && !fill_flight(s))
+        return;
     size_t len = evbuffer_get_length(s->flight);
     if (len == 0)
         return;
@@ -1038,10 +1036,9 @@ size_t sock_unsent(const struct sock *s)
 
 bool sock_has_arrived(const struct sock *s)
 {
-    size_t sealed = s->sealed_in ? evbuffer_get_length(s->sealed_in) : 0;
     int queued = 0;
 
-    if (evbuffer_get_length(s->in) > 0 || sealed > 0 || (s->ssl && SSL_has_pending(s->ssl)))
+    if (evbuffer_get_length(s->in) > 0 || (s->ssl && tls_has_more(s)))
         return true;
     if (s->ring && s->receiving && ring_holds_data(s->ring, &s->recv_op))
         return true;

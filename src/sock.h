@@ -17,8 +17,8 @@
  * TLS runs over the same socket with OpenSSL (SSL_read into the input,
  * SSL_write from the output), so both kinds of socket behave the same to
  * the connection code. The handshake reads and writes the socket itself;
- * through the ring, OpenSSL reads what the receives bring and writes
- * records for the sends, through memory BIOs.
+ * through the ring, OpenSSL reads the records the receives bring and
+ * writes records for the sends, both through evbuffers of the sock.
  *
  * A sock reports to one callback, and only from the event loop: no call
  * runs the callback under its caller. It never frees itself.
@@ -88,7 +88,8 @@ void sock_flush(struct sock *s);
 
 /* Whether the peer has sent bytes the caller has not taken, wherever they
  * wait: in the input, held for TLS, in a receive's completion not yet run,
- * or still in the socket. */
+ * or still in the socket (under TLS through the ring, the end of its
+ * stream counts too, until it is reported). */
 bool sock_has_arrived(const struct sock *s);
 
 /* Reading stops while the input holds limit bytes or more (a held message
