@@ -304,6 +304,7 @@ bool itest_pg_ctl(const char *const args[])
 }
 
 #define PGBENCH_TIMEOUT_MS 60000
+#define COPY_LINE 1024 /* itest_copy_round_trip: 1023 characters and a newline */
 
 /* Runs pgbench (see itest_pgbench_ok); returns its waitpid status (-1: timed
  * out) and its output in *out (malloc'ed). */
@@ -523,6 +524,17 @@ long itest_rss_kb(pid_t pid)
             break;
     fclose(f);
     return kb;
+}
+
+long itest_rss_peak(pid_t pid, long peak, int ms)
+{
+    for (int waited = 0; waited < ms; waited += 50) {
+        itest_sleep_ms(50);
+        long rss = itest_rss_kb(pid);
+        if (rss > peak)
+            peak = rss;
+    }
+    return peak;
 }
 
 void itest_proxy_dump_log(const struct itest_proxy *p, int max_lines)
@@ -1376,8 +1388,6 @@ void itest_kill_all(void)
             g_proxies[i].exited = true;
         }
 }
-
-#define COPY_LINE 1024 /* 1023 characters and a newline */
 
 void itest_copy_round_trip(PGconn *c, int rows)
 {

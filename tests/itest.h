@@ -115,6 +115,9 @@ bool itest_proxy_wait_exit(struct itest_proxy *p, int timeout_ms);
 /* The VmRSS of a process in kB, or -1. */
 long itest_rss_kb(pid_t pid);
 
+/* The highest of peak and the VmRSS of pid sampled every 50 ms for ms. */
+long itest_rss_peak(pid_t pid, long peak, int ms);
+
 /* Prints the last max_lines lines of the proxy's log to stdout. */
 void itest_proxy_dump_log(const struct itest_proxy *p, int max_lines);
 
@@ -244,17 +247,17 @@ void itest_pipeline_end(PGconn *conn, int64_t deadline);
  * (PGRES_PIPELINE_ABORTED), then the Sync; fails the test otherwise. */
 void itest_pipeline_after_error(PGconn *conn, const char *sqlstate, int64_t deadline);
 
+/* COPY FROM STDIN of rows lines of 1 kB into a temporary table, in chunks
+ * that do not match the lines, then COPY TO STDOUT: every row and byte
+ * must come back. Fails the test otherwise. */
+void itest_copy_round_trip(PGconn *c, int rows);
+
 /* ---- assertions on results --------------------------------------------- */
 
 /* These fail the test naming `what` and what came instead. res may be NULL
  * (no result: a timeout or a lost connection), which fails them. They free
  * res before failing, so that a failed test does not add a leak report to
  * its output; on success res stays the caller's. */
-
-/* COPY FROM STDIN of rows lines of 1 kB into a temporary table, in chunks
- * that do not match the lines, then COPY TO STDOUT: every row and byte
- * must come back. Fails the test otherwise. */
-void itest_copy_round_trip(PGconn *c, int rows);
 
 /* res is COMMAND_OK or TUPLES_OK. */
 void itest_assert_result_ok(PGresult *res, const char *what);

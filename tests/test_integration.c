@@ -19,12 +19,12 @@
 
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <dirent.h>
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/ptrace.h>
@@ -1131,13 +1131,7 @@ static void test_backpressure(void **state)
     assert_true(itest_raw_send(fd, pkt, n));
 
     /* Not reading: the proxy must stop reading from the server. */
-    long peak = base;
-    for (int i = 0; i < 40; i++) {
-        itest_sleep_ms(50);
-        long rss = itest_rss_kb(p->pid);
-        if (rss > peak)
-            peak = rss;
-    }
+    long peak = itest_rss_peak(p->pid, base, 2000);
     printf("backpressure: RSS baseline %ld kB, peak while the client stalls %ld kB\n", base, peak);
     if (peak >= base + 16 * 1024)
         fail_msg("proxy RSS grew by %ld kB while the client did not read", peak - base);
@@ -1253,6 +1247,14 @@ static void test_sigterm_graceful(void **state)
     itest_pass();
 }
 
+/* The proxy exits, with status 0, within 10 s. */
+static void assert_exits_cleanly(struct itest_proxy *p)
+{
+    assert_true(itest_proxy_wait_exit(p, 10000));
+    assert_true(WIFEXITED(p->exit_status));
+    assert_int_equal(WEXITSTATUS(p->exit_status), 0);
+}
+
 /* A client that logged in a moment before SIGTERM and has not sent its
  * first request yet, which may be on the wire, gets it served and is
  * closed after; one that has sat silent for longer goes at once, as an
@@ -1270,9 +1272,7 @@ static void test_sigterm_first_request(void **state)
     assert_true(closed_within(silent, 5000));
     assert_int_equal(itest_query_ll(fresh, "SELECT 4"), 4);
     assert_true(closed_within(fresh, 5000));
-    assert_true(itest_proxy_wait_exit(p, 10000));
-    assert_true(WIFEXITED(p->exit_status));
-    assert_int_equal(WEXITSTATUS(p->exit_status), 0);
+    assert_exits_cleanly(p);
     itest_finish(silent);
     itest_finish(fresh);
     itest_pass();
@@ -1321,29 +1321,21 @@ static void release_workers(const pid_t *tids, int n)
             fail_msg("ptrace detach %d: %s", (int)tids[i], strerror(errno));
 }
 
-/* The value of the next row a pipelined query returns, past the ends of
- * results and the pipeline's syncs; -1 for an error, or for nothing within
- * 10 s. */
+/* The value a query sent with send_piped returns, and its Sync's answer;
+ * fails the test on an error or on nothing within 10 s. */
 static int next_piped_value(PGconn *c)
 {
     int64_t deadline = itest_now_ms() + 10000;
+    PGresult *r = itest_pipeline_result(c, deadline);
 
-    for (int nulls = 0; nulls < 3;) {
-        bool timed_out;
-        PGresult *r = itest_next_result(c, deadline, &timed_out);
-        if (timed_out)
-            return -1;
-        if (r == NULL) {
-            nulls++;
-            continue;
-        }
-        ExecStatusType st = PQresultStatus(r);
-        int value = st == PGRES_TUPLES_OK ? atoi(PQgetvalue(r, 0, 0)) : -1;
-        PQclear(r);
-        if (st != PGRES_PIPELINE_SYNC)
-            return value;
-    }
-    return -1;
+    itest_assert_result_ok(r, "a pipelined query");
+    int value = atoi(PQgetvalue(r, 0, 0));
+    PQclear(r);
+    itest_pipeline_end(c, deadline);
+    r = itest_pipeline_result(c, deadline);
+    assert_int_equal(PQresultStatus(r), PGRES_PIPELINE_SYNC);
+    PQclear(r);
+    return value;
 }
 
 static void send_piped(PGconn *c, const char *sql)
@@ -1408,9 +1400,7 @@ static void test_sigterm_request_in_kernel(void **state)
     assert_int_equal(next_piped_value(piped), 21);
     assert_true(closed_within(piped, 5000));
     itest_finish(piped);
-    assert_true(itest_proxy_wait_exit(p, 10000));
-    assert_true(WIFEXITED(p->exit_status));
-    assert_int_equal(WEXITSTATUS(p->exit_status), 0);
+    assert_exits_cleanly(p);
     itest_pass();
 }
 

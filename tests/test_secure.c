@@ -1130,8 +1130,6 @@ static void test_sec_check_config(void **state)
     itest_pass();
 }
 
-/* ---- main ----------------------------------------------------------------- */
-
 /* ---- bulk data through TLS on both legs --------------------------------- */
 
 /* Megabytes each way through TLS sessions on the ring, where a record can
@@ -1181,12 +1179,7 @@ static void test_sec_tls_backpressure(void **state)
     const int rows = 300, width = 1000000; /* 300 MB */
     assert_int_equal(PQsendQuery(c, "SELECT repeat('x', 1000000) FROM generate_series(1, 300)"), 1);
     assert_int_equal(PQsetSingleRowMode(c), 1);
-    long peak = base;
-    for (int i = 0; i < 40; i++) {
-        itest_sleep_ms(50);
-        long rss = itest_rss_kb(p->pid);
-        peak = rss > peak ? rss : peak;
-    }
+    long peak = itest_rss_peak(p->pid, base, 2000);
     printf("TLS backpressure: RSS %ld kB, peak while the client stalls %ld kB\n", base, peak);
     if (peak >= base + 16 * 1024)
         fail_msg("proxy RSS grew by %ld kB while the client did not read", peak - base);
@@ -1217,6 +1210,8 @@ static void test_sec_tls_backpressure(void **state)
     select_n(c, 1);
     itest_pass();
 }
+
+/* ---- main ----------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
