@@ -565,6 +565,28 @@ struct tls_pair {
     SSL_CTX *server_ctx, *client_ctx;
 };
 
+/* Runs the pair's loop until cond holds (bounded: a test that never gets
+ * there fails on what it asserts next). */
+#define RUN_UNTIL(t, cond)                                       \
+    for (int pass_ = 0; pass_ < 100000 && !(cond); pass_++)      \
+        event_base_loop((t)->base, EVLOOP_NONBLOCK)
+
+/* A hundred passes more, for whatever should, or should not, follow. */
+static void settle(struct tls_pair *t)
+{
+    for (int i = 0; i < 100; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
+}
+
+/* A record's header and 8 bytes of its 64-byte body, straight into the
+ * client's socket: part of a record, with no more coming. */
+static void send_partial_record(struct tls_pair *t)
+{
+    const unsigned char part[] = { 0x17, 0x03, 0x03, 0x00, 0x40, 1, 2, 3, 4, 5, 6, 7, 8 };
+
+    assert_int_equal(write(sock_fd(t->client), part, sizeof(part)), (ssize_t)sizeof(part));
+}
+
 /* A loop that runs a few callbacks per pass: an event that keeps making
  * itself active shows as still active after the pass, instead of keeping
  * the pass from ever ending. */
@@ -620,9 +642,7 @@ static int tls_pair_up(void **state)
     if (!sock_start_tls(t->server, SSL_new(t->server_ctx), true) ||
         !sock_start_tls(t->client, SSL_new(t->client_ctx), false))
         return -1;
-    for (int i = 0; i < 100000 && (!t->server_seen.count[SOCK_CONNECTED] ||
-                                 !t->client_seen.count[SOCK_CONNECTED]); i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    RUN_UNTIL(t, t->server_seen.count[SOCK_CONNECTED] && t->client_seen.count[SOCK_CONNECTED]);
     return t->server_seen.count[SOCK_CONNECTED] == 1 && t->client_seen.count[SOCK_CONNECTED] == 1
                ? 0
                : -1;
@@ -700,10 +720,8 @@ static void test_tls_read_limit_resumes(void **state)
         add_pattern(sock_output(t->client), from, record);
         sock_flush(t->client);
     }
-    for (int i = 0; i < 1000 && evbuffer_get_length(in) < limit; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
-    for (int i = 0; i < 100; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    RUN_UNTIL(t, evbuffer_get_length(in) >= limit);
+    settle(t);
     assert_int_equal(evbuffer_get_length(sock_output(t->client)), 0);
     assert_int_equal(evbuffer_get_length(in), limit);
     while (at < total) {
@@ -727,11 +745,9 @@ static void test_tls_read_limit_resumes(void **state)
 static void test_tls_partial_record_waits(void **state)
 {
     struct tls_pair *t = *state;
-    const unsigned char header[] = { 0x17, 0x03, 0x03, 0x00, 0x40, 1, 2, 3, 4, 5, 6, 7, 8 };
-
     bool quiet = false;
 
-    assert_int_equal(write(sock_fd(t->client), header, sizeof(header)), (ssize_t)sizeof(header));
+    send_partial_record(t);
     for (int i = 0; i < 100 && !quiet; i++) {
         /* A pass that ends even while an event keeps itself active. */
         event_base_loopexit(t->base, &(struct timeval){ 0, 0 });
@@ -748,11 +764,9 @@ static void test_tls_partial_record_waits(void **state)
 static void test_tls_has_arrived(void **state)
 {
     struct tls_pair *t = *state;
-    const unsigned char header[] = { 0x17, 0x03, 0x03, 0x00, 0x40, 1, 2, 3, 4, 5, 6, 7, 8 };
-
     event_base_loop(t->base, EVLOOP_NONBLOCK);
     assert_false(sock_has_arrived(t->server));
-    assert_int_equal(write(sock_fd(t->client), header, sizeof(header)), (ssize_t)sizeof(header));
+    send_partial_record(t);
     assert_true(sock_has_arrived(t->server));
     assert_int_equal(evbuffer_get_length(sock_input(t->server)), 0);
 }
@@ -765,13 +779,11 @@ static void test_tls_close(void **state)
 
     evbuffer_add(sock_output(t->client), "bye", 3);
     sock_close_flushed(t->client, 10);
-    for (int i = 0; i < 100000 && !t->client_seen.count[SOCK_CLOSED]; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    RUN_UNTIL(t, t->client_seen.count[SOCK_CLOSED]);
     assert_int_equal(t->client_seen.count[SOCK_CLOSED], 1);
     sock_free(t->client);
     t->client = NULL;
-    for (int i = 0; i < 100000 && !t->server_seen.count[SOCK_EOF]; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    RUN_UNTIL(t, t->server_seen.count[SOCK_EOF]);
     assert_int_equal(t->server_seen.count[SOCK_EOF], 1);
     assert_int_equal(evbuffer_get_length(sock_input(t->server)), 3);
 }
@@ -786,17 +798,14 @@ static void test_tls_end_after_data_while_paused(void **state)
     sock_pause_reading(t->server, true);
     evbuffer_add(sock_output(t->client), "last words", 10);
     sock_close_flushed(t->client, 10);
-    for (int i = 0; i < 100000 && !t->client_seen.count[SOCK_CLOSED]; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    RUN_UNTIL(t, t->client_seen.count[SOCK_CLOSED]);
     sock_free(t->client);
     t->client = NULL;
-    for (int i = 0; i < 100; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    settle(t);
     assert_int_equal(t->server_seen.count[SOCK_READ], 0);
     assert_int_equal(t->server_seen.count[SOCK_EOF], 0);
     sock_pause_reading(t->server, false);
-    for (int i = 0; i < 100000 && !t->server_seen.count[SOCK_EOF]; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    RUN_UNTIL(t, t->server_seen.count[SOCK_EOF]);
     assert_int_equal(t->server_seen.count[SOCK_EOF], 1);
     assert_int_equal(t->server_seen.count[SOCK_ERROR], 0);
     assert_int_equal(evbuffer_get_length(sock_input(t->server)), 10);
@@ -813,15 +822,12 @@ static void test_tls_key_update(void **state)
     assert_int_equal(SSL_key_update(sock_ssl(t->client), SSL_KEY_UPDATE_REQUESTED), 1);
     evbuffer_add(sock_output(t->client), "ping", 4);
     sock_flush(t->client);
-    for (int i = 0; i < 100000 && evbuffer_get_length(sock_input(t->server)) < 4; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
-    for (int i = 0; i < 100; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    RUN_UNTIL(t, evbuffer_get_length(sock_input(t->server)) >= 4);
+    settle(t);
     assert_int_equal(evbuffer_get_length(sock_input(t->server)), 4);
     evbuffer_add(sock_output(t->server), "pong", 4);
     sock_flush(t->server);
-    for (int i = 0; i < 100000 && evbuffer_get_length(sock_input(t->client)) < 4; i++)
-        event_base_loop(t->base, EVLOOP_NONBLOCK);
+    RUN_UNTIL(t, evbuffer_get_length(sock_input(t->client)) >= 4);
     assert_memory_equal(evbuffer_pullup(sock_input(t->client), -1), "pong", 4);
     assert_int_equal(t->server_seen.count[SOCK_ERROR] + t->client_seen.count[SOCK_ERROR], 0);
 }
