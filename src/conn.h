@@ -2,10 +2,10 @@
  * conn: one client connection and its server connection.
  *
  * A struct conn owns both socks, the queue of the session's outstanding
- * requests and the connection's state; nothing outside conn.c reaches into
- * it. It moves bytes with libevent and asks the pure core (pgproto, track)
- * what they mean. It lives and dies on the thread of the worker that
- * accepted it.
+ * requests and the connection's state; nothing outside the module's files
+ * (conn*.c, which share conn_int.h) reaches into it. It moves bytes with
+ * libevent and asks the pure core (pgproto, track) what they mean. It
+ * lives and dies on the thread of the worker that accepted it.
  *
  * Life: conn_accept() -> startup packets -> connect to the server -> relay
  * authentication -> relay the session -> close. A conn frees itself when

@@ -3,7 +3,7 @@
  *
  * One line per event, with a timestamp and level. Connection code prefixes
  * its lines with the connection's id, peer, user and database through
- * log_conn-style macros in conn.c; this module only formats and writes.
+ * the conn_log macro (conn_int.h); this module only formats and writes.
  */
 #ifndef IDEM_LOG_H
 #define IDEM_LOG_H

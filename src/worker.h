@@ -130,7 +130,7 @@ struct worker {
     struct worker_counters counters;
     struct table_stats *_Atomic tables;
 
-    /* What prepare_query (conn.c) masks and builds a Query's INSERT in,
+    /* What prepare_query (conn_client.c) masks and builds a Query's INSERT in,
      * kept from one Query of this thread to the next. */
     struct shape query_shape;
     struct params query_params;

@@ -403,7 +403,7 @@ static void test_await(void **state)
         { 'c', PASS(TR_NOT_SYNC) },
         { 'f', PASS(TR_NOT_SYNC) },
         { 's', PASS(TR_NOT_SYNC) }, /* PortalSuspended is the server's, and not Sync */
-        { '?', PASS(TR_NOT_SYNC) }, /* what conn.c passes for "not a Sync" */
+        { '?', PASS(TR_NOT_SYNC) }, /* what conn_server.c passes for "not a Sync" */
         { 0, PASS(TR_NOT_SYNC) },
     };
 

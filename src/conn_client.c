@@ -1,0 +1,730 @@
+/* conn_client: the client messages the proxy reads (see conn_int.h). */
+#include "conn_int.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "catalog.h"
+#include "params.h"
+#include "rewrite.h"
+#include "rules.h"
+#include "shape.h"
+
+/* The statement and portal name of the proxy's own extended statements. */
+#define GUARD_NAME "idemproxy_guard"
+
+/* ---- notes on requests ------------------------------------------------- */
+
+void free_note(void *arg)
+{
+    struct note *n = arg;
+
+    /* Gone from the queue without ParseComplete (refused, or skipped after
+     * an error): nothing was created. The unnamed statement may still
+     * stand for it, so that a Bind of it fails as it would have. */
+    if (n->creates)
+        stmtcache_created(n->creates, n->number, false);
+    decision_unref(n->decision);
+    free(n);
+}
+
+/* A note taking over a reference to d (which may be NULL), for a message
+ * that defines a name (or NULL). */
+static struct note *note_new(struct decision *d, const char *defines)
+{
+    size_t len = defines ? strlen(defines) + 1 : 0;
+    struct note *n = calloc(1, sizeof(*n) + len);
+
+    if (!n) {
+        decision_unref(d);
+        return NULL;
+    }
+    n->decision = d;
+    n->req.table = -1;
+    if (defines)
+        n->defines = memcpy(n->defined, defines, len);
+    return n;
+}
+
+const struct note *note_of(const struct track_req *r)
+{
+    return r && !r->injected ? r->note : NULL;
+}
+
+/* The server answers a Parse that created a cached statement. */
+bool answers_creation(const struct conn *c)
+{
+    const struct note *n = note_of(answering(c));
+    return n && n->creates;
+}
+
+/* ---- statements -------------------------------------------------------- */
+
+/* One line per registered table's INSERT in a newly decided text; for a
+ * rewrite it quotes what the server receives. */
+static void log_decision(struct conn *c, const struct decision *d, const char *text, size_t len)
+{
+    const struct rewrite_result *r = &d->result;
+
+    if (r->text) {
+        text = r->text;
+        len = r->text_len;
+    }
+    int shown = len > LOG_TEXT_MAX ? LOG_TEXT_MAX : (int)len;
+    for (size_t i = 0; i < r->nstmts; i++) {
+        const struct rewrite_stmt *st = &r->stmts[i];
+        const struct table_rule *rule = scope_table(c->scope, st->target);
+        enum log_level level = st->reason == RR_SHADOW ? LOG_INFO : LOG_DEBUG;
+        if (!log_enabled(level))
+            continue;
+        conn_log(level, c, "%s: INSERT into %s.%s (%s): %.*s%s",
+                 st->reason == RR_SHADOW ? "shadow mode, would rewrite"
+                                         : rewrite_reason_name(st->reason),
+                 rule->schema, rule->name, table_action_name(rule->action), shown, text,
+                 (size_t)shown < len ? "..." : "");
+    }
+}
+
+/* The decision about a Query's or Parse's text; NULL when there is nothing
+ * to do with it. */
+static struct decision *decide_statement(struct conn *c, char type, const uint8_t *body,
+                                         size_t len, size_t *at, size_t *text_len)
+{
+    if (!pg_statement_text(type, body, len, at, text_len))
+        return NULL; /* malformed: the server will say so */
+    if (!c->charset_ok || c->scs_off) {
+        scope_count_reason(c->scope, RR_SESSION);
+        return NULL;
+    }
+    const char *text = (const char *)body + *at;
+    bool fresh;
+    struct decision *d = scope_decide(c->scope, text, *text_len, type == 'P', &fresh);
+    scope_count(c->scope, d);
+    if (d && fresh)
+        log_decision(c, d, text, *text_len);
+    return d;
+}
+
+/* A Query's or Parse's text and what was decided about it. */
+struct statement {
+    const uint8_t *body;
+    size_t len;
+    size_t at, text_len;  /* where the text is in body */
+    struct decision *d;   /* a reference, or NULL */
+    const struct rewrite_stmt *insert; /* its own INSERT into a registered
+                                          table (not one nested in another
+                                          statement), or NULL */
+    int table;            /* that INSERT's scope table, or -1 */
+    bool replaced;        /* the text was rewritten */
+};
+
+static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
+                           struct statement *st)
+{
+    memset(st, 0, sizeof(*st));
+    st->body = msg + PG_HEAD_LEN;
+    st->len = total - PG_HEAD_LEN;
+    st->d = decide_statement(c, (char)msg[0], st->body, st->len, &st->at, &st->text_len);
+    st->table = -1;
+    for (size_t i = 0; st->d && i < st->d->result.nstmts && !st->insert; i++) {
+        if (st->d->result.stmts[i].reason != RR_NESTED) {
+            st->insert = &st->d->result.stmts[i];
+            st->table = (int)st->insert->target;
+        }
+    }
+    st->replaced = st->d && st->d->result.text;
+    if (st->text_len &&
+        rewrite_redefines_statements((const char *)st->body + st->at, st->text_len)) {
+        session_clear(&c->session);
+        stmtcache_forget_all(&c->stmts);
+    }
+}
+
+/* Writes the message with the rewritten text in place of the original's
+ * (a Parse keeps its name and parameter types around it). */
+static void write_rewritten(struct sink *k, char type, const struct statement *st)
+{
+    const struct rewrite_result *r = &st->d->result;
+    size_t rest = st->len - st->at - st->text_len; /* the text's NUL, a Parse's types */
+    uint8_t head[PG_HEAD_LEN];
+
+    head[0] = (uint8_t)type;
+    pg_put_u32(head + 1, (uint32_t)(4 + st->at + r->text_len + rest));
+    sink_write(k, head, sizeof(head));
+    evbuffer_add(k->out, st->body, st->at);
+    evbuffer_add(k->out, r->text, r->text_len);
+    evbuffer_add(k->out, st->body + st->at + st->text_len, rest);
+}
+
+/* ---- cached statements (stmtcache.h) ----------------------------------- */
+
+/* Parse of the cached text under name. */
+static void write_parse(struct sink *k, const char *name, const struct stmt_entry *e)
+{
+    size_t name_len = strlen(name) + 1, text_len, types_len;
+    const char *text = stmtcache_text(e, &text_len);
+    const uint8_t *types = stmtcache_types(e, &types_len);
+    uint8_t head[PG_HEAD_LEN] = { 'P' };
+
+    pg_put_u32(head + 1, (uint32_t)(4 + name_len + text_len + 1 + types_len));
+    sink_write(k, head, sizeof(head));
+    evbuffer_add(k->out, name, name_len);
+    evbuffer_add(k->out, text, text_len + 1);
+    evbuffer_add(k->out, types, types_len);
+}
+
+/* Writes the client's message with the cached statement's name in place
+ * of the unnamed statement's "" at body offset at. */
+static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, size_t total,
+                          size_t at)
+{
+    const char *name = stmtcache_name(c->stmts.unnamed);
+    uint8_t head[PG_HEAD_LEN] = { msg[0] };
+    size_t name_len = strlen(name);
+
+    pg_put_u32(head + 1, (uint32_t)(total - 1 + name_len));
+    sink_write(k, head, sizeof(head));
+    evbuffer_add(k->out, msg + PG_HEAD_LEN, at);
+    evbuffer_add(k->out, name, name_len);
+    evbuffer_add(k->out, msg + PG_HEAD_LEN + at, total - PG_HEAD_LEN - at);
+}
+
+/* The client parses a rewritten INSERT as its unnamed statement. Once the
+ * server holds the cached copy, the Parse that goes is of the empty text:
+ * its ParseComplete, or its silence after an error earlier in the batch,
+ * is what the client's own would have been, and the client's Binds name
+ * the copy. False when the Parse must go as it is. */
+static bool parse_cached(struct conn *c, struct sink *k, const struct statement *st,
+                         struct note *note)
+{
+    static const uint8_t empty_parse[] = { 'P', 0, 0, 0, 8, 0, 0, 0, 0 };
+    const struct rewrite_result *r = &st->d->result;
+    size_t types_at = st->at + st->text_len + 1;
+    struct stmt_entry *e = stmtcache_get(&c->stmts, r->text, r->text_len,
+                                         st->body + types_at, st->len - types_at);
+
+    if (!e)
+        return false;
+    switch (stmtcache_state(e)) {
+    case STMT_READY:
+        sink_write(k, empty_parse, sizeof(empty_parse));
+        break;
+    case STMT_ABSENT:
+        note->number = stmtcache_create(&c->stmts, e);
+        note->creates = e;
+        write_parse(k, stmtcache_name(e), e);
+        break;
+    case STMT_PENDING:
+        return false; /* until its ParseComplete, it may never come to be */
+    }
+    note->maps = e;
+    c->stmts.unnamed = e;
+    return true;
+}
+
+/* A Query, a Parse or a Close of the unnamed statement: it is the server's
+ * own again (unless the server skips the message). */
+static void unnamed_redefined(struct conn *c)
+{
+    if (!c->track.skip_to_sync)
+        c->stmts.unnamed = NULL;
+}
+
+/* The server is to read a message the proxy cannot rename (too large to
+ * hold): its unnamed statement gets the cached text first, so that the
+ * message means what the client meant either way. */
+void restore_unnamed(struct conn *c, struct sink *k)
+{
+    if (!c->track.copy_in && track_inject(&c->track, 'P', INJECT_UNNAMED))
+        write_parse(k, "", c->stmts.unnamed);
+    else
+        conn_log(LOG_ERROR, c, "could not restore the unnamed statement before an unread "
+                 "message");
+    c->stmts.unnamed = NULL;
+}
+
+/* ---- the proxy's own statements ---------------------------------------- */
+
+/* Sends sql as a Query of the proxy's own. Only between the client's
+ * requests at the simple-protocol level; k (when given) keeps the order of
+ * what the relay pass has not moved yet. */
+bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject tag)
+{
+    uint8_t buf[256];
+    size_t need = pg_build_query(buf, sizeof(buf), sql);
+
+    if (need > sizeof(buf) || !track_inject(&c->track, 'Q', tag))
+        return false;
+    if (k)
+        sink_write(k, buf, need);
+    else
+        send_to(c->server, buf, need);
+    return true;
+}
+
+/* Runs sql inside the client's extended batch, on the proxy's own statement
+ * and portal names. */
+static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enum inject tag)
+{
+    uint8_t buf[512];
+    size_t need = pg_build_extended_run(buf, sizeof(buf), GUARD_NAME, sql);
+
+    if (need > sizeof(buf))
+        return false;
+    for (const char *m = "PBECC"; *m; m++)
+        if (!track_inject(&c->track, *m, tag))
+            return false;
+    if (k)
+        sink_write(k, buf, need);
+    else
+        send_to(c->server, buf, need);
+    return true;
+}
+
+/* Asks the server about the registered tables before the session's first
+ * statement; client input waits until the answer is in. Only while the
+ * session is idle: anywhere else the query would join the client's work. */
+void learn_catalog(struct conn *c)
+{
+    const char *sql = scope_catalog_query(c->scope);
+    struct catalog *cat = malloc(sizeof(*cat));
+
+    if (!sql || !cat || !track_inject(&c->track, 'Q', INJECT_CATALOG)) {
+        free(cat);
+        conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
+        return;
+    }
+    size_t len = strlen(sql) + 1;
+    uint8_t head[PG_HEAD_LEN] = { 'Q' };
+    pg_put_u32(head + 1, (uint32_t)(4 + len));
+    evbuffer_add(sock_output(c->server), head, sizeof(head));
+    send_to(c->server, sql, len);
+    catalog_init(cat);
+    c->catalog = cat;
+    c->catalog_ok = true;
+    conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
+}
+
+void catalog_arrived(struct conn *c)
+{
+    bool was_unknown = scope_state(c->scope) == SCOPE_UNKNOWN;
+
+    if (!c->catalog_ok)
+        conn_log(LOG_WARNING, c, "the catalog query failed: INSERTs of this session are not "
+                 "rewritten; the next session tries again");
+    else if (!scope_learn(c->scope, c->catalog))
+        conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
+    else if (was_unknown) {
+        for (size_t i = 0; i < scope_table_count(c->scope); i++) {
+            const struct table_rule *rule = scope_table(c->scope, i);
+            const char *problem = scope_table_problem(c->scope, i);
+            if (problem[0])
+                conn_log(LOG_WARNING, c, "[table %s.%s]: some INSERTs are not rewritten: %s",
+                         rule->schema, rule->name, problem);
+        }
+    }
+    catalog_free(c->catalog);
+    free(c->catalog);
+    c->catalog = NULL;
+    c->resume_client = true;
+}
+
+/* ---- client messages the proxy reads ----------------------------------- */
+
+/* The extended batch begins with its first message after a Sync: what the
+ * session's transaction status is then is only certain when nothing is
+ * outstanding. */
+static void batch_message(struct conn *c)
+{
+    if (!c->batch_open) {
+        c->batch_open = true;
+        c->batch_certain = track_pending(&c->track) == 0;
+        c->batch_executes = 0;
+    }
+}
+
+/* Writes a guarded request: the proxy's SAVEPOINT, the client's message
+ * (msg, or the rewritten one), the proxy's RELEASE. */
+static bool write_guarded(struct conn *c, struct sink *k, const uint8_t *msg, size_t total,
+                          const struct statement *st, struct note *note)
+{
+    char type = (char)msg[0];
+    bool (*inject)(struct conn *, struct sink *, const char *, enum inject) =
+        type == 'Q' ? inject_query : inject_extended;
+
+    if (!inject(c, k, TRANSLATE_SQL_SAVEPOINT, INJECT_SAVEPOINT)) {
+        free_note(note);
+        return false;
+    }
+    if (st && st->replaced)
+        write_rewritten(k, type, st);
+    else
+        sink_write(k, msg, total);
+    return track_client_msg(&c->track, type, note) &&
+           inject(c, k, TRANSLATE_SQL_RELEASE, INJECT_RELEASE);
+}
+
+enum prepared {
+    PREPARED_NOT,    /* nothing written: the Query goes as it is */
+    PREPARED_SENT,   /* the note is the queue's */
+    PREPARED_FAILED, /* out of memory: the pair is failing, the note freed */
+};
+
+/* Runs a Query's rewritten INSERT as the cached statement of its text
+ * with the constants as parameters (params.h), bound to this Query's
+ * values: the server parses and plans it once per session, not at every
+ * Query. The server's answer reads as the Query's: the proxy drops the
+ * replies to its own Close, Parse and Bind (and forwards their errors,
+ * which stand for the client's statement), and the client's request is
+ * the Execute and the Sync. The Close drops the unnamed statement, as the
+ * Query would have (once, until the client parses again). Only for one
+ * INSERT without RETURNING outside a transaction block, with nothing
+ * outstanding: the Sync then commits as the Query would have, and the
+ * unnamed portal goes with the commit. */
+static enum prepared prepare_query(struct conn *c, struct sink *k, const struct statement *st,
+                                   struct note *note)
+{
+    static const uint8_t close_unnamed[] = { 'C', 0, 0, 0, 6, 'S', 0 };
+    static const uint8_t execute_sync[] = { 'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, 'S', 0, 0, 0, 4 };
+    const struct rewrite_result *r = &st->d->result;
+    struct shape *sh = &c->worker->query_shape;
+    struct params *p = &c->worker->query_params;
+
+    if (c->stmts.max == 0 || r->stmt_count != 1 || !st->insert || st->insert->returning ||
+        c->track.txn_status != 'I' || track_pending(&c->track) != 0 ||
+        !shape_of(r->text, r->text_len, sh) || !params_of(sh, r->text, r->text_len, p))
+        return PREPARED_NOT;
+    struct stmt_entry *e = stmtcache_get(&c->stmts, p->text, p->text_len, p->types,
+                                         p->types_len);
+    if (!e || stmtcache_state(e) == STMT_PENDING)
+        return PREPARED_NOT;
+
+    if (!c->unnamed_closed) {
+        if (!track_inject(&c->track, 'C', INJECT_PREPARED))
+            goto failed;
+        sink_write(k, close_unnamed, sizeof(close_unnamed));
+        c->unnamed_closed = true;
+    }
+    if (stmtcache_state(e) == STMT_ABSENT) {
+        /* Its errors' positions are mapped back through the decision. */
+        st->d->refs++;
+        struct note *creating = note_new(st->d, NULL);
+        if (!creating)
+            goto failed;
+        creating->silent = true;
+        creating->creates = e;
+        creating->number = stmtcache_create(&c->stmts, e);
+        write_parse(k, stmtcache_name(e), e);
+        if (!track_client_msg(&c->track, 'P', creating))
+            goto failed;
+    }
+    const char *name = stmtcache_name(e);
+    size_t name_len = strlen(name) + 1;
+    uint8_t head[PG_HEAD_LEN + 1] = { 'B' }; /* and the unnamed portal */
+    uint8_t no_formats[2] = { 0, 0 };
+    pg_put_u32(head + 1, (uint32_t)(4 + 1 + name_len + 2 + p->values_len + 2));
+    sink_write(k, head, sizeof(head));
+    evbuffer_add(k->out, name, name_len);
+    evbuffer_add(k->out, no_formats, sizeof(no_formats));
+    evbuffer_add(k->out, p->values, p->values_len);
+    evbuffer_add(k->out, no_formats, sizeof(no_formats));
+    if (!track_inject(&c->track, 'B', INJECT_PREPARED))
+        goto failed;
+    sink_write(k, execute_sync, sizeof(execute_sync));
+    /* Positions in the server's errors are in the statement's text now. */
+    decision_unref(note->decision);
+    note->decision = NULL;
+    note->req.extended = true;
+    if (!track_client_msg(&c->track, 'E', note) || !track_client_msg(&c->track, 'S', NULL)) {
+        fail_oom(c);
+        return PREPARED_FAILED;
+    }
+    return PREPARED_SENT;
+failed:
+    free_note(note);
+    fail_oom(c);
+    return PREPARED_FAILED;
+}
+
+static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    struct statement st;
+    struct note *note = NULL;
+
+    decide_message(c, msg, total, &st);
+    /* A Query in the middle of a batch ends its implicit transaction, and
+     * drops the unnamed statement. */
+    c->batch_certain = false;
+    unnamed_redefined(c);
+    if (st.table < 0 && !st.replaced) {
+        decision_unref(st.d);
+        return track_client(c, 'Q', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+    note = note_new(st.d, NULL);
+    if (!note) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    note->req = (struct translate_request){
+        .table = st.table,
+        .enabled = st.table >= 0 && scope_translates(c->scope, (size_t)st.table),
+        .statements = st.d->result.stmt_count,
+        .txn_status = c->track.txn_status,
+        .returning = st.insert && st.insert->returning,
+    };
+    /* The status is certain when nothing is outstanding. */
+    if (translate_guard(&note->req, track_pending(&c->track) == 0)) {
+        note->req.guarded = true;
+        if (!write_guarded(c, k, msg, total, &st, note)) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
+        c->guard = GUARD_OPEN;
+        return TAKEN_REPLACED;
+    }
+    if (st.replaced) {
+        switch (prepare_query(c, k, &st, note)) {
+        case PREPARED_SENT:
+            return TAKEN_REPLACED;
+        case PREPARED_FAILED:
+            return TAKEN_CLOSED;
+        case PREPARED_NOT:
+            write_rewritten(k, 'Q', &st);
+            break;
+        }
+    }
+    if (!track_client(c, 'Q', note))
+        return TAKEN_CLOSED;
+    return st.replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
+}
+
+static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    struct statement st;
+
+    decide_message(c, msg, total, &st);
+    batch_message(c);
+    /* Only a single INSERT can be prepared: the name now means it, unless
+     * the server refuses the Parse (see forget_refused) or is skipping
+     * everything to the next Sync anyway. */
+    const struct table_rule *rule = st.table >= 0 && st.d->result.stmt_count == 1 &&
+                                            !c->track.skip_to_sync
+                                        ? scope_table(c->scope, (size_t)st.table)
+                                        : NULL;
+    /* A rewritten text's decision stays with the request: an error's
+     * position is mapped back through it. */
+    const char *name = st.at > 0 ? (const char *)st.body : NULL;
+    struct note *note = note_new(st.replaced ? st.d : NULL, name);
+    if (!st.replaced)
+        decision_unref(st.d);
+    if (!note || (name && !session_parse(&c->session, name, rule ? rule->schema : NULL,
+                                         rule ? rule->name : NULL))) {
+        if (note)
+            free_note(note);
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    bool unnamed = name && name[0] == '\0';
+    if (unnamed)
+        unnamed_redefined(c);
+    if (st.replaced && !(unnamed && rule && parse_cached(c, k, &st, note)))
+        write_rewritten(k, 'P', &st);
+    if (!track_client(c, 'P', note))
+        return TAKEN_CLOSED;
+    return st.replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
+}
+
+/* Reads the NUL-terminated name at *at in body; advances *at past it. */
+static const char *read_name(const uint8_t *body, size_t len, size_t *at)
+{
+    const uint8_t *end = *at < len ? memchr(body + *at, '\0', len - *at) : NULL;
+
+    if (!end)
+        return NULL;
+    const char *name = (const char *)body + *at;
+    *at = (size_t)(end - body) + 1;
+    return name;
+}
+
+static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 0;
+    const char *portal = read_name(body, len, &at);
+    size_t statement_at = at;
+    const char *statement = portal ? read_name(body, len, &at) : NULL;
+
+    batch_message(c);
+    if (!statement)
+        return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    /* A Bind the server skips (it is skipping to Sync after an error)
+     * leaves the portal as it was, which the proxy cannot know. */
+    if (c->track.skip_to_sync) {
+        session_close(&c->session, 'P', portal);
+        return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+    struct note *note = note_new(NULL, portal);
+    if (!note || !session_bind(&c->session, portal, statement)) {
+        if (note)
+            free_note(note);
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    bool renamed = statement[0] == '\0' && c->stmts.unnamed;
+    if (renamed)
+        write_renamed(c, k, msg, total, statement_at);
+    if (!track_client(c, 'B', note))
+        return TAKEN_CLOSED;
+    return renamed ? TAKEN_REPLACED : TAKEN_FORWARD;
+}
+
+/* Taken only while the unnamed statement stands for a cached one. */
+static enum taken take_describe(struct conn *c, const uint8_t *msg, size_t total,
+                                struct sink *k)
+{
+    bool renamed = total >= PG_HEAD_LEN + 2 && msg[PG_HEAD_LEN] == 'S' &&
+                   msg[PG_HEAD_LEN + 1] == '\0' && c->stmts.unnamed;
+
+    batch_message(c);
+    if (renamed)
+        write_renamed(c, k, msg, total, 1);
+    if (!track_client(c, 'D', NULL))
+        return TAKEN_CLOSED;
+    return renamed ? TAKEN_REPLACED : TAKEN_FORWARD;
+}
+
+static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 1;
+    const char *name = len > 1 ? read_name(body, len, &at) : NULL;
+
+    batch_message(c);
+    if (name)
+        session_close(&c->session, (char)body[0], name);
+    /* It closes the server's own unnamed statement, as the client meant. */
+    if (name && body[0] == 'S' && name[0] == '\0')
+        unnamed_redefined(c);
+    return track_client(c, 'C', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
+/* An Execute of a recognised INSERT carries what translation needs; in a
+ * transaction block it runs under the proxy's savepoint. */
+static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 0;
+    const char *portal = read_name(body, len, &at);
+    const char *schema, *name;
+    int table = -1;
+
+    batch_message(c);
+    c->batch_executes++;
+    if (portal && session_portal(&c->session, portal, &schema, &name))
+        table = scope_find_table(c->scope, schema, name);
+    if (table < 0) {
+        /* What it runs is unknown: later Executes of the batch cannot know
+         * whether the transaction block is still open. */
+        c->batch_certain = false;
+        return track_client(c, 'E', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+    struct note *note = note_new(NULL, NULL);
+    if (!note) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    note->req = (struct translate_request){
+        .extended = true,
+        .table = table,
+        .enabled = scope_translates(c->scope, (size_t)table),
+        .statements = c->batch_executes,
+        .txn_status = c->track.txn_status,
+    };
+    if (!translate_guard(&note->req, c->batch_certain))
+        return track_client(c, 'E', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    note->req.guarded = true;
+    if (!write_guarded(c, k, msg, total, NULL, note)) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    c->batch_guarded = true;
+    return TAKEN_REPLACED;
+}
+
+static enum taken take_sync(struct conn *c)
+{
+    c->batch_open = false;
+    c->batch_ending = c->batch_guarded;
+    c->batch_guarded = false;
+    if (c->guard == GUARD_AWAIT_SYNC)
+        c->guard = GUARD_SYNCED;
+    return track_client(c, 'S', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
+/* A Flush after an Execute: the client may wait for its outcome before it
+ * sends anything more, so an error must not wait for its next message. */
+static enum taken take_flush(struct conn *c)
+{
+    const struct track_req *last = NULL;
+
+    /* The client's last request; the proxy's RELEASE may follow it. */
+    for (size_t n = track_pending(&c->track); n > 0 && !last; n--) {
+        const struct track_req *r = track_at(&c->track, n - 1);
+        if (!r->injected)
+            last = r;
+    }
+    if (last && last->kind == TRACK_EXECUTE && last->note)
+        ((struct note *)last->note)->flushed = true;
+    return track_client(c, 'H', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
+/* Terminate: the server goes on to the next client when it can (nothing
+ * of this pass may be on its way to it), else hears the goodbye. */
+static enum taken take_terminate(struct conn *c, struct sink *k)
+{
+    if (k->span == 0 && keep_server(c)) {
+        close_pair(c, "client left; server kept for reuse");
+        return TAKEN_CLOSED;
+    }
+    return track_client(c, 'X', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
+/* The session's rules went (a reload) while its unnamed statement stood
+ * for a cached one: its names are followed until the client redefines it. */
+static enum taken take_named(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    char type = (char)msg[0];
+
+    switch (type) {
+    case 'B': return take_bind(c, msg, total, k);
+    case 'D': return take_describe(c, msg, total, k);
+    case 'C': return take_close(c, msg, total);
+    default:
+        if (type == 'Q' || (total > PG_HEAD_LEN && msg[PG_HEAD_LEN] == '\0'))
+            unnamed_redefined(c);
+        return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+}
+
+enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
+                           struct sink *k)
+{
+    char type = (char)msg[0];
+
+    if (type == 'X')
+        return take_terminate(c, k);
+    if (!rewriting(c))
+        return take_named(c, msg, total, k);
+    switch (type) {
+    case 'Q': return take_query(c, msg, total, k);
+    case 'P': return take_parse(c, msg, total, k);
+    case 'B': return take_bind(c, msg, total, k);
+    case 'D': return take_describe(c, msg, total, k);
+    case 'E': return take_execute(c, msg, total, k);
+    case 'C': return take_close(c, msg, total);
+    case 'S': return take_sync(c);
+    case 'H': return take_flush(c);
+    default:
+        return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    }
+}

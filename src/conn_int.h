@@ -1,0 +1,372 @@
+/*
+ * conn_int.h: what the files of the conn module share, and nothing else
+ * includes.
+ *
+ * A pair's work is split by job, each file over the one struct conn:
+ *   conn.c         the pair's life, the relay loop that frames both
+ *                  directions, the callbacks of both socks
+ *   conn_client.c  client messages the proxy reads: statements decided,
+ *                  rewritten and guarded; the proxy's own requests
+ *   conn_server.c  server messages the proxy reads: errors translated,
+ *                  replies to the proxy's requests, session settings
+ *   conn_login.c   from the startup packet to an active session: TLS,
+ *                  the server connection, authentication, kept servers
+ *   conn_admin.c   the admin console
+ * All of them run on the pair's worker thread only.
+ */
+#ifndef IDEM_CONN_INT_H
+#define IDEM_CONN_INT_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <openssl/evp.h>
+
+#include "conn.h"
+#include "log.h"
+#include "pgproto.h"
+#include "session.h"
+#include "sock.h"
+#include "stmtcache.h"
+#include "track.h"
+#include "translate.h"
+#include "welcome.h"
+#include "worker.h"
+
+
+/* Bytes a side may have queued for writing before the proxy stops reading
+ * from the other side; reading resumes when half of it has drained. */
+#define OUT_HIGH (256 * 1024)
+#define OUT_LOW (OUT_HIGH / 2)
+/* The input a side keeps unless a held message needs more. */
+#define READ_CHUNK (64 * 1024)
+/* How much of a statement a log line quotes. */
+#define LOG_TEXT_MAX 200
+
+enum conn_state {
+    CONN_STARTUP,    /* reading the client's startup-phase packets */
+    CONN_AUTH,       /* auth_type = scram-sha-256: the proxy authenticates the client */
+    CONN_CONNECTING, /* the client may log in; connecting to the server */
+    CONN_SERVER_TLS, /* SSLRequest sent to the server, or the handshake under way */
+    CONN_LOGIN,      /* relaying authentication until the first ReadyForQuery */
+    CONN_ACTIVE,     /* relaying the session, tracking its requests */
+    CONN_ADMIN,      /* the admin console: the proxy answers, no server */
+    CONN_CLOSING,    /* flushing what each side still has to read */
+};
+
+/* What the proxy sent a request of its own for (track_req.tag). */
+enum inject {
+    INJECT_CATALOG = 1, /* the catalog query after login or reload */
+    INJECT_SAVEPOINT,   /* opens the guard ahead of the client's INSERT */
+    INJECT_RELEASE,     /* closes it after the INSERT succeeded */
+    INJECT_ROLLBACK,    /* rolls back to it after a 23505 */
+    INJECT_UNNAMED,     /* gives the server's unnamed statement the cached text,
+                           ahead of a message the proxy cannot rename */
+    INJECT_PREPARED,    /* the Close and Bind that run a Query's INSERT as a
+                           cached statement (prepare_query) */
+};
+
+/* The proxy's savepoint around an INSERT in a transaction block (see
+ * translate.h). SAVEPOINT, the statement and RELEASE go to the server
+ * together, so a success costs no wait. An extended Execute needs no state
+ * here until it fails; a simple Query holds the client's input until its
+ * answer is settled, since a rollback may have to come before anything
+ * else of the client's. */
+enum guard {
+    GUARD_NONE,
+    GUARD_OPEN,       /* simple: the Query's outcome is awaited */
+    GUARD_BROKEN,     /* simple: the SAVEPOINT failed and the client heard why;
+                         the Query's own error adds nothing */
+    GUARD_RELEASING,  /* simple: the Query succeeded; RELEASE's ReadyForQuery is
+                         the client's, and so is RELEASE's error (a cancel) */
+    GUARD_SPENT,      /* simple: the Query failed otherwise; RELEASE fails in the
+                         aborted block, unheard; its ReadyForQuery is the client's */
+    GUARD_FAILED,     /* simple: a 23505 is held; once RELEASE has failed in the
+                         aborted block, the rollback goes */
+    GUARD_AWAIT_SYNC, /* extended: a 23505 is held; the client's next message
+                         must be Sync for the rollback to be honest */
+    GUARD_SYNCED,     /* extended: that Sync went; its ReadyForQuery is the cue */
+    GUARD_ROLLBACK,   /* ROLLBACK TO and RELEASE went; the client's answer waits */
+};
+
+struct conn {
+    struct conn *prev, *next; /* the proxy's list */
+    struct worker *worker;
+    uint64_t id;
+    time_t since;               /* accepted at */
+    bool admin;                 /* logging in to the admin console */
+    enum conn_state state;
+
+    struct sock *client;
+    struct sock *server;
+    struct evdns_getaddrinfo_request *resolving; /* the server's name, being looked up */
+    bool resolved_early;        /* the lookup ended inside evdns_getaddrinfo */
+    int resolve_result;
+    struct evutil_addrinfo *resolve_ai;
+    uint8_t *startup;           /* the StartupMessage, as the server gets it */
+    size_t startup_len;
+    struct event *login_timer;
+
+    /* Bytes of the current message still to stream through unread, per
+     * direction: messages are streamed, never buffered whole, unless the
+     * proxy must read them. stream_discard: drop them instead (the rest of
+     * an oversized reply to the proxy's own query). */
+    size_t stream_left[FLOW_COUNT];
+    bool stream_discard[FLOW_COUNT];
+    bool paused[FLOW_COUNT];             /* reading the source of this direction stopped */
+    bool holding[FLOW_COUNT];            /* the source's read limit is raised for a held message */
+
+    struct track track;
+    struct ruleset *rules;      /* the rules the session runs under (a reference) */
+    struct scope *scope;        /* its database and role's; NULL: never rewrite */
+    struct catalog *catalog;    /* the proxy's catalog query is under way: client
+                                   input waits until its answer is in */
+    bool catalog_ok;            /* no row of that answer was refused */
+    bool resume_client;         /* the catalog arrived: relay the client's input */
+    bool replication;           /* a replication session: never rewrite */
+
+    /* Translating unique violations. */
+    struct session session;     /* the client's statements and portals */
+    struct stmtcache stmts;     /* the proxy's prepared rewritten INSERTs */
+    bool unnamed_closed;        /* the server holds no unnamed statement: the proxy
+                                   closed it, and the client sent no Parse since */
+    bool batch_open;            /* extended messages since the last Sync */
+    bool batch_certain;         /* the block's status was known as the batch began,
+                                   and everything it ran so far is known */
+    size_t batch_executes;      /* Executes since the last Sync */
+    bool batch_guarded;         /* a guarded Execute is in the batch */
+    bool batch_ending;          /* a guarded batch's Sync went: the client's next
+                                   messages wait for its ReadyForQuery, since a
+                                   rollback may have to come first */
+    enum guard guard;
+    uint8_t *held_error;        /* a 23505 waiting to be sent or replaced */
+    size_t held_error_len;
+    int held_table;             /* the scope table it is about */
+    bool await_next;            /* held_error waits for the client's next message */
+    bool rollback_failed;       /* the rollback to the savepoint failed (a cancel) */
+
+    /* Session settings that decide whether statement text may be scanned. */
+    char client_encoding[32];
+    char server_encoding[32];
+    bool charset_ok;            /* rewrite_charset() accepts the encodings */
+    bool charset_utf8;          /* the server counts error positions in UTF-8 */
+    bool scs_off;               /* standard_conforming_strings = off */
+
+    /* TLS and authentication. */
+    bool client_tls;            /* the client connection is TLS */
+    bool server_tls;            /* the server connection is TLS */
+    uint8_t server_cb[EVP_MAX_MD_SIZE]; /* the server certificate's binding data */
+    size_t server_cb_len;
+    struct login *login;        /* the proxy's part of the login (auth_type = scram-sha-256) */
+    struct authquery *lookup;   /* auth_query under way */
+
+    /* server_reuse: the server may be kept for, or come from, a session
+     * with the same StartupMessage; what its login said, as the next
+     * client must hear it. */
+    bool reusable;
+    struct welcome welcome;
+    uint64_t generation;        /* the worker's settings when the server came */
+    uint8_t given_key[PG_BACKEND_KEY_MAX]; /* the BackendKeyData body the client got, */
+    size_t given_key_len;       /* when it is the proxy's (0: none) */
+
+    bool counted;               /* holds a max_client_conn slot */
+    bool stop_when_idle;        /* the proxy is shutting down */
+    bool spoke;                 /* the client sent a message since its login */
+    uint64_t logged_in_ns;      /* when, on the monotonic clock */
+    bool server_said_fatal;     /* the server explained its own goodbye */
+    uint8_t negotiations;
+
+    char peer[INET6_ADDRSTRLEN + 8];
+    char *user;
+    char *database;
+};
+
+#define conn_log(level, c, fmt, ...)                                               \
+    do {                                                                            \
+        if (log_enabled(level))                                                     \
+            log_msg(level, "conn %llu %s %s/%s: " fmt, (unsigned long long)(c)->id, \
+                    (c)->peer, (c)->user ? (c)->user : "-",                         \
+                    (c)->database ? (c)->database : "-", ##__VA_ARGS__);            \
+    } while (0)
+
+
+/* What a taken message became. */
+enum taken {
+    TAKEN_FORWARD,  /* moves on unchanged */
+    TAKEN_REPLACED, /* the handler wrote something else in its place */
+    TAKEN_DROPPED,  /* it goes nowhere */
+    TAKEN_CLOSED,   /* the pair was closed */
+};
+
+/* Messages up to this size are copied out to be read; longer ones are made
+ * contiguous in place. */
+#define SMALL_MSG 512
+
+/* Where a relay pass puts bytes. The messages it has passed over but not
+ * moved yet (span, at the front of in) go out before anything a handler
+ * writes, so that order is kept without moving every message on its own. */
+struct sink {
+    struct evbuffer *in, *out;
+    size_t span;
+};
+
+static inline void sink_flush(struct sink *k)
+{
+    if (k->span) {
+        evbuffer_remove_buffer(k->in, k->out, k->span);
+        k->span = 0;
+    }
+}
+
+static inline void sink_write(struct sink *k, const void *data, size_t len)
+{
+    sink_flush(k);
+    evbuffer_add(k->out, data, len);
+}
+
+/* What the proxy knows about one of the client's requests. */
+struct note {
+    struct decision *decision;   /* a rewritten text: error positions map through it */
+    struct translate_request req; /* a Query or Execute of a recognised INSERT */
+    const char *defines;         /* a Parse's statement or a Bind's portal name */
+    bool flushed;                /* an Execute the client sent a Flush after */
+    struct stmt_entry *maps;     /* a Parse that made the unnamed statement stand for
+                                    this cached one */
+    struct stmt_entry *creates;  /* ... and created it on the server, */
+    uint64_t number;             /* under this number */
+    bool silent;                 /* the proxy's Parse for a Query: its
+                                    ParseComplete is the proxy's, and
+                                    its text has parameters (params.h) */
+    char defined[];              /* where defines points */
+};
+
+enum own_msg {
+    OWN_MSG_NONE,  /* not all of it is in yet */
+    OWN_MSG_READY, /* whole */
+    OWN_MSG_BAD,   /* invalid header, longer than allowed, or no memory */
+};
+
+/* ---- conn.c ------------------------------------------------------------ */
+
+/* Sends bytes the proxy writes itself to s, at once. */
+void send_to(struct sock *s, const void *data, size_t len);
+/* Tells the client why with a FATAL (sqlstate, message), then closes the
+ * pair, logging reason. */
+void fail_client(struct conn *c, const char *sqlstate, const char *message,
+                 const char *reason);
+void fail_oom(struct conn *c);
+/* Ends the pair: logs why once, lets each side flush what it still has to
+ * read, then frees everything. Safe to call more than once. */
+void close_pair(struct conn *c, const char *reason);
+
+/* The client's next whole message while the proxy answers the client
+ * itself, at most max bytes (no more than READ_CHUNK). READY: *msg points
+ * at it, type byte first; the caller drains head->len + 1 bytes. */
+enum own_msg next_own_msg(struct conn *c, size_t max, struct pg_msg_head *head,
+                          const uint8_t **msg);
+
+/* server_reuse: a key of the proxy's for the client, standing for the
+ * server's real one (a BackendKeyData body); false when none could be
+ * made. forget_key: the client's key stops cancelling anything. */
+bool give_key(struct conn *c, const uint8_t *real, size_t len);
+void forget_key(struct conn *c);
+/* server_reuse: parks the server of an idle session in the worker's pool
+ * for the next client with the same login. True when it did. */
+bool keep_server(struct conn *c);
+
+/* Raises the read limit of direction d's source so that a held message of
+ * total bytes fits; hold_done puts it back. */
+void hold_for(struct conn *c, enum flow d, size_t total);
+void hold_done(struct conn *c, enum flow d);
+/* Notes a FATAL or PANIC from the server; returns whether err is one. */
+bool note_fatal(struct conn *c, const struct pg_error *err);
+
+/* The session's statements are decided by rules (it is active, and its
+ * scope's catalog is known). */
+bool rewriting(const struct conn *c);
+/* The request the server is answering, when the proxy tracks one. */
+const struct track_req *answering(const struct conn *c);
+/* A server message of type answers the proxy's own request. */
+bool answers_injected(const struct conn *c, char type);
+/* The proxy holds a savepoint or an error: it follows every reply. */
+bool translating(const struct conn *c);
+/* Client input must wait for what the server says next. */
+bool client_held(const struct conn *c);
+/* Record a message in the request queue; false when the pair failed. */
+bool track_client(struct conn *c, char type, struct note *note);
+bool track_plain(struct conn *c, enum flow d, char type, char status);
+uint64_t now_ns(void);
+
+/* Moves every whole message it can in direction d; false when the pair was
+ * closed. */
+bool relay(struct conn *c, enum flow d);
+/* The client's input, whatever the state. */
+void client_read(struct conn *c);
+void server_sock_cb(struct sock *s, enum sock_event event, void *arg);
+
+/* ---- conn_client.c ----------------------------------------------------- */
+
+/* Handles a client message relay() takes (client_handling says which),
+ * writing what replaces it into k. */
+enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total, struct sink *k);
+/* The request queue's destructor of notes. */
+void free_note(void *arg);
+/* The note of a request of the client's (NULL for the proxy's own). */
+const struct note *note_of(const struct track_req *r);
+/* The server answers a Parse that created a cached statement. */
+bool answers_creation(const struct conn *c);
+/* Sends sql as a Query of the proxy's own, into k when given (keeping the
+ * relay pass's order), else straight to the server. */
+bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject tag);
+/* Asks the server about the registered tables; client input waits. */
+void learn_catalog(struct conn *c);
+/* The catalog query's ReadyForQuery: what it said goes to the scope. */
+void catalog_arrived(struct conn *c);
+/* The server is to read a message naming the unnamed statement that the
+ * proxy cannot rename: the statement gets the cached text first. */
+void restore_unnamed(struct conn *c, struct sink *k);
+
+/* ---- conn_server.c ----------------------------------------------------- */
+
+/* Handles a server message relay() takes (server_handling says which). */
+enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t total, struct sink *k);
+/* The client's next message (of type) settles a 23505 held for it:
+ * settle_await outside the proxy's savepoint, guard_next under it. */
+void settle_await(struct conn *c, char type);
+void guard_next(struct conn *c, char type);
+/* A ParameterStatus: the settings that decide whether text may be read. */
+void note_setting(struct conn *c, const char *name, const char *value);
+
+/* ---- conn_login.c ------------------------------------------------------ */
+
+void login_timeout_cb(evutil_socket_t fd, short what, void *arg);
+/* The client's startup-phase packets, and its SASL messages while the
+ * proxy authenticates it. */
+void read_startup(struct conn *c);
+void read_auth(struct conn *c);
+/* The server connection: connected, then its TLS, then the startup. */
+void send_startup(struct conn *c);
+void read_tls_answer(struct conn *c);
+void server_tls_ready(struct conn *c);
+void server_tls_failed(struct conn *c);
+void cannot_connect(struct conn *c, const char *why);
+/* An Authentication request from the server during its login. */
+enum taken take_auth_request(struct conn *c, const uint8_t *msg, size_t total, struct sink *k);
+/* The server's first ReadyForQuery (or a kept server's): the session is
+ * active. */
+void login_done(struct conn *c);
+
+/* ---- conn_admin.c ------------------------------------------------------ */
+
+/* The client logged in to the admin console: the proxy greets it. */
+void admin_begin(struct conn *c);
+/* Commands to the console, each answered before the next is read. */
+void admin_read(struct conn *c);
+
+#endif

@@ -1,0 +1,460 @@
+/* conn_server: the server messages the proxy reads (see conn_int.h). */
+#include "conn_int.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "catalog.h"
+#include "params.h"
+#include "rewrite.h"
+#include "rules.h"
+
+/* ---- translating unique violations ------------------------------------- */
+
+static void send_complete(struct sink *k)
+{
+    uint8_t buf[32];
+    size_t need = pg_build_command_complete(buf, sizeof(buf), TRANSLATE_TAG);
+    sink_write(k, buf, need);
+}
+
+static void count_translation(struct conn *c, int table, enum translate_reason why)
+{
+    const struct table_rule *rule = scope_table(c->scope, (size_t)table);
+
+    scope_count_translation(c->scope, (size_t)table, why);
+    conn_log(LOG_DEBUG, c, "unique violation on %s.%s: %s", rule->schema, rule->name,
+             why == TR_TRANSLATED ? "reported as INSERT 0 0" : translate_reason_name(why));
+}
+
+/* Keeps an error to send (or replace) once the proxy knows which. */
+static bool hold_error(struct conn *c, const uint8_t *msg, size_t total, int table)
+{
+    c->held_error = malloc(total);
+    if (!c->held_error)
+        return false;
+    memcpy(c->held_error, msg, total);
+    c->held_error_len = total;
+    c->held_table = table;
+    return true;
+}
+
+/* Sends the held error on (translated or not), and forgets it. */
+static void release_error(struct conn *c, struct sink *k, bool translated,
+                          enum translate_reason why)
+{
+    if (translated)
+        send_complete(k);
+    else
+        sink_write(k, c->held_error, c->held_error_len);
+    count_translation(c, c->held_table, why);
+    free(c->held_error);
+    c->held_error = NULL;
+    c->await_next = false;
+}
+
+/* The client's next message after an Execute whose 23505 waits: a Sync
+ * means nothing else shared the failed implicit transaction. Anything else
+ * settles it too: a Flush says the client may be waiting for the outcome.
+ * The held error goes to the client before anything the server says next. */
+void settle_await(struct conn *c, char type)
+{
+    enum translate_reason why;
+    bool translated = translate_await(type, &why) == TRANSLATE_COMPLETE;
+    struct sink k = { NULL, sock_output(c->client), 0 };
+    release_error(c, &k, translated, why);
+    sock_flush(c->client);
+}
+
+/* The client's next message after an Execute whose 23505 waits under the
+ * proxy's savepoint: only a Sync lets the rollback happen honestly. Anything
+ * else is skipped by the server, and a Flush says the client may be waiting
+ * for the outcome: the client hears the error as it is. */
+void guard_next(struct conn *c, char type)
+{
+    if (type == 'S')
+        return;
+    struct sink k = { NULL, sock_output(c->client), 0 };
+    release_error(c, &k, false, TR_NOT_SYNC);
+    sock_flush(c->client);
+    c->guard = GUARD_NONE;
+}
+
+/* The client's next message after a guarded Execute that failed, as far
+ * as it was sent: 'S' for Sync, 'H' for anything else (a Flush too, after
+ * which the client may be waiting), 0 when nothing came yet. The proxy's
+ * own RELEASE behind the Execute does not count. */
+static char guarded_next(const struct conn *c, const struct note *note)
+{
+    const struct track_req *r;
+    size_t i = 1;
+
+    while ((r = track_at(&c->track, i)) && r->injected)
+        i++;
+    if (!r)
+        return note && note->flushed ? 'H' : 0;
+    if (r->kind != TRACK_SYNC)
+        return 'H';
+    /* The rollback must reach the server before anything the client sent
+     * after the Sync. */
+    while ((r = track_at(&c->track, ++i)))
+        if (!r->injected)
+            return 'H';
+    return 'S';
+}
+
+/* The server refused an extended message and skips the rest up to Sync:
+ * what the Parses and Binds among them defined never came to be, so their
+ * names are forgotten (the server may still hold an older meaning, which
+ * the proxy does not know). */
+static void forget_refused(struct conn *c)
+{
+    const struct track_req *r;
+
+    for (size_t i = 0; (r = track_at(&c->track, i)) && r->kind != TRACK_SYNC; i++) {
+        const struct note *n = note_of(r);
+        if (r->kind == TRACK_QUERY || r->kind == TRACK_FUNCALL || r->kind == TRACK_COPY_END)
+            break;
+        if (n && n->defines)
+            session_close(&c->session, r->kind == TRACK_PARSE ? 'S' : 'P', n->defines);
+        /* Skipped, so the unnamed statement is what it was before. */
+        if (i > 0 && n && n->maps && c->stmts.unnamed == n->maps)
+            c->stmts.unnamed = NULL;
+    }
+}
+
+/* A statement the server says does not exist (the client's SQL dropped it
+ * where the proxy could not see) is created again next time. */
+static void note_statement_gone(struct conn *c, const struct pg_error *err)
+{
+    if (err->code && strcmp(err->code, "26000") == 0)
+        stmtcache_forget_all(&c->stmts);
+}
+
+/* An error about one of the client's requests: its position is mapped back
+ * onto the client's text, and a unique violation on a registered table may
+ * be reported as success. */
+static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN;
+    const struct note *note = note_of(answering(c));
+    struct pg_error err;
+
+    if (!pg_error_parse(body, len, &err))
+        return TAKEN_FORWARD;
+    note_fatal(c, &err);
+    note_statement_gone(c, &err);
+    forget_refused(c);
+    if (c->guard == GUARD_BROKEN) {
+        /* The proxy's savepoint failed and said so; this is the client's
+         * statement failing in the aborted block, which adds nothing. */
+        c->guard = GUARD_SPENT;
+        return TAKEN_DROPPED;
+    }
+
+    int error_table = -1;
+    if (c->scope && err.schema && err.table)
+        error_table = scope_find_table(c->scope, err.schema, err.table);
+    if (error_table >= 0 && err.code && strcmp(err.code, "23505") == 0) {
+        struct translate_request req = { .table = -1 };
+        if (note)
+            req = note->req;
+        /* What the block was when this request began is what the last
+         * ReadyForQuery said; a savepoint was placed knowing it already. */
+        if (!req.guarded)
+            req.txn_status = c->track.txn_status;
+        struct translate_error error = { err.code, error_table, err.where != NULL };
+        enum translate_reason why;
+        enum translate_verdict verdict = translate_decide(&req, &error, &why);
+        const struct track_req *next = track_at(&c->track, 1);
+        switch (verdict) {
+        case TRANSLATE_COMPLETE:
+            count_translation(c, error_table, why);
+            send_complete(k);
+            return TAKEN_REPLACED;
+        case TRANSLATE_AWAIT:
+            /* What the client sent after the Execute settles it now, if it
+             * sent anything: the next request the proxy tracks, else a
+             * Flush, after which the client may be waiting for the outcome. */
+            if ((next && !next->injected) || note->flushed) {
+                char next_type = next && !next->injected
+                                     ? (next->kind == TRACK_SYNC ? 'S' : '?')
+                                     : 'H';
+                verdict = translate_await(next_type, &why);
+                count_translation(c, error_table, why);
+                if (verdict == TRANSLATE_COMPLETE) {
+                    send_complete(k);
+                    return TAKEN_REPLACED;
+                }
+                return TAKEN_FORWARD;
+            }
+            if (!hold_error(c, msg, total, error_table)) {
+                fail_oom(c);
+                return TAKEN_CLOSED;
+            }
+            c->await_next = true;
+            return TAKEN_DROPPED;
+        case TRANSLATE_ROLLBACK: {
+            /* Extended: the server now skips to the client's Sync, which
+             * must be the client's next message for the rollback to be
+             * honest; anything else it sent is lost, so the error stands. */
+            char after = req.extended ? guarded_next(c, note) : 0;
+            if (after == 'H') {
+                count_translation(c, error_table, TR_NOT_SYNC);
+                return TAKEN_FORWARD;
+            }
+            if (!hold_error(c, msg, total, error_table)) {
+                fail_oom(c);
+                return TAKEN_CLOSED;
+            }
+            /* Simple: the rollback follows RELEASE's failure in the aborted
+             * block. Extended: it follows the Sync's ReadyForQuery. */
+            c->guard = !req.extended ? GUARD_FAILED
+                                     : after == 'S' ? GUARD_SYNCED : GUARD_AWAIT_SYNC;
+            return TAKEN_DROPPED;
+        }
+        case TRANSLATE_PASS:
+            count_translation(c, error_table, why);
+            break;
+        }
+    }
+    if (c->guard == GUARD_OPEN) {
+        /* The guarded Query failed otherwise: the block is aborted as the
+         * client will see; the savepoint goes with whatever it does next. */
+        c->guard = GUARD_SPENT;
+    }
+
+    if (note && note->decision && note->decision->result.text && err.position) {
+        const struct rewrite_result *r = &note->decision->result;
+        size_t pos = strtoul(err.position, NULL, 10);
+        /* The proxy's Parse for a Query: first from its statement onto the
+         * rewritten text. */
+        if (note->silent)
+            pos = params_position(r->text, r->text_len, pos, c->charset_utf8);
+        size_t mapped = rewrite_map_position(r, pos, c->charset_utf8);
+        char value[24];
+        uint8_t buf[1024];
+        snprintf(value, sizeof(value), "%zu", mapped);
+        size_t need = pg_fields_replace(buf, sizeof(buf), 'E', body, len, 'P', value);
+        uint8_t *big = need > sizeof(buf) && need != SIZE_MAX ? malloc(need) : NULL;
+        if (big)
+            pg_fields_replace(big, need, 'E', body, len, 'P', value);
+        if (need <= sizeof(buf) || big) {
+            sink_write(k, big ? big : buf, need);
+            free(big);
+            return TAKEN_REPLACED;
+        }
+    }
+    return TAKEN_FORWARD;
+}
+
+/* A reply to the proxy's own request. The client never sees it, except an
+ * error that stands for the client's statement or ends the session. */
+static enum taken take_injected_reply(struct conn *c, enum inject tag, char type,
+                                      const uint8_t *msg, size_t total, struct sink *k)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN;
+    enum taken taken = TAKEN_DROPPED;
+    struct pg_error err;
+    bool error = type == 'E' && pg_error_parse(body, len, &err);
+    char status = type == 'Z' ? pg_ready_status(body, len) : 0;
+
+    if (error) {
+        if (note_fatal(c, &err))
+            taken = TAKEN_FORWARD;
+        note_statement_gone(c, &err);
+    }
+    if (type == 'E')
+        forget_refused(c);
+    switch (tag) {
+    case INJECT_CATALOG:
+        if (type == 'D' && c->catalog && !catalog_add_row(c->catalog, body, len))
+            c->catalog_ok = false;
+        if (type == 'E') {
+            c->catalog_ok = false;
+            if (error)
+                conn_log(LOG_WARNING, c, "catalog query: %s %s", err.code ? err.code : "?",
+                         err.message ? err.message : "");
+        }
+        break;
+    case INJECT_SAVEPOINT:
+        if (type == 'E') {
+            /* The statement cannot run as planned (a cancel, say): the
+             * client hears this error for it. A Query's own error then adds
+             * nothing; an Execute is skipped by the server anyway. */
+            taken = TAKEN_FORWARD;
+            if (c->guard == GUARD_OPEN)
+                c->guard = GUARD_BROKEN;
+        }
+        break;
+    case INJECT_RELEASE:
+        if (type == 'E' && (c->guard == GUARD_RELEASING || c->guard == GUARD_NONE)) {
+            /* After the client was told its INSERT succeeded: the block
+             * failed now (a cancel), which the client must hear. */
+            taken = TAKEN_FORWARD;
+        }
+        if (type == 'Z') {
+            if (c->guard == GUARD_FAILED) {
+                /* The 23505 aborted the block: roll back to the savepoint,
+                 * then tell the client. */
+                if (!inject_query(c, NULL, TRANSLATE_SQL_ROLLBACK, INJECT_ROLLBACK)) {
+                    fail_oom(c);
+                    return TAKEN_CLOSED;
+                }
+                c->guard = GUARD_ROLLBACK;
+            } else {
+                /* It tells the truth about the block: the client's. */
+                taken = TAKEN_FORWARD;
+                c->guard = GUARD_NONE;
+            }
+        }
+        break;
+    case INJECT_UNNAMED:
+    case INJECT_PREPARED:
+        /* Why the client's message is skipped. */
+        if (type == 'E')
+            taken = TAKEN_FORWARD;
+        break;
+    case INJECT_ROLLBACK:
+        if (type == 'E')
+            c->rollback_failed = true;
+        if (type == 'Z') {
+            /* The client's answer: the INSERT changed nothing, the block
+             * goes on; or, if a cancel stopped the rollback, its error. */
+            release_error(c, k, !c->rollback_failed,
+                          c->rollback_failed ? TR_ROLLBACK_FAILED : TR_TRANSLATED);
+            if (c->rollback_failed)
+                conn_log(LOG_INFO, c, "the rollback to the proxy's savepoint failed: the "
+                         "unique violation is reported as it was");
+            c->rollback_failed = false;
+            c->guard = GUARD_NONE;
+            taken = TAKEN_FORWARD;
+        }
+        break;
+    }
+    track_server_msg(&c->track, type, status);
+    if (type == 'Z' && tag == INJECT_CATALOG && c->catalog)
+        catalog_arrived(c);
+    if (!client_held(c))
+        c->resume_client = true;
+    return taken;
+}
+
+/* CommandComplete of a guarded Query: it succeeded. */
+static void guard_reply(struct conn *c, char type, const struct note *note)
+{
+    if (c->guard == GUARD_OPEN && note && note->req.guarded && type == 'C')
+        c->guard = GUARD_RELEASING;
+}
+
+/* ReadyForQuery for the client's request while the proxy translates. */
+static enum taken guard_ready(struct conn *c)
+{
+    switch (c->guard) {
+    case GUARD_RELEASING:
+    case GUARD_SPENT:
+    case GUARD_FAILED:
+        /* RELEASE's own ReadyForQuery comes next and tells the truth. */
+        return TAKEN_DROPPED;
+    case GUARD_SYNCED:
+        /* The Execute's 23505 aborted the block and the batch is over:
+         * roll back to the savepoint, then tell the client. */
+        if (!inject_query(c, NULL, TRANSLATE_SQL_ROLLBACK, INJECT_ROLLBACK)) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
+        c->guard = GUARD_ROLLBACK;
+        return TAKEN_DROPPED;
+    default:
+        return TAKEN_FORWARD;
+    }
+}
+
+/* ---- server messages the proxy reads ----------------------------------- */
+
+static void copy_setting(char *dst, size_t cap, const char *value)
+{
+    snprintf(dst, cap, "%s", value);
+}
+
+/* The settings that decide whether text may be scanned. */
+void note_setting(struct conn *c, const char *name, const char *value)
+{
+    if (strcmp(name, "client_encoding") == 0)
+        copy_setting(c->client_encoding, sizeof(c->client_encoding), value);
+    else if (strcmp(name, "server_encoding") == 0)
+        copy_setting(c->server_encoding, sizeof(c->server_encoding), value);
+    else if (strcmp(name, "standard_conforming_strings") == 0)
+        c->scs_off = strcmp(value, "on") != 0;
+    else
+        return;
+    c->charset_ok = rewrite_charset(c->client_encoding, c->server_encoding, &c->charset_utf8);
+}
+
+static void note_parameter(struct conn *c, const uint8_t *body, size_t len)
+{
+    const char *name, *value;
+
+    if (c->reusable)
+        welcome_note(&c->welcome, 'S', body, len);
+    if (pg_param_status(body, len, &name, &value))
+        note_setting(c, name, value);
+}
+
+enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t total,
+                           struct sink *k)
+{
+    char type = (char)msg[0];
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN;
+    const struct track_req *head = answering(c);
+    enum taken taken = TAKEN_FORWARD;
+
+    if (answers_injected(c, type))
+        return take_injected_reply(c, (enum inject)head->tag, type, msg, total, k);
+    switch (type) {
+    case 'R':
+        return take_auth_request(c, msg, total, k);
+    case 'S':
+        note_parameter(c, body, len);
+        break;
+    case 'K':
+        welcome_note(&c->welcome, 'K', body, len);
+        if (give_key(c, body, len)) {
+            sink_write(k, msg, PG_HEAD_LEN);
+            sink_write(k, c->given_key, c->given_key_len);
+            taken = TAKEN_REPLACED;
+        }
+        break;
+    case 'E':
+        taken = take_error(c, msg, total, k);
+        break;
+    case '1': /* taken only when it confirms a cached statement */
+        stmtcache_created(note_of(head)->creates, note_of(head)->number, true);
+        if (note_of(head)->silent)
+            taken = TAKEN_DROPPED;
+        break;
+    case 'Z':
+        if (c->state == CONN_LOGIN) {
+            login_done(c);
+            return TAKEN_FORWARD;
+        }
+        if (head && head->kind == TRACK_SYNC)
+            c->batch_ending = false;
+        if (translating(c))
+            taken = guard_ready(c);
+        break;
+    default:
+        if (translating(c))
+            guard_reply(c, type, note_of(head));
+        break;
+    }
+    if (taken != TAKEN_CLOSED)
+        track_plain(c, FLOW_TO_CLIENT, type, type == 'Z' ? pg_ready_status(body, len) : 0);
+    if (!client_held(c))
+        c->resume_client = true;
+    return taken;
+}
