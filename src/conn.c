@@ -362,36 +362,6 @@ enum handling {
  * contiguous in place. */
 #define SMALL_MSG 512
 
-/* Notices, parameter changes and notifications can come at any time and
- * always belong to the client, even amid the answer to the proxy's query. */
-static bool is_async(char type)
-{
-    return type == 'N' || type == 'S' || type == 'A';
-}
-
-bool rewriting(const struct conn *c)
-{
-    return c->state == CONN_ACTIVE && c->scope && scope_state(c->scope) == SCOPE_READY;
-}
-
-/* The request the server is answering, when the proxy tracks one. */
-const struct track_req *answering(const struct conn *c)
-{
-    return c->state == CONN_ACTIVE ? track_head(&c->track) : NULL;
-}
-
-bool answers_injected(const struct conn *c, char type)
-{
-    const struct track_req *head = answering(c);
-    return head && head->injected && !is_async(type);
-}
-
-/* While the proxy holds a savepoint or an error, it follows every reply. */
-bool translating(const struct conn *c)
-{
-    return c->guard != GUARD_NONE || c->held_error;
-}
-
 /* Messages that name or redefine the unnamed statement. */
 static bool names_statements(char type)
 {
@@ -445,36 +415,6 @@ static enum handling server_handling(const struct conn *c, char type)
     default:
         return HANDLE_STREAM;
     }
-}
-
-/* Client input waits while the proxy needs to see what the server says
- * before the client's next message may go: the catalog, or how a guarded
- * Query ended, or a rollback to come. (While a 23505 awaits the client's
- * next message, that message is what settles it.) */
-bool client_held(const struct conn *c)
-{
-    return c->catalog || c->batch_ending ||
-           (c->guard != GUARD_NONE && c->guard != GUARD_AWAIT_SYNC);
-}
-
-/* Records a client message in the request queue. */
-bool track_client(struct conn *c, char type, struct note *note)
-{
-    if (track_client_msg(&c->track, type, note))
-        return true;
-    fail_oom(c);
-    return false;
-}
-
-/* Records a message the proxy does not take. */
-bool track_plain(struct conn *c, enum flow d, char type, char status)
-{
-    if (c->state != CONN_ACTIVE)
-        return true;
-    if (d == FLOW_TO_SERVER)
-        return track_client(c, type, NULL);
-    track_server_msg(&c->track, type, status);
-    return true;
 }
 
 uint64_t now_ns(void)

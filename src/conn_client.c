@@ -305,30 +305,6 @@ void learn_catalog(struct conn *c)
     conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
 }
 
-void catalog_arrived(struct conn *c)
-{
-    bool was_unknown = scope_state(c->scope) == SCOPE_UNKNOWN;
-
-    if (!c->catalog_ok)
-        conn_log(LOG_WARNING, c, "the catalog query failed: INSERTs of this session are not "
-                 "rewritten; the next session tries again");
-    else if (!scope_learn(c->scope, c->catalog))
-        conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
-    else if (was_unknown) {
-        for (size_t i = 0; i < scope_table_count(c->scope); i++) {
-            const struct table_rule *rule = scope_table(c->scope, i);
-            const char *problem = scope_table_problem(c->scope, i);
-            if (problem[0])
-                conn_log(LOG_WARNING, c, "[table %s.%s]: some INSERTs are not rewritten: %s",
-                         rule->schema, rule->name, problem);
-        }
-    }
-    catalog_free(c->catalog);
-    free(c->catalog);
-    c->catalog = NULL;
-    c->resume_client = true;
-}
-
 /* ---- client messages the proxy reads ----------------------------------- */
 
 /* The extended batch begins with its first message after a Sync: what the

@@ -31,6 +31,7 @@
 #include "conn.h"
 #include "log.h"
 #include "pgproto.h"
+#include "rules.h"
 #include "session.h"
 #include "sock.h"
 #include "stmtcache.h"
@@ -287,20 +288,6 @@ void hold_done(struct conn *c, enum flow d);
 /* Notes a FATAL or PANIC from the server; returns whether err is one. */
 bool note_fatal(struct conn *c, const struct pg_error *err);
 
-/* The session's statements are decided by rules (it is active, and its
- * scope's catalog is known). */
-bool rewriting(const struct conn *c);
-/* The request the server is answering, when the proxy tracks one. */
-const struct track_req *answering(const struct conn *c);
-/* A server message of type answers the proxy's own request. */
-bool answers_injected(const struct conn *c, char type);
-/* The proxy holds a savepoint or an error: it follows every reply. */
-bool translating(const struct conn *c);
-/* Client input must wait for what the server says next. */
-bool client_held(const struct conn *c);
-/* Record a message in the request queue; false when the pair failed. */
-bool track_client(struct conn *c, char type, struct note *note);
-bool track_plain(struct conn *c, enum flow d, char type, char status);
 uint64_t now_ns(void);
 
 /* Moves every whole message it can in direction d; false when the pair was
@@ -326,8 +313,6 @@ bool answers_creation(const struct conn *c);
 bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject tag);
 /* Asks the server about the registered tables; client input waits. */
 void learn_catalog(struct conn *c);
-/* The catalog query's ReadyForQuery: what it said goes to the scope. */
-void catalog_arrived(struct conn *c);
 /* The server is to read a message naming the unnamed statement that the
  * proxy cannot rename: the statement gets the cached text first. */
 void restore_unnamed(struct conn *c, struct sink *k);
@@ -368,5 +353,69 @@ void login_done(struct conn *c);
 void admin_begin(struct conn *c);
 /* Commands to the console, each answered before the next is read. */
 void admin_read(struct conn *c);
+
+/* ---- what every file asks of a pair ------------------------------------ */
+
+/* Notices, parameter changes and notifications can come at any time and
+ * always belong to the client, even amid the answer to the proxy's query. */
+static inline bool is_async(char type)
+{
+    return type == 'N' || type == 'S' || type == 'A';
+}
+
+/* The session's statements are decided by its rules: it is active, and
+ * its scope knows the catalog. */
+static inline bool rewriting(const struct conn *c)
+{
+    return c->state == CONN_ACTIVE && c->scope && scope_state(c->scope) == SCOPE_READY;
+}
+
+/* The request the server is answering, when the proxy tracks one. */
+static inline const struct track_req *answering(const struct conn *c)
+{
+    return c->state == CONN_ACTIVE ? track_head(&c->track) : NULL;
+}
+
+static inline bool answers_injected(const struct conn *c, char type)
+{
+    const struct track_req *head = answering(c);
+    return head && head->injected && !is_async(type);
+}
+
+/* While the proxy holds a savepoint or an error, it follows every reply. */
+static inline bool translating(const struct conn *c)
+{
+    return c->guard != GUARD_NONE || c->held_error;
+}
+
+/* Client input waits while the proxy needs to see what the server says
+ * before the client's next message may go: the catalog, or how a guarded
+ * Query ended, or a rollback to come. (While a 23505 awaits the client's
+ * next message, that message is what settles it.) */
+static inline bool client_held(const struct conn *c)
+{
+    return c->catalog || c->batch_ending ||
+           (c->guard != GUARD_NONE && c->guard != GUARD_AWAIT_SYNC);
+}
+
+/* Records a client message in the request queue. */
+static inline bool track_client(struct conn *c, char type, struct note *note)
+{
+    if (track_client_msg(&c->track, type, note))
+        return true;
+    fail_oom(c);
+    return false;
+}
+
+/* Records a message the proxy does not take. */
+static inline bool track_plain(struct conn *c, enum flow d, char type, char status)
+{
+    if (c->state != CONN_ACTIVE)
+        return true;
+    if (d == FLOW_TO_SERVER)
+        return track_client(c, type, NULL);
+    track_server_msg(&c->track, type, status);
+    return true;
+}
 
 #endif

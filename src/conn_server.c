@@ -250,6 +250,32 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
     return TAKEN_FORWARD;
 }
 
+/* The catalog query's answer is in: what it said goes to the scope, and
+ * the client's input may go on. */
+static void catalog_arrived(struct conn *c)
+{
+    bool was_unknown = scope_state(c->scope) == SCOPE_UNKNOWN;
+
+    if (!c->catalog_ok)
+        conn_log(LOG_WARNING, c, "the catalog query failed: INSERTs of this session are not "
+                 "rewritten; the next session tries again");
+    else if (!scope_learn(c->scope, c->catalog))
+        conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
+    else if (was_unknown) {
+        for (size_t i = 0; i < scope_table_count(c->scope); i++) {
+            const struct table_rule *rule = scope_table(c->scope, i);
+            const char *problem = scope_table_problem(c->scope, i);
+            if (problem[0])
+                conn_log(LOG_WARNING, c, "[table %s.%s]: some INSERTs are not rewritten: %s",
+                         rule->schema, rule->name, problem);
+        }
+    }
+    catalog_free(c->catalog);
+    free(c->catalog);
+    c->catalog = NULL;
+    c->resume_client = true;
+}
+
 /* A reply to the proxy's own request. The client never sees it, except an
  * error that stands for the client's statement or ends the session. */
 static enum taken take_injected_reply(struct conn *c, enum inject tag, char type,
