@@ -245,9 +245,18 @@ void restore_unnamed(struct conn *c, struct sink *k)
 
 /* ---- the proxy's own statements ---------------------------------------- */
 
+/* A request of the proxy's own goes into k when given, behind what the
+ * relay pass has not moved yet, else straight to the server. */
+static void write_own(struct conn *c, struct sink *k, const uint8_t *buf, size_t len)
+{
+    if (k)
+        sink_write(k, buf, len);
+    else
+        send_to(c->server, buf, len);
+}
+
 /* Sends sql as a Query of the proxy's own. Only between the client's
- * requests at the simple-protocol level; k (when given) keeps the order of
- * what the relay pass has not moved yet. */
+ * requests at the simple-protocol level. */
 bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject tag)
 {
     uint8_t buf[256];
@@ -255,10 +264,7 @@ bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject t
 
     if (need > sizeof(buf) || !track_inject(&c->track, 'Q', tag))
         return false;
-    if (k)
-        sink_write(k, buf, need);
-    else
-        send_to(c->server, buf, need);
+    write_own(c, k, buf, need);
     return true;
 }
 
@@ -274,10 +280,7 @@ static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enu
     for (const char *m = "PBECC"; *m; m++)
         if (!track_inject(&c->track, *m, tag))
             return false;
-    if (k)
-        sink_write(k, buf, need);
-    else
-        send_to(c->server, buf, need);
+    write_own(c, k, buf, need);
     return true;
 }
 
