@@ -40,7 +40,6 @@
 #include "welcome.h"
 #include "worker.h"
 
-
 /* Bytes a side may have queued for writing before the proxy stops reading
  * from the other side; reading resumes when half of it has drained. */
 #define OUT_HIGH (256 * 1024)
@@ -196,7 +195,6 @@ struct conn {
                     (c)->database ? (c)->database : "-", ##__VA_ARGS__);            \
     } while (0)
 
-
 /* What a taken message became. */
 enum taken {
     TAKEN_FORWARD,  /* moves on unchanged */
@@ -204,10 +202,6 @@ enum taken {
     TAKEN_DROPPED,  /* it goes nowhere */
     TAKEN_CLOSED,   /* the pair was closed */
 };
-
-/* Messages up to this size are copied out to be read; longer ones are made
- * contiguous in place. */
-#define SMALL_MSG 512
 
 /* Where a relay pass puts bytes. The messages it has passed over but not
  * moved yet (span, at the front of in) go out before anything a handler
