@@ -239,8 +239,6 @@ static void maybe_free(struct conn *c)
         free_pair(c);
 }
 
-/* Ends the pair: logs why once, lets each side flush what it still has to
- * read, then frees everything. Safe to call more than once. */
 void close_pair(struct conn *c, const char *reason)
 {
     if (c->state == CONN_CLOSING)

@@ -43,7 +43,6 @@ void admin_begin(struct conn *c)
     conn_log(LOG_INFO, c, "admin console");
 }
 
-/* Commands to the console, each answered before the next is read. */
 void admin_read(struct conn *c)
 {
     struct pg_msg_head head;

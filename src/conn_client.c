@@ -51,7 +51,6 @@ const struct note *note_of(const struct track_req *r)
     return r && !r->injected ? r->note : NULL;
 }
 
-/* The server answers a Parse that created a cached statement. */
 bool answers_creation(const struct conn *c)
 {
     const struct note *n = note_of(answering(c));
