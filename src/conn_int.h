@@ -281,7 +281,7 @@ void hold_for(struct conn *c, enum flow d, size_t total);
 void hold_done(struct conn *c, enum flow d);
 /* Notes a FATAL or PANIC from the server; returns whether err is one. */
 bool note_fatal(struct conn *c, const struct pg_error *err);
-
+/* The monotonic clock, in nanoseconds. */
 uint64_t now_ns(void);
 
 /* Moves every whole message it can in direction d; false when the pair was
