@@ -278,6 +278,14 @@ static void side_closed(struct conn *c, struct sock *s)
     maybe_free(c);
 }
 
+/* No request is outstanding on the session and no message is half-relayed
+ * either way: the session is between requests. */
+static bool between_requests(const struct conn *c)
+{
+    return track_idle(&c->track) && c->stream_left[FLOW_TO_SERVER] == 0 &&
+           c->stream_left[FLOW_TO_CLIENT] == 0;
+}
+
 /* server_reuse: the client left an idle session, so its server can serve
  * the next client with the same login; it goes to the worker's pool
  * instead of closing. True when it did. */
@@ -288,8 +296,7 @@ bool keep_server(struct conn *c)
     worker_refresh(w);
     if (!c->reusable || !w->cfg->server_reuse || w->shutting_down ||
         c->generation != w->generation || c->state != CONN_ACTIVE || !c->server ||
-        !track_idle(&c->track) || c->catalog || c->guard != GUARD_NONE || c->held_error ||
-        c->stream_left[FLOW_TO_SERVER] || c->stream_left[FLOW_TO_CLIENT] ||
+        !between_requests(c) || c->catalog || c->guard != GUARD_NONE || c->held_error ||
         evbuffer_get_length(sock_input(c->server)) > 0 ||
         sock_unsent(c->server) > 0)
         return false;
@@ -646,8 +653,7 @@ moved:
  * a request the client sent before it could know. */
 static void close_if_idle(struct conn *c)
 {
-    if (c->stop_when_idle && c->spoke && c->state == CONN_ACTIVE && track_idle(&c->track) &&
-        c->stream_left[FLOW_TO_CLIENT] == 0 && c->stream_left[FLOW_TO_SERVER] == 0 &&
+    if (c->stop_when_idle && c->spoke && c->state == CONN_ACTIVE && between_requests(c) &&
         !sock_has_arrived(c->client))
         conn_terminate(c);
 }
@@ -661,8 +667,7 @@ static void follow_reload(struct conn *c)
     worker_refresh(c->worker);
     struct ruleset *current = c->worker->rules;
 
-    if (c->rules == current || c->catalog || !track_idle(&c->track) ||
-        c->stream_left[FLOW_TO_SERVER] || c->stream_left[FLOW_TO_CLIENT])
+    if (c->rules == current || c->catalog || !between_requests(c))
         return;
     ruleset_unref(c->rules);
     c->rules = ruleset_ref(current);
