@@ -537,6 +537,12 @@ long itest_rss_peak(pid_t pid, long peak, int ms)
     return peak;
 }
 
+void itest_assert_rss_bounded(long base, long peak, const char *while_what)
+{
+    if (peak >= base + ITEST_RSS_GROWTH_MAX_KB)
+        fail_msg("proxy RSS grew by %ld kB %s", peak - base, while_what);
+}
+
 void itest_proxy_dump_log(const struct itest_proxy *p, int max_lines)
 {
     char *text = read_tail(p->log_path, 64 * 1024);

@@ -118,6 +118,14 @@ long itest_rss_kb(pid_t pid);
 /* The highest of peak and the VmRSS of pid sampled every 50 ms for ms. */
 long itest_rss_peak(pid_t pid, long peak, int ms);
 
+/* What backpressure allows a proxy to hold for a client that does not read,
+ * or reads slowly: its RSS may grow by less than this many kB. */
+#define ITEST_RSS_GROWTH_MAX_KB (16 * 1024)
+
+/* Fails the test when peak is ITEST_RSS_GROWTH_MAX_KB or more above base,
+ * saying what was going on (`while`). */
+void itest_assert_rss_bounded(long base, long peak, const char *while_what);
+
 /* Prints the last max_lines lines of the proxy's log to stdout. */
 void itest_proxy_dump_log(const struct itest_proxy *p, int max_lines);
 
