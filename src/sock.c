@@ -66,6 +66,7 @@ struct sock {
     struct ring_op recv_op, send_op;
     bool receiving, sending; /* the operation is in flight */
     bool stopping;           /* the receive is being cancelled */
+    bool leaving;            /* back to plain calls once nothing is in flight */
     bool unreported;         /* input arrived while reading was paused */
     bool orphaned;           /* freed while operations were in flight */
     struct evbuffer *flight; /* what the send in flight carries: the output
@@ -235,9 +236,9 @@ static void update_reading(struct sock *s)
     }
     if (s->ring) {
         /* The receive stays armed for every message until cancelled. */
-        if (want && !s->receiving) {
+        if (want && !s->receiving && !s->leaving) {
             receive(s);
-        } else if (!want && s->receiving && !s->stopping) {
+        } else if ((!want || s->leaving) && s->receiving && !s->stopping) {
             ring_cancel(s->ring, &s->recv_op);
             s->stopping = true;
         }
@@ -551,6 +552,22 @@ static bool orphan_done(struct sock *s)
     return true;
 }
 
+/* A sock leaving the ring goes on with plain calls once neither its
+ * receive nor a send is in flight: the read event takes over, and what the
+ * last send left, with the output that waited behind it, is written. */
+static void leave_when_idle(struct sock *s, bool from_loop)
+{
+    if (!s->leaving || s->receiving || s->sending)
+        return;
+    s->leaving = false;
+    if (s->state != SOCK_OPEN && s->state != SOCK_CLOSING)
+        return;
+    s->ring = NULL;
+    evbuffer_prepend_buffer(s->out, s->flight);
+    update_reading(s);
+    write_some(s, from_loop);
+}
+
 static void receive(struct sock *s)
 {
     struct io_uring_sqe *sqe = ring_sqe(s->ring, &s->recv_op);
@@ -578,9 +595,9 @@ static void open_received(struct sock *s)
     resume_reading(s);
 }
 
-static void received(struct ring_op *op, int res, unsigned flags)
+/* A receive's completion; false when the sock may be gone. */
+static bool take_completion(struct sock *s, int res, unsigned flags)
 {
-    struct sock *s = SOCK_OF(op, recv_op);
     bool added = false;
 
     if (!(flags & IORING_CQE_F_MORE)) {
@@ -592,44 +609,51 @@ static void received(struct ring_op *op, int res, unsigned flags)
             added = take_received(s, ring_received(s->ring, flags), (size_t)res);
         ring_recycle(s->ring, flags);
     }
-    if (orphan_done(s) || s->state != SOCK_OPEN)
-        return;
+    if (orphan_done(s))
+        return false;
+    if (s->state != SOCK_OPEN)
+        return true;
     if (res == -ENOBUFS || res == -ECANCELED) {
         /* Every buffer was taken in this turn (they are back now), or
          * reading stopped for a while: it goes on if it should. */
         update_reading(s);
-        return;
+        return true;
     }
-    if (res < 0) {
-        fail(s, "", strerror(-res));
-        return;
-    }
+    if (res < 0)
+        return fail(s, "", strerror(-res));
     if (res == 0 && s->ssl) {
         /* OpenSSL reports the end after the records before it. */
         s->tls_ended = s->tls_held = true;
         open_received(s);
-        return;
+        return true;
     }
     if (res == 0) {
         die(s);
-        report(s, SOCK_EOF);
-        return;
+        return report(s, SOCK_EOF);
     }
-    if (!added) {
-        fail(s, "out of memory", "");
-        return;
-    }
+    if (!added)
+        return fail(s, "out of memory", "");
     progress(s);
     if (s->ssl) {
         open_received(s);
-        return;
+        return true;
     }
     if (s->paused) {
         s->unreported = true;
-        return;
+        return true;
     }
-    if (report(s, SOCK_READ))
-        update_reading(s);
+    if (!report(s, SOCK_READ))
+        return false;
+    update_reading(s);
+    return true;
+}
+
+static void received(struct ring_op *op, int res, unsigned flags)
+{
+    struct sock *s = SOCK_OF(op, recv_op);
+
+    if (take_completion(s, res, flags))
+        leave_when_idle(s, true);
 }
 
 /* Moves what the next send carries to flight: the output, or under TLS
@@ -650,10 +674,11 @@ static bool fill_flight(struct sock *s)
     return false;
 }
 
-/* Sends the output, unless a send is in flight: its completion sends on. */
+/* Sends the output, unless a send is in flight (its completion sends on)
+ * or the sock is leaving the ring (the output then waits for plain calls). */
 static void send_output(struct sock *s)
 {
-    if (s->sending || (s->state != SOCK_OPEN && s->state != SOCK_CLOSING))
+    if (s->sending || s->leaving || (s->state != SOCK_OPEN && s->state != SOCK_CLOSING))
         return;
     if (evbuffer_get_length(s->flight) == 0 && !fill_flight(s))
         return;
@@ -687,6 +712,10 @@ static void sent(struct ring_op *op, int res, unsigned flags)
     }
     evbuffer_drain(s->flight, (size_t)res);
     progress(s);
+    if (s->leaving && !s->receiving) {
+        leave_when_idle(s, true);
+        return;
+    }
     send_output(s);
     written(s, true);
 }
@@ -969,16 +998,38 @@ static bool tls_to_ring(struct sock *s)
 
 bool sock_use_ring(struct sock *s, struct ring *r)
 {
+    if (s->ring && s->leaving) {
+        /* Still on it: the receive is armed again once its cancel ends,
+         * and the output that waited goes now. */
+        s->leaving = false;
+        update_reading(s);
+        send_output(s);
+        return true;
+    }
     if (s->ring)
         return true;
-    if (!r || s->state != SOCK_OPEN || s->writing || s->write_wants_read)
+    if (!r || s->state != SOCK_OPEN)
         return false;
-    if (s->ssl && !tls_to_ring(s))
+    /* OpenSSL must be asked again with the write it could not finish. */
+    if (s->ssl && (s->writing || s->write_wants_read || !tls_to_ring(s)))
         return false;
     set_interest(s->rev, &s->reading, false);
+    set_interest(s->wev, &s->writing, false);
     s->ring = r;
     resume_reading(s);
     send_output(s);
+    return true;
+}
+
+bool sock_leave_ring(struct sock *s)
+{
+    if (!s->ring || s->leaving)
+        return true;
+    if (s->ssl || s->state != SOCK_OPEN)
+        return false;
+    s->leaving = true;
+    update_reading(s);
+    leave_when_idle(s, false);
     return true;
 }
 

@@ -12,7 +12,9 @@
  *
  * The sock of a logged-in session can move to the worker's io_uring
  * instead (sock_use_ring): its reads and writes are then queued and
- * submitted in one batch per turn of the loop.
+ * submitted in one batch per turn of the loop. A plaintext sock can go
+ * back to plain calls (sock_leave_ring) and onto the ring again, as the
+ * worker's load changes.
  *
  * TLS runs over the same socket with OpenSSL (SSL_read into the input,
  * SSL_write from the output), so both kinds of socket behave the same to
@@ -77,10 +79,18 @@ size_t sock_unsent(const struct sock *s);
 struct ring;
 
 /* From now on the sock reads and writes through the worker's ring
- * (ring.h), for good: only an open socket (under TLS, after the
- * handshake) with no write waiting for writability. False, and nothing
- * changes, otherwise. */
+ * (ring.h): only an open socket, and under TLS only after the handshake
+ * with no write waiting for writability (OpenSSL must be asked again with
+ * the same write). False, and nothing changes, otherwise. */
 bool sock_use_ring(struct sock *s, struct ring *r);
+
+/* The sock goes back to plain system calls, as soon as the ring's
+ * operations in flight end: its receive is cancelled (what that receive
+ * brings meanwhile is reported as usual), and output waits for plain calls
+ * rather than a new send. sock_use_ring before then keeps it on the ring.
+ * False, and nothing changes, for TLS (OpenSSL holds records the ring
+ * received) or a sock that is not open; true when it is not on a ring. */
+bool sock_leave_ring(struct sock *s);
 
 /* Writes what the output holds, as much as the socket takes now; the rest
  * goes when it becomes writable. Call it after adding to the output. */

@@ -555,6 +555,87 @@ static void test_ring_free_in_flight(void **state)
     assert_int_equal(read(p->peer, buf, sizeof(buf)), 0);
 }
 
+/* Off the ring and on again: a flush through plain calls writes at once,
+ * through the ring it waits for the loop's submit. What arrives after the
+ * receive was cancelled is read by the read event. */
+static void test_ring_leave_and_return(void **state)
+{
+    struct pair *p = *state;
+    char buf[16];
+
+    NEED_RING(p);
+    turn(p);
+    assert_true(sock_leave_ring(p->s));
+    turn(p);
+    assert_int_equal(write(p->peer, "abc", 3), 3);
+    turn(p);
+    assert_int_equal(p->seen.count[SOCK_READ], 1);
+    assert_int_equal(evbuffer_get_length(sock_input(p->s)), 3);
+    evbuffer_add(sock_output(p->s), "plain", 5);
+    sock_flush(p->s);
+    assert_int_equal(sock_unsent(p->s), 0);
+    assert_int_equal(read(p->peer, buf, sizeof(buf)), 5);
+
+    assert_true(sock_use_ring(p->s, p->ring));
+    evbuffer_add(sock_output(p->s), "ring", 4);
+    sock_flush(p->s);
+    assert_int_equal(sock_unsent(p->s), 4);
+    assert_int_equal(write(p->peer, "de", 2), 2);
+    turn(p);
+    assert_int_equal(sock_unsent(p->s), 0);
+    assert_int_equal(read(p->peer, buf, sizeof(buf)), 4);
+    assert_memory_equal(buf, "ring", 4);
+    assert_int_equal(evbuffer_get_length(sock_input(p->s)), 5);
+    assert_false(p->seen.called_under);
+}
+
+/* Megabytes both ways while the sock leaves the ring and comes back at
+ * every turn, with receives and sends in flight, or a plain write waiting
+ * for writability, at each move: nothing is lost, repeated or reordered. */
+static void test_ring_moves_under_load(void **state)
+{
+    struct pair *p = *state;
+    struct evbuffer *to_sock = evbuffer_new();
+    enum { STEP = 16 * 1024 };
+    size_t total = 4 * 1024 * 1024, got = 0, sent = 0;
+    unsigned char buf[STEP];
+    int moves = 0;
+
+    NEED_RING(p);
+    add_pattern(to_sock, 0, total);
+    add_pattern(sock_output(p->s), 0, total);
+    sock_flush(p->s);
+    for (int i = 0; i < 20000 && (got < total || sent < total); i++) {
+        evbuffer_write_atmost(to_sock, p->peer, STEP);
+        /* Back at once, while leaving, and back after turns, once left. */
+        if (i % 6 == 0 || i % 6 == 2) {
+            assert_true(sock_leave_ring(p->s));
+            moves++;
+        } else if (i % 6 == 1 || i % 6 == 5) {
+            assert_true(sock_use_ring(p->s, p->ring));
+            moves++;
+        }
+        event_base_loop(p->base, EVLOOP_NONBLOCK);
+        struct evbuffer *in = sock_input(p->s);
+        size_t n = evbuffer_get_length(in);
+        unsigned char *all = evbuffer_pullup(in, -1);
+        for (size_t j = 0; j < n; j++, got++)
+            if (all[j] != pattern(got))
+                fail_msg("byte %zu from the peer differs", got);
+        evbuffer_drain(in, n);
+        ssize_t r = read(p->peer, buf, sizeof(buf));
+        for (ssize_t j = 0; j < r; j++, sent++)
+            if (buf[j] != pattern(sent))
+                fail_msg("byte %zu to the peer differs", sent);
+    }
+    assert_int_equal(got, total);
+    assert_int_equal(sent, total);
+    assert_int_equal(sock_unsent(p->s), 0);
+    assert_true(moves >= (int)(total / STEP) / 2);
+    assert_false(p->seen.called_under);
+    evbuffer_free(to_sock);
+}
+
 /* ---- TLS -------------------------------------------------------------- */
 
 struct tls_pair {
@@ -771,6 +852,20 @@ static void test_tls_has_arrived(void **state)
     assert_int_equal(evbuffer_get_length(sock_input(t->server)), 0);
 }
 
+/* TLS stays on the ring once there: OpenSSL holds records the ring
+ * received, which a plain read would never see. Refused, the sock goes on
+ * as before. */
+static void test_tls_stays_on_ring(void **state)
+{
+    struct tls_pair *t = *state;
+
+    assert_true(sock_leave_ring(t->server) == (t->ring == NULL));
+    evbuffer_add(sock_output(t->client), "after", 5);
+    sock_flush(t->client);
+    RUN_UNTIL(t, evbuffer_get_length(sock_input(t->server)) == 5);
+    assert_memory_equal(evbuffer_pullup(sock_input(t->server), -1), "after", 5);
+}
+
 /* A TLS close writes out what is queued; once the sock is freed the peer
  * sees SOCK_EOF after those bytes. */
 static void test_tls_close(void **state)
@@ -841,7 +936,8 @@ static void test_tls_key_update(void **state)
         cmocka_unit_test_setup_teardown(test_tls_end_after_data_while_paused, setup,          \
                                         tls_pair_down),                                       \
         cmocka_unit_test_setup_teardown(test_tls_key_update, setup, tls_pair_down),           \
-        cmocka_unit_test_setup_teardown(test_tls_has_arrived, setup, tls_pair_down)
+        cmocka_unit_test_setup_teardown(test_tls_has_arrived, setup, tls_pair_down),         \
+        cmocka_unit_test_setup_teardown(test_tls_stays_on_ring, setup, tls_pair_down)
 
 int main(void)
 {
@@ -873,6 +969,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ring_more_sockets_than_buffers, ring_pair_up,
                                         pair_down),
         cmocka_unit_test_setup_teardown(test_ring_free_in_flight, ring_pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_ring_leave_and_return, ring_pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_ring_moves_under_load, ring_pair_up, pair_down),
         TLS_TESTS(tls_pair_up),
         TLS_TESTS(tls_ring_pair_up),
     };
