@@ -180,6 +180,7 @@ static void show_stats(struct worker *w, struct evbuffer *out)
     stat_row(out, "config_reloads_ok", atomic_load(&p->reloads_ok));
     stat_row(out, "config_reloads_failed", atomic_load(&p->reloads_failed));
     stat_row(out, "workers", (uint64_t)p->worker_count);
+    stat_row(out, "workers_on_ring", t.workers_on_ring);
     complete(out, "SHOW");
     metrics_totals_free(&t);
 }
@@ -302,7 +303,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
         { "shutdown_timeout", n[5] },
         { "workers", n[6] },
         { "so_reuseport", cfg->so_reuseport ? "on" : "off" },
-        { "io_uring", cfg->io_uring ? "on" : "off" },
+        { "io_uring", ring_use_name(cfg->io_uring) },
         { "metrics_addr", cfg->metrics_addr },
         { "metrics_port", n[7] },
         { "log_stats_interval", n[8] },

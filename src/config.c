@@ -263,6 +263,13 @@ const char *tls_mode_name(enum tls_mode mode)
     return tls_mode_names[mode];
 }
 
+const char *ring_use_name(enum ring_use use)
+{
+    static const char *const names[] = { [RING_OFF] = "off", [RING_ON] = "on", [RING_AUTO] = "auto" };
+
+    return names[use];
+}
+
 /* ---- values ------------------------------------------------------------ */
 
 static bool parse_int(struct parser *p, const char *key, const char *value,
@@ -304,7 +311,8 @@ static bool parse_size(struct parser *p, const char *key, const char *value, siz
     return false;
 }
 
-static bool parse_bool(struct parser *p, const char *key, const char *value, bool *out)
+/* Whether value is one of the words for on or off, and which. */
+static bool bool_word(const char *value, bool *out)
 {
     static const char *const yes[] = { "on", "true", "yes", "1" };
     static const char *const no[] = { "off", "false", "no", "0" };
@@ -312,7 +320,31 @@ static bool parse_bool(struct parser *p, const char *key, const char *value, boo
         if (strcmp(value, yes[i]) == 0) { *out = true; return true; }
         if (strcmp(value, no[i]) == 0) { *out = false; return true; }
     }
+    return false;
+}
+
+static bool parse_bool(struct parser *p, const char *key, const char *value, bool *out)
+{
+    if (bool_word(value, out))
+        return true;
     fail_at(p, p->line, "%s: expected on or off, got \"%s\"", key, value);
+    return false;
+}
+
+static bool parse_ring_use(struct parser *p, const char *key, const char *value,
+                           enum ring_use *out)
+{
+    bool on;
+
+    if (strcmp(value, "auto") == 0) {
+        *out = RING_AUTO;
+        return true;
+    }
+    if (bool_word(value, &on)) {
+        *out = on ? RING_ON : RING_OFF;
+        return true;
+    }
+    fail_at(p, p->line, "%s: expected auto, on or off, got \"%s\"", key, value);
     return false;
 }
 
@@ -630,7 +662,7 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_SHUTDOWN_TIMEOUT: parse_int(p, key, value, 0, 86400, &c->shutdown_timeout); break;
     case KEY_WORKERS: parse_int(p, key, value, 0, CONFIG_MAX_WORKERS, &c->workers); break;
     case KEY_SO_REUSEPORT: parse_bool(p, key, value, &c->so_reuseport); break;
-    case KEY_IO_URING: parse_bool(p, key, value, &c->io_uring); break;
+    case KEY_IO_URING: parse_ring_use(p, key, value, &c->io_uring); break;
     case KEY_METRICS_ADDR: set_string(p, &c->metrics_addr, key, value); break;
     case KEY_METRICS_PORT: parse_int(p, key, value, 0, 65535, &c->metrics_port); break;
     case KEY_LOG_STATS_INTERVAL: parse_int(p, key, value, 0, 86400, &c->log_stats_interval); break;
@@ -784,7 +816,7 @@ static struct config *config_defaults(void)
     c->server_idle_timeout = 600;
     c->max_idle_servers = 100;
     c->max_cached_statements = 100;
-    c->io_uring = true;
+    c->io_uring = RING_AUTO;
     c->metrics_addr = strdup("127.0.0.1");
     c->client_tls.protocols = c->server_tls.protocols = TLS_PROTO_V1_2 | TLS_PROTO_V1_3;
     c->auth_query = strdup(DEFAULT_AUTH_QUERY);

@@ -46,6 +46,14 @@ enum tls_mode {
 #define TLS_PROTO_V1_2 1u
 #define TLS_PROTO_V1_3 2u
 
+/* Whether logged-in sessions move their bytes through the worker's
+ * io_uring (ring.h). */
+enum ring_use {
+    RING_OFF,  /* plain system calls always */
+    RING_ON,   /* the ring always */
+    RING_AUTO, /* the ring while the worker's wake-ups carry several reads */
+};
+
 enum auth_type {
     AUTH_PASSTHROUGH, /* the server authenticates; the proxy relays */
     AUTH_SCRAM,       /* the proxy authenticates clients with SCRAM-SHA-256 */
@@ -96,7 +104,7 @@ struct config {
     int shutdown_timeout; /* seconds SIGTERM waits for busy clients */
     int workers;          /* event-loop threads; 0: one per online core */
     bool so_reuseport;    /* each worker its own SO_REUSEPORT listener */
-    bool io_uring;        /* logged-in sessions' plaintext I/O through io_uring */
+    enum ring_use io_uring; /* logged-in sessions' I/O through io_uring */
     char *metrics_addr;   /* the HTTP endpoint of /metrics and /healthz */
     int metrics_port;     /* 0: no endpoint */
     int log_stats_interval; /* seconds between summary log lines; 0: none */
@@ -146,6 +154,7 @@ bool config_restart_needed(const struct config *old, const struct config *new_cf
 
 const char *table_action_name(enum table_action action);
 const char *tls_mode_name(enum tls_mode mode);
+const char *ring_use_name(enum ring_use use);
 const char *table_mode_name(enum table_mode mode);
 
 #endif

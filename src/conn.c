@@ -32,6 +32,24 @@ struct conn *conn_next(struct conn *c)
     return c->next;
 }
 
+void conn_follow_ring(struct conn *c)
+{
+    struct ring *r = worker_session_ring(c->worker);
+    struct sock *socks[] = { c->client, c->server };
+
+    if (c->state != CONN_ACTIVE)
+        return;
+    /* A sock that cannot move (TLS leaving the ring) stays where it is. */
+    for (size_t i = 0; i < sizeof(socks) / sizeof(socks[0]); i++) {
+        if (!socks[i])
+            continue;
+        if (r)
+            sock_use_ring(socks[i], r);
+        else
+            sock_leave_ring(socks[i]);
+    }
+}
+
 static struct sock *source_of(struct conn *c, enum flow d)
 {
     return d == FLOW_TO_SERVER ? c->client : c->server;
@@ -747,6 +765,7 @@ static void client_sock_cb(struct sock *s, enum sock_event event, void *arg)
 
     switch (event) {
     case SOCK_READ:
+        c->worker->reads++;
         client_read(c);
         return;
     case SOCK_DRAINED:
@@ -797,6 +816,7 @@ void server_sock_cb(struct sock *s, enum sock_event event, void *arg)
 
     switch (event) {
     case SOCK_READ:
+        c->worker->reads++;
         server_read(c);
         return;
     case SOCK_DRAINED:

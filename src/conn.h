@@ -40,6 +40,11 @@ void conn_terminate(struct conn *c);
 /* Frees the pair at once, flushing nothing: for process exit. */
 void conn_destroy(struct conn *c);
 
+/* A logged-in session's two sockets go through the worker's ring, or back
+ * to plain system calls, as worker_session_ring now says; before the login
+ * is done they stay on plain calls, and login_done asks. */
+void conn_follow_ring(struct conn *c);
+
 /* The next pair in the worker's list, for walking it. */
 struct conn *conn_next(struct conn *c);
 

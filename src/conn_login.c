@@ -591,10 +591,9 @@ void login_done(struct conn *c)
     event_free(c->login_timer);
     c->login_timer = NULL;
     conn_log(LOG_DEBUG, c, "logged in");
-    /* From here on the traffic is the session's: batched through the ring. */
-    sock_use_ring(c->client, c->worker->ring);
-    if (c->server)
-        sock_use_ring(c->server, c->worker->ring);
+    /* From here on the traffic is the session's: batched through the ring
+     * while the worker's load makes that pay. */
+    conn_follow_ring(c);
     if (!c->replication)
         c->scope = ruleset_scope(c->rules, c->database, c->user ? c->user : "");
     if (c->scope && scope_state(c->scope) == SCOPE_UNKNOWN)

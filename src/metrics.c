@@ -53,6 +53,7 @@ bool metrics_sum(struct proxy *p, struct totals *t)
         t->oversized_inspected += counter_get(&c->oversized_inspected);
         t->protocol_violations += counter_get(&c->protocol_violations);
         t->track_desyncs += counter_get(&c->track_desyncs);
+        t->workers_on_ring += counter_get(&c->on_ring);
         for (int pr = 0; pr < PROTOCOL_COUNT; pr++)
             t->statements[pr] += counter_get(&c->statements[pr]);
         for (int f = 0; f < FLOW_COUNT; f++) {
@@ -306,6 +307,9 @@ static bool render(struct proxy *p, struct evbuffer *out)
     prom_family(out, "idemproxy_server_reuses_total", "counter",
                 "logins served by a kept server connection");
     prom_sample(out, "idemproxy_server_reuses_total", NULL, t.servers_reused);
+    prom_family(out, "idemproxy_workers_on_ring", "gauge",
+                "workers whose sessions use io_uring now (io_uring = auto or on)");
+    prom_sample(out, "idemproxy_workers_on_ring", NULL, t.workers_on_ring);
     prom_family(out, "idemproxy_client_connections_total", "counter",
                 "clients that sent a StartupMessage");
     prom_sample(out, "idemproxy_client_connections_total", NULL, t.clients_total);

@@ -343,3 +343,18 @@ void ring_free(struct ring *r)
     free(r->memory);
     free(r);
 }
+
+/* Reads per sleep at which sessions join the ring, and below which they
+ * leave it; and the fewest reads in an interval that say anything. */
+#define RING_JOIN_READS_PER_SLEEP 4
+#define RING_LEAVE_READS_PER_SLEEP 2
+#define RING_MIN_READS 64
+
+bool ring_worth_using(bool in_use, uint64_t reads, uint64_t sleeps)
+{
+    if (reads < RING_MIN_READS)
+        return in_use;
+    if (in_use)
+        return reads >= RING_LEAVE_READS_PER_SLEEP * sleeps;
+    return reads >= RING_JOIN_READS_PER_SLEEP * sleeps;
+}

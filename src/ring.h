@@ -28,6 +28,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include <event2/event.h>
 #include <liburing.h>
@@ -71,6 +72,21 @@ void ring_prep_recv(struct ring *r, struct io_uring_sqe *sqe, int fd);
  * valid until ring_recycle(r, flags), which must follow. */
 const void *ring_received(struct ring *r, unsigned flags);
 void ring_recycle(struct ring *r, unsigned flags);
+
+/* For io_uring = auto: whether a worker's sessions should use its ring
+ * over the next interval, given whether they use it now and, over the
+ * last one, how many reads its sessions made and how many times its
+ * thread went to sleep.
+ *
+ * The ring saves a system call per message only when a wake-up finds
+ * several to batch. When each wake-up brings one message (one client, or a
+ * few taking turns), the kernel interrupts the thread's wait to run the
+ * receive it queued, which costs more than the ring saves. Reads per sleep
+ * tell the two apart: about 1.5 at one client, 3 at two, 6 and more at
+ * three. The sessions join the ring at 4 and leave it below 2, so a load
+ * between the two does not flap; an interval with too few reads to tell
+ * changes nothing. */
+bool ring_worth_using(bool in_use, uint64_t reads, uint64_t sleeps);
 
 /* Cancels what is still in flight and waits for it to end (its done
  * callbacks run), then frees the ring. */

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -395,27 +396,91 @@ void worker_wake(struct worker *w)
         log_error("[worker %d] cannot wake: %s", w->index, strerror(errno));
 }
 
+/* ---- the ring ---------------------------------------------------------- */
+
+/* How often io_uring = auto weighs the ring: often enough to follow a
+ * load that changes, seldom enough that each look sees thousands of reads
+ * under load and costs nothing. */
+#define RING_LOOK_MS 200
+
+struct ring *worker_session_ring(const struct worker *w)
+{
+    return w->ring_in_use ? w->ring : NULL;
+}
+
+static void set_ring_in_use(struct worker *w, bool use)
+{
+    w->ring_in_use = use;
+    if (use)
+        counter_add(&w->counters.on_ring, 1);
+    else
+        counter_sub(&w->counters.on_ring, 1);
+    log_debug("[worker %d] sessions %s io_uring", w->index, use ? "move to" : "leave");
+    for (struct conn *c = w->conns; c; c = conn_next(c))
+        conn_follow_ring(c);
+}
+
+/* io_uring = auto: the sessions follow what the last interval says pays. */
+static void look_at_ring(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    struct rusage ru;
+    (void)fd;
+    (void)what;
+
+    if (getrusage(RUSAGE_THREAD, &ru) != 0)
+        return;
+    uint64_t sleeps = (uint64_t)ru.ru_nvcsw;
+    bool use = ring_worth_using(w->ring_in_use, w->reads - w->reads_seen, sleeps - w->sleeps_seen);
+    w->reads_seen = w->reads;
+    w->sleeps_seen = sleeps;
+    if (use != w->ring_in_use)
+        set_ring_in_use(w, use);
+}
+
+/* The ring belongs to the thread that submits to it. With io_uring = auto
+ * the sessions start on plain calls, and a timer weighs the ring. */
+static void start_ring(struct worker *w)
+{
+    char why[160];
+
+    if (w->cfg->io_uring == RING_OFF)
+        return;
+    w->ring = ring_new(w->base, why, sizeof(why));
+    if (!w->ring) {
+        log_info("[worker %d] io_uring not in use, plain system calls instead: %s", w->index,
+                 why);
+        return;
+    }
+    log_info("[worker %d] io_uring %s: %s", w->index,
+             w->cfg->io_uring == RING_AUTO ? "in use while the load makes it pay" : "in use",
+             ring_mode(w->ring));
+    if (w->cfg->io_uring == RING_ON) {
+        set_ring_in_use(w, true);
+        return;
+    }
+    struct timeval every = { 0, RING_LOOK_MS * 1000 };
+    w->ring_timer = event_new(w->base, -1, EV_PERSIST, look_at_ring, w);
+    if (!w->ring_timer || event_add(w->ring_timer, &every) != 0)
+        log_warning("[worker %d] cannot weigh io_uring: its sessions use plain system calls",
+                    w->index);
+}
+
 /* ---- the thread -------------------------------------------------------- */
 
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
-    char why[160];
 
-    /* The ring belongs to the thread that submits to it. */
-    if (w->cfg->io_uring) {
-        w->ring = ring_new(w->base, why, sizeof(why));
-        if (w->ring)
-            log_info("[worker %d] io_uring in use: %s", w->index, ring_mode(w->ring));
-        else
-            log_info("[worker %d] io_uring not in use, plain system calls instead: %s",
-                     w->index, why);
-    }
+    start_ring(w);
     event_base_dispatch(w->base);
     /* The sockets that use the ring go before it. */
     while (w->conns)
         conn_destroy(w->conns);
     pool_close_all(w->pool);
+    if (w->ring_timer)
+        event_free(w->ring_timer);
+    w->ring_timer = NULL;
     ring_free(w->ring);
     w->ring = NULL;
     proxy_worker_ended(w->proxy);

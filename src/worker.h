@@ -81,6 +81,7 @@ struct worker_counters {
     struct counter oversized_inspected; /* inspected messages over max_held_message, streamed */
     struct counter protocol_violations;
     struct counter track_desyncs;
+    struct counter on_ring;             /* 1 while the sessions use the worker's ring */
     struct latency_histogram latency[FLOW_COUNT];
 };
 
@@ -113,6 +114,10 @@ struct worker {
                                 * under older ones is not kept */
     struct pool *pool;         /* servers kept for reuse */
     struct ring *ring;         /* io_uring of the thread; NULL: plain system calls */
+    bool ring_in_use;          /* logged-in sessions use it now */
+    uint64_t reads;            /* reads by the sessions' sockets, for io_uring = auto */
+    uint64_t reads_seen, sleeps_seen; /* reads, and the thread's sleeps, at the last look */
+    struct event *ring_timer;  /* io_uring = auto: the look, every RING_LOOK_MS */
 
     pthread_mutex_t conns_lock; /* the list, and what SHOW CLIENTS reads of a pair,
                                  * for readers on other threads */
@@ -175,6 +180,10 @@ const char *server_name(const struct config *cfg, char *buf, size_t len);
 /* How many kept servers this worker may hold: its share of
  * max_idle_servers. */
 size_t worker_pool_max(const struct worker *w);
+
+/* The ring a logged-in session of w reads and writes through now, or NULL
+ * for plain system calls (conn_follow_ring). */
+struct ring *worker_session_ring(const struct worker *w);
 
 /* A connection pair of w has been freed. */
 void worker_conn_gone(struct worker *w);

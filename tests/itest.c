@@ -423,6 +423,9 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
         p->port = opts->listen_port ? opts->listen_port : itest_free_port();
         assert_true(p->port > 0);
         char body[4096];
+        const char *run_settings = getenv("IDEM_TEST_PROXY_SETTINGS");
+        if (!run_settings || opts->own_settings)
+            run_settings = "";
         snprintf(body, sizeof body,
                  "listen_addr = 127.0.0.1\n"
                  "listen_port = %d\n"
@@ -435,8 +438,7 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
                  opts->server_host ? opts->server_host : itest_env("IDEM_TEST_PGHOST"),
                  opts->server_port ? opts->server_port : itest_pg_port(),
                  opts->log_level ? opts->log_level : "info",
-                 getenv("IDEM_TEST_PROXY_SETTINGS") ? getenv("IDEM_TEST_PROXY_SETTINGS") : "",
-                 opts->extra ? opts->extra : "");
+                 run_settings, opts->extra ? opts->extra : "");
         snprintf(p->conf_path, sizeof p->conf_path, "%s", itest_write_config("proxy", body));
         snprintf(p->log_path, sizeof p->log_path, "%s/proxy-%u.log", itest_env("IDEM_TEST_TMP"),
                  ++g_file_seq);

@@ -63,6 +63,8 @@ struct itest_proxy_opts {
     const char *asan_options; /* appended to ASAN_OPTIONS in the proxy's env */
     int listen_port;          /* 0: a free port; else this one, which another
                                * proxy may already listen on (so_reuseport) */
+    bool own_settings;        /* IDEM_TEST_PROXY_SETTINGS left out: extra sets
+                               * what the run's settings would (io_uring) */
 };
 
 struct itest_proxy {

@@ -130,7 +130,7 @@ static void test_full_main_section(void **state)
     assert_int_equal(cfg->shutdown_timeout, 120);
     assert_int_equal(cfg->workers, 4);
     assert_true(cfg->so_reuseport);
-    assert_false(cfg->io_uring);
+    assert_int_equal(cfg->io_uring, RING_OFF);
     assert_string_equal(cfg->metrics_addr, "0.0.0.0");
     assert_int_equal(cfg->metrics_port, 9127);
     assert_int_equal(cfg->log_stats_interval, 0);
@@ -156,7 +156,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->shutdown_timeout, 30);
     assert_int_equal(cfg->workers, 0);
     assert_false(cfg->so_reuseport);
-    assert_true(cfg->io_uring);
+    assert_int_equal(cfg->io_uring, RING_AUTO);
     assert_string_equal(cfg->metrics_addr, "127.0.0.1");
     assert_int_equal(cfg->metrics_port, 0);
     assert_int_equal(cfg->log_stats_interval, 60);
@@ -216,9 +216,31 @@ static void test_port_ranges(void **state)
     parse_fails("[idemproxy]\nworkers = -1\n", 2, "workers");
     parse_fails("[idemproxy]\nworkers = 257\n", 2, "workers");
     parse_fails("[idemproxy]\nso_reuseport = maybe\n", 2, "so_reuseport");
-    parse_fails("[idemproxy]\n\nio_uring = 1.5\n", 3, "io_uring");
+    parse_fails("[idemproxy]\n\nio_uring = 1.5\n", 3, "expected auto, on or off");
+    parse_fails("[idemproxy]\nio_uring = automatic\n", 2, "io_uring");
     parse_fails("[idemproxy]\nmetrics_port = 65536\n", 2, "metrics_port");
     parse_fails("[idemproxy]\nlog_stats_interval = -1\n", 2, "log_stats_interval");
+}
+
+/* io_uring takes auto besides the words for on and off. */
+static void test_io_uring_values(void **state)
+{
+    static const struct {
+        const char *value;
+        enum ring_use use;
+    } cases[] = { { "auto", RING_AUTO }, { "on", RING_ON },   { "yes", RING_ON },
+                  { "1", RING_ON },      { "off", RING_OFF }, { "false", RING_OFF } };
+    char text[64];
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        snprintf(text, sizeof(text), "[idemproxy]\nio_uring = %s\n", cases[i].value);
+        struct config *cfg = parse_ok(text);
+        assert_int_equal(cfg->io_uring, cases[i].use);
+        assert_string_equal(ring_use_name(cfg->io_uring),
+                            cases[i].use == RING_AUTO ? "auto" : cases[i].use == RING_ON ? "on" : "off");
+        config_unref(cfg);
+    }
 }
 
 static void test_log_levels(void **state)
@@ -728,6 +750,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_port_ranges),
+        cmocka_unit_test(test_io_uring_values),
         cmocka_unit_test(test_log_levels),
         cmocka_unit_test(test_error_lines),
         cmocka_unit_test(test_overlong_line),

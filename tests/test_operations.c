@@ -578,6 +578,116 @@ static void test_ops_workers_balanced(void **state)
     itest_pass();
 }
 
+/* ---- io_uring = auto ------------------------------------------------------- */
+
+#define RING_APPS 8
+#define RING_BATCH 32
+
+/* workers_on_ring from SHOW STATS. */
+static long long workers_on_ring(PGconn *console_conn)
+{
+    PGresult *r = console(console_conn, "SHOW STATS");
+    itest_assert_result_ok(r, "SHOW STATS");
+    long long n = atoll(itest_row_value(r, "workers_on_ring", 1));
+    PQclear(r);
+    return n;
+}
+
+/* Every app sends a pipeline of RING_BATCH queries before any result is
+ * read, so the worker serves them all at once; each answer is checked. */
+static void ring_busy_round(PGconn **apps, int round)
+{
+    char text[16];
+    const char *vals[1] = { text };
+    int64_t deadline = itest_now_ms() + 20000;
+
+    for (int a = 0; a < RING_APPS; a++) {
+        assert_int_equal(PQenterPipelineMode(apps[a]), 1);
+        for (int q = 0; q < RING_BATCH; q++) {
+            snprintf(text, sizeof text, "%d", round * 100000 + a * 1000 + q);
+            assert_int_equal(PQsendQueryParams(apps[a], "SELECT $1::int", 1, NULL, vals, NULL,
+                                               NULL, 0),
+                             1);
+        }
+        assert_int_equal(PQpipelineSync(apps[a]), 1);
+    }
+    for (int a = 0; a < RING_APPS; a++) {
+        for (int q = 0; q < RING_BATCH; q++) {
+            PGresult *r = itest_pipeline_result(apps[a], deadline);
+            itest_assert_result_ok(r, "a pipelined SELECT");
+            assert_int_equal(atoi(PQgetvalue(r, 0, 0)), round * 100000 + a * 1000 + q);
+            PQclear(r);
+            itest_pipeline_end(apps[a], deadline);
+        }
+        PGresult *sync = itest_pipeline_result(apps[a], deadline);
+        assert_int_equal(PQresultStatus(sync), PGRES_PIPELINE_SYNC);
+        PQclear(sync);
+        assert_int_equal(PQexitPipelineMode(apps[a]), 1);
+    }
+}
+
+/* io_uring = auto: the worker's sessions start on plain system calls, move
+ * onto its ring while eight of them speak at once, and leave it again when
+ * one is left taking turns with the server. The same sessions stay open
+ * throughout, and every answer across the moves is right. */
+static void test_ops_ring_follows_load(void **state)
+{
+    (void)state;
+    char auth[600], extra[900];
+    int mport = itest_free_port();
+    snprintf(auth, sizeof auth, "\"ops_admin\" \"%s\"\n", scram_role("ops_admin", "adminpw"));
+    snprintf(extra, sizeof extra,
+             "workers = 1\nio_uring = auto\nmetrics_port = %d\n"
+             "admin_users = ops_admin\nauth_file = %s\n",
+             mport, itest_write_file("ops-ring.txt", auth));
+    struct itest_proxy_opts opts = { .log_level = "debug", .extra = extra, .own_settings = true };
+    struct itest_proxy *p = itest_proxy_start(&opts);
+    if (itest_proxy_log_contains(p, "io_uring not in use")) {
+        printf("io_uring is not allowed here: test skipped\n");
+        skip();
+    }
+    PGconn *console_conn =
+        itest_connect_ok(p->port, "user=ops_admin password=adminpw dbname=idemproxy");
+    PGconn *apps[RING_APPS];
+    for (int a = 0; a < RING_APPS; a++)
+        apps[a] = itest_connect_ok(p->port, NULL);
+    assert_int_equal(workers_on_ring(console_conn), 0);
+
+    int round = 0;
+    int64_t deadline = itest_now_ms() + 30000;
+    while (workers_on_ring(console_conn) == 0) {
+        if (itest_now_ms() > deadline)
+            fail_msg("eight busy sessions did not move onto the ring");
+        for (int64_t until = itest_now_ms() + 100; itest_now_ms() < until;)
+            ring_busy_round(apps, round++);
+    }
+    itest_assert_log_line(p, "sessions move to io_uring", "[worker 1]", NULL);
+    char *text = http_get(mport, "/metrics");
+    assert_metric(text, "idemproxy_workers_on_ring", 1);
+    free(text);
+
+    deadline = itest_now_ms() + 30000;
+    long long n = 0;
+    while (workers_on_ring(console_conn) == 1) {
+        if (itest_now_ms() > deadline)
+            fail_msg("one session taking turns did not leave the ring");
+        for (int64_t until = itest_now_ms() + 100; itest_now_ms() < until; n++) {
+            char sql[48];
+            snprintf(sql, sizeof sql, "SELECT %lld", n);
+            assert_int_equal(itest_query_ll(apps[0], sql), n);
+        }
+    }
+    itest_assert_log_line(p, "sessions leave io_uring", "[worker 1]", NULL);
+    text = http_get(mport, "/metrics");
+    assert_metric(text, "idemproxy_workers_on_ring", 0);
+    free(text);
+
+    ring_busy_round(apps, round);
+    for (int a = 0; a < RING_APPS; a++)
+        itest_finish(apps[a]);
+    itest_pass();
+}
+
 /* ---- systemd notifications ------------------------------------------------ */
 
 /* The next datagram on fd within 20 s, into buf; fails the test without. */
@@ -637,6 +747,7 @@ int main(int argc, char **argv)
         ITEST(test_ops_sd_notify),
         ITEST(test_ops_admin_console),
         ITEST(test_ops_workers_balanced),
+        ITEST(test_ops_ring_follows_load),
     };
     return itest_main(argc, argv, "idemproxy operations", tests, sizeof tests / sizeof tests[0]);
 }

@@ -636,6 +636,23 @@ static void test_ring_moves_under_load(void **state)
     evbuffer_free(to_sock);
 }
 
+/* io_uring = auto's rule: join at 4 reads per sleep, leave below 2, hold
+ * between, and hold when too few reads say anything. */
+static void test_ring_worth_using(void **state)
+{
+    (void)state;
+    assert_false(ring_worth_using(false, 300, 200)); /* one client: 1.5 */
+    assert_false(ring_worth_using(false, 600, 200)); /* two: 3 */
+    assert_true(ring_worth_using(false, 800, 200));
+    assert_true(ring_worth_using(false, 5000, 0));   /* never slept */
+    assert_false(ring_worth_using(true, 300, 200));
+    assert_true(ring_worth_using(true, 600, 200));
+    assert_true(ring_worth_using(true, 400, 200));
+    assert_false(ring_worth_using(true, 399, 200));
+    assert_true(ring_worth_using(true, 10, 10));     /* idle: as it was */
+    assert_false(ring_worth_using(false, 10, 0));
+}
+
 /* ---- TLS -------------------------------------------------------------- */
 
 struct tls_pair {
@@ -942,6 +959,7 @@ static void test_tls_key_update(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_ring_worth_using),
         cmocka_unit_test_setup_teardown(test_flush_writes_at_once, pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_extents_go_in_one_send, seqpacket_up, pair_down),
         cmocka_unit_test_setup_teardown(test_many_extents_all_go, seqpacket_up, pair_down),
