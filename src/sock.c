@@ -587,12 +587,14 @@ static bool take_received(struct sock *s, const void *data, size_t len)
 
 /* TLS through the ring: decrypts what arrived, as far as the input has
  * room (the rest waits in OpenSSL, tls_held set). The end of the stream is
- * reported once everything before it has been read. */
-static void open_received(struct sock *s)
+ * reported once everything before it has been read. False when the sock
+ * is gone. */
+static bool open_received(struct sock *s)
 {
     if (!s->paused && !read_some(s))
-        return;
+        return false;
     resume_reading(s);
+    return true;
 }
 
 /* A receive's completion; false when the sock may be gone. */
@@ -624,8 +626,7 @@ static bool take_completion(struct sock *s, int res, unsigned flags)
     if (res == 0 && s->ssl) {
         /* OpenSSL reports the end after the records before it. */
         s->tls_ended = s->tls_held = true;
-        open_received(s);
-        return true;
+        return open_received(s);
     }
     if (res == 0) {
         die(s);
@@ -634,10 +635,8 @@ static bool take_completion(struct sock *s, int res, unsigned flags)
     if (!added)
         return fail(s, "out of memory", "");
     progress(s);
-    if (s->ssl) {
-        open_received(s);
-        return true;
-    }
+    if (s->ssl)
+        return open_received(s);
     if (s->paused) {
         s->unreported = true;
         return true;

@@ -36,7 +36,7 @@ struct seen {
     int count[SOCK_CLOSED + 1];
     bool in_call;         /* the test is inside a sock_ call */
     bool called_under;    /* a callback ran while it was */
-    bool free_on_eof;
+    bool free_at_end;     /* the callback frees the sock at SOCK_EOF or SOCK_ERROR */
     struct sock *s;
 };
 
@@ -47,7 +47,7 @@ static void record(struct sock *s, enum sock_event event, void *arg)
     seen->count[event]++;
     if (seen->in_call)
         seen->called_under = true;
-    if (event == SOCK_EOF && seen->free_on_eof) {
+    if ((event == SOCK_EOF || event == SOCK_ERROR) && seen->free_at_end) {
         sock_free(s);
         seen->s = NULL;
     }
@@ -371,7 +371,7 @@ static void test_free_in_callback(void **state)
 {
     struct pair *p = *state;
 
-    p->seen.free_on_eof = true;
+    p->seen.free_at_end = true;
     close(p->peer);
     p->peer = -1;
     turn(p);
@@ -900,6 +900,31 @@ static void test_tls_close(void **state)
     assert_int_equal(evbuffer_get_length(sock_input(t->server)), 3);
 }
 
+/* A sock freed by its callback as the peer's stream ends, with or without
+ * a close_notify, is not touched again (the sanitizer build sees it). */
+static void test_tls_free_at_end(void **state)
+{
+    struct tls_pair *t = *state;
+
+    t->server_seen.free_at_end = true;
+    sock_free(t->client);
+    t->client = NULL;
+    RUN_UNTIL(t, t->server_seen.count[SOCK_EOF]);
+    assert_int_equal(t->server_seen.count[SOCK_EOF], 1);
+    t->server = NULL;
+}
+
+static void test_tls_free_at_vanished_peer(void **state)
+{
+    struct tls_pair *t = *state;
+
+    t->client_seen.free_at_end = true;
+    assert_int_equal(shutdown(sock_fd(t->server), SHUT_RDWR), 0);
+    RUN_UNTIL(t, t->client_seen.count[SOCK_EOF] + t->client_seen.count[SOCK_ERROR]);
+    assert_int_equal(t->client_seen.count[SOCK_EOF] + t->client_seen.count[SOCK_ERROR], 1);
+    t->client = NULL;
+}
+
 /* The peer's last words and the end of its stream, while reading is
  * paused: nothing is reported until reading resumes, then the words, then
  * the end. */
@@ -950,6 +975,8 @@ static void test_tls_key_update(void **state)
         cmocka_unit_test_setup_teardown(test_tls_read_limit_resumes, setup, tls_pair_down),   \
         cmocka_unit_test_setup_teardown(test_tls_partial_record_waits, setup, tls_pair_down), \
         cmocka_unit_test_setup_teardown(test_tls_close, setup, tls_pair_down),                \
+        cmocka_unit_test_setup_teardown(test_tls_free_at_end, setup, tls_pair_down),          \
+        cmocka_unit_test_setup_teardown(test_tls_free_at_vanished_peer, setup, tls_pair_down),\
         cmocka_unit_test_setup_teardown(test_tls_end_after_data_while_paused, setup,          \
                                         tls_pair_down),                                       \
         cmocka_unit_test_setup_teardown(test_tls_key_update, setup, tls_pair_down),           \
