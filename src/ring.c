@@ -344,17 +344,16 @@ void ring_free(struct ring *r)
     free(r);
 }
 
-/* Reads per sleep at which sessions join the ring, and below which they
- * leave it; and the fewest reads in an interval that say anything. */
-#define RING_JOIN_READS_PER_SLEEP 4
-#define RING_LEAVE_READS_PER_SLEEP 2
+/* Reads per sleep, in tenths, at which sessions join the ring, and below
+ * which they leave it; and the fewest reads in an interval that say
+ * anything. */
+#define RING_JOIN_TENTHS 25
+#define RING_LEAVE_TENTHS 20
 #define RING_MIN_READS 64
 
 bool ring_worth_using(bool in_use, uint64_t reads, uint64_t sleeps)
 {
     if (reads < RING_MIN_READS)
         return in_use;
-    if (in_use)
-        return reads >= RING_LEAVE_READS_PER_SLEEP * sleeps;
-    return reads >= RING_JOIN_READS_PER_SLEEP * sleeps;
+    return reads * 10 >= (in_use ? RING_LEAVE_TENTHS : RING_JOIN_TENTHS) * sleeps;
 }

@@ -82,9 +82,9 @@ void ring_recycle(struct ring *r, unsigned flags);
  * several to batch. When each wake-up brings one message (one client, or a
  * few taking turns), the kernel interrupts the thread's wait to run the
  * receive it queued, which costs more than the ring saves. Reads per sleep
- * tell the two apart: about 1.5 at one client, 3 at two, 6 and more at
- * three. The sessions join the ring at 4 and leave it below 2, so a load
- * between the two does not flap; an interval with too few reads to tell
+ * tell the two apart: about 1.5 at one client, 2.7 at two, 6 and more at
+ * three. The sessions join the ring at 2.5 and leave it below 2, so a
+ * load near either does not flap; an interval with too few reads to tell
  * changes nothing. */
 bool ring_worth_using(bool in_use, uint64_t reads, uint64_t sleeps);
 

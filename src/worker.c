@@ -415,7 +415,6 @@ static void set_ring_in_use(struct worker *w, bool use)
         counter_add(&w->counters.on_ring, 1);
     else
         counter_sub(&w->counters.on_ring, 1);
-    log_debug("[worker %d] sessions %s io_uring", w->index, use ? "move to" : "leave");
     for (struct conn *c = w->conns; c; c = conn_next(c))
         conn_follow_ring(c);
 }
@@ -431,11 +430,16 @@ static void look_at_ring(evutil_socket_t fd, short what, void *arg)
     if (getrusage(RUSAGE_THREAD, &ru) != 0)
         return;
     uint64_t sleeps = (uint64_t)ru.ru_nvcsw;
-    bool use = ring_worth_using(w->ring_in_use, w->reads - w->reads_seen, sleeps - w->sleeps_seen);
+    uint64_t reads = w->reads - w->reads_seen, slept = sleeps - w->sleeps_seen;
+    bool use = ring_worth_using(w->ring_in_use, reads, slept);
     w->reads_seen = w->reads;
     w->sleeps_seen = sleeps;
-    if (use != w->ring_in_use)
-        set_ring_in_use(w, use);
+    if (use == w->ring_in_use)
+        return;
+    log_debug("[worker %d] sessions %s io_uring: %llu reads, %llu sleeps in %d ms", w->index,
+              use ? "move to" : "leave", (unsigned long long)reads, (unsigned long long)slept,
+              RING_LOOK_MS);
+    set_ring_in_use(w, use);
 }
 
 /* The ring belongs to the thread that submits to it. With io_uring = auto

@@ -636,14 +636,15 @@ static void test_ring_moves_under_load(void **state)
     evbuffer_free(to_sock);
 }
 
-/* io_uring = auto's rule: join at 4 reads per sleep, leave below 2, hold
- * between, and hold when too few reads say anything. */
+/* io_uring = auto's rule: join at 2.5 reads per sleep, leave below 2,
+ * hold between, and hold when too few reads say anything. */
 static void test_ring_worth_using(void **state)
 {
     (void)state;
     assert_false(ring_worth_using(false, 300, 200)); /* one client: 1.5 */
-    assert_false(ring_worth_using(false, 600, 200)); /* two: 3 */
-    assert_true(ring_worth_using(false, 800, 200));
+    assert_false(ring_worth_using(false, 499, 200));
+    assert_true(ring_worth_using(false, 500, 200));
+    assert_true(ring_worth_using(false, 540, 200));  /* two: 2.7 */
     assert_true(ring_worth_using(false, 5000, 0));   /* never slept */
     assert_false(ring_worth_using(true, 300, 200));
     assert_true(ring_worth_using(true, 600, 200));
