@@ -346,10 +346,12 @@ void ring_free(struct ring *r)
 
 /* Reads per sleep, in tenths, at which sessions join the ring, and below
  * which they leave it; and the fewest reads in an interval that say
- * anything. */
+ * anything: fewer come from a load too light for the choice to matter, or
+ * from the last clients of a burst saying goodbye, which should not send
+ * the sessions of the next burst back to plain calls. */
 #define RING_JOIN_TENTHS 25
 #define RING_LEAVE_TENTHS 20
-#define RING_MIN_READS 64
+#define RING_MIN_READS 256
 
 bool ring_worth_using(bool in_use, uint64_t reads, uint64_t sleeps)
 {

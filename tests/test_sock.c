@@ -647,10 +647,12 @@ static void test_ring_worth_using(void **state)
     assert_true(ring_worth_using(false, 540, 200));  /* two: 2.7 */
     assert_true(ring_worth_using(false, 5000, 0));   /* never slept */
     assert_false(ring_worth_using(true, 300, 200));
+    assert_false(ring_worth_using(true, 256, 200));
     assert_true(ring_worth_using(true, 600, 200));
     assert_true(ring_worth_using(true, 400, 200));
     assert_false(ring_worth_using(true, 399, 200));
     assert_true(ring_worth_using(true, 10, 10));     /* idle: as it was */
+    assert_true(ring_worth_using(true, 200, 190));   /* a burst's goodbyes */
     assert_false(ring_worth_using(false, 10, 0));
 }
 
