@@ -643,6 +643,64 @@ static void test_ring_moves_under_load(void **state)
     evbuffer_free(to_sock);
 }
 
+/* The moves mixed at random with what the connection code does meanwhile:
+ * pausing and resuming (backpressure), read limits, flushes, partial reads
+ * on both sides. A fixed seed, so a failure repeats. Everything arrives,
+ * once and in order, and once the moves stop and reading resumes the rest
+ * follows. */
+static void test_ring_moves_at_random(void **state)
+{
+    struct pair *p = *state;
+    struct evbuffer *to_sock = evbuffer_new();
+    size_t total = 2 * 1024 * 1024, got = 0, sent = 0, queued = 0;
+    unsigned seed = 12345;
+    bool paused = false;
+
+    NEED_RING(p);
+    add_pattern(to_sock, 0, total);
+    for (int i = 0; i < 20000 && (got < total || sent < total); i++) {
+        seed = seed * 1103515245u + 12345u;
+        unsigned r = (seed >> 16) & 0x7fff;
+        switch (r % 8) {
+        case 0:
+            assert_true(sock_leave_ring(p->s));
+            break;
+        case 1:
+            assert_true(sock_use_ring(p->s, p->ring));
+            break;
+        case 2:
+            paused = !paused;
+            sock_pause_reading(p->s, paused);
+            break;
+        case 3:
+            sock_set_read_limit(p->s, 1024 + (r % 64) * 4096);
+            break;
+        default:
+            break;
+        }
+        if (queued < total && r % 3 == 0) {
+            size_t n = total - queued < 6000 ? total - queued : 6000;
+            add_pattern(sock_output(p->s), queued, n);
+            queued += n;
+            sock_flush(p->s);
+        }
+        evbuffer_write_atmost(to_sock, p->peer, (ev_ssize_t)(r % 3) * 2048);
+        event_base_loop(p->base, EVLOOP_NONBLOCK);
+        if (r % 2)
+            take_pattern(sock_input(p->s), &got);
+        drain_peer_most(p->peer, &sent, (r % 4) * 2048);
+        if (i > 15000 && paused) {
+            paused = false;
+            sock_pause_reading(p->s, false);
+        }
+    }
+    assert_int_equal(got, total);
+    assert_int_equal(sent, total);
+    assert_int_equal(sock_unsent(p->s), 0);
+    assert_false(p->seen.called_under);
+    evbuffer_free(to_sock);
+}
+
 /* io_uring = auto's rule: join at 2.5 reads per sleep, leave below 2,
  * hold between, and hold when too few reads say anything. */
 static void test_ring_worth_using(void **state)
@@ -1017,6 +1075,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_ring_free_in_flight, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_ring_leave_and_return, ring_pair_up, pair_down),
         cmocka_unit_test_setup_teardown(test_ring_moves_under_load, ring_pair_up, pair_down),
+        cmocka_unit_test_setup_teardown(test_ring_moves_at_random, ring_pair_up, pair_down),
         TLS_TESTS(tls_pair_up),
         TLS_TESTS(tls_ring_pair_up),
     };
