@@ -997,24 +997,21 @@ static bool tls_to_ring(struct sock *s)
 
 bool sock_use_ring(struct sock *s, struct ring *r)
 {
-    if (s->ring && s->leaving) {
-        /* Still on it: the receive is armed again once its cancel ends,
-         * and the output that waited goes now. */
-        s->leaving = false;
-        update_reading(s);
-        send_output(s);
+    if (s->ring && !s->leaving)
         return true;
+    if (!s->ring) {
+        if (!r || s->state != SOCK_OPEN)
+            return false;
+        /* OpenSSL must be asked again with the write it could not finish. */
+        if (s->ssl && (s->writing || s->write_wants_read || !tls_to_ring(s)))
+            return false;
+        set_interest(s->rev, &s->reading, false);
+        set_interest(s->wev, &s->writing, false);
+        s->ring = r;
     }
-    if (s->ring)
-        return true;
-    if (!r || s->state != SOCK_OPEN)
-        return false;
-    /* OpenSSL must be asked again with the write it could not finish. */
-    if (s->ssl && (s->writing || s->write_wants_read || !tls_to_ring(s)))
-        return false;
-    set_interest(s->rev, &s->reading, false);
-    set_interest(s->wev, &s->writing, false);
-    s->ring = r;
+    /* A sock still leaving stays: its receive is armed again once its
+     * cancel ends, and the output that waited goes now. */
+    s->leaving = false;
     resume_reading(s);
     send_output(s);
     return true;
