@@ -765,7 +765,6 @@ static void client_sock_cb(struct sock *s, enum sock_event event, void *arg)
 
     switch (event) {
     case SOCK_READ:
-        c->worker->reads++;
         client_read(c);
         return;
     case SOCK_DRAINED:
@@ -816,7 +815,6 @@ void server_sock_cb(struct sock *s, enum sock_event event, void *arg)
 
     switch (event) {
     case SOCK_READ:
-        c->worker->reads++;
         server_read(c);
         return;
     case SOCK_DRAINED:

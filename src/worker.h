@@ -115,8 +115,8 @@ struct worker {
     struct pool *pool;         /* servers kept for reuse */
     struct ring *ring;         /* io_uring of the thread; NULL: plain system calls */
     bool ring_in_use;          /* logged-in sessions use it now */
-    uint64_t reads;            /* reads by the sessions' sockets, for io_uring = auto */
-    uint64_t reads_seen, sleeps_seen; /* reads, and the thread's sleeps, at the last look */
+    uint64_t reads_seen, sleeps_seen; /* relayed reads, and the thread's sleeps, at the
+                                       * last look (io_uring = auto) */
     struct event *ring_timer;  /* io_uring = auto: the look, every RING_LOOK_MS */
 
     pthread_mutex_t conns_lock; /* the list, and what SHOW CLIENTS reads of a pair,
