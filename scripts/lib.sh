@@ -1,5 +1,6 @@
-# Shared by scripts/quickstart, scripts/check, bench/run and the test harness:
-# installing what is missing, building, and running a scratch PostgreSQL.
+# Shared by scripts/quickstart, scripts/check, scripts/soak, bench/run and the
+# test harness: installing what is missing, building, running a scratch
+# PostgreSQL, and reading idemproxy's metrics.
 # Source it; every function reports its own errors.
 
 IDEM_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -121,4 +122,16 @@ idem_pg_stop() {
     local dir=$1
     [ -f "$dir/data/postmaster.pid" ] || return 0
     idem_as_owner "$(idem_pg_bindir)/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1 || true
+}
+
+# idem_workers_on_ring PORT: how many of an idemproxy's workers have their
+# sessions on io_uring now, from its /metrics on 127.0.0.1:PORT, read with
+# bash's /dev/tcp so that no HTTP client is needed; nothing if it cannot be
+# read.
+idem_workers_on_ring() {
+    local fd
+    exec {fd}<>"/dev/tcp/127.0.0.1/$1" || return 0
+    printf 'GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&"$fd"
+    awk '$1 == "idemproxy_workers_on_ring" { print $2 }' <&"$fd"
+    exec {fd}>&-
 }
