@@ -403,14 +403,20 @@ void worker_wake(struct worker *w)
  * under load and costs nothing. */
 #define RING_LOOK_MS 200
 
+/* The on_ring gauge is the one record of the choice: this thread reads
+ * it as the other threads do. */
+static bool ring_in_use(const struct worker *w)
+{
+    return counter_get(&w->counters.on_ring) != 0;
+}
+
 struct ring *worker_session_ring(const struct worker *w)
 {
-    return w->ring_in_use ? w->ring : NULL;
+    return ring_in_use(w) ? w->ring : NULL;
 }
 
 static void set_ring_in_use(struct worker *w, bool use)
 {
-    w->ring_in_use = use;
     if (use)
         counter_add(&w->counters.on_ring, 1);
     else
@@ -439,10 +445,10 @@ static void look_at_ring(evutil_socket_t fd, short what, void *arg)
         return;
     uint64_t total = relayed_reads(w), sleeps = (uint64_t)ru.ru_nvcsw;
     uint64_t reads = total - w->reads_seen, slept = sleeps - w->sleeps_seen;
-    bool use = ring_worth_using(w->ring_in_use, reads, slept);
+    bool use = ring_worth_using(ring_in_use(w), reads, slept);
     w->reads_seen = total;
     w->sleeps_seen = sleeps;
-    if (use == w->ring_in_use)
+    if (use == ring_in_use(w))
         return;
     log_debug("[worker %d] sessions %s io_uring: %llu reads, %llu sleeps in %d ms", w->index,
               use ? "move to" : "leave", (unsigned long long)reads, (unsigned long long)slept,

@@ -81,7 +81,8 @@ struct worker_counters {
     struct counter oversized_inspected; /* inspected messages over max_held_message, streamed */
     struct counter protocol_violations;
     struct counter track_desyncs;
-    struct counter on_ring;             /* 1 while the sessions use the worker's ring */
+    struct counter on_ring;             /* 1 while the sessions use the worker's ring:
+                                         * the worker's own record of its choice too */
     struct latency_histogram latency[FLOW_COUNT];
 };
 
@@ -114,7 +115,6 @@ struct worker {
                                 * under older ones is not kept */
     struct pool *pool;         /* servers kept for reuse */
     struct ring *ring;         /* io_uring of the thread; NULL: plain system calls */
-    bool ring_in_use;          /* logged-in sessions use it now */
     uint64_t reads_seen, sleeps_seen; /* relayed reads, and the thread's sleeps, at the
                                        * last look (io_uring = auto) */
     struct event *ring_timer;  /* io_uring = auto: the look, every RING_LOOK_MS */
