@@ -56,9 +56,11 @@ idem_pg_bindir() {
     idem_die "initdb not found: apt-get install postgresql-15"
 }
 
-# A TCP port on 127.0.0.1 that nothing uses right now, below the ephemeral
-# range: a port that some client connection happens to hold locally would
-# make a listener fail with "Address already in use".
+# idem_free_port [TAKEN...]: a TCP port on 127.0.0.1 that nothing uses
+# right now and that is none of TAKEN (ports drawn for a server not started
+# yet), below the ephemeral range: a port that some client connection
+# happens to hold locally would make a listener fail with "Address already
+# in use".
 idem_free_port() {
     local port tries=0 lo
     lo=$(awk '{ print $1 }' /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
@@ -66,6 +68,7 @@ idem_free_port() {
     while [ $tries -lt 200 ]; do
         port=$((20000 + RANDOM % (lo - 20000)))
         tries=$((tries + 1))
+        [[ " $* " == *" $port "* ]] && continue
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && continue
         if command -v ss >/dev/null && [ -n "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ]; then
             continue
@@ -110,6 +113,36 @@ idem_pg_start() {
     } | idem_as_owner tee -a "$dir/data/postgresql.conf" >/dev/null
     idem_as_owner "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null ||
         { tail -20 "$dir/postgres.log" >&2; idem_die "PostgreSQL did not start"; }
+}
+
+# idem_scram_auth_file PORT PASSWORD FILE: gives the superuser of the
+# cluster on 127.0.0.1:PORT that password and writes its SCRAM secret to
+# FILE as an auth_file line, for a proxy that checks logins itself.
+idem_scram_auth_file() {
+    local port=$1 password=$2 file=$3 secret
+    local su=(psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$PG_SUPERUSER" -d postgres)
+    "${su[@]}" -c "ALTER ROLE \"$PG_SUPERUSER\" PASSWORD '$password'" ||
+        idem_die "cannot set the password of $PG_SUPERUSER"
+    secret=$("${su[@]}" -At -c "SELECT rolpassword FROM pg_authid WHERE rolname = '$PG_SUPERUSER'")
+    [[ $secret == SCRAM-SHA-256\$* ]] || idem_die "PostgreSQL stored no SCRAM secret for $PG_SUPERUSER"
+    printf '"%s" "%s"\n' "$PG_SUPERUSER" "$secret" >"$file"
+}
+
+# idem_wait_ready NAME PORT PID LOG: until a query through the proxy NAME
+# on 127.0.0.1:PORT works; dies with LOG's tail if PID exits first or 30 s
+# pass.
+idem_wait_ready() {
+    local name=$1 port=$2 pid=$3 log=$4 _
+    for _ in $(seq 300); do
+        kill -0 "$pid" 2>/dev/null || { tail -20 "$log" >&2 || true; idem_die "$name exited at start"; }
+        if psql -X -q -h 127.0.0.1 -p "$port" -U "$PG_SUPERUSER" -d postgres \
+            -c 'SELECT 1' >/dev/null 2>&1; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -20 "$log" >&2 || true
+    idem_die "$name did not answer on port $port"
 }
 
 # The transactions a pgbench run reports in its log file LOG (empty when
