@@ -432,6 +432,7 @@ static enum handling server_handling(const struct conn *c, char type)
     case 'R':
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_STREAM;
     case 'K':
+    case 'v': /* NegotiateProtocolVersion */
         return c->state == CONN_LOGIN && c->reusable ? HANDLE_TAKE : HANDLE_STREAM;
     case 'Z':
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_PEEK;

@@ -447,6 +447,9 @@ enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t total,
     case 'S':
         note_parameter(c, body, len);
         break;
+    case 'v':
+        welcome_note(&c->welcome, 'v', body, len);
+        break;
     case 'K':
         welcome_note(&c->welcome, 'K', body, len);
         if (give_key(c, body, len)) {

@@ -27,6 +27,7 @@ void welcome_free(struct welcome *w)
         free(p);
     }
     free(w->key);
+    free(w->negotiation);
     welcome_init(w);
 }
 
@@ -74,30 +75,46 @@ static void note_param(struct welcome *w, const uint8_t *body, size_t len)
     p->value = copy;
 }
 
-static void note_key(struct welcome *w, const uint8_t *body, size_t len)
+/* Keeps a copy of body in *dst, replacing the one before. */
+static void keep_body(struct welcome *w, const uint8_t *body, size_t len, uint8_t **dst,
+                      size_t *dst_len)
 {
-    /* A process ID and a key of 4 to 256 bytes (protocol 3.2). */
-    if (len < PG_BACKEND_KEY_MIN || len > PG_BACKEND_KEY_MAX) {
-        w->broken = true;
-        return;
-    }
     uint8_t *copy = malloc(len);
+
     if (!copy) {
         w->broken = true;
         return;
     }
     memcpy(copy, body, len);
-    free(w->key);
-    w->key = copy;
-    w->key_len = len;
+    free(*dst);
+    *dst = copy;
+    *dst_len = len;
 }
 
 void welcome_note(struct welcome *w, char type, const uint8_t *body, size_t len)
 {
-    if (type == 'S')
+    switch (type) {
+    case 'S':
         note_param(w, body, len);
-    else if (type == 'K')
-        note_key(w, body, len);
+        break;
+    case 'K':
+        /* A process ID and a key of 4 to 256 bytes (protocol 3.2). */
+        if (len < PG_BACKEND_KEY_MIN || len > PG_BACKEND_KEY_MAX)
+            w->broken = true;
+        else
+            keep_body(w, body, len, &w->key, &w->key_len);
+        break;
+    case 'v':
+        /* The newest minor version the server speaks and the count of the
+         * options it did not know, then their names. */
+        if (len < 8)
+            w->broken = true;
+        else
+            keep_body(w, body, len, &w->negotiation, &w->negotiation_len);
+        break;
+    default:
+        break;
+    }
 }
 
 bool welcome_complete(const struct welcome *w)
@@ -118,6 +135,9 @@ static size_t build(const struct welcome *w, const uint8_t *key, uint8_t *buf, s
     static const char idle = 'I';
     size_t at = 0;
 
+    if (w->negotiation)
+        at = pg_put_msg(buf, cap, at, 'v', (const void *[]){ w->negotiation },
+                        (size_t[]){ w->negotiation_len }, 1);
     at = pg_put_msg(buf, cap, at, 'R', (const void *[]){ auth_ok }, (size_t[]){ 4 }, 1);
     for (const struct welcome_param *p = w->params; p; p = p->hh.next) {
         at = pg_put_msg(buf, cap, at, 'S', (const void *[]){ p->name, p->value },

@@ -4,7 +4,12 @@
  * tell it again.
  *
  * A login ends with a ParameterStatus for every reported setting, then
- * BackendKeyData and ReadyForQuery. Reported settings change during a
+ * BackendKeyData and ReadyForQuery. Before them the server may have sent
+ * NegotiateProtocolVersion: the StartupMessage asked for a newer minor
+ * version or for protocol options (_pq_.*) it does not know. A kept server
+ * goes only to a client with the same StartupMessage, so the same answer
+ * holds for it, and it must hear it: else it believes in a version or an
+ * option the server never granted. Reported settings change during a
  * session (SET, and the reset before reuse reports the old values back),
  * so every ParameterStatus of the session is noted, the last value of a
  * name replacing the one before.
@@ -24,20 +29,24 @@ struct welcome {
     struct welcome_param *params; /* by name, in the order first noted */
     uint8_t *key;    /* the BackendKeyData body, NULL until it came */
     size_t key_len;
+    uint8_t *negotiation; /* the NegotiateProtocolVersion body, NULL if none came */
+    size_t negotiation_len;
     bool broken;     /* a note was lost (no memory, or malformed): never replay */
 };
 
 void welcome_init(struct welcome *w);
 void welcome_free(struct welcome *w);
 
-/* Notes a server message of type with its body: ParameterStatus ('S') and
- * BackendKeyData ('K'); other types are ignored. */
+/* Notes a server message of type with its body: ParameterStatus ('S'),
+ * BackendKeyData ('K') and NegotiateProtocolVersion ('v'); other types are
+ * ignored. */
 void welcome_note(struct welcome *w, char type, const uint8_t *body, size_t len);
 
 /* Whether it can be replayed: a whole login was noted, nothing lost. */
 bool welcome_complete(const struct welcome *w);
 
-/* The end of a login as a client hears it: AuthenticationOk, every noted
+/* The end of a login as a client hears it: the noted
+ * NegotiateProtocolVersion if there was one, AuthenticationOk, every noted
  * ParameterStatus, BackendKeyData (with key as its body, of the noted one's
  * length, or the noted one when key is NULL) and ReadyForQuery 'I'.
  * Returns the bytes it needs; when that exceeds cap nothing is written. */

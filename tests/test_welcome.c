@@ -3,8 +3,8 @@
  * of a login. It must be what a fresh login on that server would say now:
  * every reported setting with its latest value (a SET during the session,
  * then the reset's report of the old value), the server's real
- * BackendKeyData (cancel requests go to the server with it), and
- * ReadyForQuery idle. Anything noted wrongly makes it unusable, never
+ * BackendKeyData (cancel requests go to the server with it), the server's
+ * NegotiateProtocolVersion when it sent one, and ReadyForQuery idle. Anything noted wrongly makes it unusable, never
  * half right.
  */
 #include <setjmp.h>
@@ -139,11 +139,42 @@ static void test_incomplete_or_broken(void **state)
     welcome_free(&w);
 }
 
+/* A StartupMessage that asked for protocol 3.2 and an option the server
+ * does not know: its answer comes first, as the server sent it. */
+static void test_replays_negotiation(void **state)
+{
+    (void)state;
+    static const uint8_t negotiation[] = { 0, 3, 0, 0, 0, 0, 0, 1, '_', 'p', 'q', '_', '.',
+                                           'x', 0 };
+    struct welcome w;
+    welcome_init(&w);
+    welcome_note(&w, 'v', negotiation, sizeof(negotiation));
+    note_param(&w, "server_version", "15.18");
+    welcome_note(&w, 'K', key_body, sizeof(key_body));
+    assert_true(welcome_complete(&w));
+
+    uint8_t buf[256];
+    struct pg_msg m[5];
+    size_t len = welcome_build(&w, NULL, buf, sizeof(buf));
+    expect_types(buf, len, "vRSKZ", m);
+    assert_int_equal(m[0].body_len, sizeof(negotiation));
+    assert_memory_equal(m[0].body, negotiation, sizeof(negotiation));
+    welcome_free(&w);
+
+    /* Shorter than its two counts: the client would hear nonsense. */
+    welcome_init(&w);
+    welcome_note(&w, 'v', negotiation, 7);
+    welcome_note(&w, 'K', key_body, sizeof(key_body));
+    assert_false(welcome_complete(&w));
+    welcome_free(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_replays_latest_values),
         cmocka_unit_test(test_incomplete_or_broken),
+        cmocka_unit_test(test_replays_negotiation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
