@@ -433,6 +433,7 @@ static enum handling server_handling(const struct conn *c, char type)
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_STREAM;
     case 'K':
     case 'v': /* NegotiateProtocolVersion */
+    case 'N':
         return c->state == CONN_LOGIN && c->reusable ? HANDLE_TAKE : HANDLE_STREAM;
     case 'Z':
         return c->state == CONN_LOGIN ? HANDLE_TAKE : HANDLE_PEEK;

@@ -28,6 +28,7 @@ void welcome_free(struct welcome *w)
     }
     free(w->key);
     free(w->negotiation);
+    free(w->notices);
     welcome_init(w);
 }
 
@@ -91,6 +92,20 @@ static void keep_body(struct welcome *w, const uint8_t *body, size_t len, uint8_
     *dst_len = len;
 }
 
+static void note_notice(struct welcome *w, const uint8_t *body, size_t len)
+{
+    size_t need = pg_put_msg(NULL, 0, 0, 'N', (const void *[]){ body }, (size_t[]){ len }, 1);
+    uint8_t *grown = realloc(w->notices, w->notices_len + need);
+
+    if (!grown) {
+        w->broken = true;
+        return;
+    }
+    w->notices = grown;
+    w->notices_len = pg_put_msg(grown, w->notices_len + need, w->notices_len, 'N',
+                                (const void *[]){ body }, (size_t[]){ len }, 1);
+}
+
 void welcome_note(struct welcome *w, char type, const uint8_t *body, size_t len)
 {
     switch (type) {
@@ -111,6 +126,9 @@ void welcome_note(struct welcome *w, char type, const uint8_t *body, size_t len)
             w->broken = true;
         else
             keep_body(w, body, len, &w->negotiation, &w->negotiation_len);
+        break;
+    case 'N':
+        note_notice(w, body, len);
         break;
     default:
         break;
@@ -139,6 +157,9 @@ static size_t build(const struct welcome *w, const uint8_t *key, uint8_t *buf, s
         at = pg_put_msg(buf, cap, at, 'v', (const void *[]){ w->negotiation },
                         (size_t[]){ w->negotiation_len }, 1);
     at = pg_put_msg(buf, cap, at, 'R', (const void *[]){ auth_ok }, (size_t[]){ 4 }, 1);
+    if (w->notices && at + w->notices_len <= cap)
+        memcpy(buf + at, w->notices, w->notices_len);
+    at += w->notices_len;
     for (const struct welcome_param *p = w->params; p; p = p->hh.next) {
         at = pg_put_msg(buf, cap, at, 'S', (const void *[]){ p->name, p->value },
                         (size_t[]){ strlen(p->name) + 1, strlen(p->value) + 1 }, 2);

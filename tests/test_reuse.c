@@ -11,7 +11,8 @@
  * when its client left with work under way or a transaction open, and a
  * kept server that dies, times out or outlives a reload is not handed
  * out. A client of a kept server hears the server's answer to its
- * StartupMessage's protocol version and options, as on a fresh login.
+ * StartupMessage's protocol version and options and the warnings of its
+ * login, as on a fresh login.
  *
  * Run by tests/integration.sh (same scratch cluster as the other suites).
  * Every test starts its own proxy. Run one:
@@ -157,10 +158,10 @@ static const char *scram_attr(const char *msg, const char *name, char *out, size
 
 /* Logs in as ITEST_SCRAM_USER with StartupMessage pkt, answering SCRAM with
  * the password. Writes the types of the messages after the exchange, up to
- * and including ReadyForQuery, to types; the NegotiateProtocolVersion
- * among them (if any) to *negotiation. */
+ * and including ReadyForQuery, to types; the first message of type want
+ * among them (if any) to *wanted. */
 static void scram_raw_login(int fd, const uint8_t *pkt, size_t len, char *types, size_t cap,
-                            struct itest_msg *negotiation)
+                            char want, struct itest_msg *wanted)
 {
     static const char mechanism[] = "SCRAM-SHA-256";
     uint8_t raw_nonce[18];
@@ -170,7 +171,7 @@ static void scram_raw_login(int fd, const uint8_t *pkt, size_t len, char *types,
     char proof_b64[64];
     unsigned int n;
 
-    memset(negotiation, 0, sizeof(*negotiation));
+    memset(wanted, 0, sizeof(*wanted));
     assert_true(itest_raw_send(fd, pkt, len));
     struct itest_msg m = read_msg(fd);
     assert_int_equal(m.type, 'R');
@@ -226,8 +227,8 @@ static void scram_raw_login(int fd, const uint8_t *pkt, size_t len, char *types,
         m = read_msg(fd);
         assert_true(got + 1 < cap);
         types[got++] = m.type;
-        if (m.type == 'v' && !negotiation->body)
-            *negotiation = m;
+        if (m.type == want && !wanted->body)
+            *wanted = m;
         else
             itest_msg_free(&m);
     } while (types[got - 1] != 'Z');
@@ -546,7 +547,7 @@ static void test_reuse_negotiation(void **state)
     for (int round = 0; round < 2; round++) {
         int fd = itest_raw_connect(p->port);
         assert_true(fd >= 0);
-        scram_raw_login(fd, pkt, len, types, sizeof types, &negotiation);
+        scram_raw_login(fd, pkt, len, types, sizeof types, 'v', &negotiation);
         /* First, as before AuthenticationOk on a fresh login. */
         assert_int_equal(types[0], 'v');
         assert_int_equal(strchr(types + 1, 'v'), NULL);
@@ -565,11 +566,48 @@ static void test_reuse_negotiation(void **state)
     len = startup_packet(pkt, sizeof pkt, 3u << 16, plain);
     int fd = itest_raw_connect(p->port);
     assert_true(fd >= 0);
-    scram_raw_login(fd, pkt, len, types, sizeof types, &negotiation);
+    scram_raw_login(fd, pkt, len, types, sizeof types, 'v', &negotiation);
     assert_int_equal(strchr(types, 'v'), NULL);
     assert_null(negotiation.body);
     assert_int_equal(itest_proxy_log_count(p, "logged in on a kept server"), 1);
     itest_raw_close(fd);
+    itest_pass();
+}
+
+/* PostgreSQL warns at every login to a database whose collation version
+ * changed (after an operating system upgrade): the client of a kept
+ * server is warned as well, where a fresh login warns. */
+static void test_reuse_login_notice(void **state)
+{
+    (void)state;
+    itest_server_exec("DROP DATABASE IF EXISTS reuse_collation WITH (FORCE)");
+    itest_server_exec("CREATE DATABASE reuse_collation");
+    itest_server_exec("UPDATE pg_database SET datcollversion = '0.1' "
+                      "WHERE datname = 'reuse_collation'");
+    struct itest_proxy *p = reuse_proxy(NULL);
+    static const char *const pairs[] = { "user", ITEST_SCRAM_USER, "database", "reuse_collation",
+                                         NULL };
+    uint8_t pkt[256];
+    size_t len = startup_packet(pkt, sizeof pkt, 3u << 16, pairs);
+    char types[64];
+    struct itest_msg notice;
+
+    for (int round = 0; round < 2; round++) {
+        int fd = itest_raw_connect(p->port);
+        assert_true(fd >= 0);
+        scram_raw_login(fd, pkt, len, types, sizeof types, 'N', &notice);
+        /* Right after AuthenticationOk, as PostgreSQL says it. */
+        assert_true(strncmp(types, "RN", 2) == 0);
+        assert_int_equal(strchr(types + 2, 'N'), NULL);
+        assert_string_equal(itest_msg_field(&notice, 'C'), "01000");
+        assert_non_null(strstr(itest_msg_field(&notice, 'M'), "collation version"));
+        itest_msg_free(&notice);
+        assert_true(itest_raw_send(fd, "X\0\0\0\4", 5));
+        itest_raw_close(fd);
+        itest_proxy_wait_log_count(p, READY, round + 1);
+    }
+    assert_int_equal(itest_proxy_log_count(p, "logged in on a kept server"), 1);
+    itest_server_exec("DROP DATABASE reuse_collation WITH (FORCE)");
     itest_pass();
 }
 
@@ -584,6 +622,7 @@ int main(int argc, char **argv)
         ITEST(test_reuse_kept_server_goes),
         ITEST(test_reuse_bounds),
         ITEST(test_reuse_negotiation),
+        ITEST(test_reuse_login_notice),
     };
     return itest_main(argc, argv, "idemproxy server reuse", tests, sizeof tests / sizeof tests[0]);
 }

@@ -4,7 +4,8 @@
  * every reported setting with its latest value (a SET during the session,
  * then the reset's report of the old value), the server's real
  * BackendKeyData (cancel requests go to the server with it), the server's
- * NegotiateProtocolVersion when it sent one, and ReadyForQuery idle. Anything noted wrongly makes it unusable, never
+ * NegotiateProtocolVersion when it sent one, the warnings of the login,
+ * and ReadyForQuery idle. Anything noted wrongly makes it unusable, never
  * half right.
  */
 #include <setjmp.h>
@@ -61,7 +62,7 @@ static void test_replays_latest_values(void **state)
     note_param(&w, "client_encoding", "UTF8");
     welcome_note(&w, 'K', key_body, sizeof(key_body));
     /* Messages it does not keep are ignored. */
-    welcome_note(&w, 'N', (const uint8_t *)"x", 1);
+    welcome_note(&w, 'A', (const uint8_t *)"x", 1);
     assert_true(welcome_complete(&w));
     /* A SET, then the reset reporting the login's value back. */
     note_param(&w, "application_name", "changed");
@@ -140,8 +141,9 @@ static void test_incomplete_or_broken(void **state)
 }
 
 /* A StartupMessage that asked for protocol 3.2 and an option the server
- * does not know: its answer comes first, as the server sent it. */
-static void test_replays_negotiation(void **state)
+ * does not know: its answer comes first, as the server sent it. Warnings
+ * of the login come after AuthenticationOk. */
+static void test_replays_negotiation_and_notices(void **state)
 {
     (void)state;
     static const uint8_t negotiation[] = { 0, 3, 0, 0, 0, 0, 0, 1, '_', 'p', 'q', '_', '.',
@@ -161,6 +163,23 @@ static void test_replays_negotiation(void **state)
     assert_memory_equal(m[0].body, negotiation, sizeof(negotiation));
     welcome_free(&w);
 
+    /* The login's warnings, in their order, right after AuthenticationOk. */
+    static const uint8_t first[] = "SWARNING\0C01000\0Mfirst\0";
+    static const uint8_t second[] = "SWARNING\0C01000\0Msecond\0";
+    welcome_init(&w);
+    welcome_note(&w, 'N', first, sizeof(first));
+    welcome_note(&w, 'N', second, sizeof(second));
+    note_param(&w, "server_version", "15.18");
+    welcome_note(&w, 'K', key_body, sizeof(key_body));
+    struct pg_msg n[6];
+    len = welcome_build(&w, NULL, buf, sizeof(buf));
+    assert_true(len <= sizeof(buf));
+    expect_types(buf, len, "RNNSKZ", n);
+    assert_int_equal(n[1].body_len, sizeof(first));
+    assert_memory_equal(n[1].body, first, sizeof(first));
+    assert_memory_equal(n[2].body, second, sizeof(second));
+    welcome_free(&w);
+
     /* Shorter than its two counts: the client would hear nonsense. */
     welcome_init(&w);
     welcome_note(&w, 'v', negotiation, 7);
@@ -174,7 +193,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_replays_latest_values),
         cmocka_unit_test(test_incomplete_or_broken),
-        cmocka_unit_test(test_replays_negotiation),
+        cmocka_unit_test(test_replays_negotiation_and_notices),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
