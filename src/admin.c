@@ -271,7 +271,7 @@ static void show_clients(struct worker *w, struct evbuffer *out)
 static void show_config(struct worker *w, struct evbuffer *out)
 {
     const struct config *cfg = w->cfg;
-    char n[12][24];
+    char n[16][24];
     char admins[512] = "";
 
     for (size_t i = 0, at = 0; i < cfg->admin_users.count && at < sizeof(admins); i++)
@@ -289,6 +289,10 @@ static void show_config(struct worker *w, struct evbuffer *out)
     snprintf(n[9], sizeof(n[9]), "%d", cfg->server_idle_timeout);
     snprintf(n[10], sizeof(n[10]), "%d", cfg->max_idle_servers);
     snprintf(n[11], sizeof(n[11]), "%d", cfg->max_cached_statements);
+    snprintf(n[12], sizeof(n[12]), "%d", cfg->tcp_keepidle);
+    snprintf(n[13], sizeof(n[13]), "%d", cfg->tcp_keepintvl);
+    snprintf(n[14], sizeof(n[14]), "%d", cfg->tcp_keepcnt);
+    snprintf(n[15], sizeof(n[15]), "%d", cfg->tcp_user_timeout);
     const char *const pairs[][2] = {
         { "config_file", cfg->path },
         { "listen_addr", cfg->listen_addr },
@@ -301,6 +305,11 @@ static void show_config(struct worker *w, struct evbuffer *out)
         { "max_held_message", n[3] },
         { "client_login_timeout", n[4] },
         { "shutdown_timeout", n[5] },
+        { "tcp_keepalive", cfg->tcp_keepalive ? "on" : "off" },
+        { "tcp_keepidle", n[12] },
+        { "tcp_keepintvl", n[13] },
+        { "tcp_keepcnt", n[14] },
+        { "tcp_user_timeout", n[15] },
         { "workers", n[6] },
         { "so_reuseport", cfg->so_reuseport ? "on" : "off" },
         { "io_uring", ring_use_name(cfg->io_uring) },

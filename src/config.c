@@ -24,6 +24,11 @@ enum main_key {
     KEY_MAX_HELD_MESSAGE,
     KEY_CLIENT_LOGIN_TIMEOUT,
     KEY_SERVER_CONNECT_TIMEOUT,
+    KEY_TCP_KEEPALIVE,
+    KEY_TCP_KEEPIDLE,
+    KEY_TCP_KEEPINTVL,
+    KEY_TCP_KEEPCNT,
+    KEY_TCP_USER_TIMEOUT,
     KEY_SHUTDOWN_TIMEOUT,
     KEY_CLIENT_TLS_SSLMODE,
     KEY_CLIENT_TLS_CERT_FILE,
@@ -66,6 +71,11 @@ static const char *const main_key_names[MAIN_KEY_COUNT] = {
     [KEY_MAX_HELD_MESSAGE] = "max_held_message",
     [KEY_CLIENT_LOGIN_TIMEOUT] = "client_login_timeout",
     [KEY_SERVER_CONNECT_TIMEOUT] = "server_connect_timeout",
+    [KEY_TCP_KEEPALIVE] = "tcp_keepalive",
+    [KEY_TCP_KEEPIDLE] = "tcp_keepidle",
+    [KEY_TCP_KEEPINTVL] = "tcp_keepintvl",
+    [KEY_TCP_KEEPCNT] = "tcp_keepcnt",
+    [KEY_TCP_USER_TIMEOUT] = "tcp_user_timeout",
     [KEY_SHUTDOWN_TIMEOUT] = "shutdown_timeout",
     [KEY_CLIENT_TLS_SSLMODE] = "client_tls_sslmode",
     [KEY_CLIENT_TLS_CERT_FILE] = "client_tls_cert_file",
@@ -660,6 +670,12 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_CLIENT_LOGIN_TIMEOUT: parse_int(p, key, value, 1, 86400, &c->client_login_timeout); break;
     case KEY_SERVER_CONNECT_TIMEOUT: parse_int(p, key, value, 1, 3600, &c->server_connect_timeout); break;
     case KEY_SHUTDOWN_TIMEOUT: parse_int(p, key, value, 0, 86400, &c->shutdown_timeout); break;
+    case KEY_TCP_KEEPALIVE: parse_bool(p, key, value, &c->tcp_keepalive); break;
+    /* Linux's own limits for the three keepalive options. */
+    case KEY_TCP_KEEPIDLE: parse_int(p, key, value, 0, 32767, &c->tcp_keepidle); break;
+    case KEY_TCP_KEEPINTVL: parse_int(p, key, value, 0, 32767, &c->tcp_keepintvl); break;
+    case KEY_TCP_KEEPCNT: parse_int(p, key, value, 0, 127, &c->tcp_keepcnt); break;
+    case KEY_TCP_USER_TIMEOUT: parse_int(p, key, value, 0, 86400000, &c->tcp_user_timeout); break;
     case KEY_WORKERS: parse_int(p, key, value, 0, CONFIG_MAX_WORKERS, &c->workers); break;
     case KEY_SO_REUSEPORT: parse_bool(p, key, value, &c->so_reuseport); break;
     case KEY_IO_URING: parse_ring_use(p, key, value, &c->io_uring); break;
@@ -812,6 +828,7 @@ static struct config *config_defaults(void)
     c->client_login_timeout = 60;
     c->server_connect_timeout = 10;
     c->shutdown_timeout = 30;
+    c->tcp_keepalive = true;
     c->log_stats_interval = 60;
     c->server_idle_timeout = 600;
     c->max_idle_servers = 100;

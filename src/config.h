@@ -101,6 +101,15 @@ struct config {
     size_t max_held_message; /* bytes; bigger inspected messages stream through */
     int client_login_timeout; /* seconds from accept to the first ReadyForQuery */
     int server_connect_timeout; /* seconds */
+    /* TCP keepalive and user timeout on client and server sockets, so that
+     * a peer that vanished without a word (a crashed host, a dropped
+     * route) is noticed: else its partner waits forever, a backend with
+     * its transaction and locks included. 0: the kernel's setting. */
+    bool tcp_keepalive;
+    int tcp_keepidle;     /* seconds idle before the first probe */
+    int tcp_keepintvl;    /* seconds between probes */
+    int tcp_keepcnt;      /* probes unanswered before the peer is gone */
+    int tcp_user_timeout; /* milliseconds sent data may go unacknowledged */
     int shutdown_timeout; /* seconds SIGTERM waits for busy clients */
     int workers;          /* event-loop threads; 0: one per online core */
     bool so_reuseport;    /* each worker its own SO_REUSEPORT listener */

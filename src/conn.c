@@ -1,6 +1,7 @@
 #include "conn_int.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -90,12 +91,32 @@ static void format_peer(char *buf, size_t len, const struct sockaddr *addr)
     }
 }
 
-static void set_nodelay(struct sock *s)
+/* Sets a TCP option unless value is 0, the kernel's setting. */
+static bool set_tcp_option(int fd, int option, int value)
 {
-    int one = 1;
+    return value == 0 || setsockopt(fd, IPPROTO_TCP, option, &value, sizeof(value)) == 0;
+}
 
-    /* Fails harmlessly on Unix sockets, which have no Nagle delay. */
-    setsockopt(sock_fd(s), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+/* A new socket of c, if TCP: no Nagle delay (the proxy writes whole
+ * messages and batches them itself), and the keepalive settings. Failing
+ * costs only the notice of a vanished peer: logged, not fatal. */
+static void tune_tcp(struct conn *c, struct sock *s)
+{
+    const struct config *cfg = c->worker->cfg;
+    int fd = sock_fd(s), one = 1, keepalive = cfg->tcp_keepalive;
+    struct sockaddr_storage addr;
+    socklen_t len = sizeof(addr);
+
+    if (getsockname(fd, (struct sockaddr *)&addr, &len) != 0 || addr.ss_family == AF_UNIX)
+        return;
+    if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &keepalive, sizeof(keepalive)) != 0 ||
+        (keepalive && !(set_tcp_option(fd, TCP_KEEPIDLE, cfg->tcp_keepidle) &&
+                        set_tcp_option(fd, TCP_KEEPINTVL, cfg->tcp_keepintvl) &&
+                        set_tcp_option(fd, TCP_KEEPCNT, cfg->tcp_keepcnt))) ||
+        !set_tcp_option(fd, TCP_USER_TIMEOUT, cfg->tcp_user_timeout))
+        conn_log(LOG_WARNING, c, "cannot set the TCP options of the %s socket: %s",
+                 s == c->client ? "client" : "server", strerror(errno));
 }
 
 /* ---- messages the proxy writes itself ---------------------------------- */
@@ -830,7 +851,7 @@ void server_sock_cb(struct sock *s, enum sock_event event, void *arg)
             server_tls_ready(c);
             return;
         }
-        set_nodelay(s);
+        tune_tcp(c, s);
         conn_log(LOG_DEBUG, c, "server connected");
         if (!c->worker->settings->server_ssl_ctx) {
             send_startup(c);
@@ -914,7 +935,7 @@ struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
     counter_add(&w->counters.client_connections, 1);
 
     sock_set_write_marks(c->client, OUT_LOW, OUT_HIGH);
-    set_nodelay(c->client);
+    tune_tcp(c, c->client);
     struct timeval login = { w->cfg->client_login_timeout, 0 };
     evtimer_add(c->login_timer, &login);
     conn_log(LOG_INFO, c, "accepted");

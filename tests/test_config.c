@@ -111,6 +111,11 @@ static void test_full_main_section(void **state)
         "client_login_timeout = 15\n"
         "server_connect_timeout = 5 ; seconds\n"
         "shutdown_timeout = 120\n"
+        "tcp_keepalive = on\n"
+        "tcp_keepidle = 30\n"
+        "tcp_keepintvl = 5\n"
+        "tcp_keepcnt = 4\n"
+        "tcp_user_timeout = 45000\n"
         "workers = 4\n"
         "so_reuseport = on\n"
         "io_uring = off\n"
@@ -128,6 +133,11 @@ static void test_full_main_section(void **state)
     assert_int_equal(cfg->client_login_timeout, 15);
     assert_int_equal(cfg->server_connect_timeout, 5);
     assert_int_equal(cfg->shutdown_timeout, 120);
+    assert_true(cfg->tcp_keepalive);
+    assert_int_equal(cfg->tcp_keepidle, 30);
+    assert_int_equal(cfg->tcp_keepintvl, 5);
+    assert_int_equal(cfg->tcp_keepcnt, 4);
+    assert_int_equal(cfg->tcp_user_timeout, 45000);
     assert_int_equal(cfg->workers, 4);
     assert_true(cfg->so_reuseport);
     assert_int_equal(cfg->io_uring, RING_OFF);
@@ -154,6 +164,11 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->client_login_timeout, 60);
     assert_int_equal(cfg->server_connect_timeout, 10);
     assert_int_equal(cfg->shutdown_timeout, 30);
+    assert_true(cfg->tcp_keepalive);
+    assert_int_equal(cfg->tcp_keepidle, 0);
+    assert_int_equal(cfg->tcp_keepintvl, 0);
+    assert_int_equal(cfg->tcp_keepcnt, 0);
+    assert_int_equal(cfg->tcp_user_timeout, 0);
     assert_int_equal(cfg->workers, 0);
     assert_false(cfg->so_reuseport);
     assert_int_equal(cfg->io_uring, RING_AUTO);
@@ -213,6 +228,12 @@ static void test_port_ranges(void **state)
     parse_fails("[idemproxy]\nclient_login_timeout = soon\n", 2, "client_login_timeout");
     parse_fails("[idemproxy]\nserver_connect_timeout = -5\n", 2, "server_connect_timeout");
     parse_fails("[idemproxy]\nshutdown_timeout = 1e3\n", 2, "shutdown_timeout");
+    parse_fails("[idemproxy]\ntcp_keepalive = sometimes\n", 2, "tcp_keepalive");
+    /* Beyond what Linux accepts: refused here, not at the first connection. */
+    parse_fails("[idemproxy]\ntcp_keepidle = 32768\n", 2, "from 0 to 32767");
+    parse_fails("[idemproxy]\ntcp_keepintvl = -1\n", 2, "tcp_keepintvl");
+    parse_fails("[idemproxy]\ntcp_keepcnt = 128\n", 2, "from 0 to 127");
+    parse_fails("[idemproxy]\ntcp_user_timeout = 5s\n", 2, "tcp_user_timeout");
     parse_fails("[idemproxy]\nworkers = -1\n", 2, "workers");
     parse_fails("[idemproxy]\nworkers = 257\n", 2, "workers");
     parse_fails("[idemproxy]\nso_reuseport = maybe\n", 2, "so_reuseport");

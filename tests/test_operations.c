@@ -2,7 +2,8 @@
  * Integration tests of running idemproxy: the Prometheus endpoint and its
  * exact counts after a known workload, /healthz, reloads that add and
  * remove a table rule under an open connection, a broken config on reload,
- * the periodic stats line, and which worker serves a new client.
+ * the periodic stats line, which worker serves a new client, and the TCP
+ * keepalive settings of the proxy's sockets on both sides.
  *
  * Run by tests/integration.sh (same scratch cluster as the other suites).
  * Every test starts its own proxy and creates its own tables. Run one:
@@ -22,7 +23,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -737,6 +741,145 @@ static void test_ops_sd_notify(void **state)
     itest_pass();
 }
 
+/* ---- TCP keepalive -------------------------------------------------------- */
+
+struct tcp_settings {
+    int keepalive, idle, intvl, cnt, user_timeout;
+};
+
+static int sockaddr_port(const struct sockaddr_storage *a)
+{
+    return a->ss_family == AF_INET ? ntohs(((const struct sockaddr_in *)a)->sin_port) : -1;
+}
+
+/* The settings of the proxy's TCP socket from local_port to peer_port, read
+ * on a copy of its descriptor (pidfd_getfd: the proxy is this process's
+ * child). */
+static struct tcp_settings proxy_socket(const struct itest_proxy *p, int local_port,
+                                        int peer_port)
+{
+    struct tcp_settings got = { -1, -1, -1, -1, -1 };
+    int pidfd = (int)syscall(SYS_pidfd_open, p->pid, 0);
+    char dir[64];
+    bool found = false;
+
+    assert_true(pidfd >= 0);
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)p->pid);
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    for (struct dirent *e; !found && (e = readdir(d));) {
+        if (e->d_name[0] == '.')
+            continue;
+        int fd = (int)syscall(SYS_pidfd_getfd, pidfd, atoi(e->d_name), 0);
+        if (fd < 0)
+            continue;
+        struct sockaddr_storage local, peer;
+        socklen_t local_len = sizeof local, peer_len = sizeof peer;
+        if (getsockname(fd, (struct sockaddr *)&local, &local_len) == 0 &&
+            getpeername(fd, (struct sockaddr *)&peer, &peer_len) == 0 &&
+            sockaddr_port(&local) == local_port && sockaddr_port(&peer) == peer_port) {
+            socklen_t len = sizeof(int);
+            assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &got.keepalive, &len), 0);
+            assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &got.idle, &len), 0);
+            assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &got.intvl, &len), 0);
+            assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &got.cnt, &len), 0);
+            assert_int_equal(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &got.user_timeout,
+                                        &len), 0);
+            found = true;
+        }
+        close(fd);
+    }
+    closedir(d);
+    close(pidfd);
+    if (!found)
+        fail_msg("the proxy has no socket from port %d to port %d", local_port, peer_port);
+    return got;
+}
+
+static int local_port_of(int fd)
+{
+    struct sockaddr_storage a;
+    socklen_t len = sizeof a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    return sockaddr_port(&a);
+}
+
+static void assert_tcp(struct tcp_settings got, struct tcp_settings want, const char *which)
+{
+    if (got.keepalive != want.keepalive || got.idle != want.idle || got.intvl != want.intvl ||
+        got.cnt != want.cnt || got.user_timeout != want.user_timeout)
+        fail_msg("%s socket: keepalive %d idle %d intvl %d cnt %d user_timeout %d, expected "
+                 "%d %d %d %d %d", which, got.keepalive, got.idle, got.intvl, got.cnt,
+                 got.user_timeout, want.keepalive, want.idle, want.intvl, want.cnt,
+                 want.user_timeout);
+}
+
+/* Both of a session's sockets, the client's and the server's. */
+static void assert_session_tcp(const struct itest_proxy *p, PGconn *c, struct tcp_settings want)
+{
+    int server_side = (int)itest_query_ll(c, "SELECT client_port FROM pg_stat_activity "
+                                             "WHERE pid = pg_backend_pid()");
+    assert_tcp(proxy_socket(p, p->port, local_port_of(PQsocket(c))), want, "client");
+    assert_tcp(proxy_socket(p, server_side, itest_pg_port()), want, "server");
+}
+
+static int kernel_setting(const char *name)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/proc/sys/net/ipv4/%s", name);
+    FILE *f = fopen(path, "r");
+    int value = -1;
+    assert_non_null(f);
+    assert_int_equal(fscanf(f, "%d", &value), 1);
+    fclose(f);
+    return value;
+}
+
+/* A client whose host vanishes never says so: only keepalive probes let
+ * the proxy notice and free the backend it holds. On by default with the
+ * kernel's timings; set, on both sides of a session; off; and a reload
+ * changes the sockets made afterwards. */
+static void test_ops_tcp_keepalive(void **state)
+{
+    (void)state;
+    const struct tcp_settings kernel = { 1, kernel_setting("tcp_keepalive_time"),
+                                         kernel_setting("tcp_keepalive_intvl"),
+                                         kernel_setting("tcp_keepalive_probes"), 0 };
+    struct itest_proxy *p = itest_proxy_start_with(NULL, NULL);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    assert_session_tcp(p, c, kernel);
+    itest_finish(c);
+
+    p = itest_proxy_start_with(NULL, "tcp_keepalive = off\n");
+    c = itest_connect_ok(p->port, NULL);
+    struct tcp_settings off = kernel;
+    off.keepalive = 0;
+    assert_session_tcp(p, c, off);
+    itest_finish(c);
+
+    const char *set = "tcp_keepidle = 7\ntcp_keepintvl = 3\ntcp_keepcnt = 4\n"
+                      "tcp_user_timeout = 9000\n";
+    p = itest_proxy_start_with(NULL, set);
+    PGconn *before = itest_connect_ok(p->port, NULL);
+    assert_session_tcp(p, before, (struct tcp_settings){ 1, 7, 3, 4, 9000 });
+
+    char *text = itest_read_file(p->conf_path);
+    char *idle = strstr(text, "tcp_keepidle = 7\n");
+    assert_non_null(idle);
+    char changed[4096];
+    snprintf(changed, sizeof changed, "%.*stcp_keepidle = 11\n%s", (int)(idle - text), text,
+             idle + strlen("tcp_keepidle = 7\n"));
+    free(text);
+    rewrite_config(p, changed);
+    reload_and_wait(p, "configuration reloaded", 1);
+    PGconn *after = itest_connect_ok(p->port, NULL);
+    assert_session_tcp(p, after, (struct tcp_settings){ 1, 11, 3, 4, 9000 });
+    assert_session_tcp(p, before, (struct tcp_settings){ 1, 7, 3, 4, 9000 });
+    itest_finish(before);
+    itest_finish(after);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -748,6 +891,7 @@ int main(int argc, char **argv)
         ITEST(test_ops_admin_console),
         ITEST(test_ops_workers_balanced),
         ITEST(test_ops_ring_follows_load),
+        ITEST(test_ops_tcp_keepalive),
     };
     return itest_main(argc, argv, "idemproxy operations", tests, sizeof tests / sizeof tests[0]);
 }
