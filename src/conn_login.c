@@ -464,6 +464,7 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
         char msg[128];
         snprintf(msg, sizeof(msg), "sorry, too many clients already (max_client_conn = %d)",
                  w->cfg->max_client_conn);
+        counter_add(&w->counters.refused[REFUSED_MAX_CLIENT_CONN], 1);
         fail_client(c, "53300", msg, "refused: max_client_conn reached");
         return false;
     }

@@ -6,6 +6,7 @@
 
 #include <event2/buffer.h>
 #include <event2/http.h>
+#include <event2/listener.h>
 
 #include "log.h"
 #include "prom.h"
@@ -53,6 +54,8 @@ bool metrics_sum(struct proxy *p, struct totals *t)
         t->oversized_inspected += counter_get(&c->oversized_inspected);
         t->protocol_violations += counter_get(&c->protocol_violations);
         t->track_desyncs += counter_get(&c->track_desyncs);
+        for (int r = 0; r < REFUSAL_COUNT; r++)
+            t->refused[r] += counter_get(&c->refused[r]);
         t->workers_on_ring += counter_get(&c->on_ring);
         for (int pr = 0; pr < PROTOCOL_COUNT; pr++)
             t->statements[pr] += counter_get(&c->statements[pr]);
@@ -191,6 +194,10 @@ void metrics_log_summary(const struct totals *now, const struct totals *before, 
 
 static const char *const flow_names[FLOW_COUNT] = { "to_server", "to_client" };
 static const char *const protocol_names[PROTOCOL_COUNT] = { "simple", "extended" };
+static const char *const refusal_names[REFUSAL_COUNT] = {
+    [REFUSED_MAX_CLIENT_CONN] = "max_client_conn",
+    [REFUSED_NO_DESCRIPTOR] = "file_descriptors",
+};
 
 /* The configured action of schema.name now, for a label. */
 static const char *action_of(const struct config *cfg, const char *schema, const char *name)
@@ -333,6 +340,11 @@ static bool render(struct proxy *p, struct evbuffer *out)
     prom_family(out, "idemproxy_protocol_violations_total", "counter",
                 "connections closed for an invalid message");
     prom_sample(out, "idemproxy_protocol_violations_total", NULL, t.protocol_violations);
+    prom_family(out, "idemproxy_clients_refused_total", "counter",
+                "clients turned away with 53300 before their login, by reason");
+    for (int r = 0; r < REFUSAL_COUNT; r++)
+        prom_sample(out, "idemproxy_clients_refused_total",
+                    (const char *[]){ "reason", refusal_names[r], NULL }, t.refused[r]);
     metrics_totals_free(&t);
     return true;
 }
@@ -377,6 +389,23 @@ static void healthz_cb(struct evhttp_request *req, void *arg)
     evbuffer_free(body);
 }
 
+/* evhttp keeps its listener's callback argument for itself, so the error
+ * callback finds the endpoint's rest here (one endpoint per process). */
+static struct listener_rest *http_rest;
+
+/* accept failed (out of descriptors, most likely, as the workers are). */
+static void http_accept_error(struct evconnlistener *listener, void *arg)
+{
+    int err = EVUTIL_SOCKET_ERROR();
+    (void)listener;
+    (void)arg;
+
+    listener_rest_pause(http_rest);
+    if (listener_rest_log_due(http_rest))
+        log_error("metrics endpoint: accept failed: %s; retrying every %d ms",
+                  evutil_socket_error_to_string(err), LISTENER_REST_MS);
+}
+
 bool metrics_http_start(struct proxy *p)
 {
     const struct config *cfg = atomic_load(&p->current)->cfg;
@@ -390,18 +419,27 @@ bool metrics_http_start(struct proxy *p)
         return false;
     }
     evhttp_set_allowed_methods(p->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
-    if (!evhttp_bind_socket_with_handle(p->http, cfg->metrics_addr,
-                                        (ev_uint16_t)cfg->metrics_port)) {
+    struct evhttp_bound_socket *bound =
+        evhttp_bind_socket_with_handle(p->http, cfg->metrics_addr, (ev_uint16_t)cfg->metrics_port);
+    if (!bound) {
         log_error("cannot serve metrics on %s:%d: %s", cfg->metrics_addr, cfg->metrics_port,
                   evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
         return false;
     }
+    struct evconnlistener *listener = evhttp_bound_socket_get_listener(bound);
+    if (!listener_rest_init(&p->http_rest, p->base, listener)) {
+        log_error("cannot set up the metrics endpoint: out of memory");
+        return false;
+    }
+    http_rest = &p->http_rest;
+    evconnlistener_set_error_cb(listener, http_accept_error);
     log_info("metrics on http://%s:%d/metrics", cfg->metrics_addr, cfg->metrics_port);
     return true;
 }
 
 void metrics_http_free(struct proxy *p)
 {
+    listener_rest_free(&p->http_rest);
     if (p->http)
         evhttp_free(p->http);
     p->http = NULL;

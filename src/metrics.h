@@ -34,6 +34,7 @@ struct totals {
     uint64_t bytes[FLOW_COUNT];
     uint64_t statements[PROTOCOL_COUNT];
     uint64_t oversized_inspected, protocol_violations, track_desyncs;
+    uint64_t refused[REFUSAL_COUNT];
     uint64_t workers_on_ring;
     struct {
         uint64_t bucket[LATENCY_BUCKETS];

@@ -20,6 +20,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "listener_rest.h"
 #include "metrics.h"
 #include "scram.h"
 #include "settings.h"
@@ -50,6 +51,7 @@ struct proxy {
 
     /* Main thread only. */
     struct evhttp *http;             /* metrics_port: /metrics and /healthz */
+    struct listener_rest http_rest;  /* its listener's, when accept fails */
     struct event *stats_timer;       /* log_stats_interval */
     struct totals stats_before;      /* the sums at the last stats line */
     struct timeval stats_at;

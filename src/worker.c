@@ -1,6 +1,7 @@
 #include "worker.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,7 @@
 
 #include "conn.h"
 #include "log.h"
+#include "pgproto.h"
 #include "pool.h"
 #include "proxy.h"
 #include "ring.h"
@@ -261,17 +263,60 @@ static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd,
     place_client(w, fd, addr, addrlen);
 }
 
+/* Out of descriptors, accept fails and leaves the client queued. Gives up
+ * the spare to take each queued client in turn and tell it why, as
+ * PostgreSQL tells one client too many. */
+static void refuse_queued(struct worker *w)
+{
+    static const char why[] = "sorry, too many clients already: idemproxy is out of file "
+                              "descriptors";
+    evutil_socket_t lfd = evconnlistener_get_fd(w->listener);
+    uint8_t msg[160];
+    size_t len = pg_error_build(msg, sizeof(msg), "FATAL", "53300", why);
+
+    if (w->spare_fd < 0 && (w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
+        return;
+    close(w->spare_fd);
+    for (;;) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            break;
+        if (len <= sizeof(msg))
+            (void)!send(fd, msg, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        close(fd);
+        counter_add(&w->counters.refused[REFUSED_NO_DESCRIPTOR], 1);
+    }
+    w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+}
+
+/* accept failed for want of a resource (libevent retries EINTR and
+ * EAGAIN itself): refuses the queued clients while a spare descriptor
+ * allows, else rests (listener_rest.h). */
 static void accept_error_cb(struct evconnlistener *listener, void *arg)
 {
     struct worker *w = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    bool out_of_fds = err == EMFILE || err == ENFILE;
     (void)listener;
-    /* Typically EMFILE: the listener retries on the next event. */
-    log_error("[worker %d] accept failed: %s", w->index,
-              evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+
+    if (out_of_fds)
+        refuse_queued(w);
+    if (!out_of_fds || w->spare_fd < 0)
+        listener_rest_pause(&w->rest);
+    if (!listener_rest_log_due(&w->rest))
+        return;
+    if (out_of_fds)
+        log_error("[worker %d] accept failed: %s: refusing clients (53300) until descriptors "
+                  "are free; raise the limit on open files (ulimit -n, LimitNOFILE) or lower "
+                  "max_client_conn", w->index, evutil_socket_error_to_string(err));
+    else
+        log_error("[worker %d] accept failed: %s; retrying every %d ms", w->index,
+                  evutil_socket_error_to_string(err), LISTENER_REST_MS);
 }
 
 static void close_listener(struct worker *w)
 {
+    listener_rest_free(&w->rest);
     if (w->listener) {
         evconnlistener_free(w->listener);
         w->listener = NULL;
@@ -512,6 +557,7 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
     w->proxy = p;
     w->index = index;
     w->wake_fd = -1;
+    w->spare_fd = -1;
     pthread_mutex_init(&w->conns_lock, NULL);
     pthread_mutex_init(&w->inbox_lock, NULL);
     w->inbox_tail = &w->inbox;
@@ -532,6 +578,7 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
         return false;
     }
     evconnlistener_set_error_cb(w->listener, accept_error_cb);
+    w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
                                          EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     if (!w->dns) {
@@ -542,7 +589,8 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->wake_fd >= 0)
         w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
-    if (!w->dns || !w->pool || !w->wake || event_add(w->wake, NULL) != 0) {
+    if (!w->dns || !w->pool || !w->wake || w->spare_fd < 0 ||
+        !listener_rest_init(&w->rest, w->base, w->listener) || event_add(w->wake, NULL) != 0) {
         log_error("[worker %d] cannot set up its event loop", index);
         return false;
     }
@@ -580,6 +628,8 @@ void worker_free(struct worker *w)
         free(h);
     }
     close_listener(w);
+    if (w->spare_fd >= 0)
+        close(w->spare_fd);
     pool_free(w->pool);
     if (w->shutdown_timer)
         event_free(w->shutdown_timer);

@@ -31,6 +31,7 @@
 #include <event2/event.h>
 
 #include "counter.h"
+#include "listener_rest.h"
 #include "params.h"
 #include "rules.h"
 #include "settings.h"
@@ -68,6 +69,13 @@ enum protocol {
     PROTOCOL_COUNT,
 };
 
+/* Why a client was turned away before it could log in. */
+enum refusal {
+    REFUSED_MAX_CLIENT_CONN, /* max_client_conn clients were in */
+    REFUSED_NO_DESCRIPTOR,   /* the process was out of file descriptors */
+    REFUSAL_COUNT,
+};
+
 /* Counters only the worker's thread writes and any thread may read (see
  * counter.h). The connection gauges go up and down. */
 struct worker_counters {
@@ -80,6 +88,7 @@ struct worker_counters {
     struct counter statements[PROTOCOL_COUNT];
     struct counter oversized_inspected; /* inspected messages over max_held_message, streamed */
     struct counter protocol_violations;
+    struct counter refused[REFUSAL_COUNT];
     struct counter track_desyncs;
     struct counter on_ring;             /* 1 while the sessions use the worker's ring:
                                          * the worker's own record of its choice too */
@@ -105,6 +114,9 @@ struct worker {
     struct event_base *base;
     struct evdns_base *dns;
     struct evconnlistener *listener;
+    struct listener_rest rest; /* when accept fails for want of a resource */
+    int spare_fd;              /* /dev/null, given up to refuse a client when the
+                                * process is out of descriptors; -1: none */
     int wake_fd;               /* eventfd the main thread writes to */
     struct event *wake;
 

@@ -2,8 +2,9 @@
  * Integration tests of running idemproxy: the Prometheus endpoint and its
  * exact counts after a known workload, /healthz, reloads that add and
  * remove a table rule under an open connection, a broken config on reload,
- * the periodic stats line, which worker serves a new client, and the TCP
- * keepalive settings of the proxy's sockets on both sides.
+ * the periodic stats line, which worker serves a new client, the TCP
+ * keepalive settings of the proxy's sockets on both sides, and a proxy
+ * out of file descriptors.
  *
  * Run by tests/integration.sh (same scratch cluster as the other suites).
  * Every test starts its own proxy and creates its own tables. Run one:
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <dirent.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
@@ -880,6 +882,85 @@ static void test_ops_tcp_keepalive(void **state)
     itest_pass();
 }
 
+/* ---- out of file descriptors ---------------------------------------------- */
+
+/* How many of pid's descriptors are below limit (all of them when limit
+ * is 0): the limit on open files bounds the numbers, not the count. */
+static int open_fds(pid_t pid, int limit)
+{
+    char dir[64];
+    int n = 0;
+    snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.' && (limit == 0 || atoi(e->d_name) < limit);
+    closedir(d);
+    return n;
+}
+
+/* With its descriptors used up, the proxy cannot accept: the clients that
+ * come get FATAL 53300 at once instead of hanging in the kernel's queue,
+ * the proxy does not spin on its listener (a busy loop wrote a log line
+ * per turn), the session it has goes on, and once descriptors are free
+ * again new clients are served. */
+static void test_ops_out_of_descriptors(void **state)
+{
+    (void)state;
+    enum { CLIENTS = 10 };
+    int mport = itest_free_port();
+    char extra[128];
+    snprintf(extra, sizeof extra, "metrics_port = %d\nworkers = 1\n", mport);
+    struct itest_proxy *p = itest_proxy_start_with(NULL, extra);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    struct rlimit before, tight;
+    assert_int_equal(prlimit(p->pid, RLIMIT_NOFILE, NULL, &before), 0);
+    int limit = open_fds(p->pid, 0) + 3;
+    /* The soft limit only: raising a hard one again takes privileges. */
+    tight.rlim_cur = (rlim_t)limit;
+    tight.rlim_max = before.rlim_max;
+    assert_int_equal(prlimit(p->pid, RLIMIT_NOFILE, &tight, NULL), 0);
+    int room = limit - open_fds(p->pid, limit);
+    int64_t start = itest_now_ms();
+    int fds[CLIENTS], refused = 0;
+    for (int i = 0; i < CLIENTS; i++) {
+        fds[i] = itest_raw_connect(p->port);
+        assert_true(fds[i] >= 0);
+    }
+    for (int i = 0; i < CLIENTS; i++) {
+        struct itest_msg m;
+        if (itest_raw_read_msg(fds[i], &m, i < room ? 300 : 3000) != ITEST_READ_OK)
+            continue;
+        assert_int_equal(m.type, 'E');
+        assert_string_equal(itest_msg_field(&m, 'C'), "53300");
+        assert_non_null(strstr(itest_msg_field(&m, 'M'), "out of file descriptors"));
+        itest_msg_free(&m);
+        refused++;
+    }
+    /* The first ones took the room left; every other one was told. */
+    assert_true(room >= 3 && room < CLIENTS);
+    assert_int_equal(refused, CLIENTS - room);
+    assert_int_equal(itest_query_ll(c, "SELECT 41 + 1"), 42);
+    int seconds = (int)((itest_now_ms() - start) / 1000);
+    int lines = itest_proxy_log_count(p, "accept failed");
+    if (lines < 1 || lines > seconds + 2)
+        fail_msg("%d 'accept failed' log lines in about %d s", lines, seconds);
+
+    for (int i = 0; i < CLIENTS; i++)
+        itest_raw_close(fds[i]);
+    assert_int_equal(prlimit(p->pid, RLIMIT_NOFILE, &before, NULL), 0);
+    PGconn *after = itest_connect_ok(p->port, NULL);
+    assert_int_equal(itest_query_ll(after, "SELECT 1"), 1);
+    char *text = http_get(mport, "/metrics");
+    assert_metric(text, "idemproxy_clients_refused_total{reason=\"file_descriptors\"}",
+                  (unsigned long long)refused);
+    assert_metric(text, "idemproxy_clients_refused_total{reason=\"max_client_conn\"}", 0);
+    free(text);
+    itest_finish(after);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -892,6 +973,7 @@ int main(int argc, char **argv)
         ITEST(test_ops_workers_balanced),
         ITEST(test_ops_ring_follows_load),
         ITEST(test_ops_tcp_keepalive),
+        ITEST(test_ops_out_of_descriptors),
     };
     return itest_main(argc, argv, "idemproxy operations", tests, sizeof tests / sizeof tests[0]);
 }
