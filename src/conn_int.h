@@ -160,6 +160,7 @@ struct conn {
 
     /* TLS and authentication. */
     bool client_tls;            /* the client connection is TLS */
+    bool direct_tls;            /* ... begun without SSLRequest */
     bool server_tls;            /* the server connection is TLS */
     uint8_t server_cb[EVP_MAX_MD_SIZE]; /* the server certificate's binding data */
     size_t server_cb_len;

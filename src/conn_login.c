@@ -399,6 +399,29 @@ static bool accept_tls(struct conn *c)
     return true;
 }
 
+/* A client that opened with its TLS handshake instead of a packet
+ * (sslnegotiation=direct, PostgreSQL 17): the bytes here are its start.
+ * Without TLS for clients nothing can answer it in a form it reads: the
+ * connection closes, as PostgreSQL closes it. */
+static bool accept_direct_tls(struct conn *c)
+{
+    SSL_CTX *ctx = c->worker->settings->client_ssl_ctx;
+    SSL *ssl;
+
+    if (!ctx) {
+        close_pair(c, "refused: TLS without SSLRequest (sslnegotiation=direct), but "
+                      "client_tls_sslmode = disable");
+        return false;
+    }
+    if (!(ssl = SSL_new(ctx)) || !sock_start_tls(c->client, ssl, true)) {
+        close_pair(c, "cannot start TLS");
+        return false;
+    }
+    c->client_tls = true;
+    c->direct_tls = true;
+    return true;
+}
+
 /* Handles one whole startup-phase packet (len bytes at the front of in).
  * Returns false when the client connection is finished with. */
 static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t len)
@@ -410,6 +433,13 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
 
     if (!pkt) {
         fail_client(c, "53200", "out of memory", "out of memory");
+        return false;
+    }
+    /* PostgreSQL's rule: only ALPN tells that a client which skipped
+     * SSLRequest speaks this protocol inside TLS. */
+    if (c->direct_tls && !tls_alpn_agreed(sock_ssl(c->client))) {
+        counter_add(&w->counters.protocol_violations, 1);
+        close_pair(c, "refused: TLS without SSLRequest and without ALPN \"postgresql\"");
         return false;
     }
     switch (pg_startup_parse(pkt, len, &su, &why)) {
@@ -506,6 +536,12 @@ void read_startup(struct conn *c)
         uint8_t raw[4];
         if (evbuffer_copyout(in, raw, sizeof(raw)) < (ev_ssize_t)sizeof(raw))
             return;
+        /* A TLS handshake record: no startup packet is that long. */
+        if (raw[0] == TLS_HANDSHAKE_RECORD && !c->client_tls) {
+            if (!accept_direct_tls(c))
+                return;
+            continue;
+        }
         uint32_t len = pg_get_u32(raw);
         if (!pg_startup_len_ok(len)) {
             counter_add(&c->worker->counters.protocol_violations, 1);

@@ -1029,9 +1029,95 @@ bool sock_leave_ring(struct sock *s)
     return true;
 }
 
+/* ---- direct TLS ------------------------------------------------------- */
+
+/* A client that opens with its TLS handshake, without SSLRequest, has had
+ * the first bytes of it read as plaintext. A filter in front of the
+ * socket's BIO gives OpenSSL those first, then passes everything through. */
+static int early_read(BIO *bio, char *data, int cap)
+{
+    struct evbuffer *early = BIO_get_data(bio);
+
+    BIO_clear_retry_flags(bio);
+    if (evbuffer_get_length(early) > 0)
+        return evbuffer_remove(early, data, (size_t)cap);
+    int got = BIO_read(BIO_next(bio), data, cap);
+    BIO_copy_next_retry(bio);
+    return got;
+}
+
+static int early_write(BIO *bio, const char *data, int len)
+{
+    BIO_clear_retry_flags(bio);
+    int put = BIO_write(BIO_next(bio), data, len);
+    BIO_copy_next_retry(bio);
+    return put;
+}
+
+static long early_ctrl(BIO *bio, int cmd, long num, void *ptr)
+{
+    struct evbuffer *early = BIO_get_data(bio);
+
+    if (cmd == BIO_CTRL_PENDING && evbuffer_get_length(early) > 0)
+        return (long)evbuffer_get_length(early);
+    return BIO_ctrl(BIO_next(bio), cmd, num, ptr);
+}
+
+static int early_destroy(BIO *bio)
+{
+    struct evbuffer *early = BIO_get_data(bio);
+
+    if (early)
+        evbuffer_free(early);
+    BIO_set_data(bio, NULL);
+    return 1;
+}
+
+static BIO_METHOD *early_method;
+
+static void make_early_method(void)
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_FILTER, "idemproxy early");
+
+    if (m && BIO_meth_set_read(m, early_read) && BIO_meth_set_write(m, early_write) &&
+        BIO_meth_set_ctrl(m, early_ctrl) && BIO_meth_set_destroy(m, early_destroy)) {
+        early_method = m;
+        return;
+    }
+    BIO_meth_free(m);
+}
+
+/* ssl reads the bytes in s->in (moved out of it) before the socket's. */
+static bool read_early_first(struct sock *s, SSL *ssl)
+{
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    BIO *filter = NULL, *reader = NULL, *writer = NULL;
+    struct evbuffer *early = NULL;
+
+    pthread_once(&once, make_early_method);
+    if (!early_method || !(filter = BIO_new(early_method)) ||
+        !(reader = BIO_new_socket((int)s->fd, BIO_NOCLOSE)) ||
+        !(writer = BIO_new_socket((int)s->fd, BIO_NOCLOSE)) || !(early = evbuffer_new()) ||
+        evbuffer_add_buffer(early, s->in) != 0) {
+        if (early)
+            evbuffer_free(early);
+        BIO_free(filter);
+        BIO_free(reader);
+        BIO_free(writer);
+        return false;
+    }
+    BIO_set_data(filter, early);
+    BIO_set_init(filter, 1);
+    SSL_set_bio(ssl, BIO_push(filter, reader), writer);
+    return true;
+}
+
 bool sock_start_tls(struct sock *s, SSL *ssl, bool accept)
 {
-    if (s->ring || s->ssl || s->state != SOCK_OPEN || !SSL_set_fd(ssl, (int)s->fd)) {
+    bool direct = accept && evbuffer_get_length(s->in) > 0;
+
+    if (s->ring || s->ssl || s->state != SOCK_OPEN ||
+        !(direct ? read_early_first(s, ssl) : SSL_set_fd(ssl, (int)s->fd))) {
         SSL_free(ssl);
         return false;
     }

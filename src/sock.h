@@ -63,7 +63,9 @@ bool sock_connect(struct sock *s, const struct sockaddr *addr, int addrlen);
 
 /* The socket goes on under TLS, as the server (accept) or the client of
  * the handshake; SOCK_CONNECTED follows it. The sock owns ssl. Only with
- * nothing buffered in either direction. */
+ * nothing buffered in either direction, except, as the server, the start
+ * of the client's handshake (a client that opened with TLS at once, without
+ * SSLRequest): the input is then handed to OpenSSL to read first. */
 bool sock_start_tls(struct sock *s, SSL *ssl, bool accept);
 
 /* The TLS session, or NULL for plaintext. */

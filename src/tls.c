@@ -241,6 +241,34 @@ static bool load_ca(SSL_CTX *ctx, const struct leg *leg, bool send_names)
     return true;
 }
 
+/* ALPN as PostgreSQL 17 answers it: "postgresql" when the client offers
+ * it; a client that offers only other protocols is refused in the
+ * handshake (no_application_protocol, RFC 7301); one that offers none may
+ * go on, unless it came without SSLRequest (tls_alpn_agreed). */
+static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    static const unsigned char ours[] = TLS_ALPN_POSTGRESQL;
+    unsigned char *chosen;
+    (void)ssl;
+    (void)arg;
+
+    if (SSL_select_next_proto(&chosen, outlen, ours, sizeof(ours), in, inlen) !=
+        OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    *out = chosen;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+bool tls_alpn_agreed(SSL *ssl)
+{
+    const unsigned char *chosen;
+    unsigned int len;
+
+    SSL_get0_alpn_selected(ssl, &chosen, &len);
+    return len > 0;
+}
+
 SSL_CTX *tls_client_context(const struct config *cfg, char *why, size_t cap)
 {
     struct leg leg = { &cfg->client_tls, "client_tls", why, cap };
@@ -263,6 +291,7 @@ SSL_CTX *tls_client_context(const struct config *cfg, char *why, size_t cap)
     /* The order of client_tls_ciphers decides, not the client's: PostgreSQL's
      * ssl_prefer_server_ciphers, on by default. */
     SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_alpn_select_cb(ctx, select_alpn, NULL);
     if (!load_cert_and_key(ctx, &leg))
         goto fail;
     /* As PgBouncer: only the verify modes ask for a certificate, and then

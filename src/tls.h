@@ -26,6 +26,18 @@
  * match its certificate, an unknown cipher list...). */
 SSL_CTX *tls_client_context(const struct config *cfg, char *why, size_t cap);
 
+/* The first byte of a TLS handshake record, as a ClientHello starts. */
+#define TLS_HANDSHAKE_RECORD 0x16
+
+/* The ALPN protocol list of PostgreSQL 17 and later: "postgresql". */
+#define TLS_ALPN_POSTGRESQL { 10, 'p', 'o', 's', 't', 'g', 'r', 'e', 's', 'q', 'l' }
+
+/* Whether a client connection's handshake agreed on ALPN "postgresql"
+ * (the context offers nothing else). A client that starts TLS without
+ * SSLRequest must have: that is how PostgreSQL knows it will speak its
+ * protocol inside. */
+bool tls_alpn_agreed(SSL *ssl);
+
 /* The context for connecting to the server, from cfg->server_tls; NULL as
  * above. verify-ca and verify-full check the server's certificate against
  * server_tls_ca_file. */

@@ -17,9 +17,10 @@
  *
  * Every test starts its own proxy with the tls/auth keys it needs, and
  * checks what PostgreSQL saw where that matters (pg_stat_ssl, through the
- * proxy or directly). No test here speaks TLS
- * on a raw socket (the binary links libpq, not OpenSSL): what needs TLS
- * goes through libpq. Logins go through sec_connect(), which asks libpq
+ * proxy or directly). What needs TLS goes through libpq, except TLS begun
+ * without SSLRequest (sslnegotiation=direct), which the libpq of
+ * PostgreSQL 15 cannot do: that test speaks it through OpenSSL on a raw
+ * socket. Logins go through sec_connect(), which asks libpq
  * for verbose errors so that a refused login shows its SQLSTATE
  * ("FATAL:  28P01: ...") although libpq gives no PGresult for it.
  *
@@ -47,6 +48,7 @@
 #include <unistd.h>
 
 #include <libpq-fe.h>
+#include <openssl/ssl.h>
 
 #include "itest.h"
 
@@ -1209,6 +1211,141 @@ static void test_sec_tls_backpressure(void **state)
     itest_pass();
 }
 
+/* ---- TLS without SSLRequest ------------------------------------------------ */
+
+/* A TLS connection to the proxy on port begun at once, without SSLRequest
+ * (libpq 17's sslnegotiation=direct), offering the ALPN protocol alpn
+ * (NULL: no ALPN) and checking the proxy's certificate. NULL when the
+ * handshake failed; *fd is the socket either way. */
+static SSL *direct_tls(int port, const char *alpn, int *fd)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    assert_int_equal(SSL_CTX_load_verify_locations(ctx, cert("ca.crt"), NULL), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL *ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx);
+    assert_non_null(ssl);
+    if (alpn) {
+        unsigned char list[64];
+        size_t len = strlen(alpn);
+        assert_true(len + 1 <= sizeof list);
+        list[0] = (unsigned char)len;
+        memcpy(list + 1, alpn, len);
+        assert_int_equal(SSL_set_alpn_protos(ssl, list, (unsigned)len + 1), 0);
+    }
+    *fd = itest_raw_connect(port);
+    assert_true(*fd >= 0);
+    struct timeval limit = { 10, 0 };
+    setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    assert_int_equal(SSL_set_fd(ssl, *fd), 1);
+    if (SSL_connect(ssl) != 1) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    return ssl;
+}
+
+static bool ssl_read_all(SSL *ssl, uint8_t *buf, size_t len)
+{
+    for (size_t got = 0; got < len;) {
+        int n = SSL_read(ssl, buf + got, (int)(len - got));
+        if (n <= 0)
+            return false;
+        got += (size_t)n;
+    }
+    return true;
+}
+
+/* Reads one message; false at the end of the stream. The body, cut to cap
+ * bytes, goes to body. */
+static bool ssl_read_msg(SSL *ssl, char *type, uint8_t *body, size_t cap)
+{
+    uint8_t head[5];
+    if (!ssl_read_all(ssl, head, sizeof head))
+        return false;
+    *type = (char)head[0];
+    uint32_t len = get32(head + 1) - 4;
+    assert_true(len < 1 << 20);
+    uint8_t *all = malloc(len + 1);
+    assert_non_null(all);
+    bool ok = ssl_read_all(ssl, all, len);
+    memcpy(body, all, len < cap ? len : cap);
+    free(all);
+    return ok;
+}
+
+static void ssl_send_startup(SSL *ssl)
+{
+    uint8_t pkt[256];
+    size_t n = itest_build_startup(pkt, sizeof pkt, itest_pg_user(), ITEST_DBNAME,
+                                   "sec_direct");
+    assert_int_equal(SSL_write(ssl, pkt, (int)n), (int)n);
+}
+
+/* libpq 17's sslnegotiation=direct: with ALPN "postgresql" the client is
+ * served as after SSLRequest; without ALPN, or with another protocol only,
+ * it is refused as PostgreSQL 17 refuses it; a proxy without TLS for
+ * clients closes the connection rather than answer a handshake in
+ * plaintext. */
+static void test_sec_direct_tls(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = sec_proxy(NULL, "debug", "%s", client_tls("require", NULL));
+    int fd;
+    char type;
+    uint8_t body[256];
+
+    SSL *ssl = direct_tls(p->port, "postgresql", &fd);
+    assert_non_null(ssl);
+    const unsigned char *chosen;
+    unsigned chosen_len;
+    SSL_get0_alpn_selected(ssl, &chosen, &chosen_len);
+    assert_int_equal(chosen_len, 10);
+    assert_memory_equal(chosen, "postgresql", 10);
+    ssl_send_startup(ssl);
+    do
+        assert_true(ssl_read_msg(ssl, &type, body, sizeof body));
+    while (type != 'Z' && type != 'E');
+    assert_int_equal(type, 'Z');
+    static const char query[] = "SELECT 'direct ' || 6 * 7";
+    uint8_t q[64];
+    size_t qlen = itest_build_msg(q, sizeof q, 'Q', query, sizeof query);
+    assert_int_equal(SSL_write(ssl, q, (int)qlen), (int)qlen);
+    assert_true(ssl_read_msg(ssl, &type, body, sizeof body));
+    assert_int_equal(type, 'T');
+    assert_true(ssl_read_msg(ssl, &type, body, sizeof body));
+    assert_int_equal(type, 'D');
+    assert_memory_equal(body + 6, "direct 42", 9);
+    SSL_free(ssl);
+    itest_raw_close(fd);
+
+    /* No ALPN: the handshake completes, then nothing is served. */
+    ssl = direct_tls(p->port, NULL, &fd);
+    assert_non_null(ssl);
+    ssl_send_startup(ssl);
+    assert_false(ssl_read_msg(ssl, &type, body, sizeof body));
+    SSL_free(ssl);
+    itest_raw_close(fd);
+    itest_proxy_wait_log_count(p, "without ALPN \"postgresql\"", 1);
+
+    /* Another protocol only: refused in the handshake. */
+    assert_null(direct_tls(p->port, "h2", &fd));
+    itest_raw_close(fd);
+    itest_proxy_wait_log_count(p, "no application protocol", 1);
+
+    /* The SSLRequest way is unchanged. */
+    PGconn *c = sec_connect(p->port, NULL, "sslmode=require");
+    sec_assert_ok(c, "sslmode=require beside direct TLS");
+    select_n(c, 1);
+
+    struct itest_proxy *plain = sec_proxy(NULL, NULL, "%s", "");
+    assert_null(direct_tls(plain->port, "postgresql", &fd));
+    itest_raw_close(fd);
+    itest_proxy_wait_log_count(plain, "client_tls_sslmode = disable", 1);
+    itest_pass();
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -1230,6 +1367,7 @@ int main(int argc, char **argv)
         ITEST(test_sec_tls_copy),
         ITEST(test_sec_tls_backpressure),
         ITEST(test_sec_tls_client_vanishes),
+        ITEST(test_sec_direct_tls),
     };
     return itest_main(argc, argv, "idemproxy TLS and authentication", tests,
                       sizeof tests / sizeof tests[0]);
