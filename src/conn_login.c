@@ -422,6 +422,27 @@ static bool accept_direct_tls(struct conn *c)
     return true;
 }
 
+/* The admin console is the proxy's own end of the protocol: like
+ * PostgreSQL, it answers a StartupMessage that asks for more than it
+ * speaks, before anything else. It speaks 3.0 and 3.2 (which differ only
+ * in BackendKeyData, which the console never sends). */
+static bool negotiate_console_protocol(struct conn *c)
+{
+    size_t len = pg_build_negotiation(NULL, 0, c->startup, 2);
+    uint8_t *msg = len ? malloc(len) : NULL;
+
+    if (len && !msg) {
+        fail_client(c, "53200", "out of memory", "out of memory");
+        return false;
+    }
+    if (len) {
+        pg_build_negotiation(msg, len, c->startup, 2);
+        send_to(c->client, msg, len);
+        free(msg);
+    }
+    return true;
+}
+
 /* Handles one whole startup-phase packet (len bytes at the front of in).
  * Returns false when the client connection is finished with. */
 static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t len)
@@ -521,6 +542,8 @@ static bool handle_startup_packet(struct conn *c, struct evbuffer *in, size_t le
         fail_client(c, "42501", msg, "refused: not in admin_users");
         return false;
     }
+    if (c->admin && !negotiate_console_protocol(c))
+        return false;
     if (w->cfg->auth_type == AUTH_SCRAM || c->admin)
         begin_auth(c);
     else

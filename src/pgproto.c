@@ -368,6 +368,54 @@ size_t pg_build_auth(uint8_t *buf, size_t cap, uint32_t code, const void *data, 
     return need;
 }
 
+/* The next parameter name of a StartupMessage that pg_startup_parse
+ * accepted, from *at; NULL at the end. *at moves past the value. */
+static const char *next_param(const char **at)
+{
+    const char *name = *at;
+
+    if (*name == '\0')
+        return NULL;
+    *at = name + strlen(name) + 1;
+    *at += strlen(*at) + 1;
+    return name;
+}
+
+static bool is_protocol_option(const char *name)
+{
+    return strncmp(name, "_pq_.", 5) == 0;
+}
+
+size_t pg_build_negotiation(uint8_t *buf, size_t cap, const uint8_t *startup,
+                            uint16_t newest_minor)
+{
+    const char *params = (const char *)startup + 8, *at = params, *name;
+    uint16_t minor = (uint16_t)pg_get_u32(startup + 4);
+    uint32_t options = 0;
+    size_t need = PG_HEAD_LEN + 8;
+
+    while ((name = next_param(&at)))
+        if (is_protocol_option(name)) {
+            options++;
+            need += strlen(name) + 1;
+        }
+    if (minor <= newest_minor && options == 0)
+        return 0;
+    if (need > cap)
+        return need;
+    buf[0] = 'v';
+    pg_put_u32(buf + 1, (uint32_t)(need - 1));
+    pg_put_u32(buf + PG_HEAD_LEN, PG_PROTOCOL(3, minor < newest_minor ? minor : newest_minor));
+    pg_put_u32(buf + PG_HEAD_LEN + 4, options);
+    uint8_t *out = buf + PG_HEAD_LEN + 8;
+    for (at = params; (name = next_param(&at));)
+        if (is_protocol_option(name)) {
+            memcpy(out, name, strlen(name) + 1);
+            out += strlen(name) + 1;
+        }
+    return need;
+}
+
 size_t pg_build_sasl_initial(uint8_t *buf, size_t cap, const char *mechanism, const void *data,
                              size_t len)
 {

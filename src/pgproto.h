@@ -154,6 +154,16 @@ size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const c
  * the mechanism list, or the server's SCRAM message). */
 size_t pg_build_auth(uint8_t *buf, size_t cap, uint32_t code, const void *data, size_t len);
 
+/* The NegotiateProtocolVersion ('v') that an end speaking protocol 3.0 up
+ * to 3.newest_minor owes the client of startup (a StartupMessage that
+ * pg_startup_parse accepted, length field included): when it asked for a
+ * newer minor version, or for protocol options (names starting "_pq_."),
+ * none of which are known. It names the version used and lists the
+ * options. Returns the bytes it needs, 0 when none is owed; when that
+ * exceeds cap nothing is written. */
+size_t pg_build_negotiation(uint8_t *buf, size_t cap, const uint8_t *startup,
+                            uint16_t newest_minor);
+
 /* The client's SASLInitialResponse ('p'): mechanism, then data. */
 size_t pg_build_sasl_initial(uint8_t *buf, size_t cap, const char *mechanism, const void *data,
                              size_t len);

@@ -25,6 +25,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
 #include "itest.h"
 
 /* A test that runs longer than this has hung: the alarm ends the binary, and
@@ -1180,6 +1185,133 @@ size_t itest_build_msg(uint8_t *buf, size_t cap, char type, const void *body, si
     if (body_len > 0)
         memcpy(buf + 5, body, body_len);
     return body_len + 5;
+}
+
+/* ---- a client that speaks SCRAM itself ---------------------------------- */
+
+size_t itest_build_startup_params(uint8_t *buf, size_t cap, uint32_t version,
+                                  const char *const *pairs)
+{
+    size_t n = 8;
+
+    for (const char *const *kv = pairs; *kv; kv++) {
+        size_t len = strlen(*kv) + 1;
+        assert_true(n + len + 1 <= cap);
+        memcpy(buf + n, *kv, len);
+        n += len;
+    }
+    buf[n++] = 0;
+    put32(buf, (uint32_t)n);
+    put32(buf + 4, version);
+    return n;
+}
+
+static uint32_t msg_u32(const struct itest_msg *m)
+{
+    assert_true(m->len >= 4);
+    return (uint32_t)m->body[0] << 24 | (uint32_t)m->body[1] << 16 |
+           (uint32_t)m->body[2] << 8 | m->body[3];
+}
+
+/* The value of attribute name ("r=", "s=", "i=") in a SCRAM message. */
+static void scram_attr(const char *msg, const char *name, char *out, size_t cap)
+{
+    const char *at = strstr(msg, name);
+    assert_non_null(at);
+    at += strlen(name);
+    size_t len = strcspn(at, ",");
+    assert_true(len < cap);
+    memcpy(out, at, len);
+    out[len] = '\0';
+}
+
+/* What the client keeps from one step of its SCRAM exchange to the next. */
+struct scram_client_state {
+    const char *password;
+    char first_bare[128];
+};
+
+static void send_sasl(int fd, const void *body, size_t len)
+{
+    uint8_t buf[512];
+    size_t n = itest_build_msg(buf, sizeof buf, 'p', body, len);
+    assert_true(itest_raw_send(fd, buf, n));
+}
+
+/* Answers the server's AuthenticationSASL or SASLContinue (m). */
+static void sasl_step(int fd, struct scram_client_state *st, const struct itest_msg *m)
+{
+    static const char mechanism[] = "SCRAM-SHA-256";
+    uint32_t code = msg_u32(m);
+
+    if (code == 10) {
+        uint8_t raw_nonce[18], initial[256];
+        char nonce[32];
+        assert_int_equal(RAND_bytes(raw_nonce, sizeof raw_nonce), 1);
+        EVP_EncodeBlock((uint8_t *)nonce, raw_nonce, sizeof raw_nonce);
+        int n = snprintf(st->first_bare, sizeof st->first_bare, "n=,r=%s", nonce);
+        size_t first_len = (size_t)n + 3;
+        memcpy(initial, mechanism, sizeof mechanism);
+        put32(initial + sizeof mechanism, (uint32_t)first_len);
+        memcpy(initial + sizeof mechanism + 4, "n,,", 3);
+        memcpy(initial + sizeof mechanism + 7, st->first_bare, (size_t)n);
+        send_sasl(fd, initial, sizeof mechanism + 4 + first_len);
+        return;
+    }
+    if (code != 11)
+        return; /* 12, SASLFinal: the server's proof, taken on trust here */
+    char server_first[256], r[128], s[128], i[16], without_proof[160], auth[512], final[512];
+    char proof_b64[64];
+    uint8_t salt[96], salted[32], client_key[32], stored_key[32], signature[32], proof[32];
+    unsigned int len;
+    assert_true(m->len - 4 < sizeof server_first);
+    memcpy(server_first, m->body + 4, m->len - 4);
+    server_first[m->len - 4] = '\0';
+    scram_attr(server_first, "r=", r, sizeof r);
+    scram_attr(server_first, "s=", s, sizeof s);
+    scram_attr(server_first, "i=", i, sizeof i);
+    int salt_len = EVP_DecodeBlock(salt, (const uint8_t *)s, (int)strlen(s));
+    assert_true(salt_len > 0);
+    salt_len -= (int)(strlen(s) - strcspn(s, "=")); /* padding decodes to zeros */
+    assert_int_equal(PKCS5_PBKDF2_HMAC(st->password, (int)strlen(st->password), salt, salt_len,
+                                       atoi(i), EVP_sha256(), sizeof salted, salted), 1);
+    HMAC(EVP_sha256(), salted, sizeof salted, (const uint8_t *)"Client Key", 10, client_key, &len);
+    SHA256(client_key, sizeof client_key, stored_key);
+    snprintf(without_proof, sizeof without_proof, "c=biws,r=%s", r);
+    int n = snprintf(auth, sizeof auth, "%s,%s,%s", st->first_bare, server_first, without_proof);
+    HMAC(EVP_sha256(), stored_key, sizeof stored_key, (const uint8_t *)auth, (size_t)n, signature,
+         &len);
+    for (size_t b = 0; b < sizeof proof; b++)
+        proof[b] = client_key[b] ^ signature[b];
+    EVP_EncodeBlock((uint8_t *)proof_b64, proof, sizeof proof);
+    n = snprintf(final, sizeof final, "%s,p=%s", without_proof, proof_b64);
+    send_sasl(fd, final, (size_t)n);
+}
+
+void itest_raw_scram_login(int fd, const uint8_t *pkt, size_t len, const char *password,
+                           char *types, size_t cap, char want, struct itest_msg *wanted)
+{
+    struct scram_client_state st = { .password = password };
+    size_t got = 0;
+    struct itest_msg m;
+
+    memset(wanted, 0, sizeof(*wanted));
+    assert_true(itest_raw_send(fd, pkt, len));
+    do {
+        assert_int_equal(itest_raw_read_msg(fd, &m, 10000), ITEST_READ_OK);
+        if (m.type == 'E')
+            fail_msg("login failed: %s", itest_msg_field(&m, 'M'));
+        assert_true(got + 1 < cap);
+        bool sasl = m.type == 'R' && msg_u32(&m) != 0;
+        types[got++] = sasl ? '*' : m.type;
+        if (sasl)
+            sasl_step(fd, &st, &m);
+        if (m.type == want && !wanted->body)
+            *wanted = m;
+        else
+            itest_msg_free(&m);
+    } while (types[got - 1] != 'Z');
+    types[got] = '\0';
 }
 
 void itest_raw_login(int fd, const char *user, const char *application_name)

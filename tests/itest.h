@@ -335,6 +335,22 @@ size_t itest_build_startup(uint8_t *buf, size_t cap, const char *user,
 /* Builds a regular message of type `type` with the given body. */
 size_t itest_build_msg(uint8_t *buf, size_t cap, char type, const void *body, size_t body_len);
 
+/* A StartupMessage of version (e.g. 3u << 16 | 2) with the name/value
+ * pairs of pairs (NULL-ended), for what itest_build_startup cannot say:
+ * protocol 3.2, _pq_ options. Returns its length. */
+size_t itest_build_startup_params(uint8_t *buf, size_t cap, uint32_t version,
+                                  const char *const *pairs);
+
+/* Sends the StartupMessage pkt and logs in with SCRAM-SHA-256 (no channel
+ * binding) with password, as libpq would but for a StartupMessage libpq
+ * cannot send. Writes the type of every message up to ReadyForQuery to
+ * types, each step of the SASL exchange (AuthenticationSASL, SASLContinue,
+ * SASLFinal) as '*'; the first message of type want (if any) goes to
+ * *wanted (free it with itest_msg_free). Fails the test on an
+ * ErrorResponse. */
+void itest_raw_scram_login(int fd, const uint8_t *pkt, size_t len, const char *password,
+                           char *types, size_t cap, char want, struct itest_msg *wanted);
+
 /* Sends a StartupMessage and reads until ReadyForQuery. For users that the
  * cluster trusts; fails the test on anything else. */
 void itest_raw_login(int fd, const char *user, const char *application_name);

@@ -743,6 +743,48 @@ static void test_ops_sd_notify(void **state)
     itest_pass();
 }
 
+/* The console is the proxy's own end of the protocol: a StartupMessage that
+ * asks for more than it speaks hears NegotiateProtocolVersion first, as
+ * PostgreSQL says it, and one that asks for nothing new hears none. */
+static void test_ops_console_negotiation(void **state)
+{
+    (void)state;
+    char auth[600], extra[800];
+    snprintf(auth, sizeof auth, "\"ops_nego\" \"%s\"\n", scram_role("ops_nego", "negopw"));
+    snprintf(extra, sizeof extra, "admin_users = ops_nego\nauth_file = %s\n",
+             itest_write_file("ops-nego-userlist.txt", auth));
+    struct itest_proxy *p = itest_proxy_start_with(NULL, extra);
+    static const char *const asks[] = { "user", "ops_nego", "database", "idemproxy",
+                                        "_pq_.idem_test", "on", NULL };
+    static const char *const plain[] = { "user", "ops_nego", "database", "idemproxy", NULL };
+    static const uint8_t expected[] = { 0, 3, 0, 2, 0, 0, 0, 1, '_', 'p', 'q', '_', '.',
+                                        'i', 'd', 'e', 'm', '_', 't', 'e', 's', 't', 0 };
+    uint8_t pkt[256];
+    char types[64];
+    struct itest_msg v;
+
+    /* Protocol 3.5 and an option: the console speaks 3.2, knows no option. */
+    size_t len = itest_build_startup_params(pkt, sizeof pkt, 3u << 16 | 5, asks);
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_scram_login(fd, pkt, len, "negopw", types, sizeof types, 'v', &v);
+    assert_true(strncmp(types, "v***R", 5) == 0);
+    assert_int_equal(v.len, sizeof expected);
+    assert_memory_equal(v.body, expected, sizeof expected);
+    itest_msg_free(&v);
+    itest_raw_close(fd);
+
+    /* 3.2 without options is the console's own. */
+    len = itest_build_startup_params(pkt, sizeof pkt, 3u << 16 | 2, plain);
+    fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_scram_login(fd, pkt, len, "negopw", types, sizeof types, 'v', &v);
+    assert_null(v.body);
+    assert_true(strncmp(types, "***R", 4) == 0);
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* ---- TCP keepalive -------------------------------------------------------- */
 
 struct tcp_settings {
@@ -972,6 +1014,7 @@ int main(int argc, char **argv)
         ITEST(test_ops_admin_console),
         ITEST(test_ops_workers_balanced),
         ITEST(test_ops_ring_follows_load),
+        ITEST(test_ops_console_negotiation),
         ITEST(test_ops_tcp_keepalive),
         ITEST(test_ops_out_of_descriptors),
     };

@@ -473,6 +473,56 @@ static void test_startup_message_v32(void **state)
     pkt_free(&p);
 }
 
+/* A StartupMessage of version with the options (NULL-ended names) and a
+ * user, in p; the caller frees it. */
+static void startup_with(struct pkt *p, uint32_t version, const char *const *options)
+{
+    startup_begin(p, version);
+    startup_param(p, "user", "bob");
+    for (; *options; options++)
+        startup_param(p, *options, "on");
+    startup_param(p, "database", "_pq_.not_an_option");
+    put_u8(p, 0);
+    startup_end(p);
+}
+
+/* What an end speaking 3.0 to 3.2 owes: nothing for 3.0 or 3.2 without
+ * options; the version it speaks for 3.3; every _pq_ option, in order. */
+static void test_negotiation(void **state)
+{
+    (void)state;
+    static const char *const none[] = { NULL };
+    static const char *const two[] = { "_pq_.a", "_pq_.report_parameters", NULL };
+    uint8_t buf[128];
+    struct pkt p = { 0 };
+
+    startup_with(&p, PG_PROTOCOL(3, 0), none);
+    assert_int_equal(pg_build_negotiation(buf, sizeof(buf), p.data, 2), 0);
+    pkt_free(&p);
+    startup_with(&p, PG_PROTOCOL(3, 2), none);
+    assert_int_equal(pg_build_negotiation(buf, sizeof(buf), p.data, 2), 0);
+    /* An end that speaks only 3.0 owes 3.2 its answer. */
+    size_t len = pg_build_negotiation(buf, sizeof(buf), p.data, 0);
+    assert_int_equal(len, 5 + 8);
+    assert_memory_equal(buf, "v\0\0\0\x0c\0\3\0\0\0\0\0\0", 13);
+    pkt_free(&p);
+
+    startup_with(&p, PG_PROTOCOL(3, 7), two);
+    static const uint8_t want[] = "v\0\0\0\x2a\0\3\0\2\0\0\0\2_pq_.a\0_pq_.report_parameters";
+    len = pg_build_negotiation(buf, sizeof(buf), p.data, 2);
+    assert_int_equal(len, sizeof(want));
+    assert_memory_equal(buf, want, sizeof(want));
+    struct pg_msg m;
+    size_t used;
+    assert_int_equal(pg_msg_next(buf, len, &m, &used), PG_NEXT_OK);
+    assert_int_equal(used, len);
+    /* Too small a buffer: the size, nothing written. */
+    memset(buf, 0xaa, sizeof(buf));
+    assert_int_equal(pg_build_negotiation(buf, 10, p.data, 2), len);
+    assert_int_equal(buf[0], 0xaa);
+    pkt_free(&p);
+}
+
 /* Absent parameters come back NULL, not as garbage from the caller. */
 static void test_startup_message_absent_user(void **state)
 {
@@ -1636,6 +1686,7 @@ int main(void)
         cmocka_unit_test(test_startup_message_v30),
         cmocka_unit_test(test_startup_message_replication),
         cmocka_unit_test(test_startup_message_v32),
+        cmocka_unit_test(test_negotiation),
         cmocka_unit_test(test_startup_message_absent_user),
         cmocka_unit_test(test_startup_bad_versions),
         cmocka_unit_test(test_startup_bad_layout),

@@ -32,10 +32,6 @@
 #include <sys/socket.h>
 
 #include <libpq-fe.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
-#include <openssl/rand.h>
-#include <openssl/sha.h>
 
 #include "itest.h"
 
@@ -93,146 +89,6 @@ static const char *console_value(PGconn *admin, const char *command, const char 
     snprintf(value, sizeof value, "%s", found);
     PQclear(res);
     return value;
-}
-
-/* ---- a client that speaks SCRAM itself ---------------------------------- */
-
-/* libpq cannot ask for a protocol option, so the negotiation test logs in
- * by hand. */
-
-/* A StartupMessage of version with NULL-ended name/value pairs. */
-static size_t startup_packet(uint8_t *buf, size_t cap, uint32_t version,
-                             const char *const *pairs)
-{
-    size_t n = 8;
-
-    for (const char *const *kv = pairs; *kv; kv++) {
-        size_t len = strlen(*kv) + 1;
-        assert_true(n + len + 1 <= cap);
-        memcpy(buf + n, *kv, len);
-        n += len;
-    }
-    buf[n++] = 0;
-    for (int i = 0; i < 4; i++) {
-        buf[i] = (uint8_t)(n >> (24 - 8 * i));
-        buf[4 + i] = (uint8_t)(version >> (24 - 8 * i));
-    }
-    return n;
-}
-
-static uint32_t body_u32(const struct itest_msg *m)
-{
-    assert_true(m->len >= 4);
-    return (uint32_t)m->body[0] << 24 | (uint32_t)m->body[1] << 16 |
-           (uint32_t)m->body[2] << 8 | m->body[3];
-}
-
-static void send_sasl(int fd, char type, const void *body, size_t len)
-{
-    uint8_t buf[512];
-    size_t n = itest_build_msg(buf, sizeof buf, type, body, len);
-    assert_true(itest_raw_send(fd, buf, n));
-}
-
-static struct itest_msg read_msg(int fd)
-{
-    struct itest_msg m;
-    assert_int_equal(itest_raw_read_msg(fd, &m, 10000), ITEST_READ_OK);
-    if (m.type == 'E')
-        fail_msg("login failed: %s", itest_msg_field(&m, 'M'));
-    return m;
-}
-
-/* The value of attribute name ("r=", "s=", "i=") in a SCRAM message. */
-static const char *scram_attr(const char *msg, const char *name, char *out, size_t cap)
-{
-    const char *at = strstr(msg, name);
-    assert_non_null(at);
-    at += strlen(name);
-    size_t len = strcspn(at, ",");
-    assert_true(len < cap);
-    memcpy(out, at, len);
-    out[len] = '\0';
-    return out;
-}
-
-/* Logs in as ITEST_SCRAM_USER with StartupMessage pkt, answering SCRAM with
- * the password. Writes the types of the messages after the exchange, up to
- * and including ReadyForQuery, to types; the first message of type want
- * among them (if any) to *wanted. */
-static void scram_raw_login(int fd, const uint8_t *pkt, size_t len, char *types, size_t cap,
-                            char want, struct itest_msg *wanted)
-{
-    static const char mechanism[] = "SCRAM-SHA-256";
-    uint8_t raw_nonce[18];
-    char nonce[32], first[128], server_first[256], final[512];
-    char r[128], s[128], i[16];
-    uint8_t salt[96], salted[32], client_key[32], stored_key[32], signature[32], proof[32];
-    char proof_b64[64];
-    unsigned int n;
-
-    memset(wanted, 0, sizeof(*wanted));
-    assert_true(itest_raw_send(fd, pkt, len));
-    struct itest_msg m = read_msg(fd);
-    assert_int_equal(m.type, 'R');
-    assert_int_equal(body_u32(&m), 10);
-    itest_msg_free(&m);
-
-    assert_int_equal(RAND_bytes(raw_nonce, sizeof raw_nonce), 1);
-    EVP_EncodeBlock((uint8_t *)nonce, raw_nonce, sizeof raw_nonce);
-    int first_len = snprintf(first, sizeof first, "n,,n=,r=%s", nonce);
-    uint8_t initial[256];
-    memcpy(initial, mechanism, sizeof mechanism);
-    for (int b = 0; b < 4; b++)
-        initial[sizeof mechanism + b] = (uint8_t)((unsigned)first_len >> (24 - 8 * b));
-    memcpy(initial + sizeof mechanism + 4, first, (size_t)first_len);
-    send_sasl(fd, 'p', initial, sizeof mechanism + 4 + (size_t)first_len);
-
-    m = read_msg(fd);
-    assert_int_equal(m.type, 'R');
-    assert_int_equal(body_u32(&m), 11);
-    assert_true(m.len - 4 < sizeof server_first);
-    memcpy(server_first, m.body + 4, m.len - 4);
-    server_first[m.len - 4] = '\0';
-    itest_msg_free(&m);
-    scram_attr(server_first, "r=", r, sizeof r);
-    scram_attr(server_first, "s=", s, sizeof s);
-    scram_attr(server_first, "i=", i, sizeof i);
-    int salt_len = EVP_DecodeBlock(salt, (const uint8_t *)s, (int)strlen(s));
-    assert_true(salt_len > 0);
-    salt_len -= (int)(strlen(s) - strcspn(s, "=")); /* padding decodes to zeros */
-    assert_int_equal(PKCS5_PBKDF2_HMAC(ITEST_SCRAM_PASSWORD, (int)strlen(ITEST_SCRAM_PASSWORD),
-                                       salt, salt_len, atoi(i), EVP_sha256(), sizeof salted,
-                                       salted), 1);
-    HMAC(EVP_sha256(), salted, sizeof salted, (const uint8_t *)"Client Key", 10, client_key, &n);
-    SHA256(client_key, sizeof client_key, stored_key);
-    char without_proof[160], auth_message[512];
-    snprintf(without_proof, sizeof without_proof, "c=biws,r=%s", r);
-    int am = snprintf(auth_message, sizeof auth_message, "%s,%s,%s", first + 3, server_first,
-                      without_proof);
-    HMAC(EVP_sha256(), stored_key, sizeof stored_key, (const uint8_t *)auth_message, (size_t)am,
-         signature, &n);
-    for (size_t b = 0; b < sizeof proof; b++)
-        proof[b] = client_key[b] ^ signature[b];
-    EVP_EncodeBlock((uint8_t *)proof_b64, proof, sizeof proof);
-    int final_len = snprintf(final, sizeof final, "%s,p=%s", without_proof, proof_b64);
-    send_sasl(fd, 'p', final, (size_t)final_len);
-
-    m = read_msg(fd);
-    assert_int_equal(m.type, 'R');
-    assert_int_equal(body_u32(&m), 12);
-    itest_msg_free(&m);
-    size_t got = 0;
-    do {
-        m = read_msg(fd);
-        assert_true(got + 1 < cap);
-        types[got++] = m.type;
-        if (m.type == want && !wanted->body)
-            *wanted = m;
-        else
-            itest_msg_free(&m);
-    } while (types[got - 1] != 'Z');
-    types[got] = '\0';
 }
 
 /* ---- tests -------------------------------------------------------------- */
@@ -540,17 +396,18 @@ static void test_reuse_negotiation(void **state)
     static const uint8_t expected[] = { 0, 3, 0, 0, 0, 0, 0, 1, '_', 'p', 'q', '_', '.',
                                         'i', 'd', 'e', 'm', '_', 't', 'e', 's', 't', 0 };
     uint8_t pkt[256];
-    size_t len = startup_packet(pkt, sizeof pkt, 3u << 16 | 2, pairs);
+    size_t len = itest_build_startup_params(pkt, sizeof pkt, 3u << 16 | 2, pairs);
     char types[64];
     struct itest_msg negotiation;
 
     for (int round = 0; round < 2; round++) {
         int fd = itest_raw_connect(p->port);
         assert_true(fd >= 0);
-        scram_raw_login(fd, pkt, len, types, sizeof types, 'v', &negotiation);
-        /* First, as before AuthenticationOk on a fresh login. */
-        assert_int_equal(types[0], 'v');
-        assert_int_equal(strchr(types + 1, 'v'), NULL);
+        itest_raw_scram_login(fd, pkt, len, ITEST_SCRAM_PASSWORD, types, sizeof types, 'v',
+                              &negotiation);
+        /* Right before AuthenticationOk, as on a fresh login. */
+        assert_true(strncmp(types, "***vR", 5) == 0);
+        assert_int_equal(strchr(types + 4, 'v'), NULL);
         assert_int_equal(negotiation.len, sizeof expected);
         assert_memory_equal(negotiation.body, expected, sizeof expected);
         itest_msg_free(&negotiation);
@@ -563,10 +420,11 @@ static void test_reuse_negotiation(void **state)
     /* Plain 3.0 asks for nothing new: no answer, on a server of its own. */
     static const char *const plain[] = { "user", ITEST_SCRAM_USER, "database", ITEST_DBNAME,
                                          "application_name", "reuse_negotiation", NULL };
-    len = startup_packet(pkt, sizeof pkt, 3u << 16, plain);
+    len = itest_build_startup_params(pkt, sizeof pkt, 3u << 16, plain);
     int fd = itest_raw_connect(p->port);
     assert_true(fd >= 0);
-    scram_raw_login(fd, pkt, len, types, sizeof types, 'v', &negotiation);
+    itest_raw_scram_login(fd, pkt, len, ITEST_SCRAM_PASSWORD, types, sizeof types, 'v',
+                          &negotiation);
     assert_int_equal(strchr(types, 'v'), NULL);
     assert_null(negotiation.body);
     assert_int_equal(itest_proxy_log_count(p, "logged in on a kept server"), 1);
@@ -588,17 +446,18 @@ static void test_reuse_login_notice(void **state)
     static const char *const pairs[] = { "user", ITEST_SCRAM_USER, "database", "reuse_collation",
                                          NULL };
     uint8_t pkt[256];
-    size_t len = startup_packet(pkt, sizeof pkt, 3u << 16, pairs);
+    size_t len = itest_build_startup_params(pkt, sizeof pkt, 3u << 16, pairs);
     char types[64];
     struct itest_msg notice;
 
     for (int round = 0; round < 2; round++) {
         int fd = itest_raw_connect(p->port);
         assert_true(fd >= 0);
-        scram_raw_login(fd, pkt, len, types, sizeof types, 'N', &notice);
+        itest_raw_scram_login(fd, pkt, len, ITEST_SCRAM_PASSWORD, types, sizeof types, 'N',
+                              &notice);
         /* Right after AuthenticationOk, as PostgreSQL says it. */
-        assert_true(strncmp(types, "RN", 2) == 0);
-        assert_int_equal(strchr(types + 2, 'N'), NULL);
+        assert_true(strncmp(types, "***RN", 5) == 0);
+        assert_int_equal(strchr(types + 5, 'N'), NULL);
         assert_string_equal(itest_msg_field(&notice, 'C'), "01000");
         assert_non_null(strstr(itest_msg_field(&notice, 'M'), "collation version"));
         itest_msg_free(&notice);
