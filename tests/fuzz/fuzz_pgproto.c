@@ -10,7 +10,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct pg_startup su;
     const char *why;
-    pg_startup_parse(data, size, &su, &why);
+    if (pg_startup_parse(data, size, &su, &why) == PG_STARTUP_MESSAGE) {
+        uint8_t answer[PG_STARTUP_MAX_LEN + 16];
+        size_t need = pg_build_negotiation(answer, sizeof(answer), data, 2);
+        if (need > sizeof(answer))
+            __builtin_trap();
+    }
 
     struct pg_msg msg;
     size_t used, off = 0;
