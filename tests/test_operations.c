@@ -387,6 +387,19 @@ static const char *scram_role(const char *role, const char *password)
     return secret;
 }
 
+/* The config lines that make role (created here, with password) the
+ * console's admin, its secret in an auth file of its own (static buffer). */
+static const char *console_admin(const char *role, const char *password)
+{
+    static char lines[1200];
+    char auth[600], file[64];
+    snprintf(auth, sizeof auth, "\"%s\" \"%s\"\n", role, scram_role(role, password));
+    snprintf(file, sizeof file, "%s-userlist.txt", role);
+    snprintf(lines, sizeof lines, "admin_users = %s\nauth_file = %s\n", role,
+             itest_write_file(file, auth));
+    return lines;
+}
+
 /* Runs sql on the console and returns its result (the caller clears it). */
 static PGresult *console(PGconn *c, const char *sql)
 {
@@ -522,10 +535,8 @@ static int clients_on(PGresult *clients, int worker)
 static void test_ops_workers_balanced(void **state)
 {
     (void)state;
-    char auth[600], extra[900];
-    snprintf(auth, sizeof auth, "\"ops_admin\" \"%s\"\n", scram_role("ops_admin", "adminpw"));
-    snprintf(extra, sizeof extra, "workers = 2\nadmin_users = ops_admin\nauth_file = %s\n",
-             itest_write_file("ops-placed.txt", auth));
+    char extra[1300];
+    snprintf(extra, sizeof extra, "workers = 2\n%s", console_admin("ops_admin", "adminpw"));
     struct itest_proxy *p = itest_proxy_start_with(NULL, extra);
     PGconn *console_conn =
         itest_connect_ok(p->port, "user=ops_admin password=adminpw dbname=idemproxy");
@@ -639,13 +650,10 @@ static void ring_busy_round(PGconn **apps, int round)
 static void test_ops_ring_follows_load(void **state)
 {
     (void)state;
-    char auth[600], extra[900];
+    char extra[1400];
     int mport = itest_free_port();
-    snprintf(auth, sizeof auth, "\"ops_admin\" \"%s\"\n", scram_role("ops_admin", "adminpw"));
-    snprintf(extra, sizeof extra,
-             "workers = 1\nio_uring = auto\nmetrics_port = %d\n"
-             "admin_users = ops_admin\nauth_file = %s\n",
-             mport, itest_write_file("ops-ring.txt", auth));
+    snprintf(extra, sizeof extra, "workers = 1\nio_uring = auto\nmetrics_port = %d\n%s", mport,
+             console_admin("ops_admin", "adminpw"));
     struct itest_proxy_opts opts = { .log_level = "debug", .extra = extra, .own_settings = true };
     struct itest_proxy *p = itest_proxy_start(&opts);
     if (itest_proxy_log_contains(p, "io_uring not in use")) {
@@ -749,11 +757,7 @@ static void test_ops_sd_notify(void **state)
 static void test_ops_console_negotiation(void **state)
 {
     (void)state;
-    char auth[600], extra[800];
-    snprintf(auth, sizeof auth, "\"ops_nego\" \"%s\"\n", scram_role("ops_nego", "negopw"));
-    snprintf(extra, sizeof extra, "admin_users = ops_nego\nauth_file = %s\n",
-             itest_write_file("ops-nego-userlist.txt", auth));
-    struct itest_proxy *p = itest_proxy_start_with(NULL, extra);
+    struct itest_proxy *p = itest_proxy_start_with(NULL, console_admin("ops_nego", "negopw"));
     static const char *const asks[] = { "user", "ops_nego", "database", "idemproxy",
                                         "_pq_.idem_test", "on", NULL };
     static const char *const plain[] = { "user", "ops_nego", "database", "idemproxy", NULL };

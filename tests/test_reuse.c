@@ -91,6 +91,20 @@ static const char *console_value(PGconn *admin, const char *command, const char 
     return value;
 }
 
+/* A client of p that logs in with the StartupMessage pkt (the SCRAM user's
+ * password), keeps the message types and the first message of type want,
+ * and leaves; then waits until its server is kept (the n-th time). */
+static void raw_visit(struct itest_proxy *p, const uint8_t *pkt, size_t len, char *types,
+                      size_t cap, char want, struct itest_msg *wanted, int n)
+{
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_scram_login(fd, pkt, len, ITEST_SCRAM_PASSWORD, types, cap, want, wanted);
+    assert_true(itest_raw_send(fd, "X\0\0\0\4", 5));
+    itest_raw_close(fd);
+    itest_proxy_wait_log_count(p, READY, n);
+}
+
 /* ---- tests -------------------------------------------------------------- */
 
 /* The same backend, and nothing of the session before it. */
@@ -400,20 +414,14 @@ static void test_reuse_negotiation(void **state)
     char types[64];
     struct itest_msg negotiation;
 
-    for (int round = 0; round < 2; round++) {
-        int fd = itest_raw_connect(p->port);
-        assert_true(fd >= 0);
-        itest_raw_scram_login(fd, pkt, len, ITEST_SCRAM_PASSWORD, types, sizeof types, 'v',
-                              &negotiation);
+    for (int round = 1; round <= 2; round++) {
+        raw_visit(p, pkt, len, types, sizeof types, 'v', &negotiation, round);
         /* Right before AuthenticationOk, as on a fresh login. */
         assert_true(strncmp(types, "***vR", 5) == 0);
         assert_int_equal(strchr(types + 4, 'v'), NULL);
         assert_int_equal(negotiation.len, sizeof expected);
         assert_memory_equal(negotiation.body, expected, sizeof expected);
         itest_msg_free(&negotiation);
-        assert_true(itest_raw_send(fd, "X\0\0\0\4", 5));
-        itest_raw_close(fd);
-        itest_proxy_wait_log_count(p, READY, round + 1);
     }
     assert_int_equal(itest_proxy_log_count(p, "logged in on a kept server"), 1);
 
@@ -421,14 +429,10 @@ static void test_reuse_negotiation(void **state)
     static const char *const plain[] = { "user", ITEST_SCRAM_USER, "database", ITEST_DBNAME,
                                          "application_name", "reuse_negotiation", NULL };
     len = itest_build_startup_params(pkt, sizeof pkt, 3u << 16, plain);
-    int fd = itest_raw_connect(p->port);
-    assert_true(fd >= 0);
-    itest_raw_scram_login(fd, pkt, len, ITEST_SCRAM_PASSWORD, types, sizeof types, 'v',
-                          &negotiation);
+    raw_visit(p, pkt, len, types, sizeof types, 'v', &negotiation, 3);
     assert_int_equal(strchr(types, 'v'), NULL);
     assert_null(negotiation.body);
     assert_int_equal(itest_proxy_log_count(p, "logged in on a kept server"), 1);
-    itest_raw_close(fd);
     itest_pass();
 }
 
@@ -450,20 +454,14 @@ static void test_reuse_login_notice(void **state)
     char types[64];
     struct itest_msg notice;
 
-    for (int round = 0; round < 2; round++) {
-        int fd = itest_raw_connect(p->port);
-        assert_true(fd >= 0);
-        itest_raw_scram_login(fd, pkt, len, ITEST_SCRAM_PASSWORD, types, sizeof types, 'N',
-                              &notice);
+    for (int round = 1; round <= 2; round++) {
+        raw_visit(p, pkt, len, types, sizeof types, 'N', &notice, round);
         /* Right after AuthenticationOk, as PostgreSQL says it. */
         assert_true(strncmp(types, "***RN", 5) == 0);
         assert_int_equal(strchr(types + 5, 'N'), NULL);
         assert_string_equal(itest_msg_field(&notice, 'C'), "01000");
         assert_non_null(strstr(itest_msg_field(&notice, 'M'), "collation version"));
         itest_msg_free(&notice);
-        assert_true(itest_raw_send(fd, "X\0\0\0\4", 5));
-        itest_raw_close(fd);
-        itest_proxy_wait_log_count(p, READY, round + 1);
     }
     assert_int_equal(itest_proxy_log_count(p, "logged in on a kept server"), 1);
     itest_server_exec("DROP DATABASE reuse_collation WITH (FORCE)");
