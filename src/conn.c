@@ -81,8 +81,14 @@ static void format_peer(char *buf, size_t len, const struct sockaddr *addr)
     }
     case AF_INET6: {
         const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)addr;
-        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
-        snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+        /* An IPv4 client of the dual-stack socket reads as itself. */
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], host, sizeof(host));
+            snprintf(buf, len, "%s:%u", host, ntohs(in6->sin6_port));
+        } else {
+            inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+            snprintf(buf, len, "[%s]:%u", host, ntohs(in6->sin6_port));
+        }
         break;
     }
     default:

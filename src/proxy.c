@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,9 +94,10 @@ void proxy_worker_ended(struct proxy *p)
 
 /* ---- listening ----------------------------------------------------------- */
 
-static int listen_socket(const struct addrinfo *ai, bool reuseport)
+/* dual_stack: an IPv6 wildcard socket that takes IPv4 clients too. */
+static int listen_socket(const struct addrinfo *ai, bool reuseport, bool dual_stack)
 {
-    int one = 1;
+    int one = 1, zero = 0;
     int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
                     ai->ai_protocol);
 
@@ -103,6 +105,7 @@ static int listen_socket(const struct addrinfo *ai, bool reuseport)
         return -1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
+        (dual_stack && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) != 0) ||
         bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
         int saved = errno;
         close(fd);
@@ -112,27 +115,46 @@ static int listen_socket(const struct addrinfo *ai, bool reuseport)
     return fd;
 }
 
+/* Where to listen: listen_addr's first address, or for "*" every address
+ * of both families, through one IPv6 socket that takes IPv4 clients too
+ * (as PostgreSQL's and PgBouncer's "*" do), or IPv4's alone on a machine
+ * without IPv6. */
+static int listen_addresses(const struct config *cfg, struct addrinfo **ai, bool *dual_stack)
+{
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                              .ai_flags = AI_PASSIVE };
+    char port[16];
+
+    snprintf(port, sizeof(port), "%d", cfg->listen_port);
+    *dual_stack = false;
+    if (strcmp(cfg->listen_addr, "*") != 0)
+        return getaddrinfo(cfg->listen_addr, port, &hints, ai);
+    int probe = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0) {
+        close(probe);
+        *dual_stack = true;
+    }
+    hints.ai_family = *dual_stack ? AF_INET6 : AF_INET;
+    return getaddrinfo(NULL, port, &hints, ai);
+}
+
 /* One socket per worker: with so_reuseport each is its own, and the kernel
  * spreads new connections over them (and over another idemproxy on the
  * same port, for a rolling restart); without, they share one socket and
  * whichever worker is free first accepts. */
 static bool open_listen_sockets(const struct config *cfg, int count, int fds[])
 {
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_PASSIVE };
     struct addrinfo *ai = NULL;
-    char port[16];
-    const char *host = strcmp(cfg->listen_addr, "*") == 0 ? NULL : cfg->listen_addr;
+    bool dual_stack;
+    int rc = listen_addresses(cfg, &ai, &dual_stack);
 
-    snprintf(port, sizeof(port), "%d", cfg->listen_port);
-    int rc = getaddrinfo(host, port, &hints, &ai);
     if (rc != 0) {
         log_error("listen_addr %s: %s", cfg->listen_addr, gai_strerror(rc));
         return false;
     }
     for (int i = 0; i < count; i++) {
         if (i == 0 || cfg->so_reuseport)
-            fds[i] = listen_socket(ai, cfg->so_reuseport);
+            fds[i] = listen_socket(ai, cfg->so_reuseport, dual_stack);
         else
             fds[i] = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
         if (fds[i] < 0) {

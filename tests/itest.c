@@ -432,14 +432,14 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
         if (!run_settings || opts->own_settings)
             run_settings = "";
         snprintf(body, sizeof body,
-                 "listen_addr = 127.0.0.1\n"
+                 "listen_addr = %s\n"
                  "listen_port = %d\n"
                  "server_host = %s\n"
                  "server_port = %d\n"
                  "log_level = %s\n"
                  "%s\n"
                  "%s",
-                 p->port,
+                 opts->listen_addr ? opts->listen_addr : "127.0.0.1", p->port,
                  opts->server_host ? opts->server_host : itest_env("IDEM_TEST_PGHOST"),
                  opts->server_port ? opts->server_port : itest_pg_port(),
                  opts->log_level ? opts->log_level : "info",

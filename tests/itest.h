@@ -56,6 +56,7 @@ bool itest_port_listening(int port);
 /* ---- proxies ----------------------------------------------------------- */
 
 struct itest_proxy_opts {
+    const char *listen_addr; /* NULL: 127.0.0.1 */
     const char *server_host; /* NULL: the test cluster (IDEM_TEST_PGHOST) */
     int server_port;         /* 0: the test cluster (IDEM_TEST_PGPORT) */
     const char *log_level;   /* NULL: "info" */

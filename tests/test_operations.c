@@ -789,6 +789,41 @@ static void test_ops_console_negotiation(void **state)
     itest_pass();
 }
 
+/* ---- listen_addr = * --------------------------------------------------------- */
+
+/* Whether this machine has IPv6 on its loopback. */
+static bool have_ipv6_loopback(void)
+{
+    struct sockaddr_in6 a = { .sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT };
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    bool ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/* "*" is every address of both families, as in PostgreSQL and PgBouncer:
+ * clients come over IPv4 and IPv6 alike, and an IPv4 client is logged as
+ * itself, not as an IPv4-mapped IPv6 address. */
+static void test_ops_listen_everywhere(void **state)
+{
+    (void)state;
+    if (!have_ipv6_loopback()) {
+        printf("no IPv6 on the loopback here: test skipped\n");
+        skip();
+    }
+    struct itest_proxy_opts opts = { .listen_addr = "*" };
+    struct itest_proxy *p = itest_proxy_start(&opts);
+    PGconn *v4 = itest_connect_ok(p->port, "application_name=over_v4");
+    PGconn *v6 = itest_connect_ok(p->port, "host=::1 application_name=over_v6");
+    assert_int_equal(itest_query_ll(v4, "SELECT 4"), 4);
+    assert_int_equal(itest_query_ll(v6, "SELECT 6"), 6);
+    itest_assert_log_line(p, "127.0.0.1:", "accepted", NULL);
+    itest_assert_log_line(p, "[::1]:", "accepted", NULL);
+    assert_false(itest_proxy_log_contains(p, "::ffff:"));
+    itest_pass();
+}
+
 /* ---- TCP keepalive -------------------------------------------------------- */
 
 struct tcp_settings {
@@ -1019,6 +1054,7 @@ int main(int argc, char **argv)
         ITEST(test_ops_workers_balanced),
         ITEST(test_ops_ring_follows_load),
         ITEST(test_ops_console_negotiation),
+        ITEST(test_ops_listen_everywhere),
         ITEST(test_ops_tcp_keepalive),
         ITEST(test_ops_out_of_descriptors),
     };
