@@ -209,11 +209,12 @@ bool proxy_reload(struct proxy *p, char *why, size_t cap)
     if (cfg) {
         if (config_restart_needed(old->cfg, cfg, changed, sizeof(changed)))
             log_warning("reload: %s changed but only take effect on restart", changed);
-        apply_logging(cfg);
         next = settings_build(cfg, old);
         if (!next)
             snprintf(err, sizeof(err), "out of memory");
     }
+    /* Reopened whatever the outcome: log rotation may have moved it away. */
+    apply_logging(next ? cfg : old->cfg);
     if (!next) {
         atomic_fetch_add(&p->reloads_failed, 1);
         log_error("reload failed, keeping the current configuration: %s", err);

@@ -410,9 +410,11 @@ static bool proxy_listening(struct itest_proxy *p, const struct itest_proxy_opts
     if (opts->listen_port)
         return itest_proxy_log_contains(p, " listening on ");
     /* The port takes connections once the first worker listens; the line
-     * comes when all do, at the levels that show it. */
-    bool says = !opts->log_level || strcmp(opts->log_level, "info") == 0 ||
-                strcmp(opts->log_level, "debug") == 0;
+     * comes when all do, at the levels that show it, unless it goes to a
+     * log_file of the test's own. */
+    bool says = (!opts->log_level || strcmp(opts->log_level, "info") == 0 ||
+                 strcmp(opts->log_level, "debug") == 0) &&
+                !(opts->extra && strstr(opts->extra, "log_file"));
     return itest_port_listening(p->port) && (!says || itest_proxy_log_contains(p, " listening on "));
 }
 

@@ -297,6 +297,56 @@ static void test_ops_reload_live(void **state)
     itest_pass();
 }
 
+/* Waits (bounded) until the file at path exists and contains what. */
+static void wait_file_contains(const char *path, const char *what)
+{
+    int64_t deadline = itest_now_ms() + 10000;
+    for (;;) {
+        FILE *f = fopen(path, "r");
+        if (f) {
+            char line[1024];
+            bool found = false;
+            while (!found && fgets(line, sizeof line, f))
+                found = strstr(line, what) != NULL;
+            fclose(f);
+            if (found)
+                return;
+        }
+        if (itest_now_ms() > deadline)
+            fail_msg("%s never said \"%s\"", path, what);
+        itest_sleep_ms(20);
+    }
+}
+
+/* Log rotation moves log_file away and sends SIGHUP: the proxy writes to a
+ * new file at the configured path, also when the reload itself fails. */
+static void test_ops_log_reopen(void **state)
+{
+    (void)state;
+    char path[600], moved[620], extra[700];
+    snprintf(path, sizeof path, "%s/rotated.log", itest_env("IDEM_TEST_TMP"));
+    snprintf(moved, sizeof moved, "%s.1", path);
+    snprintf(extra, sizeof extra, "log_file = %s\n", path);
+    struct itest_proxy *p = itest_proxy_start_with(NULL, extra);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    wait_file_contains(path, "accepted");
+
+    assert_int_equal(rename(path, moved), 0);
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    wait_file_contains(path, "configuration reloaded");
+
+    char *good = itest_read_file(p->conf_path);
+    char broken[4200];
+    snprintf(broken, sizeof broken, "%sno_such_key = 1\n", good);
+    free(good);
+    rewrite_config(p, broken);
+    assert_int_equal(rename(path, moved), 0);
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    wait_file_contains(path, "reload failed");
+    assert_int_equal(itest_query_ll(c, "SELECT 1"), 1);
+    itest_pass();
+}
+
 /* ---- the stats line --------------------------------------------------------- */
 
 static void test_ops_stats_line(void **state)
@@ -1047,6 +1097,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         ITEST(test_ops_metrics),
         ITEST(test_ops_reload_live),
+        ITEST(test_ops_log_reopen),
         ITEST(test_ops_stats_line),
         ITEST(test_ops_rolling_restart),
         ITEST(test_ops_sd_notify),
