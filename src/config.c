@@ -641,6 +641,62 @@ static void set_string(struct parser *p, char **field, const char *key, const ch
     *field = dup_str(p, value);
 }
 
+/* The length of the item of list at, spaces trimmed; *start is where it
+ * begins and *next where the one after it does (NULL at the end). */
+static size_t list_item(const char *at, const char **start, const char **next)
+{
+    const char *comma = strchr(at, ',');
+    const char *end = comma ? comma : at + strlen(at);
+
+    while (at < end && isspace((unsigned char)*at))
+        at++;
+    while (end > at && isspace((unsigned char)end[-1]))
+        end--;
+    *start = at;
+    *next = comma ? comma + 1 : NULL;
+    return (size_t)(end - at);
+}
+
+bool config_listen_item(const char **at, char item[CONFIG_ADDR_LEN])
+{
+    const char *start;
+
+    if (!*at)
+        return false;
+    size_t len = list_item(*at, &start, at);
+    snprintf(item, CONFIG_ADDR_LEN, "%.*s", (int)len, start);
+    return true;
+}
+
+/* Addresses as PgBouncer lists them: "*" alone, or host names and
+ * addresses separated by commas. */
+static void parse_listen_addr(struct parser *p, const char *key, const char *value, char **out)
+{
+    const char *at = value, *start;
+    int items = 0;
+    bool wildcard = false;
+
+    while (at) {
+        size_t len = list_item(at, &start, &at);
+        if (len == 0 || len >= CONFIG_ADDR_LEN) {
+            fail_at(p, p->line, "%s: expected \"*\" or addresses and host names separated by "
+                    "commas, got \"%s\"", key, value);
+            return;
+        }
+        wildcard |= len == 1 && *start == '*';
+        items++;
+    }
+    if (wildcard && items > 1) {
+        fail_at(p, p->line, "%s: \"*\" is every address already; it takes no others", key);
+        return;
+    }
+    if (items > CONFIG_MAX_LISTEN) {
+        fail_at(p, p->line, "%s: at most %d addresses", key, CONFIG_MAX_LISTEN);
+        return;
+    }
+    set_string(p, out, key, value);
+}
+
 static void set_main_key(struct parser *p, const char *key, const char *value)
 {
     struct config *c = p->cfg;
@@ -653,7 +709,7 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     if (!first_setting(p, &p->main_seen[k], key))
         return;
     switch ((enum main_key)k) {
-    case KEY_LISTEN_ADDR: set_string(p, &c->listen_addr, key, value); break;
+    case KEY_LISTEN_ADDR: parse_listen_addr(p, key, value, &c->listen_addr); break;
     case KEY_LISTEN_PORT: parse_int(p, key, value, 1, 65535, &c->listen_port); break;
     case KEY_SERVER_HOST: set_string(p, &c->server_host, key, value); break;
     case KEY_SERVER_PORT: parse_int(p, key, value, 1, 65535, &c->server_port); break;

@@ -17,6 +17,8 @@
 
 #define CONFIG_ERR_LEN 512
 #define CONFIG_MAX_WORKERS 256
+#define CONFIG_MAX_LISTEN 16   /* addresses listened on, all items together */
+#define CONFIG_ADDR_LEN 256    /* the longest item of listen_addr, NUL included */
 
 enum table_action {
     TABLE_ACTION_AUTO,
@@ -91,7 +93,7 @@ struct config {
     atomic_uint refs; /* shared read-only by every worker thread */
     char *path; /* the file this snapshot came from */
 
-    char *listen_addr;
+    char *listen_addr; /* comma-separated items, each a host name, an address or "*" */
     int listen_port;
     char *server_host; /* a host name, an address, or a socket directory (starts with '/') */
     int server_port;
@@ -160,6 +162,11 @@ void config_unref(struct config *cfg);
  * (comma-separated key names); returns false when nothing does. */
 bool config_restart_needed(const struct config *old, const struct config *new_cfg,
                            char *buf, size_t buflen);
+
+/* The items of a listen_addr that config_parse accepted, one at a time:
+ * copies the next one, spaces trimmed, to item (CONFIG_ADDR_LEN bytes) and
+ * moves *at past it; false at the end. */
+bool config_listen_item(const char **at, char item[CONFIG_ADDR_LEN]);
 
 const char *table_action_name(enum table_action action);
 const char *tls_mode_name(enum tls_mode mode);

@@ -94,19 +94,25 @@ void proxy_worker_ended(struct proxy *p)
 
 /* ---- listening ----------------------------------------------------------- */
 
-/* dual_stack: an IPv6 wildcard socket that takes IPv4 clients too. */
-static int listen_socket(const struct addrinfo *ai, bool reuseport, bool dual_stack)
+/* One address to listen on. */
+struct listen_address {
+    struct sockaddr_storage addr;
+    socklen_t len;
+    bool dual_stack; /* the IPv6 wildcard of "*", taking IPv4 clients too */
+};
+
+static int listen_socket(const struct listen_address *a, bool reuseport)
 {
     int one = 1, zero = 0;
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC,
-                    ai->ai_protocol);
+    int fd = socket(a->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
     if (fd < 0)
         return -1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
         (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) ||
-        (dual_stack && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) != 0) ||
-        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, LISTEN_BACKLOG) != 0) {
+        (a->dual_stack && setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) != 0) ||
+        bind(fd, (const struct sockaddr *)&a->addr, a->len) != 0 ||
+        listen(fd, LISTEN_BACKLOG) != 0) {
         int saved = errno;
         close(fd);
         errno = saved;
@@ -115,58 +121,104 @@ static int listen_socket(const struct addrinfo *ai, bool reuseport, bool dual_st
     return fd;
 }
 
-/* Where to listen: listen_addr's first address, or for "*" every address
- * of both families, through one IPv6 socket that takes IPv4 clients too
- * (as PostgreSQL's and PgBouncer's "*" do), or IPv4's alone on a machine
- * without IPv6. */
-static int listen_addresses(const struct config *cfg, struct addrinfo **ai, bool *dual_stack)
+/* Adds ai's addresses to out (n of them so far) unless already there;
+ * returns the new count, or -1 when more than out holds. */
+static int add_addresses(const struct addrinfo *ai, bool dual_stack,
+                         struct listen_address out[WORKER_MAX_LISTENERS], int n)
 {
-    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
-                              .ai_flags = AI_PASSIVE };
-    char port[16];
-
-    snprintf(port, sizeof(port), "%d", cfg->listen_port);
-    *dual_stack = false;
-    if (strcmp(cfg->listen_addr, "*") != 0)
-        return getaddrinfo(cfg->listen_addr, port, &hints, ai);
-    int probe = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (probe >= 0) {
-        close(probe);
-        *dual_stack = true;
+    for (; ai; ai = ai->ai_next) {
+        bool seen = false;
+        for (int i = 0; i < n && !seen; i++)
+            seen = out[i].len == ai->ai_addrlen &&
+                   memcmp(&out[i].addr, ai->ai_addr, out[i].len) == 0;
+        if (seen)
+            continue;
+        if (n == WORKER_MAX_LISTENERS)
+            return -1;
+        memcpy(&out[n].addr, ai->ai_addr, ai->ai_addrlen);
+        out[n].len = ai->ai_addrlen;
+        out[n].dual_stack = dual_stack;
+        n++;
     }
-    hints.ai_family = *dual_stack ? AF_INET6 : AF_INET;
-    return getaddrinfo(NULL, port, &hints, ai);
+    return n;
 }
 
-/* One socket per worker: with so_reuseport each is its own, and the kernel
- * spreads new connections over them (and over another idemproxy on the
- * same port, for a rolling restart); without, they share one socket and
- * whichever worker is free first accepts. */
-static bool open_listen_sockets(const struct config *cfg, int count, int fds[])
+/* Every address listen_addr names: each item's every address (a host name
+ * may have one per family), and for "*" every address of both families,
+ * through one IPv6 socket that takes IPv4 clients too (as PostgreSQL's
+ * and PgBouncer's "*" do), or IPv4's alone on a machine without IPv6.
+ * Returns how many, or -1 (logged). */
+static int listen_addresses(const struct config *cfg,
+                            struct listen_address out[WORKER_MAX_LISTENERS])
 {
-    struct addrinfo *ai = NULL;
-    bool dual_stack;
-    int rc = listen_addresses(cfg, &ai, &dual_stack);
+    const char *at = cfg->listen_addr;
+    char item[CONFIG_ADDR_LEN], port[16];
+    int n = 0;
 
-    if (rc != 0) {
-        log_error("listen_addr %s: %s", cfg->listen_addr, gai_strerror(rc));
-        return false;
-    }
-    for (int i = 0; i < count; i++) {
-        if (i == 0 || cfg->so_reuseport)
-            fds[i] = listen_socket(ai, cfg->so_reuseport, dual_stack);
-        else
-            fds[i] = fcntl(fds[0], F_DUPFD_CLOEXEC, 0);
-        if (fds[i] < 0) {
-            log_error("cannot listen on %s:%d: %s", cfg->listen_addr, cfg->listen_port,
-                      strerror(errno));
-            while (i-- > 0)
-                close(fds[i]);
-            freeaddrinfo(ai);
-            return false;
+    snprintf(port, sizeof(port), "%d", cfg->listen_port);
+    while (config_listen_item(&at, item)) {
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                  .ai_flags = AI_PASSIVE };
+        struct addrinfo *ai = NULL;
+        bool wildcard = strcmp(item, "*") == 0, dual_stack = false;
+        if (wildcard) {
+            int probe = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            dual_stack = probe >= 0;
+            if (probe >= 0)
+                close(probe);
+            hints.ai_family = dual_stack ? AF_INET6 : AF_INET;
+        }
+        int rc = getaddrinfo(wildcard ? NULL : item, port, &hints, &ai);
+        if (rc != 0) {
+            log_error("listen_addr %s: %s", item, gai_strerror(rc));
+            return -1;
+        }
+        n = add_addresses(ai, dual_stack, out, n);
+        freeaddrinfo(ai);
+        if (n < 0) {
+            log_error("listen_addr %s: more than %d addresses", cfg->listen_addr,
+                      WORKER_MAX_LISTENERS);
+            return -1;
         }
     }
-    freeaddrinfo(ai);
+    return n;
+}
+
+static void close_sets(struct listen_set sets[], int count)
+{
+    for (int i = 0; i < count; i++)
+        for (int j = 0; j < sets[i].count; j++)
+            close(sets[i].fd[j]);
+}
+
+/* The sockets of each worker, one per address: with so_reuseport each
+ * worker's are its own, and the kernel spreads new connections over them
+ * (and over another idemproxy on the same port, for a rolling restart);
+ * without, the workers share them and whichever is free first accepts. */
+static bool open_listen_sockets(const struct config *cfg, int count, struct listen_set sets[])
+{
+    struct listen_address addrs[WORKER_MAX_LISTENERS];
+    int n = listen_addresses(cfg, addrs);
+
+    if (n < 0)
+        return false;
+    for (int i = 0; i < count; i++) {
+        sets[i].count = 0;
+        for (int j = 0; j < n; j++) {
+            int fd = i == 0 || cfg->so_reuseport ? listen_socket(&addrs[j], cfg->so_reuseport)
+                                                 : fcntl(sets[0].fd[j], F_DUPFD_CLOEXEC, 0);
+            if (fd < 0) {
+                char host[NI_MAXHOST] = "?";
+                getnameinfo((const struct sockaddr *)&addrs[j].addr, addrs[j].len, host,
+                            sizeof(host), NULL, 0, NI_NUMERICHOST);
+                log_error("cannot listen on %s port %d: %s", host, cfg->listen_port,
+                          strerror(errno));
+                close_sets(sets, i + 1);
+                return false;
+            }
+            sets[i].fd[sets[i].count++] = fd;
+        }
+    }
     return true;
 }
 
@@ -375,19 +427,18 @@ bool proxy_init(struct proxy *p, struct config *cfg)
     }
 
     int count = worker_count(cfg);
-    int fds[CONFIG_MAX_WORKERS];
+    struct listen_set sets[CONFIG_MAX_WORKERS];
     p->workers = calloc((size_t)count, sizeof(*p->workers));
     if (!p->workers) {
         log_error("out of memory");
         return false;
     }
-    if (!open_listen_sockets(cfg, count, fds))
+    if (!open_listen_sockets(cfg, count, sets))
         return false;
     for (int i = 0; i < count; i++) {
         p->worker_count++;
-        if (!worker_init(&p->workers[i], p, i + 1, s, fds[i])) {
-            while (++i < count)
-                close(fds[i]);
+        if (!worker_init(&p->workers[i], p, i + 1, s, &sets[i])) {
+            close_sets(sets + i + 1, count - i - 1);
             return false;
         }
     }

@@ -264,13 +264,12 @@ static void accept_cb(struct evconnlistener *listener, evutil_socket_t fd,
 }
 
 /* Out of descriptors, accept fails and leaves the client queued. Gives up
- * the spare to take each queued client in turn and tell it why, as
+ * the spare to take each client queued on lfd in turn and tell it why, as
  * PostgreSQL tells one client too many. */
-static void refuse_queued(struct worker *w)
+static void refuse_queued(struct worker *w, evutil_socket_t lfd)
 {
     static const char why[] = "sorry, too many clients already: idemproxy is out of file "
                               "descriptors";
-    evutil_socket_t lfd = evconnlistener_get_fd(w->listener);
     uint8_t msg[160];
     size_t len = pg_error_build(msg, sizeof(msg), "FATAL", "53300", why);
 
@@ -297,13 +296,15 @@ static void accept_error_cb(struct evconnlistener *listener, void *arg)
     struct worker *w = arg;
     int err = EVUTIL_SOCKET_ERROR();
     bool out_of_fds = err == EMFILE || err == ENFILE;
-    (void)listener;
+    struct listener_rest *rest = w->listeners;
 
+    while (rest->listener != listener)
+        rest++;
     if (out_of_fds)
-        refuse_queued(w);
+        refuse_queued(w, evconnlistener_get_fd(listener));
     if (!out_of_fds || w->spare_fd < 0)
-        listener_rest_pause(&w->rest);
-    if (!listener_rest_log_due(&w->rest))
+        listener_rest_pause(rest);
+    if (!listener_rest_log_due(rest))
         return;
     if (out_of_fds)
         log_error("[worker %d] accept failed: %s: refusing clients (53300) until descriptors "
@@ -314,13 +315,14 @@ static void accept_error_cb(struct evconnlistener *listener, void *arg)
                   evutil_socket_error_to_string(err), LISTENER_REST_MS);
 }
 
-static void close_listener(struct worker *w)
+static void close_listeners(struct worker *w)
 {
-    listener_rest_free(&w->rest);
-    if (w->listener) {
-        evconnlistener_free(w->listener);
-        w->listener = NULL;
+    for (int i = 0; i < w->listener_count; i++) {
+        struct evconnlistener *listener = w->listeners[i].listener;
+        listener_rest_free(&w->listeners[i]);
+        evconnlistener_free(listener);
     }
+    w->listener_count = 0;
 }
 
 /* ---- stopping ---------------------------------------------------------- */
@@ -347,13 +349,11 @@ static void shutdown_timeout_cb(evutil_socket_t fd, short what, void *arg)
     stop_now(w);
 }
 
-/* Takes in every connection the kernel has queued on the listener before
+/* Takes in every connection the kernel has queued on a listener before
  * it closes: closing would reset them, and with so_reuseport they came to
  * this process rather than to the one that goes on. */
-static void drain_accept_queue(struct worker *w)
+static void drain_accept_queue(struct worker *w, evutil_socket_t lfd)
 {
-    evutil_socket_t lfd = evconnlistener_get_fd(w->listener);
-
     for (;;) {
         struct sockaddr_storage addr;
         socklen_t len = sizeof(addr);
@@ -375,9 +375,9 @@ static void begin_shutdown(struct worker *w)
     w->shutting_down = true;
     pool_close_all(w->pool);
     take_inbox(w, true);
-    if (w->listener)
-        drain_accept_queue(w);
-    close_listener(w);
+    for (int i = 0; i < w->listener_count; i++)
+        drain_accept_queue(w, evconnlistener_get_fd(w->listeners[i].listener));
+    close_listeners(w);
     if (w->conn_count == 0) {
         event_base_loopexit(w->base, NULL);
         return;
@@ -550,8 +550,37 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+static void close_from(const struct listen_set *listens, int from)
+{
+    for (int i = from; i < listens->count; i++)
+        close(listens->fd[i]);
+}
+
+/* A listener on each socket of listens, which it takes (closing those left
+ * when it fails). */
+static bool listen_on(struct worker *w, const struct listen_set *listens)
+{
+    for (int i = 0; i < listens->count; i++) {
+        struct evconnlistener *listener =
+            evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, listens->fd[i]);
+        if (!listener) {
+            log_error("[worker %d] cannot accept: %s", w->index, strerror(errno));
+            close_from(listens, i);
+            return false;
+        }
+        evconnlistener_set_error_cb(listener, accept_error_cb);
+        struct listener_rest *rest = &w->listeners[w->listener_count++];
+        if (!listener_rest_init(rest, w->base, listener)) {
+            log_error("[worker %d] out of memory", w->index);
+            close_from(listens, i + 1);
+            return false;
+        }
+    }
+    return true;
+}
+
 bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *settings,
-                 int listen_fd)
+                 const struct listen_set *listens)
 {
     memset(w, 0, sizeof(*w));
     w->proxy = p;
@@ -562,22 +591,17 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
     pthread_mutex_init(&w->inbox_lock, NULL);
     w->inbox_tail = &w->inbox;
     if (!adopt_settings(w, settings_ref(settings))) {
-        close(listen_fd);
+        close_from(listens, 0);
         return false;
     }
     w->base = event_base_new();
     if (!w->base) {
-        close(listen_fd);
+        close_from(listens, 0);
         log_error("[worker %d] cannot create an event loop", index);
         return false;
     }
-    w->listener = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, listen_fd);
-    if (!w->listener) {
-        close(listen_fd);
-        log_error("[worker %d] cannot accept: %s", index, strerror(errno));
+    if (!listen_on(w, listens))
         return false;
-    }
-    evconnlistener_set_error_cb(w->listener, accept_error_cb);
     w->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     w->dns = evdns_base_new(w->base, EVDNS_BASE_INITIALIZE_NAMESERVERS |
                                          EVDNS_BASE_DISABLE_WHEN_INACTIVE);
@@ -589,8 +613,7 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->wake_fd >= 0)
         w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
-    if (!w->dns || !w->pool || !w->wake || w->spare_fd < 0 ||
-        !listener_rest_init(&w->rest, w->base, w->listener) || event_add(w->wake, NULL) != 0) {
+    if (!w->dns || !w->pool || !w->wake || w->spare_fd < 0 || event_add(w->wake, NULL) != 0) {
         log_error("[worker %d] cannot set up its event loop", index);
         return false;
     }
@@ -627,7 +650,7 @@ void worker_free(struct worker *w)
         evutil_closesocket(h->fd);
         free(h);
     }
-    close_listener(w);
+    close_listeners(w);
     if (w->spare_fd >= 0)
         close(w->spare_fd);
     pool_free(w->pool);

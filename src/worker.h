@@ -36,6 +36,16 @@
 #include "rules.h"
 #include "settings.h"
 
+/* The most sockets a worker accepts on: every address of every item of
+ * listen_addr (a host name may have one per family). */
+#define WORKER_MAX_LISTENERS (2 * CONFIG_MAX_LISTEN)
+
+/* The listening sockets one worker accepts on. */
+struct listen_set {
+    int fd[WORKER_MAX_LISTENERS];
+    int count;
+};
+
 struct ring;
 struct handover; /* a client accepted by one worker for another to serve */
 
@@ -113,8 +123,10 @@ struct worker {
 
     struct event_base *base;
     struct evdns_base *dns;
-    struct evconnlistener *listener;
-    struct listener_rest rest; /* when accept fails for want of a resource */
+    struct listener_rest listeners[WORKER_MAX_LISTENERS]; /* one per address listened
+                                * on, each resting when accept fails for want of a
+                                * resource (its evconnlistener in .listener) */
+    int listener_count;
     int spare_fd;              /* /dev/null, given up to refuse a client when the
                                 * process is out of descriptors; -1: none */
     int wake_fd;               /* eventfd the main thread writes to */
@@ -156,11 +168,11 @@ struct worker {
 /* Adds how long (ns) the proxy held bytes flowing one way. */
 void worker_observe_latency(struct worker *w, enum flow flow, uint64_t ns);
 
-/* Sets w up to accept on listen_fd (it takes the descriptor) under
+/* Sets w up to accept on the sockets of listens (it takes them) under
  * settings (it takes a reference). False, logged, when it cannot; then
  * worker_free() still cleans up. */
 bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *settings,
-                 int listen_fd);
+                 const struct listen_set *listens);
 
 /* Starts the thread. False, logged, when it cannot. */
 bool worker_start(struct worker *w);

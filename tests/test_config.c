@@ -206,6 +206,31 @@ static void test_sizes(void **state)
     }
 }
 
+/* listen_addr: "*", one address or host name, or a list of them; its
+ * items as the proxy reads them. */
+static void test_listen_addr_items(void **state)
+{
+    (void)state;
+    static const char *const want[] = { "127.0.0.1", "::1", "db.example.com" };
+    char item[CONFIG_ADDR_LEN];
+    struct config *cfg =
+        parse_ok("[idemproxy]\nlisten_addr = 127.0.0.1 ,  ::1,db.example.com\n");
+    const char *at = cfg->listen_addr;
+    for (size_t i = 0; i < 3; i++) {
+        assert_true(config_listen_item(&at, item));
+        assert_string_equal(item, want[i]);
+    }
+    assert_false(config_listen_item(&at, item));
+    config_unref(cfg);
+
+    cfg = parse_ok("[idemproxy]\nlisten_addr = *\n");
+    at = cfg->listen_addr;
+    assert_true(config_listen_item(&at, item));
+    assert_string_equal(item, "*");
+    assert_false(config_listen_item(&at, item));
+    config_unref(cfg);
+}
+
 static void test_port_ranges(void **state)
 {
     (void)state;
@@ -234,6 +259,11 @@ static void test_port_ranges(void **state)
     parse_fails("[idemproxy]\ntcp_keepintvl = -1\n", 2, "tcp_keepintvl");
     parse_fails("[idemproxy]\ntcp_keepcnt = 128\n", 2, "from 0 to 127");
     parse_fails("[idemproxy]\ntcp_user_timeout = 5s\n", 2, "tcp_user_timeout");
+    parse_fails("[idemproxy]\nlisten_addr = 127.0.0.1,,::1\n", 2, "separated by commas");
+    parse_fails("[idemproxy]\nlisten_addr = 127.0.0.1,\n", 2, "separated by commas");
+    parse_fails("[idemproxy]\nlisten_addr = *, ::1\n", 2, "takes no others");
+    parse_fails("[idemproxy]\nlisten_addr = a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q\n", 2,
+                "at most 16");
     parse_fails("[idemproxy]\nworkers = -1\n", 2, "workers");
     parse_fails("[idemproxy]\nworkers = 257\n", 2, "workers");
     parse_fails("[idemproxy]\nso_reuseport = maybe\n", 2, "so_reuseport");
@@ -770,6 +800,7 @@ int main(void)
         cmocka_unit_test(test_full_main_section),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_sizes),
+        cmocka_unit_test(test_listen_addr_items),
         cmocka_unit_test(test_port_ranges),
         cmocka_unit_test(test_io_uring_values),
         cmocka_unit_test(test_log_levels),

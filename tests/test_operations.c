@@ -854,7 +854,8 @@ static bool have_ipv6_loopback(void)
 
 /* "*" is every address of both families, as in PostgreSQL and PgBouncer:
  * clients come over IPv4 and IPv6 alike, and an IPv4 client is logged as
- * itself, not as an IPv4-mapped IPv6 address. */
+ * itself, not as an IPv4-mapped IPv6 address. A list, as PgBouncer takes
+ * it, is each of its addresses, for every worker. */
 static void test_ops_listen_everywhere(void **state)
 {
     (void)state;
@@ -862,15 +863,22 @@ static void test_ops_listen_everywhere(void **state)
         printf("no IPv6 on the loopback here: test skipped\n");
         skip();
     }
-    struct itest_proxy_opts opts = { .listen_addr = "*" };
-    struct itest_proxy *p = itest_proxy_start(&opts);
-    PGconn *v4 = itest_connect_ok(p->port, "application_name=over_v4");
-    PGconn *v6 = itest_connect_ok(p->port, "host=::1 application_name=over_v6");
-    assert_int_equal(itest_query_ll(v4, "SELECT 4"), 4);
-    assert_int_equal(itest_query_ll(v6, "SELECT 6"), 6);
-    itest_assert_log_line(p, "127.0.0.1:", "accepted", NULL);
-    itest_assert_log_line(p, "[::1]:", "accepted", NULL);
-    assert_false(itest_proxy_log_contains(p, "::ffff:"));
+    static const struct itest_proxy_opts everywhere = { .listen_addr = "*" };
+    static const struct itest_proxy_opts listed = { .listen_addr = "127.0.0.1 , ::1",
+                                                    .extra = "workers = 2\n" };
+    const struct itest_proxy_opts *const opts[] = { &everywhere, &listed };
+    for (size_t i = 0; i < 2; i++) {
+        struct itest_proxy *p = itest_proxy_start(opts[i]);
+        PGconn *v4 = itest_connect_ok(p->port, "application_name=over_v4");
+        PGconn *v6 = itest_connect_ok(p->port, "host=::1 application_name=over_v6");
+        assert_int_equal(itest_query_ll(v4, "SELECT 4"), 4);
+        assert_int_equal(itest_query_ll(v6, "SELECT 6"), 6);
+        itest_assert_log_line(p, "127.0.0.1:", "accepted", NULL);
+        itest_assert_log_line(p, "[::1]:", "accepted", NULL);
+        assert_false(itest_proxy_log_contains(p, "::ffff:"));
+        itest_finish(v4);
+        itest_finish(v6);
+    }
     itest_pass();
 }
 
