@@ -273,7 +273,7 @@ static void show_clients(struct worker *w, struct evbuffer *out)
 static void show_config(struct worker *w, struct evbuffer *out)
 {
     const struct config *cfg = w->cfg;
-    char n[16][24];
+    char n[17][24];
     char admins[512] = "";
 
     for (size_t i = 0, at = 0; i < cfg->admin_users.count && at < sizeof(admins); i++)
@@ -295,6 +295,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
     snprintf(n[13], sizeof(n[13]), "%d", cfg->tcp_keepintvl);
     snprintf(n[14], sizeof(n[14]), "%d", cfg->tcp_keepcnt);
     snprintf(n[15], sizeof(n[15]), "%d", cfg->tcp_user_timeout);
+    snprintf(n[16], sizeof(n[16]), "%d", cfg->server_lifetime);
     const char *const pairs[][2] = {
         { "config_file", cfg->path },
         { "listen_addr", cfg->listen_addr },
@@ -324,6 +325,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
         { "auth_file", cfg->auth_file ? cfg->auth_file : "" },
         { "server_reuse", cfg->server_reuse ? "on" : "off" },
         { "server_idle_timeout", n[9] },
+        { "server_lifetime", n[16] },
         { "max_idle_servers", n[10] },
         { "max_cached_statements", n[11] },
         { "admin_users", admins },

@@ -131,6 +131,8 @@ struct config {
 
     bool server_reuse;       /* keep a server for the next client with the same login */
     int server_idle_timeout; /* seconds a kept server waits for that client */
+    int server_lifetime;     /* seconds from a server's connect after which it is
+                              * not kept any more; 0: each serves one client */
     int max_idle_servers;    /* kept servers in all, split between the workers */
     int max_cached_statements; /* per session, for rewritten unnamed Parses; 0: none */
 

@@ -346,9 +346,10 @@ bool keep_server(struct conn *c)
         sock_unsent(c->server) > 0)
         return false;
     forget_key(c);
-    struct pool_server kept = { .sock = c->server, .welcome = c->welcome };
+    struct pool_server kept = { .sock = c->server, .welcome = c->welcome,
+                                .born = c->server_born };
     if (!pool_park(w->pool, c->startup, c->startup_len, &kept, worker_pool_max(w),
-                   w->cfg->server_idle_timeout))
+                   w->cfg->server_idle_timeout, w->cfg->server_lifetime))
         return false;
     welcome_init(&c->welcome);
     c->server = NULL;

@@ -100,6 +100,7 @@ struct conn {
     struct worker *worker;
     uint64_t id;
     time_t since;               /* accepted at */
+    time_t server_born;         /* its server connected at (server_lifetime) */
     bool admin;                 /* logging in to the admin console */
     enum conn_state state;
 

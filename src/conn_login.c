@@ -89,6 +89,7 @@ static void connect_server(struct conn *c)
         fail_client(c, "53200", "out of memory", "out of memory");
         return;
     }
+    c->server_born = time(NULL);
     counter_add(&w->counters.server_connections, 1);
     c->generation = w->generation;
     sock_set_write_marks(c->server, OUT_LOW, OUT_HIGH);
@@ -287,6 +288,7 @@ static bool reuse_server(struct conn *c)
     }
     welcome_build(&kept.welcome, key, said, len);
     c->server = kept.sock;
+    c->server_born = kept.born;
     sock_set_callback(c->server, server_sock_cb, c);
     c->welcome = kept.welcome;
     c->generation = w->generation;

@@ -112,6 +112,8 @@ static void usage(FILE *out)
 "                          idle session leaves its server, reset with DISCARD\n"
 "                          ALL, to the next client with the same login [off]\n"
 "  server_idle_timeout     seconds a kept server waits for that client [600]\n"
+"  server_lifetime         seconds from a server's connect after which it is\n"
+"                          not kept any more; 0: each serves one client [3600]\n"
 "  max_idle_servers        servers kept at most, split between workers [100]\n"
 "  max_cached_statements   per session: rewritten INSERTs sent as the unnamed\n"
 "                          statement, or in a Query with their values in the\n"

@@ -30,6 +30,7 @@ struct kept {
     enum kept_state state;
     bool reset_failed;        /* the reset answered with an error */
     int idle_timeout;         /* seconds */
+    time_t ends;              /* its server_lifetime ends */
     struct pool_server server;
     struct event *timer;
 };
@@ -110,6 +111,15 @@ static void close_kept(struct kept *k, bool terminate, const char *why)
     unlink_kept(k);
 }
 
+/* Seconds until an idle kept server goes: server_idle_timeout, or less
+ * when its lifetime ends first. */
+static int idle_seconds(const struct kept *k)
+{
+    time_t left = k->ends - time(NULL);
+
+    return left < k->idle_timeout ? (left > 0 ? (int)left : 0) : k->idle_timeout;
+}
+
 static void arm(struct kept *k, int seconds)
 {
     struct timeval tv = { seconds, 0 };
@@ -172,7 +182,7 @@ static void kept_read(struct kept *k)
     }
     if (was == KEPT_RESETTING && k->state == KEPT_IDLE) {
         log_debug("kept server (backend %u) reset: ready for the next client", kept_pid(k));
-        arm(k, k->idle_timeout);
+        arm(k, idle_seconds(k));
     }
 }
 
@@ -205,8 +215,9 @@ static void kept_timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
 
-    close_kept(k, true, k->state == KEPT_IDLE ? "server_idle_timeout reached"
-                                              : "the reset took too long");
+    close_kept(k, true, k->state == KEPT_RESETTING ? "the reset took too long"
+                        : time(NULL) >= k->ends  ? "server_lifetime reached"
+                                                 : "server_idle_timeout reached");
 }
 
 static struct bucket *find_bucket(const struct pool *p, const uint8_t *key, size_t len)
@@ -233,13 +244,19 @@ static struct bucket *bucket_for(struct pool *p, const uint8_t *key, size_t len)
 }
 
 bool pool_park(struct pool *p, const uint8_t *startup, size_t len, struct pool_server *server,
-               size_t max, int idle_timeout)
+               size_t max, int idle_timeout, int lifetime)
 {
     uint8_t reset[32];
     size_t reset_len = pg_build_query(reset, sizeof(reset), RESET_QUERY);
+    time_t ends = server->born + lifetime;
 
     if (p->size >= max || !welcome_complete(&server->welcome))
         return false;
+    if (time(NULL) >= ends) {
+        log_debug("server (backend %u) not kept: server_lifetime reached",
+                  pg_get_u32(server->welcome.key));
+        return false;
+    }
     struct kept *k = calloc(1, sizeof(*k));
     struct bucket *b = k ? bucket_for(p, startup, len) : NULL;
     if (k && b)
@@ -254,6 +271,7 @@ bool pool_park(struct pool *p, const uint8_t *startup, size_t len, struct pool_s
     k->bucket = b;
     k->state = KEPT_RESETTING;
     k->idle_timeout = idle_timeout;
+    k->ends = ends;
     k->server = *server;
     k->next = b->servers;
     if (b->servers)

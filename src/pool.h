@@ -22,6 +22,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <event2/event.h>
 
@@ -33,6 +34,7 @@
 struct pool_server {
     struct sock *sock;
     struct welcome welcome; /* the login's end, as its next client must hear it */
+    time_t born;            /* when it connected */
 };
 
 struct pool;
@@ -49,11 +51,12 @@ void pool_free(struct pool *p);
 void pool_close_all(struct pool *p);
 
 /* Keeps server, logged in with the len bytes of startup, for at most
- * idle_timeout seconds, unless the pool already holds max servers. True:
- * the pool owns the server's sock and welcome now. False: the caller still
- * does (and closes it). */
+ * idle_timeout seconds and not past lifetime seconds from its birth,
+ * unless the pool already holds max servers or the server is that old.
+ * True: the pool owns the server's sock and welcome now. False: the caller
+ * still does (and closes it). */
 bool pool_park(struct pool *p, const uint8_t *startup, size_t len, struct pool_server *server,
-               size_t max, int idle_timeout);
+               size_t max, int idle_timeout, int lifetime);
 
 /* A kept server logged in with the len bytes of startup, reset and idle,
  * into *out (the caller owns it now, and points its sock's callback at

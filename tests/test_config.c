@@ -169,6 +169,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->tcp_keepintvl, 0);
     assert_int_equal(cfg->tcp_keepcnt, 0);
     assert_int_equal(cfg->tcp_user_timeout, 0);
+    assert_int_equal(cfg->server_lifetime, 3600);
     assert_int_equal(cfg->workers, 0);
     assert_false(cfg->so_reuseport);
     assert_int_equal(cfg->io_uring, RING_AUTO);
@@ -259,6 +260,7 @@ static void test_port_ranges(void **state)
     parse_fails("[idemproxy]\ntcp_keepintvl = -1\n", 2, "tcp_keepintvl");
     parse_fails("[idemproxy]\ntcp_keepcnt = 128\n", 2, "from 0 to 127");
     parse_fails("[idemproxy]\ntcp_user_timeout = 5s\n", 2, "tcp_user_timeout");
+    parse_fails("[idemproxy]\nserver_lifetime = -1\n", 2, "server_lifetime");
     parse_fails("[idemproxy]\nlisten_addr = 127.0.0.1,,::1\n", 2, "separated by commas");
     parse_fails("[idemproxy]\nlisten_addr = 127.0.0.1,\n", 2, "separated by commas");
     parse_fails("[idemproxy]\nlisten_addr = *, ::1\n", 2, "takes no others");
@@ -649,11 +651,13 @@ static void test_tls_and_auth(void **state)
                                 "auth_query = SELECT u, p FROM secrets WHERE u = $1\n"
                                 "server_reuse = on\n"
                                 "server_idle_timeout = 30\n"
+                                "server_lifetime = 0\n"
                                 "max_idle_servers = 0\n"
                                 "max_cached_statements = 0\n");
     assert_true(c->server_reuse);
     assert_int_equal(c->max_cached_statements, 0);
     assert_int_equal(c->server_idle_timeout, 30);
+    assert_int_equal(c->server_lifetime, 0);
     assert_int_equal(c->max_idle_servers, 0);
     assert_int_equal(c->client_tls.mode, TLS_VERIFY_FULL);
     assert_string_equal(c->client_tls.cert_file, "/etc/p.crt");

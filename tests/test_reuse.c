@@ -468,6 +468,38 @@ static void test_reuse_login_notice(void **state)
     itest_pass();
 }
 
+/* server_lifetime, as PgBouncer's: a kept server goes when its lifetime
+ * ends, long before server_idle_timeout; a server that old when its client
+ * leaves is not kept; 0 keeps none. It bounds how long a kept server
+ * carries its login's role settings. */
+static void test_reuse_lifetime(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = reuse_proxy("server_lifetime = 2\n");
+    PGconn *a = scram_login(p->port, "reuse_life");
+    long long first = backend_pid(a);
+    itest_finish(a);
+    itest_proxy_wait_log_count(p, READY, 1);
+    itest_proxy_wait_log_count(p, "closed: server_lifetime reached", 1);
+
+    PGconn *b = scram_login(p->port, "reuse_life");
+    assert_true(backend_pid(b) != first);
+    itest_sleep_ms(2200);
+    itest_finish(b);
+    itest_proxy_wait_log_count(p, "not kept: server_lifetime reached", 1);
+    assert_int_equal(itest_proxy_log_count(p, READY), 1);
+
+    struct itest_proxy *once = reuse_proxy("server_lifetime = 0\n");
+    PGconn *c = scram_login(once->port, "reuse_once");
+    long long pid = backend_pid(c);
+    itest_finish(c);
+    itest_proxy_wait_log_count(once, "not kept: server_lifetime reached", 1);
+    PGconn *d = scram_login(once->port, "reuse_once");
+    assert_true(backend_pid(d) != pid);
+    assert_int_equal(itest_proxy_log_count(once, "logged in on a kept server"), 0);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -480,6 +512,7 @@ int main(int argc, char **argv)
         ITEST(test_reuse_bounds),
         ITEST(test_reuse_negotiation),
         ITEST(test_reuse_login_notice),
+        ITEST(test_reuse_lifetime),
     };
     return itest_main(argc, argv, "idemproxy server reuse", tests, sizeof tests / sizeof tests[0]);
 }
