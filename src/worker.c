@@ -296,10 +296,12 @@ static void accept_error_cb(struct evconnlistener *listener, void *arg)
     struct worker *w = arg;
     int err = EVUTIL_SOCKET_ERROR();
     bool out_of_fds = err == EMFILE || err == ENFILE;
-    struct listener_rest *rest = w->listeners;
+    struct listener_rest *rest = w->listeners, *end = w->listeners + w->listener_count;
 
-    while (rest->listener != listener)
+    while (rest < end && rest->listener != listener)
         rest++;
+    if (rest == end)
+        return;
     if (out_of_fds)
         refuse_queued(w, evconnlistener_get_fd(listener));
     if (!out_of_fds || w->spare_fd < 0)
