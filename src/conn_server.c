@@ -450,9 +450,8 @@ enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t total,
     case 'v':
         welcome_note(&c->welcome, 'v', body, len);
         break;
-    case 'N':
-        if (c->state == CONN_LOGIN)
-            welcome_note(&c->welcome, 'N', body, len);
+    case 'N': /* taken only during the login of a reusable session */
+        welcome_note(&c->welcome, 'N', body, len);
         break;
     case 'K':
         welcome_note(&c->welcome, 'K', body, len);

@@ -90,9 +90,9 @@ static void unlink_kept(struct kept *k)
 }
 
 /* The backend's process ID, for log lines. */
-static unsigned kept_pid(const struct kept *k)
+static unsigned backend_pid(const struct pool_server *server)
 {
-    return pg_get_u32(k->server.welcome.key);
+    return pg_get_u32(server->welcome.key);
 }
 
 /* Ends a kept server: a Terminate first when it can still hear one, so
@@ -101,7 +101,7 @@ static void close_kept(struct kept *k, bool terminate, const char *why)
 {
     struct sock *s = k->server.sock;
 
-    log_debug("kept server (backend %u) closed: %s", kept_pid(k), why);
+    log_debug("kept server (backend %u) closed: %s", backend_pid(&k->server), why);
     if (terminate) {
         evbuffer_add(sock_output(s), PG_TERMINATE, sizeof(PG_TERMINATE));
         sock_flush(s);
@@ -181,7 +181,8 @@ static void kept_read(struct kept *k)
         return;
     }
     if (was == KEPT_RESETTING && k->state == KEPT_IDLE) {
-        log_debug("kept server (backend %u) reset: ready for the next client", kept_pid(k));
+        log_debug("kept server (backend %u) reset: ready for the next client",
+                  backend_pid(&k->server));
         arm(k, idle_seconds(k));
     }
 }
@@ -253,8 +254,7 @@ bool pool_park(struct pool *p, const uint8_t *startup, size_t len, struct pool_s
     if (p->size >= max || !welcome_complete(&server->welcome))
         return false;
     if (time(NULL) >= ends) {
-        log_debug("server (backend %u) not kept: server_lifetime reached",
-                  pg_get_u32(server->welcome.key));
+        log_debug("server (backend %u) not kept: server_lifetime reached", backend_pid(server));
         return false;
     }
     struct kept *k = calloc(1, sizeof(*k));
