@@ -953,18 +953,29 @@ static long sealed_ctrl(BIO *bio, int cmd, long num, void *ptr)
     }
 }
 
+/* A BIO method of type (a source/sink or a filter) with these callbacks
+ * (destroy may be NULL); NULL when out of memory. Made once per process. */
+static BIO_METHOD *new_bio_method(int type, const char *name,
+                                  int (*read)(BIO *, char *, int),
+                                  int (*write)(BIO *, const char *, int),
+                                  long (*ctrl)(BIO *, int, long, void *),
+                                  int (*destroy)(BIO *))
+{
+    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | type, name);
+
+    if (m && BIO_meth_set_read(m, read) && BIO_meth_set_write(m, write) &&
+        BIO_meth_set_ctrl(m, ctrl) && (!destroy || BIO_meth_set_destroy(m, destroy)))
+        return m;
+    BIO_meth_free(m);
+    return NULL;
+}
+
 static BIO_METHOD *sealed_method;
 
 static void make_sealed_method(void)
 {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "idemproxy ring");
-
-    if (m && BIO_meth_set_read(m, sealed_read) && BIO_meth_set_write(m, sealed_write) &&
-        BIO_meth_set_ctrl(m, sealed_ctrl)) {
-        sealed_method = m;
-        return;
-    }
-    BIO_meth_free(m);
+    sealed_method = new_bio_method(BIO_TYPE_SOURCE_SINK, "idemproxy ring", sealed_read,
+                                   sealed_write, sealed_ctrl, NULL);
 }
 
 /* OpenSSL goes on through the sealed buffers. What it read ahead stays in
@@ -1077,14 +1088,8 @@ static BIO_METHOD *early_method;
 
 static void make_early_method(void)
 {
-    BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_FILTER, "idemproxy early");
-
-    if (m && BIO_meth_set_read(m, early_read) && BIO_meth_set_write(m, early_write) &&
-        BIO_meth_set_ctrl(m, early_ctrl) && BIO_meth_set_destroy(m, early_destroy)) {
-        early_method = m;
-        return;
-    }
-    BIO_meth_free(m);
+    early_method = new_bio_method(BIO_TYPE_FILTER, "idemproxy early", early_read, early_write,
+                                  early_ctrl, early_destroy);
 }
 
 /* ssl reads the bytes in s->in (moved out of it) before the socket's. */

@@ -248,12 +248,13 @@ static bool load_ca(SSL_CTX *ctx, const struct leg *leg, bool send_names)
 static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
-    static const unsigned char ours[] = TLS_ALPN_POSTGRESQL;
+    /* PostgreSQL 17's protocol list: "postgresql", length first. */
+    static const unsigned char ours[] = "\x0apostgresql";
     unsigned char *chosen;
     (void)ssl;
     (void)arg;
 
-    if (SSL_select_next_proto(&chosen, outlen, ours, sizeof(ours), in, inlen) !=
+    if (SSL_select_next_proto(&chosen, outlen, ours, sizeof(ours) - 1, in, inlen) !=
         OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     *out = chosen;

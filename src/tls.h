@@ -29,9 +29,6 @@ SSL_CTX *tls_client_context(const struct config *cfg, char *why, size_t cap);
 /* The first byte of a TLS handshake record, as a ClientHello starts. */
 #define TLS_HANDSHAKE_RECORD 0x16
 
-/* The ALPN protocol list of PostgreSQL 17 and later: "postgresql". */
-#define TLS_ALPN_POSTGRESQL { 10, 'p', 'o', 's', 't', 'g', 'r', 'e', 's', 'q', 'l' }
-
 /* Whether a client connection's handshake agreed on ALPN "postgresql"
  * (the context offers nothing else). A client that starts TLS without
  * SSLRequest must have: that is how PostgreSQL knows it will speak its
