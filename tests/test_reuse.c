@@ -73,6 +73,17 @@ static long long backend_pid(PGconn *conn)
     return itest_query_ll(conn, "SELECT pg_backend_pid()");
 }
 
+/* A client of p (application app) that logs in and leaves; returns its
+ * backend's process ID once its server is kept, the n-th time. */
+static long long visit(struct itest_proxy *p, const char *app, int n)
+{
+    PGconn *c = scram_login(p->port, app);
+    long long pid = backend_pid(c);
+    itest_finish(c);
+    itest_proxy_wait_log_count(p, READY, n);
+    return pid;
+}
+
 /* The value in the name/value row called name of an admin console
  * command's answer (in a static buffer). */
 static const char *console_value(PGconn *admin, const char *command, const char *name)
@@ -234,10 +245,7 @@ static void test_reuse_not_shared(void **state)
     itest_server_exec("CREATE ROLE reuse_other LOGIN PASSWORD 'reuse_other_pw'");
     struct itest_proxy *p = reuse_proxy(NULL);
 
-    PGconn *a = scram_login(p->port, "reuse_shared");
-    long long pid = backend_pid(a);
-    itest_finish(a);
-    itest_proxy_wait_log_count(p, READY, 1);
+    long long pid = visit(p, "reuse_shared", 1);
 
     PGconn *other_user = login_as(p->port, "reuse_other", "reuse_other_pw", "reuse_shared");
     assert_true(backend_pid(other_user) != pid);
@@ -314,10 +322,7 @@ static void test_reuse_kept_server_goes(void **state)
     struct itest_proxy *p = reuse_proxy("server_idle_timeout = 2\n");
 
     /* Killed while kept. */
-    PGconn *a = scram_login(p->port, "reuse_goes");
-    long long killed = backend_pid(a);
-    itest_finish(a);
-    itest_proxy_wait_log_count(p, READY, 1);
+    long long killed = visit(p, "reuse_goes", 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM pg_terminate_backend(%lld) AS t "
                                      "WHERE t", killed), 1);
     char gone[64];
@@ -336,10 +341,7 @@ static void test_reuse_kept_server_goes(void **state)
                                               "WHERE pid = %lld", fresh));
 
     /* A reload closes what is kept: it may name another server now. */
-    PGconn *c = scram_login(p->port, "reuse_goes");
-    long long before_reload = backend_pid(c);
-    itest_finish(c);
-    itest_proxy_wait_log_count(p, READY, 3);
+    long long before_reload = visit(p, "reuse_goes", 3);
     assert_int_equal(kill(p->pid, SIGHUP), 0);
     itest_proxy_wait_log_count(p, "closed: closing every kept server", 1);
     PGconn *d = scram_login(p->port, "reuse_goes");
@@ -374,12 +376,8 @@ static void test_reuse_bounds(void **state)
                                                "WHERE pid IN (%lld, %lld)", pa, pb));
 
     long long pids[20];
-    for (int i = 0; i < 20; i++) {
-        PGconn *c = scram_login(p->port, "reuse_bounds");
-        pids[i] = backend_pid(c);
-        itest_finish(c);
-        itest_proxy_wait_log_count(p, READY, i + 2);
-    }
+    for (int i = 0; i < 20; i++)
+        pids[i] = visit(p, "reuse_bounds", i + 2);
     for (int i = 1; i < 20; i++)
         assert_int_equal(pids[i], pids[0]);
     assert_int_equal(pids[0], pa);
@@ -476,10 +474,7 @@ static void test_reuse_lifetime(void **state)
 {
     (void)state;
     struct itest_proxy *p = reuse_proxy("server_lifetime = 2\n");
-    PGconn *a = scram_login(p->port, "reuse_life");
-    long long first = backend_pid(a);
-    itest_finish(a);
-    itest_proxy_wait_log_count(p, READY, 1);
+    long long first = visit(p, "reuse_life", 1);
     itest_proxy_wait_log_count(p, "closed: server_lifetime reached", 1);
 
     PGconn *b = scram_login(p->port, "reuse_life");
