@@ -326,11 +326,11 @@ struct extended_run {
     const char *name, *sql;
 };
 
-static size_t build_extended_run(uint8_t *buf, size_t cap, const void *arg)
+/* The extended run's messages, from at. */
+static size_t put_extended_run(uint8_t *buf, size_t cap, size_t at, const struct extended_run *run)
 {
-    const struct extended_run *run = arg;
     static const uint8_t no_params[2] = { 0, 0 }, all_rows[4] = { 0, 0, 0, 0 };
-    size_t name_len = strlen(run->name) + 1, at = 0;
+    size_t name_len = strlen(run->name) + 1;
 
     /* Parse: name, text, no parameter types. */
     at = pg_put_msg(buf, cap, at, 'P',
@@ -349,10 +349,33 @@ static size_t build_extended_run(uint8_t *buf, size_t cap, const void *arg)
                    (const size_t[]){ 1, name_len }, 2);
 }
 
+static size_t build_extended_run(uint8_t *buf, size_t cap, const void *arg)
+{
+    return put_extended_run(buf, cap, 0, arg);
+}
+
 size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const char *sql)
 {
     struct extended_run run = { name, sql };
     return all_or_nothing(buf, cap, build_extended_run(NULL, 0, &run), build_extended_run, &run);
+}
+
+/* A Close of the statement an earlier run left when it failed before its
+ * own Close (the server skipped it), the run, a Sync. */
+static size_t build_standalone_run(uint8_t *buf, size_t cap, const void *arg)
+{
+    const struct extended_run *run = arg;
+    size_t at = pg_put_msg(buf, cap, 0, 'C', (const void *const[]){ "S", run->name },
+                           (const size_t[]){ 1, strlen(run->name) + 1 }, 2);
+    at = put_extended_run(buf, cap, at, run);
+    return pg_put_msg(buf, cap, at, 'S', NULL, NULL, 0);
+}
+
+size_t pg_build_standalone_run(uint8_t *buf, size_t cap, const char *name, const char *sql)
+{
+    struct extended_run run = { name, sql };
+    return all_or_nothing(buf, cap, build_standalone_run(NULL, 0, &run), build_standalone_run,
+                          &run);
 }
 
 size_t pg_build_auth(uint8_t *buf, size_t cap, uint32_t code, const void *data, size_t len)

@@ -142,6 +142,14 @@ size_t pg_build_command_complete(uint8_t *buf, size_t cap, const char *tag);
 #define PG_EXTENDED_RUN_REPLIES "12C33"
 size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const char *sql);
 
+/* Runs sql as a request of its own between the client's, leaving the
+ * client's unnamed statement alone, as a Query would not: Close of name's
+ * statement (a run that failed midway leaves it), the extended run, Sync.
+ * Its replies are CloseComplete, those of the run (with DataRows before
+ * the CommandComplete) and ReadyForQuery. */
+#define PG_STANDALONE_RUN_REPLIES "312C33Z"
+size_t pg_build_standalone_run(uint8_t *buf, size_t cap, const char *name, const char *sql);
+
 /* Authentication request codes (the first int32 of an 'R' body). */
 #define PG_AUTH_OK 0
 #define PG_AUTH_CLEARTEXT 3

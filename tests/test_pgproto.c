@@ -1353,6 +1353,12 @@ static size_t build_run(uint8_t *buf, size_t cap, const void *arg)
     return pg_build_extended_run(buf, cap, run->name, run->sql);
 }
 
+static size_t build_standalone(uint8_t *buf, size_t cap, const void *arg)
+{
+    const struct run_args *run = arg;
+    return pg_build_standalone_run(buf, cap, run->name, run->sql);
+}
+
 /* For every cap below need (for long output, the first and last 256): the
  * builder returns need and writes nothing, not even the part that would
  * fit. One line per kind of problem, with the first cap that shows it. */
@@ -1667,6 +1673,50 @@ static void test_build_extended_run(void **state)
         fail_msg("%d mismatches", build_failures);
 }
 
+/* The standalone run is a Close of the statement, the extended run as
+ * pg_build_extended_run builds it (checked above), and a Sync. */
+static void check_standalone_run(const char *name, const char *sql)
+{
+    const struct run_args run = { name, sql };
+    const size_t close_len = PG_HEAD_LEN + 1 + strlen(name) + 1;
+    const size_t run_len = pg_build_extended_run(NULL, 0, name, sql);
+    const size_t need = close_len + run_len + PG_HEAD_LEN;
+    char what[96];
+    size_t len;
+
+    snprintf(what, sizeof(what), "pg_build_standalone_run(\"%s\", \"%.40s\")", name, sql);
+    check_small_caps(what, build_standalone, &run, need);
+    uint8_t *buf = build_exact(what, build_standalone, &run, need, &len);
+    uint8_t *want = malloc(need);
+    assert_non_null(want);
+    want[0] = 'C';
+    pg_put_u32(want + 1, (uint32_t)(close_len - 1));
+    want[PG_HEAD_LEN] = 'S';
+    memcpy(want + PG_HEAD_LEN + 1, name, strlen(name) + 1);
+    pg_build_extended_run(want + close_len, run_len, name, sql);
+    memcpy(want + close_len + run_len, "S\0\0\0\4", PG_HEAD_LEN);
+    expect_bytes(what, buf, len, want, need);
+    /* A reply per message, and one more (the DataRows aside) for none. */
+    if (strlen(PG_STANDALONE_RUN_REPLIES) != strlen(PG_EXTENDED_RUN_REPLIES) + 2 ||
+        strncmp(PG_STANDALONE_RUN_REPLIES + 1, PG_EXTENDED_RUN_REPLIES,
+                strlen(PG_EXTENDED_RUN_REPLIES)) != 0)
+        build_mismatch("PG_STANDALONE_RUN_REPLIES \"%s\" is not '3' + \"%s\" + 'Z'",
+                       PG_STANDALONE_RUN_REPLIES, PG_EXTENDED_RUN_REPLIES);
+    free(want);
+    free(buf);
+}
+
+static void test_build_standalone_run(void **state)
+{
+    (void)state;
+    build_failures = 0;
+    assert_string_equal(PG_STANDALONE_RUN_REPLIES, "312C33Z");
+    check_standalone_run("idemproxy_catalog", "SELECT relname FROM pg_class");
+    check_standalone_run("n", "");
+    if (build_failures)
+        fail_msg("%d mismatches", build_failures);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1712,6 +1762,7 @@ int main(void)
         cmocka_unit_test(test_build_query),
         cmocka_unit_test(test_build_command_complete),
         cmocka_unit_test(test_build_extended_run),
+        cmocka_unit_test(test_build_standalone_run),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
