@@ -273,7 +273,7 @@ static void show_clients(struct worker *w, struct evbuffer *out)
 static void show_config(struct worker *w, struct evbuffer *out)
 {
     const struct config *cfg = w->cfg;
-    char n[17][24];
+    char n[18][24];
     char admins[512] = "";
 
     for (size_t i = 0, at = 0; i < cfg->admin_users.count && at < sizeof(admins); i++)
@@ -296,6 +296,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
     snprintf(n[14], sizeof(n[14]), "%d", cfg->tcp_keepcnt);
     snprintf(n[15], sizeof(n[15]), "%d", cfg->tcp_user_timeout);
     snprintf(n[16], sizeof(n[16]), "%d", cfg->server_lifetime);
+    snprintf(n[17], sizeof(n[17]), "%d", cfg->catalog_check_interval);
     const char *const pairs[][2] = {
         { "config_file", cfg->path },
         { "listen_addr", cfg->listen_addr },
@@ -328,6 +329,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
         { "server_lifetime", n[16] },
         { "max_idle_servers", n[10] },
         { "max_cached_statements", n[11] },
+        { "catalog_check_interval", n[17] },
         { "admin_users", admins },
     };
     columns(out, (const char *[]){ "key", "value" }, 2);

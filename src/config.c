@@ -58,6 +58,7 @@ enum main_key {
     KEY_SERVER_LIFETIME,
     KEY_MAX_IDLE_SERVERS,
     KEY_MAX_CACHED_STATEMENTS,
+    KEY_CATALOG_CHECK_INTERVAL,
     MAIN_KEY_COUNT,
 };
 
@@ -104,6 +105,7 @@ static const char *const main_key_names[MAIN_KEY_COUNT] = {
     [KEY_SERVER_REUSE] = "server_reuse",
     [KEY_SERVER_IDLE_TIMEOUT] = "server_idle_timeout",
     [KEY_SERVER_LIFETIME] = "server_lifetime",
+    [KEY_CATALOG_CHECK_INTERVAL] = "catalog_check_interval",
     [KEY_MAX_IDLE_SERVERS] = "max_idle_servers",
     [KEY_MAX_CACHED_STATEMENTS] = "max_cached_statements",
 };
@@ -744,6 +746,9 @@ static void set_main_key(struct parser *p, const char *key, const char *value)
     case KEY_SERVER_REUSE: parse_bool(p, key, value, &c->server_reuse); break;
     case KEY_SERVER_IDLE_TIMEOUT: parse_int(p, key, value, 1, 86400, &c->server_idle_timeout); break;
     case KEY_SERVER_LIFETIME: parse_int(p, key, value, 0, 315360000, &c->server_lifetime); break;
+    case KEY_CATALOG_CHECK_INTERVAL:
+        parse_int(p, key, value, 0, 86400, &c->catalog_check_interval);
+        break;
     case KEY_MAX_IDLE_SERVERS: parse_int(p, key, value, 0, 1000000, &c->max_idle_servers); break;
     case KEY_MAX_CACHED_STATEMENTS:
         parse_int(p, key, value, 0, 100000, &c->max_cached_statements);
@@ -891,6 +896,7 @@ static struct config *config_defaults(void)
     c->log_stats_interval = 60;
     c->server_idle_timeout = 600;
     c->server_lifetime = 3600;
+    c->catalog_check_interval = 60;
     c->max_idle_servers = 100;
     c->max_cached_statements = 100;
     c->io_uring = RING_AUTO;

@@ -135,6 +135,8 @@ struct config {
                               * not kept any more; 0: each serves one client */
     int max_idle_servers;    /* kept servers in all, split between the workers */
     int max_cached_statements; /* per session, for rewritten unnamed Parses; 0: none */
+    int catalog_check_interval; /* seconds after which a scope's catalog is asked
+                                 * again; 0: only after reloads and errors */
 
     struct table_rule *tables;
     size_t table_count;

@@ -247,6 +247,7 @@ static void free_pair(struct conn *c)
     forget_key(c);
     welcome_free(&c->welcome);
     if (c->catalog) {
+        scope_learn(c->scope, NULL, now_ns());
         catalog_free(c->catalog);
         free(c->catalog);
     }
@@ -708,6 +709,14 @@ static void close_if_idle(struct conn *c)
 
 /* ---- callbacks --------------------------------------------------------- */
 
+/* The catalog query may go now: nothing is outstanding, and no
+ * transaction block is open, whose snapshot may be older than the tables
+ * and which the query would otherwise join. */
+static bool may_learn(const struct conn *c)
+{
+    return !c->catalog && between_requests(c) && c->track.txn_status == 'I';
+}
+
 /* After a reload, an idle session moves to the new rules; its next
  * statement is decided by them. */
 static void follow_reload(struct conn *c)
@@ -715,7 +724,7 @@ static void follow_reload(struct conn *c)
     worker_refresh(c->worker);
     struct ruleset *current = c->worker->rules;
 
-    if (c->rules == current || c->catalog || !between_requests(c))
+    if (c->rules == current || !may_learn(c))
         return;
     ruleset_unref(c->rules);
     c->rules = ruleset_ref(current);
@@ -726,6 +735,14 @@ static void follow_reload(struct conn *c)
     if (!c->scope)
         stmtcache_forget_all(&c->stmts);
     if (c->scope && scope_state(c->scope) == SCOPE_UNKNOWN)
+        learn_catalog(c);
+}
+
+/* An idle session asks the catalog again when its scope is due: the
+ * tables may have changed since it was last asked. */
+static void follow_catalog(struct conn *c)
+{
+    if (c->scope && may_learn(c) && scope_due(c->scope, now_ns()))
         learn_catalog(c);
 }
 
@@ -745,6 +762,7 @@ void client_read(struct conn *c)
         break;
     case CONN_ACTIVE:
         follow_reload(c);
+        follow_catalog(c);
         /* Until the catalog is in, the client's statements cannot be
          * decided: they wait in the input buffer, within its limit. */
         if (c->catalog)

@@ -12,6 +12,8 @@
 
 /* The statement and portal name of the proxy's own extended statements. */
 #define GUARD_NAME "idemproxy_guard"
+/* The catalog query's statement and portal. */
+#define CATALOG_NAME "idemproxy_catalog"
 
 /* ---- notes on requests ------------------------------------------------- */
 
@@ -283,27 +285,39 @@ static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enu
     return true;
 }
 
-/* Asks the server about the registered tables before the session's first
- * statement; client input waits until the answer is in. Only while the
- * session is idle: anywhere else the query would join the client's work. */
+/* Asks the server about the registered tables; client input waits until
+ * the answer is in. Only while the session is idle outside a transaction
+ * block: anywhere else the query would join the client's work, or see a
+ * snapshot older than the tables. It goes in the extended protocol, as a
+ * statement of its own, since a Query would drop the client's unnamed
+ * statement, which may still be bound after a Sync. */
 void learn_catalog(struct conn *c)
 {
     const char *sql = scope_catalog_query(c->scope);
     struct catalog *cat = malloc(sizeof(*cat));
+    size_t need = sql ? pg_build_standalone_run(NULL, 0, CATALOG_NAME, sql) : 0;
+    uint8_t *run = need ? malloc(need) : NULL;
 
-    if (!sql || !cat || !track_inject(&c->track, 'Q', INJECT_CATALOG)) {
+    if (!cat || !run) {
         free(cat);
+        free(run);
         conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
         return;
     }
-    size_t len = strlen(sql) + 1;
-    uint8_t head[PG_HEAD_LEN] = { 'Q' };
-    pg_put_u32(head + 1, (uint32_t)(4 + len));
-    evbuffer_add(sock_output(c->server), head, sizeof(head));
-    send_to(c->server, sql, len);
     catalog_init(cat);
     c->catalog = cat;
     c->catalog_ok = true;
+    scope_asking(c->scope);
+    for (const char *m = "CPBECCS"; *m; m++) {
+        if (!track_inject(&c->track, *m, INJECT_CATALOG)) {
+            free(run);
+            fail_oom(c);
+            return;
+        }
+    }
+    pg_build_standalone_run(run, need, CATALOG_NAME, sql);
+    send_to(c->server, run, need);
+    free(run);
     conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
 }
 

@@ -132,6 +132,29 @@ static void note_statement_gone(struct conn *c, const struct pg_error *err)
         stmtcache_forget_all(&c->stmts);
 }
 
+/* An error a rewrite causes once a registered table changed after the
+ * catalog check (an index dropped: 42P10, made DEFERRABLE: 55000, a rule
+ * added: 0A000, a privilege revoked: 42501): the scope stops rewriting
+ * until the catalog is asked again. The code alone decides, whichever
+ * statement failed: these errors are rare otherwise, and a scope is asked
+ * again at most once a second. */
+static void note_catalog_doubt(struct conn *c, const struct pg_error *err)
+{
+    static const char *const codes[] = { "42P10", "55000", "0A000", "42809", "42501" };
+
+    if (!err->code || !c->scope)
+        return;
+    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
+        if (strcmp(err->code, codes[i]) == 0) {
+            if (scope_distrust(c->scope, now_ns()))
+                conn_log(LOG_WARNING, c, "%s from the server (%s): the registered tables may "
+                         "have changed; INSERTs pass unchanged until the catalog is asked "
+                         "again", err->code, err->message ? err->message : "");
+            return;
+        }
+    }
+}
+
 /* An error about one of the client's requests: its position is mapped back
  * onto the client's text, and a unique violation on a registered table may
  * be reported as success. */
@@ -146,6 +169,7 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
         return TAKEN_FORWARD;
     note_fatal(c, &err);
     note_statement_gone(c, &err);
+    note_catalog_doubt(c, &err);
     forget_refused(c);
     if (c->guard == GUARD_BROKEN) {
         /* The proxy's savepoint failed and said so; this is the client's
@@ -254,21 +278,24 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
  * the client's input may go on. */
 static void catalog_arrived(struct conn *c)
 {
-    bool was_unknown = scope_state(c->scope) == SCOPE_UNKNOWN;
+    struct scope *s = c->scope;
 
-    if (!c->catalog_ok)
-        conn_log(LOG_WARNING, c, "the catalog query failed: INSERTs of this session are not "
-                 "rewritten; the next session tries again");
-    else if (!scope_learn(c->scope, c->catalog))
-        conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
-    else if (was_unknown) {
-        for (size_t i = 0; i < scope_table_count(c->scope); i++) {
-            const struct table_rule *rule = scope_table(c->scope, i);
-            const char *problem = scope_table_problem(c->scope, i);
-            if (problem[0])
-                conn_log(LOG_WARNING, c, "[table %s.%s]: some INSERTs are not rewritten: %s",
-                         rule->schema, rule->name, problem);
-        }
+    if (!scope_learn(s, c->catalog_ok ? c->catalog : NULL, now_ns()))
+        conn_log(LOG_ERROR, c, "out of memory: the catalog's answer is not taken");
+    else if (!c->catalog_ok)
+        conn_log(LOG_WARNING, c, "the catalog query failed: %s", scope_state(s) == SCOPE_READY
+                 ? "the last answer stands" : "INSERTs are not rewritten until it is asked again");
+    for (size_t i = 0; i < scope_table_count(s); i++) {
+        const struct table_rule *rule = scope_table(s, i);
+        const char *problem = scope_table_problem(s, i);
+        if (!scope_table_changed(s, i))
+            continue;
+        if (problem[0])
+            conn_log(LOG_WARNING, c, "[table %s.%s]: some INSERTs are not rewritten: %s",
+                     rule->schema, rule->name, problem);
+        else
+            conn_log(LOG_INFO, c, "[table %s.%s]: INSERTs are rewritten again: the catalog "
+                     "check allows every form now", rule->schema, rule->name);
     }
     catalog_free(c->catalog);
     free(c->catalog);
@@ -292,6 +319,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         if (note_fatal(c, &err))
             taken = TAKEN_FORWARD;
         note_statement_gone(c, &err);
+        note_catalog_doubt(c, &err);
     }
     if (type == 'E')
         forget_refused(c);

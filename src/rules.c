@@ -17,6 +17,12 @@
 #define CACHE_MAX_BYTES (8u << 20)
 #define CACHE_MAX_TEXT (16u << 10)
 
+/* A scope is put in doubt, and a failing catalog query tried again, at
+ * most this often: an application that keeps causing an error a rewrite
+ * could have caused costs the server one catalog query a second, not one
+ * per error. */
+#define SCOPE_RECHECK_MIN_NS 1000000000u
+
 struct cache_entry {
     UT_hash_handle hh;
     struct decision *decision; /* in the key's coordinates when general */
@@ -39,6 +45,10 @@ struct scope {
     struct rewrite_rules rules;
     struct catalog partitions; /* only the partition map is kept */
     char *catalog_query;
+    unsigned askers;           /* catalog queries out for this scope */
+    uint64_t answered_ns;      /* when the last answer came (or failed); 0: never */
+    uint64_t doubted_ns;       /* when scope_distrust last took effect; 0: never */
+    bool *changed;             /* per table: the last answer changed its problem */
 
     struct cache_entry *cache; /* uthash keeps it in least recently used order */
     size_t cache_bytes;
@@ -96,17 +106,23 @@ static void cache_remove(struct scope *s, struct cache_entry *e)
     free(e);
 }
 
-static void scope_free(struct scope *s)
+static void drop_cache(struct scope *s)
 {
     struct cache_entry *e, *tmp;
 
     HASH_ITER(hh, s->cache, e, tmp)
         cache_remove(s, e);
+}
+
+static void scope_free(struct scope *s)
+{
+    drop_cache(s);
     for (size_t i = 0; i < s->ntables && s->verdicts; i++)
         table_verdict_free(&s->verdicts[i]);
     catalog_free(&s->partitions);
     free(s->verdicts);
     free(s->targets);
+    free(s->changed);
     free(s->table_ids);
     free(s->catalog_query);
     shape_free(&s->shape);
@@ -171,7 +187,8 @@ static struct scope *scope_new(struct ruleset *rs, const char *key, size_t key_l
     s->table_ids = calloc(s->ntables, sizeof(*s->table_ids));
     s->verdicts = calloc(s->ntables, sizeof(*s->verdicts));
     s->targets = calloc(s->ntables, sizeof(*s->targets));
-    if (!s->table_ids || !s->verdicts || !s->targets)
+    s->changed = calloc(s->ntables, sizeof(*s->changed));
+    if (!s->table_ids || !s->verdicts || !s->targets || !s->changed)
         goto oom;
     for (size_t i = 0, n = 0; i < rs->cfg->table_count; i++)
         if (applies(&rs->cfg->tables[i], database))
@@ -227,11 +244,9 @@ const char *scope_catalog_query(struct scope *s)
     return s->catalog_query;
 }
 
-/* Keeps only what translating errors on partitions will need. */
-static bool keep_partitions(struct scope *s, const struct catalog *cat)
+/* Keeps in mine only what translating errors on partitions will need. */
+static bool keep_partitions(struct catalog *mine, const struct catalog *cat)
 {
-    struct catalog *mine = &s->partitions;
-
     if (cat->nparts == 0)
         return true;
     mine->parts = calloc(cat->nparts, sizeof(*mine->parts));
@@ -250,15 +265,67 @@ static bool keep_partitions(struct scope *s, const struct catalog *cat)
     return true;
 }
 
-bool scope_learn(struct scope *s, const struct catalog *cat)
+static bool same_text(const char *a, const char *b)
 {
-    if (s->state != SCOPE_UNKNOWN)
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+static bool same_verdict(const struct table_verdict *a, const struct table_verdict *b)
+{
+    return a->exists == b->exists && a->unqualified_ok == b->unqualified_ok &&
+           same_text(a->clause_plain, b->clause_plain) &&
+           same_text(a->clause_returning, b->clause_returning) &&
+           a->why_plain == b->why_plain && a->why_returning == b->why_returning &&
+           strcmp(a->problem, b->problem) == 0;
+}
+
+void scope_asking(struct scope *s)
+{
+    s->askers++;
+}
+
+/* Decides every table from cat into verdicts and partitions, fresh ones
+ * the caller swaps in. False when out of memory (they are then freed). */
+static bool decide_all(struct scope *s, const struct catalog *cat,
+                       struct table_verdict *verdicts, struct catalog *partitions)
+{
+    size_t i = 0;
+
+    while (i < s->ntables && catalog_decide(cat, rule_of(s, i), &verdicts[i]))
+        i++;
+    if (i == s->ntables && keep_partitions(partitions, cat))
         return true;
+    while (i-- > 0)
+        table_verdict_free(&verdicts[i]);
+    catalog_free(partitions);
+    return false;
+}
+
+bool scope_learn(struct scope *s, const struct catalog *cat, uint64_t now_ns)
+{
+    bool first = s->answered_ns == 0, any_change = false;
+    struct table_verdict *fresh;
+    struct catalog partitions;
+
+    if (s->askers > 0)
+        s->askers--;
+    s->answered_ns = now_ns;
+    memset(s->changed, 0, s->ntables * sizeof(*s->changed));
+    if (!cat)
+        return true;
+    catalog_init(&partitions);
+    if (!(fresh = calloc(s->ntables, sizeof(*fresh))) || !decide_all(s, cat, fresh, &partitions)) {
+        free(fresh);
+        return false;
+    }
     for (size_t i = 0; i < s->ntables; i++) {
         const struct table_rule *rule = rule_of(s, i);
         struct table_verdict *v = &s->verdicts[i];
-        if (!catalog_decide(cat, rule, v))
-            goto oom;
+        s->changed[i] = first ? fresh[i].problem[0] != '\0'
+                              : strcmp(v->problem, fresh[i].problem) != 0;
+        any_change |= first || !same_verdict(v, &fresh[i]);
+        table_verdict_free(v);
+        *v = fresh[i];
         s->targets[i] = (struct rewrite_target){
             .schema = rule->schema,
             .name = rule->name,
@@ -270,17 +337,47 @@ bool scope_learn(struct scope *s, const struct catalog *cat)
             .why_returning = v->why_returning,
         };
     }
-    if (!keep_partitions(s, cat))
-        goto oom;
+    free(fresh);
+    catalog_free(&s->partitions);
+    s->partitions = partitions;
+    /* Decisions made under other verdicts would rewrite what is now
+     * refused; those already handed out belong to their requests. */
+    if (any_change)
+        drop_cache(s);
     s->rules.targets = s->targets;
     s->rules.count = s->ntables;
     s->state = SCOPE_READY;
     return true;
-oom:
-    for (size_t i = 0; i < s->ntables; i++)
-        table_verdict_free(&s->verdicts[i]);
-    catalog_free(&s->partitions);
-    return false;
+}
+
+bool scope_table_changed(const struct scope *s, size_t i)
+{
+    return s->changed[i];
+}
+
+bool scope_due(const struct scope *s, uint64_t now_ns)
+{
+    uint64_t since = now_ns - s->answered_ns;
+    uint64_t interval = (uint64_t)s->rs->cfg->catalog_check_interval * 1000000000u;
+
+    if (s->askers > 0 || s->state == SCOPE_PASSTHROUGH)
+        return false;
+    /* In doubt since the last answer, or that answer failed: a failing
+     * query is tried again at most once a second. */
+    if (s->state == SCOPE_UNKNOWN)
+        return s->answered_ns == 0 || s->doubted_ns > s->answered_ns ||
+               since >= SCOPE_RECHECK_MIN_NS;
+    return interval > 0 && since >= interval;
+}
+
+bool scope_distrust(struct scope *s, uint64_t now_ns)
+{
+    if (s->state != SCOPE_READY ||
+        (s->doubted_ns && now_ns - s->doubted_ns < SCOPE_RECHECK_MIN_NS))
+        return false;
+    s->state = SCOPE_UNKNOWN;
+    s->doubted_ns = now_ns;
+    return true;
 }
 
 size_t scope_table_count(const struct scope *s)

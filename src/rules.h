@@ -10,9 +10,10 @@
  *
  * A scope is what applies to one database and login role: the tables whose
  * rules cover that database, what the catalog check allows for each (the
- * catalog is learnt once per scope, see catalog.h), and a bounded cache of
- * decisions by statement text, so that a statement seen before costs one
- * hash lookup instead of a parse.
+ * catalog is learnt per scope, see catalog.h, and learnt again every
+ * catalog_check_interval and when an error says it may have changed), and
+ * a bounded cache of decisions by statement text, so that a statement seen
+ * before costs one hash lookup instead of a parse.
  *
  * No I/O: the connection code runs the catalog query and hands over the
  * answer.
@@ -64,10 +65,32 @@ enum scope_state scope_state(const struct scope *s);
 /* The query that learns this scope's catalog; NULL when out of memory. */
 const char *scope_catalog_query(struct scope *s);
 
-/* Takes what the catalog says and decides per table; the scope becomes
- * READY. A scope already READY keeps what it has. False when out of memory
- * (the scope stays UNKNOWN). */
-bool scope_learn(struct scope *s, const struct catalog *cat);
+/* A connection sends the catalog query for s: others need not while the
+ * answer is under way (scope_due). */
+void scope_asking(struct scope *s);
+
+/* The answer to a query scope_asking announced: cat, or NULL when it failed
+ * or never came. Decides every table anew and the scope becomes READY; what
+ * changed is said by scope_table_changed, and decisions cached under other
+ * verdicts are dropped. A failed answer leaves the scope as it was. False
+ * when out of memory (the scope is then as it was too). */
+bool scope_learn(struct scope *s, const struct catalog *cat, uint64_t now_ns);
+
+/* Whether the last answer changed what the i-th table's problem is (on the
+ * first answer: whether it has one), for the log. */
+bool scope_table_changed(const struct scope *s, size_t i);
+
+/* Whether a session of s that is idle outside a transaction block should
+ * ask the catalog now, nobody else asking: s was put in doubt after its
+ * last answer (scope_distrust), or that answer failed a second ago or
+ * more, or catalog_check_interval has passed since it came. */
+bool scope_due(const struct scope *s, uint64_t now_ns);
+
+/* The server answered with an error a rewrite can cause when the tables
+ * changed after the check (a dropped index: 42P10): the scope stops
+ * rewriting until the catalog is asked again. False, and nothing changes,
+ * when s is not READY or was put in doubt less than a second ago. */
+bool scope_distrust(struct scope *s, uint64_t now_ns);
 
 /* For the log after scope_learn: the i-th table of the scope, and why some
  * form of INSERT into it will not be rewritten ("" when nothing). */

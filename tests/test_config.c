@@ -170,6 +170,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->tcp_keepcnt, 0);
     assert_int_equal(cfg->tcp_user_timeout, 0);
     assert_int_equal(cfg->server_lifetime, 3600);
+    assert_int_equal(cfg->catalog_check_interval, 60);
     assert_int_equal(cfg->workers, 0);
     assert_false(cfg->so_reuseport);
     assert_int_equal(cfg->io_uring, RING_AUTO);
@@ -261,6 +262,7 @@ static void test_port_ranges(void **state)
     parse_fails("[idemproxy]\ntcp_keepcnt = 128\n", 2, "from 0 to 127");
     parse_fails("[idemproxy]\ntcp_user_timeout = 5s\n", 2, "tcp_user_timeout");
     parse_fails("[idemproxy]\nserver_lifetime = -1\n", 2, "server_lifetime");
+    parse_fails("[idemproxy]\ncatalog_check_interval = 86401\n", 2, "from 0 to 86400");
     parse_fails("[idemproxy]\nlisten_addr = 127.0.0.1,,::1\n", 2, "separated by commas");
     parse_fails("[idemproxy]\nlisten_addr = 127.0.0.1,\n", 2, "separated by commas");
     parse_fails("[idemproxy]\nlisten_addr = *, ::1\n", 2, "takes no others");
@@ -653,12 +655,14 @@ static void test_tls_and_auth(void **state)
                                 "server_idle_timeout = 30\n"
                                 "server_lifetime = 0\n"
                                 "max_idle_servers = 0\n"
-                                "max_cached_statements = 0\n");
+                                "max_cached_statements = 0\n"
+                                "catalog_check_interval = 0\n");
     assert_true(c->server_reuse);
     assert_int_equal(c->max_cached_statements, 0);
     assert_int_equal(c->server_idle_timeout, 30);
     assert_int_equal(c->server_lifetime, 0);
     assert_int_equal(c->max_idle_servers, 0);
+    assert_int_equal(c->catalog_check_interval, 0);
     assert_int_equal(c->client_tls.mode, TLS_VERIFY_FULL);
     assert_string_equal(c->client_tls.cert_file, "/etc/p.crt");
     assert_string_equal(c->client_tls.key_file, "/etc/p.key");

@@ -61,6 +61,26 @@ static int utf8_position(const char *text, const char *needle)
     return chars + 1;
 }
 
+/* Prepares "SELECT $1::int" as c's unnamed statement, as libpq's
+ * PQprepare(conn, "", ...) does: it must outlive the proxy's own catalog
+ * queries between the client's requests. */
+static void prepare_unnamed(PGconn *c)
+{
+    PGresult *r = itest_prepare(c, "", "SELECT $1::int", 1);
+    itest_assert_result_ok(r, "PQprepare of the unnamed statement");
+    PQclear(r);
+}
+
+static void assert_unnamed_kept(PGconn *c, const char *after)
+{
+    const char *v[1] = { "7" };
+    PGresult *r = itest_exec_prepared(c, "", 1, v);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        fail_msg("the unnamed statement after %s: %s", after, PQresultErrorMessage(r));
+    assert_string_equal(PQgetvalue(r, 0, 0), "7");
+    PQclear(r);
+}
+
 /* ---- 1. concurrency, per protocol mode --------------------------------- */
 
 #define LOAD_CLIENTS 8
@@ -746,6 +766,7 @@ static void test_idem_reload(void **state)
     itest_exec_sqlstate(c, dup, "23505");
 
     append_config(p, "[table public.idem_reload]\nconflict = idempotency_key\n");
+    prepare_unnamed(c);
     assert_int_equal(kill(p->pid, SIGHUP), 0);
     itest_sleep_ms(300);
     /* On a loaded machine the reload may take longer: wait (bounded) for its
@@ -755,7 +776,9 @@ static void test_idem_reload(void **state)
         itest_sleep_ms(50);
     assert_true(itest_proxy_alive(p));
 
-    /* The same, idle session follows the new rules. */
+    /* The same, idle session follows the new rules, its unnamed statement
+     * kept. */
+    assert_unnamed_kept(c, "a reload");
     itest_exec_tag(c, dup, "INSERT 0 0");
     /* And a new one. */
     PGconn *n = itest_connect_ok(p->port, NULL);
@@ -928,6 +951,128 @@ static void test_idem_catalog_query_hidden(void **state)
     itest_pass();
 }
 
+/* ---- 18. the tables change under a running proxy ---------------------- */
+
+/* Starts a proxy for table (conflict idempotency_key) with
+ * catalog_check_interval. One worker: each worker asks the catalog and
+ * logs what it learns on its own, and the tests count log lines. */
+static struct itest_proxy *start_checking(const char *table, int interval)
+{
+    char extra[256];
+    snprintf(extra, sizeof extra,
+             "workers = 1\ncatalog_check_interval = %d\n"
+             "[table public.%s]\nconflict = idempotency_key\n",
+             interval, table);
+    return itest_proxy_start_with(NULL, extra);
+}
+
+/* The unique constraint goes while sessions are open (a migration that
+ * rebuilds it, say): the INSERT that meets the change first fails with the
+ * server's 42P10, which the rewrite caused; from then on INSERTs pass as
+ * they would without the proxy, in that session, a new one and through
+ * the extended protocol, until the catalog allows the rewrite again. */
+static void test_idem_index_dropped(void **state)
+{
+    (void)state;
+    create_key_table("idem_dropped", "text");
+    struct itest_proxy *p = start_checking("idem_dropped", 0);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *dup = "INSERT INTO idem_dropped (idempotency_key, payload) VALUES ('d1', 'x')";
+    const char *key[1] = { "d2" };
+    const char *by_param = "INSERT INTO idem_dropped (idempotency_key, payload) VALUES ($1, 'y')";
+
+    itest_exec_tag(c, dup, "INSERT 0 1");
+    itest_exec_tag(c, dup, "INSERT 0 0");
+    PGresult *r = itest_exec_params(c, by_param, 1, key);
+    itest_assert_tag(r, "INSERT 0 1", "extended INSERT before the change");
+    PQclear(r);
+
+    itest_server_exec("ALTER TABLE idem_dropped DROP CONSTRAINT idem_dropped_idempotency_key_key");
+    itest_exec_sqlstate(c, dup, "42P10");
+    itest_assert_log_line(p, "warning", "42P10 from the server", NULL);
+    /* The failing session asked again at its next request. */
+    itest_exec_tag(c, dup, "INSERT 0 1");
+    itest_assert_log_line(p, "warning", "public.idem_dropped",
+                          "no valid, non-partial unique index");
+    r = itest_exec_params(c, by_param, 1, key);
+    itest_assert_tag(r, "INSERT 0 1", "extended INSERT after the change");
+    PQclear(r);
+    PGconn *n = itest_connect_ok(p->port, NULL);
+    itest_exec_tag(n, dup, "INSERT 0 1");
+    r = itest_exec_params(n, by_param, 1, key);
+    itest_assert_tag(r, "INSERT 0 1", "extended INSERT in a new session");
+    PQclear(r);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_dropped"), 6);
+    assert_int_equal(itest_proxy_log_count(p, "42P10 from the server"), 1);
+
+    /* An application's own 55000 (no currval yet in this session) puts the
+     * check in doubt too, a second after the last doubt at the earliest;
+     * asking again changes nothing. */
+    itest_sleep_ms(1100);
+    PGconn *fresh = itest_connect_ok(p->port, NULL);
+    itest_exec_sqlstate(fresh, "SELECT currval('idem_dropped_id_seq')", "55000");
+    itest_exec_tag(fresh, dup, "INSERT 0 1");
+    itest_exec_sqlstate(c, "SELECT currval('idem_later_no_such_seq')", "42P01");
+    PGconn *fresh2 = itest_connect_ok(p->port, NULL);
+    itest_exec_sqlstate(fresh2, "SELECT currval('idem_dropped_id_seq')", "55000");
+    itest_exec_tag(fresh2, dup, "INSERT 0 1");
+    assert_int_equal(itest_proxy_log_count(p, "55000 from the server"), 1);
+    assert_int_equal(itest_proxy_log_count(p, "some INSERTs are not rewritten"), 1);
+
+    /* The constraint is back: a reload makes the rewrite return. */
+    itest_server_exec("DELETE FROM idem_dropped; ALTER TABLE idem_dropped ADD CONSTRAINT "
+                      "idem_dropped_idempotency_key_key UNIQUE (idempotency_key)");
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    itest_proxy_wait_log_count(p, "configuration reloaded", 1);
+    itest_exec_tag(c, dup, "INSERT 0 1");
+    itest_exec_tag(c, dup, "INSERT 0 0");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_dropped"), 1);
+    itest_pass();
+}
+
+/* catalog_check_interval: an index created after the proxy started makes
+ * the rewrite begin, and one dropped makes it stop before any INSERT
+ * fails, in a session that stayed open throughout. The catalog query
+ * leaves the client's unnamed statement alone. */
+static void test_idem_catalog_interval(void **state)
+{
+    (void)state;
+    itest_server_exec("DROP TABLE IF EXISTS idem_later; CREATE TABLE idem_later "
+                      "(id bigserial PRIMARY KEY, idempotency_key text NOT NULL, payload text)");
+    struct itest_proxy *p = start_checking("idem_later", 1);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *dup = "INSERT INTO idem_later (idempotency_key, payload) VALUES ('l1', 'x')";
+
+    itest_exec_tag(c, dup, "INSERT 0 1");
+    itest_exec_tag(c, dup, "INSERT 0 1");
+    itest_assert_log_line(p, "warning", "public.idem_later", "no valid, non-partial unique index");
+
+    itest_server_exec("DELETE FROM idem_later; "
+                      "CREATE UNIQUE INDEX idem_later_key ON idem_later (idempotency_key)");
+    prepare_unnamed(c);
+    itest_sleep_ms(1300);
+    /* The catalog is asked again ahead of this Bind. */
+    assert_unnamed_kept(c, "the catalog was asked again");
+    itest_assert_log_line(p, "info", "public.idem_later", "rewritten again");
+    itest_exec_tag(c, dup, "INSERT 0 1");
+    itest_exec_tag(c, dup, "INSERT 0 0");
+
+    itest_server_exec("DROP INDEX idem_later_key");
+    itest_sleep_ms(1300);
+    itest_exec_tag(c, dup, "INSERT 0 1");
+    assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
+    assert_int_equal(itest_proxy_log_count(p, "some INSERTs are not rewritten"), 2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_later"), 2);
+
+    /* Unchanged answers are not logged again. */
+    itest_sleep_ms(1300);
+    assert_int_equal(itest_query_ll(c, "SELECT 2"), 2);
+    itest_sleep_ms(1300);
+    assert_int_equal(itest_query_ll(c, "SELECT 3"), 3);
+    assert_int_equal(itest_proxy_log_count(p, "some INSERTs are not rewritten"), 2);
+    itest_pass();
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -950,6 +1095,8 @@ int main(int argc, char **argv)
         ITEST(test_idem_multi_statement),
         ITEST(test_idem_quoted_table),
         ITEST(test_idem_catalog_query_hidden),
+        ITEST(test_idem_index_dropped),
+        ITEST(test_idem_catalog_interval),
     };
     return itest_main(argc, argv, "idemproxy idempotent inserts", tests,
                       sizeof tests / sizeof tests[0]);

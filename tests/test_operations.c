@@ -508,6 +508,7 @@ static void test_ops_admin_console(void **state)
     r = console(c, "SHOW CONFIG");
     itest_assert_result_ok(r, "SHOW CONFIG");
     assert_string_equal(itest_row_value(r, "admin_users", 1), "ops_admin");
+    assert_string_equal(itest_row_value(r, "catalog_check_interval", 1), "60");
     PQclear(r);
 
     r = console(c, "DROP TABLE ops_console");

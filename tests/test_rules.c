@@ -62,6 +62,9 @@ static const char *const app_rows[][CATALOG_COLUMNS] = {
 
 #define WE_P " ON CONFLICT (\"idempotency_key\") DO NOTHING"
 
+/* The monotonic clock the scope is told, in nanoseconds. */
+#define SEC 1000000000ull
+
 static struct config *parse_config(const char *text)
 {
     char err[CONFIG_ERR_LEN];
@@ -107,7 +110,7 @@ static struct ruleset *ready_ruleset(struct scope **s)
     assert_non_null(*s);
     assert_int_equal(scope_state(*s), SCOPE_UNKNOWN);
     app_catalog(&cat);
-    assert_true(scope_learn(*s, &cat));
+    assert_true(scope_learn(*s, &cat, SEC));
     /* The scope keeps what it needs: the catalog may go. */
     catalog_free(&cat);
     assert_int_equal(scope_state(*s), SCOPE_READY);
@@ -192,7 +195,7 @@ static void test_scope_identity(void **state)
     /* Learning in one scope leaves the others to learn their own. */
     struct catalog cat;
     app_catalog(&cat);
-    assert_true(scope_learn(a, &cat));
+    assert_true(scope_learn(a, &cat, SEC));
     catalog_free(&cat);
     assert_int_equal(scope_state(a), SCOPE_READY);
     assert_int_equal(scope_state(b), SCOPE_UNKNOWN);
@@ -248,34 +251,138 @@ static void test_scope_learn(void **state)
     assert_false(fresh);
 
     app_catalog(&cat);
-    assert_true(scope_learn(s, &cat));
+    assert_true(scope_learn(s, &cat, SEC));
     catalog_free(&cat);
     assert_int_equal(scope_state(s), SCOPE_READY);
     assert_string_equal(scope_table_problem(s, APP_WE), "");
-
-    /* A READY scope keeps what it has: an empty catalog changes nothing. */
-    catalog_init(&cat);
-    assert_true(scope_learn(s, &cat));
-    assert_int_equal(scope_state(s), SCOPE_READY);
-    assert_string_equal(scope_table_problem(s, APP_WE), "");
+    /* A first answer without problems has nothing to log. */
+    assert_false(scope_table_changed(s, APP_WE));
     struct decision *d = decide(s, "INSERT INTO webhook_events VALUES ('a')", &fresh);
     assert_non_null(d);
+    assert_int_equal(d->result.reason, RR_REWRITTEN);
+
+    /* The same answer again changes nothing, and the decision stays
+     * cached. */
+    app_catalog(&cat);
+    assert_true(scope_learn(s, &cat, 2 * SEC));
+    catalog_free(&cat);
+    assert_false(scope_table_changed(s, APP_WE));
+    struct decision *again = decide(s, "INSERT INTO webhook_events VALUES ('a')", &fresh);
+    assert_false(fresh);
+    decision_unref(again);
+
+    /* A later answer replaces what the scope knew (the tables went): the
+     * problem is news, and no cached decision rewrites any more. The one
+     * handed out before stays whole for its request. */
+    catalog_init(&cat);
+    assert_true(scope_learn(s, &cat, 3 * SEC));
+    assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_true(scope_table_changed(s, APP_WE));
+    assert_non_null(strstr(scope_table_problem(s, APP_WE), "does not exist"));
+    struct decision *after = decide(s, "INSERT INTO webhook_events VALUES ('a')", &fresh);
+    assert_true(fresh);
+    assert_null(after->result.text);
+    assert_int_equal(after->result.reason, RR_OTHER_TABLE);
+    decision_unref(after);
+    assert_non_null(strstr(d->result.text, WE_P));
+    decision_unref(d);
+
+    /* A failed answer leaves the scope as it was. */
+    assert_true(scope_learn(s, NULL, 4 * SEC));
+    assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_false(scope_table_changed(s, APP_WE));
+    assert_non_null(strstr(scope_table_problem(s, APP_WE), "does not exist"));
+
+    /* And the tables come back: news again, with nothing to complain of. */
+    app_catalog(&cat);
+    assert_true(scope_learn(s, &cat, 5 * SEC));
+    catalog_free(&cat);
+    assert_true(scope_table_changed(s, APP_WE));
+    assert_string_equal(scope_table_problem(s, APP_WE), "");
+    d = decide(s, "INSERT INTO webhook_events VALUES ('a')", &fresh);
     assert_int_equal(d->result.reason, RR_REWRITTEN);
     decision_unref(d);
     ruleset_unref(rs);
 
-    /* An empty catalog: the tables do not exist, and that is said. */
+    /* An empty first answer: the tables do not exist, and that is said. */
     rs = ruleset_new(parse_config(CONFIG), NULL);
     s = ruleset_scope(rs, "app", "alice");
-    assert_true(scope_learn(s, &cat));
+    assert_true(scope_learn(s, &cat, SEC));
     catalog_free(&cat);
     assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_true(scope_table_changed(s, APP_WE));
     assert_non_null(strstr(scope_table_problem(s, APP_WE), "does not exist"));
     d = decide(s, "INSERT INTO webhook_events VALUES ('a')", &fresh);
     assert_non_null(d);
     assert_null(d->result.text);
     assert_int_equal(d->result.reason, RR_OTHER_TABLE);
     decision_unref(d);
+    ruleset_unref(rs);
+}
+
+/* When a session asks the catalog again: catalog_check_interval after the
+ * last answer, at once after a doubt, a second after a failed answer;
+ * never while another is asking. Doubts count once a second at most. */
+static void test_scope_due(void **state)
+{
+    (void)state;
+    struct ruleset *rs = ruleset_new(parse_config("[idemproxy]\ncatalog_check_interval = 10\n"
+                                                  "[table public.t]\naction = do_nothing\n"),
+                                     NULL);
+    struct scope *s = ruleset_scope(rs, "db", "u");
+    struct catalog cat;
+
+    /* Never asked: due, unless someone is asking already. */
+    assert_true(scope_due(s, SEC));
+    scope_asking(s);
+    assert_false(scope_due(s, SEC));
+    /* An UNKNOWN scope is not doubted: nothing rewrites yet. */
+    assert_false(scope_distrust(s, SEC));
+    catalog_init(&cat);
+    assert_true(scope_learn(s, &cat, 100 * SEC));
+    assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_false(scope_due(s, 109 * SEC));
+    assert_true(scope_due(s, 110 * SEC));
+
+    /* A doubt: rewriting stops, and the catalog is asked at once. */
+    assert_true(scope_distrust(s, 101 * SEC));
+    assert_int_equal(scope_state(s), SCOPE_UNKNOWN);
+    assert_true(scope_due(s, 101 * SEC));
+    scope_asking(s);
+    assert_false(scope_due(s, 101 * SEC));
+    assert_true(scope_learn(s, &cat, 101 * SEC + 1000));
+    assert_int_equal(scope_state(s), SCOPE_READY);
+    /* Another doubt within the second is not one. */
+    assert_false(scope_distrust(s, 101 * SEC + 5000));
+    assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_true(scope_distrust(s, 102 * SEC));
+
+    /* The answer fails: asked again a second later, not before. */
+    scope_asking(s);
+    assert_true(scope_learn(s, NULL, 103 * SEC));
+    assert_int_equal(scope_state(s), SCOPE_UNKNOWN);
+    assert_false(scope_due(s, 103 * SEC + 999999999u));
+    assert_true(scope_due(s, 104 * SEC));
+    catalog_free(&cat);
+    ruleset_unref(rs);
+
+    /* catalog_check_interval = 0: only doubts. */
+    rs = ruleset_new(parse_config("[idemproxy]\ncatalog_check_interval = 0\n"
+                                  "[table public.t]\naction = do_nothing\n"), NULL);
+    s = ruleset_scope(rs, "db", "u");
+    catalog_init(&cat);
+    assert_true(scope_learn(s, &cat, SEC));
+    assert_false(scope_due(s, 100000 * SEC));
+    assert_true(scope_distrust(s, 100000 * SEC));
+    assert_true(scope_due(s, 100000 * SEC));
+    ruleset_unref(rs);
+
+    /* Nothing to ask where no table applies. */
+    rs = ruleset_new(parse_config("[idemproxy]\n[table public.t]\ndatabase = other\n"
+                                  "action = do_nothing\n"), NULL);
+    s = ruleset_scope(rs, "db", "u");
+    assert_false(scope_due(s, SEC));
+    assert_false(scope_distrust(s, SEC));
     ruleset_unref(rs);
 }
 
@@ -649,6 +756,7 @@ int main(void)
         cmocka_unit_test(test_scope_identity),
         cmocka_unit_test(test_scope_tables_by_database),
         cmocka_unit_test(test_scope_learn),
+        cmocka_unit_test(test_scope_due),
         cmocka_unit_test(test_decide_prefilter),
         cmocka_unit_test(test_decide_rewrites),
         cmocka_unit_test(test_decide_parse_text_kept),
