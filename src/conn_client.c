@@ -509,8 +509,12 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
     struct note *note = note_new(st.replaced ? st.d : NULL, name);
     if (!st.replaced)
         decision_unref(st.d);
+    /* A named statement's Parse is kept: the rules' verdict on its text
+     * may change while the statement lives (see reprepare). */
+    bool keep = rule && name && name[0] != '\0';
     if (!note || (name && !session_parse(&c->session, name, rule ? rule->schema : NULL,
-                                         rule ? rule->name : NULL))) {
+                                         rule ? rule->name : NULL, keep ? st.body : NULL,
+                                         st.len, keep ? scope_version(c->scope) : 0))) {
         if (note)
             free_note(note);
         fail_oom(c);
@@ -538,6 +542,50 @@ static const char *read_name(const uint8_t *body, size_t len, size_t *at)
     return name;
 }
 
+/* A named statement of the client's prepared under rules that have changed
+ * since (the catalog check withdrew or granted the rewrite, or a reload)
+ * holds a text those rules would not send: ahead of its Bind the proxy
+ * closes it and prepares the client's text again, rewritten or not as the
+ * rules say now. Only when nothing is outstanding and no failed block is
+ * open, so that nothing before it can make the server skip the Parse after
+ * the Close; otherwise a later Bind does it. False when out of memory. */
+static bool reprepare(struct conn *c, struct sink *k, const char *name)
+{
+    size_t len;
+    const uint8_t *body;
+
+    if (!c->scope || track_pending(&c->track) != 0 || c->track.txn_status == 'E' ||
+        !(body = session_outdated(&c->session, name, scope_version(c->scope), &len)))
+        return true;
+    size_t name_len = strlen(name) + 1, total = PG_HEAD_LEN + len;
+    uint8_t *parse = malloc(total);
+    uint8_t close_head[PG_HEAD_LEN + 1] = { 'C', 0, 0, 0, 0, 'S' };
+    struct statement st;
+
+    if (!parse)
+        return false;
+    parse[0] = 'P';
+    pg_put_u32(parse + 1, (uint32_t)(4 + len));
+    memcpy(parse + PG_HEAD_LEN, body, len);
+    decide_message(c, parse, total, &st);
+    pg_put_u32(close_head + 1, (uint32_t)(4 + 1 + name_len));
+    bool ok = track_inject(&c->track, 'C', INJECT_REPREPARE) &&
+              track_inject(&c->track, 'P', INJECT_REPREPARE);
+    if (ok) {
+        sink_write(k, close_head, sizeof(close_head));
+        evbuffer_add(k->out, name, name_len);
+        if (st.replaced)
+            write_rewritten(k, 'P', &st);
+        else
+            evbuffer_add(k->out, parse, total);
+        conn_log(LOG_DEBUG, c, "statement \"%s\" prepared again for the rules now in force",
+                 name);
+    }
+    decision_unref(st.d);
+    free(parse);
+    return ok;
+}
+
 static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;
@@ -556,7 +604,8 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
         return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
     struct note *note = note_new(NULL, portal);
-    if (!note || !session_bind(&c->session, portal, statement)) {
+    if (!note || !session_bind(&c->session, portal, statement) ||
+        (statement[0] != '\0' && !reprepare(c, k, statement))) {
         if (note)
             free_note(note);
         fail_oom(c);

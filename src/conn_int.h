@@ -70,6 +70,8 @@ enum inject {
                            ahead of a message the proxy cannot rename */
     INJECT_PREPARED,    /* the Close and Bind that run a Query's INSERT as a
                            cached statement (prepare_query) */
+    INJECT_REPREPARE,   /* the Close and Parse that give a client's named
+                           statement the text the rules want now */
 };
 
 /* The proxy's savepoint around an INSERT in a transaction block (see

@@ -368,6 +368,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         break;
     case INJECT_UNNAMED:
     case INJECT_PREPARED:
+    case INJECT_REPREPARE:
         /* Why the client's message is skipped. */
         if (type == 'E')
             taken = TAKEN_FORWARD;

@@ -48,6 +48,7 @@ struct scope {
     unsigned askers;           /* catalog queries out for this scope */
     uint64_t answered_ns;      /* when the last answer came (or failed); 0: never */
     uint64_t doubted_ns;       /* when scope_distrust last took effect; 0: never */
+    uint64_t version;          /* when what it rewrites last changed; 0: never learnt */
     bool *changed;             /* per table: the last answer changed its problem */
 
     struct cache_entry *cache; /* uthash keeps it in least recently used order */
@@ -303,7 +304,7 @@ static bool decide_all(struct scope *s, const struct catalog *cat,
 
 bool scope_learn(struct scope *s, const struct catalog *cat, uint64_t now_ns)
 {
-    bool first = s->answered_ns == 0, any_change = false;
+    bool first = s->answered_ns == 0, any_change = s->state == SCOPE_UNKNOWN;
     struct table_verdict *fresh;
     struct catalog partitions;
 
@@ -323,7 +324,7 @@ bool scope_learn(struct scope *s, const struct catalog *cat, uint64_t now_ns)
         struct table_verdict *v = &s->verdicts[i];
         s->changed[i] = first ? fresh[i].problem[0] != '\0'
                               : strcmp(v->problem, fresh[i].problem) != 0;
-        any_change |= first || !same_verdict(v, &fresh[i]);
+        any_change |= !same_verdict(v, &fresh[i]);
         table_verdict_free(v);
         *v = fresh[i];
         s->targets[i] = (struct rewrite_target){
@@ -342,8 +343,10 @@ bool scope_learn(struct scope *s, const struct catalog *cat, uint64_t now_ns)
     s->partitions = partitions;
     /* Decisions made under other verdicts would rewrite what is now
      * refused; those already handed out belong to their requests. */
-    if (any_change)
+    if (any_change) {
         drop_cache(s);
+        s->version = now_ns;
+    }
     s->rules.targets = s->targets;
     s->rules.count = s->ntables;
     s->state = SCOPE_READY;
@@ -376,8 +379,13 @@ bool scope_distrust(struct scope *s, uint64_t now_ns)
         (s->doubted_ns && now_ns - s->doubted_ns < SCOPE_RECHECK_MIN_NS))
         return false;
     s->state = SCOPE_UNKNOWN;
-    s->doubted_ns = now_ns;
+    s->doubted_ns = s->version = now_ns;
     return true;
+}
+
+uint64_t scope_version(const struct scope *s)
+{
+    return s->version;
 }
 
 size_t scope_table_count(const struct scope *s)

@@ -92,6 +92,12 @@ bool scope_due(const struct scope *s, uint64_t now_ns);
  * when s is not READY or was put in doubt less than a second ago. */
 bool scope_distrust(struct scope *s, uint64_t now_ns);
 
+/* When what s rewrites last changed (a new answer that changed a verdict,
+ * or a doubt), on the clock scope_learn and scope_distrust were given: a
+ * statement prepared under another version may hold a text the scope
+ * would not send now. 0 before the first answer. */
+uint64_t scope_version(const struct scope *s);
+
 /* For the log after scope_learn: the i-th table of the scope, and why some
  * form of INSERT into it will not be rewritten ("" when nothing). */
 size_t scope_table_count(const struct scope *s);

@@ -7,6 +7,10 @@
 struct session_entry {
     UT_hash_handle hh;
     const char *schema, *table; /* in names, after the key */
+    const uint8_t *parse;       /* a named statement's Parse body, after the
+                                   table; NULL when not kept */
+    size_t parse_len;
+    uint64_t version;           /* the rules' version it was prepared under */
     char names[];               /* the name (the key), the schema, the table */
 };
 
@@ -59,41 +63,67 @@ static void forget(struct session_entry **map, const char *name)
 
 /* Sets name to schema.table in map, or forgets it when schema is NULL. A
  * driver that does not prepare redefines the same unnamed statement and
- * portal with every execution: an entry that already says the same stays. */
-static bool set(struct session_entry **map, const char *name, const char *schema,
-                const char *table)
+ * portal with every execution: an entry that already says the same, and
+ * keeps no Parse, stays. */
+static struct session_entry *set(struct session_entry **map, const char *name,
+                                 const char *schema, const char *table, size_t parse_len)
 {
     struct session_entry *e = find(*map, name);
 
-    if (e && schema && strcmp(e->schema, schema) == 0 && strcmp(e->table, table) == 0)
-        return true;
+    if (e && schema && !parse_len && !e->parse && strcmp(e->schema, schema) == 0 &&
+        strcmp(e->table, table) == 0)
+        return e;
     if (e)
         drop(map, e);
     if (!schema)
-        return true;
+        return NULL;
     size_t name_len = strlen(name) + 1, schema_len = strlen(schema) + 1;
     size_t table_len = strlen(table) + 1;
-    e = malloc(sizeof(*e) + name_len + schema_len + table_len);
+    e = malloc(sizeof(*e) + name_len + schema_len + table_len + parse_len);
     if (!e)
-        return false;
+        return NULL;
     char *at = e->names;
     memcpy(at, name, name_len);
     e->schema = memcpy(at += name_len, schema, schema_len);
     e->table = memcpy(at += schema_len, table, table_len);
+    e->parse = NULL;
+    e->parse_len = 0;
+    e->version = 0;
     HASH_ADD_KEYPTR(hh, *map, e->names, name_len - 1, e);
-    return true;
+    return e;
 }
 
-bool session_parse(struct session *s, const char *name, const char *schema, const char *table)
+bool session_parse(struct session *s, const char *name, const char *schema, const char *table,
+                   const uint8_t *parse, size_t parse_len, uint64_t version)
 {
-    return set(&s->statements, name, schema, table);
+    struct session_entry *e = set(&s->statements, name, schema, table, parse ? parse_len : 0);
+
+    if (e && parse) {
+        e->parse = memcpy((uint8_t *)e->table + strlen(table) + 1, parse, parse_len);
+        e->parse_len = parse_len;
+        e->version = version;
+    }
+    return e || !schema;
+}
+
+const uint8_t *session_outdated(struct session *s, const char *name, uint64_t version,
+                                size_t *len)
+{
+    struct session_entry *e = find(s->statements, name);
+
+    if (!e || !e->parse || e->version == version)
+        return NULL;
+    e->version = version;
+    *len = e->parse_len;
+    return e->parse;
 }
 
 bool session_bind(struct session *s, const char *portal, const char *statement)
 {
     const struct session_entry *stmt = find(s->statements, statement);
 
-    return set(&s->portals, portal, stmt ? stmt->schema : NULL, stmt ? stmt->table : NULL);
+    return set(&s->portals, portal, stmt ? stmt->schema : NULL, stmt ? stmt->table : NULL, 0) ||
+           !stmt;
 }
 
 void session_close(struct session *s, char kind, const char *name)

@@ -9,6 +9,8 @@
  * schema and name, so that a reload's new rules can look them up); every
  * other name is forgotten, so a stale name can only make the proxy
  * translate less, never more. The unnamed statement and portal are "".
+ * A named statement's Parse is kept too when asked, so that the statement
+ * can be prepared again once the rewrite its text got no longer applies.
  *
  * Pure bookkeeping: no I/O.
  */
@@ -16,6 +18,8 @@
 #define IDEM_SESSION_H
 
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 struct session_entry;
 
@@ -32,8 +36,19 @@ void session_free(struct session *s);
 void session_clear(struct session *s);
 
 /* Statement name now holds an INSERT into schema.table, or (schema NULL)
- * something else. False when out of memory (the name is then forgotten). */
-bool session_parse(struct session *s, const char *name, const char *schema, const char *table);
+ * something else. parse, when not NULL, is the client's Parse body
+ * (parse_len bytes), kept for session_outdated with the version of the
+ * rules that decided its text. False when out of memory (the name is then
+ * forgotten). */
+bool session_parse(struct session *s, const char *name, const char *schema, const char *table,
+                   const uint8_t *parse, size_t parse_len, uint64_t version);
+
+/* A statement prepared under rules of another version than version may hold
+ * a text those rules would not send now: its kept Parse body (*len bytes),
+ * for the caller to prepare it again; from then on it counts as prepared
+ * under version. NULL when name keeps no Parse or is up to date. */
+const uint8_t *session_outdated(struct session *s, const char *name, uint64_t version,
+                                size_t *len);
 
 /* Portal name now runs statement. False when out of memory (forgotten). */
 bool session_bind(struct session *s, const char *portal, const char *statement);

@@ -78,7 +78,8 @@ static void check_portal_at(const struct session *s, const char *portal, const c
 #define check_none(s, portal) check_portal_at((s), (portal), NULL, NULL, __LINE__)
 
 /* Parse and Bind must succeed here: memory is plentiful. */
-#define PARSE(s, name, schema, table) assert_true(session_parse((s), (name), (schema), (table)))
+#define PARSE(s, name, schema, table)                                          \
+    assert_true(session_parse((s), (name), (schema), (table), NULL, 0, 0))
 #define BIND(s, portal, statement) assert_true(session_bind((s), (portal), (statement)))
 
 static void finish(void)
@@ -346,6 +347,43 @@ static void test_clear(void **state)
     finish();
 }
 
+/* A named statement's kept Parse comes back once per change of version,
+ * and goes with the name. */
+static void test_outdated(void **state)
+{
+    struct session *s = *state;
+    static const uint8_t body[] = "s\0INSERT INTO orders VALUES ($1)\0\0\0";
+    size_t len = 0;
+
+    assert_true(session_parse(s, "s", "public", "orders", body, sizeof(body), 7));
+    assert_null(session_outdated(s, "s", 7, &len));
+    const uint8_t *kept = session_outdated(s, "s", 9, &len);
+    assert_non_null(kept);
+    assert_int_equal(len, sizeof(body));
+    assert_memory_equal(kept, body, sizeof(body));
+    /* Prepared again by the caller: up to date under 9. */
+    assert_null(session_outdated(s, "s", 9, &len));
+    assert_non_null(session_outdated(s, "s", 7, &len));
+    /* The translation bookkeeping is unchanged by it. */
+    BIND(s, "p", "s");
+    check_portal(s, "p", "public", "orders");
+    /* Without a kept Parse, or an unknown name: nothing. */
+    PARSE(s, "t", "public", "orders");
+    assert_null(session_outdated(s, "t", 1, &len));
+    assert_null(session_outdated(s, "nope", 1, &len));
+    /* Closed, or redefined as something else: the Parse goes too. */
+    session_close(s, 'S', "s");
+    assert_null(session_outdated(s, "s", 11, &len));
+    assert_true(session_parse(s, "s", "public", "orders", body, sizeof(body), 7));
+    PARSE(s, "s", NULL, NULL);
+    assert_null(session_outdated(s, "s", 11, &len));
+    /* A kept Parse replaces an entry that said the same without one. */
+    PARSE(s, "u", "public", "orders");
+    assert_true(session_parse(s, "u", "public", "orders", body, sizeof(body), 7));
+    assert_non_null(session_outdated(s, "u", 8, &len));
+    finish();
+}
+
 /* A session freed and initialised again is empty and usable; freeing an
  * empty one is fine. */
 static void test_free_and_reuse(void **state)
@@ -566,6 +604,7 @@ int main(void)
         T(test_close_bad_kind),
         T(test_bind_unknown_statement),
         T(test_clear),
+        T(test_outdated),
         cmocka_unit_test(test_free_and_reuse),
         T(test_many_names),
         T(test_odd_names),
