@@ -739,10 +739,12 @@ static void follow_reload(struct conn *c)
 }
 
 /* An idle session asks the catalog again when its scope is due: the
- * tables may have changed since it was last asked. */
+ * tables may have changed since it was last asked. A session without
+ * registered tables does not even read the clock. */
 static void follow_catalog(struct conn *c)
 {
-    if (c->scope && may_learn(c) && scope_due(c->scope, now_ns()))
+    if (c->scope && scope_state(c->scope) != SCOPE_PASSTHROUGH && may_learn(c) &&
+        scope_due(c->scope, now_ns()))
         learn_catalog(c);
 }
 
