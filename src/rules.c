@@ -373,9 +373,19 @@ bool scope_due(const struct scope *s, uint64_t now_ns)
     return interval > 0 && since >= interval;
 }
 
+/* Whether some INSERT of the scope's is rewritten: otherwise no error can
+ * be the rewrite's doing. */
+static bool rewrites_any(const struct scope *s)
+{
+    for (size_t i = 0; i < s->ntables; i++)
+        if (!s->targets[i].shadow && (s->targets[i].clause_plain || s->targets[i].clause_returning))
+            return true;
+    return false;
+}
+
 bool scope_distrust(struct scope *s, uint64_t now_ns)
 {
-    if (s->state != SCOPE_READY ||
+    if (s->state != SCOPE_READY || !rewrites_any(s) ||
         (s->doubted_ns && now_ns - s->doubted_ns < SCOPE_RECHECK_MIN_NS))
         return false;
     s->state = SCOPE_UNKNOWN;

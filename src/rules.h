@@ -89,7 +89,8 @@ bool scope_due(const struct scope *s, uint64_t now_ns);
 /* The server answered with an error a rewrite can cause when the tables
  * changed after the check (a dropped index: 42P10): the scope stops
  * rewriting until the catalog is asked again. False, and nothing changes,
- * when s is not READY or was put in doubt less than a second ago. */
+ * when s is not READY, rewrites nothing (the error cannot be a rewrite's)
+ * or was put in doubt less than a second ago. */
 bool scope_distrust(struct scope *s, uint64_t now_ns);
 
 /* When what s rewrites last changed (a new answer that changed a verdict,

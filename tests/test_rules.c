@@ -30,8 +30,8 @@
 /* Table 0 applies to another database only, so that in database "app" the
  * scope's table 0 is the configuration's table 1: the counters must follow
  * the configuration's numbering. */
-#define CONFIG                                                                   \
-    "[idemproxy]\n"                                                              \
+#define CONFIG "[idemproxy]\n" CONFIG_TABLES
+#define CONFIG_TABLES                                                            \
     "[table public.audit_log]\n"                                                 \
     "database = other\n"                                                         \
     "action = do_nothing\n"                                                      \
@@ -326,10 +326,9 @@ static void test_scope_learn(void **state)
 static void test_scope_due(void **state)
 {
     (void)state;
-    struct ruleset *rs = ruleset_new(parse_config("[idemproxy]\ncatalog_check_interval = 10\n"
-                                                  "[table public.t]\naction = do_nothing\n"),
-                                     NULL);
-    struct scope *s = ruleset_scope(rs, "db", "u");
+    struct ruleset *rs =
+        ruleset_new(parse_config("[idemproxy]\ncatalog_check_interval = 10\n" CONFIG_TABLES), NULL);
+    struct scope *s = ruleset_scope(rs, "app", "alice");
     struct catalog cat;
 
     /* Never asked: due, unless someone is asking already. */
@@ -338,20 +337,30 @@ static void test_scope_due(void **state)
     assert_false(scope_due(s, SEC));
     /* An UNKNOWN scope is not doubted: nothing rewrites yet. */
     assert_false(scope_distrust(s, SEC));
-    catalog_init(&cat);
+    assert_int_equal(scope_version(s), 0);
+    app_catalog(&cat);
     assert_true(scope_learn(s, &cat, 100 * SEC));
     assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_int_equal(scope_version(s), 100 * SEC);
     assert_false(scope_due(s, 109 * SEC));
     assert_true(scope_due(s, 110 * SEC));
+    /* The same answer again: what the scope rewrites is the same version. */
+    scope_asking(s);
+    assert_true(scope_learn(s, &cat, 100 * SEC + 500));
+    assert_int_equal(scope_version(s), 100 * SEC);
 
     /* A doubt: rewriting stops, and the catalog is asked at once. */
     assert_true(scope_distrust(s, 101 * SEC));
     assert_int_equal(scope_state(s), SCOPE_UNKNOWN);
+    assert_int_equal(scope_version(s), 101 * SEC);
     assert_true(scope_due(s, 101 * SEC));
     scope_asking(s);
     assert_false(scope_due(s, 101 * SEC));
+    /* Rewriting again, as before the doubt: statements prepared while in
+     * doubt hold unrewritten texts, so this is a version of its own. */
     assert_true(scope_learn(s, &cat, 101 * SEC + 1000));
     assert_int_equal(scope_state(s), SCOPE_READY);
+    assert_int_equal(scope_version(s), 101 * SEC + 1000);
     /* Another doubt within the second is not one. */
     assert_false(scope_distrust(s, 101 * SEC + 5000));
     assert_int_equal(scope_state(s), SCOPE_READY);
@@ -366,12 +375,23 @@ static void test_scope_due(void **state)
     catalog_free(&cat);
     ruleset_unref(rs);
 
-    /* catalog_check_interval = 0: only doubts. */
-    rs = ruleset_new(parse_config("[idemproxy]\ncatalog_check_interval = 0\n"
-                                  "[table public.t]\naction = do_nothing\n"), NULL);
-    s = ruleset_scope(rs, "db", "u");
+    /* A scope that rewrites nothing (its table missing) has no doubts: no
+     * error can be a rewrite's. */
+    rs = ruleset_new(parse_config(CONFIG), NULL);
+    s = ruleset_scope(rs, "app", "alice");
     catalog_init(&cat);
     assert_true(scope_learn(s, &cat, SEC));
+    assert_false(scope_distrust(s, 10 * SEC));
+    assert_int_equal(scope_state(s), SCOPE_READY);
+    ruleset_unref(rs);
+
+    /* catalog_check_interval = 0: only doubts. */
+    rs = ruleset_new(parse_config("[idemproxy]\ncatalog_check_interval = 0\n" CONFIG_TABLES),
+                     NULL);
+    s = ruleset_scope(rs, "app", "alice");
+    app_catalog(&cat);
+    assert_true(scope_learn(s, &cat, SEC));
+    catalog_free(&cat);
     assert_false(scope_due(s, 100000 * SEC));
     assert_true(scope_distrust(s, 100000 * SEC));
     assert_true(scope_due(s, 100000 * SEC));
