@@ -179,6 +179,9 @@ static void show_stats(struct worker *w, struct evbuffer *out)
     stat_row(out, "protocol_violations", t.protocol_violations);
     stat_row(out, "clients_refused_max_client_conn", t.refused[REFUSED_MAX_CLIENT_CONN]);
     stat_row(out, "clients_refused_file_descriptors", t.refused[REFUSED_NO_DESCRIPTOR]);
+    stat_row(out, "catalog_queries_ok", t.catalog_queries_ok);
+    stat_row(out, "catalog_queries_failed", t.catalog_queries_failed);
+    stat_row(out, "catalog_doubts", t.catalog_doubts);
     stat_row(out, "config_reloads_ok", atomic_load(&p->reloads_ok));
     stat_row(out, "config_reloads_failed", atomic_load(&p->reloads_failed));
     stat_row(out, "workers", (uint64_t)p->worker_count);

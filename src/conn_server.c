@@ -146,10 +146,12 @@ static void note_catalog_doubt(struct conn *c, const struct pg_error *err)
         return;
     for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
         if (strcmp(err->code, codes[i]) == 0) {
-            if (scope_distrust(c->scope, now_ns()))
-                conn_log(LOG_WARNING, c, "%s from the server (%s): the registered tables may "
-                         "have changed; INSERTs pass unchanged until the catalog is asked "
-                         "again", err->code, err->message ? err->message : "");
+            if (!scope_distrust(c->scope, now_ns()))
+                return;
+            counter_add(&c->worker->counters.catalog_doubts, 1);
+            conn_log(LOG_WARNING, c, "%s from the server (%s): the registered tables may have "
+                     "changed; INSERTs pass unchanged until the catalog is asked again",
+                     err->code, err->message ? err->message : "");
             return;
         }
     }
@@ -280,6 +282,8 @@ static void catalog_arrived(struct conn *c)
 {
     struct scope *s = c->scope;
 
+    counter_add(c->catalog_ok ? &c->worker->counters.catalog_queries_ok
+                              : &c->worker->counters.catalog_queries_failed, 1);
     if (!scope_learn(s, c->catalog_ok ? c->catalog : NULL, now_ns()))
         conn_log(LOG_ERROR, c, "out of memory: the catalog's answer is not taken");
     else if (!c->catalog_ok)

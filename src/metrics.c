@@ -56,6 +56,9 @@ bool metrics_sum(struct proxy *p, struct totals *t)
         t->track_desyncs += counter_get(&c->track_desyncs);
         for (int r = 0; r < REFUSAL_COUNT; r++)
             t->refused[r] += counter_get(&c->refused[r]);
+        t->catalog_queries_ok += counter_get(&c->catalog_queries_ok);
+        t->catalog_queries_failed += counter_get(&c->catalog_queries_failed);
+        t->catalog_doubts += counter_get(&c->catalog_doubts);
         t->workers_on_ring += counter_get(&c->on_ring);
         for (int pr = 0; pr < PROTOCOL_COUNT; pr++)
             t->statements[pr] += counter_get(&c->statements[pr]);
@@ -345,6 +348,16 @@ static bool render(struct proxy *p, struct evbuffer *out)
     for (int r = 0; r < REFUSAL_COUNT; r++)
         prom_sample(out, "idemproxy_clients_refused_total",
                     (const char *[]){ "reason", refusal_names[r], NULL }, t.refused[r]);
+    prom_family(out, "idemproxy_catalog_queries_total", "counter",
+                "the catalog check's queries about the registered tables, by result");
+    prom_sample(out, "idemproxy_catalog_queries_total", (const char *[]){ "result", "ok", NULL },
+                t.catalog_queries_ok);
+    prom_sample(out, "idemproxy_catalog_queries_total",
+                (const char *[]){ "result", "failed", NULL }, t.catalog_queries_failed);
+    prom_family(out, "idemproxy_catalog_doubts_total", "counter",
+                "server errors a rewrite can cause once a table changed, taken as a sign "
+                "to check the catalog again");
+    prom_sample(out, "idemproxy_catalog_doubts_total", NULL, t.catalog_doubts);
     metrics_totals_free(&t);
     return true;
 }

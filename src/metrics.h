@@ -35,6 +35,7 @@ struct totals {
     uint64_t statements[PROTOCOL_COUNT];
     uint64_t oversized_inspected, protocol_violations, track_desyncs;
     uint64_t refused[REFUSAL_COUNT];
+    uint64_t catalog_queries_ok, catalog_queries_failed, catalog_doubts;
     uint64_t workers_on_ring;
     struct {
         uint64_t bucket[LATENCY_BUCKETS];

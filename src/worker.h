@@ -100,6 +100,9 @@ struct worker_counters {
     struct counter protocol_violations;
     struct counter refused[REFUSAL_COUNT];
     struct counter track_desyncs;
+    struct counter catalog_queries_ok;  /* the catalog check's answers taken */
+    struct counter catalog_queries_failed;
+    struct counter catalog_doubts;      /* errors taken as a sign the tables changed */
     struct counter on_ring;             /* 1 while the sessions use the worker's ring:
                                          * the worker's own record of its choice too */
     struct latency_histogram latency[FLOW_COUNT];
