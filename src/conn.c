@@ -246,6 +246,7 @@ static void free_pair(struct conn *c)
     free(c->held_error);
     forget_key(c);
     welcome_free(&c->welcome);
+    free(c->unnamed_parse);
     if (c->catalog) {
         scope_learn(c->scope, NULL, now_ns());
         catalog_free(c->catalog);

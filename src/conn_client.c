@@ -223,6 +223,24 @@ static bool parse_cached(struct conn *c, struct sink *k, const struct statement 
     return true;
 }
 
+/* The client's Parse of the unnamed statement now stands for a cached one:
+ * it is kept (see reprepare), or, without memory, not. */
+static void keep_unnamed_parse(struct conn *c, const struct statement *st)
+{
+    if (st->len > c->unnamed_parse_cap) {
+        uint8_t *grown = realloc(c->unnamed_parse, st->len);
+        if (!grown) {
+            c->unnamed_parse_len = 0;
+            return;
+        }
+        c->unnamed_parse = grown;
+        c->unnamed_parse_cap = st->len;
+    }
+    memcpy(c->unnamed_parse, st->body, st->len);
+    c->unnamed_parse_len = st->len;
+    c->unnamed_version = scope_version(c->scope);
+}
+
 /* A Query, a Parse or a Close of the unnamed statement: it is the server's
  * own again (unless the server skips the message). */
 static void unnamed_redefined(struct conn *c)
@@ -523,7 +541,10 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
     bool unnamed = name && name[0] == '\0';
     if (unnamed)
         unnamed_redefined(c);
-    if (st.replaced && !(unnamed && rule && parse_cached(c, k, &st, note)))
+    bool cached = st.replaced && unnamed && rule && parse_cached(c, k, &st, note);
+    if (cached)
+        keep_unnamed_parse(c, &st);
+    else if (st.replaced)
         write_rewritten(k, 'P', &st);
     if (!track_client(c, 'P', note))
         return TAKEN_CLOSED;
@@ -542,21 +563,12 @@ static const char *read_name(const uint8_t *body, size_t len, size_t *at)
     return name;
 }
 
-/* A named statement of the client's prepared under rules that have changed
- * since (the catalog check withdrew or granted the rewrite, or a reload)
- * holds a text those rules would not send: ahead of its Bind the proxy
- * closes it and prepares the client's text again, rewritten or not as the
- * rules say now. Only when nothing is outstanding and no failed block is
- * open, so that nothing before it can make the server skip the Parse after
- * the Close; otherwise a later Bind does it. False when out of memory. */
-static bool reprepare(struct conn *c, struct sink *k, const char *name)
+/* Closes statement name and prepares it again from the client's Parse
+ * body, its text decided by the rules in force now. False when out of
+ * memory. */
+static bool prepare_again(struct conn *c, struct sink *k, const char *name, const uint8_t *body,
+                          size_t len)
 {
-    size_t len;
-    const uint8_t *body;
-
-    if (!c->scope || track_pending(&c->track) != 0 || c->track.txn_status == 'E' ||
-        !(body = session_outdated(&c->session, name, scope_version(c->scope), &len)))
-        return true;
     size_t name_len = strlen(name) + 1, total = PG_HEAD_LEN + len;
     uint8_t *parse = malloc(total);
     uint8_t close_head[PG_HEAD_LEN + 1] = { 'C', 0, 0, 0, 0, 'S' };
@@ -586,6 +598,36 @@ static bool reprepare(struct conn *c, struct sink *k, const char *name)
     return ok;
 }
 
+/* A statement of the client's prepared under rules that have changed since
+ * (the catalog check withdrew or granted the rewrite, or a reload) holds a
+ * text those rules would not send: ahead of its Bind the proxy closes it
+ * and prepares the client's text again, rewritten or not as the rules say
+ * now. A named statement's Parse is kept by the session; the unnamed
+ * statement is concerned only while it stands for a cached one (a client
+ * that parses it before every Bind gets the rules' text anyway). Only
+ * when nothing is outstanding and no failed block is open, so that nothing
+ * before it can make the server skip the Parse after the Close; otherwise
+ * a later Bind does it. False when out of memory. */
+static bool reprepare(struct conn *c, struct sink *k, const char *statement)
+{
+    const uint8_t *body;
+    size_t len;
+
+    if (!c->scope || track_pending(&c->track) != 0 || c->track.txn_status == 'E')
+        return true;
+    uint64_t version = scope_version(c->scope);
+    if (statement[0] != '\0') {
+        body = session_outdated(&c->session, statement, version, &len);
+        return !body || prepare_again(c, k, statement, body, len);
+    }
+    if (!c->stmts.unnamed || !c->unnamed_parse_len || c->unnamed_version == version)
+        return true;
+    if (!prepare_again(c, k, "", c->unnamed_parse, c->unnamed_parse_len))
+        return false;
+    c->stmts.unnamed = NULL;
+    return true;
+}
+
 static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;
@@ -604,8 +646,7 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
         return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
     struct note *note = note_new(NULL, portal);
-    if (!note || !session_bind(&c->session, portal, statement) ||
-        (statement[0] != '\0' && !reprepare(c, k, statement))) {
+    if (!note || !session_bind(&c->session, portal, statement) || !reprepare(c, k, statement)) {
         if (note)
             free_note(note);
         fail_oom(c);

@@ -137,6 +137,11 @@ struct conn {
     /* Translating unique violations. */
     struct session session;     /* the client's statements and portals */
     struct stmtcache stmts;     /* the proxy's prepared rewritten INSERTs */
+    uint8_t *unnamed_parse;     /* the client's Parse body that stmts.unnamed stands
+                                   for, kept to prepare it again when the rules
+                                   change (see reprepare); its buffer is reused */
+    size_t unnamed_parse_len, unnamed_parse_cap;
+    uint64_t unnamed_version;   /* the rules' version that decided its text */
     bool unnamed_closed;        /* the server holds no unnamed statement: the proxy
                                    closed it, and the client sent no Parse since */
     bool batch_open;            /* extended messages since the last Sync */

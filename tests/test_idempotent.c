@@ -71,13 +71,16 @@ static void prepare_unnamed(PGconn *c)
     PQclear(r);
 }
 
-static void expect_prepared_tag(PGconn *c, const char *const *vals, const char *tag,
-                                const char *what)
+static void expect_tag_of(PGconn *c, const char *statement, const char *const *vals,
+                          const char *tag, const char *what)
 {
-    PGresult *r = itest_exec_prepared(c, "ins", 1, vals);
+    PGresult *r = itest_exec_prepared(c, statement, 1, vals);
     itest_assert_tag(r, tag, what);
     PQclear(r);
 }
+
+#define expect_prepared_tag(c, vals, tag, what) expect_tag_of((c), "ins", (vals), (tag), (what))
+#define expect_unnamed_tag(c, vals, tag, what) expect_tag_of((c), "", (vals), (tag), (what))
 
 static void assert_unnamed_kept(PGconn *c, const char *after)
 {
@@ -1003,6 +1006,16 @@ static void test_idem_index_dropped(void **state)
     const char *named[1] = { "n1" };
     expect_prepared_tag(c, named, "INSERT 0 1", "ins before the change");
     expect_prepared_tag(c, named, "INSERT 0 0", "ins again before the change");
+    /* And one that prepares its unnamed statement once and binds it again
+     * and again (which the proxy runs as a cached statement of its own). */
+    PGconn *u = itest_connect_ok(p->port, NULL);
+    r = itest_prepare(u, "", "INSERT INTO idem_dropped (idempotency_key, payload) "
+                             "VALUES ($1, 'u')", 1);
+    itest_assert_result_ok(r, "PQprepare of the unnamed INSERT");
+    PQclear(r);
+    const char *unnamed_key[1] = { "u1" };
+    expect_unnamed_tag(u, unnamed_key, "INSERT 0 1", "unnamed before the change");
+    expect_unnamed_tag(u, unnamed_key, "INSERT 0 0", "unnamed again before the change");
 
     /* While INSERTs are rewritten, an application's own 55000 (no currval
      * yet in this session) puts the check in doubt too, once a second at
@@ -1028,14 +1041,16 @@ static void test_idem_index_dropped(void **state)
     r = itest_exec_params(c, by_param, 1, key);
     itest_assert_tag(r, "INSERT 0 1", "extended INSERT after the change");
     PQclear(r);
-    /* The named statement is prepared again, as the client wrote it. */
+    /* The named statement is prepared again, as the client wrote it, and
+     * so is the unnamed one. */
     expect_prepared_tag(c, named, "INSERT 0 1", "ins after the change");
+    expect_unnamed_tag(u, unnamed_key, "INSERT 0 1", "unnamed after the change");
     PGconn *n = itest_connect_ok(p->port, NULL);
     itest_exec_tag(n, dup, "INSERT 0 1");
     r = itest_exec_params(n, by_param, 1, key);
     itest_assert_tag(r, "INSERT 0 1", "extended INSERT in a new session");
     PQclear(r);
-    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_dropped"), 8);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_dropped"), 10);
     assert_int_equal(itest_proxy_log_count(p, "42P10 from the server"), 1);
 
     /* Now that nothing is rewritten, an error cannot be the rewrite's: an
