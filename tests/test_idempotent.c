@@ -1021,12 +1021,19 @@ static void test_idem_index_dropped(void **state)
      * yet in this session) puts the check in doubt too, once a second at
      * most; asking again changes nothing, and the rewrite goes on. */
     PGconn *early = itest_connect_ok(p->port, NULL);
+    int64_t first_doubt = itest_now_ms();
     itest_exec_sqlstate(early, "SELECT currval('idem_dropped_id_seq')", "55000");
     itest_exec_tag(early, dup, "INSERT 0 0");
     PGconn *early2 = itest_connect_ok(p->port, NULL);
     itest_exec_sqlstate(early2, "SELECT currval('idem_dropped_id_seq')", "55000");
+    bool within_the_second = itest_now_ms() - first_doubt < 900;
     itest_exec_tag(early2, dup, "INSERT 0 0");
-    assert_int_equal(itest_proxy_log_count(p, "55000 from the server"), 1);
+    int doubts = itest_proxy_log_count(p, "55000 from the server");
+    /* A machine slow enough to spend the second between them sees two. */
+    if (within_the_second)
+        assert_int_equal(doubts, 1);
+    else
+        assert_in_range(doubts, 1, 2);
     assert_int_equal(itest_proxy_log_count(p, "not rewritten"), 0);
     /* The next doubt may come at once: a second has passed. */
     itest_sleep_ms(1100);
@@ -1059,7 +1066,7 @@ static void test_idem_index_dropped(void **state)
     PGconn *fresh = itest_connect_ok(p->port, NULL);
     itest_exec_sqlstate(fresh, "SELECT currval('idem_dropped_id_seq')", "55000");
     itest_exec_tag(fresh, dup, "INSERT 0 1");
-    assert_int_equal(itest_proxy_log_count(p, "55000 from the server"), 1);
+    assert_int_equal(itest_proxy_log_count(p, "55000 from the server"), doubts);
     assert_int_equal(itest_proxy_log_count(p, "some INSERTs are not rewritten"), 1);
 
     /* The constraint is back: a reload makes the rewrite return. */
