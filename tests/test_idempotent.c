@@ -82,6 +82,18 @@ static void expect_tag_of(PGconn *c, const char *statement, const char *const *v
 #define expect_prepared_tag(c, vals, tag, what) expect_tag_of((c), "ins", (vals), (tag), (what))
 #define expect_unnamed_tag(c, vals, tag, what) expect_tag_of((c), "", (vals), (tag), (what))
 
+/* Prepares an INSERT into idem_dropped as statement name on c and runs it
+ * twice with key: the row, then the duplicate skipped by the rewrite. */
+static void prepare_dropped_insert(PGconn *c, const char *name, const char *const *key)
+{
+    PGresult *r = itest_prepare(c, name, "INSERT INTO idem_dropped (idempotency_key, payload) "
+                                         "VALUES ($1, 'p')", 1);
+    itest_assert_result_ok(r, "PQprepare of the INSERT");
+    PQclear(r);
+    expect_tag_of(c, name, key, "INSERT 0 1", "the prepared INSERT before the change");
+    expect_tag_of(c, name, key, "INSERT 0 0", "its duplicate before the change");
+}
+
 static void assert_unnamed_kept(PGconn *c, const char *after)
 {
     const char *v[1] = { "7" };
@@ -998,24 +1010,14 @@ static void test_idem_index_dropped(void **state)
     itest_assert_tag(r, "INSERT 0 1", "extended INSERT before the change");
     PQclear(r);
     /* A statement the client prepared by name holds the rewritten text on
-     * the server. */
-    r = itest_prepare(c, "ins", "INSERT INTO idem_dropped (idempotency_key, payload) "
-                                "VALUES ($1, 'n')", 1);
-    itest_assert_result_ok(r, "PQprepare ins");
-    PQclear(r);
+     * the server; and so does one that prepares its unnamed statement once
+     * and binds it again and again (which the proxy runs as a cached
+     * statement of its own). */
     const char *named[1] = { "n1" };
-    expect_prepared_tag(c, named, "INSERT 0 1", "ins before the change");
-    expect_prepared_tag(c, named, "INSERT 0 0", "ins again before the change");
-    /* And one that prepares its unnamed statement once and binds it again
-     * and again (which the proxy runs as a cached statement of its own). */
+    prepare_dropped_insert(c, "ins", named);
     PGconn *u = itest_connect_ok(p->port, NULL);
-    r = itest_prepare(u, "", "INSERT INTO idem_dropped (idempotency_key, payload) "
-                             "VALUES ($1, 'u')", 1);
-    itest_assert_result_ok(r, "PQprepare of the unnamed INSERT");
-    PQclear(r);
     const char *unnamed_key[1] = { "u1" };
-    expect_unnamed_tag(u, unnamed_key, "INSERT 0 1", "unnamed before the change");
-    expect_unnamed_tag(u, unnamed_key, "INSERT 0 0", "unnamed again before the change");
+    prepare_dropped_insert(u, "", unnamed_key);
 
     /* While INSERTs are rewritten, an application's own 55000 (no currval
      * yet in this session) puts the check in doubt too, once a second at
