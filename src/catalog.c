@@ -31,10 +31,15 @@ static void put_literal(FILE *f, const char *s)
  *   a schema table column updatable can_select can_update
  *   p schema partition '' root_schema root_table
  * Relations are those the rules name and, for resolving unqualified names,
- * every relation of the same name in a schema of some rule's search_path. */
+ * every relation of the same name in a schema of some rule's search_path.
+ * Privileges and row-level security are the login role's (session_user),
+ * as PostgreSQL's check_enable_rls decides them, not the current role's: a
+ * session that ran SET ROLE may be the one that asks, and the answer holds
+ * for every session of its login role. */
 static const char catalog_sql[] =
     "rels AS (\n"
     "  SELECT c.oid, n.nspname, c.relname, c.relkind, c.relhasrules,\n"
+    "         c.relrowsecurity, c.relforcerowsecurity, c.relowner,\n"
     "         (n.nspname, c.relname) IN (SELECT nsp, rel FROM want) AS registered\n"
     "  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\n"
     "  WHERE c.relname IN (SELECT rel FROM want)\n"
@@ -59,7 +64,10 @@ static const char catalog_sql[] =
     "SELECT 'r', nspname::text, relname::text, relkind::text, registered::text,\n"
     "       (relhasrules AND EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w\n"
     "                                WHERE w.ev_class = rels.oid AND w.ev_type IN ('2', '3')))::text,\n"
-    "       (registered AND pg_catalog.row_security_active(oid))::text, NULL, NULL\n"
+    "       (registered AND relrowsecurity\n"
+    "        AND (relforcerowsecurity OR NOT pg_catalog.pg_has_role(session_user, relowner, 'USAGE'))\n"
+    "        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = session_user\n"
+    "                        AND (r.rolsuper OR r.rolbypassrls)))::text, NULL, NULL\n"
     "FROM rels\n"
     "UNION ALL\n"
     "SELECT 'i', nspname::text, relname::text, indname::text, indisunique::text,\n"
@@ -74,8 +82,9 @@ static const char catalog_sql[] =
     "UNION ALL\n"
     "SELECT 'a', reg.nspname::text, reg.relname::text, a.attname::text,\n"
     "       (a.attidentity <> 'a' AND a.attgenerated = '')::text,\n"
-    "       pg_catalog.has_column_privilege(reg.oid, a.attnum, 'SELECT')::text,\n"
-    "       pg_catalog.has_column_privilege(reg.oid, a.attnum, 'UPDATE')::text, NULL, NULL\n"
+    "       pg_catalog.has_column_privilege(session_user, reg.oid, a.attnum, 'SELECT')::text,\n"
+    "       pg_catalog.has_column_privilege(session_user, reg.oid, a.attnum, 'UPDATE')::text,\n"
+    "       NULL, NULL\n"
     "FROM reg JOIN pg_catalog.pg_attribute a ON a.attrelid = reg.oid\n"
     "WHERE a.attnum > 0 AND NOT a.attisdropped\n"
     "UNION ALL\n"

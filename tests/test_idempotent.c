@@ -1127,6 +1127,65 @@ static void test_idem_catalog_interval(void **state)
     itest_pass();
 }
 
+/* What the login role may do decides the DO UPDATE form of INSERT ...
+ * RETURNING, checked against the real server: without UPDATE privilege, or
+ * with row-level security applying to it, that form is not rewritten and a
+ * duplicate gets the server's 23505; the check follows GRANT and ENABLE ROW
+ * LEVEL SECURITY within catalog_check_interval. A session that changed its
+ * role (SET ROLE) and happens to ask again answers for its login role
+ * still. */
+static void test_idem_login_role_privileges(void **state)
+{
+    (void)state;
+    create_key_table("idem_priv", "text");
+    itest_server_exec("GRANT SELECT, INSERT ON idem_priv TO " ITEST_SCRAM_USER "; "
+                      "GRANT USAGE ON SEQUENCE idem_priv_id_seq TO " ITEST_SCRAM_USER);
+    itest_server_exec("INSERT INTO idem_priv (idempotency_key, payload) VALUES ('p1', 'first')");
+    struct itest_proxy *p = start_checking("idem_priv", 1);
+    PGconn *user = itest_connect_ok(p->port, "user=" ITEST_SCRAM_USER
+                                             " password=" ITEST_SCRAM_PASSWORD);
+    PGconn *super = itest_connect_ok(p->port, NULL);
+    const char *plain = "INSERT INTO idem_priv (idempotency_key, payload) VALUES ('p1', 'x')";
+    const char *returning = "INSERT INTO idem_priv (idempotency_key, payload) "
+                            "VALUES ('p1', 'x') RETURNING payload";
+    char text[64];
+
+    /* No UPDATE privilege: DO NOTHING still goes, DO UPDATE does not. */
+    itest_exec_tag(user, plain, "INSERT 0 0");
+    itest_exec_sqlstate(user, returning, "23505");
+    itest_assert_log_line(p, "warning", "public.idem_priv", "may not UPDATE");
+    assert_string_equal(itest_query_text(super, returning, text, sizeof text), "first");
+
+    /* Granted: the next check after the interval sees it. */
+    itest_server_exec("GRANT UPDATE ON idem_priv TO " ITEST_SCRAM_USER);
+    itest_sleep_ms(1300);
+    assert_string_equal(itest_query_text(user, returning, text, sizeof text), "first");
+
+    /* A superuser's session acting as the user asks the next check: the
+     * answer is still the superuser's own. */
+    itest_server_exec("REVOKE UPDATE ON idem_priv FROM " ITEST_SCRAM_USER);
+    itest_exec_ok(super, "SET ROLE " ITEST_SCRAM_USER);
+    itest_sleep_ms(1300);
+    assert_int_equal(itest_query_ll(super, "SELECT 1"), 1);
+    itest_exec_ok(super, "RESET ROLE");
+    assert_string_equal(itest_query_text(super, returning, text, sizeof text), "first");
+    itest_exec_sqlstate(user, returning, "23505");
+
+    /* Row-level security applies to the user (not the table's owner), not
+     * to the superuser. */
+    itest_server_exec("GRANT UPDATE ON idem_priv TO " ITEST_SCRAM_USER "; "
+                      "ALTER TABLE idem_priv ENABLE ROW LEVEL SECURITY; "
+                      "CREATE POLICY idem_priv_all ON idem_priv USING (true) WITH CHECK (true)");
+    itest_sleep_ms(1300);
+    itest_exec_sqlstate(user, returning, "23505");
+    itest_assert_log_line(p, "warning", "public.idem_priv", "row-level security");
+    itest_exec_tag(user, plain, "INSERT 0 0");
+    assert_string_equal(itest_query_text(super, returning, text, sizeof text), "first");
+    assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_priv"), 1);
+    itest_pass();
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -1151,6 +1210,7 @@ int main(int argc, char **argv)
         ITEST(test_idem_catalog_query_hidden),
         ITEST(test_idem_index_dropped),
         ITEST(test_idem_catalog_interval),
+        ITEST(test_idem_login_role_privileges),
     };
     return itest_main(argc, argv, "idemproxy idempotent inserts", tests,
                       sizeof tests / sizeof tests[0]);
