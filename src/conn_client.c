@@ -303,6 +303,25 @@ static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enu
     return true;
 }
 
+/* Rolls the block back to the proxy's savepoint and releases it, between
+ * the client's requests. After an extended batch the client's unnamed
+ * statement may still be bound by its next one, so there the two
+ * statements go as runs of the proxy's own and a Sync: a Query would drop
+ * it. After the client's Query it is gone anyway, and one Query does. */
+bool inject_rollback(struct conn *c, bool after_batch)
+{
+    static const uint8_t sync[] = { 'S', 0, 0, 0, 4 };
+
+    if (!after_batch)
+        return inject_query(c, NULL, TRANSLATE_SQL_ROLLBACK, INJECT_ROLLBACK);
+    if (!inject_extended(c, NULL, TRANSLATE_SQL_ROLLBACK_TO, INJECT_ROLLBACK) ||
+        !inject_extended(c, NULL, TRANSLATE_SQL_RELEASE, INJECT_ROLLBACK) ||
+        !track_inject(&c->track, 'S', INJECT_ROLLBACK))
+        return false;
+    write_own(c, NULL, sync, sizeof(sync));
+    return true;
+}
+
 /* Asks the server about the registered tables; client input waits until
  * the answer is in. Only while the session is idle outside a transaction
  * block: anywhere else the query would join the client's work, or see a

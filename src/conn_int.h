@@ -314,6 +314,9 @@ bool answers_creation(const struct conn *c);
 /* Sends sql as a Query of the proxy's own, into k when given (keeping the
  * relay pass's order), else straight to the server. */
 bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject tag);
+/* Rolls back to the proxy's savepoint and releases it (INJECT_ROLLBACK),
+ * after the client's Query or, after_batch, after its extended batch. */
+bool inject_rollback(struct conn *c, bool after_batch);
 /* Asks the server about the registered tables; client input waits. */
 void learn_catalog(struct conn *c);
 /* The server is to read a message naming the unnamed statement that the

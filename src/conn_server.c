@@ -358,7 +358,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
             if (c->guard == GUARD_FAILED) {
                 /* The 23505 aborted the block: roll back to the savepoint,
                  * then tell the client. */
-                if (!inject_query(c, NULL, TRANSLATE_SQL_ROLLBACK, INJECT_ROLLBACK)) {
+                if (!inject_rollback(c, false)) {
                     fail_oom(c);
                     return TAKEN_CLOSED;
                 }
@@ -421,7 +421,7 @@ static enum taken guard_ready(struct conn *c)
     case GUARD_SYNCED:
         /* The Execute's 23505 aborted the block and the batch is over:
          * roll back to the savepoint, then tell the client. */
-        if (!inject_query(c, NULL, TRANSLATE_SQL_ROLLBACK, INJECT_ROLLBACK)) {
+        if (!inject_rollback(c, true)) {
             fail_oom(c);
             return TAKEN_CLOSED;
         }

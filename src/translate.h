@@ -22,6 +22,8 @@
 #define TRANSLATE_SQL_SAVEPOINT "SAVEPOINT idemproxy_guard"
 #define TRANSLATE_SQL_RELEASE "RELEASE SAVEPOINT idemproxy_guard"
 #define TRANSLATE_SQL_ROLLBACK "ROLLBACK TO SAVEPOINT idemproxy_guard; RELEASE SAVEPOINT idemproxy_guard"
+/* Its first statement alone, for the extended protocol (one per Parse). */
+#define TRANSLATE_SQL_ROLLBACK_TO "ROLLBACK TO SAVEPOINT idemproxy_guard"
 /* What the client is told instead of the error. */
 #define TRANSLATE_TAG "INSERT 0 0"
 

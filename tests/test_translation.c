@@ -374,6 +374,37 @@ static void test_tr_txn_prepared(void **state)
     itest_pass();
 }
 
+/* A client that prepares its unnamed statement once and runs it again and
+ * again in a transaction block: the proxy's rollback to its savepoint
+ * after a duplicate must leave the statement alone (a Query would drop
+ * it, and the next Bind would fail with 26000, aborting the block). */
+static void test_tr_txn_unnamed_kept(void **state)
+{
+    (void)state;
+    const char *t = "tr_txn_unnamed";
+    struct itest_proxy *p = start_with_dup(t);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+
+    itest_exec_tag(c, "BEGIN", "BEGIN");
+    PGresult *r = itest_prepare(c, "", "INSERT INTO tr_txn_unnamed (k, payload) "
+                                       "VALUES ($1, 'unnamed')", 1);
+    itest_assert_result_ok(r, "PQprepare of the unnamed INSERT");
+    PQclear(r);
+    const char *const keys[] = { "u1", "dup", "u2", "dup", "u3" };
+    const char *const tags[] = { "INSERT 0 1", "INSERT 0 0", "INSERT 0 1", "INSERT 0 0",
+                                 "INSERT 0 1" };
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        r = itest_exec_prepared(c, "", 1, &keys[i]);
+        itest_assert_tag(r, tags[i], keys[i]);
+        PQclear(r);
+    }
+    itest_exec_tag(c, "COMMIT", "COMMIT");
+    assert_int_equal(all_rows(t), 4);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM %s WHERE payload = 'unnamed'", t), 3);
+    itest_assert_log_line(p, t, "reported as INSERT 0 0", NULL);
+    itest_pass();
+}
+
 /* INSERT ... RETURNING of a duplicate, translated: what a skipped row of
  * ON CONFLICT DO NOTHING RETURNING gives directly on the server, a row
  * description and no row (PGRES_TUPLES_OK, 0 tuples), tag INSERT 0 0. */
@@ -1877,6 +1908,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_txn_simple),
         ITEST(test_tr_txn_extended),
         ITEST(test_tr_txn_prepared),
+        ITEST(test_tr_txn_unnamed_kept),
         ITEST(test_tr_returning),
         ITEST(test_tr_prepared_words),
         ITEST(test_tr_multi_statement),
