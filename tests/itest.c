@@ -173,7 +173,8 @@ static char *read_tail(const char *path, size_t max)
 const char *itest_write_config(const char *name, const char *body)
 {
     static char path[600];
-    snprintf(path, sizeof path, "%s/%s-%u.ini", itest_env("IDEM_TEST_TMP"), name, ++g_file_seq);
+    snprintf(path, sizeof path, "%s/%s-%d-%u.ini", itest_env("IDEM_TEST_TMP"), name,
+             (int)getpid(), ++g_file_seq);
     size_t len = strlen(body) + 32;
     char *text = malloc(len);
     assert_non_null(text);
@@ -297,7 +298,8 @@ bool itest_pg_ctl(const char *const args[])
     argv[n] = NULL;
 
     char out[600];
-    snprintf(out, sizeof out, "%s/pg_ctl-%u.out", itest_env("IDEM_TEST_TMP"), ++g_file_seq);
+    snprintf(out, sizeof out, "%s/pg_ctl-%d-%u.out", itest_env("IDEM_TEST_TMP"),
+             (int)getpid(), ++g_file_seq);
     int status = itest_run(argv, out, 120000);
     bool ok = status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0;
     if (!ok) {
@@ -447,8 +449,10 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
                  opts->log_level ? opts->log_level : "info",
                  run_settings, opts->extra ? opts->extra : "");
         snprintf(p->conf_path, sizeof p->conf_path, "%s", itest_write_config("proxy", body));
-        snprintf(p->log_path, sizeof p->log_path, "%s/proxy-%u.log", itest_env("IDEM_TEST_TMP"),
-                 ++g_file_seq);
+        /* The test binaries share IDEM_TEST_TMP: a log of another binary's
+         * proxy under the same name would answer for this one. */
+        snprintf(p->log_path, sizeof p->log_path, "%s/proxy-%d-%u.log",
+                 itest_env("IDEM_TEST_TMP"), (int)getpid(), ++g_file_seq);
         p->exited = false;
         p->pid = spawn_proxy(p, opts->asan_options);
         assert_true(p->pid > 0);
