@@ -124,28 +124,27 @@ static void forget_refused(struct conn *c)
     }
 }
 
-/* A statement the server says does not exist (the client's SQL dropped it
- * where the proxy could not see) is created again next time. */
-static void note_statement_gone(struct conn *c, const struct pg_error *err)
-{
-    if (err->code && strcmp(err->code, "26000") == 0)
-        stmtcache_forget_all(&c->stmts);
-}
-
-/* An error a rewrite causes once a registered table changed after the
+/* What an error says of the server's state the proxy keeps a picture of.
+ * A statement the server says does not exist (26000: the client's SQL
+ * dropped it where the proxy could not see) is created again next time.
+ * An error a rewrite causes once a registered table changed after the
  * catalog check (an index dropped: 42P10, made DEFERRABLE: 55000, a rule
- * added: 0A000, a privilege revoked: 42501): the scope stops rewriting
- * until the catalog is asked again. The code alone decides, whichever
- * statement failed: these errors are rare otherwise, and a scope is asked
- * again at most once a second. */
-static void note_catalog_doubt(struct conn *c, const struct pg_error *err)
+ * added: 0A000, a privilege revoked: 42501) puts the scope in doubt: it
+ * stops rewriting until the catalog is asked again. The code alone
+ * decides, whichever statement failed: these errors are rare otherwise,
+ * and a scope is asked again at most once a second. */
+static void note_server_state(struct conn *c, const struct pg_error *err)
 {
-    static const char *const codes[] = { "42P10", "55000", "0A000", "42809", "42501" };
+    static const char *const doubts[] = { "42P10", "55000", "0A000", "42809", "42501" };
 
-    if (!err->code || !c->scope)
+    if (!err->code)
         return;
-    for (size_t i = 0; i < sizeof(codes) / sizeof(codes[0]); i++) {
-        if (strcmp(err->code, codes[i]) == 0) {
+    if (strcmp(err->code, "26000") == 0) {
+        stmtcache_forget_all(&c->stmts);
+        return;
+    }
+    for (size_t i = 0; c->scope && i < sizeof(doubts) / sizeof(doubts[0]); i++) {
+        if (strcmp(err->code, doubts[i]) == 0) {
             if (!scope_distrust(c->scope, now_ns()))
                 return;
             counter_add(&c->worker->counters.catalog_doubts, 1);
@@ -170,8 +169,7 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
     if (!pg_error_parse(body, len, &err))
         return TAKEN_FORWARD;
     note_fatal(c, &err);
-    note_statement_gone(c, &err);
-    note_catalog_doubt(c, &err);
+    note_server_state(c, &err);
     forget_refused(c);
     if (c->guard == GUARD_BROKEN) {
         /* The proxy's savepoint failed and said so; this is the client's
@@ -322,8 +320,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     if (error) {
         if (note_fatal(c, &err))
             taken = TAKEN_FORWARD;
-        note_statement_gone(c, &err);
-        note_catalog_doubt(c, &err);
+        note_server_state(c, &err);
     }
     if (type == 'E')
         forget_refused(c);
