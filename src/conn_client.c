@@ -296,7 +296,7 @@ static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enu
 
     if (need > sizeof(buf))
         return false;
-    for (const char *m = "PBECC"; *m; m++)
+    for (const char *m = PG_EXTENDED_RUN_MESSAGES; *m; m++)
         if (!track_inject(&c->track, *m, tag))
             return false;
     write_own(c, k, buf, need);
@@ -345,7 +345,7 @@ void learn_catalog(struct conn *c)
     c->catalog = cat;
     c->catalog_ok = true;
     scope_asking(c->scope);
-    for (const char *m = "CPBECCS"; *m; m++) {
+    for (const char *m = PG_STANDALONE_RUN_MESSAGES; *m; m++) {
         if (!track_inject(&c->track, *m, INJECT_CATALOG)) {
             free(run);
             fail_oom(c);

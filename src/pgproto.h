@@ -137,8 +137,10 @@ size_t pg_build_command_complete(uint8_t *buf, size_t cap, const char *tag);
 
 /* Runs sql inside the client's extended batch without touching its unnamed
  * statement or portal: Parse, Bind and Execute on name (used for both the
- * statement and the portal), then Close of both. Its replies are
- * ParseComplete, BindComplete, CommandComplete, CloseComplete twice. */
+ * statement and the portal), then Close of both (the message types in
+ * PG_EXTENDED_RUN_MESSAGES, for the caller's request tracking). Its replies
+ * are ParseComplete, BindComplete, CommandComplete, CloseComplete twice. */
+#define PG_EXTENDED_RUN_MESSAGES "PBECC"
 #define PG_EXTENDED_RUN_REPLIES "12C33"
 size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const char *sql);
 
@@ -147,6 +149,7 @@ size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const c
  * statement (a run that failed midway leaves it), the extended run, Sync.
  * Its replies are CloseComplete, those of the run (with DataRows before
  * the CommandComplete) and ReadyForQuery. */
+#define PG_STANDALONE_RUN_MESSAGES "C" PG_EXTENDED_RUN_MESSAGES "S"
 #define PG_STANDALONE_RUN_REPLIES "312C33Z"
 size_t pg_build_standalone_run(uint8_t *buf, size_t cap, const char *name, const char *sql);
 

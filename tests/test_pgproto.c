@@ -1580,8 +1580,8 @@ static char reply_for(char type, const uint8_t *body, size_t len)
 
 static void check_extended_run(const char *name, const char *sql)
 {
-    static const char types[] = { 'P', 'B', 'E', 'C', 'C' };
-    const size_t nmsgs = sizeof(types);
+    static const char types[] = PG_EXTENDED_RUN_MESSAGES;
+    const size_t nmsgs = sizeof(types) - 1;
     const size_t name_len = strlen(name) + 1, sql_len = strlen(sql) + 1;
     /* Each message: type and length, then its body. */
     const size_t need = 5 * PG_HEAD_LEN + (name_len + sql_len + 2) + (2 * name_len + 6) +
@@ -1663,6 +1663,7 @@ static void test_build_extended_run(void **state)
 {
     (void)state;
     build_failures = 0;
+    assert_string_equal(PG_EXTENDED_RUN_MESSAGES, "PBECC");
     assert_string_equal(PG_EXTENDED_RUN_REPLIES, "12C33");
     check_extended_run("idemproxy_guard", "SAVEPOINT idemproxy_guard");
     check_extended_run("idemproxy_guard", "RELEASE SAVEPOINT idemproxy_guard");
@@ -1710,6 +1711,7 @@ static void test_build_standalone_run(void **state)
 {
     (void)state;
     build_failures = 0;
+    assert_string_equal(PG_STANDALONE_RUN_MESSAGES, "CPBECCS");
     assert_string_equal(PG_STANDALONE_RUN_REPLIES, "312C33Z");
     check_standalone_run("idemproxy_catalog", "SELECT relname FROM pg_class");
     check_standalone_run("n", "");
