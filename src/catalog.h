@@ -59,9 +59,24 @@ struct catalog {
     size_t nparts;
 };
 
+/* Runs just before catalog_query, in the same implicit transaction, so
+ * that the answer is the same whichever session of the scope asks: names
+ * resolve in pg_catalog first and the session's temporary schema last (a
+ * search_path could put a schema with an "=" or an unnest() of its own
+ * ahead of pg_catalog, and a temporary type named text shadows the real
+ * one), and the answer is in UTF-8, as the configuration's names are (a
+ * LATIN1 session's would not match them). Both settings end with the
+ * transaction, before the client's next request; it returns no row. */
+#define CATALOG_SETTINGS_SQL                                                              \
+    "/* idemproxy: the settings its catalog query is read under */\n"                     \
+    "SELECT FROM (VALUES (pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true), " \
+    "pg_catalog.set_config('client_encoding', 'UTF8', true))) AS s(path, encoding) "      \
+    "WHERE path IS NULL"
+
 /* The query that learns everything about the tables of rules[0..n), as one
- * simple-protocol statement. Its rows have CATALOG_COLUMNS text columns.
- * Returns a malloc'ed string, or NULL when out of memory. */
+ * statement, to run after CATALOG_SETTINGS_SQL. Its rows have
+ * CATALOG_COLUMNS text columns. Returns a malloc'ed string, or NULL when
+ * out of memory. */
 #define CATALOG_COLUMNS 9
 char *catalog_query(const struct table_rule *const *rules, size_t n);
 

@@ -322,17 +322,30 @@ bool inject_rollback(struct conn *c, bool after_batch)
     return true;
 }
 
+static bool track_standalone_run(struct conn *c, size_t statements)
+{
+    if (!track_inject(&c->track, PG_STANDALONE_RUN_FIRST, INJECT_CATALOG))
+        return false;
+    for (size_t i = 0; i < statements; i++)
+        for (const char *m = PG_EXTENDED_RUN_MESSAGES; *m; m++)
+            if (!track_inject(&c->track, *m, INJECT_CATALOG))
+                return false;
+    return track_inject(&c->track, PG_STANDALONE_RUN_LAST, INJECT_CATALOG);
+}
+
 /* Asks the server about the registered tables; client input waits until
  * the answer is in. Only while the session is idle outside a transaction
  * block: anywhere else the query would join the client's work, or see a
- * snapshot older than the tables. It goes in the extended protocol, as a
- * statement of its own, since a Query would drop the client's unnamed
- * statement, which may still be bound after a Sync. */
+ * snapshot older than the tables. It goes in the extended protocol, as
+ * statements of the proxy's own (the settings it is read under, then the
+ * query), since a Query would drop the client's unnamed statement, which
+ * may still be bound after a Sync. */
 void learn_catalog(struct conn *c)
 {
-    const char *sql = scope_catalog_query(c->scope);
+    const char *sql[] = { CATALOG_SETTINGS_SQL, scope_catalog_query(c->scope) };
+    const size_t n = sizeof(sql) / sizeof(sql[0]);
     struct catalog *cat = malloc(sizeof(*cat));
-    size_t need = sql ? pg_build_standalone_run(NULL, 0, CATALOG_NAME, sql) : 0;
+    size_t need = sql[1] ? pg_build_standalone_run(NULL, 0, CATALOG_NAME, sql, n) : 0;
     uint8_t *run = need ? malloc(need) : NULL;
 
     if (!cat || !run) {
@@ -345,14 +358,12 @@ void learn_catalog(struct conn *c)
     c->catalog = cat;
     c->catalog_ok = true;
     scope_asking(c->scope);
-    for (const char *m = PG_STANDALONE_RUN_MESSAGES; *m; m++) {
-        if (!track_inject(&c->track, *m, INJECT_CATALOG)) {
-            free(run);
-            fail_oom(c);
-            return;
-        }
+    if (!track_standalone_run(c, n)) {
+        free(run);
+        fail_oom(c);
+        return;
     }
-    pg_build_standalone_run(run, need, CATALOG_NAME, sql);
+    pg_build_standalone_run(run, need, CATALOG_NAME, sql, n);
     send_to(c->server, run, need);
     free(run);
     conn_log(LOG_DEBUG, c, "asking the server about the registered tables");

@@ -360,20 +360,28 @@ size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const c
     return all_or_nothing(buf, cap, build_extended_run(NULL, 0, &run), build_extended_run, &run);
 }
 
+struct standalone_run {
+    const char *name;
+    const char *const *sql;
+    size_t n;
+};
+
 /* A Close of the statement an earlier run left when it failed before its
- * own Close (the server skipped it), the run, a Sync. */
+ * own Close (the server skipped it), a run per statement, a Sync. */
 static size_t build_standalone_run(uint8_t *buf, size_t cap, const void *arg)
 {
-    const struct extended_run *run = arg;
+    const struct standalone_run *run = arg;
     size_t at = pg_put_msg(buf, cap, 0, 'C', (const void *const[]){ "S", run->name },
                            (const size_t[]){ 1, strlen(run->name) + 1 }, 2);
-    at = put_extended_run(buf, cap, at, run);
+    for (size_t i = 0; i < run->n; i++)
+        at = put_extended_run(buf, cap, at, &(struct extended_run){ run->name, run->sql[i] });
     return pg_put_msg(buf, cap, at, 'S', NULL, NULL, 0);
 }
 
-size_t pg_build_standalone_run(uint8_t *buf, size_t cap, const char *name, const char *sql)
+size_t pg_build_standalone_run(uint8_t *buf, size_t cap, const char *name,
+                               const char *const sql[], size_t n)
 {
-    struct extended_run run = { name, sql };
+    struct standalone_run run = { name, sql, n };
     return all_or_nothing(buf, cap, build_standalone_run(NULL, 0, &run), build_standalone_run,
                           &run);
 }

@@ -144,14 +144,20 @@ size_t pg_build_command_complete(uint8_t *buf, size_t cap, const char *tag);
 #define PG_EXTENDED_RUN_REPLIES "12C33"
 size_t pg_build_extended_run(uint8_t *buf, size_t cap, const char *name, const char *sql);
 
-/* Runs sql as a request of its own between the client's, leaving the
- * client's unnamed statement alone, as a Query would not: Close of name's
- * statement (a run that failed midway leaves it), the extended run, Sync.
- * Its replies are CloseComplete, those of the run (with DataRows before
- * the CommandComplete) and ReadyForQuery. */
-#define PG_STANDALONE_RUN_MESSAGES "C" PG_EXTENDED_RUN_MESSAGES "S"
-#define PG_STANDALONE_RUN_REPLIES "312C33Z"
-size_t pg_build_standalone_run(uint8_t *buf, size_t cap, const char *name, const char *sql);
+/* Runs the statements sql[0..n) as a request of their own between the
+ * client's, leaving the client's unnamed statement alone, as a Query would
+ * not: a Close of name's statement (a run that failed midway leaves it),
+ * the extended run of each statement in turn on name, a Sync; one implicit
+ * transaction, so that what one statement sets LOCAL holds for the next
+ * and ends with the run. Its messages are PG_STANDALONE_RUN_FIRST, the
+ * PG_EXTENDED_RUN_MESSAGES of each statement, PG_STANDALONE_RUN_LAST; its
+ * replies CloseComplete, the PG_EXTENDED_RUN_REPLIES of each statement
+ * (with its DataRows before its CommandComplete) and ReadyForQuery. After
+ * an error the server skips the rest up to the Sync. */
+#define PG_STANDALONE_RUN_FIRST 'C'
+#define PG_STANDALONE_RUN_LAST 'S'
+size_t pg_build_standalone_run(uint8_t *buf, size_t cap, const char *name,
+                               const char *const sql[], size_t n);
 
 /* Authentication request codes (the first int32 of an 'R' body). */
 #define PG_AUTH_OK 0

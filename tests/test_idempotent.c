@@ -892,6 +892,60 @@ static void count_notice(void *arg, const char *message)
     printf("unexpected notice: %s", message);
 }
 
+/* The catalog's answer holds for every session of a database and login
+ * role, so it must not depend on the settings of the session that happens
+ * to ask: its search_path (here with an "=" on oids that is never true
+ * ahead of pg_catalog, which made the catalog look empty) or its
+ * client_encoding (a LATIN1 session got the table's name in LATIN1, which
+ * matched no rule). The asker keeps its own settings afterwards. */
+static void test_idem_catalog_session_settings(void **state)
+{
+    (void)state;
+    itest_server_exec("DROP SCHEMA IF EXISTS idem_evil CASCADE; CREATE SCHEMA idem_evil; "
+                      "CREATE FUNCTION idem_evil.never(oid, oid) RETURNS bool "
+                      "LANGUAGE sql IMMUTABLE AS 'SELECT false'; "
+                      "CREATE OPERATOR idem_evil.= (LEFTARG = oid, RIGHTARG = oid, "
+                      "FUNCTION = idem_evil.never)");
+    itest_server_exec("DROP TABLE IF EXISTS \"idem_caf\u00e9\"; "
+                      "CREATE TABLE \"idem_caf\u00e9\" (id bigserial PRIMARY KEY, "
+                      "idempotency_key text NOT NULL UNIQUE, payload text)");
+    long long id1 = itest_server_ll("INSERT INTO \"idem_caf\u00e9\" (idempotency_key, payload) "
+                                    "VALUES ('k1', 'p1') RETURNING id");
+    static const char *const askers[] = {
+        "options='-csearch_path=idem_evil,pg_catalog,public'",
+        "client_encoding=LATIN1",
+    };
+
+    for (size_t i = 0; i < sizeof askers / sizeof askers[0]; i++) {
+        struct itest_proxy *p = itest_proxy_start_table(NULL, "\"idem_caf\u00e9\"",
+                                                        "idempotency_key", "");
+        PGconn *asker = itest_connect_ok(p->port, askers[i]);
+        char path[128], encoding[32];
+        itest_query_text(asker, "SHOW search_path", path, sizeof path);
+        itest_query_text(asker, "SHOW client_encoding", encoding, sizeof encoding);
+        /* The first request is held until the answer is in: it is. */
+        assert_int_equal(itest_query_ll(asker, "SELECT 1"), 1);
+
+        PGconn *c = itest_connect_ok(p->port, NULL);
+        PGresult *r = itest_exec(c, "INSERT INTO \"idem_caf\u00e9\" (idempotency_key, payload) "
+                                    "VALUES ('k1', 'again') RETURNING id");
+        itest_assert_tag(r, "INSERT 0 1", askers[i]);
+        assert_int_equal(PQntuples(r), 1);
+        assert_int_equal(strtoll(PQgetvalue(r, 0, 0), NULL, 10), id1);
+        PQclear(r);
+        assert_false(itest_proxy_log_contains(p, " warning: "));
+
+        char now[128];
+        assert_string_equal(itest_query_text(asker, "SHOW search_path", now, sizeof now), path);
+        assert_string_equal(itest_query_text(asker, "SHOW client_encoding", now, sizeof now),
+                            encoding);
+        assert_string_equal(PQparameterStatus(asker, "client_encoding"), encoding);
+        itest_finish(c);
+        itest_finish(asker);
+    }
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM \"idem_caf\u00e9\""), 1);
+}
+
 static void test_idem_catalog_query_hidden(void **state)
 {
     (void)state;
@@ -1208,6 +1262,7 @@ int main(int argc, char **argv)
         ITEST(test_idem_multi_statement),
         ITEST(test_idem_quoted_table),
         ITEST(test_idem_catalog_query_hidden),
+        ITEST(test_idem_catalog_session_settings),
         ITEST(test_idem_index_dropped),
         ITEST(test_idem_catalog_interval),
         ITEST(test_idem_login_role_privileges),
