@@ -81,6 +81,11 @@ static bool push_req(struct track *t, enum track_kind kind, bool injected, uint8
         release(t, &lost);
         return false;
     }
+    if (kind == TRACK_COPY_END && t->count == 0 && !t->copy_in) {
+        struct track_req ignored = { .note = note };
+        release(t, &ignored);
+        return true;
+    }
     struct track_req *r = at(t, t->count);
     r->kind = kind;
     r->injected = injected;
@@ -90,11 +95,21 @@ static bool push_req(struct track *t, enum track_kind kind, bool injected, uint8
     return true;
 }
 
+/* A CopyDone or CopyFail at the head belongs to no COPY in progress (its
+ * COPY failed before reading data, or was skipped): the server ignores it,
+ * without a reply. */
+static bool stale_at_head(const struct track *t)
+{
+    return !t->copy_in && t->count && at(t, 0)->kind == TRACK_COPY_END;
+}
+
 static void pop(struct track *t)
 {
-    release(t, at(t, 0));
-    t->head = (t->head + 1) & (t->cap - 1);
-    t->count--;
+    do {
+        release(t, at(t, 0));
+        t->head = (t->head + 1) & (t->cap - 1);
+        t->count--;
+    } while (stale_at_head(t));
 }
 
 static bool pop_if(struct track *t, enum track_kind kind)
@@ -134,11 +149,12 @@ static void drop_after_head(struct track *t, size_t n)
     t->count -= n;
 }
 
-/* COPY FROM STDIN is over. The server ignored every Sync the client sent
- * while it was reading data, so those get no ReadyForQuery: forget them, and
- * the CopyDone/CopyFail that closed the stream if it came. (One that comes
- * after the server failed the COPY is ignored by the server, and not queued
- * here, since copy_in is off by then.) */
+/* COPY FROM STDIN is over. What the client sent after the COPY command up
+ * to its CopyDone or CopyFail went to the copy, which ignores Sync and
+ * Flush: forget those requests, and the CopyDone/CopyFail too. When none
+ * came yet (the server failed the copy midway), all that came went to the
+ * copy; the CopyDone still to come is ignored by the server unanswered
+ * (stale_at_head). */
 static void end_copy_in(struct track *t)
 {
     size_t n = 0;
@@ -160,19 +176,15 @@ static bool request_kind(struct track *t, char type, enum track_kind *kind)
             return false;
         t->skip_to_sync = false;
     }
-    if (t->copy_in) {
-        switch (type) {
-        case 'H':
-            return false;
-        case 'c':
-        case 'f':
-            *kind = TRACK_COPY_END;
-            return true;
-        default:
-            break;
-        }
-    }
+    if (t->copy_in && type == 'H')
+        return false;
     switch (type) {
+    case 'c':
+    case 'f':
+        /* Whether or not the server is known to be reading COPY data yet:
+         * a client may send it right behind the COPY command. */
+        *kind = TRACK_COPY_END;
+        return true;
     case 'Q': *kind = TRACK_QUERY; return true;
     case 'F': *kind = TRACK_FUNCALL; return true;
     case 'S':
@@ -253,11 +265,12 @@ void track_server_msg(struct track *t, char type, char status)
     case 'E':
         if (t->copy_in)
             end_copy_in(t);
-        if (t->count == 0 || !is_extended(at(t, 0)->kind))
+        if (!track_error_skips(t))
             break;
         /* An extended message failed: the server skips every message up to
-         * Sync, those already queued and those still to come. */
-        while (t->count && is_extended(at(t, 0)->kind))
+         * Sync, those already queued (a Query among them too) and those
+         * still to come. */
+        while (t->count && at(t, 0)->kind != TRACK_SYNC)
             pop(t);
         if (t->count == 0)
             t->skip_to_sync = true;
@@ -268,6 +281,11 @@ void track_server_msg(struct track *t, char type, char status)
     default:
         break;
     }
+}
+
+bool track_error_skips(const struct track *t)
+{
+    return t->count > 0 && is_extended(at(t, 0)->kind);
 }
 
 bool track_idle(const struct track *t)

@@ -80,6 +80,11 @@ bool track_inject(struct track *t, char type, uint8_t tag);
  * its transaction status byte (ignored otherwise). */
 void track_server_msg(struct track *t, char type, char status);
 
+/* True when an ErrorResponse now would make the server skip every message
+ * up to the next Sync: it answers an extended message (Parse, Bind,
+ * Describe, Execute, Close). Ask before track_server_msg takes the error. */
+bool track_error_skips(const struct track *t);
+
 /* True when nothing is outstanding and no transaction or batch is open: the
  * client may be disconnected without losing anything. */
 bool track_idle(const struct track *t);

@@ -442,6 +442,29 @@ static void test_error_then_more_client_messages(void **state)
     expect_clean(t);
 }
 
+/* The server skips a Query, a FunctionCall and COPY messages too after an
+ * extended error, up to the Sync: the client pipelined them before it
+ * could know of the error. */
+static void test_error_skips_query_in_batch(void **state)
+{
+    struct track *t = *state;
+    client(t, "PBEQFQdcBS");
+    server(t, "12");
+    assert_true(track_error_skips(t));
+    server(t, "E");
+    expect_state(t, 1, false);
+    expect_head(t, TRACK_SYNC);
+    server(t, "ZI");
+    expect_clean(t);
+    /* A Query's own error skips nothing. */
+    client(t, "QPBES");
+    assert_false(track_error_skips(t));
+    server(t, "EZI");
+    expect_head(t, TRACK_PARSE);
+    server(t, "12CZI");
+    expect_clean(t);
+}
+
 /* 1000 pipelined batches; three of them fail at Parse, Bind and Execute. */
 static void test_pipeline_1000_with_errors(void **state)
 {
@@ -625,6 +648,46 @@ static void test_copy_in_extended_late_sync(void **state)
     client(t, "SddcS");
     server(t, "C");
     expect_state(t, 1, false);
+    expect_head(t, TRACK_SYNC);
+    server(t, "ZI");
+    expect_clean(t);
+}
+
+/* A client that sends the data right behind the COPY command, without
+ * waiting for CopyInResponse, and goes on. */
+static void test_copy_in_pipelined(void **state)
+{
+    struct track *t = *state;
+    client(t, "QddcPBES");
+    server(t, "G");
+    server(t, "C");
+    expect_state(t, 5, false);
+    expect_head(t, TRACK_QUERY);
+    server(t, "ZI12CZI");
+    expect_clean(t);
+    /* The same in the extended protocol, with libpq's Sync after Execute. */
+    client(t, "PBESdcSQ");
+    server(t, "12GC");
+    expect_head(t, TRACK_SYNC);
+    server(t, "ZIZI");
+    expect_clean(t);
+}
+
+/* A COPY command that fails before reading data (in a failed block, or
+ * a missing table): the server ignores the data that follows, CopyDone
+ * included, without a reply. */
+static void test_copy_in_refused(void **state)
+{
+    struct track *t = *state;
+    client(t, "QdcQ");
+    server(t, "EZE");
+    expect_state(t, 1, false);
+    expect_head(t, TRACK_QUERY);
+    server(t, "CZI");
+    expect_clean(t);
+    /* Skipped with its batch, after an extended error. */
+    client(t, "PBEQdcS");
+    server(t, "1E");
     expect_head(t, TRACK_SYNC);
     server(t, "ZI");
     expect_clean(t);
@@ -1134,6 +1197,7 @@ int main(void)
         TRACK_TEST(test_error_stops_at_sync),
         TRACK_TEST(test_error_at_sync),
         TRACK_TEST(test_error_then_more_client_messages),
+        TRACK_TEST(test_error_skips_query_in_batch),
         TRACK_TEST(test_pipeline_1000_with_errors),
         TRACK_TEST(test_ready_with_empty_queue),
         TRACK_TEST(test_ready_skips_answers),
@@ -1143,6 +1207,8 @@ int main(void)
         TRACK_TEST(test_copy_in_ignores_sync_and_flush),
         TRACK_TEST(test_copy_in_extended_libpq),
         TRACK_TEST(test_copy_in_extended_late_sync),
+        TRACK_TEST(test_copy_in_pipelined),
+        TRACK_TEST(test_copy_in_refused),
         TRACK_TEST(test_copy_in_error_simple),
         TRACK_TEST(test_copy_in_error_simple_race),
         TRACK_TEST(test_copy_in_error_extended),
