@@ -421,14 +421,22 @@ static bool names_statements(char type)
     return type == 'Q' || type == 'P' || type == 'B' || type == 'D' || type == 'C';
 }
 
+/* Statements the client prepared that the proxy knows of (the unnamed one
+ * standing for a cached one, Parses kept to prepare again, the proxy's own
+ * cached ones): what SQL could drop or redefine them is read, rules or
+ * not. */
+static bool knows_statements(const struct conn *c)
+{
+    return c->stmts.unnamed || c->unnamed_parse_len || !session_empty(&c->session) ||
+           stmtcache_holds_any(&c->stmts);
+}
+
 static enum handling client_handling(const struct conn *c, char type)
 {
     if (type == 'X' && c->reusable)
         return HANDLE_TAKE;
-    /* While the unnamed statement stands for a cached one, every message
-     * naming it is read, rules or not. */
     if (!rewriting(c))
-        return c->stmts.unnamed && names_statements(type) ? HANDLE_TAKE : HANDLE_STREAM;
+        return names_statements(type) && knows_statements(c) ? HANDLE_TAKE : HANDLE_STREAM;
     switch (type) {
     case 'Q': /* Query */
     case 'P': /* Parse */
@@ -495,11 +503,11 @@ static void note_oversized(struct conn *c, enum flow d, char type, size_t total,
         if (type == 'P' || type == 'Q')
             stmtcache_forget_all(&c->stmts);
     }
-    if (d == FLOW_TO_SERVER && c->stmts.unnamed) {
-        if (type == 'B' || type == 'D' || type == 'C')
+    if (d == FLOW_TO_SERVER) {
+        if (c->stmts.unnamed && (type == 'B' || type == 'D' || type == 'C'))
             restore_unnamed(c, k);
         else if (type == 'Q' || type == 'P')
-            c->stmts.unnamed = NULL;
+            unnamed_redefined(c);
     }
     if (d == FLOW_TO_CLIENT && answers_injected(c, type))
         c->catalog_ok = false;
@@ -732,7 +740,8 @@ static void follow_reload(struct conn *c)
     c->scope = NULL;
     if (!c->replication)
         c->scope = ruleset_scope(c->rules, c->database, c->user ? c->user : "");
-    /* Without rules no text is read: a DEALLOCATE would go unseen. */
+    /* Without rules no text is read unless the session knows statements
+     * (knows_statements): its cached ones may go unseen. */
     if (!c->scope)
         stmtcache_forget_all(&c->stmts);
     if (c->scope && scope_state(c->scope) == SCOPE_UNKNOWN)

@@ -22,8 +22,7 @@ void free_note(void *arg)
     struct note *n = arg;
 
     /* Gone from the queue without ParseComplete (refused, or skipped after
-     * an error): nothing was created. The unnamed statement may still
-     * stand for it, so that a Bind of it fails as it would have. */
+     * an error): nothing was created. */
     if (n->creates)
         stmtcache_created(n->creates, n->number, false);
     decision_unref(n->decision);
@@ -119,6 +118,16 @@ struct statement {
     bool replaced;        /* the text was rewritten */
 };
 
+/* SQL that may drop or redefine prepared statements (DEALLOCATE, DISCARD,
+ * PREPARE) leaves nothing the proxy knew of them true. */
+static void forget_if_redefined(struct conn *c, const char *text, size_t len)
+{
+    if (rewrite_redefines_statements(text, len)) {
+        session_clear(&c->session);
+        stmtcache_forget_all(&c->stmts);
+    }
+}
+
 static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
                            struct statement *st)
 {
@@ -134,11 +143,8 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
         }
     }
     st->replaced = st->d && st->d->result.text;
-    if (st->text_len &&
-        rewrite_redefines_statements((const char *)st->body + st->at, st->text_len)) {
-        session_clear(&c->session);
-        stmtcache_forget_all(&c->stmts);
-    }
+    if (st->text_len)
+        forget_if_redefined(c, (const char *)st->body + st->at, st->text_len);
 }
 
 /* Writes the message with the rewritten text in place of the original's
@@ -174,10 +180,14 @@ static void write_parse(struct sink *k, const char *name, const struct stmt_entr
     evbuffer_add(k->out, types, types_len);
 }
 
+/* A Close of the unnamed statement. */
+static const uint8_t close_unnamed[] = { 'C', 0, 0, 0, 6, 'S', 0 };
+
 /* Writes the client's message with the cached statement's name in place
- * of the unnamed statement's "" at body offset at. */
+ * of the unnamed statement's "" at body offset at; the request's note
+ * remembers the name, which the server's errors about it will use. */
 static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, size_t total,
-                          size_t at)
+                          size_t at, struct note *note)
 {
     const char *name = stmtcache_name(c->stmts.unnamed);
     uint8_t head[PG_HEAD_LEN] = { msg[0] };
@@ -188,43 +198,62 @@ static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, si
     evbuffer_add(k->out, msg + PG_HEAD_LEN, at);
     evbuffer_add(k->out, name, name_len);
     evbuffer_add(k->out, msg + PG_HEAD_LEN + at, total - PG_HEAD_LEN - at);
+    snprintf(note->renamed, sizeof(note->renamed), "%s", name);
 }
 
 /* The client parses a rewritten INSERT as its unnamed statement. Once the
  * server holds the cached copy, the Parse that goes is of the empty text:
- * its ParseComplete, or its silence after an error earlier in the batch,
- * is what the client's own would have been, and the client's Binds name
- * the copy. False when the Parse must go as it is. */
+ * its ParseComplete is what the client's own would have been, and the
+ * client's Binds name the copy. Only with nothing outstanding, so that the
+ * empty Parse is neither skipped nor refused, and whatever the client sends
+ * next, past a Sync too, finds its unnamed statement where the proxy says.
+ * False when the Parse must go as it is. */
 static bool parse_cached(struct conn *c, struct sink *k, const struct statement *st,
                          struct note *note)
 {
     static const uint8_t empty_parse[] = { 'P', 0, 0, 0, 8, 0, 0, 0, 0 };
     const struct rewrite_result *r = &st->d->result;
     size_t types_at = st->at + st->text_len + 1;
+
+    if (track_pending(&c->track) != 0)
+        return false;
     struct stmt_entry *e = stmtcache_get(&c->stmts, r->text, r->text_len,
                                          st->body + types_at, st->len - types_at);
-
-    if (!e)
+    if (!e || stmtcache_state(e) != STMT_READY)
         return false;
-    switch (stmtcache_state(e)) {
-    case STMT_READY:
-        sink_write(k, empty_parse, sizeof(empty_parse));
-        break;
-    case STMT_ABSENT:
-        note->number = stmtcache_create(&c->stmts, e);
-        note->creates = e;
-        write_parse(k, stmtcache_name(e), e);
-        break;
-    case STMT_PENDING:
-        return false; /* until its ParseComplete, it may never come to be */
-    }
+    sink_write(k, empty_parse, sizeof(empty_parse));
     note->maps = e;
     c->stmts.unnamed = e;
     return true;
 }
 
-/* The client's Parse of the unnamed statement now stands for a cached one:
- * it is kept (see reprepare), or, without memory, not. */
+/* Behind a client's Parse of a rewritten INSERT that went as it is, the
+ * proxy prepares the same text as a cached statement of its own, for the
+ * next Parse of it (parse_cached). Behind, not ahead: a text that fails
+ * fails the client's Parse, with all its effects (the unnamed statement
+ * is gone), and the server skips the proxy's. False when out of memory. */
+static bool create_cached(struct conn *c, struct sink *k, const struct statement *st)
+{
+    const struct rewrite_result *r = &st->d->result;
+    size_t types_at = st->at + st->text_len + 1;
+    struct stmt_entry *e = stmtcache_get(&c->stmts, r->text, r->text_len,
+                                         st->body + types_at, st->len - types_at);
+
+    if (!e || stmtcache_state(e) != STMT_ABSENT)
+        return true;
+    struct note *creating = note_new(NULL, NULL);
+    if (!creating)
+        return false;
+    creating->silent = true;
+    creating->creates = e;
+    creating->number = stmtcache_create(&c->stmts, e);
+    write_parse(k, stmtcache_name(e), e);
+    return track_client_msg(&c->track, 'P', creating);
+}
+
+/* The client's Parse of an INSERT into a registered table as its unnamed
+ * statement: kept, with the rules' version that decided its text, to be
+ * prepared again when that changes (see reprepare); without memory, not. */
 static void keep_unnamed_parse(struct conn *c, const struct statement *st)
 {
     if (st->len > c->unnamed_parse_cap) {
@@ -242,11 +271,14 @@ static void keep_unnamed_parse(struct conn *c, const struct statement *st)
 }
 
 /* A Query, a Parse or a Close of the unnamed statement: it is the server's
- * own again (unless the server skips the message). */
-static void unnamed_redefined(struct conn *c)
+ * own again, and no longer the kept Parse's (unless the server skips the
+ * message). */
+void unnamed_redefined(struct conn *c)
 {
-    if (!c->track.skip_to_sync)
+    if (!c->track.skip_to_sync) {
         c->stmts.unnamed = NULL;
+        c->unnamed_parse_len = 0;
+    }
 }
 
 /* The server is to read a message the proxy cannot rename (too large to
@@ -424,7 +456,6 @@ enum prepared {
 static enum prepared prepare_query(struct conn *c, struct sink *k, const struct statement *st,
                                    struct note *note)
 {
-    static const uint8_t close_unnamed[] = { 'C', 0, 0, 0, 6, 'S', 0 };
     static const uint8_t execute_sync[] = { 'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, 'S', 0, 0, 0, 4 };
     const struct rewrite_result *r = &st->d->result;
     struct shape *sh = &c->worker->query_shape;
@@ -571,13 +602,18 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
     bool unnamed = name && name[0] == '\0';
     if (unnamed)
         unnamed_redefined(c);
-    bool cached = st.replaced && unnamed && rule && parse_cached(c, k, &st, note);
-    if (cached)
-        keep_unnamed_parse(c, &st);
-    else if (st.replaced)
+    bool cacheable = st.replaced && unnamed && rule;
+    bool cached = cacheable && parse_cached(c, k, &st, note);
+    if (!cached && st.replaced)
         write_rewritten(k, 'P', &st);
+    if (unnamed && rule)
+        keep_unnamed_parse(c, &st);
     if (!track_client(c, 'P', note))
         return TAKEN_CLOSED;
+    if (cacheable && !cached && !create_cached(c, k, &st)) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
     return st.replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
 }
 
@@ -594,13 +630,16 @@ static const char *read_name(const uint8_t *body, size_t len, size_t *at)
 }
 
 /* Closes statement name and prepares it again from the client's Parse
- * body, its text decided by the rules in force now. False when out of
- * memory. */
+ * body, its text decided by the rules in force now. A Describe goes first:
+ * a statement that SQL the proxy could not read dropped (in a function,
+ * say) is not brought back, since the Describe fails as the client's Bind
+ * would have, and the server skips the rest. False when out of memory. */
 static bool prepare_again(struct conn *c, struct sink *k, const char *name, const uint8_t *body,
                           size_t len)
 {
     size_t name_len = strlen(name) + 1, total = PG_HEAD_LEN + len;
     uint8_t *parse = malloc(total);
+    uint8_t describe_head[PG_HEAD_LEN + 1] = { 'D', 0, 0, 0, 0, 'S' };
     uint8_t close_head[PG_HEAD_LEN + 1] = { 'C', 0, 0, 0, 0, 'S' };
     struct statement st;
 
@@ -610,10 +649,14 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
     pg_put_u32(parse + 1, (uint32_t)(4 + len));
     memcpy(parse + PG_HEAD_LEN, body, len);
     decide_message(c, parse, total, &st);
+    pg_put_u32(describe_head + 1, (uint32_t)(4 + 1 + name_len));
     pg_put_u32(close_head + 1, (uint32_t)(4 + 1 + name_len));
-    bool ok = track_inject(&c->track, 'C', INJECT_REPREPARE) &&
+    bool ok = track_inject(&c->track, 'D', INJECT_REPREPARE) &&
+              track_inject(&c->track, 'C', INJECT_REPREPARE) &&
               track_inject(&c->track, 'P', INJECT_REPREPARE);
     if (ok) {
+        sink_write(k, describe_head, sizeof(describe_head));
+        evbuffer_add(k->out, name, name_len);
         sink_write(k, close_head, sizeof(close_head));
         evbuffer_add(k->out, name, name_len);
         if (st.replaced)
@@ -632,9 +675,8 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
  * (the catalog check withdrew or granted the rewrite, or a reload) holds a
  * text those rules would not send: ahead of its Bind the proxy closes it
  * and prepares the client's text again, rewritten or not as the rules say
- * now. A named statement's Parse is kept by the session; the unnamed
- * statement is concerned only while it stands for a cached one (a client
- * that parses it before every Bind gets the rules' text anyway). Only
+ * now. A named statement's Parse is kept by the session, the unnamed
+ * one's by the connection (keep_unnamed_parse). Only
  * when nothing is outstanding and no failed block is open, so that nothing
  * before it can make the server skip the Parse after the Close; otherwise
  * a later Bind does it. False when out of memory. */
@@ -650,11 +692,12 @@ static bool reprepare(struct conn *c, struct sink *k, const char *statement)
         body = session_outdated(&c->session, statement, version, &len);
         return !body || prepare_again(c, k, statement, body, len);
     }
-    if (!c->stmts.unnamed || !c->unnamed_parse_len || c->unnamed_version == version)
+    if (!c->unnamed_parse_len || c->unnamed_version == version)
         return true;
     if (!prepare_again(c, k, "", c->unnamed_parse, c->unnamed_parse_len))
         return false;
     c->stmts.unnamed = NULL;
+    c->unnamed_version = version;
     return true;
 }
 
@@ -684,7 +727,7 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
     }
     bool renamed = statement[0] == '\0' && c->stmts.unnamed;
     if (renamed)
-        write_renamed(c, k, msg, total, statement_at);
+        write_renamed(c, k, msg, total, statement_at, note);
     if (!track_client(c, 'B', note))
         return TAKEN_CLOSED;
     return renamed ? TAKEN_REPLACED : TAKEN_FORWARD;
@@ -696,11 +739,18 @@ static enum taken take_describe(struct conn *c, const uint8_t *msg, size_t total
 {
     bool renamed = total >= PG_HEAD_LEN + 2 && msg[PG_HEAD_LEN] == 'S' &&
                    msg[PG_HEAD_LEN + 1] == '\0' && c->stmts.unnamed;
+    struct note *note = NULL;
 
     batch_message(c);
-    if (renamed)
-        write_renamed(c, k, msg, total, 1);
-    if (!track_client(c, 'D', NULL))
+    if (renamed) {
+        note = note_new(NULL, NULL);
+        if (!note) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
+        write_renamed(c, k, msg, total, 1, note);
+    }
+    if (!track_client(c, 'D', note))
         return TAKEN_CLOSED;
     return renamed ? TAKEN_REPLACED : TAKEN_FORWARD;
 }
@@ -801,21 +851,36 @@ static enum taken take_terminate(struct conn *c, struct sink *k)
     return track_client(c, 'X', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
-/* The session's rules went (a reload) while its unnamed statement stood
- * for a cached one: its names are followed until the client redefines it. */
-static enum taken take_named(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+/* Nothing is rewritten (no rules apply, or the catalog is in doubt) while
+ * the proxy still knows statements the client prepared: their names are
+ * followed, and a text that may drop or redefine them is read, so that
+ * nothing stale is prepared again or translated later. */
+static enum taken take_unrewritten(struct conn *c, const uint8_t *msg, size_t total,
+                                   struct sink *k)
 {
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 0;
     char type = (char)msg[0];
 
     switch (type) {
     case 'B': return take_bind(c, msg, total, k);
     case 'D': return take_describe(c, msg, total, k);
     case 'C': return take_close(c, msg, total);
-    default:
-        if (type == 'Q' || (total > PG_HEAD_LEN && msg[PG_HEAD_LEN] == '\0'))
+    case 'Q':
+    case 'P': {
+        const char *name = type == 'P' ? read_name(body, len, &at) : "";
+        const uint8_t *text = name ? body + at : NULL;
+        const uint8_t *end = text ? memchr(text, '\0', len - at) : NULL;
+        if (end)
+            forget_if_redefined(c, (const char *)text, (size_t)(end - text));
+        if (name && name[0] == '\0')
             unnamed_redefined(c);
-        return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+        break;
     }
+    default:
+        break;
+    }
+    return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
 enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
@@ -826,7 +891,7 @@ enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
     if (type == 'X')
         return take_terminate(c, k);
     if (!rewriting(c))
-        return take_named(c, msg, total, k);
+        return take_unrewritten(c, msg, total, k);
     switch (type) {
     case 'Q': return take_query(c, msg, total, k);
     case 'P': return take_parse(c, msg, total, k);

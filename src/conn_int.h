@@ -137,8 +137,9 @@ struct conn {
     /* Translating unique violations. */
     struct session session;     /* the client's statements and portals */
     struct stmtcache stmts;     /* the proxy's prepared rewritten INSERTs */
-    uint8_t *unnamed_parse;     /* the client's Parse body that stmts.unnamed stands
-                                   for, kept to prepare it again when the rules
+    uint8_t *unnamed_parse;     /* the client's Parse of its unnamed statement when
+                                   that is an INSERT into a registered table,
+                                   kept to prepare it again when the rules
                                    change (see reprepare); its buffer is reused */
     size_t unnamed_parse_len, unnamed_parse_cap;
     uint64_t unnamed_version;   /* the rules' version that decided its text */
@@ -244,9 +245,13 @@ struct note {
                                     this cached one */
     struct stmt_entry *creates;  /* ... and created it on the server, */
     uint64_t number;             /* under this number */
-    bool silent;                 /* the proxy's Parse for a Query: its
-                                    ParseComplete is the proxy's, and
-                                    its text has parameters (params.h) */
+    bool silent;                 /* a Parse of the proxy's own (creates):
+                                    its ParseComplete is the proxy's; for
+                                    a Query's, its text has parameters
+                                    (params.h) */
+    char renamed[STMTCACHE_NAME_MAX]; /* a Bind or Describe of the unnamed
+                                    statement sent under this cached
+                                    one's name; "" when not */
     char defined[];              /* where defines points */
 };
 
@@ -319,6 +324,9 @@ bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject t
 bool inject_rollback(struct conn *c, bool after_batch);
 /* Asks the server about the registered tables; client input waits. */
 void learn_catalog(struct conn *c);
+/* A Query, a Parse or a Close of the unnamed statement went to the server:
+ * it is no longer what the proxy kept of it. */
+void unnamed_redefined(struct conn *c);
 /* The server is to read a message naming the unnamed statement that the
  * proxy cannot rename: the statement gets the cached text first. */
 void restore_unnamed(struct conn *c, struct sink *k);
@@ -413,6 +421,18 @@ static inline bool track_client(struct conn *c, char type, struct note *note)
     return false;
 }
 
+/* Records a server reply in the request queue. A ReadyForQuery that finds
+ * the queue wrong means the proxy misread the client's requests: said. */
+static inline void track_reply(struct conn *c, char type, char status)
+{
+    uint64_t before = c->track.desyncs;
+
+    track_server_msg(&c->track, type, status);
+    if (c->track.desyncs != before)
+        conn_log(LOG_WARNING, c, "the request queue was out of step with the server's "
+                 "replies at a ReadyForQuery: resynchronised");
+}
+
 /* Records a message the proxy does not take. */
 static inline bool track_plain(struct conn *c, enum flow d, char type, char status)
 {
@@ -420,7 +440,7 @@ static inline bool track_plain(struct conn *c, enum flow d, char type, char stat
         return true;
     if (d == FLOW_TO_SERVER)
         return track_client(c, type, NULL);
-    track_server_msg(&c->track, type, status);
+    track_reply(c, type, status);
     return true;
 }
 

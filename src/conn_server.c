@@ -112,14 +112,19 @@ static void forget_refused(struct conn *c)
 {
     const struct track_req *r;
 
+    if (!track_error_skips(&c->track))
+        return;
     for (size_t i = 0; (r = track_at(&c->track, i)) && r->kind != TRACK_SYNC; i++) {
         const struct note *n = note_of(r);
-        if (r->kind == TRACK_QUERY || r->kind == TRACK_FUNCALL || r->kind == TRACK_COPY_END)
-            break;
         if (n && n->defines)
             session_close(&c->session, r->kind == TRACK_PARSE ? 'S' : 'P', n->defines);
-        /* Skipped, so the unnamed statement is what it was before. */
-        if (i > 0 && n && n->maps && c->stmts.unnamed == n->maps)
+        /* Nor is the kept Parse of the unnamed statement what it holds. */
+        if (r->kind == TRACK_PARSE && n && n->defines && n->defines[0] == '\0')
+            c->unnamed_parse_len = 0;
+        /* The empty Parse that made the unnamed statement stand for a
+         * cached one failed (a cancel): the server holds no unnamed
+         * statement, as it would not have for the client's. */
+        if (n && n->maps && c->stmts.unnamed == n->maps)
             c->stmts.unnamed = NULL;
     }
 }
@@ -154,6 +159,51 @@ static void note_server_state(struct conn *c, const struct pg_error *err)
             return;
         }
     }
+}
+
+/* Writes the ErrorResponse whose fields are body's with field's value
+ * replaced. False when that cannot be done (out of memory): the caller
+ * forwards the error as it came. */
+static bool write_error_with(struct sink *k, const uint8_t *body, size_t len, char field,
+                             const char *value)
+{
+    uint8_t buf[1024];
+    size_t need = pg_fields_replace(buf, sizeof(buf), 'E', body, len, field, value);
+    uint8_t *big = need > sizeof(buf) && need != SIZE_MAX ? malloc(need) : NULL;
+
+    if (big)
+        pg_fields_replace(big, need, 'E', body, len, field, value);
+    else if (need > sizeof(buf))
+        return false;
+    sink_write(k, big ? big : buf, need);
+    free(big);
+    return true;
+}
+
+/* message with each mention of name (not followed by more of a number)
+ * taken out, malloc'ed; NULL when it has none, or out of memory. */
+static char *without_name(const char *message, const char *name)
+{
+    size_t name_len = strlen(name);
+    char *out = malloc(strlen(message) + 1), *o = out;
+    bool found = false;
+
+    if (!out)
+        return NULL;
+    for (const char *m = message; *m;) {
+        if (strncmp(m, name, name_len) == 0 && (m[name_len] < '0' || m[name_len] > '9')) {
+            m += name_len;
+            found = true;
+        } else {
+            *o++ = *m++;
+        }
+    }
+    *o = '\0';
+    if (!found) {
+        free(out);
+        return NULL;
+    }
+    return out;
 }
 
 /* An error about one of the client's requests: its position is mapped back
@@ -259,17 +309,18 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
             pos = params_position(r->text, r->text_len, pos, c->charset_utf8);
         size_t mapped = rewrite_map_position(r, pos, c->charset_utf8);
         char value[24];
-        uint8_t buf[1024];
         snprintf(value, sizeof(value), "%zu", mapped);
-        size_t need = pg_fields_replace(buf, sizeof(buf), 'E', body, len, 'P', value);
-        uint8_t *big = need > sizeof(buf) && need != SIZE_MAX ? malloc(need) : NULL;
-        if (big)
-            pg_fields_replace(big, need, 'E', body, len, 'P', value);
-        if (need <= sizeof(buf) || big) {
-            sink_write(k, big ? big : buf, need);
-            free(big);
+        if (write_error_with(k, body, len, 'P', value))
             return TAKEN_REPLACED;
-        }
+    }
+    if (note && note->renamed[0] && err.message) {
+        /* "bind message supplies 0 parameters, but prepared statement
+         * "idemproxy_s4" requires 1": the client named "". */
+        char *message = without_name(err.message, note->renamed);
+        bool written = message && write_error_with(k, body, len, 'M', message);
+        free(message);
+        if (written)
+            return TAKEN_REPLACED;
     }
     return TAKEN_FORWARD;
 }
@@ -391,7 +442,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         }
         break;
     }
-    track_server_msg(&c->track, type, status);
+    track_reply(c, type, status);
     if (type == 'Z' && tag == INJECT_CATALOG && c->catalog)
         catalog_arrived(c);
     if (!client_held(c))

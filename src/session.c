@@ -45,6 +45,11 @@ void session_clear(struct session *s)
     drop_all(&s->portals);
 }
 
+bool session_empty(const struct session *s)
+{
+    return !s->statements && !s->portals;
+}
+
 static struct session_entry *find(struct session_entry *map, const char *name)
 {
     struct session_entry *e;

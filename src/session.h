@@ -35,6 +35,9 @@ void session_free(struct session *s);
  * (DEALLOCATE, DISCARD, PREPARE), or when the rules change. */
 void session_clear(struct session *s);
 
+/* Nothing is known: no statement or portal kept. */
+bool session_empty(const struct session *s);
+
 /* Statement name now holds an INSERT into schema.table, or (schema NULL)
  * something else. parse, when not NULL, is the client's Parse body
  * (parse_len bytes), kept for session_outdated with the version of the

@@ -88,6 +88,16 @@ void stmtcache_forget_all(struct stmtcache *sc)
         e->state = STMT_ABSENT;
 }
 
+bool stmtcache_holds_any(const struct stmtcache *sc)
+{
+    const struct stmt_entry *e, *tmp;
+
+    HASH_ITER(hh, sc->entries, e, tmp)
+        if (e->state != STMT_ABSENT)
+            return true;
+    return false;
+}
+
 enum stmt_state stmtcache_state(const struct stmt_entry *e)
 {
     return e->state;

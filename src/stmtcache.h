@@ -71,6 +71,9 @@ void stmtcache_created(struct stmt_entry *e, uint64_t number, bool ok);
  * STMT_ABSENT, to be created again under a new name. */
 void stmtcache_forget_all(struct stmtcache *sc);
 
+/* Some entry is on the server, or on its way there. */
+bool stmtcache_holds_any(const struct stmtcache *sc);
+
 enum stmt_state stmtcache_state(const struct stmt_entry *e);
 
 /* The entry's server-side name, as of its last stmtcache_create. */

@@ -321,13 +321,16 @@ static void test_clear(void **state)
 {
     struct session *s = *state;
 
+    assert_true(session_empty(s));
     PARSE(s, "", "public", "orders");
+    assert_false(session_empty(s));
     PARSE(s, "s", "public", "orders");
     PARSE(s, "t", "public", "items");
     BIND(s, "", "");
     BIND(s, "p", "s");
     BIND(s, "q", "t");
     session_clear(s);
+    assert_true(session_empty(s));
     check_none(s, "");
     check_none(s, "p");
     check_none(s, "q");

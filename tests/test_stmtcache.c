@@ -94,10 +94,13 @@ static void test_forget_all_renames(void **state)
     struct stmt_entry *a = get(&sc, INSERT, NO_TYPES, sizeof(NO_TYPES));
     struct stmt_entry *b = get(&sc, "INSERT INTO u VALUES ($1) ON CONFLICT DO NOTHING", NO_TYPES,
                                sizeof(NO_TYPES));
-    stmtcache_created(a, stmtcache_create(&sc, a), true);
+    assert_false(stmtcache_holds_any(&sc));
     uint64_t pending = stmtcache_create(&sc, b);
+    assert_true(stmtcache_holds_any(&sc));
+    stmtcache_created(a, stmtcache_create(&sc, a), true);
 
     stmtcache_forget_all(&sc);
+    assert_false(stmtcache_holds_any(&sc));
     assert_int_equal(stmtcache_state(a), STMT_ABSENT);
     assert_int_equal(stmtcache_state(b), STMT_ABSENT);
     /* ParseComplete of a Parse sent before the DEALLOCATE: the statement
