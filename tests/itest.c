@@ -1322,8 +1322,14 @@ void itest_raw_scram_login(int fd, const uint8_t *pkt, size_t len, const char *p
 
 void itest_raw_login(int fd, const char *user, const char *application_name)
 {
+    itest_raw_login_db(fd, user, ITEST_DBNAME, application_name);
+}
+
+void itest_raw_login_db(int fd, const char *user, const char *database,
+                        const char *application_name)
+{
     uint8_t pkt[512];
-    size_t n = itest_build_startup(pkt, sizeof pkt, user, ITEST_DBNAME, application_name);
+    size_t n = itest_build_startup(pkt, sizeof pkt, user, database, application_name);
     assert_true(itest_raw_send(fd, pkt, n));
     for (int i = 0; i < 200; i++) {
         struct itest_msg m;

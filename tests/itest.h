@@ -355,6 +355,8 @@ void itest_raw_scram_login(int fd, const uint8_t *pkt, size_t len, const char *p
 /* Sends a StartupMessage and reads until ReadyForQuery. For users that the
  * cluster trusts; fails the test on anything else. */
 void itest_raw_login(int fd, const char *user, const char *application_name);
+void itest_raw_login_db(int fd, const char *user, const char *database,
+                        const char *application_name);
 
 /* Reads until the proxy closes the socket (EOF/reset) or timeout_ms passes.
  * Returns true when it closed. When the bytes form backend messages and one

@@ -1,0 +1,723 @@
+/*
+ * The proxy against PostgreSQL itself: pseudo-random sequences of frontend
+ * messages (simple and extended queries, pipelines that fail midway, Flush,
+ * Executes with a row limit, COPY both ways, transaction blocks, savepoints,
+ * notifications, prepared statements by protocol and by SQL) go both
+ * straight to the server and through idemproxy, and the two streams of
+ * replies must be the same, message for message.
+ *
+ * Each side has a database of its own with the same tables: diff_reg is
+ * registered with the proxy (its INSERTs are rewritten, simple ones run as
+ * cached statements, those in transaction blocks guarded), diff_plain is
+ * not. Every key an INSERT writes is new, so nothing the proxy does may
+ * show: a difference is a fault in its framing, request tracking, rewrite
+ * seam or statement cache. What any two sessions differ in is taken out
+ * before comparing: the table OIDs in RowDescription and the backend PID of
+ * a NotificationResponse.
+ *
+ * A failure prints the seed, the sequence as sent and both sides' replies.
+ * IDEM_DIFF_SEQUENCES (default 300) sets the sequences per seed;
+ * IDEM_DIFF_TRACE=1 prints every sequence as it is sent.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "itest.h"
+
+#define DB_DIRECT "idem_diff_direct"
+#define DB_PROXY "idem_diff_proxy"
+#define READ_TIMEOUT_MS 10000
+
+/* ---- building the frontend's bytes ------------------------------------- */
+
+struct bytes {
+    uint8_t *data;
+    size_t len, cap;
+};
+
+static void put(struct bytes *b, const void *p, size_t n)
+{
+    if (b->len + n > b->cap) {
+        b->cap = (b->len + n) * 2 + 256;
+        b->data = realloc(b->data, b->cap);
+        assert_non_null(b->data);
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+static void put_u32(struct bytes *b, uint32_t v)
+{
+    uint8_t x[4] = { (uint8_t)(v >> 24), (uint8_t)(v >> 16), (uint8_t)(v >> 8), (uint8_t)v };
+    put(b, x, 4);
+}
+
+static void put_u16(struct bytes *b, uint16_t v)
+{
+    uint8_t x[2] = { (uint8_t)(v >> 8), (uint8_t)v };
+    put(b, x, 2);
+}
+
+static void put_str(struct bytes *b, const char *s)
+{
+    put(b, s, strlen(s) + 1);
+}
+
+/* Starts a message; msg_end fills in its length. */
+static size_t msg_begin(struct bytes *b, char type)
+{
+    put(b, &type, 1);
+    size_t at = b->len;
+    put_u32(b, 0);
+    return at;
+}
+
+static void msg_end(struct bytes *b, size_t at)
+{
+    uint32_t n = (uint32_t)(b->len - at);
+    b->data[at] = (uint8_t)(n >> 24);
+    b->data[at + 1] = (uint8_t)(n >> 16);
+    b->data[at + 2] = (uint8_t)(n >> 8);
+    b->data[at + 3] = (uint8_t)n;
+}
+
+/* ---- the generator ----------------------------------------------------- */
+
+struct gen {
+    uint64_t rng;
+    long long next_key; /* every INSERT's key is new */
+    struct bytes out;   /* the sequence's messages */
+    char script[16384]; /* the same, readable, for a failure's report */
+    size_t script_len;
+};
+
+static uint32_t rnd(struct gen *g, uint32_t n)
+{
+    g->rng ^= g->rng << 13;
+    g->rng ^= g->rng >> 7;
+    g->rng ^= g->rng << 17;
+    return (uint32_t)(g->rng % n);
+}
+
+static void note(struct gen *g, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void note(struct gen *g, const char *fmt, ...)
+{
+    if (g->script_len >= sizeof g->script - 1)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(g->script + g->script_len, sizeof g->script - g->script_len, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        g->script_len += (size_t)n;
+    if (g->script_len >= sizeof g->script)
+        g->script_len = sizeof g->script - 1;
+}
+
+/* The template with each %K replaced by a new key. */
+static void expand(struct gen *g, const char *tmpl, char *sql, size_t cap)
+{
+    size_t at = 0;
+    for (const char *t = tmpl; *t && at + 24 < cap; t++) {
+        if (t[0] == '%' && t[1] == 'K') {
+            at += (size_t)snprintf(sql + at, cap - at, "%lld", g->next_key++);
+            t++;
+        } else {
+            sql[at++] = *t;
+        }
+    }
+    sql[at] = '\0';
+}
+
+static void put_query(struct gen *g, const char *sql)
+{
+    size_t at = msg_begin(&g->out, 'Q');
+    put_str(&g->out, sql);
+    msg_end(&g->out, at);
+    note(g, "  Query \"%s\"\n", sql);
+}
+
+/* Simple queries; %K is a new key. Not here, because the proxy changes
+ * them on purpose: a key written twice (translated), a value of the wrong
+ * type in a simple INSERT into diff_reg (reported from Bind: README). */
+static const char *const simple_sql[] = {
+    "SELECT 1",
+    "SELECT k, v FROM diff_plain ORDER BY k",
+    "SELECT count(*), sum(k) FROM diff_reg",
+    "SELECT 1/0",
+    "BEGIN",
+    "BEGIN",
+    "BEGIN ISOLATION LEVEL REPEATABLE READ",
+    "COMMIT",
+    "COMMIT",
+    "ROLLBACK",
+    "COMMIT AND CHAIN",
+    "SAVEPOINT a",
+    "ROLLBACK TO SAVEPOINT a",
+    "RELEASE SAVEPOINT a",
+    "SELECT 1; SELECT 2",
+    "SELECT 1; SELECT 1/0; SELECT 3",
+    "BEGIN; SELECT 1",
+    "SET application_name = 'diff_%K'",
+    "",
+    ";",
+    "SELEC 1",
+    "DO $$BEGIN RAISE NOTICE 'hello'; END$$",
+    "COPY (SELECT k FROM diff_plain ORDER BY k) TO STDOUT",
+    "INSERT INTO diff_reg (k, v) VALUES (%K, 'q')",
+    "INSERT INTO diff_reg (k, v) VALUES (%K, 'q')",
+    "INSERT INTO diff_reg (k, v) VALUES (%K, 'q') RETURNING k, v",
+    "insert into DIFF_REG values (%K, 'lower')",
+    "INSERT INTO public.diff_reg AS r (k, v) VALUES (%K, 'it''s') RETURNING r.*",
+    "INSERT INTO diff_reg (k, v) VALUES (%K, NULL)",
+    "INSERT INTO diff_reg (k, v) VALUES (%K, 'a'), (%K, 'b')",
+    "INSERT INTO diff_reg (k, v) SELECT %K, 'sel'",
+    "INSERT INTO diff_reg (k, v) VALUES (%K, 'c') ON CONFLICT DO NOTHING",
+    "INSERT INTO diff_reg (k, v, w) VALUES (%K, 'no such column', 1)",
+    "INSERT INTO diff_reg (k, v) VALUES (%K, 'm'); SELECT 2",
+    "WITH x AS (INSERT INTO diff_reg (k, v) VALUES (%K, 'w') RETURNING k) SELECT count(*) FROM x",
+    "INSERT INTO diff_plain (k, v) VALUES (%K, 'p')",
+    "PREPARE ps AS SELECT $1::int",
+    "EXECUTE ps(7)",
+    "DEALLOCATE ps",
+    "DEALLOCATE ALL",
+    "DISCARD ALL",
+    "LISTEN diff_chan",
+    "NOTIFY diff_chan, 'n%K'",
+    "UNLISTEN *",
+    "SET standard_conforming_strings = off",
+    "RESET standard_conforming_strings",
+    "INSERT INTO diff_reg (k, v) VALUES (%K, 'back\\slash')",
+    "SET client_encoding = 'LATIN1'",
+    "RESET client_encoding",
+    "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+    "SHOW transaction_isolation",
+};
+
+struct prepared_sql {
+    const char *sql;
+    int params; /* each parameter gets a new key as its text */
+};
+
+static const struct prepared_sql extended_sql[] = {
+    { "SELECT $1::int", 1 },
+    { "SELECT k, v FROM diff_plain WHERE k > $1 ORDER BY k", 1 },
+    { "SELECT generate_series(1, 5)", 0 },
+    { "INSERT INTO diff_reg (k, v) VALUES ($1, $2)", 2 },
+    { "INSERT INTO diff_reg (k, v) VALUES ($1, $2)", 2 },
+    { "INSERT INTO diff_reg (k, v) VALUES ($1, $2) RETURNING k", 2 },
+    { "INSERT INTO diff_reg (k, v) VALUES ($1::bigint, 'lit') RETURNING *", 1 },
+    { "INSERT INTO diff_reg (k, v) VALUES ($1, 'x'::int)", 1 },
+    { "INSERT INTO diff_plain (k, v) VALUES ($1, $2)", 2 },
+    { "BEGIN", 0 },
+    { "COMMIT", 0 },
+    { "ROLLBACK", 0 },
+    { "SAVEPOINT a", 0 },
+    { "SELECT 1/0", 0 },
+    { "SELEC 1", 0 },
+    { "", 0 },
+};
+
+static const char *const statement_names[] = { "", "", "s1", "s2" };
+static const char *const portal_names[] = { "", "", "p1" };
+
+static void put_parse(struct gen *g, const char *name, const struct prepared_sql *ps)
+{
+    size_t at = msg_begin(&g->out, 'P');
+    put_str(&g->out, name);
+    put_str(&g->out, ps->sql);
+    put_u16(&g->out, 0);
+    msg_end(&g->out, at);
+    note(g, "  Parse \"%s\" \"%s\"\n", name, ps->sql);
+}
+
+static void put_bind(struct gen *g, const char *portal, const char *name, int params)
+{
+    bool binary = rnd(g, 5) == 0;
+    size_t at = msg_begin(&g->out, 'B');
+    put_str(&g->out, portal);
+    put_str(&g->out, name);
+    put_u16(&g->out, 0);
+    put_u16(&g->out, (uint16_t)params);
+    note(g, "  Bind \"%s\" \"%s\" (", portal, name);
+    for (int i = 0; i < params; i++) {
+        char v[24];
+        snprintf(v, sizeof v, "%lld", g->next_key++);
+        put_u32(&g->out, (uint32_t)strlen(v));
+        put(&g->out, v, strlen(v));
+        note(g, "%s%s", i ? ", " : "", v);
+    }
+    put_u16(&g->out, binary ? 1 : 0);
+    if (binary)
+        put_u16(&g->out, 1);
+    msg_end(&g->out, at);
+    note(g, ")%s\n", binary ? " binary" : "");
+}
+
+static void put_named(struct gen *g, char type, char kind, const char *name)
+{
+    size_t at = msg_begin(&g->out, type);
+    put(&g->out, &kind, 1);
+    put_str(&g->out, name);
+    msg_end(&g->out, at);
+    note(g, "  %s %c \"%s\"\n", type == 'D' ? "Describe" : "Close", kind, name);
+}
+
+static void put_execute(struct gen *g, const char *portal, uint32_t rows)
+{
+    size_t at = msg_begin(&g->out, 'E');
+    put_str(&g->out, portal);
+    put_u32(&g->out, rows);
+    msg_end(&g->out, at);
+    note(g, "  Execute \"%s\" %u\n", portal, rows);
+}
+
+static void put_bare(struct gen *g, char type, const char *what)
+{
+    size_t at = msg_begin(&g->out, type);
+    msg_end(&g->out, at);
+    note(g, "  %s\n", what);
+}
+
+static void put_copy_data(struct gen *g, const char *row)
+{
+    size_t at = msg_begin(&g->out, 'd');
+    put(&g->out, row, strlen(row));
+    msg_end(&g->out, at);
+    note(g, "  CopyData \"%.*s\"\n", (int)strlen(row) - 1, row);
+}
+
+/* A COPY FROM STDIN and what the client sends it, whether or not the
+ * server takes it (in a failed block it does not, and ignores the rest). */
+static void step_copy_in(struct gen *g)
+{
+    put_query(g, rnd(g, 2) ? "COPY diff_plain (k, v) FROM STDIN" : "COPY diff_reg (k, v) FROM STDIN");
+    for (uint32_t rows = rnd(g, 3); rows > 0; rows--) {
+        char row[48];
+        snprintf(row, sizeof row, "%lld\tc\n", g->next_key++);
+        put_copy_data(g, row);
+    }
+    if (rnd(g, 4) == 0) {
+        size_t at = msg_begin(&g->out, 'f');
+        put_str(&g->out, "stopped by the client");
+        msg_end(&g->out, at);
+        note(g, "  CopyFail\n");
+    } else {
+        put_bare(g, 'c', "CopyDone");
+    }
+}
+
+/* What drivers send: Parse, Bind, Execute (in parts, now and then) and
+ * usually a Sync, with Describes and Closes here and there. */
+static void step_chain(struct gen *g)
+{
+    const char *name = statement_names[rnd(g, 4)];
+    const char *portal = portal_names[rnd(g, 3)];
+    const struct prepared_sql *ps = &extended_sql[rnd(g, sizeof extended_sql / sizeof extended_sql[0])];
+    uint32_t rows = rnd(g, 4) == 0 ? 1 + rnd(g, 2) : 0;
+
+    put_parse(g, name, ps);
+    if (rnd(g, 4) == 0)
+        put_named(g, 'D', 'S', name);
+    put_bind(g, portal, name, ps->params);
+    if (rnd(g, 3) == 0)
+        put_named(g, 'D', 'P', portal);
+    put_execute(g, portal, rows);
+    if (rows && rnd(g, 2))
+        put_execute(g, portal, rows);
+    if (rnd(g, 5) == 0)
+        put_named(g, 'C', 'P', portal);
+    if (rnd(g, 6) == 0)
+        put_named(g, 'C', 'S', name);
+    if (rnd(g, 10) < 7)
+        put_bare(g, 'S', "Sync");
+}
+
+/* One extended message on its own, in any order: what a broken or very
+ * clever client sends. Not to the unnamed portal: PostgreSQL 15.18 itself
+ * crashes (SIGSEGV) on an Execute of it after a Query whose savepoint
+ * command failed in a block and an INSERT Query, that portal being the
+ * failed Query's, left behind with its memory freed. */
+static void step_single(struct gen *g)
+{
+    const char *name = statement_names[rnd(g, 4)];
+    const char *portal = "p1";
+
+    switch (rnd(g, 8)) {
+    case 0:
+        put_parse(g, name, &extended_sql[rnd(g, sizeof extended_sql / sizeof extended_sql[0])]);
+        break;
+    case 1:
+        put_bind(g, portal, name, (int)rnd(g, 3));
+        break;
+    case 2:
+        put_named(g, 'D', rnd(g, 2) ? 'S' : 'P', rnd(g, 2) ? name : portal);
+        break;
+    case 3:
+        put_execute(g, portal, rnd(g, 3));
+        break;
+    case 4:
+        put_named(g, 'C', rnd(g, 2) ? 'S' : 'P', rnd(g, 2) ? name : portal);
+        break;
+    case 5:
+        put_bare(g, 'H', "Flush");
+        break;
+    default:
+        put_bare(g, 'S', "Sync");
+        break;
+    }
+}
+
+/* A statement prepared by an earlier sequence, bound again first thing
+ * (as drivers do with their statement caches): the rules may have changed
+ * since it was prepared. */
+static void step_bind_again(struct gen *g)
+{
+    const char *name = statement_names[rnd(g, 4)];
+
+    put_bind(g, "", name, 2);
+    put_execute(g, "", 0);
+    put_bare(g, 'S', "Sync");
+}
+
+static void generate(struct gen *g)
+{
+    if (rnd(g, 3) == 0)
+        step_bind_again(g);
+    for (uint32_t steps = 1 + rnd(g, 10); steps > 0; steps--) {
+        uint32_t r = rnd(g, 20);
+        if (r < 9) {
+            char sql[512];
+            expand(g, simple_sql[rnd(g, sizeof simple_sql / sizeof simple_sql[0])], sql, sizeof sql);
+            put_query(g, sql);
+        } else if (r < 15) {
+            step_chain(g);
+        } else if (r < 17) {
+            step_copy_in(g);
+        } else {
+            step_single(g);
+        }
+    }
+}
+
+/* Ends any extended batch and block, then asks for a row that marks the
+ * end of this sequence's replies. In the extended protocol, on a statement
+ * of its own: a Query would drop the unnamed statement, which the next
+ * sequence may bind again. */
+static void put_fence(struct gen *g, int n)
+{
+    char sql[64];
+    snprintf(sql, sizeof sql, "SELECT 'fence %d'", n);
+    const struct prepared_sql rollback = { "ROLLBACK", 0 }, fence = { sql, 0 };
+
+    put_bare(g, 'S', "Sync");
+    put_parse(g, "fence", &rollback);
+    put_bind(g, "", "fence", 0);
+    put_execute(g, "", 0);
+    put_named(g, 'C', 'S', "fence");
+    put_parse(g, "fence", &fence);
+    put_bind(g, "", "fence", 0);
+    put_execute(g, "", 0);
+    put_named(g, 'C', 'S', "fence");
+    put_bare(g, 'S', "Sync");
+}
+
+/* ---- the replies ------------------------------------------------------- */
+
+struct replies {
+    struct itest_msg *msgs;
+    size_t n, cap;
+};
+
+static void replies_free(struct replies *r)
+{
+    for (size_t i = 0; i < r->n; i++)
+        itest_msg_free(&r->msgs[i]);
+    free(r->msgs);
+    memset(r, 0, sizeof *r);
+}
+
+static uint32_t get_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Zeroes what differs between any two sessions. */
+static void normalize(struct itest_msg *m)
+{
+    if (m->type == 'T' && m->len >= 2) {
+        size_t at = 2;
+        for (unsigned f = 0; f < ((unsigned)m->body[0] << 8 | m->body[1]); f++) {
+            const uint8_t *nul = memchr(m->body + at, 0, m->len - at);
+            if (!nul || (size_t)(nul - m->body) + 1 + 18 > m->len)
+                return;
+            at = (size_t)(nul - m->body) + 1;
+            memset(m->body + at, 0, 4); /* the table's OID */
+            at += 18;
+        }
+    }
+    if (m->type == 'A' && m->len >= 4)
+        memset(m->body, 0, 4); /* the notifying backend's PID */
+}
+
+static bool is_fence_row(const struct itest_msg *m, const char *fence)
+{
+    size_t n = strlen(fence);
+    return m->type == 'D' && m->len == 2 + 4 + n && get_u32(m->body + 2) == n &&
+           memcmp(m->body + 6, fence, n) == 0;
+}
+
+/* Reads up to the fence row's ReadyForQuery. False on EOF or a timeout,
+ * which the comparison then reports with what came. */
+static bool read_replies(int fd, const char *fence, struct replies *r)
+{
+    bool fenced = false;
+    for (;;) {
+        struct itest_msg m;
+        if (itest_raw_read_msg(fd, &m, READ_TIMEOUT_MS) != ITEST_READ_OK)
+            return false;
+        normalize(&m);
+        if (r->n == r->cap) {
+            r->cap = r->cap ? r->cap * 2 : 64;
+            r->msgs = realloc(r->msgs, r->cap * sizeof *r->msgs);
+            assert_non_null(r->msgs);
+        }
+        r->msgs[r->n++] = m;
+        if (is_fence_row(&m, fence))
+            fenced = true;
+        else if (fenced && m.type == 'Z')
+            return true;
+    }
+}
+
+static void describe(const struct itest_msg *m, char *out, size_t cap)
+{
+    switch (m->type) {
+    case 'E':
+    case 'N': {
+        /* Every field but the server's source location. */
+        size_t at = (size_t)snprintf(out, cap, "%s", m->type == 'E' ? "ErrorResponse" : "NoticeResponse");
+        for (uint32_t i = 0; i < m->len && m->body[i] && at + 8 < cap;) {
+            const char *value = (const char *)m->body + i + 1;
+            if (!memchr(value, 0, m->len - i - 1))
+                break;
+            if (!strchr("FLR", m->body[i]))
+                at += (size_t)snprintf(out + at, cap - at, " %c=%s", m->body[i], value);
+            i += 1 + (uint32_t)strlen(value) + 1;
+        }
+        break;
+    }
+    case 'C':
+        snprintf(out, cap, "CommandComplete %.*s", (int)(m->len ? m->len - 1 : 0),
+                 (const char *)m->body);
+        break;
+    case 'Z':
+        snprintf(out, cap, "ReadyForQuery %c", m->len ? m->body[0] : '?');
+        break;
+    default: {
+        size_t at = (size_t)snprintf(out, cap, "'%c' %u bytes:", m->type, m->len);
+        for (uint32_t i = 0; i < m->len && i < 40 && at + 4 < cap; i++)
+            at += (size_t)snprintf(out + at, cap - at, " %02x", m->body[i]);
+        break;
+    }
+    }
+}
+
+static bool same_msg(const struct itest_msg *a, const struct itest_msg *b)
+{
+    return a->type == b->type && a->len == b->len && memcmp(a->body, b->body, a->len) == 0;
+}
+
+static void report(const struct gen *g, uint64_t seed, int seq, const struct replies *direct,
+                   const struct replies *proxied, size_t first)
+{
+    print_message("seed %llu, sequence %d: replies differ at message %zu\nsent:\n%s",
+                  (unsigned long long)seed, seq, first + 1, g->script);
+    size_t n = direct->n > proxied->n ? direct->n : proxied->n;
+    for (size_t i = 0; i < n; i++) {
+        char a[512] = "-", b[512] = "-";
+        if (i < direct->n)
+            describe(&direct->msgs[i], a, sizeof a);
+        if (i < proxied->n)
+            describe(&proxied->msgs[i], b, sizeof b);
+        print_message("%c %3zu direct:  %s\n      proxied: %s\n", i == first ? '>' : ' ', i + 1, a,
+                      b);
+    }
+}
+
+/* ---- the runs ---------------------------------------------------------- */
+
+static void create_tables(const char *db)
+{
+    char extra[64];
+    snprintf(extra, sizeof extra, "dbname=%s", db);
+    PGconn *c = itest_connect_ok(itest_pg_port(), extra);
+    itest_exec_ok(c, "CREATE TABLE diff_reg (k bigint PRIMARY KEY, v text NOT NULL)");
+    itest_exec_ok(c, "CREATE TABLE diff_plain (k bigint PRIMARY KEY, v text)");
+    itest_exec_ok(c, "INSERT INTO diff_plain VALUES (1, 'one'), (2, 'two'), (3, NULL)");
+    itest_finish(c);
+}
+
+/* Fresh databases for each run of the binary; the tests share them, their
+ * seeds' keys apart. */
+static void create_databases(void)
+{
+    static bool created;
+    if (created)
+        return;
+    itest_server_exec("DROP DATABASE IF EXISTS " DB_DIRECT " WITH (FORCE)");
+    itest_server_exec("DROP DATABASE IF EXISTS " DB_PROXY " WITH (FORCE)");
+    itest_server_exec("CREATE DATABASE " DB_DIRECT);
+    itest_server_exec("CREATE DATABASE " DB_PROXY);
+    create_tables(DB_DIRECT);
+    create_tables(DB_PROXY);
+    created = true;
+}
+
+static int sequences_per_seed(void)
+{
+    const char *s = getenv("IDEM_DIFF_SEQUENCES");
+    int n = s ? atoi(s) : 300;
+    return n > 0 ? n : 300;
+}
+
+/* Rewrites the proxy's configuration file with extra and reloads it. */
+static void reload(struct itest_proxy *p, const char *extra, int *reloads)
+{
+    FILE *f = fopen(p->conf_path, "w");
+    assert_non_null(f);
+    fprintf(f, "[idemproxy]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nserver_host = %s\n"
+               "server_port = %d\nlog_level = debug\n%s",
+            p->port, itest_env("IDEM_TEST_PGHOST"), itest_pg_port(), extra);
+    fclose(f);
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    itest_proxy_wait_log_count(p, "configuration reloaded", ++*reloads);
+}
+
+/* Runs the seeds' sequences on one direct and one proxied session each;
+ * with reloads, every tenth sequence reloads the next of them in turn. */
+static void run_seeds(const char *config, const uint64_t *seeds, size_t nseeds,
+                      const char *const *reloads, size_t nreloads)
+{
+    create_databases();
+    struct itest_proxy *p = itest_proxy_start_with("debug", config);
+    int per_seed = sequences_per_seed(), reloaded = 0;
+
+    for (size_t s = 0; s < nseeds; s++) {
+        int direct = itest_raw_connect(itest_pg_port());
+        int proxied = itest_raw_connect(p->port);
+        assert_true(direct >= 0 && proxied >= 0);
+        itest_raw_login_db(direct, itest_pg_user(), DB_DIRECT, "diff");
+        itest_raw_login_db(proxied, itest_pg_user(), DB_PROXY, "diff");
+        struct gen *g = calloc(1, sizeof *g);
+        assert_non_null(g);
+        g->rng = seeds[s] * 0x9E3779B97F4A7C15ull + 1;
+        g->next_key = (long long)seeds[s] * 10000000;
+
+        for (int seq = 0; seq < per_seed; seq++) {
+            char fence[32];
+            if (nreloads && seq % 10 == 9)
+                reload(p, reloads[(seq / 10) % nreloads], &reloaded);
+            g->out.len = 0;
+            g->script_len = 0;
+            g->script[0] = '\0';
+            generate(g);
+            put_fence(g, seq);
+            snprintf(fence, sizeof fence, "fence %d", seq);
+            if (getenv("IDEM_DIFF_TRACE"))
+                print_message("seed %llu, sequence %d:\n%s", (unsigned long long)seeds[s], seq,
+                              g->script);
+            assert_true(itest_raw_send(direct, g->out.data, g->out.len));
+            assert_true(itest_raw_send(proxied, g->out.data, g->out.len));
+
+            struct replies a = { 0 }, b = { 0 };
+            bool a_ok = read_replies(direct, fence, &a);
+            bool b_ok = read_replies(proxied, fence, &b);
+            size_t first = 0;
+            while (first < a.n && first < b.n && same_msg(&a.msgs[first], &b.msgs[first]))
+                first++;
+            /* The same replies, and the proxy read them as it should: it
+             * says so when it lost track of the requests on the way. */
+            bool warned = itest_proxy_log_contains(p, "out of step");
+            if (!a_ok || !b_ok || first < a.n || first < b.n || warned) {
+                report(g, seeds[s], seq, &a, &b, first);
+                if (!a_ok)
+                    print_message("the direct session stopped answering\n");
+                if (!b_ok)
+                    print_message("the proxied session stopped answering\n");
+                itest_proxy_dump_log(p, 30);
+                replies_free(&a);
+                replies_free(&b);
+                free(g->out.data);
+                free(g);
+                fail_msg("the proxy's replies differ from PostgreSQL's, or it warned");
+            }
+            replies_free(&a);
+            replies_free(&b);
+        }
+        free(g->out.data);
+        free(g);
+        itest_raw_close(direct);
+        itest_raw_close(proxied);
+    }
+    /* The reloads reached statements prepared under other rules. */
+    if (nreloads)
+        assert_true(itest_proxy_log_contains(p, "prepared again for the rules now in force"));
+}
+
+static void test_diff_rewriting(void **state)
+{
+    static const uint64_t seeds[] = { 1, 2, 3, 4 };
+    (void)state;
+    run_seeds("[table public.diff_reg]\nconflict = k\n", seeds, sizeof seeds / sizeof seeds[0],
+              NULL, 0);
+}
+
+/* One cached statement at a time: each simple INSERT of another text
+ * closes the last one's. RETURNING as the existing row (DO UPDATE). */
+static void test_diff_small_cache(void **state)
+{
+    static const uint64_t seeds[] = { 11, 12 };
+    (void)state;
+    run_seeds("max_cached_statements = 1\n"
+              "[table public.diff_reg]\nconflict = k\naction = return_existing\n",
+              seeds, sizeof seeds / sizeof seeds[0], NULL, 0);
+}
+
+/* The rules change under the sessions: each statement they prepared is
+ * prepared again for the rules in force at its next Bind, and the catalog
+ * is asked again every second. */
+static void test_diff_reloads(void **state)
+{
+    static const uint64_t seeds[] = { 21, 22 };
+    static const char *const configs[] = {
+        "catalog_check_interval = 1\n[table public.diff_reg]\nconflict = k\naction = do_nothing\n",
+        "catalog_check_interval = 1\n",
+        "catalog_check_interval = 1\n[table public.diff_reg]\nconflict = k\n"
+        "action = return_existing\n",
+        "catalog_check_interval = 1\n[table public.diff_reg]\nconflict = k\naction = none\n",
+    };
+    (void)state;
+    run_seeds("[table public.diff_reg]\nconflict = k\n", seeds, sizeof seeds / sizeof seeds[0],
+              configs, sizeof configs / sizeof configs[0]);
+}
+
+int main(int argc, char **argv)
+{
+    const struct CMUnitTest tests[] = {
+        ITEST(test_diff_rewriting),
+        ITEST(test_diff_small_cache),
+        ITEST(test_diff_reloads),
+    };
+    return itest_main(argc, argv, "idemproxy against PostgreSQL", tests,
+                      sizeof tests / sizeof tests[0]);
+}
