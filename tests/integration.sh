@@ -183,11 +183,12 @@ run_test() {
 for bin in "${TEST_BINS[@]}"; do
     run_test "$bin" "io_uring = on"
 done
-# The core tests once more with the default, whose sessions may move
-# between the ring and plain calls mid-test, and with plain system calls
-# only, the path taken where the kernel refuses io_uring.
+# The core tests and the comparison with PostgreSQL once more with the
+# default, whose sessions may move between the ring and plain calls
+# mid-test, and with plain system calls only, the path taken where the
+# kernel refuses io_uring.
 for bin in "${TEST_BINS[@]}"; do
-    if [ "${bin##*/}" = test_integration ]; then
+    if [ "${bin##*/}" = test_integration ] || [ "${bin##*/}" = test_differential ]; then
         run_test "$bin"
         run_test "$bin" "io_uring = off"
     fi
