@@ -201,6 +201,35 @@ static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, si
     snprintf(note->renamed, sizeof(note->renamed), "%s", name);
 }
 
+/* The cache's entry for a Parse's rewritten text and parameter types; NULL
+ * when the cache cannot hold it. */
+static struct stmt_entry *cached_entry(struct conn *c, const struct statement *st)
+{
+    const struct rewrite_result *r = &st->d->result;
+    size_t types_at = st->at + st->text_len + 1;
+
+    return stmtcache_get(&c->stmts, r->text, r->text_len, st->body + types_at,
+                         st->len - types_at);
+}
+
+/* Prepares entry e on the server under a new name, as a request the queue
+ * follows with the client's: its ParseComplete is the proxy's, its error
+ * stands for the client's statement (positions mapped through d, whose
+ * reference it takes; NULL for none). False when out of memory. */
+static bool send_creation(struct conn *c, struct sink *k, struct stmt_entry *e,
+                          struct decision *d)
+{
+    struct note *creating = note_new(d, NULL);
+
+    if (!creating)
+        return false;
+    creating->silent = true;
+    creating->creates = e;
+    creating->number = stmtcache_create(&c->stmts, e);
+    write_parse(k, stmtcache_name(e), e);
+    return track_client_msg(&c->track, 'P', creating);
+}
+
 /* The client parses a rewritten INSERT as its unnamed statement. Once the
  * server holds the cached copy, the Parse that goes is of the empty text:
  * its ParseComplete is what the client's own would have been, and the
@@ -212,13 +241,10 @@ static bool parse_cached(struct conn *c, struct sink *k, const struct statement 
                          struct note *note)
 {
     static const uint8_t empty_parse[] = { 'P', 0, 0, 0, 8, 0, 0, 0, 0 };
-    const struct rewrite_result *r = &st->d->result;
-    size_t types_at = st->at + st->text_len + 1;
 
     if (track_pending(&c->track) != 0)
         return false;
-    struct stmt_entry *e = stmtcache_get(&c->stmts, r->text, r->text_len,
-                                         st->body + types_at, st->len - types_at);
+    struct stmt_entry *e = cached_entry(c, st);
     if (!e || stmtcache_state(e) != STMT_READY)
         return false;
     sink_write(k, empty_parse, sizeof(empty_parse));
@@ -234,21 +260,9 @@ static bool parse_cached(struct conn *c, struct sink *k, const struct statement 
  * is gone), and the server skips the proxy's. False when out of memory. */
 static bool create_cached(struct conn *c, struct sink *k, const struct statement *st)
 {
-    const struct rewrite_result *r = &st->d->result;
-    size_t types_at = st->at + st->text_len + 1;
-    struct stmt_entry *e = stmtcache_get(&c->stmts, r->text, r->text_len,
-                                         st->body + types_at, st->len - types_at);
+    struct stmt_entry *e = cached_entry(c, st);
 
-    if (!e || stmtcache_state(e) != STMT_ABSENT)
-        return true;
-    struct note *creating = note_new(NULL, NULL);
-    if (!creating)
-        return false;
-    creating->silent = true;
-    creating->creates = e;
-    creating->number = stmtcache_create(&c->stmts, e);
-    write_parse(k, stmtcache_name(e), e);
-    return track_client_msg(&c->track, 'P', creating);
+    return !e || stmtcache_state(e) != STMT_ABSENT || send_creation(c, k, e, NULL);
 }
 
 /* The client's Parse of an INSERT into a registered table as its unnamed
@@ -479,14 +493,7 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
     if (stmtcache_state(e) == STMT_ABSENT) {
         /* Its errors' positions are mapped back through the decision. */
         st->d->refs++;
-        struct note *creating = note_new(st->d, NULL);
-        if (!creating)
-            goto failed;
-        creating->silent = true;
-        creating->creates = e;
-        creating->number = stmtcache_create(&c->stmts, e);
-        write_parse(k, stmtcache_name(e), e);
-        if (!track_client_msg(&c->track, 'P', creating))
+        if (!send_creation(c, k, e, st->d))
             goto failed;
     }
     const char *name = stmtcache_name(e);
