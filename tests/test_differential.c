@@ -564,6 +564,7 @@ static void create_tables(const char *db)
     itest_exec_ok(c, "CREATE TABLE diff_reg (k bigint PRIMARY KEY, v text NOT NULL)");
     itest_exec_ok(c, "CREATE TABLE diff_plain (k bigint PRIMARY KEY, v text)");
     itest_exec_ok(c, "INSERT INTO diff_plain VALUES (1, 'one'), (2, 'two'), (3, NULL)");
+    itest_exec_ok(c, "GRANT ALL ON diff_reg, diff_plain TO " ITEST_SCRAM_USER);
     itest_finish(c);
 }
 
@@ -603,83 +604,121 @@ static void reload(struct itest_proxy *p, const char *extra, int *reloads)
     itest_proxy_wait_log_count(p, "configuration reloaded", ++*reloads);
 }
 
-/* Runs the seeds' sequences on one direct and one proxied session each;
- * with reloads, every tenth sequence reloads the next of them in turn. */
-static void run_seeds(const char *config, const uint64_t *seeds, size_t nseeds,
-                      const char *const *reloads, size_t nreloads)
+/* How a test runs its seeds. */
+struct diff_run {
+    const char *config;           /* the proxy's keys and sections */
+    const uint64_t *seeds;
+    size_t nseeds;
+    const char *const *reloads;   /* configurations reloaded in turn, one
+                                     every tenth sequence; or NULL */
+    size_t nreloads;
+    int visit;                    /* sequences per pair of sessions; 0: one
+                                     pair for all of a seed's */
+    bool scram;                   /* log in as ITEST_SCRAM_USER with SCRAM */
+};
+
+static int login(int port, const char *db, bool scram)
+{
+    int fd = itest_raw_connect(port);
+
+    assert_true(fd >= 0);
+    if (!scram) {
+        itest_raw_login_db(fd, itest_pg_user(), db, "diff");
+        return fd;
+    }
+    uint8_t pkt[256];
+    char types[64];
+    struct itest_msg none;
+    size_t len = itest_build_startup(pkt, sizeof pkt, ITEST_SCRAM_USER, db, "diff");
+    itest_raw_scram_login(fd, pkt, len, ITEST_SCRAM_PASSWORD, types, sizeof types, 0, &none);
+    itest_msg_free(&none);
+    return fd;
+}
+
+/* Sends one sequence both ways and fails the test, saying why, when the
+ * replies differ or the proxy lost track of the requests. */
+static void compare_one(struct itest_proxy *p, struct gen *g, uint64_t seed, int seq, int direct,
+                        int proxied)
+{
+    char fence[32];
+
+    g->out.len = 0;
+    g->script_len = 0;
+    g->script[0] = '\0';
+    generate(g);
+    put_fence(g, seq);
+    snprintf(fence, sizeof fence, "fence %d", seq);
+    if (getenv("IDEM_DIFF_TRACE"))
+        print_message("seed %llu, sequence %d:\n%s", (unsigned long long)seed, seq, g->script);
+    assert_true(itest_raw_send(direct, g->out.data, g->out.len));
+    assert_true(itest_raw_send(proxied, g->out.data, g->out.len));
+
+    struct replies a = { 0 }, b = { 0 };
+    bool a_ok = read_replies(direct, fence, &a);
+    bool b_ok = read_replies(proxied, fence, &b);
+    size_t first = 0;
+    while (first < a.n && first < b.n && same_msg(&a.msgs[first], &b.msgs[first]))
+        first++;
+    /* The same replies, and the proxy read them as it should: it says so
+     * when it lost track of the requests on the way. */
+    bool warned = itest_proxy_log_contains(p, "out of step");
+    bool same = a_ok && b_ok && first == a.n && first == b.n && !warned;
+    if (!same) {
+        report(g, seed, seq, &a, &b, first);
+        if (!a_ok)
+            print_message("the direct session stopped answering\n");
+        if (!b_ok)
+            print_message("the proxied session stopped answering\n");
+        itest_proxy_dump_log(p, 30);
+    }
+    replies_free(&a);
+    replies_free(&b);
+    if (!same)
+        fail_msg("the proxy's replies differ from PostgreSQL's, or it warned");
+}
+
+/* Returns the proxy, for the test to ask its log. */
+static struct itest_proxy *run(const struct diff_run *r)
 {
     create_databases();
-    struct itest_proxy *p = itest_proxy_start_with("debug", config);
+    struct itest_proxy *p = itest_proxy_start_with("debug", r->config);
     int per_seed = sequences_per_seed(), reloaded = 0;
+    struct gen *g = calloc(1, sizeof *g);
 
-    for (size_t s = 0; s < nseeds; s++) {
-        int direct = itest_raw_connect(itest_pg_port());
-        int proxied = itest_raw_connect(p->port);
-        assert_true(direct >= 0 && proxied >= 0);
-        itest_raw_login_db(direct, itest_pg_user(), DB_DIRECT, "diff");
-        itest_raw_login_db(proxied, itest_pg_user(), DB_PROXY, "diff");
-        struct gen *g = calloc(1, sizeof *g);
-        assert_non_null(g);
-        g->rng = seeds[s] * 0x9E3779B97F4A7C15ull + 1;
-        g->next_key = (long long)seeds[s] * 10000000;
-
+    assert_non_null(g);
+    for (size_t s = 0; s < r->nseeds; s++) {
+        int direct = -1, proxied = -1;
+        g->rng = r->seeds[s] * 0x9E3779B97F4A7C15ull + 1;
+        g->next_key = (long long)r->seeds[s] * 10000000;
         for (int seq = 0; seq < per_seed; seq++) {
-            char fence[32];
-            if (nreloads && seq % 10 == 9)
-                reload(p, reloads[(seq / 10) % nreloads], &reloaded);
-            g->out.len = 0;
-            g->script_len = 0;
-            g->script[0] = '\0';
-            generate(g);
-            put_fence(g, seq);
-            snprintf(fence, sizeof fence, "fence %d", seq);
-            if (getenv("IDEM_DIFF_TRACE"))
-                print_message("seed %llu, sequence %d:\n%s", (unsigned long long)seeds[s], seq,
-                              g->script);
-            assert_true(itest_raw_send(direct, g->out.data, g->out.len));
-            assert_true(itest_raw_send(proxied, g->out.data, g->out.len));
-
-            struct replies a = { 0 }, b = { 0 };
-            bool a_ok = read_replies(direct, fence, &a);
-            bool b_ok = read_replies(proxied, fence, &b);
-            size_t first = 0;
-            while (first < a.n && first < b.n && same_msg(&a.msgs[first], &b.msgs[first]))
-                first++;
-            /* The same replies, and the proxy read them as it should: it
-             * says so when it lost track of the requests on the way. */
-            bool warned = itest_proxy_log_contains(p, "out of step");
-            if (!a_ok || !b_ok || first < a.n || first < b.n || warned) {
-                report(g, seeds[s], seq, &a, &b, first);
-                if (!a_ok)
-                    print_message("the direct session stopped answering\n");
-                if (!b_ok)
-                    print_message("the proxied session stopped answering\n");
-                itest_proxy_dump_log(p, 30);
-                replies_free(&a);
-                replies_free(&b);
-                free(g->out.data);
-                free(g);
-                fail_msg("the proxy's replies differ from PostgreSQL's, or it warned");
+            if (direct < 0) {
+                direct = login(itest_pg_port(), DB_DIRECT, r->scram);
+                proxied = login(p->port, DB_PROXY, r->scram);
             }
-            replies_free(&a);
-            replies_free(&b);
+            if (r->nreloads && seq % 10 == 9)
+                reload(p, r->reloads[(seq / 10) % r->nreloads], &reloaded);
+            compare_one(p, g, r->seeds[s], seq, direct, proxied);
+            if (seq + 1 == per_seed || (r->visit && (seq + 1) % r->visit == 0)) {
+                itest_raw_close(direct);
+                itest_raw_close(proxied);
+                direct = proxied = -1;
+            }
         }
-        free(g->out.data);
-        free(g);
-        itest_raw_close(direct);
-        itest_raw_close(proxied);
     }
+    free(g->out.data);
+    free(g);
     /* The reloads reached statements prepared under other rules. */
-    if (nreloads)
+    if (r->nreloads)
         assert_true(itest_proxy_log_contains(p, "prepared again for the rules now in force"));
+    return p;
 }
 
 static void test_diff_rewriting(void **state)
 {
     static const uint64_t seeds[] = { 1, 2, 3, 4 };
     (void)state;
-    run_seeds("[table public.diff_reg]\nconflict = k\n", seeds, sizeof seeds / sizeof seeds[0],
-              NULL, 0);
+    run(&(struct diff_run){ .config = "[table public.diff_reg]\nconflict = k\n",
+                            .seeds = seeds, .nseeds = sizeof seeds / sizeof seeds[0] });
 }
 
 /* One cached statement at a time: each simple INSERT of another text
@@ -688,9 +727,9 @@ static void test_diff_small_cache(void **state)
 {
     static const uint64_t seeds[] = { 11, 12 };
     (void)state;
-    run_seeds("max_cached_statements = 1\n"
-              "[table public.diff_reg]\nconflict = k\naction = return_existing\n",
-              seeds, sizeof seeds / sizeof seeds[0], NULL, 0);
+    run(&(struct diff_run){ .config = "max_cached_statements = 1\n[table public.diff_reg]\n"
+                                      "conflict = k\naction = return_existing\n",
+                            .seeds = seeds, .nseeds = sizeof seeds / sizeof seeds[0] });
 }
 
 /* The rules change under the sessions: each statement they prepared is
@@ -707,8 +746,28 @@ static void test_diff_reloads(void **state)
         "catalog_check_interval = 1\n[table public.diff_reg]\nconflict = k\naction = none\n",
     };
     (void)state;
-    run_seeds("[table public.diff_reg]\nconflict = k\n", seeds, sizeof seeds / sizeof seeds[0],
-              configs, sizeof configs / sizeof configs[0]);
+    run(&(struct diff_run){ .config = "[table public.diff_reg]\nconflict = k\n",
+                            .seeds = seeds, .nseeds = sizeof seeds / sizeof seeds[0],
+                            .reloads = configs,
+                            .nreloads = sizeof configs / sizeof configs[0] });
+}
+
+/* Clients that come and go, each handed the server the one before left
+ * (server_reuse): each must find it as a fresh login would, nothing of the
+ * last session's statements, portals, settings or LISTENs left. */
+static void test_diff_reused_servers(void **state)
+{
+    static const uint64_t seeds[] = { 31, 32 };
+    char config[256];
+    (void)state;
+    snprintf(config, sizeof config,
+             "auth_type = scram-sha-256\nauth_user = %s\nserver_reuse = on\nworkers = 1\n"
+             "[table public.diff_reg]\nconflict = k\n",
+             itest_pg_user());
+    struct itest_proxy *p = run(&(struct diff_run){ .config = config, .seeds = seeds,
+                                                    .nseeds = sizeof seeds / sizeof seeds[0],
+                                                    .visit = 7, .scram = true });
+    assert_true(itest_proxy_log_count(p, "logged in on a kept server") > 10);
 }
 
 int main(int argc, char **argv)
@@ -717,6 +776,7 @@ int main(int argc, char **argv)
         ITEST(test_diff_rewriting),
         ITEST(test_diff_small_cache),
         ITEST(test_diff_reloads),
+        ITEST(test_diff_reused_servers),
     };
     return itest_main(argc, argv, "idemproxy against PostgreSQL", tests,
                       sizeof tests / sizeof tests[0]);
