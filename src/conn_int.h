@@ -422,15 +422,16 @@ static inline bool track_client(struct conn *c, char type, struct note *note)
 }
 
 /* Records a server reply in the request queue. A ReadyForQuery that finds
- * the queue wrong means the proxy misread the client's requests: said. */
+ * the queue wrong means the proxy misread the client's requests: said the
+ * first time on a connection (the rest are counted). */
 static inline void track_reply(struct conn *c, char type, char status)
 {
     uint64_t before = c->track.desyncs;
 
     track_server_msg(&c->track, type, status);
-    if (c->track.desyncs != before)
+    if (before == 0 && c->track.desyncs != 0)
         conn_log(LOG_WARNING, c, "the request queue was out of step with the server's "
-                 "replies at a ReadyForQuery: resynchronised");
+                 "replies at a ReadyForQuery: resynchronised (further ones are counted)");
 }
 
 /* Records a message the proxy does not take. */
