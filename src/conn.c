@@ -504,9 +504,12 @@ static void note_oversized(struct conn *c, enum flow d, char type, size_t total,
             stmtcache_forget_all(&c->stmts);
     }
     if (d == FLOW_TO_SERVER) {
-        if (c->stmts.unnamed && (type == 'B' || type == 'D' || type == 'C'))
+        /* A message that may name the unnamed statement: the server's gets
+         * the cached text first. One that may redefine it (a Query does; a
+         * Parse of some name might): nothing kept of it holds. */
+        if (c->stmts.unnamed && (type == 'B' || type == 'D' || type == 'C' || type == 'P'))
             restore_unnamed(c, k);
-        else if (type == 'Q' || type == 'P')
+        if (type == 'Q' || type == 'P')
             unnamed_redefined(c);
     }
     if (d == FLOW_TO_CLIENT && answers_injected(c, type))

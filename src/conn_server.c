@@ -118,7 +118,8 @@ static void forget_refused(struct conn *c)
         const struct note *n = note_of(r);
         if (n && n->defines)
             session_close(&c->session, r->kind == TRACK_PARSE ? 'S' : 'P', n->defines);
-        /* Nor is the kept Parse of the unnamed statement what it holds. */
+        /* The server's unnamed statement is not the one whose Parse the
+         * proxy kept. */
         if (r->kind == TRACK_PARSE && n && n->defines && n->defines[0] == '\0')
             c->unnamed_parse_len = 0;
         /* The empty Parse that made the unnamed statement stand for a

@@ -257,6 +257,49 @@ static void test_stmt_large_bind(void **state)
     itest_pass();
 }
 
+/* A named Parse too large to read, while the unnamed statement stands for
+ * the cached INSERT: whatever it names, the client's unnamed statement is
+ * still the INSERT afterwards. */
+static void test_stmt_large_parse(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = itest_proxy_start_with("debug", "max_held_message = 1kB\n"
+                                                            "[table public.stmt_t]\nconflict = k\n");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *one[2] = { "1", "one" }, *two[2] = { "2", "two" };
+
+    /* The first Parse creates the cached copy, the second one maps to it. */
+    for (int i = 0; i < 2; i++) {
+        PGresult *r = itest_prepare(c, "", INSERT, 2);
+        itest_assert_result_ok(r, "PQprepare of the INSERT");
+        PQclear(r);
+    }
+    PGresult *r = itest_exec_prepared(c, "", 2, one);
+    itest_assert_tag(r, "INSERT 0 1", "the unnamed INSERT");
+    PQclear(r);
+
+    char *big = malloc(8192);
+    assert_non_null(big);
+    memcpy(big, "SELECT '", 8);
+    memset(big + 8, 'x', 8192 - 8 - 2);
+    memcpy(big + 8190, "'", 2);
+    r = itest_prepare(c, "big", big, 0);
+    itest_assert_result_ok(r, "PQprepare of a large SELECT");
+    PQclear(r);
+    free(big);
+    assert_true(itest_proxy_log_contains(p, "streamed unread"));
+
+    r = itest_exec_prepared(c, "", 2, two);
+    itest_assert_tag(r, "INSERT 0 1", "the unnamed INSERT after the large Parse");
+    PQclear(r);
+    r = itest_exec_prepared(c, "", 2, one);
+    itest_assert_tag(r, "INSERT 0 0", "a duplicate through the unnamed INSERT");
+    PQclear(r);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
+    itest_pass();
+}
+
 /* A reload that drops the table's rule while the unnamed statement stands
  * for the cached INSERT: the next Bind runs the client's text as the new
  * rules want it, without the clause, as a new Parse would. */
@@ -505,6 +548,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_deallocate),
         ITEST(test_stmt_errors),
         ITEST(test_stmt_large_bind),
+        ITEST(test_stmt_large_parse),
         ITEST(test_stmt_reload),
         ITEST(test_stmt_split_reads),
         ITEST(test_stmt_query_prepared),
