@@ -198,7 +198,7 @@ static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, si
     evbuffer_add(k->out, msg + PG_HEAD_LEN, at);
     evbuffer_add(k->out, name, name_len);
     evbuffer_add(k->out, msg + PG_HEAD_LEN + at, total - PG_HEAD_LEN - at);
-    snprintf(note->renamed, sizeof(note->renamed), "%s", name);
+    note->renamed = stmtcache_number(c->stmts.unnamed);
 }
 
 /* The cache's entry for a Parse's rewritten text and parameter types; NULL

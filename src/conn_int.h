@@ -249,9 +249,10 @@ struct note {
                                     its ParseComplete is the proxy's; for
                                     a Query's, its text has parameters
                                     (params.h) */
-    char renamed[STMTCACHE_NAME_MAX]; /* a Bind or Describe of the unnamed
-                                    statement sent under this cached
-                                    one's name; "" when not */
+    uint64_t renamed;            /* a Bind or Describe of the unnamed
+                                    statement sent under the name of the
+                                    cached one created as this number;
+                                    0 when not */
     char defined[];              /* where defines points */
 };
 

@@ -314,10 +314,12 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
         if (write_error_with(k, body, len, 'P', value))
             return TAKEN_REPLACED;
     }
-    if (note && note->renamed[0] && err.message) {
+    if (note && note->renamed && err.message) {
         /* "bind message supplies 0 parameters, but prepared statement
          * "idemproxy_s4" requires 1": the client named "". */
-        char *message = without_name(err.message, note->renamed);
+        char name[STMTCACHE_NAME_MAX];
+        stmtcache_name_of(note->renamed, name);
+        char *message = without_name(err.message, name);
         bool written = message && write_error_with(k, body, len, 'M', message);
         free(message);
         if (written)

@@ -70,8 +70,13 @@ uint64_t stmtcache_create(struct stmtcache *sc, struct stmt_entry *e)
 {
     e->state = STMT_PENDING;
     e->number = ++sc->last_number;
-    snprintf(e->name, sizeof(e->name), "idemproxy_s%" PRIu64, e->number);
+    stmtcache_name_of(e->number, e->name);
     return e->number;
+}
+
+void stmtcache_name_of(uint64_t number, char name[STMTCACHE_NAME_MAX])
+{
+    snprintf(name, STMTCACHE_NAME_MAX, "idemproxy_s%" PRIu64, number);
 }
 
 void stmtcache_created(struct stmt_entry *e, uint64_t number, bool ok)
@@ -86,16 +91,7 @@ void stmtcache_forget_all(struct stmtcache *sc)
 
     HASH_ITER(hh, sc->entries, e, tmp)
         e->state = STMT_ABSENT;
-}
-
-bool stmtcache_holds_any(const struct stmtcache *sc)
-{
-    const struct stmt_entry *e, *tmp;
-
-    HASH_ITER(hh, sc->entries, e, tmp)
-        if (e->state != STMT_ABSENT)
-            return true;
-    return false;
+    sc->forgotten_number = sc->last_number;
 }
 
 enum stmt_state stmtcache_state(const struct stmt_entry *e)
@@ -106,6 +102,11 @@ enum stmt_state stmtcache_state(const struct stmt_entry *e)
 const char *stmtcache_name(const struct stmt_entry *e)
 {
     return e->name;
+}
+
+uint64_t stmtcache_number(const struct stmt_entry *e)
+{
+    return e->number;
 }
 
 const char *stmtcache_text(const struct stmt_entry *e, size_t *text_len)

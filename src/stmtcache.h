@@ -42,6 +42,7 @@ struct stmtcache {
     struct stmt_entry *entries;
     size_t count, max;
     uint64_t last_number;
+    uint64_t forgotten_number; /* last_number at the last stmtcache_forget_all */
     /* What the client's unnamed statement is on the server: this entry's
      * named statement, or (NULL) the server's own unnamed statement. */
     struct stmt_entry *unnamed;
@@ -71,13 +72,24 @@ void stmtcache_created(struct stmt_entry *e, uint64_t number, bool ok);
  * STMT_ABSENT, to be created again under a new name. */
 void stmtcache_forget_all(struct stmtcache *sc);
 
-/* Some entry is on the server, or on its way there. */
-bool stmtcache_holds_any(const struct stmtcache *sc);
+/* Some entry may be on the server: one was created since the last
+ * stmtcache_forget_all (or its Parse failed since: the answer errs towards
+ * yes). */
+static inline bool stmtcache_holds_any(const struct stmtcache *sc)
+{
+    return sc->last_number != sc->forgotten_number;
+}
 
 enum stmt_state stmtcache_state(const struct stmt_entry *e);
 
 /* The entry's server-side name, as of its last stmtcache_create. */
 const char *stmtcache_name(const struct stmt_entry *e);
+
+/* The number of the entry's last stmtcache_create (0: never created). */
+uint64_t stmtcache_number(const struct stmt_entry *e);
+
+/* The server-side name of the statement number created. */
+void stmtcache_name_of(uint64_t number, char name[STMTCACHE_NAME_MAX]);
 
 /* The rewritten text (NUL-terminated, text_len bytes before the NUL) and
  * the parameter types, for a Parse of the entry. */
