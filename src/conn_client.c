@@ -180,12 +180,20 @@ static void write_parse(struct sink *k, const char *name, const struct stmt_entr
     evbuffer_add(k->out, types, types_len);
 }
 
-/* A Close of the unnamed statement. */
-static const uint8_t close_unnamed[] = { 'C', 0, 0, 0, 6, 'S', 0 };
+/* Writes a Describe ('D') or a Close ('C') of statement name. */
+static void write_on_statement(struct sink *k, char type, const char *name)
+{
+    size_t name_len = strlen(name) + 1;
+    uint8_t head[PG_HEAD_LEN + 1] = { (uint8_t)type, 0, 0, 0, 0, 'S' };
+
+    pg_put_u32(head + 1, (uint32_t)(4 + 1 + name_len));
+    sink_write(k, head, sizeof(head));
+    evbuffer_add(k->out, name, name_len);
+}
 
 /* Writes the client's message with the cached statement's name in place
  * of the unnamed statement's "" at body offset at; the request's note
- * remembers the name, which the server's errors about it will use. */
+ * remembers whose name, which the server's errors about it will use. */
 static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, size_t total,
                           size_t at, struct note *note)
 {
@@ -333,6 +341,15 @@ bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject t
     return true;
 }
 
+/* The requests of one extended run of the proxy's (pg_build_extended_run). */
+static bool track_extended_run(struct conn *c, enum inject tag)
+{
+    for (const char *m = PG_EXTENDED_RUN_MESSAGES; *m; m++)
+        if (!track_inject(&c->track, *m, tag))
+            return false;
+    return true;
+}
+
 /* Runs sql inside the client's extended batch, on the proxy's own statement
  * and portal names. */
 static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enum inject tag)
@@ -340,11 +357,8 @@ static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enu
     uint8_t buf[512];
     size_t need = pg_build_extended_run(buf, sizeof(buf), GUARD_NAME, sql);
 
-    if (need > sizeof(buf))
+    if (need > sizeof(buf) || !track_extended_run(c, tag))
         return false;
-    for (const char *m = PG_EXTENDED_RUN_MESSAGES; *m; m++)
-        if (!track_inject(&c->track, *m, tag))
-            return false;
     write_own(c, k, buf, need);
     return true;
 }
@@ -373,9 +387,8 @@ static bool track_standalone_run(struct conn *c, size_t statements)
     if (!track_inject(&c->track, PG_STANDALONE_RUN_FIRST, INJECT_CATALOG))
         return false;
     for (size_t i = 0; i < statements; i++)
-        for (const char *m = PG_EXTENDED_RUN_MESSAGES; *m; m++)
-            if (!track_inject(&c->track, *m, INJECT_CATALOG))
-                return false;
+        if (!track_extended_run(c, INJECT_CATALOG))
+            return false;
     return track_inject(&c->track, PG_STANDALONE_RUN_LAST, INJECT_CATALOG);
 }
 
@@ -487,7 +500,7 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
     if (!c->unnamed_closed) {
         if (!track_inject(&c->track, 'C', INJECT_PREPARED))
             goto failed;
-        sink_write(k, close_unnamed, sizeof(close_unnamed));
+        write_on_statement(k, 'C', "");
         c->unnamed_closed = true;
     }
     if (stmtcache_state(e) == STMT_ABSENT) {
@@ -644,10 +657,8 @@ static const char *read_name(const uint8_t *body, size_t len, size_t *at)
 static bool prepare_again(struct conn *c, struct sink *k, const char *name, const uint8_t *body,
                           size_t len)
 {
-    size_t name_len = strlen(name) + 1, total = PG_HEAD_LEN + len;
+    size_t total = PG_HEAD_LEN + len;
     uint8_t *parse = malloc(total);
-    uint8_t describe_head[PG_HEAD_LEN + 1] = { 'D', 0, 0, 0, 0, 'S' };
-    uint8_t close_head[PG_HEAD_LEN + 1] = { 'C', 0, 0, 0, 0, 'S' };
     struct statement st;
 
     if (!parse)
@@ -656,16 +667,12 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
     pg_put_u32(parse + 1, (uint32_t)(4 + len));
     memcpy(parse + PG_HEAD_LEN, body, len);
     decide_message(c, parse, total, &st);
-    pg_put_u32(describe_head + 1, (uint32_t)(4 + 1 + name_len));
-    pg_put_u32(close_head + 1, (uint32_t)(4 + 1 + name_len));
     bool ok = track_inject(&c->track, 'D', INJECT_REPREPARE) &&
               track_inject(&c->track, 'C', INJECT_REPREPARE) &&
               track_inject(&c->track, 'P', INJECT_REPREPARE);
     if (ok) {
-        sink_write(k, describe_head, sizeof(describe_head));
-        evbuffer_add(k->out, name, name_len);
-        sink_write(k, close_head, sizeof(close_head));
-        evbuffer_add(k->out, name, name_len);
+        write_on_statement(k, 'D', name);
+        write_on_statement(k, 'C', name);
         if (st.replaced)
             write_rewritten(k, 'P', &st);
         else

@@ -21,9 +21,10 @@
 /* The savepoint the proxy owns, and the statements around it. */
 #define TRANSLATE_SQL_SAVEPOINT "SAVEPOINT idemproxy_guard"
 #define TRANSLATE_SQL_RELEASE "RELEASE SAVEPOINT idemproxy_guard"
-#define TRANSLATE_SQL_ROLLBACK "ROLLBACK TO SAVEPOINT idemproxy_guard; RELEASE SAVEPOINT idemproxy_guard"
-/* Its first statement alone, for the extended protocol (one per Parse). */
+/* The rollback, as one Query and, for the extended protocol (one statement
+ * per Parse), its first statement alone. */
 #define TRANSLATE_SQL_ROLLBACK_TO "ROLLBACK TO SAVEPOINT idemproxy_guard"
+#define TRANSLATE_SQL_ROLLBACK TRANSLATE_SQL_ROLLBACK_TO "; " TRANSLATE_SQL_RELEASE
 /* What the client is told instead of the error. */
 #define TRANSLATE_TAG "INSERT 0 0"
 
