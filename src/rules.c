@@ -2,8 +2,8 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
 
+#include "hashtable.h"
 #include "shape.h"
 
 /* The decision cache of one scope stays within these bounds; the least
@@ -483,9 +483,10 @@ static struct cache_entry *cache_find(struct scope *s, const char *key, size_t l
     struct cache_entry *e;
 
     HASH_FIND(hh, s->cache, key, len, e);
-    if (e) {
-        /* Most recently used goes to the end of uthash's order; its hash
-         * is known. */
+    /* Most recently used goes to the end of uthash's order; its hash is
+     * known. One there already stays: taking out the only entry would free
+     * the table and adding it back allocate a new one. */
+    if (e && s->cache->hh.tbl->tail != &e->hh) {
         unsigned hashv = e->hh.hashv;
         HASH_DELETE(hh, s->cache, e);
         HASH_ADD_KEYPTR_BYHASHVALUE(hh, s->cache, e->text, e->len, hashv, e);
