@@ -7,7 +7,7 @@ IDEM_TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
 IDEM_PACKAGES=(build-essential autoconf automake libtool pkg-config
     libevent-dev libssl-dev libpq-dev libpg-query-dev libprotobuf-c-dev
-    libcmocka-dev libinih-dev uthash-dev liburing-dev libsystemd-dev postgresql-15 postgresql-client-15
+    libcmocka-dev libinih-dev uthash-dev libxxhash-dev liburing-dev libsystemd-dev postgresql-15 postgresql-client-15
     clang libclang-rt-14-dev)
 
 idem_say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }

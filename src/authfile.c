@@ -7,8 +7,8 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
-#include <uthash.h>
 
+#include "hashtable.h"
 #include "scram.h"
 
 #define SCRAM_PREFIX "SCRAM-SHA-256$"

@@ -3,9 +3,10 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
 
 #include <openssl/rand.h>
+
+#include "hashtable.h"
 
 struct cancel_key {
     UT_hash_handle hh;

@@ -2,10 +2,10 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
 
 #include <event2/buffer.h>
 
+#include "hashtable.h"
 #include "log.h"
 #include "pgproto.h"
 

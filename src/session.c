@@ -2,7 +2,8 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
+
+#include "hashtable.h"
 
 struct session_entry {
     UT_hash_handle hh;

@@ -4,7 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
+
+#include "hashtable.h"
 
 struct stmt_entry {
     UT_hash_handle hh;

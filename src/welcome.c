@@ -2,8 +2,8 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <uthash.h>
 
+#include "hashtable.h"
 #include "pgproto.h"
 
 struct welcome_param {
