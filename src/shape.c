@@ -7,20 +7,31 @@
 #define MARK '\x01'
 #define MASK_LEN 2
 
+/* How PostgreSQL's scanner classes a byte, as far as shapes need it. */
+enum { CH_DIGIT = 1, CH_IDENT_START = 2, CH_IDENT = 4 };
+static const unsigned char char_class[256] = {
+    ['0' ... '9'] = CH_DIGIT | CH_IDENT,
+    ['a' ... 'z'] = CH_IDENT_START | CH_IDENT,
+    ['A' ... 'Z'] = CH_IDENT_START | CH_IDENT,
+    ['_'] = CH_IDENT_START | CH_IDENT,
+    ['$'] = CH_IDENT,
+    [0x80 ... 0xff] = CH_IDENT_START | CH_IDENT,
+};
+
 static bool is_digit(unsigned char c)
 {
-    return c >= '0' && c <= '9';
+    return char_class[c] & CH_DIGIT;
 }
 
-/* What may begin an identifier or keyword for PostgreSQL's scanner. */
+/* What may begin an identifier or keyword. */
 static bool ident_start(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || c >= 0x80;
+    return char_class[c] & CH_IDENT_START;
 }
 
 static bool ident_char(unsigned char c)
 {
-    return ident_start(c) || is_digit(c) || c == '$';
+    return char_class[c] & CH_IDENT;
 }
 
 /* Just past the quote that closes the quoted run opening at text[i] (a
@@ -85,9 +96,10 @@ static size_t number_end(const char *text, size_t len, size_t i, char *kind)
     return j;
 }
 
-static size_t run_end(const char *text, size_t len, size_t i, bool (*in_run)(unsigned char))
+/* Just past the bytes of a class that start at text[i]. */
+static size_t run_end(const char *text, size_t len, size_t i, unsigned char class)
 {
-    while (i < len && in_run((unsigned char)text[i]))
+    while (i < len && (char_class[(unsigned char)text[i]] & class))
         i++;
     return i;
 }
@@ -109,7 +121,7 @@ static bool add_const(struct shape *sh, const char *text, size_t at, size_t end)
 
 bool shape_of(const char *text, size_t len, struct shape *sh)
 {
-    size_t k = 0, i = 0;
+    size_t k = 0, i = 0, copied = 0; /* text before copied is in the key */
 
     sh->key_len = 0;
     sh->nconsts = 0;
@@ -147,31 +159,34 @@ bool shape_of(const char *text, size_t len, struct shape *sh)
             /* $n is a parameter; $tag$ would open a dollar quote. */
             if (i + 1 >= len || !is_digit((unsigned char)text[i + 1]))
                 goto none;
-            end = run_end(text, len, i + 1, is_digit);
+            end = run_end(text, len, i + 1, CH_DIGIT);
         } else if (ident_start(c)) {
-            end = run_end(text, len, i, ident_char);
+            end = run_end(text, len, i, CH_IDENT);
         } else if (is_digit(c)) {
             /* After a dot the digits are the tail of a number like .5. */
             end = i > 0 && text[i - 1] == '.' ? 0 : number_end(text, len, i, &kind);
             masked = end != 0;
             if (!masked)
-                end = run_end(text, len, i, is_digit);
+                end = run_end(text, len, i, CH_DIGIT);
         } else {
             end = i + 1;
         }
+        /* What is not masked goes into the key as it is, a run at a time. */
         if (masked) {
             if (!add_const(sh, text, i, end))
                 goto none;
+            memcpy(sh->key + k, text + copied, i - copied);
+            k += i - copied;
             sh->key[k++] = MARK;
             sh->key[k++] = kind;
-        } else {
-            memcpy(sh->key + k, text + i, end - i);
-            k += end - i;
+            copied = end;
         }
         i = end;
     }
     if (sh->nconsts == 0)
         goto none;
+    memcpy(sh->key + k, text + copied, len - copied);
+    k += len - copied;
     sh->key[k] = '\0';
     sh->key_len = k;
     return true;
