@@ -247,6 +247,7 @@ static void free_pair(struct conn *c)
     forget_key(c);
     welcome_free(&c->welcome);
     free(c->unnamed_parse);
+    free(c->displaced_parse);
     if (c->catalog) {
         scope_learn(c->scope, NULL, now_ns());
         catalog_free(c->catalog);
@@ -510,7 +511,7 @@ static void note_oversized(struct conn *c, enum flow d, char type, size_t total,
         if (c->stmts.unnamed && (type == 'B' || type == 'D' || type == 'C' || type == 'P'))
             restore_unnamed(c, k);
         if (type == 'Q' || type == 'P')
-            unnamed_redefined(c);
+            unnamed_redefined(c, NULL);
     }
     if (d == FLOW_TO_CLIENT && answers_injected(c, type))
         c->catalog_ok = false;

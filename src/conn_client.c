@@ -25,6 +25,9 @@ void free_note(void *arg)
      * an error): nothing was created. */
     if (n->creates)
         stmtcache_created(n->creates, n->number, false);
+    /* Answered, not skipped: the redefinition took place. */
+    if (n->unsure)
+        unnamed_settle(n->unsure);
     decision_unref(n->decision);
     free(n);
 }
@@ -292,15 +295,63 @@ static void keep_unnamed_parse(struct conn *c, const struct statement *st)
     c->unnamed_version = scope_version(c->scope);
 }
 
+/* The kept Parse and the displaced one trade places (and buffers). */
+static void swap_unnamed_parse(struct conn *c)
+{
+    uint8_t *buf = c->unnamed_parse;
+    size_t len = c->unnamed_parse_len, cap = c->unnamed_parse_cap;
+    uint64_t version = c->unnamed_version;
+
+    c->unnamed_parse = c->displaced_parse;
+    c->unnamed_parse_len = c->displaced_parse_len;
+    c->unnamed_parse_cap = c->displaced_parse_cap;
+    c->unnamed_version = c->displaced_version;
+    c->displaced_parse = buf;
+    c->displaced_parse_len = len;
+    c->displaced_parse_cap = cap;
+    c->displaced_version = version;
+}
+
 /* A Query, a Parse or a Close of the unnamed statement: it is the server's
  * own again, and no longer the kept Parse's (unless the server skips the
- * message). */
-void unnamed_redefined(struct conn *c)
+ * message, which it does after an error before the batch's Sync). */
+bool unnamed_redefined(struct conn *c, struct note **note)
 {
-    if (!c->track.skip_to_sync) {
+    if (c->track.skip_to_sync || (!c->stmts.unnamed && !c->unnamed_parse_len))
+        return true;
+    /* Nothing ahead of it in its batch is unanswered, or it has no note to
+     * tell when it is answered, or an earlier one is unsure already (a
+     * skip would take both): what was kept goes. */
+    if (!note || !c->track.batch_open || track_pending(&c->track) == 0 || c->unnamed_unsure) {
         c->stmts.unnamed = NULL;
         c->unnamed_parse_len = 0;
+        return true;
     }
+    if (!*note && !(*note = note_new(NULL, NULL)))
+        return false;
+    (*note)->unsure = c;
+    c->unnamed_unsure = true;
+    c->displaced_unnamed = c->stmts.unnamed;
+    c->stmts.unnamed = NULL;
+    swap_unnamed_parse(c);
+    c->unnamed_parse_len = 0;
+    return true;
+}
+
+void unnamed_settle(struct conn *c)
+{
+    c->unnamed_unsure = false;
+    c->displaced_unnamed = NULL;
+    c->displaced_parse_len = 0;
+}
+
+void unnamed_restore(struct conn *c)
+{
+    c->unnamed_unsure = false;
+    c->stmts.unnamed = c->displaced_unnamed;
+    c->displaced_unnamed = NULL;
+    swap_unnamed_parse(c);
+    c->displaced_parse_len = 0;
 }
 
 /* The server is to read a message the proxy cannot rename (too large to
@@ -546,13 +597,18 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
     /* A Query in the middle of a batch ends its implicit transaction, and
      * drops the unnamed statement. */
     c->batch_certain = false;
-    unnamed_redefined(c);
+    if (!unnamed_redefined(c, &note)) {
+        decision_unref(st.d);
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
     if (st.table < 0 && !st.replaced) {
         decision_unref(st.d);
-        return track_client(c, 'Q', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+        return track_client(c, 'Q', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
-    note = note_new(st.d, NULL);
-    if (!note) {
+    if (note)
+        note->decision = st.d;
+    else if (!(note = note_new(st.d, NULL))) {
         fail_oom(c);
         return TAKEN_CLOSED;
     }
@@ -620,8 +676,10 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
         return TAKEN_CLOSED;
     }
     bool unnamed = name && name[0] == '\0';
-    if (unnamed)
-        unnamed_redefined(c);
+    if (unnamed && !unnamed_redefined(c, &note)) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
     bool cacheable = st.replaced && unnamed && rule;
     bool cached = cacheable && parse_cached(c, k, &st, note);
     if (!cached && st.replaced)
@@ -775,13 +833,17 @@ static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
     size_t len = total - PG_HEAD_LEN, at = 1;
     const char *name = len > 1 ? read_name(body, len, &at) : NULL;
 
+    struct note *note = NULL;
+
     batch_message(c);
     if (name)
         session_close(&c->session, (char)body[0], name);
     /* It closes the server's own unnamed statement, as the client meant. */
-    if (name && body[0] == 'S' && name[0] == '\0')
-        unnamed_redefined(c);
-    return track_client(c, 'C', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    if (name && body[0] == 'S' && name[0] == '\0' && !unnamed_redefined(c, &note)) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    return track_client(c, 'C', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
 /* An Execute of a recognised INSERT carries what translation needs; in a
@@ -830,7 +892,7 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
 static enum taken take_sync(struct conn *c)
 {
     c->batch_open = false;
-    c->batch_ending = c->batch_guarded;
+    c->batch_ending = c->batch_guarded || c->unnamed_unsure;
     c->batch_guarded = false;
     if (c->guard == GUARD_AWAIT_SYNC)
         c->guard = GUARD_SYNCED;
@@ -875,6 +937,7 @@ static enum taken take_unrewritten(struct conn *c, const uint8_t *msg, size_t to
     const uint8_t *body = msg + PG_HEAD_LEN;
     size_t len = total - PG_HEAD_LEN, at = 0;
     char type = (char)msg[0];
+    struct note *note = NULL;
 
     switch (type) {
     case 'B': return take_bind(c, msg, total, k);
@@ -887,14 +950,16 @@ static enum taken take_unrewritten(struct conn *c, const uint8_t *msg, size_t to
         const uint8_t *end = text ? memchr(text, '\0', len - at) : NULL;
         if (end)
             forget_if_redefined(c, (const char *)text, (size_t)(end - text));
-        if (name && name[0] == '\0')
-            unnamed_redefined(c);
+        if (name && name[0] == '\0' && !unnamed_redefined(c, &note)) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
         break;
     }
     default:
         break;
     }
-    return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    return track_client(c, type, note) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
 enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,

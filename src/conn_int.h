@@ -143,6 +143,17 @@ struct conn {
                                    change (see reprepare); its buffer is reused */
     size_t unnamed_parse_len, unnamed_parse_cap;
     uint64_t unnamed_version;   /* the rules' version that decided its text */
+    /* A Query, Parse or Close of the unnamed statement went while the proxy
+     * kept something of it (the cached statement it stands for, its Parse),
+     * behind messages of the same batch that may yet fail and have the
+     * server skip it. Until it is answered or skipped, what it displaced
+     * waits here to be put back, and the Sync ending its batch holds the
+     * client's next messages, whose meaning depends on which. */
+    bool unnamed_unsure;
+    struct stmt_entry *displaced_unnamed;
+    uint8_t *displaced_parse;   /* the other buffer of unnamed_parse */
+    size_t displaced_parse_len, displaced_parse_cap;
+    uint64_t displaced_version;
     bool unnamed_closed;        /* the server holds no unnamed statement: the proxy
                                    closed it, and the client sent no Parse since */
     bool batch_open;            /* extended messages since the last Sync */
@@ -253,6 +264,9 @@ struct note {
                                     statement sent under the name of the
                                     cached one created as this number;
                                     0 when not */
+    struct conn *unsure;         /* a redefinition of the unnamed statement
+                                    the server may yet skip: its connection,
+                                    told when it is answered instead */
     char defined[];              /* where defines points */
 };
 
@@ -325,9 +339,17 @@ bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject t
 bool inject_rollback(struct conn *c, bool after_batch);
 /* Asks the server about the registered tables; client input waits. */
 void learn_catalog(struct conn *c);
-/* A Query, a Parse or a Close of the unnamed statement went to the server:
- * it is no longer what the proxy kept of it. */
-void unnamed_redefined(struct conn *c);
+/* A Query, a Parse or a Close of the unnamed statement goes to the server:
+ * it is no longer what the proxy kept of it. When the server may yet skip
+ * the message (see unnamed_unsure), *note (made when NULL) is marked to
+ * settle that when it is answered; note NULL: the message has none, and
+ * what was kept is dropped. False when out of memory. */
+bool unnamed_redefined(struct conn *c, struct note **note);
+/* The server skipped that redefinition: the unnamed statement is what it
+ * was before it. */
+void unnamed_restore(struct conn *c);
+/* It took place (or what it displaced is stale): that is dropped. */
+void unnamed_settle(struct conn *c);
 /* The server is to read a message naming the unnamed statement that the
  * proxy cannot rename: the statement gets the cached text first. */
 void restore_unnamed(struct conn *c, struct sink *k);

@@ -107,26 +107,47 @@ static char guarded_next(const struct conn *c, const struct note *note)
 /* The server refused an extended message and skips the rest up to Sync:
  * what the Parses and Binds among them defined never came to be, so their
  * names are forgotten (the server may still hold an older meaning, which
- * the proxy does not know). */
+ * the proxy does not know). A redefinition of the unnamed statement among
+ * them that displaced what the proxy kept of it gives that back, unless a
+ * skipped Parse of the unnamed statement came before it (the proxy knew
+ * nothing of the statement then). */
 static void forget_refused(struct conn *c)
 {
     const struct track_req *r;
+    struct note *unsure = NULL;
+    bool unnamed_parsed = false, restore = false;
 
     if (!track_error_skips(&c->track))
         return;
     for (size_t i = 0; (r = track_at(&c->track, i)) && r->kind != TRACK_SYNC; i++) {
-        const struct note *n = note_of(r);
-        if (n && n->defines)
+        struct note *n = r->injected ? NULL : r->note;
+        if (!n)
+            continue;
+        /* Not the failing message itself: that one took place. */
+        if (i > 0 && n->unsure && !unsure) {
+            unsure = n;
+            restore = !unnamed_parsed;
+        }
+        if (n->defines)
             session_close(&c->session, r->kind == TRACK_PARSE ? 'S' : 'P', n->defines);
         /* The server's unnamed statement is not the one whose Parse the
          * proxy kept. */
-        if (r->kind == TRACK_PARSE && n && n->defines && n->defines[0] == '\0')
+        if (r->kind == TRACK_PARSE && n->defines && n->defines[0] == '\0') {
             c->unnamed_parse_len = 0;
+            unnamed_parsed |= i > 0;
+        }
         /* The empty Parse that made the unnamed statement stand for a
          * cached one failed (a cancel): the server holds no unnamed
          * statement, as it would not have for the client's. */
-        if (n && n->maps && c->stmts.unnamed == n->maps)
+        if (n->maps && c->stmts.unnamed == n->maps)
             c->stmts.unnamed = NULL;
+    }
+    if (unsure) {
+        unsure->unsure = NULL;
+        if (restore)
+            unnamed_restore(c);
+        else
+            unnamed_settle(c);
     }
 }
 

@@ -540,6 +540,90 @@ static void test_stmt_split_reads(void **state)
     itest_pass();
 }
 
+/* Reads one message per type in types; an ErrorResponse ('E') must carry
+ * sqlstate, a CommandComplete ('C') the tag. */
+static void expect_replies(int fd, const char *types, const char *sqlstate, const char *tag,
+                           const char *what)
+{
+    for (const char *t = types; *t; t++) {
+        struct itest_msg m;
+        assert_int_equal(itest_raw_read_msg(fd, &m, ITEST_QUERY_TIMEOUT_MS), ITEST_READ_OK);
+        char type = m.type, code[6] = "", message[256] = "";
+        /* itest_msg_field answers in one static buffer. */
+        if (type == 'E') {
+            snprintf(code, sizeof code, "%s", itest_msg_field(&m, 'C'));
+            snprintf(message, sizeof message, "%s", itest_msg_field(&m, 'M'));
+        }
+        if (type != *t)
+            fail_msg("%s: message %d is '%c' (%s), want '%c'", what, (int)(t - types), type,
+                     message, *t);
+        if (type == 'E' && strcmp(code, sqlstate) != 0)
+            fail_msg("%s: SQLSTATE %s (%s), want %s", what, code, message, sqlstate);
+        if (type == 'C')
+            assert_string_equal((const char *)m.body, tag);
+        itest_msg_free(&m);
+    }
+}
+
+/* While the unnamed statement stands for the cached INSERT, the client
+ * redefines it (a Parse, a Close, a Query) behind a message that fails in
+ * the same batch, then binds it after the Sync. The server skipped the
+ * redefinition, so the Bind runs the INSERT, as it does straight on
+ * PostgreSQL (the proxy must not take the redefinition as done before it
+ * knows the server did it). */
+static void test_stmt_skipped_redefinition(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_skipped_redefinition");
+
+    /* The first Parse creates the cached copy, the second one maps to it. */
+    pipeline_inserts(fd, INSERT, 1, 1, "INSERT 0 1");
+    pipeline_inserts(fd, INSERT, 2, 1, "INSERT 0 1");
+
+    static const uint8_t parse[] = "\0SELECT 1\0\0"; /* and the array's NUL: no types */
+    static const uint8_t close[] = "S";
+    static const uint8_t query[] = "SELECT 1";
+    const struct {
+        char type;
+        const uint8_t *body;
+        size_t len;
+        const char *what;
+    } redefinitions[] = {
+        { 'P', parse, sizeof parse, "a skipped Parse of the unnamed statement" },
+        { 'C', close, sizeof close, "a skipped Close of the unnamed statement" },
+        { 'Q', query, sizeof query, "a skipped Query" },
+    };
+    for (int i = 0; i < 3; i++) {
+        static const uint8_t describe_missing[] = "Pno_such_portal";
+        uint8_t buf[1024];
+        size_t n = itest_build_msg(buf, sizeof buf, 'D', describe_missing,
+                                   sizeof describe_missing);
+        n += itest_build_msg(buf + n, sizeof buf - n, redefinitions[i].type,
+                             redefinitions[i].body, redefinitions[i].len);
+        n += itest_build_msg(buf + n, sizeof buf - n, 'S', NULL, 0);
+        /* The Bind of the unnamed statement (put_insert's, without its Parse). */
+        uint8_t insert[512];
+        char k[8];
+        snprintf(k, sizeof k, "%d", 10 + i);
+        size_t len = put_insert(insert, sizeof insert, 0, INSERT, k, "kept");
+        size_t parse_len = 1 + ((size_t)insert[1] << 24 | (size_t)insert[2] << 16 |
+                                (size_t)insert[3] << 8 | insert[4]);
+        memcpy(buf + n, insert + parse_len, len - parse_len);
+        n += len - parse_len;
+        assert_true(itest_raw_send(fd, buf, n));
+        expect_replies(fd, "EZ", "34000", NULL, redefinitions[i].what);
+        expect_replies(fd, "2CZ", NULL, "INSERT 0 1", redefinitions[i].what);
+    }
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE payload = 'kept'"), 3);
+
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -552,6 +636,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_reload),
         ITEST(test_stmt_split_reads),
         ITEST(test_stmt_query_prepared),
+        ITEST(test_stmt_skipped_redefinition),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
                       sizeof tests / sizeof tests[0]);
