@@ -247,13 +247,14 @@ static bool send_creation(struct conn *c, struct sink *k, struct stmt_entry *e,
  * client's Binds name the copy. Only with nothing outstanding, so that the
  * empty Parse is neither skipped nor refused, and whatever the client sends
  * next, past a Sync too, finds its unnamed statement where the proxy says.
- * False when the Parse must go as it is. */
+ * Not in a failed block either: the empty text parses there, the client's
+ * would not. False when the Parse must go as it is. */
 static bool parse_cached(struct conn *c, struct sink *k, const struct statement *st,
                          struct note *note)
 {
     static const uint8_t empty_parse[] = { 'P', 0, 0, 0, 8, 0, 0, 0, 0 };
 
-    if (track_pending(&c->track) != 0)
+    if (track_pending(&c->track) != 0 || c->track.txn_status == 'E')
         return false;
     struct stmt_entry *e = cached_entry(c, st);
     if (!e || stmtcache_state(e) != STMT_READY)

@@ -620,6 +620,16 @@ static void test_stmt_skipped_redefinition(void **state)
     }
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE payload = 'kept'"), 3);
 
+    /* In a failed block the client's Parse fails, as PostgreSQL's does:
+     * not the proxy's empty one in its place, which would parse. */
+    static const uint8_t begin_fail[] = "BEGIN; SELECT 1/0";
+    uint8_t buf[1024];
+    size_t n = itest_build_msg(buf, sizeof buf, 'Q', begin_fail, sizeof begin_fail);
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "CEZ", "22012", "BEGIN", "BEGIN and a division by zero");
+    n = put_insert(buf, sizeof buf, 0, INSERT, "20", "in a failed block");
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "EZ", "25P02", NULL, "the INSERT's Parse in a failed block");
     itest_raw_close(fd);
     itest_pass();
 }
