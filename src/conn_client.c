@@ -578,6 +578,7 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
     decision_unref(note->decision);
     note->decision = NULL;
     note->req.extended = true;
+    note->first_run = true;
     if (!track_client_msg(&c->track, 'E', note) || !track_client_msg(&c->track, 'S', NULL)) {
         fail_oom(c);
         return PREPARED_FAILED;
@@ -879,6 +880,7 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
         .statements = c->batch_executes,
         .txn_status = c->track.txn_status,
     };
+    note->first_run = session_portal_first_run(&c->session, portal);
     if (!translate_guard(&note->req, c->batch_certain))
         return track_client(c, 'E', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
     note->req.guarded = true;

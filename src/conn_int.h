@@ -264,6 +264,8 @@ struct note {
                                     statement sent under the name of the
                                     cached one created as this number;
                                     0 when not */
+    bool first_run;              /* an Execute of a portal's statement, not a
+                                    fetch from it (session_portal_first_run) */
     struct conn *unsure;         /* a redefinition of the unnamed statement
                                     the server may yet skip: its connection,
                                     told when it is answered instead */

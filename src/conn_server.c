@@ -151,16 +151,49 @@ static void forget_refused(struct conn *c)
     }
 }
 
+/* Whether request r ran a text the proxy rewrote, as far as it can tell.
+ * Only such a text fails because a registered table changed after the
+ * catalog check: where PostgreSQL analyses and plans it (a Query, a Parse,
+ * a Bind of a portal running such an INSERT, of the cached statement the
+ * unnamed one stands for, or the proxy's own Bind of a Query's cached
+ * statement), or where the executor meets the table (the first Execute of
+ * such a portal; a later one only fetches, or fails because the portal has
+ * run: "portal cannot be run" is 55000 too). */
+static bool ran_rewrite(const struct conn *c, const struct track_req *r)
+{
+    const char *schema, *table;
+
+    if (!r)
+        return false;
+    if (r->injected)
+        return r->tag == INJECT_PREPARED;
+    const struct note *n = r->note;
+    switch (r->kind) {
+    case TRACK_QUERY:
+        return n && (n->decision || n->req.table >= 0);
+    case TRACK_PARSE:
+        return n && (n->decision || n->creates);
+    case TRACK_BIND:
+        return n && (n->renamed ||
+                     (n->defines && session_portal(&c->session, n->defines, &schema, &table)));
+    case TRACK_EXECUTE:
+        return n && n->first_run;
+    default:
+        return false;
+    }
+}
+
 /* What an error says of the server's state the proxy keeps a picture of.
  * A statement the server says does not exist (26000: the client's SQL
  * dropped it where the proxy could not see) is created again next time.
  * An error a rewrite causes once a registered table changed after the
  * catalog check (an index dropped: 42P10, made DEFERRABLE: 55000, a rule
- * added: 0A000, a privilege revoked: 42501) puts the scope in doubt: it
- * stops rewriting until the catalog is asked again. The code alone
- * decides, whichever statement failed: these errors are rare otherwise,
- * and a scope is asked again at most once a second. */
-static void note_server_state(struct conn *c, const struct pg_error *err)
+ * added: 0A000, a privilege revoked: 42501), answering a request that ran
+ * a rewritten text, puts the scope in doubt: it stops rewriting until the
+ * catalog is asked again (at most once a second). The same codes from
+ * anything else say nothing of the tables. */
+static void note_server_state(struct conn *c, const struct pg_error *err,
+                              const struct track_req *r)
 {
     static const char *const doubts[] = { "42P10", "55000", "0A000", "42809", "42501" };
 
@@ -170,7 +203,9 @@ static void note_server_state(struct conn *c, const struct pg_error *err)
         stmtcache_forget_all(&c->stmts);
         return;
     }
-    for (size_t i = 0; c->scope && i < sizeof(doubts) / sizeof(doubts[0]); i++) {
+    if (!c->scope || !ran_rewrite(c, r))
+        return;
+    for (size_t i = 0; i < sizeof(doubts) / sizeof(doubts[0]); i++) {
         if (strcmp(err->code, doubts[i]) == 0) {
             if (!scope_distrust(c->scope, now_ns()))
                 return;
@@ -241,7 +276,7 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
     if (!pg_error_parse(body, len, &err))
         return TAKEN_FORWARD;
     note_fatal(c, &err);
-    note_server_state(c, &err);
+    note_server_state(c, &err, answering(c));
     forget_refused(c);
     if (c->guard == GUARD_BROKEN) {
         /* The proxy's savepoint failed and said so; this is the client's
@@ -395,7 +430,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     if (error) {
         if (note_fatal(c, &err))
             taken = TAKEN_FORWARD;
-        note_server_state(c, &err);
+        note_server_state(c, &err, answering(c));
     }
     if (type == 'E')
         forget_refused(c);

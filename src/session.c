@@ -12,6 +12,7 @@ struct session_entry {
                                    table; NULL when not kept */
     size_t parse_len;
     uint64_t version;           /* the rules' version it was prepared under */
+    bool ran;                   /* a portal Executed since its Bind */
     char names[];               /* the name (the key), the schema, the table */
 };
 
@@ -127,9 +128,22 @@ const uint8_t *session_outdated(struct session *s, const char *name, uint64_t ve
 bool session_bind(struct session *s, const char *portal, const char *statement)
 {
     const struct session_entry *stmt = find(s->statements, statement);
+    struct session_entry *e =
+        set(&s->portals, portal, stmt ? stmt->schema : NULL, stmt ? stmt->table : NULL, 0);
 
-    return set(&s->portals, portal, stmt ? stmt->schema : NULL, stmt ? stmt->table : NULL, 0) ||
-           !stmt;
+    if (e)
+        e->ran = false;
+    return e || !stmt;
+}
+
+bool session_portal_first_run(struct session *s, const char *portal)
+{
+    struct session_entry *e = find(s->portals, portal);
+
+    if (!e || e->ran)
+        return false;
+    e->ran = true;
+    return true;
 }
 
 void session_close(struct session *s, char kind, const char *name)

@@ -244,6 +244,27 @@ static void test_close_statement(void **state)
     finish();
 }
 
+/* A portal's statement runs at its first Execute after each Bind; the
+ * same Bind again (a driver that does not prepare) starts it over. */
+static void test_first_run(void **state)
+{
+    struct session *s = *state;
+
+    PARSE(s, "", "public", "orders");
+    BIND(s, "", "");
+    assert_true(session_portal_first_run(s, ""));
+    assert_false(session_portal_first_run(s, ""));
+    BIND(s, "", "");
+    assert_true(session_portal_first_run(s, ""));
+    BIND(s, "p", "");
+    assert_true(session_portal_first_run(s, "p"));
+    assert_false(session_portal_first_run(s, ""));
+    /* Portals of statements the session does not keep are not known. */
+    BIND(s, "q", "unknown");
+    assert_false(session_portal_first_run(s, "q"));
+    assert_false(session_portal_first_run(s, "never bound"));
+}
+
 static void test_close_portal(void **state)
 {
     struct session *s = *state;
@@ -603,6 +624,7 @@ int main(void)
         T(test_unnamed),
         T(test_reparse),
         T(test_close_statement),
+        T(test_first_run),
         T(test_close_portal),
         T(test_close_bad_kind),
         T(test_bind_unknown_statement),

@@ -486,6 +486,31 @@ static size_t put_insert(uint8_t *buf, size_t cap, size_t at, const char *text, 
     return at + itest_build_msg(buf + at, cap - at, 'S', NULL, 0);
 }
 
+/* Reads one message per type in types; an ErrorResponse ('E') must carry
+ * sqlstate, a CommandComplete ('C') the tag. */
+static void expect_replies(int fd, const char *types, const char *sqlstate, const char *tag,
+                           const char *what)
+{
+    for (const char *t = types; *t; t++) {
+        struct itest_msg m;
+        assert_int_equal(itest_raw_read_msg(fd, &m, ITEST_QUERY_TIMEOUT_MS), ITEST_READ_OK);
+        char type = m.type, code[6] = "", message[256] = "";
+        /* itest_msg_field answers in one static buffer. */
+        if (type == 'E') {
+            snprintf(code, sizeof code, "%s", itest_msg_field(&m, 'C'));
+            snprintf(message, sizeof message, "%s", itest_msg_field(&m, 'M'));
+        }
+        if (type != *t)
+            fail_msg("%s: message %d is '%c' (%s), want '%c'", what, (int)(t - types), type,
+                     message, *t);
+        if (type == 'E' && strcmp(code, sqlstate) != 0)
+            fail_msg("%s: SQLSTATE %s (%s), want %s", what, code, message, sqlstate);
+        if (type == 'C')
+            assert_string_equal((const char *)m.body, tag);
+        itest_msg_free(&m);
+    }
+}
+
 /* Sends count INSERTs of text in one pipeline, keys first_k.., and reads
  * their answers: each is ParseComplete, BindComplete, tag, ReadyForQuery. */
 static void pipeline_inserts(int fd, const char *text, int first_k, int count, const char *tag)
@@ -500,16 +525,8 @@ static void pipeline_inserts(int fd, const char *text, int first_k, int count, c
     }
     assert_true(itest_raw_send(fd, pipeline, n));
     free(pipeline);
-    for (int i = 0; i < 4 * count; i++) {
-        struct itest_msg m;
-        assert_int_equal(itest_raw_read_msg(fd, &m, ITEST_QUERY_TIMEOUT_MS), ITEST_READ_OK);
-        char type = m.type, want = "12CZ"[i % 4];
-        if (type == 'C')
-            assert_string_equal((const char *)m.body, tag);
-        itest_msg_free(&m);
-        if (type != want)
-            fail_msg("message %d is '%c', want '%c'", i, type, want);
-    }
+    for (int i = 0; i < count; i++)
+        expect_replies(fd, "12CZ", NULL, tag, "a pipelined INSERT");
 }
 
 /* A pipeline larger than the proxy reads at once: 1000 small INSERTs,
@@ -538,31 +555,6 @@ static void test_stmt_split_reads(void **state)
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE payload = 'split'"),
                      1000);
     itest_pass();
-}
-
-/* Reads one message per type in types; an ErrorResponse ('E') must carry
- * sqlstate, a CommandComplete ('C') the tag. */
-static void expect_replies(int fd, const char *types, const char *sqlstate, const char *tag,
-                           const char *what)
-{
-    for (const char *t = types; *t; t++) {
-        struct itest_msg m;
-        assert_int_equal(itest_raw_read_msg(fd, &m, ITEST_QUERY_TIMEOUT_MS), ITEST_READ_OK);
-        char type = m.type, code[6] = "", message[256] = "";
-        /* itest_msg_field answers in one static buffer. */
-        if (type == 'E') {
-            snprintf(code, sizeof code, "%s", itest_msg_field(&m, 'C'));
-            snprintf(message, sizeof message, "%s", itest_msg_field(&m, 'M'));
-        }
-        if (type != *t)
-            fail_msg("%s: message %d is '%c' (%s), want '%c'", what, (int)(t - types), type,
-                     message, *t);
-        if (type == 'E' && strcmp(code, sqlstate) != 0)
-            fail_msg("%s: SQLSTATE %s (%s), want %s", what, code, message, sqlstate);
-        if (type == 'C')
-            assert_string_equal((const char *)m.body, tag);
-        itest_msg_free(&m);
-    }
 }
 
 /* While the unnamed statement stands for the cached INSERT, the client
@@ -634,6 +626,35 @@ static void test_stmt_skipped_redefinition(void **state)
     itest_pass();
 }
 
+/* An Execute of the INSERT's portal after it ran fails as on PostgreSQL
+ * (55000, portal "" cannot be run), and is no sign that the table changed:
+ * the rewrite goes on. */
+static void test_stmt_portal_run_twice(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_portal_run_twice");
+
+    static const uint8_t execute[] = { '\0', 0, 0, 0, 0 };
+    uint8_t buf[1024];
+    size_t n = put_insert(buf, sizeof buf, 0, INSERT, "1", "twice");
+    n -= 5; /* the Sync: a second Execute goes before it */
+    n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "12C", NULL, "INSERT 0 1", "the INSERT");
+    expect_replies(fd, "EZ", "55000", NULL, "its portal run again");
+    /* The error rolled the batch's implicit transaction back. */
+    pipeline_inserts(fd, INSERT, 1, 1, "INSERT 0 1");
+    pipeline_inserts(fd, INSERT, 1, 1, "INSERT 0 0");
+    assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -647,6 +668,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_split_reads),
         ITEST(test_stmt_query_prepared),
         ITEST(test_stmt_skipped_redefinition),
+        ITEST(test_stmt_portal_run_twice),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
                       sizeof tests / sizeof tests[0]);
