@@ -420,18 +420,32 @@ static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enu
  * statement may still be bound by its next one, so there the two
  * statements go as runs of the proxy's own and a Sync: a Query would drop
  * it. After the client's Query it is gone anyway, and one Query does. */
-bool inject_rollback(struct conn *c, bool after_batch)
+/* The rollback to the proxy's savepoint, and with fail the failing
+ * statement behind it: one Query, or after_batch one extended run (a Query
+ * would drop the client's unnamed statement). */
+static bool inject_undo(struct conn *c, bool after_batch, bool fail, enum inject tag)
 {
     static const uint8_t sync[] = { 'S', 0, 0, 0, 4 };
 
     if (!after_batch)
-        return inject_query(c, NULL, TRANSLATE_SQL_ROLLBACK, INJECT_ROLLBACK);
-    if (!inject_extended(c, NULL, TRANSLATE_SQL_ROLLBACK_TO, INJECT_ROLLBACK) ||
-        !inject_extended(c, NULL, TRANSLATE_SQL_RELEASE, INJECT_ROLLBACK) ||
-        !track_inject(&c->track, 'S', INJECT_ROLLBACK))
+        return inject_query(c, NULL, fail ? TRANSLATE_SQL_ABORT : TRANSLATE_SQL_ROLLBACK, tag);
+    if (!inject_extended(c, NULL, TRANSLATE_SQL_ROLLBACK_TO, tag) ||
+        !inject_extended(c, NULL, TRANSLATE_SQL_RELEASE, tag) ||
+        (fail && !inject_extended(c, NULL, TRANSLATE_SQL_FAIL, tag)) ||
+        !track_inject(&c->track, 'S', tag))
         return false;
     write_own(c, NULL, sync, sizeof(sync));
     return true;
+}
+
+bool inject_rollback(struct conn *c, bool after_batch)
+{
+    return inject_undo(c, after_batch, false, INJECT_ROLLBACK);
+}
+
+bool inject_abort(struct conn *c, bool after_batch)
+{
+    return inject_undo(c, after_batch, true, INJECT_ABORT);
 }
 
 static bool track_standalone_run(struct conn *c, size_t statements)
@@ -899,6 +913,8 @@ static enum taken take_sync(struct conn *c)
     c->batch_guarded = false;
     if (c->guard == GUARD_AWAIT_SYNC)
         c->guard = GUARD_SYNCED;
+    else if (c->guard == GUARD_ABORT_AWAIT_SYNC)
+        c->guard = GUARD_ABORT_SYNCED;
     return track_client(c, 'S', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 

@@ -66,6 +66,8 @@ enum inject {
     INJECT_SAVEPOINT,   /* opens the guard ahead of the client's INSERT */
     INJECT_RELEASE,     /* closes it after the INSERT succeeded */
     INJECT_ROLLBACK,    /* rolls back to it after a 23505 */
+    INJECT_ABORT,       /* rolls back to it after another error, and fails the
+                           block at the client's level (TRANSLATE_SQL_ABORT) */
     INJECT_UNNAMED,     /* gives the server's unnamed statement the cached text,
                            ahead of a message the proxy cannot rename */
     INJECT_PREPARED,    /* the Close and Bind that run a Query's INSERT as a
@@ -87,14 +89,22 @@ enum guard {
                          the Query's own error adds nothing */
     GUARD_RELEASING,  /* simple: the Query succeeded; RELEASE's ReadyForQuery is
                          the client's, and so is RELEASE's error (a cancel) */
-    GUARD_SPENT,      /* simple: the Query failed otherwise; RELEASE fails in the
-                         aborted block, unheard; its ReadyForQuery is the client's */
+    GUARD_SPENT,      /* simple: the SAVEPOINT had failed and so did the Query;
+                         RELEASE fails in the aborted block, unheard; its
+                         ReadyForQuery is the client's */
+    GUARD_ABORT,      /* simple: the Query failed otherwise under the savepoint;
+                         once RELEASE has failed, the abort goes */
     GUARD_FAILED,     /* simple: a 23505 is held; once RELEASE has failed in the
                          aborted block, the rollback goes */
     GUARD_AWAIT_SYNC, /* extended: a 23505 is held; the client's next message
                          must be Sync for the rollback to be honest */
     GUARD_SYNCED,     /* extended: that Sync went; its ReadyForQuery is the cue */
     GUARD_ROLLBACK,   /* ROLLBACK TO and RELEASE went; the client's answer waits */
+    GUARD_ABORT_AWAIT_SYNC, /* extended: an Execute failed otherwise under the
+                               savepoint; the batch's Sync is still to come */
+    GUARD_ABORT_SYNCED,     /* extended: that Sync went; its ReadyForQuery is the
+                               cue for the abort */
+    GUARD_ABORTING,   /* the abort went; its ReadyForQuery is the client's */
 };
 
 struct conn {
@@ -339,6 +349,8 @@ bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject t
 /* Rolls back to the proxy's savepoint and releases it (INJECT_ROLLBACK),
  * after the client's Query or, after_batch, after its extended batch. */
 bool inject_rollback(struct conn *c, bool after_batch);
+/* The same, then fails the block at the client's level (INJECT_ABORT). */
+bool inject_abort(struct conn *c, bool after_batch);
 /* Asks the server about the registered tables; client input waits. */
 void learn_catalog(struct conn *c);
 /* A Query, a Parse or a Close of the unnamed statement goes to the server:
@@ -434,7 +446,8 @@ static inline bool translating(const struct conn *c)
 static inline bool client_held(const struct conn *c)
 {
     return c->catalog || c->batch_ending ||
-           (c->guard != GUARD_NONE && c->guard != GUARD_AWAIT_SYNC);
+           (c->guard != GUARD_NONE && c->guard != GUARD_AWAIT_SYNC &&
+            c->guard != GUARD_ABORT_AWAIT_SYNC);
 }
 
 /* Records a client message in the request queue. */

@@ -78,7 +78,28 @@ void guard_next(struct conn *c, char type)
     struct sink k = { NULL, sock_output(c->client), 0 };
     release_error(c, &k, false, TR_NOT_SYNC);
     sock_flush(c->client);
-    c->guard = GUARD_NONE;
+    c->guard = GUARD_ABORT_AWAIT_SYNC;
+}
+
+/* A guarded Execute failed and its error stands: once its batch is over,
+ * the block must fail at the client's level (see TRANSLATE_SQL_FAIL).
+ * Unless the client already sent more past the batch's Sync, which the
+ * server runs first: then the block stays failed under the savepoint. */
+static void abort_after_batch(struct conn *c)
+{
+    const struct track_req *r;
+    size_t i = 1;
+
+    while ((r = track_at(&c->track, i)) && (r->injected || r->kind != TRACK_SYNC))
+        i++;
+    if (!r) {
+        c->guard = GUARD_ABORT_AWAIT_SYNC;
+        return;
+    }
+    while ((r = track_at(&c->track, ++i)))
+        if (!r->injected)
+            return;
+    c->guard = GUARD_ABORT_SYNCED;
 }
 
 /* The client's next message after a guarded Execute that failed, as far
@@ -334,6 +355,7 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
             char after = req.extended ? guarded_next(c, note) : 0;
             if (after == 'H') {
                 count_translation(c, error_table, TR_NOT_SYNC);
+                abort_after_batch(c);
                 return TAKEN_FORWARD;
             }
             if (!hold_error(c, msg, total, error_table)) {
@@ -351,11 +373,12 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
             break;
         }
     }
-    if (c->guard == GUARD_OPEN) {
-        /* The guarded Query failed otherwise: the block is aborted as the
-         * client will see; the savepoint goes with whatever it does next. */
-        c->guard = GUARD_SPENT;
-    }
+    /* The guarded statement failed otherwise: the block is failed under
+     * the savepoint, and must fail at the client's level. */
+    if (c->guard == GUARD_OPEN)
+        c->guard = GUARD_ABORT;
+    else if (c->guard == GUARD_NONE && note && note->req.guarded && note->req.extended)
+        abort_after_batch(c);
 
     if (note && note->decision && note->decision->result.text && err.position) {
         const struct rewrite_result *r = &note->decision->result;
@@ -470,6 +493,12 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
                     return TAKEN_CLOSED;
                 }
                 c->guard = GUARD_ROLLBACK;
+            } else if (c->guard == GUARD_ABORT) {
+                if (!inject_abort(c, false)) {
+                    fail_oom(c);
+                    return TAKEN_CLOSED;
+                }
+                c->guard = GUARD_ABORTING;
             } else {
                 /* It tells the truth about the block: the client's. */
                 taken = TAKEN_FORWARD;
@@ -483,6 +512,14 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         /* Why the client's message is skipped. */
         if (type == 'E')
             taken = TAKEN_FORWARD;
+        break;
+    case INJECT_ABORT:
+        /* Its own error is the point; its ReadyForQuery, and the settings
+         * the server reports undone before it, are the client's. */
+        if (type == 'Z') {
+            c->guard = GUARD_NONE;
+            taken = TAKEN_FORWARD;
+        }
         break;
     case INJECT_ROLLBACK:
         if (type == 'E')
@@ -523,7 +560,17 @@ static enum taken guard_ready(struct conn *c)
     case GUARD_RELEASING:
     case GUARD_SPENT:
     case GUARD_FAILED:
-        /* RELEASE's own ReadyForQuery comes next and tells the truth. */
+    case GUARD_ABORT:
+        /* RELEASE's own ReadyForQuery comes next and tells the truth, or
+         * leads to the rollback or the abort. */
+        return TAKEN_DROPPED;
+    case GUARD_ABORT_SYNCED:
+        /* The batch whose Execute failed under the savepoint is over. */
+        if (!inject_abort(c, true)) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
+        c->guard = GUARD_ABORTING;
         return TAKEN_DROPPED;
     case GUARD_SYNCED:
         /* The Execute's 23505 aborted the block and the batch is over:

@@ -25,6 +25,13 @@
  * per Parse), its first statement alone. */
 #define TRANSLATE_SQL_ROLLBACK_TO "ROLLBACK TO SAVEPOINT idemproxy_guard"
 #define TRANSLATE_SQL_ROLLBACK TRANSLATE_SQL_ROLLBACK_TO "; " TRANSLATE_SQL_RELEASE
+/* After another error under the savepoint: a statement that fails, run once
+ * the savepoint is rolled back and released, so that the block fails at the
+ * client's own level, as the error would have failed it without the
+ * savepoint (its locks released and its settings undone there and then).
+ * Its text is what the server's log shows. */
+#define TRANSLATE_SQL_FAIL "SELECT 'idemproxy: the statement failed, and so does its block'::int"
+#define TRANSLATE_SQL_ABORT TRANSLATE_SQL_ROLLBACK "; " TRANSLATE_SQL_FAIL
 /* What the client is told instead of the error. */
 #define TRANSLATE_TAG "INSERT 0 0"
 

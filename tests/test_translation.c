@@ -1222,6 +1222,57 @@ static void test_tr_second_constraint(void **state)
     itest_pass();
 }
 
+/* In a block, an INSERT under the proxy's savepoint that fails otherwise
+ * (23502 here) leaves the block failed as PostgreSQL does without the
+ * savepoint: at the error, what the block did is undone, not at its
+ * ROLLBACK. Its row lock is released (another session takes it at once)
+ * and a setting it changed is back, and reported so, before the client's
+ * ReadyForQuery. */
+static void test_tr_failed_block_state(void **state)
+{
+    (void)state;
+    const char *t = "tr_failed_block";
+    itest_server_exec("DROP TABLE IF EXISTS tr_locked; CREATE TABLE tr_locked (id int PRIMARY KEY); "
+                      "INSERT INTO tr_locked VALUES (1)");
+    struct itest_proxy *p = start_with_dup(t);
+    PGconn *c = itest_connect_ok(p->port, "application_name=before");
+    PGconn *other = itest_connect_ok(itest_pg_port(), NULL);
+    char sql[256];
+    snprintf(sql, sizeof sql, "INSERT INTO %s (k, payload) VALUES ($1, 'p')", t);
+    PGresult *r = itest_prepare(c, "ins_null", sql, 1);
+    itest_assert_result_ok(r, "PQprepare ins_null");
+    PQclear(r);
+
+    for (int m = P_SIMPLE; m <= P_PREPARED; m++) {
+        itest_exec_tag(c, "BEGIN", "BEGIN");
+        itest_exec_tag(c, "SET application_name = 'inside'", "SET");
+        assert_string_equal(PQparameterStatus(c, "application_name"), "inside");
+        itest_exec_tag(c, "SELECT 1 FROM tr_locked WHERE id = 1 FOR UPDATE", "SELECT 1");
+        const char *null_key[1] = { NULL };
+        if (m == P_SIMPLE) {
+            char simple[256];
+            snprintf(simple, sizeof simple, "INSERT INTO %s (k, payload) VALUES (NULL, 'p')", t);
+            r = itest_exec(c, simple);
+        } else if (m == P_EXTENDED) {
+            r = itest_exec_params(c, sql, 1, null_key);
+        } else {
+            r = itest_exec_prepared(c, "ins_null", 1, null_key);
+        }
+        itest_assert_sqlstate(r, "23502", proto_names[m]);
+        PQclear(r);
+        assert_txn(c, PQTRANS_INERROR, proto_names[m]);
+        assert_string_equal(PQparameterStatus(c, "application_name"), "before");
+        r = itest_exec(other, "SELECT 1 FROM tr_locked WHERE id = 1 FOR UPDATE NOWAIT");
+        itest_assert_result_ok(r, "the failed block's row lock is released");
+        PQclear(r);
+        itest_exec_tag(c, "ROLLBACK", "ROLLBACK");
+    }
+    /* The session goes on. */
+    insert_tag(c, P_SIMPLE, t, "new", "INSERT 0 1");
+    itest_finish(other);
+    itest_pass();
+}
+
 /* Two transactions insert the same new key: the second waits for the first,
  * then either fails (first committed: translated) or succeeds (first rolled
  * back). */
@@ -1921,6 +1972,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_trigger),
         ITEST(test_tr_trigger_same_table),
         ITEST(test_tr_second_constraint),
+        ITEST(test_tr_failed_block_state),
         ITEST(test_tr_concurrent_txn),
         ITEST(test_tr_cancel),
         ITEST(test_tr_notices),
