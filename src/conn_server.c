@@ -438,6 +438,20 @@ static void catalog_arrived(struct conn *c)
     c->resume_client = true;
 }
 
+/* The guarded statement failed and is over: roll back to the savepoint,
+ * after a translated 23505 to tell the client its INSERT changed nothing
+ * (GUARD_ROLLBACK), after anything else to fail the block at the client's
+ * level (GUARD_ABORTING). False when out of memory. */
+static bool undo_guard(struct conn *c, bool after_batch)
+{
+    bool abort = c->guard == GUARD_ABORT || c->guard == GUARD_ABORT_SYNCED;
+
+    if (!(abort ? inject_abort(c, after_batch) : inject_rollback(c, after_batch)))
+        return false;
+    c->guard = abort ? GUARD_ABORTING : GUARD_ROLLBACK;
+    return true;
+}
+
 /* A reply to the proxy's own request. The client never sees it, except an
  * error that stands for the client's statement or ends the session. */
 static enum taken take_injected_reply(struct conn *c, enum inject tag, char type,
@@ -485,20 +499,12 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
             taken = TAKEN_FORWARD;
         }
         if (type == 'Z') {
-            if (c->guard == GUARD_FAILED) {
-                /* The 23505 aborted the block: roll back to the savepoint,
-                 * then tell the client. */
-                if (!inject_rollback(c, false)) {
+            if (c->guard == GUARD_FAILED || c->guard == GUARD_ABORT) {
+                /* The Query failed under the savepoint, and so did RELEASE. */
+                if (!undo_guard(c, false)) {
                     fail_oom(c);
                     return TAKEN_CLOSED;
                 }
-                c->guard = GUARD_ROLLBACK;
-            } else if (c->guard == GUARD_ABORT) {
-                if (!inject_abort(c, false)) {
-                    fail_oom(c);
-                    return TAKEN_CLOSED;
-                }
-                c->guard = GUARD_ABORTING;
             } else {
                 /* It tells the truth about the block: the client's. */
                 taken = TAKEN_FORWARD;
@@ -564,22 +570,13 @@ static enum taken guard_ready(struct conn *c)
         /* RELEASE's own ReadyForQuery comes next and tells the truth, or
          * leads to the rollback or the abort. */
         return TAKEN_DROPPED;
+    case GUARD_SYNCED:
     case GUARD_ABORT_SYNCED:
         /* The batch whose Execute failed under the savepoint is over. */
-        if (!inject_abort(c, true)) {
+        if (!undo_guard(c, true)) {
             fail_oom(c);
             return TAKEN_CLOSED;
         }
-        c->guard = GUARD_ABORTING;
-        return TAKEN_DROPPED;
-    case GUARD_SYNCED:
-        /* The Execute's 23505 aborted the block and the batch is over:
-         * roll back to the savepoint, then tell the client. */
-        if (!inject_rollback(c, true)) {
-            fail_oom(c);
-            return TAKEN_CLOSED;
-        }
-        c->guard = GUARD_ROLLBACK;
         return TAKEN_DROPPED;
     default:
         return TAKEN_FORWARD;
