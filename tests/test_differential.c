@@ -14,6 +14,7 @@
  * seam or statement cache. What any two sessions differ in is taken out
  * before comparing: the table OIDs in RowDescription, the backend PID of a
  * NotificationResponse, the server's source location in an error. One run
+ * puts the proxied sessions and the proxy's server connections on TLS. One
  * reuses a few keys instead, and sends the server the ON CONFLICT clause
  * written by hand: the application unchanged behind the proxy against the
  * application rewritten.
@@ -33,6 +34,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <openssl/ssl.h>
 
 #include "itest.h"
 
@@ -540,6 +545,66 @@ static void put_fence(struct gen *g, int n)
     put_bare(g, 'S', "Sync");
 }
 
+/* ---- the sessions' connections ----------------------------------------- */
+
+/* A session's connection: plain, or TLS (the proxied side of the TLS run). */
+struct link {
+    int fd;
+    SSL *ssl;
+};
+
+static bool link_send(const struct link *l, const void *buf, size_t len)
+{
+    if (!l->ssl)
+        return itest_raw_send(l->fd, buf, len);
+    return SSL_write(l->ssl, buf, (int)len) == (int)len;
+}
+
+static bool ssl_read_all(SSL *ssl, uint8_t *buf, size_t len)
+{
+    for (size_t got = 0; got < len;) {
+        int n = SSL_read(ssl, buf + got, (int)(len - got));
+        if (n <= 0)
+            return false;
+        got += (size_t)n;
+    }
+    return true;
+}
+
+/* One backend message into m (free it with itest_msg_free); false on EOF,
+ * a timeout or a bad length. */
+static bool link_read_msg(const struct link *l, struct itest_msg *m)
+{
+    if (!l->ssl)
+        return itest_raw_read_msg(l->fd, m, READ_TIMEOUT_MS) == ITEST_READ_OK;
+    uint8_t head[5];
+    if (!ssl_read_all(l->ssl, head, sizeof head))
+        return false;
+    uint32_t len = (uint32_t)head[1] << 24 | (uint32_t)head[2] << 16 | (uint32_t)head[3] << 8 |
+                   head[4];
+    if (len < 4 || len > 1u << 30)
+        return false;
+    m->type = (char)head[0];
+    m->len = len - 4;
+    m->body = malloc(m->len + 1);
+    assert_non_null(m->body);
+    m->body[m->len] = 0;
+    if (!ssl_read_all(l->ssl, m->body, m->len)) {
+        itest_msg_free(m);
+        return false;
+    }
+    return true;
+}
+
+static void link_close(struct link *l)
+{
+    if (l->ssl)
+        SSL_free(l->ssl);
+    itest_raw_close(l->fd);
+    l->fd = -1;
+    l->ssl = NULL;
+}
+
 /* ---- the replies ------------------------------------------------------- */
 
 struct replies {
@@ -614,12 +679,12 @@ static bool is_fence_row(const struct itest_msg *m, const char *fence)
 
 /* Reads up to the fence row's ReadyForQuery. False on EOF or a timeout,
  * which the comparison then reports with what came. */
-static bool read_replies(int fd, const char *fence, struct replies *r)
+static bool read_replies(const struct link *l, const char *fence, struct replies *r)
 {
     bool fenced = false;
     for (;;) {
         struct itest_msg m;
-        if (itest_raw_read_msg(fd, &m, READ_TIMEOUT_MS) != ITEST_READ_OK)
+        if (!link_read_msg(l, &m))
             return false;
         normalize(&m);
         if (r->n == r->cap) {
@@ -750,33 +815,72 @@ struct diff_run {
     int visit;                    /* sequences per pair of sessions; 0: one
                                      pair for all of a seed's */
     bool scram;                   /* log in as ITEST_SCRAM_USER with SCRAM */
+    bool tls;                     /* the proxied sessions over TLS */
     uint32_t dup_keys;            /* keys drawn from this many per seed, the
                                      direct side writing ON CONFLICT by hand;
                                      0: every key new */
 };
 
-static int login(int port, const char *db, bool scram)
+/* A session over TLS (SSLRequest, then a handshake checking the proxy's
+ * certificate against the test CA), logged in as a trusted user. */
+static struct link login_tls(int port, const char *db)
 {
-    int fd = itest_raw_connect(port);
+    static const uint8_t ssl_request[] = { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f };
+    struct link l = { itest_raw_connect(port), NULL };
+    struct timeval limit = { READ_TIMEOUT_MS / 1000, 0 };
+    char ca[600];
 
-    assert_true(fd >= 0);
+    assert_true(l.fd >= 0);
+    setsockopt(l.fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    assert_true(itest_raw_send(l.fd, ssl_request, sizeof ssl_request));
+    assert_int_equal(itest_raw_read_byte(l.fd, READ_TIMEOUT_MS), 'S');
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    assert_non_null(ctx);
+    snprintf(ca, sizeof ca, "%s/ca.crt", itest_env("IDEM_TEST_CERTS"));
+    assert_int_equal(SSL_CTX_load_verify_locations(ctx, ca, NULL), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    l.ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx);
+    assert_non_null(l.ssl);
+    assert_int_equal(SSL_set_fd(l.ssl, l.fd), 1);
+    assert_int_equal(SSL_connect(l.ssl), 1);
+
+    uint8_t pkt[256];
+    size_t len = itest_build_startup(pkt, sizeof pkt, itest_pg_user(), db, "diff");
+    assert_true(link_send(&l, pkt, len));
+    for (char type = 0; type != 'Z';) {
+        struct itest_msg m;
+        assert_true(link_read_msg(&l, &m));
+        type = m.type;
+        itest_msg_free(&m);
+        assert_true(type != 'E');
+    }
+    return l;
+}
+
+static struct link login(int port, const char *db, bool scram, bool tls)
+{
+    if (tls)
+        return login_tls(port, db);
+    struct link l = { itest_raw_connect(port), NULL };
+    assert_true(l.fd >= 0);
     if (!scram) {
-        itest_raw_login_db(fd, itest_pg_user(), db, "diff");
-        return fd;
+        itest_raw_login_db(l.fd, itest_pg_user(), db, "diff");
+        return l;
     }
     uint8_t pkt[256];
     char types[64];
     struct itest_msg none;
     size_t len = itest_build_startup(pkt, sizeof pkt, ITEST_SCRAM_USER, db, "diff");
-    itest_raw_scram_login(fd, pkt, len, ITEST_SCRAM_PASSWORD, types, sizeof types, 0, &none);
+    itest_raw_scram_login(l.fd, pkt, len, ITEST_SCRAM_PASSWORD, types, sizeof types, 0, &none);
     itest_msg_free(&none);
-    return fd;
+    return l;
 }
 
 /* Sends one sequence both ways and fails the test, saying why, when the
  * replies differ or the proxy lost track of the requests. */
-static void compare_one(struct itest_proxy *p, struct gen *g, uint64_t seed, int seq, int direct,
-                        int proxied)
+static void compare_one(struct itest_proxy *p, struct gen *g, uint64_t seed, int seq,
+                        const struct link *direct, const struct link *proxied)
 {
     char fence[32];
 
@@ -788,8 +892,8 @@ static void compare_one(struct itest_proxy *p, struct gen *g, uint64_t seed, int
     snprintf(fence, sizeof fence, "fence %d", seq);
     if (getenv("IDEM_DIFF_TRACE"))
         print_message("seed %llu, sequence %d:\n%s", (unsigned long long)seed, seq, g->script);
-    assert_true(itest_raw_send(direct, g->out[DIRECT].data, g->out[DIRECT].len));
-    assert_true(itest_raw_send(proxied, g->out[PROXIED].data, g->out[PROXIED].len));
+    assert_true(link_send(direct, g->out[DIRECT].data, g->out[DIRECT].len));
+    assert_true(link_send(proxied, g->out[PROXIED].data, g->out[PROXIED].len));
 
     struct replies a = { 0 }, b = { 0 };
     bool a_ok = read_replies(direct, fence, &a);
@@ -825,16 +929,16 @@ static struct itest_proxy *run(const struct diff_run *r)
 
     assert_non_null(g);
     for (size_t s = 0; s < r->nseeds; s++) {
-        int direct = -1, proxied = -1;
+        struct link direct = { -1, NULL }, proxied = { -1, NULL };
         g->rng = r->seeds[s] * 0x9E3779B97F4A7C15ull + 1;
         g->next_key = g->key_base = (long long)r->seeds[s] * 10000000;
         g->dup_keys = r->dup_keys;
         g->by_hand = r->dup_keys > 0;
         g->no_settings = r->dup_keys > 0 || r->nreloads > 0;
         for (int seq = 0; seq < per_seed; seq++) {
-            if (direct < 0) {
-                direct = login(itest_pg_port(), DB_DIRECT, r->scram);
-                proxied = login(p->port, DB_PROXY, r->scram);
+            if (direct.fd < 0) {
+                direct = login(itest_pg_port(), DB_DIRECT, r->scram, false);
+                proxied = login(p->port, DB_PROXY, r->scram, r->tls);
             }
             g->around_reload = !r->nreloads    ? RELOAD_NONE
                                : seq % 10 == 8 ? RELOAD_BEFORE
@@ -842,11 +946,10 @@ static struct itest_proxy *run(const struct diff_run *r)
                                                : RELOAD_NONE;
             if (g->around_reload == RELOAD_AFTER)
                 reload(p, r->reloads[(seq / 10) % r->nreloads], &reloaded);
-            compare_one(p, g, r->seeds[s], seq, direct, proxied);
+            compare_one(p, g, r->seeds[s], seq, &direct, &proxied);
             if (seq + 1 == per_seed || (r->visit && (seq + 1) % r->visit == 0)) {
-                itest_raw_close(direct);
-                itest_raw_close(proxied);
-                direct = proxied = -1;
+                link_close(&direct);
+                link_close(&proxied);
             }
         }
     }
@@ -930,6 +1033,23 @@ static void test_diff_duplicates(void **state)
                             .nseeds = sizeof seeds / sizeof seeds[0], .dup_keys = 12 });
 }
 
+/* Clients on TLS, and the proxy on TLS to the server: records carry the
+ * messages in other cuts than the segments of a plain socket. */
+static void test_diff_tls(void **state)
+{
+    static const uint64_t seeds[] = { 51, 52 };
+    char config[2048];
+    const char *certs = itest_env("IDEM_TEST_CERTS");
+    (void)state;
+    snprintf(config, sizeof config,
+             "client_tls_sslmode = require\nclient_tls_cert_file = %s/proxy.crt\n"
+             "client_tls_key_file = %s/proxy.key\nserver_tls_sslmode = require\n"
+             "[table public.diff_reg]\nconflict = k\n",
+             certs, certs);
+    run(&(struct diff_run){ .config = config, .seeds = seeds,
+                            .nseeds = sizeof seeds / sizeof seeds[0], .tls = true });
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -938,6 +1058,7 @@ int main(int argc, char **argv)
         ITEST(test_diff_reloads),
         ITEST(test_diff_reused_servers),
         ITEST(test_diff_duplicates),
+        ITEST(test_diff_tls),
     };
     return itest_main(argc, argv, "idemproxy against PostgreSQL", tests,
                       sizeof tests / sizeof tests[0]);
