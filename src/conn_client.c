@@ -416,13 +416,11 @@ static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enu
 }
 
 /* Rolls the block back to the proxy's savepoint and releases it, between
- * the client's requests. After an extended batch the client's unnamed
- * statement may still be bound by its next one, so there the two
- * statements go as runs of the proxy's own and a Sync: a Query would drop
- * it. After the client's Query it is gone anyway, and one Query does. */
-/* The rollback to the proxy's savepoint, and with fail the failing
- * statement behind it: one Query, or after_batch one extended run (a Query
- * would drop the client's unnamed statement). */
+ * the client's requests, and with fail runs the failing statement behind
+ * (TRANSLATE_SQL_FAIL). After an extended batch the client's unnamed
+ * statement may still be bound by its next one, so there the statements go
+ * as runs of the proxy's own and a Sync: a Query would drop it. After the
+ * client's Query it is gone anyway, and one Query does. */
 static bool inject_undo(struct conn *c, bool after_batch, bool fail, enum inject tag)
 {
     static const uint8_t sync[] = { 'S', 0, 0, 0, 4 };
@@ -848,7 +846,6 @@ static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
     const uint8_t *body = msg + PG_HEAD_LEN;
     size_t len = total - PG_HEAD_LEN, at = 1;
     const char *name = len > 1 ? read_name(body, len, &at) : NULL;
-
     struct note *note = NULL;
 
     batch_message(c);
