@@ -29,6 +29,7 @@
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <openssl/ssl.h>
 
 #include "itest.h"
 
@@ -1119,6 +1120,17 @@ void itest_msg_free(struct itest_msg *msg)
 {
     free(msg->body);
     msg->body = NULL;
+}
+
+bool itest_ssl_read_all(SSL *ssl, uint8_t *buf, size_t len)
+{
+    for (size_t got = 0; got < len;) {
+        int n = SSL_read(ssl, buf + got, (int)(len - got));
+        if (n <= 0)
+            return false;
+        got += (size_t)n;
+    }
+    return true;
 }
 
 int itest_raw_read_byte(int fd, int timeout_ms)

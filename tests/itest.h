@@ -325,6 +325,11 @@ void itest_msg_free(struct itest_msg *msg);
  * the byte, -1 on EOF/error, -2 on timeout. */
 int itest_raw_read_byte(int fd, int timeout_ms);
 
+/* Reads exactly len bytes from a TLS connection; false on EOF, an error or
+ * the socket's receive timeout. */
+struct ssl_st;
+bool itest_ssl_read_all(struct ssl_st *ssl, uint8_t *buf, size_t len);
+
 /* Field `code` (e.g. 'C' for SQLSTATE) of an ErrorResponse/NoticeResponse,
  * in a static buffer; NULL when absent. */
 const char *itest_msg_field(const struct itest_msg *msg, char code);

@@ -560,17 +560,6 @@ static bool link_send(const struct link *l, const void *buf, size_t len)
     return SSL_write(l->ssl, buf, (int)len) == (int)len;
 }
 
-static bool ssl_read_all(SSL *ssl, uint8_t *buf, size_t len)
-{
-    for (size_t got = 0; got < len;) {
-        int n = SSL_read(ssl, buf + got, (int)(len - got));
-        if (n <= 0)
-            return false;
-        got += (size_t)n;
-    }
-    return true;
-}
-
 /* One backend message into m (free it with itest_msg_free); false on EOF,
  * a timeout or a bad length. */
 static bool link_read_msg(const struct link *l, struct itest_msg *m)
@@ -578,7 +567,7 @@ static bool link_read_msg(const struct link *l, struct itest_msg *m)
     if (!l->ssl)
         return itest_raw_read_msg(l->fd, m, READ_TIMEOUT_MS) == ITEST_READ_OK;
     uint8_t head[5];
-    if (!ssl_read_all(l->ssl, head, sizeof head))
+    if (!itest_ssl_read_all(l->ssl, head, sizeof head))
         return false;
     uint32_t len = (uint32_t)head[1] << 24 | (uint32_t)head[2] << 16 | (uint32_t)head[3] << 8 |
                    head[4];
@@ -589,7 +578,7 @@ static bool link_read_msg(const struct link *l, struct itest_msg *m)
     m->body = malloc(m->len + 1);
     assert_non_null(m->body);
     m->body[m->len] = 0;
-    if (!ssl_read_all(l->ssl, m->body, m->len)) {
+    if (!itest_ssl_read_all(l->ssl, m->body, m->len)) {
         itest_msg_free(m);
         return false;
     }

@@ -1246,30 +1246,19 @@ static SSL *direct_tls(int port, const char *alpn, int *fd)
     return ssl;
 }
 
-static bool ssl_read_all(SSL *ssl, uint8_t *buf, size_t len)
-{
-    for (size_t got = 0; got < len;) {
-        int n = SSL_read(ssl, buf + got, (int)(len - got));
-        if (n <= 0)
-            return false;
-        got += (size_t)n;
-    }
-    return true;
-}
-
 /* Reads one message; false at the end of the stream. The body, cut to cap
  * bytes, goes to body. */
 static bool ssl_read_msg(SSL *ssl, char *type, uint8_t *body, size_t cap)
 {
     uint8_t head[5];
-    if (!ssl_read_all(ssl, head, sizeof head))
+    if (!itest_ssl_read_all(ssl, head, sizeof head))
         return false;
     *type = (char)head[0];
     uint32_t len = get32(head + 1) - 4;
     assert_true(len < 1 << 20);
     uint8_t *all = malloc(len + 1);
     assert_non_null(all);
-    bool ok = ssl_read_all(ssl, all, len);
+    bool ok = itest_ssl_read_all(ssl, all, len);
     memcpy(body, all, len < cap ? len : cap);
     free(all);
     return ok;
