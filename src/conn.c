@@ -950,7 +950,7 @@ struct conn *conn_accept(struct worker *w, evutil_socket_t fd,
     c->id = proxy_next_conn_id(w->proxy);
     c->state = CONN_STARTUP;
     c->stop_when_idle = w->shutting_down;
-    track_init(&c->track, free_note);
+    track_init(&c->track, free_note, c);
     session_init(&c->session);
     stmtcache_init(&c->stmts, (size_t)w->cfg->max_cached_statements);
     welcome_init(&c->welcome);

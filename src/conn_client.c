@@ -17,9 +17,9 @@
 
 /* ---- notes on requests ------------------------------------------------- */
 
-void free_note(void *arg)
+void free_note(void *owner, void *note)
 {
-    struct note *n = arg;
+    struct note *n = note;
 
     /* Gone from the queue without ParseComplete (refused, or skipped after
      * an error): nothing was created. */
@@ -27,7 +27,7 @@ void free_note(void *arg)
         stmtcache_created(n->creates, n->number, false);
     /* Answered, not skipped: the redefinition took place. */
     if (n->unsure)
-        unnamed_settle(n->unsure);
+        unnamed_settle(owner);
     decision_unref(n->decision);
     free(n);
 }
@@ -330,7 +330,7 @@ bool unnamed_redefined(struct conn *c, struct note **note)
     }
     if (!*note && !(*note = note_new(NULL, NULL)))
         return false;
-    (*note)->unsure = c;
+    (*note)->unsure = true;
     c->unnamed_unsure = true;
     c->displaced_unnamed = c->stmts.unnamed;
     c->stmts.unnamed = NULL;
@@ -516,7 +516,7 @@ static bool write_guarded(struct conn *c, struct sink *k, const uint8_t *msg, si
         type == 'Q' ? inject_query : inject_extended;
 
     if (!inject(c, k, TRANSLATE_SQL_SAVEPOINT, INJECT_SAVEPOINT)) {
-        free_note(note);
+        free_note(c, note);
         return false;
     }
     if (st && st->replaced)
@@ -597,7 +597,7 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
     }
     return PREPARED_SENT;
 failed:
-    free_note(note);
+    free_note(c, note);
     fail_oom(c);
     return PREPARED_FAILED;
 }
@@ -685,7 +685,7 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
                                          rule ? rule->name : NULL, keep ? st.body : NULL,
                                          st.len, keep ? scope_version(c->scope) : 0))) {
         if (note)
-            free_note(note);
+            free_note(c, note);
         fail_oom(c);
         return TAKEN_CLOSED;
     }
@@ -807,7 +807,7 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
     struct note *note = note_new(NULL, portal);
     if (!note || !session_bind(&c->session, portal, statement) || !reprepare(c, k, statement)) {
         if (note)
-            free_note(note);
+            free_note(c, note);
         fail_oom(c);
         return TAKEN_CLOSED;
     }

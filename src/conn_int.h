@@ -276,9 +276,9 @@ struct note {
                                     0 when not */
     bool first_run;              /* an Execute of a portal's statement, not a
                                     fetch from it (session_portal_first_run) */
-    struct conn *unsure;         /* a redefinition of the unnamed statement
-                                    the server may yet skip: its connection,
-                                    told when it is answered instead */
+    bool unsure;                 /* a redefinition of the unnamed statement
+                                    the server may yet skip (unnamed_settle
+                                    when it is answered instead) */
     char defined[];              /* where defines points */
 };
 
@@ -337,8 +337,8 @@ void server_sock_cb(struct sock *s, enum sock_event event, void *arg);
 /* Handles a client message relay() takes (client_handling says which),
  * writing what replaces it into k. */
 enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total, struct sink *k);
-/* The request queue's destructor of notes. */
-void free_note(void *arg);
+/* The request queue's destructor of notes (owner: the connection). */
+void free_note(void *owner, void *note);
 /* The note of a request of the client's (NULL for the proxy's own). */
 const struct note *note_of(const struct track_req *r);
 /* The server answers a Parse that created a cached statement. */

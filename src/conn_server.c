@@ -164,7 +164,7 @@ static void forget_refused(struct conn *c)
             c->stmts.unnamed = NULL;
     }
     if (unsure) {
-        unsure->unsure = NULL;
+        unsure->unsure = false;
         if (restore)
             unnamed_restore(c);
         else

@@ -5,17 +5,18 @@
 
 #define TRACK_INITIAL_CAP 16
 
-void track_init(struct track *t, void (*free_note)(void *note))
+void track_init(struct track *t, void (*free_note)(void *owner, void *note), void *owner)
 {
     memset(t, 0, sizeof(*t));
     t->txn_status = 'I';
     t->free_note = free_note;
+    t->owner = owner;
 }
 
 static void release(struct track *t, struct track_req *r)
 {
     if (r->note && t->free_note)
-        t->free_note(r->note);
+        t->free_note(t->owner, r->note);
     r->note = NULL;
 }
 
@@ -35,11 +36,12 @@ void track_reset(struct track *t)
 
 void track_free(struct track *t)
 {
-    void (*free_note)(void *) = t->free_note;
+    void (*free_note)(void *, void *) = t->free_note;
+    void *owner = t->owner;
 
     track_reset(t);
     free(t->ring);
-    track_init(t, free_note);
+    track_init(t, free_note, owner);
 }
 
 static struct track_req *at(const struct track *t, size_t i)

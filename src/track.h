@@ -14,7 +14,7 @@
  * The proxy injects requests of its own (track_inject): their replies are
  * the proxy's, never the client's, and a tag says what each was for. A
  * client's request may carry a note, owned by the queue and released with
- * free_note when the request is answered.
+ * free_note (given the queue's owner) when the request is answered.
  *
  * Pure bookkeeping over message type bytes. No I/O.
  */
@@ -55,11 +55,13 @@ struct track {
     bool skip_to_sync; /* an extended message failed and its Sync is still to
                           come: the server discards everything until then */
     uint64_t desyncs;  /* times ReadyForQuery found the queue wrong */
-    void (*free_note)(void *note);
+    void (*free_note)(void *owner, void *note);
+    void *owner;
 };
 
-/* free_note (may be NULL) releases the notes of answered requests. */
-void track_init(struct track *t, void (*free_note)(void *note));
+/* free_note (may be NULL) releases the notes of answered requests; owner
+ * is passed along. */
+void track_init(struct track *t, void (*free_note)(void *owner, void *note), void *owner);
 void track_reset(struct track *t);
 void track_free(struct track *t);
 

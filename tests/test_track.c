@@ -66,7 +66,7 @@ static int setup(void **state)
     struct track *t = malloc(sizeof(*t));
     if (!t)
         return -1;
-    track_init(t, NULL);
+    track_init(t, NULL, NULL);
     *state = t;
     return 0;
 }
@@ -839,8 +839,9 @@ static void test_copy_out(void **state)
 static char notes[NNOTES];
 static int freed[NNOTES];
 
-static void count_free(void *note)
+static void count_free(void *owner, void *note)
 {
+    (void)owner;
     ptrdiff_t i = (char *)note - notes;
     assert_true(i >= 0 && i < NNOTES);
     freed[i]++;
@@ -852,7 +853,7 @@ static int setup_notes(void **state)
     struct track *t = malloc(sizeof(*t));
     if (!t)
         return -1;
-    track_init(t, count_free);
+    track_init(t, count_free, NULL);
     *state = t;
     return 0;
 }

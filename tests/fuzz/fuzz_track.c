@@ -11,7 +11,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     struct track t;
-    track_init(&t, NULL);
+    track_init(&t, NULL, NULL);
     for (size_t i = 0; i + 1 < size; i += 2) {
         char type = (char)data[i + 1];
         if (data[i] & 1)
