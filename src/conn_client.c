@@ -323,7 +323,7 @@ bool unnamed_redefined(struct conn *c, struct note **note)
     /* Nothing ahead of it in its batch is unanswered, or it has no note to
      * tell when it is answered, or an earlier one is unsure already (a
      * skip would take both): what was kept goes. */
-    if (!note || !c->track.batch_open || track_pending(&c->track) == 0 || c->unnamed_unsure) {
+    if (!note || !c->track.batch_open || track_pending(&c->track) == 0 || unnamed_unsure(c)) {
         c->stmts.unnamed = NULL;
         c->unnamed_parse_len = 0;
         return true;
@@ -331,7 +331,6 @@ bool unnamed_redefined(struct conn *c, struct note **note)
     if (!*note && !(*note = note_new(NULL, NULL)))
         return false;
     (*note)->unsure = true;
-    c->unnamed_unsure = true;
     c->displaced_unnamed = c->stmts.unnamed;
     c->stmts.unnamed = NULL;
     swap_unnamed_parse(c);
@@ -341,18 +340,15 @@ bool unnamed_redefined(struct conn *c, struct note **note)
 
 void unnamed_settle(struct conn *c)
 {
-    c->unnamed_unsure = false;
     c->displaced_unnamed = NULL;
     c->displaced_parse_len = 0;
 }
 
 void unnamed_restore(struct conn *c)
 {
-    c->unnamed_unsure = false;
     c->stmts.unnamed = c->displaced_unnamed;
-    c->displaced_unnamed = NULL;
     swap_unnamed_parse(c);
-    c->displaced_parse_len = 0;
+    unnamed_settle(c);
 }
 
 /* The server is to read a message the proxy cannot rename (too large to
@@ -906,7 +902,7 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
 static enum taken take_sync(struct conn *c)
 {
     c->batch_open = false;
-    c->batch_ending = c->batch_guarded || c->unnamed_unsure;
+    c->batch_ending = c->batch_guarded || unnamed_unsure(c);
     c->batch_guarded = false;
     if (c->guard == GUARD_AWAIT_SYNC)
         c->guard = GUARD_SYNCED;

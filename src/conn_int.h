@@ -157,9 +157,9 @@ struct conn {
      * kept something of it (the cached statement it stands for, its Parse),
      * behind messages of the same batch that may yet fail and have the
      * server skip it. Until it is answered or skipped, what it displaced
-     * waits here to be put back, and the Sync ending its batch holds the
-     * client's next messages, whose meaning depends on which. */
-    bool unnamed_unsure;
+     * waits here to be put back (unnamed_unsure), and the Sync ending its
+     * batch holds the client's next messages, whose meaning depends on
+     * which. */
     struct stmt_entry *displaced_unnamed;
     uint8_t *displaced_parse;   /* the other buffer of unnamed_parse */
     size_t displaced_parse_len, displaced_parse_cap;
@@ -355,10 +355,16 @@ bool inject_abort(struct conn *c, bool after_batch);
 void learn_catalog(struct conn *c);
 /* A Query, a Parse or a Close of the unnamed statement goes to the server:
  * it is no longer what the proxy kept of it. When the server may yet skip
- * the message (see unnamed_unsure), *note (made when NULL) is marked to
+ * the message (see displaced_unnamed), *note (made when NULL) is marked to
  * settle that when it is answered; note NULL: the message has none, and
  * what was kept is dropped. False when out of memory. */
 bool unnamed_redefined(struct conn *c, struct note **note);
+/* Such a redefinition is still unanswered (it displaced something: see
+ * unnamed_redefined). */
+static inline bool unnamed_unsure(const struct conn *c)
+{
+    return c->displaced_unnamed || c->displaced_parse_len;
+}
 /* The server skipped that redefinition: the unnamed statement is what it
  * was before it. */
 void unnamed_restore(struct conn *c);
