@@ -863,11 +863,12 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
     size_t len = total - PG_HEAD_LEN, at = 0;
     const char *portal = read_name(body, len, &at);
     const char *schema, *name;
+    bool first_run = false;
     int table = -1;
 
     batch_message(c);
     c->batch_executes++;
-    if (portal && session_portal(&c->session, portal, &schema, &name))
+    if (portal && session_execute(&c->session, portal, &schema, &name, &first_run))
         table = scope_find_table(c->scope, schema, name);
     if (table < 0) {
         /* What it runs is unknown: later Executes of the batch cannot know
@@ -887,7 +888,7 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
         .statements = c->batch_executes,
         .txn_status = c->track.txn_status,
     };
-    note->first_run = session_portal_first_run(&c->session, portal);
+    note->first_run = first_run;
     if (!translate_guard(&note->req, c->batch_certain))
         return track_client(c, 'E', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
     note->req.guarded = true;

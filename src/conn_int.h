@@ -275,7 +275,7 @@ struct note {
                                     cached one created as this number;
                                     0 when not */
     bool first_run;              /* an Execute of a portal's statement, not a
-                                    fetch from it (session_portal_first_run) */
+                                    fetch from it (session_execute) */
     bool unsure;                 /* a redefinition of the unnamed statement
                                     the server may yet skip (unnamed_settle
                                     when it is answered instead) */

@@ -136,12 +136,16 @@ bool session_bind(struct session *s, const char *portal, const char *statement)
     return e || !stmt;
 }
 
-bool session_portal_first_run(struct session *s, const char *portal)
+bool session_execute(struct session *s, const char *portal, const char **schema,
+                     const char **table, bool *first_run)
 {
     struct session_entry *e = find(s->portals, portal);
 
-    if (!e || e->ran)
+    if (!e)
         return false;
+    *schema = e->schema;
+    *table = e->table;
+    *first_run = !e->ran;
     e->ran = true;
     return true;
 }

@@ -59,10 +59,12 @@ bool session_bind(struct session *s, const char *portal, const char *statement);
 /* Close of a statement ('S') or portal ('P'). */
 void session_close(struct session *s, char kind, const char *name);
 
-/* An Execute of portal: true the first time since its Bind, when its
- * statement runs (a later Execute only fetches what it returned, or fails
- * because it has run). False too for a portal not known. */
-bool session_portal_first_run(struct session *s, const char *portal);
+/* An Execute of portal: the table it inserts into, as session_portal, and
+ * *first_run true the first time since its Bind, when its statement runs (a
+ * later Execute only fetches what it returned, or fails because it has
+ * run). */
+bool session_execute(struct session *s, const char *portal, const char **schema,
+                     const char **table, bool *first_run);
 
 /* The table an Execute of portal inserts into; false when none is known. */
 bool session_portal(const struct session *s, const char *portal, const char **schema,
