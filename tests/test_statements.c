@@ -49,6 +49,13 @@ static struct itest_proxy *proxy(const char *more_keys)
     return itest_proxy_start_table("debug", "stmt_t", "k", more_keys);
 }
 
+/* A proxy that reads no message over 1 kB: longer ones stream through. */
+static struct itest_proxy *proxy_holding_1kb(void)
+{
+    return itest_proxy_start_with("debug", "max_held_message = 1kB\n"
+                                           "[table public.stmt_t]\nconflict = k\n");
+}
+
 static void insert_tag(PGconn *c, const char *k, const char *payload, const char *tag)
 {
     const char *vals[2] = { k, payload };
@@ -235,8 +242,7 @@ static void test_stmt_large_bind(void **state)
 {
     (void)state;
     create_table();
-    struct itest_proxy *p = itest_proxy_start_with("debug", "max_held_message = 1kB\n"
-                                                            "[table public.stmt_t]\nconflict = k\n");
+    struct itest_proxy *p = proxy_holding_1kb();
     PGconn *c = itest_connect_ok(p->port, NULL);
     /* The server's own unnamed statement is a SELECT meanwhile. */
     PGresult *r = itest_exec_params(c, "SELECT 1", 0, NULL);
@@ -264,8 +270,7 @@ static void test_stmt_large_parse(void **state)
 {
     (void)state;
     create_table();
-    struct itest_proxy *p = itest_proxy_start_with("debug", "max_held_message = 1kB\n"
-                                                            "[table public.stmt_t]\nconflict = k\n");
+    struct itest_proxy *p = proxy_holding_1kb();
     PGconn *c = itest_connect_ok(p->port, NULL);
     const char *one[2] = { "1", "one" }, *two[2] = { "2", "two" };
 
@@ -443,25 +448,31 @@ static void test_stmt_query_prepared(void **state)
     itest_pass();
 }
 
-/* Appends one Parse of the unnamed statement, Bind, Execute and Sync that
- * insert (k, payload) with text. */
-static size_t put_insert(uint8_t *buf, size_t cap, size_t at, const char *text, const char *k,
-                         const char *payload)
+/* Appends a Parse of text as the unnamed statement (no parameter types). */
+static size_t put_parse_unnamed(uint8_t *buf, size_t cap, size_t at, const char *text)
 {
     uint8_t body[16384];
     size_t n = 0, text_len = strlen(text) + 1;
 
     assert_true(text_len + 3 <= sizeof body);
-
-    /* Parse: "", the text, no parameter types. */
     body[n++] = '\0';
     memcpy(body + n, text, text_len);
     n += text_len;
     body[n++] = 0;
     body[n++] = 0;
-    at += itest_build_msg(buf + at, cap - at, 'P', body, n);
-    /* Bind: "", "", text formats, two values, text results. */
-    n = 0;
+    return at + itest_build_msg(buf + at, cap - at, 'P', body, n);
+}
+
+/* Appends a Bind of the unnamed statement to the unnamed portal with the
+ * text values k and payload, and an Execute of it. */
+static size_t put_bind_execute(uint8_t *buf, size_t cap, size_t at, const char *k,
+                               const char *payload)
+{
+    static const uint8_t execute[] = { '\0', 0, 0, 0, 0 };
+    uint8_t body[256];
+    size_t n = 0;
+
+    /* "", "", text formats, two values, text results. */
     body[n++] = '\0';
     body[n++] = '\0';
     body[n++] = 0;
@@ -471,6 +482,7 @@ static size_t put_insert(uint8_t *buf, size_t cap, size_t at, const char *text, 
     const char *values[2] = { k, payload };
     for (int i = 0; i < 2; i++) {
         size_t len = strlen(values[i]);
+        assert_true(n + 4 + len + 2 <= sizeof body);
         body[n++] = 0;
         body[n++] = 0;
         body[n++] = 0;
@@ -481,9 +493,32 @@ static size_t put_insert(uint8_t *buf, size_t cap, size_t at, const char *text, 
     body[n++] = 0;
     body[n++] = 0;
     at += itest_build_msg(buf + at, cap - at, 'B', body, n);
-    static const uint8_t execute[] = { '\0', 0, 0, 0, 0 };
-    at += itest_build_msg(buf + at, cap - at, 'E', execute, sizeof execute);
+    return at + itest_build_msg(buf + at, cap - at, 'E', execute, sizeof execute);
+}
+
+static size_t put_sync(uint8_t *buf, size_t cap, size_t at)
+{
     return at + itest_build_msg(buf + at, cap - at, 'S', NULL, 0);
+}
+
+/* Appends one Parse of the unnamed statement, Bind, Execute and Sync that
+ * insert (k, payload) with text. */
+static size_t put_insert(uint8_t *buf, size_t cap, size_t at, const char *text, const char *k,
+                         const char *payload)
+{
+    at = put_parse_unnamed(buf, cap, at, text);
+    at = put_bind_execute(buf, cap, at, k, payload);
+    return put_sync(buf, cap, at);
+}
+
+/* A raw session through p, logged in with application_name. */
+static int raw_session(const struct itest_proxy *p, const char *application_name)
+{
+    int fd = itest_raw_connect(p->port);
+
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), application_name);
+    return fd;
 }
 
 /* Reads one message per type in types; an ErrorResponse ('E') must carry
@@ -541,9 +576,7 @@ static void test_stmt_split_reads(void **state)
     /* Without translation, a duplicate the proxy failed to rewrite would
      * come back as 23505. */
     struct itest_proxy *p = proxy("translate_errors = off\n");
-    int fd = itest_raw_connect(p->port);
-    assert_true(fd >= 0);
-    itest_raw_login(fd, itest_pg_user(), "itest_split_reads");
+    int fd = raw_session(p, "itest_split_reads");
 
     pipeline_inserts(fd, INSERT, 1, 1000, "INSERT 0 1");
     char text[8000];
@@ -567,10 +600,7 @@ static void test_stmt_skipped_redefinition(void **state)
 {
     (void)state;
     create_table();
-    struct itest_proxy *p = proxy("");
-    int fd = itest_raw_connect(p->port);
-    assert_true(fd >= 0);
-    itest_raw_login(fd, itest_pg_user(), "itest_skipped_redefinition");
+    int fd = raw_session(proxy(""), "itest_skipped_redefinition");
 
     /* The first Parse creates the cached copy, the second one maps to it. */
     pipeline_inserts(fd, INSERT, 1, 1, "INSERT 0 1");
@@ -596,16 +626,10 @@ static void test_stmt_skipped_redefinition(void **state)
                                    sizeof describe_missing);
         n += itest_build_msg(buf + n, sizeof buf - n, redefinitions[i].type,
                              redefinitions[i].body, redefinitions[i].len);
-        n += itest_build_msg(buf + n, sizeof buf - n, 'S', NULL, 0);
-        /* The Bind of the unnamed statement (put_insert's, without its Parse). */
-        uint8_t insert[512];
+        n = put_sync(buf, sizeof buf, n);
         char k[8];
         snprintf(k, sizeof k, "%d", 10 + i);
-        size_t len = put_insert(insert, sizeof insert, 0, INSERT, k, "kept");
-        size_t parse_len = 1 + ((size_t)insert[1] << 24 | (size_t)insert[2] << 16 |
-                                (size_t)insert[3] << 8 | insert[4]);
-        memcpy(buf + n, insert + parse_len, len - parse_len);
-        n += len - parse_len;
+        n = put_sync(buf, sizeof buf, put_bind_execute(buf, sizeof buf, n, k, "kept"));
         assert_true(itest_raw_send(fd, buf, n));
         expect_replies(fd, "EZ", "34000", NULL, redefinitions[i].what);
         expect_replies(fd, "2CZ", NULL, "INSERT 0 1", redefinitions[i].what);
@@ -634,16 +658,14 @@ static void test_stmt_portal_run_twice(void **state)
     (void)state;
     create_table();
     struct itest_proxy *p = proxy("");
-    int fd = itest_raw_connect(p->port);
-    assert_true(fd >= 0);
-    itest_raw_login(fd, itest_pg_user(), "itest_portal_run_twice");
+    int fd = raw_session(p, "itest_portal_run_twice");
 
     static const uint8_t execute[] = { '\0', 0, 0, 0, 0 };
     uint8_t buf[1024];
-    size_t n = put_insert(buf, sizeof buf, 0, INSERT, "1", "twice");
-    n -= 5; /* the Sync: a second Execute goes before it */
+    size_t n = put_parse_unnamed(buf, sizeof buf, 0, INSERT);
+    n = put_bind_execute(buf, sizeof buf, n, "1", "twice");
     n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
-    n += itest_build_msg(buf + n, sizeof buf - n, 'S', NULL, 0);
+    n = put_sync(buf, sizeof buf, n);
     assert_true(itest_raw_send(fd, buf, n));
     expect_replies(fd, "12C", NULL, "INSERT 0 1", "the INSERT");
     expect_replies(fd, "EZ", "55000", NULL, "its portal run again");
