@@ -81,6 +81,18 @@ void guard_next(struct conn *c, char type)
     c->guard = GUARD_ABORT_AWAIT_SYNC;
 }
 
+/* Whether the client sent anything the server answers after the i-th
+ * request in the queue (the proxy's own requests do not count). */
+static bool client_sent_after(const struct conn *c, size_t i)
+{
+    const struct track_req *r;
+
+    while ((r = track_at(&c->track, ++i)))
+        if (!r->injected)
+            return true;
+    return false;
+}
+
 /* A guarded Execute failed and its error stands: once its batch is over,
  * the block must fail at the client's level (see TRANSLATE_SQL_FAIL).
  * Unless the client already sent more past the batch's Sync, which the
@@ -92,14 +104,10 @@ static void abort_after_batch(struct conn *c)
 
     while ((r = track_at(&c->track, i)) && (r->injected || r->kind != TRACK_SYNC))
         i++;
-    if (!r) {
+    if (!r)
         c->guard = GUARD_ABORT_AWAIT_SYNC;
-        return;
-    }
-    while ((r = track_at(&c->track, ++i)))
-        if (!r->injected)
-            return;
-    c->guard = GUARD_ABORT_SYNCED;
+    else if (!client_sent_after(c, i))
+        c->guard = GUARD_ABORT_SYNCED;
 }
 
 /* The client's next message after a guarded Execute that failed, as far
@@ -115,14 +123,9 @@ static char guarded_next(const struct conn *c, const struct note *note)
         i++;
     if (!r)
         return note && note->flushed ? 'H' : 0;
-    if (r->kind != TRACK_SYNC)
-        return 'H';
     /* The rollback must reach the server before anything the client sent
      * after the Sync. */
-    while ((r = track_at(&c->track, ++i)))
-        if (!r->injected)
-            return 'H';
-    return 'S';
+    return r->kind == TRACK_SYNC && !client_sent_after(c, i) ? 'S' : 'H';
 }
 
 /* The server refused an extended message and skips the rest up to Sync:
