@@ -21,6 +21,7 @@
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1131,6 +1132,36 @@ bool itest_ssl_read_all(SSL *ssl, uint8_t *buf, size_t len)
         got += (size_t)n;
     }
     return true;
+}
+
+SSL *itest_ssl_connect(int fd, const char *alpn)
+{
+    struct timeval limit = { 10, 0 };
+    char ca[600];
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+
+    assert_non_null(ctx);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    snprintf(ca, sizeof ca, "%s/ca.crt", itest_env("IDEM_TEST_CERTS"));
+    assert_int_equal(SSL_CTX_load_verify_locations(ctx, ca, NULL), 1);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL *ssl = SSL_new(ctx);
+    SSL_CTX_free(ctx);
+    assert_non_null(ssl);
+    if (alpn) {
+        unsigned char list[64];
+        size_t len = strlen(alpn);
+        assert_true(len + 1 <= sizeof list);
+        list[0] = (unsigned char)len;
+        memcpy(list + 1, alpn, len);
+        assert_int_equal(SSL_set_alpn_protos(ssl, list, (unsigned)len + 1), 0);
+    }
+    assert_int_equal(SSL_set_fd(ssl, fd), 1);
+    if (SSL_connect(ssl) != 1) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    return ssl;
 }
 
 int itest_raw_read_byte(int fd, int timeout_ms)

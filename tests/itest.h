@@ -330,6 +330,11 @@ int itest_raw_read_byte(int fd, int timeout_ms);
 struct ssl_st;
 bool itest_ssl_read_all(struct ssl_st *ssl, uint8_t *buf, size_t len);
 
+/* A TLS client handshake on fd (given a 10 s receive timeout), checking
+ * the peer's certificate against the test CA ($IDEM_TEST_CERTS/ca.crt) and
+ * offering the ALPN protocol alpn (NULL: none). NULL when it failed. */
+struct ssl_st *itest_ssl_connect(int fd, const char *alpn);
+
 /* Field `code` (e.g. 'C' for SQLSTATE) of an ErrorResponse/NoticeResponse,
  * in a static buffer; NULL when absent. */
 const char *itest_msg_field(const struct itest_msg *msg, char code);

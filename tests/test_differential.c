@@ -34,8 +34,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/time.h>
 
 #include <openssl/ssl.h>
 
@@ -816,23 +814,12 @@ static struct link login_tls(int port, const char *db)
 {
     static const uint8_t ssl_request[] = { 0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f };
     struct link l = { itest_raw_connect(port), NULL };
-    struct timeval limit = { READ_TIMEOUT_MS / 1000, 0 };
-    char ca[600];
 
     assert_true(l.fd >= 0);
-    setsockopt(l.fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
     assert_true(itest_raw_send(l.fd, ssl_request, sizeof ssl_request));
     assert_int_equal(itest_raw_read_byte(l.fd, READ_TIMEOUT_MS), 'S');
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    assert_non_null(ctx);
-    snprintf(ca, sizeof ca, "%s/ca.crt", itest_env("IDEM_TEST_CERTS"));
-    assert_int_equal(SSL_CTX_load_verify_locations(ctx, ca, NULL), 1);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    l.ssl = SSL_new(ctx);
-    SSL_CTX_free(ctx);
+    l.ssl = itest_ssl_connect(l.fd, NULL);
     assert_non_null(l.ssl);
-    assert_int_equal(SSL_set_fd(l.ssl, l.fd), 1);
-    assert_int_equal(SSL_connect(l.ssl), 1);
 
     uint8_t pkt[256];
     size_t len = itest_build_startup(pkt, sizeof pkt, itest_pg_user(), db, "diff");

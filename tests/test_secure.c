@@ -1219,31 +1219,9 @@ static void test_sec_tls_backpressure(void **state)
  * handshake failed; *fd is the socket either way. */
 static SSL *direct_tls(int port, const char *alpn, int *fd)
 {
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    assert_non_null(ctx);
-    assert_int_equal(SSL_CTX_load_verify_locations(ctx, cert("ca.crt"), NULL), 1);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL *ssl = SSL_new(ctx);
-    SSL_CTX_free(ctx);
-    assert_non_null(ssl);
-    if (alpn) {
-        unsigned char list[64];
-        size_t len = strlen(alpn);
-        assert_true(len + 1 <= sizeof list);
-        list[0] = (unsigned char)len;
-        memcpy(list + 1, alpn, len);
-        assert_int_equal(SSL_set_alpn_protos(ssl, list, (unsigned)len + 1), 0);
-    }
     *fd = itest_raw_connect(port);
     assert_true(*fd >= 0);
-    struct timeval limit = { 10, 0 };
-    setsockopt(*fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
-    assert_int_equal(SSL_set_fd(ssl, *fd), 1);
-    if (SSL_connect(ssl) != 1) {
-        SSL_free(ssl);
-        return NULL;
-    }
-    return ssl;
+    return itest_ssl_connect(*fd, alpn);
 }
 
 /* Reads one message; false at the end of the stream. The body, cut to cap
