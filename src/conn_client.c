@@ -8,7 +8,6 @@
 #include "params.h"
 #include "rewrite.h"
 #include "rules.h"
-#include "shape.h"
 
 /* The statement and portal name of the proxy's own extended statements. */
 #define GUARD_NAME "idemproxy_guard"
@@ -544,15 +543,15 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
                                    struct note *note)
 {
     static const uint8_t execute_sync[] = { 'E', 0, 0, 0, 9, 0, 0, 0, 0, 0, 'S', 0, 0, 0, 4 };
-    const struct rewrite_result *r = &st->d->result;
-    struct shape *sh = &c->worker->query_shape;
+    const struct params_stmt *ps = decision_params(st->d);
     struct params *p = &c->worker->query_params;
 
-    if (c->stmts.max == 0 || r->stmt_count != 1 || !st->insert || st->insert->returning ||
+    if (c->stmts.max == 0 || !ps || !st->insert || st->insert->returning ||
         c->track.txn_status != 'I' || track_pending(&c->track) != 0 ||
-        !shape_of(r->text, r->text_len, sh) || !params_of(sh, r->text, r->text_len, p))
+        !params_bind(ps, st->d->consts, st->d->nconsts, (const char *)st->body + st->at,
+                     st->text_len, p))
         return PREPARED_NOT;
-    struct stmt_entry *e = stmtcache_get(&c->stmts, p->text, p->text_len, p->types,
+    struct stmt_entry *e = stmtcache_get(&c->stmts, ps->text, ps->text_len, p->types,
                                          p->types_len);
     if (!e || stmtcache_state(e) == STMT_PENDING)
         return PREPARED_NOT;

@@ -247,48 +247,67 @@ static void put_value(struct params *p, char kind, const char *text, size_t len)
     p->values_len += 4 + n;
 }
 
-bool params_of(const struct shape *sh, const char *text, size_t len, struct params *out)
+struct params_stmt *params_stmt_of(const char *key, size_t key_len, size_t nconsts)
 {
-    size_t nconsts = sh->nconsts, consts_len = 0;
-
-    if (nconsts == 0 || nconsts > PARAMS_MAX || !masks_are_items(sh->key, sh->key_len))
-        return false;
-    for (size_t i = 0; i < nconsts; i++) {
-        if (sh->consts[i].at + sh->consts[i].len > len)
-            return false;
-        consts_len += sh->consts[i].len;
-    }
+    if (nconsts == 0 || nconsts > PARAMS_MAX || !masks_are_items(key, key_len))
+        return NULL;
     /* "$256" is four bytes where a mask is two. */
-    if (!(out->text = grown(out->text, &out->text_cap, sh->key_len + 2 * nconsts + 1)) ||
-        !(out->types = grown(out->types, &out->types_cap, 2 + 4 * nconsts)) ||
-        !(out->values = grown(out->values, &out->values_cap, 2 + 4 * nconsts + consts_len)))
-        return false;
-    out->text_len = 0;
-    out->types_len = 2;
-    out->values_len = 2;
-    pg_put_u16(out->types, (uint16_t)nconsts);
-    pg_put_u16(out->values, (uint16_t)nconsts);
-    size_t c = 0;
-    for (size_t i = 0; i < sh->key_len;) {
+    struct params_stmt *ps = malloc(sizeof(*ps) + nconsts + key_len + 2 * nconsts + 1);
+    if (!ps)
+        return NULL;
+    ps->text = ps->kinds + nconsts;
+    ps->text_len = 0;
+    ps->nconsts = 0;
+    for (size_t i = 0; i < key_len;) {
         /* The key's markers are its masks and nothing else (shape.h). */
-        const char *mark = memchr(sh->key + i, MARK, sh->key_len - i);
-        size_t run = (mark ? (size_t)(mark - sh->key) : sh->key_len) - i;
-        memcpy(out->text + out->text_len, sh->key + i, run);
-        out->text_len += run;
+        const char *mark = memchr(key + i, MARK, key_len - i);
+        size_t run = (mark ? (size_t)(mark - key) : key_len) - i;
+        memcpy(ps->text + ps->text_len, key + i, run);
+        ps->text_len += run;
         i += run;
         if (!mark)
             break;
-        char kind = sh->key[i + 1];
-        const char *value = text + sh->consts[c].at;
-        size_t value_len = sh->consts[c].len;
-        c++;
-        out->text_len += put_dollar(out->text + out->text_len, c);
-        pg_put_u32(out->types + out->types_len, type_of(kind, value, value_len));
-        out->types_len += 4;
-        put_value(out, kind, value, value_len);
+        if (ps->nconsts == nconsts || i + 1 >= key_len) {
+            free(ps);
+            return NULL;
+        }
+        ps->kinds[ps->nconsts++] = key[i + 1];
+        ps->text_len += put_dollar(ps->text + ps->text_len, ps->nconsts);
         i += MASK_LEN;
     }
-    out->text[out->text_len] = '\0';
+    ps->text[ps->text_len] = '\0';
+    if (ps->nconsts != nconsts) {
+        free(ps);
+        return NULL;
+    }
+    return ps;
+}
+
+bool params_bind(const struct params_stmt *ps, const struct shape_const *consts, size_t nconsts,
+                 const char *text, size_t len, struct params *out)
+{
+    size_t consts_len = 0;
+
+    if (nconsts != ps->nconsts)
+        return false;
+    for (size_t i = 0; i < nconsts; i++) {
+        if (consts[i].at > len || consts[i].len > len - consts[i].at)
+            return false;
+        consts_len += consts[i].len;
+    }
+    if (!(out->types = grown(out->types, &out->types_cap, 2 + 4 * nconsts)) ||
+        !(out->values = grown(out->values, &out->values_cap, 2 + 4 * nconsts + consts_len)))
+        return false;
+    pg_put_u16(out->types, (uint16_t)nconsts);
+    pg_put_u16(out->values, (uint16_t)nconsts);
+    out->types_len = 2;
+    out->values_len = 2;
+    for (size_t i = 0; i < nconsts; i++) {
+        const char *value = text + consts[i].at;
+        pg_put_u32(out->types + out->types_len, type_of(ps->kinds[i], value, consts[i].len));
+        out->types_len += 4;
+        put_value(out, ps->kinds[i], value, consts[i].len);
+    }
     return true;
 }
 
@@ -321,7 +340,6 @@ size_t params_position(const char *text, size_t len, size_t pos, bool utf8)
 
 void params_free(struct params *p)
 {
-    free(p->text);
     free(p->types);
     free(p->values);
     memset(p, 0, sizeof(*p));

@@ -32,22 +32,40 @@
  * INSERT stays as it is (its parse is shared by its rows anyway). */
 #define PARAMS_MAX 256
 
-/* Zeroed before first use; the buffers are kept from one call to the
- * next. */
-struct params {
-    char *text;       /* the statement, NUL-terminated */
+/* The statement of one shape: its key with $1, $2, ... for the masks.
+ * Built once per shape (the decision cache keeps it with the shape's
+ * decision); each text of the shape then only binds its values. */
+struct params_stmt {
+    char *text;     /* NUL-terminated */
     size_t text_len;
+    size_t nconsts;
+    char kinds[];   /* each mask's kind, as in the key */
+};
+
+/* What a Bind of one text carries. Zeroed before first use; the buffers
+ * are kept from one call to the next. */
+struct params {
     uint8_t *types;   /* as in a Parse: int16 count, int32 type OID each */
     size_t types_len;
     uint8_t *values;  /* as in a Bind: int16 count, int32 length and bytes each */
     size_t values_len;
-    size_t text_cap, types_cap, values_cap;
+    size_t types_cap, values_cap;
 };
 
-/* The parameterised form of text (len bytes), whose shape is sh. False
- * when a constant is not a whole VALUES item, there are more than
- * PARAMS_MAX, or memory ran out: the text then runs as it is. */
-bool params_of(const struct shape *sh, const char *text, size_t len, struct params *out);
+/* The statement for a shape's key (key_len bytes, nconsts masks; or the
+ * key of a decision about it, shape_generalise's text, which keeps them).
+ * NULL when a mask is not a whole VALUES item, there are none or more than
+ * PARAMS_MAX, the key holds another number of masks, or memory ran out:
+ * texts of that shape then run as they are. Freed with free(). */
+struct params_stmt *params_stmt_of(const char *key, size_t key_len, size_t nconsts);
+
+/* The types and values of text (len bytes) as ps: its constants, consts
+ * (nconsts of them, shape_of's), bound to ps's parameters. False when
+ * they are not ps->nconsts, one lies outside the text, or memory ran out.
+ * The types follow the values (a number past int8 is numeric), so two
+ * texts of one shape may run as two statements. */
+bool params_bind(const struct params_stmt *ps, const struct shape_const *consts, size_t nconsts,
+                 const char *text, size_t len, struct params *out);
 
 /* The position (1-based, as in an ErrorResponse's P field) in text (len
  * bytes) that stands where pos stands in its parameterised statement: an

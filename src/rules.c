@@ -11,8 +11,10 @@
  * shape (shape.h), so that an application that writes its values into the
  * text has its INSERTs decided once; a text that is to come again (a
  * Parse's) is also kept as it is, so that its repetitions skip masking it.
- * Texts longer than CACHE_MAX_TEXT are decided every time: they are nearly
- * always one-off batches, and caching them would only cost memory. */
+ * Keys longer than CACHE_MAX_TEXT are not cached: such texts (or shapes)
+ * are nearly always one-off batches, and caching them would only cost
+ * memory; a long text of few constants (a document in a string) has a
+ * short shape and is cached by it. */
 #define CACHE_MAX_ENTRIES 4096
 #define CACHE_MAX_BYTES (8u << 20)
 #define CACHE_MAX_TEXT (16u << 10)
@@ -28,6 +30,7 @@ struct cache_entry {
     struct decision *decision; /* in the key's coordinates when general */
     bool general;              /* the key is a shape, not a text */
     size_t len;
+    size_t bytes;              /* what it counts in cache_bytes */
     char text[]; /* the key */
 };
 
@@ -102,7 +105,7 @@ struct ruleset *ruleset_ref(struct ruleset *rs)
 static void cache_remove(struct scope *s, struct cache_entry *e)
 {
     HASH_DELETE(hh, s->cache, e);
-    s->cache_bytes -= e->len;
+    s->cache_bytes -= e->bytes;
     decision_unref(e->decision);
     free(e);
 }
@@ -455,7 +458,14 @@ void decision_unref(struct decision *d)
     if (!d || --d->refs > 0)
         return;
     rewrite_result_free(&d->result);
+    decision_unref(d->shape);
+    free(d->params);
     free(d);
+}
+
+const struct params_stmt *decision_params(const struct decision *d)
+{
+    return d->shape ? d->shape->params : NULL;
 }
 
 static void cache_store(struct scope *s, const char *key, size_t len, bool general,
@@ -468,11 +478,12 @@ static void cache_store(struct scope *s, const char *key, size_t len, bool gener
         return;
     memcpy(e->text, key, len);
     e->len = len;
+    e->bytes = len + (d->params ? d->params->text_len : 0);
     e->general = general;
     e->decision = d;
     d->refs++;
     HASH_ADD_KEYPTR(hh, s->cache, e->text, e->len, e);
-    s->cache_bytes += len;
+    s->cache_bytes += e->bytes;
     while (s->cache && (HASH_COUNT(s->cache) > CACHE_MAX_ENTRIES ||
                         s->cache_bytes > CACHE_MAX_BYTES))
         cache_remove(s, s->cache);
@@ -494,47 +505,63 @@ static struct cache_entry *cache_find(struct scope *s, const char *key, size_t l
     return e;
 }
 
-static struct decision *decision_new(void)
+/* A decision about a text whose constants sh gives (NULL: none). More
+ * than can be parameters are not kept. */
+static struct decision *decision_new(const struct shape *sh)
 {
-    struct decision *d = calloc(1, sizeof(*d));
+    size_t n = sh && sh->nconsts <= PARAMS_MAX ? sh->nconsts : 0;
+    struct decision *d = calloc(1, sizeof(*d) + n * sizeof(d->consts[0]));
 
-    if (d)
+    if (d) {
         d->refs = 1;
+        d->nconsts = n;
+        if (n)
+            memcpy(d->consts, sh->consts, n * sizeof(d->consts[0]));
+    }
     return d;
 }
 
 /* The decision about a text whose shape is cached. */
-static struct decision *decide_from_shape(const struct shape *sh, const struct decision *general,
+static struct decision *decide_from_shape(const struct shape *sh, struct decision *general,
                                           const char *text, size_t len)
 {
-    struct decision *d = decision_new();
+    struct decision *d = decision_new(sh);
 
     if (d && !shape_apply(sh, &general->result, text, len, &d->result)) {
         free(d);
         return NULL;
     }
+    if (d) {
+        d->shape = general;
+        general->refs++;
+    }
     return d;
 }
 
-/* Caches the decision about a text as its shape's. */
-static void cache_shape(struct scope *s, const struct shape *sh, const struct decision *d)
+/* Caches the decision about a text as its shape's, and makes it the
+ * text's shape decision. A single rewritten statement gets its statement
+ * with parameters, built here once for all the texts of the shape. */
+static void cache_shape(struct scope *s, const struct shape *sh, struct decision *d)
 {
-    struct decision *general = decision_new();
+    struct decision *general = decision_new(NULL);
 
-    if (general && shape_generalise(sh, &d->result, &general->result))
-        cache_store(s, sh->key, sh->key_len, true, general);
-    decision_unref(general);
+    if (!general || !shape_generalise(sh, &d->result, &general->result)) {
+        free(general);
+        return;
+    }
+    const struct rewrite_result *r = &general->result;
+    if (r->text && r->stmt_count == 1)
+        general->params = params_stmt_of(r->text, r->text_len, sh->nconsts);
+    cache_store(s, sh->key, sh->key_len, true, general);
+    d->shape = general;
 }
 
-struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool repeats,
-                              bool *fresh)
+static struct decision *decide_text(struct scope *s, const char *text, size_t len, bool repeats,
+                                    bool *fresh)
 {
     struct shape *sh = &s->shape;
     struct decision *d;
 
-    *fresh = false;
-    if (s->state != SCOPE_READY || !rewrite_prefilter(&s->rules, text, len))
-        return NULL;
     /* A text without constants (parameters only), or a Parse's seen
      * before, is found as it is, without masking it first. */
     struct cache_entry *as_is = cache_find(s, text, len);
@@ -542,7 +569,9 @@ struct decision *scope_decide(struct scope *s, const char *text, size_t len, boo
         as_is->decision->refs++;
         return as_is->decision;
     }
-    bool shaped = len <= CACHE_MAX_TEXT && shape_of(text, len, sh);
+    /* A long text may have a short shape: an INSERT of a large document
+     * in one string constant. */
+    bool shaped = shape_of(text, len, sh) && sh->key_len <= CACHE_MAX_TEXT;
     struct cache_entry *by_shape = shaped ? cache_find(s, sh->key, sh->key_len) : NULL;
     if (by_shape && by_shape->general &&
         (d = decide_from_shape(sh, by_shape->decision, text, len))) {
@@ -550,7 +579,7 @@ struct decision *scope_decide(struct scope *s, const char *text, size_t len, boo
             cache_store(s, text, len, false, d);
         return d;
     }
-    d = decision_new();
+    d = decision_new(shaped ? sh : NULL);
     if (d && !rewrite_insert(&s->rules, text, len, &d->result)) {
         free(d);
         d = NULL;
@@ -562,6 +591,20 @@ struct decision *scope_decide(struct scope *s, const char *text, size_t len, boo
         if ((!shaped || repeats) && !as_is)
             cache_store(s, text, len, false, d);
     }
+    return d;
+}
+
+struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool repeats,
+                              bool *fresh)
+{
+    *fresh = false;
+    if (s->state != SCOPE_READY || !rewrite_prefilter(&s->rules, text, len))
+        return NULL;
+    struct decision *d = decide_text(s, text, len, repeats, fresh);
+    /* The masking buffers grow to the longest text masked; one far longer
+     * than any cached shape does not keep them for the next. */
+    if (s->shape.key_cap > 4 * CACHE_MAX_TEXT)
+        shape_free(&s->shape);
     return d;
 }
 

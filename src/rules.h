@@ -28,7 +28,9 @@
 #include "catalog.h"
 #include "config.h"
 #include "counter.h"
+#include "params.h"
 #include "rewrite.h"
+#include "shape.h"
 #include "translate.h"
 
 struct ruleset;
@@ -106,11 +108,23 @@ const struct table_rule *scope_table(const struct scope *s, size_t i);
 const char *scope_table_problem(const struct scope *s, size_t i);
 
 /* A decision about one statement text, shared by the cache and every
- * request it was made for. */
+ * request it was made for. A text with constants is decided through its
+ * shape: its decision then holds the shape's, and where its constants are,
+ * so that it can run as the shape's statement with parameters (params.h)
+ * without being masked again. */
 struct decision {
     unsigned refs;
     struct rewrite_result result;
+    struct decision *shape;     /* the shape's decision, or NULL */
+    struct params_stmt *params; /* a shape's: its rewritten single statement
+                                   with parameters, or NULL */
+    size_t nconsts;
+    struct shape_const consts[]; /* the text's constants, as shape_of says */
 };
+
+/* The statement with parameters that runs d's text as rewritten, binding
+ * d->consts; NULL when there is none. */
+const struct params_stmt *decision_params(const struct decision *d);
 
 void decision_unref(struct decision *d);
 

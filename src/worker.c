@@ -668,7 +668,6 @@ void worker_free(struct worker *w)
         event_base_free(w->base);
     ruleset_unref(w->rules);
     settings_unref(w->settings);
-    shape_free(&w->query_shape);
     params_free(&w->query_params);
     pthread_mutex_destroy(&w->conns_lock);
     pthread_mutex_destroy(&w->inbox_lock);

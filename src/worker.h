@@ -162,9 +162,8 @@ struct worker {
     struct worker_counters counters;
     struct table_stats *_Atomic tables;
 
-    /* What prepare_query (conn_client.c) masks and builds a Query's INSERT in,
-     * kept from one Query of this thread to the next. */
-    struct shape query_shape;
+    /* The types and values prepare_query (conn_client.c) binds a Query's
+     * INSERT with, kept from one Query of this thread to the next. */
     struct params query_params;
 };
 

@@ -16,20 +16,28 @@
 #include "params.h"
 #include "pgproto.h"
 
-/* The parameterised form of text, or NULL; p must be freed. */
-static const char *form(const char *text, struct params *p)
+/* The statement with parameters of text's shape, or NULL, with text's
+ * values bound in p; both must be freed. */
+static struct params_stmt *form(const char *text, struct params *p)
 {
     struct shape sh = { 0 };
-    bool ok = shape_of(text, strlen(text), &sh) && params_of(&sh, text, strlen(text), p);
+    struct params_stmt *ps = NULL;
 
+    if (shape_of(text, strlen(text), &sh) &&
+        (ps = params_stmt_of(sh.key, sh.key_len, sh.nconsts)) &&
+        !params_bind(ps, sh.consts, sh.nconsts, text, strlen(text), p)) {
+        free(ps);
+        ps = NULL;
+    }
     shape_free(&sh);
-    return ok ? p->text : NULL;
+    return ps;
 }
 
 static void assert_form(const char *text, const char *want)
 {
     struct params p = { 0 };
-    const char *got = form(text, &p);
+    struct params_stmt *ps = form(text, &p);
+    const char *got = ps ? ps->text : NULL;
 
     if (!want && got)
         fail_msg("%s: parameterised as %s", text, got);
@@ -37,6 +45,7 @@ static void assert_form(const char *text, const char *want)
         fail_msg("%s: not parameterised", text);
     if (want)
         assert_string_equal(got, want);
+    free(ps);
     params_free(&p);
 }
 
@@ -100,8 +109,10 @@ static void test_types_and_values(void **state)
                        "'it''s', '', 0002147483647)";
     struct params p = { 0 };
 
-    assert_non_null(form(text, &p));
-    assert_string_equal(p.text, "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7)");
+    struct params_stmt *ps = form(text, &p);
+    assert_non_null(ps);
+    assert_string_equal(ps->text, "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7)");
+    free(ps);
     assert_int_equal(p.types_len, 2 + 7 * 4);
     assert_int_equal(p.types[0] * 256 + p.types[1], 7);
     assert_int_equal(type_at(p.types, 0), 23);   /* int4 */
@@ -126,8 +137,10 @@ static void test_types_and_values(void **state)
     assert_int_equal((size_t)(v - p.values), p.values_len);
 
     /* The buffers are reused by the next text. */
-    assert_non_null(form("INSERT INTO t VALUES ('x')", &p));
-    assert_string_equal(p.text, "INSERT INTO t VALUES ($1)");
+    ps = form("INSERT INTO t VALUES ('x')", &p);
+    assert_non_null(ps);
+    assert_string_equal(ps->text, "INSERT INTO t VALUES ($1)");
+    free(ps);
     assert_int_equal(p.values_len, 2 + 4 + 1);
     params_free(&p);
 }
@@ -144,8 +157,10 @@ static void test_parameter_limit(void **state)
     strcat(text, ")");
 
     struct params p = { 0 };
-    assert_non_null(form(text, &p));
-    assert_non_null(strstr(p.text, "$256)"));
+    struct params_stmt *ps = form(text, &p);
+    assert_non_null(ps);
+    assert_non_null(strstr(ps->text, "$256)"));
+    free(ps);
     text[strlen(text) - 1] = '\0';
     strcat(text, ",1)");
     assert_null(form(text, &p));

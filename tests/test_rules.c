@@ -535,6 +535,84 @@ static void test_decide_parse_text_kept(void **state)
     ruleset_unref(rs);
 }
 
+/* A Query's INSERT with its values in the text runs as its shape's
+ * statement with parameters: built once for the shape, with each text's
+ * decision saying where its own constants are. */
+static void test_decide_statement_with_parameters(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    const char *first = "INSERT INTO webhook_events (idempotency_key, payload) VALUES (42, 'a')";
+    const char *second = "INSERT INTO webhook_events (idempotency_key, payload) VALUES (7, 'it''s')";
+    bool fresh;
+
+    struct decision *a = decide(s, first, &fresh);
+    assert_true(fresh);
+    const struct params_stmt *ps = decision_params(a);
+    assert_non_null(ps);
+    assert_string_equal(ps->text, "INSERT INTO webhook_events (idempotency_key, payload) "
+                                  "VALUES ($1, $2)" WE_P);
+    assert_int_equal(ps->nconsts, 2);
+    assert_int_equal(a->nconsts, 2);
+    assert_memory_equal(first + a->consts[0].at, "42", a->consts[0].len);
+    assert_memory_equal(first + a->consts[1].at, "'a'", a->consts[1].len);
+
+    struct decision *b = decide(s, second, &fresh);
+    assert_false(fresh);
+    assert_ptr_equal(decision_params(b), ps);
+    assert_int_equal(b->nconsts, 2);
+    assert_memory_equal(second + b->consts[0].at, "7", b->consts[0].len);
+    assert_memory_equal(second + b->consts[1].at, "'it''s'", b->consts[1].len);
+    decision_unref(a);
+    decision_unref(b);
+
+    /* Not for a text of several statements, a constant outside the VALUES
+     * items, or a table the rules leave alone. */
+    const char *none[] = {
+        "INSERT INTO webhook_events (idempotency_key) VALUES (1); SELECT 1",
+        "INSERT INTO webhook_events (idempotency_key) SELECT 1",
+        "INSERT INTO orders VALUES ('x')",
+    };
+    for (size_t i = 0; i < sizeof(none) / sizeof(none[0]); i++) {
+        struct decision *d = decide(s, none[i], &fresh);
+        assert_non_null(d);
+        assert_null(decision_params(d));
+        decision_unref(d);
+    }
+    ruleset_unref(rs);
+}
+
+/* A text over 16 kB whose constants are few has a short shape: it is
+ * cached by it, and runs as the shape's statement. */
+static void test_decide_long_text_short_shape(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    const char *head = "INSERT INTO webhook_events (idempotency_key, payload) VALUES (1, '";
+    size_t doc = 40u << 10;
+    char *text = malloc(strlen(head) + doc + 3);
+    assert_non_null(text);
+    strcpy(text, head);
+    memset(text + strlen(head), 'x', doc);
+    strcpy(text + strlen(head) + doc, "')");
+    bool fresh;
+
+    struct decision *a = decide(s, text, &fresh);
+    assert_true(fresh);
+    assert_non_null(decision_params(a));
+    text[strlen(head)] = 'y';
+    struct decision *b = decide(s, text, &fresh);
+    assert_false(fresh);
+    assert_ptr_equal(decision_params(b), decision_params(a));
+    assert_int_equal(b->consts[1].len, doc + 2);
+    decision_unref(a);
+    decision_unref(b);
+    free(text);
+    ruleset_unref(rs);
+}
+
 /* A decision outlives its ruleset and the cache as long as a request holds
  * it (under the sanitizer a use after free would show). */
 static void test_decision_outlives_ruleset(void **state)
@@ -780,6 +858,8 @@ int main(void)
         cmocka_unit_test(test_decide_prefilter),
         cmocka_unit_test(test_decide_rewrites),
         cmocka_unit_test(test_decide_parse_text_kept),
+        cmocka_unit_test(test_decide_statement_with_parameters),
+        cmocka_unit_test(test_decide_long_text_short_shape),
         cmocka_unit_test(test_decision_outlives_ruleset),
         cmocka_unit_test(test_cache_eviction_by_count),
         cmocka_unit_test(test_cache_eviction_by_size),

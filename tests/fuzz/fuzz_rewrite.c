@@ -4,8 +4,8 @@
  * changed, error positions map back inside the original, the prefilter
  * never turns away a text the rewriter would have acted on, a decision
  * carried through the text's shape (the decision cache's path) is the
- * decision itself, and a rewritten text run as a statement with parameters
- * is that text again once its values are put back. */
+ * decision itself, and a rewritten text run as its shape's statement with
+ * parameters is that text again once its values are put back. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -174,32 +174,48 @@ static void check_shape_round_trip(const char *text, size_t len, const struct re
     shape_free(&sh);
 }
 
-/* Where the key has a mask, the statement has the next "$k", and the k-th
- * value (a string quoted again) is the constant's text; everywhere else
- * the statement is the key. Every position maps inside the text. */
-static void check_params(const char *text, size_t len)
+/* A Query's INSERT runs as its shape's statement with parameters. The
+ * decision generalised to the shape must have the rewritten text's own
+ * key (error positions are mapped through the rewritten text). Where that
+ * key has a mask the statement has the next "$k", and the k-th value (a
+ * string quoted again) is the constant's text in the client's text;
+ * everywhere else the statement is the key. Every position maps inside
+ * the rewritten text. */
+static void check_params(const char *text, size_t len, const struct rewrite_result *r)
 {
-    struct shape sh = { 0 };
+    struct shape sh = { 0 }, own = { 0 };
+    struct rewrite_result general;
     struct params p = { 0 };
 
-    if (shape_of(text, len, &sh) && params_of(&sh, text, len, &p)) {
-        check(p.text[p.text_len] == '\0' && (size_t)(p.types[0] << 8 | p.types[1]) == sh.nconsts);
+    if (!shape_of(text, len, &sh) || !shape_generalise(&sh, r, &general)) {
+        shape_free(&sh);
+        return;
+    }
+    check(shape_of(r->text, r->text_len, &own) && own.nconsts == sh.nconsts &&
+          own.key_len == general.text_len && memcmp(own.key, general.text, own.key_len) == 0);
+    const char *key = general.text;
+    size_t key_len = general.text_len;
+    struct params_stmt *ps = params_stmt_of(key, key_len, sh.nconsts);
+    check(!ps || !params_bind(ps, sh.consts, sh.nconsts + 1, text, len, &p));
+    if (ps && params_bind(ps, sh.consts, sh.nconsts, text, len, &p)) {
+        check(ps->text[ps->text_len] == '\0' &&
+              (size_t)(p.types[0] << 8 | p.types[1]) == sh.nconsts);
         const uint8_t *value = p.values + 2;
         size_t s = 0, k = 0;
-        for (size_t i = 0; i < sh.key_len;) {
-            if (sh.key[i] != '\x01') {
-                check(s < p.text_len && p.text[s++] == sh.key[i++]);
+        for (size_t i = 0; i < key_len;) {
+            if (key[i] != '\x01') {
+                check(s < ps->text_len && ps->text[s++] == key[i++]);
                 continue;
             }
-            check(p.text[s++] == '$');
+            check(ps->text[s++] == '$');
             size_t number = 0;
-            while (s < p.text_len && p.text[s] >= '0' && p.text[s] <= '9')
-                number = number * 10 + (size_t)(p.text[s++] - '0');
-            check(number == ++k);
+            while (s < ps->text_len && ps->text[s] >= '0' && ps->text[s] <= '9')
+                number = number * 10 + (size_t)(ps->text[s++] - '0');
+            check(number == ++k && ps->kinds[k - 1] == key[i + 1]);
             const struct shape_const *c = &sh.consts[k - 1];
             uint32_t n = pg_get_u32(value);
             const char *v = (const char *)value + 4, *orig = text + c->at;
-            if (sh.key[i + 1] == 's') {
+            if (key[i + 1] == 's') {
                 size_t at = 1;
                 for (uint32_t j = 0; j < n; j++) {
                     check(orig[at++] == v[j]);
@@ -213,13 +229,16 @@ static void check_params(const char *text, size_t len)
             value += 4 + n;
             i += 2;
         }
-        check(s == p.text_len && k == sh.nconsts && value == p.values + p.values_len);
-        for (size_t pos = 1; pos <= p.text_len + 1 && pos < MAP_ALL_BELOW; pos++) {
-            size_t back = params_position(text, len, pos, true);
-            check(back >= 1 && back <= len + 1);
+        check(s == ps->text_len && k == sh.nconsts && value == p.values + p.values_len);
+        for (size_t pos = 1; pos <= ps->text_len + 1 && pos < MAP_ALL_BELOW; pos++) {
+            size_t back = params_position(r->text, r->text_len, pos, true);
+            check(back >= 1 && back <= r->text_len + 1);
         }
     }
+    free(ps);
     params_free(&p);
+    rewrite_result_free(&general);
+    shape_free(&own);
     shape_free(&sh);
 }
 
@@ -242,7 +261,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check(r.reason == RR_NOT_INSERT && r.stmt_count == 0);
         check_shape_round_trip(text, len, &r);
         if (r.text)
-            check_params(r.text, r.text_len);
+            check_params(text, len, &r);
         rewrite_result_free(&r);
     }
     free(text);
