@@ -35,7 +35,8 @@ static inline unsigned char fold(unsigned char c)
 
 /* Case-insensitive (ASCII) search for the first n bytes of needle. Every
  * Query and Parse passes here several times, so the candidates are found
- * with memchr, one case of the first byte at a time. */
+ * with memchr, each case of the first byte on its own: a case is searched
+ * again only once the candidate it found has failed. */
 static bool contains_folded(const char *text, size_t len, const char *needle, size_t n)
 {
     if (n == 0)
@@ -44,23 +45,21 @@ static bool contains_folded(const char *text, size_t len, const char *needle, si
         return false;
     unsigned char lower = fold((unsigned char)needle[0]);
     unsigned char upper = lower >= 'a' && lower <= 'z' ? (unsigned char)(lower - 0x20) : lower;
-    const char *p = text, *end = text + len - n + 1; /* the last start + 1 */
+    const char *end = text + len - n + 1; /* the last start + 1 */
+    const char *lo = memchr(text, lower, (size_t)(end - text));
+    const char *up = upper != lower ? memchr(text, upper, (size_t)(end - text)) : NULL;
 
-    while (p < end) {
-        const char *at = memchr(p, lower, (size_t)(end - p));
-        if (upper != lower) {
-            const char *up = memchr(p, upper, (size_t)((at ? at : end) - p));
-            if (up)
-                at = up;
-        }
-        if (!at)
-            return false;
+    while (lo || up) {
+        const char *at = !up || (lo && lo < up) ? lo : up;
         size_t k = 1;
         while (k < n && fold((unsigned char)at[k]) == fold((unsigned char)needle[k]))
             k++;
         if (k == n)
             return true;
-        p = at + 1;
+        if (at == lo)
+            lo = memchr(at + 1, lower, (size_t)(end - at - 1));
+        else
+            up = memchr(at + 1, upper, (size_t)(end - at - 1));
     }
     return false;
 }
