@@ -547,10 +547,77 @@ size_t rewrite_map_position(const struct rewrite_result *r, size_t pos, bool utf
     return pos - shift;
 }
 
+static bool is_blank(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
+/* Skips the whitespace and comments from text[i]. Block comments nest, as
+ * in PostgreSQL; one that does not end takes the rest of the text. */
+static size_t skip_blank(const char *text, size_t len, size_t i)
+{
+    for (;;) {
+        while (i < len && is_blank(text[i]))
+            i++;
+        if (i + 1 >= len)
+            return i;
+        if (text[i] == '-' && text[i + 1] == '-') {
+            while (i < len && text[i] != '\n' && text[i] != '\r')
+                i++;
+            continue;
+        }
+        if (text[i] != '/' || text[i + 1] != '*')
+            return i;
+        size_t depth = 0;
+        do {
+            if (i + 1 < len && text[i] == '/' && text[i + 1] == '*') {
+                depth++;
+                i += 2;
+            } else if (i + 1 < len && text[i] == '*' && text[i + 1] == '/') {
+                depth--;
+                i += 2;
+            } else {
+                i++;
+            }
+        } while (depth > 0 && i < len);
+    }
+}
+
+static bool word_at(const char *text, size_t len, size_t i, const char *word)
+{
+    size_t n = strlen(word);
+
+    if (len - i < n)
+        return false;
+    for (size_t k = 0; k < n; k++)
+        if (fold((unsigned char)text[i + k]) != (unsigned char)word[k])
+            return false;
+    return true;
+}
+
+/* Whether a statement of text may begin with PREPARE, DEALLOCATE or
+ * DISCARD, which stand only at the start of a statement: at the start of
+ * the text or after a ';', whitespace and comments skipped. A ';' inside a
+ * string or a comment only adds a place to look; what follows it may look
+ * like a comment that is none, so the next ';' is looked for from the
+ * last, never from where the skipping ended. */
+static bool may_redefine(const char *text, size_t len)
+{
+    for (size_t start = 0;;) {
+        size_t i = skip_blank(text, len, start);
+        if (i < len && (word_at(text, len, i, "prepare") || word_at(text, len, i, "deallocate") ||
+                        word_at(text, len, i, "discard")))
+            return true;
+        const char *semi = start < len ? memchr(text + start, ';', len - start) : NULL;
+        if (!semi)
+            return false;
+        start = (size_t)(semi - text) + 1;
+    }
+}
+
 bool rewrite_redefines_statements(const char *text, size_t len)
 {
-    if (!contains_folded(text, len, "prepare", 7) && !contains_folded(text, len, "deallocate", 10) &&
-        !contains_folded(text, len, "discard", 7))
+    if (!may_redefine(text, len))
         return false;
     PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
     PgQuery__ParseResult *tree = raw.error ? NULL

@@ -101,7 +101,8 @@ bool rewrite_prefilter(const struct rewrite_rules *rules, const char *text, size
 
 /* True when text may define, drop or redefine prepared statements
  * (PREPARE, DEALLOCATE, DISCARD), as PostgreSQL's parser reads it; also
- * when the parser cannot read a text that mentions one of them. */
+ * when the parser cannot read a text in which a statement begins with one
+ * of them. Only such a text reaches the parser. */
 bool rewrite_redefines_statements(const char *text, size_t len);
 
 /* The characters of UTF-8 text (len bytes): how PostgreSQL counts a

@@ -1024,6 +1024,46 @@ static void test_reason_names(void **state)
 
 /* ---- session encodings -------------------------------------------------- */
 
+/* Statements that drop or redefine prepared statements are found where
+ * they begin, behind whitespace, comments and other statements; the words
+ * elsewhere (names, strings, comments) cost no parse, and what the parser
+ * cannot read counts when a statement begins with one of them. */
+static void test_redefines_statements(void **state)
+{
+    (void)state;
+    const char *yes[] = {
+        "DEALLOCATE ALL",
+        "  deallocate prepare ps",
+        "PREPARE p AS SELECT 1",
+        "discard all;",
+        "SELECT 1; DISCARD ALL",
+        "SELECT ';'; DEALLOCATE ps",
+        "-- a comment\n\tDISCARD PLANS",
+        "/* outer /* inner */ still a comment */ DEALLOCATE ps",
+        "SELECT 1 /* ; */; /* x */ prepare p AS SELECT 2",
+        /* What follows a ';' in a string is no comment. */
+        "SELECT 'a;/*'; DEALLOCATE ALL; SELECT '*/'",
+        "DEALLOCATE", /* unreadable, and the server may read it otherwise */
+    };
+    const char *no[] = {
+        "SELECT 1",
+        "INSERT INTO prepared_orders VALUES ('deallocate; discard')",
+        "SELECT prepare FROM discard",
+        "-- DEALLOCATE ALL",
+        "/* DISCARD ALL */ SELECT 1",
+        "/* /* */ DEALLOCATE ALL */ SELECT 1",
+        "SELECT 'x;'",
+        "EXECUTE p",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+        if (!rewrite_redefines_statements(yes[i], strlen(yes[i])))
+            fail_msg("not found in: %s", yes[i]);
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        if (rewrite_redefines_statements(no[i], strlen(no[i])))
+            fail_msg("found in: %s", no[i]);
+}
+
 static void test_charset(void **state)
 {
     (void)state;
@@ -1072,6 +1112,7 @@ int main(void)
         cmocka_unit_test(test_map_position),
         cmocka_unit_test(test_prefilter),
         cmocka_unit_test(test_build_clause),
+        cmocka_unit_test(test_redefines_statements),
         cmocka_unit_test(test_charset),
         cmocka_unit_test(test_reason_names),
     };

@@ -5,12 +5,16 @@
  * never turns away a text the rewriter would have acted on, a decision
  * carried through the text's shape (the decision cache's path) is the
  * decision itself, and a rewritten text run as its shape's statement with
- * parameters is that text again once its values are put back. */
+ * parameters is that text again once its values are put back. And the
+ * check for statements that redefine prepared ones misses none. */
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
 
 #include "params.h"
 #include "pgproto.h"
@@ -242,6 +246,30 @@ static void check_params(const char *text, size_t len, const struct rewrite_resu
     shape_free(&sh);
 }
 
+/* What only looks where statements begin misses no statement the parser
+ * reads as PREPARE, DEALLOCATE or DISCARD. */
+static void check_redefines(const char *text, size_t len)
+{
+    if (!strcasestr(text, "prepare") && !strcasestr(text, "deallocate") &&
+        !strcasestr(text, "discard"))
+        return;
+    PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
+    PgQuery__ParseResult *tree =
+        raw.error ? NULL
+                  : pg_query__parse_result__unpack(NULL, raw.parse_tree.len,
+                                                   (const uint8_t *)raw.parse_tree.data);
+    for (size_t i = 0; tree && i < tree->n_stmts; i++) {
+        PgQuery__Node__NodeCase kind = tree->stmts[i]->stmt->node_case;
+        if (kind == PG_QUERY__NODE__NODE_PREPARE_STMT ||
+            kind == PG_QUERY__NODE__NODE_DEALLOCATE_STMT ||
+            kind == PG_QUERY__NODE__NODE_DISCARD_STMT)
+            check(rewrite_redefines_statements(text, len));
+    }
+    if (tree)
+        pg_query__parse_result__free_unpacked(tree, NULL);
+    pg_query_free_protobuf_parse_result(raw);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* Query and Parse carry a NUL-terminated string: stop at the first NUL. */
@@ -264,6 +292,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_params(text, len, &r);
         rewrite_result_free(&r);
     }
+    check_redefines(text, len);
     free(text);
     return 0;
 }

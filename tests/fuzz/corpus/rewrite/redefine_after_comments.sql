@@ -1,0 +1,2 @@
+SELECT 1 /* ; */; -- x
+ /* a /* b */ */ DEALLOCATE ALL; discard plans

@@ -1,0 +1,1 @@
+SELECT 'a;/*'; DEALLOCATE ALL; SELECT '*/'
