@@ -182,7 +182,23 @@ struct sql_pair {
 #define DN " ON CONFLICT (k) DO NOTHING"
 #define DU " ON CONFLICT (k) DO UPDATE SET k = EXCLUDED.k"
 
-/* The template with each %K replaced by a key, into both forms alike. */
+/* A document in a string constant: over the 16 kB the decision cache
+ * keeps a text by, so that only its shape can be (README), with a quote
+ * doubled in it. */
+#define DOC_LEN (17u << 10)
+#define SQL_CAP (DOC_LEN + 512)
+
+static size_t put_document(char *out)
+{
+    static const char head[] = "it''s ";
+    memcpy(out, head, sizeof head - 1);
+    for (size_t i = sizeof head - 1; i < DOC_LEN; i++)
+        out[i] = (char)('a' + i % 26);
+    return DOC_LEN;
+}
+
+/* The template with each %K replaced by a key and %D by the document,
+ * into both forms alike. */
 static void expand(struct gen *g, const struct sql_pair *pair, char *sql, char *by_hand,
                    size_t cap)
 {
@@ -200,6 +216,9 @@ static void expand(struct gen *g, const struct sql_pair *pair, char *sql, char *
             if (t[0] == '%' && t[1] == 'K' && k < nkeys) {
                 at += (size_t)snprintf(outs[s] + at, cap - at, "%lld", keys[k++]);
                 t++;
+            } else if (t[0] == '%' && t[1] == 'D' && at + DOC_LEN + 24 < cap) {
+                at += put_document(outs[s] + at);
+                t++;
             } else {
                 outs[s][at++] = *t;
             }
@@ -213,9 +232,11 @@ static void put_query(struct gen *g, const char *sql, const char *by_hand)
     msg_begin(g, 'Q');
     emit_sides(g, sql, by_hand);
     msg_end(g);
-    note(g, "  Query \"%s\"\n", sql);
+    /* A document's text is cut short. */
+    int n = 300;
+    note(g, "  Query \"%.*s%s\"\n", n, sql, strlen(sql) > (size_t)n ? "..." : "");
     if (strcmp(sql, by_hand) != 0)
-        note(g, "        direct \"%s\"\n", by_hand);
+        note(g, "        direct \"%.*s%s\"\n", n, by_hand, strlen(by_hand) > (size_t)n ? "..." : "");
 }
 
 /* Simple queries; %K is a key. Not here, because the proxy changes them on
@@ -255,6 +276,9 @@ static const struct sql_pair simple_sql[] = {
     { "insert into DIFF_REG values (%K, 'lower')", "insert into DIFF_REG values (%K, 'lower')" DN },
     { "INSERT INTO public.diff_reg AS r (k, v) VALUES (%K, 'it''s') RETURNING r.*",
       "INSERT INTO public.diff_reg AS r (k, v) VALUES (%K, 'it''s')" DU " RETURNING r.*" },
+    { "INSERT INTO diff_reg (k, v) VALUES (%K, '%D')",
+      "INSERT INTO diff_reg (k, v) VALUES (%K, '%D')" DN },
+    { "SELECT k, length(v), md5(v) FROM diff_reg ORDER BY k", NULL },
     { "INSERT INTO diff_reg (k, v) VALUES (%K, NULL)",
       "INSERT INTO diff_reg (k, v) VALUES (%K, NULL)" DN },
     { "INSERT INTO diff_reg (k, v) VALUES (%K, 'a'), (%K, 'b')",
@@ -495,20 +519,37 @@ static void step_prepare_for_reload(struct gen *g)
     put_bare(g, 'S', "Sync");
 }
 
+/* A Query of simple_sql; with insert_only, one of its INSERTs into
+ * diff_reg. */
+static void step_simple(struct gen *g, bool insert_only)
+{
+    static const char insert[] = "INSERT INTO diff_reg";
+    static char sql[SQL_CAP], by_hand[SQL_CAP];
+    size_t n = sizeof simple_sql / sizeof simple_sql[0] - (g->no_settings ? SIMPLE_SETTINGS : 0);
+    const struct sql_pair *pair;
+
+    do
+        pair = &simple_sql[rnd(g, (uint32_t)n)];
+    while (insert_only && strncmp(pair->sql, insert, sizeof insert - 1) != 0);
+    expand(g, pair, sql, by_hand, sizeof sql);
+    put_query(g, sql, by_hand);
+}
+
 static void generate(struct gen *g)
 {
+    /* Only a sequence's first message has nothing outstanding before it,
+     * as a simple INSERT must for the proxy to run it as its shape's
+     * prepared statement (README). */
     if (g->around_reload == RELOAD_AFTER)
         step_bind_again(g, "s1");
     else if (rnd(g, 3) == 0)
         step_bind_again(g, statement_names[rnd(g, 4)]);
+    else if (rnd(g, 3) == 0)
+        step_simple(g, true);
     for (uint32_t steps = 1 + rnd(g, 10); steps > 0; steps--) {
         uint32_t r = rnd(g, 20);
         if (r < 9) {
-            size_t n = sizeof simple_sql / sizeof simple_sql[0] -
-                       (g->no_settings ? SIMPLE_SETTINGS : 0);
-            char sql[512], by_hand[512];
-            expand(g, &simple_sql[rnd(g, (uint32_t)n)], sql, by_hand, sizeof sql);
-            put_query(g, sql, by_hand);
+            step_simple(g, false);
         } else if (r < 15) {
             step_chain(g);
         } else if (r < 17) {

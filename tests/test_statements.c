@@ -380,6 +380,27 @@ static void test_stmt_query_prepared(void **state)
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE (k, payload) IN "
                                      "((3000000000, 'big'), (7, 'round'), (8, 'typed'))"), 3);
 
+    /* A document over 16 kB in a string constant: its shape is short, so
+     * it runs as that shape's statement (the one above, executed twice
+     * more), and the value is stored whole. */
+    const size_t doc = 20000;
+    char *big = malloc(doc + 128);
+    assert_non_null(big);
+    int head = snprintf(big, 128, "INSERT INTO stmt_t (k, payload) VALUES (9, 'it''s ");
+    memset(big + head, 'd', doc);
+    strcpy(big + (size_t)head + doc, "')");
+    const char *runs = "SELECT sum(generic_plans + custom_plans) FROM pg_prepared_statements "
+                       "WHERE statement = 'INSERT INTO stmt_t (k, payload) VALUES ($1, $2) "
+                       "ON CONFLICT (\"k\") DO NOTHING'";
+    long long ran = itest_query_ll(c, runs);
+    itest_exec_tag(c, big, "INSERT 0 1");
+    itest_exec_tag(c, big, "INSERT 0 0");
+    assert_int_equal(itest_query_ll(c, runs), ran + 2);
+    free(big);
+    assert_int_equal(itest_server_ll("SELECT length(payload) FROM stmt_t WHERE k = 9 AND "
+                                     "payload LIKE 'it''s ddd%%'"),
+                     (long long)doc + 5);
+
     /* Errors are the Query's: bad input, a null into NOT NULL, a wrong
      * column count (each compared with a direct connection, where the
      * table has the same columns and no proxy). */
