@@ -241,28 +241,24 @@ static bool send_creation(struct conn *c, struct sink *k, struct stmt_entry *e,
 }
 
 /* The client parses a rewritten INSERT as its unnamed statement. Once the
- * server holds the cached copy, the Parse that goes is of a bare SELECT:
- * its ParseComplete is what the client's own would have been, the
- * client's Binds name the copy, and its analysis takes a snapshot as the
- * INSERT's would (a REPEATABLE READ block's snapshot is taken where it
- * would be, and a SET TRANSACTION ISOLATION LEVEL after it fails as it
- * would; the empty text took none). Only with nothing outstanding, so that
- * this Parse is neither skipped nor refused, and whatever the client sends
- * next, past a Sync too, finds its unnamed statement where the proxy says;
- * not in a failed block, where the server refuses it. False when the Parse
- * must go as it is. */
+ * server holds the cached copy, the Parse that goes is of the empty text:
+ * its ParseComplete is what the client's own would have been, and the
+ * client's Binds name the copy. Only with nothing outstanding, so that the
+ * empty Parse is neither skipped nor refused, and whatever the client sends
+ * next, past a Sync too, finds its unnamed statement where the proxy says.
+ * Not in a failed block either: the empty text parses there, the client's
+ * would not. False when the Parse must go as it is. */
 static bool parse_cached(struct conn *c, struct sink *k, const struct statement *st,
                          struct note *note)
 {
-    static const uint8_t select_parse[] = { 'P', 0, 0, 0, 14, 0, 'S', 'E', 'L', 'E',
-                                            'C', 'T', 0,   0, 0 };
+    static const uint8_t empty_parse[] = { 'P', 0, 0, 0, 8, 0, 0, 0, 0 };
 
     if (track_pending(&c->track) != 0 || c->track.txn_status == 'E')
         return false;
     struct stmt_entry *e = cached_entry(c, st);
     if (!e || stmtcache_state(e) != STMT_READY)
         return false;
-    sink_write(k, select_parse, sizeof(select_parse));
+    sink_write(k, empty_parse, sizeof(empty_parse));
     note->maps = e;
     c->stmts.unnamed = e;
     return true;

@@ -160,7 +160,7 @@ static void forget_refused(struct conn *c)
             c->unnamed_parse_len = 0;
             unnamed_parsed |= i > 0;
         }
-        /* The bare SELECT's Parse that made the unnamed statement stand for a
+        /* The empty Parse that made the unnamed statement stand for a
          * cached one failed (a cancel): the server holds no unnamed
          * statement, as it would not have for the client's. */
         if (n->maps && c->stmts.unnamed == n->maps)
