@@ -8,7 +8,8 @@
 #   IDEMPROXY       the proxy binary
 #   IDEM_TEST_BINS  the compiled cmocka binaries, space-separated
 #   PG_BINDIR       directory with initdb, pg_ctl, postgres (PostgreSQL 15)
-# Optional: IDEM_TEST_FILTER (a cmocka test name pattern).
+# Optional: IDEM_TEST_FILTER (a cmocka test name pattern), IDEM_TEST_TIMEOUT_S
+# (seconds before a test counts as hung; 180).
 #
 # Everything lives in one mktemp -d directory; the EXIT trap stops PostgreSQL
 # (pg_ctl -m immediate), kills every process started here and removes it.

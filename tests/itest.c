@@ -34,9 +34,17 @@
 
 #include "itest.h"
 
-/* A test that runs longer than this has hung: the alarm ends the binary, and
- * PR_SET_PDEATHSIG takes its proxies along. */
+/* A test that runs longer than this (or IDEM_TEST_TIMEOUT_S seconds, for
+ * longer runs such as IDEM_DIFF_SEQUENCES asks for) has hung: the alarm ends
+ * the binary, and PR_SET_PDEATHSIG takes its proxies along. */
 #define ITEST_TEST_TIMEOUT_S 180
+
+static unsigned test_timeout_s(void)
+{
+    const char *s = getenv("IDEM_TEST_TIMEOUT_S");
+    long n = s ? strtol(s, NULL, 10) : 0;
+    return n > 0 ? (unsigned)n : ITEST_TEST_TIMEOUT_S;
+}
 
 #define MAX_PROXIES 16
 #define MAX_CONNS 512
@@ -1485,7 +1493,7 @@ int itest_setup(void **state)
     (void)state;
     g_passed = false;
     signal(SIGALRM, on_alarm);
-    alarm(ITEST_TEST_TIMEOUT_S);
+    alarm(test_timeout_s());
     return 0;
 }
 
