@@ -37,11 +37,6 @@ struct walk {
     int depth; /* parentheses open */
 };
 
-static bool is_space(char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-
 static bool word_char(unsigned char c)
 {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -121,7 +116,7 @@ static bool masks_are_items(const char *key, size_t len)
     struct walk w = { PLACE_BEFORE, ITEM_START, 0 };
 
     for (size_t i = 0; i < len;) {
-        if (is_space(key[i])) {
+        if (rewrite_is_space(key[i])) {
             i++;
             continue;
         }

@@ -547,17 +547,12 @@ size_t rewrite_map_position(const struct rewrite_result *r, size_t pos, bool utf
     return pos - shift;
 }
 
-static bool is_blank(char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
-}
-
 /* Skips the whitespace and comments from text[i]. Block comments nest, as
  * in PostgreSQL; one that does not end takes the rest of the text. */
 static size_t skip_blank(const char *text, size_t len, size_t i)
 {
     for (;;) {
-        while (i < len && is_blank(text[i]))
+        while (i < len && rewrite_is_space(text[i]))
             i++;
         if (i + 1 >= len)
             return i;

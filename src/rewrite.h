@@ -105,6 +105,12 @@ bool rewrite_prefilter(const struct rewrite_rules *rules, const char *text, size
  * of them. Only such a text reaches the parser. */
 bool rewrite_redefines_statements(const char *text, size_t len);
 
+/* Whether c is whitespace between SQL tokens. */
+static inline bool rewrite_is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
+
 /* The characters of UTF-8 text (len bytes): how PostgreSQL counts a
  * position in it. */
 size_t rewrite_utf8_chars(const char *text, size_t len);
