@@ -8,18 +8,24 @@
 
 /* ---- the query --------------------------------------------------------- */
 
+/* Writes s into a string literal's text (begun by the caller): quotes
+ * and backslashes doubled, as put_literal does; in_ident also doubles
+ * the double quotes of an identifier. */
+static void put_literal_text(FILE *f, const char *s, bool in_ident)
+{
+    for (; *s; s++) {
+        if (*s == '\'' || *s == '\\' || (in_ident && *s == '"'))
+            fputc(*s, f);
+        fputc(*s, f);
+    }
+}
+
 /* A string literal as PostgreSQL reads it whatever standard_conforming_strings
  * says: quotes doubled, and E'' with doubled backslashes when there are any. */
 static void put_literal(FILE *f, const char *s)
 {
-    bool backslash = strchr(s, '\\') != NULL;
-
-    fputs(backslash ? "E'" : "'", f);
-    for (; *s; s++) {
-        if (*s == '\'' || *s == '\\')
-            fputc(*s, f);
-        fputc(*s, f);
-    }
+    fputs(strchr(s, '\\') ? "E'" : "'", f);
+    put_literal_text(f, s, false);
     fputc('\'', f);
 }
 
@@ -130,6 +136,62 @@ char *catalog_query(const struct table_rule *const *rules, size_t n)
         return NULL;
     }
     return sql;
+}
+
+/* ---- the session's identity -------------------------------------------- */
+
+/* A literal for to_regclass: schema.name as quoted identifiers (schema
+ * NULL: name alone). */
+static void put_regclass_literal(FILE *f, const char *schema, const char *name)
+{
+    bool backslash = strchr(name, '\\') || (schema && strchr(schema, '\\'));
+
+    fputs(backslash ? "E'\"" : "'\"", f);
+    if (schema) {
+        put_literal_text(f, schema, true);
+        fputs("\".\"", f);
+    }
+    put_literal_text(f, name, true);
+    fputs("\"'", f);
+}
+
+char *catalog_identity_query(const struct table_rule *const *rules, size_t n, const char *user)
+{
+    char *sql = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&sql, &len);
+
+    if (!f)
+        return NULL;
+    fputs("/* idemproxy: where this session's table names lead, and as whom it runs */\n"
+          "SELECT CASE WHEN current_user OPERATOR(pg_catalog.=) ", f);
+    put_literal(f, user);
+    fputs("::pg_catalog.name AND session_user OPERATOR(pg_catalog.=) ", f);
+    put_literal(f, user);
+    fputs("::pg_catalog.name THEN 't' ELSE 'f' END", f);
+    for (size_t i = 0; i < n; i++) {
+        fputs("\n  OPERATOR(pg_catalog.||) CASE WHEN pg_catalog.to_regclass(", f);
+        put_regclass_literal(f, NULL, rules[i]->name);
+        fputs(") OPERATOR(pg_catalog.=) pg_catalog.to_regclass(", f);
+        put_regclass_literal(f, rules[i]->schema, rules[i]->name);
+        fputs(") THEN 't' ELSE 'f' END", f);
+    }
+    if (fclose(f) != 0) {
+        free(sql);
+        return NULL;
+    }
+    return sql;
+}
+
+const char *catalog_identity_flags(const uint8_t *body, size_t len, size_t n)
+{
+    if (len < 6 || ((body[0] << 8) | body[1]) != 1 || pg_get_u32(body + 2) != n + 1 ||
+        len != 6 + n + 1)
+        return NULL;
+    for (size_t i = 0; i <= n; i++)
+        if (body[6 + i] != 't' && body[6 + i] != 'f')
+            return NULL;
+    return (const char *)body + 6;
 }
 
 /* ---- the answer -------------------------------------------------------- */

@@ -80,6 +80,30 @@ struct catalog {
 #define CATALOG_COLUMNS 9
 char *catalog_query(const struct table_rule *const *rules, size_t n);
 
+/* Runs just before catalog_identity_query, in the same implicit
+ * transaction, so that its literals are read in UTF-8, as the
+ * configuration's names are. The setting ends with the transaction; it
+ * returns no row. */
+#define IDENTITY_SETTINGS_SQL                                                         \
+    "/* idemproxy: the settings its question about the session is read under */\n"    \
+    "SELECT FROM (VALUES (pg_catalog.set_config('client_encoding', 'UTF8', true))) " \
+    "AS s(encoding) WHERE encoding IS NULL"
+
+/* The query that asks a session what the catalog check cannot know for
+ * it: whether it runs as user (current_user and session_user), and for
+ * each of rules[0..n) whether the rule's name without a schema means the
+ * rule's table there, under the session's own search_path (temporary
+ * tables included). Unlike the catalog query it runs under that path,
+ * which is the point: every function and operator in it is named with its
+ * schema, so that none of the session's schemas can stand in for them.
+ * Its answer is one row of one text column (catalog_identity_flags).
+ * Returns a malloc'ed string, or NULL when out of memory. */
+char *catalog_identity_query(const struct table_rule *const *rules, size_t n, const char *user);
+
+/* The answer's DataRow body for n rules: n + 1 characters, 't' or 'f',
+ * first for the role, then one per rule in order. NULL when malformed. */
+const char *catalog_identity_flags(const uint8_t *body, size_t len, size_t n);
+
 void catalog_init(struct catalog *cat);
 void catalog_free(struct catalog *cat);
 

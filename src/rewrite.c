@@ -590,24 +590,36 @@ static bool word_at(const char *text, size_t len, size_t i, const char *word)
     return true;
 }
 
-/* Whether a statement of text may begin with PREPARE, DEALLOCATE or
- * DISCARD, which stand only at the start of a statement: at the start of
- * the text or after a ';', whitespace and comments skipped. A ';' inside a
- * string or a comment only adds a place to look; what follows it may look
- * like a comment that is none, so the next ';' is looked for from the
- * last, never from where the skipping ended. */
-static bool may_redefine(const char *text, size_t len)
+/* Whether test(text, len, i) holds at some i where a statement of text may
+ * begin: at the start of the text or after a ';', whitespace and comments
+ * skipped. A ';' inside a string or a comment only adds a place to look;
+ * what follows it may look like a comment that is none, so the next ';' is
+ * looked for from the last, never from where the skipping ended. */
+static bool any_statement_start(const char *text, size_t len,
+                                bool (*test)(const char *text, size_t len, size_t i))
 {
     for (size_t start = 0;;) {
         size_t i = skip_blank(text, len, start);
-        if (i < len && (word_at(text, len, i, "prepare") || word_at(text, len, i, "deallocate") ||
-                        word_at(text, len, i, "discard")))
+        if (i < len && test(text, len, i))
             return true;
         const char *semi = start < len ? memchr(text + start, ';', len - start) : NULL;
         if (!semi)
             return false;
         start = (size_t)(semi - text) + 1;
     }
+}
+
+static bool begins_redefinition(const char *text, size_t len, size_t i)
+{
+    return word_at(text, len, i, "prepare") || word_at(text, len, i, "deallocate") ||
+           word_at(text, len, i, "discard");
+}
+
+/* Whether a statement of text may begin with PREPARE, DEALLOCATE or
+ * DISCARD, which stand only at the start of a statement. */
+static bool may_redefine(const char *text, size_t len)
+{
+    return any_statement_start(text, len, begins_redefinition);
 }
 
 bool rewrite_redefines_statements(const char *text, size_t len)
@@ -636,6 +648,70 @@ bool rewrite_redefines_statements(const char *text, size_t len)
         pg_query__parse_result__free_unpacked(tree, NULL);
     pg_query_free_protobuf_parse_result(raw);
     return found;
+}
+
+/* The word at text[i], whitespace and comments skipped first: a name,
+ * double-quoted or not, folded into buf (cap bytes, NUL-terminated; a
+ * name that does not fit comes out empty, and so matches no word this
+ * file looks for). Dots are part of it, so that a custom setting such as
+ * search_path.x is not taken for search_path. Returns where it ends. */
+static size_t read_word(const char *text, size_t len, size_t i, char *buf, size_t cap)
+{
+    size_t n = 0;
+
+    i = skip_blank(text, len, i);
+    bool quoted = i < len && text[i] == '"';
+    if (quoted)
+        i++;
+    for (; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (quoted ? c == '"'
+                   : !(c >= 0x80 || c == '_' || c == '$' || c == '.' || (c >= '0' && c <= '9') ||
+                       (fold(c) >= 'a' && fold(c) <= 'z')))
+            break;
+        if (n + 1 < cap)
+            buf[n] = (char)fold(c);
+        n++;
+    }
+    buf[n < cap ? n : 0] = '\0';
+    return i < len ? i + quoted : len;
+}
+
+static bool word_among(const char *word, const char *const *list, size_t n)
+{
+    for (size_t k = 0; k < n; k++)
+        if (strcmp(word, list[k]) == 0)
+            return true;
+    return false;
+}
+
+/* A statement that may change where names lead or as whom the session
+ * runs. SET and RESET only of what decides that: search_path (SET SCHEMA
+ * is its other spelling), ROLE, SESSION AUTHORIZATION, and RESET ALL,
+ * with the scope word SESSION or LOCAL allowed first. */
+static bool begins_identity_change(const char *text, size_t len, size_t i)
+{
+    static const char *const statements[] = { "discard", "create", "drop", "alter",
+                                              "do", "call", "execute", "import" };
+    static const char *const settings[] = { "search_path", "schema", "role", "session",
+                                            "authorization", "all" };
+    char word[16];
+
+    i = read_word(text, len, i, word, sizeof(word));
+    if (word_among(word, statements, sizeof(statements) / sizeof(statements[0])))
+        return true;
+    if (strcmp(word, "set") != 0 && strcmp(word, "reset") != 0)
+        return false;
+    i = read_word(text, len, i, word, sizeof(word));
+    if (strcmp(word, "session") == 0 || strcmp(word, "local") == 0)
+        read_word(text, len, i, word, sizeof(word));
+    return word_among(word, settings, sizeof(settings) / sizeof(settings[0]));
+}
+
+bool rewrite_changes_identity(const char *text, size_t len)
+{
+    return contains_folded(text, len, "set_config", 10) ||
+           any_statement_start(text, len, begins_identity_change);
 }
 
 /* ---- sessions ---------------------------------------------------------- */

@@ -32,7 +32,9 @@ enum rewrite_reason {
     RR_FORBIDDEN,       /* the table's indexes, rules or privileges forbid this form */
     RR_PARSE_ERROR,     /* libpg_query rejects it; the server will say why */
     RR_TOO_LARGE,       /* above max_held_message: streamed through unread */
-    RR_SESSION,         /* client_encoding or standard_conforming_strings make the text unsafe to scan */
+    RR_SESSION,         /* client_encoding or standard_conforming_strings make the text
+                           unsafe to scan, or the session's role or search_path are
+                           not those the catalog check decided for */
     RR_UNVERIFIED,      /* the spliced text did not re-parse as intended: left alone */
     RR_COUNT,
 };
@@ -104,6 +106,16 @@ bool rewrite_prefilter(const struct rewrite_rules *rules, const char *text, size
  * when the parser cannot read a text in which a statement begins with one
  * of them. Only such a text reaches the parser. */
 bool rewrite_redefines_statements(const char *text, size_t len);
+
+/* True when text may change which table a name without a schema means,
+ * or as whom the session runs: a statement that begins with SET or RESET of
+ * search_path (or SCHEMA), ROLE or SESSION AUTHORIZATION, RESET ALL, or
+ * with DISCARD, CREATE, DROP or ALTER (a temporary table shadows a name),
+ * DO, CALL, EXECUTE or IMPORT (they run what cannot be read here); or a
+ * call of set_config anywhere. A false positive costs the proxy one
+ * question to the server; what a function changes when it is called
+ * from a statement the proxy cannot see into goes unseen. */
+bool rewrite_changes_identity(const char *text, size_t len);
 
 /* Whether c is whitespace between SQL tokens. */
 static inline bool rewrite_is_space(char c)

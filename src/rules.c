@@ -48,6 +48,7 @@ struct scope {
     struct rewrite_rules rules;
     struct catalog partitions; /* only the partition map is kept */
     char *catalog_query;
+    char *identity_query;
     unsigned askers;           /* catalog queries out for this scope */
     uint64_t answered_ns;      /* when the last answer came (or failed); 0: never */
     uint64_t doubted_ns;       /* when scope_distrust last took effect; 0: never */
@@ -129,6 +130,7 @@ static void scope_free(struct scope *s)
     free(s->changed);
     free(s->table_ids);
     free(s->catalog_query);
+    free(s->identity_query);
     shape_free(&s->shape);
     free(s->key);
     free(s);
@@ -246,6 +248,35 @@ const char *scope_catalog_query(struct scope *s)
         free(rules);
     }
     return s->catalog_query;
+}
+
+const char *scope_identity_query(struct scope *s)
+{
+    if (!s->identity_query && s->ntables > 0) {
+        const struct table_rule **rules = calloc(s->ntables, sizeof(*rules));
+        size_t database_len = strlen(s->key) + 1;
+        char *user = strndup(s->key + database_len, s->key_len - database_len);
+        if (rules && user) {
+            for (size_t i = 0; i < s->ntables; i++)
+                rules[i] = rule_of(s, i);
+            s->identity_query = catalog_identity_query(rules, s->ntables, user);
+        }
+        free(rules);
+        free(user);
+    }
+    return s->identity_query;
+}
+
+bool scope_identity_fits(const struct scope *s, const uint8_t *row, size_t len)
+{
+    const char *flags = catalog_identity_flags(row, len, s->ntables);
+
+    if (s->state != SCOPE_READY || !flags || flags[0] != 't')
+        return false;
+    for (size_t i = 0; i < s->ntables; i++)
+        if (s->targets[i].unqualified_ok && flags[1 + i] != 't')
+            return false;
+    return true;
 }
 
 /* Keeps in mine only what translating errors on partitions will need. */
@@ -399,6 +430,11 @@ bool scope_distrust(struct scope *s, uint64_t now_ns)
 uint64_t scope_version(const struct scope *s)
 {
     return s->version;
+}
+
+uint64_t scope_answered(const struct scope *s)
+{
+    return s->answered_ns;
 }
 
 size_t scope_table_count(const struct scope *s)

@@ -67,6 +67,18 @@ enum scope_state scope_state(const struct scope *s);
 /* The query that learns this scope's catalog; NULL when out of memory. */
 const char *scope_catalog_query(struct scope *s);
 
+/* The query that asks a session of s whether the catalog check holds for
+ * it (catalog_identity_query): its role, and where its names without a
+ * schema lead. NULL when out of memory. */
+const char *scope_identity_query(struct scope *s);
+
+/* Whether the answer to that query (its DataRow body) says the session
+ * runs as the login role and each name the rewrite takes without a schema
+ * (a target's unqualified_ok) means the registered table there too: its
+ * INSERTs may then be decided as the scope's. False for a malformed
+ * answer, or when the scope has not learnt its catalog. */
+bool scope_identity_fits(const struct scope *s, const uint8_t *row, size_t len);
+
 /* A connection sends the catalog query for s: others need not while the
  * answer is under way (scope_due). */
 void scope_asking(struct scope *s);
@@ -100,6 +112,10 @@ bool scope_distrust(struct scope *s, uint64_t now_ns);
  * statement prepared under another version may hold a text the scope
  * would not send now. 0 before the first answer. */
 uint64_t scope_version(const struct scope *s);
+
+/* When the last answer about s's catalog came (or failed), on the clock
+ * scope_learn was given; 0 before the first. */
+uint64_t scope_answered(const struct scope *s);
 
 /* For the log after scope_learn: the i-th table of the scope, and why some
  * form of INSERT into it will not be rewritten ("" when nothing). */

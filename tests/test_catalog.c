@@ -201,6 +201,66 @@ static void test_query_quotes_names(void **state)
     config_unref(cfg);
 }
 
+/* ---- catalog_identity_query -------------------------------------------- */
+
+/* The question names each table twice for to_regclass, without and with
+ * its schema, as quoted identifiers inside literals; the role is compared
+ * with the user; nothing is left to the session's search_path but the
+ * table names themselves. */
+static void test_identity_query(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_config(
+        "[table public.orders]\nconflict = id\n"
+        "[table \"o'brien\".\"we\"\"ird\"]\nconflict = id\n"
+        "[table \"back\\slash\".x]\nconflict = id\n");
+    const struct table_rule *rules[3];
+    for (size_t i = 0; i < 3; i++)
+        rules[i] = &cfg->tables[i];
+    char *sql = catalog_identity_query(rules, 3, "app'user");
+
+    assert_non_null(sql);
+    assert_contains(sql, "current_user OPERATOR(pg_catalog.=) 'app''user'::pg_catalog.name");
+    assert_contains(sql, "session_user OPERATOR(pg_catalog.=) 'app''user'::pg_catalog.name");
+    assert_contains(sql, "pg_catalog.to_regclass('\"orders\"') OPERATOR(pg_catalog.=) "
+                         "pg_catalog.to_regclass('\"public\".\"orders\"')");
+    assert_contains(sql, "pg_catalog.to_regclass('\"we\"\"ird\"') OPERATOR(pg_catalog.=) "
+                         "pg_catalog.to_regclass('\"o''brien\".\"we\"\"ird\"')");
+    assert_contains(sql, "pg_catalog.to_regclass(E'\"back\\\\slash\".\"x\"')");
+    /* One flag per table, in order, after the role's. */
+    size_t cases = 0;
+    for (const char *at = sql; (at = strstr(at, "THEN 't' ELSE 'f' END")); at++)
+        cases++;
+    assert_int_equal(cases, 4);
+    assert_null(strchr(sql, ';'));
+    free(sql);
+    config_unref(cfg);
+}
+
+/* The answer is one text column of 't' and 'f', one more than the
+ * tables; anything else is refused. */
+static void test_identity_flags(void **state)
+{
+    (void)state;
+    static const uint8_t ok[] = { 0, 1, 0, 0, 0, 3, 't', 'f', 't' };
+    static const uint8_t short_[] = { 0, 1, 0, 0, 0, 2, 't', 'f' };
+    static const uint8_t other[] = { 0, 1, 0, 0, 0, 3, 't', 'x', 't' };
+    static const uint8_t null_[] = { 0, 1, 0xff, 0xff, 0xff, 0xff };
+    static const uint8_t two[] = { 0, 2, 0, 0, 0, 1, 't', 0, 0, 0, 1, 't' };
+    static const uint8_t trailing[] = { 0, 1, 0, 0, 0, 3, 't', 'f', 't', 0 };
+
+    const char *flags = catalog_identity_flags(ok, sizeof(ok), 2);
+    assert_non_null(flags);
+    assert_memory_equal(flags, "tft", 3);
+    assert_null(catalog_identity_flags(ok, sizeof(ok), 3));
+    assert_null(catalog_identity_flags(short_, sizeof(short_), 2));
+    assert_null(catalog_identity_flags(other, sizeof(other), 2));
+    assert_null(catalog_identity_flags(null_, sizeof(null_), 0));
+    assert_null(catalog_identity_flags(two, sizeof(two), 0));
+    assert_null(catalog_identity_flags(trailing, sizeof(trailing), 2));
+    assert_null(catalog_identity_flags(ok, 3, 2));
+}
+
 /* ---- catalog_add_row --------------------------------------------------- */
 
 static void test_rows_of_each_kind(void **state)
@@ -787,6 +847,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_query_one_table),
         cmocka_unit_test(test_query_quotes_names),
+        cmocka_unit_test(test_identity_query),
+        cmocka_unit_test(test_identity_flags),
         cmocka_unit_test(test_rows_of_each_kind),
         cmocka_unit_test(test_rows_malformed),
         cmocka_unit_test(test_decide_table),

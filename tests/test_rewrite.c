@@ -1064,6 +1064,65 @@ static void test_redefines_statements(void **state)
             fail_msg("found in: %s", no[i]);
 }
 
+/* What may change where names lead or as whom the session runs is found
+ * where a statement begins, and set_config anywhere; SET and RESET of
+ * anything else are not. */
+static void test_changes_identity(void **state)
+{
+    (void)state;
+    const char *yes[] = {
+        "SET search_path TO tenant_1",
+        "set SEARCH_PATH = a, b",
+        "SET LOCAL search_path TO x",
+        "SET SESSION search_path TO x",
+        "SET \"search_path\" TO x",
+        "SET /* why */ search_path=x",
+        "SET SCHEMA 'tenant'",
+        "SET ROLE app_reader",
+        "SET LOCAL ROLE app_reader",
+        "SET SESSION AUTHORIZATION bob",
+        "RESET search_path",
+        "RESET ROLE",
+        "RESET SESSION AUTHORIZATION",
+        "RESET ALL",
+        "DISCARD ALL",
+        "discard temp",
+        "CREATE TEMP TABLE orders (k int)",
+        "DROP TABLE orders",
+        "ALTER TABLE orders RENAME TO old_orders",
+        "DO $$ BEGIN PERFORM 1; END $$",
+        "CALL switch_tenant(3)",
+        "EXECUTE set_path",
+        "IMPORT FOREIGN SCHEMA s FROM SERVER f INTO public",
+        "SELECT set_config('search_path', 'x', false)",
+        "SELECT pg_catalog.SET_CONFIG('role', 'r', true)",
+        "INSERT INTO orders VALUES (1); SET search_path TO x",
+        "SELECT ';'; RESET ROLE",
+        "-- first\n  SET ROLE r",
+    };
+    const char *no[] = {
+        "SELECT 1",
+        "SET statement_timeout = 5000",
+        "SET LOCAL lock_timeout TO '1s'",
+        "SET TIME ZONE 'UTC'",
+        "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+        "SET search_path_x TO a",
+        "SET search_path.custom TO a",
+        "RESET statement_timeout",
+        "INSERT INTO settings (name) VALUES ('SET search_path TO x')",
+        "UPDATE roles SET role = 'x'",
+        "SELECT created, dropped FROM t",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+        if (!rewrite_changes_identity(yes[i], strlen(yes[i])))
+            fail_msg("not found in: %s", yes[i]);
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        if (rewrite_changes_identity(no[i], strlen(no[i])))
+            fail_msg("found in: %s", no[i]);
+}
+
 static void test_charset(void **state)
 {
     (void)state;
@@ -1113,6 +1172,7 @@ int main(void)
         cmocka_unit_test(test_prefilter),
         cmocka_unit_test(test_build_clause),
         cmocka_unit_test(test_redefines_statements),
+        cmocka_unit_test(test_changes_identity),
         cmocka_unit_test(test_charset),
         cmocka_unit_test(test_reason_names),
     };

@@ -202,6 +202,48 @@ static void test_scope_identity(void **state)
     ruleset_unref(rs);
 }
 
+/* An answer about a session's identity (its DataRow body). */
+static size_t identity_row(uint8_t *buf, const char *flags)
+{
+    size_t n = strlen(flags);
+    buf[0] = 0;
+    buf[1] = 1;
+    pg_put_u32(buf + 2, (uint32_t)n);
+    memcpy(buf + 6, flags, n);
+    return 6 + n;
+}
+
+/* The scope's verdicts hold for a session that runs as the login role and
+ * whose unqualified names lead where the scope's do; not before the
+ * catalog is known, nor for a malformed answer. */
+static void test_scope_identity_fits(void **state)
+{
+    (void)state;
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG), NULL);
+    struct scope *s = ruleset_scope(rs, "app", "alice");
+    struct catalog cat;
+    uint8_t row[64];
+
+    assert_false(scope_identity_fits(s, row, identity_row(row, "ttt")));
+    const char *sql = scope_identity_query(s);
+    assert_non_null(sql);
+    assert_non_null(strstr(sql, "'alice'::pg_catalog.name"));
+    assert_non_null(strstr(sql, "to_regclass('\"public\".\"webhook_events\"')"));
+    assert_null(strstr(sql, "audit_log")); /* another database's table */
+    assert_ptr_equal(scope_identity_query(s), sql);
+
+    app_catalog(&cat);
+    assert_true(scope_learn(s, &cat, SEC));
+    catalog_free(&cat);
+    assert_true(scope_identity_fits(s, row, identity_row(row, "ttt")));
+    assert_false(scope_identity_fits(s, row, identity_row(row, "ftt")));
+    assert_false(scope_identity_fits(s, row, identity_row(row, "ttf")));
+    assert_false(scope_identity_fits(s, row, identity_row(row, "tft")));
+    assert_false(scope_identity_fits(s, row, identity_row(row, "tt")));
+    assert_false(scope_identity_fits(s, row, identity_row(row, "tttt")));
+    ruleset_unref(rs);
+}
+
 static void test_scope_tables_by_database(void **state)
 {
     (void)state;
@@ -852,6 +894,7 @@ int main(void)
         cmocka_unit_test(test_ruleset_owns_config),
         cmocka_unit_test(test_ruleset_without_tables),
         cmocka_unit_test(test_scope_identity),
+        cmocka_unit_test(test_scope_identity_fits),
         cmocka_unit_test(test_scope_tables_by_database),
         cmocka_unit_test(test_scope_learn),
         cmocka_unit_test(test_scope_due),

@@ -270,6 +270,47 @@ static void check_redefines(const char *text, size_t len)
     pg_query_free_protobuf_parse_result(raw);
 }
 
+/* What may change where a session's names lead or as whom it runs, as the
+ * parser reads it, is never missed by the look at statement starts. */
+static bool changes_identity_per_parser(const PgQuery__Node *stmt)
+{
+    switch (stmt->node_case) {
+    case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT: {
+        const PgQuery__VariableSetStmt *set = stmt->variable_set_stmt;
+        const char *name = set->name ? set->name : "";
+        return set->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_RESET_ALL ||
+               strcmp(name, "search_path") == 0 || strcmp(name, "role") == 0 ||
+               strcmp(name, "session_authorization") == 0;
+    }
+    case PG_QUERY__NODE__NODE_DISCARD_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_STMT:
+    case PG_QUERY__NODE__NODE_DROP_STMT:
+    case PG_QUERY__NODE__NODE_DO_STMT:
+    case PG_QUERY__NODE__NODE_CALL_STMT:
+    case PG_QUERY__NODE__NODE_EXECUTE_STMT:
+    case PG_QUERY__NODE__NODE_IMPORT_FOREIGN_SCHEMA_STMT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static void check_identity(const char *text, size_t len)
+{
+    if (rewrite_changes_identity(text, len))
+        return;
+    PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
+    PgQuery__ParseResult *tree =
+        raw.error ? NULL
+                  : pg_query__parse_result__unpack(NULL, raw.parse_tree.len,
+                                                   (const uint8_t *)raw.parse_tree.data);
+    for (size_t i = 0; tree && i < tree->n_stmts; i++)
+        check(!changes_identity_per_parser(tree->stmts[i]->stmt));
+    if (tree)
+        pg_query__parse_result__free_unpacked(tree, NULL);
+    pg_query_free_protobuf_parse_result(raw);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     /* Query and Parse carry a NUL-terminated string: stop at the first NUL. */
@@ -293,6 +334,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         rewrite_result_free(&r);
     }
     check_redefines(text, len);
+    check_identity(text, len);
     free(text);
     return 0;
 }

@@ -1,0 +1,1 @@
+RESET ALL; SELECT set_config('role', 'r', true)

@@ -1,0 +1,1 @@
+SET SESSION AUTHORIZATION bob; CREATE TEMP TABLE webhook_events (k int); DO $$BEGIN END$$

@@ -1,0 +1,1 @@
+SET /* who */ LOCAL search_path TO tenant_1; INSERT INTO webhook_events VALUES ('a')
