@@ -446,6 +446,7 @@ static enum handling client_handling(const struct conn *c, char type)
     case 'C': /* Close */
     case 'S': /* Sync */
     case 'H': /* Flush */
+    case 'F': /* FunctionCall */
         return HANDLE_TAKE;
     case 'D': /* Describe */
         return c->stmts.unnamed ? HANDLE_TAKE : HANDLE_STREAM;
@@ -500,9 +501,12 @@ static void note_oversized(struct conn *c, enum flow d, char type, size_t total,
         /* Its names cannot be read: they are forgotten. */
         if (type == 'P' || type == 'B')
             session_clear(&c->session);
-        /* Nor its text: it may drop statements. */
-        if (type == 'P' || type == 'Q')
+        /* Nor its text: it may drop statements, or change the identity
+         * (a Parse's later Executes cannot be told apart). */
+        if (type == 'P' || type == 'Q') {
             stmtcache_forget_all(&c->stmts);
+            unsettle_identity(c);
+        }
     }
     if (d == FLOW_TO_SERVER) {
         /* A message that may name the unnamed statement: the server's gets
@@ -742,6 +746,7 @@ static void follow_reload(struct conn *c)
     ruleset_unref(c->rules);
     c->rules = ruleset_ref(current);
     c->scope = NULL;
+    c->identity = IDENTITY_UNKNOWN;
     if (!c->replication)
         c->scope = ruleset_scope(c->rules, c->database, c->user ? c->user : "");
     /* Without rules no text is read unless the session knows statements
@@ -762,6 +767,24 @@ static void follow_catalog(struct conn *c)
         learn_catalog(c);
 }
 
+/* An idle session outside a transaction block asks about its identity
+ * when it may have changed, when its scope's verdicts changed since, or
+ * when the scope asked the catalog again since (every
+ * catalog_check_interval): a table may have been created in a schema of
+ * the session's search_path, which the catalog check does not look at.
+ * Called after every read: the common case costs a few comparisons. */
+static void follow_identity(struct conn *c)
+{
+    if (c->identity == IDENTITY_ASKING || c->state != CONN_ACTIVE || !c->scope ||
+        scope_state(c->scope) != SCOPE_READY)
+        return;
+    if (c->identity == IDENTITY_KNOWN && c->identity_version == scope_version(c->scope) &&
+        c->identity_ns >= scope_answered(c->scope))
+        return;
+    if (may_learn(c))
+        learn_identity(c);
+}
+
 void client_read(struct conn *c)
 {
     switch (c->state) {
@@ -779,9 +802,11 @@ void client_read(struct conn *c)
     case CONN_ACTIVE:
         follow_reload(c);
         follow_catalog(c);
-        /* Until the catalog is in, the client's statements cannot be
-         * decided: they wait in the input buffer, within its limit. */
-        if (c->catalog)
+        follow_identity(c);
+        /* Until the catalog and the identity are in, the client's
+         * statements cannot be decided: they wait in the input buffer,
+         * within its limit. */
+        if (c->catalog || c->identity == IDENTITY_ASKING)
             break;
         relay(c, FLOW_TO_SERVER);
         break;
@@ -803,6 +828,9 @@ static void server_read(struct conn *c)
     case CONN_ACTIVE:
         if (!relay(c, FLOW_TO_CLIENT))
             break;
+        /* At once, rather than when the client speaks next: the answer is
+         * then likely in before the client's next message. */
+        follow_identity(c);
         if (c->resume_client) {
             c->resume_client = false;
             if (!relay(c, FLOW_TO_SERVER))

@@ -11,7 +11,8 @@
 
 /* The statement and portal name of the proxy's own extended statements. */
 #define GUARD_NAME "idemproxy_guard"
-/* The catalog query's statement and portal. */
+/* The statement and portal of the proxy's questions to the server (the
+ * catalog, the session's identity). */
 #define CATALOG_NAME "idemproxy_catalog"
 
 /* ---- notes on requests ------------------------------------------------- */
@@ -27,6 +28,8 @@ void free_note(void *owner, void *note)
     /* Answered, not skipped: the redefinition took place. */
     if (n->unsure)
         unnamed_settle(owner);
+    if (n->displaced)
+        session_entry_free(n->displaced);
     decision_unref(n->decision);
     free(n);
 }
@@ -89,21 +92,18 @@ static void log_decision(struct conn *c, const struct decision *d, const char *t
 
 /* The decision about a Query's or Parse's text; NULL when there is nothing
  * to do with it. */
-static struct decision *decide_statement(struct conn *c, char type, const uint8_t *body,
-                                         size_t len, size_t *at, size_t *text_len)
+static struct decision *decide_statement(struct conn *c, bool parse, const char *text,
+                                         size_t len)
 {
-    if (!pg_statement_text(type, body, len, at, text_len))
-        return NULL; /* malformed: the server will say so */
-    if (!c->charset_ok || c->scs_off) {
+    if (!c->charset_ok || c->scs_off || !identity_holds(c)) {
         scope_count_reason(c->scope, RR_SESSION);
         return NULL;
     }
-    const char *text = (const char *)body + *at;
     bool fresh;
-    struct decision *d = scope_decide(c->scope, text, *text_len, type == 'P', &fresh);
+    struct decision *d = scope_decide(c->scope, text, len, parse, &fresh);
     scope_count(c->scope, d);
     if (d && fresh)
-        log_decision(c, d, text, *text_len);
+        log_decision(c, d, text, len);
     return d;
 }
 
@@ -118,6 +118,7 @@ struct statement {
                                           statement), or NULL */
     int table;            /* that INSERT's scope table, or -1 */
     bool replaced;        /* the text was rewritten */
+    bool changes_identity; /* rewrite_changes_identity */
 };
 
 /* SQL that may drop or redefine prepared statements (DEALLOCATE, DISCARD,
@@ -130,14 +131,25 @@ static void forget_if_redefined(struct conn *c, const char *text, size_t len)
     }
 }
 
+/* A Query that may change the session's identity does so before its own
+ * INSERTs run: they are decided with the identity unsettled. A Parse runs
+ * nothing; its statement's Executes will. */
 static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
                            struct statement *st)
 {
+    char type = (char)msg[0];
+
     memset(st, 0, sizeof(*st));
     st->body = msg + PG_HEAD_LEN;
     st->len = total - PG_HEAD_LEN;
-    st->d = decide_statement(c, (char)msg[0], st->body, st->len, &st->at, &st->text_len);
     st->table = -1;
+    if (!pg_statement_text(type, st->body, st->len, &st->at, &st->text_len))
+        return; /* malformed: the server will say so */
+    const char *text = (const char *)st->body + st->at;
+    st->changes_identity = rewrite_changes_identity(text, st->text_len);
+    if (st->changes_identity && type == 'Q')
+        unsettle_identity(c);
+    st->d = decide_statement(c, type == 'P', text, st->text_len);
     for (size_t i = 0; st->d && i < st->d->result.nstmts && !st->insert; i++) {
         if (st->d->result.stmts[i].reason != RR_NESTED) {
             st->insert = &st->d->result.stmts[i];
@@ -146,7 +158,7 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
     }
     st->replaced = st->d && st->d->result.text;
     if (st->text_len)
-        forget_if_redefined(c, (const char *)st->body + st->at, st->text_len);
+        forget_if_redefined(c, text, st->text_len);
 }
 
 /* Writes the message with the rewritten text in place of the original's
@@ -292,7 +304,7 @@ static void keep_unnamed_parse(struct conn *c, const struct statement *st)
     }
     memcpy(c->unnamed_parse, st->body, st->len);
     c->unnamed_parse_len = st->len;
-    c->unnamed_version = scope_version(c->scope);
+    c->unnamed_version = rules_version(c);
 }
 
 /* The kept Parse and the displaced one trade places (and buffers). */
@@ -441,30 +453,59 @@ bool inject_abort(struct conn *c, bool after_batch)
     return inject_undo(c, after_batch, true, INJECT_ABORT);
 }
 
-static bool track_standalone_run(struct conn *c, size_t statements)
+static bool track_standalone_run(struct conn *c, size_t statements, enum inject tag)
 {
-    if (!track_inject(&c->track, PG_STANDALONE_RUN_FIRST, INJECT_CATALOG))
+    if (!track_inject(&c->track, PG_STANDALONE_RUN_FIRST, tag))
         return false;
     for (size_t i = 0; i < statements; i++)
-        if (!track_extended_run(c, INJECT_CATALOG))
+        if (!track_extended_run(c, tag))
             return false;
-    return track_inject(&c->track, PG_STANDALONE_RUN_LAST, INJECT_CATALOG);
+    return track_inject(&c->track, PG_STANDALONE_RUN_LAST, tag);
+}
+
+/* The statements sql[0..n) as one request of the proxy's own
+ * (pg_build_standalone_run): in the extended protocol, since a Query
+ * would drop the client's unnamed statement, which may still be bound
+ * after a Sync. Malloc'ed; NULL when out of memory or a statement is. */
+static uint8_t *build_standalone(const char *const *sql, size_t n, size_t *len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!sql[i])
+            return NULL;
+    *len = pg_build_standalone_run(NULL, 0, CATALOG_NAME, sql, n);
+    uint8_t *run = malloc(*len);
+    if (run)
+        pg_build_standalone_run(run, *len, CATALOG_NAME, sql, n);
+    return run;
+}
+
+/* Sends a run of n statements and frees it. False when out of memory (the
+ * pair is then failing). */
+static bool send_standalone(struct conn *c, uint8_t *run, size_t len, size_t n,
+                            enum inject tag)
+{
+    bool tracked = track_standalone_run(c, n, tag);
+
+    if (tracked)
+        send_to(c->server, run, len);
+    else
+        fail_oom(c);
+    free(run);
+    return tracked;
 }
 
 /* Asks the server about the registered tables; client input waits until
  * the answer is in. Only while the session is idle outside a transaction
  * block: anywhere else the query would join the client's work, or see a
- * snapshot older than the tables. It goes in the extended protocol, as
- * statements of the proxy's own (the settings it is read under, then the
- * query), since a Query would drop the client's unnamed statement, which
- * may still be bound after a Sync. */
+ * snapshot older than the tables. The settings the query is read under
+ * go first, in the same run. */
 void learn_catalog(struct conn *c)
 {
     const char *sql[] = { CATALOG_SETTINGS_SQL, scope_catalog_query(c->scope) };
     const size_t n = sizeof(sql) / sizeof(sql[0]);
     struct catalog *cat = malloc(sizeof(*cat));
-    size_t need = sql[1] ? pg_build_standalone_run(NULL, 0, CATALOG_NAME, sql, n) : 0;
-    uint8_t *run = need ? malloc(need) : NULL;
+    size_t len;
+    uint8_t *run = build_standalone(sql, n, &len);
 
     if (!cat || !run) {
         free(cat);
@@ -476,15 +517,29 @@ void learn_catalog(struct conn *c)
     c->catalog = cat;
     c->catalog_ok = true;
     scope_asking(c->scope);
-    if (!track_standalone_run(c, n)) {
-        free(run);
-        fail_oom(c);
+    if (send_standalone(c, run, len, n, INJECT_CATALOG))
+        conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
+}
+
+void learn_identity(struct conn *c)
+{
+    const char *sql[] = { IDENTITY_SETTINGS_SQL, scope_identity_query(c->scope) };
+    const size_t n = sizeof(sql) / sizeof(sql[0]);
+    size_t len;
+    uint8_t *run = build_standalone(sql, n, &len);
+
+    c->identity_fits = false;
+    if (!run) {
+        /* Nothing is rewritten in this session until it is asked again. */
+        c->identity = IDENTITY_KNOWN;
+        c->identity_version = scope_version(c->scope);
+        c->identity_ns = now_ns();
+        conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
         return;
     }
-    pg_build_standalone_run(run, need, CATALOG_NAME, sql, n);
-    send_to(c->server, run, need);
-    free(run);
-    conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
+    c->identity = IDENTITY_ASKING;
+    if (send_standalone(c, run, len, n, INJECT_IDENTITY))
+        conn_log(LOG_DEBUG, c, "asking the server about the session's role and search_path");
 }
 
 /* ---- client messages the proxy reads ----------------------------------- */
@@ -538,7 +593,9 @@ enum prepared {
  * Query would have (once, until the client parses again). Only for one
  * INSERT without RETURNING outside a transaction block, with nothing
  * outstanding: the Sync then commits as the Query would have, and the
- * unnamed portal goes with the commit. */
+ * unnamed portal goes with the commit. Not while the server skips to the
+ * client's Sync after an error: it skips the Query, and the proxy's Sync
+ * would end the skipping early. */
 static enum prepared prepare_query(struct conn *c, struct sink *k, const struct statement *st,
                                    struct note *note)
 {
@@ -547,7 +604,7 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
     struct params *p = &c->worker->query_params;
 
     if (c->stmts.max == 0 || !ps || !st->insert || st->insert->returning ||
-        c->track.txn_status != 'I' || track_pending(&c->track) != 0 ||
+        c->track.txn_status != 'I' || track_pending(&c->track) != 0 || c->track.skip_to_sync ||
         !params_bind(ps, st->d->consts, st->d->nconsts, (const char *)st->body + st->at,
                      st->text_len, p))
         return PREPARED_NOT;
@@ -674,11 +731,20 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
     if (!st.replaced)
         decision_unref(st.d);
     /* A named statement's Parse is kept: the rules' verdict on its text
-     * may change while the statement lives (see reprepare). */
+     * may change while the statement lives (see reprepare). One the
+     * server is skipping leaves the name as it was; so does one it may
+     * yet refuse (a named statement not closed first) or skip (behind
+     * requests of its batch that may fail), if that happens. */
     bool keep = rule && name && name[0] != '\0';
-    if (!note || (name && !session_parse(&c->session, name, rule ? rule->schema : NULL,
-                                         rule ? rule->name : NULL, keep ? st.body : NULL,
-                                         st.len, keep ? scope_version(c->scope) : 0))) {
+    if (note && name && !c->track.skip_to_sync) {
+        note->chained = true;
+        if (name[0] != '\0' || track_pending(&c->track) > 0)
+            note->displaced = session_detach(&c->session, name);
+    }
+    if (!note || (name && !c->track.skip_to_sync &&
+                  !session_parse(&c->session, name, rule ? rule->schema : NULL,
+                                 rule ? rule->name : NULL, st.changes_identity,
+                                 keep ? st.body : NULL, st.len, keep ? rules_version(c) : 0))) {
         if (note)
             free_note(c, note);
         fail_oom(c);
@@ -720,10 +786,14 @@ static const char *read_name(const uint8_t *body, size_t len, size_t *at)
  * body, its text decided by the rules in force now. A Describe goes first:
  * a statement that SQL the proxy could not read dropped (in a function,
  * say) is not brought back, since the Describe fails as the client's Bind
- * would have, and the server skips the rest. False when out of memory. */
+ * would have, and the server skips the rest. Ahead of a Bind (tag
+ * INJECT_REPREPARE) the Bind's batch carries it; on its own
+ * (INJECT_REFRESH) a Sync of the proxy's ends it, so that a failure skips
+ * nothing of the client's. False when out of memory. */
 static bool prepare_again(struct conn *c, struct sink *k, const char *name, const uint8_t *body,
-                          size_t len)
+                          size_t len, enum inject tag)
 {
+    static const uint8_t sync[] = { 'S', 0, 0, 0, 4 };
     size_t total = PG_HEAD_LEN + len;
     uint8_t *parse = malloc(total);
     struct statement st;
@@ -734,9 +804,9 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
     pg_put_u32(parse + 1, (uint32_t)(4 + len));
     memcpy(parse + PG_HEAD_LEN, body, len);
     decide_message(c, parse, total, &st);
-    bool ok = track_inject(&c->track, 'D', INJECT_REPREPARE) &&
-              track_inject(&c->track, 'C', INJECT_REPREPARE) &&
-              track_inject(&c->track, 'P', INJECT_REPREPARE);
+    bool ok = track_inject(&c->track, 'D', tag) && track_inject(&c->track, 'C', tag) &&
+              track_inject(&c->track, 'P', tag) &&
+              (tag != INJECT_REFRESH || track_inject(&c->track, 'S', tag));
     if (ok) {
         write_on_statement(k, 'D', name);
         write_on_statement(k, 'C', name);
@@ -744,6 +814,8 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
             write_rewritten(k, 'P', &st);
         else
             evbuffer_add(k->out, parse, total);
+        if (tag == INJECT_REFRESH)
+            evbuffer_add(k->out, sync, sizeof(sync));
         conn_log(LOG_DEBUG, c, "statement \"%s\" prepared again for the rules now in force",
                  name);
     }
@@ -753,33 +825,52 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
 }
 
 /* A statement of the client's prepared under rules that have changed since
- * (the catalog check withdrew or granted the rewrite, or a reload) holds a
- * text those rules would not send: ahead of its Bind the proxy closes it
- * and prepares the client's text again, rewritten or not as the rules say
- * now. A named statement's Parse is kept by the session, the unnamed
- * one's by the connection (keep_unnamed_parse). Only
- * when nothing is outstanding and no failed block is open, so that nothing
+ * (the catalog check withdrew or granted the rewrite, a reload, or an
+ * answer about the session's identity) holds a text those rules would not
+ * send: the proxy closes it and prepares the client's text again,
+ * rewritten or not as the rules say now, ahead of its next Bind or as
+ * soon as the identity is known (reprepare_all). A named statement's
+ * Parse is kept by the session, the unnamed one's by the connection
+ * (keep_unnamed_parse). Only when nothing is outstanding (nor skipped
+ * to a Sync still to come) and no failed block is open, so that nothing
  * before it can make the server skip the Parse after the Close; otherwise
  * a later Bind does it. False when out of memory. */
-static bool reprepare(struct conn *c, struct sink *k, const char *statement)
+static bool reprepare(struct conn *c, struct sink *k, const char *statement, enum inject tag)
 {
     const uint8_t *body;
     size_t len;
 
-    if (!c->scope || track_pending(&c->track) != 0 || c->track.txn_status == 'E')
+    if (!c->scope || track_pending(&c->track) != 0 || c->track.skip_to_sync ||
+        c->track.txn_status == 'E')
         return true;
-    uint64_t version = scope_version(c->scope);
+    uint64_t version = rules_version(c);
     if (statement[0] != '\0') {
         body = session_outdated(&c->session, statement, version, &len);
-        return !body || prepare_again(c, k, statement, body, len);
+        return !body || prepare_again(c, k, statement, body, len, tag);
     }
     if (!c->unnamed_parse_len || c->unnamed_version == version)
         return true;
-    if (!prepare_again(c, k, "", c->unnamed_parse, c->unnamed_parse_len))
+    if (!prepare_again(c, k, "", c->unnamed_parse, c->unnamed_parse_len, tag))
         return false;
     c->stmts.unnamed = NULL;
     c->unnamed_version = version;
     return true;
+}
+
+bool reprepare_all(struct conn *c)
+{
+    struct sink k = { NULL, sock_output(c->server), 0 };
+    uint64_t version = rules_version(c);
+    const uint8_t *body;
+    const char *name;
+    size_t len;
+
+    if (track_pending(&c->track) != 0 || c->track.skip_to_sync || c->track.txn_status == 'E')
+        return true;
+    while ((body = session_next_outdated(&c->session, version, &name, &len)))
+        if (!prepare_again(c, &k, name, body, len, INJECT_REFRESH))
+            return false;
+    return reprepare(c, &k, "", INJECT_REFRESH);
 }
 
 static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
@@ -800,7 +891,8 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
         return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
     struct note *note = note_new(NULL, portal);
-    if (!note || !session_bind(&c->session, portal, statement) || !reprepare(c, k, statement)) {
+    if (!note || !session_bind(&c->session, portal, statement) ||
+        !reprepare(c, k, statement, INJECT_REPREPARE)) {
         if (note)
             free_note(c, note);
         fail_oom(c);
@@ -844,8 +936,19 @@ static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
     struct note *note = NULL;
 
     batch_message(c);
-    if (name)
+    /* A Close behind requests of its batch that may fail may be skipped,
+     * and the statement then stays (restore_statements). */
+    if (name && body[0] == 'S' && name[0] != '\0' && track_pending(&c->track) > 0 &&
+        !c->track.skip_to_sync) {
+        if (!(note = note_new(NULL, name))) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
+        note->chained = true;
+        note->displaced = session_detach(&c->session, name);
+    } else if (name && !c->track.skip_to_sync) {
         session_close(&c->session, (char)body[0], name);
+    }
     /* It closes the server's own unnamed statement, as the client meant. */
     if (name && body[0] == 'S' && name[0] == '\0' && !unnamed_redefined(c, &note)) {
         fail_oom(c);
@@ -862,13 +965,17 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
     size_t len = total - PG_HEAD_LEN, at = 0;
     const char *portal = read_name(body, len, &at);
     const char *schema, *name;
-    bool first_run = false;
+    bool first_run = false, changes_identity = false;
     int table = -1;
 
     batch_message(c);
     c->batch_executes++;
-    if (portal && session_execute(&c->session, portal, &schema, &name, &first_run))
+    if (portal &&
+        session_execute(&c->session, portal, &schema, &name, &first_run, &changes_identity) &&
+        identity_holds(c))
         table = scope_find_table(c->scope, schema, name);
+    if (changes_identity)
+        unsettle_identity(c);
     if (table < 0) {
         /* What it runs is unknown: later Executes of the batch cannot know
          * whether the transaction block is still open. */
@@ -992,6 +1099,11 @@ enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
     case 'C': return take_close(c, msg, total);
     case 'S': return take_sync(c);
     case 'H': return take_flush(c);
+    case 'F':
+        /* A function called by its oid: set_config, for all the proxy
+         * knows. */
+        unsettle_identity(c);
+        return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     default:
         return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }

@@ -74,6 +74,28 @@ enum inject {
                            cached statement (prepare_query) */
     INJECT_REPREPARE,   /* the Close and Parse that give a client's named
                            statement the text the rules want now */
+    INJECT_IDENTITY,    /* the question whether the catalog check holds for
+                           this session (learn_identity) */
+    INJECT_REFRESH,     /* the Describe, Close, Parse and Sync that give a
+                           client's statement the text the rules want for the
+                           session's identity now (reprepare_all) */
+};
+
+/* What the proxy knows of the session's identity: as whom it runs, and
+ * where its table names without a schema lead. The catalog check decided
+ * for the login role and for each section's search_path; a session that
+ * runs as another role, or whose names lead elsewhere (its own
+ * search_path, a temporary table), has its INSERTs left alone, since a
+ * rewrite could then change another table than the one registered, or
+ * fail where the INSERT would not. The proxy cannot follow what SET does
+ * to it inside a transaction, so it does not try: it asks the server,
+ * outside transaction blocks. */
+enum identity {
+    IDENTITY_UNKNOWN, /* since login, or since a statement that may have
+                         changed it: asked at the next idle moment outside
+                         a transaction block; nothing is rewritten until then */
+    IDENTITY_ASKING,  /* the question is under way: client input waits */
+    IDENTITY_KNOWN,   /* identity_fits says whether the scope's verdicts hold */
 };
 
 /* The proxy's savepoint around an INSERT in a transaction block (see
@@ -143,6 +165,11 @@ struct conn {
     bool catalog_ok;            /* no row of that answer was refused */
     bool resume_client;         /* the catalog arrived: relay the client's input */
     bool replication;           /* a replication session: never rewrite */
+    enum identity identity;
+    bool identity_fits;         /* the answer fit the scope's verdicts */
+    bool identity_strayed;      /* the last answer did not (said in the log) */
+    uint64_t identity_version;  /* the scope's version it was learnt under */
+    uint64_t identity_ns;       /* when it was learnt */
 
     /* Translating unique violations. */
     struct session session;     /* the client's statements and portals */
@@ -261,6 +288,11 @@ struct note {
     struct decision *decision;   /* a rewritten text: error positions map through it */
     struct translate_request req; /* a Query or Execute of a recognised INSERT */
     const char *defines;         /* a Parse's statement or a Bind's portal name */
+    bool chained;                /* a Parse or Close that changed what the
+                                    proxy knows of statement defines */
+    struct session_entry *displaced; /* ... and what it held before
+                                        (session_detach), for when the
+                                        server refuses or skips it */
     bool flushed;                /* an Execute the client sent a Flush after */
     struct stmt_entry *maps;     /* a Parse that made the unnamed statement stand for
                                     this cached one */
@@ -353,6 +385,15 @@ bool inject_rollback(struct conn *c, bool after_batch);
 bool inject_abort(struct conn *c, bool after_batch);
 /* Asks the server about the registered tables; client input waits. */
 void learn_catalog(struct conn *c);
+/* Prepares again, at once, every statement of the client's that the rules
+ * now in force would prepare otherwise (see reprepare), when nothing is
+ * outstanding: after the session's identity changed, which makes the
+ * rules apply to it or not. False when out of memory. */
+bool reprepare_all(struct conn *c);
+/* Asks the server about the session's identity (scope_identity_query);
+ * client input waits until the answer is in. Only where learn_catalog may
+ * run: idle, outside a transaction block. */
+void learn_identity(struct conn *c);
 /* A Query, a Parse or a Close of the unnamed statement goes to the server:
  * it is no longer what the proxy kept of it. When the server may yet skip
  * the message (see displaced_unnamed), *note (made when NULL) is marked to
@@ -427,6 +468,32 @@ static inline bool rewriting(const struct conn *c)
     return c->state == CONN_ACTIVE && c->scope && scope_state(c->scope) == SCOPE_READY;
 }
 
+/* The scope's verdicts hold for the session (see enum identity): its
+ * INSERTs may be decided as the scope's. */
+static inline bool identity_holds(const struct conn *c)
+{
+    return c->identity == IDENTITY_KNOWN && c->identity_fits &&
+           c->identity_version == scope_version(c->scope);
+}
+
+/* A statement that may change the identity goes to the server: nothing
+ * is rewritten until the server has been asked again. (A question under
+ * way was sent before it.) */
+static inline void unsettle_identity(struct conn *c)
+{
+    if (c->identity == IDENTITY_KNOWN)
+        c->identity = IDENTITY_UNKNOWN;
+}
+
+/* The version of the rules a statement of the session is decided under:
+ * the scope's while its verdicts hold for the session, else 0, which no
+ * scope has once it has learnt its catalog, so that a statement prepared
+ * under one is prepared again as it came when they stop holding. */
+static inline uint64_t rules_version(const struct conn *c)
+{
+    return identity_holds(c) ? scope_version(c->scope) : 0;
+}
+
 /* The request the server is answering, when the proxy tracks one. */
 static inline const struct track_req *answering(const struct conn *c)
 {
@@ -446,12 +513,13 @@ static inline bool translating(const struct conn *c)
 }
 
 /* Client input waits while the proxy needs to see what the server says
- * before the client's next message may go: the catalog, or how a guarded
- * Query ended, or a rollback to come. (While a 23505 awaits the client's
- * next message, that message is what settles it.) */
+ * before the client's next message may go: the catalog, the session's
+ * identity, or how a guarded Query ended, or a rollback to come. (While a
+ * 23505 awaits the client's next message, that message is what settles
+ * it.) */
 static inline bool client_held(const struct conn *c)
 {
-    return c->catalog || c->batch_ending ||
+    return c->catalog || c->identity == IDENTITY_ASKING || c->batch_ending ||
            (c->guard != GUARD_NONE && c->guard != GUARD_AWAIT_SYNC &&
             c->guard != GUARD_ABORT_AWAIT_SYNC);
 }

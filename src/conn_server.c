@@ -128,10 +128,62 @@ static char guarded_next(const struct conn *c, const struct note *note)
     return r->kind == TRACK_SYNC && !client_sent_after(c, i) ? 'S' : 'H';
 }
 
+/* Whether request r (a Parse or Close) changed what the proxy knows of
+ * statement name. */
+static struct note *changes_statement(const struct track_req *r, const char *name)
+{
+    struct note *note = r->injected ? NULL : r->note;
+
+    return note && note->chained && strcmp(note->defines, name) == 0 ? note : NULL;
+}
+
+/* The refused and skipped requests, the first n of the queue, changed
+ * nothing on the server: each statement name they touched holds what it
+ * held before the first of them, which that one displaced. The next change
+ * of the name the queue still holds (a later batch, sent already) has
+ * displaced what they made instead, and takes the truth in its place; with
+ * none, the name itself does. A Parse of the unnamed statement that failed
+ * itself (first) dropped the server's unnamed statement, which PostgreSQL
+ * does before anything else. */
+static void restore_statements(struct conn *c, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        const struct track_req *r = track_at(&c->track, i);
+        struct note *note = r->injected ? NULL : r->note;
+        if (!note || !note->chained)
+            continue;
+        const char *name = note->defines;
+        bool first = true;
+        for (size_t k = 0; k < i && first; k++)
+            first = !changes_statement(track_at(&c->track, k), name);
+        if (!first)
+            continue;
+        struct session_entry *before = note->displaced;
+        note->displaced = NULL;
+        if (i == 0 && r->kind == TRACK_PARSE && name[0] == '\0' && before) {
+            session_entry_free(before);
+            before = NULL;
+        }
+        const struct track_req *later_req;
+        struct note *later = NULL;
+        for (size_t k = n; !later && (later_req = track_at(&c->track, k)); k++)
+            later = changes_statement(later_req, name);
+        if (later) {
+            if (later->displaced)
+                session_entry_free(later->displaced);
+            later->displaced = before;
+            continue;
+        }
+        session_close(&c->session, 'S', name);
+        if (before)
+            session_reattach(&c->session, before);
+    }
+}
+
 /* The server refused an extended message and skips the rest up to Sync:
- * what the Parses and Binds among them defined never came to be, so their
- * names are forgotten (the server may still hold an older meaning, which
- * the proxy does not know). A redefinition of the unnamed statement among
+ * what the Binds among them defined never came to be, so their portals
+ * are forgotten, and the statements' names hold what they held before
+ * (restore_statements). A redefinition of the unnamed statement among
  * them that displaced what the proxy kept of it gives that back, unless a
  * skipped Parse of the unnamed statement came before it (the proxy knew
  * nothing of the statement then). */
@@ -140,10 +192,11 @@ static void forget_refused(struct conn *c)
     const struct track_req *r;
     struct note *unsure = NULL;
     bool unnamed_parsed = false, restore = false;
+    size_t i;
 
     if (!track_error_skips(&c->track))
         return;
-    for (size_t i = 0; (r = track_at(&c->track, i)) && r->kind != TRACK_SYNC; i++) {
+    for (i = 0; (r = track_at(&c->track, i)) && r->kind != TRACK_SYNC; i++) {
         struct note *n = r->injected ? NULL : r->note;
         if (!n)
             continue;
@@ -152,8 +205,8 @@ static void forget_refused(struct conn *c)
             unsure = n;
             restore = !unnamed_parsed;
         }
-        if (n->defines)
-            session_close(&c->session, r->kind == TRACK_PARSE ? 'S' : 'P', n->defines);
+        if (n->defines && r->kind == TRACK_BIND)
+            session_close(&c->session, 'P', n->defines);
         /* The server's unnamed statement is not the one whose Parse the
          * proxy kept. */
         if (r->kind == TRACK_PARSE && n->defines && n->defines[0] == '\0') {
@@ -166,6 +219,7 @@ static void forget_refused(struct conn *c)
         if (n->maps && c->stmts.unnamed == n->maps)
             c->stmts.unnamed = NULL;
     }
+    restore_statements(c, i);
     if (unsure) {
         unsure->unsure = false;
         if (restore)
@@ -441,6 +495,30 @@ static void catalog_arrived(struct conn *c)
     c->resume_client = true;
 }
 
+/* The answer about the session's identity is in. A change either way is
+ * said once, at info: it is the session's doing, not a fault. False when
+ * out of memory. */
+static bool identity_arrived(struct conn *c)
+{
+    bool strayed = c->identity_strayed;
+
+    c->identity = IDENTITY_KNOWN;
+    c->identity_version = scope_version(c->scope);
+    c->identity_ns = now_ns();
+    c->identity_strayed = !c->identity_fits;
+    if (c->identity_strayed && !strayed)
+        conn_log(LOG_INFO, c, "this session runs as another role than its login's, or its "
+                 "table names lead elsewhere (search_path, a temporary table): its INSERTs "
+                 "pass unchanged");
+    else if (!c->identity_strayed && strayed)
+        conn_log(LOG_INFO, c, "this session's role and table names are as checked again: "
+                 "its INSERTs are rewritten");
+    /* The session is idle: what it prepared under the other answer is
+     * brought in line before the client's next message, which a later
+     * Bind could only do with nothing outstanding. */
+    return reprepare_all(c);
+}
+
 /* The guarded statement failed and is over: roll back to the savepoint,
  * after a translated 23505 to tell the client its INSERT changed nothing
  * (GUARD_ROLLBACK), after anything else to fail the block at the client's
@@ -484,6 +562,25 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
                 conn_log(LOG_WARNING, c, "catalog query: %s %s", err.code ? err.code : "?",
                          err.message ? err.message : "");
         }
+        break;
+    case INJECT_IDENTITY:
+        if (type == 'D')
+            c->identity_fits = scope_identity_fits(c->scope, body, len);
+        if (type == 'E') {
+            c->identity_fits = false;
+            if (error)
+                conn_log(LOG_WARNING, c, "the question about the session's role and "
+                         "search_path failed: %s %s; its INSERTs are not rewritten",
+                         err.code ? err.code : "?", err.message ? err.message : "");
+        }
+        break;
+    case INJECT_REFRESH:
+        /* The client meets the same when it binds the statement: it is
+         * gone (dropped where the proxy could not see), or its text does
+         * not parse in the session as it is now. */
+        if (type == 'E' && error)
+            conn_log(LOG_DEBUG, c, "a statement could not be prepared again: %s %s",
+                     err.code ? err.code : "?", err.message ? err.message : "");
         break;
     case INJECT_SAVEPOINT:
         if (type == 'E') {
@@ -550,6 +647,10 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     track_reply(c, type, status);
     if (type == 'Z' && tag == INJECT_CATALOG && c->catalog)
         catalog_arrived(c);
+    if (type == 'Z' && tag == INJECT_IDENTITY && !identity_arrived(c)) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
     if (!client_held(c))
         c->resume_client = true;
     return taken;

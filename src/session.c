@@ -7,7 +7,9 @@
 
 struct session_entry {
     UT_hash_handle hh;
-    const char *schema, *table; /* in names, after the key */
+    const char *schema, *table; /* in names, after the key; NULL when it
+                                   is kept only for changes_identity */
+    bool changes_identity;
     const uint8_t *parse;       /* a named statement's Parse body, after the
                                    table; NULL when not kept */
     size_t parse_len;
@@ -68,31 +70,35 @@ static void forget(struct session_entry **map, const char *name)
         drop(map, e);
 }
 
-/* Sets name to schema.table in map, or forgets it when schema is NULL. A
- * driver that does not prepare redefines the same unnamed statement and
- * portal with every execution: an entry that already says the same, and
- * keeps no Parse, stays. */
+/* Sets name to schema.table in map (schema NULL: no INSERT), marked with
+ * whether it may change the session's identity, or forgets it when it is
+ * neither. A driver that does not prepare redefines the same unnamed
+ * statement and portal with every execution: an entry that already says
+ * the same, and keeps no Parse, stays. */
 static struct session_entry *set(struct session_entry **map, const char *name,
-                                 const char *schema, const char *table, size_t parse_len)
+                                 const char *schema, const char *table, bool changes_identity,
+                                 size_t parse_len)
 {
     struct session_entry *e = find(*map, name);
 
-    if (e && schema && !parse_len && !e->parse && strcmp(e->schema, schema) == 0 &&
-        strcmp(e->table, table) == 0)
+    if (e && !parse_len && !e->parse && e->changes_identity == changes_identity &&
+        (schema ? e->schema && strcmp(e->schema, schema) == 0 && strcmp(e->table, table) == 0
+                : !e->schema))
         return e;
     if (e)
         drop(map, e);
-    if (!schema)
+    if (!schema && !changes_identity)
         return NULL;
-    size_t name_len = strlen(name) + 1, schema_len = strlen(schema) + 1;
-    size_t table_len = strlen(table) + 1;
+    size_t name_len = strlen(name) + 1;
+    size_t schema_len = schema ? strlen(schema) + 1 : 0, table_len = schema ? strlen(table) + 1 : 0;
     e = malloc(sizeof(*e) + name_len + schema_len + table_len + parse_len);
     if (!e)
         return NULL;
     char *at = e->names;
     memcpy(at, name, name_len);
-    e->schema = memcpy(at += name_len, schema, schema_len);
-    e->table = memcpy(at += schema_len, table, table_len);
+    e->schema = schema ? memcpy(at += name_len, schema, schema_len) : NULL;
+    e->table = schema ? memcpy(at += schema_len, table, table_len) : NULL;
+    e->changes_identity = changes_identity;
     e->parse = NULL;
     e->parse_len = 0;
     e->version = 0;
@@ -101,16 +107,20 @@ static struct session_entry *set(struct session_entry **map, const char *name,
 }
 
 bool session_parse(struct session *s, const char *name, const char *schema, const char *table,
-                   const uint8_t *parse, size_t parse_len, uint64_t version)
+                   bool changes_identity, const uint8_t *parse, size_t parse_len,
+                   uint64_t version)
 {
-    struct session_entry *e = set(&s->statements, name, schema, table, parse ? parse_len : 0);
+    struct session_entry *e = set(&s->statements, name, schema, table, changes_identity,
+                                  parse ? parse_len : 0);
 
     if (e && parse) {
-        e->parse = memcpy((uint8_t *)e->table + strlen(table) + 1, parse, parse_len);
+        e->parse = memcpy((uint8_t *)e->names + strlen(name) + 1 +
+                              (schema ? strlen(schema) + 1 + strlen(table) + 1 : 0),
+                          parse, parse_len);
         e->parse_len = parse_len;
         e->version = version;
     }
-    return e || !schema;
+    return e || (!schema && !changes_identity);
 }
 
 const uint8_t *session_outdated(struct session *s, const char *name, uint64_t version,
@@ -125,11 +135,25 @@ const uint8_t *session_outdated(struct session *s, const char *name, uint64_t ve
     return e->parse;
 }
 
+const uint8_t *session_next_outdated(struct session *s, uint64_t version, const char **name,
+                                     size_t *len)
+{
+    struct session_entry *e, *tmp;
+
+    HASH_ITER(hh, s->statements, e, tmp) {
+        if (e->parse && e->version != version) {
+            *name = e->names;
+            return session_outdated(s, e->names, version, len);
+        }
+    }
+    return NULL;
+}
+
 bool session_bind(struct session *s, const char *portal, const char *statement)
 {
     const struct session_entry *stmt = find(s->statements, statement);
-    struct session_entry *e =
-        set(&s->portals, portal, stmt ? stmt->schema : NULL, stmt ? stmt->table : NULL, 0);
+    struct session_entry *e = set(&s->portals, portal, stmt ? stmt->schema : NULL,
+                                  stmt ? stmt->table : NULL, stmt && stmt->changes_identity, 0);
 
     if (e)
         e->ran = false;
@@ -137,17 +161,38 @@ bool session_bind(struct session *s, const char *portal, const char *statement)
 }
 
 bool session_execute(struct session *s, const char *portal, const char **schema,
-                     const char **table, bool *first_run)
+                     const char **table, bool *first_run, bool *changes_identity)
 {
     struct session_entry *e = find(s->portals, portal);
 
-    if (!e)
+    *changes_identity = e && e->changes_identity;
+    if (!e || !e->schema)
         return false;
     *schema = e->schema;
     *table = e->table;
     *first_run = !e->ran;
     e->ran = true;
     return true;
+}
+
+struct session_entry *session_detach(struct session *s, const char *name)
+{
+    struct session_entry *e = find(s->statements, name);
+
+    if (e)
+        HASH_DELETE(hh, s->statements, e);
+    return e;
+}
+
+void session_reattach(struct session *s, struct session_entry *e)
+{
+    forget(&s->statements, e->names);
+    HASH_ADD_KEYPTR(hh, s->statements, e->names, strlen(e->names), e);
+}
+
+void session_entry_free(struct session_entry *e)
+{
+    free(e);
 }
 
 void session_close(struct session *s, char kind, const char *name)
@@ -160,7 +205,7 @@ bool session_portal(const struct session *s, const char *portal, const char **sc
 {
     const struct session_entry *e = find(s->portals, portal);
 
-    if (!e)
+    if (!e || !e->schema)
         return false;
     *schema = e->schema;
     *table = e->table;

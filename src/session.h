@@ -11,6 +11,9 @@
  * translate less, never more. The unnamed statement and portal are "".
  * A named statement's Parse is kept too when asked, so that the statement
  * can be prepared again once the rewrite its text got no longer applies.
+ * A statement whose text may change where the session's names lead or as
+ * whom it runs (rewrite_changes_identity) is kept too, so that each
+ * execution of it can be noticed.
  *
  * Pure bookkeeping: no I/O.
  */
@@ -39,12 +42,14 @@ void session_clear(struct session *s);
 bool session_empty(const struct session *s);
 
 /* Statement name now holds an INSERT into schema.table, or (schema NULL)
- * something else. parse, when not NULL, is the client's Parse body
- * (parse_len bytes), kept for session_outdated with the version of the
- * rules that decided its text. False when out of memory (the name is then
- * forgotten). */
+ * something else; changes_identity says whether its text may change the
+ * session's identity. parse, when not NULL, is the client's Parse body
+ * (parse_len bytes) of an INSERT, kept for session_outdated with the
+ * version of the rules that decided its text. False when out of memory
+ * (the name is then forgotten). */
 bool session_parse(struct session *s, const char *name, const char *schema, const char *table,
-                   const uint8_t *parse, size_t parse_len, uint64_t version);
+                   bool changes_identity, const uint8_t *parse, size_t parse_len,
+                   uint64_t version);
 
 /* A statement prepared under rules of another version than version may hold
  * a text those rules would not send now: its kept Parse body (*len bytes),
@@ -52,6 +57,24 @@ bool session_parse(struct session *s, const char *name, const char *schema, cons
  * under version. NULL when name keeps no Parse or is up to date. */
 const uint8_t *session_outdated(struct session *s, const char *name, uint64_t version,
                                 size_t *len);
+
+/* A Parse of name that the server may yet refuse (a named statement must
+ * be closed before it is defined again) or skip (after an error earlier in
+ * its batch) leaves what name held on the server: the entry for it, taken
+ * out of s for the caller to keep until the Parse is answered, or NULL. */
+struct session_entry *session_detach(struct session *s, const char *name);
+
+/* The Parse was refused or skipped: its statement holds what it held
+ * before, e (detached from s), which s takes back. */
+void session_reattach(struct session *s, struct session_entry *e);
+
+/* The Parse took place: what the name held before is gone. */
+void session_entry_free(struct session_entry *e);
+
+/* As session_outdated, for any named statement that is: its name in
+ * *name. NULL when none is. */
+const uint8_t *session_next_outdated(struct session *s, uint64_t version, const char **name,
+                                     size_t *len);
 
 /* Portal name now runs statement. False when out of memory (forgotten). */
 bool session_bind(struct session *s, const char *portal, const char *statement);
@@ -62,9 +85,10 @@ void session_close(struct session *s, char kind, const char *name);
 /* An Execute of portal: the table it inserts into, as session_portal, and
  * *first_run true the first time since its Bind, when its statement runs (a
  * later Execute only fetches what it returned, or fails because it has
- * run). */
+ * run). *changes_identity says whether its statement may change the
+ * session's identity, whatever it inserts into. */
 bool session_execute(struct session *s, const char *portal, const char **schema,
-                     const char **table, bool *first_run);
+                     const char **table, bool *first_run, bool *changes_identity);
 
 /* The table an Execute of portal inserts into; false when none is known. */
 bool session_portal(const struct session *s, const char *portal, const char **schema,

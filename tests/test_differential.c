@@ -78,10 +78,10 @@ struct gen {
                           /* the sequence before a reload prepares s1, the
                              one after binds it: it is prepared again for
                              the new rules */
-    bool no_settings;     /* no standard_conforming_strings or client_encoding,
-                             which keep the rewrite away from a session until
-                             it resets them: for runs that are about what the
-                             rewrite does */
+    bool no_settings;     /* no standard_conforming_strings, client_encoding,
+                             search_path or role, which keep the rewrite away
+                             from a session until it resets them: for runs
+                             that are about what the rewrite does */
     bool parsed_insert;   /* this sequence parsed an INSERT into diff_reg: no
                              SET TRANSACTION ISOLATION LEVEL after it (the
                              Parse in place of a cached one takes no
@@ -313,8 +313,22 @@ static const struct sql_pair simple_sql[] = {
       "INSERT INTO diff_reg (k, v) VALUES (%K, 'back\\slash')" DN },
     { "SET client_encoding = 'LATIN1'", NULL },
     { "RESET client_encoding", NULL },
+    /* Where diff_reg leads, and as whom: diff_other.diff_reg has no unique
+     * index, so that a rewrite there fails, and diff_reader may not UPDATE
+     * diff_reg, so that the DO UPDATE form fails for it. */
+    { "SET search_path TO diff_other, public", NULL },
+    { "SELECT set_config('search_path', 'diff_other', false)", NULL },
+    { "SET LOCAL search_path TO diff_other", NULL },
+    { "RESET search_path", NULL },
+    { "SET ROLE diff_reader", NULL },
+    { "RESET ROLE", NULL },
+    { "CREATE TEMP TABLE IF NOT EXISTS diff_reg (k bigint, v text)", NULL },
+    /* Without a notice, which would say whether the session ever had a
+     * temporary schema (a server kept for reuse may have). */
+    { "DO $$BEGIN IF pg_catalog.to_regclass('pg_temp.diff_reg') IS NOT NULL THEN "
+      "DROP TABLE pg_temp.diff_reg; END IF; END$$", NULL },
 };
-#define SIMPLE_SETTINGS 5 /* the entries at the end about settings */
+#define SIMPLE_SETTINGS 13 /* the entries at the end about settings */
 
 #define DIFF_REG_INSERT "INSERT INTO diff_reg"
 
@@ -526,6 +540,25 @@ static void step_prepare_for_reload(struct gen *g)
     put_bare(g, 'S', "Sync");
 }
 
+/* SQL that drops or defines prepared statements makes the proxy forget
+ * the client's (README, Limitations): not in runs whose sessions change
+ * their search_path or role, where a statement rewritten before would keep
+ * its rewritten form unseen. */
+static bool redefines_statements(const char *sql)
+{
+    return strncmp(sql, "PREPARE", 7) == 0 || strncmp(sql, "DEALLOCATE", 10) == 0 ||
+           strncmp(sql, "DISCARD", 7) == 0;
+}
+
+/* SQL after which the proxy leaves a session's INSERTs alone until it has
+ * asked the server again (README, "Following the session's role and
+ * search_path"): not in runs about what the rewrite does. */
+static bool may_change_identity(const char *sql)
+{
+    return strncmp(sql, "DISCARD", 7) == 0 || strncmp(sql, "DO ", 3) == 0 ||
+           strncmp(sql, "EXECUTE", 7) == 0;
+}
+
 /* A Query of simple_sql; with insert_only, one of its INSERTs into
  * diff_reg. */
 static void step_simple(struct gen *g, bool insert_only)
@@ -537,7 +570,9 @@ static void step_simple(struct gen *g, bool insert_only)
     do
         pair = &simple_sql[rnd(g, (uint32_t)n)];
     while ((insert_only && strncmp(pair->sql, DIFF_REG_INSERT, strlen(DIFF_REG_INSERT)) != 0) ||
-           (g->parsed_insert && strncmp(pair->sql, "SET TRANSACTION", 15) == 0));
+           (g->parsed_insert && strncmp(pair->sql, "SET TRANSACTION", 15) == 0) ||
+           (!g->no_settings && redefines_statements(pair->sql)) ||
+           (g->no_settings && may_change_identity(pair->sql)));
     expand(g, pair, sql, by_hand, sizeof sql);
     put_query(g, sql, by_hand);
 }
@@ -801,6 +836,11 @@ static void create_tables(const char *db)
     itest_exec_ok(c, "CREATE TABLE diff_plain (k bigint PRIMARY KEY, v text)");
     itest_exec_ok(c, "INSERT INTO diff_plain VALUES (1, 'one'), (2, 'two'), (3, NULL)");
     itest_exec_ok(c, "GRANT ALL ON diff_reg, diff_plain TO " ITEST_SCRAM_USER);
+    itest_exec_ok(c, "CREATE SCHEMA diff_other");
+    itest_exec_ok(c, "CREATE TABLE diff_other.diff_reg (k bigint, v text)");
+    itest_exec_ok(c, "GRANT ALL ON SCHEMA diff_other TO PUBLIC");
+    itest_exec_ok(c, "GRANT ALL ON diff_other.diff_reg TO PUBLIC");
+    itest_exec_ok(c, "GRANT SELECT, INSERT ON diff_reg, diff_plain TO diff_reader");
     itest_finish(c);
 }
 
@@ -813,6 +853,9 @@ static void create_databases(void)
         return;
     itest_server_exec("DROP DATABASE IF EXISTS " DB_DIRECT " WITH (FORCE)");
     itest_server_exec("DROP DATABASE IF EXISTS " DB_PROXY " WITH (FORCE)");
+    itest_server_exec("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+                      "'diff_reader') THEN CREATE ROLE diff_reader; END IF; END$$");
+    itest_server_exec("GRANT diff_reader TO " ITEST_SCRAM_USER);
     itest_server_exec("CREATE DATABASE " DB_DIRECT);
     itest_server_exec("CREATE DATABASE " DB_PROXY);
     create_tables(DB_DIRECT);

@@ -1226,6 +1226,138 @@ static void test_idem_login_role_privileges(void **state)
     itest_pass();
 }
 
+/* ---- the session's role and search_path -------------------------------- */
+
+#define WHO_INSERT(key) \
+    "INSERT INTO idem_who (idempotency_key, payload) VALUES ('" key "', 'x')"
+
+/* A session whose table names lead elsewhere than the catalog check
+ * assumed (its own search_path, set in any way, a temporary table of the
+ * same name) or that runs as another role has its INSERTs left exactly
+ * as it sent them, as a direct connection would run them: a duplicate in
+ * a tenant's table is the server's 23505, a table without the unique
+ * index takes both rows (the rewrite would have failed with 42P10), and
+ * a role without UPDATE privilege gets the duplicate's 23505, not the
+ * DO UPDATE form's 42501. Once the session is back (RESET, the end of
+ * the block with SET LOCAL, the temporary table dropped), its INSERTs are
+ * rewritten again. */
+static void test_idem_session_identity(void **state)
+{
+    (void)state;
+    create_key_table("idem_who", "text");
+    itest_server_exec("DROP SCHEMA IF EXISTS idem_tenant CASCADE; "
+                      "DROP SCHEMA IF EXISTS idem_loose CASCADE; "
+                      "CREATE SCHEMA idem_tenant; CREATE SCHEMA idem_loose; "
+                      "CREATE TABLE idem_tenant.idem_who (id bigserial PRIMARY KEY, "
+                      "idempotency_key text NOT NULL UNIQUE, payload text); "
+                      "CREATE TABLE idem_loose.idem_who (idempotency_key text, payload text); "
+                      "GRANT USAGE ON SCHEMA idem_loose TO PUBLIC; "
+                      "GRANT SELECT, INSERT ON idem_who TO " ITEST_SCRAM_USER "; "
+                      "GRANT USAGE ON SEQUENCE idem_who_id_seq TO " ITEST_SCRAM_USER);
+    struct itest_proxy *p = start_checking("idem_who", 0);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    char text[64];
+
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 1");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
+
+    /* A tenant's schema first: its own table, its own duplicates. */
+    itest_exec_ok(c, "SET search_path TO idem_tenant");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 1");
+    itest_exec_sqlstate(c, WHO_INSERT("w1"), "23505");
+    itest_assert_log_line(p, "info", "table names lead elsewhere", "pass unchanged");
+    /* Even the registered table, named with its schema, is left alone. */
+    itest_exec_sqlstate(c, "INSERT INTO public.idem_who (idempotency_key) VALUES ('w1')",
+                        "23505");
+    itest_exec_ok(c, "SET search_path TO idem_loose");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 1");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 1");
+    itest_exec_ok(c, "RESET search_path");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
+    itest_assert_log_line(p, "info", "as checked again", "rewritten");
+
+    /* SET LOCAL holds to the end of its block, and so does the change. */
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SET LOCAL search_path TO idem_tenant");
+    itest_exec_sqlstate(c, WHO_INSERT("w1"), "23505");
+    itest_exec_ok(c, "ROLLBACK");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
+
+    /* The change and the INSERT in one Query. */
+    itest_exec_tag(c, "SET search_path TO idem_loose; " WHO_INSERT("w1"), "INSERT 0 1");
+    itest_exec_ok(c, "RESET search_path");
+
+    /* set_config through a prepared statement, with an INSERT prepared
+     * (and rewritten) before: it is prepared again as the client sent it
+     * while the path differs, and rewritten again once it is back. */
+    PGresult *r = itest_prepare(c, "ins", "INSERT INTO idem_who (idempotency_key, payload) "
+                                          "VALUES ($1, 'p')", 1);
+    itest_assert_result_ok(r, "PQprepare of the INSERT");
+    PQclear(r);
+    r = itest_prepare(c, "path", "SELECT pg_catalog.set_config('search_path', $1, false)", 1);
+    itest_assert_result_ok(r, "PQprepare of set_config");
+    PQclear(r);
+    const char *w1[1] = { "w1" }, *loose[1] = { "idem_loose" }, *public[1] = { "public" };
+    expect_prepared_tag(c, w1, "INSERT 0 0", "the prepared INSERT, rewritten");
+    PQclear(itest_exec_prepared(c, "path", 1, loose));
+    expect_prepared_tag(c, w1, "INSERT 0 1", "the prepared INSERT, its path changed");
+    expect_prepared_tag(c, w1, "INSERT 0 1", "the prepared INSERT, its path changed, again");
+    PQclear(itest_exec_prepared(c, "path", 1, public));
+    expect_prepared_tag(c, w1, "INSERT 0 0", "the prepared INSERT, its path back");
+
+    /* Bound behind another request of a pipeline, the statement cannot be
+     * prepared again ahead of its Bind: it was, as soon as the session
+     * was known to have changed. */
+    PQclear(itest_exec_prepared(c, "path", 1, loose));
+    int64_t deadline = itest_now_ms() + 10000;
+    assert_int_equal(PQenterPipelineMode(c), 1);
+    assert_int_equal(PQsendQueryParams(c, "SELECT 1", 0, NULL, NULL, NULL, NULL, 0), 1);
+    assert_int_equal(PQsendQueryPrepared(c, "ins", 1, w1, NULL, NULL, 0), 1);
+    assert_int_equal(PQpipelineSync(c), 1);
+    PGresult *pr = itest_pipeline_result(c, deadline);
+    itest_assert_result_ok(pr, "SELECT 1 in the pipeline");
+    PQclear(pr);
+    itest_pipeline_end(c, deadline);
+    pr = itest_pipeline_result(c, deadline);
+    itest_assert_tag(pr, "INSERT 0 1", "the prepared INSERT behind it, its path changed");
+    PQclear(pr);
+    itest_pipeline_end(c, deadline);
+    pr = itest_pipeline_result(c, deadline);
+    assert_int_equal(PQresultStatus(pr), PGRES_PIPELINE_SYNC);
+    PQclear(pr);
+    assert_int_equal(PQexitPipelineMode(c), 1);
+    PQclear(itest_exec_prepared(c, "path", 1, public));
+    expect_prepared_tag(c, w1, "INSERT 0 0", "the prepared INSERT, its path back again");
+
+    /* A temporary table of the same name comes first on any path. */
+    itest_exec_ok(c, "CREATE TEMP TABLE idem_who (idempotency_key text, payload text)");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 1");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 1");
+    itest_exec_ok(c, "DROP TABLE idem_who");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
+
+    /* Another role: the DO UPDATE form for RETURNING was allowed for the
+     * login role (a superuser), not for this one. */
+    const char *returning = "INSERT INTO idem_who (idempotency_key, payload) "
+                            "VALUES ('w1', 'r') RETURNING payload";
+    itest_exec_ok(c, "SET ROLE " ITEST_SCRAM_USER);
+    itest_exec_sqlstate(c, returning, "23505");
+    itest_exec_ok(c, "RESET ROLE");
+    assert_string_equal(itest_query_text(c, returning, text, sizeof text), "x");
+
+    /* A path given at login (pgjdbc's currentSchema sends it so). */
+    PGconn *t = itest_connect_ok(p->port, "options='-csearch_path=idem_loose'");
+    itest_exec_tag(t, WHO_INSERT("w1"), "INSERT 0 1");
+    itest_exec_tag(t, WHO_INSERT("w1"), "INSERT 0 1");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
+
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM public.idem_who"), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_tenant.idem_who"), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_loose.idem_who"), 8);
+    assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
+    itest_pass();
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -1252,6 +1384,7 @@ int main(int argc, char **argv)
         ITEST(test_idem_index_dropped),
         ITEST(test_idem_catalog_interval),
         ITEST(test_idem_login_role_privileges),
+        ITEST(test_idem_session_identity),
     };
     return itest_main(argc, argv, "idemproxy idempotent inserts", tests,
                       sizeof tests / sizeof tests[0]);

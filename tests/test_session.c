@@ -79,7 +79,7 @@ static void check_portal_at(const struct session *s, const char *portal, const c
 
 /* Parse and Bind must succeed here: memory is plentiful. */
 #define PARSE(s, name, schema, table)                                          \
-    assert_true(session_parse((s), (name), (schema), (table), NULL, 0, 0))
+    assert_true(session_parse((s), (name), (schema), (table), false, NULL, 0, 0))
 #define BIND(s, portal, statement) assert_true(session_bind((s), (portal), (statement)))
 
 static void finish(void)
@@ -248,9 +248,9 @@ static void test_close_statement(void **state)
 static bool first_run(struct session *s, const char *portal)
 {
     const char *schema, *table;
-    bool first = false;
+    bool first = false, identity;
 
-    session_execute(s, portal, &schema, &table, &first);
+    session_execute(s, portal, &schema, &table, &first, &identity);
     return first;
 }
 
@@ -389,7 +389,7 @@ static void test_outdated(void **state)
     static const uint8_t body[] = "s\0INSERT INTO orders VALUES ($1)\0\0\0";
     size_t len = 0;
 
-    assert_true(session_parse(s, "s", "public", "orders", body, sizeof(body), 7));
+    assert_true(session_parse(s, "s", "public", "orders", false, body, sizeof(body), 7));
     assert_null(session_outdated(s, "s", 7, &len));
     const uint8_t *kept = session_outdated(s, "s", 9, &len);
     assert_non_null(kept);
@@ -408,13 +408,57 @@ static void test_outdated(void **state)
     /* Closed, or redefined as something else: the Parse goes too. */
     session_close(s, 'S', "s");
     assert_null(session_outdated(s, "s", 11, &len));
-    assert_true(session_parse(s, "s", "public", "orders", body, sizeof(body), 7));
+    assert_true(session_parse(s, "s", "public", "orders", false, body, sizeof(body), 7));
     PARSE(s, "s", NULL, NULL);
     assert_null(session_outdated(s, "s", 11, &len));
     /* A kept Parse replaces an entry that said the same without one. */
     PARSE(s, "u", "public", "orders");
-    assert_true(session_parse(s, "u", "public", "orders", body, sizeof(body), 7));
+    assert_true(session_parse(s, "u", "public", "orders", false, body, sizeof(body), 7));
     assert_non_null(session_outdated(s, "u", 8, &len));
+    finish();
+}
+
+/* Whether an Execute of portal runs a statement that may change the
+ * session's identity. */
+static bool executes_identity_change(struct session *s, const char *portal)
+{
+    const char *schema, *table;
+    bool first, identity = true;
+
+    session_execute(s, portal, &schema, &table, &first, &identity);
+    return identity;
+}
+
+/* A statement that may change the session's identity is kept although it
+ * inserts into no registered table, and each Execute of a portal bound to
+ * it says so; it never reads as an INSERT. Redefined, closed or unknown,
+ * it says nothing. */
+static void test_identity_statements(void **state)
+{
+    struct session *s = *state;
+
+    assert_true(session_parse(s, "set", NULL, NULL, true, NULL, 0, 0));
+    BIND(s, "p", "set");
+    check_none(s, "p");
+    assert_true(executes_identity_change(s, "p"));
+    assert_true(executes_identity_change(s, "p"));
+    assert_false(executes_identity_change(s, "nope"));
+    /* An INSERT that may change it too (a set_config in its VALUES). */
+    assert_true(session_parse(s, "", "public", "orders", true, NULL, 0, 0));
+    BIND(s, "", "");
+    check_portal(s, "", "public", "orders");
+    assert_true(executes_identity_change(s, ""));
+    /* The same name parsed again as something harmless. */
+    PARSE(s, "set", NULL, NULL);
+    BIND(s, "p", "set");
+    assert_false(executes_identity_change(s, "p"));
+    assert_true(session_parse(s, "set", NULL, NULL, true, NULL, 0, 0));
+    BIND(s, "q", "set");
+    session_close(s, 'P', "q");
+    assert_false(executes_identity_change(s, "q"));
+    assert_false(session_empty(s));
+    session_clear(s);
+    assert_true(session_empty(s));
     finish();
 }
 
@@ -640,6 +684,7 @@ int main(void)
         T(test_bind_unknown_statement),
         T(test_clear),
         T(test_outdated),
+        T(test_identity_statements),
         cmocka_unit_test(test_free_and_reuse),
         T(test_many_names),
         T(test_odd_names),
