@@ -118,14 +118,14 @@ struct statement {
                                           statement), or NULL */
     int table;            /* that INSERT's scope table, or -1 */
     bool replaced;        /* the text was rewritten */
-    bool changes_identity; /* rewrite_changes_identity */
+    bool changes_identity; /* REWRITE_CHANGES_IDENTITY */
 };
 
 /* SQL that may drop or redefine prepared statements (DEALLOCATE, DISCARD,
  * PREPARE) leaves nothing the proxy knew of them true. */
-static void forget_if_redefined(struct conn *c, const char *text, size_t len)
+static void forget_if_redefined(struct conn *c, unsigned effects)
 {
-    if (rewrite_redefines_statements(text, len)) {
+    if (effects & REWRITE_REDEFINES_STATEMENTS) {
         session_clear(&c->session);
         stmtcache_forget_all(&c->stmts);
     }
@@ -146,7 +146,8 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
     if (!pg_statement_text(type, st->body, st->len, &st->at, &st->text_len))
         return; /* malformed: the server will say so */
     const char *text = (const char *)st->body + st->at;
-    st->changes_identity = rewrite_changes_identity(text, st->text_len);
+    unsigned effects = rewrite_effects(text, st->text_len);
+    st->changes_identity = effects & REWRITE_CHANGES_IDENTITY;
     if (st->changes_identity && type == 'Q')
         unsettle_identity(c);
     st->d = decide_statement(c, type == 'P', text, st->text_len);
@@ -157,8 +158,7 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
         }
     }
     st->replaced = st->d && st->d->result.text;
-    if (st->text_len)
-        forget_if_redefined(c, text, st->text_len);
+    forget_if_redefined(c, effects);
 }
 
 /* Writes the message with the rewritten text in place of the original's
@@ -1068,7 +1068,7 @@ static enum taken take_unrewritten(struct conn *c, const uint8_t *msg, size_t to
         const uint8_t *text = name ? body + at : NULL;
         const uint8_t *end = text ? memchr(text, '\0', len - at) : NULL;
         if (end)
-            forget_if_redefined(c, (const char *)text, (size_t)(end - text));
+            forget_if_redefined(c, rewrite_effects((const char *)text, (size_t)(end - text)));
         if (name && name[0] == '\0' && !unnamed_redefined(c, &note)) {
             fail_oom(c);
             return TAKEN_CLOSED;

@@ -590,64 +590,19 @@ static bool word_at(const char *text, size_t len, size_t i, const char *word)
     return true;
 }
 
-/* Whether test(text, len, i) holds at some i where a statement of text may
- * begin: at the start of the text or after a ';', whitespace and comments
- * skipped. A ';' inside a string or a comment only adds a place to look;
- * what follows it may look like a comment that is none, so the next ';' is
- * looked for from the last, never from where the skipping ended. */
-static bool any_statement_start(const char *text, size_t len,
-                                bool (*test)(const char *text, size_t len, size_t i))
+/* word (lower case) at text[i], case aside, and not the start of a longer
+ * name. */
+static bool keyword_at(const char *text, size_t len, size_t i, const char *word)
 {
-    for (size_t start = 0;;) {
-        size_t i = skip_blank(text, len, start);
-        if (i < len && test(text, len, i))
-            return true;
-        const char *semi = start < len ? memchr(text + start, ';', len - start) : NULL;
-        if (!semi)
-            return false;
-        start = (size_t)(semi - text) + 1;
-    }
-}
+    size_t n = strlen(word);
 
-static bool begins_redefinition(const char *text, size_t len, size_t i)
-{
-    return word_at(text, len, i, "prepare") || word_at(text, len, i, "deallocate") ||
-           word_at(text, len, i, "discard");
-}
-
-/* Whether a statement of text may begin with PREPARE, DEALLOCATE or
- * DISCARD, which stand only at the start of a statement. */
-static bool may_redefine(const char *text, size_t len)
-{
-    return any_statement_start(text, len, begins_redefinition);
-}
-
-bool rewrite_redefines_statements(const char *text, size_t len)
-{
-    if (!may_redefine(text, len))
+    if (!word_at(text, len, i, word))
         return false;
-    PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
-    PgQuery__ParseResult *tree = raw.error ? NULL
-                                           : pg_query__parse_result__unpack(
-                                                 NULL, raw.parse_tree.len,
-                                                 (const uint8_t *)raw.parse_tree.data);
-    /* What the parser cannot read may still run on the server. */
-    bool found = tree == NULL;
-    for (size_t i = 0; tree && i < tree->n_stmts && !found; i++) {
-        switch (tree->stmts[i]->stmt->node_case) {
-        case PG_QUERY__NODE__NODE_PREPARE_STMT:
-        case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
-        case PG_QUERY__NODE__NODE_DISCARD_STMT:
-            found = true;
-            break;
-        default:
-            break;
-        }
-    }
-    if (tree)
-        pg_query__parse_result__free_unpacked(tree, NULL);
-    pg_query_free_protobuf_parse_result(raw);
-    return found;
+    if (i + n == len)
+        return true;
+    unsigned char next = (unsigned char)text[i + n];
+    return !(next >= 0x80 || next == '_' || next == '$' || (next >= '0' && next <= '9') ||
+             (fold(next) >= 'a' && fold(next) <= 'z'));
 }
 
 /* The word at text[i], whitespace and comments skipped first: a name,
@@ -677,41 +632,131 @@ static size_t read_word(const char *text, size_t len, size_t i, char *buf, size_
     return i < len ? i + quoted : len;
 }
 
-static bool word_among(const char *word, const char *const *list, size_t n)
+/* After SET or RESET (at text[i]): whether what it sets decides where a
+ * name leads or as whom the session runs: search_path (SET SCHEMA is its
+ * other spelling), ROLE, SESSION AUTHORIZATION, and RESET ALL, with the
+ * scope word SESSION or LOCAL allowed first. */
+static unsigned sets_identity(const char *text, size_t len, size_t i)
 {
-    for (size_t k = 0; k < n; k++)
-        if (strcmp(word, list[k]) == 0)
-            return true;
-    return false;
-}
-
-/* A statement that may change where names lead or as whom the session
- * runs. SET and RESET only of what decides that: search_path (SET SCHEMA
- * is its other spelling), ROLE, SESSION AUTHORIZATION, and RESET ALL,
- * with the scope word SESSION or LOCAL allowed first. */
-static bool begins_identity_change(const char *text, size_t len, size_t i)
-{
-    static const char *const statements[] = { "discard", "create", "drop", "alter",
-                                              "do", "call", "execute", "import" };
     static const char *const settings[] = { "search_path", "schema", "role", "session",
                                             "authorization", "all" };
     char word[16];
 
     i = read_word(text, len, i, word, sizeof(word));
-    if (word_among(word, statements, sizeof(statements) / sizeof(statements[0])))
-        return true;
-    if (strcmp(word, "set") != 0 && strcmp(word, "reset") != 0)
-        return false;
-    i = read_word(text, len, i, word, sizeof(word));
     if (strcmp(word, "session") == 0 || strcmp(word, "local") == 0)
         read_word(text, len, i, word, sizeof(word));
-    return word_among(word, settings, sizeof(settings) / sizeof(settings[0]));
+    for (size_t k = 0; k < sizeof(settings) / sizeof(settings[0]); k++)
+        if (strcmp(word, settings[k]) == 0)
+            return REWRITE_CHANGES_IDENTITY;
+    return 0;
 }
 
-bool rewrite_changes_identity(const char *text, size_t len)
+/* What the statement beginning at text[i] may do (enum rewrite_effect),
+ * told by its first letter first, since every Query and Parse of a
+ * session with registered tables comes here. */
+static unsigned statement_effects(const char *text, size_t len, size_t i)
 {
-    return contains_folded(text, len, "set_config", 10) ||
-           any_statement_start(text, len, begins_identity_change);
+    const unsigned identity = REWRITE_CHANGES_IDENTITY;
+
+    switch (fold((unsigned char)text[i])) {
+    case 'a':
+        return keyword_at(text, len, i, "alter") ? identity : 0;
+    case 'c':
+        return keyword_at(text, len, i, "create") || keyword_at(text, len, i, "call") ? identity
+                                                                                      : 0;
+    case 'd':
+        if (keyword_at(text, len, i, "deallocate"))
+            return REWRITE_REDEFINES_STATEMENTS;
+        if (keyword_at(text, len, i, "discard"))
+            return REWRITE_REDEFINES_STATEMENTS | identity;
+        return keyword_at(text, len, i, "drop") || keyword_at(text, len, i, "do") ? identity : 0;
+    case 'e':
+        return keyword_at(text, len, i, "execute") ? identity : 0;
+    case 'i':
+        return keyword_at(text, len, i, "import") ? identity : 0;
+    case 'p':
+        return keyword_at(text, len, i, "prepare") ? REWRITE_REDEFINES_STATEMENTS : 0;
+    case 'r':
+        return keyword_at(text, len, i, "reset") ? sets_identity(text, len, i + 5) : 0;
+    case 's':
+        return keyword_at(text, len, i, "set") ? sets_identity(text, len, i + 3) : 0;
+    default:
+        return 0;
+    }
+}
+
+/* The effects of every place a statement of text may begin: the start of
+ * the text, and after each ';', whitespace and comments skipped. A ';'
+ * inside a string or a comment only adds a place to look; what follows it
+ * may look like a comment that is none, so the next ';' is looked for
+ * from the last, never from where the skipping ended. */
+static unsigned statement_starts_effects(const char *text, size_t len)
+{
+    const unsigned all = REWRITE_REDEFINES_STATEMENTS | REWRITE_CHANGES_IDENTITY;
+    unsigned effects = 0;
+
+    for (size_t start = 0; effects != all;) {
+        size_t i = skip_blank(text, len, start);
+        if (i < len)
+            effects |= statement_effects(text, len, i);
+        const char *semi = start < len ? memchr(text + start, ';', len - start) : NULL;
+        if (!semi)
+            break;
+        start = (size_t)(semi - text) + 1;
+    }
+    return effects;
+}
+
+/* Whether text calls set_config: found by its '_', which has no case and
+ * is rarer in SQL than an 's'. */
+static bool mentions_set_config(const char *text, size_t len)
+{
+    const char *end = text + len;
+
+    if (len < 10)
+        return false;
+    for (const char *p = text + 3; p < end && (p = memchr(p, '_', (size_t)(end - p))); p++)
+        if (word_at(text, len, (size_t)(p - text) - 3, "set_config"))
+            return true;
+    return false;
+}
+
+/* Whether the parser finds PREPARE, DEALLOCATE or DISCARD among the
+ * statements of text; what it cannot read may still run on the server. */
+static bool parser_finds_redefinition(const char *text)
+{
+    PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
+    PgQuery__ParseResult *tree = raw.error ? NULL
+                                           : pg_query__parse_result__unpack(
+                                                 NULL, raw.parse_tree.len,
+                                                 (const uint8_t *)raw.parse_tree.data);
+    bool found = tree == NULL;
+    for (size_t i = 0; tree && i < tree->n_stmts && !found; i++) {
+        switch (tree->stmts[i]->stmt->node_case) {
+        case PG_QUERY__NODE__NODE_PREPARE_STMT:
+        case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+        case PG_QUERY__NODE__NODE_DISCARD_STMT:
+            found = true;
+            break;
+        default:
+            break;
+        }
+    }
+    if (tree)
+        pg_query__parse_result__free_unpacked(tree, NULL);
+    pg_query_free_protobuf_parse_result(raw);
+    return found;
+}
+
+unsigned rewrite_effects(const char *text, size_t len)
+{
+    unsigned effects = statement_starts_effects(text, len);
+
+    if (mentions_set_config(text, len))
+        effects |= REWRITE_CHANGES_IDENTITY;
+    if ((effects & REWRITE_REDEFINES_STATEMENTS) && !parser_finds_redefinition(text))
+        effects &= ~(unsigned)REWRITE_REDEFINES_STATEMENTS;
+    return effects;
 }
 
 /* ---- sessions ---------------------------------------------------------- */

@@ -101,21 +101,27 @@ void rewrite_result_free(struct rewrite_result *r);
  * positives are fine, false negatives are not. */
 bool rewrite_prefilter(const struct rewrite_rules *rules, const char *text, size_t len);
 
-/* True when text may define, drop or redefine prepared statements
- * (PREPARE, DEALLOCATE, DISCARD), as PostgreSQL's parser reads it; also
- * when the parser cannot read a text in which a statement begins with one
- * of them. Only such a text reaches the parser. */
-bool rewrite_redefines_statements(const char *text, size_t len);
+/* What a text may do to the session beyond its own statements. */
+enum rewrite_effect {
+    /* It may define, drop or redefine prepared statements (PREPARE,
+     * DEALLOCATE, DISCARD), as PostgreSQL's parser reads it; also when the
+     * parser cannot read a text in which a statement begins with one of
+     * them. Only such a text reaches the parser. */
+    REWRITE_REDEFINES_STATEMENTS = 1,
+    /* It may change which table a name without a schema means, or as whom
+     * the session runs: a statement that begins with SET or RESET of
+     * search_path (or SCHEMA), ROLE or SESSION AUTHORIZATION, RESET ALL, or
+     * with DISCARD, CREATE, DROP or ALTER (a temporary table shadows a
+     * name), DO, CALL, EXECUTE or IMPORT (they run what cannot be read
+     * here); or a call of set_config anywhere. A false positive costs the
+     * proxy one question to the server; what a function changes when it
+     * is called from a statement the proxy cannot see into goes unseen. */
+    REWRITE_CHANGES_IDENTITY = 2,
+};
 
-/* True when text may change which table a name without a schema means,
- * or as whom the session runs: a statement that begins with SET or RESET of
- * search_path (or SCHEMA), ROLE or SESSION AUTHORIZATION, RESET ALL, or
- * with DISCARD, CREATE, DROP or ALTER (a temporary table shadows a name),
- * DO, CALL, EXECUTE or IMPORT (they run what cannot be read here); or a
- * call of set_config anywhere. A false positive costs the proxy one
- * question to the server; what a function changes when it is called
- * from a statement the proxy cannot see into goes unseen. */
-bool rewrite_changes_identity(const char *text, size_t len);
+/* The effects (enum rewrite_effect) of text, len bytes with text[len] a
+ * NUL, found where its statements begin, in one pass. */
+unsigned rewrite_effects(const char *text, size_t len);
 
 /* Whether c is whitespace between SQL tokens. */
 static inline bool rewrite_is_space(char c)

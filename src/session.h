@@ -12,7 +12,7 @@
  * A named statement's Parse is kept too when asked, so that the statement
  * can be prepared again once the rewrite its text got no longer applies.
  * A statement whose text may change where the session's names lead or as
- * whom it runs (rewrite_changes_identity) is kept too, so that each
+ * whom it runs (REWRITE_CHANGES_IDENTITY) is kept too, so that each
  * execution of it can be noticed.
  *
  * Pure bookkeeping: no I/O.

@@ -263,7 +263,7 @@ static void check_redefines(const char *text, size_t len)
         if (kind == PG_QUERY__NODE__NODE_PREPARE_STMT ||
             kind == PG_QUERY__NODE__NODE_DEALLOCATE_STMT ||
             kind == PG_QUERY__NODE__NODE_DISCARD_STMT)
-            check(rewrite_redefines_statements(text, len));
+            check(rewrite_effects(text, len) & REWRITE_REDEFINES_STATEMENTS);
     }
     if (tree)
         pg_query__parse_result__free_unpacked(tree, NULL);
@@ -297,7 +297,7 @@ static bool changes_identity_per_parser(const PgQuery__Node *stmt)
 
 static void check_identity(const char *text, size_t len)
 {
-    if (rewrite_changes_identity(text, len))
+    if (rewrite_effects(text, len) & REWRITE_CHANGES_IDENTITY)
         return;
     PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
     PgQuery__ParseResult *tree =
