@@ -246,6 +246,29 @@ static void check_params(const char *text, size_t len, const struct rewrite_resu
     shape_free(&sh);
 }
 
+/* libpg_query's reading of a text: tree is NULL when it cannot parse it. */
+struct tree {
+    PgQueryProtobufParseResult raw;
+    PgQuery__ParseResult *tree;
+};
+
+static struct tree tree_of(const char *text)
+{
+    struct tree t = { .raw = pg_query_parse_protobuf(text) };
+
+    if (!t.raw.error)
+        t.tree = pg_query__parse_result__unpack(NULL, t.raw.parse_tree.len,
+                                                (const uint8_t *)t.raw.parse_tree.data);
+    return t;
+}
+
+static void tree_free(struct tree *t)
+{
+    if (t->tree)
+        pg_query__parse_result__free_unpacked(t->tree, NULL);
+    pg_query_free_protobuf_parse_result(t->raw);
+}
+
 /* What only looks where statements begin misses no statement the parser
  * reads as PREPARE, DEALLOCATE or DISCARD. */
 static void check_redefines(const char *text, size_t len)
@@ -253,21 +276,15 @@ static void check_redefines(const char *text, size_t len)
     if (!strcasestr(text, "prepare") && !strcasestr(text, "deallocate") &&
         !strcasestr(text, "discard"))
         return;
-    PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
-    PgQuery__ParseResult *tree =
-        raw.error ? NULL
-                  : pg_query__parse_result__unpack(NULL, raw.parse_tree.len,
-                                                   (const uint8_t *)raw.parse_tree.data);
-    for (size_t i = 0; tree && i < tree->n_stmts; i++) {
-        PgQuery__Node__NodeCase kind = tree->stmts[i]->stmt->node_case;
+    struct tree t = tree_of(text);
+    for (size_t i = 0; t.tree && i < t.tree->n_stmts; i++) {
+        PgQuery__Node__NodeCase kind = t.tree->stmts[i]->stmt->node_case;
         if (kind == PG_QUERY__NODE__NODE_PREPARE_STMT ||
             kind == PG_QUERY__NODE__NODE_DEALLOCATE_STMT ||
             kind == PG_QUERY__NODE__NODE_DISCARD_STMT)
             check(rewrite_effects(text, len) & REWRITE_REDEFINES_STATEMENTS);
     }
-    if (tree)
-        pg_query__parse_result__free_unpacked(tree, NULL);
-    pg_query_free_protobuf_parse_result(raw);
+    tree_free(&t);
 }
 
 /* What may change where a session's names lead or as whom it runs, as the
@@ -299,16 +316,10 @@ static void check_identity(const char *text, size_t len)
 {
     if (rewrite_effects(text, len) & REWRITE_CHANGES_IDENTITY)
         return;
-    PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
-    PgQuery__ParseResult *tree =
-        raw.error ? NULL
-                  : pg_query__parse_result__unpack(NULL, raw.parse_tree.len,
-                                                   (const uint8_t *)raw.parse_tree.data);
-    for (size_t i = 0; tree && i < tree->n_stmts; i++)
-        check(!changes_identity_per_parser(tree->stmts[i]->stmt));
-    if (tree)
-        pg_query__parse_result__free_unpacked(tree, NULL);
-    pg_query_free_protobuf_parse_result(raw);
+    struct tree t = tree_of(text);
+    for (size_t i = 0; t.tree && i < t.tree->n_stmts; i++)
+        check(!changes_identity_per_parser(t.tree->stmts[i]->stmt));
+    tree_free(&t);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
