@@ -521,13 +521,48 @@ void learn_catalog(struct conn *c)
         conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
 }
 
+bool identity_known(struct conn *c, bool fits, uint64_t answered)
+{
+    bool strayed = c->identity_strayed;
+
+    if (c->identity == IDENTITY_ASKING && c->identity_at_login)
+        scope_keep_login_identity(c->scope, c->startup, c->startup_len, fits, answered);
+    c->identity = IDENTITY_KNOWN;
+    c->identity_fits = fits;
+    c->identity_version = scope_version(c->scope);
+    c->identity_ns = answered;
+    c->identity_strayed = !fits;
+    if (c->identity_strayed && !strayed)
+        conn_log(LOG_INFO, c, "this session runs as another role than its login's, or its "
+                 "table names lead elsewhere (search_path, a temporary table): its INSERTs "
+                 "pass unchanged");
+    else if (!c->identity_strayed && strayed)
+        conn_log(LOG_INFO, c, "this session's role and table names are as checked again: "
+                 "its INSERTs are rewritten");
+    /* The session is idle: what it prepared under the other answer is
+     * brought in line before the client's next message, which a later
+     * Bind could only do with nothing outstanding. */
+    return reprepare_all(c);
+}
+
 void learn_identity(struct conn *c)
 {
     const char *sql[] = { IDENTITY_SETTINGS_SQL, scope_identity_query(c->scope) };
     const size_t n = sizeof(sql) / sizeof(sql[0]);
+    uint64_t answered;
+    bool fits;
     size_t len;
-    uint8_t *run = build_standalone(sql, n, &len);
 
+    /* Right after its login, before the client said anything, the session
+     * is as every session of the same login: one of them may have asked. */
+    c->identity_at_login = c->identity_ns == 0 && !c->spoke;
+    if (c->identity_at_login &&
+        scope_login_identity(c->scope, c->startup, c->startup_len, &fits, &answered)) {
+        if (!identity_known(c, fits, answered))
+            fail_oom(c);
+        return;
+    }
+    uint8_t *run = build_standalone(sql, n, &len);
     c->identity_fits = false;
     if (!run) {
         /* Nothing is rewritten in this session until it is asked again. */

@@ -168,6 +168,9 @@ struct conn {
     enum identity identity;
     bool identity_fits;         /* the answer fit the scope's verdicts */
     bool identity_strayed;      /* the last answer did not (said in the log) */
+    bool identity_at_login;     /* the question was asked before the client
+                                   said anything: its answer holds for the
+                                   next login alike (scope_login_identity) */
     uint64_t identity_version;  /* the scope's version it was learnt under */
     uint64_t identity_ns;       /* when it was learnt */
 
@@ -392,8 +395,14 @@ void learn_catalog(struct conn *c);
 bool reprepare_all(struct conn *c);
 /* Asks the server about the session's identity (scope_identity_query);
  * client input waits until the answer is in. Only where learn_catalog may
- * run: idle, outside a transaction block. */
+ * run: idle, outside a transaction block. Right after login, what the
+ * question answered for the same login before is taken instead. */
 void learn_identity(struct conn *c);
+/* The answer about the session's identity is in: fits the scope's verdicts
+ * or not, answered at that time. A change either way is said once, at
+ * info: it is the session's doing, not a fault. False when out of memory
+ * (the pair is then to be failed). */
+bool identity_known(struct conn *c, bool fits, uint64_t answered);
 /* A Query, a Parse or a Close of the unnamed statement goes to the server:
  * it is no longer what the proxy kept of it. When the server may yet skip
  * the message (see displaced_unnamed), *note (made when NULL) is marked to

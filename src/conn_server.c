@@ -495,30 +495,6 @@ static void catalog_arrived(struct conn *c)
     c->resume_client = true;
 }
 
-/* The answer about the session's identity is in. A change either way is
- * said once, at info: it is the session's doing, not a fault. False when
- * out of memory. */
-static bool identity_arrived(struct conn *c)
-{
-    bool strayed = c->identity_strayed;
-
-    c->identity = IDENTITY_KNOWN;
-    c->identity_version = scope_version(c->scope);
-    c->identity_ns = now_ns();
-    c->identity_strayed = !c->identity_fits;
-    if (c->identity_strayed && !strayed)
-        conn_log(LOG_INFO, c, "this session runs as another role than its login's, or its "
-                 "table names lead elsewhere (search_path, a temporary table): its INSERTs "
-                 "pass unchanged");
-    else if (!c->identity_strayed && strayed)
-        conn_log(LOG_INFO, c, "this session's role and table names are as checked again: "
-                 "its INSERTs are rewritten");
-    /* The session is idle: what it prepared under the other answer is
-     * brought in line before the client's next message, which a later
-     * Bind could only do with nothing outstanding. */
-    return reprepare_all(c);
-}
-
 /* The guarded statement failed and is over: roll back to the savepoint,
  * after a translated 23505 to tell the client its INSERT changed nothing
  * (GUARD_ROLLBACK), after anything else to fail the block at the client's
@@ -568,6 +544,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
             c->identity_fits = scope_identity_fits(c->scope, body, len);
         if (type == 'E') {
             c->identity_fits = false;
+            c->identity_at_login = false; /* nothing for the next login */
             if (error)
                 conn_log(LOG_WARNING, c, "the question about the session's role and "
                          "search_path failed: %s %s; its INSERTs are not rewritten",
@@ -647,7 +624,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     track_reply(c, type, status);
     if (type == 'Z' && tag == INJECT_CATALOG && c->catalog)
         catalog_arrived(c);
-    if (type == 'Z' && tag == INJECT_IDENTITY && !identity_arrived(c)) {
+    if (type == 'Z' && tag == INJECT_IDENTITY && !identity_known(c, c->identity_fits, now_ns())) {
         fail_oom(c);
         return TAKEN_CLOSED;
     }

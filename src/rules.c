@@ -25,6 +25,20 @@
  * per error. */
 #define SCOPE_RECHECK_MIN_NS 1000000000u
 
+/* What the question about a session's identity answered right after a
+ * login with this StartupMessage (see scope_login_identity). */
+struct login_identity {
+    UT_hash_handle hh;
+    bool fits;
+    uint64_t version;   /* the scope's, when it was answered */
+    uint64_t answered;  /* when */
+    size_t len;
+    uint8_t startup[];  /* the key */
+};
+
+/* Logins with different StartupMessages kept per scope; past it, all go. */
+#define LOGIN_IDENTITY_MAX 64
+
 struct cache_entry {
     UT_hash_handle hh;
     struct decision *decision; /* in the key's coordinates when general */
@@ -49,6 +63,8 @@ struct scope {
     struct catalog partitions; /* only the partition map is kept */
     char *catalog_query;
     char *identity_query;
+    struct login_identity *logins; /* uthash, at most LOGIN_IDENTITY_MAX */
+    size_t nlogins;
     unsigned askers;           /* catalog queries out for this scope */
     uint64_t answered_ns;      /* when the last answer came (or failed); 0: never */
     uint64_t doubted_ns;       /* when scope_distrust last took effect; 0: never */
@@ -119,9 +135,21 @@ static void drop_cache(struct scope *s)
         cache_remove(s, e);
 }
 
+static void drop_logins(struct scope *s)
+{
+    struct login_identity *e, *tmp;
+
+    HASH_ITER(hh, s->logins, e, tmp) {
+        HASH_DELETE(hh, s->logins, e);
+        free(e);
+    }
+    s->nlogins = 0;
+}
+
 static void scope_free(struct scope *s)
 {
     drop_cache(s);
+    drop_logins(s);
     for (size_t i = 0; i < s->ntables && s->verdicts; i++)
         table_verdict_free(&s->verdicts[i]);
     catalog_free(&s->partitions);
@@ -277,6 +305,40 @@ bool scope_identity_fits(const struct scope *s, const uint8_t *row, size_t len)
         if (s->targets[i].unqualified_ok && flags[1 + i] != 't')
             return false;
     return true;
+}
+
+bool scope_login_identity(const struct scope *s, const uint8_t *startup, size_t len,
+                          bool *fits, uint64_t *answered)
+{
+    struct login_identity *e;
+
+    HASH_FIND(hh, s->logins, startup, len, e);
+    if (!e || e->version != s->version || e->answered < s->answered_ns)
+        return false;
+    *fits = e->fits;
+    *answered = e->answered;
+    return true;
+}
+
+void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t len, bool fits,
+                               uint64_t now_ns)
+{
+    struct login_identity *e;
+
+    HASH_FIND(hh, s->logins, startup, len, e);
+    if (!e) {
+        if (s->nlogins == LOGIN_IDENTITY_MAX)
+            drop_logins(s);
+        if (!(e = malloc(sizeof(*e) + len)))
+            return;
+        e->len = len;
+        memcpy(e->startup, startup, len);
+        HASH_ADD(hh, s->logins, startup, len, e);
+        s->nlogins++;
+    }
+    e->fits = fits;
+    e->version = s->version;
+    e->answered = now_ns;
 }
 
 /* Keeps in mine only what translating errors on partitions will need. */

@@ -79,6 +79,23 @@ const char *scope_identity_query(struct scope *s);
  * answer, or when the scope has not learnt its catalog. */
 bool scope_identity_fits(const struct scope *s, const uint8_t *row, size_t len);
 
+/* Sessions of s that logged in with the same StartupMessage (the same
+ * role, database and settings asked for) start with the same identity:
+ * the role and search_path the server gives that login. What the last
+ * question right after such a login answered (whether the identity fit
+ * the scope's verdicts) is kept, so that the next login need not ask: it
+ * holds as long as the verdicts do and the catalog was not asked again
+ * since (a table created in a schema of the path; ALTER ROLE ... SET).
+ * False when nothing current is kept; *answered says when it was. */
+bool scope_login_identity(const struct scope *s, const uint8_t *startup, size_t len,
+                          bool *fits, uint64_t *answered);
+
+/* Keeps an answer for scope_login_identity (at most 64 StartupMessages
+ * per scope; past that, the older ones go). Without memory, nothing is
+ * kept. */
+void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t len, bool fits,
+                               uint64_t now_ns);
+
 /* A connection sends the catalog query for s: others need not while the
  * answer is under way (scope_due). */
 void scope_asking(struct scope *s);

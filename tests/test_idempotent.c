@@ -1254,7 +1254,9 @@ static void test_idem_session_identity(void **state)
                       "GRANT USAGE ON SCHEMA idem_loose TO PUBLIC; "
                       "GRANT SELECT, INSERT ON idem_who TO " ITEST_SCRAM_USER "; "
                       "GRANT USAGE ON SEQUENCE idem_who_id_seq TO " ITEST_SCRAM_USER);
-    struct itest_proxy *p = start_checking("idem_who", 0);
+    struct itest_proxy *p = itest_proxy_start_with(
+        "debug", "workers = 1\ncatalog_check_interval = 0\n"
+                 "[table public.idem_who]\nconflict = idempotency_key\n");
     PGconn *c = itest_connect_ok(p->port, NULL);
     char text[64];
 
@@ -1351,9 +1353,19 @@ static void test_idem_session_identity(void **state)
     itest_exec_tag(t, WHO_INSERT("w1"), "INSERT 0 1");
     itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
 
+    /* The next logins like these two are answered without asking, each as
+     * its own kind. */
+    const char *asking = "asking the server about the session's role and search_path";
+    int asked = itest_proxy_log_count(p, asking);
+    PGconn *c2 = itest_connect_ok(p->port, NULL);
+    PGconn *t2 = itest_connect_ok(p->port, "options='-csearch_path=idem_loose'");
+    itest_exec_tag(c2, WHO_INSERT("w1"), "INSERT 0 0");
+    itest_exec_tag(t2, WHO_INSERT("w1"), "INSERT 0 1");
+    assert_int_equal(itest_proxy_log_count(p, asking), asked);
+
     assert_int_equal(itest_server_ll("SELECT count(*) FROM public.idem_who"), 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_tenant.idem_who"), 1);
-    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_loose.idem_who"), 8);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_loose.idem_who"), 9);
     assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
     itest_pass();
 }

@@ -244,6 +244,54 @@ static void test_scope_identity_fits(void **state)
     ruleset_unref(rs);
 }
 
+/* What a question right after a login answered serves the next login
+ * with the same StartupMessage, until the verdicts change or the catalog
+ * is asked again; another StartupMessage asks for itself. */
+static void test_scope_login_identity(void **state)
+{
+    (void)state;
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG), NULL);
+    struct scope *s = ruleset_scope(rs, "app", "alice");
+    static const uint8_t login[] = "user\0alice\0database\0app\0\0";
+    static const uint8_t other[] = "user\0alice\0database\0app\0options\0-c x\0\0";
+    struct catalog cat;
+    uint64_t answered = 0;
+    bool fits = false;
+
+    app_catalog(&cat);
+    assert_true(scope_learn(s, &cat, SEC));
+    assert_false(scope_login_identity(s, login, sizeof(login), &fits, &answered));
+    scope_keep_login_identity(s, login, sizeof(login), true, 2 * SEC);
+    assert_true(scope_login_identity(s, login, sizeof(login), &fits, &answered));
+    assert_true(fits);
+    assert_int_equal(answered, 2 * SEC);
+    assert_false(scope_login_identity(s, other, sizeof(other), &fits, &answered));
+    assert_false(scope_login_identity(s, login, sizeof(login) - 1, &fits, &answered));
+    scope_keep_login_identity(s, other, sizeof(other), false, 2 * SEC);
+    assert_true(scope_login_identity(s, other, sizeof(other), &fits, &answered));
+    assert_false(fits);
+
+    /* The catalog asked again, same answer: not current any more. */
+    assert_true(scope_learn(s, &cat, 3 * SEC));
+    assert_false(scope_login_identity(s, login, sizeof(login), &fits, &answered));
+    scope_keep_login_identity(s, login, sizeof(login), true, 4 * SEC);
+    assert_true(scope_login_identity(s, login, sizeof(login), &fits, &answered));
+    /* A doubt changes the verdicts' version. */
+    assert_true(scope_distrust(s, 5 * SEC));
+    assert_false(scope_login_identity(s, login, sizeof(login), &fits, &answered));
+
+    /* Many StartupMessages: the kept ones stay bounded, the latest is there. */
+    assert_true(scope_learn(s, &cat, 6 * SEC));
+    uint8_t many[32];
+    for (int i = 0; i < 200; i++) {
+        int n = snprintf((char *)many, sizeof(many), "application_name=%d", i);
+        scope_keep_login_identity(s, many, (size_t)n, true, 7 * SEC);
+    }
+    assert_true(scope_login_identity(s, many, strlen((char *)many), &fits, &answered));
+    catalog_free(&cat);
+    ruleset_unref(rs);
+}
+
 static void test_scope_tables_by_database(void **state)
 {
     (void)state;
@@ -895,6 +943,7 @@ int main(void)
         cmocka_unit_test(test_ruleset_without_tables),
         cmocka_unit_test(test_scope_identity),
         cmocka_unit_test(test_scope_identity_fits),
+        cmocka_unit_test(test_scope_login_identity),
         cmocka_unit_test(test_scope_tables_by_database),
         cmocka_unit_test(test_scope_learn),
         cmocka_unit_test(test_scope_due),
