@@ -176,6 +176,8 @@ char *catalog_identity_query(const struct table_rule *const *rules, size_t n, co
         put_regclass_literal(f, rules[i]->schema, rules[i]->name);
         fputs(") THEN 't' ELSE 'f' END", f);
     }
+    fputs(",\n  current_user::pg_catalog.text OPERATOR(pg_catalog.||) ' ' "
+          "OPERATOR(pg_catalog.||) pg_catalog.current_schemas(true)::pg_catalog.text", f);
     if (fclose(f) != 0) {
         free(sql);
         return NULL;
@@ -183,15 +185,23 @@ char *catalog_identity_query(const struct table_rule *const *rules, size_t n, co
     return sql;
 }
 
-const char *catalog_identity_flags(const uint8_t *body, size_t len, size_t n)
+bool catalog_identity_answer(const uint8_t *body, size_t len, size_t n, const char **flags,
+                             const char **signature, size_t *signature_len)
 {
-    if (len < 6 || ((body[0] << 8) | body[1]) != 1 || pg_get_u32(body + 2) != n + 1 ||
-        len != 6 + n + 1)
-        return NULL;
+    if (len < 2 + 4 + n + 1 + 4 || ((body[0] << 8) | body[1]) != 2 ||
+        pg_get_u32(body + 2) != n + 1)
+        return false;
     for (size_t i = 0; i <= n; i++)
         if (body[6 + i] != 't' && body[6 + i] != 'f')
-            return NULL;
-    return (const char *)body + 6;
+            return false;
+    size_t at = 6 + n + 1;
+    uint32_t sig = pg_get_u32(body + at);
+    if (sig == UINT32_MAX || sig != len - at - 4)
+        return false;
+    *flags = (const char *)body + 6;
+    *signature = (const char *)body + at + 4;
+    *signature_len = sig;
+    return true;
 }
 
 /* ---- the answer -------------------------------------------------------- */

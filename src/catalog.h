@@ -93,16 +93,22 @@ char *catalog_query(const struct table_rule *const *rules, size_t n);
  * it: whether it runs as user (current_user and session_user), and for
  * each of rules[0..n) whether the rule's name without a schema means the
  * rule's table there, under the session's own search_path (temporary
- * tables included). Unlike the catalog query it runs under that path,
- * which is the point: every function and operator in it is named with its
- * schema, so that none of the session's schemas can stand in for them.
- * Its answer is one row of one text column (catalog_identity_flags).
- * Returns a malloc'ed string, or NULL when out of memory. */
+ * tables included); and what PostgreSQL looks names up by again before it
+ * runs a prepared statement (its role, and the schemas it searches:
+ * current_schemas(true), the temporary schema once there is one). Unlike
+ * the catalog query it runs under that path, which is the point: every
+ * function and operator in it is named with its schema, so that none of
+ * the session's schemas can stand in for them. Its answer is one row
+ * (catalog_identity_answer). Returns a malloc'ed string, or NULL when out
+ * of memory. */
 char *catalog_identity_query(const struct table_rule *const *rules, size_t n, const char *user);
 
-/* The answer's DataRow body for n rules: n + 1 characters, 't' or 'f',
- * first for the role, then one per rule in order. NULL when malformed. */
-const char *catalog_identity_flags(const uint8_t *body, size_t len, size_t n);
+/* Reads the answer's DataRow body for n rules: *flags, n + 1 characters,
+ * 't' or 'f', first for the role, then one per rule in order; *signature
+ * (*signature_len bytes), the role and the schemas searched. False when
+ * malformed. */
+bool catalog_identity_answer(const uint8_t *body, size_t len, size_t n, const char **flags,
+                             const char **signature, size_t *signature_len);
 
 void catalog_init(struct catalog *cat);
 void catalog_free(struct catalog *cat);

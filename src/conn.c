@@ -230,6 +230,8 @@ static void free_pair(struct conn *c)
     if (c->resolving)
         evdns_getaddrinfo_cancel(c->resolving);
     free(c->startup);
+    free(c->identity_signature);
+    free(c->identity_heard);
     if (c->login_timer)
         event_free(c->login_timer);
     if (c->counted)

@@ -521,12 +521,23 @@ void learn_catalog(struct conn *c)
         conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
 }
 
-bool identity_known(struct conn *c, bool fits, uint64_t answered)
+bool identity_known(struct conn *c, bool fits, char *signature, size_t signature_len,
+                    uint64_t answered)
 {
     bool strayed = c->identity_strayed;
 
-    if (c->identity == IDENTITY_ASKING && c->identity_at_login)
-        scope_keep_login_identity(c->scope, c->startup, c->startup_len, fits, answered);
+    if (c->identity == IDENTITY_ASKING && c->identity_at_login && signature) {
+        struct identity_answer answer = { fits, signature, signature_len };
+        scope_keep_login_identity(c->scope, c->startup, c->startup_len, &answer, answered);
+    }
+    /* The server will look the names of what the session prepared up
+     * anew: the rules' version for its statements moves on. */
+    if (!signature || !c->identity_signature || signature_len != c->identity_signature_len ||
+        memcmp(signature, c->identity_signature, signature_len) != 0)
+        c->rules_epoch++;
+    free(c->identity_signature);
+    c->identity_signature = signature;
+    c->identity_signature_len = signature_len;
     c->identity = IDENTITY_KNOWN;
     c->identity_fits = fits;
     c->identity_version = scope_version(c->scope);
@@ -549,16 +560,20 @@ void learn_identity(struct conn *c)
 {
     const char *sql[] = { IDENTITY_SETTINGS_SQL, scope_identity_query(c->scope) };
     const size_t n = sizeof(sql) / sizeof(sql[0]);
+    struct identity_answer kept;
     uint64_t answered;
-    bool fits;
     size_t len;
 
     /* Right after its login, before the client said anything, the session
      * is as every session of the same login: one of them may have asked. */
     c->identity_at_login = c->identity_ns == 0 && !c->spoke;
     if (c->identity_at_login &&
-        scope_login_identity(c->scope, c->startup, c->startup_len, &fits, &answered)) {
-        if (!identity_known(c, fits, answered))
+        scope_login_identity(c->scope, c->startup, c->startup_len, &kept, &answered)) {
+        char *signature = malloc(kept.signature_len + 1);
+        if (signature)
+            memcpy(signature, kept.signature, kept.signature_len + 1);
+        if (!identity_known(c, kept.fits && signature, signature,
+                            signature ? kept.signature_len : 0, answered))
             fail_oom(c);
         return;
     }

@@ -171,6 +171,13 @@ struct conn {
     bool identity_at_login;     /* the question was asked before the client
                                    said anything: its answer holds for the
                                    next login alike (scope_login_identity) */
+    char *identity_signature;   /* what the server looks names up by again
+                                   (struct identity_answer); NULL: unknown */
+    size_t identity_signature_len;
+    char *identity_heard;       /* ... as the answer under way says it */
+    size_t identity_heard_len;
+    uint64_t rules_epoch;       /* see rules_version */
+    uint64_t epoch_scope_version;
     uint64_t identity_version;  /* the scope's version it was learnt under */
     uint64_t identity_ns;       /* when it was learnt */
 
@@ -398,11 +405,13 @@ bool reprepare_all(struct conn *c);
  * run: idle, outside a transaction block. Right after login, what the
  * question answered for the same login before is taken instead. */
 void learn_identity(struct conn *c);
-/* The answer about the session's identity is in: fits the scope's verdicts
- * or not, answered at that time. A change either way is said once, at
- * info: it is the session's doing, not a fault. False when out of memory
- * (the pair is then to be failed). */
-bool identity_known(struct conn *c, bool fits, uint64_t answered);
+/* The answer about the session's identity is in (answered at that time):
+ * whether it fits the scope's verdicts, and its signature (malloc'ed,
+ * taken over; NULL when the question failed). A change of fit is said
+ * once, at info: it is the session's doing, not a fault. False when out
+ * of memory (the pair is then to be failed). */
+bool identity_known(struct conn *c, bool fits, char *signature, size_t signature_len,
+                    uint64_t answered);
 /* A Query, a Parse or a Close of the unnamed statement goes to the server:
  * it is no longer what the proxy kept of it. When the server may yet skip
  * the message (see displaced_unnamed), *note (made when NULL) is marked to
@@ -494,13 +503,23 @@ static inline void unsettle_identity(struct conn *c)
         c->identity = IDENTITY_UNKNOWN;
 }
 
-/* The version of the rules a statement of the session is decided under:
- * the scope's while its verdicts hold for the session, else 0, which no
- * scope has once it has learnt its catalog, so that a statement prepared
- * under one is prepared again as it came when they stop holding. */
-static inline uint64_t rules_version(const struct conn *c)
+/* The version of the rules a statement of the session was decided under,
+ * kept with it so that it is prepared again (reprepare) once they change:
+ * a new one whenever the scope's verdicts change, and whenever the server
+ * will look the session's names up anew before running a statement
+ * prepared before (its search_path or role changed: identity_known).
+ * Not when only the identity's fit changed (a table created or dropped
+ * on the path): PostgreSQL keeps a prepared statement on the table it
+ * meant, and so does the proxy. */
+static inline uint64_t rules_version(struct conn *c)
 {
-    return identity_holds(c) ? scope_version(c->scope) : 0;
+    uint64_t version = scope_version(c->scope);
+
+    if (version != c->epoch_scope_version) {
+        c->epoch_scope_version = version;
+        c->rules_epoch++;
+    }
+    return c->rules_epoch;
 }
 
 /* The request the server is answering, when the proxy tracks one. */

@@ -495,6 +495,33 @@ static void catalog_arrived(struct conn *c)
     c->resume_client = true;
 }
 
+/* The row of the answer about the session's identity: its signature is
+ * kept until the answer is over. A malformed one counts as none. */
+static void hear_identity(struct conn *c, const uint8_t *body, size_t len)
+{
+    struct identity_answer answer;
+
+    free(c->identity_heard);
+    c->identity_heard = NULL;
+    c->identity_fits = false;
+    if (!scope_identity_read(c->scope, body, len, &answer) ||
+        !(c->identity_heard = malloc(answer.signature_len + 1)))
+        return;
+    memcpy(c->identity_heard, answer.signature, answer.signature_len);
+    c->identity_heard[answer.signature_len] = '\0';
+    c->identity_heard_len = answer.signature_len;
+    c->identity_fits = answer.fits;
+}
+
+static bool identity_answered(struct conn *c)
+{
+    char *signature = c->identity_heard;
+
+    c->identity_heard = NULL;
+    return identity_known(c, signature && c->identity_fits, signature,
+                          signature ? c->identity_heard_len : 0, now_ns());
+}
+
 /* The guarded statement failed and is over: roll back to the savepoint,
  * after a translated 23505 to tell the client its INSERT changed nothing
  * (GUARD_ROLLBACK), after anything else to fail the block at the client's
@@ -541,10 +568,12 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         break;
     case INJECT_IDENTITY:
         if (type == 'D')
-            c->identity_fits = scope_identity_fits(c->scope, body, len);
+            hear_identity(c, body, len);
         if (type == 'E') {
             c->identity_fits = false;
             c->identity_at_login = false; /* nothing for the next login */
+            free(c->identity_heard);
+            c->identity_heard = NULL;
             if (error)
                 conn_log(LOG_WARNING, c, "the question about the session's role and "
                          "search_path failed: %s %s; its INSERTs are not rewritten",
@@ -624,7 +653,7 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     track_reply(c, type, status);
     if (type == 'Z' && tag == INJECT_CATALOG && c->catalog)
         catalog_arrived(c);
-    if (type == 'Z' && tag == INJECT_IDENTITY && !identity_known(c, c->identity_fits, now_ns())) {
+    if (type == 'Z' && tag == INJECT_IDENTITY && !identity_answered(c)) {
         fail_oom(c);
         return TAKEN_CLOSED;
     }

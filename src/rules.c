@@ -30,6 +30,8 @@
 struct login_identity {
     UT_hash_handle hh;
     bool fits;
+    char *signature;
+    size_t signature_len;
     uint64_t version;   /* the scope's, when it was answered */
     uint64_t answered;  /* when */
     size_t len;
@@ -141,6 +143,7 @@ static void drop_logins(struct scope *s)
 
     HASH_ITER(hh, s->logins, e, tmp) {
         HASH_DELETE(hh, s->logins, e);
+        free(e->signature);
         free(e);
     }
     s->nlogins = 0;
@@ -295,48 +298,63 @@ const char *scope_identity_query(struct scope *s)
     return s->identity_query;
 }
 
-bool scope_identity_fits(const struct scope *s, const uint8_t *row, size_t len)
+bool scope_identity_read(const struct scope *s, const uint8_t *row, size_t len,
+                         struct identity_answer *out)
 {
-    const char *flags = catalog_identity_flags(row, len, s->ntables);
+    const char *flags;
 
-    if (s->state != SCOPE_READY || !flags || flags[0] != 't')
+    if (!catalog_identity_answer(row, len, s->ntables, &flags, &out->signature,
+                                 &out->signature_len))
         return false;
-    for (size_t i = 0; i < s->ntables; i++)
-        if (s->targets[i].unqualified_ok && flags[1 + i] != 't')
-            return false;
+    out->fits = s->state == SCOPE_READY && flags[0] == 't';
+    for (size_t i = 0; i < s->ntables && out->fits; i++)
+        out->fits = !s->targets[i].unqualified_ok || flags[1 + i] == 't';
     return true;
 }
 
 bool scope_login_identity(const struct scope *s, const uint8_t *startup, size_t len,
-                          bool *fits, uint64_t *answered)
+                          struct identity_answer *out, uint64_t *answered)
 {
     struct login_identity *e;
 
     HASH_FIND(hh, s->logins, startup, len, e);
     if (!e || e->version != s->version || e->answered < s->answered_ns)
         return false;
-    *fits = e->fits;
+    out->fits = e->fits;
+    out->signature = e->signature;
+    out->signature_len = e->signature_len;
     *answered = e->answered;
     return true;
 }
 
-void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t len, bool fits,
-                               uint64_t now_ns)
+void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t len,
+                               const struct identity_answer *answer, uint64_t now_ns)
 {
     struct login_identity *e;
+    char *signature = malloc(answer->signature_len + 1);
 
+    if (!signature)
+        return;
+    memcpy(signature, answer->signature, answer->signature_len);
+    signature[answer->signature_len] = '\0';
     HASH_FIND(hh, s->logins, startup, len, e);
     if (!e) {
         if (s->nlogins == LOGIN_IDENTITY_MAX)
             drop_logins(s);
-        if (!(e = malloc(sizeof(*e) + len)))
+        if (!(e = malloc(sizeof(*e) + len))) {
+            free(signature);
             return;
+        }
         e->len = len;
+        e->signature = NULL;
         memcpy(e->startup, startup, len);
         HASH_ADD(hh, s->logins, startup, len, e);
         s->nlogins++;
     }
-    e->fits = fits;
+    free(e->signature);
+    e->signature = signature;
+    e->signature_len = answer->signature_len;
+    e->fits = answer->fits;
     e->version = s->version;
     e->answered = now_ns;
 }

@@ -72,29 +72,41 @@ const char *scope_catalog_query(struct scope *s);
  * schema lead. NULL when out of memory. */
 const char *scope_identity_query(struct scope *s);
 
-/* Whether the answer to that query (its DataRow body) says the session
- * runs as the login role and each name the rewrite takes without a schema
- * (a target's unqualified_ok) means the registered table there too: its
- * INSERTs may then be decided as the scope's. False for a malformed
- * answer, or when the scope has not learnt its catalog. */
-bool scope_identity_fits(const struct scope *s, const uint8_t *row, size_t len);
+/* What the answer to that query says. */
+struct identity_answer {
+    /* The session runs as the login role and each name the rewrite takes
+     * without a schema (a target's unqualified_ok) means the registered
+     * table there too: its INSERTs may be decided as the scope's. Never
+     * before the scope has learnt its catalog. */
+    bool fits;
+    /* What PostgreSQL looks a prepared statement's names up by again
+     * before running it (catalog_identity_answer): while it stays the
+     * same, a statement prepared before still means the tables it meant,
+     * whatever else changed. Points into the answer. */
+    const char *signature;
+    size_t signature_len;
+};
+
+/* Reads the answer (its DataRow body) into *out. False when malformed. */
+bool scope_identity_read(const struct scope *s, const uint8_t *row, size_t len,
+                         struct identity_answer *out);
 
 /* Sessions of s that logged in with the same StartupMessage (the same
  * role, database and settings asked for) start with the same identity:
  * the role and search_path the server gives that login. What the last
- * question right after such a login answered (whether the identity fit
- * the scope's verdicts) is kept, so that the next login need not ask: it
- * holds as long as the verdicts do and the catalog was not asked again
- * since (a table created in a schema of the path; ALTER ROLE ... SET).
- * False when nothing current is kept; *answered says when it was. */
+ * question right after such a login answered is kept, so that the next
+ * login need not ask: it holds as long as the verdicts do and the catalog
+ * was not asked again since (a table created in a schema of the path;
+ * ALTER ROLE ... SET). False when nothing current is kept; *answered says
+ * when it was; out->signature points into what s keeps. */
 bool scope_login_identity(const struct scope *s, const uint8_t *startup, size_t len,
-                          bool *fits, uint64_t *answered);
+                          struct identity_answer *out, uint64_t *answered);
 
 /* Keeps an answer for scope_login_identity (at most 64 StartupMessages
  * per scope; past that, the older ones go). Without memory, nothing is
  * kept. */
-void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t len, bool fits,
-                               uint64_t now_ns);
+void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t len,
+                               const struct identity_answer *answer, uint64_t now_ns);
 
 /* A connection sends the catalog query for s: others need not while the
  * answer is under way (scope_due). */

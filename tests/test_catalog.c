@@ -227,6 +227,7 @@ static void test_identity_query(void **state)
     assert_contains(sql, "pg_catalog.to_regclass('\"we\"\"ird\"') OPERATOR(pg_catalog.=) "
                          "pg_catalog.to_regclass('\"o''brien\".\"we\"\"ird\"')");
     assert_contains(sql, "pg_catalog.to_regclass(E'\"back\\\\slash\".\"x\"')");
+    assert_contains(sql, "pg_catalog.current_schemas(true)::pg_catalog.text");
     /* One flag per table, in order, after the role's. */
     size_t cases = 0;
     for (const char *at = sql; (at = strstr(at, "THEN 't' ELSE 'f' END")); at++)
@@ -237,28 +238,38 @@ static void test_identity_query(void **state)
     config_unref(cfg);
 }
 
-/* The answer is one text column of 't' and 'f', one more than the
- * tables; anything else is refused. */
-static void test_identity_flags(void **state)
+/* The answer is a text column of 't' and 'f', one more than the tables,
+ * and the signature; anything else is refused. */
+static void test_identity_answer(void **state)
 {
     (void)state;
-    static const uint8_t ok[] = { 0, 1, 0, 0, 0, 3, 't', 'f', 't' };
-    static const uint8_t short_[] = { 0, 1, 0, 0, 0, 2, 't', 'f' };
-    static const uint8_t other[] = { 0, 1, 0, 0, 0, 3, 't', 'x', 't' };
-    static const uint8_t null_[] = { 0, 1, 0xff, 0xff, 0xff, 0xff };
-    static const uint8_t two[] = { 0, 2, 0, 0, 0, 1, 't', 0, 0, 0, 1, 't' };
-    static const uint8_t trailing[] = { 0, 1, 0, 0, 0, 3, 't', 'f', 't', 0 };
+    static const uint8_t ok[] = { 0, 2, 0, 0, 0, 3, 't', 'f', 't', 0, 0, 0, 3, 'a', ' ', 'b' };
+    static const uint8_t short_[] = { 0, 2, 0, 0, 0, 2, 't', 'f', 0, 0, 0, 1, 'a' };
+    static const uint8_t other[] = { 0, 2, 0, 0, 0, 3, 't', 'x', 't', 0, 0, 0, 1, 'a' };
+    static const uint8_t one[] = { 0, 1, 0, 0, 0, 3, 't', 'f', 't' };
+    static const uint8_t null_[] = { 0, 2, 0, 0, 0, 1, 't', 0xff, 0xff, 0xff, 0xff };
+    static const uint8_t trailing[] = { 0, 2, 0, 0, 0, 1, 't', 0, 0, 0, 1, 'a', 0 };
+    static const uint8_t cut[] = { 0, 2, 0, 0, 0, 1, 't', 0, 0, 0, 2, 'a' };
+    const char *flags, *signature;
+    size_t signature_len;
 
-    const char *flags = catalog_identity_flags(ok, sizeof(ok), 2);
-    assert_non_null(flags);
+    assert_true(catalog_identity_answer(ok, sizeof(ok), 2, &flags, &signature, &signature_len));
     assert_memory_equal(flags, "tft", 3);
-    assert_null(catalog_identity_flags(ok, sizeof(ok), 3));
-    assert_null(catalog_identity_flags(short_, sizeof(short_), 2));
-    assert_null(catalog_identity_flags(other, sizeof(other), 2));
-    assert_null(catalog_identity_flags(null_, sizeof(null_), 0));
-    assert_null(catalog_identity_flags(two, sizeof(two), 0));
-    assert_null(catalog_identity_flags(trailing, sizeof(trailing), 2));
-    assert_null(catalog_identity_flags(ok, 3, 2));
+    assert_int_equal(signature_len, 3);
+    assert_memory_equal(signature, "a b", 3);
+    assert_false(catalog_identity_answer(ok, sizeof(ok), 3, &flags, &signature, &signature_len));
+    assert_false(catalog_identity_answer(short_, sizeof(short_), 2, &flags, &signature,
+                                         &signature_len));
+    assert_false(catalog_identity_answer(other, sizeof(other), 2, &flags, &signature,
+                                         &signature_len));
+    assert_false(catalog_identity_answer(one, sizeof(one), 2, &flags, &signature, &signature_len));
+    assert_false(catalog_identity_answer(null_, sizeof(null_), 0, &flags, &signature,
+                                         &signature_len));
+    assert_false(catalog_identity_answer(trailing, sizeof(trailing), 0, &flags, &signature,
+                                         &signature_len));
+    assert_false(catalog_identity_answer(cut, sizeof(cut), 0, &flags, &signature,
+                                         &signature_len));
+    assert_false(catalog_identity_answer(ok, 3, 2, &flags, &signature, &signature_len));
 }
 
 /* ---- catalog_add_row --------------------------------------------------- */
@@ -848,7 +859,7 @@ int main(void)
         cmocka_unit_test(test_query_one_table),
         cmocka_unit_test(test_query_quotes_names),
         cmocka_unit_test(test_identity_query),
-        cmocka_unit_test(test_identity_flags),
+        cmocka_unit_test(test_identity_answer),
         cmocka_unit_test(test_rows_of_each_kind),
         cmocka_unit_test(test_rows_malformed),
         cmocka_unit_test(test_decide_table),

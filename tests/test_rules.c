@@ -202,29 +202,43 @@ static void test_scope_identity(void **state)
     ruleset_unref(rs);
 }
 
-/* An answer about a session's identity (its DataRow body). */
+/* An answer about a session's identity (its DataRow body), signature "sig". */
 static size_t identity_row(uint8_t *buf, const char *flags)
 {
     size_t n = strlen(flags);
     buf[0] = 0;
-    buf[1] = 1;
+    buf[1] = 2;
     pg_put_u32(buf + 2, (uint32_t)n);
     memcpy(buf + 6, flags, n);
-    return 6 + n;
+    pg_put_u32(buf + 6 + n, 3);
+    memcpy(buf + 10 + n, "sig", 3);
+    return 13 + n;
+}
+
+static bool fits(const struct scope *s, const char *flags)
+{
+    uint8_t row[64];
+    struct identity_answer a;
+
+    assert_true(scope_identity_read(s, row, identity_row(row, flags), &a));
+    assert_int_equal(a.signature_len, 3);
+    assert_memory_equal(a.signature, "sig", 3);
+    return a.fits;
 }
 
 /* The scope's verdicts hold for a session that runs as the login role and
  * whose unqualified names lead where the scope's do; not before the
- * catalog is known, nor for a malformed answer. */
+ * catalog is known; a malformed answer is none. */
 static void test_scope_identity_fits(void **state)
 {
     (void)state;
     struct ruleset *rs = ruleset_new(parse_config(CONFIG), NULL);
     struct scope *s = ruleset_scope(rs, "app", "alice");
+    struct identity_answer a;
     struct catalog cat;
     uint8_t row[64];
 
-    assert_false(scope_identity_fits(s, row, identity_row(row, "ttt")));
+    assert_false(fits(s, "ttt"));
     const char *sql = scope_identity_query(s);
     assert_non_null(sql);
     assert_non_null(strstr(sql, "'alice'::pg_catalog.name"));
@@ -235,12 +249,12 @@ static void test_scope_identity_fits(void **state)
     app_catalog(&cat);
     assert_true(scope_learn(s, &cat, SEC));
     catalog_free(&cat);
-    assert_true(scope_identity_fits(s, row, identity_row(row, "ttt")));
-    assert_false(scope_identity_fits(s, row, identity_row(row, "ftt")));
-    assert_false(scope_identity_fits(s, row, identity_row(row, "ttf")));
-    assert_false(scope_identity_fits(s, row, identity_row(row, "tft")));
-    assert_false(scope_identity_fits(s, row, identity_row(row, "tt")));
-    assert_false(scope_identity_fits(s, row, identity_row(row, "tttt")));
+    assert_true(fits(s, "ttt"));
+    assert_false(fits(s, "ftt"));
+    assert_false(fits(s, "ttf"));
+    assert_false(fits(s, "tft"));
+    assert_false(scope_identity_read(s, row, identity_row(row, "tt"), &a));
+    assert_false(scope_identity_read(s, row, identity_row(row, "tttt"), &a));
     ruleset_unref(rs);
 }
 
@@ -254,40 +268,45 @@ static void test_scope_login_identity(void **state)
     struct scope *s = ruleset_scope(rs, "app", "alice");
     static const uint8_t login[] = "user\0alice\0database\0app\0\0";
     static const uint8_t other[] = "user\0alice\0database\0app\0options\0-c x\0\0";
+    const struct identity_answer yes = { true, "alice {public}", 14 };
+    const struct identity_answer no = { false, "alice {x}", 9 };
+    struct identity_answer got;
     struct catalog cat;
     uint64_t answered = 0;
-    bool fits = false;
 
     app_catalog(&cat);
     assert_true(scope_learn(s, &cat, SEC));
-    assert_false(scope_login_identity(s, login, sizeof(login), &fits, &answered));
-    scope_keep_login_identity(s, login, sizeof(login), true, 2 * SEC);
-    assert_true(scope_login_identity(s, login, sizeof(login), &fits, &answered));
-    assert_true(fits);
+    assert_false(scope_login_identity(s, login, sizeof(login), &got, &answered));
+    scope_keep_login_identity(s, login, sizeof(login), &yes, 2 * SEC);
+    assert_true(scope_login_identity(s, login, sizeof(login), &got, &answered));
+    assert_true(got.fits);
+    assert_int_equal(got.signature_len, 14);
+    assert_string_equal(got.signature, "alice {public}");
     assert_int_equal(answered, 2 * SEC);
-    assert_false(scope_login_identity(s, other, sizeof(other), &fits, &answered));
-    assert_false(scope_login_identity(s, login, sizeof(login) - 1, &fits, &answered));
-    scope_keep_login_identity(s, other, sizeof(other), false, 2 * SEC);
-    assert_true(scope_login_identity(s, other, sizeof(other), &fits, &answered));
-    assert_false(fits);
+    assert_false(scope_login_identity(s, other, sizeof(other), &got, &answered));
+    assert_false(scope_login_identity(s, login, sizeof(login) - 1, &got, &answered));
+    scope_keep_login_identity(s, other, sizeof(other), &no, 2 * SEC);
+    assert_true(scope_login_identity(s, other, sizeof(other), &got, &answered));
+    assert_false(got.fits);
+    assert_string_equal(got.signature, "alice {x}");
 
     /* The catalog asked again, same answer: not current any more. */
     assert_true(scope_learn(s, &cat, 3 * SEC));
-    assert_false(scope_login_identity(s, login, sizeof(login), &fits, &answered));
-    scope_keep_login_identity(s, login, sizeof(login), true, 4 * SEC);
-    assert_true(scope_login_identity(s, login, sizeof(login), &fits, &answered));
+    assert_false(scope_login_identity(s, login, sizeof(login), &got, &answered));
+    scope_keep_login_identity(s, login, sizeof(login), &yes, 4 * SEC);
+    assert_true(scope_login_identity(s, login, sizeof(login), &got, &answered));
     /* A doubt changes the verdicts' version. */
     assert_true(scope_distrust(s, 5 * SEC));
-    assert_false(scope_login_identity(s, login, sizeof(login), &fits, &answered));
+    assert_false(scope_login_identity(s, login, sizeof(login), &got, &answered));
 
     /* Many StartupMessages: the kept ones stay bounded, the latest is there. */
     assert_true(scope_learn(s, &cat, 6 * SEC));
     uint8_t many[32];
     for (int i = 0; i < 200; i++) {
         int n = snprintf((char *)many, sizeof(many), "application_name=%d", i);
-        scope_keep_login_identity(s, many, (size_t)n, true, 7 * SEC);
+        scope_keep_login_identity(s, many, (size_t)n, &yes, 7 * SEC);
     }
-    assert_true(scope_login_identity(s, many, strlen((char *)many), &fits, &answered));
+    assert_true(scope_login_identity(s, many, strlen((char *)many), &got, &answered));
     catalog_free(&cat);
     ruleset_unref(rs);
 }
