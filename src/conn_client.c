@@ -524,7 +524,8 @@ void learn_catalog(struct conn *c)
 bool identity_known(struct conn *c, bool fits, char *signature, size_t signature_len,
                     uint64_t answered)
 {
-    bool strayed = c->identity_strayed;
+    /* What the log said last: nothing before the first answer. */
+    bool strayed = c->identity_ns != 0 && !c->identity_fits;
 
     if (c->identity == IDENTITY_ASKING && c->identity_at_login && signature) {
         struct identity_answer answer = { fits, signature, signature_len };
@@ -542,12 +543,11 @@ bool identity_known(struct conn *c, bool fits, char *signature, size_t signature
     c->identity_fits = fits;
     c->identity_version = scope_version(c->scope);
     c->identity_ns = answered;
-    c->identity_strayed = !fits;
-    if (c->identity_strayed && !strayed)
+    if (!fits && !strayed)
         conn_log(LOG_INFO, c, "this session runs as another role than its login's, or its "
                  "table names lead elsewhere (search_path, a temporary table): its INSERTs "
                  "pass unchanged");
-    else if (!c->identity_strayed && strayed)
+    else if (fits && strayed)
         conn_log(LOG_INFO, c, "this session's role and table names are as checked again: "
                  "its INSERTs are rewritten");
     /* The session is idle: what it prepared under the other answer is
@@ -578,10 +578,10 @@ void learn_identity(struct conn *c)
         return;
     }
     uint8_t *run = build_standalone(sql, n, &len);
-    c->identity_fits = false;
     if (!run) {
         /* Nothing is rewritten in this session until it is asked again. */
         c->identity = IDENTITY_KNOWN;
+        c->identity_fits = false;
         c->identity_version = scope_version(c->scope);
         c->identity_ns = now_ns();
         conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
@@ -885,13 +885,18 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
  * to a Sync still to come) and no failed block is open, so that nothing
  * before it can make the server skip the Parse after the Close; otherwise
  * a later Bind does it. False when out of memory. */
+static bool may_prepare_again(const struct conn *c)
+{
+    return c->scope && track_pending(&c->track) == 0 && !c->track.skip_to_sync &&
+           c->track.txn_status != 'E';
+}
+
 static bool reprepare(struct conn *c, struct sink *k, const char *statement, enum inject tag)
 {
     const uint8_t *body;
     size_t len;
 
-    if (!c->scope || track_pending(&c->track) != 0 || c->track.skip_to_sync ||
-        c->track.txn_status == 'E')
+    if (!may_prepare_again(c))
         return true;
     uint64_t version = rules_version(c);
     if (statement[0] != '\0') {
@@ -910,13 +915,13 @@ static bool reprepare(struct conn *c, struct sink *k, const char *statement, enu
 bool reprepare_all(struct conn *c)
 {
     struct sink k = { NULL, sock_output(c->server), 0 };
-    uint64_t version = rules_version(c);
     const uint8_t *body;
     const char *name;
     size_t len;
 
-    if (track_pending(&c->track) != 0 || c->track.skip_to_sync || c->track.txn_status == 'E')
+    if (!may_prepare_again(c))
         return true;
+    uint64_t version = rules_version(c);
     while ((body = session_next_outdated(&c->session, version, &name, &len)))
         if (!prepare_again(c, &k, name, body, len, INJECT_REFRESH))
             return false;

@@ -166,16 +166,17 @@ struct conn {
     bool resume_client;         /* the catalog arrived: relay the client's input */
     bool replication;           /* a replication session: never rewrite */
     enum identity identity;
-    bool identity_fits;         /* the answer fit the scope's verdicts */
-    bool identity_strayed;      /* the last answer did not (said in the log) */
-    bool identity_at_login;     /* the question was asked before the client
-                                   said anything: its answer holds for the
-                                   next login alike (scope_login_identity) */
+    bool identity_fits;         /* the last answer fit the scope's verdicts */
+    bool identity_at_login;     /* the question went before the client said
+                                   anything (a message it sent meanwhile
+                                   waits, but counts as said): its answer
+                                   holds for the next login alike */
     char *identity_signature;   /* what the server looks names up by again
                                    (struct identity_answer); NULL: unknown */
     size_t identity_signature_len;
     char *identity_heard;       /* ... as the answer under way says it */
     size_t identity_heard_len;
+    bool identity_heard_fits;
     uint64_t rules_epoch;       /* see rules_version */
     uint64_t epoch_scope_version;
     uint64_t identity_version;  /* the scope's version it was learnt under */

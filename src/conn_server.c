@@ -503,14 +503,13 @@ static void hear_identity(struct conn *c, const uint8_t *body, size_t len)
 
     free(c->identity_heard);
     c->identity_heard = NULL;
-    c->identity_fits = false;
     if (!scope_identity_read(c->scope, body, len, &answer) ||
         !(c->identity_heard = malloc(answer.signature_len + 1)))
         return;
     memcpy(c->identity_heard, answer.signature, answer.signature_len);
     c->identity_heard[answer.signature_len] = '\0';
     c->identity_heard_len = answer.signature_len;
-    c->identity_fits = answer.fits;
+    c->identity_heard_fits = answer.fits;
 }
 
 static bool identity_answered(struct conn *c)
@@ -518,7 +517,7 @@ static bool identity_answered(struct conn *c)
     char *signature = c->identity_heard;
 
     c->identity_heard = NULL;
-    return identity_known(c, signature && c->identity_fits, signature,
+    return identity_known(c, signature && c->identity_heard_fits, signature,
                           signature ? c->identity_heard_len : 0, now_ns());
 }
 
@@ -570,8 +569,6 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         if (type == 'D')
             hear_identity(c, body, len);
         if (type == 'E') {
-            c->identity_fits = false;
-            c->identity_at_login = false; /* nothing for the next login */
             free(c->identity_heard);
             c->identity_heard = NULL;
             if (error)
