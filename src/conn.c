@@ -780,8 +780,8 @@ static void follow_identity(struct conn *c)
     if (c->identity == IDENTITY_ASKING || c->state != CONN_ACTIVE || !c->scope ||
         scope_state(c->scope) != SCOPE_READY)
         return;
-    if (c->identity == IDENTITY_KNOWN && c->identity_version == scope_version(c->scope) &&
-        c->identity_ns >= scope_answered(c->scope))
+    if (c->identity == IDENTITY_KNOWN &&
+        scope_identity_current(c->scope, c->identity_version, c->identity_ns))
         return;
     if (may_learn(c))
         learn_identity(c);

@@ -318,7 +318,7 @@ bool scope_login_identity(const struct scope *s, const uint8_t *startup, size_t 
     struct login_identity *e;
 
     HASH_FIND(hh, s->logins, startup, len, e);
-    if (!e || e->version != s->version || e->answered < s->answered_ns)
+    if (!e || !scope_identity_current(s, e->version, e->answered))
         return false;
     out->fits = e->fits;
     out->signature = e->signature;
@@ -512,9 +512,9 @@ uint64_t scope_version(const struct scope *s)
     return s->version;
 }
 
-uint64_t scope_answered(const struct scope *s)
+bool scope_identity_current(const struct scope *s, uint64_t version, uint64_t answered)
 {
-    return s->answered_ns;
+    return version == s->version && answered >= s->answered_ns;
 }
 
 size_t scope_table_count(const struct scope *s)

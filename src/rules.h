@@ -142,9 +142,11 @@ bool scope_distrust(struct scope *s, uint64_t now_ns);
  * would not send now. 0 before the first answer. */
 uint64_t scope_version(const struct scope *s);
 
-/* When the last answer about s's catalog came (or failed), on the clock
- * scope_learn was given; 0 before the first. */
-uint64_t scope_answered(const struct scope *s);
+/* Whether an answer about a session's identity given under scope version
+ * version, at answered (on scope_learn's clock), still holds: the
+ * verdicts are the same, and the catalog was not asked again since (a
+ * table may have been created in a schema of the session's path). */
+bool scope_identity_current(const struct scope *s, uint64_t version, uint64_t answered);
 
 /* For the log after scope_learn: the i-th table of the scope, and why some
  * form of INSERT into it will not be rewritten ("" when nothing). */
