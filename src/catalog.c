@@ -38,10 +38,10 @@ static void put_literal(FILE *f, const char *s)
  *   p schema partition '' root_schema root_table
  * Relations are those the rules name and, for resolving unqualified names,
  * every relation of the same name in a schema of some rule's search_path.
- * Privileges and row-level security are the login role's (session_user),
- * as PostgreSQL's check_enable_rls decides them, not the current role's: a
- * session that ran SET ROLE may be the one that asks, and the answer holds
- * for every session of its login role. */
+ * Privileges and row-level security are those of the role named in
+ * who(role), as PostgreSQL's check_enable_rls decides them for a session
+ * running as that role: whichever session asks, and as whichever role, the
+ * answer is the same. */
 static const char catalog_sql[] =
     "rels AS (\n"
     "  SELECT c.oid, n.nspname, c.relname, c.relkind, c.relhasrules,\n"
@@ -71,8 +71,8 @@ static const char catalog_sql[] =
     "       (relhasrules AND EXISTS (SELECT 1 FROM pg_catalog.pg_rewrite w\n"
     "                                WHERE w.ev_class = rels.oid AND w.ev_type IN ('2', '3')))::text,\n"
     "       (registered AND relrowsecurity\n"
-    "        AND (relforcerowsecurity OR NOT pg_catalog.pg_has_role(session_user, relowner, 'USAGE'))\n"
-    "        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = session_user\n"
+    "        AND (relforcerowsecurity OR NOT pg_catalog.pg_has_role((SELECT role FROM who), relowner, 'USAGE'))\n"
+    "        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = (SELECT role FROM who)\n"
     "                        AND (r.rolsuper OR r.rolbypassrls)))::text, NULL, NULL\n"
     "FROM rels\n"
     "UNION ALL\n"
@@ -88,8 +88,8 @@ static const char catalog_sql[] =
     "UNION ALL\n"
     "SELECT 'a', reg.nspname::text, reg.relname::text, a.attname::text,\n"
     "       (a.attidentity <> 'a' AND a.attgenerated = '')::text,\n"
-    "       pg_catalog.has_column_privilege(session_user, reg.oid, a.attnum, 'SELECT')::text,\n"
-    "       pg_catalog.has_column_privilege(session_user, reg.oid, a.attnum, 'UPDATE')::text,\n"
+    "       pg_catalog.has_column_privilege((SELECT role FROM who), reg.oid, a.attnum, 'SELECT')::text,\n"
+    "       pg_catalog.has_column_privilege((SELECT role FROM who), reg.oid, a.attnum, 'UPDATE')::text,\n"
     "       NULL, NULL\n"
     "FROM reg JOIN pg_catalog.pg_attribute a ON a.attrelid = reg.oid\n"
     "WHERE a.attnum > 0 AND NOT a.attisdropped\n"
@@ -100,7 +100,7 @@ static const char catalog_sql[] =
     "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace\n"
     "WHERE tree.relid NOT IN (SELECT oid FROM reg)";
 
-char *catalog_query(const struct table_rule *const *rules, size_t n)
+char *catalog_query(const struct table_rule *const *rules, size_t n, const char *role)
 {
     char *sql = NULL;
     size_t len = 0;
@@ -129,7 +129,9 @@ char *catalog_query(const struct table_rule *const *rules, size_t n)
     }
     if (first)
         fputs("(NULL::name)", f);
-    fputs("),\n", f);
+    fputs("),\nwho(role) AS (VALUES (", f);
+    put_literal(f, role);
+    fputs("::name)),\n", f);
     fputs(catalog_sql, f);
     if (fclose(f) != 0) {
         free(sql);
@@ -155,7 +157,7 @@ static void put_regclass_literal(FILE *f, const char *schema, const char *name)
     fputs("\"'", f);
 }
 
-char *catalog_identity_query(const struct table_rule *const *rules, size_t n, const char *user)
+char *catalog_identity_query(const struct table_rule *const *rules, size_t n)
 {
     char *sql = NULL;
     size_t len = 0;
@@ -164,11 +166,7 @@ char *catalog_identity_query(const struct table_rule *const *rules, size_t n, co
     if (!f)
         return NULL;
     fputs("/* idemproxy: where this session's table names lead, and as whom it runs */\n"
-          "SELECT CASE WHEN current_user OPERATOR(pg_catalog.=) ", f);
-    put_literal(f, user);
-    fputs("::pg_catalog.name AND session_user OPERATOR(pg_catalog.=) ", f);
-    put_literal(f, user);
-    fputs("::pg_catalog.name THEN 't' ELSE 'f' END", f);
+          "SELECT current_user::pg_catalog.text,\n  ''", f);
     for (size_t i = 0; i < n; i++) {
         fputs("\n  OPERATOR(pg_catalog.||) CASE WHEN pg_catalog.to_regclass(", f);
         put_regclass_literal(f, NULL, rules[i]->name);
@@ -185,23 +183,37 @@ char *catalog_identity_query(const struct table_rule *const *rules, size_t n, co
     return sql;
 }
 
-bool catalog_identity_answer(const uint8_t *body, size_t len, size_t n, const char **flags,
-                             const char **signature, size_t *signature_len)
+/* The next text column of a DataRow body at *at: false when it is NULL or
+ * runs past the end. */
+static bool next_text(const uint8_t *body, size_t len, size_t *at, const char **text,
+                      size_t *text_len)
 {
-    if (len < 2 + 4 + n + 1 + 4 || ((body[0] << 8) | body[1]) != 2 ||
-        pg_get_u32(body + 2) != n + 1)
+    if (len - *at < 4)
         return false;
-    for (size_t i = 0; i <= n; i++)
-        if (body[6 + i] != 't' && body[6 + i] != 'f')
-            return false;
-    size_t at = 6 + n + 1;
-    uint32_t sig = pg_get_u32(body + at);
-    if (sig == UINT32_MAX || sig != len - at - 4)
+    uint32_t n = pg_get_u32(body + *at);
+    *at += 4;
+    if (n == UINT32_MAX || n > len - *at)
         return false;
-    *flags = (const char *)body + 6;
-    *signature = (const char *)body + at + 4;
-    *signature_len = sig;
+    *text = (const char *)body + *at;
+    *text_len = n;
+    *at += n;
     return true;
+}
+
+bool catalog_identity_answer(const uint8_t *body, size_t len, size_t n,
+                             struct identity_row *out)
+{
+    size_t at = 2, flags_len;
+
+    if (len < 2 || ((body[0] << 8) | body[1]) != 3 ||
+        !next_text(body, len, &at, &out->role, &out->role_len) ||
+        !next_text(body, len, &at, &out->flags, &flags_len) || flags_len != n ||
+        !next_text(body, len, &at, &out->signature, &out->signature_len) || at != len)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (out->flags[i] != 't' && out->flags[i] != 'f')
+            return false;
+    return memchr(out->role, '\0', out->role_len) == NULL;
 }
 
 /* ---- the answer -------------------------------------------------------- */
@@ -497,7 +509,7 @@ static void format_columns(char *buf, size_t cap, const struct name_list *l)
 }
 
 /* Every index ON CONFLICT (conflict) would use must exist, be immediate,
- * and its columns readable by the login role. */
+ * and its columns readable by the role. */
 static bool check_arbiter(const struct catalog *cat, const struct table_rule *rule,
                           char *problem, size_t cap)
 {
@@ -524,7 +536,7 @@ static bool check_arbiter(const struct catalog *cat, const struct table_rule *ru
     for (size_t i = 0; i < rule->conflict.count; i++) {
         const struct catalog_attr *a = find_attr(cat, rule, rule->conflict.names[i]);
         if (!a || !a->can_select) {
-            snprintf(problem, cap, "the login role may not SELECT column %s, which ON CONFLICT "
+            snprintf(problem, cap, "the role may not SELECT column %s, which ON CONFLICT "
                      "(%s) reads", rule->conflict.names[i], cols);
             return false;
         }
@@ -571,7 +583,7 @@ static bool check_updatable(const struct catalog *cat, const struct table_rule *
         snprintf(problem, cap, "column %s is generated or GENERATED ALWAYS AS IDENTITY, so "
                  "DO UPDATE cannot set it", column);
     else if (!a->can_update)
-        snprintf(problem, cap, "the login role may not UPDATE column %s", column);
+        snprintf(problem, cap, "the role may not UPDATE column %s", column);
     else
         return true;
     return false;
@@ -589,7 +601,7 @@ static char *decide_form(const struct catalog *cat, const struct table_rule *rul
                                   : !check_arbiter(cat, rule, problem, cap))
         return NULL;
     if (form != FORM_DO_NOTHING && rel->row_security) {
-        snprintf(problem, cap, "row-level security applies to the login role, so DO UPDATE "
+        snprintf(problem, cap, "row-level security applies to the role, so DO UPDATE "
                  "could be refused");
         return NULL;
     }

@@ -6,7 +6,7 @@
  * a conflict target that matches no unique index fails with 42P10, a
  * DEFERRABLE arbiter with 55000, DO UPDATE without UPDATE privilege with
  * 42501. The proxy learns the facts with one query of its own per database
- * and login role (catalog_query), feeds the rows of its answer to
+ * and role (catalog_query), feeds the rows of its answer to
  * catalog_add_row, and asks catalog_decide for each rule.
  *
  * Pure: text and bytes in, decisions out.
@@ -26,7 +26,7 @@ struct catalog_rel {
     char relkind;     /* 'r' table, 'p' partitioned table, ... */
     bool registered;  /* named by a rule (not just found on a search_path) */
     bool has_rules;   /* INSERT or UPDATE rules: ON CONFLICT is not supported */
-    bool row_security; /* row-level security applies to the login role */
+    bool row_security; /* row-level security applies to the role */
 };
 
 struct catalog_index {
@@ -39,7 +39,7 @@ struct catalog_index {
 struct catalog_attr {
     char *schema, *table, *name;
     bool updatable;   /* neither GENERATED ALWAYS AS IDENTITY nor generated */
-    bool can_select, can_update; /* the login role's column privileges */
+    bool can_select, can_update; /* the role's column privileges */
 };
 
 /* A partition (at any depth) of a registered table. */
@@ -74,11 +74,12 @@ struct catalog {
     "WHERE path IS NULL"
 
 /* The query that learns everything about the tables of rules[0..n), as one
- * statement, to run after CATALOG_SETTINGS_SQL. Its rows have
- * CATALOG_COLUMNS text columns. Returns a malloc'ed string, or NULL when
- * out of memory. */
+ * statement, to run after CATALOG_SETTINGS_SQL: privileges and row-level
+ * security as they are for a session running as role, whichever role the
+ * session that asks runs as. Its rows have CATALOG_COLUMNS text columns.
+ * Returns a malloc'ed string, or NULL when out of memory. */
 #define CATALOG_COLUMNS 9
-char *catalog_query(const struct table_rule *const *rules, size_t n);
+char *catalog_query(const struct table_rule *const *rules, size_t n, const char *role);
 
 /* Runs just before catalog_identity_query, in the same implicit
  * transaction, so that its literals are read in UTF-8, as the
@@ -90,25 +91,31 @@ char *catalog_query(const struct table_rule *const *rules, size_t n);
     "AS s(encoding) WHERE encoding IS NULL"
 
 /* The query that asks a session what the catalog check cannot know for
- * it: whether it runs as user (current_user and session_user), and for
- * each of rules[0..n) whether the rule's name without a schema means the
- * rule's table there, under the session's own search_path (temporary
- * tables included); and what PostgreSQL looks names up by again before it
- * runs a prepared statement (its role, and the schemas it searches:
- * current_schemas(true), the temporary schema once there is one). Unlike
- * the catalog query it runs under that path, which is the point: every
- * function and operator in it is named with its schema, so that none of
- * the session's schemas can stand in for them. Its answer is one row
- * (catalog_identity_answer). Returns a malloc'ed string, or NULL when out
- * of memory. */
-char *catalog_identity_query(const struct table_rule *const *rules, size_t n, const char *user);
+ * it: the role it runs as (current_user), whose privileges its statements
+ * are checked against; for each of rules[0..n) whether the rule's name
+ * without a schema means the rule's table there, under the session's own
+ * search_path (temporary tables included); and what PostgreSQL looks names
+ * up by again before it runs a prepared statement (its role, and the
+ * schemas it searches: current_schemas(true), the temporary schema once
+ * there is one). Unlike the catalog query it runs under that path, which
+ * is the point: every function and operator in it is named with its
+ * schema, so that none of the session's schemas can stand in for them. Its
+ * answer is one row (catalog_identity_answer). Returns a malloc'ed string,
+ * or NULL when out of memory. */
+char *catalog_identity_query(const struct table_rule *const *rules, size_t n);
 
-/* Reads the answer's DataRow body for n rules: *flags, n + 1 characters,
- * 't' or 'f', first for the role, then one per rule in order; *signature
- * (*signature_len bytes), the role and the schemas searched. False when
- * malformed. */
-bool catalog_identity_answer(const uint8_t *body, size_t len, size_t n, const char **flags,
-                             const char **signature, size_t *signature_len);
+/* The answer's row, pointing into its DataRow body. */
+struct identity_row {
+    const char *role;      /* role_len bytes, no NUL among them */
+    size_t role_len;
+    const char *flags;     /* n characters, 't' or 'f', one per rule in order */
+    const char *signature; /* the role and the schemas searched */
+    size_t signature_len;
+};
+
+/* Reads the answer's DataRow body for n rules. False when malformed. */
+bool catalog_identity_answer(const uint8_t *body, size_t len, size_t n,
+                             struct identity_row *out);
 
 void catalog_init(struct catalog *cat);
 void catalog_free(struct catalog *cat);

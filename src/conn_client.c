@@ -521,16 +521,52 @@ void learn_catalog(struct conn *c)
         conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
 }
 
-bool identity_known(struct conn *c, bool fits, char *signature, size_t signature_len,
-                    uint64_t answered)
+/* Says once, at info, what changed in how the session is served: the role
+ * it runs as, and whether its names lead where the catalog check looked. */
+static void say_identity(struct conn *c, struct scope *scope, bool fits)
 {
-    /* What the log said last: nothing before the first answer. */
-    bool strayed = c->identity_ns != 0 && !c->identity_fits;
+    enum identity_said said = c->identity_said;
+    size_t role_len;
+    const char *role;
 
+    if (!scope)
+        said = SAID_ROLE_UNFOLLOWED;
+    else if (scope_state(scope) == SCOPE_READY)
+        said = fits ? SAID_FITS : SAID_NAMES_ELSEWHERE;
+    if (scope && scope != c->scope) {
+        role = scope_role(scope, &role_len);
+        conn_log(LOG_INFO, c, "this session runs as role \"%.*s\" now: its INSERTs are "
+                 "rewritten as the catalog check allows that role", (int)role_len, role);
+    }
+    if (said == c->identity_said)
+        return;
+    c->identity_said = said;
+    switch (said) {
+    case SAID_FITS:
+        conn_log(LOG_INFO, c, "this session's table names are as checked again: its "
+                 "INSERTs are rewritten");
+        break;
+    case SAID_NAMES_ELSEWHERE:
+        conn_log(LOG_INFO, c, "this session's table names lead elsewhere (search_path, a "
+                 "temporary table): its INSERTs pass unchanged");
+        break;
+    case SAID_ROLE_UNFOLLOWED:
+        conn_log(LOG_WARNING, c, "this session runs as a role beyond the %d whose catalog "
+                 "the proxy learns: its INSERTs pass unchanged", RULESET_ROLE_SCOPES_MAX);
+        break;
+    }
+}
+
+bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signature,
+                    size_t signature_len, uint64_t answered)
+{
     if (c->identity == IDENTITY_ASKING && c->identity_at_login && signature) {
-        struct identity_answer answer = { fits, signature, signature_len };
+        struct identity_answer answer = { scope, fits, signature, signature_len };
         scope_keep_login_identity(c->scope, c->startup, c->startup_len, &answer, answered);
     }
+    say_identity(c, scope, fits);
+    if (scope)
+        c->scope = scope;
     /* The server will look the names of what the session prepared up
      * anew: the rules' version for its statements moves on. */
     if (!signature || !c->identity_signature || signature_len != c->identity_signature_len ||
@@ -540,16 +576,9 @@ bool identity_known(struct conn *c, bool fits, char *signature, size_t signature
     c->identity_signature = signature;
     c->identity_signature_len = signature_len;
     c->identity = IDENTITY_KNOWN;
-    c->identity_fits = fits;
+    c->identity_fits = fits && scope;
     c->identity_version = scope_version(c->scope);
     c->identity_ns = answered;
-    if (!fits && !strayed)
-        conn_log(LOG_INFO, c, "this session runs as another role than its login's, or its "
-                 "table names lead elsewhere (search_path, a temporary table): its INSERTs "
-                 "pass unchanged");
-    else if (fits && strayed)
-        conn_log(LOG_INFO, c, "this session's role and table names are as checked again: "
-                 "its INSERTs are rewritten");
     /* The session is idle: what it prepared under the other answer is
      * brought in line before the client's next message, which a later
      * Bind could only do with nothing outstanding. */
@@ -572,7 +601,7 @@ void learn_identity(struct conn *c)
         char *signature = malloc(kept.signature_len + 1);
         if (signature)
             memcpy(signature, kept.signature, kept.signature_len + 1);
-        if (!identity_known(c, kept.fits && signature, signature,
+        if (!identity_known(c, kept.scope, kept.fits && signature, signature,
                             signature ? kept.signature_len : 0, answered))
             fail_oom(c);
         return;

@@ -82,10 +82,10 @@ enum inject {
 };
 
 /* What the proxy knows of the session's identity: as whom it runs, and
- * where its table names without a schema lead. The catalog check decided
- * for the login role and for each section's search_path; a session that
- * runs as another role, or whose names lead elsewhere (its own
- * search_path, a temporary table), has its INSERTs left alone, since a
+ * where its table names without a schema lead. The catalog check decides
+ * per role (the session's scope follows the role it runs as) and for each
+ * section's search_path; a session whose names lead elsewhere (its own
+ * search_path, a temporary table) has its INSERTs left alone, since a
  * rewrite could then change another table than the one registered, or
  * fail where the INSERT would not. The proxy cannot follow what SET does
  * to it inside a transaction, so it does not try: it asks the server,
@@ -96,6 +96,13 @@ enum identity {
                          a transaction block; nothing is rewritten until then */
     IDENTITY_ASKING,  /* the question is under way: client input waits */
     IDENTITY_KNOWN,   /* identity_fits says whether the scope's verdicts hold */
+};
+
+/* What the log last said of the session's identity (say_identity). */
+enum identity_said {
+    SAID_FITS,            /* nothing, or that it fits again */
+    SAID_NAMES_ELSEWHERE, /* its table names lead elsewhere */
+    SAID_ROLE_UNFOLLOWED, /* it runs as a role the proxy has no scope for */
 };
 
 /* The proxy's savepoint around an INSERT in a transaction block (see
@@ -159,7 +166,9 @@ struct conn {
 
     struct track track;
     struct ruleset *rules;      /* the rules the session runs under (a reference) */
-    struct scope *scope;        /* its database and role's; NULL: never rewrite */
+    struct scope *scope;        /* its database's and the role's it runs as (its
+                                   login role's until the server says otherwise);
+                                   NULL: never rewrite */
     struct catalog *catalog;    /* the proxy's catalog query is under way: client
                                    input waits until its answer is in */
     bool catalog_ok;            /* no row of that answer was refused */
@@ -167,6 +176,7 @@ struct conn {
     bool replication;           /* a replication session: never rewrite */
     enum identity identity;
     bool identity_fits;         /* the last answer fit the scope's verdicts */
+    enum identity_said identity_said;
     bool identity_at_login;     /* the question went before the client said
                                    anything (a message it sent meanwhile
                                    waits, but counts as said): its answer
@@ -177,6 +187,7 @@ struct conn {
     char *identity_heard;       /* ... as the answer under way says it */
     size_t identity_heard_len;
     bool identity_heard_fits;
+    struct scope *identity_heard_scope;
     uint64_t rules_epoch;       /* see rules_version */
     uint64_t epoch_scope_version;
     uint64_t identity_version;  /* the scope's version it was learnt under */
@@ -407,12 +418,13 @@ bool reprepare_all(struct conn *c);
  * question answered for the same login before is taken instead. */
 void learn_identity(struct conn *c);
 /* The answer about the session's identity is in (answered at that time):
- * whether it fits the scope's verdicts, and its signature (malloc'ed,
- * taken over; NULL when the question failed). A change of fit is said
- * once, at info: it is the session's doing, not a fault. False when out
- * of memory (the pair is then to be failed). */
-bool identity_known(struct conn *c, bool fits, char *signature, size_t signature_len,
-                    uint64_t answered);
+ * the scope of the role it runs as (NULL: none to be had), whether it fits
+ * that scope's verdicts, and its signature (malloc'ed, taken over; NULL
+ * when the question failed). The session moves to that scope. A change of
+ * role or of fit is said once, at info: it is the session's doing, not a
+ * fault. False when out of memory (the pair is then to be failed). */
+bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signature,
+                    size_t signature_len, uint64_t answered);
 /* A Query, a Parse or a Close of the unnamed statement goes to the server:
  * it is no longer what the proxy kept of it. When the server may yet skip
  * the message (see displaced_unnamed), *note (made when NULL) is marked to

@@ -469,6 +469,8 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
 static void catalog_arrived(struct conn *c)
 {
     struct scope *s = c->scope;
+    size_t role_len;
+    const char *role = scope_role(s, &role_len);
 
     counter_add(c->catalog_ok ? &c->worker->counters.catalog_queries_ok
                               : &c->worker->counters.catalog_queries_failed, 1);
@@ -483,11 +485,12 @@ static void catalog_arrived(struct conn *c)
         if (!scope_table_changed(s, i))
             continue;
         if (problem[0])
-            conn_log(LOG_WARNING, c, "[table %s.%s]: some INSERTs are not rewritten: %s",
-                     rule->schema, rule->name, problem);
+            conn_log(LOG_WARNING, c, "[table %s.%s] as role \"%.*s\": some INSERTs are not "
+                     "rewritten: %s", rule->schema, rule->name, (int)role_len, role, problem);
         else
-            conn_log(LOG_INFO, c, "[table %s.%s]: INSERTs are rewritten again: the catalog "
-                     "check allows every form now", rule->schema, rule->name);
+            conn_log(LOG_INFO, c, "[table %s.%s] as role \"%.*s\": INSERTs are rewritten "
+                     "again: the catalog check allows every form now", rule->schema,
+                     rule->name, (int)role_len, role);
     }
     catalog_free(c->catalog);
     free(c->catalog);
@@ -510,6 +513,7 @@ static void hear_identity(struct conn *c, const uint8_t *body, size_t len)
     c->identity_heard[answer.signature_len] = '\0';
     c->identity_heard_len = answer.signature_len;
     c->identity_heard_fits = answer.fits;
+    c->identity_heard_scope = answer.scope;
 }
 
 static bool identity_answered(struct conn *c)
@@ -517,7 +521,8 @@ static bool identity_answered(struct conn *c)
     char *signature = c->identity_heard;
 
     c->identity_heard = NULL;
-    return identity_known(c, signature && c->identity_heard_fits, signature,
+    return identity_known(c, signature ? c->identity_heard_scope : c->scope,
+                          signature && c->identity_heard_fits, signature,
                           signature ? c->identity_heard_len : 0, now_ns());
 }
 

@@ -82,6 +82,7 @@ struct ruleset {
     unsigned refs;
     struct config *cfg;
     struct scope *scopes;
+    size_t role_scopes;             /* made for a role switched to */
     struct table_counters **counts; /* per table: the caller's, or own */
     struct table_counters *own;      /* when the caller gave none */
     struct counter other_counts[RR_COUNT];
@@ -237,24 +238,37 @@ oom:
     return NULL;
 }
 
-struct scope *ruleset_scope(struct ruleset *rs, const char *database, const char *user)
+/* The scope keyed database\0user; made when absent and make says so
+ * (*made then says it was). NULL when absent or out of memory. */
+static struct scope *find_scope(struct ruleset *rs, const char *database, const char *user,
+                                size_t user_len, bool make, bool *made)
 {
-    size_t dlen = strlen(database), ulen = strlen(user);
-    char *key = malloc(dlen + 1 + ulen);
+    size_t dlen = strlen(database);
+    char *key = malloc(dlen + 1 + user_len);
     struct scope *s = NULL;
 
     if (!key)
         return NULL;
     memcpy(key, database, dlen + 1);
-    memcpy(key + dlen + 1, user, ulen);
-    HASH_FIND(hh, rs->scopes, key, dlen + 1 + ulen, s);
-    if (!s) {
-        s = scope_new(rs, key, dlen + 1 + ulen, database);
-        if (s)
+    memcpy(key + dlen + 1, user, user_len);
+    *made = false;
+    HASH_FIND(hh, rs->scopes, key, dlen + 1 + user_len, s);
+    if (!s && make) {
+        s = scope_new(rs, key, dlen + 1 + user_len, database);
+        if (s) {
             HASH_ADD_KEYPTR(hh, rs->scopes, s->key, s->key_len, s);
+            *made = true;
+        }
     }
     free(key);
     return s;
+}
+
+struct scope *ruleset_scope(struct ruleset *rs, const char *database, const char *user)
+{
+    bool made;
+
+    return find_scope(rs, database, user, strlen(user), true, &made);
 }
 
 enum scope_state scope_state(const struct scope *s)
@@ -267,16 +281,36 @@ static const struct table_rule *rule_of(const struct scope *s, size_t i)
     return &s->rs->cfg->tables[s->table_ids[i]];
 }
 
+const char *scope_role(const struct scope *s, size_t *len)
+{
+    size_t database_len = strlen(s->key) + 1;
+
+    *len = s->key_len - database_len;
+    return s->key + database_len;
+}
+
+/* The scope's rules in order, for building its queries; NULL when out of
+ * memory. */
+static const struct table_rule **rules_of(const struct scope *s)
+{
+    const struct table_rule **rules = calloc(s->ntables, sizeof(*rules));
+
+    for (size_t i = 0; rules && i < s->ntables; i++)
+        rules[i] = rule_of(s, i);
+    return rules;
+}
+
 const char *scope_catalog_query(struct scope *s)
 {
     if (!s->catalog_query && s->ntables > 0) {
-        const struct table_rule **rules = calloc(s->ntables, sizeof(*rules));
-        if (!rules)
-            return NULL;
-        for (size_t i = 0; i < s->ntables; i++)
-            rules[i] = rule_of(s, i);
-        s->catalog_query = catalog_query(rules, s->ntables);
+        const struct table_rule **rules = rules_of(s);
+        size_t role_len;
+        const char *role = scope_role(s, &role_len);
+        char *role_z = strndup(role, role_len);
+        if (rules && role_z)
+            s->catalog_query = catalog_query(rules, s->ntables, role_z);
         free(rules);
+        free(role_z);
     }
     return s->catalog_query;
 }
@@ -284,35 +318,48 @@ const char *scope_catalog_query(struct scope *s)
 const char *scope_identity_query(struct scope *s)
 {
     if (!s->identity_query && s->ntables > 0) {
-        const struct table_rule **rules = calloc(s->ntables, sizeof(*rules));
-        size_t database_len = strlen(s->key) + 1;
-        char *user = strndup(s->key + database_len, s->key_len - database_len);
-        if (rules && user) {
-            for (size_t i = 0; i < s->ntables; i++)
-                rules[i] = rule_of(s, i);
-            s->identity_query = catalog_identity_query(rules, s->ntables, user);
-        }
+        const struct table_rule **rules = rules_of(s);
+        if (rules)
+            s->identity_query = catalog_identity_query(rules, s->ntables);
         free(rules);
-        free(user);
     }
     return s->identity_query;
 }
 
-bool scope_identity_read(const struct scope *s, const uint8_t *row, size_t len,
+/* The scope of s's database for role: s itself when it is s's role. Made
+ * when absent, while the ruleset has made fewer than RULESET_ROLE_SCOPES_MAX. */
+static struct scope *scope_for_role(struct scope *s, const char *role, size_t len)
+{
+    size_t own_len;
+    const char *own = scope_role(s, &own_len);
+    struct ruleset *rs = s->rs;
+
+    if (len == own_len && memcmp(role, own, len) == 0)
+        return s;
+    bool made;
+    struct scope *other = find_scope(rs, s->key, role, len, rs->role_scopes < RULESET_ROLE_SCOPES_MAX,
+                                     &made);
+    rs->role_scopes += made;
+    return other;
+}
+
+bool scope_identity_read(struct scope *s, const uint8_t *row, size_t len,
                          struct identity_answer *out)
 {
-    const char *flags;
+    struct identity_row r;
 
-    if (!catalog_identity_answer(row, len, s->ntables, &flags, &out->signature,
-                                 &out->signature_len))
+    if (!catalog_identity_answer(row, len, s->ntables, &r))
         return false;
-    out->fits = s->state == SCOPE_READY && flags[0] == 't';
+    out->signature = r.signature;
+    out->signature_len = r.signature_len;
+    out->scope = scope_for_role(s, r.role, r.role_len);
+    out->fits = out->scope && out->scope->state == SCOPE_READY;
     for (size_t i = 0; i < s->ntables && out->fits; i++)
-        out->fits = !s->targets[i].unqualified_ok || flags[1 + i] == 't';
+        out->fits = !out->scope->targets[i].unqualified_ok || r.flags[i] == 't';
     return true;
 }
 
-bool scope_login_identity(const struct scope *s, const uint8_t *startup, size_t len,
+bool scope_login_identity(struct scope *s, const uint8_t *startup, size_t len,
                           struct identity_answer *out, uint64_t *answered)
 {
     struct login_identity *e;
@@ -320,6 +367,7 @@ bool scope_login_identity(const struct scope *s, const uint8_t *startup, size_t 
     HASH_FIND(hh, s->logins, startup, len, e);
     if (!e || !scope_identity_current(s, e->version, e->answered))
         return false;
+    out->scope = s;
     out->fits = e->fits;
     out->signature = e->signature;
     out->signature_len = e->signature_len;
@@ -331,9 +379,11 @@ void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t l
                                const struct identity_answer *answer, uint64_t now_ns)
 {
     struct login_identity *e;
-    char *signature = malloc(answer->signature_len + 1);
+    char *signature;
 
-    if (!signature)
+    /* A login that runs as another role at once (a role setting) is
+     * asked each time: what it answered belongs to that role's scope. */
+    if (answer->scope != s || !(signature = malloc(answer->signature_len + 1)))
         return;
     memcpy(signature, answer->signature, answer->signature_len);
     signature[answer->signature_len] = '\0';

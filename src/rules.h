@@ -8,12 +8,14 @@
  * ruleset belongs to one thread: the counters are the only part another
  * thread may read.
  *
- * A scope is what applies to one database and login role: the tables whose
- * rules cover that database, what the catalog check allows for each (the
- * catalog is learnt per scope, see catalog.h, and learnt again every
+ * A scope is what applies to one database and role: the tables whose rules
+ * cover that database, what the catalog check allows for each as that role
+ * (the catalog is learnt per scope, see catalog.h, and learnt again every
  * catalog_check_interval and when an error says it may have changed), and
  * a bounded cache of decisions by statement text, so that a statement seen
- * before costs one hash lookup instead of a parse.
+ * before costs one hash lookup instead of a parse. A session starts in its
+ * login role's scope and moves to the scope of the role it runs as once
+ * the server says it switched (SET ROLE).
  *
  * No I/O: the connection code runs the catalog query and hands over the
  * answer.
@@ -59,10 +61,18 @@ enum scope_state {
 };
 
 /* The scope for a database and login role, created on first use. NULL when
- * out of memory. It lives as long as its ruleset. */
+ * out of memory. It lives as long as its ruleset, as every scope does. */
 struct scope *ruleset_scope(struct ruleset *rs, const char *database, const char *user);
 
 enum scope_state scope_state(const struct scope *s);
+
+/* The role whose scope s is (*len bytes). */
+const char *scope_role(const struct scope *s, size_t *len);
+
+/* Scopes a ruleset makes for the roles sessions switch to (SET ROLE),
+ * beyond those of the roles they log in as: each learns its own catalog,
+ * so a role per tenant must not grow them without bound. */
+#define RULESET_ROLE_SCOPES_MAX 256
 
 /* The query that learns this scope's catalog; NULL when out of memory. */
 const char *scope_catalog_query(struct scope *s);
@@ -74,10 +84,16 @@ const char *scope_identity_query(struct scope *s);
 
 /* What the answer to that query says. */
 struct identity_answer {
-    /* The session runs as the login role and each name the rewrite takes
-     * without a schema (a target's unqualified_ok) means the registered
-     * table there too: its INSERTs may be decided as the scope's. Never
-     * before the scope has learnt its catalog. */
+    /* The scope of the role the session runs as, in the same database: the
+     * one asked, or another when the session switched roles (made on first
+     * use, for at most RULESET_ROLE_SCOPES_MAX such roles per ruleset; NULL
+     * past that, or when out of memory: nothing of the session is then
+     * rewritten). */
+    struct scope *scope;
+    /* Each name the rewrite takes without a schema (a target's
+     * unqualified_ok) means the registered table there too: the session's
+     * INSERTs may be decided as the scope's. Never before that scope has
+     * learnt its catalog. */
     bool fits;
     /* What PostgreSQL looks a prepared statement's names up by again
      * before running it (catalog_identity_answer): while it stays the
@@ -87,8 +103,9 @@ struct identity_answer {
     size_t signature_len;
 };
 
-/* Reads the answer (its DataRow body) into *out. False when malformed. */
-bool scope_identity_read(const struct scope *s, const uint8_t *row, size_t len,
+/* Reads the answer (its DataRow body) to s's question into *out. False
+ * when malformed. */
+bool scope_identity_read(struct scope *s, const uint8_t *row, size_t len,
                          struct identity_answer *out);
 
 /* Sessions of s that logged in with the same StartupMessage (the same
@@ -99,12 +116,12 @@ bool scope_identity_read(const struct scope *s, const uint8_t *row, size_t len,
  * was not asked again since (a table created in a schema of the path;
  * ALTER ROLE ... SET). False when nothing current is kept; *answered says
  * when it was; out->signature points into what s keeps. */
-bool scope_login_identity(const struct scope *s, const uint8_t *startup, size_t len,
+bool scope_login_identity(struct scope *s, const uint8_t *startup, size_t len,
                           struct identity_answer *out, uint64_t *answered);
 
 /* Keeps an answer for scope_login_identity (at most 64 StartupMessages
- * per scope; past that, the older ones go). Without memory, nothing is
- * kept. */
+ * per scope; past that, the older ones go), when it is about s's own role.
+ * Without memory, nothing is kept. */
 void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t len,
                                const struct identity_answer *answer, uint64_t now_ns);
 

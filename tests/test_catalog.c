@@ -53,7 +53,7 @@ static char *query_for(const struct config *cfg)
     assert_non_null(rules);
     for (size_t i = 0; i < cfg->table_count; i++)
         rules[i] = &cfg->tables[i];
-    char *sql = catalog_query(rules, cfg->table_count);
+    char *sql = catalog_query(rules, cfg->table_count, "app'user");
     free(rules);
     assert_non_null(sql);
     return sql;
@@ -171,6 +171,11 @@ static void test_query_one_table(void **state)
 
     assert_contains(sql, "want(nsp, rel) AS (VALUES ('public'::name, 'webhook_events'::name)),");
     assert_contains(sql, "path(nsp) AS (VALUES ('public'::name)),");
+    /* Privileges and row-level security are the named role's, never the
+     * asking session's. */
+    assert_contains(sql, "who(role) AS (VALUES ('app''user'::name)),");
+    assert_null(strstr(sql, "session_user"));
+    assert_null(strstr(sql, "current_user"));
     /* One simple-protocol statement: nothing after the last row source. */
     assert_null(strchr(sql, ';'));
     free(sql);
@@ -204,9 +209,9 @@ static void test_query_quotes_names(void **state)
 /* ---- catalog_identity_query -------------------------------------------- */
 
 /* The question names each table twice for to_regclass, without and with
- * its schema, as quoted identifiers inside literals; the role is compared
- * with the user; nothing is left to the session's search_path but the
- * table names themselves. */
+ * its schema, as quoted identifiers inside literals, and asks for the
+ * role; nothing is left to the session's search_path but the table names
+ * themselves. */
 static void test_identity_query(void **state)
 {
     (void)state;
@@ -217,59 +222,65 @@ static void test_identity_query(void **state)
     const struct table_rule *rules[3];
     for (size_t i = 0; i < 3; i++)
         rules[i] = &cfg->tables[i];
-    char *sql = catalog_identity_query(rules, 3, "app'user");
+    char *sql = catalog_identity_query(rules, 3);
 
     assert_non_null(sql);
-    assert_contains(sql, "current_user OPERATOR(pg_catalog.=) 'app''user'::pg_catalog.name");
-    assert_contains(sql, "session_user OPERATOR(pg_catalog.=) 'app''user'::pg_catalog.name");
+    assert_contains(sql, "SELECT current_user::pg_catalog.text,\n  ''\n  OPERATOR(pg_catalog.||) ");
     assert_contains(sql, "pg_catalog.to_regclass('\"orders\"') OPERATOR(pg_catalog.=) "
                          "pg_catalog.to_regclass('\"public\".\"orders\"')");
     assert_contains(sql, "pg_catalog.to_regclass('\"we\"\"ird\"') OPERATOR(pg_catalog.=) "
                          "pg_catalog.to_regclass('\"o''brien\".\"we\"\"ird\"')");
     assert_contains(sql, "pg_catalog.to_regclass(E'\"back\\\\slash\".\"x\"')");
     assert_contains(sql, "pg_catalog.current_schemas(true)::pg_catalog.text");
-    /* One flag per table, in order, after the role's. */
+    /* One flag per table, in order. */
     size_t cases = 0;
     for (const char *at = sql; (at = strstr(at, "THEN 't' ELSE 'f' END")); at++)
         cases++;
-    assert_int_equal(cases, 4);
+    assert_int_equal(cases, 3);
     assert_null(strchr(sql, ';'));
     free(sql);
     config_unref(cfg);
 }
 
-/* The answer is a text column of 't' and 'f', one more than the tables,
+/* The answer is the role, a text column of 't' and 'f', one per table,
  * and the signature; anything else is refused. */
 static void test_identity_answer(void **state)
 {
     (void)state;
-    static const uint8_t ok[] = { 0, 2, 0, 0, 0, 3, 't', 'f', 't', 0, 0, 0, 3, 'a', ' ', 'b' };
-    static const uint8_t short_[] = { 0, 2, 0, 0, 0, 2, 't', 'f', 0, 0, 0, 1, 'a' };
-    static const uint8_t other[] = { 0, 2, 0, 0, 0, 3, 't', 'x', 't', 0, 0, 0, 1, 'a' };
-    static const uint8_t one[] = { 0, 1, 0, 0, 0, 3, 't', 'f', 't' };
-    static const uint8_t null_[] = { 0, 2, 0, 0, 0, 1, 't', 0xff, 0xff, 0xff, 0xff };
-    static const uint8_t trailing[] = { 0, 2, 0, 0, 0, 1, 't', 0, 0, 0, 1, 'a', 0 };
-    static const uint8_t cut[] = { 0, 2, 0, 0, 0, 1, 't', 0, 0, 0, 2, 'a' };
-    const char *flags, *signature;
-    size_t signature_len;
+    static const uint8_t ok[] = { 0, 3, 0, 0, 0, 2, 'b', 'o', 0, 0, 0, 2, 't', 'f',
+                                  0, 0, 0, 4, 'b', 'o', ' ', 'x' };
+    static const uint8_t none[] = { 0, 3, 0, 0, 0, 1, 'r', 0, 0, 0, 0, 0, 0, 0, 1, 's' };
+    static const uint8_t two[] = { 0, 2, 0, 0, 0, 2, 't', 'f', 0, 0, 0, 1, 'a' };
+    static const uint8_t other[] = { 0, 3, 0, 0, 0, 1, 'r', 0, 0, 0, 2, 't', 'x',
+                                     0, 0, 0, 1, 'a' };
+    static const uint8_t null_role[] = { 0, 3, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0,
+                                         0, 0, 0, 1, 's' };
+    static const uint8_t nul_in_role[] = { 0, 3, 0, 0, 0, 2, 'r', 0, 0, 0, 0, 0,
+                                           0, 0, 0, 1, 's' };
+    static const uint8_t null_signature[] = { 0, 3, 0, 0, 0, 1, 'r', 0, 0, 0, 0,
+                                              0xff, 0xff, 0xff, 0xff };
+    static const uint8_t trailing[] = { 0, 3, 0, 0, 0, 1, 'r', 0, 0, 0, 0, 0, 0, 0, 1, 's', 0 };
+    static const uint8_t cut[] = { 0, 3, 0, 0, 0, 1, 'r', 0, 0, 0, 0, 0, 0, 0, 2, 's' };
+    struct identity_row r;
 
-    assert_true(catalog_identity_answer(ok, sizeof(ok), 2, &flags, &signature, &signature_len));
-    assert_memory_equal(flags, "tft", 3);
-    assert_int_equal(signature_len, 3);
-    assert_memory_equal(signature, "a b", 3);
-    assert_false(catalog_identity_answer(ok, sizeof(ok), 3, &flags, &signature, &signature_len));
-    assert_false(catalog_identity_answer(short_, sizeof(short_), 2, &flags, &signature,
-                                         &signature_len));
-    assert_false(catalog_identity_answer(other, sizeof(other), 2, &flags, &signature,
-                                         &signature_len));
-    assert_false(catalog_identity_answer(one, sizeof(one), 2, &flags, &signature, &signature_len));
-    assert_false(catalog_identity_answer(null_, sizeof(null_), 0, &flags, &signature,
-                                         &signature_len));
-    assert_false(catalog_identity_answer(trailing, sizeof(trailing), 0, &flags, &signature,
-                                         &signature_len));
-    assert_false(catalog_identity_answer(cut, sizeof(cut), 0, &flags, &signature,
-                                         &signature_len));
-    assert_false(catalog_identity_answer(ok, 3, 2, &flags, &signature, &signature_len));
+    assert_true(catalog_identity_answer(ok, sizeof(ok), 2, &r));
+    assert_int_equal(r.role_len, 2);
+    assert_memory_equal(r.role, "bo", 2);
+    assert_memory_equal(r.flags, "tf", 2);
+    assert_int_equal(r.signature_len, 4);
+    assert_memory_equal(r.signature, "bo x", 4);
+    assert_true(catalog_identity_answer(none, sizeof(none), 0, &r));
+    assert_false(catalog_identity_answer(ok, sizeof(ok), 3, &r));
+    assert_false(catalog_identity_answer(ok, sizeof(ok), 1, &r));
+    assert_false(catalog_identity_answer(two, sizeof(two), 2, &r));
+    assert_false(catalog_identity_answer(other, sizeof(other), 2, &r));
+    assert_false(catalog_identity_answer(null_role, sizeof(null_role), 0, &r));
+    assert_false(catalog_identity_answer(nul_in_role, sizeof(nul_in_role), 0, &r));
+    assert_false(catalog_identity_answer(null_signature, sizeof(null_signature), 0, &r));
+    assert_false(catalog_identity_answer(trailing, sizeof(trailing), 0, &r));
+    assert_false(catalog_identity_answer(cut, sizeof(cut), 0, &r));
+    assert_false(catalog_identity_answer(ok, 1, 2, &r));
+    assert_false(catalog_identity_answer(ok, 3, 2, &r));
 }
 
 /* ---- catalog_add_row --------------------------------------------------- */
@@ -619,7 +630,7 @@ static const struct decide_case decide_cases[] = {
       true, true, K_NOTHING, K_NOTHING, RW, RW, NULL },
     { "no UPDATE, auto", CONF_T "conflict = k\n",
       REL_T PKEY_T KEY_K "a public t k true true false\n",
-      true, true, K_NOTHING, NULL, RW, NO, "INSERT ... RETURNING: the login role may not UPDATE column k" },
+      true, true, K_NOTHING, NULL, RW, NO, "INSERT ... RETURNING: the role may not UPDATE column k" },
     { "no UPDATE, do_update", CONF_T "conflict = k\naction = do_update\nupdate_columns = v\n",
       REL_T PKEY_T KEY_K "a public t k true true true\na public t v true true false\n",
       true, true, NULL, NULL, NO, NO, "may not UPDATE column v" },

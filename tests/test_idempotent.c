@@ -1171,9 +1171,9 @@ static void test_idem_catalog_interval(void **state)
  * RETURNING, checked against the real server: without UPDATE privilege, or
  * with row-level security applying to it, that form is not rewritten and a
  * duplicate gets the server's 23505; the check follows GRANT and ENABLE ROW
- * LEVEL SECURITY within catalog_check_interval. A session that changed its
- * role (SET ROLE) and happens to ask again answers for its login role
- * still. */
+ * LEVEL SECURITY within catalog_check_interval. A session of another login
+ * that runs as the role (SET ROLE) learns for the role, not for its login
+ * role. */
 static void test_idem_login_role_privileges(void **state)
 {
     (void)state;
@@ -1201,8 +1201,8 @@ static void test_idem_login_role_privileges(void **state)
     itest_sleep_ms(1300);
     assert_string_equal(itest_query_text(user, returning, text, sizeof text), "first");
 
-    /* A superuser's session acting as the user asks the next check: the
-     * answer is still the superuser's own. */
+    /* A superuser's session acting as the user asks the next check: for
+     * the user, and the superuser's own answer stands. */
     itest_server_exec("REVOKE UPDATE ON idem_priv FROM " ITEST_SCRAM_USER);
     itest_exec_ok(super, "SET ROLE " ITEST_SCRAM_USER);
     itest_sleep_ms(1300);
@@ -1233,14 +1233,15 @@ static void test_idem_login_role_privileges(void **state)
 
 /* A session whose table names lead elsewhere than the catalog check
  * assumed (its own search_path, set in any way, a temporary table of the
- * same name) or that runs as another role has its INSERTs left exactly
- * as it sent them, as a direct connection would run them: a duplicate in
- * a tenant's table is the server's 23505, a table without the unique
- * index takes both rows (the rewrite would have failed with 42P10), and
- * a role without UPDATE privilege gets the duplicate's 23505, not the
- * DO UPDATE form's 42501. Once the session is back (RESET, the end of
- * the block with SET LOCAL, the temporary table dropped), its INSERTs are
- * rewritten again. */
+ * same name) has its INSERTs left exactly as it sent them, as a direct
+ * connection would run them: a duplicate in a tenant's table is the
+ * server's 23505, and a table without the unique index takes both rows
+ * (the rewrite would have failed with 42P10). Once the session is back
+ * (RESET, the end of the block with SET LOCAL, the temporary table
+ * dropped), its INSERTs are rewritten again. A session that runs as
+ * another role is decided by what that role may do: without UPDATE
+ * privilege, the duplicate's 23505 rather than the DO UPDATE form's
+ * 42501. */
 static void test_idem_session_identity(void **state)
 {
     (void)state;
@@ -1339,11 +1340,12 @@ static void test_idem_session_identity(void **state)
     itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
 
     /* Another role: the DO UPDATE form for RETURNING was allowed for the
-     * login role (a superuser), not for this one. */
+     * login role (a superuser), not for this one; DO NOTHING is. */
     const char *returning = "INSERT INTO idem_who (idempotency_key, payload) "
                             "VALUES ('w1', 'r') RETURNING payload";
     itest_exec_ok(c, "SET ROLE " ITEST_SCRAM_USER);
     itest_exec_sqlstate(c, returning, "23505");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
     itest_exec_ok(c, "RESET ROLE");
     assert_string_equal(itest_query_text(c, returning, text, sizeof text), "x");
 
@@ -1366,6 +1368,73 @@ static void test_idem_session_identity(void **state)
     assert_int_equal(itest_server_ll("SELECT count(*) FROM public.idem_who"), 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_tenant.idem_who"), 1);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_loose.idem_who"), 9);
+    assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
+    itest_pass();
+}
+
+#define ROLE_INSERT(key) \
+    "INSERT INTO idem_role (idempotency_key, payload) VALUES ('" key "', 'x')"
+#define ROLE_RETURNING(key) \
+    "INSERT INTO idem_role (idempotency_key, payload) VALUES ('" key "', 'r') RETURNING payload"
+
+/* A session that switches roles (SET ROLE, or a role given at login) is
+ * decided by what the role it runs as may do, learnt once per role: a
+ * role with UPDATE privilege gets the DO UPDATE form of INSERT ...
+ * RETURNING, one without gets the duplicate's 23505 (not 42501), and
+ * both get DO NOTHING; back to its login role, a session is decided as
+ * before. */
+static void test_idem_session_role(void **state)
+{
+    (void)state;
+    create_key_table("idem_role", "text");
+    itest_server_exec(
+        "DO $$BEGIN "
+        "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idem_writer') THEN "
+        "CREATE ROLE idem_writer; END IF; "
+        "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idem_inserter') THEN "
+        "CREATE ROLE idem_inserter; END IF; END$$; "
+        "GRANT SELECT, INSERT, UPDATE ON idem_role TO idem_writer; "
+        "GRANT SELECT, INSERT ON idem_role TO idem_inserter; "
+        "GRANT USAGE ON SEQUENCE idem_role_id_seq TO idem_writer, idem_inserter");
+    itest_server_exec("INSERT INTO idem_role (idempotency_key, payload) VALUES ('r1', 'first')");
+    struct itest_proxy *p = itest_proxy_start_with(
+        "debug", "workers = 1\ncatalog_check_interval = 0\n"
+                 "[table public.idem_role]\nconflict = idempotency_key\n");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *learning = "asking the server about the registered tables";
+    char text[64];
+
+    itest_exec_tag(c, ROLE_INSERT("r1"), "INSERT 0 0");
+    assert_int_equal(itest_proxy_log_count(p, learning), 1);
+
+    itest_exec_ok(c, "SET ROLE idem_writer");
+    itest_exec_tag(c, ROLE_INSERT("r1"), "INSERT 0 0");
+    assert_string_equal(itest_query_text(c, ROLE_RETURNING("r1"), text, sizeof text), "first");
+    itest_assert_log_line(p, "info", "runs as role \"idem_writer\" now", "catalog check");
+    assert_int_equal(itest_proxy_log_count(p, learning), 2);
+
+    itest_exec_ok(c, "SET ROLE idem_inserter");
+    itest_exec_tag(c, ROLE_INSERT("r1"), "INSERT 0 0");
+    itest_exec_sqlstate(c, ROLE_RETURNING("r1"), "23505");
+    itest_assert_log_line(p, "warning", "as role \"idem_inserter\"", "may not UPDATE");
+    itest_exec_ok(c, "RESET ROLE");
+    assert_string_equal(itest_query_text(c, ROLE_RETURNING("r1"), text, sizeof text), "first");
+
+    /* Each role's catalog was learnt once: another session, and a login
+     * that runs as a role from the start, ask no more of it. */
+    PGconn *d = itest_connect_ok(p->port, NULL);
+    itest_exec_ok(d, "SET ROLE idem_inserter");
+    itest_exec_tag(d, ROLE_INSERT("r1"), "INSERT 0 0");
+    itest_exec_sqlstate(d, ROLE_RETURNING("r1"), "23505");
+    PGconn *w = itest_connect_ok(p->port, "options='-crole=idem_writer'");
+    assert_string_equal(itest_query_text(w, ROLE_RETURNING("r1"), text, sizeof text), "first");
+    itest_exec_tag(w, ROLE_INSERT("r1"), "INSERT 0 0");
+    assert_int_equal(itest_proxy_log_count(p, learning), 3);
+
+    /* A new key as each role: one row each, as directly. */
+    itest_exec_tag(w, ROLE_INSERT("r2"), "INSERT 0 1");
+    itest_exec_tag(d, ROLE_INSERT("r3"), "INSERT 0 1");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_role"), 3);
     assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
     itest_pass();
 }
@@ -1397,6 +1466,7 @@ int main(int argc, char **argv)
         ITEST(test_idem_catalog_interval),
         ITEST(test_idem_login_role_privileges),
         ITEST(test_idem_session_identity),
+        ITEST(test_idem_session_role),
     };
     return itest_main(argc, argv, "idemproxy idempotent inserts", tests,
                       sizeof tests / sizeof tests[0]);

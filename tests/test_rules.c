@@ -202,33 +202,49 @@ static void test_scope_identity(void **state)
     ruleset_unref(rs);
 }
 
-/* An answer about a session's identity (its DataRow body), signature "sig". */
-static size_t identity_row(uint8_t *buf, const char *flags)
+/* An answer about a session's identity (its DataRow body): the role,
+ * the flags, signature "sig". */
+static size_t identity_row(uint8_t *buf, const char *role, const char *flags)
 {
-    size_t n = strlen(flags);
+    size_t r = strlen(role), n = strlen(flags), at = 2;
     buf[0] = 0;
-    buf[1] = 2;
-    pg_put_u32(buf + 2, (uint32_t)n);
-    memcpy(buf + 6, flags, n);
-    pg_put_u32(buf + 6 + n, 3);
-    memcpy(buf + 10 + n, "sig", 3);
-    return 13 + n;
+    buf[1] = 3;
+    pg_put_u32(buf + at, (uint32_t)r);
+    memcpy(buf + at + 4, role, r);
+    at += 4 + r;
+    pg_put_u32(buf + at, (uint32_t)n);
+    memcpy(buf + at + 4, flags, n);
+    at += 4 + n;
+    pg_put_u32(buf + at, 3);
+    memcpy(buf + at + 4, "sig", 3);
+    return at + 7;
 }
 
-static bool fits(const struct scope *s, const char *flags)
+/* Whether the answer fits; *scope: the scope it names. */
+static bool fits_as(struct scope *s, const char *role, const char *flags, struct scope **scope)
 {
-    uint8_t row[64];
+    uint8_t row[128];
     struct identity_answer a;
 
-    assert_true(scope_identity_read(s, row, identity_row(row, flags), &a));
+    assert_true(scope_identity_read(s, row, identity_row(row, role, flags), &a));
     assert_int_equal(a.signature_len, 3);
     assert_memory_equal(a.signature, "sig", 3);
+    *scope = a.scope;
     return a.fits;
 }
 
-/* The scope's verdicts hold for a session that runs as the login role and
- * whose unqualified names lead where the scope's do; not before the
- * catalog is known; a malformed answer is none. */
+static bool fits(struct scope *s, const char *flags)
+{
+    struct scope *scope;
+    bool yes = fits_as(s, "alice", flags, &scope);
+
+    assert_ptr_equal(scope, s);
+    return yes;
+}
+
+/* The scope's verdicts hold for a session whose unqualified names lead
+ * where the scope's do; not before the catalog is known; a malformed
+ * answer is none. */
 static void test_scope_identity_fits(void **state)
 {
     (void)state;
@@ -236,12 +252,13 @@ static void test_scope_identity_fits(void **state)
     struct scope *s = ruleset_scope(rs, "app", "alice");
     struct identity_answer a;
     struct catalog cat;
-    uint8_t row[64];
+    uint8_t row[128];
 
-    assert_false(fits(s, "ttt"));
+    assert_false(fits(s, "tt"));
     const char *sql = scope_identity_query(s);
     assert_non_null(sql);
-    assert_non_null(strstr(sql, "'alice'::pg_catalog.name"));
+    assert_non_null(strstr(sql, "SELECT current_user::pg_catalog.text"));
+    assert_null(strstr(sql, "alice"));
     assert_non_null(strstr(sql, "to_regclass('\"public\".\"webhook_events\"')"));
     assert_null(strstr(sql, "audit_log")); /* another database's table */
     assert_ptr_equal(scope_identity_query(s), sql);
@@ -249,12 +266,64 @@ static void test_scope_identity_fits(void **state)
     app_catalog(&cat);
     assert_true(scope_learn(s, &cat, SEC));
     catalog_free(&cat);
-    assert_true(fits(s, "ttt"));
-    assert_false(fits(s, "ftt"));
-    assert_false(fits(s, "ttf"));
-    assert_false(fits(s, "tft"));
-    assert_false(scope_identity_read(s, row, identity_row(row, "tt"), &a));
-    assert_false(scope_identity_read(s, row, identity_row(row, "tttt"), &a));
+    assert_true(fits(s, "tt"));
+    assert_false(fits(s, "ft"));
+    assert_false(fits(s, "tf"));
+    assert_false(scope_identity_read(s, row, identity_row(row, "alice", "t"), &a));
+    assert_false(scope_identity_read(s, row, identity_row(row, "alice", "ttt"), &a));
+    ruleset_unref(rs);
+}
+
+/* A session that runs as another role is decided in that role's scope of
+ * the same database, made on first use, which learns its own catalog
+ * (asked for that role by name); only so many of those are made. */
+static void test_scope_identity_role(void **state)
+{
+    (void)state;
+    struct ruleset *rs = ruleset_new(parse_config(CONFIG), NULL);
+    struct scope *alice = ruleset_scope(rs, "app", "alice"), *scope;
+    struct catalog cat;
+
+    app_catalog(&cat);
+    assert_true(scope_learn(alice, &cat, SEC));
+    assert_false(fits_as(alice, "bob", "tt", &scope));
+    struct scope *bob = scope;
+    assert_non_null(bob);
+    assert_ptr_equal(ruleset_scope(rs, "app", "bob"), bob);
+    assert_int_equal(scope_state(bob), SCOPE_UNKNOWN);
+    size_t role_len;
+    const char *role = scope_role(bob, &role_len);
+    assert_int_equal(role_len, 3);
+    assert_memory_equal(role, "bob", 3);
+    assert_non_null(strstr(scope_catalog_query(bob), "who(role) AS (VALUES ('bob'::name))"));
+    assert_non_null(strstr(scope_catalog_query(alice), "who(role) AS (VALUES ('alice'::name))"));
+    assert_int_equal(scope_table_count(bob), scope_table_count(alice));
+
+    /* Learnt, it decides; the session's names still count. */
+    assert_true(scope_learn(bob, &cat, 2 * SEC));
+    assert_true(fits_as(alice, "bob", "tt", &scope));
+    assert_ptr_equal(scope, bob);
+    assert_false(fits_as(alice, "bob", "ft", &scope));
+    /* And back from bob's scope to the login role's. */
+    assert_true(fits_as(bob, "alice", "tt", &scope));
+    assert_ptr_equal(scope, alice);
+
+    /* Past the bound, a role never met has none; those made stay. */
+    char name[32];
+    for (int i = 1; i < RULESET_ROLE_SCOPES_MAX; i++) {
+        snprintf(name, sizeof(name), "tenant%d", i);
+        assert_false(fits_as(alice, name, "tt", &scope));
+        assert_non_null(scope);
+    }
+    assert_false(fits_as(alice, "one_too_many", "tt", &scope));
+    assert_null(scope);
+    assert_true(fits_as(alice, "bob", "tt", &scope));
+    assert_ptr_equal(scope, bob);
+    assert_false(fits_as(alice, "tenant1", "tt", &scope));
+    assert_non_null(scope);
+    /* Logins still get theirs. */
+    assert_non_null(ruleset_scope(rs, "app", "carol"));
+    catalog_free(&cat);
     ruleset_unref(rs);
 }
 
@@ -268,8 +337,9 @@ static void test_scope_login_identity(void **state)
     struct scope *s = ruleset_scope(rs, "app", "alice");
     static const uint8_t login[] = "user\0alice\0database\0app\0\0";
     static const uint8_t other[] = "user\0alice\0database\0app\0options\0-c x\0\0";
-    const struct identity_answer yes = { true, "alice {public}", 14 };
-    const struct identity_answer no = { false, "alice {x}", 9 };
+    const struct identity_answer yes = { s, true, "alice {public}", 14 };
+    const struct identity_answer no = { s, false, "alice {x}", 9 };
+    const struct identity_answer bob = { ruleset_scope(rs, "app", "bob"), true, "bob {x}", 7 };
     struct identity_answer got;
     struct catalog cat;
     uint64_t answered = 0;
@@ -279,6 +349,7 @@ static void test_scope_login_identity(void **state)
     assert_false(scope_login_identity(s, login, sizeof(login), &got, &answered));
     scope_keep_login_identity(s, login, sizeof(login), &yes, 2 * SEC);
     assert_true(scope_login_identity(s, login, sizeof(login), &got, &answered));
+    assert_ptr_equal(got.scope, s);
     assert_true(got.fits);
     assert_int_equal(got.signature_len, 14);
     assert_string_equal(got.signature, "alice {public}");
@@ -289,6 +360,10 @@ static void test_scope_login_identity(void **state)
     assert_true(scope_login_identity(s, other, sizeof(other), &got, &answered));
     assert_false(got.fits);
     assert_string_equal(got.signature, "alice {x}");
+    /* A login that runs as another role at once is not kept. */
+    static const uint8_t as_bob[] = "user\0alice\0database\0app\0options\0-c role=bob\0\0";
+    scope_keep_login_identity(s, as_bob, sizeof(as_bob), &bob, 2 * SEC);
+    assert_false(scope_login_identity(s, as_bob, sizeof(as_bob), &got, &answered));
 
     /* The catalog asked again, same answer: not current any more. */
     assert_true(scope_learn(s, &cat, 3 * SEC));
@@ -962,6 +1037,7 @@ int main(void)
         cmocka_unit_test(test_ruleset_without_tables),
         cmocka_unit_test(test_scope_identity),
         cmocka_unit_test(test_scope_identity_fits),
+        cmocka_unit_test(test_scope_identity_role),
         cmocka_unit_test(test_scope_login_identity),
         cmocka_unit_test(test_scope_tables_by_database),
         cmocka_unit_test(test_scope_learn),
