@@ -121,14 +121,28 @@ struct statement {
     bool changes_identity; /* REWRITE_CHANGES_IDENTITY */
 };
 
-/* SQL that may drop or redefine prepared statements (DEALLOCATE, DISCARD,
- * PREPARE) leaves nothing the proxy knew of them true. */
-static void forget_if_redefined(struct conn *c, unsigned effects)
+/* SQL that drops prepared statements (DEALLOCATE, DISCARD ALL): what it
+ * names is forgotten as it goes, all of them for ALL. One of the proxy's
+ * own (its name is the client's to use too: README) goes with every
+ * other the cache holds, to be created again under new names. */
+static void forget_dropped(struct conn *c, unsigned effects, const char *text)
 {
-    if (effects & REWRITE_REDEFINES_STATEMENTS) {
+    struct rewrite_drops drops;
+
+    if (!(effects & REWRITE_DROPS_STATEMENTS))
+        return;
+    rewrite_dropped_statements(text, &drops);
+    if (drops.all) {
         session_clear(&c->session);
         stmtcache_forget_all(&c->stmts);
     }
+    for (size_t i = 0; !drops.all && i < drops.names.count; i++) {
+        const char *name = drops.names.names[i];
+        session_close(&c->session, 'S', name);
+        if (strncmp(name, STMTCACHE_PREFIX, strlen(STMTCACHE_PREFIX)) == 0)
+            stmtcache_forget_all(&c->stmts);
+    }
+    rewrite_drops_free(&drops);
 }
 
 /* A Query that may change the session's identity does so before its own
@@ -158,7 +172,7 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
         }
     }
     st->replaced = st->d && st->d->result.text;
-    forget_if_redefined(c, effects);
+    forget_dropped(c, effects, text);
 }
 
 /* Writes the message with the rewritten text in place of the original's
@@ -1132,7 +1146,7 @@ static enum taken take_terminate(struct conn *c, struct sink *k)
 
 /* Nothing is rewritten (no rules apply, or the catalog is in doubt) while
  * the proxy still knows statements the client prepared: their names are
- * followed, and a text that may drop or redefine them is read, so that
+ * followed, and a text that may drop them is read, so that
  * nothing stale is prepared again or translated later. */
 static enum taken take_unrewritten(struct conn *c, const uint8_t *msg, size_t total,
                                    struct sink *k)
@@ -1152,7 +1166,8 @@ static enum taken take_unrewritten(struct conn *c, const uint8_t *msg, size_t to
         const uint8_t *text = name ? body + at : NULL;
         const uint8_t *end = text ? memchr(text, '\0', len - at) : NULL;
         if (end)
-            forget_if_redefined(c, rewrite_effects((const char *)text, (size_t)(end - text)));
+            forget_dropped(c, rewrite_effects((const char *)text, (size_t)(end - text)),
+                           (const char *)text);
         if (name && name[0] == '\0' && !unnamed_redefined(c, &note)) {
             fail_oom(c);
             return TAKEN_CLOSED;

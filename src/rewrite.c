@@ -666,16 +666,14 @@ static unsigned statement_effects(const char *text, size_t len, size_t i)
                                                                                       : 0;
     case 'd':
         if (keyword_at(text, len, i, "deallocate"))
-            return REWRITE_REDEFINES_STATEMENTS;
+            return REWRITE_DROPS_STATEMENTS;
         if (keyword_at(text, len, i, "discard"))
-            return REWRITE_REDEFINES_STATEMENTS | identity;
+            return REWRITE_DROPS_STATEMENTS | identity;
         return keyword_at(text, len, i, "drop") || keyword_at(text, len, i, "do") ? identity : 0;
     case 'e':
         return keyword_at(text, len, i, "execute") ? identity : 0;
     case 'i':
         return keyword_at(text, len, i, "import") ? identity : 0;
-    case 'p':
-        return keyword_at(text, len, i, "prepare") ? REWRITE_REDEFINES_STATEMENTS : 0;
     case 'r':
         return keyword_at(text, len, i, "reset") ? sets_identity(text, len, i + 5) : 0;
     case 's':
@@ -692,7 +690,7 @@ static unsigned statement_effects(const char *text, size_t len, size_t i)
  * from the last, never from where the skipping ended. */
 static unsigned statement_starts_effects(const char *text, size_t len)
 {
-    const unsigned all = REWRITE_REDEFINES_STATEMENTS | REWRITE_CHANGES_IDENTITY;
+    const unsigned all = REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY;
     unsigned effects = 0;
 
     for (size_t start = 0; effects != all;) {
@@ -721,22 +719,54 @@ static bool mentions_set_config(const char *text, size_t len)
     return false;
 }
 
-/* Whether the parser finds PREPARE, DEALLOCATE or DISCARD among the
- * statements of text; what it cannot read may still run on the server. */
-static bool parser_finds_redefinition(const char *text)
+unsigned rewrite_effects(const char *text, size_t len)
+{
+    unsigned effects = statement_starts_effects(text, len);
+
+    if (mentions_set_config(text, len))
+        effects |= REWRITE_CHANGES_IDENTITY;
+    return effects;
+}
+
+/* Adds a copy of name to l; false when out of memory. */
+static bool add_name(struct name_list *l, const char *name)
+{
+    char **grown = realloc(l->names, (l->count + 1) * sizeof(*grown));
+    char *copy = strdup(name);
+
+    if (grown)
+        l->names = grown;
+    if (!grown || !copy) {
+        free(copy);
+        return false;
+    }
+    l->names[l->count++] = copy;
+    return true;
+}
+
+bool rewrite_dropped_statements(const char *text, struct rewrite_drops *out)
 {
     PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
     PgQuery__ParseResult *tree = raw.error ? NULL
                                            : pg_query__parse_result__unpack(
                                                  NULL, raw.parse_tree.len,
                                                  (const uint8_t *)raw.parse_tree.data);
-    bool found = tree == NULL;
-    for (size_t i = 0; tree && i < tree->n_stmts && !found; i++) {
-        switch (tree->stmts[i]->stmt->node_case) {
-        case PG_QUERY__NODE__NODE_PREPARE_STMT:
+    bool ok = true;
+
+    memset(out, 0, sizeof(*out));
+    /* What the parser cannot read may still run on the server. */
+    out->all = tree == NULL;
+    for (size_t i = 0; tree && i < tree->n_stmts && !out->all; i++) {
+        const PgQuery__Node *stmt = tree->stmts[i]->stmt;
+        switch (stmt->node_case) {
         case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+            if (!stmt->deallocate_stmt->name || !stmt->deallocate_stmt->name[0])
+                out->all = true;
+            else if (!add_name(&out->names, stmt->deallocate_stmt->name))
+                ok = out->all = true;
+            break;
         case PG_QUERY__NODE__NODE_DISCARD_STMT:
-            found = true;
+            out->all = stmt->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL;
             break;
         default:
             break;
@@ -745,18 +775,15 @@ static bool parser_finds_redefinition(const char *text)
     if (tree)
         pg_query__parse_result__free_unpacked(tree, NULL);
     pg_query_free_protobuf_parse_result(raw);
-    return found;
+    return ok;
 }
 
-unsigned rewrite_effects(const char *text, size_t len)
+void rewrite_drops_free(struct rewrite_drops *d)
 {
-    unsigned effects = statement_starts_effects(text, len);
-
-    if (mentions_set_config(text, len))
-        effects |= REWRITE_CHANGES_IDENTITY;
-    if ((effects & REWRITE_REDEFINES_STATEMENTS) && !parser_finds_redefinition(text))
-        effects &= ~(unsigned)REWRITE_REDEFINES_STATEMENTS;
-    return effects;
+    for (size_t i = 0; i < d->names.count; i++)
+        free(d->names.names[i]);
+    free(d->names.names);
+    memset(d, 0, sizeof(*d));
 }
 
 /* ---- sessions ---------------------------------------------------------- */

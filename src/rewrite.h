@@ -103,11 +103,10 @@ bool rewrite_prefilter(const struct rewrite_rules *rules, const char *text, size
 
 /* What a text may do to the session beyond its own statements. */
 enum rewrite_effect {
-    /* It may define, drop or redefine prepared statements (PREPARE,
-     * DEALLOCATE, DISCARD), as PostgreSQL's parser reads it; also when the
-     * parser cannot read a text in which a statement begins with one of
-     * them. Only such a text reaches the parser. */
-    REWRITE_REDEFINES_STATEMENTS = 1,
+    /* It may drop prepared statements: a statement begins with DEALLOCATE
+     * or DISCARD (rewrite_dropped_statements says which it drops). A
+     * PREPARE drops nothing: it fails on a name in use. */
+    REWRITE_DROPS_STATEMENTS = 1,
     /* It may change which table a name without a schema means, or as whom
      * the session runs: a statement that begins with SET or RESET of
      * search_path (or SCHEMA), ROLE or SESSION AUTHORIZATION, RESET ALL, or
@@ -122,6 +121,21 @@ enum rewrite_effect {
 /* The effects (enum rewrite_effect) of text, len bytes with text[len] a
  * NUL, found where its statements begin, in one pass. */
 unsigned rewrite_effects(const char *text, size_t len);
+
+/* The prepared statements a text's DEALLOCATE and DISCARD statements drop,
+ * as PostgreSQL's parser reads them. */
+struct rewrite_drops {
+    /* Every named statement: DEALLOCATE ALL, DISCARD ALL, or a text the
+     * parser cannot read (the server may read it otherwise). */
+    bool all;
+    struct name_list names; /* DEALLOCATE name, as the server folds it */
+};
+
+/* Fills *out for text (NUL-terminated): meant for the texts
+ * REWRITE_DROPS_STATEMENTS marks, since it parses. False when out of
+ * memory (*out then says all). rewrite_drops_free frees it. */
+bool rewrite_dropped_statements(const char *text, struct rewrite_drops *out);
+void rewrite_drops_free(struct rewrite_drops *d);
 
 /* Whether c is whitespace between SQL tokens. */
 static inline bool rewrite_is_space(char c)

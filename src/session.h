@@ -34,8 +34,8 @@ struct session {
 void session_init(struct session *s);
 void session_free(struct session *s);
 
-/* Forgets every name: after SQL that may drop or redefine statements
- * (DEALLOCATE, DISCARD, PREPARE), or when the rules change. */
+/* Forgets every name: after SQL that drops every statement (DEALLOCATE
+ * ALL, DISCARD ALL), or when the rules change. */
 void session_clear(struct session *s);
 
 /* Nothing is known: no statement or portal kept. */

@@ -77,7 +77,7 @@ uint64_t stmtcache_create(struct stmtcache *sc, struct stmt_entry *e)
 
 void stmtcache_name_of(uint64_t number, char name[STMTCACHE_NAME_MAX])
 {
-    snprintf(name, STMTCACHE_NAME_MAX, "idemproxy_s%" PRIu64, number);
+    snprintf(name, STMTCACHE_NAME_MAX, STMTCACHE_PREFIX "%" PRIu64, number);
 }
 
 void stmtcache_created(struct stmt_entry *e, uint64_t number, bool ok)

@@ -27,7 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Room for "idemproxy_s" and a 64-bit number. */
+/* The proxy's statements are named STMTCACHE_PREFIX and a number: room
+ * for it and a 64-bit number. */
+#define STMTCACHE_PREFIX "idemproxy_s"
 #define STMTCACHE_NAME_MAX 32
 
 enum stmt_state {

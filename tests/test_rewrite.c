@@ -1024,44 +1024,83 @@ static void test_reason_names(void **state)
 
 /* ---- session encodings -------------------------------------------------- */
 
-/* Statements that drop or redefine prepared statements are found where
- * they begin, behind whitespace, comments and other statements; the words
- * elsewhere (names, strings, comments) cost no parse, and what the parser
- * cannot read counts when a statement begins with one of them. */
-static void test_redefines_statements(void **state)
+/* Statements that may drop prepared statements are found where they
+ * begin, behind whitespace, comments and other statements; the words
+ * elsewhere (names, comments) are not, and neither is PREPARE, which drops
+ * nothing. (Behind a ';' in a string they are: that costs a parse, which
+ * finds nothing dropped.) */
+static void test_drops_statements(void **state)
 {
     (void)state;
     const char *yes[] = {
         "DEALLOCATE ALL",
         "  deallocate prepare ps",
-        "PREPARE p AS SELECT 1",
         "discard all;",
         "SELECT 1; DISCARD ALL",
         "SELECT ';'; DEALLOCATE ps",
         "-- a comment\n\tDISCARD PLANS",
         "/* outer /* inner */ still a comment */ DEALLOCATE ps",
-        "SELECT 1 /* ; */; /* x */ prepare p AS SELECT 2",
         /* What follows a ';' in a string is no comment. */
         "SELECT 'a;/*'; DEALLOCATE ALL; SELECT '*/'",
-        "DEALLOCATE", /* unreadable, and the server may read it otherwise */
+        "DEALLOCATE",
     };
     const char *no[] = {
         "SELECT 1",
-        "INSERT INTO prepared_orders VALUES ('deallocate; discard')",
         "SELECT prepare FROM discard",
         "-- DEALLOCATE ALL",
         "/* DISCARD ALL */ SELECT 1",
         "/* /* */ DEALLOCATE ALL */ SELECT 1",
         "SELECT 'x;'",
+        "PREPARE p AS SELECT 1",
         "EXECUTE p",
         "",
     };
     for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
-        if (!(rewrite_effects(yes[i], strlen(yes[i])) & REWRITE_REDEFINES_STATEMENTS))
+        if (!(rewrite_effects(yes[i], strlen(yes[i])) & REWRITE_DROPS_STATEMENTS))
             fail_msg("not found in: %s", yes[i]);
     for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
-        if (rewrite_effects(no[i], strlen(no[i])) & REWRITE_REDEFINES_STATEMENTS)
+        if (rewrite_effects(no[i], strlen(no[i])) & REWRITE_DROPS_STATEMENTS)
             fail_msg("found in: %s", no[i]);
+}
+
+/* What is dropped, as PostgreSQL reads it: each name DEALLOCATE gives,
+ * folded or quoted as the server takes it; everything for ALL, DISCARD
+ * ALL or a text the parser cannot read; nothing for the other DISCARDs
+ * and for PREPARE. */
+static void test_dropped_statements(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *text;
+        bool all;
+        const char *names; /* space-separated */
+    } drops[] = {
+        { "DEALLOCATE ps", false, "ps" },
+        { "INSERT INTO prepared_orders VALUES ('deallocate; discard')", false, "" },
+        { "deallocate prepare \"My Stmt\"", false, "My Stmt" },
+        { "SELECT 1; DEALLOCATE A; /* b */ DEALLOCATE PREPARE b", false, "a b" },
+        { "DEALLOCATE ALL", true, "" },
+        { "DEALLOCATE PREPARE ALL", true, "" },
+        { "DEALLOCATE \"all\"", false, "all" },
+        { "DISCARD ALL", true, "" },
+        { "DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES", false, "" },
+        { "PREPARE p AS SELECT 1; DEALLOCATE q", false, "q" },
+        { "DEALLOCATE", true, "" },
+        { "DEALLOCATE ps; SELECT (", true, "" },
+    };
+    for (size_t i = 0; i < sizeof(drops) / sizeof(drops[0]); i++) {
+        struct rewrite_drops d;
+        char names[128] = "";
+        assert_true(rewrite_dropped_statements(drops[i].text, &d));
+        for (size_t k = 0; k < d.names.count; k++) {
+            if (k)
+                strcat(names, " ");
+            strcat(names, d.names.names[k]);
+        }
+        if (d.all != drops[i].all || (!d.all && strcmp(names, drops[i].names) != 0))
+            fail_msg("%s: all %d, names \"%s\"", drops[i].text, d.all, names);
+        rewrite_drops_free(&d);
+    }
 }
 
 /* What may change where names lead or as whom the session runs is found
@@ -1171,7 +1210,8 @@ int main(void)
         cmocka_unit_test(test_map_position),
         cmocka_unit_test(test_prefilter),
         cmocka_unit_test(test_build_clause),
-        cmocka_unit_test(test_redefines_statements),
+        cmocka_unit_test(test_drops_statements),
+        cmocka_unit_test(test_dropped_statements),
         cmocka_unit_test(test_changes_identity),
         cmocka_unit_test(test_charset),
         cmocka_unit_test(test_reason_names),

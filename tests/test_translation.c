@@ -505,6 +505,43 @@ static void test_tr_prepared_words(void **state)
     itest_pass();
 }
 
+/* SQL-level PREPARE defines only its own name, and DEALLOCATE drops only
+ * the names it gives, however written: the client's prepared INSERT stays
+ * known, its duplicates translated. DEALLOCATE ALL drops it with the rest:
+ * the server answers its Execute with 26000 and nothing is translated. */
+static void test_tr_sql_prepare_others(void **state)
+{
+    (void)state;
+    const char *t = "tr_sqlprep";
+    create_defer_table(t);
+    server_insert(t, "dup", "orig");
+    struct itest_proxy *p = start_proxy_for(t);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    prepare_inserts(c, t);
+
+    insert_tag(c, P_PREPARED, t, "dup", "INSERT 0 0");
+    itest_exec_ok(c, "PREPARE tr_other AS SELECT 1");
+    insert_tag(c, P_PREPARED, t, "dup", "INSERT 0 0");
+    itest_exec_ok(c, "DEALLOCATE tr_other");
+    insert_tag(c, P_PREPARED, t, "dup", "INSERT 0 0");
+    itest_exec_ok(c, "PREPARE tr_a AS SELECT 1; PREPARE \"Tr_B\" AS SELECT 2");
+    itest_exec_ok(c, "SELECT 1; DEALLOCATE tr_a; /* the other */ deallocate prepare \"Tr_B\"");
+    insert_tag(c, P_PREPARED, t, "dup", "INSERT 0 0");
+    PGresult *r = itest_exec_params(c, "DEALLOCATE tr_missing", 0, NULL);
+    itest_assert_sqlstate(r, "26000", "DEALLOCATE of a name never prepared");
+    PQclear(r);
+    insert_tag(c, P_PREPARED, t, "dup", "INSERT 0 0");
+
+    itest_exec_ok(c, "DEALLOCATE ALL");
+    const char *vals[2] = { "dup", "p" };
+    r = itest_exec_prepared(c, "ins", 2, vals);
+    itest_assert_sqlstate(r, "26000", "the INSERT after DEALLOCATE ALL");
+    PQclear(r);
+    assert_int_equal(all_rows(t), 1);
+    assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
+    itest_pass();
+}
+
 /* ---- 3. several statements in one Query ---------------------------------- */
 
 /* Runs a multi-statement Query expected to fail with 23505 as a whole. */
@@ -1958,6 +1995,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_txn_unnamed_kept),
         ITEST(test_tr_returning),
         ITEST(test_tr_prepared_words),
+        ITEST(test_tr_sql_prepare_others),
         ITEST(test_tr_multi_statement),
         ITEST(test_tr_pipeline),
         ITEST(test_tr_pipeline_in_txn),

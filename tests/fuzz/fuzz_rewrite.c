@@ -270,20 +270,32 @@ static void tree_free(struct tree *t)
 }
 
 /* What only looks where statements begin misses no statement the parser
- * reads as PREPARE, DEALLOCATE or DISCARD. */
-static void check_redefines(const char *text, size_t len)
+ * reads as DEALLOCATE or DISCARD, and what is said to be dropped covers
+ * every name the parser finds a DEALLOCATE of. */
+static void check_drops(const char *text, size_t len)
 {
-    if (!strcasestr(text, "prepare") && !strcasestr(text, "deallocate") &&
-        !strcasestr(text, "discard"))
+    if (!strcasestr(text, "deallocate") && !strcasestr(text, "discard"))
         return;
     struct tree t = tree_of(text);
+    struct rewrite_drops drops = { 0 };
+    bool flagged = rewrite_effects(text, len) & REWRITE_DROPS_STATEMENTS;
+    if (flagged)
+        check(rewrite_dropped_statements(text, &drops));
     for (size_t i = 0; t.tree && i < t.tree->n_stmts; i++) {
-        PgQuery__Node__NodeCase kind = t.tree->stmts[i]->stmt->node_case;
-        if (kind == PG_QUERY__NODE__NODE_PREPARE_STMT ||
-            kind == PG_QUERY__NODE__NODE_DEALLOCATE_STMT ||
-            kind == PG_QUERY__NODE__NODE_DISCARD_STMT)
-            check(rewrite_effects(text, len) & REWRITE_REDEFINES_STATEMENTS);
+        const PgQuery__Node *stmt = t.tree->stmts[i]->stmt;
+        if (stmt->node_case != PG_QUERY__NODE__NODE_DEALLOCATE_STMT &&
+            stmt->node_case != PG_QUERY__NODE__NODE_DISCARD_STMT)
+            continue;
+        check(flagged);
+        const char *name = stmt->node_case == PG_QUERY__NODE__NODE_DEALLOCATE_STMT
+                               ? stmt->deallocate_stmt->name
+                               : NULL;
+        bool covered = drops.all || !name || !name[0];
+        for (size_t k = 0; !covered && k < drops.names.count; k++)
+            covered = strcmp(drops.names.names[k], name) == 0;
+        check(covered);
     }
+    rewrite_drops_free(&drops);
     tree_free(&t);
 }
 
@@ -344,7 +356,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_params(text, len, &r);
         rewrite_result_free(&r);
     }
-    check_redefines(text, len);
+    check_drops(text, len);
     check_identity(text, len);
     free(text);
     return 0;
