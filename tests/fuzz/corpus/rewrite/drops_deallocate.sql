@@ -1,0 +1,1 @@
+SELECT 1; DEALLOCATE PREPARE "Tr_B"; /* c */ deallocate all; DISCARD PLANS
