@@ -15,6 +15,7 @@
 #include <event2/dns.h>
 #include <event2/listener.h>
 
+#include "authquery.h"
 #include "conn.h"
 #include "log.h"
 #include "pgproto.h"
@@ -136,8 +137,9 @@ static bool adopt_settings(struct worker *w, struct settings *s)
     w->rules = rs;
     w->generation++;
     /* The servers kept may be another server's, or logged in under rules
-     * that changed. */
+     * that changed; auth_user's too, or under another password. */
     pool_close_all(w->pool);
+    authquery_keep_close_all(w->auth_keep, false);
     return true;
 }
 
@@ -333,6 +335,7 @@ static void stop_now(struct worker *w)
 {
     take_inbox(w, true);
     pool_close_all(w->pool);
+    authquery_keep_close_all(w->auth_keep, true);
     if (w->conn_count)
         log_warning("[worker %d] closing %d connection(s) still busy", w->index, w->conn_count);
     for (struct conn *c = w->conns, *next; c; c = next) {
@@ -376,6 +379,7 @@ static void begin_shutdown(struct worker *w)
         return;
     w->shutting_down = true;
     pool_close_all(w->pool);
+    authquery_keep_close_all(w->auth_keep, true);
     take_inbox(w, true);
     for (int i = 0; i < w->listener_count; i++)
         drain_accept_queue(w, evconnlistener_get_fd(w->listeners[i].listener));
@@ -543,6 +547,7 @@ static void *worker_main(void *arg)
     while (w->conns)
         conn_destroy(w->conns);
     pool_close_all(w->pool);
+    authquery_keep_close_all(w->auth_keep, true);
     if (w->ring_timer)
         event_free(w->ring_timer);
     w->ring_timer = NULL;
@@ -612,10 +617,11 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
         w->dns = evdns_base_new(w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     }
     w->pool = pool_new(w->base, &w->counters.servers_idle);
+    w->auth_keep = authquery_keep_new(w->base);
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->wake_fd >= 0)
         w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
-    if (!w->dns || !w->pool || !w->wake || w->spare_fd < 0 || event_add(w->wake, NULL) != 0) {
+    if (!w->dns || !w->pool || !w->auth_keep || !w->wake || w->spare_fd < 0 || event_add(w->wake, NULL) != 0) {
         log_error("[worker %d] cannot set up its event loop", index);
         return false;
     }
@@ -656,6 +662,7 @@ void worker_free(struct worker *w)
     if (w->spare_fd >= 0)
         close(w->spare_fd);
     pool_free(w->pool);
+    authquery_keep_free(w->auth_keep);
     if (w->shutdown_timer)
         event_free(w->shutdown_timer);
     if (w->wake)

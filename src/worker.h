@@ -141,6 +141,7 @@ struct worker {
     uint64_t generation;       /* counts the settings adopted: a server connected
                                 * under older ones is not kept */
     struct pool *pool;         /* servers kept for reuse */
+    struct authquery_keep *auth_keep; /* auth_query's connections between lookups */
     struct ring *ring;         /* io_uring of the thread; NULL: plain system calls */
     uint64_t reads_seen, sleeps_seen; /* relayed reads, and the thread's sleeps, at the
                                        * last look (io_uring = auto) */

@@ -884,6 +884,65 @@ static void test_sec_scram_auth_query(void **state)
     itest_pass();
 }
 
+/* Backends of auth_user's lookups (the application name auth_query's
+ * connections carry), waiting up to two seconds for there to be want. */
+static long long auth_query_backends(long long want)
+{
+    int64_t deadline = itest_now_ms() + 2000;
+    long long n;
+
+    while ((n = itest_server_ll("SELECT count(*) FROM pg_stat_activity "
+                                "WHERE application_name = 'idemproxy auth_query'")) != want &&
+           itest_now_ms() < deadline)
+        itest_sleep_ms(20);
+    return n;
+}
+
+static void login_through_auth_query(int port, const char *what)
+{
+    PGconn *c = sec_connect(port, ITEST_SCRAM_USER,
+                            "sslmode=disable password=" ITEST_SCRAM_PASSWORD);
+    sec_assert_ok(c, what);
+    select_n(c, 1);
+    itest_finish(c);
+}
+
+/* auth_query's connection outlives its lookup: the logins after the first
+ * use it, one backend for all; one the server ended is replaced for the
+ * next login, which notices nothing; a reload closes it. */
+static void test_sec_auth_query_kept(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = sec_proxy(NULL, NULL,
+                                      "workers = 1\n"
+                                      "auth_type = scram-sha-256\n"
+                                      "auth_user = %s\n",
+                                      itest_pg_user());
+
+    assert_int_equal(auth_query_backends(0), 0);
+    login_through_auth_query(p->port, "the first login through auth_query");
+    assert_int_equal(auth_query_backends(1), 1);
+    for (int i = 0; i < 5; i++)
+        login_through_auth_query(p->port, "a later login through auth_query");
+    assert_int_equal(auth_query_backends(1), 1);
+    PGconn *wrong = sec_connect(p->port, ITEST_SCRAM_USER, "sslmode=disable password=wrong");
+    sec_assert_fails(wrong, "28P01", "password authentication failed",
+                     "a wrong password, on the kept connection");
+    assert_int_equal(auth_query_backends(1), 1);
+
+    /* The server ends it: the next login goes through all the same. */
+    itest_server_exec("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      "WHERE application_name = 'idemproxy auth_query'");
+    login_through_auth_query(p->port, "a login after the kept connection was ended");
+    assert_int_equal(auth_query_backends(1), 1);
+
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    assert_int_equal(auth_query_backends(0), 0);
+    login_through_auth_query(p->port, "a login after a reload");
+    assert_int_equal(auth_query_backends(1), 1);
+    itest_pass();
+}
+
 /* ---- 10. passthrough with TLS on one leg, and on both ------------------ */
 
 static void passthrough_login(int port, const char *user, const char *password,
@@ -1327,6 +1386,7 @@ int main(int argc, char **argv)
         ITEST(test_sec_cancel),
         ITEST(test_sec_scram_auth_file),
         ITEST(test_sec_scram_auth_query),
+        ITEST(test_sec_auth_query_kept),
         ITEST(test_sec_passthrough_legs),
         ITEST(test_sec_server_verify_full),
         ITEST(test_sec_reload_certificates),
