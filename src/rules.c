@@ -29,10 +29,11 @@
  * login with this StartupMessage (see scope_login_identity). */
 struct login_identity {
     UT_hash_handle hh;
+    struct scope *scope; /* the answer's: the scope of the role the login runs as */
     bool fits;
     char *signature;
     size_t signature_len;
-    uint64_t version;   /* the scope's, when it was answered */
+    uint64_t version;   /* that scope's, when it was answered */
     uint64_t answered;  /* when */
     size_t len;
     uint8_t startup[];  /* the key */
@@ -365,9 +366,10 @@ bool scope_login_identity(struct scope *s, const uint8_t *startup, size_t len,
     struct login_identity *e;
 
     HASH_FIND(hh, s->logins, startup, len, e);
-    if (!e || !scope_identity_current(s, e->version, e->answered))
+    if (!e || !scope_identity_current(e->scope, e->version, e->answered) ||
+        e->answered < s->answered_ns)
         return false;
-    out->scope = s;
+    out->scope = e->scope;
     out->fits = e->fits;
     out->signature = e->signature;
     out->signature_len = e->signature_len;
@@ -381,9 +383,7 @@ void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t l
     struct login_identity *e;
     char *signature;
 
-    /* A login that runs as another role at once (a role setting) is
-     * asked each time: what it answered belongs to that role's scope. */
-    if (answer->scope != s || !(signature = malloc(answer->signature_len + 1)))
+    if (!answer->scope || !(signature = malloc(answer->signature_len + 1)))
         return;
     memcpy(signature, answer->signature, answer->signature_len);
     signature[answer->signature_len] = '\0';
@@ -404,8 +404,9 @@ void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t l
     free(e->signature);
     e->signature = signature;
     e->signature_len = answer->signature_len;
+    e->scope = answer->scope;
     e->fits = answer->fits;
-    e->version = s->version;
+    e->version = answer->scope->version;
     e->answered = now_ns;
 }
 

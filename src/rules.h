@@ -120,8 +120,9 @@ bool scope_login_identity(struct scope *s, const uint8_t *startup, size_t len,
                           struct identity_answer *out, uint64_t *answered);
 
 /* Keeps an answer for scope_login_identity (at most 64 StartupMessages
- * per scope; past that, the older ones go), when it is about s's own role.
- * Without memory, nothing is kept. */
+ * per scope; past that, the older ones go), also one that moved the
+ * session to another role's scope (a role given at login): it holds as
+ * long as that scope's verdicts do. Without memory, nothing is kept. */
 void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t len,
                                const struct identity_answer *answer, uint64_t now_ns);
 

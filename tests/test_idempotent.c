@@ -1378,7 +1378,8 @@ static void test_idem_session_identity(void **state)
     "INSERT INTO idem_role (idempotency_key, payload) VALUES ('" key "', 'r') RETURNING payload"
 
 /* A session that switches roles (SET ROLE, or a role given at login) is
- * decided by what the role it runs as may do, learnt once per role: a
+ * decided by what the role it runs as may do, learnt once per role (and
+ * a login like one before is answered from it): a
  * role with UPDATE privilege gets the DO UPDATE form of INSERT ...
  * RETURNING, one without gets the duplicate's 23505 (not 42501), and
  * both get DO NOTHING; back to its login role, a session is decided as
@@ -1430,6 +1431,12 @@ static void test_idem_session_role(void **state)
     assert_string_equal(itest_query_text(w, ROLE_RETURNING("r1"), text, sizeof text), "first");
     itest_exec_tag(w, ROLE_INSERT("r1"), "INSERT 0 0");
     assert_int_equal(itest_proxy_log_count(p, learning), 3);
+    /* The next such login is answered as the first was, without asking. */
+    const char *asking = "asking the server about the session's role and search_path";
+    int asked = itest_proxy_log_count(p, asking);
+    PGconn *w2 = itest_connect_ok(p->port, "options='-crole=idem_writer'");
+    assert_string_equal(itest_query_text(w2, ROLE_RETURNING("r1"), text, sizeof text), "first");
+    assert_int_equal(itest_proxy_log_count(p, asking), asked);
 
     /* A new key as each role: one row each, as directly. */
     itest_exec_tag(w, ROLE_INSERT("r2"), "INSERT 0 1");

@@ -360,9 +360,15 @@ static void test_scope_login_identity(void **state)
     assert_true(scope_login_identity(s, other, sizeof(other), &got, &answered));
     assert_false(got.fits);
     assert_string_equal(got.signature, "alice {x}");
-    /* A login that runs as another role at once is not kept. */
+    /* A login that runs as another role at once is kept with that role's
+     * scope, while that scope's verdicts hold. */
     static const uint8_t as_bob[] = "user\0alice\0database\0app\0options\0-c role=bob\0\0";
+    assert_true(scope_learn(bob.scope, &cat, 2 * SEC));
     scope_keep_login_identity(s, as_bob, sizeof(as_bob), &bob, 2 * SEC);
+    assert_true(scope_login_identity(s, as_bob, sizeof(as_bob), &got, &answered));
+    assert_ptr_equal(got.scope, bob.scope);
+    assert_true(got.fits);
+    assert_true(scope_distrust(bob.scope, 3 * SEC));
     assert_false(scope_login_identity(s, as_bob, sizeof(as_bob), &got, &answered));
 
     /* The catalog asked again, same answer: not current any more. */
