@@ -579,8 +579,14 @@ bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signat
         scope_keep_login_identity(c->scope, c->startup, c->startup_len, &answer, answered);
     }
     say_identity(c, scope, fits);
-    if (scope)
+    /* Into a scope that has not learnt its catalog (the role's first
+     * session since a reload): the session learns it before anything of
+     * its client's is decided, whoever else is asking, as a login does. */
+    if (scope && scope != c->scope) {
         c->scope = scope;
+        if (scope_state(scope) == SCOPE_UNKNOWN)
+            learn_catalog(c);
+    }
     /* The server will look the names of what the session prepared up
      * anew: the rules' version for its statements moves on. */
     if (!signature || !c->identity_signature || signature_len != c->identity_signature_len ||
@@ -595,7 +601,9 @@ bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signat
     c->identity_ns = answered;
     /* The session is idle: what it prepared under the other answer is
      * brought in line before the client's next message, which a later
-     * Bind could only do with nothing outstanding. */
+     * Bind could only do with nothing outstanding. (While a catalog is
+     * learnt, the question is asked again after it, and that answer does
+     * it.) */
     return reprepare_all(c);
 }
 

@@ -1441,6 +1441,30 @@ static void test_idem_session_role(void **state)
     /* A new key as each role: one row each, as directly. */
     itest_exec_tag(w, ROLE_INSERT("r2"), "INSERT 0 1");
     itest_exec_tag(d, ROLE_INSERT("r3"), "INSERT 0 1");
+
+    /* After a reload the role's catalog is learnt anew; sessions that
+     * switch to it at the same moment each wait for an answer before
+     * their INSERT is decided, whoever asked first. */
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    itest_sleep_ms(300);
+    enum { SWITCHERS = 8 };
+    PGconn *s[SWITCHERS];
+    for (int i = 0; i < SWITCHERS; i++)
+        s[i] = itest_connect_ok(p->port, NULL);
+    for (int i = 0; i < SWITCHERS; i++)
+        assert_int_equal(PQsendQuery(s[i], "SET ROLE idem_writer"), 1);
+    for (int i = 0; i < SWITCHERS; i++) {
+        PGresult *r = itest_wait_result(s[i], 10000);
+        itest_assert_result_ok(r, "SET ROLE after the reload");
+        PQclear(r);
+    }
+    for (int i = 0; i < SWITCHERS; i++)
+        assert_int_equal(PQsendQuery(s[i], ROLE_INSERT("r1")), 1);
+    for (int i = 0; i < SWITCHERS; i++) {
+        PGresult *r = itest_wait_result(s[i], 10000);
+        itest_assert_tag(r, "INSERT 0 0", "the INSERT right after switching");
+        PQclear(r);
+    }
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_role"), 3);
     assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
     itest_pass();
