@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <libpq-fe.h>
 
@@ -27,9 +28,10 @@ struct kept {
     struct kept *next;
     struct authquery_keep *keep;
     PGconn *pg;
+    time_t born;         /* when it connected */
     char *database;
     struct event *io;    /* the server closing it, or saying anything */
-    struct event *timer; /* server_idle_timeout */
+    struct event *timer; /* server_idle_timeout, or the end of server_lifetime */
 };
 
 struct authquery_keep {
@@ -47,7 +49,9 @@ struct authquery {
     bool connected;
     bool sent;             /* the query went */
     bool reused;           /* pg was kept: if it fails before any answer, connect anew */
-    int idle_timeout;      /* server_idle_timeout, for keeping pg afterwards */
+    time_t born;           /* when pg connected */
+    int idle_timeout;      /* server_idle_timeout and server_lifetime, for keeping */
+    int lifetime;          /* pg afterwards */
     char *conninfo[CI_COUNT + 1];
     char *query, *user;
     authquery_done done;
@@ -98,15 +102,17 @@ static void kept_expired(evutil_socket_t fd, short what, void *arg)
     kept_free(arg);
 }
 
-/* Keeps pg, idle after a lookup in database, for idle_timeout seconds;
- * or closes it. */
-static void keep_put(struct authquery_keep *k, PGconn *pg, const char *database,
-                     int idle_timeout)
+/* Keeps pg (connected at born), idle after a lookup in database, for
+ * idle_timeout seconds and not past lifetime seconds from born (as a
+ * server kept for reuse); or closes it. */
+static void keep_put(struct authquery_keep *k, PGconn *pg, time_t born, const char *database,
+                     int idle_timeout, int lifetime)
 {
     struct kept *e = NULL;
-    struct timeval wait = { idle_timeout, 0 };
+    time_t left = born + lifetime - time(NULL);
+    struct timeval wait = { left < idle_timeout ? left : idle_timeout, 0 };
 
-    if (k->stopped || idle_timeout <= 0 || PQstatus(pg) != CONNECTION_OK ||
+    if (k->stopped || left <= 0 || PQstatus(pg) != CONNECTION_OK ||
         PQtransactionStatus(pg) != PQTRANS_IDLE || !(e = calloc(1, sizeof(*e)))) {
         PQfinish(pg);
         return;
@@ -119,6 +125,7 @@ static void keep_put(struct authquery_keep *k, PGconn *pg, const char *database,
     }
     e->keep = k;
     e->pg = pg;
+    e->born = born;
     e->next = k->idle;
     k->idle = e;
     k->count++;
@@ -130,13 +137,15 @@ static void keep_put(struct authquery_keep *k, PGconn *pg, const char *database,
         kept_free(e);
 }
 
-/* The newest connection kept for database, taken out of k; NULL when none. */
-static PGconn *keep_take(struct authquery_keep *k, const char *database)
+/* The newest connection kept for database, taken out of k (*born: when
+ * it connected); NULL when none. */
+static PGconn *keep_take(struct authquery_keep *k, const char *database, time_t *born)
 {
     for (struct kept *e = k->idle; e; e = e->next) {
         if (strcmp(e->database, database) != 0)
             continue;
         PGconn *pg = e->pg;
+        *born = e->born;
         e->pg = NULL;
         kept_free(e);
         return pg;
@@ -178,7 +187,8 @@ static void finish(struct authquery *q, const char *secret, const char *error)
     void *arg = q->arg;
 
     if (!error && q->pg) {
-        keep_put(q->keep, q->pg, q->conninfo[CI_DBNAME], q->idle_timeout);
+        keep_put(q->keep, q->pg, q->born, q->conninfo[CI_DBNAME], q->idle_timeout,
+                 q->lifetime);
         q->pg = NULL;
     }
     q->done = NULL;
@@ -212,6 +222,7 @@ static bool connect_new(struct authquery *q)
     if (q->pg)
         PQfinish(q->pg);
     q->connected = q->sent = q->reused = false;
+    q->born = time(NULL);
     q->pg = PQconnectStartParams(conninfo_keys, (const char *const *)q->conninfo, 0);
     return q->pg && PQstatus(q->pg) != CONNECTION_BAD && wait_for(q, EV_WRITE);
 }
@@ -382,6 +393,7 @@ struct authquery *authquery_start(struct authquery_keep *k, const struct config 
     q->done = done;
     q->arg = arg;
     q->idle_timeout = cfg->server_idle_timeout;
+    q->lifetime = cfg->server_lifetime;
     q->query = strdup(cfg->auth_query);
     q->user = strdup(user);
     q->timer = evtimer_new(k->base, timed_out, q);
@@ -392,7 +404,7 @@ struct authquery *authquery_start(struct authquery_keep *k, const struct config 
     }
     /* A kept connection is written to once its socket says it may: the
      * query goes from the event loop, never before the caller holds q. */
-    q->pg = keep_take(k, database);
+    q->pg = keep_take(k, database, &q->born);
     if (q->pg) {
         q->connected = q->reused = true;
         if (wait_for(q, EV_WRITE))

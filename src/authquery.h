@@ -24,7 +24,8 @@
 struct authquery;
 
 /* The idle connections of one event loop (a worker's), at most 8, each
- * kept for server_idle_timeout seconds at most. */
+ * kept as a server kept for reuse is: server_idle_timeout seconds idle at
+ * most, and not past server_lifetime from its connect (0: none kept). */
 struct authquery_keep;
 
 /* NULL when out of memory. */

@@ -909,7 +909,8 @@ static void login_through_auth_query(int port, const char *what)
 
 /* auth_query's connection outlives its lookup: the logins after the first
  * use it, one backend for all; one the server ended is replaced for the
- * next login, which notices nothing; a reload closes it. */
+ * next login, which notices nothing; a reload closes it; with
+ * server_lifetime = 0 none is kept. */
 static void test_sec_auth_query_kept(void **state)
 {
     (void)state;
@@ -939,6 +940,18 @@ static void test_sec_auth_query_kept(void **state)
     assert_int_equal(kill(p->pid, SIGHUP), 0);
     assert_int_equal(auth_query_backends(0), 0);
     login_through_auth_query(p->port, "a login after a reload");
+    assert_int_equal(auth_query_backends(1), 1);
+
+    /* server_lifetime = 0: a connection serves one lookup, as a server
+     * serves one client. */
+    struct itest_proxy *once = sec_proxy(NULL, NULL,
+                                         "workers = 1\n"
+                                         "server_lifetime = 0\n"
+                                         "auth_type = scram-sha-256\n"
+                                         "auth_user = %s\n",
+                                         itest_pg_user());
+    login_through_auth_query(once->port, "a login with server_lifetime = 0");
+    itest_sleep_ms(200);
     assert_int_equal(auth_query_backends(1), 1);
     itest_pass();
 }
