@@ -705,17 +705,56 @@ static unsigned statement_starts_effects(const char *text, size_t len)
     return effects;
 }
 
-/* Whether text calls set_config: found by its '_', which has no case and
- * is rarer in SQL than an 's'. */
-static bool mentions_set_config(const char *text, size_t len)
+/* Whether the set_config whose name ends at text[i] may set something
+ * other than a custom setting. Custom settings (app.tenant_id,
+ * request.jwt.claims: what row-level security policies read) always have
+ * a dot in their name, and search_path, role and session_authorization
+ * never do: a call whose first argument is a plain literal with a dot
+ * changes no identity. Anything else may (a parameter, an expression, a
+ * literal in another form or continued on the next line). */
+static bool set_config_may_change_identity(const char *text, size_t len, size_t i)
+{
+    bool dot = false;
+
+    i = skip_blank(text, len, i);
+    if (i >= len || text[i] != '(')
+        return true;
+    i = skip_blank(text, len, i + 1);
+    if (i >= len || text[i] != '\'')
+        return true;
+    for (i++; i < len; i++) {
+        if (text[i] == '\\')
+            return true;
+        if (text[i] == '\'') {
+            if (i + 1 < len && text[i + 1] == '\'') {
+                i++;
+                continue;
+            }
+            break;
+        }
+        dot = dot || text[i] == '.';
+    }
+    if (i >= len)
+        return true;
+    i = skip_blank(text, len, i + 1);
+    return !dot || i >= len || text[i] != ',';
+}
+
+/* Whether text calls set_config for a setting that may change the
+ * session's identity: found by its '_', which has no case and is rarer in
+ * SQL than an 's'. */
+static bool calls_set_config(const char *text, size_t len)
 {
     const char *end = text + len;
 
     if (len < 10)
         return false;
-    for (const char *p = text + 3; p < end && (p = memchr(p, '_', (size_t)(end - p))); p++)
-        if (word_at(text, len, (size_t)(p - text) - 3, "set_config"))
+    for (const char *p = text + 3; p < end && (p = memchr(p, '_', (size_t)(end - p))); p++) {
+        size_t at = (size_t)(p - text) - 3;
+        if (word_at(text, len, at, "set_config") &&
+            set_config_may_change_identity(text, len, at + 10))
             return true;
+    }
     return false;
 }
 
@@ -723,7 +762,7 @@ unsigned rewrite_effects(const char *text, size_t len)
 {
     unsigned effects = statement_starts_effects(text, len);
 
-    if (mentions_set_config(text, len))
+    if (calls_set_config(text, len))
         effects |= REWRITE_CHANGES_IDENTITY;
     return effects;
 }

@@ -112,9 +112,11 @@ enum rewrite_effect {
      * search_path (or SCHEMA), ROLE or SESSION AUTHORIZATION, RESET ALL, or
      * with DISCARD, CREATE, DROP or ALTER (a temporary table shadows a
      * name), DO, CALL, EXECUTE or IMPORT (they run what cannot be read
-     * here); or a call of set_config anywhere. A false positive costs the
-     * proxy one question to the server; what a function changes when it
-     * is called from a statement the proxy cannot see into goes unseen. */
+     * here); or a call of set_config anywhere, unless its first argument
+     * is a literal custom setting (one with a dot: app.tenant_id). A false
+     * positive costs the proxy one question to the server; what a function
+     * changes when it is called from a statement the proxy cannot see into
+     * goes unseen. */
     REWRITE_CHANGES_IDENTITY = 2,
 };
 

@@ -306,6 +306,11 @@ static const struct sql_pair simple_sql[] = {
     { "UNLISTEN *", NULL },
     { "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE", NULL },
     { "SHOW transaction_isolation", NULL },
+    /* A custom setting (what row-level security reads) leaves the
+     * session's INSERTs rewritten, in the same Query too. */
+    { "SELECT set_config('diff.tenant', '%K', false)", NULL },
+    { "SELECT set_config('diff.tenant', '%K', true); INSERT INTO diff_reg (k, v) VALUES (%K, 't')",
+      "SELECT set_config('diff.tenant', '%K', true); INSERT INTO diff_reg (k, v) VALUES (%K, 't')" DN },
     /* The settings last, to be left out (no_settings). */
     { "SET standard_conforming_strings = off", NULL },
     { "RESET standard_conforming_strings", NULL },

@@ -1349,6 +1349,19 @@ static void test_idem_session_identity(void **state)
     itest_exec_ok(c, "RESET ROLE");
     assert_string_equal(itest_query_text(c, returning, text, sizeof text), "x");
 
+    /* A custom setting (what row-level security policies read) changes
+     * nothing the rewrite depends on: no question, and in a block the
+     * INSERTs after it are rewritten. */
+    const char *asked_before = "asking the server about the session's role and search_path";
+    int questions = itest_proxy_log_count(p, asked_before);
+    itest_exec_ok(c, "SELECT set_config('app.tenant_id', '7', false)");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SELECT set_config('app.tenant_id', '8', true)");
+    itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
+    itest_exec_ok(c, "COMMIT");
+    assert_int_equal(itest_proxy_log_count(p, asked_before), questions);
+
     /* A path given at login (pgjdbc's currentSchema sends it so). */
     PGconn *t = itest_connect_ok(p->port, "options='-csearch_path=idem_loose'");
     itest_exec_tag(t, WHO_INSERT("w1"), "INSERT 0 1");

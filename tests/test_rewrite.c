@@ -1104,8 +1104,8 @@ static void test_dropped_statements(void **state)
 }
 
 /* What may change where names lead or as whom the session runs is found
- * where a statement begins, and set_config anywhere; SET and RESET of
- * anything else are not. */
+ * where a statement begins, and set_config anywhere but of a custom
+ * setting; SET and RESET of anything else are not. */
 static void test_changes_identity(void **state)
 {
     (void)state;
@@ -1135,6 +1135,16 @@ static void test_changes_identity(void **state)
         "IMPORT FOREIGN SCHEMA s FROM SERVER f INTO public",
         "SELECT set_config('search_path', 'x', false)",
         "SELECT pg_catalog.SET_CONFIG('role', 'r', true)",
+        "SELECT set_config($1, $2, false)",
+        "SELECT set_config(name, 'x', false) FROM wanted",
+        "SELECT set_config('app.x', 'y', true), set_config('role', 'r', true)",
+        /* A first argument read otherwise than as a plain literal with a dot. */
+        "SELECT set_config(E'app.x', 'y', true)",
+        "SELECT set_config('app\\.x', 'y', true)",
+        "SELECT set_config('search'\n'_path.x', 'y', true)",
+        "SELECT set_config('app.x' || '', 'y', true)",
+        "SELECT set_config('app.x", /* unterminated */
+        "SELECT set_config",
         "INSERT INTO orders VALUES (1); SET search_path TO x",
         "SELECT ';'; RESET ROLE",
         "-- first\n  SET ROLE r",
@@ -1152,6 +1162,10 @@ static void test_changes_identity(void **state)
         "INSERT INTO settings (name) VALUES ('SET search_path TO x')",
         "UPDATE roles SET role = 'x'",
         "SELECT created, dropped FROM t",
+        /* Custom settings, such as row-level security policies read. */
+        "SELECT set_config('app.tenant_id', '42', false)",
+        "select pg_catalog.set_config ( /* c */ 'request.jwt.claims', $1, true)",
+        "SELECT set_config('it''s.x', 'y', false), set_config('a.b', 'c', true)",
         "",
     };
     for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
