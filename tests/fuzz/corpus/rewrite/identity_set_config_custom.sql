@@ -1,0 +1,1 @@
+SELECT set_config('app.tenant_id', $1, true); SELECT pg_catalog.set_config ( /* c */ 'search''path.x', 'y', false)
