@@ -535,11 +535,15 @@ void learn_catalog(struct conn *c)
         conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
 }
 
-/* Says once, at info, what changed in how the session is served: the role
- * it runs as, and whether its names lead where the catalog check looked. */
+/* Says what changed in how the session is served: the role it runs as,
+ * and whether its names lead where the catalog check looked. The first
+ * change of a session goes at info, later ones at debug: an application
+ * that switches tenants per request (SET search_path, SET ROLE) would
+ * otherwise log two lines per request. */
 static void say_identity(struct conn *c, struct scope *scope, bool fits)
 {
     enum identity_said said = c->identity_said;
+    enum log_level level = c->identity_told ? LOG_DEBUG : LOG_INFO;
     size_t role_len;
     const char *role;
 
@@ -549,20 +553,25 @@ static void say_identity(struct conn *c, struct scope *scope, bool fits)
         said = fits ? SAID_FITS : SAID_NAMES_ELSEWHERE;
     if (scope && scope != c->scope) {
         role = scope_role(scope, &role_len);
-        conn_log(LOG_INFO, c, "this session runs as role \"%.*s\" now: its INSERTs are "
-                 "rewritten as the catalog check allows that role", (int)role_len, role);
+        conn_log(level, c, "this session runs as role \"%.*s\" now: its INSERTs are "
+                 "rewritten as the catalog check allows that role%s", (int)role_len, role,
+                 c->identity_told ? "" : " (later changes are logged at debug)");
+        c->identity_told = true;
     }
     if (said == c->identity_said)
         return;
+    level = c->identity_told ? LOG_DEBUG : LOG_INFO;
+    const char *later = c->identity_told ? "" : " (later changes are logged at debug)";
     c->identity_said = said;
+    c->identity_told = true;
     switch (said) {
     case SAID_FITS:
-        conn_log(LOG_INFO, c, "this session's table names are as checked again: its "
-                 "INSERTs are rewritten");
+        conn_log(level, c, "this session's role and table names are as checked again: its "
+                 "INSERTs are rewritten%s", later);
         break;
     case SAID_NAMES_ELSEWHERE:
-        conn_log(LOG_INFO, c, "this session's table names lead elsewhere (search_path, a "
-                 "temporary table): its INSERTs pass unchanged");
+        conn_log(level, c, "this session's table names lead elsewhere (search_path, a "
+                 "temporary table): its INSERTs pass unchanged%s", later);
         break;
     case SAID_ROLE_UNFOLLOWED:
         conn_log(LOG_WARNING, c, "this session runs as a role beyond the %d whose catalog "

@@ -177,6 +177,7 @@ struct conn {
     enum identity identity;
     bool identity_fits;         /* the last answer fit the scope's verdicts */
     enum identity_said identity_said;
+    bool identity_told;         /* a change of it was logged at info already */
     bool identity_at_login;     /* the question went before the client said
                                    anything (a message it sent meanwhile
                                    waits, but counts as said): its answer

@@ -1277,7 +1277,7 @@ static void test_idem_session_identity(void **state)
     itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 1");
     itest_exec_ok(c, "RESET search_path");
     itest_exec_tag(c, WHO_INSERT("w1"), "INSERT 0 0");
-    itest_assert_log_line(p, "info", "as checked again", "rewritten");
+    itest_assert_log_line(p, "debug", "as checked again", "rewritten");
 
     /* SET LOCAL holds to the end of its block, and so does the change. */
     itest_exec_ok(c, "BEGIN");
