@@ -835,9 +835,6 @@ static void server_read(struct conn *c)
         follow_identity(c);
         if (c->resume_client) {
             c->resume_client = false;
-            /* The answer may have moved the session to another role's
-             * scope: learnt before its next statement is decided. */
-            follow_catalog(c);
             if (!relay(c, FLOW_TO_SERVER))
                 break;
         }
