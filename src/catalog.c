@@ -183,21 +183,32 @@ char *catalog_identity_query(const struct table_rule *const *rules, size_t n)
     return sql;
 }
 
-/* The next text column of a DataRow body at *at: false when it is NULL or
- * runs past the end. */
-static bool next_text(const uint8_t *body, size_t len, size_t *at, const char **text,
-                      size_t *text_len)
+/* The next column of a DataRow body at *at: *text (NULL for SQL NULL) and
+ * its length. False when it runs past the end. */
+static bool next_column(const uint8_t *body, size_t len, size_t *at, const char **text,
+                        size_t *text_len)
 {
     if (len - *at < 4)
         return false;
     uint32_t n = pg_get_u32(body + *at);
     *at += 4;
-    if (n == UINT32_MAX || n > len - *at)
+    *text = NULL;
+    *text_len = 0;
+    if (n == UINT32_MAX)
+        return true;
+    if (n > len - *at)
         return false;
     *text = (const char *)body + *at;
     *text_len = n;
     *at += n;
     return true;
+}
+
+/* As next_column, for a column that may not be NULL. */
+static bool next_text(const uint8_t *body, size_t len, size_t *at, const char **text,
+                      size_t *text_len)
+{
+    return next_column(body, len, at, text, text_len) && *text;
 }
 
 bool catalog_identity_answer(const uint8_t *body, size_t len, size_t n,
@@ -223,13 +234,6 @@ void catalog_init(struct catalog *cat)
     memset(cat, 0, sizeof(*cat));
 }
 
-static void free_names(struct name_list *l)
-{
-    for (size_t i = 0; i < l->count; i++)
-        free(l->names[i]);
-    free(l->names);
-}
-
 void catalog_free(struct catalog *cat)
 {
     for (size_t i = 0; i < cat->nrels; i++) {
@@ -240,7 +244,7 @@ void catalog_free(struct catalog *cat)
         free(cat->indexes[i].schema);
         free(cat->indexes[i].table);
         free(cat->indexes[i].name);
-        free_names(&cat->indexes[i].columns);
+        name_list_free(&cat->indexes[i].columns);
     }
     for (size_t i = 0; i < cat->nattrs; i++) {
         free(cat->attrs[i].schema);
@@ -276,19 +280,13 @@ static bool row_parse(const uint8_t *body, size_t len, struct row *r)
     memset(r, 0, sizeof(*r));
     if (len < 2 || ((body[0] << 8) | body[1]) != CATALOG_COLUMNS)
         return false;
-    size_t at = 2;
+    size_t at = 2, n;
+    const char *text;
     for (int i = 0; i < CATALOG_COLUMNS; i++) {
-        if (len - at < 4)
+        if (!next_column(body, len, &at, &text, &n))
             goto bad;
-        uint32_t n = pg_get_u32(body + at);
-        at += 4;
-        if (n == UINT32_MAX)
-            continue;
-        if (n > len - at || !(r->col[i] = malloc(n + 1)))
+        if (text && !(r->col[i] = strndup(text, n)))
             goto bad;
-        memcpy(r->col[i], body + at, n);
-        r->col[i][n] = '\0';
-        at += n;
     }
     if (at == len)
         return true;
