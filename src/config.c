@@ -208,7 +208,20 @@ static char *dup_str(struct parser *p, const char *s)
     return d;
 }
 
-static void name_list_free(struct name_list *l)
+bool name_list_add(struct name_list *l, char *name)
+{
+    char **names = name ? realloc(l->names, (l->count + 1) * sizeof(*names)) : NULL;
+
+    if (!names) {
+        free(name);
+        return false;
+    }
+    l->names = names;
+    l->names[l->count++] = name;
+    return true;
+}
+
+void name_list_free(struct name_list *l)
 {
     for (size_t i = 0; i < l->count; i++)
         free(l->names[i]);
@@ -475,14 +488,10 @@ static bool parse_name_list(struct parser *p, const char *key, const char *value
         char *name = parse_ident(&s, &why);
         if (!name)
             break;
-        char **names = realloc(out->names, (out->count + 1) * sizeof(*names));
-        if (!names) {
-            free(name);
+        if (!name_list_add(out, name)) {
             why = "out of memory";
             break;
         }
-        out->names = names;
-        out->names[out->count++] = name;
         s = skip_spaces(s);
         if (*s == '\0')
             return true;

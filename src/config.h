@@ -75,6 +75,12 @@ struct name_list {
     size_t count;
 };
 
+/* Appends name, which l takes over; false when name is NULL or memory runs
+ * out (name is then freed). */
+bool name_list_add(struct name_list *l, char *name);
+/* Frees every name and the list's array; l is empty afterwards. */
+void name_list_free(struct name_list *l);
+
 /* One [table schema.name] section. */
 struct table_rule {
     char *schema; /* folded; "public" when the section name had no schema */

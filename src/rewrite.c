@@ -767,22 +767,6 @@ unsigned rewrite_effects(const char *text, size_t len)
     return effects;
 }
 
-/* Adds a copy of name to l; false when out of memory. */
-static bool add_name(struct name_list *l, const char *name)
-{
-    char **grown = realloc(l->names, (l->count + 1) * sizeof(*grown));
-    char *copy = strdup(name);
-
-    if (grown)
-        l->names = grown;
-    if (!grown || !copy) {
-        free(copy);
-        return false;
-    }
-    l->names[l->count++] = copy;
-    return true;
-}
-
 bool rewrite_dropped_statements(const char *text, struct rewrite_drops *out)
 {
     PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);
@@ -801,7 +785,7 @@ bool rewrite_dropped_statements(const char *text, struct rewrite_drops *out)
         case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
             if (!stmt->deallocate_stmt->name || !stmt->deallocate_stmt->name[0])
                 out->all = true;
-            else if (!add_name(&out->names, stmt->deallocate_stmt->name))
+            else if (!name_list_add(&out->names, strdup(stmt->deallocate_stmt->name)))
                 ok = out->all = true;
             break;
         case PG_QUERY__NODE__NODE_DISCARD_STMT:
@@ -819,10 +803,8 @@ bool rewrite_dropped_statements(const char *text, struct rewrite_drops *out)
 
 void rewrite_drops_free(struct rewrite_drops *d)
 {
-    for (size_t i = 0; i < d->names.count; i++)
-        free(d->names.names[i]);
-    free(d->names.names);
-    memset(d, 0, sizeof(*d));
+    name_list_free(&d->names);
+    d->all = false;
 }
 
 /* ---- sessions ---------------------------------------------------------- */
