@@ -35,7 +35,6 @@ struct login_identity {
     size_t signature_len;
     uint64_t version;   /* that scope's, when it was answered */
     uint64_t answered;  /* when */
-    size_t len;
     uint8_t startup[];  /* the key */
 };
 
@@ -67,7 +66,6 @@ struct scope {
     char *catalog_query;
     char *identity_query;
     struct login_identity *logins; /* uthash, at most LOGIN_IDENTITY_MAX */
-    size_t nlogins;
     unsigned askers;           /* catalog queries out for this scope */
     uint64_t answered_ns;      /* when the last answer came (or failed); 0: never */
     uint64_t doubted_ns;       /* when scope_distrust last took effect; 0: never */
@@ -148,7 +146,6 @@ static void drop_logins(struct scope *s)
         free(e->signature);
         free(e);
     }
-    s->nlogins = 0;
 }
 
 static void scope_free(struct scope *s)
@@ -337,9 +334,9 @@ static struct scope *scope_for_role(struct scope *s, const char *role, size_t le
 
     if (len == own_len && memcmp(role, own, len) == 0)
         return s;
-    bool made;
-    struct scope *other = find_scope(rs, s->key, role, len, rs->role_scopes < RULESET_ROLE_SCOPES_MAX,
-                                     &made);
+    bool may_make = rs->role_scopes < RULESET_ROLE_SCOPES_MAX, made;
+    struct scope *other = find_scope(rs, s->key, role, len, may_make, &made);
+
     rs->role_scopes += made;
     return other;
 }
@@ -389,17 +386,15 @@ void scope_keep_login_identity(struct scope *s, const uint8_t *startup, size_t l
     signature[answer->signature_len] = '\0';
     HASH_FIND(hh, s->logins, startup, len, e);
     if (!e) {
-        if (s->nlogins == LOGIN_IDENTITY_MAX)
+        if (HASH_COUNT(s->logins) == LOGIN_IDENTITY_MAX)
             drop_logins(s);
         if (!(e = malloc(sizeof(*e) + len))) {
             free(signature);
             return;
         }
-        e->len = len;
         e->signature = NULL;
         memcpy(e->startup, startup, len);
         HASH_ADD(hh, s->logins, startup, len, e);
-        s->nlogins++;
     }
     free(e->signature);
     e->signature = signature;
