@@ -52,7 +52,7 @@ struct authquery {
     time_t born;           /* when pg connected */
     int idle_timeout;      /* server_idle_timeout and server_lifetime, for keeping */
     int lifetime;          /* pg afterwards */
-    char *conninfo[CI_COUNT + 1];
+    char *conninfo[CI_COUNT];
     char *query, *user;
     authquery_done done;
     void *arg;
@@ -370,12 +370,9 @@ static bool set_conninfo(struct authquery *q, const struct config *cfg,
 
     snprintf(port, sizeof(port), "%d", cfg->server_port);
     snprintf(timeout, sizeof(timeout), "%d", cfg->server_connect_timeout);
+    /* An unset value stays NULL: libpq skips it. */
     for (int i = 0; i < CI_COUNT; i++)
         if (values[i] && !(q->conninfo[i] = strdup(values[i])))
-            return false;
-    /* libpq reads the values up to the first NULL: an unset one is "". */
-    for (int i = 0; i < CI_COUNT; i++)
-        if (!q->conninfo[i] && !(q->conninfo[i] = strdup("")))
             return false;
     return true;
 }
