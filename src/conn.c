@@ -747,16 +747,12 @@ static void follow_reload(struct conn *c)
         return;
     ruleset_unref(c->rules);
     c->rules = ruleset_ref(current);
-    c->scope = NULL;
     c->identity = IDENTITY_UNKNOWN;
-    if (!c->replication)
-        c->scope = ruleset_scope(c->rules, c->database, c->user ? c->user : "");
+    enter_scope(c, c->replication ? NULL : login_scope(c));
     /* Without rules no text is read unless the session knows statements
      * (knows_statements): its cached ones may go unseen. */
     if (!c->scope)
         stmtcache_forget_all(&c->stmts);
-    if (c->scope && scope_state(c->scope) == SCOPE_UNKNOWN)
-        learn_catalog(c);
 }
 
 /* An idle session asks the catalog again when its scope is due: the

@@ -513,6 +513,18 @@ static bool send_standalone(struct conn *c, uint8_t *run, size_t len, size_t n,
  * block: anywhere else the query would join the client's work, or see a
  * snapshot older than the tables. The settings the query is read under
  * go first, in the same run. */
+struct scope *login_scope(struct conn *c)
+{
+    return ruleset_scope(c->rules, c->database, c->user ? c->user : "");
+}
+
+void enter_scope(struct conn *c, struct scope *s)
+{
+    c->scope = s;
+    if (s && scope_state(s) == SCOPE_UNKNOWN)
+        learn_catalog(c);
+}
+
 void learn_catalog(struct conn *c)
 {
     const char *sql[] = { CATALOG_SETTINGS_SQL, scope_catalog_query(c->scope) };
@@ -543,27 +555,28 @@ void learn_catalog(struct conn *c)
 static void say_identity(struct conn *c, struct scope *scope, bool fits)
 {
     enum identity_said said = c->identity_said;
-    enum log_level level = c->identity_told ? LOG_DEBUG : LOG_INFO;
-    size_t role_len;
-    const char *role;
+    bool moved = scope && scope != c->scope;
 
     if (!scope)
         said = SAID_ROLE_UNFOLLOWED;
     else if (scope_state(scope) == SCOPE_READY)
         said = fits ? SAID_FITS : SAID_NAMES_ELSEWHERE;
-    if (scope && scope != c->scope) {
-        role = scope_role(scope, &role_len);
+    if (!moved && said == c->identity_said)
+        return;
+    enum log_level level = c->identity_told ? LOG_DEBUG : LOG_INFO;
+    const char *later = c->identity_told ? "" : " (later changes are logged at debug)";
+    c->identity_told = true;
+    if (moved) {
+        size_t role_len;
+        const char *role = scope_role(scope, &role_len);
         conn_log(level, c, "this session runs as role \"%.*s\" now: its INSERTs are "
                  "rewritten as the catalog check allows that role%s", (int)role_len, role,
-                 c->identity_told ? "" : " (later changes are logged at debug)");
-        c->identity_told = true;
+                 later);
+        later = "";
     }
     if (said == c->identity_said)
         return;
-    level = c->identity_told ? LOG_DEBUG : LOG_INFO;
-    const char *later = c->identity_told ? "" : " (later changes are logged at debug)";
     c->identity_said = said;
-    c->identity_told = true;
     switch (said) {
     case SAID_FITS:
         conn_log(level, c, "this session's role and table names are as checked again: its "
@@ -588,14 +601,8 @@ bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signat
         scope_keep_login_identity(c->scope, c->startup, c->startup_len, &answer, answered);
     }
     say_identity(c, scope, fits);
-    /* Into a scope that has not learnt its catalog (the role's first
-     * session since a reload): the session learns it before anything of
-     * its client's is decided, whoever else is asking, as a login does. */
-    if (scope && scope != c->scope) {
-        c->scope = scope;
-        if (scope_state(scope) == SCOPE_UNKNOWN)
-            learn_catalog(c);
-    }
+    if (scope && scope != c->scope)
+        enter_scope(c, scope);
     /* The server will look the names of what the session prepared up
      * anew: the rules' version for its statements moves on. */
     if (!signature || !c->identity_signature || signature_len != c->identity_signature_len ||

@@ -408,6 +408,16 @@ bool inject_rollback(struct conn *c, bool after_batch);
 bool inject_abort(struct conn *c, bool after_batch);
 /* Asks the server about the registered tables; client input waits. */
 void learn_catalog(struct conn *c);
+/* The scope of the session's database and login role; NULL when out of
+ * memory. */
+struct scope *login_scope(struct conn *c);
+/* The session's statements are decided in s from now on (NULL: never
+ * rewritten). One that has not learnt its catalog (a login's first, a
+ * role's first session since a reload) learns it on this session before
+ * anything of its client's is decided, whoever else is asking: the
+ * client's next statement would otherwise pass undecided. Only where
+ * learn_catalog may run. */
+void enter_scope(struct conn *c, struct scope *s);
 /* Prepares again, at once, every statement of the client's that the rules
  * now in force would prepare otherwise (see reprepare), when nothing is
  * outstanding: after the session's identity changed, which makes the

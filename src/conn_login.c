@@ -656,8 +656,5 @@ void login_done(struct conn *c)
     /* From here on the traffic is the session's: batched through the ring
      * while the worker's load makes that pay. */
     conn_follow_ring(c);
-    if (!c->replication)
-        c->scope = ruleset_scope(c->rules, c->database, c->user ? c->user : "");
-    if (c->scope && scope_state(c->scope) == SCOPE_UNKNOWN)
-        learn_catalog(c);
+    enter_scope(c, c->replication ? NULL : login_scope(c));
 }
