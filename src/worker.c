@@ -121,6 +121,14 @@ static struct ruleset *worker_rules_for(struct worker *w, struct config *cfg)
 /* Makes s (a reference the worker takes over) the worker's settings, with
  * rules of its own. Connections move to the new rules when they are idle;
  * until then they keep a reference to the old ones. */
+/* Closes the server connections the worker keeps for reuse, and
+ * auth_user's kept for auth_query; for_good: none is kept from now on. */
+static void close_kept(struct worker *w, bool for_good)
+{
+    pool_close_all(w->pool);
+    authquery_keep_close_all(w->auth_keep, for_good);
+}
+
 static bool adopt_settings(struct worker *w, struct settings *s)
 {
     struct ruleset *rs = worker_rules_for(w, s->cfg);
@@ -138,8 +146,7 @@ static bool adopt_settings(struct worker *w, struct settings *s)
     w->generation++;
     /* The servers kept may be another server's, or logged in under rules
      * that changed; auth_user's too, or under another password. */
-    pool_close_all(w->pool);
-    authquery_keep_close_all(w->auth_keep, false);
+    close_kept(w, false);
     return true;
 }
 
@@ -334,8 +341,7 @@ static void close_listeners(struct worker *w)
 static void stop_now(struct worker *w)
 {
     take_inbox(w, true);
-    pool_close_all(w->pool);
-    authquery_keep_close_all(w->auth_keep, true);
+    close_kept(w, true);
     if (w->conn_count)
         log_warning("[worker %d] closing %d connection(s) still busy", w->index, w->conn_count);
     for (struct conn *c = w->conns, *next; c; c = next) {
@@ -378,8 +384,7 @@ static void begin_shutdown(struct worker *w)
     if (w->shutting_down)
         return;
     w->shutting_down = true;
-    pool_close_all(w->pool);
-    authquery_keep_close_all(w->auth_keep, true);
+    close_kept(w, true);
     take_inbox(w, true);
     for (int i = 0; i < w->listener_count; i++)
         drain_accept_queue(w, evconnlistener_get_fd(w->listeners[i].listener));
@@ -546,8 +551,7 @@ static void *worker_main(void *arg)
     /* The sockets that use the ring go before it. */
     while (w->conns)
         conn_destroy(w->conns);
-    pool_close_all(w->pool);
-    authquery_keep_close_all(w->auth_keep, true);
+    close_kept(w, true);
     if (w->ring_timer)
         event_free(w->ring_timer);
     w->ring_timer = NULL;
@@ -621,7 +625,8 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->wake_fd >= 0)
         w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);
-    if (!w->dns || !w->pool || !w->auth_keep || !w->wake || w->spare_fd < 0 || event_add(w->wake, NULL) != 0) {
+    if (!w->dns || !w->pool || !w->auth_keep || !w->wake || w->spare_fd < 0 ||
+        event_add(w->wake, NULL) != 0) {
         log_error("[worker %d] cannot set up its event loop", index);
         return false;
     }
