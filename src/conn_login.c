@@ -260,7 +260,8 @@ static void begin_auth(struct conn *c)
     const char *auth_password = file ? authfile_secret(file, cfg->auth_user, &kind) : NULL;
     if (auth_password && kind != AUTH_SECRET_PLAIN)
         auth_password = NULL;
-    c->lookup = authquery_start(w->auth_keep, cfg, auth_password, c->database, user, lookup_done, c);
+    c->lookup = authquery_start(w->auth_keep, cfg, auth_password, c->database, user,
+                                lookup_done, c);
     if (!c->lookup)
         fail_client(c, "53200", "out of memory", "out of memory");
 }
