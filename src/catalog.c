@@ -146,8 +146,8 @@ char *catalog_query(const struct table_rule *const *rules, size_t n, const char 
 
 /* ---- the session's identity -------------------------------------------- */
 
-/* A literal for to_regclass: schema.name as quoted identifiers (schema
- * NULL: name alone). */
+/* A literal for to_regclass or to_regnamespace: schema.name as quoted
+ * identifiers (schema NULL: name alone). */
 static void put_regclass_literal(FILE *f, const char *schema, const char *name)
 {
     bool backslash = strchr(name, '\\') || (schema && strchr(schema, '\\'));
@@ -174,9 +174,15 @@ char *catalog_identity_query(const struct table_rule *const *rules, size_t n)
     for (size_t i = 0; i < n; i++) {
         fputs("\n  OPERATOR(pg_catalog.||) CASE WHEN pg_catalog.to_regclass(", f);
         put_regclass_literal(f, NULL, rules[i]->name);
-        fputs(") OPERATOR(pg_catalog.=) pg_catalog.to_regclass(", f);
+        /* to_regclass raises for a schema the role may not use, where a
+         * name on its path cannot lead anyway: the question must not fail
+         * (inside a transaction block it would take a rollback). */
+        fputs(") OPERATOR(pg_catalog.=) CASE WHEN pg_catalog.has_schema_privilege("
+              "pg_catalog.to_regnamespace(", f);
+        put_regclass_literal(f, NULL, rules[i]->schema);
+        fputs("), 'USAGE') THEN pg_catalog.to_regclass(", f);
         put_regclass_literal(f, rules[i]->schema, rules[i]->name);
-        fputs(") THEN 't' ELSE 'f' END", f);
+        fputs(") END THEN 't' ELSE 'f' END", f);
     }
     fputs(",\n  current_user::pg_catalog.text OPERATOR(pg_catalog.||) ' ' "
           "OPERATOR(pg_catalog.||) pg_catalog.current_schemas(true)::pg_catalog.text", f);

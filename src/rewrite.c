@@ -656,14 +656,24 @@ static unsigned sets_identity(const char *text, size_t len, size_t i)
  * session with registered tables comes here. */
 static unsigned statement_effects(const char *text, size_t len, size_t i)
 {
-    const unsigned identity = REWRITE_CHANGES_IDENTITY;
+    const unsigned identity = REWRITE_CHANGES_IDENTITY, ends = REWRITE_ENDS_LOCAL;
+    char word[16];
 
     switch (fold((unsigned char)text[i])) {
     case 'a':
+        if (keyword_at(text, len, i, "abort"))
+            return ends;
         return keyword_at(text, len, i, "alter") ? identity : 0;
     case 'c':
+        if (keyword_at(text, len, i, "commit"))
+            return ends;
         return keyword_at(text, len, i, "create") || keyword_at(text, len, i, "call") ? identity
                                                                                       : 0;
+    case 'p':
+        if (!keyword_at(text, len, i, "prepare"))
+            return 0;
+        read_word(text, len, i + 7, word, sizeof(word));
+        return strcmp(word, "transaction") == 0 ? ends : 0;
     case 'd':
         if (keyword_at(text, len, i, "deallocate"))
             return REWRITE_DROPS_STATEMENTS;
@@ -671,10 +681,14 @@ static unsigned statement_effects(const char *text, size_t len, size_t i)
             return REWRITE_DROPS_STATEMENTS | identity;
         return keyword_at(text, len, i, "drop") || keyword_at(text, len, i, "do") ? identity : 0;
     case 'e':
+        if (keyword_at(text, len, i, "end"))
+            return ends;
         return keyword_at(text, len, i, "execute") ? identity : 0;
     case 'i':
         return keyword_at(text, len, i, "import") ? identity : 0;
     case 'r':
+        if (keyword_at(text, len, i, "rollback"))
+            return ends;
         return keyword_at(text, len, i, "reset") ? sets_identity(text, len, i + 5) : 0;
     case 's':
         return keyword_at(text, len, i, "set") ? sets_identity(text, len, i + 3) : 0;
@@ -690,7 +704,8 @@ static unsigned statement_effects(const char *text, size_t len, size_t i)
  * from the last, never from where the skipping ended. */
 static unsigned statement_starts_effects(const char *text, size_t len)
 {
-    const unsigned all = REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY;
+    const unsigned all = REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY |
+                         REWRITE_ENDS_LOCAL;
     unsigned effects = 0;
 
     for (size_t start = 0; effects != all;) {

@@ -118,6 +118,11 @@ enum rewrite_effect {
      * changes when it is called from a statement the proxy cannot see into
      * goes unseen. */
     REWRITE_CHANGES_IDENTITY = 2,
+    /* It may end the transaction or roll back to a savepoint, which undoes
+     * what SET LOCAL and set_config(..., true) did inside it: a statement
+     * that begins with COMMIT, END, ROLLBACK, ABORT or PREPARE
+     * TRANSACTION. */
+    REWRITE_ENDS_LOCAL = 4,
 };
 
 /* The effects (enum rewrite_effect) of text, len bytes with text[len] a

@@ -290,7 +290,12 @@ bool track_error_skips(const struct track *t)
     return t->count > 0 && is_extended(at(t, 0)->kind);
 }
 
+bool track_quiet(const struct track *t)
+{
+    return t->count == 0 && !t->batch_open && !t->copy_in;
+}
+
 bool track_idle(const struct track *t)
 {
-    return t->count == 0 && !t->batch_open && !t->copy_in && t->txn_status == 'I';
+    return track_quiet(t) && t->txn_status == 'I';
 }

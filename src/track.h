@@ -87,7 +87,11 @@ void track_server_msg(struct track *t, char type, char status);
  * Describe, Execute, Close). Ask before track_server_msg takes the error. */
 bool track_error_skips(const struct track *t);
 
-/* True when nothing is outstanding and no transaction or batch is open: the
+/* True when nothing is outstanding and no batch or COPY is open, whatever
+ * the transaction status: a request of the proxy's own may go first. */
+bool track_quiet(const struct track *t);
+
+/* True when track_quiet holds and no transaction is open either: the
  * client may be disconnected without losing anything. */
 bool track_idle(const struct track *t);
 

@@ -211,7 +211,8 @@ static void test_query_quotes_names(void **state)
 /* The question names each table twice for to_regclass, without and with
  * its schema, as quoted identifiers inside literals, and asks for the
  * role; nothing is left to the session's search_path but the table names
- * themselves. */
+ * themselves. The named schema is looked into only when the role may use
+ * it, where to_regclass would raise. */
 static void test_identity_query(void **state)
 {
     (void)state;
@@ -227,9 +228,14 @@ static void test_identity_query(void **state)
     assert_non_null(sql);
     assert_contains(sql, "SELECT current_user::pg_catalog.text,\n  ''\n  OPERATOR(pg_catalog.||) ");
     assert_contains(sql, "pg_catalog.to_regclass('\"orders\"') OPERATOR(pg_catalog.=) "
-                         "pg_catalog.to_regclass('\"public\".\"orders\"')");
+                         "CASE WHEN pg_catalog.has_schema_privilege(pg_catalog.to_regnamespace("
+                         "'\"public\"'), 'USAGE') THEN "
+                         "pg_catalog.to_regclass('\"public\".\"orders\"') END");
     assert_contains(sql, "pg_catalog.to_regclass('\"we\"\"ird\"') OPERATOR(pg_catalog.=) "
-                         "pg_catalog.to_regclass('\"o''brien\".\"we\"\"ird\"')");
+                         "CASE WHEN pg_catalog.has_schema_privilege(pg_catalog.to_regnamespace("
+                         "'\"o''brien\"'), 'USAGE') THEN "
+                         "pg_catalog.to_regclass('\"o''brien\".\"we\"\"ird\"') END");
+    assert_contains(sql, "pg_catalog.to_regnamespace(E'\"back\\\\slash\"')");
     assert_contains(sql, "pg_catalog.to_regclass(E'\"back\\\\slash\".\"x\"')");
     assert_contains(sql, "pg_catalog.current_schemas(true)::pg_catalog.text");
     /* One flag per table, in order. */

@@ -1176,6 +1176,51 @@ static void test_changes_identity(void **state)
             fail_msg("found in: %s", no[i]);
 }
 
+/* What ends a transaction or rolls back to a savepoint undoes what SET
+ * LOCAL did inside it; found where a statement begins, and nothing else
+ * counts. */
+static void test_ends_local(void **state)
+{
+    (void)state;
+    const char *yes[] = {
+        "COMMIT",
+        "commit work",
+        "COMMIT AND CHAIN",
+        "END",
+        "end transaction",
+        "ROLLBACK",
+        "ROLLBACK TO SAVEPOINT s",
+        "rollback to s",
+        "ABORT",
+        "PREPARE TRANSACTION 'gid'",
+        "prepare /* two-phase */ transaction 'gid'",
+        "INSERT INTO orders VALUES (1); COMMIT",
+        "SELECT ';'; ROLLBACK AND CHAIN",
+    };
+    const char *no[] = {
+        "SELECT 1",
+        "BEGIN",
+        "START TRANSACTION",
+        "SAVEPOINT s",
+        "RELEASE SAVEPOINT s",
+        "PREPARE ins AS INSERT INTO orders VALUES ($1)",
+        "PREPARE transactions AS SELECT 1",
+        "ENDPOINT",
+        "committed",
+        "SELECT 'COMMIT'",
+        "INSERT INTO log (what) VALUES ('rollback')",
+        "",
+    };
+    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+        if (!(rewrite_effects(yes[i], strlen(yes[i])) & REWRITE_ENDS_LOCAL))
+            fail_msg("not found in: %s", yes[i]);
+    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+        if (rewrite_effects(no[i], strlen(no[i])) & REWRITE_ENDS_LOCAL)
+            fail_msg("found in: %s", no[i]);
+    /* Neither changes the identity by itself. */
+    assert_false(rewrite_effects("COMMIT", 6) & REWRITE_CHANGES_IDENTITY);
+}
+
 static void test_charset(void **state)
 {
     (void)state;
@@ -1227,6 +1272,7 @@ int main(void)
         cmocka_unit_test(test_drops_statements),
         cmocka_unit_test(test_dropped_statements),
         cmocka_unit_test(test_changes_identity),
+        cmocka_unit_test(test_ends_local),
         cmocka_unit_test(test_charset),
         cmocka_unit_test(test_reason_names),
     };

@@ -186,9 +186,12 @@ static void test_transaction_status(void **state)
 {
     struct track *t = *state;
     client(t, "Q"); /* BEGIN */
+    assert_false(track_quiet(t));
     server(t, "CZT");
     expect_state(t, 0, false);
     assert_int_equal(t->txn_status, 'T');
+    /* Inside the block, between requests: quiet, but not idle. */
+    assert_true(track_quiet(t));
     client(t, "Q"); /* a failing statement */
     server(t, "EZE");
     expect_state(t, 0, false);
@@ -343,6 +346,7 @@ static void test_batch_open(void **state)
     server(t, "1");
     expect_state(t, 0, false);
     assert_true(t->batch_open);
+    assert_false(track_quiet(t));
     client(t, "H"); /* Flush: no answer of its own, batch still open */
     expect_state(t, 0, false);
     client(t, "BE");
