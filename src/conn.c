@@ -328,12 +328,10 @@ static void side_closed(struct conn *c, struct sock *s)
     maybe_free(c);
 }
 
-/* No request is outstanding on the session and no message is half-relayed
- * either way: the session is between requests. */
+/* The session is quiet outside a transaction block: between requests. */
 static bool between_requests(const struct conn *c)
 {
-    return track_idle(&c->track) && c->stream_left[FLOW_TO_SERVER] == 0 &&
-           c->stream_left[FLOW_TO_CLIENT] == 0;
+    return conn_quiet(c) && c->track.txn_status == 'I';
 }
 
 /* server_reuse: the client left an idle session, so its server can serve
@@ -662,6 +660,8 @@ bool relay(struct conn *c, enum flow d)
             enum taken taken = take(c, d, &k, &pos, total);
             if (taken == TAKEN_CLOSED)
                 return false;
+            if (taken == TAKEN_HELD)
+                break;
             count_statement(c, d, head.type);
             if (taken == TAKEN_FORWARD) {
                 k.span += total;
@@ -756,8 +756,9 @@ static void follow_reload(struct conn *c)
 }
 
 /* An idle session asks the catalog again when its scope is due: the
- * tables may have changed since it was last asked. A session without
- * registered tables does not even read the clock. */
+ * tables may have changed since it was last asked; or for the first time,
+ * when the session entered it inside a transaction block. A session
+ * without registered tables does not even read the clock. */
 static void follow_catalog(struct conn *c)
 {
     if (c->scope && scope_state(c->scope) != SCOPE_PASSTHROUGH && may_learn(c) &&
@@ -773,6 +774,10 @@ static void follow_catalog(struct conn *c)
  * Called after every read: the common case costs a few comparisons. */
 static void follow_identity(struct conn *c)
 {
+    /* Whatever ended the block (ROLLBACK, an error) ended what it set
+     * LOCAL too. */
+    if (c->identity_in_block && c->track.txn_status != 'T')
+        unsettle_identity(c);
     if (c->identity == IDENTITY_ASKING || c->state != CONN_ACTIVE || !c->scope ||
         scope_state(c->scope) != SCOPE_READY)
         return;

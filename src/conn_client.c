@@ -14,6 +14,8 @@
 /* The statement and portal of the proxy's questions to the server (the
  * catalog, the session's identity). */
 #define CATALOG_NAME "idemproxy_catalog"
+/* ... and of the rollback after a question failed inside a block. */
+#define UNDO_NAME "idemproxy_undo"
 
 /* ---- notes on requests ------------------------------------------------- */
 
@@ -118,7 +120,7 @@ struct statement {
                                           statement), or NULL */
     int table;            /* that INSERT's scope table, or -1 */
     bool replaced;        /* the text was rewritten */
-    bool changes_identity; /* REWRITE_CHANGES_IDENTITY */
+    unsigned effects;     /* its effects on the identity (follow_effects) */
 };
 
 /* SQL that drops prepared statements (DEALLOCATE, DISCARD ALL): what it
@@ -145,8 +147,9 @@ static void forget_dropped(struct conn *c, unsigned effects, const char *text)
     rewrite_drops_free(&drops);
 }
 
-/* A Query that may change the session's identity does so before its own
- * INSERTs run: they are decided with the identity unsettled. A Parse runs
+/* A Query that may change the session's identity (or undo the LOCAL
+ * settings its answer was given under) does so before its own INSERTs
+ * run: they are decided with the identity unsettled. A Parse runs
  * nothing; its statement's Executes will. */
 static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
                            struct statement *st)
@@ -161,9 +164,9 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
         return; /* malformed: the server will say so */
     const char *text = (const char *)st->body + st->at;
     unsigned effects = rewrite_effects(text, st->text_len);
-    st->changes_identity = effects & REWRITE_CHANGES_IDENTITY;
-    if (st->changes_identity && type == 'Q')
-        unsettle_identity(c);
+    st->effects = effects & (REWRITE_CHANGES_IDENTITY | REWRITE_ENDS_LOCAL);
+    if (type == 'Q')
+        follow_effects(c, st->effects);
     st->d = decide_statement(c, type == 'P', text, st->text_len);
     for (size_t i = 0; st->d && i < st->d->result.nstmts && !st->insert; i++) {
         if (st->d->result.stmts[i].reason != RR_NESTED) {
@@ -478,18 +481,20 @@ static bool track_standalone_run(struct conn *c, size_t statements, enum inject 
 }
 
 /* The statements sql[0..n) as one request of the proxy's own
- * (pg_build_standalone_run): in the extended protocol, since a Query
- * would drop the client's unnamed statement, which may still be bound
- * after a Sync. Malloc'ed; NULL when out of memory or a statement is. */
-static uint8_t *build_standalone(const char *const *sql, size_t n, size_t *len)
+ * (pg_build_standalone_run) on name: in the extended protocol, since a
+ * Query would drop the client's unnamed statement, which may still be
+ * bound after a Sync. Malloc'ed; NULL when out of memory or a statement
+ * is. */
+static uint8_t *build_standalone(const char *name, const char *const *sql, size_t n,
+                                 size_t *len)
 {
     for (size_t i = 0; i < n; i++)
         if (!sql[i])
             return NULL;
-    *len = pg_build_standalone_run(NULL, 0, CATALOG_NAME, sql, n);
+    *len = pg_build_standalone_run(NULL, 0, name, sql, n);
     uint8_t *run = malloc(*len);
     if (run)
-        pg_build_standalone_run(run, *len, CATALOG_NAME, sql, n);
+        pg_build_standalone_run(run, *len, name, sql, n);
     return run;
 }
 
@@ -521,7 +526,10 @@ struct scope *login_scope(struct conn *c)
 void enter_scope(struct conn *c, struct scope *s)
 {
     c->scope = s;
-    if (s && scope_state(s) == SCOPE_UNKNOWN)
+    /* Inside a transaction block the query would see the block's snapshot
+     * and could fail it: the session asks once the block is over
+     * (follow_catalog), and rewrites nothing of this scope until then. */
+    if (s && scope_state(s) == SCOPE_UNKNOWN && c->track.txn_status == 'I')
         learn_catalog(c);
 }
 
@@ -531,7 +539,7 @@ void learn_catalog(struct conn *c)
     const size_t n = sizeof(sql) / sizeof(sql[0]);
     struct catalog *cat = malloc(sizeof(*cat));
     size_t len;
-    uint8_t *run = build_standalone(sql, n, &len);
+    uint8_t *run = build_standalone(CATALOG_NAME, sql, n, &len);
 
     if (!cat || !run) {
         free(cat);
@@ -613,20 +621,29 @@ bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signat
     c->identity_signature_len = signature_len;
     c->identity = IDENTITY_KNOWN;
     c->identity_fits = fits && scope;
+    c->identity_in_block = c->track.txn_status != 'I';
     c->identity_version = scope_version(c->scope);
     c->identity_ns = answered;
     /* The session is idle: what it prepared under the other answer is
      * brought in line before the client's next message, which a later
      * Bind could only do with nothing outstanding. (While a catalog is
      * learnt, the question is asked again after it, and that answer does
-     * it.) */
-    return reprepare_all(c);
+     * it.) Not inside a block, where a statement that no longer parses
+     * would fail it: the statement's next Bind does it (reprepare), if
+     * the client binds it at all. */
+    return c->identity_in_block || reprepare_all(c);
 }
 
 void learn_identity(struct conn *c)
 {
-    const char *sql[] = { IDENTITY_SETTINGS_SQL, scope_identity_query(c->scope) };
-    const size_t n = sizeof(sql) / sizeof(sql[0]);
+    const char *query = scope_identity_query(c->scope);
+    const char *idle[] = { IDENTITY_SETTINGS_SQL, query };
+    const char *in_block[] = { IDENTITY_SQL_SAVEPOINT, IDENTITY_SETTINGS_SQL, query,
+                               IDENTITY_SQL_ROLLBACK_TO, IDENTITY_SQL_RELEASE };
+    bool block = c->track.txn_status != 'I';
+    const char *const *sql = block ? in_block : idle;
+    const size_t n = block ? sizeof(in_block) / sizeof(in_block[0])
+                           : sizeof(idle) / sizeof(idle[0]);
     struct identity_answer kept;
     uint64_t answered;
     size_t len;
@@ -644,19 +661,94 @@ void learn_identity(struct conn *c)
             fail_oom(c);
         return;
     }
-    uint8_t *run = build_standalone(sql, n, &len);
+    uint8_t *run = build_standalone(CATALOG_NAME, sql, n, &len);
     if (!run) {
         /* Nothing is rewritten in this session until it is asked again. */
         c->identity = IDENTITY_KNOWN;
         c->identity_fits = false;
+        c->identity_in_block = block;
         c->identity_version = scope_version(c->scope);
         c->identity_ns = now_ns();
         conn_log(LOG_ERROR, c, "out of memory: INSERTs of this session are not rewritten");
         return;
     }
     c->identity = IDENTITY_ASKING;
+    c->block_question = block ? BLOCK_QUESTION_SENT : BLOCK_QUESTION_NONE;
     if (send_standalone(c, run, len, n, INJECT_IDENTITY))
-        conn_log(LOG_DEBUG, c, "asking the server about the session's role and search_path");
+        conn_log(LOG_DEBUG, c, "asking the server about the session's role and search_path%s",
+                 block ? " inside its transaction block" : "");
+}
+
+bool undo_block_question(struct conn *c)
+{
+    const char *sql[] = { IDENTITY_SQL_ROLLBACK_TO, IDENTITY_SQL_RELEASE };
+    const size_t n = sizeof(sql) / sizeof(sql[0]);
+    size_t len;
+    /* The failed question's portal lives on until the rollback. */
+    uint8_t *run = build_standalone(UNDO_NAME, sql, n, &len);
+
+    c->block_question = BLOCK_QUESTION_UNDOING;
+    if (!run) {
+        fail_oom(c);
+        return false;
+    }
+    return send_standalone(c, run, len, n, INJECT_IDENTITY);
+}
+
+/* Reads the NUL-terminated name at *at in body; advances *at past it. */
+static const char *read_name(const uint8_t *body, size_t len, size_t *at)
+{
+    const uint8_t *end = *at < len ? memchr(body + *at, '\0', len - *at) : NULL;
+
+    if (!end)
+        return NULL;
+    const char *name = (const char *)body + *at;
+    *at = (size_t)(end - body) + 1;
+    return name;
+}
+
+/* Whether a Query's or Parse's text may need the identity: it may insert
+ * into a registered table, and does not change the identity itself (its
+ * INSERTs are then decided without one anyway). */
+static bool text_needs_identity(const struct conn *c, const uint8_t *msg, size_t total)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t at, len;
+
+    if (!pg_statement_text((char)msg[0], body, total - PG_HEAD_LEN, &at, &len))
+        return false;
+    const char *text = (const char *)body + at;
+    return scope_may_decide(c->scope, text, len) &&
+           !(rewrite_effects(text, len) & (REWRITE_CHANGES_IDENTITY | REWRITE_ENDS_LOCAL));
+}
+
+/* Inside a transaction block the identity is asked right before the first
+ * Query or Parse that may insert into a registered table, or Bind of a
+ * statement that does, once something in the block may have changed it
+ * (SET LOCAL ROLE, set_config of role or search_path with is_local: what
+ * PostGraphile and row-level security setups do per request); waiting for
+ * the block's end would leave its INSERTs as they are. Only at the start
+ * of a request with nothing of the client's under way, so that the
+ * question joins nothing of its. True when the message waits for the
+ * answer. */
+static bool ask_in_block(struct conn *c, const uint8_t *msg, size_t total)
+{
+    size_t at = 0;
+
+    if (c->identity != IDENTITY_UNKNOWN || c->track.txn_status != 'T' || !conn_quiet(c) ||
+        c->guard != GUARD_NONE || !c->charset_ok || c->scs_off)
+        return false;
+    if (msg[0] == 'B') {
+        const uint8_t *body = msg + PG_HEAD_LEN;
+        size_t len = total - PG_HEAD_LEN;
+        const char *statement = read_name(body, len, &at) ? read_name(body, len, &at) : NULL;
+        if (!statement || !session_inserts(&c->session, statement))
+            return false;
+    } else if (!text_needs_identity(c, msg, total)) {
+        return false;
+    }
+    learn_identity(c);
+    return c->identity == IDENTITY_ASKING;
 }
 
 /* ---- client messages the proxy reads ----------------------------------- */
@@ -776,6 +868,8 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
     struct statement st;
     struct note *note = NULL;
 
+    if (ask_in_block(c, msg, total))
+        return TAKEN_HELD;
     decide_message(c, msg, total, &st);
     /* A Query in the middle of a batch ends its implicit transaction, and
      * drops the unnamed statement. */
@@ -832,6 +926,8 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
 {
     struct statement st;
 
+    if (ask_in_block(c, msg, total))
+        return TAKEN_HELD;
     decide_message(c, msg, total, &st);
     batch_message(c);
     /* Only a single INSERT can be prepared: the name now means it, unless
@@ -860,7 +956,7 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
     }
     if (!note || (name && !c->track.skip_to_sync &&
                   !session_parse(&c->session, name, rule ? rule->schema : NULL,
-                                 rule ? rule->name : NULL, st.changes_identity,
+                                 rule ? rule->name : NULL, st.effects,
                                  keep ? st.body : NULL, st.len, keep ? rules_version(c) : 0))) {
         if (note)
             free_note(c, note);
@@ -885,18 +981,6 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
         return TAKEN_CLOSED;
     }
     return st.replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
-}
-
-/* Reads the NUL-terminated name at *at in body; advances *at past it. */
-static const char *read_name(const uint8_t *body, size_t len, size_t *at)
-{
-    const uint8_t *end = *at < len ? memchr(body + *at, '\0', len - *at) : NULL;
-
-    if (!end)
-        return NULL;
-    const char *name = (const char *)body + *at;
-    *at = (size_t)(end - body) + 1;
-    return name;
 }
 
 /* Closes statement name and prepares it again from the client's Parse
@@ -1003,6 +1087,8 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
     size_t statement_at = at;
     const char *statement = portal ? read_name(body, len, &at) : NULL;
 
+    if (ask_in_block(c, msg, total))
+        return TAKEN_HELD;
     batch_message(c);
     if (!statement)
         return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
@@ -1087,17 +1173,17 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
     size_t len = total - PG_HEAD_LEN, at = 0;
     const char *portal = read_name(body, len, &at);
     const char *schema, *name;
-    bool first_run = false, changes_identity = false;
+    bool first_run = false;
+    unsigned effects = 0;
     int table = -1;
 
     batch_message(c);
     c->batch_executes++;
     if (portal &&
-        session_execute(&c->session, portal, &schema, &name, &first_run, &changes_identity) &&
+        session_execute(&c->session, portal, &schema, &name, &first_run, &effects) &&
         identity_holds(c))
         table = scope_find_table(c->scope, schema, name);
-    if (changes_identity)
-        unsettle_identity(c);
+    follow_effects(c, effects);
     if (table < 0) {
         /* What it runs is unknown: later Executes of the batch cannot know
          * whether the transaction block is still open. */

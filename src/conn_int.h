@@ -88,14 +88,26 @@ enum inject {
  * search_path, a temporary table) has its INSERTs left alone, since a
  * rewrite could then change another table than the one registered, or
  * fail where the INSERT would not. The proxy cannot follow what SET does
- * to it inside a transaction, so it does not try: it asks the server,
- * outside transaction blocks. */
+ * to it, so it does not try: it asks the server, at the next idle moment
+ * outside a transaction block, or inside one right before a statement
+ * that may need the answer (ask_in_block). */
 enum identity {
     IDENTITY_UNKNOWN, /* since login, or since a statement that may have
-                         changed it: asked at the next idle moment outside
-                         a transaction block; nothing is rewritten until then */
+                         changed it: nothing is rewritten until it is asked */
     IDENTITY_ASKING,  /* the question is under way: client input waits */
     IDENTITY_KNOWN,   /* identity_fits says whether the scope's verdicts hold */
+};
+
+/* The question about the identity inside a transaction block runs under
+ * a savepoint of the proxy's, rolled back to whatever the answer (the
+ * question sets client_encoding LOCAL), so that the client's block is left
+ * as it was. */
+enum block_question {
+    BLOCK_QUESTION_NONE,
+    BLOCK_QUESTION_SENT,      /* its SAVEPOINT is not confirmed yet */
+    BLOCK_QUESTION_SAVEPOINT, /* the savepoint stands: a failure after it is
+                                 undone by rolling back to it */
+    BLOCK_QUESTION_UNDOING,   /* the question failed: the rollback is under way */
 };
 
 /* What the log last said of the session's identity (say_identity). */
@@ -176,6 +188,10 @@ struct conn {
     bool replication;           /* a replication session: never rewrite */
     enum identity identity;
     bool identity_fits;         /* the last answer fit the scope's verdicts */
+    bool identity_in_block;     /* it was learnt inside the transaction block
+                                   under way: what ends the block's LOCAL
+                                   settings unsettles it (follow_effects) */
+    enum block_question block_question;
     enum identity_said identity_said;
     bool identity_told;         /* a change of it was logged at info already */
     bool identity_at_login;     /* the question went before the client said
@@ -281,6 +297,8 @@ enum taken {
     TAKEN_FORWARD,  /* moves on unchanged */
     TAKEN_REPLACED, /* the handler wrote something else in its place */
     TAKEN_DROPPED,  /* it goes nowhere */
+    TAKEN_HELD,     /* not yet: it waits in the input for the proxy's own
+                       request to be answered, and is taken again then */
     TAKEN_CLOSED,   /* the pair was closed */
 };
 
@@ -424,10 +442,15 @@ void enter_scope(struct conn *c, struct scope *s);
  * rules apply to it or not. False when out of memory. */
 bool reprepare_all(struct conn *c);
 /* Asks the server about the session's identity (scope_identity_query);
- * client input waits until the answer is in. Only where learn_catalog may
- * run: idle, outside a transaction block. Right after login, what the
- * question answered for the same login before is taken instead. */
+ * client input waits until the answer is in. Only with nothing under way:
+ * idle outside a transaction block, or inside one under a savepoint (enum
+ * block_question). Right after login, what the question answered for the
+ * same login before is taken instead. */
 void learn_identity(struct conn *c);
+/* The question inside a block failed after its savepoint: rolls back to
+ * it, as a request of the proxy's own whose ReadyForQuery brings the
+ * answer (none). False when out of memory: the pair is failing. */
+bool undo_block_question(struct conn *c);
 /* The answer about the session's identity is in (answered at that time):
  * the scope of the role it runs as (NULL: none to be had), whether it fits
  * that scope's verdicts, and its signature (malloc'ed, taken over; NULL
@@ -525,6 +548,25 @@ static inline void unsettle_identity(struct conn *c)
 {
     if (c->identity == IDENTITY_KNOWN)
         c->identity = IDENTITY_UNKNOWN;
+    c->identity_in_block = false;
+}
+
+/* A client's statement with these effects (rewrite_effects) goes to the
+ * server: one that may change the identity unsettles it, and so does one
+ * that may undo the LOCAL settings the answer was given under. */
+static inline void follow_effects(struct conn *c, unsigned effects)
+{
+    if ((effects & REWRITE_CHANGES_IDENTITY) ||
+        ((effects & REWRITE_ENDS_LOCAL) && c->identity_in_block))
+        unsettle_identity(c);
+}
+
+/* Nothing is outstanding on the session and no message is half-relayed
+ * either way, whatever its transaction status. */
+static inline bool conn_quiet(const struct conn *c)
+{
+    return track_quiet(&c->track) && c->stream_left[FLOW_TO_SERVER] == 0 &&
+           c->stream_left[FLOW_TO_CLIENT] == 0;
 }
 
 /* The version of the rules a statement of the session was decided under,

@@ -526,6 +526,24 @@ static bool identity_answered(struct conn *c)
                           signature ? c->identity_heard_len : 0, now_ns());
 }
 
+/* The question's ReadyForQuery (status). Inside a block, one that failed
+ * after its savepoint is rolled back to it first, and the answer (none)
+ * waits for that rollback's. False when the pair was closed. */
+static bool identity_ready(struct conn *c, char status)
+{
+    if (c->block_question == BLOCK_QUESTION_SAVEPOINT && status == 'E')
+        return undo_block_question(c);
+    if (c->block_question != BLOCK_QUESTION_NONE && status == 'E')
+        conn_log(LOG_WARNING, c, "the transaction block failed on the proxy's question about "
+                 "the session's identity; the client's statements in it fail until it ends");
+    c->block_question = BLOCK_QUESTION_NONE;
+    if (!identity_answered(c)) {
+        fail_oom(c);
+        return false;
+    }
+    return true;
+}
+
 /* The guarded statement failed and is over: roll back to the savepoint,
  * after a translated 23505 to tell the client its INSERT changed nothing
  * (GUARD_ROLLBACK), after anything else to fail the block at the client's
@@ -573,13 +591,20 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     case INJECT_IDENTITY:
         if (type == 'D')
             hear_identity(c, body, len);
+        /* The first command to complete inside a block is the SAVEPOINT. */
+        if (type == 'C' && c->block_question == BLOCK_QUESTION_SENT)
+            c->block_question = BLOCK_QUESTION_SAVEPOINT;
         if (type == 'E') {
             free(c->identity_heard);
             c->identity_heard = NULL;
             if (error)
-                conn_log(LOG_WARNING, c, "the question about the session's role and "
-                         "search_path failed: %s %s; its INSERTs are not rewritten",
-                         err.code ? err.code : "?", err.message ? err.message : "");
+                conn_log(LOG_WARNING, c, "%s failed: %s %s; its INSERTs are not rewritten%s",
+                         c->block_question == BLOCK_QUESTION_UNDOING
+                             ? "the rollback after the question about the session's identity"
+                             : "the question about the session's role and search_path",
+                         err.code ? err.code : "?", err.message ? err.message : "",
+                         c->block_question != BLOCK_QUESTION_NONE ? " in this transaction block"
+                                                                  : "");
         }
         break;
     case INJECT_REFRESH:
@@ -655,10 +680,8 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     track_reply(c, type, status);
     if (type == 'Z' && tag == INJECT_CATALOG && c->catalog)
         catalog_arrived(c);
-    if (type == 'Z' && tag == INJECT_IDENTITY && !identity_answered(c)) {
-        fail_oom(c);
+    if (type == 'Z' && tag == INJECT_IDENTITY && !identity_ready(c, status))
         return TAKEN_CLOSED;
-    }
     if (!client_held(c))
         c->resume_client = true;
     return taken;

@@ -756,11 +756,16 @@ static struct decision *decide_text(struct scope *s, const char *text, size_t le
     return d;
 }
 
+bool scope_may_decide(const struct scope *s, const char *text, size_t len)
+{
+    return s->state == SCOPE_READY && rewrite_prefilter(&s->rules, text, len);
+}
+
 struct decision *scope_decide(struct scope *s, const char *text, size_t len, bool repeats,
                               bool *fresh)
 {
     *fresh = false;
-    if (s->state != SCOPE_READY || !rewrite_prefilter(&s->rules, text, len))
+    if (!scope_may_decide(s, text, len))
         return NULL;
     struct decision *d = decide_text(s, text, len, repeats, fresh);
     /* The masking buffers grow to the longest text masked; one far longer

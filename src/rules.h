@@ -193,6 +193,11 @@ const struct params_stmt *decision_params(const struct decision *d);
 
 void decision_unref(struct decision *d);
 
+/* Whether scope_decide could find an INSERT into a registered table in
+ * text at all: the scope is READY and the pre-filter lets text through.
+ * False positives are possible; a false answer is certain. */
+bool scope_may_decide(const struct scope *s, const char *text, size_t len);
+
 /* Decides about text (len bytes, NUL at text[len]) in a READY scope, from
  * the cache when it can. Returns a reference the caller must drop, or NULL
  * when the text is of no interest (the pre-filter said so, or memory ran

@@ -8,8 +8,8 @@
 struct session_entry {
     UT_hash_handle hh;
     const char *schema, *table; /* in names, after the key; NULL when it
-                                   is kept only for changes_identity */
-    bool changes_identity;
+                                   is kept only for its effects */
+    unsigned effects;           /* rewrite_effects' identity bits */
     const uint8_t *parse;       /* a named statement's Parse body, after the
                                    table; NULL when not kept */
     size_t parse_len;
@@ -71,23 +71,23 @@ static void forget(struct session_entry **map, const char *name)
 }
 
 /* Sets name to schema.table in map (schema NULL: no INSERT), marked with
- * whether it may change the session's identity, or forgets it when it is
+ * its effects on the session's identity, or forgets it when it has
  * neither. A driver that does not prepare redefines the same unnamed
  * statement and portal with every execution: an entry that already says
  * the same, and keeps no Parse, stays. */
 static struct session_entry *set(struct session_entry **map, const char *name,
-                                 const char *schema, const char *table, bool changes_identity,
+                                 const char *schema, const char *table, unsigned effects,
                                  size_t parse_len)
 {
     struct session_entry *e = find(*map, name);
 
-    if (e && !parse_len && !e->parse && e->changes_identity == changes_identity &&
+    if (e && !parse_len && !e->parse && e->effects == effects &&
         (schema ? e->schema && strcmp(e->schema, schema) == 0 && strcmp(e->table, table) == 0
                 : !e->schema))
         return e;
     if (e)
         drop(map, e);
-    if (!schema && !changes_identity)
+    if (!schema && !effects)
         return NULL;
     size_t name_len = strlen(name) + 1;
     size_t schema_len = schema ? strlen(schema) + 1 : 0, table_len = schema ? strlen(table) + 1 : 0;
@@ -98,7 +98,7 @@ static struct session_entry *set(struct session_entry **map, const char *name,
     memcpy(at, name, name_len);
     e->schema = schema ? memcpy(at += name_len, schema, schema_len) : NULL;
     e->table = schema ? memcpy(at += schema_len, table, table_len) : NULL;
-    e->changes_identity = changes_identity;
+    e->effects = effects;
     e->parse = NULL;
     e->parse_len = 0;
     e->version = 0;
@@ -107,10 +107,10 @@ static struct session_entry *set(struct session_entry **map, const char *name,
 }
 
 bool session_parse(struct session *s, const char *name, const char *schema, const char *table,
-                   bool changes_identity, const uint8_t *parse, size_t parse_len,
+                   unsigned effects, const uint8_t *parse, size_t parse_len,
                    uint64_t version)
 {
-    struct session_entry *e = set(&s->statements, name, schema, table, changes_identity,
+    struct session_entry *e = set(&s->statements, name, schema, table, effects,
                                   parse ? parse_len : 0);
 
     if (e && parse) {
@@ -120,7 +120,7 @@ bool session_parse(struct session *s, const char *name, const char *schema, cons
         e->parse_len = parse_len;
         e->version = version;
     }
-    return e || (!schema && !changes_identity);
+    return e || (!schema && !effects);
 }
 
 const uint8_t *session_outdated(struct session *s, const char *name, uint64_t version,
@@ -153,7 +153,7 @@ bool session_bind(struct session *s, const char *portal, const char *statement)
 {
     const struct session_entry *stmt = find(s->statements, statement);
     struct session_entry *e = set(&s->portals, portal, stmt ? stmt->schema : NULL,
-                                  stmt ? stmt->table : NULL, stmt && stmt->changes_identity, 0);
+                                  stmt ? stmt->table : NULL, stmt ? stmt->effects : 0, 0);
 
     if (e)
         e->ran = false;
@@ -161,11 +161,11 @@ bool session_bind(struct session *s, const char *portal, const char *statement)
 }
 
 bool session_execute(struct session *s, const char *portal, const char **schema,
-                     const char **table, bool *first_run, bool *changes_identity)
+                     const char **table, bool *first_run, unsigned *effects)
 {
     struct session_entry *e = find(s->portals, portal);
 
-    *changes_identity = e && e->changes_identity;
+    *effects = e ? e->effects : 0;
     if (!e || !e->schema)
         return false;
     *schema = e->schema;
@@ -210,4 +210,11 @@ bool session_portal(const struct session *s, const char *portal, const char **sc
     *schema = e->schema;
     *table = e->table;
     return true;
+}
+
+bool session_inserts(const struct session *s, const char *name)
+{
+    const struct session_entry *e = find(s->statements, name);
+
+    return e && e->schema;
 }

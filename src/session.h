@@ -42,13 +42,13 @@ void session_clear(struct session *s);
 bool session_empty(const struct session *s);
 
 /* Statement name now holds an INSERT into schema.table, or (schema NULL)
- * something else; changes_identity says whether its text may change the
- * session's identity. parse, when not NULL, is the client's Parse body
+ * something else; effects are its text's REWRITE_CHANGES_IDENTITY and
+ * REWRITE_ENDS_LOCAL (rewrite_effects). parse, when not NULL, is the client's Parse body
  * (parse_len bytes) of an INSERT, kept for session_outdated with the
  * version of the rules that decided its text. False when out of memory
  * (the name is then forgotten). */
 bool session_parse(struct session *s, const char *name, const char *schema, const char *table,
-                   bool changes_identity, const uint8_t *parse, size_t parse_len,
+                   unsigned effects, const uint8_t *parse, size_t parse_len,
                    uint64_t version);
 
 /* A statement prepared under rules of another version than version may hold
@@ -76,6 +76,9 @@ void session_entry_free(struct session_entry *e);
 const uint8_t *session_next_outdated(struct session *s, uint64_t version, const char **name,
                                      size_t *len);
 
+/* Whether statement name holds an INSERT into a registered table. */
+bool session_inserts(const struct session *s, const char *name);
+
 /* Portal name now runs statement. False when out of memory (forgotten). */
 bool session_bind(struct session *s, const char *portal, const char *statement);
 
@@ -85,10 +88,10 @@ void session_close(struct session *s, char kind, const char *name);
 /* An Execute of portal: the table it inserts into, as session_portal, and
  * *first_run true the first time since its Bind, when its statement runs (a
  * later Execute only fetches what it returned, or fails because it has
- * run). *changes_identity says whether its statement may change the
- * session's identity, whatever it inserts into. */
+ * run). *effects are its statement's, as session_parse took them, whatever
+ * it inserts into. */
 bool session_execute(struct session *s, const char *portal, const char **schema,
-                     const char **table, bool *first_run, bool *changes_identity);
+                     const char **table, bool *first_run, unsigned *effects);
 
 /* The table an Execute of portal inserts into; false when none is known. */
 bool session_portal(const struct session *s, const char *portal, const char **schema,

@@ -1483,6 +1483,144 @@ static void test_idem_session_role(void **state)
     itest_pass();
 }
 
+#define BLK_INSERT(key) \
+    "INSERT INTO idem_blk (idempotency_key, payload) VALUES ('" key "', 'x')"
+#define BLK_RETURNING(key) \
+    "INSERT INTO idem_blk (idempotency_key, payload) VALUES ('" key "', 'r') RETURNING payload"
+
+/* A role taken for one transaction block (SET LOCAL ROLE, set_config of
+ * role with is_local, as PostGraphile sends per request) is asked about
+ * inside the block, under the proxy's savepoint, right before the first
+ * INSERT that needs it: the block's INSERTs are rewritten as that role's.
+ * A statement prepared before is prepared again as the role's before its
+ * Bind. What ends the LOCAL setting (ROLLBACK TO, COMMIT) ends the answer
+ * too. A role whose catalog is unknown is learnt after the block, never
+ * inside it. A question that fails is rolled back to its savepoint and
+ * leaves the client's block as it was. The question never fails on a
+ * schema the role may not use. */
+static void test_idem_identity_in_block(void **state)
+{
+    (void)state;
+    create_key_table("idem_blk", "text");
+    itest_server_exec(
+        "DO $$BEGIN "
+        "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idem_blk_writer') THEN "
+        "CREATE ROLE idem_blk_writer; END IF; "
+        "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idem_blk_inserter') THEN "
+        "CREATE ROLE idem_blk_inserter; END IF; END$$; "
+        "GRANT SELECT, INSERT, UPDATE ON idem_blk TO idem_blk_writer; "
+        "GRANT SELECT, INSERT ON idem_blk TO idem_blk_inserter; "
+        "GRANT USAGE ON SEQUENCE idem_blk_id_seq TO idem_blk_writer, idem_blk_inserter; "
+        "DROP SCHEMA IF EXISTS idem_blk_private CASCADE; CREATE SCHEMA idem_blk_private; "
+        "CREATE TABLE idem_blk_private.hidden (k text PRIMARY KEY)");
+    itest_server_exec("INSERT INTO idem_blk (idempotency_key, payload) VALUES ('b1', 'first')");
+    struct itest_proxy *p = itest_proxy_start_with(
+        "debug", "workers = 1\ncatalog_check_interval = 0\n"
+                 "[table public.idem_blk]\nconflict = idempotency_key\n"
+                 "[table idem_blk_private.hidden]\nconflict = k\n");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *in_block = "search_path inside its transaction block";
+    const char *learning = "asking the server about the registered tables";
+    const char *failed = "the question about the session's role and search_path failed";
+    char text[64];
+
+    /* The roles may not use the schema of the second table: the question
+     * answers all the same. */
+    itest_exec_ok(c, "SET ROLE idem_blk_writer");
+    itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
+    itest_exec_ok(c, "RESET ROLE");
+    assert_int_equal(itest_proxy_log_count(p, failed), 0);
+
+    /* The writer's catalog is known: one question inside the block serves
+     * both of its INSERTs, and the role ends with the block. */
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SELECT set_config('role', 'idem_blk_writer', true)");
+    itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
+    assert_string_equal(itest_query_text(c, BLK_RETURNING("b1"), text, sizeof text), "first");
+    assert_string_equal(itest_query_text(c, "SELECT current_user", text, sizeof text),
+                        "idem_blk_writer");
+    itest_exec_ok(c, "COMMIT");
+    assert_int_equal(itest_proxy_log_count(p, in_block), 1);
+    assert_string_not_equal(itest_query_text(c, "SELECT current_user", text, sizeof text),
+                            "idem_blk_writer");
+    itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
+
+    /* The same in the extended protocol, the role given as a parameter. */
+    const char *writer[1] = { "idem_blk_writer" };
+    const char *key[1] = { "b1" };
+    itest_exec_ok(c, "BEGIN");
+    PGresult *r = itest_exec_params(c, "SELECT set_config('role', $1, true)", 1, writer);
+    itest_assert_result_ok(r, "set_config of role");
+    PQclear(r);
+    r = itest_exec_params(c, "INSERT INTO idem_blk (idempotency_key, payload) VALUES ($1, 'x')",
+                          1, key);
+    itest_assert_tag(r, "INSERT 0 0", "the extended INSERT after set_config");
+    PQclear(r);
+    itest_exec_ok(c, "COMMIT");
+    assert_int_equal(itest_proxy_log_count(p, in_block), 2);
+
+    /* A role never seen: its catalog is not asked inside the block, whose
+     * INSERT passes as it is; right after the block it is. */
+    int learnt = itest_proxy_log_count(p, learning);
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SET LOCAL ROLE idem_blk_inserter");
+    itest_exec_sqlstate(c, BLK_INSERT("b1"), "23505");
+    itest_exec_ok(c, "ROLLBACK");
+    itest_exec_ok(c, "SELECT 1");
+    assert_int_equal(itest_proxy_log_count(p, learning), learnt + 1);
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SET LOCAL ROLE idem_blk_inserter");
+    itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
+    itest_exec_ok(c, "COMMIT");
+
+    /* A rollback to a savepoint undoes SET LOCAL after it: the next INSERT
+     * is asked about again and decided as the login role's, which may
+     * return the existing row (the inserter's form would fail with 23505
+     * and fail the block). */
+    int asked = itest_proxy_log_count(p, in_block);
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SAVEPOINT a");
+    itest_exec_ok(c, "SET LOCAL ROLE idem_blk_inserter");
+    itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
+    itest_exec_ok(c, "ROLLBACK TO SAVEPOINT a");
+    assert_string_equal(itest_query_text(c, BLK_RETURNING("b1"), text, sizeof text), "first");
+    itest_exec_ok(c, "COMMIT");
+    assert_int_equal(itest_proxy_log_count(p, in_block), asked + 2);
+
+    /* A statement prepared before the block and bound inside it after the
+     * role changed: asked about before its Bind, and prepared again as the
+     * role may run it (the login role's form of an INSERT with RETURNING
+     * updates on a conflict, which the inserter may not do: 42501). */
+    r = itest_prepare(c, "blk_ins",
+                      "INSERT INTO idem_blk (idempotency_key, payload) VALUES ($1, 'p') "
+                      "RETURNING payload", 1);
+    itest_assert_result_ok(r, "PREPARE blk_ins");
+    PQclear(r);
+    const char *fresh[1] = { "b3" };
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SET LOCAL ROLE idem_blk_inserter");
+    r = itest_exec_prepared(c, "blk_ins", 1, fresh);
+    itest_assert_tag(r, "INSERT 0 1", "the prepared INSERT bound as the inserter");
+    PQclear(r);
+    itest_exec_ok(c, "COMMIT");
+
+    /* The question fails (the role may not call a function it uses): the
+     * proxy rolls back to its savepoint, the block goes on as the client
+     * left it, and its INSERTs pass unchanged. */
+    itest_server_exec("REVOKE EXECUTE ON FUNCTION pg_catalog.to_regnamespace(text) FROM PUBLIC");
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SET LOCAL ROLE idem_blk_writer");
+    itest_exec_tag(c, BLK_INSERT("b2"), "INSERT 0 1");
+    assert_string_equal(itest_query_text(c, "SELECT current_user", text, sizeof text),
+                        "idem_blk_writer");
+    itest_exec_ok(c, "COMMIT");
+    itest_server_exec("GRANT EXECUTE ON FUNCTION pg_catalog.to_regnamespace(text) TO PUBLIC");
+    itest_assert_log_line(p, "warning", failed, "42501");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_blk"), 3);
+    assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
+    itest_pass();
+}
+
 /* ---- main ----------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -1511,6 +1649,7 @@ int main(int argc, char **argv)
         ITEST(test_idem_login_role_privileges),
         ITEST(test_idem_session_identity),
         ITEST(test_idem_session_role),
+        ITEST(test_idem_identity_in_block),
     };
     return itest_main(argc, argv, "idemproxy idempotent inserts", tests,
                       sizeof tests / sizeof tests[0]);

@@ -24,6 +24,7 @@
 
 #include <cmocka.h>
 
+#include "rewrite.h"
 #include "session.h"
 
 /* ---- a checker that reports every mismatch ------------------------------ */
@@ -79,7 +80,7 @@ static void check_portal_at(const struct session *s, const char *portal, const c
 
 /* Parse and Bind must succeed here: memory is plentiful. */
 #define PARSE(s, name, schema, table)                                          \
-    assert_true(session_parse((s), (name), (schema), (table), false, NULL, 0, 0))
+    assert_true(session_parse((s), (name), (schema), (table), 0, NULL, 0, 0))
 #define BIND(s, portal, statement) assert_true(session_bind((s), (portal), (statement)))
 
 static void finish(void)
@@ -248,9 +249,10 @@ static void test_close_statement(void **state)
 static bool first_run(struct session *s, const char *portal)
 {
     const char *schema, *table;
-    bool first = false, identity;
+    bool first = false;
+    unsigned effects;
 
-    session_execute(s, portal, &schema, &table, &first, &identity);
+    session_execute(s, portal, &schema, &table, &first, &effects);
     return first;
 }
 
@@ -389,7 +391,7 @@ static void test_outdated(void **state)
     static const uint8_t body[] = "s\0INSERT INTO orders VALUES ($1)\0\0\0";
     size_t len = 0;
 
-    assert_true(session_parse(s, "s", "public", "orders", false, body, sizeof(body), 7));
+    assert_true(session_parse(s, "s", "public", "orders", 0, body, sizeof(body), 7));
     assert_null(session_outdated(s, "s", 7, &len));
     const uint8_t *kept = session_outdated(s, "s", 9, &len);
     assert_non_null(kept);
@@ -408,54 +410,59 @@ static void test_outdated(void **state)
     /* Closed, or redefined as something else: the Parse goes too. */
     session_close(s, 'S', "s");
     assert_null(session_outdated(s, "s", 11, &len));
-    assert_true(session_parse(s, "s", "public", "orders", false, body, sizeof(body), 7));
+    assert_true(session_parse(s, "s", "public", "orders", 0, body, sizeof(body), 7));
     PARSE(s, "s", NULL, NULL);
     assert_null(session_outdated(s, "s", 11, &len));
     /* A kept Parse replaces an entry that said the same without one. */
     PARSE(s, "u", "public", "orders");
-    assert_true(session_parse(s, "u", "public", "orders", false, body, sizeof(body), 7));
+    assert_true(session_parse(s, "u", "public", "orders", 0, body, sizeof(body), 7));
     assert_non_null(session_outdated(s, "u", 8, &len));
     finish();
 }
 
-/* Whether an Execute of portal runs a statement that may change the
- * session's identity. */
-static bool executes_identity_change(struct session *s, const char *portal)
+/* The effects on the session's identity of what an Execute of portal
+ * runs. */
+static unsigned executes_effects(struct session *s, const char *portal)
 {
     const char *schema, *table;
-    bool first, identity = true;
+    bool first;
+    unsigned effects = ~0u;
 
-    session_execute(s, portal, &schema, &table, &first, &identity);
-    return identity;
+    session_execute(s, portal, &schema, &table, &first, &effects);
+    return effects;
 }
 
-/* A statement that may change the session's identity is kept although it
- * inserts into no registered table, and each Execute of a portal bound to
- * it says so; it never reads as an INSERT. Redefined, closed or unknown,
- * it says nothing. */
+/* A statement with effects on the session's identity (one that may change
+ * it, one that ends what SET LOCAL did) is kept although it inserts into
+ * no registered table, and each Execute of a portal bound to it says so;
+ * it never reads as an INSERT. Redefined, closed or unknown, it says
+ * nothing. */
 static void test_identity_statements(void **state)
 {
     struct session *s = *state;
 
-    assert_true(session_parse(s, "set", NULL, NULL, true, NULL, 0, 0));
+    assert_true(session_parse(s, "set", NULL, NULL, REWRITE_CHANGES_IDENTITY, NULL, 0, 0));
     BIND(s, "p", "set");
     check_none(s, "p");
-    assert_true(executes_identity_change(s, "p"));
-    assert_true(executes_identity_change(s, "p"));
-    assert_false(executes_identity_change(s, "nope"));
+    assert_int_equal(executes_effects(s, "p"), REWRITE_CHANGES_IDENTITY);
+    assert_int_equal(executes_effects(s, "p"), REWRITE_CHANGES_IDENTITY);
+    assert_int_equal(executes_effects(s, "nope"), 0);
+    assert_true(session_parse(s, "commit", NULL, NULL, REWRITE_ENDS_LOCAL, NULL, 0, 0));
+    BIND(s, "c", "commit");
+    assert_int_equal(executes_effects(s, "c"), REWRITE_ENDS_LOCAL);
     /* An INSERT that may change it too (a set_config in its VALUES). */
-    assert_true(session_parse(s, "", "public", "orders", true, NULL, 0, 0));
+    assert_true(session_parse(s, "", "public", "orders", REWRITE_CHANGES_IDENTITY, NULL, 0, 0));
     BIND(s, "", "");
     check_portal(s, "", "public", "orders");
-    assert_true(executes_identity_change(s, ""));
+    assert_int_equal(executes_effects(s, ""), REWRITE_CHANGES_IDENTITY);
     /* The same name parsed again as something harmless. */
     PARSE(s, "set", NULL, NULL);
     BIND(s, "p", "set");
-    assert_false(executes_identity_change(s, "p"));
-    assert_true(session_parse(s, "set", NULL, NULL, true, NULL, 0, 0));
+    assert_int_equal(executes_effects(s, "p"), 0);
+    assert_true(session_parse(s, "set", NULL, NULL, REWRITE_CHANGES_IDENTITY, NULL, 0, 0));
     BIND(s, "q", "set");
     session_close(s, 'P', "q");
-    assert_false(executes_identity_change(s, "q"));
+    assert_int_equal(executes_effects(s, "q"), 0);
     assert_false(session_empty(s));
     session_clear(s);
     assert_true(session_empty(s));
