@@ -73,6 +73,14 @@ struct catalog {
     "pg_catalog.set_config('client_encoding', 'UTF8', true))) AS s(path, encoding) "      \
     "WHERE path IS NULL"
 
+/* Inside a transaction block either query and its settings run between
+ * these: the savepoint first, then a rollback to it and its release
+ * whatever the answer, which undo the LOCAL settings; after a failure the
+ * rollback and the release go alone. */
+#define QUESTION_SQL_SAVEPOINT "SAVEPOINT idemproxy_question"
+#define QUESTION_SQL_ROLLBACK_TO "ROLLBACK TO SAVEPOINT idemproxy_question"
+#define QUESTION_SQL_RELEASE "RELEASE SAVEPOINT idemproxy_question"
+
 /* The query that learns everything about the tables of rules[0..n), as one
  * statement, to run after CATALOG_SETTINGS_SQL: privileges and row-level
  * security as they are for a session running as role, whichever role the
@@ -90,13 +98,6 @@ char *catalog_query(const struct table_rule *const *rules, size_t n, const char 
     "SELECT FROM (VALUES (pg_catalog.set_config('client_encoding', 'UTF8', true))) " \
     "AS s(encoding) WHERE encoding IS NULL"
 
-/* Inside a transaction block the question runs between these: the
- * savepoint first, then a rollback to it and its release whatever the
- * answer, which undo the LOCAL setting above; after a failure the
- * rollback and the release go alone. */
-#define IDENTITY_SQL_SAVEPOINT "SAVEPOINT idemproxy_identity"
-#define IDENTITY_SQL_ROLLBACK_TO "ROLLBACK TO SAVEPOINT idemproxy_identity"
-#define IDENTITY_SQL_RELEASE "RELEASE SAVEPOINT idemproxy_identity"
 
 /* The query that asks a session what the catalog check cannot know for
  * it: the role it runs as (current_user), whose privileges its statements

@@ -513,11 +513,6 @@ static bool send_standalone(struct conn *c, uint8_t *run, size_t len, size_t n,
     return tracked;
 }
 
-/* Asks the server about the registered tables; client input waits until
- * the answer is in. Only while the session is idle outside a transaction
- * block: anywhere else the query would join the client's work, or see a
- * snapshot older than the tables. The settings the query is read under
- * go first, in the same run. */
 struct scope *login_scope(struct conn *c)
 {
     return ruleset_scope(c->rules, c->database, c->user ? c->user : "");
@@ -526,20 +521,44 @@ struct scope *login_scope(struct conn *c)
 void enter_scope(struct conn *c, struct scope *s)
 {
     c->scope = s;
-    /* Inside a transaction block the query would see the block's snapshot
-     * and could fail it: the session asks once the block is over
-     * (follow_catalog), and rewrites nothing of this scope until then. */
-    if (s && scope_state(s) == SCOPE_UNKNOWN && c->track.txn_status == 'I')
+    if (s && scope_state(s) == SCOPE_UNKNOWN)
         learn_catalog(c);
 }
 
+/* A question of the proxy's, its settings first, as a run of its own: the
+ * catalog query or the one about the session's identity. Inside a
+ * transaction block it runs under a savepoint (enum block_question).
+ * Malloc'ed, *n statements; NULL when out of memory. */
+static uint8_t *build_question(const struct conn *c, const char *settings, const char *query,
+                               size_t *n, size_t *len)
+{
+    const char *idle[] = { settings, query };
+    const char *block[] = { QUESTION_SQL_SAVEPOINT, settings, query, QUESTION_SQL_ROLLBACK_TO,
+                            QUESTION_SQL_RELEASE };
+
+    if (c->track.txn_status == 'I') {
+        *n = sizeof(idle) / sizeof(idle[0]);
+        return build_standalone(CATALOG_NAME, idle, *n, len);
+    }
+    *n = sizeof(block) / sizeof(block[0]);
+    return build_standalone(CATALOG_NAME, block, *n, len);
+}
+
+/* Sends a run build_question made. False when out of memory (the pair is
+ * then failing). */
+static bool send_question(struct conn *c, uint8_t *run, size_t len, size_t n, enum inject tag)
+{
+    c->block_question = c->track.txn_status == 'I' ? BLOCK_QUESTION_NONE : BLOCK_QUESTION_SENT;
+    return send_standalone(c, run, len, n, tag);
+}
+
+/* The settings the query is read under go first, in the same run. */
 void learn_catalog(struct conn *c)
 {
-    const char *sql[] = { CATALOG_SETTINGS_SQL, scope_catalog_query(c->scope) };
-    const size_t n = sizeof(sql) / sizeof(sql[0]);
     struct catalog *cat = malloc(sizeof(*cat));
-    size_t len;
-    uint8_t *run = build_standalone(CATALOG_NAME, sql, n, &len);
+    size_t n, len;
+    uint8_t *run = build_question(c, CATALOG_SETTINGS_SQL, scope_catalog_query(c->scope), &n,
+                                  &len);
 
     if (!cat || !run) {
         free(cat);
@@ -551,8 +570,9 @@ void learn_catalog(struct conn *c)
     c->catalog = cat;
     c->catalog_ok = true;
     scope_asking(c->scope);
-    if (send_standalone(c, run, len, n, INJECT_CATALOG))
-        conn_log(LOG_DEBUG, c, "asking the server about the registered tables");
+    if (send_question(c, run, len, n, INJECT_CATALOG))
+        conn_log(LOG_DEBUG, c, "asking the server about the registered tables%s",
+                 c->block_question ? " inside its transaction block" : "");
 }
 
 /* Says what changed in how the session is served: the role it runs as,
@@ -636,17 +656,10 @@ bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signat
 
 void learn_identity(struct conn *c)
 {
-    const char *query = scope_identity_query(c->scope);
-    const char *idle[] = { IDENTITY_SETTINGS_SQL, query };
-    const char *in_block[] = { IDENTITY_SQL_SAVEPOINT, IDENTITY_SETTINGS_SQL, query,
-                               IDENTITY_SQL_ROLLBACK_TO, IDENTITY_SQL_RELEASE };
     bool block = c->track.txn_status != 'I';
-    const char *const *sql = block ? in_block : idle;
-    const size_t n = block ? sizeof(in_block) / sizeof(in_block[0])
-                           : sizeof(idle) / sizeof(idle[0]);
     struct identity_answer kept;
     uint64_t answered;
-    size_t len;
+    size_t n, len;
 
     /* Right after its login, before the client said anything, the session
      * is as every session of the same login: one of them may have asked. */
@@ -661,7 +674,8 @@ void learn_identity(struct conn *c)
             fail_oom(c);
         return;
     }
-    uint8_t *run = build_standalone(CATALOG_NAME, sql, n, &len);
+    uint8_t *run = build_question(c, IDENTITY_SETTINGS_SQL, scope_identity_query(c->scope), &n,
+                                  &len);
     if (!run) {
         /* Nothing is rewritten in this session until it is asked again. */
         c->identity = IDENTITY_KNOWN;
@@ -673,15 +687,14 @@ void learn_identity(struct conn *c)
         return;
     }
     c->identity = IDENTITY_ASKING;
-    c->block_question = block ? BLOCK_QUESTION_SENT : BLOCK_QUESTION_NONE;
-    if (send_standalone(c, run, len, n, INJECT_IDENTITY))
+    if (send_question(c, run, len, n, INJECT_IDENTITY))
         conn_log(LOG_DEBUG, c, "asking the server about the session's role and search_path%s",
                  block ? " inside its transaction block" : "");
 }
 
-bool undo_block_question(struct conn *c)
+bool undo_block_question(struct conn *c, enum inject tag)
 {
-    const char *sql[] = { IDENTITY_SQL_ROLLBACK_TO, IDENTITY_SQL_RELEASE };
+    const char *sql[] = { QUESTION_SQL_ROLLBACK_TO, QUESTION_SQL_RELEASE };
     const size_t n = sizeof(sql) / sizeof(sql[0]);
     size_t len;
     /* The failed question's portal lives on until the rollback. */
@@ -692,7 +705,7 @@ bool undo_block_question(struct conn *c)
         fail_oom(c);
         return false;
     }
-    return send_standalone(c, run, len, n, INJECT_IDENTITY);
+    return send_standalone(c, run, len, n, tag);
 }
 
 /* Reads the NUL-terminated name at *at in body; advances *at past it. */
@@ -735,8 +748,12 @@ static bool ask_in_block(struct conn *c, const uint8_t *msg, size_t total)
 {
     size_t at = 0;
 
-    if (c->identity != IDENTITY_UNKNOWN || c->track.txn_status != 'T' || !conn_quiet(c) ||
-        c->guard != GUARD_NONE || !c->charset_ok || c->scs_off)
+    /* An answer given in the block before its scope's catalog was learnt
+     * is asked again, as outside a block (follow_identity). */
+    bool stale = c->identity == IDENTITY_KNOWN && c->identity_in_block &&
+                 !scope_identity_current(c->scope, c->identity_version, c->identity_ns);
+    if ((c->identity != IDENTITY_UNKNOWN && !stale) || c->track.txn_status != 'T' ||
+        !conn_quiet(c) || c->catalog || c->guard != GUARD_NONE || !c->charset_ok || c->scs_off)
         return false;
     if (msg[0] == 'B') {
         const uint8_t *body = msg + PG_HEAD_LEN;

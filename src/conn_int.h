@@ -98,10 +98,10 @@ enum identity {
     IDENTITY_KNOWN,   /* identity_fits says whether the scope's verdicts hold */
 };
 
-/* The question about the identity inside a transaction block runs under
- * a savepoint of the proxy's, rolled back to whatever the answer (the
- * question sets client_encoding LOCAL), so that the client's block is left
- * as it was. */
+/* A question of the proxy's inside a transaction block (about the
+ * identity, or the catalog of a role first met there) runs under a
+ * savepoint of its own, rolled back to whatever the answer (the question
+ * sets its settings LOCAL), so that the client's block is left as it was. */
 enum block_question {
     BLOCK_QUESTION_NONE,
     BLOCK_QUESTION_SENT,      /* its SAVEPOINT is not confirmed yet */
@@ -424,7 +424,14 @@ bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject t
 bool inject_rollback(struct conn *c, bool after_batch);
 /* The same, then fails the block at the client's level (INJECT_ABORT). */
 bool inject_abort(struct conn *c, bool after_batch);
-/* Asks the server about the registered tables; client input waits. */
+/* Asks the server about the registered tables; client input waits until
+ * the answer is in. Only with nothing of the client's under way, where the
+ * query joins none of its work: idle outside a transaction block, or
+ * inside one under a savepoint (enum block_question), for a role first met
+ * there. Inside a block it reads the block's snapshot, which under
+ * REPEATABLE READ may be older than the tables: a constraint dropped since
+ * makes the rewrite fail with 42P10, and the doubt that raises asks
+ * again. */
 void learn_catalog(struct conn *c);
 /* The scope of the session's database and login role; NULL when out of
  * memory. */
@@ -447,10 +454,11 @@ bool reprepare_all(struct conn *c);
  * block_question). Right after login, what the question answered for the
  * same login before is taken instead. */
 void learn_identity(struct conn *c);
-/* The question inside a block failed after its savepoint: rolls back to
- * it, as a request of the proxy's own whose ReadyForQuery brings the
- * answer (none). False when out of memory: the pair is failing. */
-bool undo_block_question(struct conn *c);
+/* A question inside a block (tag: the catalog's or the identity's) failed
+ * after its savepoint: rolls back to it, as a request of the proxy's own
+ * whose ReadyForQuery brings the answer (none). False when out of memory:
+ * the pair is failing. */
+bool undo_block_question(struct conn *c, enum inject tag);
 /* The answer about the session's identity is in (answered at that time):
  * the scope of the role it runs as (NULL: none to be had), whether it fits
  * that scope's verdicts, and its signature (malloc'ed, taken over; NULL

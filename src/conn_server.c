@@ -526,17 +526,23 @@ static bool identity_answered(struct conn *c)
                           signature ? c->identity_heard_len : 0, now_ns());
 }
 
-/* The question's ReadyForQuery (status). Inside a block, one that failed
- * after its savepoint is rolled back to it first, and the answer (none)
+/* The ReadyForQuery (status) of a question of the proxy's (tag). Inside a
+ * block, one that failed after its savepoint (the SAVEPOINT is the first
+ * command it completes) is rolled back to it first, and the answer (none)
  * waits for that rollback's. False when the pair was closed. */
-static bool identity_ready(struct conn *c, char status)
+static bool question_ready(struct conn *c, enum inject tag, char status)
 {
     if (c->block_question == BLOCK_QUESTION_SAVEPOINT && status == 'E')
-        return undo_block_question(c);
+        return undo_block_question(c, tag);
     if (c->block_question != BLOCK_QUESTION_NONE && status == 'E')
-        conn_log(LOG_WARNING, c, "the transaction block failed on the proxy's question about "
-                 "the session's identity; the client's statements in it fail until it ends");
+        conn_log(LOG_WARNING, c, "the transaction block failed on the proxy's question; the "
+                 "client's statements in it fail until it ends");
     c->block_question = BLOCK_QUESTION_NONE;
+    if (tag == INJECT_CATALOG) {
+        if (c->catalog)
+            catalog_arrived(c);
+        return true;
+    }
     if (!identity_answered(c)) {
         fail_oom(c);
         return false;
@@ -581,6 +587,8 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     case INJECT_CATALOG:
         if (type == 'D' && c->catalog && !catalog_add_row(c->catalog, body, len))
             c->catalog_ok = false;
+        if (type == 'C' && c->block_question == BLOCK_QUESTION_SENT)
+            c->block_question = BLOCK_QUESTION_SAVEPOINT;
         if (type == 'E') {
             c->catalog_ok = false;
             if (error)
@@ -591,7 +599,6 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     case INJECT_IDENTITY:
         if (type == 'D')
             hear_identity(c, body, len);
-        /* The first command to complete inside a block is the SAVEPOINT. */
         if (type == 'C' && c->block_question == BLOCK_QUESTION_SENT)
             c->block_question = BLOCK_QUESTION_SAVEPOINT;
         if (type == 'E') {
@@ -678,9 +685,8 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         break;
     }
     track_reply(c, type, status);
-    if (type == 'Z' && tag == INJECT_CATALOG && c->catalog)
-        catalog_arrived(c);
-    if (type == 'Z' && tag == INJECT_IDENTITY && !identity_ready(c, status))
+    if (type == 'Z' && (tag == INJECT_CATALOG || tag == INJECT_IDENTITY) &&
+        !question_ready(c, tag, status))
         return TAKEN_CLOSED;
     if (!client_held(c))
         c->resume_client = true;

@@ -330,8 +330,11 @@ static const struct sql_pair simple_sql[] = {
     { "RESET search_path", NULL },
     { "SET ROLE diff_reader", NULL },
     { "RESET ROLE", NULL },
+    /* A role for the transaction block only, asked about inside it. */
+    { "SET LOCAL ROLE diff_reader", NULL },
+    { "SELECT set_config('role', 'diff_reader', true)", NULL },
 };
-#define SIMPLE_SETTINGS 11 /* the entries at the end about settings */
+#define SIMPLE_SETTINGS 13 /* the entries at the end about settings */
 
 #define DIFF_REG_INSERT "INSERT INTO diff_reg"
 

@@ -1494,10 +1494,10 @@ static void test_idem_session_role(void **state)
  * INSERT that needs it: the block's INSERTs are rewritten as that role's.
  * A statement prepared before is prepared again as the role's before its
  * Bind. What ends the LOCAL setting (ROLLBACK TO, COMMIT) ends the answer
- * too. A role whose catalog is unknown is learnt after the block, never
- * inside it. A question that fails is rolled back to its savepoint and
- * leaves the client's block as it was. The question never fails on a
- * schema the role may not use. */
+ * too. A role whose catalog is unknown is learnt inside the block, under
+ * a savepoint as well. A question that fails is rolled back to its
+ * savepoint and leaves the client's block as it was. The question never
+ * fails on a schema the role may not use. */
 static void test_idem_identity_in_block(void **state)
 {
     (void)state;
@@ -1507,10 +1507,13 @@ static void test_idem_identity_in_block(void **state)
         "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idem_blk_writer') THEN "
         "CREATE ROLE idem_blk_writer; END IF; "
         "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idem_blk_inserter') THEN "
-        "CREATE ROLE idem_blk_inserter; END IF; END$$; "
+        "CREATE ROLE idem_blk_inserter; END IF; "
+        "IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'idem_blk_reader') THEN "
+        "CREATE ROLE idem_blk_reader; END IF; END$$; "
         "GRANT SELECT, INSERT, UPDATE ON idem_blk TO idem_blk_writer; "
-        "GRANT SELECT, INSERT ON idem_blk TO idem_blk_inserter; "
-        "GRANT USAGE ON SEQUENCE idem_blk_id_seq TO idem_blk_writer, idem_blk_inserter; "
+        "GRANT SELECT, INSERT ON idem_blk TO idem_blk_inserter, idem_blk_reader; "
+        "GRANT USAGE ON SEQUENCE idem_blk_id_seq TO idem_blk_writer, idem_blk_inserter, "
+        "idem_blk_reader; "
         "DROP SCHEMA IF EXISTS idem_blk_private CASCADE; CREATE SCHEMA idem_blk_private; "
         "CREATE TABLE idem_blk_private.hidden (k text PRIMARY KEY)");
     itest_server_exec("INSERT INTO idem_blk (idempotency_key, payload) VALUES ('b1', 'first')");
@@ -1559,19 +1562,16 @@ static void test_idem_identity_in_block(void **state)
     itest_exec_ok(c, "COMMIT");
     assert_int_equal(itest_proxy_log_count(p, in_block), 2);
 
-    /* A role never seen: its catalog is not asked inside the block, whose
-     * INSERT passes as it is; right after the block it is. */
+    /* A role never seen: its catalog is learnt inside the block, under a
+     * savepoint too, before the INSERT is decided. */
     int learnt = itest_proxy_log_count(p, learning);
-    itest_exec_ok(c, "BEGIN");
-    itest_exec_ok(c, "SET LOCAL ROLE idem_blk_inserter");
-    itest_exec_sqlstate(c, BLK_INSERT("b1"), "23505");
-    itest_exec_ok(c, "ROLLBACK");
-    itest_exec_ok(c, "SELECT 1");
-    assert_int_equal(itest_proxy_log_count(p, learning), learnt + 1);
     itest_exec_ok(c, "BEGIN");
     itest_exec_ok(c, "SET LOCAL ROLE idem_blk_inserter");
     itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
     itest_exec_ok(c, "COMMIT");
+    assert_int_equal(itest_proxy_log_count(p, learning), learnt + 1);
+    assert_int_equal(itest_proxy_log_count(p, "registered tables inside its transaction block"),
+                     1);
 
     /* A rollback to a savepoint undoes SET LOCAL after it: the next INSERT
      * is asked about again and decided as the login role's, which may
@@ -1604,9 +1604,9 @@ static void test_idem_identity_in_block(void **state)
     PQclear(r);
     itest_exec_ok(c, "COMMIT");
 
-    /* The question fails (the role may not call a function it uses): the
-     * proxy rolls back to its savepoint, the block goes on as the client
-     * left it, and its INSERTs pass unchanged. */
+    /* The question about the identity fails (the role may not call a
+     * function it uses): the proxy rolls back to its savepoint, the block
+     * goes on as the client left it, and its INSERTs pass unchanged. */
     itest_server_exec("REVOKE EXECUTE ON FUNCTION pg_catalog.to_regnamespace(text) FROM PUBLIC");
     itest_exec_ok(c, "BEGIN");
     itest_exec_ok(c, "SET LOCAL ROLE idem_blk_writer");
@@ -1616,7 +1616,20 @@ static void test_idem_identity_in_block(void **state)
     itest_exec_ok(c, "COMMIT");
     itest_server_exec("GRANT EXECUTE ON FUNCTION pg_catalog.to_regnamespace(text) TO PUBLIC");
     itest_assert_log_line(p, "warning", failed, "42501");
-    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_blk"), 3);
+
+    /* So does the catalog query of a role never seen. */
+    itest_server_exec("REVOKE EXECUTE ON FUNCTION "
+                      "pg_catalog.has_column_privilege(name, oid, smallint, text) FROM PUBLIC");
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SET LOCAL ROLE idem_blk_reader");
+    itest_exec_tag(c, BLK_INSERT("b4"), "INSERT 0 1");
+    assert_string_equal(itest_query_text(c, "SELECT current_user", text, sizeof text),
+                        "idem_blk_reader");
+    itest_exec_ok(c, "COMMIT");
+    itest_server_exec("GRANT EXECUTE ON FUNCTION "
+                      "pg_catalog.has_column_privilege(name, oid, smallint, text) TO PUBLIC");
+    itest_assert_log_line(p, "warning", "catalog query", "42501");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_blk"), 4);
     assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
     itest_pass();
 }
