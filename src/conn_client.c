@@ -572,7 +572,7 @@ void learn_catalog(struct conn *c)
     scope_asking(c->scope);
     if (send_question(c, run, len, n, INJECT_CATALOG))
         conn_log(LOG_DEBUG, c, "asking the server about the registered tables%s",
-                 c->block_question ? " inside its transaction block" : "");
+                 c->block_question != BLOCK_QUESTION_NONE ? " inside its transaction block" : "");
 }
 
 /* Says what changed in how the session is served: the role it runs as,
