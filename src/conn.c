@@ -232,6 +232,7 @@ static void free_pair(struct conn *c)
     free(c->startup);
     free(c->identity_signature);
     free(c->identity_heard);
+    forget_identity_outside(c);
     if (c->login_timer)
         event_free(c->login_timer);
     if (c->counted)
@@ -748,6 +749,7 @@ static void follow_reload(struct conn *c)
     ruleset_unref(c->rules);
     c->rules = ruleset_ref(current);
     c->identity = IDENTITY_UNKNOWN;
+    forget_identity_outside(c);
     enter_scope(c, c->replication ? NULL : login_scope(c));
     /* Without rules no text is read unless the session knows statements
      * (knows_statements): its cached ones may go unseen. */
@@ -774,10 +776,19 @@ static void follow_catalog(struct conn *c)
  * Called after every read: the common case costs a few comparisons. */
 static void follow_identity(struct conn *c)
 {
-    /* Whatever ended the block (ROLLBACK, an error) ended what it set
-     * LOCAL too. */
-    if (c->identity_in_block && c->track.txn_status != 'T')
-        unsettle_identity(c);
+    /* Whatever ended the transaction ended what it set LOCAL too: the
+     * identity from before it is back, or, when the block changed it
+     * otherwise as well, unknown. */
+    if (c->identity != IDENTITY_ASKING && c->track.txn_status == 'I' &&
+        c->identity_outside.kept) {
+        if (!identity_restore(c)) {
+            fail_oom(c);
+            return;
+        }
+    } else if (c->identity_in_block && c->track.txn_status != 'T') {
+        c->identity = IDENTITY_UNKNOWN;
+        c->identity_in_block = false;
+    }
     if (c->identity == IDENTITY_ASKING || c->state != CONN_ACTIVE || !c->scope ||
         scope_state(c->scope) != SCOPE_READY)
         return;

@@ -147,6 +147,44 @@ static void forget_dropped(struct conn *c, unsigned effects, const char *text)
     rewrite_drops_free(&drops);
 }
 
+/* A change of identity that lasts to the end of the transaction: the
+ * identity from before it is kept for then, if the session had one from
+ * outside a transaction and none is kept already. */
+static void unsettle_locally(struct conn *c)
+{
+    struct identity_outside *o = &c->identity_outside;
+
+    if (!o->kept && c->identity == IDENTITY_KNOWN && !c->identity_in_block &&
+        c->identity_signature) {
+        char *copy = malloc(c->identity_signature_len + 1);
+        if (copy) {
+            memcpy(copy, c->identity_signature, c->identity_signature_len + 1);
+            *o = (struct identity_outside){ true, c->scope, c->identity_fits, copy,
+                                            c->identity_signature_len, c->identity_version,
+                                            c->identity_ns };
+        }
+    }
+    if (c->identity == IDENTITY_KNOWN)
+        c->identity = IDENTITY_UNKNOWN;
+    c->identity_in_block = false;
+}
+
+/* A client's statement with these effects (rewrite_effects) goes to the
+ * server: one that may change the identity unsettles it (keeping the one
+ * from before when the change is LOCAL), and so does one that may undo the
+ * LOCAL settings an answer was given under. */
+static void follow_effects(struct conn *c, unsigned effects)
+{
+    if (!(effects & REWRITE_CHANGES_IDENTITY)) {
+        if ((effects & REWRITE_ENDS_LOCAL) && c->identity_in_block)
+            unsettle_locally(c);
+    } else if (effects & REWRITE_IDENTITY_LOCAL) {
+        unsettle_locally(c);
+    } else {
+        unsettle_identity(c);
+    }
+}
+
 /* A Query that may change the session's identity (or undo the LOCAL
  * settings its answer was given under) does so before its own INSERTs
  * run: they are decided with the identity unsettled. A Parse runs
@@ -164,7 +202,8 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
         return; /* malformed: the server will say so */
     const char *text = (const char *)st->body + st->at;
     unsigned effects = rewrite_effects(text, st->text_len);
-    st->effects = effects & (REWRITE_CHANGES_IDENTITY | REWRITE_ENDS_LOCAL);
+    st->effects = effects & (REWRITE_CHANGES_IDENTITY | REWRITE_ENDS_LOCAL |
+                             REWRITE_IDENTITY_LOCAL);
     if (type == 'Q')
         follow_effects(c, st->effects);
     st->d = decide_statement(c, type == 'P', text, st->text_len);
@@ -624,6 +663,9 @@ static void say_identity(struct conn *c, struct scope *scope, bool fits)
 bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signature,
                     size_t signature_len, uint64_t answered)
 {
+    /* Outside a transaction the answer is what would be kept. */
+    if (c->track.txn_status == 'I')
+        forget_identity_outside(c);
     if (c->identity == IDENTITY_ASKING && c->identity_at_login && signature) {
         struct identity_answer answer = { scope, fits, signature, signature_len };
         scope_keep_login_identity(c->scope, c->startup, c->startup_len, &answer, answered);
@@ -652,6 +694,17 @@ bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signat
      * would fail it: the statement's next Bind does it (reprepare), if
      * the client binds it at all. */
     return c->identity_in_block || reprepare_all(c);
+}
+
+bool identity_restore(struct conn *c)
+{
+    struct identity_outside o = c->identity_outside;
+
+    c->identity_outside = (struct identity_outside){ 0 };
+    if (!identity_known(c, o.scope, o.fits, o.signature, o.signature_len, o.ns))
+        return false;
+    c->identity_version = o.version;
+    return true;
 }
 
 void learn_identity(struct conn *c)

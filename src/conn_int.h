@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -110,6 +111,19 @@ enum block_question {
     BLOCK_QUESTION_UNDOING,   /* the question failed: the rollback is under way */
 };
 
+/* The identity a session has outside transactions, kept while one of its
+ * transactions changes it LOCAL only (SET LOCAL ROLE, set_config(...,
+ * true): PostgREST and PostGraphile do so for every request). When the
+ * transaction ends the identity is the kept one again, without a question. */
+struct identity_outside {
+    bool kept;
+    struct scope *scope;
+    bool fits;
+    char *signature;            /* malloc'ed */
+    size_t signature_len;
+    uint64_t version, ns;       /* as identity_version and identity_ns */
+};
+
 /* What the log last said of the session's identity (say_identity). */
 enum identity_said {
     SAID_FITS,            /* nothing, or that it fits again */
@@ -192,6 +206,7 @@ struct conn {
                                    under way: what ends the block's LOCAL
                                    settings unsettles it (follow_effects) */
     enum block_question block_question;
+    struct identity_outside identity_outside;
     enum identity_said identity_said;
     bool identity_told;         /* a change of it was logged at info already */
     bool identity_at_login;     /* the question went before the client said
@@ -467,6 +482,10 @@ bool undo_block_question(struct conn *c, enum inject tag);
  * fault. False when out of memory (the pair is then to be failed). */
 bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signature,
                     size_t signature_len, uint64_t answered);
+/* The transaction whose changes of identity were all LOCAL is over: the
+ * identity kept from before it is the session's again (identity_known).
+ * False when out of memory. */
+bool identity_restore(struct conn *c);
 /* A Query, a Parse or a Close of the unnamed statement goes to the server:
  * it is no longer what the proxy kept of it. When the server may yet skip
  * the message (see displaced_unnamed), *note (made when NULL) is marked to
@@ -549,24 +568,21 @@ static inline bool identity_holds(const struct conn *c)
            c->identity_version == scope_version(c->scope);
 }
 
-/* A statement that may change the identity goes to the server: nothing
- * is rewritten until the server has been asked again. (A question under
- * way was sent before it.) */
+static inline void forget_identity_outside(struct conn *c)
+{
+    free(c->identity_outside.signature);
+    c->identity_outside = (struct identity_outside){ 0 };
+}
+
+/* A statement that may change the identity for the session goes to the
+ * server: nothing is rewritten until the server has been asked again. (A
+ * question under way was sent before it.) */
 static inline void unsettle_identity(struct conn *c)
 {
     if (c->identity == IDENTITY_KNOWN)
         c->identity = IDENTITY_UNKNOWN;
     c->identity_in_block = false;
-}
-
-/* A client's statement with these effects (rewrite_effects) goes to the
- * server: one that may change the identity unsettles it, and so does one
- * that may undo the LOCAL settings the answer was given under. */
-static inline void follow_effects(struct conn *c, unsigned effects)
-{
-    if ((effects & REWRITE_CHANGES_IDENTITY) ||
-        ((effects & REWRITE_ENDS_LOCAL) && c->identity_in_block))
-        unsettle_identity(c);
+    forget_identity_outside(c);
 }
 
 /* Nothing is outstanding on the session and no message is half-relayed

@@ -635,19 +635,23 @@ static size_t read_word(const char *text, size_t len, size_t i, char *buf, size_
 /* After SET or RESET (at text[i]): whether what it sets decides where a
  * name leads or as whom the session runs: search_path (SET SCHEMA is its
  * other spelling), ROLE, SESSION AUTHORIZATION, and RESET ALL, with the
- * scope word SESSION or LOCAL allowed first. */
+ * scope word SESSION or LOCAL allowed first (LOCAL: only until the
+ * transaction ends). */
 static unsigned sets_identity(const char *text, size_t len, size_t i)
 {
     static const char *const settings[] = { "search_path", "schema", "role", "session",
                                             "authorization", "all" };
     char word[16];
+    unsigned local = 0;
 
     i = read_word(text, len, i, word, sizeof(word));
-    if (strcmp(word, "session") == 0 || strcmp(word, "local") == 0)
+    if (strcmp(word, "local") == 0)
+        local = REWRITE_IDENTITY_LOCAL;
+    if (strcmp(word, "session") == 0 || local)
         read_word(text, len, i, word, sizeof(word));
     for (size_t k = 0; k < sizeof(settings) / sizeof(settings[0]); k++)
         if (strcmp(word, settings[k]) == 0)
-            return REWRITE_CHANGES_IDENTITY;
+            return REWRITE_CHANGES_IDENTITY | local;
     return 0;
 }
 
@@ -697,6 +701,17 @@ static unsigned statement_effects(const char *text, size_t len, size_t i)
     }
 }
 
+/* Adds one statement's or call's effects to the text's: REWRITE_IDENTITY_LOCAL
+ * stays only while every change of identity found is local. */
+static unsigned add_effects(unsigned effects, unsigned more)
+{
+    bool local = (!(effects & REWRITE_CHANGES_IDENTITY) || (effects & REWRITE_IDENTITY_LOCAL)) &&
+                 (!(more & REWRITE_CHANGES_IDENTITY) || (more & REWRITE_IDENTITY_LOCAL));
+
+    effects |= more;
+    return local ? effects : effects & ~(unsigned)REWRITE_IDENTITY_LOCAL;
+}
+
 /* The effects of every place a statement of text may begin: the start of
  * the text, and after each ';', whitespace and comments skipped. A ';'
  * inside a string or a comment only adds a place to look; what follows it
@@ -711,7 +726,7 @@ static unsigned statement_starts_effects(const char *text, size_t len)
     for (size_t start = 0; effects != all;) {
         size_t i = skip_blank(text, len, start);
         if (i < len)
-            effects |= statement_effects(text, len, i);
+            effects = add_effects(effects, statement_effects(text, len, i));
         const char *semi = start < len ? memchr(text + start, ';', len - start) : NULL;
         if (!semi)
             break;
@@ -755,31 +770,67 @@ static bool set_config_may_change_identity(const char *text, size_t len, size_t 
     return !dot || i >= len || text[i] != ',';
 }
 
-/* Whether text calls set_config for a setting that may change the
- * session's identity: found by its '_', which has no case and is rarer in
- * SQL than an 's'. */
-static bool calls_set_config(const char *text, size_t len)
+/* Whether the set_config call whose name ends at text[i] sets its value
+ * for the transaction only: its third argument, at the top level of its
+ * parentheses, is the word true. Read plainly: a comment, a backslash, a
+ * dollar quote or a call not closed in text makes it a change for the
+ * session. */
+static bool set_config_is_local(const char *text, size_t len, size_t i)
+{
+    size_t depth = 0, commas = 0, third = 0;
+
+    i = skip_blank(text, len, i);
+    for (; i < len; i++) {
+        char c = text[i];
+        if (c == '\'' || c == '"') {
+            const char *close = memchr(text + i + 1, c, len - i - 1);
+            if (!close || memchr(text + i, '\\', (size_t)(close - text) - i))
+                return false;
+            i = (size_t)(close - text); /* a doubled quote reads as two strings */
+        } else if (c == '\\' || (c == '$' && !(i + 1 < len && text[i + 1] >= '0' &&
+                                                text[i + 1] <= '9')) ||
+                   (c == '-' && i + 1 < len && text[i + 1] == '-') ||
+                   (c == '/' && i + 1 < len && text[i + 1] == '*')) {
+            return false;
+        } else if (c == '(') {
+            depth++;
+        } else if (c == ')' && depth > 0 && --depth == 0) {
+            break;
+        } else if (c == ',' && depth == 1 && ++commas == 2) {
+            third = i + 1;
+        }
+    }
+    if (i >= len || commas != 2)
+        return false;
+    size_t at = skip_blank(text, len, third);
+    return keyword_at(text, len, at, "true") && skip_blank(text, len, at + 4) == i;
+}
+
+/* The effects of the text's calls of set_config for a setting that may
+ * change the session's identity: found by its '_', which has no case and
+ * is rarer in SQL than an 's'. */
+static unsigned set_config_effects(const char *text, size_t len)
 {
     const char *end = text + len;
+    unsigned effects = 0;
 
     if (len < 10)
-        return false;
+        return 0;
     for (const char *p = text + 3; p < end && (p = memchr(p, '_', (size_t)(end - p))); p++) {
         size_t at = (size_t)(p - text) - 3;
         if (word_at(text, len, at, "set_config") &&
             set_config_may_change_identity(text, len, at + 10))
-            return true;
+            effects = add_effects(effects, REWRITE_CHANGES_IDENTITY |
+                                               (set_config_is_local(text, len, at + 10)
+                                                    ? REWRITE_IDENTITY_LOCAL
+                                                    : 0));
     }
-    return false;
+    return effects;
 }
 
 unsigned rewrite_effects(const char *text, size_t len)
 {
-    unsigned effects = statement_starts_effects(text, len);
-
-    if (calls_set_config(text, len))
-        effects |= REWRITE_CHANGES_IDENTITY;
-    return effects;
+    return add_effects(statement_starts_effects(text, len), set_config_effects(text, len));
 }
 
 bool rewrite_dropped_statements(const char *text, struct rewrite_drops *out)

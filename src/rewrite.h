@@ -123,6 +123,13 @@ enum rewrite_effect {
      * that begins with COMMIT, END, ROLLBACK, ABORT or PREPARE
      * TRANSACTION. */
     REWRITE_ENDS_LOCAL = 4,
+    /* With REWRITE_CHANGES_IDENTITY: every change it may make lasts only
+     * to the end of its transaction. Each statement that changes it is a
+     * SET LOCAL of one of those settings, and each set_config call that may
+     * is a plain call whose third argument is true, read to the end of the
+     * call (no comment, backslash or dollar quote in it). Anything else
+     * counts as a change for the session. */
+    REWRITE_IDENTITY_LOCAL = 8,
 };
 
 /* The effects (enum rewrite_effect) of text, len bytes with text[len] a

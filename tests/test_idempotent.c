@@ -1488,6 +1488,14 @@ static void test_idem_session_role(void **state)
 #define BLK_RETURNING(key) \
     "INSERT INTO idem_blk (idempotency_key, payload) VALUES ('" key "', 'r') RETURNING payload"
 
+/* How often the proxy asked about a session's identity outside a
+ * transaction block. */
+static int outside_questions(const struct itest_proxy *p)
+{
+    return itest_proxy_log_count(p, "about the session's role and search_path") -
+           itest_proxy_log_count(p, "about the session's role and search_path inside");
+}
+
 /* A block as role, with function revoked from PUBLIC meanwhile, inserts a
  * new key: whatever of the proxy's fails for want of the function, the
  * block goes on as the client left it and its INSERT is made. */
@@ -1555,7 +1563,9 @@ static void test_idem_identity_in_block(void **state)
     assert_int_equal(itest_proxy_log_count(p, failed), 0);
 
     /* The writer's catalog is known: one question inside the block serves
-     * both of its INSERTs, and the role ends with the block. */
+     * both of its INSERTs, and the role ends with the block, after which
+     * the session is as before without a question. */
+    int outside = outside_questions(p);
     itest_exec_ok(c, "BEGIN");
     itest_exec_ok(c, "SELECT set_config('role', 'idem_blk_writer', true)");
     itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
@@ -1567,6 +1577,25 @@ static void test_idem_identity_in_block(void **state)
     assert_string_not_equal(itest_query_text(c, "SELECT current_user", text, sizeof text),
                             "idem_blk_writer");
     itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
+    assert_string_equal(itest_query_text(c, BLK_RETURNING("b1"), text, sizeof text), "first");
+    assert_int_equal(outside_questions(p), outside);
+    /* A block that also changes the role for the session is asked about
+     * after it; so is one that rolls back such a change. */
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SET LOCAL search_path TO public");
+    itest_exec_ok(c, "SET ROLE idem_blk_writer");
+    itest_exec_ok(c, "COMMIT");
+    itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
+    assert_int_equal(outside_questions(p), outside + 1);
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "RESET ROLE");
+    itest_exec_ok(c, "ROLLBACK");
+    assert_string_equal(itest_query_text(c, "SELECT current_user", text, sizeof text),
+                        "idem_blk_writer");
+    assert_int_equal(outside_questions(p), outside + 2);
+    itest_exec_ok(c, "RESET ROLE");
+    itest_exec_tag(c, BLK_INSERT("b1"), "INSERT 0 0");
+    outside = outside_questions(p);
 
     /* The same in the extended protocol, the role given as a parameter. */
     const char *writer[1] = { "idem_blk_writer" };
@@ -1581,6 +1610,8 @@ static void test_idem_identity_in_block(void **state)
     PQclear(r);
     itest_exec_ok(c, "COMMIT");
     assert_int_equal(itest_proxy_log_count(p, in_block), 2);
+    assert_string_equal(itest_query_text(c, BLK_RETURNING("b1"), text, sizeof text), "first");
+    assert_int_equal(outside_questions(p), outside);
 
     /* A role never seen: its catalog is learnt inside the block, under a
      * savepoint too, before the INSERT is decided. */

@@ -1176,6 +1176,54 @@ static void test_changes_identity(void **state)
             fail_msg("found in: %s", no[i]);
 }
 
+/* A change of identity that lasts to the end of the transaction only is
+ * told from one for the session: SET LOCAL, and set_config whose third
+ * argument is true, read to the end of the call; every change in the
+ * text must be one. */
+static void test_identity_local(void **state)
+{
+    (void)state;
+    const char *local[] = {
+        "SET LOCAL ROLE app_user",
+        "set local search_path to tenant_1, public",
+        "SET LOCAL SESSION AUTHORIZATION bob",
+        "SELECT set_config('role', 'app_user', true)",
+        "select set_config('search_path', $1, TRUE), set_config('role', $2, true)",
+        "select set_config(el->>0, el->>1, true) from json_array_elements($1::json) el",
+        "SELECT set_config('role', 'a,b', true), set_config('request.jwt.claims', $1, true)",
+        "SELECT set_config('role', lower(concat('a', 'b')), true)",
+        "SELECT set_config('role', 'it''s', true)",
+        "SET LOCAL ROLE a; SELECT set_config('search_path', 'x', true)",
+    };
+    const char *session[] = {
+        "SET ROLE app_user",
+        "SET SESSION ROLE app_user",
+        "RESET ROLE",
+        "SET LOCAL ROLE a; SET ROLE b",
+        "SELECT set_config('role', 'app_user', false)",
+        "SELECT set_config('role', 'app_user', $1)",
+        "SELECT set_config('role', 'app_user', true OR false)",
+        "SELECT set_config('role', 'app_user' /* x */, true)",
+        "SELECT set_config('role', E'a\\b', true)",
+        "SELECT set_config('role', $$a$$, true)",
+        "SELECT set_config('role', 'a', true",
+        "SELECT set_config('role', 'a')",
+        "SELECT set_config('role', 'a', true), set_config('search_path', 'x', false)",
+        "SELECT set_config('role', 'a', true); DISCARD ALL",
+        "CREATE TEMP TABLE orders (k int)",
+    };
+    for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
+        unsigned e = rewrite_effects(local[i], strlen(local[i]));
+        if (!(e & REWRITE_CHANGES_IDENTITY) || !(e & REWRITE_IDENTITY_LOCAL))
+            fail_msg("not local: %s", local[i]);
+    }
+    for (size_t i = 0; i < sizeof(session) / sizeof(session[0]); i++) {
+        unsigned e = rewrite_effects(session[i], strlen(session[i]));
+        if (!(e & REWRITE_CHANGES_IDENTITY) || (e & REWRITE_IDENTITY_LOCAL))
+            fail_msg("local: %s", session[i]);
+    }
+}
+
 /* What ends a transaction or rolls back to a savepoint undoes what SET
  * LOCAL did inside it; found where a statement begins, and nothing else
  * counts. */
@@ -1273,6 +1321,7 @@ int main(void)
         cmocka_unit_test(test_dropped_statements),
         cmocka_unit_test(test_changes_identity),
         cmocka_unit_test(test_ends_local),
+        cmocka_unit_test(test_identity_local),
         cmocka_unit_test(test_charset),
         cmocka_unit_test(test_reason_names),
     };
