@@ -780,6 +780,8 @@ static bool set_config_is_local(const char *text, size_t len, size_t i)
     size_t depth = 0, commas = 0, third = 0;
 
     i = skip_blank(text, len, i);
+    if (i >= len || text[i] != '(')
+        return false;
     for (; i < len; i++) {
         char c = text[i];
         if (c == '\'' || c == '"') {

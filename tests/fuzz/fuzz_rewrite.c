@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
@@ -324,6 +325,100 @@ static bool changes_identity_per_parser(const PgQuery__Node *stmt)
     }
 }
 
+/* The tokens of the set_config call whose name is token i: its third
+ * argument, at the top level of its parentheses, is the keyword true
+ * alone. */
+static bool set_config_true_per_scanner(const PgQuery__ScanResult *scan, size_t i)
+{
+    size_t depth = 0, commas = 0, in_third = 0;
+    bool only_true = false;
+
+    for (i++; i < scan->n_tokens; i++) {
+        const PgQuery__ScanToken *tok = scan->tokens[i];
+        if (tok->token == PG_QUERY__TOKEN__SQL_COMMENT || tok->token == PG_QUERY__TOKEN__C_COMMENT)
+            continue;
+        if (depth == 0 && tok->token != PG_QUERY__TOKEN__ASCII_40)
+            return false;
+        if (tok->token == PG_QUERY__TOKEN__ASCII_40) {
+            depth++;
+        } else if (tok->token == PG_QUERY__TOKEN__ASCII_41 && --depth == 0) {
+            return commas == 2 && only_true && in_third == 1;
+        } else if (tok->token == PG_QUERY__TOKEN__ASCII_44 && depth == 1) {
+            commas++;
+            continue;
+        }
+        if (commas == 2 && depth >= 1) {
+            in_third++;
+            only_true = tok->token == PG_QUERY__TOKEN__TRUE_P;
+        }
+    }
+    return false;
+}
+
+/* The next token after i that is not a comment, or NULL. */
+static const PgQuery__ScanToken *next_token(const PgQuery__ScanResult *scan, size_t *i)
+{
+    for ((*i)++; *i < scan->n_tokens; (*i)++)
+        if (scan->tokens[*i]->token != PG_QUERY__TOKEN__SQL_COMMENT &&
+            scan->tokens[*i]->token != PG_QUERY__TOKEN__C_COMMENT)
+            return scan->tokens[*i];
+    return NULL;
+}
+
+/* The set_config call whose name is token i sets a custom setting: its
+ * first argument is a string constant alone whose text has a dot, which
+ * neither search_path nor role has. */
+static bool sets_custom_per_scanner(const PgQuery__ScanResult *scan, const char *text, size_t i)
+{
+    const PgQuery__ScanToken *open = next_token(scan, &i);
+    const PgQuery__ScanToken *first = open ? next_token(scan, &i) : NULL;
+    const PgQuery__ScanToken *comma = first ? next_token(scan, &i) : NULL;
+
+    return open && open->token == PG_QUERY__TOKEN__ASCII_40 && first &&
+           first->token == PG_QUERY__TOKEN__SCONST &&
+           memchr(text + first->start, '.', (size_t)(first->end - first->start)) && comma &&
+           comma->token == PG_QUERY__TOKEN__ASCII_44;
+}
+
+/* A text said to change the identity only until its transaction ends
+ * does so as the parser and the scanner read it: every statement that
+ * changes it is a SET LOCAL, and every call of set_config has the keyword
+ * true alone as its third argument. */
+static void check_identity_local(const char *text, size_t len)
+{
+    unsigned effects = rewrite_effects(text, len);
+
+    check(!(effects & REWRITE_IDENTITY_LOCAL) || (effects & REWRITE_CHANGES_IDENTITY));
+    /* A vertical tab is whitespace to the servers from PostgreSQL 16 on,
+     * which the proxy reads them as; this parser (15) sees a bad token,
+     * and so would a server of 15, which then changes nothing. */
+    if (!(effects & REWRITE_IDENTITY_LOCAL) || memchr(text, '\v', len))
+        return;
+    struct tree t = tree_of(text);
+    for (size_t i = 0; t.tree && i < t.tree->n_stmts; i++) {
+        const PgQuery__Node *stmt = t.tree->stmts[i]->stmt;
+        if (changes_identity_per_parser(stmt))
+            check(stmt->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT &&
+                  stmt->variable_set_stmt->is_local);
+    }
+    tree_free(&t);
+    PgQueryScanResult raw = pg_query_scan(text);
+    PgQuery__ScanResult *scan =
+        raw.error ? NULL
+                  : pg_query__scan_result__unpack(NULL, raw.pbuf.len,
+                                                  (const uint8_t *)raw.pbuf.data);
+    for (size_t i = 0; scan && i < scan->n_tokens; i++) {
+        const PgQuery__ScanToken *tok = scan->tokens[i];
+        if (tok->token == PG_QUERY__TOKEN__IDENT && tok->end - tok->start == 10 &&
+            strncasecmp(text + tok->start, "set_config", 10) == 0 &&
+            !sets_custom_per_scanner(scan, text, i))
+            check(set_config_true_per_scanner(scan, i));
+    }
+    if (scan)
+        pg_query__scan_result__free_unpacked(scan, NULL);
+    pg_query_free_scan_result(raw);
+}
+
 static void check_identity(const char *text, size_t len)
 {
     if (rewrite_effects(text, len) & REWRITE_CHANGES_IDENTITY)
@@ -358,6 +453,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     check_drops(text, len);
     check_identity(text, len);
+    check_identity_local(text, len);
     free(text);
     return 0;
 }

@@ -1,0 +1,1 @@
+SET LOCAL ROLE a; select set_config(el->>0, el->>1, true) from json_array_elements($1::json) el

@@ -1,0 +1,1 @@
+SELECT set_config('role', 'a', true), set_config('app.x', 'y', false)
