@@ -186,6 +186,8 @@ static void show_stats(struct worker *w, struct evbuffer *out)
     stat_row(out, "config_reloads_failed", atomic_load(&p->reloads_failed));
     stat_row(out, "workers", (uint64_t)p->worker_count);
     stat_row(out, "workers_on_ring", t.workers_on_ring);
+    stat_row(out, "catalog_scopes", t.scopes);
+    stat_row(out, "auth_query_connections_idle", t.auth_query_idle);
     complete(out, "SHOW");
     metrics_totals_free(&t);
 }

@@ -38,6 +38,7 @@ struct authquery_keep {
     struct event_base *base;
     struct kept *idle; /* newest first */
     unsigned count;
+    struct counter *gauge;
     bool stopped;
 };
 
@@ -68,6 +69,8 @@ static void kept_free(struct kept *e)
         at = &(*at)->next;
     *at = e->next;
     e->keep->count--;
+    if (e->keep->gauge)
+        counter_sub(e->keep->gauge, 1);
     if (e->io)
         event_free(e->io);
     if (e->timer)
@@ -129,6 +132,8 @@ static void keep_put(struct authquery_keep *k, PGconn *pg, time_t born, const ch
     e->next = k->idle;
     k->idle = e;
     k->count++;
+    if (k->gauge)
+        counter_add(k->gauge, 1);
     e->database = strdup(database);
     e->io = event_new(k->base, PQsocket(pg), EV_READ | EV_PERSIST, kept_readable, e);
     e->timer = evtimer_new(k->base, kept_expired, e);
@@ -153,12 +158,14 @@ static PGconn *keep_take(struct authquery_keep *k, const char *database, time_t 
     return NULL;
 }
 
-struct authquery_keep *authquery_keep_new(struct event_base *base)
+struct authquery_keep *authquery_keep_new(struct event_base *base, struct counter *gauge)
 {
     struct authquery_keep *k = calloc(1, sizeof(*k));
 
-    if (k)
+    if (k) {
         k->base = base;
+        k->gauge = gauge;
+    }
     return k;
 }
 

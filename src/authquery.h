@@ -20,6 +20,7 @@
 #include <event2/event.h>
 
 #include "config.h"
+#include "counter.h"
 
 struct authquery;
 
@@ -28,8 +29,9 @@ struct authquery;
  * most, and not past server_lifetime from its connect (0: none kept). */
 struct authquery_keep;
 
-/* NULL when out of memory. */
-struct authquery_keep *authquery_keep_new(struct event_base *base);
+/* Counts the connections kept in gauge (the caller's, NULL: none). NULL
+ * when out of memory. */
+struct authquery_keep *authquery_keep_new(struct event_base *base, struct counter *gauge);
 /* Closes every kept connection and frees k (NULL: nothing). */
 void authquery_keep_free(struct authquery_keep *k);
 /* Closes every kept connection: after a reload (auth_user, its password or

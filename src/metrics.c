@@ -60,6 +60,8 @@ bool metrics_sum(struct proxy *p, struct totals *t)
         t->catalog_queries_failed += counter_get(&c->catalog_queries_failed);
         t->catalog_doubts += counter_get(&c->catalog_doubts);
         t->workers_on_ring += counter_get(&c->on_ring);
+        t->scopes += counter_get(&c->scopes);
+        t->auth_query_idle += counter_get(&c->auth_query_idle);
         for (int pr = 0; pr < PROTOCOL_COUNT; pr++)
             t->statements[pr] += counter_get(&c->statements[pr]);
         for (int f = 0; f < FLOW_COUNT; f++) {
@@ -320,6 +322,13 @@ static bool render(struct proxy *p, struct evbuffer *out)
     prom_family(out, "idemproxy_workers_on_ring", "gauge",
                 "workers whose sessions use io_uring now (io_uring = auto or on)");
     prom_sample(out, "idemproxy_workers_on_ring", NULL, t.workers_on_ring);
+    prom_family(out, "idemproxy_catalog_scopes", "gauge",
+                "database and role pairs whose catalog check the workers keep, summed over "
+                "workers");
+    prom_sample(out, "idemproxy_catalog_scopes", NULL, t.scopes);
+    prom_family(out, "idemproxy_auth_query_connections_idle", "gauge",
+                "auth_user's connections kept for the next auth_query lookup");
+    prom_sample(out, "idemproxy_auth_query_connections_idle", NULL, t.auth_query_idle);
     prom_family(out, "idemproxy_client_connections_total", "counter",
                 "clients that sent a StartupMessage");
     prom_sample(out, "idemproxy_client_connections_total", NULL, t.clients_total);

@@ -36,7 +36,7 @@ struct totals {
     uint64_t oversized_inspected, protocol_violations, track_desyncs;
     uint64_t refused[REFUSAL_COUNT];
     uint64_t catalog_queries_ok, catalog_queries_failed, catalog_doubts;
-    uint64_t workers_on_ring;
+    uint64_t workers_on_ring, scopes, auth_query_idle;
     struct {
         uint64_t bucket[LATENCY_BUCKETS];
         uint64_t sum_ns, count;

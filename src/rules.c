@@ -82,6 +82,7 @@ struct ruleset {
     struct config *cfg;
     struct scope *scopes;
     size_t role_scopes;             /* made for a role switched to */
+    struct counter *scope_gauge;    /* the caller's count of scopes; NULL: none */
     struct table_counters **counts; /* per table: the caller's, or own */
     struct table_counters *own;      /* when the caller gave none */
     struct counter other_counts[RR_COUNT];
@@ -172,6 +173,8 @@ void ruleset_unref(struct ruleset *rs)
 
     if (!rs || --rs->refs > 0)
         return;
+    if (rs->scope_gauge)
+        counter_sub(rs->scope_gauge, HASH_COUNT(rs->scopes));
     HASH_ITER(hh, rs->scopes, s, tmp) {
         HASH_DELETE(hh, rs->scopes, s);
         scope_free(s);
@@ -180,6 +183,12 @@ void ruleset_unref(struct ruleset *rs)
     free(rs->own);
     config_unref(rs->cfg);
     free(rs);
+}
+
+void ruleset_gauge_scopes(struct ruleset *rs, struct counter *gauge)
+{
+    rs->scope_gauge = gauge;
+    counter_add(gauge, HASH_COUNT(rs->scopes));
 }
 
 const struct config *ruleset_config(const struct ruleset *rs)
@@ -256,6 +265,8 @@ static struct scope *find_scope(struct ruleset *rs, const char *database, const 
         if (s) {
             HASH_ADD_KEYPTR(hh, rs->scopes, s->key, s->key_len, s);
             *made = true;
+            if (rs->scope_gauge)
+                counter_add(rs->scope_gauge, 1);
         }
     }
     free(key);

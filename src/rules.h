@@ -54,6 +54,10 @@ struct ruleset *ruleset_ref(struct ruleset *rs);
 void ruleset_unref(struct ruleset *rs);
 const struct config *ruleset_config(const struct ruleset *rs);
 
+/* Counts the scopes rs holds in gauge (the caller's), given back when rs is
+ * freed. */
+void ruleset_gauge_scopes(struct ruleset *rs, struct counter *gauge);
+
 enum scope_state {
     SCOPE_PASSTHROUGH, /* no registered table applies: nothing to inspect */
     SCOPE_UNKNOWN,     /* the catalog must be learnt before the first statement */

@@ -113,6 +113,8 @@ static struct ruleset *worker_rules_for(struct worker *w, struct config *cfg)
             i++;
         if (i == cfg->table_count)
             rs = ruleset_new(config_ref(cfg), counters);
+        if (rs)
+            ruleset_gauge_scopes(rs, &w->counters.scopes);
     }
     free(counters);
     return rs;
@@ -621,7 +623,7 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
         w->dns = evdns_base_new(w->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
     }
     w->pool = pool_new(w->base, &w->counters.servers_idle);
-    w->auth_keep = authquery_keep_new(w->base);
+    w->auth_keep = authquery_keep_new(w->base, &w->counters.auth_query_idle);
     w->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (w->wake_fd >= 0)
         w->wake = event_new(w->base, w->wake_fd, EV_READ | EV_PERSIST, wake_cb, w);

@@ -105,6 +105,9 @@ struct worker_counters {
     struct counter catalog_doubts;      /* errors taken as a sign the tables changed */
     struct counter on_ring;             /* 1 while the sessions use the worker's ring:
                                          * the worker's own record of its choice too */
+    struct counter scopes;              /* (database, role) pairs its rules keep a
+                                           catalog check for, old rules' included */
+    struct counter auth_query_idle;     /* auth_user's connections kept for auth_query */
     struct latency_histogram latency[FLOW_COUNT];
 };
 

@@ -1672,3 +1672,53 @@ void itest_copy_round_trip(PGconn *c, int rows)
     assert_true(got_sum == byte_sum);
     itest_exec_ok(c, "DROP TABLE itest_copy");
 }
+
+/* ---- the metrics endpoint ----------------------------------------------- */
+
+/* GET path from 127.0.0.1:port over HTTP/1.0; returns the whole response
+ * (status line, headers, body), malloc'ed. Fails the test when it cannot. */
+char *itest_http_get(int port, const char *path)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    char req[256];
+    size_t len = 0, cap = 65536;
+    char *buf = malloc(cap);
+
+    assert_true(fd >= 0);
+    assert_non_null(buf);
+    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0)
+        fail_msg("connect to the metrics port %d: %s", port, strerror(errno));
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
+    assert_int_equal(write(fd, req, (size_t)n), n);
+    for (;;) {
+        if (len + 1 == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            assert_non_null(buf);
+        }
+        ssize_t got = read(fd, buf + len, cap - len - 1);
+        if (got < 0 && errno == EINTR)
+            continue;
+        assert_true(got >= 0);
+        if (got == 0)
+            break;
+        len += (size_t)got;
+    }
+    buf[len] = '\0';
+    close(fd);
+    return buf;
+}
+
+/* The value of the sample whose line starts with series (name and labels
+ * exactly as rendered); fails the test when there is none. */
+unsigned long long itest_metric(const char *text, const char *series)
+{
+    char needle[512];
+    snprintf(needle, sizeof needle, "\n%s ", series);
+    const char *at = strstr(text, needle);
+    if (!at)
+        fail_msg("no sample %s in:\n%s", series, text);
+    return strtoull(at + strlen(needle), NULL, 10);
+}

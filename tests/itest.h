@@ -411,4 +411,13 @@ struct CMUnitTest;
 int itest_main(int argc, char **argv, const char *group, const struct CMUnitTest *tests,
                size_t count);
 
+/* GET path from 127.0.0.1:port over HTTP/1.0; returns the whole response
+ * (status line, headers, body), malloc'ed. Fails the test when it cannot. */
+char *itest_http_get(int port, const char *path);
+
+/* The value of the sample whose line starts with series (name and labels
+ * exactly as rendered) in a /metrics response; fails the test when there
+ * is none. */
+unsigned long long itest_metric(const char *text, const char *series);
+
 #endif

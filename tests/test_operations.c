@@ -39,57 +39,9 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-/* GET path from 127.0.0.1:port over HTTP/1.0; returns the whole response
- * (status line, headers, body), malloc'ed. Fails the test when it cannot. */
-static char *http_get(int port, const char *path)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sin = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    char req[256];
-    size_t len = 0, cap = 65536;
-    char *buf = malloc(cap);
-
-    assert_true(fd >= 0);
-    assert_non_null(buf);
-    inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
-    if (connect(fd, (struct sockaddr *)&sin, sizeof(sin)) != 0)
-        fail_msg("connect to the metrics port %d: %s", port, strerror(errno));
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n", path);
-    assert_int_equal(write(fd, req, (size_t)n), n);
-    for (;;) {
-        if (len + 1 == cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
-            assert_non_null(buf);
-        }
-        ssize_t got = read(fd, buf + len, cap - len - 1);
-        if (got < 0 && errno == EINTR)
-            continue;
-        assert_true(got >= 0);
-        if (got == 0)
-            break;
-        len += (size_t)got;
-    }
-    buf[len] = '\0';
-    close(fd);
-    return buf;
-}
-
-/* The value of the sample whose line starts with series (name and labels
- * exactly as rendered); fails the test when there is none. */
-static unsigned long long metric(const char *text, const char *series)
-{
-    char needle[512];
-    snprintf(needle, sizeof needle, "\n%s ", series);
-    const char *at = strstr(text, needle);
-    if (!at)
-        fail_msg("no sample %s in:\n%s", series, text);
-    return strtoull(at + strlen(needle), NULL, 10);
-}
-
 static void assert_metric(const char *text, const char *series, unsigned long long want)
 {
-    unsigned long long got = metric(text, series);
+    unsigned long long got = itest_metric(text, series);
     if (got != want)
         fail_msg("%s is %llu, expected %llu", series, got, want);
 }
@@ -178,7 +130,7 @@ static void test_ops_metrics(void **state)
     itest_exec_sqlstate(c, "INSERT INTO ops_events (k, payload) VALUES ('b', 'z')", "55000");
     assert_int_equal(itest_query_ll(c, "SELECT 1"), 1);
 
-    char *text = http_get(mport, "/metrics");
+    char *text = itest_http_get(mport, "/metrics");
     if (!strstr(text, "HTTP/1.0 200") && !strstr(text, "HTTP/1.1 200"))
         fail_msg("/metrics: %s", text);
     assert_non_null(strstr(text, "Content-Type: text/plain; version=0.0.4"));
@@ -202,16 +154,32 @@ static void test_ops_metrics(void **state)
     assert_metric(text, "idemproxy_catalog_queries_total{result=\"ok\"}", 2);
     assert_metric(text, "idemproxy_catalog_queries_total{result=\"failed\"}", 0);
     assert_metric(text, "idemproxy_catalog_doubts_total", 1);
-    assert_true(metric(text, "idemproxy_bytes_total{direction=\"to_server\"}") > 0);
-    assert_true(metric(text, "idemproxy_bytes_total{direction=\"to_client\"}") > 0);
+    assert_true(itest_metric(text, "idemproxy_bytes_total{direction=\"to_server\"}") > 0);
+    assert_true(itest_metric(text, "idemproxy_bytes_total{direction=\"to_client\"}") > 0);
     /* Every pass that moved bytes is in the histogram; +Inf holds them all. */
-    unsigned long long n = metric(text, "idemproxy_proxy_latency_seconds_count{direction=\"to_server\"}");
+    unsigned long long n =
+        itest_metric(text, "idemproxy_proxy_latency_seconds_count{direction=\"to_server\"}");
     assert_true(n >= 7);
     assert_metric(text,
                   "idemproxy_proxy_latency_seconds_bucket{direction=\"to_server\",le=\"+Inf\"}", n);
+    /* One database and role, on the worker the session is on; no
+     * auth_query here. */
+    assert_metric(text, "idemproxy_catalog_scopes", 1);
+    assert_metric(text, "idemproxy_auth_query_connections_idle", 0);
     free(text);
 
-    text = http_get(mport, "/healthz");
+    /* A session running as another role adds that role's. */
+    itest_server_exec("DO $$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ops_role') "
+                      "THEN CREATE ROLE ops_role; END IF; END$$; "
+                      "GRANT SELECT, INSERT ON ops_events TO ops_role");
+    itest_exec_ok(c, "SET ROLE ops_role");
+    itest_exec_ok(c, "SELECT 1");
+    itest_exec_ok(c, "RESET ROLE");
+    text = itest_http_get(mport, "/metrics");
+    assert_metric(text, "idemproxy_catalog_scopes", 2);
+    free(text);
+
+    text = itest_http_get(mport, "/healthz");
     assert_non_null(strstr(text, " 200 "));
     assert_non_null(strstr(text, "\r\n\r\nok\n"));
     free(text);
@@ -222,9 +190,9 @@ static void test_ops_metrics(void **state)
     itest_finish(c);
     int64_t deadline = itest_now_ms() + 5000;
     for (;;) {
-        text = http_get(mport, "/metrics");
-        if ((metric(text, "idemproxy_client_connections") == 0 &&
-             metric(text, "idemproxy_server_connections") == 0) ||
+        text = itest_http_get(mport, "/metrics");
+        if ((itest_metric(text, "idemproxy_client_connections") == 0 &&
+             itest_metric(text, "idemproxy_server_connections") == 0) ||
             itest_now_ms() > deadline)
             break;
         free(text);
@@ -242,11 +210,11 @@ static void test_ops_metrics(void **state)
     itest_sleep_ms(300);
     assert_int_equal(kill(p->pid, SIGTERM), 0);
     itest_sleep_ms(300);
-    text = http_get(mport, "/healthz");
+    text = itest_http_get(mport, "/healthz");
     if (!strstr(text, " 503 ") || !strstr(text, "stopping"))
         fail_msg("/healthz during the shutdown: %s", text);
     free(text);
-    text = http_get(mport, "/metrics");
+    text = itest_http_get(mport, "/metrics");
     assert_metric(text, "idemproxy_client_connections", 1);
     free(text);
     PGresult *r = itest_wait_result(busy, 10000);
@@ -302,7 +270,7 @@ static void test_ops_reload_live(void **state)
     itest_exec_sqlstate(c, dup, "23505");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM ops_live"), 1);
 
-    char *text = http_get(mport, "/metrics");
+    char *text = itest_http_get(mport, "/metrics");
     assert_metric(text, "idemproxy_config_reloads_total{result=\"ok\"}", 2);
     assert_metric(text, "idemproxy_config_reloads_total{result=\"failed\"}", 1);
     free(text);
@@ -739,7 +707,7 @@ static void test_ops_ring_follows_load(void **state)
             ring_busy_round(apps, round++);
     }
     itest_assert_log_line(p, "sessions move to io_uring", "[worker 1]", NULL);
-    char *text = http_get(mport, "/metrics");
+    char *text = itest_http_get(mport, "/metrics");
     assert_metric(text, "idemproxy_workers_on_ring", 1);
     free(text);
 
@@ -755,7 +723,7 @@ static void test_ops_ring_follows_load(void **state)
         }
     }
     itest_assert_log_line(p, "sessions leave io_uring", "[worker 1]", NULL);
-    text = http_get(mport, "/metrics");
+    text = itest_http_get(mport, "/metrics");
     assert_metric(text, "idemproxy_workers_on_ring", 0);
     free(text);
 
@@ -1104,7 +1072,7 @@ static void test_ops_out_of_descriptors(void **state)
     assert_int_equal(prlimit(p->pid, RLIMIT_NOFILE, &before, NULL), 0);
     PGconn *after = itest_connect_ok(p->port, NULL);
     assert_int_equal(itest_query_ll(after, "SELECT 1"), 1);
-    char *text = http_get(mport, "/metrics");
+    char *text = itest_http_get(mport, "/metrics");
     assert_metric(text, "idemproxy_clients_refused_total{reason=\"file_descriptors\"}",
                   (unsigned long long)refused);
     assert_metric(text, "idemproxy_clients_refused_total{reason=\"max_client_conn\"}", 0);

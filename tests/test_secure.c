@@ -914,15 +914,21 @@ static void login_through_auth_query(int port, const char *what)
 static void test_sec_auth_query_kept(void **state)
 {
     (void)state;
+    int mport = itest_free_port();
     struct itest_proxy *p = sec_proxy(NULL, NULL,
                                       "workers = 1\n"
+                                      "metrics_port = %d\n"
                                       "auth_type = scram-sha-256\n"
                                       "auth_user = %s\n",
-                                      itest_pg_user());
+                                      mport, itest_pg_user());
 
     assert_int_equal(auth_query_backends(0), 0);
     login_through_auth_query(p->port, "the first login through auth_query");
     assert_int_equal(auth_query_backends(1), 1);
+    char *text = itest_http_get(mport, "/metrics");
+    if (itest_metric(text, "idemproxy_auth_query_connections_idle") != 1)
+        fail_msg("one kept auth_query connection expected:\n%s", text);
+    free(text);
     for (int i = 0; i < 5; i++)
         login_through_auth_query(p->port, "a later login through auth_query");
     assert_int_equal(auth_query_backends(1), 1);
@@ -939,6 +945,10 @@ static void test_sec_auth_query_kept(void **state)
 
     assert_int_equal(kill(p->pid, SIGHUP), 0);
     assert_int_equal(auth_query_backends(0), 0);
+    text = itest_http_get(mport, "/metrics");
+    if (itest_metric(text, "idemproxy_auth_query_connections_idle") != 0)
+        fail_msg("no kept auth_query connection expected after the reload:\n%s", text);
+    free(text);
     login_through_auth_query(p->port, "a login after a reload");
     assert_int_equal(auth_query_backends(1), 1);
 
