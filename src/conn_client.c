@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <xxhash.h>
+
 #include "catalog.h"
 #include "params.h"
 #include "rewrite.h"
@@ -215,6 +217,17 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
     }
     st->replaced = st->d && st->d->result.text;
     forget_dropped(c, effects, text);
+}
+
+/* The hash of the text a Parse of st sends: the rewritten one, or the
+ * client's. Never 0, which session_sent keeps for unknown. */
+static uint64_t sent_text_hash(const struct statement *st)
+{
+    const struct rewrite_result *r = st->replaced ? &st->d->result : NULL;
+    uint64_t h = r ? XXH3_64bits(r->text, r->text_len)
+                   : XXH3_64bits(st->body + st->at, st->text_len);
+
+    return h ? h : 1;
 }
 
 /* Writes the message with the rewritten text in place of the original's
@@ -1033,6 +1046,8 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
         fail_oom(c);
         return TAKEN_CLOSED;
     }
+    if (keep)
+        session_sent(&c->session, name, sent_text_hash(&st));
     bool unnamed = name && name[0] == '\0';
     if (unnamed && !unnamed_redefined(c, &note)) {
         fail_oom(c);
@@ -1075,6 +1090,16 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
     pg_put_u32(parse + 1, (uint32_t)(4 + len));
     memcpy(parse + PG_HEAD_LEN, body, len);
     decide_message(c, parse, total, &st);
+    uint64_t sent = sent_text_hash(&st);
+    /* The server revalidates a statement's names itself: the same text
+     * again would change nothing. */
+    if (name[0] != '\0' && session_holds(&c->session, name, sent)) {
+        conn_log(LOG_DEBUG, c, "statement \"%s\" stays as prepared: the rules now in force "
+                 "send the same text", name);
+        decision_unref(st.d);
+        free(parse);
+        return true;
+    }
     bool ok = track_inject(&c->track, 'D', tag) && track_inject(&c->track, 'C', tag) &&
               track_inject(&c->track, 'P', tag) &&
               (tag != INJECT_REFRESH || track_inject(&c->track, 'S', tag));
@@ -1089,6 +1114,8 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
             evbuffer_add(k->out, sync, sizeof(sync));
         conn_log(LOG_DEBUG, c, "statement \"%s\" prepared again for the rules now in force",
                  name);
+        if (name[0] != '\0')
+            session_sent(&c->session, name, sent);
     }
     decision_unref(st.d);
     free(parse);

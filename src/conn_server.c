@@ -621,6 +621,8 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         if (type == 'E' && error)
             conn_log(LOG_DEBUG, c, "a statement could not be prepared again: %s %s",
                      err.code ? err.code : "?", err.message ? err.message : "");
+        if (type == 'E')
+            session_unsent_all(&c->session);
         break;
     case INJECT_SAVEPOINT:
         if (type == 'E') {
@@ -658,6 +660,8 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
         /* Why the client's message is skipped. */
         if (type == 'E')
             taken = TAKEN_FORWARD;
+        if (type == 'E' && tag == INJECT_REPREPARE)
+            session_unsent_all(&c->session);
         break;
     case INJECT_ABORT:
         /* Its own error is the point; its ReadyForQuery, and the settings

@@ -14,6 +14,8 @@ struct session_entry {
                                    table; NULL when not kept */
     size_t parse_len;
     uint64_t version;           /* the rules' version it was prepared under */
+    uint64_t sent;              /* the hash of the text the server holds for
+                                   it (session_sent); 0: unknown */
     bool ran;                   /* a portal Executed since its Bind */
     char names[];               /* the name (the key), the schema, the table */
 };
@@ -83,8 +85,10 @@ static struct session_entry *set(struct session_entry **map, const char *name,
 
     if (e && !parse_len && !e->parse && e->effects == effects &&
         (schema ? e->schema && strcmp(e->schema, schema) == 0 && strcmp(e->table, table) == 0
-                : !e->schema))
+                : !e->schema)) {
+        e->sent = 0;
         return e;
+    }
     if (e)
         drop(map, e);
     if (!schema && !effects)
@@ -102,6 +106,7 @@ static struct session_entry *set(struct session_entry **map, const char *name,
     e->parse = NULL;
     e->parse_len = 0;
     e->version = 0;
+    e->sent = 0;
     HASH_ADD_KEYPTR(hh, *map, e->names, name_len - 1, e);
     return e;
 }
@@ -147,6 +152,29 @@ const uint8_t *session_next_outdated(struct session *s, uint64_t version, const 
         }
     }
     return NULL;
+}
+
+void session_sent(struct session *s, const char *name, uint64_t text_hash)
+{
+    struct session_entry *e = find(s->statements, name);
+
+    if (e)
+        e->sent = text_hash;
+}
+
+void session_unsent_all(struct session *s)
+{
+    struct session_entry *e, *tmp;
+
+    HASH_ITER(hh, s->statements, e, tmp)
+        e->sent = 0;
+}
+
+bool session_holds(const struct session *s, const char *name, uint64_t text_hash)
+{
+    const struct session_entry *e = find(s->statements, name);
+
+    return e && e->sent != 0 && e->sent == text_hash;
 }
 
 bool session_bind(struct session *s, const char *portal, const char *statement)

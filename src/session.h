@@ -51,6 +51,15 @@ bool session_parse(struct session *s, const char *name, const char *schema, cons
                    unsigned effects, const uint8_t *parse, size_t parse_len,
                    uint64_t version);
 
+/* The server holds a text hashing to text_hash (nonzero) for statement
+ * name, as the proxy sent it: session_holds can tell that preparing it
+ * again with the same text would change nothing. */
+void session_sent(struct session *s, const char *name, uint64_t text_hash);
+bool session_holds(const struct session *s, const char *name, uint64_t text_hash);
+/* What the server holds is unknown for every statement: a Parse of the
+ * proxy's failed, which left one of them gone. */
+void session_unsent_all(struct session *s);
+
 /* A statement prepared under rules of another version than version may hold
  * a text those rules would not send now: its kept Parse body (*len bytes),
  * for the caller to prepare it again; from then on it counts as prepared

@@ -1655,6 +1655,30 @@ static void test_idem_identity_in_block(void **state)
     PQclear(r);
     itest_exec_ok(c, "COMMIT");
 
+    /* The writer's form of it is the login role's: nothing is prepared
+     * again on the way in or out, since the server would get the same
+     * text. */
+    const char *again = "prepared again for the rules now in force";
+    int prepared_again = itest_proxy_log_count(p, again);
+    r = itest_prepare(c, "blk_w",
+                      "INSERT INTO idem_blk (idempotency_key, payload) VALUES ($1, 'w') "
+                      "RETURNING payload", 1);
+    itest_assert_result_ok(r, "PREPARE blk_w");
+    PQclear(r);
+    itest_exec_ok(c, "BEGIN");
+    itest_exec_ok(c, "SET LOCAL ROLE idem_blk_writer");
+    r = itest_exec_prepared(c, "blk_w", 1, key);
+    itest_assert_result_ok(r, "the prepared INSERT bound as the writer");
+    assert_string_equal(PQgetvalue(r, 0, 0), "first");
+    PQclear(r);
+    itest_exec_ok(c, "COMMIT");
+    r = itest_exec_prepared(c, "blk_w", 1, key);
+    itest_assert_result_ok(r, "the prepared INSERT after the block");
+    assert_string_equal(PQgetvalue(r, 0, 0), "first");
+    PQclear(r);
+    assert_int_equal(itest_proxy_log_count(p, again), prepared_again);
+    assert_true(itest_proxy_log_count(p, "stays as prepared") >= 2);
+
     /* The question about the identity fails (the role may not call a
      * function it uses): the proxy rolls back to its savepoint, the block
      * goes on as the client left it, and its INSERTs pass unchanged. */

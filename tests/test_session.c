@@ -469,6 +469,33 @@ static void test_identity_statements(void **state)
     finish();
 }
 
+/* What the server holds for a statement is known once it is sent, only
+ * for a name the session keeps, and forgotten by a Parse of the name, or
+ * for every name at once. */
+static void test_sent_text(void **state)
+{
+    struct session *s = *state;
+
+    assert_false(session_holds(s, "s", 7));
+    session_sent(s, "s", 7);
+    assert_false(session_holds(s, "s", 7));
+    PARSE(s, "s", "public", "orders");
+    assert_false(session_holds(s, "s", 7));
+    session_sent(s, "s", 7);
+    assert_true(session_holds(s, "s", 7));
+    assert_false(session_holds(s, "s", 8));
+    assert_false(session_holds(s, "t", 7));
+    PARSE(s, "s", "public", "orders");
+    assert_false(session_holds(s, "s", 7));
+    session_sent(s, "s", 9);
+    PARSE(s, "u", "public", "orders");
+    session_sent(s, "u", 9);
+    session_unsent_all(s);
+    assert_false(session_holds(s, "s", 9));
+    assert_false(session_holds(s, "u", 9));
+    finish();
+}
+
 /* A session freed and initialised again is empty and usable; freeing an
  * empty one is fine. */
 static void test_free_and_reuse(void **state)
@@ -692,6 +719,7 @@ int main(void)
         T(test_clear),
         T(test_outdated),
         T(test_identity_statements),
+        T(test_sent_text),
         cmocka_unit_test(test_free_and_reuse),
         T(test_many_names),
         T(test_odd_names),
