@@ -129,9 +129,18 @@ struct statement {
  * names is forgotten as it goes, all of them for ALL. One of the proxy's
  * own (its name is the client's to use too: README) goes with every
  * other the cache holds, to be created again under new names. */
+static bool drops_name(const struct rewrite_drops *drops, const char *name)
+{
+    for (size_t i = 0; !drops->all && i < drops->names.count; i++)
+        if (strcmp(drops->names.names[i], name) == 0)
+            return true;
+    return drops->all;
+}
+
 static void forget_dropped(struct conn *c, unsigned effects, const char *text)
 {
     struct rewrite_drops drops;
+    const struct track_req *r;
 
     if (!(effects & REWRITE_DROPS_STATEMENTS))
         return;
@@ -145,6 +154,16 @@ static void forget_dropped(struct conn *c, unsigned effects, const char *text)
         session_close(&c->session, 'S', name);
         if (strncmp(name, STMTCACHE_PREFIX, strlen(STMTCACHE_PREFIX)) == 0)
             stmtcache_forget_all(&c->stmts);
+    }
+    /* What a request still under way displaced comes back if the server
+     * refuses or skips that request (restore_statements): the drop comes
+     * after it, so what it drops does not come back. */
+    for (size_t i = 0; (r = track_at(&c->track, i)); i++) {
+        struct note *n = r->injected ? NULL : r->note;
+        if (n && n->chained && n->displaced && drops_name(&drops, n->defines)) {
+            session_entry_free(n->displaced);
+            n->displaced = NULL;
+        }
     }
     rewrite_drops_free(&drops);
 }
@@ -1375,6 +1394,18 @@ static enum taken take_unrewritten(struct conn *c, const uint8_t *msg, size_t to
         if (end)
             forget_dropped(c, rewrite_effects((const char *)text, (size_t)(end - text)),
                            (const char *)text);
+        /* A named statement the session knew holds a text unread once
+         * the Parse takes place: it is forgotten then, and kept if the
+         * server refuses or skips the Parse (restore_statements), as a
+         * Close of it is. */
+        if (type == 'P' && name && name[0] != '\0' && !c->track.skip_to_sync) {
+            if (!(note = note_new(NULL, name))) {
+                fail_oom(c);
+                return TAKEN_CLOSED;
+            }
+            note->chained = true;
+            note->displaced = session_detach(&c->session, name);
+        }
         if (name && name[0] == '\0' && !unnamed_redefined(c, &note)) {
             fail_oom(c);
             return TAKEN_CLOSED;

@@ -811,6 +811,114 @@ static void test_idem_reload(void **state)
     itest_pass();
 }
 
+/* The configuration with its [table] sections replaced by tables, then
+ * reloaded; returns once the proxy says so (reloads: how many it has said
+ * before). */
+static void reload_tables(struct itest_proxy *p, const char *tables, int reloads)
+{
+    char *old = itest_read_file(p->conf_path);
+    char *cut = strstr(old, "[table");
+    if (cut)
+        *cut = '\0';
+    char tmp[600];
+    snprintf(tmp, sizeof tmp, "%s.new", p->conf_path);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs(old, f);
+    fputs(tables, f);
+    free(old);
+    assert_int_equal(fclose(f), 0);
+    if (rename(tmp, p->conf_path) != 0)
+        fail_msg("rename %s: %s", tmp, strerror(errno));
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    itest_proxy_wait_log_count(p, "configuration reloaded", reloads + 1);
+}
+
+/* Appends message type with body (len bytes) to buf at *at. */
+static void put_msg(uint8_t *buf, size_t cap, size_t *at, char type, const void *body,
+                    size_t len)
+{
+    *at += itest_build_msg(buf + *at, cap - *at, type, body, len);
+}
+
+/* A Parse of name with text, no parameter types. */
+static void put_parse_named(uint8_t *buf, size_t cap, size_t *at, const char *name,
+                            const char *text)
+{
+    uint8_t body[512];
+    size_t n = strlen(name) + 1, t = strlen(text) + 1;
+    memcpy(body, name, n);
+    memcpy(body + n, text, t);
+    body[n + t] = body[n + t + 1] = 0;
+    put_msg(buf, cap, at, 'P', body, n + t + 2);
+}
+
+/* Reads messages until the count-th ReadyForQuery; their types in order
+ * must be want. */
+static void expect_types(int fd, const char *want)
+{
+    for (size_t i = 0; want[i]; i++) {
+        struct itest_msg m;
+        assert_int_equal(itest_raw_read_msg(fd, &m, ITEST_QUERY_TIMEOUT_MS), ITEST_READ_OK);
+        char got = m.type;
+        itest_msg_free(&m);
+        if (got != want[i])
+            fail_msg("message %zu is '%c', expected '%c' (of \"%s\")", i, got, want[i], want);
+    }
+}
+
+/* A statement the client defines again while no rules apply (after a
+ * reload without tables, the proxy reads no text), in a pipeline where the
+ * server refuses the first new definition and a DEALLOCATE ALL follows,
+ * is not brought back in its old text when rules return that would prepare
+ * it otherwise: the Bind runs the statement the server holds, with its
+ * RETURNING. */
+static void test_idem_redefined_without_rules(void **state)
+{
+    (void)state;
+    create_key_table("idem_redef", "text");
+    const char *rules = "[table public.idem_redef]\nconflict = idempotency_key\n";
+    struct itest_proxy *p = itest_proxy_start_with("debug", rules);
+    int fd = itest_raw_connect(p->port);
+    uint8_t buf[2048];
+    size_t at = 0;
+
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_redefined");
+    put_parse_named(buf, sizeof buf, &at, "s2",
+                    "INSERT INTO idem_redef (idempotency_key, payload) VALUES ($1, $2)");
+    put_msg(buf, sizeof buf, &at, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, at));
+    expect_types(fd, "1Z");
+
+    reload_tables(p, "", 0);
+    at = 0;
+    put_parse_named(buf, sizeof buf, &at, "s2", "SELECT 1");
+    put_msg(buf, sizeof buf, &at, 'C', "Ss2", 4);
+    put_msg(buf, sizeof buf, &at, 'S', NULL, 0);
+    put_msg(buf, sizeof buf, &at, 'Q', "DEALLOCATE ALL", 15);
+    put_parse_named(buf, sizeof buf, &at, "s2",
+                    "INSERT INTO idem_redef (idempotency_key, payload) VALUES ($1, $2) "
+                    "RETURNING payload");
+    put_msg(buf, sizeof buf, &at, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, at));
+    expect_types(fd, "EZCZ1Z");
+
+    /* Rules under which the old text would be prepared otherwise. */
+    reload_tables(p, "[table public.idem_redef]\nconflict = idempotency_key\naction = none\n", 1);
+    static const uint8_t bind[] = { 0, 's', '2', 0, 0, 0, 0, 2, 0, 0, 0, 2, 'k', '1',
+                                    0, 0, 0, 1, 'x', 0, 0 };
+    static const uint8_t execute[] = { 0, 0, 0, 0, 0 };
+    at = 0;
+    put_msg(buf, sizeof buf, &at, 'B', bind, sizeof bind);
+    put_msg(buf, sizeof buf, &at, 'E', execute, sizeof execute);
+    put_msg(buf, sizeof buf, &at, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, at));
+    expect_types(fd, "2DCZ");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_redef"), 1);
+    itest_pass();
+}
+
 /* ---- 15. several statements in one Query ------------------------------- */
 
 static void test_idem_multi_statement(void **state)
@@ -1713,6 +1821,7 @@ int main(int argc, char **argv)
         ITEST(test_idem_other_database),
         ITEST(test_idem_unregistered_table),
         ITEST(test_idem_reload),
+        ITEST(test_idem_redefined_without_rules),
         ITEST(test_idem_multi_statement),
         ITEST(test_idem_quoted_table),
         ITEST(test_idem_catalog_query_hidden),
