@@ -439,6 +439,51 @@ bool inject_query(struct conn *c, struct sink *k, const char *sql, enum inject t
 bool inject_rollback(struct conn *c, bool after_batch);
 /* The same, then fails the block at the client's level (INJECT_ABORT). */
 bool inject_abort(struct conn *c, bool after_batch);
+/* The proxy's own extended run of a statement (PG_EXTENDED_RUN_MESSAGES),
+ * in the request queue. False when out of memory. */
+bool track_extended_run(struct conn *c, enum inject tag);
+/* Reads the NUL-terminated name at *at in body; advances *at past it.
+ * NULL when there is none. */
+const char *read_name(const uint8_t *body, size_t len, size_t *at);
+/* Prepares again, at once, every statement of the client's that the rules
+ * now in force would prepare otherwise (see reprepare), when nothing is
+ * outstanding: after the session's identity changed, which makes the
+ * rules apply to it or not. False when out of memory. */
+bool reprepare_all(struct conn *c);
+/* A Query, a Parse or a Close of the unnamed statement goes to the server:
+ * it is no longer what the proxy kept of it. When the server may yet skip
+ * the message (see displaced_unnamed), *note (made when NULL) is marked to
+ * settle that when it is answered; note NULL: the message has none, and
+ * what was kept is dropped. False when out of memory. */
+bool unnamed_redefined(struct conn *c, struct note **note);
+/* Such a redefinition is still unanswered (it displaced something: see
+ * unnamed_redefined). */
+static inline bool unnamed_unsure(const struct conn *c)
+{
+    return c->displaced_unnamed || c->displaced_parse_len;
+}
+/* The server skipped that redefinition: the unnamed statement is what it
+ * was before it. */
+void unnamed_restore(struct conn *c);
+/* It took place (or what it displaced is stale): that is dropped. */
+void unnamed_settle(struct conn *c);
+/* The server is to read a message naming the unnamed statement that the
+ * proxy cannot rename: the statement gets the cached text first. */
+void restore_unnamed(struct conn *c, struct sink *k);
+
+/* ---- conn_question.c ---------------------------------------------------- */
+
+/* A client's statement with these effects (rewrite_effects) goes to the
+ * server: one that may change the identity unsettles it (keeping the one
+ * from before when the change is LOCAL: struct identity_outside), and so
+ * does one that may undo the LOCAL settings an answer was given under. */
+void follow_effects(struct conn *c, unsigned effects);
+/* Inside a transaction block whose statements may have changed the
+ * identity, asks about it before a Query or Parse (msg, total bytes) that
+ * may insert into a registered table, or a Bind of a statement that does,
+ * when that message starts a request with nothing of the client's under
+ * way. True when it asked: the message waits for the answer (TAKEN_HELD). */
+bool ask_in_block(struct conn *c, const uint8_t *msg, size_t total);
 /* Asks the server about the registered tables; client input waits until
  * the answer is in. Only with nothing of the client's under way, where the
  * query joins none of its work: idle outside a transaction block, or
@@ -458,11 +503,6 @@ struct scope *login_scope(struct conn *c);
  * client's next statement would otherwise pass undecided. Only where
  * learn_catalog may run. */
 void enter_scope(struct conn *c, struct scope *s);
-/* Prepares again, at once, every statement of the client's that the rules
- * now in force would prepare otherwise (see reprepare), when nothing is
- * outstanding: after the session's identity changed, which makes the
- * rules apply to it or not. False when out of memory. */
-bool reprepare_all(struct conn *c);
 /* Asks the server about the session's identity (scope_identity_query);
  * client input waits until the answer is in. Only with nothing under way:
  * idle outside a transaction block, or inside one under a savepoint (enum
@@ -486,27 +526,6 @@ bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signat
  * identity kept from before it is the session's again (identity_known).
  * False when out of memory. */
 bool identity_restore(struct conn *c);
-/* A Query, a Parse or a Close of the unnamed statement goes to the server:
- * it is no longer what the proxy kept of it. When the server may yet skip
- * the message (see displaced_unnamed), *note (made when NULL) is marked to
- * settle that when it is answered; note NULL: the message has none, and
- * what was kept is dropped. False when out of memory. */
-bool unnamed_redefined(struct conn *c, struct note **note);
-/* Such a redefinition is still unanswered (it displaced something: see
- * unnamed_redefined). */
-static inline bool unnamed_unsure(const struct conn *c)
-{
-    return c->displaced_unnamed || c->displaced_parse_len;
-}
-/* The server skipped that redefinition: the unnamed statement is what it
- * was before it. */
-void unnamed_restore(struct conn *c);
-/* It took place (or what it displaced is stale): that is dropped. */
-void unnamed_settle(struct conn *c);
-/* The server is to read a message naming the unnamed statement that the
- * proxy cannot rename: the statement gets the cached text first. */
-void restore_unnamed(struct conn *c, struct sink *k);
-
 /* ---- conn_server.c ----------------------------------------------------- */
 
 /* Handles a server message relay() takes (server_handling says which). */
