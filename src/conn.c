@@ -423,28 +423,14 @@ static bool names_statements(char type)
     return type == 'Q' || type == 'P' || type == 'B' || type == 'D' || type == 'C';
 }
 
-/* Whether a request under way holds what it displaced from the session,
- * which comes back if the server refuses or skips the request. */
-static bool holds_displaced(const struct conn *c)
-{
-    const struct track_req *r;
-
-    for (size_t i = 0; (r = track_at(&c->track, i)); i++) {
-        const struct note *n = r->injected ? NULL : r->note;
-        if (n && n->chained && n->displaced)
-            return true;
-    }
-    return false;
-}
-
 /* Statements the client prepared that the proxy knows of (the unnamed one
- * standing for a cached one, Parses kept to prepare again, also while a
- * request under way holds one, the proxy's own cached ones): what SQL
+ * standing for a cached one, Parses kept to prepare again, also one a
+ * request under way displaced, the proxy's own cached ones): what SQL
  * could drop or redefine them is read, rules or not. */
 static bool knows_statements(const struct conn *c)
 {
     return c->stmts.unnamed || c->unnamed_parse_len || !session_empty(&c->session) ||
-           stmtcache_holds_any(&c->stmts) || holds_displaced(c);
+           stmtcache_holds_any(&c->stmts);
 }
 
 static enum handling client_handling(const struct conn *c, char type)

@@ -18,6 +18,7 @@
 
 void free_note(void *owner, void *note)
 {
+    struct conn *c = owner;
     struct note *n = note;
 
     /* Gone from the queue without ParseComplete (refused, or skipped after
@@ -26,9 +27,9 @@ void free_note(void *owner, void *note)
         stmtcache_created(n->creates, n->number, false);
     /* Answered, not skipped: the redefinition took place. */
     if (n->unsure)
-        unnamed_settle(owner);
+        unnamed_settle(c);
     if (n->displaced)
-        session_entry_free(n->displaced);
+        session_entry_free(&c->session, n->displaced);
     decision_unref(n->decision);
     free(n);
 }
@@ -156,7 +157,7 @@ static void forget_dropped(struct conn *c, unsigned effects, const char *text)
     for (size_t i = 0; (r = track_at(&c->track, i)); i++) {
         struct note *n = r->injected ? NULL : r->note;
         if (n && n->chained && n->displaced && drops_name(&drops, n->defines)) {
-            session_entry_free(n->displaced);
+            session_entry_free(&c->session, n->displaced);
             n->displaced = NULL;
         }
     }

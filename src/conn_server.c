@@ -161,7 +161,7 @@ static void restore_statements(struct conn *c, size_t n)
         struct session_entry *before = note->displaced;
         note->displaced = NULL;
         if (i == 0 && r->kind == TRACK_PARSE && name[0] == '\0' && before) {
-            session_entry_free(before);
+            session_entry_free(&c->session, before);
             before = NULL;
         }
         const struct track_req *later_req;
@@ -170,7 +170,7 @@ static void restore_statements(struct conn *c, size_t n)
             later = changes_statement(later_req, name);
         if (later) {
             if (later->displaced)
-                session_entry_free(later->displaced);
+                session_entry_free(&c->session, later->displaced);
             later->displaced = before;
             continue;
         }

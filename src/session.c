@@ -24,6 +24,7 @@ void session_init(struct session *s)
 {
     s->statements = NULL;
     s->portals = NULL;
+    s->detached = 0;
 }
 
 static void drop(struct session_entry **map, struct session_entry *e)
@@ -53,7 +54,7 @@ void session_clear(struct session *s)
 
 bool session_empty(const struct session *s)
 {
-    return !s->statements && !s->portals;
+    return !s->statements && !s->portals && !s->detached;
 }
 
 static struct session_entry *find(struct session_entry *map, const char *name)
@@ -207,19 +208,23 @@ struct session_entry *session_detach(struct session *s, const char *name)
 {
     struct session_entry *e = find(s->statements, name);
 
-    if (e)
+    if (e) {
         HASH_DELETE(hh, s->statements, e);
+        s->detached++;
+    }
     return e;
 }
 
 void session_reattach(struct session *s, struct session_entry *e)
 {
+    s->detached--;
     forget(&s->statements, e->names);
     HASH_ADD_KEYPTR(hh, s->statements, e->names, strlen(e->names), e);
 }
 
-void session_entry_free(struct session_entry *e)
+void session_entry_free(struct session *s, struct session_entry *e)
 {
+    s->detached--;
     free(e);
 }
 

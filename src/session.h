@@ -29,6 +29,7 @@ struct session_entry;
 struct session {
     struct session_entry *statements;
     struct session_entry *portals;
+    size_t detached; /* entries session_detach handed out, not yet back or freed */
 };
 
 void session_init(struct session *s);
@@ -38,13 +39,15 @@ void session_free(struct session *s);
  * ALL, DISCARD ALL), or when the rules change. */
 void session_clear(struct session *s);
 
-/* Nothing is known: no statement or portal kept. */
+/* Nothing is known: no statement or portal kept, and none detached that
+ * may yet come back (session_reattach). */
 bool session_empty(const struct session *s);
 
 /* Statement name now holds an INSERT into schema.table, or (schema NULL)
- * something else; effects are its text's REWRITE_CHANGES_IDENTITY and
- * REWRITE_ENDS_LOCAL (rewrite_effects). parse, when not NULL, is the client's Parse body
- * (parse_len bytes) of an INSERT, kept for session_outdated with the
+ * something else; effects are its text's effects on the session's
+ * identity (REWRITE_CHANGES_IDENTITY, REWRITE_ENDS_LOCAL,
+ * REWRITE_IDENTITY_LOCAL). parse, when not NULL, is the client's Parse
+ * body (parse_len bytes) of an INSERT, kept for session_outdated with the
  * version of the rules that decided its text. False when out of memory
  * (the name is then forgotten). */
 bool session_parse(struct session *s, const char *name, const char *schema, const char *table,
@@ -77,8 +80,9 @@ struct session_entry *session_detach(struct session *s, const char *name);
  * before, e (detached from s), which s takes back. */
 void session_reattach(struct session *s, struct session_entry *e);
 
-/* The Parse took place: what the name held before is gone. */
-void session_entry_free(struct session_entry *e);
+/* The Parse took place: what the name held before (e, detached from s) is
+ * gone. */
+void session_entry_free(struct session *s, struct session_entry *e);
 
 /* As session_outdated, for any named statement that is: its name in
  * *name. NULL when none is. */

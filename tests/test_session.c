@@ -469,6 +469,31 @@ static void test_identity_statements(void **state)
     finish();
 }
 
+/* An entry detached for a Parse that may yet be refused still counts as
+ * known, even with nothing else kept (a DEALLOCATE that follows must be
+ * read), until it comes back or is freed. */
+static void test_detached_known(void **state)
+{
+    struct session *s = *state;
+
+    PARSE(s, "s", "public", "orders");
+    PARSE(s, "t", "public", "orders");
+    struct session_entry *e = session_detach(s, "s");
+    struct session_entry *f = session_detach(s, "t");
+    assert_non_null(e);
+    assert_non_null(f);
+    assert_null(session_detach(s, "s"));
+    assert_false(session_empty(s));
+    session_reattach(s, e);
+    BIND(s, "p", "s");
+    check_portal(s, "p", "public", "orders");
+    session_clear(s);
+    assert_false(session_empty(s));
+    session_entry_free(s, f);
+    assert_true(session_empty(s));
+    finish();
+}
+
 /* What the server holds for a statement is known once it is sent, only
  * for a name the session keeps, and forgotten by a Parse of the name, or
  * for every name at once. */
@@ -720,6 +745,7 @@ int main(void)
         T(test_outdated),
         T(test_identity_statements),
         T(test_sent_text),
+        T(test_detached_known),
         cmocka_unit_test(test_free_and_reuse),
         T(test_many_names),
         T(test_odd_names),
