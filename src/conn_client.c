@@ -52,6 +52,21 @@ static struct note *note_new(struct decision *d, const char *defines)
     return n;
 }
 
+/* The note of a message that changes what statement name holds (a Parse
+ * or Close of it), taking what the session kept of it until the message
+ * is answered: refused or skipped, it comes back (restore_statements).
+ * NULL when out of memory. */
+static struct note *note_displacing(struct conn *c, const char *name)
+{
+    struct note *note = note_new(NULL, name);
+
+    if (note) {
+        note->chained = true;
+        note->displaced = session_detach(&c->session, name);
+    }
+    return note;
+}
+
 const struct note *note_of(const struct track_req *r)
 {
     return r && !r->injected ? r->note : NULL;
@@ -121,10 +136,6 @@ struct statement {
     unsigned effects;     /* its effects on the identity (follow_effects) */
 };
 
-/* SQL that drops prepared statements (DEALLOCATE, DISCARD ALL): what it
- * names is forgotten as it goes, all of them for ALL. One of the proxy's
- * own (its name is the client's to use too: README) goes with every
- * other the cache holds, to be created again under new names. */
 static bool drops_name(const struct rewrite_drops *drops, const char *name)
 {
     for (size_t i = 0; !drops->all && i < drops->names.count; i++)
@@ -133,6 +144,10 @@ static bool drops_name(const struct rewrite_drops *drops, const char *name)
     return drops->all;
 }
 
+/* SQL that drops prepared statements (DEALLOCATE, DISCARD ALL): what it
+ * names is forgotten as it goes, all of them for ALL. One of the proxy's
+ * own (its name is the client's to use too: README) goes with every
+ * other the cache holds, to be created again under new names. */
 static void forget_dropped(struct conn *c, unsigned effects, const char *text)
 {
     struct rewrite_drops drops;
@@ -921,12 +936,10 @@ static enum taken take_close(struct conn *c, const uint8_t *msg, size_t total)
      * and the statement then stays (restore_statements). */
     if (name && body[0] == 'S' && name[0] != '\0' && track_pending(&c->track) > 0 &&
         !c->track.skip_to_sync) {
-        if (!(note = note_new(NULL, name))) {
+        if (!(note = note_displacing(c, name))) {
             fail_oom(c);
             return TAKEN_CLOSED;
         }
-        note->chained = true;
-        note->displaced = session_detach(&c->session, name);
     } else if (name && !c->track.skip_to_sync) {
         session_close(&c->session, (char)body[0], name);
     }
@@ -1055,13 +1068,10 @@ static enum taken take_unrewritten(struct conn *c, const uint8_t *msg, size_t to
          * the Parse takes place: it is forgotten then, and kept if the
          * server refuses or skips the Parse (restore_statements), as a
          * Close of it is. */
-        if (type == 'P' && name && name[0] != '\0' && !c->track.skip_to_sync) {
-            if (!(note = note_new(NULL, name))) {
-                fail_oom(c);
-                return TAKEN_CLOSED;
-            }
-            note->chained = true;
-            note->displaced = session_detach(&c->session, name);
+        if (type == 'P' && name && name[0] != '\0' && !c->track.skip_to_sync &&
+            !(note = note_displacing(c, name))) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
         }
         if (name && name[0] == '\0' && !unnamed_redefined(c, &note)) {
             fail_oom(c);

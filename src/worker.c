@@ -120,9 +120,6 @@ static struct ruleset *worker_rules_for(struct worker *w, struct config *cfg)
     return rs;
 }
 
-/* Makes s (a reference the worker takes over) the worker's settings, with
- * rules of its own. Connections move to the new rules when they are idle;
- * until then they keep a reference to the old ones. */
 /* Closes the server connections the worker keeps for reuse, and
  * auth_user's kept for auth_query; for_good: none is kept from now on. */
 static void close_kept(struct worker *w, bool for_good)
@@ -131,6 +128,9 @@ static void close_kept(struct worker *w, bool for_good)
     authquery_keep_close_all(w->auth_keep, for_good);
 }
 
+/* Makes s (a reference the worker takes over) the worker's settings, with
+ * rules of its own. Connections move to the new rules when they are idle;
+ * until then they keep a reference to the old ones. */
 static bool adopt_settings(struct worker *w, struct settings *s)
 {
     struct ruleset *rs = worker_rules_for(w, s->cfg);
