@@ -776,18 +776,9 @@ static void follow_catalog(struct conn *c)
  * Called after every read: the common case costs a few comparisons. */
 static void follow_identity(struct conn *c)
 {
-    /* Whatever ended the transaction ended what it set LOCAL too: the
-     * identity from before it is back, or, when the block changed it
-     * otherwise as well, unknown. */
-    if (c->identity != IDENTITY_ASKING && c->track.txn_status == 'I' &&
-        c->identity_outside.kept) {
-        if (!identity_restore(c)) {
-            fail_oom(c);
-            return;
-        }
-    } else if (c->identity_in_block && c->track.txn_status != 'T') {
-        c->identity = IDENTITY_UNKNOWN;
-        c->identity_in_block = false;
+    if (!identity_after_transaction(c)) {
+        fail_oom(c);
+        return;
     }
     if (c->identity == IDENTITY_ASKING || c->state != CONN_ACTIVE || !c->scope ||
         scope_state(c->scope) != SCOPE_READY)

@@ -522,10 +522,11 @@ bool undo_block_question(struct conn *c, enum inject tag);
  * fault. False when out of memory (the pair is then to be failed). */
 bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signature,
                     size_t signature_len, uint64_t answered);
-/* The transaction whose changes of identity were all LOCAL is over: the
- * identity kept from before it is the session's again (identity_known).
- * False when out of memory. */
-bool identity_restore(struct conn *c);
+/* Called with each read: once a transaction is over, what it set LOCAL is
+ * too. The identity kept from before it (struct identity_outside) is the
+ * session's again when all its changes were LOCAL; one learnt inside it is
+ * unknown otherwise. False when out of memory. */
+bool identity_after_transaction(struct conn *c);
 /* ---- conn_server.c ----------------------------------------------------- */
 
 /* Handles a server message relay() takes (server_handling says which). */

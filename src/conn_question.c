@@ -211,7 +211,9 @@ bool identity_known(struct conn *c, struct scope *scope, bool fits, char *signat
     return c->identity_in_block || reprepare_all(c);
 }
 
-bool identity_restore(struct conn *c)
+/* The transaction whose changes of identity were all LOCAL is over: the
+ * identity kept from before it is the session's again. */
+static bool identity_restore(struct conn *c)
 {
     struct identity_outside o = c->identity_outside;
 
@@ -362,4 +364,14 @@ bool ask_in_block(struct conn *c, const uint8_t *msg, size_t total)
     }
     learn_identity(c);
     return c->identity == IDENTITY_ASKING;
+}
+
+bool identity_after_transaction(struct conn *c)
+{
+    if (c->identity != IDENTITY_ASKING && c->track.txn_status == 'I' &&
+        c->identity_outside.kept)
+        return identity_restore(c);
+    if (c->identity_in_block && c->track.txn_status != 'T')
+        unsettle_locally(c);
+    return true;
 }
