@@ -583,12 +583,15 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     }
     if (type == 'E')
         forget_refused(c);
+    /* The first command a question inside a block completes is its
+     * SAVEPOINT. */
+    if (type == 'C' && (tag == INJECT_CATALOG || tag == INJECT_IDENTITY) &&
+        c->block_question == BLOCK_QUESTION_SENT)
+        c->block_question = BLOCK_QUESTION_SAVEPOINT;
     switch (tag) {
     case INJECT_CATALOG:
         if (type == 'D' && c->catalog && !catalog_add_row(c->catalog, body, len))
             c->catalog_ok = false;
-        if (type == 'C' && c->block_question == BLOCK_QUESTION_SENT)
-            c->block_question = BLOCK_QUESTION_SAVEPOINT;
         if (type == 'E') {
             c->catalog_ok = false;
             if (error)
@@ -599,8 +602,6 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     case INJECT_IDENTITY:
         if (type == 'D')
             hear_identity(c, body, len);
-        if (type == 'C' && c->block_question == BLOCK_QUESTION_SENT)
-            c->block_question = BLOCK_QUESTION_SAVEPOINT;
         if (type == 'E') {
             free(c->identity_heard);
             c->identity_heard = NULL;
