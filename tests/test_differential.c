@@ -21,6 +21,8 @@
  *
  * A failure prints the seed, the sequence as sent and both sides' replies.
  * IDEM_DIFF_SEQUENCES (default 300) sets the sequences per seed;
+ * IDEM_DIFF_SEED_SET=N (default 0) runs other seeds than scripts/check
+ * does, each test's own plus 100 * N (a failure names the seed it ran);
  * IDEM_DIFF_TRACE=1 prints every sequence as it is sent.
  */
 #include <setjmp.h>
@@ -875,6 +877,15 @@ static int sequences_per_seed(void)
     return n > 0 ? n : 300;
 }
 
+/* What each test's seeds are moved by: another set of sequences for a long
+ * run than the check's. */
+static uint64_t seed_shift(void)
+{
+    const char *s = getenv("IDEM_DIFF_SEED_SET");
+    long n = s ? atol(s) : 0;
+    return n > 0 && n < 1000000 ? (uint64_t)n * 100 : 0;
+}
+
 /* Rewrites the proxy's configuration file with extra and reloads it. */
 static void reload(struct itest_proxy *p, const char *extra, int *reloads)
 {
@@ -998,13 +1009,15 @@ static struct itest_proxy *run(const struct diff_run *r)
     create_databases();
     struct itest_proxy *p = itest_proxy_start_with("debug", r->config);
     int per_seed = sequences_per_seed(), reloaded = 0;
+    uint64_t shift = seed_shift();
     struct gen *g = calloc(1, sizeof *g);
 
     assert_non_null(g);
     for (size_t s = 0; s < r->nseeds; s++) {
         struct link direct = { -1, NULL }, proxied = { -1, NULL };
-        g->rng = r->seeds[s] * 0x9E3779B97F4A7C15ull + 1;
-        g->next_key = g->key_base = (long long)r->seeds[s] * 10000000;
+        uint64_t seed = r->seeds[s] + shift;
+        g->rng = seed * 0x9E3779B97F4A7C15ull + 1;
+        g->next_key = g->key_base = (long long)seed * 10000000;
         g->dup_keys = r->dup_keys;
         g->by_hand = r->dup_keys > 0;
         g->no_settings = r->dup_keys > 0 || r->nreloads > 0;
@@ -1019,7 +1032,7 @@ static struct itest_proxy *run(const struct diff_run *r)
                                                : RELOAD_NONE;
             if (g->around_reload == RELOAD_AFTER)
                 reload(p, r->reloads[(seq / 10) % r->nreloads], &reloaded);
-            compare_one(p, g, r->seeds[s], seq, &direct, &proxied);
+            compare_one(p, g, seed, seq, &direct, &proxied);
             if (seq + 1 == per_seed || (r->visit && (seq + 1) % r->visit == 0)) {
                 link_close(&direct);
                 link_close(&proxied);
