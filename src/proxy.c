@@ -260,7 +260,7 @@ bool proxy_reload(struct proxy *p, char *why, size_t cap)
     struct settings *next = NULL;
     if (cfg) {
         if (config_restart_needed(old->cfg, cfg, changed, sizeof(changed)))
-            log_warning("reload: %s changed but only take effect on restart", changed);
+            log_warning("reload: %s changed, which only a restart applies", changed);
         next = settings_build(cfg, old);
         if (!next)
             snprintf(err, sizeof(err), "out of memory");
