@@ -587,6 +587,29 @@ static void test_several_tables(void **state)
     config_unref(cfg);
 }
 
+/* conflict may be left out only where no clause names columns. */
+static void test_table_conflict_required(void **state)
+{
+    (void)state;
+    static const char *const needs[] = { "auto", "return_existing", "do_update" };
+    char text[256];
+    for (size_t i = 0; i < sizeof(needs) / sizeof(needs[0]); i++) {
+        snprintf(text, sizeof(text), "[idemproxy]\n[table t]\naction = %s\n%s", needs[i],
+                 strcmp(needs[i], "do_update") == 0 ? "update_columns = total\n" : "");
+        parse_fails(text, 2, "needs conflict");
+    }
+    static const char *const free_of[] = { "do_nothing", "none" };
+    for (size_t i = 0; i < sizeof(free_of) / sizeof(free_of[0]); i++) {
+        snprintf(text, sizeof(text), "[idemproxy]\n[table t]\naction = %s\n", free_of[i]);
+        struct config *cfg = parse_ok(text);
+        assert_int_equal(cfg->tables[0].conflict.count, 0);
+        config_unref(cfg);
+    }
+    /* update_columns belongs to do_update alone. */
+    parse_fails("[idemproxy]\n[table t]\nconflict = id\naction = auto\nupdate_columns = total\n",
+                5, "update_columns");
+}
+
 static void test_table_errors(void **state)
 {
     (void)state;
@@ -758,6 +781,28 @@ static void test_load(void **state)
 
 /* ---- config_restart_needed ---------------------------------------------- */
 
+static void test_admin_users(void **state)
+{
+    (void)state;
+    struct config *cfg = parse_ok("[idemproxy]\n");
+    assert_int_equal(cfg->admin_users.count, 0);
+    config_unref(cfg);
+    cfg = parse_ok("[idemproxy]\nadmin_users = Ops, \"Night Shift\",root\n");
+    assert_names(&cfg->admin_users, 3, "ops", "Night Shift", "root");
+    config_unref(cfg);
+    parse_fails("[idemproxy]\nadmin_users =\n", 2, "admin_users");
+    parse_fails("[idemproxy]\nadmin_users = ops,,root\n", 2, "admin_users");
+}
+
+/* Strings that name something cannot be empty. */
+static void test_empty_strings(void **state)
+{
+    (void)state;
+    parse_fails("[idemproxy]\nserver_host =\n", 2, "server_host");
+    parse_fails("[idemproxy]\nmetrics_addr =\n", 2, "metrics_addr");
+    parse_fails("[idemproxy]\nlog_file =\n", 2, "log_file");
+}
+
 static void test_restart_needed(void **state)
 {
     (void)state;
@@ -787,6 +832,14 @@ static void test_restart_needed(void **state)
     assert_true(config_restart_needed(base, threads, buf, sizeof(buf)));
     assert_string_equal(buf, "workers, so_reuseport, io_uring");
     config_unref(threads);
+
+    /* The HTTP endpoint is set up once, at start. */
+    struct config *metrics = parse_ok("[idemproxy]\nlisten_addr = 127.0.0.1\n"
+                                      "listen_port = 6433\nmetrics_addr = 0.0.0.0\n"
+                                      "metrics_port = 9187\n");
+    assert_true(config_restart_needed(base, metrics, buf, sizeof(buf)));
+    assert_string_equal(buf, "metrics_addr, metrics_port");
+    config_unref(metrics);
 
     /* A small buffer is filled, terminated, and not overrun. */
     memset(buf, 'x', sizeof(buf));
@@ -827,11 +880,14 @@ int main(void)
         cmocka_unit_test(test_table_actions),
         cmocka_unit_test(test_table_translate_errors),
         cmocka_unit_test(test_several_tables),
+        cmocka_unit_test(test_table_conflict_required),
         cmocka_unit_test(test_table_errors),
         cmocka_unit_test(test_table_duplicates),
         cmocka_unit_test(test_tls_and_auth),
         cmocka_unit_test(test_tls_and_auth_errors),
         cmocka_unit_test(test_load),
+        cmocka_unit_test(test_admin_users),
+        cmocka_unit_test(test_empty_strings),
         cmocka_unit_test(test_restart_needed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
