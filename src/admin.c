@@ -176,6 +176,14 @@ static void show_stats(struct worker *w, struct evbuffer *out)
     stat_row(out, "proxy_latency_avg_ns", latency_n ? latency_ns / latency_n : 0);
     stat_row(out, "inserts_rewritten", metrics_rewritten(&t));
     stat_row(out, "errors_translated", metrics_translated(&t));
+    for (int r = 0; r < RR_COUNT; r++) {
+        if (!metrics_is_unchecked((enum rewrite_reason)r))
+            continue;
+        char name[64];
+        snprintf(name, sizeof(name), "statements_unchecked_%s",
+                 rewrite_reason_name((enum rewrite_reason)r));
+        stat_row(out, name, t.texts_of_no_table[r]);
+    }
     stat_row(out, "protocol_violations", t.protocol_violations);
     stat_row(out, "clients_refused_max_client_conn", t.refused[REFUSED_MAX_CLIENT_CONN]);
     stat_row(out, "clients_refused_file_descriptors", t.refused[REFUSED_NO_DESCRIPTOR]);

@@ -111,7 +111,9 @@ static struct decision *decide_statement(struct conn *c, bool parse, const char 
                                          size_t len)
 {
     if (!c->charset_ok || c->scs_off || !identity_holds(c)) {
-        scope_count_reason(c->scope, RR_SESSION);
+        /* Left unread only if it may have concerned a registered table. */
+        scope_count_reason(c->scope, scope_may_decide(c->scope, text, len) ? RR_SESSION
+                                                                           : RR_NOT_INSERT);
         return NULL;
     }
     bool fresh;

@@ -64,6 +64,8 @@ bool metrics_sum(struct proxy *p, struct totals *t)
         t->auth_query_idle += counter_get(&c->auth_query_idle);
         for (int pr = 0; pr < PROTOCOL_COUNT; pr++)
             t->statements[pr] += counter_get(&c->statements[pr]);
+        for (int r = 0; r < RR_COUNT; r++)
+            t->texts_of_no_table[r] += counter_get(&c->texts_of_no_table[r]);
         for (int f = 0; f < FLOW_COUNT; f++) {
             t->bytes[f] += counter_get(&c->bytes[f]);
             for (int b = 0; b < LATENCY_BUCKETS; b++)
@@ -136,7 +138,12 @@ void metrics_log_tables(const struct totals *t)
 
 bool metrics_is_skipped(enum rewrite_reason reason)
 {
-    return reason != RR_REWRITTEN && reason != RR_SHADOW;
+    return rewrite_reason_of_table(reason) && reason != RR_REWRITTEN && reason != RR_SHADOW;
+}
+
+bool metrics_is_unchecked(enum rewrite_reason reason)
+{
+    return reason == RR_TOO_LARGE || reason == RR_SESSION || reason == RR_PARSE_ERROR;
 }
 
 bool metrics_is_passed(enum translate_reason reason)
@@ -240,6 +247,15 @@ static void render_tables(struct evbuffer *out, const struct totals *t, const st
                         (const char *[]){ "table", table, "reason", rewrite_name(r), NULL },
                         tt->rewrite[r]);
         }
+    }
+    prom_family(out, "idemproxy_statements_unchecked_total", "counter",
+                "client messages that may have inserted into a registered table, passed "
+                "on unread, by reason");
+    for (int r = 0; r < RR_COUNT; r++) {
+        if (metrics_is_unchecked((enum rewrite_reason)r))
+            prom_sample(out, "idemproxy_statements_unchecked_total",
+                        (const char *[]){ "reason", rewrite_name(r), NULL },
+                        t->texts_of_no_table[r]);
     }
     prom_family(out, "idemproxy_shadow_matches_total", "counter",
                 "INSERTs a table in shadow mode would have rewritten");

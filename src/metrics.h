@@ -33,6 +33,7 @@ struct totals {
     uint64_t servers_idle, servers_reused;
     uint64_t bytes[FLOW_COUNT];
     uint64_t statements[PROTOCOL_COUNT];
+    uint64_t texts_of_no_table[RR_COUNT];
     uint64_t oversized_inspected, protocol_violations, track_desyncs;
     uint64_t refused[REFUSAL_COUNT];
     uint64_t catalog_queries_ok, catalog_queries_failed, catalog_doubts;
@@ -54,6 +55,9 @@ void metrics_totals_free(struct totals *t);
  * which unique violations were "passed" on as errors (not translated, and
  * a unique violation at all): what /metrics and SHOW TABLES count. */
 bool metrics_is_skipped(enum rewrite_reason reason);
+/* And which of the reasons counted for no table in particular say that a
+ * text that may have inserted into a registered table went unread. */
+bool metrics_is_unchecked(enum rewrite_reason reason);
 bool metrics_is_passed(enum translate_reason reason);
 
 /* Sums over every table, and over both directions of the latency. */

@@ -26,6 +26,28 @@ const char *rewrite_reason_name(enum rewrite_reason reason)
     return reason < RR_COUNT ? reason_names[reason] : "unknown";
 }
 
+bool rewrite_reason_of_table(enum rewrite_reason reason)
+{
+    switch (reason) {
+    case RR_REWRITTEN:
+    case RR_SHADOW:
+    case RR_HAS_ON_CONFLICT:
+    case RR_NESTED:
+    case RR_ACTION_NONE:
+    case RR_FORBIDDEN:
+    case RR_UNVERIFIED:
+        return true;
+    case RR_NOT_INSERT:
+    case RR_OTHER_TABLE:
+    case RR_PARSE_ERROR:
+    case RR_TOO_LARGE:
+    case RR_SESSION:
+    case RR_COUNT:
+        break;
+    }
+    return false;
+}
+
 /* ---- the pre-filter ---------------------------------------------------- */
 
 static inline unsigned char fold(unsigned char c)

@@ -41,6 +41,12 @@ enum rewrite_reason {
 
 const char *rewrite_reason_name(enum rewrite_reason reason);
 
+/* Whether reason can be one INSERT's into a registered table (counted for
+ * that table) rather than a whole text's that concerns none in particular
+ * (RR_NOT_INSERT, RR_OTHER_TABLE, RR_PARSE_ERROR, RR_TOO_LARGE,
+ * RR_SESSION). */
+bool rewrite_reason_of_table(enum rewrite_reason reason);
+
 /* One registered table as the rewriter sees it. */
 struct rewrite_target {
     const char *schema; /* folded as PostgreSQL stores names */

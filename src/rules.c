@@ -85,7 +85,8 @@ struct ruleset {
     struct counter *scope_gauge;    /* the caller's count of scopes; NULL: none */
     struct table_counters **counts; /* per table: the caller's, or own */
     struct table_counters *own;      /* when the caller gave none */
-    struct counter other_counts[RR_COUNT];
+    struct counter *others;          /* RR_COUNT: the caller's, or own_others */
+    struct counter own_others[RR_COUNT];
 };
 
 /* ---- rulesets ---------------------------------------------------------- */
@@ -111,6 +112,7 @@ struct ruleset *ruleset_new(struct config *cfg, struct table_counters *const *co
     }
     for (size_t i = 0; i < n; i++)
         rs->counts[i] = counters ? counters[i] : &rs->own[i];
+    rs->others = rs->own_others;
     rs->refs = 1;
     rs->cfg = cfg;
     return rs;
@@ -201,9 +203,14 @@ uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrit
     return table < rs->cfg->table_count ? counter_get(&rs->counts[table]->rewrite[reason]) : 0;
 }
 
+void ruleset_count_others_in(struct ruleset *rs, struct counter *others)
+{
+    rs->others = others;
+}
+
 uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason)
 {
-    return counter_get(&rs->other_counts[reason]);
+    return counter_get(&rs->others[reason]);
 }
 
 /* ---- scopes ------------------------------------------------------------ */
@@ -791,11 +798,11 @@ void scope_count(struct scope *s, const struct decision *d)
     struct ruleset *rs = s->rs;
 
     if (!d) {
-        counter_add(&rs->other_counts[RR_NOT_INSERT], 1);
+        counter_add(&rs->others[RR_NOT_INSERT], 1);
         return;
     }
     if (d->result.nstmts == 0) {
-        counter_add(&rs->other_counts[d->result.reason], 1);
+        counter_add(&rs->others[d->result.reason], 1);
         return;
     }
     for (size_t i = 0; i < d->result.nstmts; i++) {
@@ -806,7 +813,7 @@ void scope_count(struct scope *s, const struct decision *d)
 
 void scope_count_reason(struct scope *s, enum rewrite_reason reason)
 {
-    counter_add(&s->rs->other_counts[reason], 1);
+    counter_add(&s->rs->others[reason], 1);
 }
 
 void scope_count_translation(struct scope *s, size_t i, enum translate_reason reason)

@@ -220,9 +220,14 @@ void scope_count(struct scope *s, const struct decision *d);
 void scope_count_reason(struct scope *s, enum rewrite_reason reason);
 
 /* The counters of a ruleset: per table and reason, and per reason for the
- * texts that concern no registered table. */
+ * texts counted for no table in particular (rewrite_reason_of_table). */
 uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrite_reason reason);
 uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason);
+
+/* Counts the texts of the second kind in others (RR_COUNT of them, the
+ * caller's, which must outlive rs) from now on, instead of rs's own: so
+ * that the counts survive a reload, as the tables' do. */
+void ruleset_count_others_in(struct ruleset *rs, struct counter *others);
 
 /* What the catalog check said about the table-th table of rs's
  * configuration, over the scopes learnt so far: "" when it allowed the

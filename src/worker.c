@@ -113,8 +113,10 @@ static struct ruleset *worker_rules_for(struct worker *w, struct config *cfg)
             i++;
         if (i == cfg->table_count)
             rs = ruleset_new(config_ref(cfg), counters);
-        if (rs)
+        if (rs) {
             ruleset_gauge_scopes(rs, &w->counters.scopes);
+            ruleset_count_others_in(rs, w->counters.texts_of_no_table);
+        }
     }
     free(counters);
     return rs;

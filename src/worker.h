@@ -96,6 +96,8 @@ struct worker_counters {
     struct counter servers_reused;      /* logins served by a kept server */
     struct counter bytes[FLOW_COUNT];
     struct counter statements[PROTOCOL_COUNT];
+    struct counter texts_of_no_table[RR_COUNT]; /* by reason: what the rules count
+                                                   for no table in particular */
     struct counter oversized_inspected; /* inspected messages over max_held_message, streamed */
     struct counter protocol_violations;
     struct counter refused[REFUSAL_COUNT];

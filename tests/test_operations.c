@@ -179,6 +179,41 @@ static void test_ops_metrics(void **state)
     assert_metric(text, "idemproxy_catalog_scopes", 2);
     free(text);
 
+    /* What passes unrewritten says why: an INSERT into the table by its
+     * own reason, a message the proxy could not read for INSERTs by one
+     * of its own, not per table. */
+    itest_exec_ok(c, "ALTER TABLE ops_events DROP CONSTRAINT ops_events_k_key, "
+                     "ADD CONSTRAINT ops_events_k_key UNIQUE (k)");
+    itest_exec_tag(c, "INSERT INTO ops_events (k, payload) VALUES ('c', 'x') "
+                      "ON CONFLICT (k) DO NOTHING", "INSERT 0 1");
+    itest_exec_sqlstate(c, "INSERT INTO ops_events (k, payload) VALUES (", "42601");
+    size_t big_len = 1100 * 1000;
+    char *big = malloc(big_len + 32);
+    assert_non_null(big);
+    strcpy(big, "SELECT length('");
+    memset(big + strlen(big), 'x', big_len);
+    strcpy(big + 15 + big_len, "')");
+    assert_int_equal(itest_query_ll(c, big), (long long)big_len);
+    free(big);
+    itest_exec_ok(c, "SET standard_conforming_strings = off");
+    itest_exec_ok(c, "SELECT 1");
+    itest_exec_tag(c, "INSERT INTO ops_events (k, payload) VALUES ('d', 'x')", "INSERT 0 1");
+    itest_exec_ok(c, "RESET standard_conforming_strings");
+    text = itest_http_get(mport, "/metrics");
+    assert_metric(text,
+                  "idemproxy_statements_skipped_total{table=\"public.ops_events\","
+                  "reason=\"has_on_conflict\"}",
+                  1);
+    assert_metric(text, "idemproxy_statements_unchecked_total{reason=\"parse_error\"}", 1);
+    assert_metric(text, "idemproxy_statements_unchecked_total{reason=\"too_large\"}", 1);
+    /* The INSERT sent while the setting was off; not the statements that
+     * could not have inserted into the table, then or while the session's
+     * role was unsettled. */
+    assert_metric(text, "idemproxy_statements_unchecked_total{reason=\"session_settings\"}", 1);
+    assert_null(strstr(text, "idemproxy_statements_skipped_total{table=\"public.ops_events\","
+                             "reason=\"too_large\"}"));
+    free(text);
+
     text = itest_http_get(mport, "/healthz");
     assert_non_null(strstr(text, " 200 "));
     assert_non_null(strstr(text, "\r\n\r\nok\n"));
@@ -464,6 +499,9 @@ static void test_ops_admin_console(void **state)
     itest_assert_result_ok(r, "SHOW STATS");
     assert_string_equal(itest_row_value(r, "client_connections", 1), "2");
     assert_string_equal(itest_row_value(r, "statements_simple", 1), "1");
+    assert_string_equal(itest_row_value(r, "statements_unchecked_too_large", 1), "0");
+    assert_string_equal(itest_row_value(r, "statements_unchecked_session_settings", 1), "0");
+    assert_string_equal(itest_row_value(r, "statements_unchecked_parse_error", 1), "0");
     PQclear(r);
 
     r = console(c, "SHOW CLIENTS");

@@ -1022,6 +1022,27 @@ static void test_reason_names(void **state)
     }
 }
 
+/* What one INSERT into a table can be counted as, and what only a whole
+ * text can. */
+static void test_reasons_of_table(void **state)
+{
+    (void)state;
+    static const enum rewrite_reason of_table[] = {
+        RR_REWRITTEN, RR_SHADOW, RR_HAS_ON_CONFLICT, RR_NESTED, RR_ACTION_NONE, RR_FORBIDDEN,
+        RR_UNVERIFIED,
+    };
+    static const enum rewrite_reason of_text[] = {
+        RR_NOT_INSERT, RR_OTHER_TABLE, RR_PARSE_ERROR, RR_TOO_LARGE, RR_SESSION,
+    };
+    assert_int_equal(sizeof(of_table) / sizeof(of_table[0]) + sizeof(of_text) / sizeof(of_text[0]),
+                     RR_COUNT);
+    for (size_t i = 0; i < sizeof(of_table) / sizeof(of_table[0]); i++)
+        assert_true(rewrite_reason_of_table(of_table[i]));
+    for (size_t i = 0; i < sizeof(of_text) / sizeof(of_text[0]); i++)
+        assert_false(rewrite_reason_of_table(of_text[i]));
+    assert_false(rewrite_reason_of_table(RR_COUNT));
+}
+
 /* ---- session encodings -------------------------------------------------- */
 
 /* Statements that may drop prepared statements are found where they
@@ -1324,6 +1345,7 @@ int main(void)
         cmocka_unit_test(test_identity_local),
         cmocka_unit_test(test_charset),
         cmocka_unit_test(test_reason_names),
+        cmocka_unit_test(test_reasons_of_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

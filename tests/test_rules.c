@@ -988,6 +988,15 @@ static void test_counters(void **state)
     struct scope *bob = ruleset_scope(rs, "app", "bob");
     scope_count_reason(bob, RR_SESSION);
     assert_int_equal(ruleset_other_count(rs, RR_SESSION), 2);
+
+    /* Or in the caller's, which outlive the ruleset, from then on. */
+    struct counter kept[RR_COUNT] = { 0 };
+    ruleset_count_others_in(rs, kept);
+    scope_count_reason(bob, RR_TOO_LARGE);
+    scope_count(s, NULL);
+    assert_int_equal(counter_get(&kept[RR_TOO_LARGE]), 1);
+    assert_int_equal(counter_get(&kept[RR_NOT_INSERT]), 1);
+    assert_int_equal(ruleset_other_count(rs, RR_TOO_LARGE), 1);
     ruleset_unref(rs);
 }
 

@@ -77,6 +77,9 @@ static void check_result(const char *text, size_t len, const struct rewrite_resu
     if (r->reason == RR_PARSE_ERROR)
         check(r->stmt_count == 0 && r->nstmts == 0);
     check((r->text != NULL) == (r->reason == RR_REWRITTEN));
+    /* The rules count a text by its statements, or with none by its own
+     * reason, which is then no table's. */
+    check(r->nstmts > 0 || !rewrite_reason_of_table(r->reason));
 
     size_t last_offset = 0, last_index = 0, rewritten = 0;
     bool placed = false;
@@ -84,6 +87,7 @@ static void check_result(const char *text, size_t len, const struct rewrite_resu
         const struct rewrite_stmt *st = &r->stmts[i];
         check(st->target < rules.count);
         check(st->reason < RR_COUNT);
+        check(rewrite_reason_of_table(st->reason));
         check(st->index < r->stmt_count);
         check(st->index >= last_index);
         last_index = st->index;
