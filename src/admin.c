@@ -283,10 +283,29 @@ static void show_clients(struct worker *w, struct evbuffer *out)
     complete(out, "SHOW");
 }
 
+/* The rows of one TLS leg's settings, prefix "client" or "server". */
+static void tls_rows(struct evbuffer *out, const char *prefix, const struct tls_config *t)
+{
+    static const char *const protocols[] = { "", "tlsv1.2", "tlsv1.3", "tlsv1.2,tlsv1.3" };
+    const char *values[][2] = {
+        { "sslmode", tls_mode_name(t->mode) },
+        { "cert_file", t->cert_file ? t->cert_file : "" },
+        { "key_file", t->key_file ? t->key_file : "" },
+        { "ca_file", t->ca_file ? t->ca_file : "" },
+        { "protocols", protocols[t->protocols & 3] },
+        { "ciphers", t->ciphers ? t->ciphers : "(OpenSSL's)" },
+    };
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        char key[48];
+        snprintf(key, sizeof(key), "%s_tls_%s", prefix, values[i][0]);
+        row(out, (const char *[]){ key, values[i][1] }, 2);
+    }
+}
+
 static void show_config(struct worker *w, struct evbuffer *out)
 {
     const struct config *cfg = w->cfg;
-    char n[18][24];
+    char n[19][24];
     char admins[512] = "";
 
     for (size_t i = 0, at = 0; i < cfg->admin_users.count && at < sizeof(admins); i++)
@@ -310,6 +329,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
     snprintf(n[15], sizeof(n[15]), "%d", cfg->tcp_user_timeout);
     snprintf(n[16], sizeof(n[16]), "%d", cfg->server_lifetime);
     snprintf(n[17], sizeof(n[17]), "%d", cfg->catalog_check_interval);
+    snprintf(n[18], sizeof(n[18]), "%d", cfg->server_connect_timeout);
     const char *const pairs[][2] = {
         { "config_file", cfg->path },
         { "listen_addr", cfg->listen_addr },
@@ -321,6 +341,7 @@ static void show_config(struct worker *w, struct evbuffer *out)
         { "log_file", cfg->log_file ? cfg->log_file : "(stderr)" },
         { "max_held_message", n[3] },
         { "client_login_timeout", n[4] },
+        { "server_connect_timeout", n[18] },
         { "shutdown_timeout", n[5] },
         { "tcp_keepalive", cfg->tcp_keepalive ? "on" : "off" },
         { "tcp_keepidle", n[12] },
@@ -333,10 +354,10 @@ static void show_config(struct worker *w, struct evbuffer *out)
         { "metrics_addr", cfg->metrics_addr },
         { "metrics_port", n[7] },
         { "log_stats_interval", n[8] },
-        { "client_tls_sslmode", tls_mode_name(cfg->client_tls.mode) },
-        { "server_tls_sslmode", tls_mode_name(cfg->server_tls.mode) },
         { "auth_type", cfg->auth_type == AUTH_SCRAM ? "scram-sha-256" : "passthrough" },
         { "auth_file", cfg->auth_file ? cfg->auth_file : "" },
+        { "auth_user", cfg->auth_user ? cfg->auth_user : "" },
+        { "auth_query", cfg->auth_query ? cfg->auth_query : "" },
         { "server_reuse", cfg->server_reuse ? "on" : "off" },
         { "server_idle_timeout", n[9] },
         { "server_lifetime", n[16] },
@@ -348,6 +369,8 @@ static void show_config(struct worker *w, struct evbuffer *out)
     columns(out, (const char *[]){ "key", "value" }, 2);
     for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
         row(out, pairs[i], 2);
+    tls_rows(out, "client", &cfg->client_tls);
+    tls_rows(out, "server", &cfg->server_tls);
     complete(out, "SHOW");
 }
 

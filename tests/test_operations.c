@@ -527,6 +527,13 @@ static void test_ops_admin_console(void **state)
     itest_assert_result_ok(r, "SHOW CONFIG");
     assert_string_equal(itest_row_value(r, "admin_users", 1), "ops_admin");
     assert_string_equal(itest_row_value(r, "catalog_check_interval", 1), "60");
+    /* Every key of the file has its row, each TLS leg's included. */
+    assert_string_equal(itest_row_value(r, "server_connect_timeout", 1), "10");
+    assert_string_equal(itest_row_value(r, "auth_user", 1), "");
+    assert_string_equal(itest_row_value(r, "client_tls_sslmode", 1), "disable");
+    assert_string_equal(itest_row_value(r, "client_tls_protocols", 1), "tlsv1.2,tlsv1.3");
+    assert_string_equal(itest_row_value(r, "server_tls_ciphers", 1), "(OpenSSL's)");
+    assert_string_equal(itest_row_value(r, "server_tls_cert_file", 1), "");
     PQclear(r);
 
     r = console(c, "DROP TABLE ops_console");
