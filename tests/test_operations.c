@@ -542,6 +542,23 @@ static void test_ops_admin_console(void **state)
     PQclear(r);
     itest_assert_log_line(p, "configuration reloaded", "from", NULL);
 
+    /* A file with an error: RELOAD answers where and why, and the
+     * configuration in force stays. */
+    FILE *conf = fopen(p->conf_path, "a");
+    assert_non_null(conf);
+    fputs("max_client_conn = many\n", conf);
+    fclose(conf);
+    r = console(c, "RELOAD");
+    assert_int_equal(PQresultStatus(r), PGRES_FATAL_ERROR);
+    assert_string_equal(PQresultErrorField(r, PG_DIAG_SQLSTATE), "F0000");
+    const char *why = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    if (!strstr(why, p->conf_path) || !strstr(why, "max_client_conn"))
+        fail_msg("RELOAD of a broken file: %s", why);
+    PQclear(r);
+    r = console(c, "SHOW CONFIG");
+    assert_string_equal(itest_row_value(r, "max_client_conn", 1), "1000");
+    PQclear(r);
+
     /* Not in admin_users: 42501, whatever the password. */
     PGconn *other = itest_connect(p->port, "user=ops_other password=otherpw dbname=idemproxy");
     assert_int_equal(PQstatus(other), CONNECTION_BAD);
