@@ -361,8 +361,10 @@ static void test_reuse_bounds(void **state)
                sizeof secret);
     itest_finish(direct);
     snprintf(line, sizeof line, "\"%s\" \"%s\"\n", ITEST_SCRAM_USER, secret);
-    snprintf(more, sizeof more, "max_idle_servers = 1\nadmin_users = scram_user\nauth_file = %s\n",
-             itest_write_file("reuse-userlist.txt", line));
+    int mport = itest_free_port();
+    snprintf(more, sizeof more,
+             "max_idle_servers = 1\nadmin_users = scram_user\nauth_file = %s\nmetrics_port = %d\n",
+             itest_write_file("reuse-userlist.txt", line), mport);
     struct itest_proxy *p = reuse_proxy(more);
 
     PGconn *a = scram_login(p->port, "reuse_bounds");
@@ -391,6 +393,11 @@ static void test_reuse_bounds(void **state)
     assert_string_equal(console_value(admin, "SHOW STATS", "server_connections"), "0");
     assert_string_equal(console_value(admin, "SHOW CONFIG", "server_reuse"), "on");
     assert_string_equal(console_value(admin, "SHOW CONFIG", "max_idle_servers"), "1");
+    /* And so does /metrics. */
+    char *text = itest_http_get(mport, "/metrics");
+    assert_int_equal(itest_metric(text, "idemproxy_server_reuses_total"), 20);
+    assert_int_equal(itest_metric(text, "idemproxy_server_connections_idle"), 1);
+    free(text);
     itest_pass();
 }
 
