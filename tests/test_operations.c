@@ -210,6 +210,25 @@ static void test_ops_metrics(void **state)
                              "reason=\"too_large\"}"));
     free(text);
 
+    /* A unique violation an UPDATE raises passes on as it is, counted by
+     * why; a message of an impossible length ends its session, counted. */
+    itest_exec_sqlstate(c, "UPDATE ops_events SET k = 'a' WHERE k = 'c'", "23505");
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_metrics_badlen");
+    static const uint8_t bad_query[] = { 'Q', 0, 0, 0, 2 };
+    assert_true(itest_raw_send(fd, bad_query, sizeof bad_query));
+    char sqlstate[6];
+    assert_true(itest_raw_wait_closed(fd, 10000, sqlstate));
+    itest_raw_close(fd);
+    text = itest_http_get(mport, "/metrics");
+    assert_metric(text,
+                  "idemproxy_unique_violations_passed_total{table=\"public.ops_events\","
+                  "reason=\"not_recognised\"}",
+                  1);
+    assert_metric(text, "idemproxy_protocol_violations_total", 1);
+    free(text);
+
     text = itest_http_get(mport, "/healthz");
     assert_non_null(strstr(text, " 200 "));
     assert_non_null(strstr(text, "\r\n\r\nok\n"));
@@ -231,7 +250,7 @@ static void test_ops_metrics(void **state)
     }
     assert_metric(text, "idemproxy_client_connections", 0);
     assert_metric(text, "idemproxy_server_connections", 0);
-    assert_metric(text, "idemproxy_client_connections_total", 1);
+    assert_metric(text, "idemproxy_client_connections_total", 2); /* c and the raw one */
     free(text);
 
     /* During a shutdown the endpoint still answers: /healthz says 503 so
