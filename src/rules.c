@@ -91,17 +91,18 @@ struct ruleset {
 
 /* ---- rulesets ---------------------------------------------------------- */
 
-struct ruleset *ruleset_new(struct config *cfg, struct table_counters *const *counters)
+struct ruleset *ruleset_new(struct config *cfg, const struct ruleset_counters *counters)
 {
     struct ruleset *rs = calloc(1, sizeof(*rs));
     size_t n = cfg->table_count;
+    struct table_counters *const *tables = counters ? counters->tables : NULL;
 
     if (rs && n > 0) {
         rs->counts = calloc(n, sizeof(*rs->counts));
-        if (rs->counts && !counters)
+        if (rs->counts && !tables)
             rs->own = calloc(n, sizeof(*rs->own));
     }
-    if (!rs || (n > 0 && (!rs->counts || (!counters && !rs->own)))) {
+    if (!rs || (n > 0 && (!rs->counts || (!tables && !rs->own)))) {
         if (rs) {
             free(rs->counts);
             free(rs->own);
@@ -111,8 +112,9 @@ struct ruleset *ruleset_new(struct config *cfg, struct table_counters *const *co
         return NULL;
     }
     for (size_t i = 0; i < n; i++)
-        rs->counts[i] = counters ? counters[i] : &rs->own[i];
-    rs->others = rs->own_others;
+        rs->counts[i] = tables ? tables[i] : &rs->own[i];
+    rs->others = counters && counters->others ? counters->others : rs->own_others;
+    rs->scope_gauge = counters ? counters->scopes : NULL;
     rs->refs = 1;
     rs->cfg = cfg;
     return rs;
@@ -187,12 +189,6 @@ void ruleset_unref(struct ruleset *rs)
     free(rs);
 }
 
-void ruleset_gauge_scopes(struct ruleset *rs, struct counter *gauge)
-{
-    rs->scope_gauge = gauge;
-    counter_add(gauge, HASH_COUNT(rs->scopes));
-}
-
 const struct config *ruleset_config(const struct ruleset *rs)
 {
     return rs->cfg;
@@ -201,11 +197,6 @@ const struct config *ruleset_config(const struct ruleset *rs)
 uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrite_reason reason)
 {
     return table < rs->cfg->table_count ? counter_get(&rs->counts[table]->rewrite[reason]) : 0;
-}
-
-void ruleset_count_others_in(struct ruleset *rs, struct counter *others)
-{
-    rs->others = others;
 }
 
 uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason)

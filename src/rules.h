@@ -45,18 +45,23 @@ struct table_counters {
     struct counter translation[TR_COUNT];
 };
 
-/* Takes ownership of cfg. counters, when not NULL, gives for each table of
- * cfg the counters to count in: the caller's, so that counts outlive the
- * ruleset (they must outlive it too). With NULL the ruleset counts in its
- * own. NULL when out of memory (cfg is then freed). */
-struct ruleset *ruleset_new(struct config *cfg, struct table_counters *const *counters);
+/* The caller's counters a ruleset counts in, so that the counts outlive it
+ * (they must outlive it too) and survive a reload. Each NULL: the ruleset
+ * counts in its own (or, for the gauge, nowhere). */
+struct ruleset_counters {
+    struct table_counters *const *tables; /* one per table of the configuration */
+    struct counter *others;               /* RR_COUNT: the texts counted for no
+                                             table in particular, by reason */
+    struct counter *scopes;               /* a gauge of the scopes it holds,
+                                             given back when it is freed */
+};
+
+/* Takes ownership of cfg; counters may be NULL (all its own). NULL when out
+ * of memory (cfg is then freed). */
+struct ruleset *ruleset_new(struct config *cfg, const struct ruleset_counters *counters);
 struct ruleset *ruleset_ref(struct ruleset *rs);
 void ruleset_unref(struct ruleset *rs);
 const struct config *ruleset_config(const struct ruleset *rs);
-
-/* Counts the scopes rs holds in gauge (the caller's), given back when rs is
- * freed. */
-void ruleset_gauge_scopes(struct ruleset *rs, struct counter *gauge);
 
 enum scope_state {
     SCOPE_PASSTHROUGH, /* no registered table applies: nothing to inspect */
@@ -223,11 +228,6 @@ void scope_count_reason(struct scope *s, enum rewrite_reason reason);
  * texts counted for no table in particular (rewrite_reason_of_table). */
 uint64_t ruleset_table_count(const struct ruleset *rs, size_t table, enum rewrite_reason reason);
 uint64_t ruleset_other_count(const struct ruleset *rs, enum rewrite_reason reason);
-
-/* Counts the texts of the second kind in others (RR_COUNT of them, the
- * caller's, which must outlive rs) from now on, instead of rs's own: so
- * that the counts survive a reload, as the tables' do. */
-void ruleset_count_others_in(struct ruleset *rs, struct counter *others);
 
 /* What the catalog check said about the table-th table of rs's
  * configuration, over the scopes learnt so far: "" when it allowed the

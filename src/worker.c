@@ -111,12 +111,10 @@ static struct ruleset *worker_rules_for(struct worker *w, struct config *cfg)
     if (counters) {
         while (i < cfg->table_count && (counters[i] = counters_for(w, &cfg->tables[i])))
             i++;
+        const struct ruleset_counters kept = { counters, w->counters.texts_of_no_table,
+                                               &w->counters.scopes };
         if (i == cfg->table_count)
-            rs = ruleset_new(config_ref(cfg), counters);
-        if (rs) {
-            ruleset_gauge_scopes(rs, &w->counters.scopes);
-            ruleset_count_others_in(rs, w->counters.texts_of_no_table);
-        }
+            rs = ruleset_new(config_ref(cfg), &kept);
     }
     free(counters);
     return rs;

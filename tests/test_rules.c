@@ -989,15 +989,25 @@ static void test_counters(void **state)
     scope_count_reason(bob, RR_SESSION);
     assert_int_equal(ruleset_other_count(rs, RR_SESSION), 2);
 
-    /* Or in the caller's, which outlive the ruleset, from then on. */
-    struct counter kept[RR_COUNT] = { 0 };
-    ruleset_count_others_in(rs, kept);
+    ruleset_unref(rs);
+
+    /* Or in the caller's, which outlive the ruleset: a gauge of its scopes
+     * too, given back when it goes. */
+    struct counter kept[RR_COUNT] = { 0 }, scopes = { 0 };
+    const struct ruleset_counters mine = { NULL, kept, &scopes };
+    rs = ruleset_new(parse_config(CONFIG), &mine);
+    assert_non_null(rs);
+    bob = ruleset_scope(rs, "app", "bob");
+    s = ruleset_scope(rs, "app", "alice");
+    assert_int_equal(counter_get(&scopes), 2);
     scope_count_reason(bob, RR_TOO_LARGE);
     scope_count(s, NULL);
     assert_int_equal(counter_get(&kept[RR_TOO_LARGE]), 1);
     assert_int_equal(counter_get(&kept[RR_NOT_INSERT]), 1);
     assert_int_equal(ruleset_other_count(rs, RR_TOO_LARGE), 1);
     ruleset_unref(rs);
+    assert_int_equal(counter_get(&kept[RR_TOO_LARGE]), 1);
+    assert_int_equal(counter_get(&scopes), 0);
 }
 
 /* ---- tables and partitions --------------------------------------------- */
