@@ -142,12 +142,18 @@ static void error(struct evbuffer *out, const char *sqlstate, const char *messag
         evbuffer_add(out, buf, n);
 }
 
-/* A two-column (name, value) row with a number. */
+/* A two-column (name, value) row. */
+static void text_row(struct evbuffer *out, const char *name, const char *value)
+{
+    row(out, (const char *[]){ name, value }, 2);
+}
+
+/* The same with a number. */
 static void stat_row(struct evbuffer *out, const char *name, uint64_t value)
 {
     char v[32];
     snprintf(v, sizeof(v), "%" PRIu64, value);
-    row(out, (const char *[]){ name, v }, 2);
+    text_row(out, name, v);
 }
 
 /* ---- commands ------------------------------------------------------------ */
@@ -283,6 +289,11 @@ static void show_clients(struct worker *w, struct evbuffer *out)
     complete(out, "SHOW");
 }
 
+static const char *on_off(bool on)
+{
+    return on ? "on" : "off";
+}
+
 /* The rows of one TLS leg's settings, prefix "client" or "server". */
 static void tls_rows(struct evbuffer *out, const char *prefix, const struct tls_config *t)
 {
@@ -298,77 +309,53 @@ static void tls_rows(struct evbuffer *out, const char *prefix, const struct tls_
     for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
         char key[48];
         snprintf(key, sizeof(key), "%s_tls_%s", prefix, values[i][0]);
-        row(out, (const char *[]){ key, values[i][1] }, 2);
+        text_row(out, key, values[i][1]);
     }
 }
 
 static void show_config(struct worker *w, struct evbuffer *out)
 {
     const struct config *cfg = w->cfg;
-    char n[19][24];
     char admins[512] = "";
 
     for (size_t i = 0, at = 0; i < cfg->admin_users.count && at < sizeof(admins); i++)
         at += (size_t)snprintf(admins + at, sizeof(admins) - at, "%s%s", i ? ", " : "",
                                cfg->admin_users.names[i]);
-    snprintf(n[0], sizeof(n[0]), "%d", cfg->listen_port);
-    snprintf(n[1], sizeof(n[1]), "%d", cfg->server_port);
-    snprintf(n[2], sizeof(n[2]), "%d", cfg->max_client_conn);
-    snprintf(n[3], sizeof(n[3]), "%zu", cfg->max_held_message);
-    snprintf(n[4], sizeof(n[4]), "%d", cfg->client_login_timeout);
-    snprintf(n[5], sizeof(n[5]), "%d", cfg->shutdown_timeout);
-    snprintf(n[6], sizeof(n[6]), "%d", w->proxy->worker_count);
-    snprintf(n[7], sizeof(n[7]), "%d", cfg->metrics_port);
-    snprintf(n[8], sizeof(n[8]), "%d", cfg->log_stats_interval);
-    snprintf(n[9], sizeof(n[9]), "%d", cfg->server_idle_timeout);
-    snprintf(n[10], sizeof(n[10]), "%d", cfg->max_idle_servers);
-    snprintf(n[11], sizeof(n[11]), "%d", cfg->max_cached_statements);
-    snprintf(n[12], sizeof(n[12]), "%d", cfg->tcp_keepidle);
-    snprintf(n[13], sizeof(n[13]), "%d", cfg->tcp_keepintvl);
-    snprintf(n[14], sizeof(n[14]), "%d", cfg->tcp_keepcnt);
-    snprintf(n[15], sizeof(n[15]), "%d", cfg->tcp_user_timeout);
-    snprintf(n[16], sizeof(n[16]), "%d", cfg->server_lifetime);
-    snprintf(n[17], sizeof(n[17]), "%d", cfg->catalog_check_interval);
-    snprintf(n[18], sizeof(n[18]), "%d", cfg->server_connect_timeout);
-    const char *const pairs[][2] = {
-        { "config_file", cfg->path },
-        { "listen_addr", cfg->listen_addr },
-        { "listen_port", n[0] },
-        { "server_host", cfg->server_host },
-        { "server_port", n[1] },
-        { "max_client_conn", n[2] },
-        { "log_level", log_level_name(cfg->log_level) },
-        { "log_file", cfg->log_file ? cfg->log_file : "(stderr)" },
-        { "max_held_message", n[3] },
-        { "client_login_timeout", n[4] },
-        { "server_connect_timeout", n[18] },
-        { "shutdown_timeout", n[5] },
-        { "tcp_keepalive", cfg->tcp_keepalive ? "on" : "off" },
-        { "tcp_keepidle", n[12] },
-        { "tcp_keepintvl", n[13] },
-        { "tcp_keepcnt", n[14] },
-        { "tcp_user_timeout", n[15] },
-        { "workers", n[6] },
-        { "so_reuseport", cfg->so_reuseport ? "on" : "off" },
-        { "io_uring", ring_use_name(cfg->io_uring) },
-        { "metrics_addr", cfg->metrics_addr },
-        { "metrics_port", n[7] },
-        { "log_stats_interval", n[8] },
-        { "auth_type", cfg->auth_type == AUTH_SCRAM ? "scram-sha-256" : "passthrough" },
-        { "auth_file", cfg->auth_file ? cfg->auth_file : "" },
-        { "auth_user", cfg->auth_user ? cfg->auth_user : "" },
-        { "auth_query", cfg->auth_query ? cfg->auth_query : "" },
-        { "server_reuse", cfg->server_reuse ? "on" : "off" },
-        { "server_idle_timeout", n[9] },
-        { "server_lifetime", n[16] },
-        { "max_idle_servers", n[10] },
-        { "max_cached_statements", n[11] },
-        { "catalog_check_interval", n[17] },
-        { "admin_users", admins },
-    };
     columns(out, (const char *[]){ "key", "value" }, 2);
-    for (size_t i = 0; i < sizeof(pairs) / sizeof(pairs[0]); i++)
-        row(out, pairs[i], 2);
+    text_row(out, "config_file", cfg->path);
+    text_row(out, "listen_addr", cfg->listen_addr);
+    stat_row(out, "listen_port", (uint64_t)cfg->listen_port);
+    text_row(out, "server_host", cfg->server_host);
+    stat_row(out, "server_port", (uint64_t)cfg->server_port);
+    stat_row(out, "max_client_conn", (uint64_t)cfg->max_client_conn);
+    text_row(out, "log_level", log_level_name(cfg->log_level));
+    text_row(out, "log_file", cfg->log_file ? cfg->log_file : "(stderr)");
+    stat_row(out, "max_held_message", cfg->max_held_message);
+    stat_row(out, "client_login_timeout", (uint64_t)cfg->client_login_timeout);
+    stat_row(out, "server_connect_timeout", (uint64_t)cfg->server_connect_timeout);
+    stat_row(out, "shutdown_timeout", (uint64_t)cfg->shutdown_timeout);
+    text_row(out, "tcp_keepalive", on_off(cfg->tcp_keepalive));
+    stat_row(out, "tcp_keepidle", (uint64_t)cfg->tcp_keepidle);
+    stat_row(out, "tcp_keepintvl", (uint64_t)cfg->tcp_keepintvl);
+    stat_row(out, "tcp_keepcnt", (uint64_t)cfg->tcp_keepcnt);
+    stat_row(out, "tcp_user_timeout", (uint64_t)cfg->tcp_user_timeout);
+    stat_row(out, "workers", (uint64_t)w->proxy->worker_count);
+    text_row(out, "so_reuseport", on_off(cfg->so_reuseport));
+    text_row(out, "io_uring", ring_use_name(cfg->io_uring));
+    text_row(out, "metrics_addr", cfg->metrics_addr);
+    stat_row(out, "metrics_port", (uint64_t)cfg->metrics_port);
+    stat_row(out, "log_stats_interval", (uint64_t)cfg->log_stats_interval);
+    text_row(out, "auth_type", cfg->auth_type == AUTH_SCRAM ? "scram-sha-256" : "passthrough");
+    text_row(out, "auth_file", cfg->auth_file ? cfg->auth_file : "");
+    text_row(out, "auth_user", cfg->auth_user ? cfg->auth_user : "");
+    text_row(out, "auth_query", cfg->auth_query ? cfg->auth_query : "");
+    text_row(out, "server_reuse", on_off(cfg->server_reuse));
+    stat_row(out, "server_idle_timeout", (uint64_t)cfg->server_idle_timeout);
+    stat_row(out, "server_lifetime", (uint64_t)cfg->server_lifetime);
+    stat_row(out, "max_idle_servers", (uint64_t)cfg->max_idle_servers);
+    stat_row(out, "max_cached_statements", (uint64_t)cfg->max_cached_statements);
+    stat_row(out, "catalog_check_interval", (uint64_t)cfg->catalog_check_interval);
+    text_row(out, "admin_users", admins);
     tls_rows(out, "client", &cfg->client_tls);
     tls_rows(out, "server", &cfg->server_tls);
     complete(out, "SHOW");
