@@ -783,10 +783,11 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
     pg_put_u32(parse + 1, (uint32_t)(4 + len));
     memcpy(parse + PG_HEAD_LEN, body, len);
     decide_message(c, parse, total, &st);
-    uint64_t sent = sent_text_hash(&st);
     /* The server revalidates a statement's names itself: the same text
-     * again would change nothing. */
-    if (name[0] != '\0' && session_holds(&c->session, name, sent)) {
+     * again would change nothing. The unnamed one's text is not kept. */
+    bool named = name[0] != '\0';
+    uint64_t sent = named ? sent_text_hash(&st) : 0;
+    if (named && session_holds(&c->session, name, sent)) {
         conn_log(LOG_DEBUG, c, "statement \"%s\" stays as prepared: the rules now in force "
                  "send the same text", name);
         decision_unref(st.d);
@@ -807,7 +808,7 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
             evbuffer_add(k->out, sync, sizeof(sync));
         conn_log(LOG_DEBUG, c, "statement \"%s\" prepared again for the rules now in force",
                  name);
-        if (name[0] != '\0')
+        if (named)
             session_sent(&c->session, name, sent);
     }
     decision_unref(st.d);
