@@ -98,7 +98,6 @@ char *catalog_query(const struct table_rule *const *rules, size_t n, const char 
     "SELECT FROM (VALUES (pg_catalog.set_config('client_encoding', 'UTF8', true))) " \
     "AS s(encoding) WHERE encoding IS NULL"
 
-
 /* The query that asks a session what the catalog check cannot know for
  * it: the role it runs as (current_user), whose privileges its statements
  * are checked against; for each of rules[0..n) whether the rule's name
