@@ -1045,6 +1045,16 @@ static void test_reasons_of_table(void **state)
 
 /* ---- session encodings -------------------------------------------------- */
 
+/* Each of texts[0..n) has exactly want of the effects in mask. */
+static void expect_effects(const char *const *texts, size_t n, unsigned mask, unsigned want)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned got = rewrite_effects(texts[i], strlen(texts[i])) & mask;
+        if (got != want)
+            fail_msg("effects %#x of %#x, expected %#x, in: %s", got, mask, want, texts[i]);
+    }
+}
+
 /* Statements that may drop prepared statements are found where they
  * begin, behind whitespace, comments and other statements; the words
  * elsewhere (names, comments) are not, and neither is PREPARE, which drops
@@ -1076,12 +1086,8 @@ static void test_drops_statements(void **state)
         "EXECUTE p",
         "",
     };
-    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
-        if (!(rewrite_effects(yes[i], strlen(yes[i])) & REWRITE_DROPS_STATEMENTS))
-            fail_msg("not found in: %s", yes[i]);
-    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
-        if (rewrite_effects(no[i], strlen(no[i])) & REWRITE_DROPS_STATEMENTS)
-            fail_msg("found in: %s", no[i]);
+    expect_effects(yes, sizeof(yes) / sizeof(yes[0]), REWRITE_DROPS_STATEMENTS, REWRITE_DROPS_STATEMENTS);
+    expect_effects(no, sizeof(no) / sizeof(no[0]), REWRITE_DROPS_STATEMENTS, 0);
 }
 
 /* What is dropped, as PostgreSQL reads it: each name DEALLOCATE gives,
@@ -1189,12 +1195,8 @@ static void test_changes_identity(void **state)
         "SELECT set_config('it''s.x', 'y', false), set_config('a.b', 'c', true)",
         "",
     };
-    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
-        if (!(rewrite_effects(yes[i], strlen(yes[i])) & REWRITE_CHANGES_IDENTITY))
-            fail_msg("not found in: %s", yes[i]);
-    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
-        if (rewrite_effects(no[i], strlen(no[i])) & REWRITE_CHANGES_IDENTITY)
-            fail_msg("found in: %s", no[i]);
+    expect_effects(yes, sizeof(yes) / sizeof(yes[0]), REWRITE_CHANGES_IDENTITY, REWRITE_CHANGES_IDENTITY);
+    expect_effects(no, sizeof(no) / sizeof(no[0]), REWRITE_CHANGES_IDENTITY, 0);
 }
 
 /* A change of identity that lasts to the end of the transaction only is
@@ -1233,16 +1235,9 @@ static void test_identity_local(void **state)
         "SELECT set_config('role', 'a', true); DISCARD ALL",
         "CREATE TEMP TABLE orders (k int)",
     };
-    for (size_t i = 0; i < sizeof(local) / sizeof(local[0]); i++) {
-        unsigned e = rewrite_effects(local[i], strlen(local[i]));
-        if (!(e & REWRITE_CHANGES_IDENTITY) || !(e & REWRITE_IDENTITY_LOCAL))
-            fail_msg("not local: %s", local[i]);
-    }
-    for (size_t i = 0; i < sizeof(session) / sizeof(session[0]); i++) {
-        unsigned e = rewrite_effects(session[i], strlen(session[i]));
-        if (!(e & REWRITE_CHANGES_IDENTITY) || (e & REWRITE_IDENTITY_LOCAL))
-            fail_msg("local: %s", session[i]);
-    }
+    const unsigned both = REWRITE_CHANGES_IDENTITY | REWRITE_IDENTITY_LOCAL;
+    expect_effects(local, sizeof(local) / sizeof(local[0]), both, both);
+    expect_effects(session, sizeof(session) / sizeof(session[0]), both, REWRITE_CHANGES_IDENTITY);
 }
 
 /* What ends a transaction or rolls back to a savepoint undoes what SET
@@ -1280,12 +1275,8 @@ static void test_ends_local(void **state)
         "INSERT INTO log (what) VALUES ('rollback')",
         "",
     };
-    for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
-        if (!(rewrite_effects(yes[i], strlen(yes[i])) & REWRITE_ENDS_LOCAL))
-            fail_msg("not found in: %s", yes[i]);
-    for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
-        if (rewrite_effects(no[i], strlen(no[i])) & REWRITE_ENDS_LOCAL)
-            fail_msg("found in: %s", no[i]);
+    expect_effects(yes, sizeof(yes) / sizeof(yes[0]), REWRITE_ENDS_LOCAL, REWRITE_ENDS_LOCAL);
+    expect_effects(no, sizeof(no) / sizeof(no[0]), REWRITE_ENDS_LOCAL, 0);
     /* Neither changes the identity by itself. */
     assert_false(rewrite_effects("COMMIT", 6) & REWRITE_CHANGES_IDENTITY);
 }
