@@ -52,18 +52,26 @@ static struct note *note_new(struct decision *d, const char *defines)
     return n;
 }
 
-/* The note of a message that changes what statement name holds (a Parse
- * or Close of it), taking what the session kept of it until the message
- * is answered: refused or skipped, it comes back (restore_statements).
- * NULL when out of memory. */
+/* Marks note as a message that changes what statement name holds (a Parse
+ * or Close of it), and has it take what the session kept of the name
+ * until the message is answered: refused or skipped, it comes back
+ * (restore_statements). Not the unnamed statement's when nothing before
+ * the message can make the server skip it: PostgreSQL drops that one
+ * before it parses, even a text it then refuses. */
+static void note_displace(struct conn *c, struct note *note, const char *name)
+{
+    note->chained = true;
+    if (name[0] != '\0' || track_pending(&c->track) > 0)
+        note->displaced = session_detach(&c->session, name);
+}
+
+/* A note of its own for such a message; NULL when out of memory. */
 static struct note *note_displacing(struct conn *c, const char *name)
 {
     struct note *note = note_new(NULL, name);
 
-    if (note) {
-        note->chained = true;
-        note->displaced = session_detach(&c->session, name);
-    }
+    if (note)
+        note_displace(c, note, name);
     return note;
 }
 
@@ -725,11 +733,8 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
      * yet refuse (a named statement not closed first) or skip (behind
      * requests of its batch that may fail), if that happens. */
     bool keep = rule && name && name[0] != '\0';
-    if (note && name && !c->track.skip_to_sync) {
-        note->chained = true;
-        if (name[0] != '\0' || track_pending(&c->track) > 0)
-            note->displaced = session_detach(&c->session, name);
-    }
+    if (note && name && !c->track.skip_to_sync)
+        note_displace(c, note, name);
     if (!note || (name && !c->track.skip_to_sync &&
                   !session_parse(&c->session, name, rule ? rule->schema : NULL,
                                  rule ? rule->name : NULL, st.effects,
