@@ -20,7 +20,7 @@ static const char *next_word(const char *p, const char *end, char *word, size_t 
 {
     size_t n = 0;
 
-    while (p < end && (isspace((unsigned char)*p) || *p == ';'))
+    while (p < end && isspace((unsigned char)*p))
         p++;
     while (p < end && isalpha((unsigned char)*p)) {
         if (n + 1 < cap)
@@ -48,7 +48,8 @@ enum admin_cmd admin_parse(const char *text, size_t len)
 
     p = next_word(p, end, second, sizeof(second));
     p = next_word(p, end, third, sizeof(third));
-    /* Anything left that is not a letter (a digit, a quote) is not ours. */
+    /* Semicolons end a command; anything else left (a digit, a quote, a
+     * word after a semicolon) is not ours. */
     while (p < end && (isspace((unsigned char)*p) || *p == ';'))
         p++;
     if (!first[0] && p == end)

@@ -5,7 +5,9 @@
  * authenticated by the proxy itself (SCRAM against auth_file or
  * auth_query) — talks to the proxy, not to PostgreSQL, in the simple query
  * protocol: SHOW STATS | TABLES | CLIENTS | CONFIG | VERSION, RELOAD,
- * SHUTDOWN (case does not matter, a trailing semicolon may follow).
+ * SHUTDOWN (case does not matter, semicolons may follow; one command per
+ * Query). A Query of nothing but spaces and semicolons is answered as
+ * PostgreSQL answers it, with EmptyQueryResponse.
  *
  * admin_parse() is pure. admin_run() writes the whole answer to one
  * command (RowDescription, DataRows and CommandComplete, or an
