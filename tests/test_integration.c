@@ -872,7 +872,10 @@ static void test_server_unreachable(void **state)
 static void test_max_client_conn(void **state)
 {
     (void)state;
-    struct itest_proxy_opts opts = { .extra = "max_client_conn = 2\n" };
+    int mport = itest_free_port();
+    char extra[96];
+    snprintf(extra, sizeof extra, "max_client_conn = 2\nmetrics_port = %d\n", mport);
+    struct itest_proxy_opts opts = { .extra = extra };
     struct itest_proxy *p = itest_proxy_start(&opts);
     PGconn *c1 = itest_connect_ok(p->port, NULL);
     PGconn *c2 = itest_connect_ok(p->port, NULL);
@@ -888,6 +891,14 @@ static void test_max_client_conn(void **state)
     assert_true(raw_startup_expect_close(p->port, itest_pg_user(), sqlstate));
     assert_string_equal(sqlstate, "53300");
 
+    /* Each turned away is counted, by its reason (before the
+     * retries below, which may meet the slot not yet free). */
+    char *text = itest_http_get(mport, "/metrics");
+    assert_int_equal(itest_metric(text, "idemproxy_clients_refused_total{reason=\"max_client_conn\"}"),
+                     2);
+    assert_int_equal(itest_metric(text, "idemproxy_clients_refused_total{reason=\"file_descriptors\"}"),
+                     0);
+    free(text);
     /* The first two still work; after one leaves, a new one gets in. */
     assert_int_equal(itest_query_ll(c2, "SELECT 3"), 3);
     itest_finish(c1);

@@ -488,6 +488,46 @@ static PGresult *console(PGconn *c, const char *sql)
     return r;
 }
 
+/* Every number SHOW STATS gives is the one /metrics gives for it, read
+ * while nothing moves (the console's own traffic counts in neither). */
+static void assert_stats_match_metrics(PGconn *console_conn, int mport)
+{
+    static const struct {
+        const char *row, *series;
+    } same[] = {
+        { "client_connections", "idemproxy_client_connections" },
+        { "server_connections", "idemproxy_server_connections" },
+        { "server_connections_idle", "idemproxy_server_connections_idle" },
+        { "server_reuses", "idemproxy_server_reuses_total" },
+        { "clients_total", "idemproxy_client_connections_total" },
+        { "statements_simple", "idemproxy_statements_total{protocol=\"simple\"}" },
+        { "statements_extended", "idemproxy_statements_total{protocol=\"extended\"}" },
+        { "bytes_to_server", "idemproxy_bytes_total{direction=\"to_server\"}" },
+        { "bytes_to_client", "idemproxy_bytes_total{direction=\"to_client\"}" },
+        { "statements_unchecked_too_large",
+          "idemproxy_statements_unchecked_total{reason=\"too_large\"}" },
+        { "protocol_violations", "idemproxy_protocol_violations_total" },
+        { "clients_refused_max_client_conn",
+          "idemproxy_clients_refused_total{reason=\"max_client_conn\"}" },
+        { "clients_refused_file_descriptors",
+          "idemproxy_clients_refused_total{reason=\"file_descriptors\"}" },
+        { "catalog_queries_ok", "idemproxy_catalog_queries_total{result=\"ok\"}" },
+        { "catalog_queries_failed", "idemproxy_catalog_queries_total{result=\"failed\"}" },
+        { "catalog_doubts", "idemproxy_catalog_doubts_total" },
+        { "config_reloads_ok", "idemproxy_config_reloads_total{result=\"ok\"}" },
+        { "workers_on_ring", "idemproxy_workers_on_ring" },
+        { "catalog_scopes", "idemproxy_catalog_scopes" },
+        { "auth_query_connections_idle", "idemproxy_auth_query_connections_idle" },
+    };
+    PGresult *r = console(console_conn, "SHOW STATS");
+    itest_assert_result_ok(r, "SHOW STATS");
+    char *text = itest_http_get(mport, "/metrics");
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++)
+        assert_metric(text, same[i].series, strtoull(itest_row_value(r, same[i].row, 1), NULL, 10));
+    free(text);
+    PQclear(r);
+}
+
 static void test_ops_admin_console(void **state)
 {
     (void)state;
@@ -496,10 +536,11 @@ static void test_ops_admin_console(void **state)
     snprintf(auth + strlen(auth), sizeof auth - strlen(auth), "\"ops_other\" \"%s\"\n",
              scram_role("ops_other", "otherpw"));
     const char *auth_path = itest_write_file("ops-userlist.txt", auth);
+    int mport = itest_free_port();
     snprintf(extra, sizeof extra,
-             "admin_users = ops_admin\nauth_file = %s\n"
+             "admin_users = ops_admin\nauth_file = %s\nmetrics_port = %d\n"
              "[table public.ops_console]\nconflict = k\naction = do_nothing\n",
-             auth_path);
+             auth_path, mport);
     struct itest_proxy *p = itest_proxy_start_with(NULL, extra);
     PGconn *app = itest_connect_ok(p->port, "application_name=itest_app");
     assert_int_equal(itest_query_ll(app, "SELECT 1"), 1);
@@ -517,7 +558,26 @@ static void test_ops_admin_console(void **state)
     assert_string_equal(itest_row_value(r, "statements_unchecked_too_large", 1), "0");
     assert_string_equal(itest_row_value(r, "statements_unchecked_session_settings", 1), "0");
     assert_string_equal(itest_row_value(r, "statements_unchecked_parse_error", 1), "0");
+    assert_true(atoll(itest_row_value(r, "bytes_to_server", 1)) > 0);
+    assert_true(atoll(itest_row_value(r, "bytes_to_client", 1)) > 0);
     PQclear(r);
+    assert_stats_match_metrics(c, mport);
+
+    /* One command per Query, semicolons after it; nothing is nothing. */
+    r = console(c, " \n show\tconfig ;; ");
+    itest_assert_result_ok(r, "SHOW CONFIG with spaces and semicolons");
+    PQclear(r);
+    r = console(c, " ; ");
+    assert_int_equal(PQresultStatus(r), PGRES_EMPTY_QUERY);
+    PQclear(r);
+    const char *not_one[] = { "SHOW;STATS", "SHOW STATS; SHOW TABLES", "SHOW STATS 1", "RELOAD;x" };
+    for (size_t i = 0; i < sizeof not_one / sizeof not_one[0]; i++) {
+        r = console(c, not_one[i]);
+        if (PQresultStatus(r) != PGRES_FATAL_ERROR ||
+            strcmp(PQresultErrorField(r, PG_DIAG_SQLSTATE), "42601") != 0)
+            fail_msg("\"%s\" on the console: %s", not_one[i], PQresStatus(PQresultStatus(r)));
+        PQclear(r);
+    }
 
     r = console(c, "SHOW CLIENTS");
     itest_assert_result_ok(r, "SHOW CLIENTS");
