@@ -161,6 +161,20 @@ static void test_ops_metrics(void **state)
     assert_true(n >= 7);
     assert_metric(text,
                   "idemproxy_proxy_latency_seconds_bucket{direction=\"to_server\",le=\"+Inf\"}", n);
+    /* The finite buckets, at the README's bounds, each holding at least
+     * the one below it. */
+    static const char *const bounds[] = { "5e-06", "1e-05", "2.5e-05", "5e-05", "0.0001",
+                                          "0.00025", "0.0005", "0.001", "0.0025", "0.01", "0.1" };
+    unsigned long long below = 0;
+    for (size_t i = 0; i < sizeof bounds / sizeof bounds[0]; i++) {
+        char series[128];
+        snprintf(series, sizeof series,
+                 "idemproxy_proxy_latency_seconds_bucket{direction=\"to_server\",le=\"%s\"}",
+                 bounds[i]);
+        unsigned long long in = itest_metric(text, series);
+        assert_true(in >= below && in <= n);
+        below = in;
+    }
     /* One database and role, on the worker the session is on; no
      * auth_query here. */
     assert_metric(text, "idemproxy_catalog_scopes", 1);
