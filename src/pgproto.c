@@ -184,6 +184,7 @@ bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out)
         case 's': out->schema = value; break;
         case 't': out->table = value; break;
         case 'n': out->constraint = value; break;
+        case 'd': out->datatype = value; break;
         case 'P': out->position = value; break;
         case 'W': out->where = value; break;
         default: break;
@@ -193,12 +194,11 @@ bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out)
     return p + 1 == end;
 }
 
-size_t pg_fields_replace(uint8_t *buf, size_t cap, char type, const uint8_t *body, size_t len,
-                         char field, const char *value)
+size_t pg_fields_splice(uint8_t *buf, size_t cap, char type, const uint8_t *body, size_t len,
+                        char field, const char *types, const char *const values[], size_t n)
 {
-    size_t value_len = strlen(value), need = PG_HEAD_LEN + len;
     const uint8_t *old = NULL, *p = body, *end = body + len;
-    size_t old_len = 0;
+    size_t old_len = 0, added = 0;
 
     while (p < end && *p != '\0') {
         const uint8_t *v = p + 1;
@@ -206,27 +206,53 @@ size_t pg_fields_replace(uint8_t *buf, size_t cap, char type, const uint8_t *bod
         if (!v_end)
             return SIZE_MAX;
         if (*p == (uint8_t)field && !old) {
-            old = v;
-            old_len = (size_t)(v_end - v);
+            old = p;
+            old_len = (size_t)(v_end + 1 - p);
         }
         p = v_end + 1;
     }
     if (!old || p + 1 != end)
         return SIZE_MAX;
-    need = need - old_len + value_len;
+    for (size_t i = 0; i < n; i++)
+        added += 1 + strlen(values[i]) + 1;
+    size_t need = PG_HEAD_LEN + len - old_len + added;
     if (need > cap)
         return need;
     uint8_t *o = buf;
     *o++ = (uint8_t)type;
     pg_put_u32(o, (uint32_t)(need - 1));
     o += 4;
-    size_t before = (size_t)(old - body), after = len - before - old_len;
+    size_t before = (size_t)(old - body);
     memcpy(o, body, before);
     o += before;
-    memcpy(o, value, value_len);
-    o += value_len;
-    memcpy(o, old + old_len, after);
+    for (size_t i = 0; i < n; i++) {
+        size_t value_len = strlen(values[i]) + 1;
+        *o++ = (uint8_t)types[i];
+        memcpy(o, values[i], value_len);
+        o += value_len;
+    }
+    memcpy(o, old + old_len, len - before - old_len);
     return need;
+}
+
+size_t pg_fields_replace(uint8_t *buf, size_t cap, char type, const uint8_t *body, size_t len,
+                         char field, const char *value)
+{
+    return pg_fields_splice(buf, cap, type, body, len, field, &field, &value, 1);
+}
+
+size_t pg_context_param(const char *where, size_t *kept)
+{
+    const char *line = strrchr(where, '\n');
+    const char *start = line ? line + 1 : where;
+    size_t n = 0;
+
+    *kept = line ? (size_t)(line - where) : 0;
+    for (const char *p = strchr(start, '$'); p && n == 0; p = strchr(p + 1, '$')) {
+        for (const char *d = p + 1; *d >= '0' && *d <= '9' && n <= PG_MAX_PARAMS; d++)
+            n = n * 10 + (size_t)(*d - '0');
+    }
+    return n <= PG_MAX_PARAMS ? n : 0;
 }
 
 char pg_ready_status(const uint8_t *body, size_t len)

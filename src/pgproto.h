@@ -103,6 +103,7 @@ struct pg_error {
     const char *schema;   /* 's' */
     const char *table;    /* 't' */
     const char *constraint; /* 'n' */
+    const char *datatype; /* 'd' */
     const char *position; /* 'P': 1-based character offset into the statement text */
     const char *where;    /* 'W': the context, when raised inside a function or trigger */
 };
@@ -111,10 +112,27 @@ struct pg_error {
 bool pg_error_parse(const uint8_t *body, size_t len, struct pg_error *out);
 
 /* Writes a complete message of the given type whose body is the field list
- * body with field's value replaced by value (the field must be present).
- * Returns the bytes it needs; when that exceeds cap nothing is written. */
+ * body with the first field of type field taken out and, in its place, n
+ * fields: types[i] with values[i]. Returns the bytes it needs; when that
+ * exceeds cap nothing is written. SIZE_MAX when body is not a well-formed
+ * field list or has no such field. */
+size_t pg_fields_splice(uint8_t *buf, size_t cap, char type, const uint8_t *body, size_t len,
+                        char field, const char *types, const char *const values[], size_t n);
+
+/* The same with field's value replaced by value. */
 size_t pg_fields_replace(uint8_t *buf, size_t cap, char type, const uint8_t *body, size_t len,
                          char field, const char *value);
+
+/* A Bind's parameter count is an Int16. */
+#define PG_MAX_PARAMS 65535
+
+/* The parameter an error in a Bind is about. PostgreSQL ends the context
+ * (field W) of an error in converting a parameter's value with a line
+ * naming it, "unnamed portal parameter $2 = '...'" (in the server's
+ * language, the number as it is). Returns that number, 0 when the last
+ * line names none; *kept is the length of the context before that line,
+ * without the newline (0: the line was all of it). */
+size_t pg_context_param(const char *where, size_t *kept);
 
 /* Terminate ('X'), whole. */
 extern const uint8_t PG_TERMINATE[5];

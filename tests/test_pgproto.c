@@ -1277,6 +1277,70 @@ static void test_fields_replace_absent_or_malformed(void **state)
     assert_untouched(buf, 0, sizeof(buf));
 }
 
+/* A Bind's error about a value, made into the Query's: the context's
+ * last line out, the position in before it; or the whole context out,
+ * nothing in; the first field of the type only. */
+static void test_fields_splice(void **state)
+{
+    (void)state;
+    struct pkt p = { 0 };
+    uint8_t buf[256];
+
+    put_field(&p, 'S', "ERROR");
+    put_field(&p, 'M', "invalid input syntax for type json");
+    put_field(&p, 'W', "JSON data, line 1: {bad\nunnamed portal parameter $2 = '...'");
+    put_field(&p, 'F', "jsonfuncs.c");
+    put_u8(&p, 0);
+    const uint8_t *b = exact(&p);
+    const char *values[] = { "46", "JSON data, line 1: {bad" };
+    memset(buf, CANARY, sizeof(buf));
+    size_t need = pg_fields_splice(buf, sizeof(buf), 'E', b, p.len, 'W', "PW", values, 2);
+    static const char want[] = "SERROR\0Minvalid input syntax for type json\0P46\0"
+                               "WJSON data, line 1: {bad\0Fjsonfuncs.c\0";
+    assert_int_equal(need, PG_HEAD_LEN + sizeof(want));
+    assert_int_equal(pg_get_u32(buf + 1), 4 + sizeof(want));
+    assert_memory_equal(buf + PG_HEAD_LEN, want, sizeof(want));
+    assert_untouched(buf, need, sizeof(buf));
+
+    need = pg_fields_splice(buf, sizeof(buf), 'E', b, p.len, 'W', "", NULL, 0);
+    static const char gone[] = "SERROR\0Minvalid input syntax for type json\0Fjsonfuncs.c\0";
+    assert_int_equal(need, PG_HEAD_LEN + sizeof(gone));
+    assert_memory_equal(buf + PG_HEAD_LEN, gone, sizeof(gone));
+    assert_int_equal(pg_fields_splice(buf, sizeof(buf), 'E', b, p.len, 'P', "P", values, 1),
+                     SIZE_MAX);
+    pkt_free(&p);
+
+    put_field(&p, 'W', "one");
+    put_field(&p, 'W', "two");
+    put_u8(&p, 0);
+    need = pg_fields_splice(buf, sizeof(buf), 'N', exact(&p), p.len, 'W', "W", values, 1);
+    assert_int_equal(buf[0], 'N');
+    assert_memory_equal(buf + PG_HEAD_LEN, "W46\0Wtwo\0", need - PG_HEAD_LEN);
+    pkt_free(&p);
+}
+
+/* The parameter named by a context's last line, and what comes before. */
+static void test_context_param(void **state)
+{
+    (void)state;
+    size_t kept = 99;
+
+    assert_int_equal(pg_context_param("unnamed portal parameter $2 = '...'", &kept), 2);
+    assert_int_equal(kept, 0);
+    assert_int_equal(pg_context_param("JSON data, line 1: {bad\nunnamed portal parameter $12",
+                                      &kept), 12);
+    assert_int_equal(kept, strlen("JSON data, line 1: {bad"));
+    /* In another language, and after a '$' that names nothing. */
+    assert_int_equal(pg_context_param("Parameter $ des Portals $7 = '...'", &kept), 7);
+    /* Only the last line counts. */
+    assert_int_equal(pg_context_param("parameter $3\nPL/pgSQL function f() line 1", &kept), 0);
+    assert_int_equal(pg_context_param("", &kept), 0);
+    assert_int_equal(pg_context_param("no parameter $0 here", &kept), 0);
+    assert_int_equal(pg_context_param("parameter $65535", &kept), 65535);
+    assert_int_equal(pg_context_param("parameter $65536", &kept), 0);
+    assert_int_equal(pg_context_param("parameter $99999999999999999999999", &kept), 0);
+}
+
 static void test_fields_replace_small_buffer(void **state)
 {
     (void)state;
@@ -1772,6 +1836,8 @@ int main(void)
         cmocka_unit_test(test_fields_replace_notice),
         cmocka_unit_test(test_fields_replace_absent_or_malformed),
         cmocka_unit_test(test_fields_replace_small_buffer),
+        cmocka_unit_test(test_fields_splice),
+        cmocka_unit_test(test_context_param),
         cmocka_unit_test(test_build_query),
         cmocka_unit_test(test_build_command_complete),
         cmocka_unit_test(test_build_extended_run),
