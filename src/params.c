@@ -333,6 +333,19 @@ size_t params_position(const char *text, size_t len, size_t pos, bool utf8)
     return (size_t)((ptrdiff_t)pos - shift);
 }
 
+size_t params_const_position(const char *text, size_t len, size_t n, bool utf8)
+{
+    struct shape sh = { 0 };
+    size_t pos = 0;
+
+    if (n > 0 && shape_of(text, len, &sh) && n <= sh.nconsts) {
+        size_t at = sh.consts[n - 1].at;
+        pos = (utf8 ? rewrite_utf8_chars(text, at) : at) + 1;
+    }
+    shape_free(&sh);
+    return pos;
+}
+
 void params_free(struct params *p)
 {
     free(p->types);

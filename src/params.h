@@ -74,6 +74,11 @@ bool params_bind(const struct params_stmt *ps, const struct shape_const *consts,
  * says how the server counts: UTF-8 characters, or one byte each. */
 size_t params_position(const char *text, size_t len, size_t pos, bool utf8);
 
+/* The position (as params_position's) of text's n-th constant, counted
+ * from 1: where PostgreSQL, running text itself, points at the value that
+ * parameter $n binds. 0 when text has no n-th constant. */
+size_t params_const_position(const char *text, size_t len, size_t n, bool utf8);
+
 /* Frees the buffers; p is zeroed again. */
 void params_free(struct params *p);
 

@@ -189,6 +189,22 @@ static void test_positions(void **state)
     assert_int_equal(params_position("SELECT x", 8, 8, true), 8);
 }
 
+/* Where the server, running the text, points at the value parameter $n
+ * binds: its constant's first character (a string's quote). */
+static void test_const_positions(void **state)
+{
+    (void)state;
+    const char *text = "INSERT INTO t VALUES ('\xc3\xa9t\xc3\xa9', -12345, 'x')";
+    size_t len = strlen(text);
+    assert_int_equal(params_const_position(text, len, 1, true), 23);
+    assert_int_equal(params_const_position(text, len, 2, true), 31); /* the digits */
+    assert_int_equal(params_const_position(text, len, 2, false), 33); /* in bytes */
+    assert_int_equal(params_const_position(text, len, 3, true), 38);
+    assert_int_equal(params_const_position(text, len, 4, true), 0);
+    assert_int_equal(params_const_position(text, len, 0, true), 0);
+    assert_int_equal(params_const_position("SELECT x", 8, 1, true), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -197,6 +213,7 @@ int main(void)
         cmocka_unit_test(test_types_and_values),
         cmocka_unit_test(test_parameter_limit),
         cmocka_unit_test(test_positions),
+        cmocka_unit_test(test_const_positions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
