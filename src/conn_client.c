@@ -308,7 +308,8 @@ static struct stmt_entry *cached_entry(struct conn *c, const struct statement *s
 /* Prepares entry e on the server under a new name, as a request the queue
  * follows with the client's: its ParseComplete is the proxy's, its error
  * stands for the client's statement (positions mapped through d, whose
- * reference it takes; NULL for none). False when out of memory. */
+ * reference it takes, onto the Query with constants whose statement with
+ * parameters e is; NULL for none). False when out of memory. */
 static bool send_creation(struct conn *c, struct sink *k, struct stmt_entry *e,
                           struct decision *d)
 {
@@ -317,6 +318,7 @@ static bool send_creation(struct conn *c, struct sink *k, struct stmt_entry *e,
     if (!creating)
         return false;
     creating->silent = true;
+    creating->parameterised = d != NULL;
     creating->creates = e;
     creating->number = stmtcache_create(&c->stmts, e);
     write_parse(k, stmtcache_name(e), e);
@@ -631,9 +633,7 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
     if (!track_inject(&c->track, 'B', INJECT_PREPARED))
         goto failed;
     sink_write(k, execute_sync, sizeof(execute_sync));
-    /* Positions in the server's errors are in the statement's text now. */
-    decision_unref(note->decision);
-    note->decision = NULL;
+    note->parameterised = true;
     note->req.extended = true;
     note->first_run = true;
     if (!track_client_msg(&c->track, 'E', note) || !track_client_msg(&c->track, 'S', NULL)) {

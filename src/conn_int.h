@@ -355,9 +355,11 @@ struct note {
     struct stmt_entry *creates;  /* ... and created it on the server, */
     uint64_t number;             /* under this number */
     bool silent;                 /* a Parse of the proxy's own (creates):
-                                    its ParseComplete is the proxy's; for
-                                    a Query's, its text has parameters
-                                    (params.h) */
+                                    its ParseComplete is the proxy's */
+    bool parameterised;          /* a Query's INSERT run as the statement
+                                    with parameters (params.h), or that
+                                    statement's Parse: the server's error
+                                    positions are in its text */
     uint64_t renamed;            /* a Bind or Describe of the unnamed
                                     statement sent under the name of the
                                     cached one created as this number;

@@ -296,23 +296,30 @@ static void note_server_state(struct conn *c, const struct pg_error *err,
     }
 }
 
-/* Writes the ErrorResponse whose fields are body's with field's value
- * replaced. False when that cannot be done (out of memory): the caller
- * forwards the error as it came. */
-static bool write_error_with(struct sink *k, const uint8_t *body, size_t len, char field,
-                             const char *value)
+/* Writes the ErrorResponse whose fields are body's with field's taken out
+ * and n others in its place (pg_fields_splice). False when that cannot be
+ * done (out of memory): the caller forwards the error as it came. */
+static bool write_error_spliced(struct sink *k, const uint8_t *body, size_t len, char field,
+                                const char *types, const char *const values[], size_t n)
 {
     uint8_t buf[1024];
-    size_t need = pg_fields_replace(buf, sizeof(buf), 'E', body, len, field, value);
+    size_t need = pg_fields_splice(buf, sizeof(buf), 'E', body, len, field, types, values, n);
     uint8_t *big = need > sizeof(buf) && need != SIZE_MAX ? malloc(need) : NULL;
 
     if (big)
-        pg_fields_replace(big, need, 'E', body, len, field, value);
+        pg_fields_splice(big, need, 'E', body, len, field, types, values, n);
     else if (need > sizeof(buf))
         return false;
     sink_write(k, big ? big : buf, need);
     free(big);
     return true;
+}
+
+/* The same with field's value replaced. */
+static bool write_error_with(struct sink *k, const uint8_t *body, size_t len, char field,
+                             const char *value)
+{
+    return write_error_spliced(k, body, len, field, &field, &value, 1);
 }
 
 /* message with each mention of name (not followed by more of a number)
@@ -442,7 +449,7 @@ static enum taken take_error(struct conn *c, const uint8_t *msg, size_t total, s
         size_t pos = strtoul(err.position, NULL, 10);
         /* The proxy's Parse for a Query: first from its statement onto the
          * rewritten text. */
-        if (note->silent)
+        if (note->parameterised)
             pos = params_position(r->text, r->text_len, pos, c->charset_utf8);
         size_t mapped = rewrite_map_position(r, pos, c->charset_utf8);
         char value[24];
@@ -564,6 +571,48 @@ static bool undo_guard(struct conn *c, bool after_batch)
     return true;
 }
 
+/* An error of the proxy's Bind that runs a Query's INSERT as the
+ * statement with parameters, about one of the values (a 'x' for an
+ * integer column): PostgreSQL, running the Query itself, meets it where it
+ * analyses the text, and points at the constant rather than naming a
+ * parameter in the context (field W). So does the proxy's version of it.
+ * A domain's CHECK is the exception: the Query meets that only when it is
+ * planned, and points nowhere. */
+static enum taken take_value_error(struct conn *c, const uint8_t *body, size_t len,
+                                   const struct pg_error *err, struct sink *k)
+{
+    const struct note *note = note_of(track_at(&c->track, 1));
+    size_t kept;
+
+    if (!note || !note->parameterised || !note->decision || !note->decision->result.text ||
+        !err->where || err->position)
+        return TAKEN_FORWARD;
+    const struct rewrite_result *r = &note->decision->result;
+    size_t pos = params_const_position(r->text, r->text_len, pg_context_param(err->where, &kept),
+                                       c->charset_utf8);
+    if (pos == 0)
+        return TAKEN_FORWARD;
+    char position[24], *context = kept > 0 ? strndup(err->where, kept) : NULL;
+    char types[2];
+    const char *values[2];
+    size_t n = 0;
+    if (kept > 0 && !context)
+        return TAKEN_FORWARD;
+    if (!(err->datatype && err->code && strcmp(err->code, "23514") == 0)) {
+        snprintf(position, sizeof(position), "%zu",
+                 rewrite_map_position(r, pos, c->charset_utf8));
+        types[n] = 'P';
+        values[n++] = position;
+    }
+    if (context) {
+        types[n] = 'W';
+        values[n++] = context;
+    }
+    bool written = write_error_spliced(k, body, len, 'W', types, values, n);
+    free(context);
+    return written ? TAKEN_REPLACED : TAKEN_FORWARD;
+}
+
 /* A reply to the proxy's own request. The client never sees it, except an
  * error that stands for the client's statement or ends the session. */
 static enum taken take_injected_reply(struct conn *c, enum inject tag, char type,
@@ -660,7 +709,9 @@ static enum taken take_injected_reply(struct conn *c, enum inject tag, char type
     case INJECT_REPREPARE:
         /* Why the client's message is skipped. */
         if (type == 'E')
-            taken = TAKEN_FORWARD;
+            taken = error && tag == INJECT_PREPARED && answering(c)->kind == TRACK_BIND
+                        ? take_value_error(c, body, len, &err, k)
+                        : TAKEN_FORWARD;
         if (type == 'E' && tag == INJECT_REPREPARE)
             session_unsent_all(&c->session);
         break;

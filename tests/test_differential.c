@@ -246,9 +246,8 @@ static void put_query(struct gen *g, const char *sql, const char *by_hand)
 }
 
 /* Simple queries; %K is a key. Not here, because the proxy changes them on
- * purpose: a value of the wrong type in a simple INSERT into diff_reg
- * (reported from Bind: README); and, in runs that need the rewrite to go
- * on (see no_settings), the settings that keep it away. */
+ * purpose: in runs that need the rewrite to go on (see no_settings), the
+ * settings that keep it away. */
 static const struct sql_pair simple_sql[] = {
     { "SELECT 1", NULL },
     { "SELECT k, v FROM diff_plain ORDER BY k", NULL },
@@ -287,6 +286,11 @@ static const struct sql_pair simple_sql[] = {
     { "SELECT k, length(v), md5(v) FROM diff_reg ORDER BY k", NULL },
     { "INSERT INTO diff_reg (k, v) VALUES (%K, NULL)",
       "INSERT INTO diff_reg (k, v) VALUES (%K, NULL)" DN },
+    /* Values the server cannot convert: bigint from 'k1', in a later row. */
+    { "INSERT INTO diff_reg (k, v) VALUES ('k%K', 'wrong type')",
+      "INSERT INTO diff_reg (k, v) VALUES ('k%K', 'wrong type')" DN },
+    { "INSERT INTO diff_reg (k, v) VALUES (%K, 'a'), ('%K.5', 'b')",
+      "INSERT INTO diff_reg (k, v) VALUES (%K, 'a'), ('%K.5', 'b')" DN },
     { "INSERT INTO diff_reg (k, v) VALUES (%K, 'a'), (%K, 'b')",
       "INSERT INTO diff_reg (k, v) VALUES (%K, 'a'), (%K, 'b')" DN },
     { "INSERT INTO diff_reg (k, v) SELECT %K, 'sel'", "INSERT INTO diff_reg (k, v) SELECT %K, 'sel'" DN },

@@ -79,6 +79,36 @@ static void fails_with(PGresult *r, const char *sqlstate, const char *what)
 
 /* ---- tests --------------------------------------------------------------- */
 
+/* Whether two results carry the same error, field by field, but for where
+ * in the server's sources it was raised. */
+static void same_error(PGresult *a, PGresult *b, const char *what)
+{
+    static const struct {
+        int code;
+        const char *name;
+    } fields[] = {
+        { PG_DIAG_SEVERITY_NONLOCALIZED, "severity" },
+        { PG_DIAG_SQLSTATE, "SQLSTATE" },
+        { PG_DIAG_MESSAGE_PRIMARY, "message" },
+        { PG_DIAG_MESSAGE_DETAIL, "detail" },
+        { PG_DIAG_MESSAGE_HINT, "hint" },
+        { PG_DIAG_STATEMENT_POSITION, "position" },
+        { PG_DIAG_CONTEXT, "context" },
+        { PG_DIAG_DATATYPE_NAME, "data type" },
+        { PG_DIAG_CONSTRAINT_NAME, "constraint" },
+    };
+    if (PQresultStatus(a) != PGRES_FATAL_ERROR || PQresultStatus(b) != PGRES_FATAL_ERROR)
+        fail_msg("%s: %s through the proxy, %s directly", what,
+                 PQresStatus(PQresultStatus(a)), PQresStatus(PQresultStatus(b)));
+    for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+        const char *x = PQresultErrorField(a, fields[i].code);
+        const char *y = PQresultErrorField(b, fields[i].code);
+        if ((x == NULL) != (y == NULL) || (x && strcmp(x, y) != 0))
+            fail_msg("%s: %s \"%s\" through the proxy, \"%s\" directly", what, fields[i].name,
+                     x ? x : "(none)", y ? y : "(none)");
+    }
+}
+
 /* Repeated INSERTs of one text run on one prepared statement, and do what
  * they did before: new keys insert, a repeated key is skipped. */
 static void test_stmt_cached(void **state)
@@ -611,6 +641,60 @@ static void test_stmt_split_reads(void **state)
     itest_pass();
 }
 
+/* A value the server cannot convert for its column ('x' for an integer)
+ * fails the Query run as the statement with parameters at its Bind, where
+ * PostgreSQL names the parameter in the error's context; directly it fails
+ * where the text is analysed, pointing at the constant. The client gets
+ * the direct error, field for field (but for where in the server's sources
+ * it was raised), in every row, in characters of UTF-8, under a context of
+ * the value's own (JSON's), and for a domain whose CHECK the Query meets
+ * only when planned. */
+static void test_stmt_value_errors(void **state)
+{
+    (void)state;
+    /* The same text straight to PostgreSQL goes to a twin of the table,
+     * of the same name in another schema. */
+    itest_server_exec("DROP TABLE IF EXISTS stmt_v; DROP SCHEMA IF EXISTS stmt_twin CASCADE; "
+                      "DROP DOMAIN IF EXISTS stmt_positive; "
+                      "CREATE DOMAIN stmt_positive AS int CHECK (VALUE > 0); "
+                      "CREATE TABLE stmt_v (k text NOT NULL UNIQUE, n int, d date, j jsonb, "
+                      "p stmt_positive); "
+                      "CREATE SCHEMA stmt_twin; "
+                      "CREATE TABLE stmt_twin.stmt_v (LIKE public.stmt_v INCLUDING ALL)");
+    struct itest_proxy *p = itest_proxy_start_table("debug", "stmt_v", "k", "");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    PGconn *direct = itest_connect_direct();
+    itest_exec_ok(direct, "SET search_path = stmt_twin, public");
+    static const char *const bad[] = {
+        "(k, n) VALUES ('a', 'x')",
+        "(k, n, d) VALUES ('a', 5, 'soon')",
+        "(k, n) VALUES ('a', 1), ('b', 2), ('c', 'three')",
+        "(k, n) VALUES ('\xc3\xa9t\xc3\xa9', '\xc3\xbc')",
+        "(k, n)\n  VALUES ('a', E'x\\t')",
+        "(k, j) VALUES ('a', '{\"bad')",
+        "(k, p) VALUES ('a', 'q')",
+        "(k, p) VALUES ('a', '-5')",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char via[256];
+        snprintf(via, sizeof via, "INSERT INTO stmt_v %s", bad[i]);
+        /* Twice: the first run prepares the statement, the second binds. */
+        for (int run = 0; run < 2; run++) {
+            PGresult *a = PQexec(c, via), *b = PQexec(direct, via);
+            same_error(a, b, via);
+            PQclear(a);
+            PQclear(b);
+        }
+    }
+    /* They did run as statements with parameters. */
+    assert_true(itest_query_ll(c, "SELECT count(*) FROM pg_prepared_statements WHERE statement "
+                                  "LIKE 'INSERT INTO stmt_v (k, n) VALUES ($1, $2)%%'") >= 1);
+    itest_exec_tag(c, "INSERT INTO stmt_v (k, n) VALUES ('a', '7')", "INSERT 0 1");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_v"), 1);
+    itest_finish(direct);
+    itest_pass();
+}
+
 /* While the unnamed statement stands for the cached INSERT, the client
  * redefines it (a Parse, a Close, a Query) behind a message that fails in
  * the same batch, then binds it after the Sync. The server skipped the
@@ -710,6 +794,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_reload),
         ITEST(test_stmt_split_reads),
         ITEST(test_stmt_query_prepared),
+        ITEST(test_stmt_value_errors),
         ITEST(test_stmt_skipped_redefinition),
         ITEST(test_stmt_portal_run_twice),
     };
