@@ -217,6 +217,29 @@ static const struct table_total *total_of(const struct totals *t, const struct t
     return NULL;
 }
 
+/* What the catalog check said about the table-th table over every
+ * worker's scopes: the first problem any of them found, "allowed" when
+ * one learnt it and none did. */
+static void table_check(struct worker *w, size_t table, char *out, size_t cap)
+{
+    struct proxy *p = w->proxy;
+    char got[256];
+    bool known = false;
+
+    snprintf(out, cap, "not checked yet");
+    for (int i = 0; i < p->worker_count; i++) {
+        if (!worker_table_check(&p->workers[i], w->settings, table, got, sizeof(got)))
+            continue;
+        if (got[0]) {
+            snprintf(out, cap, "refused: %s", got);
+            return;
+        }
+        if (!known)
+            snprintf(out, cap, "allowed");
+        known = true;
+    }
+}
+
 static void show_tables(struct worker *w, struct evbuffer *out)
 {
     static const char *const names[] = {
@@ -236,19 +259,13 @@ static void show_tables(struct worker *w, struct evbuffer *out)
         const struct table_total *tt = total_of(&t, rule);
         uint64_t skipped = 0, passed = 0;
         char table[200], counts[5][24], check[300];
-        const char *problem = ruleset_table_check(w->rules, i);
 
         for (int r = 0; tt && r < RR_COUNT; r++)
             skipped += metrics_is_skipped((enum rewrite_reason)r) ? tt->rewrite[r] : 0;
         for (int r = 0; tt && r < TR_COUNT; r++)
             passed += metrics_is_passed((enum translate_reason)r) ? tt->translation[r] : 0;
         snprintf(table, sizeof(table), "%s.%s", rule->schema, rule->name);
-        if (!problem)
-            snprintf(check, sizeof(check), "not checked yet");
-        else if (!*problem)
-            snprintf(check, sizeof(check), "allowed");
-        else
-            snprintf(check, sizeof(check), "refused: %s", problem);
+        table_check(w, i, check, sizeof(check));
         snprintf(counts[0], sizeof(counts[0]), "%" PRIu64, tt ? tt->rewrite[RR_REWRITTEN] : 0);
         snprintf(counts[1], sizeof(counts[1]), "%" PRIu64, skipped);
         snprintf(counts[2], sizeof(counts[2]), "%" PRIu64, tt ? tt->rewrite[RR_SHADOW] : 0);

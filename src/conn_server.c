@@ -486,6 +486,7 @@ static void catalog_arrived(struct conn *c)
     else if (!c->catalog_ok)
         conn_log(LOG_WARNING, c, "the catalog query failed: %s", scope_state(s) == SCOPE_READY
                  ? "the last answer stands" : "INSERTs are not rewritten until it is asked again");
+    worker_publish_checks(c->worker);
     for (size_t i = 0; i < scope_table_count(s); i++) {
         const struct table_rule *rule = scope_table(s, i);
         const char *problem = scope_table_problem(s, i);

@@ -146,10 +146,55 @@ static bool adopt_settings(struct worker *w, struct settings *s)
     w->cfg = s->cfg;
     w->rules = rs;
     w->generation++;
+    worker_publish_checks(w);
     /* The servers kept may be another server's, or logged in under rules
      * that changed; auth_user's too, or under another password. */
     close_kept(w, false);
     return true;
+}
+
+static void free_checks(char **checks, size_t n)
+{
+    for (size_t i = 0; checks && i < n; i++)
+        free(checks[i]);
+    free(checks);
+}
+
+void worker_publish_checks(struct worker *w)
+{
+    size_t n = w->cfg->table_count;
+    char **checks = calloc(n ? n : 1, sizeof(*checks));
+
+    for (size_t i = 0; checks && i < n; i++) {
+        const char *check = ruleset_table_check(w->rules, i);
+        if (check && !(checks[i] = strdup(check))) {
+            free_checks(checks, n);
+            checks = NULL;
+        }
+    }
+    if (!checks)
+        return;
+    pthread_mutex_lock(&w->checks_lock);
+    char **old = w->checks;
+    size_t old_count = w->check_count;
+    w->checks = checks;
+    w->check_count = n;
+    w->checks_of = w->settings;
+    pthread_mutex_unlock(&w->checks_lock);
+    free_checks(old, old_count);
+}
+
+bool worker_table_check(struct worker *w, const struct settings *settings, size_t table,
+                        char *buf, size_t cap)
+{
+    bool known;
+
+    pthread_mutex_lock(&w->checks_lock);
+    known = w->checks_of == settings && table < w->check_count && w->checks[table];
+    if (known)
+        snprintf(buf, cap, "%s", w->checks[table]);
+    pthread_mutex_unlock(&w->checks_lock);
+    return known;
 }
 
 void worker_refresh(struct worker *w)
@@ -602,6 +647,7 @@ bool worker_init(struct worker *w, struct proxy *p, int index, struct settings *
     w->spare_fd = -1;
     pthread_mutex_init(&w->conns_lock, NULL);
     pthread_mutex_init(&w->inbox_lock, NULL);
+    pthread_mutex_init(&w->checks_lock, NULL);
     w->inbox_tail = &w->inbox;
     if (!adopt_settings(w, settings_ref(settings))) {
         close_from(listens, 0);
@@ -685,6 +731,8 @@ void worker_free(struct worker *w)
     params_free(&w->query_params);
     pthread_mutex_destroy(&w->conns_lock);
     pthread_mutex_destroy(&w->inbox_lock);
+    pthread_mutex_destroy(&w->checks_lock);
+    free_checks(w->checks, w->check_count);
     for (struct table_stats *ts = atomic_load(&w->tables), *next; ts; ts = next) {
         next = ts->next;
         free(ts->schema);

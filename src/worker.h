@@ -168,10 +168,29 @@ struct worker {
     struct worker_counters counters;
     struct table_stats *_Atomic tables;
 
+    pthread_mutex_t checks_lock; /* what other threads read of the next three */
+    const struct settings *checks_of; /* the settings checks are about: the worker's */
+    char **checks;             /* per table of their configuration, what the catalog
+                                * check said over this worker's scopes, copied
+                                * (ruleset_table_check); NULL: nothing yet */
+    size_t check_count;
+
     /* The types and values prepare_query (conn_client.c) binds a Query's
      * INSERT with, kept from one Query of this thread to the next. */
     struct params query_params;
 };
+
+/* Publishes what w's catalog checks have said so far, for the admin
+ * console on any worker: on w's thread, after its rules learnt a catalog
+ * or were replaced. Out of memory, the last publication stays. */
+void worker_publish_checks(struct worker *w);
+
+/* What w's catalog checks said about the table-th table of settings's
+ * configuration: true with "" (allowed) or the problem in buf (cap
+ * bytes), false when w learnt nothing about it under those settings. Any
+ * thread. */
+bool worker_table_check(struct worker *w, const struct settings *settings, size_t table,
+                        char *buf, size_t cap);
 
 /* Adds how long (ns) the proxy held bytes flowing one way. */
 void worker_observe_latency(struct worker *w, enum flow flow, uint64_t ns);

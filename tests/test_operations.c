@@ -596,20 +596,29 @@ static void test_ops_admin_console(void **state)
     r = console(c, "SHOW CLIENTS");
     itest_assert_result_ok(r, "SHOW CLIENTS");
     assert_int_equal(PQntuples(r), 2);
-    bool saw_admin = false, saw_app = false;
+    int admin_worker = 0, app_worker = 0;
     for (int i = 0; i < PQntuples(r); i++) {
-        saw_admin |= strcmp(PQgetvalue(r, i, 3), "ops_admin") == 0 &&
-                     strcmp(PQgetvalue(r, i, 4), "idemproxy") == 0;
-        saw_app |= strcmp(PQgetvalue(r, i, 4), ITEST_DBNAME) == 0;
+        if (strcmp(PQgetvalue(r, i, 3), "ops_admin") == 0 &&
+            strcmp(PQgetvalue(r, i, 4), "idemproxy") == 0)
+            admin_worker = atoi(PQgetvalue(r, i, 1));
+        if (strcmp(PQgetvalue(r, i, 4), ITEST_DBNAME) == 0)
+            app_worker = atoi(PQgetvalue(r, i, 1));
     }
-    assert_true(saw_admin && saw_app);
+    assert_true(admin_worker > 0 && app_worker > 0);
     PQclear(r);
 
+    /* The console runs on the other worker (each client goes to the one
+     * with fewer), which has learnt no catalog: it reports what the app's
+     * worker learnt, that the table is not there. */
+    assert_int_not_equal(admin_worker, app_worker);
     r = console(c, "SHOW TABLES");
     itest_assert_result_ok(r, "SHOW TABLES");
     assert_int_equal(PQntuples(r), 1);
     assert_string_equal(PQgetvalue(r, 0, 0), "public.ops_console");
     assert_string_equal(PQgetvalue(r, 0, 2), "do_nothing");
+    if (strncmp(PQgetvalue(r, 0, 5), "refused: ", 9) != 0 ||
+        !strstr(PQgetvalue(r, 0, 5), "does not exist"))
+        fail_msg("SHOW TABLES on another worker than the app's: %s", PQgetvalue(r, 0, 5));
     PQclear(r);
 
     r = console(c, "SHOW CONFIG");
