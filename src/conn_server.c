@@ -576,8 +576,8 @@ static bool undo_guard(struct conn *c, bool after_batch)
  * statement with parameters, about one of the values (a 'x' for an
  * integer column): PostgreSQL, running the Query itself, meets it where it
  * analyses the text, and points at the constant rather than naming a
- * parameter in the context (field W). So does the proxy's version of it.
- * A domain's CHECK is the exception: the Query meets that only when it is
+ * parameter in the context (field W): the client gets the error so. A
+ * domain's CHECK is the exception: the Query meets that only when it is
  * planned, and points nowhere. */
 static enum taken take_value_error(struct conn *c, const uint8_t *body, size_t len,
                                    const struct pg_error *err, struct sink *k)
