@@ -680,8 +680,10 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
         .txn_status = c->track.txn_status,
         .returning = st.insert && st.insert->returning,
     };
-    /* The status is certain when nothing is outstanding. */
-    if (translate_guard(&note->req, track_pending(&c->track) == 0)) {
+    /* The status is certain when nothing is outstanding and no batch is
+     * open: after an extended message failed, the server skips the Query
+     * with the rest of the batch, and the proxy's SAVEPOINT with it. */
+    if (translate_guard(&note->req, track_quiet(&c->track))) {
         note->req.guarded = true;
         if (!write_guarded(c, k, msg, total, &st, note)) {
             fail_oom(c);

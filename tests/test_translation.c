@@ -1837,6 +1837,41 @@ static void test_tr_raw_extended(void **state)
     itest_pass();
 }
 
+/* In a block, an extended message fails and the client, once it has the
+ * error, sends a duplicate INSERT as a Query, then the Sync. The server
+ * skips the Query with the rest of the batch, so the proxy must not put
+ * its savepoint around it (the savepoint would be skipped too, and its
+ * answer awaited for ever): the client hears what PostgreSQL says, the
+ * Sync's ReadyForQuery with the block failed, and the row is not there. */
+static void test_tr_raw_query_in_skipped_batch(void **state)
+{
+    (void)state;
+    const char *t = "tr_raw_skip";
+    struct itest_proxy *p = start_with_dup(t);
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_tr_raw_skip");
+    raw_query(fd, "BEGIN");
+    raw_expect(fd, 'C', "BEGIN");
+    raw_expect(fd, 'Z', "T");
+
+    static const uint8_t describe_missing[] = "Sno_such_statement";
+    uint8_t m[64];
+    size_t n = itest_build_msg(m, sizeof m, 'D', describe_missing, sizeof describe_missing);
+    assert_true(itest_raw_send(fd, m, n));
+    raw_expect(fd, 'E', "26000");
+    raw_query(fd, "INSERT INTO tr_raw_skip (k, payload) VALUES ('dup', 'skipped')");
+    raw_send_msg(fd, 'S');
+    raw_expect(fd, 'Z', "E");
+    raw_query(fd, "ROLLBACK");
+    raw_expect(fd, 'C', "ROLLBACK");
+    raw_expect(fd, 'Z', "I");
+    raw_expect_nothing(fd, 200);
+    assert_int_equal(key_rows(t, "dup"), 1);
+    assert_int_equal(all_rows(t), 1);
+    itest_pass();
+}
+
 /* ---- stale names -------------------------------------------------------- */
 
 /* The proxy knows a prepared statement is an INSERT only while the server
@@ -2020,6 +2055,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_deferred_commit),
         ITEST(test_tr_raw_flush),
         ITEST(test_tr_raw_extended),
+        ITEST(test_tr_raw_query_in_skipped_batch),
         ITEST(test_tr_stale_names),
         ITEST(test_tr_guarded_batch_fails_early),
         ITEST(test_tr_batch_in_txn),
