@@ -614,6 +614,21 @@ static enum taken take_value_error(struct conn *c, const uint8_t *body, size_t l
     return written ? TAKEN_REPLACED : TAKEN_FORWARD;
 }
 
+/* Whether a Sync is queued behind the request at the head. The client's
+ * messages wait behind the Sync that ended a batch whose outcome decides
+ * what they mean (batch_ending); the ReadyForQuery of a Sync before it
+ * must not let them go. */
+static bool sync_behind_head(const struct conn *c)
+{
+    const struct track_req *r;
+
+    for (size_t i = 1; (r = track_at(&c->track, i)); i++) {
+        if (r->kind == TRACK_SYNC)
+            return true;
+    }
+    return false;
+}
+
 /* A reply to the proxy's own request. The client never sees it, except an
  * error that stands for the client's statement or ends the session. */
 static enum taken take_injected_reply(struct conn *c, enum inject tag, char type,
@@ -856,7 +871,7 @@ enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t total,
             login_done(c);
             return TAKEN_FORWARD;
         }
-        if (head && head->kind == TRACK_SYNC)
+        if (head && head->kind == TRACK_SYNC && !sync_behind_head(c))
             c->batch_ending = false;
         if (translating(c))
             taken = guard_ready(c);

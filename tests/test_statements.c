@@ -755,6 +755,49 @@ static void test_stmt_skipped_redefinition(void **state)
     itest_pass();
 }
 
+/* The client's messages behind a batch whose redefinition of the unnamed
+ * statement the server may skip wait for that batch's own ReadyForQuery,
+ * not an earlier batch's. Here the earlier batch makes the unnamed
+ * statement stand for the cached INSERT; the next one fails (after a
+ * sleep, so that the earlier answer comes well before) and the server
+ * skips its Parse of the unnamed statement; a Query behind it then drops
+ * the unnamed statement for good. The skip, answered after that Query was
+ * taken, must not bring back the cached INSERT: a Bind once all is
+ * answered fails as on PostgreSQL (26000), rather than inserting. */
+static void test_stmt_redefinition_behind_two_syncs(void **state)
+{
+    (void)state;
+    create_table();
+    int fd = raw_session(proxy(""), "itest_two_syncs");
+
+    pipeline_inserts(fd, INSERT, 1, 1, "INSERT 0 1");
+    static const uint8_t parse_sleep[] = "sleep\0SELECT pg_sleep(0.3)\0\0";
+    static const uint8_t bind_sleep[] = "\0sleep\0\0\0\0\0\0";
+    static const uint8_t execute[] = "\0\0\0\0";
+    static const uint8_t describe_missing[] = "Pno_such_portal";
+    static const uint8_t parse_unnamed[] = "\0SELECT 1\0\0";
+    static const uint8_t query[] = "SELECT 2";
+    uint8_t buf[2048];
+    size_t n = put_insert(buf, sizeof buf, 0, INSERT, "2", "before");
+    n += itest_build_msg(buf + n, sizeof buf - n, 'P', parse_sleep, sizeof parse_sleep);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'B', bind_sleep, sizeof bind_sleep);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'D', describe_missing, sizeof describe_missing);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'P', parse_unnamed, sizeof parse_unnamed);
+    n = put_sync(buf, sizeof buf, n);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'Q', query, sizeof query);
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "12CZ", NULL, "INSERT 0 1", "the batch that maps the unnamed statement");
+    expect_replies(fd, "12DCEZ", "34000", "SELECT 1", "the batch that fails after a sleep");
+    expect_replies(fd, "TDCZ", NULL, "SELECT 1", "the Query");
+    n = put_sync(buf, sizeof buf, put_bind_execute(buf, sizeof buf, 0, "3", "gone"));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "EZ", "26000", NULL, "a Bind of the unnamed statement the Query dropped");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE payload = 'gone'"), 0);
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* An Execute of the INSERT's portal after it ran fails as on PostgreSQL
  * (55000, portal "" cannot be run), and is no sign that the table changed:
  * the rewrite goes on. */
@@ -796,6 +839,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_query_prepared),
         ITEST(test_stmt_value_errors),
         ITEST(test_stmt_skipped_redefinition),
+        ITEST(test_stmt_redefinition_behind_two_syncs),
         ITEST(test_stmt_portal_run_twice),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
