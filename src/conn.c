@@ -460,9 +460,11 @@ static enum handling server_handling(const struct conn *c, char type)
 {
     if (answers_injected(c, type))
         return HANDLE_TAKE;
-    /* How the client's statement ended decides what the proxy does next. */
+    /* How the client's statement ended decides what the proxy does next;
+     * a copy from the client begun in a batch that holds its messages
+     * lets the data waiting among them go. */
     if ((translating(c) && (type == 'C' || type == 's')) ||
-        ((translating(c) || c->batch_ending) && type == 'Z'))
+        ((translating(c) || c->batch_ending) && type == 'Z') || (c->batch_ending && type == 'G'))
         return HANDLE_TAKE;
     switch (type) {
     case 'E':

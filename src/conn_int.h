@@ -656,10 +656,12 @@ static inline bool translating(const struct conn *c)
  * before the client's next message may go: the catalog, the session's
  * identity, or how a guarded Query ended, or a rollback to come. (While a
  * 23505 awaits the client's next message, that message is what settles
- * it.) */
+ * it.) Not for the end of a batch while the server copies from the
+ * client: it ignores the batch's Sync then, and waits for the data. */
 static inline bool client_held(const struct conn *c)
 {
-    return c->catalog || c->identity == IDENTITY_ASKING || c->batch_ending ||
+    return c->catalog || c->identity == IDENTITY_ASKING ||
+           (c->batch_ending && !c->track.copy_in) ||
            (c->guard != GUARD_NONE && c->guard != GUARD_AWAIT_SYNC &&
             c->guard != GUARD_ABORT_AWAIT_SYNC);
 }

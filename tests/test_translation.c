@@ -1872,6 +1872,88 @@ static void test_tr_raw_query_in_skipped_batch(void **state)
     itest_pass();
 }
 
+/* Appends a Parse of the unnamed statement, a Bind and an Execute of sql
+ * (no parameters) to buf at at. */
+static size_t put_pbe(uint8_t *buf, size_t at, size_t cap, const char *sql)
+{
+    uint8_t body[512];
+    size_t l = strlen(sql) + 1;
+    static const uint8_t bind[] = { 0, 0, 0, 0, 0, 0, 0, 0 };
+    static const uint8_t exec[] = { 0, 0, 0, 0, 0 };
+
+    assert_true(l + 3 <= sizeof body);
+    body[0] = 0;
+    memcpy(body + 1, sql, l);
+    body[l + 1] = 0;
+    body[l + 2] = 0;
+    at = put_msg(buf, at, cap, 'P', body, l + 3);
+    at = put_msg(buf, at, cap, 'B', bind, sizeof bind);
+    return put_msg(buf, at, cap, 'E', exec, sizeof exec);
+}
+
+/* The answers to an INSERT's and a COPY FROM STDIN's Parse, Bind and
+ * Execute, up to CopyInResponse. */
+static void raw_expect_insert_then_copy(int fd)
+{
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect(fd, 'C', "INSERT 0 1");
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect(fd, 'G', NULL);
+}
+
+/* In a block, one batch runs a guarded INSERT, then a COPY from the client,
+ * then its Sync, which the server ignores while it copies. The client's
+ * messages behind a guarded batch's Sync wait for its ReadyForQuery, but
+ * not the copy's data: PostgreSQL waits for that, and the ReadyForQuery
+ * comes only after it. Both ways a client sends it: once CopyInResponse
+ * is in (libpq), and pipelined right behind the Sync. */
+static void test_tr_raw_copy_in_guarded_batch(void **state)
+{
+    (void)state;
+    const char *t = "tr_raw_copy";
+    struct itest_proxy *p = start_with_dup(t);
+    itest_server_exec("DROP TABLE IF EXISTS tr_raw_copied; CREATE TABLE tr_raw_copied (v text)");
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_tr_raw_copy");
+    raw_query(fd, "BEGIN");
+    raw_expect(fd, 'C', "BEGIN");
+    raw_expect(fd, 'Z', "T");
+
+    static const uint8_t row[] = "copied\n";
+    for (int pipelined = 0; pipelined < 2; pipelined++) {
+        uint8_t buf[1024];
+        char insert[128];
+        snprintf(insert, sizeof insert, "INSERT INTO tr_raw_copy (k, payload) VALUES ('c%d', 'x')",
+                 pipelined);
+        size_t n = put_pbe(buf, 0, sizeof buf, insert);
+        n = put_pbe(buf, n, sizeof buf, "COPY tr_raw_copied (v) FROM STDIN");
+        n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+        if (!pipelined) {
+            assert_true(itest_raw_send(fd, buf, n));
+            raw_expect_insert_then_copy(fd);
+            n = 0;
+        }
+        n = put_msg(buf, n, sizeof buf, 'd', row, sizeof row - 1);
+        n = put_msg(buf, n, sizeof buf, 'c', NULL, 0);
+        n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+        assert_true(itest_raw_send(fd, buf, n));
+        if (pipelined)
+            raw_expect_insert_then_copy(fd);
+        raw_expect(fd, 'C', "COPY 1");
+        raw_expect(fd, 'Z', "T");
+    }
+    raw_query(fd, "COMMIT");
+    raw_expect(fd, 'C', "COMMIT");
+    raw_expect(fd, 'Z', "I");
+    raw_expect_nothing(fd, 200);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM tr_raw_copied"), 2);
+    assert_int_equal(all_rows(t), 3);
+    itest_pass();
+}
+
 /* ---- stale names -------------------------------------------------------- */
 
 /* The proxy knows a prepared statement is an INSERT only while the server
@@ -2056,6 +2138,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_raw_flush),
         ITEST(test_tr_raw_extended),
         ITEST(test_tr_raw_query_in_skipped_batch),
+        ITEST(test_tr_raw_copy_in_guarded_batch),
         ITEST(test_tr_stale_names),
         ITEST(test_tr_guarded_batch_fails_early),
         ITEST(test_tr_batch_in_txn),
