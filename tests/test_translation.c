@@ -1752,6 +1752,25 @@ static void raw_expect_nothing(int fd, int ms)
                  n > 0 ? (char)b[0] : '?');
 }
 
+/* A raw session through a new proxy for table t (and its row 'dup'),
+ * logged in as application itest_<t>; in a transaction block when block. */
+static int raw_session_for(const char *t, bool block)
+{
+    struct itest_proxy *p = start_with_dup(t);
+    int fd = itest_raw_connect(p->port);
+    char application[64];
+
+    assert_true(fd >= 0);
+    snprintf(application, sizeof application, "itest_%s", t);
+    itest_raw_login(fd, itest_pg_user(), application);
+    if (block) {
+        raw_query(fd, "BEGIN");
+        raw_expect(fd, 'C', "BEGIN");
+        raw_expect(fd, 'Z', "T");
+    }
+    return fd;
+}
+
 /* P/B/E of a duplicate INSERT, a pause, then Sync: translated. The server
  * flushes an error at once (and what came before it); the proxy holds the
  * error until it knows the client's next message. status: the
@@ -1785,10 +1804,7 @@ static void test_tr_raw_flush(void **state)
 {
     (void)state;
     const char *t = "tr_raw_flush";
-    struct itest_proxy *p = start_with_dup(t);
-    int fd = itest_raw_connect(p->port);
-    assert_true(fd >= 0);
-    itest_raw_login(fd, itest_pg_user(), "itest_tr_raw_flush");
+    int fd = raw_session_for(t, false);
     raw_dup_then_flush(fd, "INSERT INTO tr_raw_flush (k, payload) VALUES ('dup', 'raw1')", "I");
     raw_expect_nothing(fd, 200);
     assert_int_equal(all_rows(t), 1);
@@ -1799,10 +1815,7 @@ static void test_tr_raw_extended(void **state)
 {
     (void)state;
     const char *t = "tr_raw";
-    struct itest_proxy *p = start_with_dup(t);
-    int fd = itest_raw_connect(p->port);
-    assert_true(fd >= 0);
-    itest_raw_login(fd, itest_pg_user(), "itest_tr_raw");
+    int fd = raw_session_for(t, false);
 
     /* Autocommit: P/B/E, a pause, then Sync: translated. */
     raw_dup_then_sync(fd, "INSERT INTO tr_raw (k, payload) VALUES ('dup', 'raw2')", "I");
@@ -1847,14 +1860,7 @@ static void test_tr_raw_query_in_skipped_batch(void **state)
 {
     (void)state;
     const char *t = "tr_raw_skip";
-    struct itest_proxy *p = start_with_dup(t);
-    int fd = itest_raw_connect(p->port);
-    assert_true(fd >= 0);
-    itest_raw_login(fd, itest_pg_user(), "itest_tr_raw_skip");
-    raw_query(fd, "BEGIN");
-    raw_expect(fd, 'C', "BEGIN");
-    raw_expect(fd, 'Z', "T");
-
+    int fd = raw_session_for(t, true);
     static const uint8_t describe_missing[] = "Sno_such_statement";
     uint8_t m[64];
     size_t n = itest_build_msg(m, sizeof m, 'D', describe_missing, sizeof describe_missing);
@@ -1913,14 +1919,8 @@ static void test_tr_raw_copy_in_guarded_batch(void **state)
 {
     (void)state;
     const char *t = "tr_raw_copy";
-    struct itest_proxy *p = start_with_dup(t);
     itest_server_exec("DROP TABLE IF EXISTS tr_raw_copied; CREATE TABLE tr_raw_copied (v text)");
-    int fd = itest_raw_connect(p->port);
-    assert_true(fd >= 0);
-    itest_raw_login(fd, itest_pg_user(), "itest_tr_raw_copy");
-    raw_query(fd, "BEGIN");
-    raw_expect(fd, 'C', "BEGIN");
-    raw_expect(fd, 'Z', "T");
+    int fd = raw_session_for(t, true);
 
     static const uint8_t row[] = "copied\n";
     for (int pipelined = 0; pipelined < 2; pipelined++) {
