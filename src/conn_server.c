@@ -871,7 +871,7 @@ enum taken take_server_msg(struct conn *c, const uint8_t *msg, size_t total,
             login_done(c);
             return TAKEN_FORWARD;
         }
-        if (head && head->kind == TRACK_SYNC && !sync_behind_head(c))
+        if (c->batch_ending && head && head->kind == TRACK_SYNC && !sync_behind_head(c))
             c->batch_ending = false;
         if (translating(c))
             taken = guard_ready(c);
