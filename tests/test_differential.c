@@ -88,6 +88,11 @@ struct gen {
                              SET TRANSACTION ISOLATION LEVEL after it (the
                              Parse in place of a cached one takes no
                              snapshot: README, Limitations) */
+    bool identity_moved;  /* this sequence may have changed the search_path
+                             or role: no Bind or Describe of a statement
+                             prepared before, which keeps the form it was
+                             given when sent before the change is answered
+                             (README, Limitations) */
     struct bytes out[SIDES];
     size_t msg_at[SIDES]; /* where the message being written starts */
     char script[16384];   /* the proxied side, readable, for a failure's report */
@@ -513,11 +518,19 @@ static void step_single(struct gen *g)
         put_parse(g, name, &extended_sql[rnd(g, sizeof extended_sql / sizeof extended_sql[0])]);
         break;
     case 1:
-        put_bind(g, portal, name, (int)rnd(g, 3));
+        if (g->identity_moved)
+            put_bare(g, 'H', "Flush");
+        else
+            put_bind(g, portal, name, (int)rnd(g, 3));
         break;
-    case 2:
-        put_named(g, 'D', rnd(g, 2) ? 'S' : 'P', rnd(g, 2) ? name : portal);
+    case 2: {
+        bool statement = rnd(g, 2);
+        if (statement && g->identity_moved)
+            put_bare(g, 'H', "Flush");
+        else
+            put_named(g, 'D', statement ? 'S' : 'P', rnd(g, 2) ? name : portal);
         break;
+    }
     case 3:
         put_execute(g, portal, rnd(g, 3));
         break;
@@ -570,6 +583,13 @@ static bool may_change_identity(const char *sql)
            strncmp(sql, "EXECUTE", 7) == 0;
 }
 
+/* SQL that may change where diff_reg leads or as whom the session runs. */
+static bool moves_identity(const char *sql)
+{
+    return strstr(sql, "search_path") || strstr(sql, "ROLE") || strstr(sql, "'role'") ||
+           may_change_identity(sql);
+}
+
 /* A Query of simple_sql; with insert_only, one of its INSERTs into
  * diff_reg. */
 static void step_simple(struct gen *g, bool insert_only)
@@ -586,11 +606,13 @@ static void step_simple(struct gen *g, bool insert_only)
            (g->no_settings && may_change_identity(pair->sql)));
     expand(g, pair, sql, by_hand, sizeof sql);
     put_query(g, sql, by_hand);
+    g->identity_moved |= moves_identity(sql);
 }
 
 static void generate(struct gen *g)
 {
     g->parsed_insert = false;
+    g->identity_moved = false;
     /* Only a sequence's first message has nothing outstanding before it,
      * as a simple INSERT must for the proxy to run it as its shape's
      * prepared statement (README). */
