@@ -838,6 +838,10 @@ static void server_read(struct conn *c)
         /* At once, rather than when the client speaks next: the answer is
          * then likely in before the client's next message. */
         follow_identity(c);
+        if (c->await_quiet && (conn_quiet(c) || c->track.copy_in)) {
+            c->await_quiet = false;
+            c->resume_client = true;
+        }
         if (c->resume_client) {
             c->resume_client = false;
             if (!relay(c, FLOW_TO_SERVER))

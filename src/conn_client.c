@@ -877,6 +877,26 @@ bool reprepare_all(struct conn *c)
     return reprepare(c, &k, "", INJECT_REFRESH);
 }
 
+/* Whether a Bind of statement waits for the requests before it to be
+ * answered: it binds a statement that inserts into a registered table
+ * (the proxy may have rewritten it), behind a change of the session's
+ * role or search_path the server has not answered yet. Bound now, it
+ * would run in the form decided before the change, on the new path; once
+ * all before it is answered, the session is asked (follow_identity, or
+ * ask_in_block) and the statement prepared again if its text differs now
+ * (reprepare). Only a Bind that begins a batch waits, so that what waits
+ * is whole requests, and not while the server copies from the client,
+ * which would never end. */
+static bool awaits_identity(struct conn *c, const char *statement)
+{
+    bool inserts = statement[0] == '\0' ? c->unnamed_parse_len > 0 || c->stmts.unnamed
+                                        : session_inserts(&c->session, statement);
+
+    c->await_quiet = c->identity == IDENTITY_UNKNOWN && inserts && !conn_quiet(c) &&
+                     !c->track.batch_open && !c->track.copy_in;
+    return c->await_quiet;
+}
+
 static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;
@@ -885,7 +905,7 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
     size_t statement_at = at;
     const char *statement = portal ? read_name(body, len, &at) : NULL;
 
-    if (ask_in_block(c, msg, total))
+    if (ask_in_block(c, msg, total) || (statement && awaits_identity(c, statement)))
         return TAKEN_HELD;
     batch_message(c);
     if (!statement)

@@ -199,6 +199,8 @@ struct conn {
                                    input waits until its answer is in */
     bool catalog_ok;            /* no row of that answer was refused */
     bool resume_client;         /* the catalog arrived: relay the client's input */
+    bool await_quiet;           /* a Bind waits in the client's input for all before
+                                   it to be answered (awaits_identity) */
     bool replication;           /* a replication session: never rewrite */
     enum identity identity;
     bool identity_fits;         /* the last answer fit the scope's verdicts */

@@ -91,7 +91,8 @@ struct gen {
     bool identity_moved;  /* this sequence may have changed the search_path
                              or role: no Bind or Describe of a statement
                              prepared before, which keeps the form it was
-                             given when sent before the change is answered
+                             given when it goes in the change's batch, or
+                             is described, before the change is answered
                              (README, Limitations) */
     struct bytes out[SIDES];
     size_t msg_at[SIDES]; /* where the message being written starts */

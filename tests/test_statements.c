@@ -499,14 +499,14 @@ static void test_stmt_query_prepared(void **state)
     itest_pass();
 }
 
-/* Appends a Parse of text as the unnamed statement (no parameter types). */
-static size_t put_parse_unnamed(uint8_t *buf, size_t cap, size_t at, const char *text)
+/* Appends a Parse of text as statement name (no parameter types). */
+static size_t put_parse(uint8_t *buf, size_t cap, size_t at, const char *name, const char *text)
 {
     uint8_t body[16384];
-    size_t n = 0, text_len = strlen(text) + 1;
+    size_t n = strlen(name) + 1, text_len = strlen(text) + 1;
 
-    assert_true(text_len + 3 <= sizeof body);
-    body[n++] = '\0';
+    assert_true(n + text_len + 2 <= sizeof body);
+    memcpy(body, name, n);
     memcpy(body + n, text, text_len);
     n += text_len;
     body[n++] = 0;
@@ -514,18 +514,26 @@ static size_t put_parse_unnamed(uint8_t *buf, size_t cap, size_t at, const char 
     return at + itest_build_msg(buf + at, cap - at, 'P', body, n);
 }
 
-/* Appends a Bind of the unnamed statement to the unnamed portal with the
- * text values k and payload, and an Execute of it. */
-static size_t put_bind_execute(uint8_t *buf, size_t cap, size_t at, const char *k,
-                               const char *payload)
+/* The same as the unnamed statement. */
+static size_t put_parse_unnamed(uint8_t *buf, size_t cap, size_t at, const char *text)
+{
+    return put_parse(buf, cap, at, "", text);
+}
+
+/* Appends a Bind of statement to the unnamed portal with the text values
+ * k and payload, and an Execute of it. */
+static size_t put_bind_execute_of(uint8_t *buf, size_t cap, size_t at, const char *statement,
+                                  const char *k, const char *payload)
 {
     static const uint8_t execute[] = { '\0', 0, 0, 0, 0 };
     uint8_t body[256];
-    size_t n = 0;
+    size_t n = 0, name_len = strlen(statement) + 1;
 
-    /* "", "", text formats, two values, text results. */
+    /* "", statement, text formats, two values, text results. */
+    assert_true(1 + name_len + 4 <= sizeof body);
     body[n++] = '\0';
-    body[n++] = '\0';
+    memcpy(body + n, statement, name_len);
+    n += name_len;
     body[n++] = 0;
     body[n++] = 0;
     body[n++] = 0;
@@ -545,6 +553,13 @@ static size_t put_bind_execute(uint8_t *buf, size_t cap, size_t at, const char *
     body[n++] = 0;
     at += itest_build_msg(buf + at, cap - at, 'B', body, n);
     return at + itest_build_msg(buf + at, cap - at, 'E', execute, sizeof execute);
+}
+
+/* The same of the unnamed statement. */
+static size_t put_bind_execute(uint8_t *buf, size_t cap, size_t at, const char *k,
+                               const char *payload)
+{
+    return put_bind_execute_of(buf, cap, at, "", k, payload);
 }
 
 static size_t put_sync(uint8_t *buf, size_t cap, size_t at)
@@ -798,6 +813,55 @@ static void test_stmt_redefinition_behind_two_syncs(void **state)
     itest_pass();
 }
 
+/* A statement the proxy rewrote, bound right behind a change of where its
+ * table leads (a Query of SET search_path, then the Bind, in one write),
+ * waits for the change to be answered and the session asked, and runs as
+ * the client wrote it on the new path, as it does straight on PostgreSQL:
+ * there the table of the name has no unique index, which the rewritten
+ * form would fail on (42P10). Outside a block, inside one with SET LOCAL,
+ * and back. */
+static void test_stmt_bound_behind_path_change(void **state)
+{
+    (void)state;
+    create_table();
+    itest_server_exec("DROP SCHEMA IF EXISTS stmt_elsewhere CASCADE; CREATE SCHEMA stmt_elsewhere; "
+                      "CREATE TABLE stmt_elsewhere.stmt_t (k bigint, payload text)");
+    int fd = raw_session(proxy(""), "itest_path_change");
+    uint8_t buf[1024];
+    size_t n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_ins", INSERT));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_ins");
+
+    static const struct {
+        const char *before, *tag;
+        const char *k;
+    } cases[] = {
+        { "SET search_path TO stmt_elsewhere, public", "SET", "1" },
+        { "RESET search_path", "RESET", "1" },
+        { "SET LOCAL search_path TO stmt_elsewhere, public", "SET", "2" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (i == 2) {
+            n = itest_build_msg(buf, sizeof buf, 'Q', "BEGIN", sizeof "BEGIN");
+            assert_true(itest_raw_send(fd, buf, n));
+            expect_replies(fd, "CZ", NULL, "BEGIN", "BEGIN");
+        }
+        n = itest_build_msg(buf, sizeof buf, 'Q', cases[i].before, strlen(cases[i].before) + 1);
+        n = put_sync(buf, sizeof buf, put_bind_execute_of(buf, sizeof buf, n, "s_ins",
+                                                          cases[i].k, "behind"));
+        assert_true(itest_raw_send(fd, buf, n));
+        expect_replies(fd, "CZ", NULL, cases[i].tag, cases[i].before);
+        expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_ins bound right behind it");
+    }
+    n = itest_build_msg(buf, sizeof buf, 'Q', "COMMIT", sizeof "COMMIT");
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "CZ", NULL, "COMMIT", "COMMIT");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_elsewhere.stmt_t"), 2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE payload = 'behind'"), 1);
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* An Execute of the INSERT's portal after it ran fails as on PostgreSQL
  * (55000, portal "" cannot be run), and is no sign that the table changed:
  * the rewrite goes on. */
@@ -840,6 +904,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_value_errors),
         ITEST(test_stmt_skipped_redefinition),
         ITEST(test_stmt_redefinition_behind_two_syncs),
+        ITEST(test_stmt_bound_behind_path_change),
         ITEST(test_stmt_portal_run_twice),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
