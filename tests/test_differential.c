@@ -89,11 +89,11 @@ struct gen {
                              Parse in place of a cached one takes no
                              snapshot: README, Limitations) */
     bool identity_moved;  /* this sequence may have changed the search_path
-                             or role: no Bind or Describe of a statement
-                             prepared before, which keeps the form it was
-                             given when it goes in the change's batch, or
-                             is described, before the change is answered
-                             (README, Limitations) */
+                             or role: no Bind of a statement prepared
+                             before in the change's batch, nor Describe,
+                             which keep the form it was given before the
+                             change is answered (README, Limitations) */
+    bool batch_open;      /* extended messages since the last Sync */
     struct bytes out[SIDES];
     size_t msg_at[SIDES]; /* where the message being written starts */
     char script[16384];   /* the proxied side, readable, for a failure's report */
@@ -147,6 +147,10 @@ static void emit_sides(struct gen *g, const char *proxied, const char *direct)
 /* Starts a message on both sides; msg_end fills in their lengths. */
 static void msg_begin(struct gen *g, char type)
 {
+    if (type == 'S')
+        g->batch_open = false;
+    else if (strchr("PBDECH", type))
+        g->batch_open = true;
     for (int s = 0; s < SIDES; s++) {
         put(&g->out[s], &type, 1);
         g->msg_at[s] = g->out[s].len;
@@ -519,7 +523,7 @@ static void step_single(struct gen *g)
         put_parse(g, name, &extended_sql[rnd(g, sizeof extended_sql / sizeof extended_sql[0])]);
         break;
     case 1:
-        if (g->identity_moved)
+        if (g->identity_moved && g->batch_open)
             put_bare(g, 'H', "Flush");
         else
             put_bind(g, portal, name, (int)rnd(g, 3));
@@ -614,6 +618,7 @@ static void generate(struct gen *g)
 {
     g->parsed_insert = false;
     g->identity_moved = false;
+    g->batch_open = false;
     /* Only a sequence's first message has nothing outstanding before it,
      * as a simple INSERT must for the proxy to run it as its shape's
      * prepared statement (README). */
