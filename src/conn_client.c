@@ -885,15 +885,18 @@ bool reprepare_all(struct conn *c)
  * all before it is answered, the session is asked (follow_identity, or
  * ask_in_block) and the statement prepared again if its text differs now
  * (reprepare). Only a Bind that begins a batch waits, so that what waits
- * is whole requests, and not while the server copies from the client,
- * which would never end. */
+ * is whole requests; not while the server copies from the client, which
+ * would never end; and not in a session whose encoding or
+ * standard_conforming_strings keep the rewrite away, which is never
+ * asked. */
 static bool awaits_identity(struct conn *c, const char *statement)
 {
     bool inserts = statement[0] == '\0' ? c->unnamed_parse_len > 0 || c->stmts.unnamed
                                         : session_inserts(&c->session, statement);
 
     c->await_quiet = c->identity == IDENTITY_UNKNOWN && inserts && !conn_quiet(c) &&
-                     !c->track.batch_open && !c->track.copy_in;
+                     !c->track.batch_open && !c->track.copy_in && c->charset_ok &&
+                     !c->scs_off;
     return c->await_quiet;
 }
 
