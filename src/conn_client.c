@@ -891,12 +891,11 @@ bool reprepare_all(struct conn *c)
  * asked. */
 static bool awaits_identity(struct conn *c, const char *statement)
 {
-    bool inserts = statement[0] == '\0' ? c->unnamed_parse_len > 0 || c->stmts.unnamed
-                                        : session_inserts(&c->session, statement);
-
-    c->await_quiet = c->identity == IDENTITY_UNKNOWN && inserts && !conn_quiet(c) &&
+    c->await_quiet = c->identity == IDENTITY_UNKNOWN && !conn_quiet(c) &&
                      !c->track.batch_open && !c->track.copy_in && c->charset_ok &&
-                     !c->scs_off;
+                     !c->scs_off &&
+                     (statement[0] == '\0' ? c->unnamed_parse_len > 0 || c->stmts.unnamed
+                                           : session_inserts(&c->session, statement));
     return c->await_quiet;
 }
 
