@@ -186,17 +186,25 @@ static void restore_statements(struct conn *c, size_t n)
  * (restore_statements). A redefinition of the unnamed statement among
  * them that displaced what the proxy kept of it gives that back, unless a
  * skipped Parse of the unnamed statement came before it (the proxy knew
- * nothing of the statement then). */
+ * nothing of the statement then). A COPY from the client that failed
+ * took what came behind it up to its CopyDone or CopyFail, a Sync among
+ * them too (track's end_copy_in): the skipping begins after that. */
 static void forget_refused(struct conn *c)
 {
     const struct track_req *r;
     struct note *unsure = NULL;
-    bool unnamed_parsed = false, restore = false;
+    bool unnamed_parsed = false, restore = false, copied = c->track.copy_in;
     size_t i;
 
     if (!track_error_skips(&c->track))
         return;
-    for (i = 0; (r = track_at(&c->track, i)) && r->kind != TRACK_SYNC; i++) {
+    for (i = 0; (r = track_at(&c->track, i)); i++) {
+        if (copied && i > 0) {
+            copied = r->kind != TRACK_COPY_END;
+            continue;
+        }
+        if (r->kind == TRACK_SYNC)
+            break;
         struct note *n = r->injected ? NULL : r->note;
         if (!n)
             continue;

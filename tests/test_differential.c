@@ -461,12 +461,10 @@ static void put_copy_data(struct gen *g, const char *row)
     note(g, "  CopyData \"%.*s\"\n", (int)strlen(row) - 1, row);
 }
 
-/* A COPY FROM STDIN and what the client sends it, whether or not the
- * server takes it (in a failed block it does not, and ignores the rest). */
-static void step_copy_in(struct gen *g)
+/* The rows of a COPY FROM STDIN and its end, whether or not the server
+ * takes them (outside a COPY it ignores them). */
+static void put_copy_rows(struct gen *g)
 {
-    const char *copy = rnd(g, 2) ? "COPY diff_plain (k, v) FROM STDIN" : "COPY diff_reg (k, v) FROM STDIN";
-    put_query(g, copy, copy);
     for (uint32_t rows = rnd(g, 3); rows > 0; rows--) {
         char row[48];
         snprintf(row, sizeof row, "%lld\tc\n", new_key(g));
@@ -480,6 +478,37 @@ static void step_copy_in(struct gen *g)
     } else {
         put_bare(g, 'c', "CopyDone");
     }
+}
+
+static const struct prepared_sql copy_in_sql[] = {
+    { "COPY diff_plain (k, v) FROM STDIN", NULL, 0 },
+    { "COPY diff_reg (k, v) FROM STDIN", NULL, 0 },
+};
+
+/* A COPY FROM STDIN in a Query and what the client sends it. */
+static void step_copy_in(struct gen *g)
+{
+    const char *copy = copy_in_sql[rnd(g, 2)].sql;
+    put_query(g, copy, copy);
+    put_copy_rows(g);
+}
+
+/* A COPY FROM STDIN by the extended protocol, in whatever batch is open
+ * (guarded INSERTs, a statement that failed), its data sent at once; now
+ * and then behind a Sync, as libpq sends one, which PostgreSQL ignores
+ * while it copies and which ends the batch where it skipped the COPY. */
+static void step_copy_extended(struct gen *g)
+{
+    put_parse(g, "", &copy_in_sql[rnd(g, 2)]);
+    put_bind(g, "", "", 0);
+    put_execute(g, "", 0);
+    if (rnd(g, 2)) {
+        put_bare(g, 'S', "Sync");
+        g->batch_open = true; /* as far as the COPY's batch goes */
+    }
+    put_copy_rows(g);
+    if (rnd(g, 5) != 0)
+        put_bare(g, 'S', "Sync");
 }
 
 /* What drivers send: Parse, Bind, Execute (in parts, now and then) and
@@ -614,6 +643,39 @@ static void step_simple(struct gen *g, bool insert_only)
     g->identity_moved |= moves_identity(sql);
 }
 
+/* A batch that fails midway, with a guarded INSERT before the failure or
+ * not, and what the server then skips up to the Sync: a Query (an INSERT
+ * the proxy would guard, a COPY and its data) or more extended messages. */
+static void step_failed_batch(struct gen *g)
+{
+    static const struct prepared_sql failing = { "SELECT 1/0", NULL, 0 };
+
+    if (rnd(g, 2)) {
+        put_parse(g, "", &extended_sql[3]); /* INSERT INTO diff_reg ... ($1, $2) */
+        put_bind(g, "", "", 2);
+        put_execute(g, "", 0);
+    }
+    put_parse(g, "", &failing);
+    put_bind(g, "", "", 0);
+    put_execute(g, "", 0);
+    switch (rnd(g, 4)) {
+    case 0:
+        step_simple(g, true);
+        break;
+    case 1:
+        step_copy_in(g);
+        break;
+    case 2:
+        step_copy_extended(g);
+        break;
+    default:
+        step_chain(g);
+        break;
+    }
+    if (rnd(g, 2))
+        put_bare(g, 'S', "Sync");
+}
+
 static void generate(struct gen *g)
 {
     g->parsed_insert = false;
@@ -629,13 +691,17 @@ static void generate(struct gen *g)
     else if (rnd(g, 3) == 0)
         step_simple(g, true);
     for (uint32_t steps = 1 + rnd(g, 10); steps > 0; steps--) {
-        uint32_t r = rnd(g, 20);
+        uint32_t r = rnd(g, 22);
         if (r < 9) {
             step_simple(g, false);
         } else if (r < 15) {
             step_chain(g);
         } else if (r < 17) {
             step_copy_in(g);
+        } else if (r < 18) {
+            step_copy_extended(g);
+        } else if (r < 19) {
+            step_failed_batch(g);
         } else {
             step_single(g);
         }

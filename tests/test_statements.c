@@ -813,6 +813,54 @@ static void test_stmt_redefinition_behind_two_syncs(void **state)
     itest_pass();
 }
 
+/* A Parse behind an extended COPY FROM STDIN that the client fails is
+ * skipped by the server, with the Sync the client sent behind the COPY
+ * going to the copy: the statement's name keeps what it held (here a
+ * SELECT), and a reload, after which the proxy prepares again what it
+ * knows as INSERTs, leaves it as it is. */
+static void test_stmt_parse_skipped_after_copy_failed(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    int fd = raw_session(p, "itest_copy_failed");
+    static const uint8_t copy[] = "\0COPY stmt_t (k, payload) FROM STDIN\0\0";
+    static const uint8_t bind_copy[] = "\0\0\0\0\0\0\0";
+    static const uint8_t bind_sel[] = "\0s_sel\0\0\0\0\0\0";
+    static const uint8_t execute[] = "\0\0\0\0";
+    static const uint8_t copy_fail[] = "stopped by the client";
+    uint8_t buf[1024];
+    size_t n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_sel", "SELECT 1"));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_sel");
+
+    n = itest_build_msg(buf, sizeof buf, 'P', copy, sizeof copy);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'B', bind_copy, sizeof bind_copy);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+    n = put_sync(buf, sizeof buf, n);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'f', copy_fail, sizeof copy_fail);
+    n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, n, "s_sel", INSERT));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "12GEZ", "57014", NULL, "the COPY failed, the Parse behind it skipped");
+
+    FILE *f = fopen(p->conf_path, "w");
+    assert_non_null(f);
+    fprintf(f, "[idemproxy]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nserver_host = %s\n"
+               "server_port = %d\nlog_level = debug\n[table public.stmt_t]\nconflict = k\n"
+               "action = none\n",
+            p->port, itest_env("IDEM_TEST_PGHOST"), itest_pg_port());
+    fclose(f);
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    itest_proxy_wait_log_count(p, "configuration reloaded", 1);
+
+    n = itest_build_msg(buf, sizeof buf, 'B', bind_sel, sizeof bind_sel);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+    assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
+    expect_replies(fd, "2DCZ", NULL, "SELECT 1", "s_sel after the reload");
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* A statement the proxy rewrote, bound right behind a change of where its
  * table leads (a Query of SET search_path, then the Bind, in one write),
  * waits for the change to be answered and the session asked, and runs as
@@ -904,6 +952,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_value_errors),
         ITEST(test_stmt_skipped_redefinition),
         ITEST(test_stmt_redefinition_behind_two_syncs),
+        ITEST(test_stmt_parse_skipped_after_copy_failed),
         ITEST(test_stmt_bound_behind_path_change),
         ITEST(test_stmt_portal_run_twice),
     };
