@@ -449,8 +449,9 @@ static enum handling client_handling(const struct conn *c, char type)
     case 'H': /* Flush */
     case 'F': /* FunctionCall */
         return HANDLE_TAKE;
-    case 'D': /* Describe */
-        return c->stmts.unnamed ? HANDLE_TAKE : HANDLE_STREAM;
+    case 'D': /* Describe: of a statement the proxy may prepare again
+                 first, or that stands for a cached one (take_describe) */
+        return knows_statements(c) ? HANDLE_TAKE : HANDLE_STREAM;
     default:
         return HANDLE_STREAM;
     }

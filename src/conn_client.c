@@ -13,6 +13,9 @@
 
 /* The statement and portal name of the proxy's own extended statements. */
 #define GUARD_NAME "idemproxy_guard"
+/* ... of the DEALLOCATE of a client's statement (drop_statement), apart:
+ * one that failed leaves its statement behind. */
+#define DROP_NAME "idemproxy_drop"
 
 /* ---- notes on requests ------------------------------------------------- */
 
@@ -539,6 +542,20 @@ const char *read_name(const uint8_t *body, size_t len, size_t *at)
     return name;
 }
 
+const char *named_statement(const uint8_t *msg, size_t total)
+{
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t len = total - PG_HEAD_LEN, at = 0;
+
+    if (msg[0] == 'B')
+        return read_name(body, len, &at) ? read_name(body, len, &at) : NULL;
+    if (msg[0] == 'D' && len > 0 && body[0] == 'S') {
+        at = 1;
+        return read_name(body, len, &at);
+    }
+    return NULL;
+}
+
 /* The extended batch begins with its first message after a Sync: what the
  * session's transaction status is then is only certain when nothing is
  * outstanding. */
@@ -768,11 +785,40 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
     return st.replaced ? TAKEN_REPLACED : TAKEN_FORWARD;
 }
 
-/* Closes statement name and prepares it again from the client's Parse
- * body, its text decided by the rules in force now. A Describe goes first:
- * a statement that SQL the proxy could not read dropped (in a function,
- * say) is not brought back, since the Describe fails as the client's Bind
- * would have, and the server skips the rest. Ahead of a Bind (tag
+/* Drops the client's statement name, ahead of its Parse again. A named
+ * one by SQL DEALLOCATE: the server refuses it, and skips the rest up to
+ * the Sync, when the statement is gone (SQL the proxy could not read
+ * dropped it, in a function say), so that it is not brought back, as the
+ * client's Bind would have failed; a Describe would do the same, but
+ * analyses a statement that returns rows again, which fails where the
+ * text it was prepared with no longer analyses (on another search_path).
+ * The proxy's run that fails leaves its own statement: it is closed first.
+ * The unnamed statement, which only messages the proxy reads can drop, and
+ * a name SQL cannot spell as the protocol does, are closed instead. False
+ * when out of memory. */
+static bool drop_statement(struct conn *c, struct sink *k, const char *name, enum inject tag)
+{
+    char sql[160];
+    uint8_t run[512];
+    size_t n = 0;
+
+    if (rewrite_build_deallocate(sql, sizeof(sql), name, !c->charset_ok))
+        n = pg_build_extended_run(run, sizeof(run), DROP_NAME, sql);
+    if (n == 0 || n > sizeof(run)) {
+        if (!track_inject(&c->track, 'C', tag))
+            return false;
+        write_on_statement(k, 'C', name);
+        return true;
+    }
+    if (!track_inject(&c->track, 'C', tag) || !track_extended_run(c, tag))
+        return false;
+    write_on_statement(k, 'C', DROP_NAME);
+    sink_write(k, run, n);
+    return true;
+}
+
+/* Drops statement name and prepares it again from the client's Parse
+ * body, its text decided by the rules in force now. Ahead of a Bind (tag
  * INJECT_REPREPARE) the Bind's batch carries it; on its own
  * (INJECT_REFRESH) a Sync of the proxy's ends it, so that a failure skips
  * nothing of the client's. False when out of memory. */
@@ -801,12 +847,9 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
         free(parse);
         return true;
     }
-    bool ok = track_inject(&c->track, 'D', tag) && track_inject(&c->track, 'C', tag) &&
-              track_inject(&c->track, 'P', tag) &&
+    bool ok = drop_statement(c, k, name, tag) && track_inject(&c->track, 'P', tag) &&
               (tag != INJECT_REFRESH || track_inject(&c->track, 'S', tag));
     if (ok) {
-        write_on_statement(k, 'D', name);
-        write_on_statement(k, 'C', name);
         if (st.replaced)
             write_rewritten(k, 'P', &st);
         else
@@ -826,14 +869,14 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
 /* A statement of the client's prepared under rules that have changed since
  * (the catalog check withdrew or granted the rewrite, a reload, or an
  * answer about the session's identity) holds a text those rules would not
- * send: the proxy closes it and prepares the client's text again,
- * rewritten or not as the rules say now, ahead of its next Bind or as
- * soon as the identity is known (reprepare_all). A named statement's
- * Parse is kept by the session, the unnamed one's by the connection
- * (keep_unnamed_parse). Only when nothing is outstanding (nor skipped
- * to a Sync still to come) and no failed block is open, so that nothing
- * before it can make the server skip the Parse after the Close; otherwise
- * a later Bind does it. False when out of memory. */
+ * send: the proxy drops it and prepares the client's text again,
+ * rewritten or not as the rules say now, ahead of its next Bind or
+ * Describe or as soon as the identity is known (reprepare_all). A named
+ * statement's Parse is kept by the session, the unnamed one's by the
+ * connection (keep_unnamed_parse). Only when nothing is outstanding (nor
+ * skipped to a Sync still to come) and no failed block is open, so that
+ * nothing before it can make the server skip the Parse after the drop;
+ * otherwise a later Bind or Describe does it. False when out of memory. */
 static bool may_prepare_again(const struct conn *c)
 {
     return c->scope && track_pending(&c->track) == 0 && !c->track.skip_to_sync &&
@@ -877,16 +920,16 @@ bool reprepare_all(struct conn *c)
     return reprepare(c, &k, "", INJECT_REFRESH);
 }
 
-/* Whether a Bind of statement waits for the requests before it to be
- * answered: it binds a statement that inserts into a registered table
- * (the proxy may have rewritten it), behind a change of the session's
- * role or search_path the server has not answered yet. Bound now, it
- * would run in the form decided before the change, on the new path; once
- * all before it is answered, the session is asked (follow_identity, or
- * ask_in_block) and the statement prepared again if its text differs now
- * (reprepare). Only a Bind that begins a batch waits, so that what waits
- * is whole requests; not while the server copies from the client, which
- * would never end; and not in a session whose encoding or
+/* Whether a Bind or Describe of statement waits for the requests before
+ * it to be answered: the statement inserts into a registered table (the
+ * proxy may have rewritten it), behind a change of the session's role or
+ * search_path the server has not answered yet. Taken now, it would run or
+ * be described in the form decided before the change, on the new path;
+ * once all before it is answered, the session is asked (follow_identity,
+ * or ask_in_block) and the statement prepared again if its text differs
+ * now (reprepare). Only a message that begins a batch waits, so that what
+ * waits is whole requests; not while the server copies from the client,
+ * which would never end; and not in a session whose encoding or
  * standard_conforming_strings keep the rewrite away, which is never
  * asked. */
 static bool awaits_identity(struct conn *c, const char *statement)
@@ -934,15 +977,23 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
     return renamed ? TAKEN_REPLACED : TAKEN_FORWARD;
 }
 
-/* Taken only while the unnamed statement stands for a cached one. */
+/* A Describe of a statement describes it in the form the rules now in
+ * force give it, as a Bind runs it; of the unnamed statement while it
+ * stands for a cached one, it describes that one. */
 static enum taken take_describe(struct conn *c, const uint8_t *msg, size_t total,
                                 struct sink *k)
 {
-    bool renamed = total >= PG_HEAD_LEN + 2 && msg[PG_HEAD_LEN] == 'S' &&
-                   msg[PG_HEAD_LEN + 1] == '\0' && c->stmts.unnamed;
+    const char *statement = named_statement(msg, total);
     struct note *note = NULL;
 
+    if (statement && (ask_in_block(c, msg, total) || awaits_identity(c, statement)))
+        return TAKEN_HELD;
     batch_message(c);
+    if (statement && !reprepare(c, k, statement, INJECT_REPREPARE)) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    bool renamed = statement && statement[0] == '\0' && c->stmts.unnamed;
     if (renamed) {
         note = note_new(NULL, NULL);
         if (!note) {

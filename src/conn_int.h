@@ -73,11 +73,11 @@ enum inject {
                            ahead of a message the proxy cannot rename */
     INJECT_PREPARED,    /* the Close and Bind that run a Query's INSERT as a
                            cached statement (prepare_query) */
-    INJECT_REPREPARE,   /* the Close and Parse that give a client's named
-                           statement the text the rules want now */
+    INJECT_REPREPARE,   /* the DEALLOCATE (or Close) and Parse that give a
+                           client's statement the text the rules want now */
     INJECT_IDENTITY,    /* the question whether the catalog check holds for
                            this session (learn_identity) */
-    INJECT_REFRESH,     /* the Describe, Close, Parse and Sync that give a
+    INJECT_REFRESH,     /* the DEALLOCATE, Parse and Sync that give a
                            client's statement the text the rules want for the
                            session's identity now (reprepare_all) */
 };
@@ -449,6 +449,9 @@ bool track_extended_run(struct conn *c, enum inject tag);
 /* Reads the NUL-terminated name at *at in body; advances *at past it.
  * NULL when there is none. */
 const char *read_name(const uint8_t *body, size_t len, size_t *at);
+/* The statement a Bind binds or a Describe of a statement describes. NULL
+ * for any other message, or one whose name is cut short. */
+const char *named_statement(const uint8_t *msg, size_t total);
 /* Prepares again, at once, every statement of the client's that the rules
  * now in force would prepare otherwise (see reprepare), when nothing is
  * outstanding: after the session's identity changed, which makes the
@@ -484,9 +487,10 @@ void restore_unnamed(struct conn *c, struct sink *k);
 void follow_effects(struct conn *c, unsigned effects);
 /* Inside a transaction block whose statements may have changed the
  * identity, asks about it before a Query or Parse (msg, total bytes) that
- * may insert into a registered table, or a Bind of a statement that does,
- * when that message starts a request with nothing of the client's under
- * way. True when it asked: the message waits for the answer (TAKEN_HELD). */
+ * may insert into a registered table, or a Bind or Describe of a statement
+ * that does, when that message starts a request with nothing of the
+ * client's under way. True when it asked: the message waits for the
+ * answer (TAKEN_HELD). */
 bool ask_in_block(struct conn *c, const uint8_t *msg, size_t total);
 /* Asks the server about the registered tables; client input waits until
  * the answer is in. Only with nothing of the client's under way, where the

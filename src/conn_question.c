@@ -334,18 +334,16 @@ static bool text_needs_identity(const struct conn *c, const uint8_t *msg, size_t
 }
 
 /* Inside a transaction block the identity is asked right before the first
- * Query or Parse that may insert into a registered table, or Bind of a
- * statement that does, once something in the block may have changed it
- * (SET LOCAL ROLE, set_config of role or search_path with is_local: what
- * PostGraphile and row-level security setups do per request); waiting for
- * the block's end would leave its INSERTs as they are. Only at the start
- * of a request with nothing of the client's under way, so that the
- * question joins nothing of its. True when the message waits for the
- * answer. */
+ * Query or Parse that may insert into a registered table, or Bind or
+ * Describe of a statement that does, once something in the block may have
+ * changed it (SET LOCAL ROLE, set_config of role or search_path with
+ * is_local: what PostGraphile and row-level security setups do per
+ * request); waiting for the block's end would leave its INSERTs as they
+ * are. Only at the start of a request with nothing of the client's under
+ * way, so that the question joins nothing of its. True when the message
+ * waits for the answer. */
 bool ask_in_block(struct conn *c, const uint8_t *msg, size_t total)
 {
-    size_t at = 0;
-
     /* An answer given in the block before its scope's catalog was learnt
      * is asked again, as outside a block (follow_identity). */
     bool stale = c->identity == IDENTITY_KNOWN && c->identity_in_block &&
@@ -353,10 +351,8 @@ bool ask_in_block(struct conn *c, const uint8_t *msg, size_t total)
     if ((c->identity != IDENTITY_UNKNOWN && !stale) || c->track.txn_status != 'T' ||
         !conn_quiet(c) || c->catalog || c->guard != GUARD_NONE || !c->charset_ok || c->scs_off)
         return false;
-    if (msg[0] == 'B') {
-        const uint8_t *body = msg + PG_HEAD_LEN;
-        size_t len = total - PG_HEAD_LEN;
-        const char *statement = read_name(body, len, &at) ? read_name(body, len, &at) : NULL;
+    if (msg[0] == 'B' || msg[0] == 'D') {
+        const char *statement = named_statement(msg, total);
         if (!statement || !session_inserts(&c->session, statement))
             return false;
     } else if (!text_needs_identity(c, msg, total)) {

@@ -982,3 +982,19 @@ size_t rewrite_build_clause(char *buf, size_t cap, const struct name_list *targe
     n = put(buf, cap, n, " DO UPDATE SET ");
     return put_columns(buf, cap, n, set, true);
 }
+
+bool rewrite_build_deallocate(char *buf, size_t cap, const char *name, bool ascii_only)
+{
+    size_t len = strlen(name);
+
+    if (len == 0 || len >= 64)
+        return false;
+    for (size_t i = 0; ascii_only && i < len; i++)
+        if ((unsigned char)name[i] > 0x7f)
+            return false;
+    size_t n = put_ident(buf, cap, put(buf, cap, 0, "DEALLOCATE "), name);
+    if (n >= cap)
+        return false;
+    buf[n] = '\0';
+    return true;
+}

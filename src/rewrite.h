@@ -190,4 +190,13 @@ bool rewrite_charset(const char *client_encoding, const char *server_encoding, b
 size_t rewrite_build_clause(char *buf, size_t cap, const struct name_list *target,
                             const struct name_list *set);
 
+/* Writes DEALLOCATE "name" into buf (cap bytes, NUL-terminated): SQL that
+ * drops the prepared statement the protocol calls name, and fails as a
+ * Bind of it would (26000) when there is none. False when SQL cannot name
+ * it as the protocol does, or buf is too small: the unnamed statement; a
+ * name of 64 bytes (NAMEDATALEN) or more, which the protocol cuts at 63
+ * bytes and SQL at a character, with a notice; with ascii_only (a session
+ * whose encoding may hide a quote byte in a character), a byte over 0x7f. */
+bool rewrite_build_deallocate(char *buf, size_t cap, const char *name, bool ascii_only);
+
 #endif

@@ -1006,6 +1006,42 @@ static void test_build_clause(void **state)
     assert_clause(&l_key, &l_key, WE_R);
 }
 
+/* DEALLOCATE spells a statement's name as the protocol does, or not at
+ * all: the unnamed statement and names SQL would cut otherwise. */
+static void test_build_deallocate(void **state)
+{
+    (void)state;
+    char buf[160], long_name[65];
+
+    assert_true(rewrite_build_deallocate(buf, sizeof(buf), "s1", true));
+    assert_string_equal(buf, "DEALLOCATE \"s1\"");
+    assert_true(rewrite_build_deallocate(buf, sizeof(buf), "we\"ird; DROP", true));
+    assert_string_equal(buf, "DEALLOCATE \"we\"\"ird; DROP\"");
+    assert_true(rewrite_build_deallocate(buf, sizeof(buf), "Mixed Case", false));
+    assert_string_equal(buf, "DEALLOCATE \"Mixed Case\"");
+    assert_false(rewrite_build_deallocate(buf, sizeof(buf), "", false));
+
+    /* Bytes over 0x7f only where the session's encoding cannot hide a
+     * quote in them. */
+    assert_true(rewrite_build_deallocate(buf, sizeof(buf), "caf\xc3\xa9", false));
+    assert_string_equal(buf, "DEALLOCATE \"caf\xc3\xa9\"");
+    assert_false(rewrite_build_deallocate(buf, sizeof(buf), "caf\xc3\xa9", true));
+
+    /* 63 bytes are spelled; 64 are cut by the protocol and by SQL apart. */
+    memset(long_name, 'n', 63);
+    long_name[63] = '\0';
+    assert_true(rewrite_build_deallocate(buf, sizeof(buf), long_name, true));
+    assert_int_equal(strlen(buf), strlen("DEALLOCATE \"\"") + 63);
+    long_name[63] = 'n';
+    long_name[64] = '\0';
+    assert_false(rewrite_build_deallocate(buf, sizeof(buf), long_name, true));
+
+    /* Room for all but the NUL is too little. */
+    size_t need = strlen("DEALLOCATE \"s1\"") + 1;
+    assert_false(rewrite_build_deallocate(buf, need - 1, "s1", true));
+    assert_true(rewrite_build_deallocate(buf, need, "s1", true));
+}
+
 static void test_reason_names(void **state)
 {
     (void)state;
@@ -1329,6 +1365,7 @@ int main(void)
         cmocka_unit_test(test_map_position),
         cmocka_unit_test(test_prefilter),
         cmocka_unit_test(test_build_clause),
+        cmocka_unit_test(test_build_deallocate),
         cmocka_unit_test(test_drops_statements),
         cmocka_unit_test(test_dropped_statements),
         cmocka_unit_test(test_changes_identity),

@@ -335,6 +335,20 @@ static void test_stmt_large_parse(void **state)
     itest_pass();
 }
 
+/* Rewrites p's configuration with tables (sections) and reloads it; the
+ * reload is the nth. */
+static void reload(struct itest_proxy *p, const char *tables, int nth)
+{
+    FILE *f = fopen(p->conf_path, "w");
+    assert_non_null(f);
+    fprintf(f, "[idemproxy]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nserver_host = %s\n"
+               "server_port = %d\nlog_level = debug\n%s",
+            p->port, itest_env("IDEM_TEST_PGHOST"), itest_pg_port(), tables);
+    fclose(f);
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    itest_proxy_wait_log_count(p, "configuration reloaded", nth);
+}
+
 /* A reload that drops the table's rule while the unnamed statement stands
  * for the cached INSERT: the next Bind runs the client's text as the new
  * rules want it, without the clause, as a new Parse would. */
@@ -352,14 +366,7 @@ static void test_stmt_reload(void **state)
     itest_assert_result_ok(r, "PQprepare of the INSERT");
     PQclear(r);
 
-    FILE *f = fopen(p->conf_path, "w");
-    assert_non_null(f);
-    fprintf(f, "[idemproxy]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nserver_host = %s\n"
-               "server_port = %d\nlog_level = debug\n",
-            p->port, itest_env("IDEM_TEST_PGHOST"), itest_pg_port());
-    fclose(f);
-    assert_int_equal(kill(p->pid, SIGHUP), 0);
-    itest_proxy_wait_log_count(p, "configuration reloaded", 1);
+    reload(p, "", 1);
 
     r = itest_exec_prepared(c, "", 2, vals);
     itest_assert_tag(r, "INSERT 0 1", "the INSERT after the reload");
@@ -843,20 +850,42 @@ static void test_stmt_parse_skipped_after_copy_failed(void **state)
     assert_true(itest_raw_send(fd, buf, n));
     expect_replies(fd, "12GEZ", "57014", NULL, "the COPY failed, the Parse behind it skipped");
 
-    FILE *f = fopen(p->conf_path, "w");
-    assert_non_null(f);
-    fprintf(f, "[idemproxy]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nserver_host = %s\n"
-               "server_port = %d\nlog_level = debug\n[table public.stmt_t]\nconflict = k\n"
-               "action = none\n",
-            p->port, itest_env("IDEM_TEST_PGHOST"), itest_pg_port());
-    fclose(f);
-    assert_int_equal(kill(p->pid, SIGHUP), 0);
-    itest_proxy_wait_log_count(p, "configuration reloaded", 1);
+    reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
 
     n = itest_build_msg(buf, sizeof buf, 'B', bind_sel, sizeof bind_sel);
     n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
     assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
     expect_replies(fd, "2DCZ", NULL, "SELECT 1", "s_sel after the reload");
+    itest_raw_close(fd);
+    itest_pass();
+}
+
+/* A statement the client prepared and dropped where the proxy could not
+ * see (in a function) is not brought back when a reload has the proxy
+ * prepare it again: its Bind fails as on PostgreSQL (26000), and inserts
+ * nothing. */
+static void test_stmt_dropped_unseen_stays_dropped(void **state)
+{
+    (void)state;
+    create_table();
+    itest_server_exec("CREATE OR REPLACE FUNCTION stmt_drop(name text) RETURNS void "
+                      "LANGUAGE plpgsql AS $$ BEGIN EXECUTE format('DEALLOCATE %I', name); END $$");
+    struct itest_proxy *p = proxy("");
+    int fd = raw_session(p, "itest_dropped_unseen");
+    static const char drop[] = "SELECT stmt_drop('s_gone')";
+    uint8_t buf[1024];
+    size_t n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_gone", INSERT));
+    n += itest_build_msg(buf + n, sizeof buf - n, 'Q', drop, sizeof drop);
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_gone");
+    expect_replies(fd, "TDCZ", NULL, "SELECT 1", "its drop in a function");
+
+    reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
+    n = put_sync(buf, sizeof buf, put_bind_execute_of(buf, sizeof buf, 0, "s_gone", "1", "x"));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "EZ", "26000", NULL, "s_gone bound after the reload");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 0);
+    assert_true(itest_proxy_log_contains(p, "prepared again for the rules now in force"));
     itest_raw_close(fd);
     itest_pass();
 }
@@ -910,6 +939,65 @@ static void test_stmt_bound_behind_path_change(void **state)
     itest_pass();
 }
 
+/* A Describe of a statement the proxy rewrote, sent right behind a change
+ * of where its table leads, describes the client's own text on the new
+ * path, as PostgreSQL does: there the table of the name has no column k,
+ * which the rewritten form names as its conflict target (42703 at the
+ * Describe, where PostgreSQL analyses a statement with a result again),
+ * and a Bind of it then inserts there. Outside a block, and inside one
+ * with SET LOCAL. */
+static void test_stmt_described_behind_path_change(void **state)
+{
+    (void)state;
+    create_table();
+    itest_server_exec("DROP SCHEMA IF EXISTS stmt_nokey CASCADE; CREATE SCHEMA stmt_nokey; "
+                      "CREATE TABLE stmt_nokey.stmt_t (payload text)");
+    int fd = raw_session(proxy(""), "itest_describe_path");
+    static const char text[] = "INSERT INTO stmt_t (payload) VALUES ($1) RETURNING payload";
+    static const uint8_t describe[] = "Ss_pay";
+    /* Portal "", s_pay, text formats, one value "there", text results. */
+    static const uint8_t bind[] = "\0s_pay\0\0\0\0\1\0\0\0\5there\0";
+    static const uint8_t execute[] = "\0\0\0\0";
+    uint8_t buf[1024];
+    size_t n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_pay", text));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_pay");
+
+    static const struct {
+        const char *before, *tag;
+    } cases[] = {
+        { "SET search_path TO stmt_nokey, public", "SET" },
+        { "RESET search_path", "RESET" },
+        { "SET LOCAL search_path TO stmt_nokey, public", "SET" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        if (i == 2) {
+            n = itest_build_msg(buf, sizeof buf, 'Q', "BEGIN", sizeof "BEGIN");
+            assert_true(itest_raw_send(fd, buf, n));
+            expect_replies(fd, "CZ", NULL, "BEGIN", "BEGIN");
+        }
+        n = itest_build_msg(buf, sizeof buf, 'Q', cases[i].before, strlen(cases[i].before) + 1);
+        n += itest_build_msg(buf + n, sizeof buf - n, 'D', describe, sizeof describe);
+        n = put_sync(buf, sizeof buf, n);
+        assert_true(itest_raw_send(fd, buf, n));
+        expect_replies(fd, "CZ", NULL, cases[i].tag, cases[i].before);
+        expect_replies(fd, "tTZ", NULL, NULL, "s_pay described right behind it");
+        if (i == 1)
+            continue;
+        n = itest_build_msg(buf, sizeof buf, 'B', bind, sizeof bind);
+        n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+        n = put_sync(buf, sizeof buf, n);
+        assert_true(itest_raw_send(fd, buf, n));
+        expect_replies(fd, "2DCZ", NULL, "INSERT 0 1", "s_pay run where it leads");
+    }
+    n = itest_build_msg(buf, sizeof buf, 'Q', "COMMIT", sizeof "COMMIT");
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "CZ", NULL, "COMMIT", "COMMIT");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_nokey.stmt_t"), 2);
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* An Execute of the INSERT's portal after it ran fails as on PostgreSQL
  * (55000, portal "" cannot be run), and is no sign that the table changed:
  * the rewrite goes on. */
@@ -953,7 +1041,9 @@ int main(int argc, char **argv)
         ITEST(test_stmt_skipped_redefinition),
         ITEST(test_stmt_redefinition_behind_two_syncs),
         ITEST(test_stmt_parse_skipped_after_copy_failed),
+        ITEST(test_stmt_dropped_unseen_stays_dropped),
         ITEST(test_stmt_bound_behind_path_change),
+        ITEST(test_stmt_described_behind_path_change),
         ITEST(test_stmt_portal_run_twice),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
