@@ -89,10 +89,10 @@ struct gen {
                              Parse in place of a cached one takes no
                              snapshot: README, Limitations) */
     bool identity_moved;  /* this sequence may have changed the search_path
-                             or role: no Bind of a statement prepared
-                             before in the change's batch, nor Describe,
-                             which keep the form it was given before the
-                             change is answered (README, Limitations) */
+                             or role: no Bind or Describe of a statement
+                             prepared before in the change's batch, which
+                             keep the form it was given before the change
+                             is answered (README, Limitations) */
     bool batch_open;      /* extended messages since the last Sync */
     struct bytes out[SIDES];
     size_t msg_at[SIDES]; /* where the message being written starts */
@@ -559,7 +559,7 @@ static void step_single(struct gen *g)
         break;
     case 2: {
         bool statement = rnd(g, 2);
-        if (statement && g->identity_moved)
+        if (statement && g->identity_moved && g->batch_open)
             put_bare(g, 'H', "Flush");
         else
             put_named(g, 'D', statement ? 'S' : 'P', rnd(g, 2) ? name : portal);
