@@ -354,6 +354,31 @@ static const struct sql_pair simple_sql[] = {
 
 #define DIFF_REG_INSERT "INSERT INTO diff_reg"
 
+/* SQL that drops prepared statements makes the proxy forget them as it
+ * goes, though the server may yet skip it (README, Limitations): not in
+ * runs whose sessions change their search_path or role, where a statement
+ * forgotten so would keep its rewritten form unseen. */
+static bool drops_statements(const char *sql)
+{
+    return strncmp(sql, "DEALLOCATE", 10) == 0 || strncmp(sql, "DISCARD", 7) == 0;
+}
+
+/* SQL after which the proxy leaves a session's INSERTs alone until it has
+ * asked the server again (README, "Following the session's role and
+ * search_path"): not in runs about what the rewrite does. */
+static bool may_change_identity(const char *sql)
+{
+    return strncmp(sql, "DISCARD", 7) == 0 || strncmp(sql, "DO ", 3) == 0 ||
+           strncmp(sql, "EXECUTE", 7) == 0;
+}
+
+/* SQL that may change where diff_reg leads or as whom the session runs. */
+static bool moves_identity(const char *sql)
+{
+    return strstr(sql, "search_path") || strstr(sql, "ROLE") || strstr(sql, "'role'") ||
+           may_change_identity(sql);
+}
+
 struct prepared_sql {
     const char *sql;
     const char *by_hand; /* as in struct sql_pair */
@@ -382,7 +407,14 @@ static const struct prepared_sql extended_sql[] = {
     { "SELECT 1/0", NULL, 0 },
     { "SELEC 1", NULL, 0 },
     { "", NULL, 0 },
+    { "COPY (SELECT k FROM diff_plain ORDER BY k) TO STDOUT", NULL, 0 },
+    /* The settings last, to be left out (no_settings): where diff_reg
+     * leads and as whom, changed by an Execute. */
+    { "SET search_path TO diff_other, public", NULL, 0 },
+    { "RESET search_path", NULL, 0 },
+    { "SET LOCAL ROLE diff_reader", NULL, 0 },
 };
+#define EXTENDED_SETTINGS 3 /* the entries at the end about settings */
 
 #undef DN
 #undef DU
@@ -390,11 +422,19 @@ static const struct prepared_sql extended_sql[] = {
 static const char *const statement_names[] = { "", "", "s1", "s2" };
 static const char *const portal_names[] = { "", "", "p1" };
 
+/* One of extended_sql, but for its settings in runs without them. */
+static const struct prepared_sql *pick_extended(struct gen *g)
+{
+    size_t n = sizeof extended_sql / sizeof extended_sql[0] - (g->no_settings ? EXTENDED_SETTINGS : 0);
+    return &extended_sql[rnd(g, (uint32_t)n)];
+}
+
 static void put_parse(struct gen *g, const char *name, const struct prepared_sql *ps)
 {
     const char *by_hand = g->by_hand && ps->by_hand ? ps->by_hand : ps->sql;
 
     g->parsed_insert |= strncmp(ps->sql, DIFF_REG_INSERT, strlen(DIFF_REG_INSERT)) == 0;
+    g->identity_moved |= moves_identity(ps->sql);
     msg_begin(g, 'P');
     emit_str(g, name);
     emit_sides(g, ps->sql, by_hand);
@@ -517,7 +557,7 @@ static void step_chain(struct gen *g)
 {
     const char *name = statement_names[rnd(g, 4)];
     const char *portal = portal_names[rnd(g, 3)];
-    const struct prepared_sql *ps = &extended_sql[rnd(g, sizeof extended_sql / sizeof extended_sql[0])];
+    const struct prepared_sql *ps = pick_extended(g);
     uint32_t rows = rnd(g, 4) == 0 ? 1 + rnd(g, 2) : 0;
 
     put_parse(g, name, ps);
@@ -549,7 +589,7 @@ static void step_single(struct gen *g)
 
     switch (rnd(g, 8)) {
     case 0:
-        put_parse(g, name, &extended_sql[rnd(g, sizeof extended_sql / sizeof extended_sql[0])]);
+        put_parse(g, name, pick_extended(g));
         break;
     case 1:
         if (g->identity_moved && g->batch_open)
@@ -597,31 +637,6 @@ static void step_prepare_for_reload(struct gen *g)
     put_query(g, "ROLLBACK", "ROLLBACK");
     put_parse(g, "s1", &extended_sql[3]); /* INSERT INTO diff_reg ... ($1, $2) */
     put_bare(g, 'S', "Sync");
-}
-
-/* SQL that drops prepared statements makes the proxy forget them as it
- * goes, though the server may yet skip it (README, Limitations): not in
- * runs whose sessions change their search_path or role, where a statement
- * forgotten so would keep its rewritten form unseen. */
-static bool drops_statements(const char *sql)
-{
-    return strncmp(sql, "DEALLOCATE", 10) == 0 || strncmp(sql, "DISCARD", 7) == 0;
-}
-
-/* SQL after which the proxy leaves a session's INSERTs alone until it has
- * asked the server again (README, "Following the session's role and
- * search_path"): not in runs about what the rewrite does. */
-static bool may_change_identity(const char *sql)
-{
-    return strncmp(sql, "DISCARD", 7) == 0 || strncmp(sql, "DO ", 3) == 0 ||
-           strncmp(sql, "EXECUTE", 7) == 0;
-}
-
-/* SQL that may change where diff_reg leads or as whom the session runs. */
-static bool moves_identity(const char *sql)
-{
-    return strstr(sql, "search_path") || strstr(sql, "ROLE") || strstr(sql, "'role'") ||
-           may_change_identity(sql);
 }
 
 /* A Query of simple_sql; with insert_only, one of its INSERTs into
