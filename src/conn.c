@@ -500,14 +500,16 @@ static void note_oversized(struct conn *c, enum flow d, char type, size_t total,
                            struct sink *k)
 {
     counter_add(&c->worker->counters.oversized_inspected, 1);
-    if (d == FLOW_TO_SERVER && rewriting(c)) {
+    if (d == FLOW_TO_SERVER && rewriting(c))
         scope_count_reason(c->scope, RR_TOO_LARGE);
-        /* Its names cannot be read: they are forgotten. */
-        if (type == 'P' || type == 'B')
-            session_clear(&c->session);
-        /* Nor its text: it may drop statements, or change the identity
+    if (d == FLOW_TO_SERVER && (type == 'P' || type == 'B' || type == 'Q')) {
+        /* Its names cannot be read, nor its text, which may drop and
+         * define statements again by SQL: what the session prepared is
+         * forgotten, rules or not, lest it be prepared again in a text
+         * the name no longer holds. The text may also change the identity
          * (a Parse's later Executes cannot be told apart). */
-        if (type == 'P' || type == 'Q') {
+        session_clear(&c->session);
+        if (type != 'B') {
             stmtcache_forget_all(&c->stmts);
             unsettle_identity(c);
         }

@@ -890,6 +890,74 @@ static void test_stmt_dropped_unseen_stays_dropped(void **state)
     itest_pass();
 }
 
+/* Redefines statement s_big in a message over max_held_message (1 kB),
+ * which the proxy streams through unread: with define_by_sql, an SQL
+ * DEALLOCATE and PREPARE in one Query; otherwise a Query that drops it
+ * and a Parse that defines it again. */
+static void redefine_unread(int fd, bool define_by_sql)
+{
+    char pad[1500], sql[1700];
+    uint8_t buf[4096];
+
+    memset(pad, 'p', sizeof pad - 1);
+    pad[sizeof pad - 1] = '\0';
+    snprintf(sql, sizeof sql, "DEALLOCATE s_big; %s'%s'",
+             define_by_sql ? "PREPARE s_big AS SELECT " : "SELECT ", pad);
+    size_t n = itest_build_msg(buf, sizeof buf, 'Q', sql, strlen(sql) + 1);
+    assert_true(itest_raw_send(fd, buf, n));
+    if (define_by_sql) {
+        expect_replies(fd, "C", NULL, "DEALLOCATE", "a long Query that redefines s_big");
+        expect_replies(fd, "CZ", NULL, "PREPARE", "a long Query that redefines s_big");
+        return;
+    }
+    expect_replies(fd, "C", NULL, "DEALLOCATE", "a long Query that drops s_big");
+    expect_replies(fd, "TDCZ", NULL, "SELECT 1", "a long Query that drops s_big");
+    snprintf(sql, sizeof sql, "SELECT '%s'", pad);
+    n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_big", sql));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "1Z", NULL, NULL, "a long Parse of s_big");
+}
+
+/* A statement the proxy knew as an INSERT and the client redefined in a
+ * message too long for the proxy to read is not prepared again in its old
+ * text when the rules change: its Bind runs what the client defined.
+ * While no rules apply (a reload without tables), then while they do. */
+static void test_stmt_redefined_unread(void **state)
+{
+    (void)state;
+    static const uint8_t bind[] = "\0s_big\0\0\0\0\0\0";
+    static const uint8_t execute[] = "\0\0\0\0";
+    /* Each turn's rules after: s_big's INSERT prepared otherwise than by
+     * the rules it was prepared under (the default action, then none). */
+    static const char *const rules_after[] = {
+        "max_held_message = 1kB\n[table public.stmt_t]\nconflict = k\naction = none\n",
+        "max_held_message = 1kB\n[table public.stmt_t]\nconflict = k\n",
+    };
+    create_table();
+    struct itest_proxy *p = proxy_holding_1kb();
+    int reloads = 0;
+
+    for (int with_rules = 0; with_rules < 2; with_rules++) {
+        int fd = raw_session(p, "itest_redefined_unread");
+        uint8_t buf[1024];
+        size_t n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_big", INSERT));
+        assert_true(itest_raw_send(fd, buf, n));
+        expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_big");
+        if (!with_rules)
+            reload(p, "max_held_message = 1kB\n", ++reloads);
+        redefine_unread(fd, with_rules);
+        reload(p, rules_after[with_rules], ++reloads);
+
+        n = itest_build_msg(buf, sizeof buf, 'B', bind, sizeof bind);
+        n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+        assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
+        expect_replies(fd, "2DCZ", NULL, "SELECT 1", "s_big after the reload");
+        itest_raw_close(fd);
+    }
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 0);
+    itest_pass();
+}
+
 /* A statement the proxy rewrote, bound right behind a change of where its
  * table leads (a Query of SET search_path, then the Bind, in one write),
  * waits for the change to be answered and the session asked, and runs as
@@ -1042,6 +1110,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_redefinition_behind_two_syncs),
         ITEST(test_stmt_parse_skipped_after_copy_failed),
         ITEST(test_stmt_dropped_unseen_stays_dropped),
+        ITEST(test_stmt_redefined_unread),
         ITEST(test_stmt_bound_behind_path_change),
         ITEST(test_stmt_described_behind_path_change),
         ITEST(test_stmt_portal_run_twice),
