@@ -445,7 +445,7 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
         const char *run_settings = getenv("IDEM_TEST_PROXY_SETTINGS");
         if (!run_settings || opts->own_settings)
             run_settings = "";
-        snprintf(body, sizeof body,
+        int at = snprintf(body, sizeof body,
                  "listen_addr = %s\n"
                  "listen_port = %d\n"
                  "server_host = %s\n"
@@ -458,6 +458,8 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts)
                  opts->server_port ? opts->server_port : itest_pg_port(),
                  opts->log_level ? opts->log_level : "info",
                  run_settings, opts->extra ? opts->extra : "");
+        assert_true(at > 0 && (size_t)at < sizeof body);
+        p->extra_at = strlen("[idemproxy]\n") + (size_t)at - strlen(opts->extra ? opts->extra : "");
         snprintf(p->conf_path, sizeof p->conf_path, "%s", itest_write_config("proxy", body));
         /* The test binaries share IDEM_TEST_TMP: a log of another binary's
          * proxy under the same name would answer for this one. */
@@ -498,6 +500,26 @@ struct itest_proxy *itest_proxy_start_table(const char *log_level, const char *t
     snprintf(extra, sizeof extra, "[table public.%s]\nconflict = %s\n%s", table, conflict,
              more_keys);
     return itest_proxy_start_with(log_level, extra);
+}
+
+void itest_proxy_reload(struct itest_proxy *p, const char *extra, int nth)
+{
+    char *text = itest_read_file(p->conf_path), tmp[600];
+
+    assert_true(strlen(text) >= p->extra_at);
+    text[p->extra_at] = '\0';
+    snprintf(tmp, sizeof tmp, "%s.new", p->conf_path);
+    FILE *f = fopen(tmp, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fputs(extra, f);
+    free(text);
+    assert_int_equal(fclose(f), 0);
+    /* Whole at once: a reload never reads half a file. */
+    if (rename(tmp, p->conf_path) != 0)
+        fail_msg("rename %s: %s", tmp, strerror(errno));
+    assert_int_equal(kill(p->pid, SIGHUP), 0);
+    itest_proxy_wait_log_count(p, "configuration reloaded", nth);
 }
 
 bool itest_proxy_alive(struct itest_proxy *p)

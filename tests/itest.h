@@ -75,6 +75,7 @@ struct itest_proxy {
     bool exited;     /* reaped by waitpid */
     int exit_status; /* its waitpid status, once exited */
     char conf_path[512];
+    size_t extra_at; /* where the start's extra begins in conf_path */
     char log_path[512];
 };
 
@@ -87,6 +88,11 @@ struct itest_proxy *itest_proxy_start(const struct itest_proxy_opts *opts);
 /* itest_proxy_start with a log level (NULL: "info") and extra config (main
  * keys first, then sections; or NULL). */
 struct itest_proxy *itest_proxy_start_with(const char *log_level, const char *extra);
+
+/* Writes p's configuration again with extra (as itest_proxy_start's) in
+ * place of the one it started with, and reloads it (SIGHUP); waits for the
+ * log to say so for the nth time. */
+void itest_proxy_reload(struct itest_proxy *p, const char *extra, int nth);
 
 /* A proxy with one section [table public.<table>], conflict = conflict, plus
  * more_keys ("key = value\n" lines, or "") in it. */

@@ -999,19 +999,6 @@ static uint64_t seed_shift(void)
     return n > 0 && n < 1000000 ? (uint64_t)n * 100 : 0;
 }
 
-/* Rewrites the proxy's configuration file with extra and reloads it. */
-static void reload(struct itest_proxy *p, const char *extra, int *reloads)
-{
-    FILE *f = fopen(p->conf_path, "w");
-    assert_non_null(f);
-    fprintf(f, "[idemproxy]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nserver_host = %s\n"
-               "server_port = %d\nlog_level = debug\n%s",
-            p->port, itest_env("IDEM_TEST_PGHOST"), itest_pg_port(), extra);
-    fclose(f);
-    assert_int_equal(kill(p->pid, SIGHUP), 0);
-    itest_proxy_wait_log_count(p, "configuration reloaded", ++*reloads);
-}
-
 /* How a test runs its seeds. */
 struct diff_run {
     const char *config;           /* the proxy's keys and sections */
@@ -1144,7 +1131,7 @@ static struct itest_proxy *run(const struct diff_run *r)
                                : seq % 10 == 9 ? RELOAD_AFTER
                                                : RELOAD_NONE;
             if (g->around_reload == RELOAD_AFTER)
-                reload(p, r->reloads[(seq / 10) % r->nreloads], &reloaded);
+                itest_proxy_reload(p, r->reloads[(seq / 10) % r->nreloads], ++reloaded);
             compare_one(p, g, seed, seq, &direct, &proxied);
             if (seq + 1 == per_seed || (r->visit && (seq + 1) % r->visit == 0)) {
                 link_close(&direct);

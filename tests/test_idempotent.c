@@ -759,24 +759,6 @@ static void test_idem_unregistered_table(void **state)
 
 /* ---- 14. reload adds a table ------------------------------------------- */
 
-/* Appends text to the proxy's config file, replacing it atomically. */
-static void append_config(const struct itest_proxy *p, const char *text)
-{
-    char *old = itest_read_file(p->conf_path);
-    char tmp[600];
-    snprintf(tmp, sizeof tmp, "%s.new", p->conf_path);
-    FILE *f = fopen(tmp, "w");
-    assert_non_null(f);
-    fputs(old, f);
-    if (old[0] && old[strlen(old) - 1] != '\n')
-        fputc('\n', f);
-    fputs(text, f);
-    free(old);
-    assert_int_equal(fclose(f), 0);
-    if (rename(tmp, p->conf_path) != 0)
-        fail_msg("rename %s: %s", tmp, strerror(errno));
-}
-
 static void test_idem_reload(void **state)
 {
     (void)state;
@@ -788,15 +770,8 @@ static void test_idem_reload(void **state)
     itest_exec_tag(c, dup, "INSERT 0 1");
     itest_exec_sqlstate(c, dup, "23505");
 
-    append_config(p, "[table public.idem_reload]\nconflict = idempotency_key\n");
     prepare_unnamed(c);
-    assert_int_equal(kill(p->pid, SIGHUP), 0);
-    itest_sleep_ms(300);
-    /* On a loaded machine the reload may take longer: wait (bounded) for its
-     * log line; what counts is the behaviour below. */
-    int64_t deadline = itest_now_ms() + 10000;
-    while (!itest_proxy_log_contains(p, "configuration reloaded") && itest_now_ms() < deadline)
-        itest_sleep_ms(50);
+    itest_proxy_reload(p, "[table public.idem_reload]\nconflict = idempotency_key\n", 1);
     assert_true(itest_proxy_alive(p));
 
     /* The same, idle session follows the new rules, its unnamed statement
@@ -809,29 +784,6 @@ static void test_idem_reload(void **state)
     assert_int_equal(itest_query_ll(c, "SELECT 5"), 5);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_reload"), 1);
     itest_pass();
-}
-
-/* The configuration with its [table] sections replaced by tables, then
- * reloaded; returns once the proxy says so (reloads: how many it has said
- * before). */
-static void reload_tables(struct itest_proxy *p, const char *tables, int reloads)
-{
-    char *old = itest_read_file(p->conf_path);
-    char *cut = strstr(old, "[table");
-    if (cut)
-        *cut = '\0';
-    char tmp[600];
-    snprintf(tmp, sizeof tmp, "%s.new", p->conf_path);
-    FILE *f = fopen(tmp, "w");
-    assert_non_null(f);
-    fputs(old, f);
-    fputs(tables, f);
-    free(old);
-    assert_int_equal(fclose(f), 0);
-    if (rename(tmp, p->conf_path) != 0)
-        fail_msg("rename %s: %s", tmp, strerror(errno));
-    assert_int_equal(kill(p->pid, SIGHUP), 0);
-    itest_proxy_wait_log_count(p, "configuration reloaded", reloads + 1);
 }
 
 /* Appends message type with body (len bytes) to buf at *at. */
@@ -891,7 +843,7 @@ static void test_idem_redefined_without_rules(void **state)
     assert_true(itest_raw_send(fd, buf, at));
     expect_types(fd, "1Z");
 
-    reload_tables(p, "", 0);
+    itest_proxy_reload(p, "", 1);
     at = 0;
     put_parse_named(buf, sizeof buf, &at, "s2", "SELECT 1");
     put_msg(buf, sizeof buf, &at, 'C', "Ss2", 4);
@@ -905,7 +857,7 @@ static void test_idem_redefined_without_rules(void **state)
     expect_types(fd, "EZCZ1Z");
 
     /* Rules under which the old text would be prepared otherwise. */
-    reload_tables(p, "[table public.idem_redef]\nconflict = idempotency_key\naction = none\n", 1);
+    itest_proxy_reload(p, "[table public.idem_redef]\nconflict = idempotency_key\naction = none\n", 2);
     static const uint8_t bind[] = { 0, 's', '2', 0, 0, 0, 0, 2, 0, 0, 0, 2, 'k', '1',
                                     0, 0, 0, 1, 'x', 0, 0 };
     static const uint8_t execute[] = { 0, 0, 0, 0, 0 };

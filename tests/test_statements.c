@@ -335,20 +335,6 @@ static void test_stmt_large_parse(void **state)
     itest_pass();
 }
 
-/* Rewrites p's configuration with tables (sections) and reloads it; the
- * reload is the nth. */
-static void reload(struct itest_proxy *p, const char *tables, int nth)
-{
-    FILE *f = fopen(p->conf_path, "w");
-    assert_non_null(f);
-    fprintf(f, "[idemproxy]\nlisten_addr = 127.0.0.1\nlisten_port = %d\nserver_host = %s\n"
-               "server_port = %d\nlog_level = debug\n%s",
-            p->port, itest_env("IDEM_TEST_PGHOST"), itest_pg_port(), tables);
-    fclose(f);
-    assert_int_equal(kill(p->pid, SIGHUP), 0);
-    itest_proxy_wait_log_count(p, "configuration reloaded", nth);
-}
-
 /* A reload that drops the table's rule while the unnamed statement stands
  * for the cached INSERT: the next Bind runs the client's text as the new
  * rules want it, without the clause, as a new Parse would. */
@@ -366,7 +352,7 @@ static void test_stmt_reload(void **state)
     itest_assert_result_ok(r, "PQprepare of the INSERT");
     PQclear(r);
 
-    reload(p, "", 1);
+    itest_proxy_reload(p, "", 1);
 
     r = itest_exec_prepared(c, "", 2, vals);
     itest_assert_tag(r, "INSERT 0 1", "the INSERT after the reload");
@@ -850,7 +836,7 @@ static void test_stmt_parse_skipped_after_copy_failed(void **state)
     assert_true(itest_raw_send(fd, buf, n));
     expect_replies(fd, "12GEZ", "57014", NULL, "the COPY failed, the Parse behind it skipped");
 
-    reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
+    itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
 
     n = itest_build_msg(buf, sizeof buf, 'B', bind_sel, sizeof bind_sel);
     n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
@@ -880,7 +866,7 @@ static void test_stmt_dropped_unseen_stays_dropped(void **state)
     expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_gone");
     expect_replies(fd, "TDCZ", NULL, "SELECT 1", "its drop in a function");
 
-    reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
+    itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
     n = put_sync(buf, sizeof buf, put_bind_execute_of(buf, sizeof buf, 0, "s_gone", "1", "x"));
     assert_true(itest_raw_send(fd, buf, n));
     expect_replies(fd, "EZ", "26000", NULL, "s_gone bound after the reload");
@@ -944,9 +930,9 @@ static void test_stmt_redefined_unread(void **state)
         assert_true(itest_raw_send(fd, buf, n));
         expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_big");
         if (!with_rules)
-            reload(p, "max_held_message = 1kB\n", ++reloads);
+            itest_proxy_reload(p, "max_held_message = 1kB\n", ++reloads);
         redefine_unread(fd, with_rules);
-        reload(p, rules_after[with_rules], ++reloads);
+        itest_proxy_reload(p, rules_after[with_rules], ++reloads);
 
         n = itest_build_msg(buf, sizeof buf, 'B', bind, sizeof bind);
         n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
@@ -956,6 +942,44 @@ static void test_stmt_redefined_unread(void **state)
     }
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 0);
     itest_pass();
+}
+
+/* Sends sql as a Query and reads its CommandComplete (tag) and
+ * ReadyForQuery. */
+static void query_tag(int fd, const char *sql, const char *tag)
+{
+    uint8_t buf[1024];
+    size_t n = itest_build_msg(buf, sizeof buf, 'Q', sql, strlen(sql) + 1);
+
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "CZ", NULL, tag, sql);
+}
+
+#define PATH_CHANGES 3
+
+/* The i-th of PATH_CHANGES changes of where stmt_t leads (to schema, back,
+ * and to schema LOCAL in a block it begins first) as a Query, with then
+ * bytes (the extended messages right behind it) in the same write; reads
+ * the change's answer. */
+static void send_behind_path_change(int fd, size_t i, const char *schema, const uint8_t *then,
+                                    size_t then_len)
+{
+    char sql[128];
+    uint8_t buf[1024];
+    const char *tag = i == 1 ? "RESET" : "SET";
+
+    if (i == 1)
+        snprintf(sql, sizeof sql, "RESET search_path");
+    else
+        snprintf(sql, sizeof sql, "SET %ssearch_path TO %s, public", i == 2 ? "LOCAL " : "",
+                 schema);
+    if (i == 2)
+        query_tag(fd, "BEGIN", "BEGIN");
+    size_t n = itest_build_msg(buf, sizeof buf, 'Q', sql, strlen(sql) + 1);
+    assert_true(n + then_len <= sizeof buf);
+    memcpy(buf + n, then, then_len);
+    assert_true(itest_raw_send(fd, buf, n + then_len));
+    expect_replies(fd, "CZ", NULL, tag, sql);
 }
 
 /* A statement the proxy rewrote, bound right behind a change of where its
@@ -977,30 +1001,14 @@ static void test_stmt_bound_behind_path_change(void **state)
     assert_true(itest_raw_send(fd, buf, n));
     expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_ins");
 
-    static const struct {
-        const char *before, *tag;
-        const char *k;
-    } cases[] = {
-        { "SET search_path TO stmt_elsewhere, public", "SET", "1" },
-        { "RESET search_path", "RESET", "1" },
-        { "SET LOCAL search_path TO stmt_elsewhere, public", "SET", "2" },
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (i == 2) {
-            n = itest_build_msg(buf, sizeof buf, 'Q', "BEGIN", sizeof "BEGIN");
-            assert_true(itest_raw_send(fd, buf, n));
-            expect_replies(fd, "CZ", NULL, "BEGIN", "BEGIN");
-        }
-        n = itest_build_msg(buf, sizeof buf, 'Q', cases[i].before, strlen(cases[i].before) + 1);
-        n = put_sync(buf, sizeof buf, put_bind_execute_of(buf, sizeof buf, n, "s_ins",
-                                                          cases[i].k, "behind"));
-        assert_true(itest_raw_send(fd, buf, n));
-        expect_replies(fd, "CZ", NULL, cases[i].tag, cases[i].before);
+    static const char *const keys[PATH_CHANGES] = { "1", "1", "2" };
+    for (size_t i = 0; i < PATH_CHANGES; i++) {
+        n = put_sync(buf, sizeof buf, put_bind_execute_of(buf, sizeof buf, 0, "s_ins", keys[i],
+                                                          "behind"));
+        send_behind_path_change(fd, i, "stmt_elsewhere", buf, n);
         expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_ins bound right behind it");
     }
-    n = itest_build_msg(buf, sizeof buf, 'Q', "COMMIT", sizeof "COMMIT");
-    assert_true(itest_raw_send(fd, buf, n));
-    expect_replies(fd, "CZ", NULL, "COMMIT", "COMMIT");
+    query_tag(fd, "COMMIT", "COMMIT");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_elsewhere.stmt_t"), 2);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE payload = 'behind'"), 1);
     itest_raw_close(fd);
@@ -1031,36 +1039,18 @@ static void test_stmt_described_behind_path_change(void **state)
     assert_true(itest_raw_send(fd, buf, n));
     expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_pay");
 
-    static const struct {
-        const char *before, *tag;
-    } cases[] = {
-        { "SET search_path TO stmt_nokey, public", "SET" },
-        { "RESET search_path", "RESET" },
-        { "SET LOCAL search_path TO stmt_nokey, public", "SET" },
-    };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-        if (i == 2) {
-            n = itest_build_msg(buf, sizeof buf, 'Q', "BEGIN", sizeof "BEGIN");
-            assert_true(itest_raw_send(fd, buf, n));
-            expect_replies(fd, "CZ", NULL, "BEGIN", "BEGIN");
-        }
-        n = itest_build_msg(buf, sizeof buf, 'Q', cases[i].before, strlen(cases[i].before) + 1);
-        n += itest_build_msg(buf + n, sizeof buf - n, 'D', describe, sizeof describe);
-        n = put_sync(buf, sizeof buf, n);
-        assert_true(itest_raw_send(fd, buf, n));
-        expect_replies(fd, "CZ", NULL, cases[i].tag, cases[i].before);
+    for (size_t i = 0; i < PATH_CHANGES; i++) {
+        n = itest_build_msg(buf, sizeof buf, 'D', describe, sizeof describe);
+        send_behind_path_change(fd, i, "stmt_nokey", buf, put_sync(buf, sizeof buf, n));
         expect_replies(fd, "tTZ", NULL, NULL, "s_pay described right behind it");
         if (i == 1)
             continue;
         n = itest_build_msg(buf, sizeof buf, 'B', bind, sizeof bind);
         n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
-        n = put_sync(buf, sizeof buf, n);
-        assert_true(itest_raw_send(fd, buf, n));
+        assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
         expect_replies(fd, "2DCZ", NULL, "INSERT 0 1", "s_pay run where it leads");
     }
-    n = itest_build_msg(buf, sizeof buf, 'Q', "COMMIT", sizeof "COMMIT");
-    assert_true(itest_raw_send(fd, buf, n));
-    expect_replies(fd, "CZ", NULL, "COMMIT", "COMMIT");
+    query_tag(fd, "COMMIT", "COMMIT");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_nokey.stmt_t"), 2);
     itest_raw_close(fd);
     itest_pass();
