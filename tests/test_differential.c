@@ -536,9 +536,14 @@ static void step_copy_in(struct gen *g)
 /* A COPY FROM STDIN by the extended protocol, in whatever batch is open
  * (guarded INSERTs, a statement that failed), its data sent at once; now
  * and then behind a Sync, as libpq sends one, which PostgreSQL ignores
- * while it copies and which ends the batch where it skipped the COPY. */
+ * while it copies and which ends the batch where it skipped the COPY.
+ * Then the unnamed statement is another: a later Bind and Execute of the
+ * COPY would have the server read the next messages as its data, which
+ * ends the session. */
 static void step_copy_extended(struct gen *g)
 {
+    static const struct prepared_sql after = { "SELECT 'after the copy'", NULL, 0 };
+
     put_parse(g, "", &copy_in_sql[rnd(g, 2)]);
     put_bind(g, "", "", 0);
     put_execute(g, "", 0);
@@ -547,8 +552,8 @@ static void step_copy_extended(struct gen *g)
         g->batch_open = true; /* as far as the COPY's batch goes */
     }
     put_copy_rows(g);
-    if (rnd(g, 5) != 0)
-        put_bare(g, 'S', "Sync");
+    put_bare(g, 'S', "Sync");
+    put_parse(g, "", &after);
 }
 
 /* What drivers send: Parse, Bind, Execute (in parts, now and then) and
