@@ -822,14 +822,34 @@ static bool drop_statement(struct conn *c, struct sink *k, const char *name, enu
  * INJECT_REPREPARE) the Bind's batch carries it; on its own
  * (INJECT_REFRESH) a Sync of the proxy's ends it, so that a failure skips
  * nothing of the client's. False when out of memory. */
+/* Whether a Parse body's name and text mean the same whatever the
+ * session's client_encoding and standard_conforming_strings. */
+static bool parse_neutral(const uint8_t *body, size_t len)
+{
+    const uint8_t *name_end = memchr(body, '\0', len);
+    size_t after = name_end ? (size_t)(name_end + 1 - body) : len;
+    const uint8_t *text_end = after < len ? memchr(body + after, '\0', len - after) : NULL;
+
+    return text_end && rewrite_text_neutral(body, (size_t)(text_end - body));
+}
+
 static bool prepare_again(struct conn *c, struct sink *k, const char *name, const uint8_t *body,
                           size_t len, enum inject tag)
 {
     static const uint8_t sync[] = { 'S', 0, 0, 0, 4 };
     size_t total = PG_HEAD_LEN + len;
-    uint8_t *parse = malloc(total);
     struct statement st;
 
+    /* The server parsed the client's text under the settings of its time;
+     * parsed again under others, a string with a backslash, or a byte
+     * beyond ASCII, may mean otherwise. */
+    if (c->text_settings_moved && !parse_neutral(body, len)) {
+        conn_log(LOG_DEBUG, c, "statement \"%s\" stays as prepared: its text may mean "
+                 "otherwise since the session changed client_encoding or "
+                 "standard_conforming_strings", name);
+        return true;
+    }
+    uint8_t *parse = malloc(total);
     if (!parse)
         return false;
     parse[0] = 'P';
@@ -927,16 +947,15 @@ bool reprepare_all(struct conn *c)
  * be described in the form decided before the change, on the new path;
  * once all before it is answered, the session is asked (follow_identity,
  * or ask_in_block) and the statement prepared again if its text differs
- * now (reprepare). Only a message that begins a batch waits, so that what
- * waits is whole requests; not while the server copies from the client,
- * which would never end; and not in a session whose encoding or
- * standard_conforming_strings keep the rewrite away, which is never
- * asked. */
+ * now (reprepare), in the client's own text where the session's
+ * client_encoding or standard_conforming_strings keep the rewrite away.
+ * Only a message that begins a batch waits, so that what waits is whole
+ * requests; and not while the server copies from the client, which would
+ * never end. */
 static bool awaits_identity(struct conn *c, const char *statement)
 {
     c->await_quiet = c->identity == IDENTITY_UNKNOWN && !conn_quiet(c) &&
-                     !c->track.batch_open && !c->track.copy_in && c->charset_ok &&
-                     !c->scs_off &&
+                     !c->track.batch_open && !c->track.copy_in &&
                      (statement[0] == '\0' ? c->unnamed_parse_len > 0 || c->stmts.unnamed
                                            : session_inserts(&c->session, statement));
     return c->await_quiet;

@@ -270,6 +270,9 @@ struct conn {
     bool charset_ok;            /* rewrite_charset() accepts the encodings */
     bool charset_utf8;          /* the server counts error positions in UTF-8 */
     bool scs_off;               /* standard_conforming_strings = off */
+    bool text_settings_moved;   /* either, or client_encoding, changed since
+                                   login: a text parsed before may mean
+                                   otherwise if parsed again (prepare_again) */
 
     /* TLS and authentication. */
     bool client_tls;            /* the client connection is TLS */

@@ -349,13 +349,15 @@ bool ask_in_block(struct conn *c, const uint8_t *msg, size_t total)
     bool stale = c->identity == IDENTITY_KNOWN && c->identity_in_block &&
                  !scope_identity_current(c->scope, c->identity_version, c->identity_ns);
     if ((c->identity != IDENTITY_UNKNOWN && !stale) || c->track.txn_status != 'T' ||
-        !conn_quiet(c) || c->catalog || c->guard != GUARD_NONE || !c->charset_ok || c->scs_off)
+        !conn_quiet(c) || c->catalog || c->guard != GUARD_NONE)
         return false;
     if (msg[0] == 'B' || msg[0] == 'D') {
         const char *statement = named_statement(msg, total);
         if (!statement || !session_inserts(&c->session, statement))
             return false;
-    } else if (!text_needs_identity(c, msg, total)) {
+    } else if (!c->charset_ok || c->scs_off || !text_needs_identity(c, msg, total)) {
+        /* A text the session's settings keep from the rewrite needs no
+         * answer: it goes as it is. */
         return false;
     }
     learn_identity(c);

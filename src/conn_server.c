@@ -811,17 +811,26 @@ static void copy_setting(char *dst, size_t cap, const char *value)
     snprintf(dst, cap, "%s", value);
 }
 
-/* The settings that decide whether text may be scanned. */
+/* The settings that decide whether text may be scanned, and what a text
+ * means. */
 void note_setting(struct conn *c, const char *name, const char *value)
 {
-    if (strcmp(name, "client_encoding") == 0)
+    bool moved;
+
+    if (strcmp(name, "client_encoding") == 0) {
+        moved = strcmp(c->client_encoding, value) != 0;
         copy_setting(c->client_encoding, sizeof(c->client_encoding), value);
-    else if (strcmp(name, "server_encoding") == 0)
+    } else if (strcmp(name, "server_encoding") == 0) {
+        moved = false;
         copy_setting(c->server_encoding, sizeof(c->server_encoding), value);
-    else if (strcmp(name, "standard_conforming_strings") == 0)
-        c->scs_off = strcmp(value, "on") != 0;
-    else
+    } else if (strcmp(name, "standard_conforming_strings") == 0) {
+        bool off = strcmp(value, "on") != 0;
+        moved = off != c->scs_off;
+        c->scs_off = off;
+    } else {
         return;
+    }
+    c->text_settings_moved |= moved && c->state == CONN_ACTIVE;
     c->charset_ok = rewrite_charset(c->client_encoding, c->server_encoding, &c->charset_utf8);
 }
 

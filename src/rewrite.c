@@ -929,6 +929,14 @@ bool rewrite_charset(const char *client_encoding, const char *server_encoding, b
     return *utf8 || single_byte(server_encoding);
 }
 
+bool rewrite_text_neutral(const uint8_t *text, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (text[i] > 0x7f || text[i] == '\\')
+            return false;
+    return true;
+}
+
 /* ---- the clause -------------------------------------------------------- */
 
 /* Appends s to buf (within cap) and returns the new length. */

@@ -16,6 +16,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config.h"
 
@@ -180,6 +181,12 @@ size_t rewrite_map_position(const struct rewrite_result *r, size_t pos, bool utf
  * ASCII quote or backslash bytes (SJIS, BIG5, GBK, UHC, GB18030, JOHAB) and
  * for multibyte encodings other than UTF-8. */
 bool rewrite_charset(const char *client_encoding, const char *server_encoding, bool *utf8);
+
+/* Whether len bytes of SQL (NUL bytes between its parts allowed) mean the
+ * same under every client_encoding and standard_conforming_strings: ASCII
+ * without a backslash. A text that does not may change its meaning when
+ * parsed again after the session changed either. */
+bool rewrite_text_neutral(const uint8_t *text, size_t len);
 
 /* Writes " ON CONFLICT ..." for a rule into buf: the clause spliced into
  * INSERTs. target lists the arbiter columns (may be empty for DO NOTHING);

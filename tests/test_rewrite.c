@@ -1042,6 +1042,21 @@ static void test_build_deallocate(void **state)
     assert_true(rewrite_build_deallocate(buf, need, "s1", true));
 }
 
+/* Text that means the same under any client_encoding and
+ * standard_conforming_strings: ASCII without a backslash. */
+static void test_text_neutral(void **state)
+{
+    (void)state;
+    static const char plain[] = "s1\0INSERT INTO t (k, v) VALUES ($1, 'it''s')";
+    static const char backslash[] = "INSERT INTO t (v) VALUES ('a\\nb')";
+    static const char latin[] = "INSERT INTO t (v) VALUES ('caf\xc3\xa9')";
+
+    assert_true(rewrite_text_neutral((const uint8_t *)plain, sizeof plain - 1));
+    assert_true(rewrite_text_neutral((const uint8_t *)"", 0));
+    assert_false(rewrite_text_neutral((const uint8_t *)backslash, sizeof backslash - 1));
+    assert_false(rewrite_text_neutral((const uint8_t *)latin, sizeof latin - 1));
+}
+
 static void test_reason_names(void **state)
 {
     (void)state;
@@ -1366,6 +1381,7 @@ int main(void)
         cmocka_unit_test(test_prefilter),
         cmocka_unit_test(test_build_clause),
         cmocka_unit_test(test_build_deallocate),
+        cmocka_unit_test(test_text_neutral),
         cmocka_unit_test(test_drops_statements),
         cmocka_unit_test(test_dropped_statements),
         cmocka_unit_test(test_changes_identity),

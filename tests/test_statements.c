@@ -1056,6 +1056,52 @@ static void test_stmt_described_behind_path_change(void **state)
     itest_pass();
 }
 
+/* In a session that turned standard_conforming_strings off, which keeps
+ * the rewrite away from its texts, a statement the proxy rewrote before
+ * and binds right behind a change of where its table leads runs as the
+ * client wrote it there, as on PostgreSQL (the table of the name has no
+ * unique index, which the rewritten form fails on). But one whose text
+ * has a backslash in a string is not prepared again, not even for new
+ * rules after a reload: parsed under the setting now in force, 'a\\nb'
+ * would be three characters where the client meant four. */
+static void test_stmt_prepared_before_strings_setting(void **state)
+{
+    (void)state;
+    create_table();
+    itest_server_exec("DROP SCHEMA IF EXISTS stmt_elsewhere CASCADE; CREATE SCHEMA stmt_elsewhere; "
+                      "CREATE TABLE stmt_elsewhere.stmt_t (k bigint, payload text)");
+    struct itest_proxy *p = proxy("");
+    int fd = raw_session(p, "itest_strings_setting");
+    static const char backslash[] = "INSERT INTO stmt_t (k, payload) VALUES ($1, 'a\\nb')";
+    uint8_t buf[1024];
+    size_t n = put_parse(buf, sizeof buf, 0, "s_ins", INSERT);
+    n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, n, "s_bs", backslash));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "11Z", NULL, NULL, "the Parses of s_ins and s_bs");
+    static const char scs_off[] = "SET standard_conforming_strings = off";
+    n = itest_build_msg(buf, sizeof buf, 'Q', scs_off, sizeof scs_off);
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "CSZ", NULL, "SET", scs_off);
+
+    n = put_sync(buf, sizeof buf, put_bind_execute_of(buf, sizeof buf, 0, "s_ins", "1", "there"));
+    send_behind_path_change(fd, 0, "stmt_elsewhere", buf, n);
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_ins bound right behind it");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_elsewhere.stmt_t"), 1);
+    query_tag(fd, "RESET search_path", "RESET");
+
+    itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
+    static const uint8_t bind_bs[] = "\0s_bs\0\0\0\0\1\0\0\0\0012\0";
+    static const uint8_t execute[] = "\0\0\0\0";
+    n = itest_build_msg(buf, sizeof buf, 'B', bind_bs, sizeof bind_bs);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+    assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_bs after the reload");
+    assert_int_equal(itest_server_ll("SELECT length(payload) FROM stmt_t WHERE k = 2"), 4);
+    assert_true(itest_proxy_log_contains(p, "\"s_bs\" stays as prepared"));
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* An Execute of the INSERT's portal after it ran fails as on PostgreSQL
  * (55000, portal "" cannot be run), and is no sign that the table changed:
  * the rewrite goes on. */
@@ -1103,6 +1149,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_redefined_unread),
         ITEST(test_stmt_bound_behind_path_change),
         ITEST(test_stmt_described_behind_path_change),
+        ITEST(test_stmt_prepared_before_strings_setting),
         ITEST(test_stmt_portal_run_twice),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
