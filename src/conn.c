@@ -841,7 +841,7 @@ static void server_read(struct conn *c)
         /* At once, rather than when the client speaks next: the answer is
          * then likely in before the client's next message. */
         follow_identity(c);
-        if (c->await_quiet && (conn_quiet(c) || c->track.copy_in)) {
+        if (c->await_quiet && (conn_quiet(c) || track_copy_awaits_client(&c->track))) {
             c->await_quiet = false;
             c->resume_client = true;
         }

@@ -950,12 +950,12 @@ bool reprepare_all(struct conn *c)
  * now (reprepare), in the client's own text where the session's
  * client_encoding or standard_conforming_strings keep the rewrite away.
  * Only a message that begins a batch waits, so that what waits is whole
- * requests; and not while the server copies from the client, which would
- * never end. */
+ * requests; and not while the server copies what the client has yet to
+ * send, which would never come. */
 static bool awaits_identity(struct conn *c, const char *statement)
 {
     c->await_quiet = c->identity == IDENTITY_UNKNOWN && !conn_quiet(c) &&
-                     !c->track.batch_open && !c->track.copy_in &&
+                     !c->track.batch_open && !track_copy_awaits_client(&c->track) &&
                      (statement[0] == '\0' ? c->unnamed_parse_len > 0 || c->stmts.unnamed
                                            : session_inserts(&c->session, statement));
     return c->await_quiet;

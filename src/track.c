@@ -290,6 +290,16 @@ bool track_error_skips(const struct track *t)
     return t->count > 0 && is_extended(at(t, 0)->kind);
 }
 
+bool track_copy_awaits_client(const struct track *t)
+{
+    if (!t->copy_in)
+        return false;
+    for (size_t i = 0; i < t->count; i++)
+        if (at(t, i)->kind == TRACK_COPY_END)
+            return false;
+    return true;
+}
+
 bool track_quiet(const struct track *t)
 {
     return t->count == 0 && !t->batch_open && !t->copy_in;

@@ -87,6 +87,10 @@ void track_server_msg(struct track *t, char type, char status);
  * Describe, Execute, Close). Ask before track_server_msg takes the error. */
 bool track_error_skips(const struct track *t);
 
+/* True when the server reads COPY data and the client's CopyDone or
+ * CopyFail has not come yet: what the client sends next goes to the copy. */
+bool track_copy_awaits_client(const struct track *t);
+
 /* True when nothing is outstanding and no batch or COPY is open, whatever
  * the transaction status: a request of the proxy's own may go first. */
 bool track_quiet(const struct track *t);

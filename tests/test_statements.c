@@ -1009,7 +1009,23 @@ static void test_stmt_bound_behind_path_change(void **state)
         expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_ins bound right behind it");
     }
     query_tag(fd, "COMMIT", "COMMIT");
-    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_elsewhere.stmt_t"), 2);
+    query_tag(fd, "RESET search_path", "RESET");
+
+    /* The server copying what came before the change does not let the
+     * Bind go early. */
+    static const char copy[] = "COPY stmt_t (k, payload) FROM STDIN";
+    static const char row[] = "3\tcopied\n";
+    static const char change[] = "SET search_path TO stmt_elsewhere, public";
+    n = itest_build_msg(buf, sizeof buf, 'Q', copy, sizeof copy);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'd', row, sizeof row - 1);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'c', NULL, 0);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'Q', change, sizeof change);
+    n = put_sync(buf, sizeof buf, put_bind_execute_of(buf, sizeof buf, n, "s_ins", "4", "behind"));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "GCZ", NULL, "COPY 1", "the COPY before the change");
+    expect_replies(fd, "CZ", NULL, "SET", change);
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_ins bound right behind the change");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_elsewhere.stmt_t"), 3);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE payload = 'behind'"), 1);
     itest_raw_close(fd);
     itest_pass();

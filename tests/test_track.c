@@ -609,6 +609,29 @@ static void test_copy_in_simple(void **state)
     expect_clean(t);
 }
 
+/* The copy waits for the client until its CopyDone or CopyFail is sent,
+ * whether the server has started it yet or not. */
+static void test_copy_awaits_client(void **state)
+{
+    struct track *t = *state;
+    client(t, "Q");
+    assert_false(track_copy_awaits_client(t));
+    server(t, "G");
+    assert_true(track_copy_awaits_client(t));
+    client(t, "d");
+    assert_true(track_copy_awaits_client(t));
+    client(t, "c");
+    assert_false(track_copy_awaits_client(t));
+    server(t, "CZI");
+    client(t, "QdfQ");
+    server(t, "G");
+    assert_false(track_copy_awaits_client(t));
+    server(t, "EZI");
+    assert_false(track_copy_awaits_client(t));
+    server(t, "CZI");
+    expect_clean(t);
+}
+
 /* During COPY FROM STDIN the server ignores Sync and Flush. */
 static void test_copy_in_ignores_sync_and_flush(void **state)
 {
@@ -1208,6 +1231,7 @@ int main(void)
         TRACK_TEST(test_ready_skips_answers),
         TRACK_TEST(test_growth_10000),
         TRACK_TEST(test_growth_wrapped),
+        TRACK_TEST(test_copy_awaits_client),
         TRACK_TEST(test_copy_in_simple),
         TRACK_TEST(test_copy_in_ignores_sync_and_flush),
         TRACK_TEST(test_copy_in_extended_libpq),
