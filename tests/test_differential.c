@@ -385,6 +385,13 @@ struct prepared_sql {
     int params;          /* each parameter gets a key as its text */
 };
 
+/* A comment over 1 kB, to make a statement too long for a proxy that
+ * reads only messages up to that (test_diff_streamed). */
+#define PAD10 "padding.. "
+#define PAD100 PAD10 PAD10 PAD10 PAD10 PAD10 PAD10 PAD10 PAD10 PAD10 PAD10
+#define LONG_COMMENT "/* " PAD100 PAD100 PAD100 PAD100 PAD100 PAD100 PAD100 PAD100 PAD100 \
+                     PAD100 PAD100 " */"
+
 static const struct prepared_sql extended_sql[] = {
     { "SELECT $1::int", NULL, 1 },
     { "SELECT k, v FROM diff_plain WHERE k > $1 ORDER BY k", NULL, 1 },
@@ -400,6 +407,8 @@ static const struct prepared_sql extended_sql[] = {
     { "INSERT INTO diff_reg (k, v) VALUES ($1, 'x'::int)",
       "INSERT INTO diff_reg (k, v) VALUES ($1, 'x'::int)" DN, 1 },
     { "INSERT INTO diff_plain (k, v) VALUES ($1, $2)", NULL, 2 },
+    { "INSERT INTO diff_reg (k, v) VALUES ($1, $2) " LONG_COMMENT,
+      "INSERT INTO diff_reg (k, v) VALUES ($1, $2) " LONG_COMMENT DN, 2 },
     { "BEGIN", NULL, 0 },
     { "COMMIT", NULL, 0 },
     { "ROLLBACK", NULL, 0 },
@@ -1224,6 +1233,20 @@ static void test_diff_duplicates(void **state)
                             .nseeds = sizeof seeds / sizeof seeds[0], .dup_keys = 12 });
 }
 
+/* A proxy that reads no message over 1 kB: longer ones (a document in a
+ * Query, a Parse with a long comment) stream through unread, whatever
+ * they do to the statements the proxy knew. */
+static void test_diff_streamed(void **state)
+{
+    static const uint64_t seeds[] = { 61, 62 };
+    (void)state;
+    struct itest_proxy *p =
+        run(&(struct diff_run){ .config = "max_held_message = 1kB\n[table public.diff_reg]\n"
+                                          "conflict = k\n",
+                                .seeds = seeds, .nseeds = sizeof seeds / sizeof seeds[0] });
+    assert_true(itest_proxy_log_contains(p, "streamed unread"));
+}
+
 /* Clients on TLS, and the proxy on TLS to the server: records carry the
  * messages in other cuts than the segments of a plain socket. */
 static void test_diff_tls(void **state)
@@ -1250,6 +1273,7 @@ int main(int argc, char **argv)
         ITEST(test_diff_reused_servers),
         ITEST(test_diff_duplicates),
         ITEST(test_diff_tls),
+        ITEST(test_diff_streamed),
     };
     return itest_main(argc, argv, "idemproxy against PostgreSQL", tests,
                       sizeof tests / sizeof tests[0]);
