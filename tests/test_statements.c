@@ -1078,7 +1078,7 @@ static void test_stmt_described_behind_path_change(void **state)
  * client wrote it there, as on PostgreSQL (the table of the name has no
  * unique index, which the rewritten form fails on). But one whose text
  * has a backslash in a string is not prepared again, not even for new
- * rules after a reload: parsed under the setting now in force, 'a\\nb'
+ * rules after a reload: parsed under the setting now in force, 'a\nb'
  * would be three characters where the client meant four. */
 static void test_stmt_prepared_before_strings_setting(void **state)
 {
