@@ -940,6 +940,26 @@ bool reprepare_all(struct conn *c)
     return reprepare(c, &k, "", INJECT_REFRESH);
 }
 
+/* Whether statement may hold an INSERT into a registered table, now or
+ * once the requests under way are answered: a redefinition of it the
+ * server may yet refuse or skip gives back what it displaced
+ * (restore_statements, unnamed_restore). */
+static bool may_insert(const struct conn *c, const char *statement)
+{
+    const struct track_req *r;
+
+    if (statement[0] == '\0')
+        return c->unnamed_parse_len > 0 || c->stmts.unnamed || unnamed_unsure(c);
+    if (session_inserts(&c->session, statement))
+        return true;
+    for (size_t i = 0; (r = track_at(&c->track, i)); i++) {
+        const struct note *note = r->injected ? NULL : r->note;
+        if (note && note->displaced && note->defines && strcmp(note->defines, statement) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* Whether a Bind or Describe of statement waits for the requests before
  * it to be answered: the statement inserts into a registered table (the
  * proxy may have rewritten it), behind a change of the session's role or
@@ -956,8 +976,7 @@ static bool awaits_identity(struct conn *c, const char *statement)
 {
     c->await_quiet = c->identity == IDENTITY_UNKNOWN && !conn_quiet(c) &&
                      !c->track.batch_open && !track_copy_awaits_client(&c->track) &&
-                     (statement[0] == '\0' ? c->unnamed_parse_len > 0 || c->stmts.unnamed
-                                           : session_inserts(&c->session, statement));
+                     may_insert(c, statement);
     return c->await_quiet;
 }
 

@@ -1026,6 +1026,19 @@ static void test_stmt_bound_behind_path_change(void **state)
     expect_replies(fd, "CZ", NULL, "SET", change);
     expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_ins bound right behind the change");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_elsewhere.stmt_t"), 3);
+    query_tag(fd, "RESET search_path", "RESET");
+
+    /* Nor does a redefinition of the statement the server has yet to
+     * refuse (it exists), which leaves the proxy unsure what it holds
+     * until then. */
+    n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_ins", "SELECT 1"));
+    n += itest_build_msg(buf + n, sizeof buf - n, 'Q', change, sizeof change);
+    n = put_sync(buf, sizeof buf, put_bind_execute_of(buf, sizeof buf, n, "s_ins", "5", "behind"));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "EZ", "42P05", NULL, "s_ins defined again");
+    expect_replies(fd, "CZ", NULL, "SET", change);
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_ins bound right behind the change");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_elsewhere.stmt_t"), 4);
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE payload = 'behind'"), 1);
     itest_raw_close(fd);
     itest_pass();
