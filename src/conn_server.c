@@ -185,10 +185,27 @@ static void restore_statements(struct conn *c, size_t n)
  * are forgotten, and the statements' names hold what they held before
  * (restore_statements). A redefinition of the unnamed statement among
  * them that displaced what the proxy kept of it gives that back, unless a
- * skipped Parse of the unnamed statement came before it (the proxy knew
- * nothing of the statement then). A COPY from the client that failed
+ * skipped or refused Parse of the unnamed statement came before it (the
+ * proxy knew nothing of the statement then, or kept the refused text), or
+ * the client has already sent what may redefine it after the batch.
+ * A COPY from the client that failed
  * took what came behind it up to its CopyDone or CopyFail, a Sync among
  * them too (track's end_copy_in): the skipping begins after that. */
+/* Whether a request of the client's queued from i on may have given the
+ * unnamed statement another meaning (a Query drops it; a Parse or a Close
+ * may name it): what was displaced before it no longer stands, whatever
+ * became of the batch before. */
+static bool unnamed_redefined_from(const struct conn *c, size_t i)
+{
+    const struct track_req *r;
+
+    for (; (r = track_at(&c->track, i)); i++)
+        if (!r->injected &&
+            (r->kind == TRACK_QUERY || r->kind == TRACK_PARSE || r->kind == TRACK_CLOSE))
+            return true;
+    return false;
+}
+
 static void forget_refused(struct conn *c)
 {
     const struct track_req *r;
@@ -216,10 +233,12 @@ static void forget_refused(struct conn *c)
         if (n->defines && r->kind == TRACK_BIND)
             session_close(&c->session, 'P', n->defines);
         /* The server's unnamed statement is not the one whose Parse the
-         * proxy kept. */
+         * proxy kept: a skipped Parse of it left whatever came before, a
+         * refused one (the failing message) none, since PostgreSQL drops
+         * it before it parses. */
         if (r->kind == TRACK_PARSE && n->defines && n->defines[0] == '\0') {
             c->unnamed_parse_len = 0;
-            unnamed_parsed |= i > 0;
+            unnamed_parsed = true;
         }
         /* The empty Parse that made the unnamed statement stand for a
          * cached one failed (a cancel): the server holds no unnamed
@@ -230,7 +249,7 @@ static void forget_refused(struct conn *c)
     restore_statements(c, i);
     if (unsure) {
         unsure->unsure = false;
-        if (restore)
+        if (restore && !unnamed_redefined_from(c, i))
             unnamed_restore(c);
         else
             unnamed_settle(c);

@@ -846,6 +846,57 @@ static void test_stmt_parse_skipped_after_copy_failed(void **state)
     itest_pass();
 }
 
+/* A Parse of the unnamed statement that the server refuses drops the
+ * statement the name held, and a Query behind it in the same batch, which
+ * the server then skips, must not bring the refused text back into the
+ * proxy's books: after a reload, a Bind of the unnamed statement fails as
+ * on PostgreSQL (26000), and one defined after the batch runs, rather
+ * than the proxy's attempt to prepare the refused text again (22P02). */
+static void test_stmt_refused_unnamed_stays_gone(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    int fd = raw_session(p, "itest_refused_unnamed");
+    static const uint8_t query[] = "SELECT 1";
+    uint8_t buf[1024];
+    size_t n = put_parse_unnamed(buf, sizeof buf, 0,
+                                 "INSERT INTO stmt_t (k, payload) VALUES ($1, 'x'::int)");
+    n += itest_build_msg(buf + n, sizeof buf - n, 'Q', query, sizeof query);
+    assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
+    expect_replies(fd, "EZ", "22P02", NULL, "the refused Parse, the Query skipped");
+
+    itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
+    n = put_sync(buf, sizeof buf, put_bind_execute(buf, sizeof buf, 0, "1", "x"));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "EZ", "26000", NULL, "a Bind of the unnamed statement");
+
+    /* The same while the server copies from the client, which lets the
+     * messages after the batch go before its answer: the unnamed
+     * statement defined there is the one a Bind then runs. */
+    static const char copy[] = "COPY stmt_t (k, payload) FROM STDIN";
+    static const uint8_t bind_unnamed[] = "\0\0\0\0\0\0\0";
+    static const uint8_t execute[] = "\0\0\0\0";
+    n = itest_build_msg(buf, sizeof buf, 'Q', copy, sizeof copy);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'c', NULL, 0);
+    n = put_parse_unnamed(buf, sizeof buf, n,
+                          "INSERT INTO stmt_t (k, payload) VALUES ($1, 'x'::int)");
+    n += itest_build_msg(buf + n, sizeof buf - n, 'Q', query, sizeof query);
+    n = put_sync(buf, sizeof buf, n);
+    n = put_sync(buf, sizeof buf, put_parse_unnamed(buf, sizeof buf, n, "SELECT 2"));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "GCZ", NULL, "COPY 0", "the COPY");
+    expect_replies(fd, "EZ", "22P02", NULL, "the refused Parse, the Query skipped");
+    expect_replies(fd, "1Z", NULL, NULL, "the unnamed statement defined again");
+    itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\n", 2);
+    n = itest_build_msg(buf, sizeof buf, 'B', bind_unnamed, sizeof bind_unnamed);
+    n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+    assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
+    expect_replies(fd, "2DCZ", NULL, "SELECT 1", "the unnamed statement after the reload");
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* A statement the client prepared and dropped where the proxy could not
  * see (in a function) is not brought back when a reload has the proxy
  * prepare it again: its Bind fails as on PostgreSQL (26000), and inserts
@@ -1175,6 +1226,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_redefinition_behind_two_syncs),
         ITEST(test_stmt_parse_skipped_after_copy_failed),
         ITEST(test_stmt_dropped_unseen_stays_dropped),
+        ITEST(test_stmt_refused_unnamed_stays_gone),
         ITEST(test_stmt_redefined_unread),
         ITEST(test_stmt_bound_behind_path_change),
         ITEST(test_stmt_described_behind_path_change),
