@@ -180,17 +180,6 @@ static void restore_statements(struct conn *c, size_t n)
     }
 }
 
-/* The server refused an extended message and skips the rest up to Sync:
- * what the Binds among them defined never came to be, so their portals
- * are forgotten, and the statements' names hold what they held before
- * (restore_statements). A redefinition of the unnamed statement among
- * them that displaced what the proxy kept of it gives that back, unless a
- * skipped or refused Parse of the unnamed statement came before it (the
- * proxy knew nothing of the statement then, or kept the refused text), or
- * the client has already sent what may redefine it after the batch.
- * A COPY from the client that failed
- * took what came behind it up to its CopyDone or CopyFail, a Sync among
- * them too (track's end_copy_in): the skipping begins after that. */
 /* Whether a request of the client's queued from i on may have given the
  * unnamed statement another meaning (a Query drops it; a Parse or a Close
  * may name it): what was displaced before it no longer stands, whatever
@@ -206,6 +195,17 @@ static bool unnamed_redefined_from(const struct conn *c, size_t i)
     return false;
 }
 
+/* The server refused an extended message and skips the rest up to Sync:
+ * what the Binds among them defined never came to be, so their portals
+ * are forgotten, and the statements' names hold what they held before
+ * (restore_statements). A redefinition of the unnamed statement among
+ * them that displaced what the proxy kept of it gives that back, unless a
+ * skipped or refused Parse of the unnamed statement came before it (the
+ * proxy knew nothing of the statement then, or kept the refused text), or
+ * the client has already sent what may redefine it after the batch. A
+ * COPY from the client that failed took what came behind it up to its
+ * CopyDone or CopyFail, a Sync among them too (track's end_copy_in): the
+ * skipping begins after that. */
 static void forget_refused(struct conn *c)
 {
     const struct track_req *r;
