@@ -485,17 +485,24 @@ bool track_extended_run(struct conn *c, enum inject tag)
     return true;
 }
 
-/* Runs sql inside the client's extended batch, on the proxy's own statement
- * and portal names. */
-static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enum inject tag)
+/* Runs sql inside the client's extended batch, on name, a statement and
+ * portal name of the proxy's own. */
+static bool inject_extended_on(struct conn *c, struct sink *k, const char *name,
+                               const char *sql, enum inject tag)
 {
     uint8_t buf[512];
-    size_t need = pg_build_extended_run(buf, sizeof(buf), GUARD_NAME, sql);
+    size_t need = pg_build_extended_run(buf, sizeof(buf), name, sql);
 
     if (need > sizeof(buf) || !track_extended_run(c, tag))
         return false;
     write_own(c, k, buf, need);
     return true;
+}
+
+/* The same on the guard's name. */
+static bool inject_extended(struct conn *c, struct sink *k, const char *sql, enum inject tag)
+{
+    return inject_extended_on(c, k, GUARD_NAME, sql, tag);
 }
 
 /* Rolls the block back to the proxy's savepoint and releases it, between
@@ -799,22 +806,25 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
 static bool drop_statement(struct conn *c, struct sink *k, const char *name, enum inject tag)
 {
     char sql[160];
-    uint8_t run[512];
-    size_t n = 0;
 
-    if (rewrite_build_deallocate(sql, sizeof(sql), name, !c->charset_ok))
-        n = pg_build_extended_run(run, sizeof(run), DROP_NAME, sql);
-    if (n == 0 || n > sizeof(run)) {
-        if (!track_inject(&c->track, 'C', tag))
-            return false;
+    if (!track_inject(&c->track, 'C', tag))
+        return false;
+    if (!rewrite_build_deallocate(sql, sizeof(sql), name, !c->charset_ok)) {
         write_on_statement(k, 'C', name);
         return true;
     }
-    if (!track_inject(&c->track, 'C', tag) || !track_extended_run(c, tag))
-        return false;
     write_on_statement(k, 'C', DROP_NAME);
-    sink_write(k, run, n);
-    return true;
+    return inject_extended_on(c, k, DROP_NAME, sql, tag);
+}
+
+/* Whether a Parse body's name and text mean the same whatever the
+ * session's client_encoding and standard_conforming_strings. */
+static bool parse_neutral(const uint8_t *body, size_t len)
+{
+    size_t at, text_len;
+
+    return pg_statement_text('P', body, len, &at, &text_len) &&
+           rewrite_text_neutral(body, at + text_len);
 }
 
 /* Drops statement name and prepares it again from the client's Parse
@@ -822,17 +832,6 @@ static bool drop_statement(struct conn *c, struct sink *k, const char *name, enu
  * INJECT_REPREPARE) the Bind's batch carries it; on its own
  * (INJECT_REFRESH) a Sync of the proxy's ends it, so that a failure skips
  * nothing of the client's. False when out of memory. */
-/* Whether a Parse body's name and text mean the same whatever the
- * session's client_encoding and standard_conforming_strings. */
-static bool parse_neutral(const uint8_t *body, size_t len)
-{
-    const uint8_t *name_end = memchr(body, '\0', len);
-    size_t after = name_end ? (size_t)(name_end + 1 - body) : len;
-    const uint8_t *text_end = after < len ? memchr(body + after, '\0', len - after) : NULL;
-
-    return text_end && rewrite_text_neutral(body, (size_t)(text_end - body));
-}
-
 static bool prepare_again(struct conn *c, struct sink *k, const char *name, const uint8_t *body,
                           size_t len, enum inject tag)
 {
@@ -980,6 +979,14 @@ static bool awaits_identity(struct conn *c, const char *statement)
     return c->await_quiet;
 }
 
+/* Whether a Bind or Describe (msg) of statement waits for an answer about
+ * the session's identity: asked now inside a block, or behind a change. */
+static bool held_for_identity(struct conn *c, const uint8_t *msg, size_t total,
+                              const char *statement)
+{
+    return statement && (ask_in_block(c, msg, total) || awaits_identity(c, statement));
+}
+
 static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;
@@ -988,7 +995,7 @@ static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, st
     size_t statement_at = at;
     const char *statement = portal ? read_name(body, len, &at) : NULL;
 
-    if (ask_in_block(c, msg, total) || (statement && awaits_identity(c, statement)))
+    if (held_for_identity(c, msg, total, statement))
         return TAKEN_HELD;
     batch_message(c);
     if (!statement)
@@ -1024,7 +1031,7 @@ static enum taken take_describe(struct conn *c, const uint8_t *msg, size_t total
     const char *statement = named_statement(msg, total);
     struct note *note = NULL;
 
-    if (statement && (ask_in_block(c, msg, total) || awaits_identity(c, statement)))
+    if (held_for_identity(c, msg, total, statement))
         return TAKEN_HELD;
     batch_message(c);
     if (statement && !reprepare(c, k, statement, INJECT_REPREPARE)) {
