@@ -513,39 +513,46 @@ static size_t put_parse_unnamed(uint8_t *buf, size_t cap, size_t at, const char 
     return put_parse(buf, cap, at, "", text);
 }
 
-/* Appends a Bind of statement to the unnamed portal with the text values
- * k and payload, and an Execute of it. */
-static size_t put_bind_execute_of(uint8_t *buf, size_t cap, size_t at, const char *statement,
-                                  const char *k, const char *payload)
+/* Appends a Bind of statement to the unnamed portal with the n text
+ * values (text results), and an Execute of it. */
+static size_t put_bind_execute_values(uint8_t *buf, size_t cap, size_t at, const char *statement,
+                                      const char *const *values, size_t n)
 {
     static const uint8_t execute[] = { '\0', 0, 0, 0, 0 };
     uint8_t body[256];
-    size_t n = 0, name_len = strlen(statement) + 1;
+    size_t used = 0, name_len = strlen(statement) + 1;
 
-    /* "", statement, text formats, two values, text results. */
+    /* "", statement, text formats, the values, text results. */
     assert_true(1 + name_len + 4 <= sizeof body);
-    body[n++] = '\0';
-    memcpy(body + n, statement, name_len);
-    n += name_len;
-    body[n++] = 0;
-    body[n++] = 0;
-    body[n++] = 0;
-    body[n++] = 2;
-    const char *values[2] = { k, payload };
-    for (int i = 0; i < 2; i++) {
+    body[used++] = '\0';
+    memcpy(body + used, statement, name_len);
+    used += name_len;
+    body[used++] = 0;
+    body[used++] = 0;
+    body[used++] = (uint8_t)(n >> 8);
+    body[used++] = (uint8_t)n;
+    for (size_t i = 0; i < n; i++) {
         size_t len = strlen(values[i]);
-        assert_true(n + 4 + len + 2 <= sizeof body);
-        body[n++] = 0;
-        body[n++] = 0;
-        body[n++] = 0;
-        body[n++] = (uint8_t)len;
-        memcpy(body + n, values[i], len);
-        n += len;
+        assert_true(used + 4 + len + 2 <= sizeof body);
+        body[used++] = 0;
+        body[used++] = 0;
+        body[used++] = 0;
+        body[used++] = (uint8_t)len;
+        memcpy(body + used, values[i], len);
+        used += len;
     }
-    body[n++] = 0;
-    body[n++] = 0;
-    at += itest_build_msg(buf + at, cap - at, 'B', body, n);
+    body[used++] = 0;
+    body[used++] = 0;
+    at += itest_build_msg(buf + at, cap - at, 'B', body, used);
     return at + itest_build_msg(buf + at, cap - at, 'E', execute, sizeof execute);
+}
+
+/* The same with the two values k and payload. */
+static size_t put_bind_execute_of(uint8_t *buf, size_t cap, size_t at, const char *statement,
+                                  const char *k, const char *payload)
+{
+    const char *values[2] = { k, payload };
+    return put_bind_execute_values(buf, cap, at, statement, values, 2);
 }
 
 /* The same of the unnamed statement. */
@@ -819,7 +826,6 @@ static void test_stmt_parse_skipped_after_copy_failed(void **state)
     int fd = raw_session(p, "itest_copy_failed");
     static const uint8_t copy[] = "\0COPY stmt_t (k, payload) FROM STDIN\0\0";
     static const uint8_t bind_copy[] = "\0\0\0\0\0\0\0";
-    static const uint8_t bind_sel[] = "\0s_sel\0\0\0\0\0\0";
     static const uint8_t execute[] = "\0\0\0\0";
     static const uint8_t copy_fail[] = "stopped by the client";
     uint8_t buf[1024];
@@ -838,8 +844,7 @@ static void test_stmt_parse_skipped_after_copy_failed(void **state)
 
     itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
 
-    n = itest_build_msg(buf, sizeof buf, 'B', bind_sel, sizeof bind_sel);
-    n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+    n = put_bind_execute_values(buf, sizeof buf, 0, "s_sel", NULL, 0);
     assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
     expect_replies(fd, "2DCZ", NULL, "SELECT 1", "s_sel after the reload");
     itest_raw_close(fd);
@@ -875,8 +880,6 @@ static void test_stmt_refused_unnamed_stays_gone(void **state)
      * messages after the batch go before its answer: the unnamed
      * statement defined there is the one a Bind then runs. */
     static const char copy[] = "COPY stmt_t (k, payload) FROM STDIN";
-    static const uint8_t bind_unnamed[] = "\0\0\0\0\0\0\0";
-    static const uint8_t execute[] = "\0\0\0\0";
     n = itest_build_msg(buf, sizeof buf, 'Q', copy, sizeof copy);
     n += itest_build_msg(buf + n, sizeof buf - n, 'c', NULL, 0);
     n = put_parse_unnamed(buf, sizeof buf, n,
@@ -889,8 +892,7 @@ static void test_stmt_refused_unnamed_stays_gone(void **state)
     expect_replies(fd, "EZ", "22P02", NULL, "the refused Parse, the Query skipped");
     expect_replies(fd, "1Z", NULL, NULL, "the unnamed statement defined again");
     itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\n", 2);
-    n = itest_build_msg(buf, sizeof buf, 'B', bind_unnamed, sizeof bind_unnamed);
-    n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+    n = put_bind_execute_values(buf, sizeof buf, 0, "", NULL, 0);
     assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
     expect_replies(fd, "2DCZ", NULL, "SELECT 1", "the unnamed statement after the reload");
     itest_raw_close(fd);
@@ -962,8 +964,6 @@ static void redefine_unread(int fd, bool define_by_sql)
 static void test_stmt_redefined_unread(void **state)
 {
     (void)state;
-    static const uint8_t bind[] = "\0s_big\0\0\0\0\0\0";
-    static const uint8_t execute[] = "\0\0\0\0";
     /* Each turn's rules after: s_big's INSERT prepared otherwise than by
      * the rules it was prepared under (the default action, then none). */
     static const char *const rules_after[] = {
@@ -985,8 +985,7 @@ static void test_stmt_redefined_unread(void **state)
         redefine_unread(fd, with_rules);
         itest_proxy_reload(p, rules_after[with_rules], ++reloads);
 
-        n = itest_build_msg(buf, sizeof buf, 'B', bind, sizeof bind);
-        n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+        n = put_bind_execute_values(buf, sizeof buf, 0, "s_big", NULL, 0);
         assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
         expect_replies(fd, "2DCZ", NULL, "SELECT 1", "s_big after the reload");
         itest_raw_close(fd);
@@ -1111,9 +1110,7 @@ static void test_stmt_described_behind_path_change(void **state)
     int fd = raw_session(proxy(""), "itest_describe_path");
     static const char text[] = "INSERT INTO stmt_t (payload) VALUES ($1) RETURNING payload";
     static const uint8_t describe[] = "Ss_pay";
-    /* Portal "", s_pay, text formats, one value "there", text results. */
-    static const uint8_t bind[] = "\0s_pay\0\0\0\0\1\0\0\0\5there\0";
-    static const uint8_t execute[] = "\0\0\0\0";
+    static const char *const there[] = { "there" };
     uint8_t buf[1024];
     size_t n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_pay", text));
     assert_true(itest_raw_send(fd, buf, n));
@@ -1125,8 +1122,7 @@ static void test_stmt_described_behind_path_change(void **state)
         expect_replies(fd, "tTZ", NULL, NULL, "s_pay described right behind it");
         if (i == 1)
             continue;
-        n = itest_build_msg(buf, sizeof buf, 'B', bind, sizeof bind);
-        n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+        n = put_bind_execute_values(buf, sizeof buf, 0, "s_pay", there, 1);
         assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
         expect_replies(fd, "2DCZ", NULL, "INSERT 0 1", "s_pay run where it leads");
     }
@@ -1170,10 +1166,8 @@ static void test_stmt_prepared_before_strings_setting(void **state)
     query_tag(fd, "RESET search_path", "RESET");
 
     itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
-    static const uint8_t bind_bs[] = "\0s_bs\0\0\0\0\1\0\0\0\0012\0";
-    static const uint8_t execute[] = "\0\0\0\0";
-    n = itest_build_msg(buf, sizeof buf, 'B', bind_bs, sizeof bind_bs);
-    n += itest_build_msg(buf + n, sizeof buf - n, 'E', execute, sizeof execute);
+    static const char *const two[] = { "2" };
+    n = put_bind_execute_values(buf, sizeof buf, 0, "s_bs", two, 1);
     assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
     expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_bs after the reload");
     assert_int_equal(itest_server_ll("SELECT length(payload) FROM stmt_t WHERE k = 2"), 4);
