@@ -297,15 +297,27 @@ static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, si
     note->renamed = stmtcache_number(c->stmts.unnamed);
 }
 
-/* The cache's entry for a Parse's rewritten text and parameter types; NULL
- * when the cache cannot hold it. */
+/* The cache's entry for a statement text and its parameter types; NULL
+ * when the cache cannot hold it. The cache knows a text by its bytes, but
+ * the server parsed it under the client_encoding and
+ * standard_conforming_strings of its time: once the session has changed
+ * either, a text with a byte beyond ASCII or a backslash is neither found
+ * (the entry may mean otherwise now) nor cached. */
+static struct stmt_entry *cache_entry_for(struct conn *c, const char *text, size_t text_len,
+                                          const uint8_t *types, size_t types_len)
+{
+    if (c->text_settings_moved && !rewrite_text_neutral((const uint8_t *)text, text_len))
+        return NULL;
+    return stmtcache_get(&c->stmts, text, text_len, types, types_len);
+}
+
+/* The cache's entry for a Parse's rewritten text and parameter types. */
 static struct stmt_entry *cached_entry(struct conn *c, const struct statement *st)
 {
     const struct rewrite_result *r = &st->d->result;
     size_t types_at = st->at + st->text_len + 1;
 
-    return stmtcache_get(&c->stmts, r->text, r->text_len, st->body + types_at,
-                         st->len - types_at);
+    return cache_entry_for(c, r->text, r->text_len, st->body + types_at, st->len - types_at);
 }
 
 /* Prepares entry e on the server under a new name, as a request the queue
@@ -440,14 +452,29 @@ void unnamed_restore(struct conn *c)
 
 /* The server is to read a message the proxy cannot rename (too large to
  * hold): its unnamed statement gets the cached text first, so that the
- * message means what the client meant either way. */
+ * message means what the client meant either way. Unless the session has
+ * changed its client_encoding or standard_conforming_strings since and
+ * the text could mean otherwise parsed again: the unnamed statement is
+ * closed instead, and a Bind of it fails (26000) rather than write other
+ * values than the client's. */
 void restore_unnamed(struct conn *c, struct sink *k)
 {
-    if (!c->track.copy_in && track_inject(&c->track, 'P', INJECT_UNNAMED))
-        write_parse(k, "", c->stmts.unnamed);
-    else
+    size_t text_len;
+    const char *text = stmtcache_text(c->stmts.unnamed, &text_len);
+    bool same_meaning =
+        !c->text_settings_moved || rewrite_text_neutral((const uint8_t *)text, text_len);
+
+    if (c->track.copy_in || !track_inject(&c->track, same_meaning ? 'P' : 'C', INJECT_UNNAMED)) {
         conn_log(LOG_ERROR, c, "could not restore the unnamed statement before an unread "
                  "message");
+    } else if (same_meaning) {
+        write_parse(k, "", c->stmts.unnamed);
+    } else {
+        write_on_statement(k, 'C', "");
+        conn_log(LOG_WARNING, c, "the unnamed statement is closed before an unread message: "
+                 "its text may mean otherwise since the session changed client_encoding or "
+                 "standard_conforming_strings");
+    }
     c->stmts.unnamed = NULL;
 }
 
@@ -627,8 +654,7 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
         !params_bind(ps, st->d->consts, st->d->nconsts, (const char *)st->body + st->at,
                      st->text_len, p))
         return PREPARED_NOT;
-    struct stmt_entry *e = stmtcache_get(&c->stmts, ps->text, ps->text_len, p->types,
-                                         p->types_len);
+    struct stmt_entry *e = cache_entry_for(c, ps->text, ps->text_len, p->types, p->types_len);
     if (!e || stmtcache_state(e) == STMT_PENDING)
         return PREPARED_NOT;
 

@@ -69,8 +69,9 @@ enum inject {
     INJECT_ROLLBACK,    /* rolls back to it after a 23505 */
     INJECT_ABORT,       /* rolls back to it after another error, and fails the
                            block at the client's level (TRANSLATE_SQL_ABORT) */
-    INJECT_UNNAMED,     /* gives the server's unnamed statement the cached text,
-                           ahead of a message the proxy cannot rename */
+    INJECT_UNNAMED,     /* gives the server's unnamed statement the cached text
+                           (or closes it), ahead of a message the proxy cannot
+                           rename */
     INJECT_PREPARED,    /* the Close and Bind that run a Query's INSERT as a
                            cached statement (prepare_query) */
     INJECT_REPREPARE,   /* the DEALLOCATE (or Close) and Parse that give a

@@ -335,6 +335,101 @@ static void test_stmt_large_parse(void **state)
     itest_pass();
 }
 
+/* An INSERT whose text holds "\xc3\xa9", é in UTF-8, as its unnamed
+ * statement: under LATIN1 the same bytes are two characters, "Ã©". */
+static const char ACCENTED[] = "INSERT INTO stmt_t (k, payload) VALUES ($1, '\xc3\xa9' || $2)";
+
+static void prepare_unnamed_twice(PGconn *c, const char *text)
+{
+    /* The first Parse creates the cached copy, the second one maps to it. */
+    for (int i = 0; i < 2; i++) {
+        PGresult *r = itest_prepare(c, "", text, 2);
+        itest_assert_result_ok(r, "PQprepare of the unnamed INSERT");
+        PQclear(r);
+    }
+}
+
+static void exec_unnamed(PGconn *c, const char *k, const char *payload, const char *tag)
+{
+    const char *vals[2] = { k, payload };
+    PGresult *r = itest_exec_prepared(c, "", 2, vals);
+    itest_assert_tag(r, tag, "the unnamed INSERT");
+    PQclear(r);
+}
+
+/* The cache knows a statement by the bytes of its text, the server parsed
+ * it under the client_encoding of its time: after the session changes
+ * it, the same bytes are parsed anew, as PostgreSQL would, whether they
+ * come in a Query (a column named été does not exist under LATIN1) or a
+ * Parse (the literal is "Ã©"). */
+static void test_stmt_cache_across_encodings(void **state)
+{
+    (void)state;
+    create_table();
+    itest_server_exec("ALTER TABLE stmt_t ADD COLUMN \"\xc3\xa9t\xc3\xa9\" text");
+    struct itest_proxy *p = proxy("");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    static const char summer[] = "INSERT INTO stmt_t (k, \"\xc3\xa9t\xc3\xa9\") VALUES (%d, 'summer')";
+    char sql[128];
+
+    for (int k = 1; k <= 2; k++) {
+        snprintf(sql, sizeof sql, summer, k);
+        PGresult *r = itest_exec(c, sql);
+        itest_assert_tag(r, "INSERT 0 1", "the Query under UTF8");
+        PQclear(r);
+    }
+    prepare_unnamed_twice(c, ACCENTED);
+    exec_unnamed(c, "3", "x", "INSERT 0 1");
+    assert_int_equal(cached_count(c), 2);
+
+    itest_exec_ok(c, "SET client_encoding = 'LATIN1'");
+    snprintf(sql, sizeof sql, summer, 4);
+    fails_with(itest_exec(c, sql), "42703", "the Query under LATIN1");
+    prepare_unnamed_twice(c, ACCENTED);
+    exec_unnamed(c, "5", "x", "INSERT 0 1");
+    exec_unnamed(c, "5", "x", "INSERT 0 0");
+    assert_int_equal(itest_server_ll("SELECT length(payload) FROM stmt_t WHERE k = 3"), 2);
+    assert_int_equal(itest_server_ll("SELECT length(payload) FROM stmt_t WHERE k = 5"), 3);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 4);
+    itest_pass();
+}
+
+/* A Bind too large to read, of the unnamed statement standing for the
+ * cached INSERT, after the session changed its client_encoding: the
+ * cached text parsed again would mean otherwise, so the Bind meets no
+ * statement (26000) rather than write "Ã©"; a text in ASCII is given back
+ * to the unnamed statement as before. */
+static void test_stmt_restored_across_encodings(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy_holding_1kb();
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    char big[2048];
+    memset(big, 'y', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+
+    prepare_unnamed_twice(c, ACCENTED);
+    exec_unnamed(c, "1", "x", "INSERT 0 1");
+    /* A named statement changes the setting: the unnamed one stays. */
+    PGresult *r = itest_prepare(c, "latin1", "SET client_encoding = 'LATIN1'", 0);
+    itest_assert_result_ok(r, "PQprepare of the SET");
+    PQclear(r);
+    r = itest_exec_prepared(c, "latin1", 0, NULL);
+    itest_assert_tag(r, "SET", "the SET");
+    PQclear(r);
+    const char *vals[2] = { "2", big };
+    fails_with(itest_exec_prepared(c, "", 2, vals), "26000", "the large Bind");
+    assert_true(itest_proxy_log_contains(p, "closed before an unread message"));
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE k = 2"), 0);
+
+    prepare_unnamed_twice(c, INSERT);
+    exec_unnamed(c, "3", big, "INSERT 0 1");
+    exec_unnamed(c, "3", big, "INSERT 0 0");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
+    itest_pass();
+}
+
 /* A reload that drops the table's rule while the unnamed statement stands
  * for the cached INSERT: the next Bind runs the client's text as the new
  * rules want it, without the clause, as a new Parse would. */
@@ -1212,6 +1307,8 @@ int main(int argc, char **argv)
         ITEST(test_stmt_errors),
         ITEST(test_stmt_large_bind),
         ITEST(test_stmt_large_parse),
+        ITEST(test_stmt_cache_across_encodings),
+        ITEST(test_stmt_restored_across_encodings),
         ITEST(test_stmt_reload),
         ITEST(test_stmt_split_reads),
         ITEST(test_stmt_query_prepared),
