@@ -129,6 +129,14 @@ static struct decision *decide_statement(struct conn *c, bool parse, const char 
     }
     bool fresh;
     struct decision *d = scope_decide(c->scope, text, len, parse, &fresh);
+    if (d && d->result.text && c->charset_utf8 &&
+        !rewrite_utf8_valid((const uint8_t *)text, len)) {
+        /* The server refuses it and shows the bytes from the first bad
+         * one on: the client's own, not a spliced text or values. */
+        decision_unref(d);
+        scope_count_reason(c->scope, RR_PARSE_ERROR);
+        return NULL;
+    }
     scope_count(c->scope, d);
     if (d && fresh)
         log_decision(c, d, text, len);

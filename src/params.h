@@ -55,8 +55,12 @@ struct params {
 /* The statement for a shape's key (key_len bytes, nconsts masks; or the
  * key of a decision about it, shape_generalise's text, which keeps them).
  * NULL when a mask is not a whole VALUES item, there are none or more than
- * PARAMS_MAX, the key holds another number of masks, or memory ran out:
- * texts of that shape then run as they are. Freed with free(). */
+ * PARAMS_MAX, the key holds another number of masks, or a byte beyond
+ * ASCII, or memory ran out: texts of that shape then run as they are.
+ * (The server converts a statement's text and its values to its encoding
+ * apart, so a character it cannot convert outside the constants would be
+ * met before one inside them, not in the order of the Query's text.)
+ * Freed with free(). */
 struct params_stmt *params_stmt_of(const char *key, size_t key_len, size_t nconsts);
 
 /* The types and values of text (len bytes) as ps: its constants, consts

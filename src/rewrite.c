@@ -937,6 +937,59 @@ bool rewrite_text_neutral(const uint8_t *text, size_t len)
     return true;
 }
 
+bool rewrite_utf8_valid(const uint8_t *text, size_t len)
+{
+    static const uint64_t ones = 0x0101010101010101u, highs = 0x8080808080808080u;
+    size_t i = 0;
+
+    while (i < len) {
+        /* Eight bytes at a time while none is NUL or beyond ASCII: a
+         * byte that is sets its high bit in v or in v - ones. */
+        uint64_t v;
+        if (len - i >= sizeof(v)) {
+            memcpy(&v, text + i, sizeof(v));
+            if (((v | (v - ones)) & highs) == 0) {
+                i += sizeof(v);
+                continue;
+            }
+        } else if (len >= sizeof(v)) {
+            /* The last eight, which hold the rest. */
+            memcpy(&v, text + len - sizeof(v), sizeof(v));
+            if (((v | (v - ones)) & highs) == 0)
+                return true;
+        }
+        uint8_t b = text[i];
+        if (b > 0 && b < 0x80) {
+            i++;
+            continue;
+        }
+        /* The lead byte gives the length and the range of the second byte
+         * that keeps the form shortest and below U+10FFFF, off surrogates. */
+        size_t n;
+        uint8_t lo = 0x80, hi = 0xbf;
+        if (b >= 0xc2 && b <= 0xdf) {
+            n = 2;
+        } else if (b >= 0xe0 && b <= 0xef) {
+            n = 3;
+            lo = b == 0xe0 ? 0xa0 : 0x80;
+            hi = b == 0xed ? 0x9f : 0xbf;
+        } else if (b >= 0xf0 && b <= 0xf4) {
+            n = 4;
+            lo = b == 0xf0 ? 0x90 : 0x80;
+            hi = b == 0xf4 ? 0x8f : 0xbf;
+        } else {
+            return false;
+        }
+        if (len - i < n || text[i + 1] < lo || text[i + 1] > hi)
+            return false;
+        for (size_t j = 2; j < n; j++)
+            if (text[i + j] < 0x80 || text[i + j] > 0xbf)
+                return false;
+        i += n;
+    }
+    return true;
+}
+
 /* ---- the clause -------------------------------------------------------- */
 
 /* Appends s to buf (within cap) and returns the new length. */

@@ -188,6 +188,12 @@ bool rewrite_charset(const char *client_encoding, const char *server_encoding, b
  * parsed again after the session changed either. */
 bool rewrite_text_neutral(const uint8_t *text, size_t len);
 
+/* Whether len bytes are UTF-8 as PostgreSQL accepts it: no overlong form,
+ * surrogate, code point past U+10FFFF or NUL. A session whose text the
+ * server checks so refuses any other (22021), naming the bytes from the
+ * first bad one on, which a rewrite must not change. */
+bool rewrite_utf8_valid(const uint8_t *text, size_t len);
+
 /* Writes " ON CONFLICT ..." for a rule into buf: the clause spliced into
  * INSERTs. target lists the arbiter columns (may be empty for DO NOTHING);
  * set lists the columns assigned from EXCLUDED (empty: DO NOTHING).

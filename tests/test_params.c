@@ -94,6 +94,10 @@ static void test_other_constants_keep_the_text(void **state)
     assert_form("INSERT INTO t (a) SELECT $1 FROM x; ", NULL);
     /* No constants: nothing to gain. */
     assert_form("INSERT INTO t VALUES (DEFAULT)", NULL);
+    /* A byte beyond ASCII outside the constants; inside them is fine. */
+    assert_form("INSERT INTO t (\"cl\xc3\xa9\") VALUES (1)", NULL);
+    assert_form("INSERT INTO t VALUES (1) -- caf\xc3\xa9", NULL);
+    assert_form("INSERT INTO t VALUES (1, 'caf\xc3\xa9')", "INSERT INTO t VALUES ($1, $2)");
 }
 
 /* The i-th int32 after the int16 count in buf. */

@@ -1057,6 +1057,58 @@ static void test_text_neutral(void **state)
     assert_false(rewrite_text_neutral((const uint8_t *)latin, sizeof latin - 1));
 }
 
+/* UTF-8 as PostgreSQL's pg_utf8_islegal takes it. */
+static void test_utf8_valid(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *bytes;
+        bool valid;
+    } texts[] = {
+        { "", true },
+        { "plain", true },
+        { "caf\xc3\xa9", true },                 /* U+00E9 */
+        { "\xe2\x82\xac", true },                /* U+20AC */
+        { "\xf0\x9f\x98\x80", true },            /* U+1F600 */
+        { "\xf4\x8f\xbf\xbf", true },            /* U+10FFFF */
+        { "\xed\x9f\xbf", true },                /* U+D7FF */
+        { "\xee\x80\x80", true },                /* U+E000 */
+        { "caf\xe9", false },                    /* LATIN1 é */
+        { "caf\xe9'", false },
+        { "\x81", false },                       /* a lone continuation */
+        { "\xc0\xaf", false },                   /* overlong '/' */
+        { "\xc1\xbf", false },
+        { "\xe0\x9f\xbf", false },               /* overlong U+07FF */
+        { "\xf0\x8f\xbf\xbf", false },           /* overlong U+FFFF */
+        { "\xed\xa0\x80", false },               /* surrogate U+D800 */
+        { "\xf4\x90\x80\x80", false },           /* U+110000 */
+        { "\xf5\x80\x80\x80", false },
+        { "\xff", false },
+        { "\xc3", false },                       /* cut short */
+        { "\xe2\x82", false },
+        { "\xe2\x28\xac", false },               /* a bad third byte */
+        { "\xf0\x9f\x98\x28", false },
+        /* Long enough to be read eight bytes at a time. */
+        { "INSERT INTO t VALUES ('caf\xc3\xa9', '\xe2\x82\xac'), ('plain ascii')", true },
+        { "INSERT INTO t VALUES ('plain ascii', 'caf\xe9')", false },
+        { "INSERT INTO t VALUES ('plain ascii', 'caf\xc3')", false },
+        { "INSERT INTO t VALUES ('plain ascii', 'sixteen bytes..\x7f')", true },
+    };
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        const char *b = texts[i].bytes;
+        if (rewrite_utf8_valid((const uint8_t *)b, strlen(b)) != texts[i].valid)
+            fail_msg("case %zu: expected %s", i, texts[i].valid ? "valid" : "invalid");
+    }
+    static const uint8_t nul[] = { 'a', 0, 'b' };
+    assert_false(rewrite_utf8_valid(nul, sizeof nul));
+    static const uint8_t late_nul[] = "sixteen bytes.. and a NUL";
+    uint8_t buf[sizeof late_nul];
+    memcpy(buf, late_nul, sizeof buf);
+    buf[17] = 0;
+    assert_true(rewrite_utf8_valid(buf, 17));
+    assert_false(rewrite_utf8_valid(buf, sizeof buf - 1));
+}
+
 static void test_reason_names(void **state)
 {
     (void)state;
@@ -1382,6 +1434,7 @@ int main(void)
         cmocka_unit_test(test_build_clause),
         cmocka_unit_test(test_build_deallocate),
         cmocka_unit_test(test_text_neutral),
+        cmocka_unit_test(test_utf8_valid),
         cmocka_unit_test(test_drops_statements),
         cmocka_unit_test(test_dropped_statements),
         cmocka_unit_test(test_changes_identity),
