@@ -417,6 +417,11 @@ enum handling {
  * contiguous in place. */
 #define SMALL_MSG 512
 
+/* The bytes of a Bind too large to read in which its portal and statement
+ * names are looked for: two of the longest names PostgreSQL tells apart
+ * (63 bytes) with their NULs. */
+#define BIND_NAMES_PEEK (2 * 64)
+
 /* Messages that name or redefine the unnamed statement. */
 static bool names_statements(char type)
 {
@@ -496,36 +501,62 @@ uint64_t now_ns(void)
 
 /* ---- the relay loop ---------------------------------------------------- */
 
-static void note_oversized(struct conn *c, enum flow d, char type, size_t total,
-                           struct sink *k)
+/* The portal and statement a Bind names, from the first len bytes of its
+ * body; false when they do not both end there. */
+static bool bind_names(const uint8_t *start, size_t len, const char **portal,
+                       const char **statement)
 {
+    size_t at = 0;
+
+    *portal = read_name(start, len, &at);
+    *statement = *portal ? read_name(start, len, &at) : NULL;
+    return *statement != NULL;
+}
+
+/* A message over max_held_message, of which start holds the first
+ * start_len bytes of the body. False when the pair was closed. */
+static bool note_oversized(struct conn *c, enum flow d, char type, size_t total,
+                           struct sink *k, const uint8_t *start, size_t start_len)
+{
+    const char *portal, *statement;
+
     counter_add(&c->worker->counters.oversized_inspected, 1);
     if (d == FLOW_TO_SERVER && rewriting(c))
         scope_count_reason(c->scope, RR_TOO_LARGE);
-    if (d == FLOW_TO_SERVER && (type == 'P' || type == 'B' || type == 'Q')) {
-        /* Its names cannot be read, nor its text, which may drop and
-         * define statements again by SQL: what the session prepared is
-         * forgotten, rules or not, lest it be prepared again in a text
-         * the name no longer holds. The text may also change the identity
-         * (a Parse's later Executes cannot be told apart). */
+    if (d == FLOW_TO_SERVER && type == 'B' && !c->parsed_unread &&
+        bind_names(start, start_len, &portal, &statement)) {
+        /* A large value, most likely: every statement it may bind was
+         * read (or prepared by SQL, which cannot drop others), so its
+         * Execute does what the proxy knows. */
+        if (take_unread_bind(c, k, portal, statement) == TAKEN_CLOSED)
+            return false;
+    } else if (d == FLOW_TO_SERVER && (type == 'P' || type == 'B' || type == 'Q')) {
+        /* Its names cannot be read, nor its text (or, for a Bind, its
+         * statement's), which may drop and define statements again by
+         * SQL: what the session prepared is forgotten, rules or not, lest
+         * it be prepared again in a text the name no longer holds. The
+         * text may also change the identity (a Parse's later Executes
+         * cannot be told apart). A message that may name the unnamed
+         * statement gives the server's the cached text first. */
         session_clear(&c->session);
+        c->parsed_unread |= type == 'P';
         if (type != 'B') {
             stmtcache_forget_all(&c->stmts);
             unsettle_identity(c);
         }
-    }
-    if (d == FLOW_TO_SERVER) {
-        /* A message that may name the unnamed statement: the server's gets
-         * the cached text first. One that may redefine it (a Query does; a
-         * Parse of some name might): nothing kept of it holds. */
-        if (c->stmts.unnamed && (type == 'B' || type == 'D' || type == 'C' || type == 'P'))
+        if (c->stmts.unnamed && type != 'Q')
             restore_unnamed(c, k);
-        if (type == 'Q' || type == 'P')
-            unnamed_redefined(c, NULL);
+    } else if (d == FLOW_TO_SERVER && c->stmts.unnamed && (type == 'D' || type == 'C')) {
+        restore_unnamed(c, k);
     }
+    /* One that may redefine the unnamed statement (a Query does; a Parse
+     * of some name might): nothing kept of it holds. */
+    if (d == FLOW_TO_SERVER && (type == 'Q' || type == 'P'))
+        unnamed_redefined(c, NULL);
     if (d == FLOW_TO_CLIENT && answers_injected(c, type))
         c->catalog_ok = false;
     conn_log(LOG_DEBUG, c, "'%c' message of %zu bytes streamed unread", type, total);
+    return true;
 }
 
 /* The stream is corrupt: nothing after this can be framed. */
@@ -649,7 +680,21 @@ bool relay(struct conn *c, enum flow d)
         enum handling h = d == FLOW_TO_SERVER ? client_handling(c, head.type)
                                          : server_handling(c, head.type);
         if (h != HANDLE_STREAM && total > max_held) {
-            note_oversized(c, d, head.type, total, &k);
+            /* A Bind's names are in its first bytes, if at hand. */
+            uint8_t first[BIND_NAMES_PEEK];
+            size_t first_len = d == FLOW_TO_SERVER && head.type == 'B'
+                                   ? avail - k.span - PG_HEAD_LEN
+                                   : 0;
+            if (first_len > sizeof(first))
+                first_len = sizeof(first);
+            struct evbuffer_ptr body = pos;
+            if (first_len > 0 &&
+                evbuffer_ptr_set(k.in, &body, PG_HEAD_LEN, EVBUFFER_PTR_ADD) == 0)
+                evbuffer_copyout_from(k.in, &body, first, first_len);
+            else
+                first_len = 0;
+            if (!note_oversized(c, d, head.type, total, &k, first, first_len))
+                return false;
             /* The proxy's own answer too big to read is dropped unread. */
             if (d == FLOW_TO_CLIENT && answers_injected(c, head.type)) {
                 sink_flush(&k);

@@ -1021,6 +1021,28 @@ static bool held_for_identity(struct conn *c, const uint8_t *msg, size_t total,
     return statement && (ask_in_block(c, msg, total) || awaits_identity(c, statement));
 }
 
+/* The unnamed statement standing for a cached one is given the cached
+ * text back (restore_unnamed) in place of renaming the Bind. */
+enum taken take_unread_bind(struct conn *c, struct sink *k, const char *portal,
+                            const char *statement)
+{
+    batch_message(c);
+    if (c->track.skip_to_sync) {
+        session_close(&c->session, 'P', portal);
+        return TAKEN_FORWARD;
+    }
+    /* Without memory the portal is forgotten: its Executes are not
+     * translated. */
+    session_bind(&c->session, portal, statement);
+    if (!reprepare(c, k, statement, INJECT_REPREPARE)) {
+        fail_oom(c);
+        return TAKEN_CLOSED;
+    }
+    if (statement[0] == '\0' && c->stmts.unnamed)
+        restore_unnamed(c, k);
+    return TAKEN_FORWARD;
+}
+
 static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;

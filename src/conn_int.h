@@ -274,6 +274,9 @@ struct conn {
     bool text_settings_moved;   /* either, or client_encoding, changed since
                                    login: a text parsed before may mean
                                    otherwise if parsed again (prepare_again) */
+    bool parsed_unread;         /* a Parse too large to read went to the
+                                   server: a statement whose text the proxy
+                                   never saw may drop or define others */
 
     /* TLS and authentication. */
     bool client_tls;            /* the client connection is TLS */
@@ -481,6 +484,13 @@ void unnamed_settle(struct conn *c);
 /* The server is to read a message naming the unnamed statement that the
  * proxy cannot rename: the statement gets the cached text first. */
 void restore_unnamed(struct conn *c, struct sink *k);
+
+/* A Bind too large to read whole, whose names were read from its first
+ * bytes: followed as one the proxy reads, but that it cannot wait for an
+ * answer about the session's identity nor be renamed. TAKEN_FORWARD, or
+ * TAKEN_CLOSED when out of memory. */
+enum taken take_unread_bind(struct conn *c, struct sink *k, const char *portal,
+                            const char *statement);
 
 /* ---- conn_question.c ---------------------------------------------------- */
 

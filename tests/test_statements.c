@@ -431,6 +431,56 @@ static void test_stmt_restored_across_encodings(void **state)
     itest_pass();
 }
 
+/* A Bind too large to read, of a statement the proxy read, is followed as
+ * any Bind (a large value is what makes it large): the session's
+ * statements stay known and are prepared again when the rules change.
+ * Once a Parse too large to read went before, a statement the proxy never
+ * read may be the one bound: what the session prepared is forgotten, and
+ * keeps its form. */
+static void test_stmt_large_bind_followed(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy_holding_1kb();
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    char big[2048];
+    memset(big, 'y', sizeof big - 1);
+    big[sizeof big - 1] = '\0';
+    const char *one[2] = { "1", big }, *two[2] = { "2", big };
+
+    PGresult *r = itest_prepare(c, "s_ins", INSERT, 2);
+    itest_assert_result_ok(r, "PQprepare of s_ins");
+    PQclear(r);
+    r = itest_exec_prepared(c, "s_ins", 2, one);
+    itest_assert_tag(r, "INSERT 0 1", "s_ins with a large value");
+    PQclear(r);
+    assert_true(itest_proxy_log_contains(p, "'B' message of"));
+    itest_proxy_reload(p, "max_held_message = 1kB\n", 1);
+    fails_with(itest_exec_prepared(c, "s_ins", 2, one), "23505",
+               "s_ins prepared again without the rule's clause");
+    assert_true(itest_proxy_log_contains(p, "statement \"s_ins\" prepared again"));
+
+    itest_proxy_reload(p, "max_held_message = 1kB\n[table public.stmt_t]\nconflict = k\n", 2);
+    char select[2048];
+    snprintf(select, sizeof select, "SELECT '%s'", big + 16);
+    r = itest_prepare(c, "s_big", select, 0);
+    itest_assert_result_ok(r, "PQprepare of a large SELECT");
+    PQclear(r);
+    itest_exec_tag(c, "DEALLOCATE s_ins", "DEALLOCATE");
+    r = itest_prepare(c, "s_ins", INSERT, 2);
+    itest_assert_result_ok(r, "PQprepare of s_ins again");
+    PQclear(r);
+    r = itest_exec_prepared(c, "s_ins", 2, two);
+    itest_assert_tag(r, "INSERT 0 1", "s_ins with a large value after the large Parse");
+    PQclear(r);
+    itest_proxy_reload(p, "max_held_message = 1kB\n", 3);
+    r = itest_exec_prepared(c, "s_ins", 2, two);
+    itest_assert_tag(r, "INSERT 0 0", "s_ins as it was prepared");
+    PQclear(r);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
+    itest_pass();
+}
+
 /* A reload that drops the table's rule while the unnamed statement stands
  * for the cached INSERT: the next Bind runs the client's text as the new
  * rules want it, without the clause, as a new Parse would. */
@@ -1320,6 +1370,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_errors),
         ITEST(test_stmt_large_bind),
         ITEST(test_stmt_large_parse),
+        ITEST(test_stmt_large_bind_followed),
         ITEST(test_stmt_cache_across_encodings),
         ITEST(test_stmt_restored_across_encodings),
         ITEST(test_stmt_reload),
