@@ -489,6 +489,8 @@ static void put_parse(struct gen *g, const char *name, const struct prepared_sql
         note(g, "        direct \"%s\"\n", by_hand);
 }
 
+#define LONG_VALUE_LEN 1200u
+
 static void put_bind(struct gen *g, const char *portal, const char *name, int params)
 {
     bool binary = rnd(g, 5) == 0;
@@ -501,6 +503,17 @@ static void put_bind(struct gen *g, const char *portal, const char *name, int pa
     for (int i = 0; i < params; i++) {
         char v[24];
         snprintf(v, sizeof v, "%lld", new_key(g));
+        /* Now and then a second value over 1 kB, as a document would be:
+         * too large for a proxy that reads no message over that. */
+        if (i == 1 && rnd(g, 8) == 0) {
+            static char long_value[LONG_VALUE_LEN + 1];
+            memset(long_value, 'v', LONG_VALUE_LEN);
+            memcpy(long_value, v, strlen(v));
+            emit_u32(g, LONG_VALUE_LEN);
+            emit(g, long_value, LONG_VALUE_LEN);
+            note(g, ", %s%s (%u bytes)", v, "vvv...", LONG_VALUE_LEN);
+            continue;
+        }
         emit_u32(g, (uint32_t)strlen(v));
         emit(g, v, strlen(v));
         note(g, "%s%s", i ? ", " : "", v);
@@ -1303,10 +1316,10 @@ static void test_diff_duplicates(void **state)
 }
 
 /* A proxy that reads no message over 1 kB: longer ones (a document in a
- * Query, a Parse with a long comment) stream through unread, whatever
- * they do to the statements the proxy knew. The proxy forgets those, and
- * they keep their form where the search_path or role changes later
- * (README, Limitations): the sessions keep theirs. */
+ * Query, a Parse with a long comment, a Bind of a long value) stream
+ * through unread, whatever they do to the statements the proxy knew. What
+ * the proxy forgets behind them keeps its form where the search_path or
+ * role changes later (README, Limitations): the sessions keep theirs. */
 static void test_diff_streamed(void **state)
 {
     static const uint64_t seeds[] = { 61, 62 };
@@ -1316,7 +1329,8 @@ static void test_diff_streamed(void **state)
                                           "conflict = k\n",
                                 .seeds = seeds, .nseeds = sizeof seeds / sizeof seeds[0],
                                 .no_identity = true });
-    assert_true(itest_proxy_log_contains(p, "streamed unread"));
+    assert_true(itest_proxy_log_contains(p, "'P' message of"));
+    assert_true(itest_proxy_log_contains(p, "'B' message of"));
 }
 
 /* Clients on TLS, and the proxy on TLS to the server: records carry the
