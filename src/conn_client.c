@@ -305,6 +305,16 @@ static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, si
     note->renamed = stmtcache_number(c->stmts.unnamed);
 }
 
+/* Whether a Parse body's name and text mean the same whatever the
+ * session's client_encoding and standard_conforming_strings. */
+static bool parse_neutral(const uint8_t *body, size_t len)
+{
+    size_t at, text_len;
+
+    return pg_statement_text('P', body, len, &at, &text_len) &&
+           rewrite_text_neutral(body, at + text_len);
+}
+
 /* The cache's entry for a statement text and its parameter types; NULL
  * when the cache cannot hold it. The cache knows a text by its bytes, but
  * the server parsed it under the client_encoding and
@@ -314,7 +324,7 @@ static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, si
 static struct stmt_entry *cache_entry_for(struct conn *c, const char *text, size_t text_len,
                                           const uint8_t *types, size_t types_len)
 {
-    if (c->text_settings_moved && !rewrite_text_neutral((const uint8_t *)text, text_len))
+    if (text_settings_moved(c) && !rewrite_text_neutral((const uint8_t *)text, text_len))
         return NULL;
     return stmtcache_get(&c->stmts, text, text_len, types, types_len);
 }
@@ -470,7 +480,7 @@ void restore_unnamed(struct conn *c, struct sink *k)
     size_t text_len;
     const char *text = stmtcache_text(c->stmts.unnamed, &text_len);
     bool same_meaning =
-        !c->text_settings_moved || rewrite_text_neutral((const uint8_t *)text, text_len);
+        !text_settings_moved(c) || rewrite_text_neutral((const uint8_t *)text, text_len);
 
     if (c->track.copy_in || !track_inject(&c->track, same_meaning ? 'P' : 'C', INJECT_UNNAMED)) {
         conn_log(LOG_ERROR, c, "could not restore the unnamed statement before an unread "
@@ -807,6 +817,10 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
     if (keep)
         session_sent(&c->session, name, sent_text_hash(&st));
     bool unnamed = name && name[0] == '\0';
+    /* Kept under other settings than the login's: from now on, no kept
+     * text that could mean otherwise is parsed again. */
+    if ((keep || (unnamed && rule)) && text_settings_apart(c) && !parse_neutral(st.body, st.len))
+        c->parsed_apart = true;
     if (unnamed && !unnamed_redefined(c, &note)) {
         fail_oom(c);
         return TAKEN_CLOSED;
@@ -851,16 +865,6 @@ static bool drop_statement(struct conn *c, struct sink *k, const char *name, enu
     return inject_extended_on(c, k, DROP_NAME, sql, tag);
 }
 
-/* Whether a Parse body's name and text mean the same whatever the
- * session's client_encoding and standard_conforming_strings. */
-static bool parse_neutral(const uint8_t *body, size_t len)
-{
-    size_t at, text_len;
-
-    return pg_statement_text('P', body, len, &at, &text_len) &&
-           rewrite_text_neutral(body, at + text_len);
-}
-
 /* Drops statement name and prepares it again from the client's Parse
  * body, its text decided by the rules in force now. Ahead of a Bind (tag
  * INJECT_REPREPARE) the Bind's batch carries it; on its own
@@ -876,7 +880,7 @@ static bool prepare_again(struct conn *c, struct sink *k, const char *name, cons
     /* The server parsed the client's text under the settings of its time;
      * parsed again under others, a string with a backslash, or a byte
      * beyond ASCII, may mean otherwise. */
-    if (c->text_settings_moved && !parse_neutral(body, len)) {
+    if (text_settings_moved(c) && !parse_neutral(body, len)) {
         conn_log(LOG_DEBUG, c, "statement \"%s\" stays as prepared: its text may mean "
                  "otherwise since the session changed client_encoding or "
                  "standard_conforming_strings", name);

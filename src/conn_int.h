@@ -271,9 +271,9 @@ struct conn {
     bool charset_ok;            /* rewrite_charset() accepts the encodings */
     bool charset_utf8;          /* the server counts error positions in UTF-8 */
     bool scs_off;               /* standard_conforming_strings = off */
-    bool text_settings_moved;   /* either, or client_encoding, changed since
-                                   login: a text parsed before may mean
-                                   otherwise if parsed again (prepare_again) */
+    char login_client_encoding[32]; /* as the session logged in: the */
+    bool login_scs_off;         /* settings its texts are kept under */
+    bool parsed_apart;          /* a text kept was parsed under other ones */
     bool parsed_unread;         /* a Parse too large to read went to the
                                    server: a statement whose text the proxy
                                    never saw may drop or define others */
@@ -484,6 +484,14 @@ void unnamed_settle(struct conn *c);
 /* The server is to read a message naming the unnamed statement that the
  * proxy cannot rename: the statement gets the cached text first. */
 void restore_unnamed(struct conn *c, struct sink *k);
+
+/* Whether the session's client_encoding or standard_conforming_strings
+ * differ from those it logged in with. */
+bool text_settings_apart(const struct conn *c);
+/* Whether a text the session prepared may mean otherwise parsed again
+ * now: they differ, or a text kept was parsed while they did. A text in
+ * ASCII without a backslash means the same either way. */
+bool text_settings_moved(const struct conn *c);
 
 /* A Bind too large to read whole, whose names were read from its first
  * bytes: followed as one the proxy reads, but that it cannot wait for an

@@ -836,26 +836,36 @@ static void copy_setting(char *dst, size_t cap, const char *value)
 }
 
 /* The settings that decide whether text may be scanned, and what a text
- * means. */
+ * means; until the login ends, those the session's kept texts are parsed
+ * under. */
 void note_setting(struct conn *c, const char *name, const char *value)
 {
-    bool moved;
-
     if (strcmp(name, "client_encoding") == 0) {
-        moved = strcmp(c->client_encoding, value) != 0;
         copy_setting(c->client_encoding, sizeof(c->client_encoding), value);
     } else if (strcmp(name, "server_encoding") == 0) {
-        moved = false;
         copy_setting(c->server_encoding, sizeof(c->server_encoding), value);
     } else if (strcmp(name, "standard_conforming_strings") == 0) {
-        bool off = strcmp(value, "on") != 0;
-        moved = off != c->scs_off;
-        c->scs_off = off;
+        c->scs_off = strcmp(value, "on") != 0;
     } else {
         return;
     }
-    c->text_settings_moved |= moved && c->state == CONN_ACTIVE;
+    if (c->state != CONN_ACTIVE) {
+        copy_setting(c->login_client_encoding, sizeof(c->login_client_encoding),
+                     c->client_encoding);
+        c->login_scs_off = c->scs_off;
+    }
     c->charset_ok = rewrite_charset(c->client_encoding, c->server_encoding, &c->charset_utf8);
+}
+
+bool text_settings_apart(const struct conn *c)
+{
+    return c->scs_off != c->login_scs_off ||
+           strcmp(c->client_encoding, c->login_client_encoding) != 0;
+}
+
+bool text_settings_moved(const struct conn *c)
+{
+    return c->parsed_apart || text_settings_apart(c);
 }
 
 static void note_parameter(struct conn *c, const uint8_t *body, size_t len)

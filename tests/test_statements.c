@@ -1154,13 +1154,25 @@ static void test_stmt_redefined_unread(void **state)
 
 /* Sends sql as a Query and reads its CommandComplete (tag) and
  * ReadyForQuery. */
-static void query_tag(int fd, const char *sql, const char *tag)
+/* Sends sql as a Query and expects types (see expect_replies) back. */
+static void query_replies(int fd, const char *sql, const char *types, const char *tag)
 {
     uint8_t buf[1024];
     size_t n = itest_build_msg(buf, sizeof buf, 'Q', sql, strlen(sql) + 1);
 
     assert_true(itest_raw_send(fd, buf, n));
-    expect_replies(fd, "CZ", NULL, tag, sql);
+    expect_replies(fd, types, NULL, tag, sql);
+}
+
+static void query_tag(int fd, const char *sql, const char *tag)
+{
+    query_replies(fd, sql, "CZ", tag);
+}
+
+/* A Query that changes a setting the server reports (ParameterStatus). */
+static void query_setting(int fd, const char *sql, const char *tag)
+{
+    query_replies(fd, sql, "CSZ", tag);
 }
 
 #define PATH_CHANGES 3
@@ -1312,10 +1324,7 @@ static void test_stmt_prepared_before_strings_setting(void **state)
     n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, n, "s_bs", backslash));
     assert_true(itest_raw_send(fd, buf, n));
     expect_replies(fd, "11Z", NULL, NULL, "the Parses of s_ins and s_bs");
-    static const char scs_off[] = "SET standard_conforming_strings = off";
-    n = itest_build_msg(buf, sizeof buf, 'Q', scs_off, sizeof scs_off);
-    assert_true(itest_raw_send(fd, buf, n));
-    expect_replies(fd, "CSZ", NULL, "SET", scs_off);
+    query_setting(fd, "SET standard_conforming_strings = off", "SET");
 
     n = put_sync(buf, sizeof buf, put_bind_execute_of(buf, sizeof buf, 0, "s_ins", "1", "there"));
     send_behind_path_change(fd, 0, "stmt_elsewhere", buf, n);
@@ -1330,6 +1339,53 @@ static void test_stmt_prepared_before_strings_setting(void **state)
     expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_bs after the reload");
     assert_int_equal(itest_server_ll("SELECT length(payload) FROM stmt_t WHERE k = 2"), 4);
     assert_true(itest_proxy_log_contains(p, "\"s_bs\" stays as prepared"));
+    itest_raw_close(fd);
+    itest_pass();
+}
+
+/* Settings changed and changed back: a text kept under the login's is
+ * prepared again once they are the login's again; one kept while they
+ * were not keeps its form, and so, from then on, does every other that
+ * could mean otherwise. */
+static void test_stmt_settings_back(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy("");
+    int fd = raw_session(p, "itest_settings_back");
+    static const char backslash[] = "INSERT INTO stmt_t (k, payload) VALUES ($1, 'a\\nb')";
+    static const char accented[] = "INSERT INTO stmt_t (k, payload) VALUES ($1, '\xc3\xa9')";
+    static const char *const one[] = { "1" }, *const two[] = { "2" }, *const three[] = { "3" };
+    uint8_t buf[1024];
+    size_t n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_bs", backslash));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_bs");
+    query_setting(fd, "SET standard_conforming_strings = off", "SET");
+    query_setting(fd, "RESET standard_conforming_strings", "RESET");
+
+    itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\naction = none\n", 1);
+    n = put_bind_execute_values(buf, sizeof buf, 0, "s_bs", one, 1);
+    assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_bs after the reload");
+    assert_true(itest_proxy_log_contains(p, "statement \"s_bs\" prepared again"));
+    assert_int_equal(itest_server_ll("SELECT length(payload) FROM stmt_t WHERE k = 1"), 4);
+
+    query_setting(fd, "SET client_encoding = 'LATIN1'", "SET");
+    n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_acc", accented));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_acc under LATIN1");
+    query_setting(fd, "RESET client_encoding", "RESET");
+    itest_proxy_reload(p, "[table public.stmt_t]\nconflict = k\n", 2);
+    n = put_bind_execute_values(buf, sizeof buf, 0, "s_acc", two, 1);
+    assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_acc after the second reload");
+    n = put_bind_execute_values(buf, sizeof buf, 0, "s_bs", three, 1);
+    assert_true(itest_raw_send(fd, buf, put_sync(buf, sizeof buf, n)));
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "s_bs after the second reload");
+    assert_true(itest_proxy_log_contains(p, "\"s_acc\" stays as prepared"));
+    assert_true(itest_proxy_log_contains(p, "\"s_bs\" stays as prepared"));
+    /* As parsed under LATIN1: two characters. */
+    assert_int_equal(itest_server_ll("SELECT length(payload) FROM stmt_t WHERE k = 2"), 2);
     itest_raw_close(fd);
     itest_pass();
 }
@@ -1386,6 +1442,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_bound_behind_path_change),
         ITEST(test_stmt_described_behind_path_change),
         ITEST(test_stmt_prepared_before_strings_setting),
+        ITEST(test_stmt_settings_back),
         ITEST(test_stmt_portal_run_twice),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
