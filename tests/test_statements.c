@@ -339,22 +339,40 @@ static void test_stmt_large_parse(void **state)
  * statement: under LATIN1 the same bytes are two characters, "Ã©". */
 static const char ACCENTED[] = "INSERT INTO stmt_t (k, payload) VALUES ($1, '\xc3\xa9' || $2)";
 
+static void prepare_ok(PGconn *c, const char *name, const char *text, int params)
+{
+    PGresult *r = itest_prepare(c, name, text, params);
+    itest_assert_result_ok(r, text);
+    PQclear(r);
+}
+
+static void exec_prepared_tag(PGconn *c, const char *name, int n, const char *const *vals,
+                              const char *tag)
+{
+    PGresult *r = itest_exec_prepared(c, name, n, vals);
+    itest_assert_tag(r, tag, name[0] ? name : "the unnamed statement");
+    PQclear(r);
+}
+
 static void prepare_unnamed_twice(PGconn *c, const char *text)
 {
     /* The first Parse creates the cached copy, the second one maps to it. */
-    for (int i = 0; i < 2; i++) {
-        PGresult *r = itest_prepare(c, "", text, 2);
-        itest_assert_result_ok(r, "PQprepare of the unnamed INSERT");
-        PQclear(r);
-    }
+    prepare_ok(c, "", text, 2);
+    prepare_ok(c, "", text, 2);
 }
 
 static void exec_unnamed(PGconn *c, const char *k, const char *payload, const char *tag)
 {
     const char *vals[2] = { k, payload };
-    PGresult *r = itest_exec_prepared(c, "", 2, vals);
-    itest_assert_tag(r, tag, "the unnamed INSERT");
-    PQclear(r);
+    exec_prepared_tag(c, "", 2, vals, tag);
+}
+
+/* A value over the 1 kB proxy_holding_1kb reads. */
+static const char *large_value(void)
+{
+    static char big[2048];
+    memset(big, 'y', sizeof big - 1);
+    return big;
 }
 
 /* The cache knows a statement by the bytes of its text, the server parsed
@@ -406,19 +424,13 @@ static void test_stmt_restored_across_encodings(void **state)
     create_table();
     struct itest_proxy *p = proxy_holding_1kb();
     PGconn *c = itest_connect_ok(p->port, NULL);
-    char big[2048];
-    memset(big, 'y', sizeof big - 1);
-    big[sizeof big - 1] = '\0';
+    const char *big = large_value();
 
     prepare_unnamed_twice(c, ACCENTED);
     exec_unnamed(c, "1", "x", "INSERT 0 1");
     /* A named statement changes the setting: the unnamed one stays. */
-    PGresult *r = itest_prepare(c, "latin1", "SET client_encoding = 'LATIN1'", 0);
-    itest_assert_result_ok(r, "PQprepare of the SET");
-    PQclear(r);
-    r = itest_exec_prepared(c, "latin1", 0, NULL);
-    itest_assert_tag(r, "SET", "the SET");
-    PQclear(r);
+    prepare_ok(c, "latin1", "SET client_encoding = 'LATIN1'", 0);
+    exec_prepared_tag(c, "latin1", 0, NULL, "SET");
     const char *vals[2] = { "2", big };
     fails_with(itest_exec_prepared(c, "", 2, vals), "26000", "the large Bind");
     assert_true(itest_proxy_log_contains(p, "closed before an unread message"));
@@ -443,17 +455,11 @@ static void test_stmt_large_bind_followed(void **state)
     create_table();
     struct itest_proxy *p = proxy_holding_1kb();
     PGconn *c = itest_connect_ok(p->port, NULL);
-    char big[2048];
-    memset(big, 'y', sizeof big - 1);
-    big[sizeof big - 1] = '\0';
+    const char *big = large_value();
     const char *one[2] = { "1", big }, *two[2] = { "2", big };
 
-    PGresult *r = itest_prepare(c, "s_ins", INSERT, 2);
-    itest_assert_result_ok(r, "PQprepare of s_ins");
-    PQclear(r);
-    r = itest_exec_prepared(c, "s_ins", 2, one);
-    itest_assert_tag(r, "INSERT 0 1", "s_ins with a large value");
-    PQclear(r);
+    prepare_ok(c, "s_ins", INSERT, 2);
+    exec_prepared_tag(c, "s_ins", 2, one, "INSERT 0 1");
     assert_true(itest_proxy_log_contains(p, "'B' message of"));
     itest_proxy_reload(p, "max_held_message = 1kB\n", 1);
     fails_with(itest_exec_prepared(c, "s_ins", 2, one), "23505",
@@ -463,20 +469,13 @@ static void test_stmt_large_bind_followed(void **state)
     itest_proxy_reload(p, "max_held_message = 1kB\n[table public.stmt_t]\nconflict = k\n", 2);
     char select[2048];
     snprintf(select, sizeof select, "SELECT '%s'", big + 16);
-    r = itest_prepare(c, "s_big", select, 0);
-    itest_assert_result_ok(r, "PQprepare of a large SELECT");
-    PQclear(r);
+    prepare_ok(c, "s_big", select, 0);
     itest_exec_tag(c, "DEALLOCATE s_ins", "DEALLOCATE");
-    r = itest_prepare(c, "s_ins", INSERT, 2);
-    itest_assert_result_ok(r, "PQprepare of s_ins again");
-    PQclear(r);
-    r = itest_exec_prepared(c, "s_ins", 2, two);
-    itest_assert_tag(r, "INSERT 0 1", "s_ins with a large value after the large Parse");
-    PQclear(r);
+    prepare_ok(c, "s_ins", INSERT, 2);
+    exec_prepared_tag(c, "s_ins", 2, two, "INSERT 0 1");
     itest_proxy_reload(p, "max_held_message = 1kB\n", 3);
-    r = itest_exec_prepared(c, "s_ins", 2, two);
-    itest_assert_tag(r, "INSERT 0 0", "s_ins as it was prepared");
-    PQclear(r);
+    /* As it was prepared: with the clause. */
+    exec_prepared_tag(c, "s_ins", 2, two, "INSERT 0 0");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
     itest_pass();
 }
