@@ -417,9 +417,9 @@ enum handling {
  * contiguous in place. */
 #define SMALL_MSG 512
 
-/* The bytes of a Bind too large to read in which its portal and statement
- * names are looked for: two of the longest names PostgreSQL tells apart
- * (63 bytes) with their NULs. */
+/* The bytes of a Bind too large to read, after its head, in which its
+ * portal and statement names are looked for: two of the longest names
+ * PostgreSQL tells apart (63 bytes) with their NULs. */
 #define BIND_NAMES_PEEK (2 * 64)
 
 /* Messages that name or redefine the unnamed statement. */
@@ -501,36 +501,26 @@ uint64_t now_ns(void)
 
 /* ---- the relay loop ---------------------------------------------------- */
 
-/* The portal and statement a Bind names, from the first len bytes of its
- * body; false when they do not both end there. */
-static bool bind_names(const uint8_t *start, size_t len, const char **portal,
-                       const char **statement)
+/* A message over max_held_message, of which first holds the first
+ * first_len bytes (its head among them). TAKEN_FORWARD: it streams on;
+ * TAKEN_HELD: a Bind waits, as take_bind's do; TAKEN_CLOSED. */
+static enum taken note_oversized(struct conn *c, enum flow d, char type, size_t total,
+                                 struct sink *k, const uint8_t *first, size_t first_len)
 {
-    size_t at = 0;
+    /* A large value, most likely: unless a Parse too large to read went
+     * before, every statement it may bind was read (or prepared by SQL,
+     * which cannot drop others), so its Execute does what the proxy
+     * knows. */
+    bool bind_followed = d == FLOW_TO_SERVER && type == 'B' && !c->parsed_unread &&
+                         named_statement(first, first_len);
+    enum taken taken = bind_followed ? take_unread_bind(c, k, first, first_len) : TAKEN_FORWARD;
 
-    *portal = read_name(start, len, &at);
-    *statement = *portal ? read_name(start, len, &at) : NULL;
-    return *statement != NULL;
-}
-
-/* A message over max_held_message, of which start holds the first
- * start_len bytes of the body. False when the pair was closed. */
-static bool note_oversized(struct conn *c, enum flow d, char type, size_t total,
-                           struct sink *k, const uint8_t *start, size_t start_len)
-{
-    const char *portal, *statement;
-
+    if (taken != TAKEN_FORWARD)
+        return taken;
     counter_add(&c->worker->counters.oversized_inspected, 1);
     if (d == FLOW_TO_SERVER && rewriting(c))
         scope_count_reason(c->scope, RR_TOO_LARGE);
-    if (d == FLOW_TO_SERVER && type == 'B' && !c->parsed_unread &&
-        bind_names(start, start_len, &portal, &statement)) {
-        /* A large value, most likely: every statement it may bind was
-         * read (or prepared by SQL, which cannot drop others), so its
-         * Execute does what the proxy knows. */
-        if (take_unread_bind(c, k, portal, statement) == TAKEN_CLOSED)
-            return false;
-    } else if (d == FLOW_TO_SERVER && (type == 'P' || type == 'B' || type == 'Q')) {
+    if (d == FLOW_TO_SERVER && !bind_followed && (type == 'P' || type == 'B' || type == 'Q')) {
         /* Its names cannot be read, nor its text (or, for a Bind, its
          * statement's), which may drop and define statements again by
          * SQL: what the session prepared is forgotten, rules or not, lest
@@ -556,7 +546,7 @@ static bool note_oversized(struct conn *c, enum flow d, char type, size_t total,
     if (d == FLOW_TO_CLIENT && answers_injected(c, type))
         c->catalog_ok = false;
     conn_log(LOG_DEBUG, c, "'%c' message of %zu bytes streamed unread", type, total);
-    return true;
+    return TAKEN_FORWARD;
 }
 
 /* The stream is corrupt: nothing after this can be framed. */
@@ -681,20 +671,14 @@ bool relay(struct conn *c, enum flow d)
                                          : server_handling(c, head.type);
         if (h != HANDLE_STREAM && total > max_held) {
             /* A Bind's names are in its first bytes, if at hand. */
-            uint8_t first[BIND_NAMES_PEEK];
-            size_t first_len = d == FLOW_TO_SERVER && head.type == 'B'
-                                   ? avail - k.span - PG_HEAD_LEN
-                                   : 0;
-            if (first_len > sizeof(first))
-                first_len = sizeof(first);
-            struct evbuffer_ptr body = pos;
-            if (first_len > 0 &&
-                evbuffer_ptr_set(k.in, &body, PG_HEAD_LEN, EVBUFFER_PTR_ADD) == 0)
-                evbuffer_copyout_from(k.in, &body, first, first_len);
-            else
-                first_len = 0;
-            if (!note_oversized(c, d, head.type, total, &k, first, first_len))
+            uint8_t first[PG_HEAD_LEN + BIND_NAMES_PEEK];
+            size_t first_len = avail - k.span < sizeof(first) ? avail - k.span : sizeof(first);
+            evbuffer_copyout_from(k.in, &pos, first, first_len);
+            enum taken taken = note_oversized(c, d, head.type, total, &k, first, first_len);
+            if (taken == TAKEN_CLOSED)
                 return false;
+            if (taken == TAKEN_HELD)
+                break;
             /* The proxy's own answer too big to read is dropped unread. */
             if (d == FLOW_TO_CLIENT && answers_injected(c, head.type)) {
                 sink_flush(&k);

@@ -1027,9 +1027,14 @@ static bool held_for_identity(struct conn *c, const uint8_t *msg, size_t total,
 
 /* The unnamed statement standing for a cached one is given the cached
  * text back (restore_unnamed) in place of renaming the Bind. */
-enum taken take_unread_bind(struct conn *c, struct sink *k, const char *portal,
-                            const char *statement)
+enum taken take_unread_bind(struct conn *c, struct sink *k, const uint8_t *first, size_t len)
 {
+    size_t at = 0;
+    const char *portal = read_name(first + PG_HEAD_LEN, len - PG_HEAD_LEN, &at);
+    const char *statement = read_name(first + PG_HEAD_LEN, len - PG_HEAD_LEN, &at);
+
+    if (held_for_identity(c, first, len, statement))
+        return TAKEN_HELD;
     batch_message(c);
     if (c->track.skip_to_sync) {
         session_close(&c->session, 'P', portal);

@@ -493,12 +493,12 @@ bool text_settings_apart(const struct conn *c);
  * ASCII without a backslash means the same either way. */
 bool text_settings_moved(const struct conn *c);
 
-/* A Bind too large to read whole, whose names were read from its first
- * bytes: followed as one the proxy reads, but that it cannot wait for an
- * answer about the session's identity nor be renamed. TAKEN_FORWARD, or
- * TAKEN_CLOSED when out of memory. */
-enum taken take_unread_bind(struct conn *c, struct sink *k, const char *portal,
-                            const char *statement);
+/* A Bind too large to read whole, of which first holds the first len
+ * bytes, its head and names among them (named_statement finds them):
+ * followed as one the proxy reads, but that it cannot be renamed.
+ * TAKEN_FORWARD, TAKEN_HELD (it waits for an answer about the session's
+ * identity, as take_bind's do) or TAKEN_CLOSED (out of memory). */
+enum taken take_unread_bind(struct conn *c, struct sink *k, const uint8_t *first, size_t len);
 
 /* ---- conn_question.c ---------------------------------------------------- */
 

@@ -664,7 +664,7 @@ static size_t put_bind_execute_values(uint8_t *buf, size_t cap, size_t at, const
                                       const char *const *values, size_t n)
 {
     static const uint8_t execute[] = { '\0', 0, 0, 0, 0 };
-    uint8_t body[256];
+    uint8_t body[4096];
     size_t used = 0, name_len = strlen(statement) + 1;
 
     /* "", statement, text formats, the values, text results. */
@@ -679,9 +679,9 @@ static size_t put_bind_execute_values(uint8_t *buf, size_t cap, size_t at, const
     for (size_t i = 0; i < n; i++) {
         size_t len = strlen(values[i]);
         assert_true(used + 4 + len + 2 <= sizeof body);
-        body[used++] = 0;
-        body[used++] = 0;
-        body[used++] = 0;
+        body[used++] = (uint8_t)(len >> 24);
+        body[used++] = (uint8_t)(len >> 16);
+        body[used++] = (uint8_t)(len >> 8);
         body[used++] = (uint8_t)len;
         memcpy(body + used, values[i], len);
         used += len;
@@ -1342,6 +1342,36 @@ static void test_stmt_prepared_before_strings_setting(void **state)
     itest_pass();
 }
 
+/* A Bind too large to read, of a statement the proxy rewrote, right
+ * behind a change of where its table leads, waits as a Bind it reads
+ * does, and runs as the client wrote it on the new path. */
+static void test_stmt_large_bind_behind_path_change(void **state)
+{
+    (void)state;
+    create_table();
+    itest_server_exec("DROP SCHEMA IF EXISTS stmt_elsewhere CASCADE; CREATE SCHEMA stmt_elsewhere; "
+                      "CREATE TABLE stmt_elsewhere.stmt_t (k bigint, payload text)");
+    struct itest_proxy *p = proxy_holding_1kb();
+    int fd = raw_session(p, "itest_large_bind_path");
+    uint8_t buf[8192];
+    size_t n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_ins", INSERT));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "1Z", NULL, NULL, "the Parse of s_ins");
+
+    static const char set[] = "SET search_path TO stmt_elsewhere, public";
+    const char *values[2] = { "1", large_value() };
+    n = itest_build_msg(buf, sizeof buf, 'Q', set, sizeof set);
+    n = put_sync(buf, sizeof buf, put_bind_execute_values(buf, sizeof buf, n, "s_ins", values, 2));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "CZ", NULL, "SET", set);
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "the large Bind of s_ins behind it");
+    assert_true(itest_proxy_log_contains(p, "'B' message of"));
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_elsewhere.stmt_t"), 1);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 0);
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* Settings changed and changed back: a text kept under the login's is
  * prepared again once they are the login's again; one kept while they
  * were not keeps its form, and so, from then on, does every other that
@@ -1442,6 +1472,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_described_behind_path_change),
         ITEST(test_stmt_prepared_before_strings_setting),
         ITEST(test_stmt_settings_back),
+        ITEST(test_stmt_large_bind_behind_path_change),
         ITEST(test_stmt_portal_run_twice),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
