@@ -433,8 +433,38 @@ static void check_identity(const char *text, size_t len)
     tree_free(&t);
 }
 
+/* rewrite_utf8_valid against a decoder by code points: each sequence's
+ * value must need its length, lie below U+110000, off the surrogates, and
+ * not be NUL. */
+static void check_utf8(const uint8_t *data, size_t size)
+{
+    bool valid = true;
+
+    for (size_t i = 0; i < size && valid;) {
+        uint8_t b = data[i];
+        size_t n = b < 0x80 ? 1 : (b & 0xe0) == 0xc0 ? 2 : (b & 0xf0) == 0xe0 ? 3 :
+                   (b & 0xf8) == 0xf0 ? 4 : 0;
+        static const uint32_t least[5] = { 0, 0, 0x80, 0x800, 0x10000 };
+        uint32_t cp = n == 1 ? b : n == 2 ? b & 0x1fu : n == 3 ? b & 0x0fu : b & 0x07u;
+        if (n == 0 || size - i < n) {
+            valid = false;
+            break;
+        }
+        for (size_t j = 1; j < n; j++) {
+            if ((data[i + j] & 0xc0) != 0x80)
+                valid = false;
+            cp = cp << 6 | (data[i + j] & 0x3fu);
+        }
+        if (cp == 0 || cp < least[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            valid = false;
+        i += n;
+    }
+    check(rewrite_utf8_valid(data, size) == valid);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    check_utf8(data, size);
     /* Query and Parse carry a NUL-terminated string: stop at the first NUL. */
     const uint8_t *nul = memchr(data, '\0', size);
     size_t len = nul ? (size_t)(nul - data) : size;
