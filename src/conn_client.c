@@ -667,8 +667,11 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
     const struct params_stmt *ps = decision_params(st->d);
     struct params *p = &c->worker->query_params;
 
-    if (c->stmts.max == 0 || !ps || !st->insert || st->insert->returning ||
-        c->track.txn_status != 'I' || track_pending(&c->track) != 0 || c->track.skip_to_sync ||
+    /* The server converts a statement's text and its values apart: a
+     * character it cannot convert outside the constants would be met
+     * before one inside them, not in the order of the Query's text. */
+    if (c->stmts.max == 0 || !ps || (!ps->ascii && c->charset_converts) || !st->insert ||
+        st->insert->returning || c->track.txn_status != 'I' || track_pending(&c->track) != 0 || c->track.skip_to_sync ||
         !params_bind(ps, st->d->consts, st->d->nconsts, (const char *)st->body + st->at,
                      st->text_len, p))
         return PREPARED_NOT;

@@ -270,6 +270,7 @@ struct conn {
     char server_encoding[32];
     bool charset_ok;            /* rewrite_charset() accepts the encodings */
     bool charset_utf8;          /* the server counts error positions in UTF-8 */
+    bool charset_converts;      /* the server converts the client's text */
     bool scs_off;               /* standard_conforming_strings = off */
     char login_client_encoding[32]; /* as the session logged in: the */
     bool login_scs_off;         /* settings its texts are kept under */

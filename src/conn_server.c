@@ -855,6 +855,9 @@ void note_setting(struct conn *c, const char *name, const char *value)
         c->login_scs_off = c->scs_off;
     }
     c->charset_ok = rewrite_charset(c->client_encoding, c->server_encoding, &c->charset_utf8);
+    c->charset_converts = strcmp(c->client_encoding, c->server_encoding) != 0 &&
+                          strcmp(c->client_encoding, "SQL_ASCII") != 0 &&
+                          strcmp(c->server_encoding, "SQL_ASCII") != 0;
 }
 
 bool text_settings_apart(const struct conn *c)

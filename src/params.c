@@ -246,9 +246,6 @@ struct params_stmt *params_stmt_of(const char *key, size_t key_len, size_t ncons
 {
     if (nconsts == 0 || nconsts > PARAMS_MAX || !masks_are_items(key, key_len))
         return NULL;
-    for (size_t i = 0; i < key_len; i++)
-        if ((unsigned char)key[i] > 0x7f)
-            return NULL;
     /* "$256" is four bytes where a mask is two. */
     struct params_stmt *ps = malloc(sizeof(*ps) + nconsts + key_len + 2 * nconsts + 1);
     if (!ps)
@@ -256,6 +253,9 @@ struct params_stmt *params_stmt_of(const char *key, size_t key_len, size_t ncons
     ps->text = ps->kinds + nconsts;
     ps->text_len = 0;
     ps->nconsts = 0;
+    ps->ascii = true;
+    for (size_t i = 0; i < key_len; i++)
+        ps->ascii &= (unsigned char)key[i] <= 0x7f;
     for (size_t i = 0; i < key_len;) {
         /* The key's markers are its masks and nothing else (shape.h). */
         const char *mark = memchr(key + i, MARK, key_len - i);

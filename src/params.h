@@ -39,6 +39,7 @@ struct params_stmt {
     char *text;     /* NUL-terminated */
     size_t text_len;
     size_t nconsts;
+    bool ascii;     /* no byte of the text is beyond ASCII */
     char kinds[];   /* each mask's kind, as in the key */
 };
 
@@ -55,12 +56,8 @@ struct params {
 /* The statement for a shape's key (key_len bytes, nconsts masks; or the
  * key of a decision about it, shape_generalise's text, which keeps them).
  * NULL when a mask is not a whole VALUES item, there are none or more than
- * PARAMS_MAX, the key holds another number of masks, or a byte beyond
- * ASCII, or memory ran out: texts of that shape then run as they are.
- * (The server converts a statement's text and its values to its encoding
- * apart, so a character it cannot convert outside the constants would be
- * met before one inside them, not in the order of the Query's text.)
- * Freed with free(). */
+ * PARAMS_MAX, the key holds another number of masks, or memory ran out:
+ * texts of that shape then run as they are. Freed with free(). */
 struct params_stmt *params_stmt_of(const char *key, size_t key_len, size_t nconsts);
 
 /* The types and values of text (len bytes) as ps: its constants, consts
