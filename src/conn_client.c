@@ -671,7 +671,8 @@ static enum prepared prepare_query(struct conn *c, struct sink *k, const struct 
      * character it cannot convert outside the constants would be met
      * before one inside them, not in the order of the Query's text. */
     if (c->stmts.max == 0 || !ps || (!ps->ascii && c->charset_converts) || !st->insert ||
-        st->insert->returning || c->track.txn_status != 'I' || track_pending(&c->track) != 0 || c->track.skip_to_sync ||
+        st->insert->returning || c->track.txn_status != 'I' || track_pending(&c->track) != 0 ||
+        c->track.skip_to_sync ||
         !params_bind(ps, st->d->consts, st->d->nconsts, (const char *)st->body + st->at,
                      st->text_len, p))
         return PREPARED_NOT;
