@@ -318,9 +318,10 @@ static bool parse_neutral(const uint8_t *body, size_t len)
 /* The cache's entry for a statement text and its parameter types; NULL
  * when the cache cannot hold it. The cache knows a text by its bytes, but
  * the server parsed it under the client_encoding and
- * standard_conforming_strings of its time: once the session has changed
- * either, a text with a byte beyond ASCII or a backslash is neither found
- * (the entry may mean otherwise now) nor cached. */
+ * standard_conforming_strings of its time: while they are not the
+ * login's (text_settings_moved), a text with a byte beyond ASCII or a
+ * backslash is neither found (the entry may mean otherwise now) nor
+ * cached. */
 static struct stmt_entry *cache_entry_for(struct conn *c, const char *text, size_t text_len,
                                           const uint8_t *types, size_t types_len)
 {
@@ -470,11 +471,10 @@ void unnamed_restore(struct conn *c)
 
 /* The server is to read a message the proxy cannot rename (too large to
  * hold): its unnamed statement gets the cached text first, so that the
- * message means what the client meant either way. Unless the session has
- * changed its client_encoding or standard_conforming_strings since and
- * the text could mean otherwise parsed again: the unnamed statement is
- * closed instead, and a Bind of it fails (26000) rather than write other
- * values than the client's. */
+ * message means what the client meant either way. Unless the text could
+ * mean otherwise parsed again (text_settings_moved): the unnamed statement
+ * is closed instead, and a Bind of it fails (26000) rather than write
+ * other values than the client's. */
 void restore_unnamed(struct conn *c, struct sink *k)
 {
     size_t text_len;
