@@ -679,6 +679,11 @@ bool relay(struct conn *c, enum flow d)
                 return false;
             if (taken == TAKEN_HELD)
                 break;
+            /* What it wrote ahead of the message moved the messages passed
+             * over before it out of the input: the message now starts at
+             * the span's end, and less is at hand. */
+            avail = evbuffer_get_length(k.in);
+            evbuffer_ptr_set(k.in, &pos, k.span, EVBUFFER_PTR_SET);
             /* The proxy's own answer too big to read is dropped unread. */
             if (d == FLOW_TO_CLIENT && answers_injected(c, head.type)) {
                 sink_flush(&k);

@@ -1371,6 +1371,46 @@ static void test_stmt_large_bind_behind_path_change(void **state)
     itest_pass();
 }
 
+/* A message too large to read, in the same read as messages the proxy let
+ * pass before it: what the proxy writes ahead of it (the cached text, for
+ * the unnamed statement standing for a cached INSERT) sends those first,
+ * and the large message is still framed where it lies. A Parse and, on
+ * its own, a Bind. */
+static void test_stmt_large_behind_passed(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy_holding_1kb();
+    int fd = raw_session(p, "itest_large_behind_passed");
+    char long_text[1400];
+    snprintf(long_text, sizeof long_text, "%s /* %s */", INSERT, large_value() + 1000);
+    static const char *const k1[] = { "1", "one" }, *const k2[] = { "2", "two" };
+    static const char *const k3[] = { "3", "three" };
+    const char *k4[] = { "4", large_value() };
+    uint8_t buf[8192];
+
+    /* The cached copy, for the Parses below to stand for. */
+    pipeline_inserts(fd, INSERT, 100, 1, "INSERT 0 1");
+    for (int round = 0; round < 2; round++) {
+        size_t n = put_parse_unnamed(buf, sizeof buf, 0, INSERT);
+        n = put_sync(buf, sizeof buf, put_bind_execute_values(buf, sizeof buf, n, "",
+                                                              round ? k3 : k1, 2));
+        if (round == 0)
+            n = put_parse_unnamed(buf, sizeof buf, n, long_text);
+        n = put_sync(buf, sizeof buf, put_bind_execute_values(buf, sizeof buf, n, "",
+                                                              round ? k4 : k2, 2));
+        assert_true(itest_raw_send(fd, buf, n));
+        expect_replies(fd, "12CZ", NULL, "INSERT 0 1", "the INSERT");
+        expect_replies(fd, round ? "2CZ" : "12CZ", NULL, "INSERT 0 1",
+                       round ? "the large Bind" : "the large Parse");
+    }
+    assert_int_equal(itest_proxy_log_count(p, "streamed unread"), 2);
+    assert_false(itest_proxy_log_contains(p, "out of step"));
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 5);
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* Settings changed and changed back: a text kept under the login's is
  * prepared again once they are the login's again; one kept while they
  * were not keeps its form, and so, from then on, does every other that
@@ -1471,6 +1511,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_described_behind_path_change),
         ITEST(test_stmt_prepared_before_strings_setting),
         ITEST(test_stmt_settings_back),
+        ITEST(test_stmt_large_behind_passed),
         ITEST(test_stmt_large_bind_behind_path_change),
         ITEST(test_stmt_portal_run_twice),
     };
