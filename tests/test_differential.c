@@ -484,9 +484,11 @@ static void put_parse(struct gen *g, const char *name, const struct prepared_sql
     emit_sides(g, ps->sql, by_hand);
     emit_u16(g, 0);
     msg_end(g);
-    note(g, "  Parse \"%s\" \"%s\"\n", name, ps->sql);
+    /* A long comment is cut short. */
+    int n = 160;
+    note(g, "  Parse \"%s\" \"%.*s%s\"\n", name, n, ps->sql, strlen(ps->sql) > (size_t)n ? "..." : "");
     if (by_hand != ps->sql)
-        note(g, "        direct \"%s\"\n", by_hand);
+        note(g, "        direct \"%.*s%s\"\n", n, by_hand, strlen(by_hand) > (size_t)n ? "..." : "");
 }
 
 #define LONG_VALUE_LEN 1200u
