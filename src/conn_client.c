@@ -129,8 +129,7 @@ static struct decision *decide_statement(struct conn *c, bool parse, const char 
     }
     bool fresh;
     struct decision *d = scope_decide(c->scope, text, len, parse, &fresh);
-    if (d && d->result.text && c->charset_utf8 &&
-        !rewrite_utf8_valid((const uint8_t *)text, len)) {
+    if (d && d->not_utf8 && c->charset_utf8) {
         /* The server refuses it and shows the bytes from the first bad
          * one on: the client's own, not a spliced text or values. */
         decision_unref(d);
@@ -823,7 +822,7 @@ static enum taken take_parse(struct conn *c, const uint8_t *msg, size_t total, s
     bool unnamed = name && name[0] == '\0';
     /* Kept under other settings than the login's: from now on, no kept
      * text that could mean otherwise is parsed again. */
-    if ((keep || (unnamed && rule)) && text_settings_apart(c) && !parse_neutral(st.body, st.len))
+    if ((keep || (unnamed && rule)) && c->settings_apart && !parse_neutral(st.body, st.len))
         c->parsed_apart = true;
     if (unnamed && !unnamed_redefined(c, &note)) {
         fail_oom(c);

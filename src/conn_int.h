@@ -274,7 +274,9 @@ struct conn {
     bool scs_off;               /* standard_conforming_strings = off */
     char login_client_encoding[32]; /* as the session logged in: the */
     bool login_scs_off;         /* settings its texts are kept under */
-    bool parsed_apart;          /* a text kept was parsed under other ones */
+    bool settings_apart;        /* client_encoding or standard_conforming_strings
+                                   differ from the login's */
+    bool parsed_apart;          /* a text kept was parsed while they did */
     bool parsed_unread;         /* a Parse too large to read went to the
                                    server: a statement whose text the proxy
                                    never saw may drop or define others */
@@ -486,13 +488,14 @@ void unnamed_settle(struct conn *c);
  * proxy cannot rename: the statement gets the cached text first. */
 void restore_unnamed(struct conn *c, struct sink *k);
 
-/* Whether the session's client_encoding or standard_conforming_strings
- * differ from those it logged in with. */
-bool text_settings_apart(const struct conn *c);
 /* Whether a text the session prepared may mean otherwise parsed again
- * now: they differ, or a text kept was parsed while they did. A text in
- * ASCII without a backslash means the same either way. */
-bool text_settings_moved(const struct conn *c);
+ * now: its client_encoding or standard_conforming_strings differ from
+ * those it logged in with, or a text kept was parsed while they did. A
+ * text in ASCII without a backslash means the same either way. */
+static inline bool text_settings_moved(const struct conn *c)
+{
+    return c->settings_apart || c->parsed_apart;
+}
 
 /* A Bind too large to read whole, of which first holds the first len
  * bytes, its head and names among them (named_statement finds them):

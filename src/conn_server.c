@@ -858,17 +858,8 @@ void note_setting(struct conn *c, const char *name, const char *value)
     c->charset_converts = strcmp(c->client_encoding, c->server_encoding) != 0 &&
                           strcmp(c->client_encoding, "SQL_ASCII") != 0 &&
                           strcmp(c->server_encoding, "SQL_ASCII") != 0;
-}
-
-bool text_settings_apart(const struct conn *c)
-{
-    return c->scs_off != c->login_scs_off ||
-           strcmp(c->client_encoding, c->login_client_encoding) != 0;
-}
-
-bool text_settings_moved(const struct conn *c)
-{
-    return c->parsed_apart || text_settings_apart(c);
+    c->settings_apart = c->scs_off != c->login_scs_off ||
+                        strcmp(c->client_encoding, c->login_client_encoding) != 0;
 }
 
 static void note_parameter(struct conn *c, const uint8_t *body, size_t len)

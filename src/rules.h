@@ -192,6 +192,10 @@ struct decision {
     struct decision *shape;     /* the shape's decision, or NULL */
     struct params_stmt *params; /* a shape's: its rewritten single statement
                                    with parameters, or NULL */
+    bool not_utf8;              /* rewritten, but the text is not UTF-8 as
+                                   PostgreSQL takes it (rewrite_utf8_valid):
+                                   where the server checks that, the client's
+                                   own text must go */
     size_t nconsts;
     struct shape_const consts[]; /* the text's constants, as shape_of says */
 };

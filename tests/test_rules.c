@@ -676,6 +676,31 @@ static void test_decide_rewrites(void **state)
     ruleset_unref(rs);
 }
 
+/* Whether a rewritten text is UTF-8 is decided with it, for each text of
+ * a shape apart: the server refuses one that is not, where it checks. */
+static void test_decide_utf8(void **state)
+{
+    (void)state;
+    struct scope *s;
+    struct ruleset *rs = ready_ruleset(&s);
+    bool fresh;
+    static const char *const texts[] = {
+        "INSERT INTO webhook_events (idempotency_key) VALUES ('caf\xc3\xa9')",
+        "INSERT INTO webhook_events (idempotency_key) VALUES ('caf\xe9')",
+        "INSERT INTO webhook_events (idempotency_key) VALUES ('cafe')",
+    };
+    for (int repeats = 0; repeats < 2; repeats++) {
+        for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+            struct decision *d = decide_as(s, texts[i], repeats, &fresh);
+            assert_non_null(d);
+            assert_non_null(d->result.text);
+            assert_int_equal(d->not_utf8, i == 1);
+            decision_unref(d);
+        }
+    }
+    ruleset_unref(rs);
+}
+
 /* A text with constants is decided from its shape each time it comes in a
  * Query (the values differ from one to the next), but a Parse's text is
  * kept as it is: its repetitions get the cached decision itself. */
@@ -1069,6 +1094,7 @@ int main(void)
         cmocka_unit_test(test_scope_due),
         cmocka_unit_test(test_decide_prefilter),
         cmocka_unit_test(test_decide_rewrites),
+        cmocka_unit_test(test_decide_utf8),
         cmocka_unit_test(test_decide_parse_text_kept),
         cmocka_unit_test(test_decide_statement_with_parameters),
         cmocka_unit_test(test_decide_long_text_short_shape),
