@@ -671,9 +671,10 @@ bool relay(struct conn *c, enum flow d)
                                          : server_handling(c, head.type);
         if (h != HANDLE_STREAM && total > max_held) {
             /* A Bind's names are in its first bytes, if at hand. */
-            uint8_t first[PG_HEAD_LEN + BIND_NAMES_PEEK];
-            size_t first_len = avail - k.span < sizeof(first) ? avail - k.span : sizeof(first);
-            evbuffer_copyout_from(k.in, &pos, first, first_len);
+            uint8_t copy_first[PG_HEAD_LEN + BIND_NAMES_PEEK];
+            size_t first_len = avail - k.span < sizeof(copy_first) ? avail - k.span
+                                                                  : sizeof(copy_first);
+            const uint8_t *first = bytes_at(k.in, &pos, first_len, copy_first);
             enum taken taken = note_oversized(c, d, head.type, total, &k, first, first_len);
             if (taken == TAKEN_CLOSED)
                 return false;
