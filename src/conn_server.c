@@ -616,8 +616,10 @@ static enum taken take_value_error(struct conn *c, const uint8_t *body, size_t l
         !err->where || err->position)
         return TAKEN_FORWARD;
     /* A value the server cannot convert to its encoding: PostgreSQL
-     * converts the Query's whole text as it arrives, and points nowhere. */
-    if (err->code && (strcmp(err->code, "22P05") == 0 || strcmp(err->code, "22021") == 0))
+     * converts the Query's whole text as it arrives, and points nowhere.
+     * (One that is not UTF-8 where the server checks that is never bound:
+     * decide_statement leaves its text alone.) */
+    if (err->code && strcmp(err->code, "22P05") == 0)
         return write_error_spliced(k, body, len, 'W', NULL, NULL, 0) ? TAKEN_REPLACED
                                                                      : TAKEN_FORWARD;
     const struct rewrite_result *r = &note->decision->result;
