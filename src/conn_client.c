@@ -1043,10 +1043,8 @@ enum taken take_unread_bind(struct conn *c, struct sink *k, const uint8_t *first
         session_close(&c->session, 'P', portal);
         return TAKEN_FORWARD;
     }
-    /* Without memory the portal is forgotten: its Executes are not
-     * translated. */
-    session_bind(&c->session, portal, statement);
-    if (!reprepare(c, k, statement, INJECT_REPREPARE)) {
+    if (!session_bind(&c->session, portal, statement) ||
+        !reprepare(c, k, statement, INJECT_REPREPARE)) {
         fail_oom(c);
         return TAKEN_CLOSED;
     }
