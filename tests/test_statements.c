@@ -77,6 +77,34 @@ static void fails_with(PGresult *r, const char *sqlstate, const char *what)
     PQclear(r);
 }
 
+static void prepare_ok(PGconn *c, const char *name, const char *text, int params)
+{
+    PGresult *r = itest_prepare(c, name, text, params);
+    itest_assert_result_ok(r, text);
+    PQclear(r);
+}
+
+static void exec_prepared_tag(PGconn *c, const char *name, int n, const char *const *vals,
+                              const char *tag)
+{
+    PGresult *r = itest_exec_prepared(c, name, n, vals);
+    itest_assert_tag(r, tag, name[0] ? name : "the unnamed statement");
+    PQclear(r);
+}
+
+static void prepare_unnamed_twice(PGconn *c, const char *text)
+{
+    /* The first Parse creates the cached copy, the second one maps to it. */
+    prepare_ok(c, "", text, 2);
+    prepare_ok(c, "", text, 2);
+}
+
+static void exec_unnamed(PGconn *c, const char *k, const char *payload, const char *tag)
+{
+    const char *vals[2] = { k, payload };
+    exec_prepared_tag(c, "", 2, vals, tag);
+}
+
 /* ---- tests --------------------------------------------------------------- */
 
 /* Whether two results carry the same error, field by field, but for where
@@ -302,35 +330,20 @@ static void test_stmt_large_parse(void **state)
     create_table();
     struct itest_proxy *p = proxy_holding_1kb();
     PGconn *c = itest_connect_ok(p->port, NULL);
-    const char *one[2] = { "1", "one" }, *two[2] = { "2", "two" };
 
-    /* The first Parse creates the cached copy, the second one maps to it. */
-    for (int i = 0; i < 2; i++) {
-        PGresult *r = itest_prepare(c, "", INSERT, 2);
-        itest_assert_result_ok(r, "PQprepare of the INSERT");
-        PQclear(r);
-    }
-    PGresult *r = itest_exec_prepared(c, "", 2, one);
-    itest_assert_tag(r, "INSERT 0 1", "the unnamed INSERT");
-    PQclear(r);
-
+    prepare_unnamed_twice(c, INSERT);
+    exec_unnamed(c, "1", "one", "INSERT 0 1");
     char *big = malloc(8192);
     assert_non_null(big);
     memcpy(big, "SELECT '", 8);
     memset(big + 8, 'x', 8192 - 8 - 2);
     memcpy(big + 8190, "'", 2);
-    r = itest_prepare(c, "big", big, 0);
-    itest_assert_result_ok(r, "PQprepare of a large SELECT");
-    PQclear(r);
+    prepare_ok(c, "big", big, 0);
     free(big);
     assert_true(itest_proxy_log_contains(p, "streamed unread"));
-
-    r = itest_exec_prepared(c, "", 2, two);
-    itest_assert_tag(r, "INSERT 0 1", "the unnamed INSERT after the large Parse");
-    PQclear(r);
-    r = itest_exec_prepared(c, "", 2, one);
-    itest_assert_tag(r, "INSERT 0 0", "a duplicate through the unnamed INSERT");
-    PQclear(r);
+    /* After the large Parse; then a duplicate. */
+    exec_unnamed(c, "2", "two", "INSERT 0 1");
+    exec_unnamed(c, "1", "one", "INSERT 0 0");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
     itest_pass();
 }
@@ -338,34 +351,6 @@ static void test_stmt_large_parse(void **state)
 /* An INSERT whose text holds "\xc3\xa9", é in UTF-8, as its unnamed
  * statement: under LATIN1 the same bytes are two characters, "Ã©". */
 static const char ACCENTED[] = "INSERT INTO stmt_t (k, payload) VALUES ($1, '\xc3\xa9' || $2)";
-
-static void prepare_ok(PGconn *c, const char *name, const char *text, int params)
-{
-    PGresult *r = itest_prepare(c, name, text, params);
-    itest_assert_result_ok(r, text);
-    PQclear(r);
-}
-
-static void exec_prepared_tag(PGconn *c, const char *name, int n, const char *const *vals,
-                              const char *tag)
-{
-    PGresult *r = itest_exec_prepared(c, name, n, vals);
-    itest_assert_tag(r, tag, name[0] ? name : "the unnamed statement");
-    PQclear(r);
-}
-
-static void prepare_unnamed_twice(PGconn *c, const char *text)
-{
-    /* The first Parse creates the cached copy, the second one maps to it. */
-    prepare_ok(c, "", text, 2);
-    prepare_ok(c, "", text, 2);
-}
-
-static void exec_unnamed(PGconn *c, const char *k, const char *payload, const char *tag)
-{
-    const char *vals[2] = { k, payload };
-    exec_prepared_tag(c, "", 2, vals, tag);
-}
 
 /* A value over the 1 kB proxy_holding_1kb reads. */
 static const char *large_value(void)
