@@ -1298,9 +1298,9 @@ enum taken take_client_msg(struct conn *c, const uint8_t *msg, size_t total,
     case 'S': return take_sync(c);
     case 'H': return take_flush(c);
     case 'F':
-        /* A function called by its oid: set_config, for all the proxy
-         * knows. */
-        unsettle_identity(c);
+        if (total < PG_HEAD_LEN + 4 ||
+            rewrite_call_effects(pg_get_u32(msg + PG_HEAD_LEN)) & REWRITE_CHANGES_IDENTITY)
+            unsettle_identity(c);
         return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     default:
         return track_client(c, type, NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;

@@ -857,6 +857,31 @@ unsigned rewrite_effects(const char *text, size_t len)
     return add_effects(statement_starts_effects(text, len), set_config_effects(text, len));
 }
 
+unsigned rewrite_call_effects(uint32_t function_oid)
+{
+    /* pg_proc.dat's oids, fixed since PostgreSQL 9.3 or earlier. */
+    static const uint32_t large_object[] = {
+        715,  /* lo_create */
+        952,  /* lo_open */
+        953,  /* lo_close */
+        954,  /* loread */
+        955,  /* lowrite */
+        956,  /* lo_lseek */
+        957,  /* lo_creat */
+        958,  /* lo_tell */
+        964,  /* lo_unlink */
+        1004, /* lo_truncate */
+        3170, /* lo_lseek64 */
+        3171, /* lo_tell64 */
+        3172, /* lo_truncate64 */
+    };
+
+    for (size_t i = 0; i < sizeof large_object / sizeof large_object[0]; i++)
+        if (large_object[i] == function_oid)
+            return 0;
+    return REWRITE_CHANGES_IDENTITY;
+}
+
 bool rewrite_dropped_statements(const char *text, struct rewrite_drops *out)
 {
     PgQueryProtobufParseResult raw = pg_query_parse_protobuf(text);

@@ -143,6 +143,13 @@ enum rewrite_effect {
  * NUL, found where its statements begin, in one pass. */
 unsigned rewrite_effects(const char *text, size_t len);
 
+/* The effects of a FunctionCall message of the function with this oid:
+ * none for the large-object functions (libpq's lo_* and drivers' large
+ * object APIs call them so, at every read and write), which cannot
+ * change the identity; any other may be set_config, or run SQL:
+ * REWRITE_CHANGES_IDENTITY. */
+unsigned rewrite_call_effects(uint32_t function_oid);
+
 /* The prepared statements a text's DEALLOCATE and DISCARD statements drop,
  * as PostgreSQL's parser reads them. */
 struct rewrite_drops {

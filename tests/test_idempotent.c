@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <libpq-fe.h>
+#include <libpq/libpq-fs.h>
 
 #include "itest.h"
 
@@ -1445,6 +1446,75 @@ static void test_idem_session_identity(void **state)
     itest_pass();
 }
 
+#define FN_INSERT(key) \
+    "INSERT INTO idem_fn (idempotency_key, payload) VALUES ('" key "', 'x')"
+
+/* set_config called by a FunctionCall (PQfn), setting search_path: the
+ * session's INSERTs then lead elsewhere and are left as they are, as
+ * after the SQL; back, they are rewritten again. Large-object calls
+ * (libpq's lo_* functions are FunctionCalls too) change nothing: in a
+ * block they cost no question before the INSERT after them. */
+static void test_idem_session_funcall(void **state)
+{
+    (void)state;
+    create_key_table("idem_fn", "text");
+    itest_server_exec("DROP SCHEMA IF EXISTS idem_fn_loose CASCADE; "
+                      "CREATE SCHEMA idem_fn_loose; "
+                      "CREATE TABLE idem_fn_loose.idem_fn (idempotency_key text, payload text)");
+    struct itest_proxy *p = itest_proxy_start_with(
+        "debug", "workers = 1\ncatalog_check_interval = 0\n"
+                 "[table public.idem_fn]\nconflict = idempotency_key\n");
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const Oid set_config = 2078;
+    char result[64];
+    int result_len = 0;
+
+    itest_exec_tag(c, FN_INSERT("f1"), "INSERT 0 1");
+    itest_exec_tag(c, FN_INSERT("f1"), "INSERT 0 0");
+
+    /* PQfn sends its arguments in binary: text as it is, false as a 0. */
+    const char *paths[] = { "idem_fn_loose", "public" }, *setting = "search_path";
+    static char is_local = 0;
+    for (int i = 0; i < 2; i++) {
+        PQArgBlock args[3] = {
+            { .len = (int)strlen(setting), .u.ptr = (int *)(uintptr_t)setting },
+            { .len = (int)strlen(paths[i]), .u.ptr = (int *)(uintptr_t)paths[i] },
+            { .len = 1, .u.ptr = (int *)(uintptr_t)&is_local },
+        };
+        PGresult *r = PQfn(c, set_config, (int *)result, &result_len, 0, args, 3);
+        itest_assert_result_ok(r, "set_config by FunctionCall");
+        PQclear(r);
+        if (i == 0) {
+            /* The loose table has no unique index: both rows go in,
+             * where the rewrite would have failed with 42P10. */
+            itest_exec_tag(c, FN_INSERT("f1"), "INSERT 0 1");
+            itest_exec_tag(c, FN_INSERT("f1"), "INSERT 0 1");
+        }
+    }
+    itest_exec_tag(c, FN_INSERT("f1"), "INSERT 0 0");
+
+    const char *asking = "asking the server about the session's role and search_path";
+    int asked = itest_proxy_log_count(p, asking);
+    itest_exec_ok(c, "BEGIN");
+    Oid lo = lo_creat(c, INV_READ | INV_WRITE);
+    int fd = lo_open(c, lo, INV_READ | INV_WRITE);
+    assert_true(lo != InvalidOid && fd >= 0);
+    assert_int_equal(lo_write(c, fd, "large", 5), 5);
+    itest_exec_tag(c, FN_INSERT("f1"), "INSERT 0 0");
+    assert_int_equal(lo_close(c, fd), 0);
+    itest_exec_tag(c, FN_INSERT("f2"), "INSERT 0 1");
+    itest_exec_tag(c, FN_INSERT("f2"), "INSERT 0 0");
+    itest_exec_ok(c, "COMMIT");
+    assert_int_equal(lo_unlink(c, lo), 1);
+    itest_exec_tag(c, FN_INSERT("f2"), "INSERT 0 0");
+    assert_int_equal(itest_proxy_log_count(p, asking), asked);
+
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM public.idem_fn"), 2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM idem_fn_loose.idem_fn"), 2);
+    assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
+    itest_pass();
+}
+
 #define ROLE_INSERT(key) \
     "INSERT INTO idem_role (idempotency_key, payload) VALUES ('" key "', 'x')"
 #define ROLE_RETURNING(key) \
@@ -1782,6 +1852,7 @@ int main(int argc, char **argv)
         ITEST(test_idem_catalog_interval),
         ITEST(test_idem_login_role_privileges),
         ITEST(test_idem_session_identity),
+        ITEST(test_idem_session_funcall),
         ITEST(test_idem_session_role),
         ITEST(test_idem_identity_in_block),
     };

@@ -1384,6 +1384,22 @@ static void test_ends_local(void **state)
     assert_false(rewrite_effects("COMMIT", 6) & REWRITE_CHANGES_IDENTITY);
 }
 
+/* A FunctionCall of a large-object function changes nothing; of any other
+ * (set_config is 2078, int4pl 177, a user's function an oid over 16383)
+ * it may change the identity. */
+static void test_call_effects(void **state)
+{
+    (void)state;
+    static const uint32_t large_object[] = { 715, 952, 953, 954, 955, 956, 957,
+                                             958, 964, 1004, 3170, 3171, 3172 };
+    static const uint32_t others[] = { 0, 177, 2078, 16384, 4000000000u };
+
+    for (size_t i = 0; i < sizeof large_object / sizeof large_object[0]; i++)
+        assert_int_equal(rewrite_call_effects(large_object[i]), 0);
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
+        assert_int_equal(rewrite_call_effects(others[i]), REWRITE_CHANGES_IDENTITY);
+}
+
 static void test_charset(void **state)
 {
     (void)state;
@@ -1440,6 +1456,7 @@ int main(void)
         cmocka_unit_test(test_changes_identity),
         cmocka_unit_test(test_ends_local),
         cmocka_unit_test(test_identity_local),
+        cmocka_unit_test(test_call_effects),
         cmocka_unit_test(test_charset),
         cmocka_unit_test(test_reason_names),
         cmocka_unit_test(test_reasons_of_table),
