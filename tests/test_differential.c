@@ -2,7 +2,8 @@
  * The proxy against PostgreSQL itself: pseudo-random sequences of frontend
  * messages (simple and extended queries, pipelines that fail midway, Flush,
  * Executes with a row limit, COPY both ways, transaction blocks, savepoints,
- * notifications, prepared statements by protocol and by SQL) go both
+ * notifications, prepared statements by protocol and by SQL, declared
+ * parameter types, binary values, function calls) go both
  * straight to the server and through idemproxy, and the two streams of
  * replies must be the same, message for message.
  *
@@ -36,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/ssl.h>
 
@@ -101,6 +103,7 @@ struct gen {
                              texts keep the form they were prepared in when
                              the rules or the search_path change later
                              (README, Limitations) */
+    long long large_object; /* the key the last lo_create was given */
     struct bytes out[SIDES];
     size_t msg_at[SIDES]; /* where the message being written starts */
     char script[16384];   /* the proxied side, readable, for a failure's report */
@@ -426,6 +429,9 @@ static const struct prepared_sql extended_sql[] = {
     { "INSERT INTO diff_reg (k, v) VALUES ($1, 'x'::int)",
       "INSERT INTO diff_reg (k, v) VALUES ($1, 'x'::int)" DN, 1 },
     { "INSERT INTO diff_plain (k, v) VALUES ($1, $2)", NULL, 2 },
+    /* Rows for an Execute's row limit to suspend. */
+    { "INSERT INTO diff_reg (k, v) VALUES ($1, 'a'), ($2::bigint, 'b') RETURNING k, v",
+      "INSERT INTO diff_reg (k, v) VALUES ($1, 'a'), ($2::bigint, 'b')" DU " RETURNING k, v", 2 },
     { "INSERT INTO diff_reg (k, v) VALUES ($1, $2) " LONG_COMMENT,
       "INSERT INTO diff_reg (k, v) VALUES ($1, $2) " LONG_COMMENT DN, 2 },
     { "BEGIN", NULL, 0 },
@@ -479,32 +485,63 @@ static void put_parse(struct gen *g, const char *name, const struct prepared_sql
 
     g->parsed_insert |= strncmp(ps->sql, DIFF_REG_INSERT, strlen(DIFF_REG_INSERT)) == 0;
     g->identity_moved |= moves_identity(ps->sql);
+    /* Now and then with parameter types declared, some of them left to
+     * the server (0), some that the columns refuse (int4 is converted,
+     * text is not). */
+    static const uint32_t type_oids[] = { 0, 20, 23, 25, 1043 };
+    int declared = ps->params && rnd(g, 4) == 0 ? (int)rnd(g, (uint32_t)ps->params) + 1 : 0;
+    char types[64] = "";
     msg_begin(g, 'P');
     emit_str(g, name);
     emit_sides(g, ps->sql, by_hand);
-    emit_u16(g, 0);
+    emit_u16(g, (uint16_t)declared);
+    for (int i = 0; i < declared; i++) {
+        uint32_t oid = type_oids[rnd(g, sizeof type_oids / sizeof type_oids[0])];
+        emit_u32(g, oid);
+        size_t at = strlen(types);
+        snprintf(types + at, sizeof types - at, "%s%u", i ? ", " : " types ", oid);
+    }
     msg_end(g);
     /* A long comment is cut short. */
     int n = 160;
-    note(g, "  Parse \"%s\" \"%.*s%s\"\n", name, n, ps->sql, strlen(ps->sql) > (size_t)n ? "..." : "");
+    note(g, "  Parse \"%s\" \"%.*s%s\"%s\n", name, n, ps->sql,
+         strlen(ps->sql) > (size_t)n ? "..." : "", types);
     if (by_hand != ps->sql)
         note(g, "        direct \"%.*s%s\"\n", n, by_hand, strlen(by_hand) > (size_t)n ? "..." : "");
 }
 
 #define LONG_VALUE_LEN 1200u
 
+/* Parameters in text, or now and then in binary: all of them (one format
+ * code) or each its own. A key in binary is eight bytes, which a bigint
+ * takes and text refuses (a NUL). */
 static void put_bind(struct gen *g, const char *portal, const char *name, int params)
 {
     bool binary = rnd(g, 5) == 0;
+    uint32_t formats = rnd(g, 8) == 0 ? 1 : rnd(g, 8) == 0 ? (uint32_t)params : 0;
+    uint16_t format[8] = { 0 };
+
     msg_begin(g, 'B');
     emit_str(g, portal);
     emit_str(g, name);
-    emit_u16(g, 0);
+    emit_u16(g, (uint16_t)formats);
+    for (uint32_t i = 0; i < formats; i++) {
+        format[i] = (uint16_t)rnd(g, 2);
+        emit_u16(g, format[i]);
+    }
     emit_u16(g, (uint16_t)params);
     note(g, "  Bind \"%s\" \"%s\" (", portal, name);
     for (int i = 0; i < params; i++) {
+        long long key = new_key(g);
         char v[24];
-        snprintf(v, sizeof v, "%lld", new_key(g));
+        snprintf(v, sizeof v, "%lld", key);
+        if (format[formats == 1 ? 0 : i]) {
+            emit_u32(g, 8);
+            emit_u32(g, (uint32_t)((unsigned long long)key >> 32));
+            emit_u32(g, (uint32_t)key);
+            note(g, "%s%s binary", i ? ", " : "", v);
+            continue;
+        }
         /* Now and then a second value over 1 kB, as a document would be:
          * too large for a proxy that reads no message over that. */
         if (i == 1 && rnd(g, 8) == 0) {
@@ -646,6 +683,66 @@ static void step_chain(struct gen *g)
         put_bare(g, 'S', "Sync");
 }
 
+/* A FunctionCall's argument: an int4 or oid, in text or binary. */
+static void emit_int_arg(struct gen *g, bool binary, long long v)
+{
+    char t[24];
+
+    if (binary) {
+        emit_u32(g, 4);
+        emit_u32(g, (uint32_t)v);
+        return;
+    }
+    snprintf(t, sizeof t, "%lld", v);
+    emit_u32(g, (uint32_t)strlen(t));
+    emit(g, t, strlen(t));
+}
+
+/* A FunctionCall, its arguments and result in text or binary. Like a
+ * Query it ends with ReadyForQuery, in a batch or not, and the server
+ * skips it after an error in one. Large-object calls (lo_create of a key,
+ * lo_unlink of the last, which may be gone) in every run; int4pl (oid
+ * 177) of two int4s and a function that does not exist only where the
+ * session may change its identity (no_settings): the proxy cannot tell
+ * them from set_config. */
+static void step_funcall(struct gen *g)
+{
+    enum { LO_CREATE, LO_UNLINK, INT4PL, MISSING } call = rnd(g, g->no_settings ? 2 : 4);
+    static const struct {
+        const char *name;
+        uint32_t oid;
+        uint16_t args;
+    } functions[] = {
+        [LO_CREATE] = { "lo_create", 715, 1 },
+        [LO_UNLINK] = { "lo_unlink", 964, 1 },
+        [INT4PL] = { "int4pl", 177, 2 },
+        [MISSING] = { "missing", 4000000000u, 2 },
+    };
+    bool binary_args = rnd(g, 2), binary_result = rnd(g, 2);
+    long long a, b = rnd(g, 10) == 0 ? INT32_MAX : rnd(g, 1000);
+
+    if (call == LO_CREATE)
+        a = g->large_object = new_key(g) % 4000000000; /* an oid */
+    else if (call == LO_UNLINK)
+        a = g->large_object;
+    else
+        a = rnd(g, 1000);
+    msg_begin(g, 'F');
+    emit_u32(g, functions[call].oid);
+    emit_u16(g, 1);
+    emit_u16(g, binary_args);
+    emit_u16(g, functions[call].args);
+    emit_int_arg(g, binary_args, a);
+    if (functions[call].args == 2)
+        emit_int_arg(g, binary_args, b);
+    emit_u16(g, binary_result);
+    msg_end(g);
+    note(g, "  FunctionCall %s(%lld", functions[call].name, a);
+    if (functions[call].args == 2)
+        note(g, ", %lld", b);
+    note(g, ")%s%s\n", binary_args ? " binary" : "", binary_result ? " binary result" : "");
+}
+
 /* One extended message on its own, in any order: what a broken or very
  * clever client sends. Not to the unnamed portal: PostgreSQL 15.18 itself
  * crashes (SIGSEGV) on an Execute of it after a Query whose savepoint
@@ -732,7 +829,8 @@ static void step_simple(struct gen *g, bool insert_only)
 
 /* A batch that fails midway, with a guarded INSERT before the failure or
  * not, and what the server then skips up to the Sync: a Query (an INSERT
- * the proxy would guard, a COPY and its data) or more extended messages. */
+ * the proxy would guard, a COPY and its data), a FunctionCall or more
+ * extended messages. */
 static void step_failed_batch(struct gen *g)
 {
     static const struct prepared_sql failing = { "SELECT 1/0", NULL, 0 };
@@ -745,7 +843,7 @@ static void step_failed_batch(struct gen *g)
     put_parse(g, "", &failing);
     put_bind(g, "", "", 0);
     put_execute(g, "", 0);
-    switch (rnd(g, 4)) {
+    switch (rnd(g, 5)) {
     case 0:
         step_simple(g, true);
         break;
@@ -754,6 +852,9 @@ static void step_failed_batch(struct gen *g)
         break;
     case 2:
         step_copy_extended(g);
+        break;
+    case 3:
+        step_funcall(g);
         break;
     default:
         step_chain(g);
@@ -779,7 +880,7 @@ static void generate(struct gen *g)
     else if (rnd(g, 3) == 0)
         step_simple(g, true);
     for (uint32_t steps = 1 + rnd(g, 10); steps > 0; steps--) {
-        uint32_t r = rnd(g, 22);
+        uint32_t r = rnd(g, 23);
         if (r < 9) {
             step_simple(g, false);
         } else if (r < 15) {
@@ -790,6 +891,8 @@ static void generate(struct gen *g)
             step_copy_extended(g);
         } else if (r < 19) {
             step_failed_batch(g);
+        } else if (r < 20) {
+            step_funcall(g);
         } else {
             step_single(g);
         }
@@ -1138,6 +1241,31 @@ static struct link login(int port, const char *db, bool scram, bool tls)
     return l;
 }
 
+/* Sends the proxied side's bytes, now and then in pieces cut anywhere (in
+ * a message's head too) with a pause of up to 2 ms after each: the proxy
+ * then meets a message in parts, and requests after the replies to those
+ * before them. PostgreSQL, the reference, gets them at once. */
+static bool send_in_pieces(struct gen *g, const struct link *l, const uint8_t *data, size_t len)
+{
+    size_t pieces = rnd(g, 4) == 0 ? 2 + rnd(g, 5) : 1, at = 0;
+
+    if (pieces > 1)
+        note(g, "  (sent in %zu pieces, cut at", pieces);
+    for (size_t i = 1; i <= pieces; i++) {
+        size_t end = i == pieces ? len : at + rnd(g, (uint32_t)(len - at + 1));
+        if (i < pieces)
+            note(g, " %zu%s", end, i + 1 == pieces ? ")\n" : "");
+        if (end > at && !link_send(l, data + at, end - at))
+            return false;
+        at = end;
+        if (i < pieces) {
+            struct timespec pause = { 0, (long)rnd(g, 2000) * 1000 };
+            nanosleep(&pause, NULL);
+        }
+    }
+    return true;
+}
+
 /* Sends one sequence both ways and fails the test, saying why, when the
  * replies differ or the proxy lost track of the requests. */
 static void compare_one(struct itest_proxy *p, struct gen *g, uint64_t seed, int seq,
@@ -1151,10 +1279,10 @@ static void compare_one(struct itest_proxy *p, struct gen *g, uint64_t seed, int
     generate(g);
     put_fence(g, seq);
     snprintf(fence, sizeof fence, "fence %d", seq);
+    assert_true(link_send(direct, g->out[DIRECT].data, g->out[DIRECT].len));
+    assert_true(send_in_pieces(g, proxied, g->out[PROXIED].data, g->out[PROXIED].len));
     if (getenv("IDEM_DIFF_TRACE"))
         print_message("seed %llu, sequence %d:\n%s", (unsigned long long)seed, seq, g->script);
-    assert_true(link_send(direct, g->out[DIRECT].data, g->out[DIRECT].len));
-    assert_true(link_send(proxied, g->out[PROXIED].data, g->out[PROXIED].len));
 
     struct replies a = { 0 }, b = { 0 };
     bool a_ok = read_replies(direct, fence, &a);
