@@ -417,10 +417,11 @@ enum handling {
  * contiguous in place. */
 #define SMALL_MSG 512
 
-/* The bytes of a Bind too large to read, after its head, in which its
- * portal and statement names are looked for: two of the longest names
- * PostgreSQL tells apart (63 bytes) with their NULs. */
-#define BIND_NAMES_PEEK (2 * 64)
+/* The bytes of a message too large to read, after its head, in which a
+ * Bind's portal and statement names are looked for, or a Parse's name and
+ * its text's opening keyword: two of the longest names PostgreSQL tells
+ * apart (63 bytes) with their NULs. */
+#define UNREAD_PEEK (2 * 64)
 
 /* Messages that name or redefine the unnamed statement. */
 static bool names_statements(char type)
@@ -502,10 +503,12 @@ uint64_t now_ns(void)
 /* ---- the relay loop ---------------------------------------------------- */
 
 /* A message over max_held_message, of which first holds the first
- * first_len bytes (its head among them). TAKEN_FORWARD: it streams on;
- * TAKEN_HELD: a Bind waits, as take_bind's do; TAKEN_CLOSED. */
+ * first_len bytes (its head among them). TAKEN_FORWARD: it streams on
+ * (*tracked: its request is in the queue already); TAKEN_HELD: a Bind
+ * waits, as take_bind's do; TAKEN_CLOSED. */
 static enum taken note_oversized(struct conn *c, enum flow d, char type, size_t total,
-                                 struct sink *k, const uint8_t *first, size_t first_len)
+                                 struct sink *k, const uint8_t *first, size_t first_len,
+                                 bool *tracked)
 {
     /* A large value, most likely: unless a Parse too large to read went
      * before, every statement it may bind was read (or prepared by SQL,
@@ -513,14 +516,23 @@ static enum taken note_oversized(struct conn *c, enum flow d, char type, size_t 
      * knows. */
     bool bind_followed = d == FLOW_TO_SERVER && type == 'B' && !c->parsed_unread &&
                          named_statement(first, first_len);
-    enum taken taken = bind_followed ? take_unread_bind(c, k, first, first_len) : TAKEN_FORWARD;
+    /* A large statement, whose opening says it drops no other. */
+    unsigned effects = 0;
+    const char *parsed = d == FLOW_TO_SERVER && type == 'P'
+                             ? unread_parse_name(first, first_len, &effects)
+                             : NULL;
+    enum taken taken = bind_followed ? take_unread_bind(c, k, first, first_len)
+                       : parsed      ? take_unread_parse(c, parsed, effects)
+                                     : TAKEN_FORWARD;
 
+    *tracked = parsed != NULL;
     if (taken != TAKEN_FORWARD)
         return taken;
     counter_add(&c->worker->counters.oversized_inspected, 1);
     if (d == FLOW_TO_SERVER && rewriting(c))
         scope_count_reason(c->scope, RR_TOO_LARGE);
-    if (d == FLOW_TO_SERVER && !bind_followed && (type == 'P' || type == 'B' || type == 'Q')) {
+    if (d == FLOW_TO_SERVER && !bind_followed && !parsed &&
+        (type == 'P' || type == 'B' || type == 'Q')) {
         /* Its names cannot be read, nor its text (or, for a Bind, its
          * statement's), which may drop and define statements again by
          * SQL: what the session prepared is forgotten, rules or not, lest
@@ -541,7 +553,7 @@ static enum taken note_oversized(struct conn *c, enum flow d, char type, size_t 
     }
     /* One that may redefine the unnamed statement (a Query does; a Parse
      * of some name might): nothing kept of it holds. */
-    if (d == FLOW_TO_SERVER && (type == 'Q' || type == 'P'))
+    if (d == FLOW_TO_SERVER && !parsed && (type == 'Q' || type == 'P'))
         unnamed_redefined(c, NULL);
     if (d == FLOW_TO_CLIENT && answers_injected(c, type))
         c->catalog_ok = false;
@@ -669,13 +681,16 @@ bool relay(struct conn *c, enum flow d)
         size_t total = (size_t)head.len + 1;
         enum handling h = d == FLOW_TO_SERVER ? client_handling(c, head.type)
                                          : server_handling(c, head.type);
+        bool tracked = false;
         if (h != HANDLE_STREAM && total > max_held) {
-            /* A Bind's names are in its first bytes, if at hand. */
-            uint8_t copy_first[PG_HEAD_LEN + BIND_NAMES_PEEK];
+            /* A Bind's names are in its first bytes, if at hand, and so
+             * are a Parse's name and opening. */
+            uint8_t copy_first[PG_HEAD_LEN + UNREAD_PEEK];
             size_t first_len = avail - k.span < sizeof(copy_first) ? avail - k.span
                                                                   : sizeof(copy_first);
             const uint8_t *first = bytes_at(k.in, &pos, first_len, copy_first);
-            enum taken taken = note_oversized(c, d, head.type, total, &k, first, first_len);
+            enum taken taken =
+                note_oversized(c, d, head.type, total, &k, first, first_len, &tracked);
             if (taken == TAKEN_CLOSED)
                 return false;
             if (taken == TAKEN_HELD)
@@ -715,7 +730,7 @@ bool relay(struct conn *c, enum flow d)
         }
 
         char status = h == HANDLE_PEEK && head.type == 'Z' ? ready_status_at(k.in, &pos) : 0;
-        if (!track_plain(c, d, head.type, status))
+        if (!tracked && !track_plain(c, d, head.type, status))
             return false;
         count_statement(c, d, head.type);
         if (avail - k.span < total) {

@@ -1053,6 +1053,45 @@ enum taken take_unread_bind(struct conn *c, struct sink *k, const uint8_t *first
     return TAKEN_FORWARD;
 }
 
+const char *unread_parse_name(const uint8_t *first, size_t len, unsigned *effects)
+{
+    const uint8_t *body = first + PG_HEAD_LEN;
+    size_t body_len = len - PG_HEAD_LEN, at = 0;
+    const char *name = read_name(body, body_len, &at);
+
+    if (!name)
+        return NULL;
+    const char *text = (const char *)body + at;
+    const char *end = memchr(text, '\0', body_len - at);
+    *effects = end ? rewrite_effects(text, (size_t)(end - text))
+                   : rewrite_unread_effects(text, body_len - at);
+    return *effects & REWRITE_DROPS_STATEMENTS ? NULL : name;
+}
+
+/* Kept for its effects, the statement's Executes are noticed: each may
+ * change the session's identity, as a Query too large to read would. */
+enum taken take_unread_parse(struct conn *c, const char *name, unsigned effects)
+{
+    struct note *note = NULL;
+    bool keep = rewriting(c) && !c->track.skip_to_sync;
+
+    if (rewriting(c))
+        batch_message(c);
+    if (!c->track.skip_to_sync && !(note = note_displacing(c, name)))
+        goto out_of_memory;
+    if (keep && !session_parse(&c->session, name, NULL, NULL, effects, NULL, 0, 0))
+        goto out_of_memory;
+    if (name[0] == '\0' && !unnamed_redefined(c, &note))
+        goto out_of_memory;
+    return track_client(c, 'P', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
+
+out_of_memory:
+    if (note)
+        free_note(c, note);
+    fail_oom(c);
+    return TAKEN_CLOSED;
+}
+
 static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
 {
     const uint8_t *body = msg + PG_HEAD_LEN;

@@ -277,7 +277,8 @@ struct conn {
     bool settings_apart;        /* client_encoding or standard_conforming_strings
                                    differ from the login's */
     bool parsed_apart;          /* a text kept was parsed while they did */
-    bool parsed_unread;         /* a Parse too large to read went to the
+    bool parsed_unread;         /* a Parse too large to read, and not
+                                   followed (unread_parse_name), went to the
                                    server: a statement whose text the proxy
                                    never saw may drop or define others */
 
@@ -503,6 +504,17 @@ static inline bool text_settings_moved(const struct conn *c)
  * TAKEN_FORWARD, TAKEN_HELD (it waits for an answer about the session's
  * identity, as take_bind's do) or TAKEN_CLOSED (out of memory). */
 enum taken take_unread_bind(struct conn *c, struct sink *k, const uint8_t *first, size_t len);
+
+/* The name of a Parse too large to read whole, of which first holds the
+ * first len bytes, when its name is among them and its text's opening
+ * says it drops no statement; *effects then are those its text may have
+ * (rewrite_unread_effects). NULL otherwise. */
+const char *unread_parse_name(const uint8_t *first, size_t len, unsigned *effects);
+
+/* Such a Parse of statement name, followed as take_parse follows a
+ * statement it keeps nothing of but its effects, and tracked.
+ * TAKEN_FORWARD, or TAKEN_CLOSED (out of memory). */
+enum taken take_unread_parse(struct conn *c, const char *name, unsigned effects);
 
 /* ---- conn_question.c ---------------------------------------------------- */
 

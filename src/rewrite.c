@@ -612,6 +612,13 @@ static bool word_at(const char *text, size_t len, size_t i, const char *word)
     return true;
 }
 
+/* Whether c continues an unquoted name or keyword. */
+static bool name_char(unsigned char c)
+{
+    return c >= 0x80 || c == '_' || c == '$' || (c >= '0' && c <= '9') ||
+           (fold(c) >= 'a' && fold(c) <= 'z');
+}
+
 /* word (lower case) at text[i], case aside, and not the start of a longer
  * name. */
 static bool keyword_at(const char *text, size_t len, size_t i, const char *word)
@@ -620,11 +627,7 @@ static bool keyword_at(const char *text, size_t len, size_t i, const char *word)
 
     if (!word_at(text, len, i, word))
         return false;
-    if (i + n == len)
-        return true;
-    unsigned char next = (unsigned char)text[i + n];
-    return !(next >= 0x80 || next == '_' || next == '$' || (next >= '0' && next <= '9') ||
-             (fold(next) >= 'a' && fold(next) <= 'z'));
+    return i + n == len || !name_char((unsigned char)text[i + n]);
 }
 
 /* The word at text[i], whitespace and comments skipped first: a name,
@@ -855,6 +858,20 @@ static unsigned set_config_effects(const char *text, size_t len)
 unsigned rewrite_effects(const char *text, size_t len)
 {
     return add_effects(statement_starts_effects(text, len), set_config_effects(text, len));
+}
+
+unsigned rewrite_unread_effects(const char *prefix, size_t len)
+{
+    const unsigned all = REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY |
+                         REWRITE_ENDS_LOCAL;
+    size_t start = skip_blank(prefix, len, 0), end = start;
+
+    while (end < len && name_char((unsigned char)prefix[end]))
+        end++;
+    if (end == start || end == len)
+        return all;
+    return (statement_effects(prefix, len, start) | REWRITE_CHANGES_IDENTITY) &
+           ~(unsigned)REWRITE_IDENTITY_LOCAL;
 }
 
 unsigned rewrite_call_effects(uint32_t function_oid)

@@ -143,6 +143,14 @@ enum rewrite_effect {
  * NUL, found where its statements begin, in one pass. */
 unsigned rewrite_effects(const char *text, size_t len);
 
+/* The effects a Parse's text may have, known only by its first len bytes
+ * (prefix: the message is too large to read): a Parse holds one
+ * statement, so its opening keyword says what rewrite_effects would find
+ * there, and a set_config may hide in the rest (REWRITE_CHANGES_IDENTITY,
+ * for the session). Every effect when the opening keyword is not whole
+ * among those bytes. */
+unsigned rewrite_unread_effects(const char *prefix, size_t len);
+
 /* The effects of a FunctionCall message of the function with this oid:
  * none for the large-object functions (libpq's lo_* and drivers' large
  * object APIs call them so, at every read and write), which cannot

@@ -1384,6 +1384,42 @@ static void test_ends_local(void **state)
     assert_false(rewrite_effects("COMMIT", 6) & REWRITE_CHANGES_IDENTITY);
 }
 
+/* A Parse's text known by its first bytes: its opening keyword, whole
+ * among them, says what it may drop or end; a set_config may be in the
+ * rest. */
+static void test_unread_effects(void **state)
+{
+    (void)state;
+    const unsigned all = REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY |
+                         REWRITE_ENDS_LOCAL;
+    static const struct {
+        const char *prefix;
+        unsigned effects;
+    } openings[] = {
+        { "INSERT INTO t VALUES ('", REWRITE_CHANGES_IDENTITY },
+        { "  /* note */ select x", REWRITE_CHANGES_IDENTITY },
+        { "-- why\nWITH a AS (", REWRITE_CHANGES_IDENTITY },
+        { "SET LOCAL search_path TO a", REWRITE_CHANGES_IDENTITY },
+        { "COMMIT ", REWRITE_CHANGES_IDENTITY | REWRITE_ENDS_LOCAL },
+        { "deallocate x", REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY },
+        { "DISCARD ALL", REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY },
+        /* The opening cut, or not a keyword. */
+        { "DEALLOC", all },
+        { "INSERT", all },
+        { "/* a comment that goes on", all },
+        { "-- to the end", all },
+        { "   ", all },
+        { "(SELECT 1) UNION", all },
+        { "", all },
+    };
+
+    for (size_t i = 0; i < sizeof openings / sizeof openings[0]; i++) {
+        unsigned got = rewrite_unread_effects(openings[i].prefix, strlen(openings[i].prefix));
+        if (got != openings[i].effects)
+            fail_msg("\"%s\": effects %u, want %u", openings[i].prefix, got, openings[i].effects);
+    }
+}
+
 /* A FunctionCall of a large-object function changes nothing; of any other
  * (set_config is 2078, int4pl 177, a user's function an oid over 16383)
  * it may change the identity. */
@@ -1456,6 +1492,7 @@ int main(void)
         cmocka_unit_test(test_changes_identity),
         cmocka_unit_test(test_ends_local),
         cmocka_unit_test(test_identity_local),
+        cmocka_unit_test(test_unread_effects),
         cmocka_unit_test(test_call_effects),
         cmocka_unit_test(test_charset),
         cmocka_unit_test(test_reason_names),

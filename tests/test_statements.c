@@ -427,12 +427,26 @@ static void test_stmt_restored_across_encodings(void **state)
     itest_pass();
 }
 
+/* A text over 1 kB: opening (whole within the first bytes the proxy
+ * looks at, or not) and a comment that makes it large. */
+static const char *large_text(const char *opening)
+{
+    static char text[2048];
+    size_t n = strlen(opening);
+
+    memcpy(text, opening, n);
+    memcpy(text + n, " /*", 3);
+    memset(text + n + 3, 'c', sizeof text - n - 6);
+    memcpy(text + sizeof text - 3, "*/", 3);
+    return text;
+}
+
 /* A Bind too large to read, of a statement the proxy read, is followed as
  * any Bind (a large value is what makes it large): the session's
  * statements stay known and are prepared again when the rules change.
- * Once a Parse too large to read went before, a statement the proxy never
- * read may be the one bound: what the session prepared is forgotten, and
- * keeps its form. */
+ * Once a Parse too large to read went before whose opening the proxy
+ * could not read, a statement the proxy never read may be the one bound:
+ * what the session prepared is forgotten, and keeps its form. */
 static void test_stmt_large_bind_followed(void **state)
 {
     (void)state;
@@ -451,9 +465,9 @@ static void test_stmt_large_bind_followed(void **state)
     assert_true(itest_proxy_log_contains(p, "statement \"s_ins\" prepared again"));
 
     itest_proxy_reload(p, "max_held_message = 1kB\n[table public.stmt_t]\nconflict = k\n", 2);
-    char select[2048];
-    snprintf(select, sizeof select, "SELECT '%s'", big + 16);
-    prepare_ok(c, "s_big", select, 0);
+    char opening[160];
+    snprintf(opening, sizeof opening, "/* %.120s */ SELECT 1", big);
+    prepare_ok(c, "s_big", large_text(opening), 0);
     itest_exec_tag(c, "DEALLOCATE s_ins", "DEALLOCATE");
     prepare_ok(c, "s_ins", INSERT, 2);
     exec_prepared_tag(c, "s_ins", 2, two, "INSERT 0 1");
@@ -461,6 +475,56 @@ static void test_stmt_large_bind_followed(void **state)
     /* As it was prepared: with the clause. */
     exec_prepared_tag(c, "s_ins", 2, two, "INSERT 0 0");
     assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
+    itest_pass();
+}
+
+/* A Parse too large to read whose name and opening are in its first bytes
+ * is followed by its name: what the session prepared stays known (a
+ * reload prepares it again), and each Execute of the large statement
+ * counts as a change of the session's search_path or role, which its
+ * unread text may make (here it does). One that opens with DEALLOCATE
+ * makes the proxy forget the session's statements, which then keep their
+ * form (README, Limitations). */
+static void test_stmt_large_parse_followed(void **state)
+{
+    (void)state;
+    create_table();
+    itest_server_exec("DROP SCHEMA IF EXISTS stmt_loose CASCADE; CREATE SCHEMA stmt_loose; "
+                      "CREATE TABLE stmt_loose.stmt_t (k bigint, payload text)");
+    struct itest_proxy *p = proxy_holding_1kb();
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *one[2] = { "1", "one" }, *two[2] = { "2", "two" };
+
+    prepare_ok(c, "s_ins", INSERT, 2);
+    exec_prepared_tag(c, "s_ins", 2, one, "INSERT 0 1");
+    prepare_ok(c, "s_path",
+               large_text("SELECT pg_catalog.set_config('search_path', 'stmt_loose', false)"),
+               0);
+    assert_true(itest_proxy_log_contains(p, "'P' message of"));
+    exec_prepared_tag(c, "s_ins", 2, one, "INSERT 0 0");
+
+    /* On the path the large statement set, s_ins is the client's own: the
+     * table there has no unique index for the rewrite's clause (42P10). */
+    exec_prepared_tag(c, "s_path", 0, NULL, "SELECT 1");
+    exec_prepared_tag(c, "s_ins", 2, one, "INSERT 0 1");
+    exec_prepared_tag(c, "s_ins", 2, one, "INSERT 0 1");
+    itest_exec_tag(c, "INSERT INTO stmt_t (k, payload) VALUES (1, 'q')", "INSERT 0 1");
+    itest_exec_ok(c, "RESET search_path");
+    exec_prepared_tag(c, "s_ins", 2, one, "INSERT 0 0");
+
+    /* A reload still finds s_ins: prepared again, without the clause. */
+    itest_proxy_reload(p, "max_held_message = 1kB\n", 1);
+    fails_with(itest_exec_prepared(c, "s_ins", 2, one), "23505", "s_ins after the reload");
+
+    /* A large DEALLOCATE may drop anything: s_ins is forgotten and keeps
+     * the form it has, without the clause, when the rule comes back. */
+    prepare_ok(c, "s_drop", large_text("DEALLOCATE s_other"), 0);
+    itest_proxy_reload(p, "max_held_message = 1kB\n[table public.stmt_t]\nconflict = k\n", 2);
+    fails_with(itest_exec_prepared(c, "s_ins", 2, one), "23505", "s_ins after a large DEALLOCATE");
+    exec_prepared_tag(c, "s_ins", 2, two, "INSERT 0 1");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_loose.stmt_t"), 3);
+    assert_int_equal(itest_proxy_log_count(p, "from the server"), 0);
     itest_pass();
 }
 
@@ -1480,6 +1544,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_large_bind),
         ITEST(test_stmt_large_parse),
         ITEST(test_stmt_large_bind_followed),
+        ITEST(test_stmt_large_parse_followed),
         ITEST(test_stmt_cache_across_encodings),
         ITEST(test_stmt_restored_across_encodings),
         ITEST(test_stmt_reload),

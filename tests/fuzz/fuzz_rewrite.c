@@ -433,6 +433,21 @@ static void check_identity(const char *text, size_t len)
     tree_free(&t);
 }
 
+/* A Parse's text (one statement) known only by its first bytes: whatever
+ * their number, what the whole text may drop is said to be dropped, and a
+ * change of identity may come. */
+static void check_unread(const char *text, size_t len)
+{
+    if (memchr(text, ';', len))
+        return;
+    bool drops = rewrite_effects(text, len) & REWRITE_DROPS_STATEMENTS;
+    for (size_t k = 0; k <= len && k <= 256; k++) {
+        unsigned part = rewrite_unread_effects(text, k);
+        check(part & REWRITE_CHANGES_IDENTITY);
+        check(!drops || (part & REWRITE_DROPS_STATEMENTS));
+    }
+}
+
 /* rewrite_utf8_valid against a decoder by code points: each sequence's
  * value must need its length, lie below U+110000, off the surrogates, and
  * not be NUL. */
@@ -488,6 +503,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_drops(text, len);
     check_identity(text, len);
     check_identity_local(text, len);
+    check_unread(text, len);
     free(text);
     return 0;
 }
