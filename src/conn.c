@@ -504,11 +504,12 @@ uint64_t now_ns(void)
 
 /* A message over max_held_message, of which first holds the first
  * first_len bytes (its head among them). TAKEN_FORWARD: it streams on
- * (*tracked: its request is in the queue already); TAKEN_HELD: a Bind
- * waits, as take_bind's do; TAKEN_CLOSED. */
+ * (*tracked: its request is in the queue already; *consumed: so many of
+ * its first bytes went out rewritten, for the rest to follow); TAKEN_HELD:
+ * a Bind waits, as take_bind's do; TAKEN_CLOSED. */
 static enum taken note_oversized(struct conn *c, enum flow d, char type, size_t total,
                                  struct sink *k, const uint8_t *first, size_t first_len,
-                                 bool *tracked)
+                                 bool *tracked, size_t *consumed)
 {
     /* A large value, most likely: unless a Parse too large to read went
      * before, every statement it may bind was read (or prepared by SQL,
@@ -521,11 +522,11 @@ static enum taken note_oversized(struct conn *c, enum flow d, char type, size_t 
     const char *parsed = d == FLOW_TO_SERVER && type == 'P'
                              ? unread_parse_name(first, first_len, &effects)
                              : NULL;
-    enum taken taken = bind_followed ? take_unread_bind(c, k, first, first_len)
+    enum taken taken = bind_followed ? take_unread_bind(c, k, first, first_len, total, consumed)
                        : parsed      ? take_unread_parse(c, parsed, effects)
                                      : TAKEN_FORWARD;
 
-    *tracked = parsed != NULL;
+    *tracked = bind_followed || parsed;
     if (taken != TAKEN_FORWARD)
         return taken;
     counter_add(&c->worker->counters.oversized_inspected, 1);
@@ -682,6 +683,7 @@ bool relay(struct conn *c, enum flow d)
         enum handling h = d == FLOW_TO_SERVER ? client_handling(c, head.type)
                                          : server_handling(c, head.type);
         bool tracked = false;
+        size_t consumed = 0;
         if (h != HANDLE_STREAM && total > max_held) {
             /* A Bind's names are in its first bytes, if at hand, and so
              * are a Parse's name and opening. */
@@ -689,15 +691,18 @@ bool relay(struct conn *c, enum flow d)
             size_t first_len = avail - k.span < sizeof(copy_first) ? avail - k.span
                                                                   : sizeof(copy_first);
             const uint8_t *first = bytes_at(k.in, &pos, first_len, copy_first);
-            enum taken taken =
-                note_oversized(c, d, head.type, total, &k, first, first_len, &tracked);
+            enum taken taken = note_oversized(c, d, head.type, total, &k, first, first_len,
+                                              &tracked, &consumed);
             if (taken == TAKEN_CLOSED)
                 return false;
             if (taken == TAKEN_HELD)
                 break;
             /* What it wrote ahead of the message moved the messages passed
              * over before it out of the input: the message now starts at
-             * the span's end, and less is at hand. */
+             * the span's end, and less is at hand. What it wrote in place
+             * of the message's first bytes stands for them. */
+            evbuffer_drain(k.in, consumed);
+            total -= consumed;
             avail = evbuffer_get_length(k.in);
             evbuffer_ptr_set(k.in, &pos, k.span, EVBUFFER_PTR_SET);
             /* The proxy's own answer too big to read is dropped unread. */

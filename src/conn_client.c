@@ -286,11 +286,14 @@ static void write_on_statement(struct sink *k, char type, const char *name)
     evbuffer_add(k->out, name, name_len);
 }
 
-/* Writes the client's message with the cached statement's name in place
- * of the unnamed statement's "" at body offset at; the request's note
- * remembers whose name, which the server's errors about it will use. */
-static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, size_t total,
-                          size_t at, struct note *note)
+/* Writes the client's message of total bytes, of which msg holds the
+ * first len (all of them, or the first bytes of one too large to read,
+ * whose rest then follows as it is), with the cached statement's name in
+ * place of the unnamed statement's "" at body offset at; the request's
+ * note remembers whose name, which the server's errors about it will
+ * use. */
+static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, size_t len,
+                          size_t total, size_t at, struct note *note)
 {
     const char *name = stmtcache_name(c->stmts.unnamed);
     uint8_t head[PG_HEAD_LEN] = { msg[0] };
@@ -300,7 +303,7 @@ static void write_renamed(struct conn *c, struct sink *k, const uint8_t *msg, si
     sink_write(k, head, sizeof(head));
     evbuffer_add(k->out, msg + PG_HEAD_LEN, at);
     evbuffer_add(k->out, name, name_len);
-    evbuffer_add(k->out, msg + PG_HEAD_LEN + at, total - PG_HEAD_LEN - at);
+    evbuffer_add(k->out, msg + PG_HEAD_LEN + at, len - PG_HEAD_LEN - at);
     note->renamed = stmtcache_number(c->stmts.unnamed);
 }
 
@@ -1028,29 +1031,61 @@ static bool held_for_identity(struct conn *c, const uint8_t *msg, size_t total,
     return statement && (ask_in_block(c, msg, total) || awaits_identity(c, statement));
 }
 
-/* The unnamed statement standing for a cached one is given the cached
- * text back (restore_unnamed) in place of renaming the Bind. */
-enum taken take_unread_bind(struct conn *c, struct sink *k, const uint8_t *first, size_t len)
+/* A Bind, of which msg holds the first len of its total bytes: all of
+ * them, or the first bytes of one too large to read, its names among
+ * them. *renamed: those bytes went out anew (write_renamed), for the
+ * unnamed statement standing for a cached one. */
+static enum taken follow_bind(struct conn *c, struct sink *k, const uint8_t *msg, size_t len,
+                              size_t total, bool *renamed)
 {
-    size_t at = 0;
-    const char *portal = read_name(first + PG_HEAD_LEN, len - PG_HEAD_LEN, &at);
-    const char *statement = read_name(first + PG_HEAD_LEN, len - PG_HEAD_LEN, &at);
+    const uint8_t *body = msg + PG_HEAD_LEN;
+    size_t body_len = len - PG_HEAD_LEN, at = 0;
+    const char *portal = read_name(body, body_len, &at);
+    size_t statement_at = at;
+    const char *statement = portal ? read_name(body, body_len, &at) : NULL;
 
-    if (held_for_identity(c, first, len, statement))
+    *renamed = false;
+    if (held_for_identity(c, msg, len, statement))
         return TAKEN_HELD;
     batch_message(c);
+    if (!statement)
+        return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    /* A Bind the server skips (it is skipping to Sync after an error)
+     * leaves the portal as it was, which the proxy cannot know. */
     if (c->track.skip_to_sync) {
         session_close(&c->session, 'P', portal);
-        return TAKEN_FORWARD;
+        return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
-    if (!session_bind(&c->session, portal, statement) ||
+    struct note *note = note_new(NULL, portal);
+    if (!note || !session_bind(&c->session, portal, statement) ||
         !reprepare(c, k, statement, INJECT_REPREPARE)) {
+        if (note)
+            free_note(c, note);
         fail_oom(c);
         return TAKEN_CLOSED;
     }
-    if (statement[0] == '\0' && c->stmts.unnamed)
-        restore_unnamed(c, k);
-    return TAKEN_FORWARD;
+    *renamed = statement[0] == '\0' && c->stmts.unnamed;
+    if (*renamed)
+        write_renamed(c, k, msg, len, total, statement_at, note);
+    return track_client(c, 'B', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
+}
+
+enum taken take_unread_bind(struct conn *c, struct sink *k, const uint8_t *first, size_t len,
+                            size_t total, size_t *consumed)
+{
+    bool renamed;
+    enum taken taken = follow_bind(c, k, first, len, total, &renamed);
+
+    *consumed = renamed ? len : 0;
+    return taken;
+}
+
+static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
+{
+    bool renamed;
+    enum taken taken = follow_bind(c, k, msg, total, total, &renamed);
+
+    return taken == TAKEN_FORWARD && renamed ? TAKEN_REPLACED : taken;
 }
 
 const char *unread_parse_name(const uint8_t *first, size_t len, unsigned *effects)
@@ -1092,41 +1127,6 @@ out_of_memory:
     return TAKEN_CLOSED;
 }
 
-static enum taken take_bind(struct conn *c, const uint8_t *msg, size_t total, struct sink *k)
-{
-    const uint8_t *body = msg + PG_HEAD_LEN;
-    size_t len = total - PG_HEAD_LEN, at = 0;
-    const char *portal = read_name(body, len, &at);
-    size_t statement_at = at;
-    const char *statement = portal ? read_name(body, len, &at) : NULL;
-
-    if (held_for_identity(c, msg, total, statement))
-        return TAKEN_HELD;
-    batch_message(c);
-    if (!statement)
-        return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
-    /* A Bind the server skips (it is skipping to Sync after an error)
-     * leaves the portal as it was, which the proxy cannot know. */
-    if (c->track.skip_to_sync) {
-        session_close(&c->session, 'P', portal);
-        return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
-    }
-    struct note *note = note_new(NULL, portal);
-    if (!note || !session_bind(&c->session, portal, statement) ||
-        !reprepare(c, k, statement, INJECT_REPREPARE)) {
-        if (note)
-            free_note(c, note);
-        fail_oom(c);
-        return TAKEN_CLOSED;
-    }
-    bool renamed = statement[0] == '\0' && c->stmts.unnamed;
-    if (renamed)
-        write_renamed(c, k, msg, total, statement_at, note);
-    if (!track_client(c, 'B', note))
-        return TAKEN_CLOSED;
-    return renamed ? TAKEN_REPLACED : TAKEN_FORWARD;
-}
-
 /* A Describe of a statement describes it in the form the rules now in
  * force give it, as a Bind runs it; of the unnamed statement while it
  * stands for a cached one, it describes that one. */
@@ -1150,7 +1150,7 @@ static enum taken take_describe(struct conn *c, const uint8_t *msg, size_t total
             fail_oom(c);
             return TAKEN_CLOSED;
         }
-        write_renamed(c, k, msg, total, 1, note);
+        write_renamed(c, k, msg, total, total, 1, note);
     }
     if (!track_client(c, 'D', note))
         return TAKEN_CLOSED;

@@ -498,12 +498,14 @@ static inline bool text_settings_moved(const struct conn *c)
     return c->settings_apart || c->parsed_apart;
 }
 
-/* A Bind too large to read whole, of which first holds the first len
- * bytes, its head and names among them (named_statement finds them):
- * followed as one the proxy reads, but that it cannot be renamed.
- * TAKEN_FORWARD, TAKEN_HELD (it waits for an answer about the session's
- * identity, as take_bind's do) or TAKEN_CLOSED (out of memory). */
-enum taken take_unread_bind(struct conn *c, struct sink *k, const uint8_t *first, size_t len);
+/* A Bind too large to read whole (total bytes), of which first holds the
+ * first len, its head and names among them (named_statement finds them):
+ * followed as one the proxy reads, and tracked. TAKEN_FORWARD (*consumed:
+ * so many of its first bytes went out renamed, for the rest to follow),
+ * TAKEN_HELD (it waits for an answer about the session's identity, as
+ * take_bind's do) or TAKEN_CLOSED (out of memory). */
+enum taken take_unread_bind(struct conn *c, struct sink *k, const uint8_t *first, size_t len,
+                            size_t total, size_t *consumed);
 
 /* The name of a Parse too large to read whole, of which first holds the
  * first len bytes, when its name is among them and its text's opening

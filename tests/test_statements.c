@@ -360,6 +360,20 @@ static const char *large_value(void)
     return big;
 }
 
+/* A text over 1 kB: opening (whole within the first bytes the proxy
+ * looks at, or not) and a comment that makes it large. */
+static const char *large_text(const char *opening)
+{
+    static char text[2048];
+    size_t n = strlen(opening);
+
+    memcpy(text, opening, n);
+    memcpy(text + n, " /*", 3);
+    memset(text + n + 3, 'c', sizeof text - n - 6);
+    memcpy(text + sizeof text - 3, "*/", 3);
+    return text;
+}
+
 /* The cache knows a statement by the bytes of its text, the server parsed
  * it under the client_encoding of its time: after the session changes
  * it, the same bytes are parsed anew, as PostgreSQL would, whether they
@@ -398,10 +412,12 @@ static void test_stmt_cache_across_encodings(void **state)
 }
 
 /* A Bind too large to read, of the unnamed statement standing for the
- * cached INSERT, after the session changed its client_encoding: the
- * cached text parsed again would mean otherwise, so the Bind meets no
- * statement (26000) rather than write "Ã©"; a text in ASCII is given back
- * to the unnamed statement as before. */
+ * cached INSERT, after the session changed its client_encoding: renamed
+ * as it streams, it runs the statement as the server parsed it, "\xc3\xa9"
+ * one character. Ahead of a Parse too large to follow, the cached text
+ * parsed again would mean otherwise: the unnamed statement is closed, and
+ * its Bind meets no statement (26000) rather than write "Ã©"; a text in
+ * ASCII is given back to the unnamed statement as before. */
 static void test_stmt_restored_across_encodings(void **state)
 {
     (void)state;
@@ -409,36 +425,31 @@ static void test_stmt_restored_across_encodings(void **state)
     struct itest_proxy *p = proxy_holding_1kb();
     PGconn *c = itest_connect_ok(p->port, NULL);
     const char *big = large_value();
+    char opening[160];
 
     prepare_unnamed_twice(c, ACCENTED);
     exec_unnamed(c, "1", "x", "INSERT 0 1");
     /* A named statement changes the setting: the unnamed one stays. */
     prepare_ok(c, "latin1", "SET client_encoding = 'LATIN1'", 0);
     exec_prepared_tag(c, "latin1", 0, NULL, "SET");
-    const char *vals[2] = { "2", big };
-    fails_with(itest_exec_prepared(c, "", 2, vals), "26000", "the large Bind");
+    exec_unnamed(c, "2", big, "INSERT 0 1");
+    exec_unnamed(c, "2", big, "INSERT 0 0");
+    assert_true(itest_proxy_log_contains(p, "'B' message of"));
+    assert_int_equal(itest_server_ll("SELECT length(payload) FROM stmt_t WHERE k = 2"),
+                     1 + (long long)strlen(big));
+
+    snprintf(opening, sizeof opening, "/* %.120s */ SELECT 1", big);
+    prepare_ok(c, "s_cut", large_text(opening), 0);
+    fails_with(itest_exec_prepared(c, "", 2, (const char *[]){ "3", "x" }), "26000",
+               "the unnamed statement after a large Parse");
     assert_true(itest_proxy_log_contains(p, "closed before an unread message"));
-    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE k = 2"), 0);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t WHERE k = 3"), 0);
 
     prepare_unnamed_twice(c, INSERT);
     exec_unnamed(c, "3", big, "INSERT 0 1");
     exec_unnamed(c, "3", big, "INSERT 0 0");
-    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 3);
     itest_pass();
-}
-
-/* A text over 1 kB: opening (whole within the first bytes the proxy
- * looks at, or not) and a comment that makes it large. */
-static const char *large_text(const char *opening)
-{
-    static char text[2048];
-    size_t n = strlen(opening);
-
-    memcpy(text, opening, n);
-    memcpy(text + n, " /*", 3);
-    memset(text + n + 3, 'c', sizeof text - n - 6);
-    memcpy(text + sizeof text - 3, "*/", 3);
-    return text;
 }
 
 /* A Bind too large to read, of a statement the proxy read, is followed as
