@@ -685,11 +685,14 @@ bool relay(struct conn *c, enum flow d)
         bool tracked = false;
         size_t consumed = 0;
         if (h != HANDLE_STREAM && total > max_held) {
-            /* A Bind's names are in its first bytes, if at hand, and so
-             * are a Parse's name and opening. */
+            /* A Bind's names are in its first bytes, and so are a Parse's
+             * name and opening: they are waited for, so that what the
+             * proxy makes of the message does not depend on where a read
+             * happened to end. */
             uint8_t copy_first[PG_HEAD_LEN + UNREAD_PEEK];
-            size_t first_len = avail - k.span < sizeof(copy_first) ? avail - k.span
-                                                                  : sizeof(copy_first);
+            size_t first_len = total < sizeof(copy_first) ? total : sizeof(copy_first);
+            if (avail - k.span < first_len)
+                break;
             const uint8_t *first = bytes_at(k.in, &pos, first_len, copy_first);
             enum taken taken = note_oversized(c, d, head.type, total, &k, first, first_len,
                                               &tracked, &consumed);

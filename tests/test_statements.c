@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <libpq-fe.h>
 
@@ -1431,6 +1432,45 @@ static void test_stmt_large_bind_behind_path_change(void **state)
     itest_pass();
 }
 
+/* A Bind too large to read that arrives in parts, the first ending inside
+ * its statement's name: the proxy waits for its first bytes before it
+ * decides, and follows it as it follows one that came at once. s_ins
+ * stays known, and a reload that drops the rule prepares it again without
+ * the clause. */
+static void test_stmt_large_bind_in_parts(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy_holding_1kb();
+    int fd = raw_session(p, "itest_large_bind_in_parts");
+    static const char *const k1[] = { "1", "one" };
+    const char *k2[] = { "2", large_value() };
+    uint8_t buf[8192];
+
+    size_t n = put_sync(buf, sizeof buf, put_parse(buf, sizeof buf, 0, "s_ins", INSERT));
+    n = put_sync(buf, sizeof buf, put_bind_execute_values(buf, sizeof buf, n, "s_ins", k1, 2));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "1Z", NULL, NULL, "the Parse");
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "the INSERT");
+
+    /* The Bind's head, its portal's name and one byte of its statement's. */
+    n = put_sync(buf, sizeof buf, put_bind_execute_values(buf, sizeof buf, 0, "s_ins", k2, 2));
+    assert_true(itest_raw_send(fd, buf, 7));
+    usleep(100 * 1000);
+    assert_true(itest_raw_send(fd, buf + 7, n - 7));
+    expect_replies(fd, "2CZ", NULL, "INSERT 0 1", "the large Bind");
+    assert_true(itest_proxy_log_contains(p, "'B' message of"));
+
+    itest_proxy_reload(p, "max_held_message = 1kB\n", 1);
+    n = put_sync(buf, sizeof buf, put_bind_execute_values(buf, sizeof buf, 0, "s_ins", k1, 2));
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "2E", "23505", NULL, "s_ins after the reload");
+    expect_replies(fd, "Z", NULL, NULL, "the Sync");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* A message too large to read, in the same read as messages the proxy let
  * pass before it: what the proxy writes ahead of it (the cached text, for
  * the unnamed statement standing for a cached INSERT) sends those first,
@@ -1556,6 +1596,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_large_parse),
         ITEST(test_stmt_large_bind_followed),
         ITEST(test_stmt_large_parse_followed),
+        ITEST(test_stmt_large_bind_in_parts),
         ITEST(test_stmt_cache_across_encodings),
         ITEST(test_stmt_restored_across_encodings),
         ITEST(test_stmt_reload),
