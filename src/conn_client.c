@@ -217,7 +217,7 @@ static void decide_message(struct conn *c, const uint8_t *msg, size_t total,
     const char *text = (const char *)st->body + st->at;
     unsigned effects = rewrite_effects(text, st->text_len);
     st->effects = effects & (REWRITE_CHANGES_IDENTITY | REWRITE_ENDS_LOCAL |
-                             REWRITE_IDENTITY_LOCAL);
+                             REWRITE_IDENTITY_LOCAL | REWRITE_BEGINS_BLOCK);
     if (type == 'Q')
         follow_effects(c, st->effects);
     st->d = decide_statement(c, type == 'P', text, st->text_len);
@@ -618,6 +618,7 @@ static void batch_message(struct conn *c)
     if (!c->batch_open) {
         c->batch_open = true;
         c->batch_certain = track_pending(&c->track) == 0;
+        c->batch_status = c->track.txn_status;
         c->batch_executes = 0;
     }
 }
@@ -1204,9 +1205,14 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
         table = scope_find_table(c->scope, schema, name);
     follow_effects(c, effects);
     if (table < 0) {
-        /* What it runs is unknown: later Executes of the batch cannot know
-         * whether the transaction block is still open. */
-        c->batch_certain = false;
+        /* What it runs is unknown, but for a BEGIN (what pgjdbc sends ahead
+         * of a block's first statement, in the same batch): later Executes
+         * of the batch cannot know whether the transaction block is still
+         * open. */
+        if ((effects & REWRITE_BEGINS_BLOCK) && c->batch_status != 'E')
+            c->batch_status = 'T';
+        else
+            c->batch_certain = false;
         return track_client(c, 'E', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
     struct note *note = note_new(NULL, NULL);
@@ -1219,7 +1225,7 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
         .table = table,
         .enabled = scope_translates(c->scope, (size_t)table),
         .statements = c->batch_executes,
-        .txn_status = c->track.txn_status,
+        .txn_status = c->batch_certain ? c->batch_status : c->track.txn_status,
     };
     note->first_run = first_run;
     if (!translate_guard(&note->req, c->batch_certain))

@@ -253,6 +253,7 @@ struct conn {
     bool batch_open;            /* extended messages since the last Sync */
     bool batch_certain;         /* the block's status was known as the batch began,
                                    and everything it ran so far is known */
+    char batch_status;          /* ... and so it is now: 'I', 'T' or 'E' */
     size_t batch_executes;      /* Executes since the last Sync */
     bool batch_guarded;         /* a guarded Execute is in the batch */
     bool batch_ending;          /* a guarded batch's Sync went: the client's next

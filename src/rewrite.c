@@ -719,7 +719,13 @@ static unsigned statement_effects(const char *text, size_t len, size_t i)
         if (keyword_at(text, len, i, "rollback"))
             return ends;
         return keyword_at(text, len, i, "reset") ? sets_identity(text, len, i + 5) : 0;
+    case 'b':
+        return keyword_at(text, len, i, "begin") ? REWRITE_BEGINS_BLOCK : 0;
     case 's':
+        if (keyword_at(text, len, i, "start")) {
+            read_word(text, len, i + 5, word, sizeof(word));
+            return strcmp(word, "transaction") == 0 ? REWRITE_BEGINS_BLOCK : 0;
+        }
         return keyword_at(text, len, i, "set") ? sets_identity(text, len, i + 3) : 0;
     default:
         return 0;
@@ -748,10 +754,14 @@ static unsigned statement_starts_effects(const char *text, size_t len)
                          REWRITE_ENDS_LOCAL;
     unsigned effects = 0;
 
-    for (size_t start = 0; effects != all;) {
+    for (size_t start = 0; (effects & all) != all;) {
         size_t i = skip_blank(text, len, start);
-        if (i < len)
-            effects = add_effects(effects, statement_effects(text, len, i));
+        /* Only the text's opening is sure to begin a statement: a block
+         * opened must not be a ';' in a string away. */
+        unsigned found = i < len ? statement_effects(text, len, i) : 0;
+        if (start > 0)
+            found &= ~(unsigned)REWRITE_BEGINS_BLOCK;
+        effects = add_effects(effects, found);
         const char *semi = start < len ? memchr(text + start, ';', len - start) : NULL;
         if (!semi)
             break;

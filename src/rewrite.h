@@ -137,6 +137,12 @@ enum rewrite_effect {
      * call (no comment, backslash or dollar quote in it). Anything else
      * counts as a change for the session. */
     REWRITE_IDENTITY_LOCAL = 8,
+    /* It opens a transaction block: its opening statement begins with
+     * BEGIN or START TRANSACTION (only the opening: a ';' may be in a
+     * string). Once a Parse's text has run (a Parse holds one statement),
+     * what comes after it in its extended batch runs in a block (one
+     * already open stays so). */
+    REWRITE_BEGINS_BLOCK = 16,
 };
 
 /* The effects (enum rewrite_effect) of text, len bytes with text[len] a

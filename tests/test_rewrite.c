@@ -1384,6 +1384,33 @@ static void test_ends_local(void **state)
     assert_false(rewrite_effects("COMMIT", 6) & REWRITE_CHANGES_IDENTITY);
 }
 
+/* A block is opened by a text whose opening is BEGIN or START
+ * TRANSACTION, and by no other: not by a BEGIN behind a ';', which may be
+ * in a string. */
+static void test_begins_block(void **state)
+{
+    (void)state;
+    const char *yes[] = {
+        "BEGIN",
+        "begin isolation level serializable",
+        "/* why */ BEGIN WORK",
+        "START TRANSACTION READ ONLY",
+        "BEGIN; INSERT INTO t VALUES (1)",
+    };
+    const char *no[] = {
+        "SELECT 'x; BEGIN'",
+        "SELECT 1; BEGIN",
+        "START",
+        "STARTS",
+        "beginning",
+        "COMMIT",
+        "SAVEPOINT begin",
+        "",
+    };
+    expect_effects(yes, sizeof(yes) / sizeof(yes[0]), REWRITE_BEGINS_BLOCK, REWRITE_BEGINS_BLOCK);
+    expect_effects(no, sizeof(no) / sizeof(no[0]), REWRITE_BEGINS_BLOCK, 0);
+}
+
 /* A Parse's text known by its first bytes: its opening keyword, whole
  * among them, says what it may drop or end; a set_config may be in the
  * rest. */
@@ -1492,6 +1519,7 @@ int main(void)
         cmocka_unit_test(test_changes_identity),
         cmocka_unit_test(test_ends_local),
         cmocka_unit_test(test_identity_local),
+        cmocka_unit_test(test_begins_block),
         cmocka_unit_test(test_unread_effects),
         cmocka_unit_test(test_call_effects),
         cmocka_unit_test(test_charset),

@@ -2100,6 +2100,52 @@ static void test_tr_batch_in_txn(void **state)
     itest_pass();
 }
 
+/* A block opened in the batch of its first INSERT, as pgjdbc opens one
+ * (BEGIN by Parse, Bind and Execute, then the INSERT, then one Sync): the
+ * INSERT runs in the block and is guarded as in one opened before, so its
+ * duplicate is rolled back alone and the block goes on. A text that only
+ * holds a BEGIN in a string opens nothing: after it the duplicate is an
+ * implicit transaction's second statement, whose error stands. */
+static void test_tr_begin_in_batch(void **state)
+{
+    (void)state;
+    const char *t = "tr_begin_batch";
+    struct itest_proxy *p = start_with_dup(t);
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    static const char *const opening[] = { "BEGIN", "START TRANSACTION" };
+    struct piped r[2];
+
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(PQenterPipelineMode(c), 1);
+        send_piped_cmd(c, opening[i]);
+        send_piped_insert(c, t, "dup");
+        assert_int_equal(PQpipelineSync(c), 1);
+        collect_piped(c, r, 2, itest_now_ms() + PIPE_TIMEOUT_MS);
+        assert_int_equal(PQexitPipelineMode(c), 1);
+        expect_piped(&r[0], PGRES_COMMAND_OK, opening[i], opening[i]);
+        expect_piped(&r[1], PGRES_COMMAND_OK, "INSERT 0 0", "the duplicate after it");
+        assert_txn(c, PQTRANS_INTRANS, "after the batch");
+        itest_exec_tag(c, i ? "INSERT INTO tr_begin_batch (k, payload) VALUES ('b2', 'x')"
+                            : "INSERT INTO tr_begin_batch (k, payload) VALUES ('b1', 'x')",
+                       "INSERT 0 1");
+        itest_exec_tag(c, "COMMIT", "COMMIT");
+    }
+    assert_int_equal(key_rows(t, "b1") + key_rows(t, "b2"), 2);
+
+    assert_int_equal(PQenterPipelineMode(c), 1);
+    send_piped_cmd(c, "SELECT 'x; BEGIN'");
+    send_piped_insert(c, t, "dup");
+    assert_int_equal(PQpipelineSync(c), 1);
+    collect_piped(c, r, 2, itest_now_ms() + PIPE_TIMEOUT_MS);
+    assert_int_equal(PQexitPipelineMode(c), 1);
+    expect_piped(&r[0], PGRES_TUPLES_OK, NULL, "the SELECT");
+    expect_piped(&r[1], PGRES_FATAL_ERROR, "23505", "the duplicate after it");
+    assert_txn(c, PQTRANS_IDLE, "after the implicit transaction");
+    assert_int_equal(all_rows(t), 3);
+    assert_int_equal(itest_proxy_log_count(p, "25P01"), 0);
+    itest_pass();
+}
+
 /* ---- main ------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -2142,6 +2188,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_stale_names),
         ITEST(test_tr_guarded_batch_fails_early),
         ITEST(test_tr_batch_in_txn),
+        ITEST(test_tr_begin_in_batch),
     };
     return itest_main(argc, argv, "idemproxy error translation", tests,
                       sizeof tests / sizeof tests[0]);

@@ -433,6 +433,24 @@ static void check_identity(const char *text, size_t len)
     tree_free(&t);
 }
 
+/* A text said to open a block does so as the parser reads its first
+ * statement: a BEGIN or START TRANSACTION. A guard's savepoint rests on
+ * it: outside a block the server refuses the savepoint. */
+static void check_begins(const char *text, size_t len)
+{
+    if (!(rewrite_effects(text, len) & REWRITE_BEGINS_BLOCK) || memchr(text, '\v', len))
+        return;
+    struct tree t = tree_of(text);
+    if (t.tree && t.tree->n_stmts > 0) {
+        const PgQuery__Node *stmt = t.tree->stmts[0]->stmt;
+        check(stmt && stmt->node_case == PG_QUERY__NODE__NODE_TRANSACTION_STMT);
+        PgQuery__TransactionStmtKind kind = stmt->transaction_stmt->kind;
+        check(kind == PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN ||
+              kind == PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START);
+    }
+    tree_free(&t);
+}
+
 /* A Parse's text (one statement) known only by its first bytes: whatever
  * their number, what the whole text may drop is said to be dropped, and a
  * change of identity may come. */
@@ -504,6 +522,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_identity(text, len);
     check_identity_local(text, len);
     check_unread(text, len);
+    check_begins(text, len);
     free(text);
     return 0;
 }
