@@ -106,6 +106,9 @@ struct gen {
     long long large_object; /* the key the last lo_create was given */
     struct bytes out[SIDES];
     size_t msg_at[SIDES]; /* where the message being written starts */
+    size_t batch_starts[64]; /* where the proxied side's messages after a
+                                Sync or a Query start, for send_in_pieces */
+    size_t nbatch_starts;
     char script[16384];   /* the proxied side, readable, for a failure's report */
     size_t script_len;
 };
@@ -157,6 +160,8 @@ static void emit_sides(struct gen *g, const char *proxied, const char *direct)
 /* Starts a message on both sides; msg_end fills in their lengths. */
 static void msg_begin(struct gen *g, char type)
 {
+    if (!g->batch_open && g->nbatch_starts < sizeof g->batch_starts / sizeof g->batch_starts[0])
+        g->batch_starts[g->nbatch_starts++] = g->out[PROXIED].len;
     if (type == 'S')
         g->batch_open = false;
     else if (strchr("PBDECH", type))
@@ -439,9 +444,12 @@ static const struct prepared_sql extended_sql[] = {
     { LONG_COMMENT " INSERT INTO diff_reg (k, v) VALUES ($1, $2)",
       LONG_COMMENT " INSERT INTO diff_reg (k, v) VALUES ($1, $2)" DN, 2 },
     { "BEGIN", NULL, 0 },
+    { "START TRANSACTION", NULL, 0 },
     { "COMMIT", NULL, 0 },
     { "ROLLBACK", NULL, 0 },
     { "SAVEPOINT a", NULL, 0 },
+    /* A BEGIN only in a string: it opens no block. */
+    { "SELECT 'a; BEGIN'", NULL, 0 },
     { "SELECT 1/0", NULL, 0 },
     { "SELEC 1", NULL, 0 },
     { "", NULL, 0 },
@@ -1245,10 +1253,21 @@ static struct link login(int port, const char *db, bool scram, bool tls)
     return l;
 }
 
-/* Sends the proxied side's bytes, now and then in pieces cut anywhere (in
- * a message's head too) with a pause of up to 2 ms after each: the proxy
- * then meets a message in parts, and requests after the replies to those
- * before them. PostgreSQL, the reference, gets them at once. */
+/* The first start of a batch (see struct gen) past at, or 0. */
+static size_t batch_start_after(const struct gen *g, size_t at)
+{
+    for (size_t i = 0; i < g->nbatch_starts; i++)
+        if (g->batch_starts[i] > at)
+            return g->batch_starts[i];
+    return 0;
+}
+
+/* Sends the proxied side's bytes, now and then in pieces: cut anywhere (in
+ * a message's head too) with a pause of up to 2 ms after it, where the
+ * proxy meets a message in parts; or where a batch begins, with a pause of
+ * 5 ms, in which the replies to what went before mostly come back, so
+ * that the proxy meets the batch with nothing outstanding (what it knows
+ * most about). PostgreSQL, the reference, gets them at once. */
 static bool send_in_pieces(struct gen *g, const struct link *l, const uint8_t *data, size_t len)
 {
     size_t pieces = rnd(g, 4) == 0 ? 2 + rnd(g, 5) : 1, at = 0;
@@ -1256,14 +1275,16 @@ static bool send_in_pieces(struct gen *g, const struct link *l, const uint8_t *d
     if (pieces > 1)
         note(g, "  (sent in %zu pieces, cut at", pieces);
     for (size_t i = 1; i <= pieces; i++) {
-        size_t end = i == pieces ? len : at + rnd(g, (uint32_t)(len - at + 1));
+        size_t batch = rnd(g, 2) ? batch_start_after(g, at) : 0;
+        size_t end = i == pieces ? len : batch ? batch : at + rnd(g, (uint32_t)(len - at + 1));
         if (i < pieces)
-            note(g, " %zu%s", end, i + 1 == pieces ? ")\n" : "");
+            note(g, " %zu%s%s", end, batch ? " (a batch)" : "", i + 1 == pieces ? ")\n" : "");
         if (end > at && !link_send(l, data + at, end - at))
             return false;
         at = end;
         if (i < pieces) {
-            struct timespec pause = { 0, (long)rnd(g, 2000) * 1000 };
+            long us = batch ? 5000 : (long)rnd(g, 2000);
+            struct timespec pause = { us / 1000000, us % 1000000 * 1000 };
             nanosleep(&pause, NULL);
         }
     }
@@ -1278,6 +1299,7 @@ static void compare_one(struct itest_proxy *p, struct gen *g, uint64_t seed, int
     char fence[32];
 
     g->out[PROXIED].len = g->out[DIRECT].len = 0;
+    g->nbatch_starts = 0;
     g->script_len = 0;
     g->script[0] = '\0';
     generate(g);
