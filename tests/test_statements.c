@@ -1432,6 +1432,37 @@ static void test_stmt_large_bind_behind_path_change(void **state)
     itest_pass();
 }
 
+/* A Parse too large to read that the server refuses (its name is in use)
+ * leaves the name what it was: s_ins is still the INSERT, prepared again
+ * after a reload. One of the unnamed statement, while that stands for the
+ * cached INSERT, makes it the server's own again: its Bind runs the large
+ * statement. */
+static void test_stmt_large_parse_refused(void **state)
+{
+    (void)state;
+    create_table();
+    struct itest_proxy *p = proxy_holding_1kb();
+    PGconn *c = itest_connect_ok(p->port, NULL);
+    const char *one[2] = { "1", "one" };
+    const char *select = large_text("SELECT 1");
+
+    prepare_ok(c, "s_ins", INSERT, 2);
+    exec_prepared_tag(c, "s_ins", 2, one, "INSERT 0 1");
+    fails_with(itest_prepare(c, "s_ins", select, 0), "42P05", "the large Parse of s_ins");
+    exec_prepared_tag(c, "s_ins", 2, one, "INSERT 0 0");
+    itest_proxy_reload(p, "max_held_message = 1kB\n", 1);
+    fails_with(itest_exec_prepared(c, "s_ins", 2, one), "23505", "s_ins after the reload");
+
+    itest_proxy_reload(p, "max_held_message = 1kB\n[table public.stmt_t]\nconflict = k\n", 2);
+    prepare_unnamed_twice(c, INSERT);
+    exec_unnamed(c, "2", "two", "INSERT 0 1");
+    prepare_ok(c, "", select, 0);
+    exec_prepared_tag(c, "", 0, NULL, "SELECT 1");
+    assert_int_equal(itest_proxy_log_count(p, "'P' message of"), 2);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_t"), 2);
+    itest_pass();
+}
+
 /* A Bind too large to read that arrives in parts, the first ending inside
  * its statement's name: the proxy waits for its first bytes before it
  * decides, and follows it as it follows one that came at once. s_ins
@@ -1597,6 +1628,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_large_bind_followed),
         ITEST(test_stmt_large_parse_followed),
         ITEST(test_stmt_large_bind_in_parts),
+        ITEST(test_stmt_large_parse_refused),
         ITEST(test_stmt_cache_across_encodings),
         ITEST(test_stmt_restored_across_encodings),
         ITEST(test_stmt_reload),
