@@ -610,15 +610,29 @@ const char *named_statement(const uint8_t *msg, size_t total)
     return NULL;
 }
 
+/* The block's status once everything sent to the server is answered: as
+ * the server last said, when nothing is outstanding; else as the last
+ * request says, if it is the client's Query that opens a block; 0 when
+ * that cannot be known. */
+static char status_after_pending(const struct conn *c)
+{
+    size_t n = track_pending(&c->track);
+
+    if (n == 0)
+        return c->track.txn_status;
+    const struct note *note = note_of(track_at(&c->track, n - 1));
+    return note && note->opens_block ? 'T' : 0;
+}
+
 /* The extended batch begins with its first message after a Sync: what the
  * session's transaction status is then is only certain when nothing is
- * outstanding. */
+ * outstanding, or what is says. */
 static void batch_message(struct conn *c)
 {
     if (!c->batch_open) {
         c->batch_open = true;
-        c->batch_certain = track_pending(&c->track) == 0;
-        c->batch_status = c->track.txn_status;
+        c->batch_status = status_after_pending(c);
+        c->batch_certain = c->batch_status != 0;
         c->batch_executes = 0;
     }
 }
@@ -729,6 +743,7 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
 
     if (ask_in_block(c, msg, total))
         return TAKEN_HELD;
+    char before = status_after_pending(c);
     decide_message(c, msg, total, &st);
     /* A Query in the middle of a batch ends its implicit transaction, and
      * drops the unnamed statement. */
@@ -737,6 +752,18 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
         decision_unref(st.d);
         fail_oom(c);
         return TAKEN_CLOSED;
+    }
+    /* One that opens a block leaves the session in one: a batch behind it
+     * knows its status (should a statement after the BEGIN fail, the block
+     * is failed, where a guard's savepoint fails as the INSERT would). */
+    if ((st.effects & REWRITE_BEGINS_BLOCK) && (before == 'I' || before == 'T') &&
+        !c->batch_open) {
+        if (!note && !(note = note_new(NULL, NULL))) {
+            decision_unref(st.d);
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
+        note->opens_block = true;
     }
     if (st.table < 0 && !st.replaced) {
         decision_unref(st.d);

@@ -383,6 +383,10 @@ struct note {
     bool unsure;                 /* a redefinition of the unnamed statement
                                     the server may yet skip (unnamed_settle
                                     when it is answered instead) */
+    bool opens_block;            /* a Query that leaves the session in a
+                                    transaction block, sent where the status
+                                    before it was known (Npgsql sends one
+                                    ahead of a block's first batch) */
     char defined[];              /* where defines points */
 };
 

@@ -2146,6 +2146,48 @@ static void test_tr_begin_in_batch(void **state)
     itest_pass();
 }
 
+/* A block opened by a Query sent in one write with the batch of its first
+ * INSERT, as Npgsql sends one: the batch runs in the block, its duplicate
+ * rolled back alone. When a statement of that Query fails, the block is
+ * failed, and the INSERT's Parse meets 25P02 there, as it does directly. */
+static void test_tr_raw_begin_query_ahead(void **state)
+{
+    (void)state;
+    const char *t = "tr_raw_begin";
+    int fd = raw_session_for(t, false);
+    const char *dup = "INSERT INTO tr_raw_begin (k, payload) VALUES ('dup', 'again')";
+    const char *opening[] = { "BEGIN; SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+                              "BEGIN; SELECT 1/0" };
+    uint8_t buf[1024];
+
+    for (int failing = 0; failing < 2; failing++) {
+        size_t n = put_msg(buf, 0, sizeof buf, 'Q', opening[failing], strlen(opening[failing]) + 1);
+        n = put_pbe(buf, n, sizeof buf, dup);
+        n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+        assert_true(itest_raw_send(fd, buf, n));
+        raw_expect(fd, 'C', "BEGIN");
+        if (!failing) {
+            raw_expect(fd, 'C', "SET");
+            raw_expect(fd, 'Z', "T");
+            raw_expect(fd, '1', NULL);
+            raw_expect(fd, '2', NULL);
+            raw_expect(fd, 'C', "INSERT 0 0");
+            raw_expect(fd, 'Z', "T");
+        } else {
+            raw_expect(fd, 'E', "22012");
+            raw_expect(fd, 'Z', "E");
+            raw_expect(fd, 'E', "25P02");
+            raw_expect(fd, 'Z', "E");
+        }
+        raw_query(fd, "COMMIT");
+        raw_expect(fd, 'C', failing ? "ROLLBACK" : "COMMIT");
+        raw_expect(fd, 'Z', "I");
+    }
+    raw_expect_nothing(fd, 200);
+    assert_int_equal(all_rows(t), 1);
+    itest_pass();
+}
+
 /* ---- main ------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -2189,6 +2231,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_guarded_batch_fails_early),
         ITEST(test_tr_batch_in_txn),
         ITEST(test_tr_begin_in_batch),
+        ITEST(test_tr_raw_begin_query_ahead),
     };
     return itest_main(argc, argv, "idemproxy error translation", tests,
                       sizeof tests / sizeof tests[0]);
