@@ -626,7 +626,7 @@ static char status_after_pending(const struct conn *c)
 
 /* The extended batch begins with its first message after a Sync: what the
  * session's transaction status is then is only certain when nothing is
- * outstanding, or what is says. */
+ * outstanding, or what is outstanding says it (status_after_pending). */
 static void batch_message(struct conn *c)
 {
     if (!c->batch_open) {
