@@ -5,7 +5,9 @@
  * notifications, prepared statements by protocol and by SQL, declared
  * parameter types, binary values, function calls) go both
  * straight to the server and through idemproxy, and the two streams of
- * replies must be the same, message for message.
+ * replies must be the same, message for message. The proxy gets a
+ * sequence now and then in pieces, with pauses between them
+ * (send_in_pieces).
  *
  * Each side has a database of its own with the same tables: diff_reg is
  * registered with the proxy (its INSERTs are rewritten, simple ones run as
