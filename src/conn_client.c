@@ -755,9 +755,12 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
     }
     /* One that opens a block leaves the session in one: a batch behind it
      * knows its status (should a statement after the BEGIN fail, the block
-     * is failed, where a guard's savepoint fails as the INSERT would). */
+     * is failed, where the INSERT's Parse or Bind fails first, as it would
+     * directly). Only a text that surely parses: one that does not runs
+     * nothing. */
     if ((st.effects & REWRITE_BEGINS_BLOCK) && (before == 'I' || before == 'T') &&
-        !c->batch_open) {
+        !c->batch_open &&
+        rewrite_opens_block((const char *)st.body + st.at, st.text_len)) {
         if (!note && !(note = note_new(NULL, NULL))) {
             decision_unref(st.d);
             fail_oom(c);

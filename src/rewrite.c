@@ -884,6 +884,109 @@ unsigned rewrite_unread_effects(const char *prefix, size_t len)
            ~(unsigned)REWRITE_IDENTITY_LOCAL;
 }
 
+/* A reader of the few statements rewrite_opens_block accepts, word by
+ * word: whitespace between them, nothing else (no comments, no quotes;
+ * no vertical tab, which servers before PostgreSQL 16 refuse). */
+struct txn_words {
+    const char *text;
+    size_t len, at;
+};
+
+static size_t txn_skip_space(const struct txn_words *w)
+{
+    size_t i = w->at;
+
+    while (i < w->len && w->text[i] != '\v' && rewrite_is_space(w->text[i]))
+        i++;
+    return i;
+}
+
+/* Takes word (lower case) if it comes next, whole. */
+static bool txn_take(struct txn_words *w, const char *word)
+{
+    size_t i = txn_skip_space(w);
+
+    if (!keyword_at(w->text, w->len, i, word))
+        return false;
+    w->at = i + strlen(word);
+    return true;
+}
+
+/* ISOLATION LEVEL ..., READ WRITE, READ ONLY, [NOT] DEFERRABLE. */
+static bool txn_take_mode(struct txn_words *w)
+{
+    if (txn_take(w, "isolation")) {
+        if (!txn_take(w, "level"))
+            return false;
+        if (txn_take(w, "serializable"))
+            return true;
+        if (txn_take(w, "repeatable"))
+            return txn_take(w, "read");
+        return txn_take(w, "read") && (txn_take(w, "committed") || txn_take(w, "uncommitted"));
+    }
+    if (txn_take(w, "read"))
+        return txn_take(w, "write") || txn_take(w, "only");
+    if (txn_take(w, "not"))
+        return txn_take(w, "deferrable");
+    return txn_take(w, "deferrable");
+}
+
+/* Transaction modes, separated by commas or not; at least one when
+ * required. */
+static bool txn_take_modes(struct txn_words *w, bool required)
+{
+    size_t before = w->at;
+
+    if (!txn_take_mode(w)) {
+        w->at = before;
+        return !required;
+    }
+    for (;;) {
+        size_t i = txn_skip_space(w);
+        before = w->at;
+        if (i < w->len && w->text[i] == ',') {
+            w->at = i + 1;
+            if (!txn_take_mode(w))
+                return false;
+        } else if (!txn_take_mode(w)) {
+            w->at = before;
+            return true;
+        }
+    }
+}
+
+bool rewrite_opens_block(const char *text, size_t len)
+{
+    struct txn_words w = { text, len, 0 };
+    bool first = true;
+
+    for (;;) {
+        if (txn_take(&w, "begin")) {
+            if (!txn_take(&w, "work"))
+                txn_take(&w, "transaction");
+            if (!txn_take_modes(&w, false))
+                return false;
+        } else if (txn_take(&w, "start")) {
+            if (!txn_take(&w, "transaction") || !txn_take_modes(&w, false))
+                return false;
+        } else if (!first && txn_take(&w, "set")) {
+            if (!txn_take(&w, "transaction") || !txn_take_modes(&w, true))
+                return false;
+        } else {
+            return false;
+        }
+        first = false;
+        size_t i = txn_skip_space(&w);
+        if (i == len)
+            return true;
+        if (text[i] != ';')
+            return false;
+        w.at = i + 1;
+        if (txn_skip_space(&w) == len)
+            return true;
+    }
+}
+
 unsigned rewrite_call_effects(uint32_t function_oid)
 {
     /* pg_proc.dat's oids, fixed since PostgreSQL 9.3 or earlier. */

@@ -157,6 +157,15 @@ unsigned rewrite_effects(const char *text, size_t len);
  * among those bytes. */
 unsigned rewrite_unread_effects(const char *prefix, size_t len);
 
+/* Whether text (len bytes) is, as PostgreSQL's grammar reads it, BEGIN or
+ * START TRANSACTION with its modes, perhaps followed by more of them or by
+ * SET TRANSACTION with its modes (Npgsql's "BEGIN; SET TRANSACTION
+ * ISOLATION LEVEL READ COMMITTED;"), and nothing else: a Query of it runs
+ * its BEGIN, since the server parses a Query whole before it runs any of
+ * it, and leaves the session in a block (a failed one, should what
+ * follows the BEGIN fail). */
+bool rewrite_opens_block(const char *text, size_t len);
+
 /* The effects of a FunctionCall message of the function with this oid:
  * none for the large-object functions (libpq's lo_* and drivers' large
  * object APIs call them so, at every read and write), which cannot

@@ -1411,6 +1411,52 @@ static void test_begins_block(void **state)
     expect_effects(no, sizeof(no) / sizeof(no[0]), REWRITE_BEGINS_BLOCK, 0);
 }
 
+/* A Query that surely parses and runs its BEGIN: BEGIN or START
+ * TRANSACTION with modes, perhaps SET TRANSACTION after it, nothing else. */
+static void test_opens_block(void **state)
+{
+    (void)state;
+    static const char *const yes[] = {
+        "BEGIN",
+        "begin;",
+        "BEGIN WORK",
+        "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+        "BEGIN; SET TRANSACTION ISOLATION LEVEL READ COMMITTED;",
+        "START TRANSACTION READ ONLY, NOT DEFERRABLE",
+        "START TRANSACTION ISOLATION LEVEL SERIALIZABLE READ WRITE DEFERRABLE",
+        "  BEGIN ;\n SET TRANSACTION READ ONLY ; ",
+        "BEGIN ISOLATION LEVEL READ UNCOMMITTED; BEGIN",
+    };
+    static const char *const no[] = {
+        "",
+        "SET TRANSACTION READ ONLY",
+        "BEGIN; SELEC 1",
+        "BEGIN; SELECT 1",
+        "BEGIN ISOLATION LEVEL",
+        "BEGIN ISOLATION LEVEL READ",
+        "BEGIN READ",
+        "BEGIN, READ ONLY",
+        "BEGIN READ ONLY,",
+        "BEGIN; SET TRANSACTION",
+        "BEGIN; SET TRANSACTION SNAPSHOT '00000003-1'",
+        "START",
+        "START WORK",
+        "BEGINNING",
+        "/* c */ BEGIN",
+        "BEGIN -- c",
+        "BEGIN WORK TRANSACTION",
+        "BEGIN;;",
+        "BEGIN\vREAD ONLY",
+    };
+
+    for (size_t i = 0; i < sizeof yes / sizeof yes[0]; i++)
+        if (!rewrite_opens_block(yes[i], strlen(yes[i])))
+            fail_msg("not taken for a block: \"%s\"", yes[i]);
+    for (size_t i = 0; i < sizeof no / sizeof no[0]; i++)
+        if (rewrite_opens_block(no[i], strlen(no[i])))
+            fail_msg("taken for a block: \"%s\"", no[i]);
+}
+
 /* A Parse's text known by its first bytes: its opening keyword, whole
  * among them, says what it may drop or end; a set_config may be in the
  * rest. */
@@ -1520,6 +1566,7 @@ int main(void)
         cmocka_unit_test(test_ends_local),
         cmocka_unit_test(test_identity_local),
         cmocka_unit_test(test_begins_block),
+        cmocka_unit_test(test_opens_block),
         cmocka_unit_test(test_unread_effects),
         cmocka_unit_test(test_call_effects),
         cmocka_unit_test(test_charset),

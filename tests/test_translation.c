@@ -2149,38 +2149,56 @@ static void test_tr_begin_in_batch(void **state)
 /* A block opened by a Query sent in one write with the batch of its first
  * INSERT, as Npgsql sends one: the batch runs in the block, its duplicate
  * rolled back alone. When a statement of that Query fails, the block is
- * failed, and the INSERT's Parse meets 25P02 there, as it does directly. */
+ * failed, and the INSERT's Parse meets 25P02 there, as it does directly.
+ * A Query that does not parse runs nothing, its BEGIN neither: the batch
+ * is autocommitted, and its lone duplicate reported as skipped. */
 static void test_tr_raw_begin_query_ahead(void **state)
 {
     (void)state;
     const char *t = "tr_raw_begin";
     int fd = raw_session_for(t, false);
     const char *dup = "INSERT INTO tr_raw_begin (k, payload) VALUES ('dup', 'again')";
-    const char *opening[] = { "BEGIN; SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
-                              "BEGIN; SELECT 1/0" };
+    enum { OPENS, FAILS, UNPARSED };
+    static const char *const opening[] = {
+        [OPENS] = "BEGIN; SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
+        [FAILS] = "BEGIN; SELECT 1/0",
+        [UNPARSED] = "BEGIN; SELEC 1",
+    };
     uint8_t buf[1024];
 
-    for (int failing = 0; failing < 2; failing++) {
-        size_t n = put_msg(buf, 0, sizeof buf, 'Q', opening[failing], strlen(opening[failing]) + 1);
+    for (int q = OPENS; q <= UNPARSED; q++) {
+        size_t n = put_msg(buf, 0, sizeof buf, 'Q', opening[q], strlen(opening[q]) + 1);
         n = put_pbe(buf, n, sizeof buf, dup);
         n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
         assert_true(itest_raw_send(fd, buf, n));
-        raw_expect(fd, 'C', "BEGIN");
-        if (!failing) {
+        switch (q) {
+        case OPENS:
+            raw_expect(fd, 'C', "BEGIN");
             raw_expect(fd, 'C', "SET");
             raw_expect(fd, 'Z', "T");
             raw_expect(fd, '1', NULL);
             raw_expect(fd, '2', NULL);
             raw_expect(fd, 'C', "INSERT 0 0");
             raw_expect(fd, 'Z', "T");
-        } else {
+            break;
+        case FAILS:
+            raw_expect(fd, 'C', "BEGIN");
             raw_expect(fd, 'E', "22012");
             raw_expect(fd, 'Z', "E");
             raw_expect(fd, 'E', "25P02");
             raw_expect(fd, 'Z', "E");
+            break;
+        default:
+            raw_expect(fd, 'E', "42601");
+            raw_expect(fd, 'Z', "I");
+            raw_expect(fd, '1', NULL);
+            raw_expect(fd, '2', NULL);
+            raw_expect(fd, 'C', "INSERT 0 0");
+            raw_expect(fd, 'Z', "I");
+            continue;
         }
         raw_query(fd, "COMMIT");
-        raw_expect(fd, 'C', failing ? "ROLLBACK" : "COMMIT");
+        raw_expect(fd, 'C', q == FAILS ? "ROLLBACK" : "COMMIT");
         raw_expect(fd, 'Z', "I");
     }
     raw_expect_nothing(fd, 200);

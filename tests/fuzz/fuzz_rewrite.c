@@ -451,6 +451,28 @@ static void check_begins(const char *text, size_t len)
     tree_free(&t);
 }
 
+/* A Query taken to open a block parses, and holds BEGIN first and then
+ * nothing but BEGINs and SET TRANSACTIONs. */
+static void check_opens_block(const char *text, size_t len)
+{
+    if (!rewrite_opens_block(text, len))
+        return;
+    struct tree t = tree_of(text);
+    check(t.tree && t.tree->n_stmts > 0);
+    for (size_t i = 0; i < t.tree->n_stmts; i++) {
+        const PgQuery__Node *stmt = t.tree->stmts[i]->stmt;
+        bool begins = stmt->node_case == PG_QUERY__NODE__NODE_TRANSACTION_STMT &&
+                      (stmt->transaction_stmt->kind ==
+                           PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN ||
+                       stmt->transaction_stmt->kind ==
+                           PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START);
+        bool sets = stmt->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT &&
+                    strcmp(stmt->variable_set_stmt->name, "TRANSACTION") == 0;
+        check(begins || (i > 0 && sets));
+    }
+    tree_free(&t);
+}
+
 /* A Parse's text (one statement) known only by its first bytes: whatever
  * their number, what the whole text may drop is said to be dropped, and a
  * change of identity may come. */
@@ -523,6 +545,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_identity_local(text, len);
     check_unread(text, len);
     check_begins(text, len);
+    check_opens_block(text, len);
     free(text);
     return 0;
 }
