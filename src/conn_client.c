@@ -632,7 +632,6 @@ static void batch_message(struct conn *c)
     if (!c->batch_open) {
         c->batch_open = true;
         c->batch_status = status_after_pending(c);
-        c->batch_certain = c->batch_status != 0;
         c->batch_executes = 0;
     }
 }
@@ -747,7 +746,7 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
     decide_message(c, msg, total, &st);
     /* A Query in the middle of a batch ends its implicit transaction, and
      * drops the unnamed statement. */
-    c->batch_certain = false;
+    c->batch_status = 0;
     if (!unnamed_redefined(c, &note)) {
         decision_unref(st.d);
         fail_oom(c);
@@ -1239,10 +1238,10 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
          * of a block's first statement, in the same batch): later Executes
          * of the batch cannot know whether the transaction block is still
          * open. */
-        if ((effects & REWRITE_BEGINS_BLOCK) && c->batch_status != 'E')
-            c->batch_status = 'T';
-        else
-            c->batch_certain = false;
+        c->batch_status = (effects & REWRITE_BEGINS_BLOCK) &&
+                                  (c->batch_status == 'I' || c->batch_status == 'T')
+                              ? 'T'
+                              : 0;
         return track_client(c, 'E', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
     struct note *note = note_new(NULL, NULL);
@@ -1255,10 +1254,10 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
         .table = table,
         .enabled = scope_translates(c->scope, (size_t)table),
         .statements = c->batch_executes,
-        .txn_status = c->batch_certain ? c->batch_status : c->track.txn_status,
+        .txn_status = c->batch_status ? c->batch_status : c->track.txn_status,
     };
     note->first_run = first_run;
-    if (!translate_guard(&note->req, c->batch_certain))
+    if (!translate_guard(&note->req, c->batch_status != 0))
         return track_client(c, 'E', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
     note->req.guarded = true;
     if (!write_guarded(c, k, msg, total, NULL, note)) {

@@ -251,9 +251,9 @@ struct conn {
     bool unnamed_closed;        /* the server holds no unnamed statement: the proxy
                                    closed it, and the client sent no Parse since */
     bool batch_open;            /* extended messages since the last Sync */
-    bool batch_certain;         /* the block's status was known as the batch began,
-                                   and everything it ran so far is known */
-    char batch_status;          /* ... and so it is now: 'I', 'T' or 'E' */
+    char batch_status;          /* the block's status now, 'I', 'T' or 'E', where
+                                   it was known as the batch began and all
+                                   the batch ran since is known; else 0 */
     size_t batch_executes;      /* Executes since the last Sync */
     bool batch_guarded;         /* a guarded Execute is in the batch */
     bool batch_ending;          /* a guarded batch's Sync went: the client's next
