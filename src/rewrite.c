@@ -732,6 +732,10 @@ static unsigned statement_effects(const char *text, size_t len, size_t i)
     }
 }
 
+/* All a statement may do to the session that the proxy must follow: what
+ * it is taken to do when that cannot be read. */
+#define EVERY_EFFECT (REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY | REWRITE_ENDS_LOCAL)
+
 /* Adds one statement's or call's effects to the text's: REWRITE_IDENTITY_LOCAL
  * stays only while every change of identity found is local. */
 static unsigned add_effects(unsigned effects, unsigned more)
@@ -750,11 +754,9 @@ static unsigned add_effects(unsigned effects, unsigned more)
  * from the last, never from where the skipping ended. */
 static unsigned statement_starts_effects(const char *text, size_t len)
 {
-    const unsigned all = REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY |
-                         REWRITE_ENDS_LOCAL;
     unsigned effects = 0;
 
-    for (size_t start = 0; (effects & all) != all;) {
+    for (size_t start = 0; (effects & EVERY_EFFECT) != EVERY_EFFECT;) {
         size_t i = skip_blank(text, len, start);
         /* Only the text's opening is sure to begin a statement: a block
          * opened must not be a ';' in a string away. */
@@ -872,14 +874,12 @@ unsigned rewrite_effects(const char *text, size_t len)
 
 unsigned rewrite_unread_effects(const char *prefix, size_t len)
 {
-    const unsigned all = REWRITE_DROPS_STATEMENTS | REWRITE_CHANGES_IDENTITY |
-                         REWRITE_ENDS_LOCAL;
     size_t start = skip_blank(prefix, len, 0), end = start;
 
     while (end < len && name_char((unsigned char)prefix[end]))
         end++;
     if (end == start || end == len)
-        return all;
+        return EVERY_EFFECT;
     return (statement_effects(prefix, len, start) | REWRITE_CHANGES_IDENTITY) &
            ~(unsigned)REWRITE_IDENTITY_LOCAL;
 }
@@ -932,25 +932,17 @@ static bool txn_take_mode(struct txn_words *w)
 }
 
 /* Transaction modes, separated by commas or not; at least one when
- * required. */
+ * required. What is not one is left for the caller. */
 static bool txn_take_modes(struct txn_words *w, bool required)
 {
-    size_t before = w->at;
-
-    if (!txn_take_mode(w)) {
-        w->at = before;
-        return !required;
-    }
-    for (;;) {
-        size_t i = txn_skip_space(w);
-        before = w->at;
-        if (i < w->len && w->text[i] == ',') {
+    for (bool taken = false;; taken = true) {
+        size_t before = w->at, i = txn_skip_space(w);
+        bool comma = taken && i < w->len && w->text[i] == ',';
+        if (comma)
             w->at = i + 1;
-            if (!txn_take_mode(w))
-                return false;
-        } else if (!txn_take_mode(w)) {
+        if (!txn_take_mode(w)) {
             w->at = before;
-            return true;
+            return !comma && (taken || !required);
         }
     }
 }

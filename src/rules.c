@@ -727,6 +727,13 @@ static void cache_shape(struct scope *s, const struct shape *sh, struct decision
     d->shape = general;
 }
 
+/* Where the server checks texts as UTF-8, a rewritten one must be: d
+ * says whether it is not, found once per text. */
+static void note_utf8(struct decision *d, const char *text, size_t len)
+{
+    d->not_utf8 = d->result.text && !rewrite_utf8_valid((const uint8_t *)text, len);
+}
+
 static struct decision *decide_text(struct scope *s, const char *text, size_t len, bool repeats,
                                     bool *fresh)
 {
@@ -746,7 +753,7 @@ static struct decision *decide_text(struct scope *s, const char *text, size_t le
     struct cache_entry *by_shape = shaped ? cache_find(s, sh->key, sh->key_len) : NULL;
     if (by_shape && by_shape->general &&
         (d = decide_from_shape(sh, by_shape->decision, text, len))) {
-        d->not_utf8 = d->result.text && !rewrite_utf8_valid((const uint8_t *)text, len);
+        note_utf8(d, text, len);
         if (repeats && !as_is)
             cache_store(s, text, len, false, d);
         return d;
@@ -758,7 +765,7 @@ static struct decision *decide_text(struct scope *s, const char *text, size_t le
     }
     if (d) {
         *fresh = true;
-        d->not_utf8 = d->result.text && !rewrite_utf8_valid((const uint8_t *)text, len);
+        note_utf8(d, text, len);
         if (shaped && !by_shape)
             cache_shape(s, sh, d);
         if ((!shaped || repeats) && !as_is)
