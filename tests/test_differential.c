@@ -6,8 +6,8 @@
  * parameter types, binary values, function calls) go both
  * straight to the server and through idemproxy, and the two streams of
  * replies must be the same, message for message. The proxy gets a
- * sequence now and then in pieces, with pauses between them
- * (send_in_pieces).
+ * sequence now and then in pieces, with pauses between them, or batch by
+ * batch, each once the replies before it are in (send_in_pieces).
  *
  * Each side has a database of its own with the same tables: diff_reg is
  * registered with the proxy (its INSERTs are rewritten, simple ones run as
@@ -35,6 +35,7 @@
 
 #include <cmocka.h>
 
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -977,6 +978,14 @@ static bool link_read_msg(const struct link *l, struct itest_msg *m)
     return true;
 }
 
+/* Whether a reply can be read within ms. */
+static bool link_readable(const struct link *l, int ms)
+{
+    struct pollfd pfd = { .fd = l->fd, .events = POLLIN };
+
+    return (l->ssl && SSL_pending(l->ssl) > 0) || poll(&pfd, 1, ms) > 0;
+}
+
 static void link_close(struct link *l)
 {
     if (l->ssl)
@@ -991,6 +1000,7 @@ static void link_close(struct link *l)
 struct replies {
     struct itest_msg *msgs;
     size_t n, cap;
+    size_t ready; /* of them, ReadyForQuery */
 };
 
 static void replies_free(struct replies *r)
@@ -1058,25 +1068,58 @@ static bool is_fence_row(const struct itest_msg *m, const char *fence)
            memcmp(m->body + 6, fence, n) == 0;
 }
 
-/* Reads up to the fence row's ReadyForQuery. False on EOF or a timeout,
- * which the comparison then reports with what came. */
+/* Reads one reply onto r. */
+static bool read_reply(const struct link *l, struct replies *r)
+{
+    struct itest_msg m;
+
+    if (!link_read_msg(l, &m))
+        return false;
+    normalize(&m);
+    if (r->n == r->cap) {
+        r->cap = r->cap ? r->cap * 2 : 64;
+        r->msgs = realloc(r->msgs, r->cap * sizeof *r->msgs);
+        assert_non_null(r->msgs);
+    }
+    r->msgs[r->n++] = m;
+    r->ready += m.type == 'Z';
+    return true;
+}
+
+/* Reads onto r until the session has answered the requests sent: until
+ * ready ReadyForQuery in all, or a CopyInResponse (the server waits for
+ * the data, not sent yet), and what has come with them. Short of them, a
+ * session that stays quiet for a while after a ReadyForQuery has skipped
+ * some (a Sync while it copies, a Query after an error in a batch): they
+ * are added to lost, which the next wait takes off. */
+static bool read_until_answered(const struct link *l, struct replies *r, size_t ready,
+                                size_t *lost)
+{
+    ready = ready > *lost ? ready - *lost : 0;
+    for (;;) {
+        char last = r->n > 0 ? r->msgs[r->n - 1].type : 0;
+        bool answered = r->ready >= ready || last == 'G';
+        if (!link_readable(l, answered ? 0 : last == 'Z' ? 5 : 50)) {
+            if (!answered)
+                *lost += ready - r->ready;
+            return true;
+        }
+        if (!read_reply(l, r))
+            return false;
+    }
+}
+
+/* Reads onto r up to the fence row's ReadyForQuery. False on EOF or a
+ * timeout, which the comparison then reports with what came. */
 static bool read_replies(const struct link *l, const char *fence, struct replies *r)
 {
-    bool fenced = false;
-    for (;;) {
-        struct itest_msg m;
-        if (!link_read_msg(l, &m))
+    for (bool fenced = false;;) {
+        if (!read_reply(l, r))
             return false;
-        normalize(&m);
-        if (r->n == r->cap) {
-            r->cap = r->cap ? r->cap * 2 : 64;
-            r->msgs = realloc(r->msgs, r->cap * sizeof *r->msgs);
-            assert_non_null(r->msgs);
-        }
-        r->msgs[r->n++] = m;
-        if (is_fence_row(&m, fence))
+        const struct itest_msg *m = &r->msgs[r->n - 1];
+        if (is_fence_row(m, fence))
             fenced = true;
-        else if (fenced && m.type == 'Z')
+        else if (fenced && m->type == 'Z')
             return true;
     }
 }
@@ -1255,6 +1298,17 @@ static struct link login(int port, const char *db, bool scram, bool tls)
     return l;
 }
 
+/* How many of the messages in data before end are answered by a
+ * ReadyForQuery of their own, unless the server skips them. */
+static size_t requests_before(const uint8_t *data, size_t end)
+{
+    size_t n = 0;
+
+    for (size_t at = 0; at + 5 <= end; at += 1 + get_u32(data + at + 1))
+        n += data[at] == 'S' || data[at] == 'Q' || data[at] == 'F';
+    return n;
+}
+
 /* The first start of a batch (see struct gen) past at, or 0. */
 static size_t batch_start_after(const struct gen *g, size_t at)
 {
@@ -1266,27 +1320,40 @@ static size_t batch_start_after(const struct gen *g, size_t at)
 
 /* Sends the proxied side's bytes, now and then in pieces: cut anywhere (in
  * a message's head too) with a pause of up to 2 ms after it, where the
- * proxy meets a message in parts; or where a batch begins, with a pause of
- * 5 ms, in which the replies to what went before mostly come back, so
- * that the proxy meets the batch with nothing outstanding (what it knows
- * most about). PostgreSQL, the reference, gets them at once. */
-static bool send_in_pieces(struct gen *g, const struct link *l, const uint8_t *data, size_t len)
+ * proxy meets a message in parts; or where a batch begins, once the
+ * replies to what went before are in (read onto r), so that the proxy
+ * meets the batch with nothing outstanding, what it knows most about. Now
+ * and then every batch so, as a client that waits for each answer sends
+ * them. PostgreSQL, the reference, gets them at once. */
+static bool send_in_pieces(struct gen *g, const struct link *l, const uint8_t *data, size_t len,
+                           struct replies *r)
 {
-    size_t pieces = rnd(g, 4) == 0 ? 2 + rnd(g, 5) : 1, at = 0;
+    bool by_batch = rnd(g, 16) == 0;
+    size_t pieces = by_batch ? g->nbatch_starts + 1 : rnd(g, 4) == 0 ? 2 + rnd(g, 5) : 1, at = 0;
+    size_t lost = 0;
 
-    if (pieces > 1)
+    if (by_batch)
+        note(g, "  (sent batch by batch, each once the replies before it are in)\n");
+    else if (pieces > 1)
         note(g, "  (sent in %zu pieces, cut at", pieces);
     for (size_t i = 1; i <= pieces; i++) {
-        size_t batch = rnd(g, 2) ? batch_start_after(g, at) : 0;
-        size_t end = i == pieces ? len : batch ? batch : at + rnd(g, (uint32_t)(len - at + 1));
-        if (i < pieces)
+        size_t batch = by_batch || rnd(g, 2) ? batch_start_after(g, at) : 0;
+        size_t end = i == pieces || (by_batch && !batch) ? len
+                     : batch                              ? batch
+                                                          : at + rnd(g, (uint32_t)(len - at + 1));
+        if (i < pieces && !by_batch)
             note(g, " %zu%s%s", end, batch ? " (a batch)" : "", i + 1 == pieces ? ")\n" : "");
         if (end > at && !link_send(l, data + at, end - at))
             return false;
         at = end;
-        if (i < pieces) {
-            long us = batch ? 5000 : (long)rnd(g, 2000);
-            struct timespec pause = { us / 1000000, us % 1000000 * 1000 };
+        if (at == len)
+            break;
+        if (batch) {
+            if (!read_until_answered(l, r, requests_before(data, at), &lost))
+                return false;
+        } else {
+            long us = (long)rnd(g, 2000);
+            struct timespec pause = { 0, us * 1000 };
             nanosleep(&pause, NULL);
         }
     }
@@ -1307,14 +1374,14 @@ static void compare_one(struct itest_proxy *p, struct gen *g, uint64_t seed, int
     generate(g);
     put_fence(g, seq);
     snprintf(fence, sizeof fence, "fence %d", seq);
+    struct replies a = { 0 }, b = { 0 };
     assert_true(link_send(direct, g->out[DIRECT].data, g->out[DIRECT].len));
-    assert_true(send_in_pieces(g, proxied, g->out[PROXIED].data, g->out[PROXIED].len));
+    bool b_ok = send_in_pieces(g, proxied, g->out[PROXIED].data, g->out[PROXIED].len, &b);
     if (getenv("IDEM_DIFF_TRACE"))
         print_message("seed %llu, sequence %d:\n%s", (unsigned long long)seed, seq, g->script);
 
-    struct replies a = { 0 }, b = { 0 };
     bool a_ok = read_replies(direct, fence, &a);
-    bool b_ok = read_replies(proxied, fence, &b);
+    b_ok = b_ok && read_replies(proxied, fence, &b);
     size_t first = 0;
     while (first < a.n && first < b.n && same_msg(&a.msgs[first], &b.msgs[first]))
         first++;
