@@ -182,7 +182,7 @@ static void forget_dropped(struct conn *c, unsigned effects, const char *text)
     }
     for (size_t i = 0; !drops.all && i < drops.names.count; i++) {
         const char *name = drops.names.names[i];
-        session_close(&c->session, 'S', name);
+        session_forget(&c->session, name);
         if (strncmp(name, STMTCACHE_PREFIX, strlen(STMTCACHE_PREFIX)) == 0)
             stmtcache_forget_all(&c->stmts);
     }
@@ -612,8 +612,8 @@ const char *named_statement(const uint8_t *msg, size_t total)
 
 /* The block's status once everything sent to the server is answered: as
  * the server last said, when nothing is outstanding; else as the last
- * request says, if it is the client's Query that opens a block; 0 when
- * that cannot be known. */
+ * request says (note->status_after), if it is the client's Query or Sync;
+ * 0 when that cannot be known. */
 static char status_after_pending(const struct conn *c)
 {
     size_t n = track_pending(&c->track);
@@ -621,7 +621,7 @@ static char status_after_pending(const struct conn *c)
     if (n == 0)
         return c->track.txn_status;
     const struct note *note = note_of(track_at(&c->track, n - 1));
-    return note && note->opens_block ? 'T' : 0;
+    return note ? note->status_after : 0;
 }
 
 /* The extended batch begins with its first message after a Sync: what the
@@ -631,9 +631,26 @@ static void batch_message(struct conn *c)
 {
     if (!c->batch_open) {
         c->batch_open = true;
-        c->batch_status = status_after_pending(c);
+        c->batch_status = c->batch_from = status_after_pending(c);
         c->batch_executes = 0;
+        c->bound_stays = false;
     }
+}
+
+/* What a Query leaves the session in, as far as can be told before it is
+ * answered (note->status_after), before being the status ahead of it: in
+ * a block, when it surely opens one (it parses: a text that does not runs
+ * nothing), or when one was open and none of its statements may end it
+ * (an error only fails it). Not in the middle of a batch, where it is
+ * skipped after an error. */
+static char query_status_after(const struct conn *c, char before, const struct statement *st)
+{
+    if (c->batch_open)
+        return 0;
+    if ((st->effects & REWRITE_BEGINS_BLOCK) && (before == 'I' || before == 'T') &&
+        rewrite_opens_block((const char *)st->body + st->at, st->text_len))
+        return 'T';
+    return before == 'T' && !(st->effects & REWRITE_ENDS_LOCAL) ? 'T' : 0;
 }
 
 /* Writes a guarded request: the proxy's SAVEPOINT, the client's message
@@ -744,6 +761,7 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
         return TAKEN_HELD;
     char before = status_after_pending(c);
     decide_message(c, msg, total, &st);
+    char after = query_status_after(c, before, &st);
     /* A Query in the middle of a batch ends its implicit transaction, and
      * drops the unnamed statement. */
     c->batch_status = 0;
@@ -752,20 +770,16 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
         fail_oom(c);
         return TAKEN_CLOSED;
     }
-    /* One that opens a block leaves the session in one: a batch behind it
-     * knows its status (should a statement after the BEGIN fail, the block
-     * is failed, where the INSERT's Parse or Bind fails first, as it would
-     * directly). Only a text that surely parses: one that does not runs
-     * nothing. */
-    if ((st.effects & REWRITE_BEGINS_BLOCK) && (before == 'I' || before == 'T') &&
-        !c->batch_open &&
-        rewrite_opens_block((const char *)st.body + st.at, st.text_len)) {
+    /* A batch sent behind it knows its status: Npgsql sends a BEGIN so
+     * ahead of a block's first batch, a pipelining client its statements
+     * inside one. */
+    if (after) {
         if (!note && !(note = note_new(NULL, NULL))) {
             decision_unref(st.d);
             fail_oom(c);
             return TAKEN_CLOSED;
         }
-        note->opens_block = true;
+        note->status_after = after;
     }
     if (st.table < 0 && !st.replaced) {
         decision_unref(st.d);
@@ -1086,6 +1100,12 @@ static enum taken follow_bind(struct conn *c, struct sink *k, const uint8_t *msg
         session_close(&c->session, 'P', portal);
         return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
+    unsigned effects;
+    c->bound_stays = strlen(portal) < sizeof(c->bound_portal) &&
+                     session_effects(&c->session, statement, &effects) &&
+                     !(effects & REWRITE_ENDS_LOCAL);
+    if (c->bound_stays)
+        strcpy(c->bound_portal, portal);
     struct note *note = note_new(NULL, portal);
     if (!note || !session_bind(&c->session, portal, statement) ||
         !reprepare(c, k, statement, INJECT_REPREPARE)) {
@@ -1234,14 +1254,17 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
         table = scope_find_table(c->scope, schema, name);
     follow_effects(c, effects);
     if (table < 0) {
-        /* What it runs is unknown, but for a BEGIN (what pgjdbc sends ahead
-         * of a block's first statement, in the same batch): later Executes
-         * of the batch cannot know whether the transaction block is still
-         * open. */
+        /* Later Executes of the batch run in a block after a BEGIN (what
+         * pgjdbc sends ahead of a block's first statement, in the same
+         * batch), and in the block that was open after a statement that
+         * cannot end it, bound in this batch (so that the proxy knows what
+         * the portal runs, if it runs at all). Else they cannot know. */
+        bool stays = c->bound_stays && strcmp(portal, c->bound_portal) == 0;
         c->batch_status = (effects & REWRITE_BEGINS_BLOCK) &&
                                   (c->batch_status == 'I' || c->batch_status == 'T')
                               ? 'T'
-                              : 0;
+                          : c->batch_status == 'T' && stays ? 'T'
+                                                            : 0;
         return track_client(c, 'E', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
     struct note *note = note_new(NULL, NULL);
@@ -1270,6 +1293,22 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
 
 static enum taken take_sync(struct conn *c)
 {
+    /* A batch that began in a block and ran nothing that may end it
+     * leaves the session in the block (a failed one, should a statement
+     * fail): the next batch knows its status without waiting. Not one
+     * that a BEGIN opened, which may not have run. */
+    char after = !c->batch_open                                  ? status_after_pending(c)
+                 : c->batch_from == 'T' && c->batch_status == 'T' ? 'T'
+                                                                  : 0;
+    struct note *note = NULL;
+
+    if (after == 'T') {
+        if (!(note = note_new(NULL, NULL))) {
+            fail_oom(c);
+            return TAKEN_CLOSED;
+        }
+        note->status_after = 'T';
+    }
     c->batch_open = false;
     c->batch_ending = c->batch_guarded || unnamed_unsure(c);
     c->batch_guarded = false;
@@ -1277,7 +1316,7 @@ static enum taken take_sync(struct conn *c)
         c->guard = GUARD_SYNCED;
     else if (c->guard == GUARD_ABORT_AWAIT_SYNC)
         c->guard = GUARD_ABORT_SYNCED;
-    return track_client(c, 'S', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
+    return track_client(c, 'S', note) ? TAKEN_FORWARD : TAKEN_CLOSED;
 }
 
 /* A Flush after an Execute: the client may wait for its outcome before it

@@ -254,6 +254,10 @@ struct conn {
     char batch_status;          /* the block's status now, 'I', 'T' or 'E', where
                                    it was known as the batch began and all
                                    the batch ran since is known; else 0 */
+    char batch_from;            /* batch_status as the batch began */
+    char bound_portal[64];      /* the portal the batch's last Bind defined, */
+    bool bound_stays;           /* ... if its statement is known not to end a
+                                   block (and the name fits) */
     size_t batch_executes;      /* Executes since the last Sync */
     bool batch_guarded;         /* a guarded Execute is in the batch */
     bool batch_ending;          /* a guarded batch's Sync went: the client's next
@@ -383,10 +387,11 @@ struct note {
     bool unsure;                 /* a redefinition of the unnamed statement
                                     the server may yet skip (unnamed_settle
                                     when it is answered instead) */
-    bool opens_block;            /* a Query that leaves the session in a
-                                    transaction block, sent where the status
-                                    before it was known (Npgsql sends one
-                                    ahead of a block's first batch) */
+    char status_after;           /* a Query's or Sync's: 'T' when the session
+                                    is surely in a transaction block once it
+                                    is answered, though perhaps a failed one,
+                                    where a guard fails as the statement it
+                                    guards would (status_after_pending); else 0 */
     char defined[];              /* where defines points */
 };
 

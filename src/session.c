@@ -25,6 +25,7 @@ void session_init(struct session *s)
     s->statements = NULL;
     s->portals = NULL;
     s->detached = 0;
+    s->incomplete = false;
 }
 
 static void drop(struct session_entry **map, struct session_entry *e)
@@ -50,6 +51,7 @@ void session_clear(struct session *s)
 {
     drop_all(&s->statements);
     drop_all(&s->portals);
+    s->incomplete = true;
 }
 
 bool session_empty(const struct session *s)
@@ -231,6 +233,20 @@ void session_entry_free(struct session *s, struct session_entry *e)
 void session_close(struct session *s, char kind, const char *name)
 {
     forget(kind == 'S' ? &s->statements : &s->portals, name);
+}
+
+void session_forget(struct session *s, const char *name)
+{
+    forget(&s->statements, name);
+    s->incomplete = true;
+}
+
+bool session_effects(const struct session *s, const char *name, unsigned *effects)
+{
+    const struct session_entry *e = find(s->statements, name);
+
+    *effects = e ? e->effects : 0;
+    return e || !s->incomplete;
 }
 
 bool session_portal(const struct session *s, const char *portal, const char **schema,

@@ -30,14 +30,26 @@ struct session {
     struct session_entry *statements;
     struct session_entry *portals;
     size_t detached; /* entries session_detach handed out, not yet back or freed */
+    bool incomplete; /* it forgot statements the server may still hold */
 };
 
 void session_init(struct session *s);
 void session_free(struct session *s);
 
 /* Forgets every name: after SQL that drops every statement (DEALLOCATE
- * ALL, DISCARD ALL), or when the rules change. */
+ * ALL, DISCARD ALL), or a message too large to read that may have. The
+ * server may still hold them (it may skip that SQL): from now on, a
+ * statement not known is not known to be harmless (session_effects). */
 void session_clear(struct session *s);
+
+/* The same for statement name alone (DEALLOCATE name). */
+void session_forget(struct session *s, const char *name);
+
+/* Whether the effects of statement name (as session_parse took them) are
+ * known, into *effects: those of a statement it knows, none for one it
+ * does not as long as it forgot none (it keeps only statements with an
+ * effect or an INSERT). */
+bool session_effects(const struct session *s, const char *name, unsigned *effects);
 
 /* Nothing is known: no statement or portal kept, and none detached that
  * may yet come back (session_reattach). */

@@ -1880,21 +1880,56 @@ static void test_tr_raw_query_in_skipped_batch(void **state)
 
 /* Appends a Parse of the unnamed statement, a Bind and an Execute of sql
  * (no parameters) to buf at at. */
-static size_t put_pbe(uint8_t *buf, size_t at, size_t cap, const char *sql)
+/* Appends the strings of strs (n of them, each with its NUL) to body at
+ * at, within cap. */
+static size_t put_strings(uint8_t *body, size_t at, size_t cap, const char *const *strs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        size_t l = strlen(strs[i]) + 1;
+        assert_true(at + l <= cap);
+        memcpy(body + at, strs[i], l);
+        at += l;
+    }
+    return at;
+}
+
+/* Parse of sql as statement name, no parameter types. */
+static size_t put_parse(uint8_t *buf, size_t at, size_t cap, const char *name, const char *sql)
 {
     uint8_t body[512];
-    size_t l = strlen(sql) + 1;
-    static const uint8_t bind[] = { 0, 0, 0, 0, 0, 0, 0, 0 };
-    static const uint8_t exec[] = { 0, 0, 0, 0, 0 };
+    size_t n = put_strings(body, 0, sizeof body - 2, (const char *[]){ name, sql }, 2);
 
-    assert_true(l + 3 <= sizeof body);
-    body[0] = 0;
-    memcpy(body + 1, sql, l);
-    body[l + 1] = 0;
-    body[l + 2] = 0;
-    at = put_msg(buf, at, cap, 'P', body, l + 3);
-    at = put_msg(buf, at, cap, 'B', bind, sizeof bind);
-    return put_msg(buf, at, cap, 'E', exec, sizeof exec);
+    body[n++] = 0;
+    body[n++] = 0;
+    return put_msg(buf, at, cap, 'P', body, n);
+}
+
+/* Bind of statement to portal, no parameters, results in text. */
+static size_t put_bind(uint8_t *buf, size_t at, size_t cap, const char *portal,
+                       const char *statement)
+{
+    uint8_t body[160];
+    size_t n = put_strings(body, 0, sizeof body - 6, (const char *[]){ portal, statement }, 2);
+
+    memset(body + n, 0, 6);
+    return put_msg(buf, at, cap, 'B', body, n + 6);
+}
+
+/* Execute of portal, no row limit. */
+static size_t put_execute(uint8_t *buf, size_t at, size_t cap, const char *portal)
+{
+    uint8_t body[80];
+    size_t n = put_strings(body, 0, sizeof body - 4, &portal, 1);
+
+    memset(body + n, 0, 4);
+    return put_msg(buf, at, cap, 'E', body, n + 4);
+}
+
+static size_t put_pbe(uint8_t *buf, size_t at, size_t cap, const char *sql)
+{
+    at = put_parse(buf, at, cap, "", sql);
+    at = put_bind(buf, at, cap, "", "");
+    return put_execute(buf, at, cap, "");
 }
 
 /* The answers to an INSERT's and a COPY FROM STDIN's Parse, Bind and
@@ -2206,6 +2241,127 @@ static void test_tr_raw_begin_query_ahead(void **state)
     itest_pass();
 }
 
+/* Inside a block, batches sent in one write, each behind one the server
+ * has not answered yet: a batch (or a Query) that cannot end the block
+ * leaves it open, or failed, and the duplicate behind it is guarded and
+ * rolled back alone. Behind a COMMIT the block may be over: the duplicate
+ * goes unguarded (a savepoint would fail there with 25P01), and is told
+ * skipped once the server says that it ran alone outside a block. So it
+ * does behind a COMMIT that the proxy knows less of: a portal bound in
+ * an earlier batch, a statement it forgot at a DEALLOCATE the server
+ * skipped. */
+static void test_tr_raw_pipeline_in_block(void **state)
+{
+    (void)state;
+    const char *t = "tr_raw_pipe_block";
+    int fd = raw_session_for(t, true);
+    const char *dup = "INSERT INTO tr_raw_pipe_block (k, payload) VALUES ('dup', 'again')";
+    const char *fresh = "INSERT INTO tr_raw_pipe_block (k, payload) VALUES ('f1', 'new')";
+    uint8_t buf[2048];
+
+    printf("BEGIN; [SELECT 1] sync [dup] sync [f1] sync, in one write\n");
+    size_t n = put_pbe(buf, 0, sizeof buf, "SELECT 1");
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_pbe(buf, n, sizeof buf, dup);
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_pbe(buf, n, sizeof buf, fresh);
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, n));
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect(fd, 'D', NULL);
+    raw_expect(fd, 'C', "SELECT 1");
+    raw_expect(fd, 'Z', "T");
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect(fd, 'C', "INSERT 0 0");
+    raw_expect(fd, 'Z', "T");
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect(fd, 'C', "INSERT 0 1");
+    raw_expect(fd, 'Z', "T");
+
+    printf("a Query in the block, then [dup] sync, in one write\n");
+    n = put_msg(buf, 0, sizeof buf, 'Q', "SELECT 2", sizeof "SELECT 2");
+    n = put_pbe(buf, n, sizeof buf, dup);
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, n));
+    raw_expect(fd, 'T', NULL);
+    raw_expect(fd, 'D', NULL);
+    raw_expect(fd, 'C', "SELECT 1");
+    raw_expect(fd, 'Z', "T");
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect(fd, 'C', "INSERT 0 0");
+    raw_expect(fd, 'Z', "T");
+
+    printf("[COMMIT] sync [dup] sync, in one write\n");
+    n = put_pbe(buf, 0, sizeof buf, "COMMIT");
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_pbe(buf, n, sizeof buf, dup);
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, n));
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect(fd, 'C', "COMMIT");
+    raw_expect(fd, 'Z', "I");
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect(fd, 'C', "INSERT 0 0");
+    raw_expect(fd, 'Z', "I");
+
+    printf("BEGIN; [portal pc: COMMIT] sync [SELECT 1 bound, pc run] sync [dup] sync\n");
+    raw_query(fd, "BEGIN");
+    raw_expect(fd, 'C', "BEGIN");
+    raw_expect(fd, 'Z', "T");
+    n = put_parse(buf, 0, sizeof buf, "sc", "COMMIT");
+    n = put_bind(buf, n, sizeof buf, "pc", "sc");
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_parse(buf, n, sizeof buf, "", "SELECT 1");
+    n = put_bind(buf, n, sizeof buf, "", "");
+    n = put_execute(buf, n, sizeof buf, "pc");
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_pbe(buf, n, sizeof buf, dup);
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, n));
+    const char *replies[][2] = {
+        { "1", NULL }, { "2", NULL }, { "Z", "T" },
+        { "1", NULL }, { "2", NULL }, { "C", "COMMIT" }, { "Z", "I" },
+        { "1", NULL }, { "2", NULL }, { "C", "INSERT 0 0" }, { "Z", "I" },
+    };
+    for (size_t i = 0; i < sizeof replies / sizeof replies[0]; i++)
+        raw_expect(fd, replies[i][0][0], replies[i][1]);
+
+    printf("BEGIN; DEALLOCATE of a COMMIT skipped; BEGIN; [COMMIT bound, run] sync [dup] sync\n");
+    n = put_parse(buf, 0, sizeof buf, "sc2", "COMMIT");
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, n));
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, 'Z', "I");
+    raw_query(fd, "BEGIN");
+    raw_expect(fd, 'C', "BEGIN");
+    raw_expect(fd, 'Z', "T");
+    raw_query(fd, "SELECT 1/0; DEALLOCATE sc2");
+    raw_expect(fd, 'E', "22012");
+    raw_expect(fd, 'Z', "E");
+    raw_query(fd, "ROLLBACK; BEGIN");
+    raw_expect(fd, 'C', "ROLLBACK");
+    raw_expect(fd, 'C', "BEGIN");
+    raw_expect(fd, 'Z', "T");
+    n = put_bind(buf, 0, sizeof buf, "", "sc2");
+    n = put_execute(buf, n, sizeof buf, "");
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_pbe(buf, n, sizeof buf, dup);
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, n));
+    for (size_t i = 4; i < sizeof replies / sizeof replies[0]; i++)
+        raw_expect(fd, replies[i][0][0], replies[i][1]);
+    raw_expect_nothing(fd, 200);
+    assert_int_equal(key_rows(t, "f1"), 1);
+    assert_int_equal(all_rows(t), 2);
+    itest_pass();
+}
+
 /* ---- main ------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -2250,6 +2406,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_batch_in_txn),
         ITEST(test_tr_begin_in_batch),
         ITEST(test_tr_raw_begin_query_ahead),
+        ITEST(test_tr_raw_pipeline_in_block),
     };
     return itest_main(argc, argv, "idemproxy error translation", tests,
                       sizeof tests / sizeof tests[0]);
