@@ -195,9 +195,28 @@ static bool unnamed_redefined_from(const struct conn *c, size_t i)
     return false;
 }
 
+/* Whether portal is bound again by a request queued after request k,
+ * behind the Sync that ends k's batch: sent already, it is what the proxy
+ * knows of the portal now. */
+static bool bound_again_later(const struct conn *c, size_t k, const char *portal)
+{
+    const struct track_req *r;
+    bool synced = false;
+
+    while ((r = track_at(&c->track, ++k))) {
+        const struct note *n = r->injected ? NULL : r->note;
+        synced |= r->kind == TRACK_SYNC;
+        if (synced && r->kind == TRACK_BIND && n && n->defines &&
+            strcmp(n->defines, portal) == 0)
+            return true;
+    }
+    return false;
+}
+
 /* The server refused an extended message and skips the rest up to Sync:
  * what the Binds among them defined never came to be, so their portals
- * are forgotten, and the statements' names hold what they held before
+ * are forgotten (unless a later batch, sent already, binds them again),
+ * and the statements' names hold what they held before
  * (restore_statements). A redefinition of the unnamed statement among
  * them that displaced what the proxy kept of it gives that back, unless a
  * skipped or refused Parse of the unnamed statement came before it (the
@@ -230,7 +249,7 @@ static void forget_refused(struct conn *c)
             unsure = n;
             restore = !unnamed_parsed;
         }
-        if (n->defines && r->kind == TRACK_BIND)
+        if (n->defines && r->kind == TRACK_BIND && !bound_again_later(c, i, n->defines))
             session_close(&c->session, 'P', n->defines);
         /* The server's unnamed statement is not the one whose Parse the
          * proxy kept: a skipped Parse of it left whatever came before, a

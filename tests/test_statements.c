@@ -1616,6 +1616,39 @@ static void test_stmt_portal_run_twice(void **state)
     itest_pass();
 }
 
+/* A Bind the server refuses makes the proxy forget its portal, which it
+ * no longer knows; not when a later batch, sent before the refusal came
+ * back, bound that portal again: a SET search_path bound so and run once
+ * the refusal is in changes where stmt_t leads, and the INSERT behind it
+ * runs as the client wrote it on the new path, as it does straight on
+ * PostgreSQL (the rewritten form would fail there, 42P10). */
+static void test_stmt_portal_bound_behind_refused_bind(void **state)
+{
+    (void)state;
+    create_table();
+    itest_server_exec("DROP SCHEMA IF EXISTS stmt_rebound CASCADE; CREATE SCHEMA stmt_rebound; "
+                      "CREATE TABLE stmt_rebound.stmt_t (k bigint, payload text)");
+    int fd = raw_session(proxy(""), "itest_rebound_portal");
+    static const uint8_t bind_unnamed[] = { '\0', '\0', 0, 0, 0, 0, 0, 0 };
+    static const uint8_t execute[] = { '\0', 0, 0, 0, 0 };
+    uint8_t buf[1024];
+
+    size_t n = put_sync(buf, sizeof buf,
+                        put_bind_execute_values(buf, sizeof buf, 0, "no_such", NULL, 0));
+    n = put_parse_unnamed(buf, sizeof buf, n, "SET search_path TO stmt_rebound, public");
+    n += itest_build_msg(buf + n, sizeof buf - n, 'B', bind_unnamed, sizeof bind_unnamed);
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "EZ", "26000", NULL, "the Bind of a statement that does not exist");
+    n = itest_build_msg(buf, sizeof buf, 'E', execute, sizeof execute);
+    n = put_sync(buf, sizeof buf, n);
+    assert_true(itest_raw_send(fd, buf, n));
+    expect_replies(fd, "12CZ", NULL, "SET", "the portal bound behind it, run");
+    query_tag(fd, "INSERT INTO stmt_t (k, payload) VALUES (1, 'on the new path')", "INSERT 0 1");
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM stmt_rebound.stmt_t"), 1);
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1648,6 +1681,7 @@ int main(int argc, char **argv)
         ITEST(test_stmt_large_behind_passed),
         ITEST(test_stmt_large_bind_behind_path_change),
         ITEST(test_stmt_portal_run_twice),
+        ITEST(test_stmt_portal_bound_behind_refused_bind),
     };
     return itest_main(argc, argv, "idemproxy cached statements", tests,
                       sizeof tests / sizeof tests[0]);
