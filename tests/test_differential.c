@@ -1164,8 +1164,9 @@ static bool same_msg(const struct itest_msg *a, const struct itest_msg *b)
 static void report(const struct gen *g, uint64_t seed, int seq, const struct replies *direct,
                    const struct replies *proxied, size_t first)
 {
-    print_message("seed %llu, sequence %d: replies differ at message %zu\nsent:\n%s",
-                  (unsigned long long)seed, seq, first + 1, g->script);
+    /* Not print_message, which cuts what it prints at a kilobyte. */
+    printf("seed %llu, sequence %d: replies differ at message %zu\nsent:\n%s",
+           (unsigned long long)seed, seq, first + 1, g->script);
     size_t n = direct->n > proxied->n ? direct->n : proxied->n;
     for (size_t i = 0; i < n; i++) {
         char a[512] = "-", b[512] = "-";
@@ -1378,7 +1379,7 @@ static void compare_one(struct itest_proxy *p, struct gen *g, uint64_t seed, int
     assert_true(link_send(direct, g->out[DIRECT].data, g->out[DIRECT].len));
     bool b_ok = send_in_pieces(g, proxied, g->out[PROXIED].data, g->out[PROXIED].len, &b);
     if (getenv("IDEM_DIFF_TRACE"))
-        print_message("seed %llu, sequence %d:\n%s", (unsigned long long)seed, seq, g->script);
+        printf("seed %llu, sequence %d:\n%s", (unsigned long long)seed, seq, g->script);
 
     bool a_ok = read_replies(direct, fence, &a);
     b_ok = b_ok && read_replies(proxied, fence, &b);
