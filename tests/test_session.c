@@ -469,6 +469,33 @@ static void test_identity_statements(void **state)
     finish();
 }
 
+/* What a statement may do is known for those it keeps and, until it
+ * forgets some the server may still hold, for any other (it keeps only
+ * those that may do something). */
+static void test_effects_known(void **state)
+{
+    struct session *s = *state;
+    unsigned effects = 99;
+
+    assert_true(session_parse(s, "commit", NULL, NULL, REWRITE_ENDS_LOCAL, NULL, 0, 0));
+    PARSE(s, "select", NULL, NULL);
+    assert_true(session_effects(s, "commit", &effects));
+    assert_int_equal(effects, REWRITE_ENDS_LOCAL);
+    assert_true(session_effects(s, "select", &effects));
+    assert_int_equal(effects, 0);
+    assert_true(session_effects(s, "never_seen", &effects));
+    /* DEALLOCATE name, which the server may skip. */
+    session_forget(s, "commit");
+    assert_false(session_effects(s, "commit", &effects));
+    assert_false(session_effects(s, "select", &effects));
+    assert_true(session_parse(s, "commit", NULL, NULL, REWRITE_ENDS_LOCAL, NULL, 0, 0));
+    assert_true(session_effects(s, "commit", &effects));
+    assert_int_equal(effects, REWRITE_ENDS_LOCAL);
+    session_clear(s);
+    assert_false(session_effects(s, "commit", &effects));
+    finish();
+}
+
 /* An entry detached for a Parse that may yet be refused still counts as
  * known, even with nothing else kept (a DEALLOCATE that follows must be
  * read), until it comes back or is freed. */
@@ -746,6 +773,7 @@ int main(void)
         T(test_identity_statements),
         T(test_sent_text),
         T(test_detached_known),
+        T(test_effects_known),
         cmocka_unit_test(test_free_and_reuse),
         T(test_many_names),
         T(test_odd_names),
