@@ -1259,7 +1259,7 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
          * batch), and in the block that was open after a statement that
          * cannot end it, bound in this batch (so that the proxy knows what
          * the portal runs, if it runs at all). Else they cannot know. */
-        bool stays = c->bound_stays && strcmp(portal, c->bound_portal) == 0;
+        bool stays = c->bound_stays && portal && strcmp(portal, c->bound_portal) == 0;
         c->batch_status = (effects & REWRITE_BEGINS_BLOCK) &&
                                   (c->batch_status == 'I' || c->batch_status == 'T')
                               ? 'T'

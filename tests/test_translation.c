@@ -2362,6 +2362,31 @@ static void test_tr_raw_pipeline_in_block(void **state)
     itest_pass();
 }
 
+/* An Execute whose portal name has no end, behind a Bind in a block's
+ * batch: the server refuses it (08P01) and skips to the Sync, and the
+ * session goes on, its block failed. */
+static void test_tr_raw_execute_without_name(void **state)
+{
+    (void)state;
+    const char *t = "tr_raw_no_name";
+    int fd = raw_session_for(t, true);
+    uint8_t buf[512];
+
+    size_t n = put_parse(buf, 0, sizeof buf, "", "SELECT 1");
+    n = put_bind(buf, n, sizeof buf, "", "");
+    n = put_msg(buf, n, sizeof buf, 'E', "x", 1);
+    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    assert_true(itest_raw_send(fd, buf, n));
+    raw_expect(fd, '1', NULL);
+    raw_expect(fd, '2', NULL);
+    raw_expect(fd, 'E', "08P01");
+    raw_expect(fd, 'Z', "E");
+    raw_query(fd, "ROLLBACK");
+    raw_expect(fd, 'C', "ROLLBACK");
+    raw_expect(fd, 'Z', "I");
+    itest_pass();
+}
+
 /* ---- main ------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -2407,6 +2432,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_begin_in_batch),
         ITEST(test_tr_raw_begin_query_ahead),
         ITEST(test_tr_raw_pipeline_in_block),
+        ITEST(test_tr_raw_execute_without_name),
     };
     return itest_main(argc, argv, "idemproxy error translation", tests,
                       sizeof tests / sizeof tests[0]);
