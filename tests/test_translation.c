@@ -2387,6 +2387,124 @@ static void test_tr_raw_execute_without_name(void **state)
     itest_pass();
 }
 
+/* A raw session through p, logged in. */
+static int raw_login_to(const struct itest_proxy *p)
+{
+    int fd = itest_raw_connect(p->port);
+
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_tr_malformed");
+    return fd;
+}
+
+/* Reads up to the row of fence and its ReadyForQuery. False when the
+ * session was closed on the way (the proxy or the server refused
+ * something outright). */
+static bool read_to_fence(int fd, const char *fence)
+{
+    size_t n = strlen(fence);
+
+    for (bool fenced = false;;) {
+        struct itest_msg m;
+        enum itest_read rd = itest_raw_read_msg(fd, &m, 10000);
+        if (rd == ITEST_READ_EOF)
+            return false;
+        if (rd != ITEST_READ_OK)
+            fail_msg("no answer up to \"%s\" (read result %d)", fence, (int)rd);
+        if (m.type == 'E' && strcmp(itest_msg_field(&m, 'S'), "FATAL") == 0) {
+            itest_msg_free(&m);
+            continue;
+        }
+        bool row = m.type == 'D' && m.len == 2 + 4 + n && memcmp(m.body + 6, fence, n) == 0;
+        char type = m.type;
+        itest_msg_free(&m);
+        if (row)
+            fenced = true;
+        else if (fenced && type == 'Z')
+            return true;
+    }
+}
+
+/* Every frontend message the proxy reads, cut short at each of its bytes
+ * (names and strings without their end, counts without what they count)
+ * and with a byte too many, sent through p where a batch begins, behind a
+ * Parse and Bind of an INSERT into registered table t, and both inside a
+ * block: the server refuses each (or ignores it), the proxy passes it on
+ * or closes that session with 08P01, and it goes on serving. */
+static void send_malformed(struct itest_proxy *p, const char *t)
+{
+    static const uint8_t bind[] = { 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 'k', '1',
+                                    0, 0, 0, 1, 'x', 0, 1, 0, 0 };
+    static const uint8_t funcall[] = { 0, 0, 0, 177, 0, 1, 0, 0, 0, 2, 0, 0, 0,
+                                       1,   '1', 0, 0, 0, 1, '2', 0, 0 };
+    static const uint8_t text_types[] = { 0, 2, 0, 0, 0, 25, 0, 0, 0, 25 };
+    uint8_t parse[160];
+    int parse_len = snprintf((char *)parse + 1, sizeof parse - 1 - sizeof text_types,
+                             "INSERT INTO %s (k, payload) VALUES ($1, $2)", t);
+    parse[0] = 0;
+    memcpy(parse + 2 + parse_len, text_types, sizeof text_types);
+    parse_len += 2 + (int)sizeof text_types;
+    const struct {
+        char type;
+        const void *body;
+        size_t len;
+    } messages[] = {
+        { 'P', parse, (size_t)parse_len }, { 'B', bind, sizeof bind }, { 'D', "P", 2 },
+        { 'C', "S", 2 },                   { 'E', "\0\0\0\0", 5 },    { 'Q', "SELECT 1", 9 },
+        { 'F', funcall, sizeof funcall },  { 'H', "", 0 },            { 'S', "", 0 },
+        { 'd', "row\n", 4 },               { 'c', "", 0 },            { 'f', "why", 4 },
+    };
+    int fd = raw_login_to(p), cases = 0, closed = 0;
+    uint8_t body[192], buf[1024];
+
+    for (size_t i = 0; i < sizeof messages / sizeof messages[0]; i++) {
+        for (size_t cut = 0; cut <= messages[i].len; cut++) {
+            /* A cut at the whole length is the message with a byte too many. */
+            size_t len = cut < messages[i].len ? cut : cut + 1;
+            memcpy(body, messages[i].body, messages[i].len);
+            body[messages[i].len] = 'x';
+            for (int context = 0; context < 4; context++) {
+                char fence[32], fence_sql[48];
+                size_t n = 0;
+                if (context & 1)
+                    n = put_msg(buf, n, sizeof buf, 'Q', "BEGIN", sizeof "BEGIN");
+                if (context & 2) {
+                    n = put_msg(buf, n, sizeof buf, 'P', parse, (size_t)parse_len);
+                    n = put_msg(buf, n, sizeof buf, 'B', bind, sizeof bind);
+                }
+                n = put_msg(buf, n, sizeof buf, messages[i].type, body, len);
+                n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+                n = put_msg(buf, n, sizeof buf, 'Q', "ROLLBACK", sizeof "ROLLBACK");
+                snprintf(fence, sizeof fence, "end %d", ++cases);
+                snprintf(fence_sql, sizeof fence_sql, "SELECT '%s'", fence);
+                n = put_msg(buf, n, sizeof buf, 'Q', fence_sql, strlen(fence_sql) + 1);
+                if (itest_raw_send(fd, buf, n) && read_to_fence(fd, fence))
+                    continue;
+                if (!itest_proxy_alive(p))
+                    fail_msg("the proxy died on '%c' of %zu bytes, context %d",
+                             messages[i].type, len, context);
+                closed++;
+                itest_raw_close(fd);
+                fd = raw_login_to(p);
+            }
+        }
+    }
+    printf("%s: %d malformed messages, %d of them ended their session\n", t, cases, closed);
+    itest_raw_close(fd);
+    assert_int_equal(key_rows(t, "k1"), 0);
+}
+
+/* Through translation (a DEFERRABLE unique key) and through the rewrite. */
+static void test_tr_raw_malformed_messages(void **state)
+{
+    (void)state;
+    send_malformed(start_with_dup("tr_raw_malformed"), "tr_raw_malformed");
+    itest_server_exec("DROP TABLE IF EXISTS tr_raw_malformed_rw; "
+                      "CREATE TABLE tr_raw_malformed_rw (k text UNIQUE, payload text)");
+    send_malformed(start_proxy_for("tr_raw_malformed_rw"), "tr_raw_malformed_rw");
+    itest_pass();
+}
+
 /* ---- main ------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
@@ -2433,6 +2551,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_raw_begin_query_ahead),
         ITEST(test_tr_raw_pipeline_in_block),
         ITEST(test_tr_raw_execute_without_name),
+        ITEST(test_tr_raw_malformed_messages),
     };
     return itest_main(argc, argv, "idemproxy error translation", tests,
                       sizeof tests / sizeof tests[0]);
