@@ -2397,40 +2397,41 @@ static int raw_login_to(const struct itest_proxy *p)
     return fd;
 }
 
-/* Reads up to the row of fence and its ReadyForQuery. False when the
- * session was closed on the way (the proxy or the server refused
- * something outright). */
-static bool read_to_fence(int fd, const char *fence)
+enum fenced { FENCED, CLOSED_SAYING_WHY, CLOSED_SILENTLY };
+
+/* Reads up to the row of fence and its ReadyForQuery, or to the end of a
+ * session closed on the way (the proxy or the server refused something
+ * outright), saying whether an ErrorResponse came before that end. */
+static enum fenced read_to_fence(int fd, const char *fence)
 {
     size_t n = strlen(fence);
+    bool fenced = false, said = false;
 
-    for (bool fenced = false;;) {
+    for (;;) {
         struct itest_msg m;
         enum itest_read rd = itest_raw_read_msg(fd, &m, 10000);
         if (rd == ITEST_READ_EOF)
-            return false;
+            return said ? CLOSED_SAYING_WHY : CLOSED_SILENTLY;
         if (rd != ITEST_READ_OK)
             fail_msg("no answer up to \"%s\" (read result %d)", fence, (int)rd);
-        if (m.type == 'E' && strcmp(itest_msg_field(&m, 'S'), "FATAL") == 0) {
-            itest_msg_free(&m);
-            continue;
-        }
         bool row = m.type == 'D' && m.len == 2 + 4 + n && memcmp(m.body + 6, fence, n) == 0;
         char type = m.type;
         itest_msg_free(&m);
+        said |= type == 'E';
         if (row)
             fenced = true;
         else if (fenced && type == 'Z')
-            return true;
+            return FENCED;
     }
 }
 
 /* Every frontend message the proxy reads, cut short at each of its bytes
  * (names and strings without their end, counts without what they count)
  * and with a byte too many, sent through p where a batch begins, behind a
- * Parse and Bind of an INSERT into registered table t, and both inside a
- * block: the server refuses each (or ignores it), the proxy passes it on
- * or closes that session with 08P01, and it goes on serving. */
+ * Parse and Bind of an INSERT into registered table t, both inside a
+ * block, and in a COPY into t: the server refuses each (or ignores it),
+ * the proxy passes it on or closes that session with 08P01, and it goes
+ * on serving. */
 static void send_malformed(struct itest_proxy *p, const char *t)
 {
     static const uint8_t bind[] = { 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 'k', '1',
@@ -2438,6 +2439,8 @@ static void send_malformed(struct itest_proxy *p, const char *t)
     static const uint8_t funcall[] = { 0, 0, 0, 177, 0, 1, 0, 0, 0, 2, 0, 0, 0,
                                        1,   '1', 0, 0, 0, 1, '2', 0, 0 };
     static const uint8_t text_types[] = { 0, 2, 0, 0, 0, 25, 0, 0, 0, 25 };
+    char copy[96];
+    snprintf(copy, sizeof copy, "COPY %s (k, payload) FROM STDIN", t);
     uint8_t parse[160];
     int parse_len = snprintf((char *)parse + 1, sizeof parse - 1 - sizeof text_types,
                              "INSERT INTO %s (k, payload) VALUES ($1, $2)", t);
@@ -2463,12 +2466,14 @@ static void send_malformed(struct itest_proxy *p, const char *t)
             size_t len = cut < messages[i].len ? cut : cut + 1;
             memcpy(body, messages[i].body, messages[i].len);
             body[messages[i].len] = 'x';
-            for (int context = 0; context < 4; context++) {
+            for (int context = 0; context < 5; context++) {
                 char fence[32], fence_sql[48];
                 size_t n = 0;
-                if (context & 1)
+                if (context == 4)
+                    n = put_msg(buf, n, sizeof buf, 'Q', copy, strlen(copy) + 1);
+                else if (context & 1)
                     n = put_msg(buf, n, sizeof buf, 'Q', "BEGIN", sizeof "BEGIN");
-                if (context & 2) {
+                if (context == 2 || context == 3) {
                     n = put_msg(buf, n, sizeof buf, 'P', parse, (size_t)parse_len);
                     n = put_msg(buf, n, sizeof buf, 'B', bind, sizeof bind);
                 }
@@ -2478,10 +2483,15 @@ static void send_malformed(struct itest_proxy *p, const char *t)
                 snprintf(fence, sizeof fence, "end %d", ++cases);
                 snprintf(fence_sql, sizeof fence_sql, "SELECT '%s'", fence);
                 n = put_msg(buf, n, sizeof buf, 'Q', fence_sql, strlen(fence_sql) + 1);
-                if (itest_raw_send(fd, buf, n) && read_to_fence(fd, fence))
+                enum fenced end = itest_raw_send(fd, buf, n) ? read_to_fence(fd, fence)
+                                                             : CLOSED_SILENTLY;
+                if (end == FENCED)
                     continue;
                 if (!itest_proxy_alive(p))
                     fail_msg("the proxy died on '%c' of %zu bytes, context %d",
+                             messages[i].type, len, context);
+                if (end == CLOSED_SILENTLY)
+                    fail_msg("a session ended without a word on '%c' of %zu bytes, context %d",
                              messages[i].type, len, context);
                 closed++;
                 itest_raw_close(fd);
