@@ -1743,6 +1743,22 @@ static void raw_expect(int fd, char type, const char *detail)
 }
 
 /* Nothing more arrives within ms. */
+/* The next replies, each as raw_expect reads it. */
+struct raw_reply {
+    char type;
+    const char *detail;
+};
+
+static void raw_expect_all(int fd, const struct raw_reply *replies, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        raw_expect(fd, replies[i].type, replies[i].detail);
+}
+
+#define RAW_EXPECT(fd, ...)                                                                  \
+    raw_expect_all((fd), (const struct raw_reply[]){ __VA_ARGS__ },                         \
+                   sizeof((const struct raw_reply[]){ __VA_ARGS__ }) / sizeof(struct raw_reply))
+
 static void raw_expect_nothing(int fd, int ms)
 {
     uint8_t b[64];
@@ -2258,104 +2274,60 @@ static void test_tr_raw_pipeline_in_block(void **state)
     const char *dup = "INSERT INTO tr_raw_pipe_block (k, payload) VALUES ('dup', 'again')";
     const char *fresh = "INSERT INTO tr_raw_pipe_block (k, payload) VALUES ('f1', 'new')";
     uint8_t buf[2048];
+    size_t n;
 
     printf("BEGIN; [SELECT 1] sync [dup] sync [f1] sync, in one write\n");
-    size_t n = put_pbe(buf, 0, sizeof buf, "SELECT 1");
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
-    n = put_pbe(buf, n, sizeof buf, dup);
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
-    n = put_pbe(buf, n, sizeof buf, fresh);
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_msg(buf, put_pbe(buf, 0, sizeof buf, "SELECT 1"), sizeof buf, 'S', NULL, 0);
+    n = put_msg(buf, put_pbe(buf, n, sizeof buf, dup), sizeof buf, 'S', NULL, 0);
+    n = put_msg(buf, put_pbe(buf, n, sizeof buf, fresh), sizeof buf, 'S', NULL, 0);
     assert_true(itest_raw_send(fd, buf, n));
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect(fd, 'D', NULL);
-    raw_expect(fd, 'C', "SELECT 1");
-    raw_expect(fd, 'Z', "T");
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect(fd, 'C', "INSERT 0 0");
-    raw_expect(fd, 'Z', "T");
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect(fd, 'C', "INSERT 0 1");
-    raw_expect(fd, 'Z', "T");
+    RAW_EXPECT(fd, { '1', NULL }, { '2', NULL }, { 'D', NULL }, { 'C', "SELECT 1" }, { 'Z', "T" },
+               { '1', NULL }, { '2', NULL }, { 'C', "INSERT 0 0" }, { 'Z', "T" },
+               { '1', NULL }, { '2', NULL }, { 'C', "INSERT 0 1" }, { 'Z', "T" });
 
     printf("a Query in the block, then [dup] sync, in one write\n");
     n = put_msg(buf, 0, sizeof buf, 'Q', "SELECT 2", sizeof "SELECT 2");
-    n = put_pbe(buf, n, sizeof buf, dup);
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_msg(buf, put_pbe(buf, n, sizeof buf, dup), sizeof buf, 'S', NULL, 0);
     assert_true(itest_raw_send(fd, buf, n));
-    raw_expect(fd, 'T', NULL);
-    raw_expect(fd, 'D', NULL);
-    raw_expect(fd, 'C', "SELECT 1");
-    raw_expect(fd, 'Z', "T");
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect(fd, 'C', "INSERT 0 0");
-    raw_expect(fd, 'Z', "T");
+    RAW_EXPECT(fd, { 'T', NULL }, { 'D', NULL }, { 'C', "SELECT 1" }, { 'Z', "T" },
+               { '1', NULL }, { '2', NULL }, { 'C', "INSERT 0 0" }, { 'Z', "T" });
 
     printf("[COMMIT] sync [dup] sync, in one write\n");
-    n = put_pbe(buf, 0, sizeof buf, "COMMIT");
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
-    n = put_pbe(buf, n, sizeof buf, dup);
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_msg(buf, put_pbe(buf, 0, sizeof buf, "COMMIT"), sizeof buf, 'S', NULL, 0);
+    n = put_msg(buf, put_pbe(buf, n, sizeof buf, dup), sizeof buf, 'S', NULL, 0);
     assert_true(itest_raw_send(fd, buf, n));
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect(fd, 'C', "COMMIT");
-    raw_expect(fd, 'Z', "I");
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect(fd, 'C', "INSERT 0 0");
-    raw_expect(fd, 'Z', "I");
+    RAW_EXPECT(fd, { '1', NULL }, { '2', NULL }, { 'C', "COMMIT" }, { 'Z', "I" },
+               { '1', NULL }, { '2', NULL }, { 'C', "INSERT 0 0" }, { 'Z', "I" });
 
     printf("BEGIN; [portal pc: COMMIT] sync [SELECT 1 bound, pc run] sync [dup] sync\n");
     raw_query(fd, "BEGIN");
-    raw_expect(fd, 'C', "BEGIN");
-    raw_expect(fd, 'Z', "T");
-    n = put_parse(buf, 0, sizeof buf, "sc", "COMMIT");
-    n = put_bind(buf, n, sizeof buf, "pc", "sc");
+    RAW_EXPECT(fd, { 'C', "BEGIN" }, { 'Z', "T" });
+    n = put_bind(buf, put_parse(buf, 0, sizeof buf, "sc", "COMMIT"), sizeof buf, "pc", "sc");
     n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
-    n = put_parse(buf, n, sizeof buf, "", "SELECT 1");
-    n = put_bind(buf, n, sizeof buf, "", "");
-    n = put_execute(buf, n, sizeof buf, "pc");
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
-    n = put_pbe(buf, n, sizeof buf, dup);
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_bind(buf, put_parse(buf, n, sizeof buf, "", "SELECT 1"), sizeof buf, "", "");
+    n = put_msg(buf, put_execute(buf, n, sizeof buf, "pc"), sizeof buf, 'S', NULL, 0);
+    n = put_msg(buf, put_pbe(buf, n, sizeof buf, dup), sizeof buf, 'S', NULL, 0);
     assert_true(itest_raw_send(fd, buf, n));
-    const char *replies[][2] = {
-        { "1", NULL }, { "2", NULL }, { "Z", "T" },
-        { "1", NULL }, { "2", NULL }, { "C", "COMMIT" }, { "Z", "I" },
-        { "1", NULL }, { "2", NULL }, { "C", "INSERT 0 0" }, { "Z", "I" },
-    };
-    for (size_t i = 0; i < sizeof replies / sizeof replies[0]; i++)
-        raw_expect(fd, replies[i][0][0], replies[i][1]);
+    RAW_EXPECT(fd, { '1', NULL }, { '2', NULL }, { 'Z', "T" },
+               { '1', NULL }, { '2', NULL }, { 'C', "COMMIT" }, { 'Z', "I" },
+               { '1', NULL }, { '2', NULL }, { 'C', "INSERT 0 0" }, { 'Z', "I" });
 
     printf("BEGIN; DEALLOCATE of a COMMIT skipped; BEGIN; [COMMIT bound, run] sync [dup] sync\n");
-    n = put_parse(buf, 0, sizeof buf, "sc2", "COMMIT");
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_msg(buf, put_parse(buf, 0, sizeof buf, "sc2", "COMMIT"), sizeof buf, 'S', NULL, 0);
     assert_true(itest_raw_send(fd, buf, n));
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, 'Z', "I");
+    RAW_EXPECT(fd, { '1', NULL }, { 'Z', "I" });
     raw_query(fd, "BEGIN");
-    raw_expect(fd, 'C', "BEGIN");
-    raw_expect(fd, 'Z', "T");
+    RAW_EXPECT(fd, { 'C', "BEGIN" }, { 'Z', "T" });
     raw_query(fd, "SELECT 1/0; DEALLOCATE sc2");
-    raw_expect(fd, 'E', "22012");
-    raw_expect(fd, 'Z', "E");
+    RAW_EXPECT(fd, { 'E', "22012" }, { 'Z', "E" });
     raw_query(fd, "ROLLBACK; BEGIN");
-    raw_expect(fd, 'C', "ROLLBACK");
-    raw_expect(fd, 'C', "BEGIN");
-    raw_expect(fd, 'Z', "T");
-    n = put_bind(buf, 0, sizeof buf, "", "sc2");
-    n = put_execute(buf, n, sizeof buf, "");
+    RAW_EXPECT(fd, { 'C', "ROLLBACK" }, { 'C', "BEGIN" }, { 'Z', "T" });
+    n = put_execute(buf, put_bind(buf, 0, sizeof buf, "", "sc2"), sizeof buf, "");
     n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
-    n = put_pbe(buf, n, sizeof buf, dup);
-    n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+    n = put_msg(buf, put_pbe(buf, n, sizeof buf, dup), sizeof buf, 'S', NULL, 0);
     assert_true(itest_raw_send(fd, buf, n));
-    for (size_t i = 4; i < sizeof replies / sizeof replies[0]; i++)
-        raw_expect(fd, replies[i][0][0], replies[i][1]);
+    RAW_EXPECT(fd, { '2', NULL }, { 'C', "COMMIT" }, { 'Z', "I" },
+               { '1', NULL }, { '2', NULL }, { 'C', "INSERT 0 0" }, { 'Z', "I" });
     raw_expect_nothing(fd, 200);
     assert_int_equal(key_rows(t, "f1"), 1);
     assert_int_equal(all_rows(t), 2);
