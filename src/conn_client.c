@@ -1100,8 +1100,10 @@ static enum taken follow_bind(struct conn *c, struct sink *k, const uint8_t *msg
         session_close(&c->session, 'P', portal);
         return track_client(c, 'B', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
+    /* Only inside a block is it asked (take_execute): outside one, the
+     * Bind of every autocommitted statement looks nothing up. */
     unsigned effects;
-    c->bound_stays = strlen(portal) < sizeof(c->bound_portal) &&
+    c->bound_stays = c->batch_status == 'T' && strlen(portal) < sizeof(c->bound_portal) &&
                      session_effects(&c->session, statement, &effects) &&
                      !(effects & REWRITE_ENDS_LOCAL);
     if (c->bound_stays)
