@@ -638,7 +638,7 @@ static void batch_message(struct conn *c)
 }
 
 /* What a Query leaves the session in, as far as can be told before it is
- * answered (note->status_after), before being the status ahead of it: in
+ * answered (note->status_after), the status ahead of it being before: in
  * a block, when it surely opens one (it parses: a text that does not runs
  * nothing), or when one was open and none of its statements may end it
  * (an error only fails it). Not in the middle of a batch, where it is
