@@ -647,10 +647,12 @@ static char query_status_after(const struct conn *c, char before, const struct s
 {
     if (c->batch_open)
         return 0;
-    if ((st->effects & REWRITE_BEGINS_BLOCK) && (before == 'I' || before == 'T') &&
-        rewrite_opens_block((const char *)st->body + st->at, st->text_len))
-        return 'T';
-    return before == 'T' && !(st->effects & REWRITE_ENDS_LOCAL) ? 'T' : 0;
+    if (before == 'T')
+        return st->effects & REWRITE_ENDS_LOCAL ? 0 : 'T';
+    return before == 'I' && (st->effects & REWRITE_BEGINS_BLOCK) &&
+                   rewrite_opens_block((const char *)st->body + st->at, st->text_len)
+               ? 'T'
+               : 0;
 }
 
 /* Writes a guarded request: the proxy's SAVEPOINT, the client's message
@@ -1261,12 +1263,11 @@ static enum taken take_execute(struct conn *c, const uint8_t *msg, size_t total,
          * batch), and in the block that was open after a statement that
          * cannot end it, bound in this batch (so that the proxy knows what
          * the portal runs, if it runs at all). Else they cannot know. */
-        bool stays = c->bound_stays && portal && strcmp(portal, c->bound_portal) == 0;
-        c->batch_status = (effects & REWRITE_BEGINS_BLOCK) &&
-                                  (c->batch_status == 'I' || c->batch_status == 'T')
-                              ? 'T'
-                          : c->batch_status == 'T' && stays ? 'T'
-                                                            : 0;
+        bool opens = (effects & REWRITE_BEGINS_BLOCK) && c->batch_status == 'I';
+        bool stays = c->batch_status == 'T' &&
+                     ((effects & REWRITE_BEGINS_BLOCK) ||
+                      (c->bound_stays && portal && strcmp(portal, c->bound_portal) == 0));
+        c->batch_status = opens || stays ? 'T' : 0;
         return track_client(c, 'E', NULL) ? TAKEN_FORWARD : TAKEN_CLOSED;
     }
     struct note *note = note_new(NULL, NULL);
