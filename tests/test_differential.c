@@ -1353,8 +1353,7 @@ static bool send_in_pieces(struct gen *g, const struct link *l, const uint8_t *d
             if (!read_until_answered(l, r, requests_before(data, at), &lost))
                 return false;
         } else {
-            long us = (long)rnd(g, 2000);
-            struct timespec pause = { 0, us * 1000 };
+            struct timespec pause = { 0, (long)rnd(g, 2000) * 1000 };
             nanosleep(&pause, NULL);
         }
     }

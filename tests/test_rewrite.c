@@ -1158,6 +1158,13 @@ static void expect_effects(const char *const *texts, size_t n, unsigned mask, un
     }
 }
 
+/* Each text of yes has the effect, none of no has it. */
+#define EXPECT_EFFECT(yes, no, effect)                                          \
+    do {                                                                        \
+        expect_effects((yes), sizeof(yes) / sizeof((yes)[0]), (effect), (effect)); \
+        expect_effects((no), sizeof(no) / sizeof((no)[0]), (effect), 0);         \
+    } while (0)
+
 /* Statements that may drop prepared statements are found where they
  * begin, behind whitespace, comments and other statements; the words
  * elsewhere (names, comments) are not, and neither is PREPARE, which drops
@@ -1189,8 +1196,7 @@ static void test_drops_statements(void **state)
         "EXECUTE p",
         "",
     };
-    expect_effects(yes, sizeof(yes) / sizeof(yes[0]), REWRITE_DROPS_STATEMENTS, REWRITE_DROPS_STATEMENTS);
-    expect_effects(no, sizeof(no) / sizeof(no[0]), REWRITE_DROPS_STATEMENTS, 0);
+    EXPECT_EFFECT(yes, no, REWRITE_DROPS_STATEMENTS);
 }
 
 /* What is dropped, as PostgreSQL reads it: each name DEALLOCATE gives,
@@ -1298,8 +1304,7 @@ static void test_changes_identity(void **state)
         "SELECT set_config('it''s.x', 'y', false), set_config('a.b', 'c', true)",
         "",
     };
-    expect_effects(yes, sizeof(yes) / sizeof(yes[0]), REWRITE_CHANGES_IDENTITY, REWRITE_CHANGES_IDENTITY);
-    expect_effects(no, sizeof(no) / sizeof(no[0]), REWRITE_CHANGES_IDENTITY, 0);
+    EXPECT_EFFECT(yes, no, REWRITE_CHANGES_IDENTITY);
 }
 
 /* A change of identity that lasts to the end of the transaction only is
@@ -1378,8 +1383,7 @@ static void test_ends_local(void **state)
         "INSERT INTO log (what) VALUES ('rollback')",
         "",
     };
-    expect_effects(yes, sizeof(yes) / sizeof(yes[0]), REWRITE_ENDS_LOCAL, REWRITE_ENDS_LOCAL);
-    expect_effects(no, sizeof(no) / sizeof(no[0]), REWRITE_ENDS_LOCAL, 0);
+    EXPECT_EFFECT(yes, no, REWRITE_ENDS_LOCAL);
     /* Neither changes the identity by itself. */
     assert_false(rewrite_effects("COMMIT", 6) & REWRITE_CHANGES_IDENTITY);
 }
@@ -1407,8 +1411,7 @@ static void test_begins_block(void **state)
         "SAVEPOINT begin",
         "",
     };
-    expect_effects(yes, sizeof(yes) / sizeof(yes[0]), REWRITE_BEGINS_BLOCK, REWRITE_BEGINS_BLOCK);
-    expect_effects(no, sizeof(no) / sizeof(no[0]), REWRITE_BEGINS_BLOCK, 0);
+    EXPECT_EFFECT(yes, no, REWRITE_BEGINS_BLOCK);
 }
 
 /* A Query that surely parses and runs its BEGIN: BEGIN or START

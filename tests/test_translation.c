@@ -2224,33 +2224,20 @@ static void test_tr_raw_begin_query_ahead(void **state)
         assert_true(itest_raw_send(fd, buf, n));
         switch (q) {
         case OPENS:
-            raw_expect(fd, 'C', "BEGIN");
-            raw_expect(fd, 'C', "SET");
-            raw_expect(fd, 'Z', "T");
-            raw_expect(fd, '1', NULL);
-            raw_expect(fd, '2', NULL);
-            raw_expect(fd, 'C', "INSERT 0 0");
-            raw_expect(fd, 'Z', "T");
+            RAW_EXPECT(fd, { 'C', "BEGIN" }, { 'C', "SET" }, { 'Z', "T" },
+                       { '1', NULL }, { '2', NULL }, { 'C', "INSERT 0 0" }, { 'Z', "T" });
             break;
         case FAILS:
-            raw_expect(fd, 'C', "BEGIN");
-            raw_expect(fd, 'E', "22012");
-            raw_expect(fd, 'Z', "E");
-            raw_expect(fd, 'E', "25P02");
-            raw_expect(fd, 'Z', "E");
+            RAW_EXPECT(fd, { 'C', "BEGIN" }, { 'E', "22012" }, { 'Z', "E" },
+                       { 'E', "25P02" }, { 'Z', "E" });
             break;
         default:
-            raw_expect(fd, 'E', "42601");
-            raw_expect(fd, 'Z', "I");
-            raw_expect(fd, '1', NULL);
-            raw_expect(fd, '2', NULL);
-            raw_expect(fd, 'C', "INSERT 0 0");
-            raw_expect(fd, 'Z', "I");
+            RAW_EXPECT(fd, { 'E', "42601" }, { 'Z', "I" },
+                       { '1', NULL }, { '2', NULL }, { 'C', "INSERT 0 0" }, { 'Z', "I" });
             continue;
         }
         raw_query(fd, "COMMIT");
-        raw_expect(fd, 'C', q == FAILS ? "ROLLBACK" : "COMMIT");
-        raw_expect(fd, 'Z', "I");
+        RAW_EXPECT(fd, { 'C', q == FAILS ? "ROLLBACK" : "COMMIT" }, { 'Z', "I" });
     }
     raw_expect_nothing(fd, 200);
     assert_int_equal(all_rows(t), 1);
@@ -2349,13 +2336,9 @@ static void test_tr_raw_execute_without_name(void **state)
     n = put_msg(buf, n, sizeof buf, 'E', "x", 1);
     n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
     assert_true(itest_raw_send(fd, buf, n));
-    raw_expect(fd, '1', NULL);
-    raw_expect(fd, '2', NULL);
-    raw_expect(fd, 'E', "08P01");
-    raw_expect(fd, 'Z', "E");
+    RAW_EXPECT(fd, { '1', NULL }, { '2', NULL }, { 'E', "08P01" }, { 'Z', "E" });
     raw_query(fd, "ROLLBACK");
-    raw_expect(fd, 'C', "ROLLBACK");
-    raw_expect(fd, 'Z', "I");
+    RAW_EXPECT(fd, { 'C', "ROLLBACK" }, { 'Z', "I" });
     itest_pass();
 }
 
