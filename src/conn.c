@@ -670,6 +670,8 @@ bool relay(struct conn *c, enum flow d)
             c->spoke = c->state == CONN_ACTIVE;
             if (head.type == 'P')
                 c->unnamed_closed = false;
+            if (head.type == 'X')
+                c->client_said_goodbye = true;
             if (c->await_next)
                 settle_await(c, head.type);
             if (c->guard == GUARD_AWAIT_SYNC)
@@ -962,9 +964,14 @@ static void client_sock_cb(struct sock *s, enum sock_event event, void *arg)
     }
 }
 
-/* The server went away without explaining itself first. */
+/* The server went away: after the client's Terminate as it should, else
+ * without explaining itself first. */
 static void server_lost(struct conn *c, const char *why)
 {
+    if (c->client_said_goodbye) {
+        close_pair(c, "client left");
+        return;
+    }
     if (!c->server_said_fatal) {
         conn_log(LOG_WARNING, c, "server connection lost: %s", why);
         send_client_error(c, "FATAL", "08006",

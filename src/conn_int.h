@@ -310,6 +310,8 @@ struct conn {
     bool spoke;                 /* the client sent a message since its login */
     uint64_t logged_in_ns;      /* when, on the monotonic clock */
     bool server_said_fatal;     /* the server explained its own goodbye */
+    bool client_said_goodbye;   /* a Terminate went on to the server, which
+                                   closes the connection after it */
     uint8_t negotiations;
 
     char peer[INET6_ADDRSTRLEN + 8];

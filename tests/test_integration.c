@@ -733,6 +733,30 @@ static void test_client_killed_mid_query(void **state)
     itest_pass();
 }
 
+/* A client that says Terminate and waits for the proxy to close (as
+ * psycopg and pgjdbc close): the server's close after the goodbye is the
+ * session's end, not a lost server; the client is told nothing more. */
+static void test_terminate_then_wait(void **state)
+{
+    (void)state;
+    struct itest_proxy *p = itest_proxy_start(NULL);
+    int fd = itest_raw_connect(p->port);
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_goodbye");
+    static const uint8_t terminate[5] = { 'X', 0, 0, 0, 4 };
+    assert_true(itest_raw_send(fd, terminate, sizeof terminate));
+    uint8_t extra[64];
+    ssize_t got = itest_raw_recv(fd, extra, sizeof extra, 10000);
+    if (got != 0)
+        fail_msg("after Terminate the proxy sent %zd bytes (first %c) instead of closing", got,
+                 got > 0 ? extra[0] : '?');
+    itest_raw_close(fd);
+    itest_proxy_wait_log_count(p, "closed: client left", 1);
+    if (itest_proxy_log_contains(p, "server connection lost"))
+        fail_msg("the server's close after Terminate was logged as a lost server");
+    itest_pass();
+}
+
 /* ---- 12. PostgreSQL restarted under the proxy --------------------------- */
 
 static void test_server_restart(void **state)
@@ -1566,6 +1590,7 @@ int main(int argc, char **argv)
         ITEST(test_md5_and_scram_login),
         ITEST(test_200_concurrent_connections),
         ITEST(test_client_killed_mid_query),
+        ITEST(test_terminate_then_wait),
         ITEST(test_server_restart),
         ITEST(test_unique_violation_fields),
         ITEST(test_server_unreachable),
