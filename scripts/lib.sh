@@ -9,6 +9,8 @@ IDEM_PACKAGES=(build-essential autoconf automake libtool pkg-config
     libevent-dev libssl-dev libpq-dev libpg-query-dev libprotobuf-c-dev
     libcmocka-dev libinih-dev uthash-dev libxxhash-dev liburing-dev libsystemd-dev postgresql-15 postgresql-client-15
     clang libclang-rt-14-dev)
+# What the test suite's driver checks (tests/drivers) run on.
+IDEM_TEST_PACKAGES=(python3-asyncpg python3-psycopg libpgjava openjdk-17-jdk-headless)
 
 idem_say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
 idem_die() { idem_say "$*"; exit 1; }

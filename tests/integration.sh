@@ -1,8 +1,8 @@
 #!/bin/bash
 # Integration tests: a scratch PostgreSQL 15 cluster, the cmocka binaries
 # (tests/test_integration: the proxy core; tests/test_idempotent: rewriting)
-# against it through idemproxy, then a pgbench smoke test through a proxy
-# started here.
+# against it through idemproxy, then a pgbench smoke test and the checks of
+# real drivers (tests/drivers) through proxies started here.
 #
 # Run by `make check`, which sets:
 #   IDEMPROXY       the proxy binary
@@ -43,8 +43,9 @@ PGDATA=$TMP/data
 PGLOG=$TMP/postgres.log
 WORK=$TMP/work
 PROXY_PID=
+PROXY_PORT=
+PROXY_LOG=
 TEST_PID=
-PROXY_LOG=$TMP/pgbench-proxy.log
 failed=0
 
 if [ "$(id -u)" = 0 ]; then
@@ -195,67 +196,115 @@ for bin in "${TEST_BINS[@]}"; do
     fi
 done
 
-# ---- pgbench through a proxy ------------------------------------------------
-if [ -n "${IDEM_TEST_FILTER:-}" ]; then
-    echo "integration.sh: IDEM_TEST_FILTER set, skipping pgbench"
-elif [ -z "$PGBENCH" ]; then
-    echo "integration.sh: pgbench not found" >&2
-    failed=1
-else
+# ---- proxies started here ---------------------------------------------------
+# start_proxy NAME [LINE...]: a proxy in front of the cluster on a free port
+# (PROXY_PORT), logging to $TMP/NAME-proxy.log (PROXY_LOG), with each LINE
+# added after [idemproxy]'s own settings; fails when it does not listen
+# within 20 s.
+start_proxy() {
+    local name=$1 line
+    shift
     PROXY_PORT=$(free_port)
-    cat >"$WORK/pgbench.ini" <<EOF
-[idemproxy]
-listen_addr = 127.0.0.1
-listen_port = $PROXY_PORT
-server_host = 127.0.0.1
-server_port = $PGPORT
-max_client_conn = 100
-log_level = info
-EOF
-    "$IDEMPROXY" -c "$WORK/pgbench.ini" </dev/null >"$PROXY_LOG" 2>&1 &
+    PROXY_LOG=$TMP/$name-proxy.log
+    {
+        printf '%s\n' "[idemproxy]" "listen_addr = 127.0.0.1" "listen_port = $PROXY_PORT" \
+            "server_host = 127.0.0.1" "server_port = $PGPORT" "max_client_conn = 100" \
+            "log_level = info"
+        for line in "$@"; do printf '%s\n' "$line"; done
+    } >"$WORK/$name.ini"
+    "$IDEMPROXY" -c "$WORK/$name.ini" </dev/null >"$PROXY_LOG" 2>&1 &
     PROXY_PID=$!
-    up=0
     for _ in $(seq 200); do # 20 s
         kill -0 "$PROXY_PID" 2>/dev/null || break
-        if grep -qi ":$(printf '%04X' "$PROXY_PORT") [0-9A-F]*:[0-9A-F]* 0A" /proc/net/tcp; then
-            up=1
-            break
-        fi
+        grep -qi ":$(printf '%04X' "$PROXY_PORT") [0-9A-F]*:[0-9A-F]* 0A" /proc/net/tcp && return 0
         sleep 0.1
     done
-    bench() {
-        echo "integration.sh: pgbench $*"
-        if ! timeout -k 5 120 "$PGBENCH" -h 127.0.0.1 -p "$PROXY_PORT" -U "$PGSUPER" "$@" postgres \
-            >"$WORK/pgbench.out" 2>&1; then
-            cat "$WORK/pgbench.out"
-            echo "integration.sh: FAILED: pgbench $*" >&2
-            failed=1
-            return 1
-        fi
-        grep -E '^(number of (transactions actually processed|failed)|tps)' "$WORK/pgbench.out" || true
-    }
-    if [ "$up" != 1 ]; then
-        echo "integration.sh: FAILED: the pgbench proxy did not start" >&2
-        failed=1
-    elif bench -i -s 1 -q; then
-        bench -S -T 3 -c 4 -j 2 -M simple || true
-        bench -S -T 3 -c 4 -j 2 -M extended || true
-        bench -S -T 3 -c 4 -j 2 -M prepared || true
-    fi
+    echo "integration.sh: FAILED: the $name proxy did not start" >&2
+    return 1
+}
+
+# stop_proxy NAME: stops the proxy start_proxy started; fails when it had
+# died or its log holds a sanitizer report, and then shows the log.
+stop_proxy() {
+    local name=$1 rc=0
     if ! kill -0 "$PROXY_PID" 2>/dev/null; then
-        echo "integration.sh: FAILED: the pgbench proxy died" >&2
-        failed=1
+        echo "integration.sh: FAILED: the $name proxy died" >&2
+        rc=1
     fi
     kill_wait "$PROXY_PID"
     PROXY_PID=
     if grep -qE 'ERROR: (Address|Leak)Sanitizer|runtime error:' "$PROXY_LOG"; then
-        echo "integration.sh: FAILED: sanitizer report in the pgbench proxy's log" >&2
-        failed=1
+        echo "integration.sh: FAILED: sanitizer report in the $name proxy's log" >&2
+        rc=1
     fi
-    if [ "$failed" != 0 ]; then
-        echo "--- pgbench proxy log ($PROXY_LOG):"
+    if [ "$rc" != 0 ] || [ "$failed" != 0 ]; then
+        echo "--- $name proxy log ($PROXY_LOG):"
         tail -n 100 "$PROXY_LOG"
     fi
+    return $rc
+}
+
+# ---- pgbench through a proxy ------------------------------------------------
+bench() {
+    echo "integration.sh: pgbench $*"
+    if ! timeout -k 5 120 "$PGBENCH" -h 127.0.0.1 -p "$PROXY_PORT" -U "$PGSUPER" "$@" postgres \
+        >"$WORK/pgbench.out" 2>&1; then
+        cat "$WORK/pgbench.out"
+        echo "integration.sh: FAILED: pgbench $*" >&2
+        failed=1
+        return 1
+    fi
+    grep -E '^(number of (transactions actually processed|failed)|tps)' "$WORK/pgbench.out" || true
+}
+if [ -n "${IDEM_TEST_FILTER:-}" ]; then
+    echo "integration.sh: IDEM_TEST_FILTER set, skipping pgbench and the drivers"
+elif [ -z "$PGBENCH" ]; then
+    echo "integration.sh: pgbench not found" >&2
+    failed=1
+elif ! start_proxy pgbench; then
+    failed=1
+else
+    if bench -i -s 1 -q; then
+        bench -S -T 3 -c 4 -j 2 -M simple || true
+        bench -S -T 3 -c 4 -j 2 -M extended || true
+        bench -S -T 3 -c 4 -j 2 -M prepared || true
+    fi
+    stop_proxy pgbench || failed=1
+fi
+
+# ---- real drivers through a proxy -------------------------------------------
+# psycopg 3 and asyncpg (tests/drivers/drivers.py) and pgjdbc (Drivers.java),
+# each straight and through a proxy registering drivers.sql's tables.
+DRIVERS=$(dirname "$0")/drivers
+# run_driver NAME COMMAND...: COMMAND HOST DIRECT_PORT PROXY_PORT USER DBNAME.
+run_driver() {
+    local name=$1 t0 rc=0
+    shift
+    t0=$(date +%s)
+    timeout -k 5 300 "$@" 127.0.0.1 "$PGPORT" "$PROXY_PORT" "$PGSUPER" postgres \
+        >"$WORK/$name.out" 2>&1 || rc=$?
+    echo "integration.sh: $name: $(grep -c '^ok ' "$WORK/$name.out") checks passed," \
+         "exited $rc after $(( $(date +%s) - t0 )) s"
+    if [ "$rc" != 0 ]; then
+        grep -v '^ok ' "$WORK/$name.out" | tail -n 40
+        failed=1
+    fi
+}
+if [ -n "${IDEM_TEST_FILTER:-}" ]; then
+    :
+elif ! /usr/bin/python3 -c 'import asyncpg, psycopg' 2>/dev/null || ! command -v java >/dev/null ||
+    [ ! -f /usr/share/java/postgresql.jar ]; then
+    echo "integration.sh: FAILED: the driver checks need python3-asyncpg, python3-psycopg," \
+         "libpgjava and openjdk-17-jdk-headless" >&2
+    failed=1
+elif ! psql_super -f "$DRIVERS/drivers.sql" ||
+    ! start_proxy drivers "" "[table public.webhook_events]" "conflict = idempotency_key" \
+        "" "[table public.ledger]" "conflict = ref" "action = none"; then
+    failed=1
+else
+    run_driver drivers.py /usr/bin/python3 "$DRIVERS/drivers.py"
+    run_driver Drivers.java java -cp /usr/share/java/postgresql.jar "$DRIVERS/Drivers.java"
+    stop_proxy drivers || failed=1
 fi
 
 echo "integration.sh: total $(( $(date +%s) - start )) s"

@@ -1,0 +1,376 @@
+"""What applications written with real Python drivers see through idemproxy.
+
+psycopg 3 speaks through libpq (its pipeline mode, server-side prepared
+statements after five executions, binary parameters); asyncpg has its own
+implementation of the protocol (named statements for everything, binary
+formats, executemany as one batch, its own cancel requests). Each check runs
+the same calls once straight against PostgreSQL and once through the proxy:
+straight, a duplicate into a registered table fails, which shows that the
+check can fail; through the proxy it must give what the application would
+have got had the row been skipped (or found), and everything else must be
+what PostgreSQL itself gives.
+
+Run by tests/integration.sh, which creates the tables (drivers.sql) and
+starts a proxy registering them (drivers.ini):
+
+    /usr/bin/python3 drivers.py HOST DIRECT_PORT PROXY_PORT USER DBNAME
+
+Prints one line per check, `ok NAME` or `FAILED NAME: why`, and exits 1 when
+any failed.
+"""
+
+import asyncio
+import sys
+import uuid
+
+import asyncpg
+import psycopg
+from psycopg import errors as pgerr
+
+HOST, DIRECT_PORT, PROXY_PORT, USER, DBNAME = sys.argv[1:6]
+DIRECT_PORT, PROXY_PORT = int(DIRECT_PORT), int(PROXY_PORT)
+
+INSERT_EVENT = "INSERT INTO webhook_events (idempotency_key, payload) VALUES (%s, %s)"
+INSERT_EVENT_RETURNING = INSERT_EVENT + " RETURNING id"
+INSERT_LEDGER = "INSERT INTO ledger (ref, amount) VALUES (%s, %s)"
+INSERT_AUDIT = "INSERT INTO audit_log (k) VALUES (%s)"
+
+failures = []
+
+
+def check(name, cond, why):
+    if cond:
+        print(f"ok {name}")
+    else:
+        print(f"FAILED {name}: {why}")
+        failures.append(name)
+
+
+def fresh(prefix):
+    """Keys no other check or run uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def conninfo(port):
+    return f"host={HOST} port={port} user={USER} dbname={DBNAME}"
+
+
+def count(table, column, prefix):
+    with psycopg.connect(conninfo(DIRECT_PORT), autocommit=True) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table} WHERE {column} LIKE %s",
+                            (prefix + "%",)).fetchone()[0]
+
+
+def sqlstate_of(fn):
+    """Runs fn; the SQLSTATE of the error it raised, or None."""
+    try:
+        fn()
+    except psycopg.Error as e:
+        return e.sqlstate
+    return None
+
+
+# ---- psycopg 3 --------------------------------------------------------------
+
+def psycopg_retry(port):
+    """Autocommit INSERT sent twice: the second's rowcount, or its SQLSTATE."""
+    key = fresh("pg-retry")
+    with psycopg.connect(conninfo(port), autocommit=True) as conn:
+        first = conn.execute(INSERT_EVENT, (key, "first")).rowcount
+        try:
+            second = conn.execute(INSERT_EVENT, (key, "retry")).rowcount
+        except psycopg.Error as e:
+            second = e.sqlstate
+        payload = conn.execute("SELECT payload FROM webhook_events WHERE idempotency_key = %s",
+                               (key,)).fetchone()[0]
+    return first, second, payload
+
+
+def psycopg_returning(port):
+    """INSERT ... RETURNING id twice, text and binary: the ids."""
+    key = fresh("pg-returning")
+    ids = []
+    with psycopg.connect(conninfo(port), autocommit=True) as conn:
+        for binary in (False, True, False):
+            try:
+                ids.append(conn.execute(INSERT_EVENT_RETURNING, (key, "x"),
+                                        binary=binary).fetchone()[0])
+            except psycopg.Error as e:
+                ids.append(e.sqlstate)
+    return ids
+
+
+def psycopg_prepared(port):
+    """The same INSERT nine times over three keys: from the fifth on psycopg
+    runs its own prepared statement."""
+    prefix = fresh("pg-prepared")
+    with psycopg.connect(conninfo(port), autocommit=True) as conn:
+        counts = []
+        for i in range(9):
+            try:
+                counts.append(conn.execute(INSERT_EVENT, (f"{prefix}-{i % 3}", "x")).rowcount)
+            except psycopg.Error as e:
+                counts.append(e.sqlstate)
+        prepared = conn.execute(
+            "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE '_pg3_%%'").fetchone()[0]
+    return counts, prepared, count("webhook_events", "idempotency_key", prefix)
+
+
+def psycopg_executemany(port):
+    """executemany in autocommit, which psycopg sends as one pipeline."""
+    prefix = fresh("pg-many")
+    rows = [(f"{prefix}-{k}", "x") for k in (1, 2, 1, 3, 2)]
+    with psycopg.connect(conninfo(port), autocommit=True) as conn:
+        state = sqlstate_of(lambda: conn.cursor().executemany(INSERT_EVENT, rows))
+    return state, count("webhook_events", "idempotency_key", prefix)
+
+
+def psycopg_pipeline(port):
+    """An explicit pipeline: a duplicate, then a SELECT behind it."""
+    prefix = fresh("pg-pipeline")
+    with psycopg.connect(conninfo(port), autocommit=True) as conn:
+        try:
+            with conn.pipeline():
+                conn.execute(INSERT_EVENT, (prefix, "a"))
+                conn.execute(INSERT_EVENT, (prefix, "b"))
+                cur = conn.execute("SELECT %s::text", ("behind",))
+            after = cur.fetchone()[0]
+        except psycopg.Error as e:
+            after = e.sqlstate
+    return after, count("webhook_events", "idempotency_key", prefix)
+
+
+def psycopg_transaction(port):
+    """A transaction block (psycopg's default): a duplicate into a table only
+    error translation covers, then another row; both commit."""
+    prefix = fresh("pg-txn")
+    with psycopg.connect(conninfo(port)) as conn:
+        conn.execute(INSERT_LEDGER, (prefix + "-a", 1))
+        conn.commit()
+        try:
+            with conn.transaction():
+                dup = conn.execute(INSERT_LEDGER, (prefix + "-a", 2)).rowcount
+                conn.execute(INSERT_LEDGER, (prefix + "-b", 3))
+        except psycopg.Error as e:
+            dup = e.sqlstate
+            conn.rollback()
+    return dup, count("ledger", "ref", prefix)
+
+
+def psycopg_rollback_kept(port):
+    """A duplicate into a table the proxy was not told about, inside a block:
+    the error and the rollback of everything before it are the server's."""
+    prefix = fresh("pg-rollback")
+    with psycopg.connect(conninfo(port)) as conn:
+        conn.execute(INSERT_AUDIT, (prefix + "-a",))
+        conn.commit()
+        conn.execute(INSERT_EVENT, (prefix + "-event", "x"))
+        state = sqlstate_of(lambda: conn.execute(INSERT_AUDIT, (prefix + "-a",)))
+        status = conn.info.transaction_status.name
+        conn.rollback()
+    return state, status, count("webhook_events", "idempotency_key", prefix)
+
+
+def psycopg_copy(port):
+    """COPY passes through: rows in, and a duplicate in COPY fails (no
+    statement to rewrite)."""
+    prefix = fresh("pg-copy")
+    with psycopg.connect(conninfo(port), autocommit=True) as conn:
+        with conn.cursor().copy("COPY webhook_events (idempotency_key, payload) FROM STDIN") as cp:
+            for i in range(100):
+                cp.write_row((f"{prefix}-{i}", "copied"))
+
+        def copy_dup():
+            with conn.cursor().copy("COPY webhook_events (idempotency_key, payload) FROM STDIN") as cp:
+                cp.write_row((f"{prefix}-7", "again"))
+        state = sqlstate_of(copy_dup)
+        alive = conn.execute("SELECT 1").fetchone()[0]
+    return count("webhook_events", "idempotency_key", prefix), state, alive
+
+
+# ---- asyncpg ----------------------------------------------------------------
+
+ASYNC_EVENT = "INSERT INTO webhook_events (idempotency_key, payload) VALUES ($1, $2)"
+ASYNC_LEDGER = "INSERT INTO ledger (ref, amount) VALUES ($1, $2)"
+
+
+async def connect(port):
+    return await asyncpg.connect(host=HOST, port=port, user=USER, database=DBNAME, ssl=False)
+
+
+async def attempt(coro):
+    try:
+        return await coro
+    except asyncpg.PostgresError as e:
+        return e.sqlstate
+
+
+async def asyncpg_retry(port):
+    """execute() twice: the command tags (asyncpg prepares every statement)."""
+    key = fresh("apg-retry")
+    conn = await connect(port)
+    try:
+        return [await attempt(conn.execute(ASYNC_EVENT, key, "x")) for _ in range(2)]
+    finally:
+        await conn.close()
+
+
+async def asyncpg_returning(port):
+    """fetchval(INSERT ... RETURNING id) twice, and once more from a statement
+    prepared by hand: the ids."""
+    key = fresh("apg-returning")
+    conn = await connect(port)
+    try:
+        ids = [await attempt(conn.fetchval(ASYNC_EVENT + " RETURNING id", key, "x"))
+               for _ in range(2)]
+        stmt = await conn.prepare(ASYNC_EVENT + " RETURNING id")
+        ids.append(await attempt(stmt.fetchval(key, "y")))
+        return ids
+    finally:
+        await conn.close()
+
+
+async def asyncpg_executemany(port):
+    """executemany: every Bind and Execute, then one Sync."""
+    prefix = fresh("apg-many")
+    conn = await connect(port)
+    try:
+        state = await attempt(conn.executemany(
+            ASYNC_EVENT, [(f"{prefix}-{k}", "x") for k in (1, 2, 2, 3, 1)]))
+    finally:
+        await conn.close()
+    return state, count("webhook_events", "idempotency_key", prefix)
+
+
+async def asyncpg_transaction(port):
+    """A duplicate into a table only error translation covers, inside
+    conn.transaction(), then another row: both commit."""
+    prefix = fresh("apg-txn")
+    conn = await connect(port)
+    try:
+        await conn.execute(ASYNC_LEDGER, prefix + "-a", 1)
+        try:
+            async with conn.transaction():
+                tag = await conn.execute(ASYNC_LEDGER, prefix + "-a", 2)
+                await conn.execute(ASYNC_LEDGER, prefix + "-b", 3)
+        except asyncpg.PostgresError as e:
+            tag = e.sqlstate
+    finally:
+        await conn.close()
+    return tag, count("ledger", "ref", prefix)
+
+
+async def asyncpg_cancel(port):
+    """A statement timeout on the client's side: asyncpg sends a cancel
+    request on a connection of its own; the session lives on."""
+    conn = await connect(port)
+    try:
+        try:
+            await conn.execute("SELECT pg_sleep(10)", timeout=0.3)
+            outcome = "not cancelled"
+        except asyncio.TimeoutError:
+            outcome = "timeout"
+        return outcome, await conn.fetchval("SELECT 41 + 1")
+    finally:
+        await conn.close()
+
+
+async def asyncpg_notify(port):
+    """LISTEN through the proxy, NOTIFY from another session."""
+    channel = "drivers_" + uuid.uuid4().hex[:8]
+    got = asyncio.get_running_loop().create_future()
+    listener = await connect(port)
+    talker = await connect(port)
+    try:
+        await listener.add_listener(channel, lambda c, pid, ch, payload: got.done()
+                                    or got.set_result(payload))
+        await talker.execute(f"NOTIFY {channel}, 'hello'")
+        return await asyncio.wait_for(got, 5)
+    finally:
+        await talker.close()
+        await listener.close()
+
+
+async def asyncpg_copy(port):
+    """Binary COPY of records into a registered table."""
+    prefix = fresh("apg-copy")
+    conn = await connect(port)
+    try:
+        tag = await conn.copy_records_to_table(
+            "webhook_events", columns=["idempotency_key", "payload"],
+            records=[(f"{prefix}-{i}", "copied") for i in range(500)])
+    finally:
+        await conn.close()
+    return tag, count("webhook_events", "idempotency_key", prefix)
+
+
+def run(fn, port):
+    if asyncio.iscoroutinefunction(fn):
+        return asyncio.run(fn(port))
+    return fn(port)
+
+
+def compare(name, fn, direct_expected, proxy_expected):
+    """fn straight and through the proxy against what each must give."""
+    direct = run(fn, DIRECT_PORT)
+    check(f"{name} (direct)", direct == direct_expected,
+          f"PostgreSQL gave {direct!r}, expected {direct_expected!r}")
+    proxied = run(fn, PROXY_PORT)
+    check(f"{name} (proxy)", proxied == proxy_expected,
+          f"gave {proxied!r}, expected {proxy_expected!r}")
+    return direct, proxied
+
+
+def same(name, fn):
+    """fn must give through the proxy what it gives straight."""
+    direct = run(fn, DIRECT_PORT)
+    proxied = run(fn, PROXY_PORT)
+    check(name, direct == proxied, f"PostgreSQL gave {direct!r}, the proxy {proxied!r}")
+    return direct
+
+
+def main():
+    compare("psycopg: an autocommitted retry", psycopg_retry,
+            (1, "23505", "first"), (1, 0, "first"))
+    direct, proxied = run(psycopg_returning, DIRECT_PORT), run(psycopg_returning, PROXY_PORT)
+    check("psycopg: INSERT ... RETURNING retried (direct)", direct[1:] == ["23505", "23505"],
+          f"PostgreSQL gave {direct!r}")
+    check("psycopg: INSERT ... RETURNING retried (proxy)",
+          isinstance(proxied[0], int) and proxied == [proxied[0]] * 3,
+          f"gave {proxied!r}, expected one id three times")
+    compare("psycopg: prepared after five executions", psycopg_prepared,
+            ([1, 1, 1] + ["23505"] * 6, 1, 3), ([1, 1, 1] + [0] * 6, 1, 3))
+    compare("psycopg: executemany with duplicates", psycopg_executemany,
+            ("23505", 0), (None, 3))
+    compare("psycopg: a pipeline", psycopg_pipeline, ("23505", 0), ("behind", 1))
+    compare("psycopg: a duplicate inside a transaction block", psycopg_transaction,
+            ("23505", 1), (0, 2))
+    same("psycopg: a duplicate into an unregistered table rolls the block back",
+         psycopg_rollback_kept)
+    check("psycopg: ... with 23505 and a failed block",
+          psycopg_rollback_kept(PROXY_PORT) == ("23505", "INERROR", 0), "see above")
+    same("psycopg: COPY in, and a duplicate in COPY", psycopg_copy)
+
+    compare("asyncpg: an execute() retried", asyncpg_retry,
+            ["INSERT 0 1", "23505"], ["INSERT 0 1", "INSERT 0 0"])
+    direct, proxied = run(asyncpg_returning, DIRECT_PORT), run(asyncpg_returning, PROXY_PORT)
+    check("asyncpg: INSERT ... RETURNING retried (direct)", direct[1:] == ["23505", "23505"],
+          f"PostgreSQL gave {direct!r}")
+    check("asyncpg: INSERT ... RETURNING retried (proxy)",
+          isinstance(proxied[0], int) and proxied == [proxied[0]] * 3,
+          f"gave {proxied!r}, expected one id three times")
+    compare("asyncpg: executemany with duplicates", asyncpg_executemany,
+            ("23505", 0), (None, 3))
+    compare("asyncpg: a duplicate inside a transaction block", asyncpg_transaction,
+            ("23505", 1), ("INSERT 0 0", 2))
+    compare("asyncpg: a cancelled statement", asyncpg_cancel,
+            ("timeout", 42), ("timeout", 42))
+    compare("asyncpg: LISTEN and NOTIFY", asyncpg_notify, "hello", "hello")
+    compare("asyncpg: binary COPY", asyncpg_copy, ("COPY 500", 500), ("COPY 500", 500))
+
+    print(f"{len(failures)} failed" if failures else "all passed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
