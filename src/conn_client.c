@@ -638,15 +638,12 @@ static void batch_message(struct conn *c)
 }
 
 /* What a Query leaves the session in, as far as can be told before it is
- * answered (note->status_after), the status ahead of it being before: in
- * a block, when it surely opens one (it parses: a text that does not runs
- * nothing), or when one was open and none of its statements may end it
- * (an error only fails it). Not in the middle of a batch, where it is
- * skipped after an error. */
-static char query_status_after(const struct conn *c, char before, const struct statement *st)
+ * answered, the status ahead of it being before: in a block, when it
+ * surely opens one (it parses: a text that does not runs nothing), or when
+ * one was open and none of its statements may end it (an error only fails
+ * it). */
+static char query_status_after(char before, const struct statement *st)
 {
-    if (c->batch_open)
-        return 0;
     if (before == 'T')
         return st->effects & REWRITE_ENDS_LOCAL ? 0 : 'T';
     return before == 'I' && (st->effects & REWRITE_BEGINS_BLOCK) &&
@@ -761,12 +758,19 @@ static enum taken take_query(struct conn *c, const uint8_t *msg, size_t total, s
 
     if (ask_in_block(c, msg, total))
         return TAKEN_HELD;
-    char before = status_after_pending(c);
+    char before = c->batch_open ? c->batch_status : status_after_pending(c);
     decide_message(c, msg, total, &st);
-    char after = query_status_after(c, before, &st);
+    char after = query_status_after(before, &st);
     /* A Query in the middle of a batch ends its implicit transaction, and
-     * drops the unnamed statement. */
-    c->batch_status = 0;
+     * drops the unnamed statement. After an error earlier in the batch the
+     * server skips it with the rest of the batch, so the rest of the batch
+     * may take the status it leaves (pgjdbc's autosave sends its SAVEPOINT
+     * so, behind the BEGIN); the batch's Sync still says it only for a
+     * batch begun in the block (take_sync). */
+    if (c->batch_open) {
+        c->batch_status = after;
+        after = 0;
+    }
     if (!unnamed_redefined(c, &note)) {
         decision_unref(st.d);
         fail_oom(c);

@@ -2244,6 +2244,68 @@ static void test_tr_raw_begin_query_ahead(void **state)
     itest_pass();
 }
 
+/* A Query in the middle of the batch that opens a block, as pgjdbc with
+ * autosave sends its SAVEPOINT behind the BEGIN and ahead of the block's
+ * first statement: the INSERT after it runs in the block, its duplicate
+ * rolled back alone. A BEGIN that fails (a Bind with a parameter its
+ * statement lacks) has the server skip the Query and everything up to the
+ * Sync, the proxy's savepoint with them; a Query that fails leaves the
+ * block failed, and the INSERT's Parse meets 25P02; one that commits
+ * leaves the INSERT autocommitted behind it, its duplicate standing as
+ * PostgreSQL reports it. */
+static void test_tr_raw_query_in_opening_batch(void **state)
+{
+    (void)state;
+    const char *t = "tr_raw_autosave";
+    int fd = raw_session_for(t, false);
+    const char *dup = "INSERT INTO tr_raw_autosave (k, payload) VALUES ('dup', 'again')";
+    enum { OPENS, BEGIN_FAILS, QUERY_FAILS, QUERY_COMMITS };
+    static const char *const query[] = {
+        [OPENS] = "SAVEPOINT autosave",
+        [BEGIN_FAILS] = "SAVEPOINT autosave",
+        [QUERY_FAILS] = "SAVEPOINT autosave; SELECT 1/0",
+        [QUERY_COMMITS] = "SAVEPOINT autosave; COMMIT",
+    };
+    /* Portal, statement, no formats, one parameter "x", no result formats. */
+    static const uint8_t bind_one[] = { 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, 'x', 0, 0 };
+    uint8_t buf[1024];
+
+    for (int q = OPENS; q <= QUERY_COMMITS; q++) {
+        size_t n = put_parse(buf, 0, sizeof buf, "", "BEGIN");
+        n = q == BEGIN_FAILS ? put_msg(buf, n, sizeof buf, 'B', bind_one, sizeof bind_one)
+                             : put_bind(buf, n, sizeof buf, "", "");
+        n = put_execute(buf, n, sizeof buf, "");
+        n = put_msg(buf, n, sizeof buf, 'Q', query[q], strlen(query[q]) + 1);
+        n = put_pbe(buf, n, sizeof buf, dup);
+        n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
+        assert_true(itest_raw_send(fd, buf, n));
+        switch (q) {
+        case OPENS:
+            RAW_EXPECT(fd, { '1', NULL }, { '2', NULL }, { 'C', "BEGIN" }, { 'C', "SAVEPOINT" },
+                       { 'Z', "T" }, { '1', NULL }, { '2', NULL }, { 'C', "INSERT 0 0" },
+                       { 'Z', "T" });
+            break;
+        case BEGIN_FAILS:
+            RAW_EXPECT(fd, { '1', NULL }, { 'E', "08P01" }, { 'Z', "I" });
+            continue;
+        case QUERY_FAILS:
+            RAW_EXPECT(fd, { '1', NULL }, { '2', NULL }, { 'C', "BEGIN" }, { 'C', "SAVEPOINT" },
+                       { 'E', "22012" }, { 'Z', "E" }, { 'E', "25P02" }, { 'Z', "E" });
+            break;
+        default:
+            RAW_EXPECT(fd, { '1', NULL }, { '2', NULL }, { 'C', "BEGIN" }, { 'C', "SAVEPOINT" },
+                       { 'C', "COMMIT" }, { 'Z', "I" }, { '1', NULL }, { '2', NULL },
+                       { 'E', "23505" }, { 'Z', "I" });
+            continue;
+        }
+        raw_query(fd, "COMMIT");
+        RAW_EXPECT(fd, { 'C', q == QUERY_FAILS ? "ROLLBACK" : "COMMIT" }, { 'Z', "I" });
+    }
+    raw_expect_nothing(fd, 200);
+    assert_int_equal(all_rows(t), 1);
+    itest_pass();
+}
+
 /* Inside a block, batches sent in one write, each behind one the server
  * has not answered yet: a batch (or a Query) that cannot end the block
  * leaves it open, or failed, and the duplicate behind it is guarded and
@@ -2514,6 +2576,7 @@ int main(int argc, char **argv)
         ITEST(test_tr_batch_in_txn),
         ITEST(test_tr_begin_in_batch),
         ITEST(test_tr_raw_begin_query_ahead),
+        ITEST(test_tr_raw_query_in_opening_batch),
         ITEST(test_tr_raw_pipeline_in_block),
         ITEST(test_tr_raw_execute_without_name),
         ITEST(test_tr_raw_malformed_messages),
