@@ -59,8 +59,13 @@ public class Drivers {
     }
 
     static Connection connect(int port) throws SQLException {
+        return connect(port, "");
+    }
+
+    /* options: more of pgjdbc's URL parameters, each starting with '&'. */
+    static Connection connect(int port, String options) throws SQLException {
         String url = "jdbc:postgresql://" + host + ":" + port + "/" + dbname
-            + "?sslmode=disable&user=" + user;
+            + "?sslmode=disable&user=" + user + options;
         return DriverManager.getConnection(url);
     }
 
@@ -87,10 +92,11 @@ public class Drivers {
         }
     }
 
-    /* executeUpdate twice with one key, autocommitted. */
-    static Object retry(int port) throws SQLException {
+    /* executeUpdate twice with one key, autocommitted; with
+     * preferQueryMode=simple pgjdbc sends the values in the text. */
+    static Object retry(int port, String options) throws SQLException {
         String key = fresh("jdbc-retry");
-        try (Connection c = connect(port)) {
+        try (Connection c = connect(port, options)) {
             return List.of(insert(c, INSERT_EVENT, key, "first"), insert(c, INSERT_EVENT, key, "retry"));
         }
     }
@@ -115,10 +121,12 @@ public class Drivers {
         }
     }
 
-    /* addBatch five times, two of them duplicates, autocommitted. */
-    static Object batch(int port) throws SQLException {
+    /* addBatch five times, two of them duplicates, autocommitted; with
+     * reWriteBatchedInserts pgjdbc sends them as one INSERT of five rows. */
+    static Object batch(int port, String options) throws SQLException {
         String prefix = fresh("jdbc-batch");
-        try (Connection c = connect(port); PreparedStatement ps = c.prepareStatement(INSERT_EVENT)) {
+        try (Connection c = connect(port, options);
+             PreparedStatement ps = c.prepareStatement(INSERT_EVENT)) {
             for (int k : new int[] { 1, 2, 1, 3, 2 }) {
                 ps.setString(1, prefix + "-" + k);
                 ps.setString(2, "x");
@@ -135,10 +143,11 @@ public class Drivers {
     }
 
     /* autoCommit off: a duplicate into a table only error translation
-     * covers, another row, commit. */
-    static Object transaction(int port) throws SQLException {
+     * covers, another row, commit. With autosave=always pgjdbc puts each
+     * statement under a savepoint of its own. */
+    static Object transaction(int port, String options) throws SQLException {
         String prefix = fresh("jdbc-txn");
-        try (Connection c = connect(port)) {
+        try (Connection c = connect(port, options)) {
             insert(c, INSERT_LEDGER, prefix + "-a", 1);
             c.setAutoCommit(false);
             Object dup = insert(c, INSERT_LEDGER, prefix + "-a", 2);
@@ -234,15 +243,23 @@ public class Drivers {
         user = args[3];
         dbname = args[4];
 
-        compare("pgjdbc: an autocommitted retry", Drivers::retry,
+        compare("pgjdbc: an autocommitted retry", port -> retry(port, ""),
                 List.of(1, "23505"), List.of(1, 0));
+        compare("pgjdbc: an autocommitted retry, preferQueryMode=simple",
+                port -> retry(port, "&preferQueryMode=simple"), List.of(1, "23505"), List.of(1, 0));
         compare("pgjdbc: prepared on the server after five executions", Drivers::serverPrepared,
                 List.of(List.of(1, 1, 1, "23505", "23505", "23505", "23505", "23505", "23505"), true, 3L),
                 List.of(List.of(1, 1, 1, 0, 0, 0, 0, 0, 0), true, 3L));
-        compare("pgjdbc: a batch with duplicates", Drivers::batch,
+        compare("pgjdbc: a batch with duplicates", port -> batch(port, ""),
                 List.of("23505", 0L), List.of("[1, 1, 0, 1, 0]", 3L));
-        compare("pgjdbc: a duplicate inside a transaction", Drivers::transaction,
+        compare("pgjdbc: a batch with duplicates, reWriteBatchedInserts",
+                port -> batch(port, "&reWriteBatchedInserts=true"),
+                List.of("23505", 0L), List.of("[-2, -2, -2, -2, 0]", 3L));
+        compare("pgjdbc: a duplicate inside a transaction", port -> transaction(port, ""),
                 List.of("23505", "25P02", 1L), List.of(0, 1, 2L));
+        compare("pgjdbc: a duplicate inside a transaction, autosave=always",
+                port -> transaction(port, "&autosave=always"),
+                List.of("23505", 1, 2L), List.of(0, 1, 2L));
         compare("pgjdbc: a duplicate into an unregistered table rolls the block back",
                 Drivers::rollbackKept, List.of("23505", "25P02", 0L), List.of("23505", "25P02", 0L));
 

@@ -188,6 +188,23 @@ def psycopg_copy(port):
     return count("webhook_events", "idempotency_key", prefix), state, alive
 
 
+def psycopg_executemany_in_block(port, keys):
+    """executemany inside a block into a table only error translation
+    covers, keys[0] already there: a duplicate last in the batch is rolled
+    back alone, one in its middle fails the block as it does directly."""
+    prefix = fresh("pg-many-block")
+    with psycopg.connect(conninfo(port)) as conn:
+        conn.execute(INSERT_LEDGER, (f"{prefix}-{keys[0]}", 0))
+        conn.commit()
+        rows = [(f"{prefix}-{k}", 1) for k in keys[1:]]
+        state = sqlstate_of(lambda: conn.cursor().executemany(INSERT_LEDGER, rows))
+        if state:
+            conn.rollback()
+        else:
+            conn.commit()
+    return state, count("ledger", "ref", prefix)
+
+
 # ---- asyncpg ----------------------------------------------------------------
 
 ASYNC_EVENT = "INSERT INTO webhook_events (idempotency_key, payload) VALUES ($1, $2)"
@@ -228,6 +245,36 @@ async def asyncpg_returning(port):
         return ids
     finally:
         await conn.close()
+
+
+async def asyncpg_uncached(port):
+    """statement_cache_size=0, as asyncpg is set up behind PgBouncer: every
+    statement unnamed, described and run in two batches."""
+    key = fresh("apg-uncached")
+    conn = await asyncpg.connect(host=HOST, port=port, user=USER, database=DBNAME, ssl=False,
+                                 statement_cache_size=0)
+    try:
+        tags = [await attempt(conn.execute(ASYNC_EVENT, key, "x")) for _ in range(2)]
+        tags.append(await attempt(conn.fetchval(ASYNC_EVENT + " RETURNING id", key, "x")))
+        return tags[:2] + [isinstance(tags[2], int)]
+    finally:
+        await conn.close()
+
+
+async def asyncpg_pool(port):
+    """A pool of two connections, each released (RESET ALL, UNLISTEN *,
+    CLOSE ALL ...) and acquired again between retries."""
+    key = fresh("apg-pool")
+    pool = await asyncpg.create_pool(host=HOST, port=port, user=USER, database=DBNAME, ssl=False,
+                                     min_size=2, max_size=2)
+    try:
+        tags = []
+        for _ in range(4):
+            async with pool.acquire() as conn:
+                tags.append(await attempt(conn.execute(ASYNC_EVENT, key, "x")))
+        return tags
+    finally:
+        await pool.close()
 
 
 async def asyncpg_executemany(port):
@@ -350,6 +397,11 @@ def main():
     check("psycopg: ... with 23505 and a failed block",
           psycopg_rollback_kept(PROXY_PORT) == ("23505", "INERROR", 0), "see above")
     same("psycopg: COPY in, and a duplicate in COPY", psycopg_copy)
+    compare("psycopg: executemany in a block, a duplicate last",
+            lambda port: psycopg_executemany_in_block(port, (1, 2, 3, 1)),
+            ("23505", 1), (None, 3))
+    same("psycopg: executemany in a block, a duplicate in the middle",
+         lambda port: psycopg_executemany_in_block(port, (1, 2, 1, 3)))
 
     compare("asyncpg: an execute() retried", asyncpg_retry,
             ["INSERT 0 1", "23505"], ["INSERT 0 1", "INSERT 0 0"])
@@ -359,6 +411,10 @@ def main():
     check("asyncpg: INSERT ... RETURNING retried (proxy)",
           isinstance(proxied[0], int) and proxied == [proxied[0]] * 3,
           f"gave {proxied!r}, expected one id three times")
+    compare("asyncpg: statement_cache_size=0", asyncpg_uncached,
+            ["INSERT 0 1", "23505", False], ["INSERT 0 1", "INSERT 0 0", True])
+    compare("asyncpg: a pool, released and acquired between retries", asyncpg_pool,
+            ["INSERT 0 1"] + ["23505"] * 3, ["INSERT 0 1"] + ["INSERT 0 0"] * 3)
     compare("asyncpg: executemany with duplicates", asyncpg_executemany,
             ("23505", 0), (None, 3))
     compare("asyncpg: a duplicate inside a transaction block", asyncpg_transaction,
