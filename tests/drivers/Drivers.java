@@ -212,6 +212,73 @@ public class Drivers {
         return ids;
     }
 
+    /* A savepoint of the application's around a duplicate into a table
+     * only error translation covers, autoCommit off: rolled back to it on
+     * an error, the block goes on and commits. */
+    static Object ownSavepoint(int port) throws SQLException {
+        String prefix = fresh("jdbc-savepoint");
+        try (Connection c = connect(port)) {
+            insert(c, INSERT_LEDGER, prefix + "-a", 1);
+            c.setAutoCommit(false);
+            insert(c, INSERT_LEDGER, prefix + "-b", 2);
+            java.sql.Savepoint sp = c.setSavepoint("before_dup");
+            Object dup = insert(c, INSERT_LEDGER, prefix + "-a", 3);
+            if (!(dup instanceof Integer))
+                c.rollback(sp);
+            else
+                c.releaseSavepoint(sp);
+            Object after = insert(c, INSERT_LEDGER, prefix + "-c", 4);
+            c.commit();
+            return List.of(dup, after, count("ledger", "ref", prefix));
+        }
+    }
+
+    /* executeBatch with getGeneratedKeys: every row's id, the duplicates'
+     * the ids of the rows already there. */
+    static Object batchKeys(int port) throws SQLException {
+        String prefix = fresh("jdbc-batch-keys");
+        try (Connection c = connect(port);
+             PreparedStatement ps = c.prepareStatement(INSERT_EVENT, new String[] { "id" })) {
+            for (int k : new int[] { 1, 2, 1 }) {
+                ps.setString(1, prefix + "-" + k);
+                ps.setString(2, "x");
+                ps.addBatch();
+            }
+            try {
+                ps.executeBatch();
+            } catch (BatchUpdateException e) {
+                return e.getSQLState();
+            }
+            List<Long> ids = new ArrayList<>();
+            try (ResultSet rs = ps.getGeneratedKeys()) {
+                while (rs.next())
+                    ids.add(rs.getLong(1));
+            }
+            return ids.size() == 3 && ids.get(0).equals(ids.get(2)) && !ids.get(0).equals(ids.get(1))
+                ? "first and third the same row" : ids.toString();
+        }
+    }
+
+    /* setFetchSize with autoCommit off: pgjdbc runs the query as a portal
+     * and fetches it 100 rows per Execute. */
+    static Object fetchSize(int port) throws SQLException {
+        try (Connection c = connect(port)) {
+            c.setAutoCommit(false);
+            long rows = 0, sum = 0;
+            try (PreparedStatement ps = c.prepareStatement("SELECT g FROM generate_series(1, 2500) g")) {
+                ps.setFetchSize(100);
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) {
+                        rows++;
+                        sum += rs.getLong(1);
+                    }
+                }
+            }
+            c.commit();
+            return List.of(rows, sum);
+        }
+    }
+
     /* CopyManager: text COPY of 1000 rows. */
     static Object copy(int port) throws Exception {
         String prefix = fresh("jdbc-copy");
@@ -272,6 +339,12 @@ public class Drivers {
                   && ((List<?>)proxied).get(0).equals(((List<?>)proxied).get(1)),
               "gave " + proxied + ", expected one id twice");
 
+        compare("pgjdbc: a savepoint of the application's around a duplicate",
+                Drivers::ownSavepoint, List.of("23505", 1, 3L), List.of(0, 1, 3L));
+        compare("pgjdbc: a batch with getGeneratedKeys", Drivers::batchKeys,
+                "23505", "first and third the same row");
+        compare("pgjdbc: setFetchSize", Drivers::fetchSize, List.of(2500L, 3126250L),
+                List.of(2500L, 3126250L));
         compare("pgjdbc: CopyManager", Drivers::copy, List.of(1000L, 1000L), List.of(1000L, 1000L));
 
         System.out.println(failures.isEmpty() ? "all passed" : failures.size() + " failed");

@@ -20,6 +20,7 @@ any failed.
 """
 
 import asyncio
+import logging
 import sys
 import uuid
 
@@ -36,6 +37,10 @@ INSERT_LEDGER = "INSERT INTO ledger (ref, amount) VALUES (%s, %s)"
 INSERT_AUDIT = "INSERT INTO audit_log (k) VALUES (%s)"
 
 failures = []
+
+# Straight to PostgreSQL the duplicates abort pipelines on purpose; psycopg
+# logs each such pipeline it closes.
+logging.getLogger("psycopg").setLevel(logging.CRITICAL)
 
 
 def check(name, cond, why):
@@ -289,6 +294,51 @@ async def asyncpg_executemany(port):
     return state, count("webhook_events", "idempotency_key", prefix)
 
 
+async def asyncpg_large_executemany(port):
+    """executemany of 20000 rows over 5000 keys: one batch far larger than
+    the socket buffers, so the proxy relays it while the server answers."""
+    prefix = fresh("apg-large")
+    conn = await connect(port)
+    try:
+        state = await attempt(conn.executemany(
+            ASYNC_EVENT, [(f"{prefix}-{i * 7919 % 5000}", "x" * 100) for i in range(20000)]))
+    finally:
+        await conn.close()
+    return state, count("webhook_events", "idempotency_key", prefix)
+
+
+async def asyncpg_cursor(port):
+    """A cursor inside a transaction: a portal fetched 50 rows per Execute."""
+    conn = await connect(port)
+    try:
+        async with conn.transaction():
+            total = rows = 0
+            async for record in conn.cursor("SELECT g FROM generate_series(1, 1234) g",
+                                            prefetch=50):
+                rows += 1
+                total += record["g"]
+        return rows, total
+    finally:
+        await conn.close()
+
+
+async def asyncpg_serializable(port):
+    """A retry inside a SERIALIZABLE transaction: the rewritten INSERT
+    skips the row committed before the transaction began."""
+    key = fresh("apg-serializable")
+    conn = await connect(port)
+    try:
+        await conn.execute(ASYNC_EVENT, key, "first")
+        try:
+            async with conn.transaction(isolation="serializable"):
+                tag = await conn.execute(ASYNC_EVENT, key, "retry")
+        except asyncpg.PostgresError as e:
+            tag = e.sqlstate
+        return tag, count("webhook_events", "idempotency_key", key)
+    finally:
+        await conn.close()
+
+
 async def asyncpg_transaction(port):
     """A duplicate into a table only error translation covers, inside
     conn.transaction(), then another row: both commit."""
@@ -417,6 +467,11 @@ def main():
             ["INSERT 0 1"] + ["23505"] * 3, ["INSERT 0 1"] + ["INSERT 0 0"] * 3)
     compare("asyncpg: executemany with duplicates", asyncpg_executemany,
             ("23505", 0), (None, 3))
+    compare("asyncpg: executemany of 20000 rows over 5000 keys", asyncpg_large_executemany,
+            ("23505", 0), (None, 5000))
+    same("asyncpg: a cursor fetched 50 rows at a time", asyncpg_cursor)
+    compare("asyncpg: a retry in a SERIALIZABLE transaction", asyncpg_serializable,
+            ("23505", 1), ("INSERT 0 0", 1))
     compare("asyncpg: a duplicate inside a transaction block", asyncpg_transaction,
             ("23505", 1), ("INSERT 0 0", 2))
     compare("asyncpg: a cancelled statement", asyncpg_cancel,
