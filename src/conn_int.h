@@ -118,6 +118,9 @@ enum block_question {
  * transaction ends the identity is the kept one again, without a question. */
 struct identity_outside {
     bool kept;
+    uint64_t until;             /* the serial of the request (track) that made
+                                   the last LOCAL change: the transaction that
+                                   ends it ends after its answer */
     struct scope *scope;
     bool fits;
     char *signature;            /* malloc'ed */

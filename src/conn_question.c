@@ -292,11 +292,15 @@ static void unsettle_locally(struct conn *c)
         char *copy = malloc(c->identity_signature_len + 1);
         if (copy) {
             memcpy(copy, c->identity_signature, c->identity_signature_len + 1);
-            *o = (struct identity_outside){ true, c->scope, c->identity_fits, copy,
+            *o = (struct identity_outside){ true, 0, c->scope, c->identity_fits, copy,
                                             c->identity_signature_len, c->identity_version,
                                             c->identity_ns };
         }
     }
+    /* A ReadyForQuery outside a block that answers what went before the
+     * change (the client pipelined BEGIN and SET LOCAL behind it) ends
+     * another transaction than the change's. */
+    o->until = track_next_serial(&c->track);
     if (c->identity == IDENTITY_KNOWN)
         c->identity = IDENTITY_UNKNOWN;
     c->identity_in_block = false;
@@ -367,7 +371,8 @@ bool ask_in_block(struct conn *c, const uint8_t *msg, size_t total)
 bool identity_after_transaction(struct conn *c)
 {
     if (c->identity != IDENTITY_ASKING && c->track.txn_status == 'I' &&
-        c->identity_outside.kept)
+        c->identity_outside.kept &&
+        track_answered_through(&c->track, c->identity_outside.until))
         return identity_restore(c);
     if (c->identity_in_block && c->track.txn_status != 'T')
         unsettle_locally(c);

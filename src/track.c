@@ -92,6 +92,7 @@ static bool push_req(struct track *t, enum track_kind kind, bool injected, uint8
     r->kind = kind;
     r->injected = injected;
     r->tag = tag;
+    r->serial = ++t->sent;
     r->note = note;
     t->count++;
     return true;
@@ -283,6 +284,13 @@ void track_server_msg(struct track *t, char type, char status)
     default:
         break;
     }
+}
+
+bool track_answered_through(const struct track *t, uint64_t serial)
+{
+    /* The head is the oldest outstanding request: the queue keeps the
+     * order of sending, whatever it drops. */
+    return t->count == 0 || at(t, 0)->serial > serial;
 }
 
 bool track_error_skips(const struct track *t)

@@ -39,9 +39,10 @@ enum track_kind {
 
 struct track_req {
     enum track_kind kind;
-    bool injected; /* sent by the proxy, not the client */
-    uint8_t tag;   /* injected: what the proxy sent it for (its own labels) */
-    void *note;    /* the connection's, about a client's request; may be NULL */
+    bool injected;   /* sent by the proxy, not the client */
+    uint8_t tag;     /* injected: what the proxy sent it for (its own labels) */
+    uint64_t serial; /* requests are numbered from 1 in the order they are sent */
+    void *note;      /* the connection's, about a client's request; may be NULL */
 };
 
 struct track {
@@ -55,6 +56,7 @@ struct track {
     bool skip_to_sync; /* an extended message failed and its Sync is still to
                           come: the server discards everything until then */
     uint64_t desyncs;  /* times ReadyForQuery found the queue wrong */
+    uint64_t sent;     /* requests recorded, ever: the last one's serial */
     void (*free_note)(void *owner, void *note);
     void *owner;
 };
@@ -103,6 +105,16 @@ static inline size_t track_pending(const struct track *t)
 {
     return t->count;
 }
+
+/* The serial the next request recorded will carry. */
+static inline uint64_t track_next_serial(const struct track *t)
+{
+    return t->sent + 1;
+}
+
+/* True when no request numbered serial or lower is outstanding: each was
+ * answered, or skipped by the server. */
+bool track_answered_through(const struct track *t, uint64_t serial);
 
 /* The oldest outstanding request, or NULL. */
 const struct track_req *track_head(const struct track *t);

@@ -820,6 +820,89 @@ static void expect_types(int fd, const char *want)
     }
 }
 
+/* Reads until the n-th ReadyForQuery, writing what each CommandComplete
+ * and ErrorResponse said to got ("C:tag" or "E:sqlstate", ';'-separated)
+ * and each ReadyForQuery's status ("Z:T"). */
+static void read_outcomes(int fd, int n, char *got, size_t cap)
+{
+    size_t at = 0;
+    got[0] = '\0';
+    while (n > 0) {
+        struct itest_msg m;
+        assert_int_equal(itest_raw_read_msg(fd, &m, ITEST_QUERY_TIMEOUT_MS), ITEST_READ_OK);
+        const char *code = m.type == 'E' ? itest_msg_field(&m, 'C') : NULL;
+        if (m.type == 'C')
+            at += (size_t)snprintf(got + at, cap - at, "C:%s;", (const char *)m.body);
+        else if (m.type == 'E')
+            at += (size_t)snprintf(got + at, cap - at, "E:%s;", code ? code : "?");
+        else if (m.type == 'Z')
+            at += (size_t)snprintf(got + at, cap - at, "Z:%c;", m.len ? m.body[0] : '?');
+        n -= m.type == 'Z';
+        itest_msg_free(&m);
+        assert_true(at < cap);
+    }
+}
+
+/* A SET LOCAL of search_path that a client pipelines behind a request
+ * outside any block (a BEGIN between them): the ReadyForQuery of that
+ * request says the session is outside a block, but the transaction the
+ * change lasts for has not even begun. The identity from before the
+ * change must not come back with it: the INSERT behind, its text still
+ * arriving then, leads to the other schema's table, where the rewrite
+ * would fail with 42P10 (its table has no unique key). */
+static void test_idem_local_change_behind_earlier_answer(void **state)
+{
+    (void)state;
+    create_key_table("idem_late", "text");
+    itest_server_exec("DROP SCHEMA IF EXISTS idem_late_other CASCADE; "
+                      "CREATE SCHEMA idem_late_other; "
+                      "CREATE TABLE idem_late_other.idem_late (idempotency_key text, "
+                      "payload text); "
+                      "INSERT INTO idem_late (idempotency_key) VALUES ('l1')");
+    struct itest_proxy *p = itest_proxy_start_with(
+        "debug", "workers = 1\ncatalog_check_interval = 0\n"
+                 "[table public.idem_late]\nconflict = idempotency_key\n");
+    int fd = itest_raw_connect(p->port);
+    const char *insert = "INSERT INTO idem_late (idempotency_key) VALUES ('l1')";
+    uint8_t buf[1024];
+    size_t at = 0;
+    char got[512];
+
+    assert_true(fd >= 0);
+    itest_raw_login(fd, itest_pg_user(), "itest_late_local");
+    put_msg(buf, sizeof buf, &at, 'Q', insert, strlen(insert) + 1);
+    assert_true(itest_raw_send(fd, buf, at));
+    read_outcomes(fd, 1, got, sizeof got);
+    assert_string_equal(got, "C:INSERT 0 0;Z:I;");
+
+    /* The first ReadyForQuery comes alone, while the server sleeps. */
+    static const char *const ahead[] = { "SELECT 1", "SELECT pg_sleep(0.3)", "BEGIN",
+                                         "SET LOCAL search_path TO idem_late_other" };
+    at = 0;
+    for (size_t i = 0; i < sizeof ahead / sizeof ahead[0]; i++)
+        put_msg(buf, sizeof buf, &at, 'Q', ahead[i], strlen(ahead[i]) + 1);
+    size_t insert_at = at;
+    put_msg(buf, sizeof buf, &at, 'Q', insert, strlen(insert) + 1);
+    size_t half = insert_at + (at - insert_at) / 2;
+    assert_true(itest_raw_send(fd, buf, half));
+    itest_sleep_ms(800);
+    assert_true(itest_raw_send(fd, buf + half, at - half));
+    read_outcomes(fd, 5, got, sizeof got);
+    assert_string_equal(got, "C:SELECT 1;Z:I;C:SELECT 1;Z:I;C:BEGIN;Z:T;C:SET;Z:T;"
+                             "C:INSERT 0 1;Z:T;");
+    /* Once the block is over, the identity from before it is back. */
+    const char *const after[] = { "ROLLBACK", insert };
+    for (size_t i = 0; i < 2; i++) {
+        at = 0;
+        put_msg(buf, sizeof buf, &at, 'Q', after[i], strlen(after[i]) + 1);
+        assert_true(itest_raw_send(fd, buf, at));
+        read_outcomes(fd, 1, got, sizeof got);
+        assert_string_equal(got, i ? "C:INSERT 0 0;Z:I;" : "C:ROLLBACK;Z:I;");
+    }
+    itest_raw_close(fd);
+    itest_pass();
+}
+
 /* A statement the client defines again while no rules apply (after a
  * reload without tables, the proxy reads no text), in a pipeline where the
  * server refuses the first new definition and a DEALLOCATE ALL follows,
@@ -1852,6 +1935,7 @@ int main(int argc, char **argv)
         ITEST(test_idem_catalog_interval),
         ITEST(test_idem_login_role_privileges),
         ITEST(test_idem_session_identity),
+        ITEST(test_idem_local_change_behind_earlier_answer),
         ITEST(test_idem_session_funcall),
         ITEST(test_idem_session_role),
         ITEST(test_idem_identity_in_block),
