@@ -274,21 +274,35 @@ fi
 
 # ---- real drivers through a proxy -------------------------------------------
 # psycopg 3 and asyncpg (tests/drivers/drivers.py) and pgjdbc (Drivers.java),
-# each straight and through a proxy registering drivers.sql's tables.
+# each straight and through a proxy registering drivers.sql's tables: once
+# in plaintext with the server's trust, once as scram_user on TLS to a proxy
+# that checks the password itself and speaks TLS to the server, keeping
+# server connections for the next client.
 DRIVERS=$(dirname "$0")/drivers
-# run_driver NAME COMMAND...: COMMAND HOST DIRECT_PORT PROXY_PORT USER DBNAME.
-run_driver() {
-    local name=$1 t0 rc=0
-    shift
-    t0=$(date +%s)
-    timeout -k 5 300 "$@" 127.0.0.1 "$PGPORT" "$PROXY_PORT" "$PGSUPER" postgres \
-        >"$WORK/$name.out" 2>&1 || rc=$?
-    echo "integration.sh: $name: $(grep -c '^ok ' "$WORK/$name.out") checks passed," \
-         "exited $rc after $(( $(date +%s) - t0 )) s"
-    if [ "$rc" != 0 ]; then
-        grep -v '^ok ' "$WORK/$name.out" | tail -n 40
-        failed=1
-    fi
+DRIVER_TABLES=("[table public.webhook_events]" "conflict = idempotency_key"
+    "[table public.ledger]" "conflict = ref" "action = none")
+# run_drivers NAME USER PASSWORD SSLMODE: both scripts through the proxy
+# start_proxy started.
+run_drivers() {
+    local name=$1 user=$2 password=$3 sslmode=$4 script t0 rc
+    local -a command
+    for script in drivers.py Drivers.java; do
+        case $script in
+        drivers.py) command=(/usr/bin/python3 "$DRIVERS/drivers.py") ;;
+        *) command=(java -cp /usr/share/java/postgresql.jar "$DRIVERS/Drivers.java") ;;
+        esac
+        t0=$(date +%s)
+        rc=0
+        timeout -k 5 300 "${command[@]}" 127.0.0.1 "$PGPORT" "$PROXY_PORT" "$user" postgres \
+            "$password" "$sslmode" >"$WORK/$name-$script.out" 2>&1 || rc=$?
+        echo "integration.sh: $script through the $name proxy:" \
+             "$(grep -c '^ok ' "$WORK/$name-$script.out") checks passed," \
+             "exited $rc after $(( $(date +%s) - t0 )) s"
+        if [ "$rc" != 0 ]; then
+            grep -v '^ok ' "$WORK/$name-$script.out" | tail -n 40
+            failed=1
+        fi
+    done
 }
 if [ -n "${IDEM_TEST_FILTER:-}" ]; then
     :
@@ -298,13 +312,27 @@ elif ! /usr/bin/python3 -c 'import asyncpg, psycopg' 2>/dev/null || ! command -v
          "libpgjava and openjdk-17-jdk-headless" >&2
     failed=1
 elif ! psql_super -f "$DRIVERS/drivers.sql" ||
-    ! start_proxy drivers "" "[table public.webhook_events]" "conflict = idempotency_key" \
-        "" "[table public.ledger]" "conflict = ref" "action = none"; then
+    ! psql_super -c "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO scram_user;
+                     GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO scram_user" ||
+    ! psql_super -At -c "SELECT format('\"%s\" \"%s\"', rolname, rolpassword) FROM pg_authid
+                         WHERE rolname = 'scram_user'" >"$WORK/drivers-users.txt"; then
     failed=1
 else
-    run_driver drivers.py /usr/bin/python3 "$DRIVERS/drivers.py"
-    run_driver Drivers.java java -cp /usr/share/java/postgresql.jar "$DRIVERS/Drivers.java"
-    stop_proxy drivers || failed=1
+    if start_proxy drivers "" "${DRIVER_TABLES[@]}"; then
+        run_drivers plaintext "$PGSUPER" "" disable
+        stop_proxy drivers || failed=1
+    else
+        failed=1
+    fi
+    if start_proxy drivers-tls "client_tls_sslmode = require" \
+        "client_tls_cert_file = $CERTS/proxy.crt" "client_tls_key_file = $CERTS/proxy.key" \
+        "server_tls_sslmode = require" "auth_type = scram-sha-256" \
+        "auth_file = $WORK/drivers-users.txt" "server_reuse = on" "" "${DRIVER_TABLES[@]}"; then
+        run_drivers TLS scram_user scram_secret require
+        stop_proxy drivers-tls || failed=1
+    else
+        failed=1
+    fi
 fi
 
 echo "integration.sh: total $(( $(date +%s) - start )) s"

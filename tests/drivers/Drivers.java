@@ -10,7 +10,9 @@
  * check can fail), and through the proxy, where it must give what the
  * application would have got had the row been skipped or found.
  *
- *     java -cp /usr/share/java/postgresql.jar Drivers.java HOST DIRECT_PORT PROXY_PORT USER DBNAME
+ *     java -cp /usr/share/java/postgresql.jar Drivers.java HOST DIRECT_PORT PROXY_PORT USER DBNAME PASSWORD SSLMODE
+ *
+ * PASSWORD may be empty (trusted); SSLMODE is disable or require.
  *
  * Prints one line per check, `ok NAME` or `FAILED NAME: why`, and exits 1
  * when any failed.
@@ -37,7 +39,7 @@ public class Drivers {
     static final String INSERT_LEDGER = "INSERT INTO ledger (ref, amount) VALUES (?, ?)";
     static final String INSERT_AUDIT = "INSERT INTO audit_log (k) VALUES (?)";
 
-    static String host, user, dbname;
+    static String host, user, dbname, password, sslmode;
     static int directPort, proxyPort;
     static final List<String> failures = new ArrayList<>();
 
@@ -65,7 +67,8 @@ public class Drivers {
     /* options: more of pgjdbc's URL parameters, each starting with '&'. */
     static Connection connect(int port, String options) throws SQLException {
         String url = "jdbc:postgresql://" + host + ":" + port + "/" + dbname
-            + "?sslmode=disable&user=" + user + options;
+            + "?sslmode=" + sslmode + "&user=" + user
+            + (password.isEmpty() ? "" : "&password=" + password) + options;
         return DriverManager.getConnection(url);
     }
 
@@ -309,6 +312,8 @@ public class Drivers {
         proxyPort = Integer.parseInt(args[2]);
         user = args[3];
         dbname = args[4];
+        password = args[5];
+        sslmode = args[6];
 
         compare("pgjdbc: an autocommitted retry", port -> retry(port, ""),
                 List.of(1, "23505"), List.of(1, 0));

@@ -13,7 +13,9 @@ what PostgreSQL itself gives.
 Run by tests/integration.sh, which creates the tables (drivers.sql) and
 starts a proxy registering them (drivers.ini):
 
-    /usr/bin/python3 drivers.py HOST DIRECT_PORT PROXY_PORT USER DBNAME
+    /usr/bin/python3 drivers.py HOST DIRECT_PORT PROXY_PORT USER DBNAME PASSWORD SSLMODE
+
+PASSWORD may be empty (trusted); SSLMODE is disable or require.
 
 Prints one line per check, `ok NAME` or `FAILED NAME: why`, and exits 1 when
 any failed.
@@ -28,7 +30,7 @@ import asyncpg
 import psycopg
 from psycopg import errors as pgerr
 
-HOST, DIRECT_PORT, PROXY_PORT, USER, DBNAME = sys.argv[1:6]
+HOST, DIRECT_PORT, PROXY_PORT, USER, DBNAME, PASSWORD, SSLMODE = sys.argv[1:8]
 DIRECT_PORT, PROXY_PORT = int(DIRECT_PORT), int(PROXY_PORT)
 
 INSERT_EVENT = "INSERT INTO webhook_events (idempotency_key, payload) VALUES (%s, %s)"
@@ -57,7 +59,8 @@ def fresh(prefix):
 
 
 def conninfo(port):
-    return f"host={HOST} port={port} user={USER} dbname={DBNAME}"
+    return psycopg.conninfo.make_conninfo(host=HOST, port=port, user=USER, dbname=DBNAME,
+                                          password=PASSWORD or None, sslmode=SSLMODE)
 
 
 def count(table, column, prefix):
@@ -216,8 +219,13 @@ ASYNC_EVENT = "INSERT INTO webhook_events (idempotency_key, payload) VALUES ($1,
 ASYNC_LEDGER = "INSERT INTO ledger (ref, amount) VALUES ($1, $2)"
 
 
+def asyncpg_options(port):
+    return dict(host=HOST, port=port, user=USER, database=DBNAME, password=PASSWORD or None,
+                ssl="require" if SSLMODE == "require" else False)
+
+
 async def connect(port):
-    return await asyncpg.connect(host=HOST, port=port, user=USER, database=DBNAME, ssl=False)
+    return await asyncpg.connect(**asyncpg_options(port))
 
 
 async def attempt(coro):
@@ -256,8 +264,7 @@ async def asyncpg_uncached(port):
     """statement_cache_size=0, as asyncpg is set up behind PgBouncer: every
     statement unnamed, described and run in two batches."""
     key = fresh("apg-uncached")
-    conn = await asyncpg.connect(host=HOST, port=port, user=USER, database=DBNAME, ssl=False,
-                                 statement_cache_size=0)
+    conn = await asyncpg.connect(**asyncpg_options(port), statement_cache_size=0)
     try:
         tags = [await attempt(conn.execute(ASYNC_EVENT, key, "x")) for _ in range(2)]
         tags.append(await attempt(conn.fetchval(ASYNC_EVENT + " RETURNING id", key, "x")))
@@ -270,8 +277,7 @@ async def asyncpg_pool(port):
     """A pool of two connections, each released (RESET ALL, UNLISTEN *,
     CLOSE ALL ...) and acquired again between retries."""
     key = fresh("apg-pool")
-    pool = await asyncpg.create_pool(host=HOST, port=port, user=USER, database=DBNAME, ssl=False,
-                                     min_size=2, max_size=2)
+    pool = await asyncpg.create_pool(**asyncpg_options(port), min_size=2, max_size=2)
     try:
         tags = []
         for _ in range(4):
