@@ -273,11 +273,11 @@ else
 fi
 
 # ---- real drivers through a proxy -------------------------------------------
-# psycopg 3 and asyncpg (tests/drivers/drivers.py) and pgjdbc (Drivers.java),
-# each straight and through a proxy registering drivers.sql's tables: once
-# in plaintext with the server's trust, once as scram_user on TLS to a proxy
-# that checks the password itself and speaks TLS to the server, keeping
-# server connections for the next client.
+# psycopg2, psycopg 3 and asyncpg (tests/drivers/drivers.py) and pgjdbc
+# (Drivers.java), each straight and through a proxy registering
+# drivers.sql's tables: once in plaintext with the server's trust, once as
+# scram_user on TLS to a proxy that checks the password itself and speaks
+# TLS to the server, keeping server connections for the next client.
 DRIVERS=$(dirname "$0")/drivers
 DRIVER_TABLES=("[table public.webhook_events]" "conflict = idempotency_key"
     "[table public.ledger]" "conflict = ref" "action = none")
@@ -306,10 +306,10 @@ run_drivers() {
 }
 if [ -n "${IDEM_TEST_FILTER:-}" ]; then
     :
-elif ! /usr/bin/python3 -c 'import asyncpg, psycopg' 2>/dev/null || ! command -v java >/dev/null ||
-    [ ! -f /usr/share/java/postgresql.jar ]; then
+elif ! /usr/bin/python3 -c 'import asyncpg, psycopg, psycopg2' 2>/dev/null ||
+    ! command -v java >/dev/null || [ ! -f /usr/share/java/postgresql.jar ]; then
     echo "integration.sh: FAILED: the driver checks need python3-asyncpg, python3-psycopg," \
-         "libpgjava and openjdk-17-jdk-headless" >&2
+         "python3-psycopg2, libpgjava and openjdk-17-jdk-headless" >&2
     failed=1
 elif ! psql_super -f "$DRIVERS/drivers.sql" ||
     ! psql_super -c "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO scram_user;

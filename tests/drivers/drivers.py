@@ -1,7 +1,9 @@
 """What applications written with real Python drivers see through idemproxy.
 
-psycopg 3 speaks through libpq (its pipeline mode, server-side prepared
-statements after five executions, binary parameters); asyncpg has its own
+psycopg2, what most older Python code runs on, sends every statement as a
+Query with the values in its text, and opens each block with a BEGIN of its
+own; psycopg 3 speaks through libpq too (its pipeline mode, server-side
+prepared statements after five executions, binary parameters); asyncpg has its own
 implementation of the protocol (named statements for everything, binary
 formats, executemany as one batch, its own cancel requests). Each check runs
 the same calls once straight against PostgreSQL and once through the proxy:
@@ -28,7 +30,8 @@ import uuid
 
 import asyncpg
 import psycopg
-from psycopg import errors as pgerr
+import psycopg2
+import psycopg2.extras
 
 HOST, DIRECT_PORT, PROXY_PORT, USER, DBNAME, PASSWORD, SSLMODE = sys.argv[1:8]
 DIRECT_PORT, PROXY_PORT = int(DIRECT_PORT), int(PROXY_PORT)
@@ -76,6 +79,83 @@ def sqlstate_of(fn):
     except psycopg.Error as e:
         return e.sqlstate
     return None
+
+
+# ---- psycopg2 ---------------------------------------------------------------
+
+def psycopg2_connect(port):
+    return psycopg2.connect(host=HOST, port=port, user=USER, dbname=DBNAME,
+                            password=PASSWORD or None, sslmode=SSLMODE)
+
+
+def psycopg2_outcome(cur, sql, args):
+    try:
+        cur.execute(sql, args)
+        return cur.rowcount
+    except psycopg2.Error as e:
+        return e.pgcode
+
+
+def psycopg2_end_block(conn):
+    """Commits, or rolls back the block an error failed."""
+    if conn.get_transaction_status() == psycopg2.extensions.TRANSACTION_STATUS_INERROR:
+        conn.rollback()
+    else:
+        conn.commit()
+
+
+def psycopg2_retry(port):
+    """psycopg2's default, a block it opens before the first statement: a
+    retry alone in its block; a duplicate into a table only error
+    translation covers, then one more row, in one block. Then RETURNING id
+    twice, autocommitted: the ids, or whether the second failed as the
+    first."""
+    prefix = fresh("pg2-retry")
+    conn = psycopg2_connect(port)
+    try:
+        cur = conn.cursor()
+        outcomes = [psycopg2_outcome(cur, INSERT_EVENT, (prefix, "first"))]
+        conn.commit()
+        outcomes.append(psycopg2_outcome(cur, INSERT_EVENT, (prefix, "retry")))
+        psycopg2_end_block(conn)
+        outcomes.append(psycopg2_outcome(cur, INSERT_LEDGER, (prefix + "-a", 1)))
+        conn.commit()
+        outcomes.append(psycopg2_outcome(cur, INSERT_LEDGER, (prefix + "-a", 2)))
+        outcomes.append(psycopg2_outcome(cur, INSERT_LEDGER, (prefix + "-b", 3)))
+        psycopg2_end_block(conn)
+        conn.autocommit = True
+        ids = []
+        for _ in range(2):
+            try:
+                cur.execute(INSERT_EVENT_RETURNING, (prefix, "again"))
+                ids.append(cur.fetchone()[0])
+            except psycopg2.Error as e:
+                ids.append(e.pgcode)
+        outcomes.append("same id" if isinstance(ids[0], int) and ids[0] == ids[1] else ids)
+    finally:
+        conn.close()
+    return outcomes, count("ledger", "ref", prefix)
+
+
+def psycopg2_execute_values(port):
+    """execute_values: one multi-row INSERT, duplicates within it and of a
+    row already there."""
+    prefix = fresh("pg2-values")
+    conn = psycopg2_connect(port)
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        cur.execute(INSERT_EVENT, (f"{prefix}-1", "x"))
+        try:
+            psycopg2.extras.execute_values(
+                cur, "INSERT INTO webhook_events (idempotency_key, payload) VALUES %s",
+                [(f"{prefix}-{k}", "x") for k in (1, 2, 3, 2)])
+            state = cur.rowcount
+        except psycopg2.Error as e:
+            state = e.pgcode
+    finally:
+        conn.close()
+    return state, count("webhook_events", "idempotency_key", prefix)
 
 
 # ---- psycopg 3 --------------------------------------------------------------
@@ -433,6 +513,11 @@ def same(name, fn):
 
 
 def main():
+    compare("psycopg2: retries in blocks, and RETURNING autocommitted", psycopg2_retry,
+            ([1, "23505", 1, "23505", "25P02", ["23505", "23505"]], 1),
+            ([1, 0, 1, 0, 1, "same id"], 2))
+    compare("psycopg2: execute_values with duplicates", psycopg2_execute_values,
+            ("23505", 1), (2, 3))
     compare("psycopg: an autocommitted retry", psycopg_retry,
             (1, "23505", "first"), (1, 0, "first"))
     direct, proxied = run(psycopg_returning, DIRECT_PORT), run(psycopg_returning, PROXY_PORT)
