@@ -273,8 +273,8 @@ else
 fi
 
 # ---- real drivers through a proxy -------------------------------------------
-# psycopg2, psycopg 3 and asyncpg (tests/drivers/drivers.py) and pgjdbc
-# (Drivers.java), each straight and through a proxy registering
+# psycopg2, psycopg 3 and asyncpg (tests/drivers/drivers.py), pgjdbc
+# (Drivers.java) and PHP's PDO (drivers.php), each straight and through a proxy registering
 # drivers.sql's tables: once in plaintext with the server's trust, once as
 # scram_user on TLS to a proxy that checks the password itself and speaks
 # TLS to the server, keeping server connections for the next client.
@@ -286,10 +286,11 @@ DRIVER_TABLES=("[table public.webhook_events]" "conflict = idempotency_key"
 run_drivers() {
     local name=$1 user=$2 password=$3 sslmode=$4 script t0 rc
     local -a command
-    for script in drivers.py Drivers.java; do
+    for script in drivers.py Drivers.java drivers.php; do
         case $script in
         drivers.py) command=(/usr/bin/python3 "$DRIVERS/drivers.py") ;;
-        *) command=(java -cp /usr/share/java/postgresql.jar "$DRIVERS/Drivers.java") ;;
+        Drivers.java) command=(java -cp /usr/share/java/postgresql.jar "$DRIVERS/Drivers.java") ;;
+        drivers.php) command=(php "$DRIVERS/drivers.php") ;;
         esac
         t0=$(date +%s)
         rc=0
@@ -307,9 +308,10 @@ run_drivers() {
 if [ -n "${IDEM_TEST_FILTER:-}" ]; then
     :
 elif ! /usr/bin/python3 -c 'import asyncpg, psycopg, psycopg2' 2>/dev/null ||
-    ! command -v java >/dev/null || [ ! -f /usr/share/java/postgresql.jar ]; then
+    ! command -v java >/dev/null || [ ! -f /usr/share/java/postgresql.jar ] ||
+    ! php -r 'exit(extension_loaded("pdo_pgsql") ? 0 : 1);' 2>/dev/null; then
     echo "integration.sh: FAILED: the driver checks need python3-asyncpg, python3-psycopg," \
-         "python3-psycopg2, libpgjava and openjdk-17-jdk-headless" >&2
+         "python3-psycopg2, libpgjava, openjdk-17-jdk-headless, php-cli and php-pgsql" >&2
     failed=1
 elif ! psql_super -f "$DRIVERS/drivers.sql" ||
     ! psql_super -c "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO scram_user;
