@@ -380,6 +380,24 @@ async def asyncpg_executemany(port):
     return state, count("webhook_events", "idempotency_key", prefix)
 
 
+async def asyncpg_executemany_in_block(port, keys):
+    """executemany inside conn.transaction() into a table only error
+    translation covers, keys[0] already there: as psycopg's above."""
+    prefix = fresh("apg-many-block")
+    conn = await connect(port)
+    try:
+        await conn.execute(ASYNC_LEDGER, f"{prefix}-{keys[0]}", 0)
+        try:
+            async with conn.transaction():
+                await conn.executemany(ASYNC_LEDGER, [(f"{prefix}-{k}", 1) for k in keys[1:]])
+            state = None
+        except asyncpg.PostgresError as e:
+            state = e.sqlstate
+    finally:
+        await conn.close()
+    return state, count("ledger", "ref", prefix)
+
+
 async def asyncpg_large_executemany(port):
     """executemany of 20000 rows over 5000 keys: one batch far larger than
     the socket buffers, so the proxy relays it while the server answers."""
@@ -488,9 +506,8 @@ async def asyncpg_copy(port):
 
 
 def run(fn, port):
-    if asyncio.iscoroutinefunction(fn):
-        return asyncio.run(fn(port))
-    return fn(port)
+    result = fn(port)
+    return asyncio.run(result) if asyncio.iscoroutine(result) else result
 
 
 def compare(name, fn, direct_expected, proxy_expected):
@@ -560,6 +577,11 @@ def main():
             ("23505", 0), (None, 3))
     compare("asyncpg: executemany of 20000 rows over 5000 keys", asyncpg_large_executemany,
             ("23505", 0), (None, 5000))
+    compare("asyncpg: executemany in a block, a duplicate last",
+            lambda port: asyncpg_executemany_in_block(port, (1, 2, 3, 1)),
+            ("23505", 1), (None, 3))
+    same("asyncpg: executemany in a block, a duplicate in the middle",
+         lambda port: asyncpg_executemany_in_block(port, (1, 2, 1, 3)))
     same("asyncpg: a cursor fetched 50 rows at a time", asyncpg_cursor)
     compare("asyncpg: a retry in a SERIALIZABLE transaction", asyncpg_serializable,
             ("23505", 1), ("INSERT 0 0", 1))
