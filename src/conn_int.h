@@ -718,11 +718,13 @@ static inline bool translating(const struct conn *c)
  * identity, or how a guarded Query ended, or a rollback to come. (While a
  * 23505 awaits the client's next message, that message is what settles
  * it.) Not for the end of a batch while the server copies from the
- * client: it ignores the batch's Sync then, and waits for the data. */
+ * client: it ignores the batch's Sync then, and waits for the data; once
+ * the copy is over, the batch ends at the Sync the client sends behind
+ * it, which must not wait for the one the copy swallowed. */
 static inline bool client_held(const struct conn *c)
 {
     return c->catalog || c->identity == IDENTITY_ASKING ||
-           (c->batch_ending && !c->track.copy_in) ||
+           (c->batch_ending && !c->track.copy_in && track_sync_pending(&c->track)) ||
            (c->guard != GUARD_NONE && c->guard != GUARD_AWAIT_SYNC &&
             c->guard != GUARD_ABORT_AWAIT_SYNC);
 }

@@ -286,6 +286,15 @@ void track_server_msg(struct track *t, char type, char status)
     }
 }
 
+bool track_sync_pending(const struct track *t)
+{
+    /* From the newest: a batch's Sync is most often the last request. */
+    for (size_t i = t->count; i > 0; i--)
+        if (at(t, i - 1)->kind == TRACK_SYNC)
+            return true;
+    return false;
+}
+
 bool track_answered_through(const struct track *t, uint64_t serial)
 {
     /* The head is the oldest outstanding request: the queue keeps the

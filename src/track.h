@@ -112,6 +112,9 @@ static inline uint64_t track_next_serial(const struct track *t)
     return t->sent + 1;
 }
 
+/* True when a Sync is outstanding. */
+bool track_sync_pending(const struct track *t);
+
 /* True when no request numbered serial or lower is outstanding: each was
  * answered, or skipped by the server. */
 bool track_answered_through(const struct track *t, uint64_t serial);

@@ -680,6 +680,50 @@ static void test_copy_in_extended_late_sync(void **state)
     expect_clean(t);
 }
 
+/* The Sync that ended the COPY's batch goes to the copy: once the copy
+ * is over (here failed by the client), no Sync is outstanding until the
+ * client sends the one behind it. */
+static void test_copy_in_swallows_sync(void **state)
+{
+    struct track *t = *state;
+    client(t, "PBES");
+    assert_true(track_sync_pending(t));
+    server(t, "12G");
+    client(t, "df");
+    assert_true(track_sync_pending(t));
+    server(t, "E");
+    assert_false(t->copy_in);
+    assert_false(track_sync_pending(t));
+    client(t, "S");
+    assert_true(track_sync_pending(t));
+    server(t, "ZI");
+    expect_clean(t);
+}
+
+/* Requests are numbered in the order they are sent; a request counts as
+ * answered once it left the queue, answered or skipped. */
+static void test_answered_through(void **state)
+{
+    struct track *t = *state;
+    assert_true(track_answered_through(t, 0));
+    uint64_t first = track_next_serial(t);
+    client(t, "Q");
+    uint64_t second = track_next_serial(t);
+    assert_int_equal(second, first + 1);
+    client(t, "QPBES");
+    assert_false(track_answered_through(t, first));
+    server(t, "CZI");
+    assert_true(track_answered_through(t, first));
+    assert_false(track_answered_through(t, second));
+    server(t, "EZI1E");
+    /* The error skipped the Bind and Execute: only the Sync is left. */
+    assert_true(track_answered_through(t, second + 3));
+    assert_false(track_answered_through(t, second + 4));
+    server(t, "ZI");
+    assert_true(track_answered_through(t, second + 4));
+    expect_clean(t);
+}
+
 /* A client that sends the data right behind the COPY command, without
  * waiting for CopyInResponse, and goes on. */
 static void test_copy_in_pipelined(void **state)
@@ -1236,6 +1280,8 @@ int main(void)
         TRACK_TEST(test_copy_in_ignores_sync_and_flush),
         TRACK_TEST(test_copy_in_extended_libpq),
         TRACK_TEST(test_copy_in_extended_late_sync),
+        TRACK_TEST(test_copy_in_swallows_sync),
+        TRACK_TEST(test_answered_through),
         TRACK_TEST(test_copy_in_pipelined),
         TRACK_TEST(test_copy_in_refused),
         TRACK_TEST(test_copy_in_error_simple),

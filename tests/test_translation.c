@@ -1964,44 +1964,69 @@ static void raw_expect_insert_then_copy(int fd)
  * then its Sync, which the server ignores while it copies. The client's
  * messages behind a guarded batch's Sync wait for its ReadyForQuery, but
  * not the copy's data: PostgreSQL waits for that, and the ReadyForQuery
- * comes only after it. Both ways a client sends it: once CopyInResponse
- * is in (libpq), and pipelined right behind the Sync. */
+ * comes only after the Sync the client sends behind the copy's end. Every
+ * way a client sends them: once CopyInResponse is in (libpq), pipelined
+ * right behind the Sync, and that last Sync only once the server has said
+ * how the copy ended, after a CopyDone (and a Flush) and after a CopyFail
+ * (which fails the block). */
 static void test_tr_raw_copy_in_guarded_batch(void **state)
 {
     (void)state;
     const char *t = "tr_raw_copy";
     itest_server_exec("DROP TABLE IF EXISTS tr_raw_copied; CREATE TABLE tr_raw_copied (v text)");
     int fd = raw_session_for(t, true);
+    enum { AFTER_COPY_IN, PIPELINED, SYNC_AFTER_DONE, SYNC_AFTER_FAIL };
 
     static const uint8_t row[] = "copied\n";
-    for (int pipelined = 0; pipelined < 2; pipelined++) {
+    for (int how = AFTER_COPY_IN; how <= SYNC_AFTER_FAIL; how++) {
         uint8_t buf[1024];
         char insert[128];
         snprintf(insert, sizeof insert, "INSERT INTO tr_raw_copy (k, payload) VALUES ('c%d', 'x')",
-                 pipelined);
+                 how);
+        if (how == SYNC_AFTER_FAIL) {
+            raw_query(fd, "COMMIT; BEGIN");
+            RAW_EXPECT(fd, { 'C', "COMMIT" }, { 'C', "BEGIN" }, { 'Z', "T" });
+        }
         size_t n = put_pbe(buf, 0, sizeof buf, insert);
         n = put_pbe(buf, n, sizeof buf, "COPY tr_raw_copied (v) FROM STDIN");
         n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
-        if (!pipelined) {
+        if (how != PIPELINED) {
             assert_true(itest_raw_send(fd, buf, n));
             raw_expect_insert_then_copy(fd);
             n = 0;
         }
         n = put_msg(buf, n, sizeof buf, 'd', row, sizeof row - 1);
-        n = put_msg(buf, n, sizeof buf, 'c', NULL, 0);
+        n = how == SYNC_AFTER_FAIL ? put_msg(buf, n, sizeof buf, 'f', "stop", 5)
+                                   : put_msg(buf, n, sizeof buf, 'c', NULL, 0);
+        if (how == SYNC_AFTER_DONE || how == SYNC_AFTER_FAIL) {
+            /* An error goes out at once; the copy's CommandComplete on a
+             * Flush. */
+            if (how == SYNC_AFTER_DONE)
+                n = put_msg(buf, n, sizeof buf, 'H', NULL, 0);
+            assert_true(itest_raw_send(fd, buf, n));
+            if (how == SYNC_AFTER_DONE)
+                raw_expect(fd, 'C', "COPY 1");
+            else
+                raw_expect(fd, 'E', "57014");
+            n = 0;
+        }
         n = put_msg(buf, n, sizeof buf, 'S', NULL, 0);
         assert_true(itest_raw_send(fd, buf, n));
-        if (pipelined)
+        if (how == PIPELINED)
             raw_expect_insert_then_copy(fd);
-        raw_expect(fd, 'C', "COPY 1");
+        if (how == SYNC_AFTER_FAIL) {
+            raw_expect(fd, 'Z', "E");
+            continue;
+        }
+        if (how != SYNC_AFTER_DONE)
+            raw_expect(fd, 'C', "COPY 1");
         raw_expect(fd, 'Z', "T");
     }
-    raw_query(fd, "COMMIT");
-    raw_expect(fd, 'C', "COMMIT");
-    raw_expect(fd, 'Z', "I");
+    raw_query(fd, "ROLLBACK");
+    RAW_EXPECT(fd, { 'C', "ROLLBACK" }, { 'Z', "I" });
     raw_expect_nothing(fd, 200);
-    assert_int_equal(itest_server_ll("SELECT count(*) FROM tr_raw_copied"), 2);
-    assert_int_equal(all_rows(t), 3);
+    assert_int_equal(itest_server_ll("SELECT count(*) FROM tr_raw_copied"), 3);
+    assert_int_equal(all_rows(t), 4);
     itest_pass();
 }
 
