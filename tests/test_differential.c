@@ -98,7 +98,9 @@ struct gen {
                              or role: no Bind or Describe of a statement
                              prepared before in the change's batch, which
                              keep the form it was given before the change
-                             is answered (README, Limitations) */
+                             is answered, and no SET TRANSACTION after it
+                             (the question inside a block takes a
+                             snapshot: README, Limitations) */
     bool batch_open;      /* extended messages since the last Sync */
     bool text_moved;      /* this connection may have changed its
                              client_encoding or standard_conforming_strings:
@@ -834,6 +836,7 @@ static void step_simple(struct gen *g, bool insert_only)
         pair = &simple_sql[rnd(g, (uint32_t)n)];
     while ((insert_only && strncmp(pair->sql, DIFF_REG_INSERT, strlen(DIFF_REG_INSERT)) != 0) ||
            (g->parsed_insert && strstr(pair->sql, "ISOLATION LEVEL")) ||
+           (g->identity_moved && strncmp(pair->sql, "SET TRANSACTION", 15) == 0) ||
            (!g->no_settings && drops_statements(pair->sql)) ||
            (g->no_settings && may_change_identity(pair->sql)));
     expand(g, pair, sql, by_hand, sizeof sql);
