@@ -340,6 +340,16 @@ async def asyncpg_returning(port):
         await conn.close()
 
 
+async def in_block(conn, body, **options):
+    """Runs body(conn) inside conn.transaction(**options): what it returned,
+    or the SQLSTATE that rolled the block back."""
+    try:
+        async with conn.transaction(**options):
+            return await body(conn)
+    except asyncpg.PostgresError as e:
+        return e.sqlstate
+
+
 async def asyncpg_uncached(port):
     """statement_cache_size=0, as asyncpg is set up behind PgBouncer: every
     statement unnamed, described and run in two batches."""
@@ -387,12 +397,8 @@ async def asyncpg_executemany_in_block(port, keys):
     conn = await connect(port)
     try:
         await conn.execute(ASYNC_LEDGER, f"{prefix}-{keys[0]}", 0)
-        try:
-            async with conn.transaction():
-                await conn.executemany(ASYNC_LEDGER, [(f"{prefix}-{k}", 1) for k in keys[1:]])
-            state = None
-        except asyncpg.PostgresError as e:
-            state = e.sqlstate
+        state = await in_block(conn, lambda conn: conn.executemany(
+            ASYNC_LEDGER, [(f"{prefix}-{k}", 1) for k in keys[1:]]))
     finally:
         await conn.close()
     return state, count("ledger", "ref", prefix)
@@ -433,11 +439,8 @@ async def asyncpg_serializable(port):
     conn = await connect(port)
     try:
         await conn.execute(ASYNC_EVENT, key, "first")
-        try:
-            async with conn.transaction(isolation="serializable"):
-                tag = await conn.execute(ASYNC_EVENT, key, "retry")
-        except asyncpg.PostgresError as e:
-            tag = e.sqlstate
+        tag = await in_block(conn, lambda conn: conn.execute(ASYNC_EVENT, key, "retry"),
+                             isolation="serializable")
         return tag, count("webhook_events", "idempotency_key", key)
     finally:
         await conn.close()
@@ -450,12 +453,12 @@ async def asyncpg_transaction(port):
     conn = await connect(port)
     try:
         await conn.execute(ASYNC_LEDGER, prefix + "-a", 1)
-        try:
-            async with conn.transaction():
-                tag = await conn.execute(ASYNC_LEDGER, prefix + "-a", 2)
-                await conn.execute(ASYNC_LEDGER, prefix + "-b", 3)
-        except asyncpg.PostgresError as e:
-            tag = e.sqlstate
+
+        async def duplicate_then_more(conn):
+            tag = await conn.execute(ASYNC_LEDGER, prefix + "-a", 2)
+            await conn.execute(ASYNC_LEDGER, prefix + "-b", 3)
+            return tag
+        tag = await in_block(conn, duplicate_then_more)
     finally:
         await conn.close()
     return tag, count("ledger", "ref", prefix)
@@ -529,6 +532,18 @@ def same(name, fn):
     return direct
 
 
+def returning_retried(name, fn):
+    """fn gives the ids of one key's INSERT ... RETURNING id, retried:
+    straight the retries fail, through the proxy each gives the first
+    row's id."""
+    direct, proxied = run(fn, DIRECT_PORT), run(fn, PROXY_PORT)
+    check(f"{name} (direct)", all(d == "23505" for d in direct[1:]),
+          f"PostgreSQL gave {direct!r}")
+    check(f"{name} (proxy)",
+          isinstance(proxied[0], int) and proxied == [proxied[0]] * len(proxied),
+          f"gave {proxied!r}, expected one id each time")
+
+
 def main():
     compare("psycopg2: retries in blocks, and RETURNING autocommitted", psycopg2_retry,
             ([1, "23505", 1, "23505", "25P02", ["23505", "23505"]], 1),
@@ -537,12 +552,7 @@ def main():
             ("23505", 1), (2, 3))
     compare("psycopg: an autocommitted retry", psycopg_retry,
             (1, "23505", "first"), (1, 0, "first"))
-    direct, proxied = run(psycopg_returning, DIRECT_PORT), run(psycopg_returning, PROXY_PORT)
-    check("psycopg: INSERT ... RETURNING retried (direct)", direct[1:] == ["23505", "23505"],
-          f"PostgreSQL gave {direct!r}")
-    check("psycopg: INSERT ... RETURNING retried (proxy)",
-          isinstance(proxied[0], int) and proxied == [proxied[0]] * 3,
-          f"gave {proxied!r}, expected one id three times")
+    returning_retried("psycopg: INSERT ... RETURNING retried", psycopg_returning)
     compare("psycopg: prepared after five executions", psycopg_prepared,
             ([1, 1, 1] + ["23505"] * 6, 1, 3), ([1, 1, 1] + [0] * 6, 1, 3))
     compare("psycopg: executemany with duplicates", psycopg_executemany,
@@ -563,12 +573,7 @@ def main():
 
     compare("asyncpg: an execute() retried", asyncpg_retry,
             ["INSERT 0 1", "23505"], ["INSERT 0 1", "INSERT 0 0"])
-    direct, proxied = run(asyncpg_returning, DIRECT_PORT), run(asyncpg_returning, PROXY_PORT)
-    check("asyncpg: INSERT ... RETURNING retried (direct)", direct[1:] == ["23505", "23505"],
-          f"PostgreSQL gave {direct!r}")
-    check("asyncpg: INSERT ... RETURNING retried (proxy)",
-          isinstance(proxied[0], int) and proxied == [proxied[0]] * 3,
-          f"gave {proxied!r}, expected one id three times")
+    returning_retried("asyncpg: INSERT ... RETURNING retried", asyncpg_returning)
     compare("asyncpg: statement_cache_size=0", asyncpg_uncached,
             ["INSERT 0 1", "23505", False], ["INSERT 0 1", "INSERT 0 0", True])
     compare("asyncpg: a pool, released and acquired between retries", asyncpg_pool,
