@@ -101,7 +101,11 @@ struct gen {
                              is answered, and no SET TRANSACTION after it
                              (the question inside a block takes a
                              snapshot: README, Limitations) */
-    bool batch_open;      /* extended messages since the last Sync */
+    bool batch_open;      /* extended messages since the last Sync: no
+                             isolation level set then (a Describe of a
+                             statement PostgreSQL looks up again takes a
+                             snapshot, and the proxy prepared it anew:
+                             README, Limitations) */
     bool text_moved;      /* this connection may have changed its
                              client_encoding or standard_conforming_strings:
                              no Bind or Describe of ACCENTED_NAME, whose
@@ -837,6 +841,7 @@ static void step_simple(struct gen *g, bool insert_only)
     while ((insert_only && strncmp(pair->sql, DIFF_REG_INSERT, strlen(DIFF_REG_INSERT)) != 0) ||
            (g->parsed_insert && strstr(pair->sql, "ISOLATION LEVEL")) ||
            (g->identity_moved && strncmp(pair->sql, "SET TRANSACTION", 15) == 0) ||
+           (g->batch_open && strstr(pair->sql, "ISOLATION LEVEL")) ||
            (!g->no_settings && drops_statements(pair->sql)) ||
            (g->no_settings && may_change_identity(pair->sql)));
     expand(g, pair, sql, by_hand, sizeof sql);
