@@ -314,8 +314,10 @@ elif ! /usr/bin/python3 -c 'import asyncpg, psycopg, psycopg2' 2>/dev/null ||
          "python3-psycopg2, libpgjava, openjdk-17-jdk-headless, php-cli and php-pgsql" >&2
     failed=1
 elif ! psql_super -f "$DRIVERS/drivers.sql" ||
-    ! psql_super -c "GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public TO scram_user;
-                     GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO scram_user" ||
+    ! psql_super -c "GRANT USAGE ON SCHEMA tenant TO scram_user;
+                     GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA public, tenant
+                         TO scram_user;
+                     GRANT USAGE ON ALL SEQUENCES IN SCHEMA public, tenant TO scram_user" ||
     ! psql_super -At -c "SELECT format('\"%s\" \"%s\"', rolname, rolpassword) FROM pg_authid
                          WHERE rolname = 'scram_user'" >"$WORK/drivers-users.txt"; then
     failed=1

@@ -24,6 +24,7 @@ any failed.
 """
 
 import asyncio
+import io
 import logging
 import sys
 import uuid
@@ -257,6 +258,25 @@ def psycopg_rollback_kept(port):
         status = conn.info.transaction_status.name
         conn.rollback()
     return state, status, count("webhook_events", "idempotency_key", prefix)
+
+
+def psycopg_nested(port):
+    """A transaction inside a transaction (a savepoint of psycopg's): a
+    duplicate into a table only error translation covers, in the inner
+    one, then a row in the outer one; the application catches the inner
+    error, as it would directly."""
+    prefix = fresh("pg-nested")
+    with psycopg.connect(conninfo(port)) as conn:
+        conn.execute(INSERT_LEDGER, (prefix + "-a", 1))
+        conn.commit()
+        with conn.transaction():
+            try:
+                with conn.transaction():
+                    inner = conn.execute(INSERT_LEDGER, (prefix + "-a", 2)).rowcount
+            except psycopg.Error as e:
+                inner = e.sqlstate
+            conn.execute(INSERT_LEDGER, (prefix + "-b", 3))
+    return inner, count("ledger", "ref", prefix)
 
 
 def psycopg_copy(port):
@@ -496,16 +516,20 @@ async def asyncpg_notify(port):
 
 
 async def asyncpg_copy(port):
-    """Binary COPY of records into a registered table."""
+    """Binary COPY of records into a registered table, and out again."""
     prefix = fresh("apg-copy")
     conn = await connect(port)
     try:
         tag = await conn.copy_records_to_table(
             "webhook_events", columns=["idempotency_key", "payload"],
             records=[(f"{prefix}-{i}", "copied") for i in range(500)])
+        out = io.BytesIO()
+        await conn.copy_from_query(
+            "SELECT idempotency_key FROM webhook_events WHERE idempotency_key LIKE $1",
+            prefix + "%", output=out)
     finally:
         await conn.close()
-    return tag, count("webhook_events", "idempotency_key", prefix)
+    return tag, count("webhook_events", "idempotency_key", prefix), out.getvalue().count(b"\n")
 
 
 def run(fn, port):
@@ -564,6 +588,8 @@ def main():
          psycopg_rollback_kept)
     check("psycopg: ... with 23505 and a failed block",
           psycopg_rollback_kept(PROXY_PORT) == ("23505", "INERROR", 0), "see above")
+    compare("psycopg: a duplicate in a nested transaction", psycopg_nested,
+            ("23505", 2), (0, 2))
     same("psycopg: COPY in, and a duplicate in COPY", psycopg_copy)
     compare("psycopg: executemany in a block, a duplicate last",
             lambda port: psycopg_executemany_in_block(port, (1, 2, 3, 1)),
@@ -595,7 +621,8 @@ def main():
     compare("asyncpg: a cancelled statement", asyncpg_cancel,
             ("timeout", 42), ("timeout", 42))
     compare("asyncpg: LISTEN and NOTIFY", asyncpg_notify, "hello", "hello")
-    compare("asyncpg: binary COPY", asyncpg_copy, ("COPY 500", 500), ("COPY 500", 500))
+    compare("asyncpg: binary COPY in, and COPY out", asyncpg_copy, ("COPY 500", 500, 500),
+            ("COPY 500", 500, 500))
 
     print(f"{len(failures)} failed" if failures else "all passed")
     return 1 if failures else 0

@@ -1,4 +1,4 @@
--- The tables of the driver checks (drivers.py, Drivers.java).
+-- The tables of the driver checks (drivers.py, Drivers.java, drivers.php).
 
 -- Registered: the rewrite covers its key.
 CREATE TABLE webhook_events (
@@ -19,4 +19,13 @@ CREATE TABLE ledger (
 CREATE TABLE audit_log (
     id bigserial PRIMARY KEY,
     k text NOT NULL UNIQUE
+);
+
+-- A tenant's schema with its own table of the registered one's name: a
+-- session whose search_path puts it first is left alone.
+CREATE SCHEMA tenant;
+CREATE TABLE tenant.webhook_events (
+    id bigserial PRIMARY KEY,
+    idempotency_key text NOT NULL,
+    payload text NOT NULL
 );
