@@ -138,6 +138,25 @@ def psycopg2_retry(port):
     return outcomes, count("ledger", "ref", prefix)
 
 
+def psycopg2_discard(port):
+    """Retries with the values in the text, which the proxy runs as a
+    statement it prepared; a DISCARD ALL between them (a pool's reset)
+    drops that statement on the server."""
+    prefix = fresh("pg2-discard")
+    conn = psycopg2_connect(port)
+    conn.autocommit = True
+    try:
+        cur = conn.cursor()
+        outcomes = []
+        for reset in ("", "DISCARD ALL", "DEALLOCATE ALL", ""):
+            if reset:
+                cur.execute(reset)
+            outcomes.append(psycopg2_outcome(cur, INSERT_EVENT, (prefix, "x")))
+    finally:
+        conn.close()
+    return outcomes
+
+
 def psycopg2_execute_values(port):
     """execute_values: one multi-row INSERT, duplicates within it and of a
     row already there."""
@@ -572,6 +591,8 @@ def main():
     compare("psycopg2: retries in blocks, and RETURNING autocommitted", psycopg2_retry,
             ([1, "23505", 1, "23505", "25P02", ["23505", "23505"]], 1),
             ([1, 0, 1, 0, 1, "same id"], 2))
+    compare("psycopg2: retries around DISCARD ALL and DEALLOCATE ALL", psycopg2_discard,
+            [1, "23505", "23505", "23505"], [1, 0, 0, 0])
     compare("psycopg2: execute_values with duplicates", psycopg2_execute_values,
             ("23505", 1), (2, 3))
     compare("psycopg: an autocommitted retry", psycopg_retry,
