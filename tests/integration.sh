@@ -273,7 +273,7 @@ else
 fi
 
 # ---- real drivers through a proxy -------------------------------------------
-# psycopg2, psycopg 3 and asyncpg (tests/drivers/drivers.py), pgjdbc
+# psql, psycopg2, psycopg 3 and asyncpg (tests/drivers/drivers.py), pgjdbc
 # (Drivers.java) and PHP's PDO (drivers.php), each straight and through a proxy registering
 # drivers.sql's tables: once in plaintext with the server's trust, once as
 # scram_user on TLS to a proxy that checks the password itself and speaks

@@ -1,6 +1,9 @@
-"""What applications written with real Python drivers see through idemproxy.
+"""What applications written with real Python drivers, and psql, see
+through idemproxy.
 
-psycopg2, what most older Python code runs on, sends every statement as a
+psql runs scripts with its own savepoint around each statement
+(ON_ERROR_ROLLBACK) and copies from them. psycopg2, what most older Python
+code runs on, sends every statement as a
 Query with the values in its text, and opens each block with a BEGIN of its
 own; psycopg 3 speaks through libpq too (its pipeline mode, server-side
 prepared statements after five executions, binary parameters); asyncpg has its own
@@ -26,6 +29,8 @@ any failed.
 import asyncio
 import io
 import logging
+import os
+import subprocess
 import sys
 import uuid
 
@@ -80,6 +85,35 @@ def sqlstate_of(fn):
     except psycopg.Error as e:
         return e.sqlstate
     return None
+
+
+# ---- psql --------------------------------------------------------------------
+
+def psql_script(port):
+    """psql running a script in one block with ON_ERROR_ROLLBACK (its own
+    savepoint around each statement): a duplicate into a table only error
+    translation covers, another row, two rows copied from the script,
+    COMMIT. psql's exit status, the SQLSTATEs it reported, and the rows."""
+    prefix = fresh("psql")
+    script = "\n".join([
+        f"INSERT INTO ledger (ref, amount) VALUES ('{prefix}-a', 1);",
+        "BEGIN;",
+        f"INSERT INTO ledger (ref, amount) VALUES ('{prefix}-a', 2);",
+        f"INSERT INTO ledger (ref, amount) VALUES ('{prefix}-b', 3);",
+        "\\copy ledger (ref, amount) from stdin",
+        f"{prefix}-c\t4",
+        f"{prefix}-d\t5",
+        "\\.",
+        "COMMIT;",
+    ])
+    env = dict(os.environ, PGPASSWORD=PASSWORD, PGSSLMODE=SSLMODE)
+    done = subprocess.run(
+        ["psql", "-X", "-q", "-h", HOST, "-p", str(port), "-U", USER, "-d", DBNAME,
+         "-v", "ON_ERROR_ROLLBACK=on", "-v", "VERBOSITY=sqlstate", "-f", "-"],
+        input=script, text=True, capture_output=True, env=env, timeout=60)
+    errors = [line.split("ERROR:")[1].strip() for line in done.stderr.splitlines()
+              if "ERROR:" in line]
+    return done.returncode, errors, count("ledger", "ref", prefix)
 
 
 # ---- psycopg2 ---------------------------------------------------------------
@@ -588,6 +622,8 @@ def returning_retried(name, fn):
 
 
 def main():
+    compare("psql: a script in one block with ON_ERROR_ROLLBACK", psql_script,
+            (0, ["23505"], 4), (0, [], 4))
     compare("psycopg2: retries in blocks, and RETURNING autocommitted", psycopg2_retry,
             ([1, "23505", 1, "23505", "25P02", ["23505", "23505"]], 1),
             ([1, 0, 1, 0, 1, "same id"], 2))
