@@ -3,20 +3,20 @@ through idemproxy.
 
 psql runs scripts with its own savepoint around each statement
 (ON_ERROR_ROLLBACK) and copies from them. psycopg2, what most older Python
-code runs on, sends every statement as a
-Query with the values in its text, and opens each block with a BEGIN of its
-own; psycopg 3 speaks through libpq too (its pipeline mode, server-side
-prepared statements after five executions, binary parameters); asyncpg has its own
-implementation of the protocol (named statements for everything, binary
-formats, executemany as one batch, its own cancel requests). Each check runs
-the same calls once straight against PostgreSQL and once through the proxy:
-straight, a duplicate into a registered table fails, which shows that the
-check can fail; through the proxy it must give what the application would
-have got had the row been skipped (or found), and everything else must be
-what PostgreSQL itself gives.
+code runs on, sends every statement as a Query with the values in its
+text, and opens each block with a BEGIN of its own; psycopg 3 speaks
+through libpq too (its pipeline mode, server-side prepared statements after
+five executions, binary parameters); asyncpg has its own implementation of
+the protocol (named statements for everything, binary formats, executemany
+as one batch, its own cancel requests). Each check runs the same calls once
+straight against PostgreSQL and once through the proxy: straight, a
+duplicate into a registered table fails, which shows that the check can
+fail; through the proxy it must give what the application would have got
+had the row been skipped (or found), and everything else must be what
+PostgreSQL itself gives.
 
 Run by tests/integration.sh, which creates the tables (drivers.sql) and
-starts a proxy registering them (drivers.ini):
+starts a proxy registering them:
 
     /usr/bin/python3 drivers.py HOST DIRECT_PORT PROXY_PORT USER DBNAME PASSWORD SSLMODE
 
