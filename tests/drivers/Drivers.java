@@ -164,6 +164,31 @@ public class Drivers {
         }
     }
 
+    /* A batch inside a transaction into a table only error translation
+     * covers, keys[0] already there: a duplicate last in the batch is
+     * rolled back alone, one before its end fails it as it does directly. */
+    static Object batchInBlock(int port, int... keys) throws SQLException {
+        String prefix = fresh("jdbc-batch-block");
+        try (Connection c = connect(port)) {
+            insert(c, INSERT_LEDGER, prefix + "-" + keys[0], 0);
+            c.setAutoCommit(false);
+            Object outcome;
+            try (PreparedStatement ps = c.prepareStatement(INSERT_LEDGER)) {
+                for (int i = 1; i < keys.length; i++) {
+                    ps.setString(1, prefix + "-" + keys[i]);
+                    ps.setInt(2, 1);
+                    ps.addBatch();
+                }
+                outcome = Arrays.toString(ps.executeBatch());
+                c.commit();
+            } catch (BatchUpdateException e) {
+                outcome = e.getSQLState();
+                c.rollback();
+            }
+            return List.of(outcome, count("ledger", "ref", prefix));
+        }
+    }
+
     /* A duplicate into a table the proxy was not told about, autoCommit off:
      * the error and the rollback of the block are the server's. */
     static Object rollbackKept(int port) throws SQLException {
@@ -381,6 +406,12 @@ public class Drivers {
         compare("pgjdbc: a duplicate inside a transaction, autosave=always",
                 port -> transaction(port, "&autosave=always"),
                 List.of("23505", 1, 2L), List.of(0, 1, 2L));
+        compare("pgjdbc: a batch in a transaction, a duplicate last",
+                port -> batchInBlock(port, 1, 2, 3, 1),
+                List.of("23505", 1L), List.of("[1, 1, 0]", 3L));
+        compare("pgjdbc: a batch in a transaction, a duplicate before its end",
+                port -> batchInBlock(port, 1, 2, 1, 3),
+                List.of("23505", 1L), List.of("23505", 1L));
         compare("pgjdbc: a duplicate into an unregistered table rolls the block back",
                 Drivers::rollbackKept, List.of("23505", "25P02", 0L), List.of("23505", "25P02", 0L));
 
