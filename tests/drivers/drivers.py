@@ -282,6 +282,28 @@ def psycopg_pipeline(port):
     return after, count("webhook_events", "idempotency_key", prefix)
 
 
+def psycopg_pipeline_in_block(port, dup_last):
+    """A pipeline on a connection that is not autocommitted: psycopg syncs
+    its BEGIN alone, then sends a duplicate into a table only error
+    translation covers and another row in one batch; then commit. Last in
+    the batch the duplicate is rolled back alone; first, it fails the
+    batch, whose rest the server skipped, as it does directly."""
+    prefix = fresh("pg-pipe-block")
+    keys = ("-b", "-a") if dup_last else ("-a", "-b")
+    with psycopg.connect(conninfo(port)) as conn:
+        conn.execute(INSERT_LEDGER, (prefix + "-a", 1))
+        conn.commit()
+        try:
+            with conn.pipeline():
+                cursors = [conn.execute(INSERT_LEDGER, (prefix + k, 2)) for k in keys]
+            outcome = [cur.rowcount for cur in cursors]
+            conn.commit()
+        except psycopg.Error as e:
+            outcome = e.sqlstate
+            conn.rollback()
+    return outcome, count("ledger", "ref", prefix)
+
+
 def psycopg_transaction(port):
     """A transaction block (psycopg's default): a duplicate into a table only
     error translation covers, then another row; both commit."""
@@ -639,6 +661,10 @@ def main():
     compare("psycopg: executemany with duplicates", psycopg_executemany,
             ("23505", 0), (None, 3))
     compare("psycopg: a pipeline", psycopg_pipeline, ("23505", 0), ("behind", 1))
+    compare("psycopg: a pipeline that opens a block, a duplicate last",
+            lambda port: psycopg_pipeline_in_block(port, True), ("23505", 1), ([1, 0], 2))
+    same("psycopg: a pipeline that opens a block, a duplicate first",
+         lambda port: psycopg_pipeline_in_block(port, False))
     compare("psycopg: a duplicate inside a transaction block", psycopg_transaction,
             ("23505", 1), (0, 2))
     same("psycopg: a duplicate into an unregistered table rolls the block back",
