@@ -10,7 +10,7 @@ IDEM_PACKAGES=(build-essential autoconf automake libtool pkg-config
     libcmocka-dev libinih-dev uthash-dev libxxhash-dev liburing-dev libsystemd-dev postgresql-15 postgresql-client-15
     clang libclang-rt-14-dev)
 # What the test suite's driver checks (tests/drivers) run on.
-IDEM_TEST_PACKAGES=(python3-asyncpg python3-psycopg python3-psycopg2 libpgjava
+IDEM_TEST_PACKAGES=(python3-asyncpg python3-psycopg python3-psycopg2 libpostgresql-jdbc-java
     openjdk-17-jdk-headless php-cli php-pgsql)
 
 idem_say() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }

@@ -311,7 +311,8 @@ elif ! /usr/bin/python3 -c 'import asyncpg, psycopg, psycopg2' 2>/dev/null ||
     ! command -v java >/dev/null || [ ! -f /usr/share/java/postgresql.jar ] ||
     ! php -r 'exit(extension_loaded("pdo_pgsql") ? 0 : 1);' 2>/dev/null; then
     echo "integration.sh: FAILED: the driver checks need python3-asyncpg, python3-psycopg," \
-         "python3-psycopg2, libpgjava, openjdk-17-jdk-headless, php-cli and php-pgsql" >&2
+         "python3-psycopg2, libpostgresql-jdbc-java, openjdk-17-jdk-headless, php-cli and" \
+         "php-pgsql" >&2
     failed=1
 elif ! psql_super -f "$DRIVERS/drivers.sql" ||
     ! psql_super -c "GRANT USAGE ON SCHEMA tenant TO scram_user;
