@@ -718,13 +718,11 @@ static inline bool translating(const struct conn *c)
  * identity, or how a guarded Query ended, or a rollback to come. (While a
  * 23505 awaits the client's next message, that message is what settles
  * it.) Not for the end of a batch while the server copies from the
- * client: it ignores the batch's Sync then, and waits for the data; once
- * the copy is over, the batch ends at the Sync the client sends behind
- * it, which must not wait for the one the copy swallowed. */
+ * client: it ignores the batch's Sync then, and waits for the data. */
 static inline bool client_held(const struct conn *c)
 {
     return c->catalog || c->identity == IDENTITY_ASKING ||
-           (c->batch_ending && !c->track.copy_in && track_sync_pending(&c->track)) ||
+           (c->batch_ending && !c->track.copy_in) ||
            (c->guard != GUARD_NONE && c->guard != GUARD_AWAIT_SYNC &&
             c->guard != GUARD_ABORT_AWAIT_SYNC);
 }
@@ -744,8 +742,15 @@ static inline bool track_client(struct conn *c, char type, struct note *note)
 static inline void track_reply(struct conn *c, char type, char status)
 {
     uint64_t before = c->track.desyncs;
+    bool copying = c->track.copy_in;
 
     track_server_msg(&c->track, type, status);
+    /* A copy from the client read the Sync that ended its batch (the
+     * server ignores Sync then): the batch now ends at the Sync the client
+     * sends behind the copy, which must not wait for the swallowed one's
+     * ReadyForQuery. */
+    if (copying && !c->track.copy_in && !track_sync_pending(&c->track))
+        c->batch_ending = false;
     if (before == 0 && c->track.desyncs != 0)
         conn_log(LOG_WARNING, c, "the request queue was out of step with the server's "
                  "replies at a ReadyForQuery: resynchronised (further ones are counted)");
